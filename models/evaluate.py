@@ -1,0 +1,78 @@
+"""The reference forward of a `Graph` in torch, batched with `torch.func.vmap`.
+
+Each op's forward is written for exact ONNX shapes; vmap adds the leading batch
+dimension that bound propagation and attacks use, so ops never need to know about it.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch.func import vmap
+
+from models.graph import Graph, Node
+from models.ops import forward_rule
+
+__all__ = ["GraphEvaluator", "cast_constants"]
+
+
+def cast_constants(constants: Mapping[str, torch.Tensor], dtype: torch.dtype,
+                   device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Floating constants in `dtype` on `device`; integer constants keep their type."""
+    out = {}
+    for name, t in constants.items():
+        out[name] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+    return out
+
+
+class GraphEvaluator:
+    """Runs a graph's nodes on tensors with one extra leading batch dimension.
+
+    It holds the constants cast once to the working dtype and device; it keeps no
+    other state, so one evaluator serves any number of calls.
+    """
+
+    def __init__(self, graph: Graph, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
+        self.graph = graph
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.constants = cast_constants(graph.constants, dtype, self.device)
+
+    def node_inputs(self, node: Node, values: Mapping[str, torch.Tensor]) -> tuple[list, list]:
+        """Inputs of `node` and their vmap in_dims (0 for batched values, None for constants)."""
+        args, dims = [], []
+        for name in node.inputs:
+            if name == "":
+                args.append(None)
+                dims.append(None)
+            elif name in self.constants:
+                args.append(self.constants[name])
+                dims.append(None)
+            else:
+                args.append(values[name])
+                dims.append(0)
+        return args, dims
+
+    def run_node(self, node: Node, values: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The node's outputs for batched variable inputs taken from `values`."""
+        fn = forward_rule(node).fn
+        args, dims = self.node_inputs(node, values)
+
+        def call(*xs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+            return tuple(fn(node, list(xs)))
+
+        return list(vmap(call, in_dims=tuple(dims))(*args))
+
+    def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every variable tensor for a batch `x` of shape [B, *input_shape]."""
+        values: dict[str, torch.Tensor] = {self.graph.input_name: x}
+        for node in self.graph.nodes:
+            for name, out in zip(node.outputs, self.run_node(node, values)):
+                values[name] = out
+        return values
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs [B, *output_shape] for inputs [B, *input_shape]."""
+        x = x.to(device=self.device, dtype=self.dtype)
+        return self.forward_all(x)[self.graph.output_name]

@@ -1,0 +1,171 @@
+"""ONNX file to `Graph`: read, order, fold constants, fix shapes, and check.
+
+Loading refuses what it cannot reproduce: an op without forward semantics, an op
+that fails on the model's shapes, or a graph whose torch forward disagrees with
+onnxruntime. A silent mis-reading would make every later verdict worthless.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from models.errors import ModelError, UnsupportedModel
+from models.graph import Graph, Node
+from models.ops import forward_rule
+from models.passes import drop_aliases, fold_batchnorm, prune_to_output
+
+__all__ = ["load_onnx", "graph_from_proto"]
+
+_SHAPE_ONLY_OPS = {"Shape", "Size"}
+
+
+def load_onnx(path: str | Path, check: bool = True, check_samples: int = 3) -> Graph:
+    """Read an ONNX file into a checked `Graph`.
+
+    `check` runs onnxruntime and the torch forward on `check_samples` random inputs and
+    refuses the model if they differ by more than 1e-4 relative to the output scale.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+    import onnx  # local: keeps `import models` light for the parser-only paths
+
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
+        raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+    if len(proto.graph.node) == 0:
+        raise ModelError(f"{path}: ONNX model has no nodes")
+    graph = graph_from_proto(proto, source=str(path), sha256=hashlib.sha256(data).hexdigest())
+    if check:
+        from models.ort_check import check_against_onnxruntime
+
+        check_against_onnxruntime(graph, data, samples=check_samples)
+    return graph
+
+
+def _attr_value(attr: Any) -> Any:
+    from onnx import helper, numpy_helper
+
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if hasattr(value, "dims") and hasattr(value, "data_type"):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
+def _to_torch(array: np.ndarray) -> torch.Tensor:
+    if array.dtype.kind == "f":
+        return torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
+    if array.dtype.kind == "b":
+        return torch.from_numpy(np.array(array, copy=True))
+    return torch.from_numpy(np.array(array, dtype=np.int64, copy=True))
+
+
+def _dims(value_info: Any) -> tuple[int, ...]:
+    """Static shape of a graph input/output, symbolic or unknown dimensions taken as 1."""
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1)
+    return tuple(dims)
+
+
+def _topological(nodes: list[Node]) -> list[Node]:
+    """Nodes in a topological order (files are supposed to be ordered; not all are)."""
+    g = nx.DiGraph()
+    producer = {out: i for i, n in enumerate(nodes) for out in n.outputs if out}
+    g.add_nodes_from(range(len(nodes)))
+    for i, n in enumerate(nodes):
+        for name in n.inputs:
+            if name in producer and producer[name] != i:
+                g.add_edge(producer[name], i)
+    try:
+        order = list(nx.lexicographical_topological_sort(g))
+    except nx.NetworkXUnfeasible:
+        raise UnsupportedModel("the graph has a cycle") from None
+    return [nodes[i] for i in order]
+
+
+def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None = None) -> Graph:
+    """Build the graph, folding everything that does not depend on the input."""
+    from onnx import numpy_helper
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    constants: dict[str, torch.Tensor] = {
+        init.name: _to_torch(numpy_helper.to_array(init)) for init in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in constants]
+    if len(inputs) != 1:
+        raise UnsupportedModel(f"model has {len(inputs)} inputs; nncert needs exactly one")
+    if len(proto.graph.output) != 1:
+        raise UnsupportedModel(f"model has {len(proto.graph.output)} outputs; nncert needs exactly one")
+    in_info, out_info = inputs[0], proto.graph.output[0]
+    if in_info.type.tensor_type.elem_type not in (1, 11):
+        raise UnsupportedModel(f"input '{in_info.name}' is not float32/float64")
+
+    raw: list[Node] = []
+    for i, n in enumerate(proto.graph.node):
+        if n.domain not in ("", "ai.onnx"):
+            raise UnsupportedModel(f"custom domain '{n.domain}'", node=n.name or f"{n.op_type}_{i}",
+                                   op=n.op_type, opset=opset)
+        attrs = {a.name: _attr_value(a) for a in n.attribute}
+        raw.append(Node(name=n.name or f"{n.op_type}_{i}", op=n.op_type, inputs=tuple(n.input),
+                        outputs=tuple(n.output), attrs=MappingProxyType(attrs), opset=opset))
+
+    in_shape = _dims(in_info)
+    example = {in_info.name: torch.rand(in_shape, generator=torch.Generator().manual_seed(0))}
+    kept: list[Node] = []
+    shapes: dict[str, tuple[int, ...]] = {in_info.name: in_shape}
+    for node in _topological(raw):
+        rule = forward_rule(node)
+        variable = [x for x in node.inputs if x and x not in constants]
+        missing = [x for x in variable if x not in example]
+        if missing:
+            raise UnsupportedModel(f"input '{missing[0]}' is not produced by any node",
+                                   node=node.name, op=node.op, opset=node.opset)
+        args = [None if x == "" else constants.get(x, example.get(x)) for x in node.inputs]
+        try:
+            outs = rule.fn(node, args)
+        except Exception as exc:
+            raise UnsupportedModel(f"cannot evaluate ({type(exc).__name__}: {exc})",
+                                   node=node.name, op=node.op, opset=node.opset) from None
+        outputs = [o for o in node.outputs if o]
+        if len(outs) < len(outputs) and not (node.op in ("Dropout", "MaxPool") and len(outs) == 1):
+            raise UnsupportedModel(f"{len(outputs)} outputs requested, {len(outs)} supported",
+                                   node=node.name, op=node.op, opset=node.opset)
+        if not variable or node.op in _SHAPE_ONLY_OPS:
+            for name, value in zip(node.outputs, outs):
+                constants[name] = value
+            continue
+        for name, value in zip(node.outputs, outs):
+            example[name] = value
+            shapes[name] = tuple(value.shape)
+        kept.append(Node(node.name, node.op, node.inputs, tuple(node.outputs[:len(outs)]),
+                         node.attrs, node.opset))
+
+    out_name = out_info.name
+    if out_name in constants:
+        raise UnsupportedModel(f"output '{out_name}' does not depend on the input")
+    if out_name not in shapes:
+        raise UnsupportedModel(f"output '{out_name}' is not produced by any node")
+    nodes, out_name = drop_aliases(kept, out_name, in_info.name)
+    nodes = prune_to_output(nodes, out_name)
+    nodes, constants = fold_batchnorm(nodes, constants)
+    used = {x for n in nodes for x in n.inputs}
+    constants = {k: v for k, v in constants.items() if k in used}
+    return Graph(input_name=in_info.name, input_shape=in_shape, output_name=out_name,
+                 output_shape=shapes[out_name], nodes=tuple(nodes),
+                 constants=MappingProxyType(constants),
+                 shapes=MappingProxyType({k: v for k, v in shapes.items()
+                                          if k == in_info.name or any(k in n.outputs for n in nodes)}),
+                 opset=opset, source=source, sha256=sha256)

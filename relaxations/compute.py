@@ -1,0 +1,173 @@
+"""Bounds of `C @ output` over input boxes: IBP, CROWN and alpha-CROWN.
+
+Intermediate bounds are built in topological order: every tensor gets an interval by
+IBP from its inputs' (already tightened) intervals; the inputs of relaxable
+elementwise ops additionally get CROWN bounds on their unstable elements, and the two
+sound answers are intersected. The final bound uses the requested method and is also
+intersected with the IBP one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from models import Graph, GraphEvaluator
+from relaxations.alpha import optimise_alpha
+from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, widen_lower
+from relaxations.crown import BackwardContext, backward_lower, concretize_at, rules_for
+from relaxations.ibp import node_inputs, node_interval
+
+__all__ = ["BoundOptions", "BoundResult", "compute_bounds", "intermediate_bounds", "METHODS"]
+
+METHODS = ("ibp", "crown", "alpha-crown")
+T = torch.Tensor
+
+
+@dataclass(frozen=True)
+class BoundOptions:
+    """Settings of one bound computation (the verifier's config embeds this)."""
+
+    method: str = "crown"
+    intermediate: str = "crown"          # "crown" or "ibp" for the intermediate tensors
+    alpha_iterations: int = 20
+    alpha_lr: float = 0.25
+    max_elements: int = 40_000_000       # A-matrix elements per backward pass (memory guard)
+    precision: Optional[Precision] = None  # None: chosen from the dtype
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
+        if self.intermediate not in ("crown", "ibp"):
+            raise ValueError(f"intermediate must be 'crown' or 'ibp', not '{self.intermediate}'")
+
+
+@dataclass
+class BoundResult:
+    """Lower bounds [B, S] of C @ output (and upper, when asked), plus what produced them."""
+
+    lower: T
+    upper: Optional[T]
+    table: BoundsTable
+    linear: Optional[LinearBounds] = None
+    stats: dict = field(default_factory=dict)
+
+
+def _widen_interval(b: IntervalBounds, precision: Precision) -> IntervalBounds:
+    mass = torch.maximum(b.lower.abs(), b.upper.abs())
+    mass = torch.nan_to_num(mass, nan=0.0, posinf=0.0)
+    return IntervalBounds(widen_lower(b.lower, mass, precision), -widen_lower(-b.upper, mass, precision))
+
+
+def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
+    """Tensor -> None (all elements) or a boolean mask [B, *shape], for relaxable inputs."""
+    needs: dict[str, Optional[T]] = {}
+    for node in ctx.graph.nodes:
+        rule = ctx.rules[node.name]
+        if rule.kind == "elementwise" and rule.relax is not None:
+            needs.setdefault(node.inputs[0], None)
+    return needs
+
+
+def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Optional[T],
+                  options: BoundOptions, precision: Precision) -> IntervalBounds:
+    """Tighten the interval of `name` by CROWN on the elements selected by `mask`."""
+    current = ctx.table[name]
+    B = current.lower.shape[0]
+    shape = current.lower.shape[1:]
+    flat_mask = torch.ones(shape.numel(), dtype=torch.bool, device=current.lower.device) \
+        if mask is None else mask.reshape(B, -1).any(0)
+    idx = flat_mask.nonzero().flatten()
+    if idx.numel() == 0:
+        return current
+    widest = max([box.lower[0].numel()] + [s and torch.Size(s).numel() for s in ctx.graph.shapes.values()])
+    chunk = max(1, options.max_elements // max(1, 2 * B * widest))
+    lower = current.lower.reshape(B, -1).clone()
+    upper = current.upper.reshape(B, -1).clone()
+    for start in range(0, idx.numel(), chunk):
+        rows = idx[start:start + chunk]
+        r = rows.numel()
+        A = torch.zeros(B, 2 * r, shape.numel(), dtype=lower.dtype, device=lower.device)
+        ar = torch.arange(r, device=lower.device)
+        A[:, ar, rows] = 1.0
+        A[:, r + ar, rows] = -1.0
+        lb = backward_lower(ctx, name, A.reshape(B, 2 * r, *shape)).concretize(box, precision)
+        lower[:, rows] = torch.maximum(lower[:, rows], lb[:, :r])
+        upper[:, rows] = torch.minimum(upper[:, rows], -lb[:, r:])
+    return IntervalBounds(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
+
+
+def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds,
+                        options: BoundOptions) -> tuple[BoundsTable, BackwardContext]:
+    """Interval bounds of every tensor, tightened by CROWN where relaxations need them."""
+    precision = options.precision or Precision.for_dtype(ev.dtype)
+    table = BoundsTable({graph.input_name: box})
+    ctx = BackwardContext(graph, ev, table, rules_for(graph))
+    needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
+    consumers = graph.consumers()
+    for node in graph.nodes:
+        rule = ctx.rules[node.name]
+        outs = node_interval(ev, node, rule, node_inputs(ev, node, table))
+        for name, b in zip(node.outputs, outs):
+            table[name] = _widen_interval(b, precision)
+            if name in needs:
+                mask = _unstable_mask(ctx, name, consumers.get(name, []))
+                table[name] = _crown_tensor(ctx, name, box, mask, options, precision)
+    return table, ctx
+
+
+def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T]:
+    """Union of the unstable masks of the tensor's relaxable readers (None: all)."""
+    b = ctx.table[name]
+    mask = None
+    for node in readers:
+        rule = ctx.rules[node.name]
+        if rule.kind != "elementwise" or rule.relax is None:
+            continue
+        if rule.unstable is None:
+            return None
+        consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
+        m = rule.unstable(node, b.lower, b.upper, consts)
+        mask = m if mask is None else mask | m
+    return mask
+
+
+def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
+                   options: BoundOptions = BoundOptions(), want_upper: bool = True,
+                   ev: Optional[GraphEvaluator] = None) -> BoundResult:
+    """Sound bounds of C @ output over each box of the batch.
+
+    box: IntervalBounds with tensors [B, *input_shape]. C: [B, S, n_out] or [S, n_out]
+    (default: identity, i.e. bounds of every output).
+    """
+    if ev is None:
+        ev = GraphEvaluator(graph, dtype=box.lower.dtype, device=box.lower.device)
+    precision = options.precision or Precision.for_dtype(ev.dtype)
+    B = box.lower.shape[0]
+    n_out = graph.output_size
+    if C is None:
+        C = torch.eye(n_out, dtype=ev.dtype, device=ev.device)
+    C = C.to(dtype=ev.dtype, device=ev.device)
+    if C.dim() == 2:
+        C = C.unsqueeze(0).expand(B, -1, -1)
+    S = C.shape[1]
+    rows = torch.cat([C, -C], 1) if want_upper else C
+    table, ctx = intermediate_bounds(graph, ev, box, options)
+    out_b = table[graph.output_name]
+    value, mass = concretize_at(rows.reshape(B, rows.shape[1], *graph.output_shape), out_b)
+    best = widen_lower(value, mass, precision)
+    linear = None
+    stats: dict = {}
+    if options.method != "ibp":
+        A = rows.reshape(B, rows.shape[1], *graph.output_shape)
+        with torch.no_grad():
+            linear = backward_lower(ctx, graph.output_name, A)
+            crown = linear.concretize(box, precision)
+        best = torch.maximum(best, crown)
+        if options.method == "alpha-crown":
+            opt_lb, linear, stats = optimise_alpha(ctx, box, A, options, precision)
+            best = torch.maximum(best, opt_lb)
+    lower = best[:, :S]
+    upper = -best[:, S:] if want_upper else None
+    return BoundResult(lower, upper, table, linear, stats)

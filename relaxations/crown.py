@@ -1,0 +1,153 @@
+"""CROWN: backward linear bound propagation over a general graph.
+
+Starting from `A` on one tensor, we walk the nodes in reverse topological order and
+carry a lower bound `sum_t A_t . t + bias` back to the input. Affine ops pass A back
+exactly by their vector-Jacobian product; elementwise ops use their relaxation lines
+(lower line where A > 0, upper line where A < 0); any other op ends the walk at its
+output, which is then bounded by its interval (always sound, sometimes loose).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+from torch.func import vjp, vmap
+
+from models import Graph, GraphEvaluator, Node
+from models.ops import forward_rule
+from relaxations.bounds import IntervalBounds, LinearBounds
+from relaxations.registry import OpRule, is_affine_node, rule_for
+
+__all__ = ["BackwardContext", "backward_lower", "concretize_at"]
+
+T = torch.Tensor
+
+
+@dataclass
+class BackwardContext:
+    """What a backward pass reads: graph, constants, intervals so far, the rules.
+
+    `alphas` maps a node name to its alpha tensor [B, S, *shape] (optimised slopes).
+    """
+
+    graph: Graph
+    ev: GraphEvaluator
+    table: Mapping[str, IntervalBounds]
+    rules: Mapping[str, OpRule]
+    alphas: Optional[Mapping[str, T]] = None
+
+
+def concretize_at(A: T, bounds: IntervalBounds) -> tuple[T, T]:
+    """Lower bound of A . t for t in an interval: value and mass, each [B, S]."""
+    B, S = A.shape[:2]
+    Af = A.reshape(B, S, -1)
+    lo = bounds.lower.reshape(B, 1, -1)
+    hi = bounds.upper.reshape(B, 1, -1)
+    pos, neg = Af.clamp(min=0), Af.clamp(max=0)
+    # 0 * inf must count as 0: an unused element with an infinite bound is harmless.
+    value = torch.nan_to_num(pos * lo, nan=0.0).sum(-1) + torch.nan_to_num(neg * hi, nan=0.0).sum(-1)
+    mass = torch.nan_to_num(Af.abs() * torch.maximum(lo.abs(), hi.abs()), nan=0.0).sum(-1)
+    return value, mass
+
+
+def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
+                     ) -> tuple[list[T | None], T, T]:
+    """Transpose of the node's linear part applied to A, and <A, f(0)> for the bias."""
+    fn = forward_rule(node).fn
+    consts = ctx.ev.constants
+    variable = [bool(x) and x not in consts for x in node.inputs]
+    primals = [torch.zeros(ctx.graph.shapes[x], dtype=ctx.ev.dtype, device=ctx.ev.device)
+               for x, v in zip(node.inputs, variable) if v]
+
+    def f(*vs: T) -> tuple[T, ...]:
+        it = iter(vs)
+        args = [next(it) if v else (None if x == "" else consts[x]) for x, v in zip(node.inputs, variable)]
+        return tuple(fn(node, args))
+
+    outs, pullback = vjp(f, *primals)
+    ref = next(a for a in A_outs if a is not None)
+    B, S = ref.shape[:2]
+    cot = tuple((a if a is not None else torch.zeros(B, S, *o.shape, dtype=o.dtype, device=o.device))
+                .reshape(B * S, *o.shape) for a, o in zip(A_outs, outs))
+    pulled = vmap(pullback)(cot)
+    bias = torch.zeros(B, S, dtype=ref.dtype, device=ref.device)
+    mass = torch.zeros_like(bias)
+    for a, o in zip(A_outs, outs):
+        if a is not None and o.is_floating_point():
+            term = (a.reshape(B, S, -1) * o.reshape(1, 1, -1))
+            bias = bias + term.sum(-1)
+            mass = mass + term.abs().sum(-1)
+    result: list[T | None] = []
+    it = iter(pulled)
+    for v, x in zip(variable, node.inputs):
+        result.append(next(it).reshape(B, S, *ctx.graph.shapes[x]) if v else None)
+    return result, bias, mass
+
+
+def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) -> tuple[T, T, T]:
+    name = node.inputs[0]
+    b = ctx.table[name]
+    consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
+    alpha = None if ctx.alphas is None else ctx.alphas.get(node.name)
+    lo, hi = b.lower.unsqueeze(1), b.upper.unsqueeze(1)
+    r = rule.relax(node, lo, hi, alpha, consts)
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    A_in = pos * r.lower_slope + neg * r.upper_slope
+    terms = pos * r.lower_bias + neg * r.upper_bias
+    B, S = A.shape[:2]
+    bias = terms.reshape(B, S, -1).sum(-1)
+    mass = terms.abs().reshape(B, S, -1).sum(-1)
+    return A_in, bias, mass
+
+
+def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
+    """Lower bound of `A . start` as a linear function of the graph input.
+
+    A: [B, S, *shape(start)]. Returns LinearBounds over the input (A may be all zero
+    when the start does not depend on the input through relaxable ops).
+    """
+    graph = ctx.graph
+    B, S = A.shape[:2]
+    As: dict[str, T] = {start: A}
+    bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
+    mass = torch.zeros_like(bias)
+    order = list(graph.nodes)
+    stop = next(i for i, n in enumerate(order) if start in n.outputs) if start != graph.input_name else -1
+    for node in reversed(order[:stop + 1]):
+        A_outs = [As.pop(o, None) for o in node.outputs]
+        if all(a is None for a in A_outs):
+            continue
+        rule = ctx.rules[node.name]
+        variable = [bool(x) and x not in ctx.ev.constants for x in node.inputs]
+        if is_affine_node(node, rule, variable):
+            fast = None
+            if rule.backward is not None:
+                args = [None if (v or not x) else ctx.ev.constants[x] for x, v in zip(node.inputs, variable)]
+                in_shapes = [ctx.graph.shapes.get(x) if v else None for x, v in zip(node.inputs, variable)]
+                fast = rule.backward(node, A_outs, args, in_shapes)
+            A_ins, b, m = fast if fast is not None else _affine_backward(ctx, node, A_outs)
+            for x, a in zip(node.inputs, A_ins):
+                if a is not None:
+                    As[x] = As[x] + a if x in As else a
+        elif rule.kind == "elementwise" and rule.relax is not None and len(A_outs) == 1:
+            a, b, m = _elementwise_backward(ctx, node, rule, A_outs[0])
+            x = node.inputs[0]
+            As[x] = As[x] + a if x in As else a
+        else:
+            b = torch.zeros_like(bias)
+            m = torch.zeros_like(bias)
+            for o, a in zip(node.outputs, A_outs):
+                if a is not None:
+                    v, mm = concretize_at(a, ctx.table[o])
+                    b, m = b + v, m + mm
+        bias, mass = bias + b, mass + m
+    A_in = As.pop(graph.input_name, None)
+    if A_in is None:
+        A_in = torch.zeros(B, S, *graph.input_shape, dtype=A.dtype, device=A.device)
+    return LinearBounds(A_in, bias, mass)
+
+
+def rules_for(graph: Graph) -> dict[str, OpRule]:
+    """The rule of every node, looked up once (raises for an unsupported op)."""
+    return {n.name: rule_for(n) for n in graph.nodes}

@@ -1,0 +1,42 @@
+"""Helpers shared by the op family files: batched evaluation and interval shortcuts."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch.func import vmap
+
+from models import Node
+from models.ops import forward_rule
+from relaxations.bounds import IntervalBounds
+
+__all__ = ["batched", "monotone_interval", "consts_of", "Ins"]
+
+T = torch.Tensor
+Ins = Sequence["IntervalBounds | T | None"]
+
+
+def batched(node: Node, fn: Callable, args: Sequence[T | None], batched_mask: Sequence[bool]) -> list[T]:
+    """Apply a per-sample function `fn(node, args)` over the leading batch dimension."""
+    dims = tuple(0 if b else None for b in batched_mask)
+
+    def call(*xs: T | None) -> tuple[T, ...]:
+        return tuple(fn(node, list(xs)))
+
+    return list(vmap(call, in_dims=dims)(*args))
+
+
+def consts_of(ins: Ins) -> list[T | None]:
+    """The constant inputs in position, None where the input is variable."""
+    return [None if isinstance(x, IntervalBounds) else x for x in ins]
+
+
+def monotone_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
+    """Interval of an op that is nondecreasing in every variable input: f(l) and f(u)."""
+    fn = forward_rule(node).fn
+    mask = [isinstance(x, IntervalBounds) for x in ins]
+    lows = [x.lower if isinstance(x, IntervalBounds) else x for x in ins]
+    highs = [x.upper if isinstance(x, IntervalBounds) else x for x in ins]
+    lo = batched(node, fn, lows, mask)
+    hi = batched(node, fn, highs, mask)
+    return [IntervalBounds(a, b) for a, b in zip(lo, hi)]

@@ -1,0 +1,81 @@
+"""Bounding rules for Conv, ConvTranspose and BatchNormalization (affine in the input)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from models import Node
+import torch.nn.functional as F
+
+from models.ops.conv import _conv_transpose, conv_forward, spatial_pads
+from relaxations.registry import OpRule, register_rule
+
+__all__ = ["register"]
+
+T = torch.Tensor
+
+
+def _conv_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T]:
+    return [conv_forward(node, args[0], args[1].abs(), None)]
+
+
+def _conv_transpose_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T]:
+    return _conv_transpose(node, [args[0], args[1].abs()])
+
+
+def _batchnorm_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T]:
+    x, scale, _, _, var = args[:5]
+    factor = (scale / torch.sqrt(var + float(node.attr("epsilon", 1e-5)))).abs()
+    return [x * factor.reshape([1, -1] + [1] * (x.dim() - 2))]
+
+
+_CONVT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _conv_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequence):
+    """A through a convolution is the transposed convolution of A (then crop the pads)."""
+    A = A_outs[0]
+    w = args[1]
+    if w is None or in_shapes[0] is None:
+        return None
+    B, S = A.shape[:2]
+    in_shape = in_shapes[0]
+    nd = w.dim() - 2
+    strides = list(node.attr("strides", [1] * nd))
+    dil = list(node.attr("dilations", [1] * nd))
+    pads = spatial_pads(node, in_shape[2:], list(w.shape[2:]), strides, dil)
+    padded = [in_shape[2 + i] + pads[i] + pads[nd + i] for i in range(nd)]
+    out_sp = A.shape[-nd:]
+    base = [(out_sp[i] - 1) * strides[i] + dil[i] * (w.shape[2 + i] - 1) + 1 for i in range(nd)]
+    extra = [padded[i] - base[i] for i in range(nd)]
+    if any(e < 0 or e >= max(strides[i], dil[i]) for i, e in enumerate(extra)):
+        return None
+    flat = A.reshape(B * S * in_shape[0], *A.shape[3:])
+    A_in = _CONVT[nd](flat, w, None, stride=strides, padding=0, output_padding=extra,
+                      groups=int(node.attr("group", 1)), dilation=dil)
+    for i in range(nd):
+        A_in = A_in.narrow(2 + i, pads[i], in_shape[2 + i])
+    A_in = A_in.reshape(B, S, *in_shape)
+    bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
+    mass = torch.zeros_like(bias)
+    if len(args) > 2 and args[2] is not None:
+        per_channel = A.reshape(B, S, A.shape[2], A.shape[3], -1).sum(-1)  # [B, S, N, C]
+        term = per_channel * args[2]
+        bias = term.sum((-1, -2))
+        mass = (A.abs().reshape(B, S, A.shape[2], A.shape[3], -1).sum(-1) * args[2].abs()).sum((-1, -2))
+    return [A_in, None, None][:len(args)], bias, mass
+
+
+def _input_only(node: Node, variable: Sequence[bool]) -> bool:
+    return not any(variable[1:])
+
+
+def register() -> None:
+    facts = frozenset({"piecewise_linear"})
+    register_rule(OpRule("Conv", "affine", radius=_conv_radius, affine_inputs=_input_only,
+                         backward=_conv_backward, facts=facts))
+    register_rule(OpRule("ConvTranspose", "affine", radius=_conv_transpose_radius,
+                         affine_inputs=_input_only, facts=facts))
+    register_rule(OpRule("BatchNormalization", "affine", radius=_batchnorm_radius,
+                         affine_inputs=_input_only, facts=facts | {"elementwise"}))

@@ -1,0 +1,66 @@
+"""Bounding rules for MatMul and Gemm (affine when one factor is constant)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from models import Node
+from models.ops.linear import gemm_parts
+from relaxations.bounds import IntervalBounds
+from relaxations.ops.common import Ins, batched
+from relaxations.ops.fast_backward import gemm_backward, matmul_backward
+from relaxations.registry import OpRule, register_rule
+
+__all__ = ["register"]
+
+T = torch.Tensor
+
+
+def _matmul_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T]:
+    a, b = args[0], args[1]
+    return [a @ b.abs() if variable[0] else a.abs() @ b]
+
+
+def _gemm_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T]:
+    a, b, c = gemm_parts(node, args)
+    out = a @ b.abs() if variable[0] else a.abs() @ b
+    if len(variable) > 2 and variable[2]:
+        out = out + c
+    return [out]
+
+
+def _bilinear_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
+    """Both factors vary: centre-radius interval arithmetic for a matrix product."""
+    def parts(x):
+        return (x.center, x.radius) if isinstance(x, IntervalBounds) else (x, torch.zeros_like(x))
+
+    mask = [isinstance(x, IntervalBounds) for x in ins[:2]]
+    (ca, ra), (cb, rb) = parts(ins[0]), parts(ins[1])
+
+    def prod(n, xs):
+        ca, ra, cb, rb = xs
+        center = ca @ cb
+        return [center, ca.abs() @ rb + ra @ cb.abs() + ra @ rb]
+
+    center, radius = batched(node, prod, [ca, ra, cb, rb], mask * 2)
+    if node.op == "Gemm" and len(ins) > 2 and ins[2] is not None:
+        c = ins[2]
+        if isinstance(c, IntervalBounds):
+            center, radius = center + c.center, radius + c.radius
+        else:
+            center = center + c
+    return [IntervalBounds(center - radius, center + radius)]
+
+
+def _one_factor_variable(node: Node, variable: Sequence[bool]) -> bool:
+    return not (variable[0] and variable[1])
+
+
+def register() -> None:
+    register_rule(OpRule("MatMul", "affine", radius=_matmul_radius, affine_inputs=_one_factor_variable,
+                         interval=_bilinear_interval, backward=matmul_backward,
+                         facts=frozenset({"piecewise_linear"})))
+    register_rule(OpRule("Gemm", "affine", radius=_gemm_radius, affine_inputs=_one_factor_variable,
+                         interval=_bilinear_interval, backward=gemm_backward,
+                         facts=frozenset({"piecewise_linear"})))

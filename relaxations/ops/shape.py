@@ -1,0 +1,34 @@
+"""Bounding rules for ops that move or select data (plus float-to-float Cast).
+
+Their linear maps have 0/1 coefficients, so |L| = L and the default radius rule
+(apply the op to the radius) is exact.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from models import Node
+from relaxations.ops.fast_backward import reshape_backward
+from relaxations.registry import OpRule, register_rule
+
+__all__ = ["register", "first_input_only"]
+
+
+def first_input_only(node: Node, variable: Sequence[bool]) -> bool:
+    return not any(variable[1:])
+
+
+def _float_cast(node: Node, variable: Sequence[bool]) -> bool:
+    return int(node.attr("to", 1)) in (1, 10, 11, 16)
+
+
+def register() -> None:
+    facts = frozenset({"piecewise_linear", "monotone"})
+    for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, backward=reshape_backward,
+                             facts=facts))
+    for op in ("Transpose", "Slice", "Gather",
+               "Expand", "Tile", "Split", "Identity", "Dropout"):
+        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=facts))
+    register_rule(OpRule("Concat", "affine", facts=facts))
+    register_rule(OpRule("Cast", "affine", affine_inputs=_float_cast, facts=facts))

@@ -1,0 +1,105 @@
+"""The op registry: for each ONNX op type and opset range, how to bound it.
+
+Each rule is data plus small functions (jax_verify style): the propagators in
+`ibp.py` and `crown.py` walk the graph and look rules up here, so adding an op means
+adding one rule in its family file, and the registry-driven tests cover it at once.
+
+Kinds of rule:
+- "affine": the op is affine in its variable inputs (given that the others are
+  constants). CROWN passes a linear bound back through it exactly with the op's
+  vector-Jacobian product; `radius` gives |L| r for interval propagation.
+- "elementwise": one variable input, applied per element; `relax` gives lower and
+  upper linear functions over [l, u], optionally parameterised by alpha.
+- "nonlinear": anything else; only `interval` is required and CROWN treats the
+  output as bounded by its interval (sound, loose). A `relax_multi` may be added.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from models import Node, UnsupportedModel
+
+__all__ = ["OpRule", "Relaxation", "REGISTRY", "register_rule", "rule_for", "registered_ops",
+           "is_affine_node"]
+
+T = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Linear lower and upper functions of one elementwise op: l_a*x + l_b <= f(x) <= u_a*x + u_b."""
+
+    lower_slope: T
+    lower_bias: T
+    upper_slope: T
+    upper_bias: T
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """How one op is bounded. See the module docstring for the kinds."""
+
+    op: str
+    kind: str
+    min_opset: int = 1
+    max_opset: int = 10_000
+    # affine: radius(node, args, variable) -> [|L| r], per sample, where args hold the
+    # radii at variable positions and constants elsewhere (None: L itself, valid when L
+    # has no negative coefficient, e.g. selections and averages).
+    radius: Optional[Callable[[Node, Sequence[T | None]], T]] = None
+    # affine: which input positions may be variable while the op stays affine.
+    affine_inputs: Optional[Callable[[Node, Sequence[bool]], bool]] = None
+    # elementwise / nonlinear: interval of the output from intervals of the inputs.
+    interval: Optional[Callable[..., list]] = None
+    # elementwise: relaxation over [l, u]; alpha (if supported) selects among sound ones.
+    # Called as relax(node, l, u, alpha, consts) where consts are the node's constant
+    # inputs in order (None for variable positions).
+    relax: Optional[Callable[..., Relaxation]] = None
+    # alpha_init(node, l, u, consts) -> alpha of l's shape; alpha_bounds(...) -> (lo, hi)
+    # tensors that alpha is projected onto after each gradient step.
+    alpha_init: Optional[Callable[..., T]] = None
+    alpha_bounds: Optional[Callable[..., tuple[T, T]]] = None
+    # elementwise: unstable(node, l, u, consts) -> mask of elements whose relaxation is
+    # not exact; only those need tight (CROWN) input bounds. None: every element.
+    unstable: Optional[Callable[..., T]] = None
+    # affine, optional fast path: backward(node, A_outs, args, in_shapes) -> (A_ins, bias, mass)
+    # or None to use the generic vector-Jacobian product. A_outs: [B, S, *out_shape];
+    # args: constants in position, None for variable inputs.
+    backward: Optional[Callable[..., Optional[tuple]]] = None
+    facts: frozenset = field(default_factory=frozenset)
+
+
+REGISTRY: dict[str, list[OpRule]] = {}
+
+
+def register_rule(rule: OpRule) -> None:
+    """Add a rule; registering an op twice for overlapping opsets is an error."""
+    if rule.kind not in ("affine", "elementwise", "nonlinear"):
+        raise ValueError(f"unknown rule kind {rule.kind}")
+    rules = REGISTRY.setdefault(rule.op, [])
+    for r in rules:
+        if not (rule.max_opset < r.min_opset or rule.min_opset > r.max_opset):
+            raise ValueError(f"bounding rule for {rule.op} registered twice")
+    rules.append(rule)
+
+
+def rule_for(node: Node) -> OpRule:
+    """The rule for a node, or UnsupportedModel naming node, op and opset."""
+    for r in REGISTRY.get(node.op, ()):
+        if r.min_opset <= node.opset <= r.max_opset:
+            return r
+    raise UnsupportedModel("no bounding rule for this op", node=node.name, op=node.op, opset=node.opset)
+
+
+def registered_ops() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def is_affine_node(node: Node, rule: OpRule, variable: Sequence[bool]) -> bool:
+    """Whether the node is affine given which of its inputs are variable."""
+    if rule.kind != "affine":
+        return False
+    return True if rule.affine_inputs is None else rule.affine_inputs(node, variable)
