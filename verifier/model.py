@@ -1,0 +1,53 @@
+"""A loaded model as the verifier sees it: the checked graph plus the original bytes.
+
+The original ONNX bytes are kept so that every counterexample is replayed by
+onnxruntime on exactly the file the user gave, not on our reading of it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models import Graph, ModelError, load_onnx
+from models.ort_check import onnxruntime_session, run_onnxruntime
+
+__all__ = ["Model", "load_model"]
+
+
+@dataclass
+class Model:
+    graph: Graph
+    path: str
+    onnx_bytes: bytes = field(repr=False)
+    _session: object = field(default=None, repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.graph.input_shape
+
+    @property
+    def n_inputs(self) -> int:
+        return self.graph.input_size
+
+    @property
+    def n_outputs(self) -> int:
+        return self.graph.output_size
+
+    def run_onnxruntime(self, x: np.ndarray) -> np.ndarray:
+        """The flat output onnxruntime computes for the float32 input `x`."""
+        if self._session is None:
+            self._session = onnxruntime_session(self.onnx_bytes)
+        return run_onnxruntime(self._session, x, self.graph.input_shape)
+
+
+def load_model(path: str | Path, check: bool = True) -> Model:
+    """Load and check an ONNX model (raises ModelError / UnsupportedModel)."""
+    path = Path(path)
+    graph = load_onnx(path, check=check)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc}") from None
+    return Model(graph=graph, path=str(path), onnx_bytes=data)

@@ -1,0 +1,132 @@
+"""`verify()`: attack, then bound propagation, then (when available) branch and bound.
+
+Verdict rules: `unsat` only when every conjunction of every disjunct is proved
+infeasible by a sound bound; `sat` only after onnxruntime confirms a counterexample;
+anything else is `unknown` or `timeout`. Exceptions are not caught here: the caller
+(CLI or user code) sees them, so they can never turn into a verdict.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from models import GraphEvaluator
+from relaxations import IntervalBounds, compute_bounds
+from vnnlib import Disjunct, Spec
+from verifier.api import bound_options, dtype_of
+from verifier.attack import attack_disjunct
+from verifier.config import Config
+from verifier.model import Model
+from verifier.result import Result
+
+__all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved"]
+
+
+class SpecMismatch(ValueError):
+    """The spec does not fit the model (numbers of inputs or outputs)."""
+
+
+def spec_rows(disjunct: Disjunct) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All rows stacked: C [S, n_out], d [S], strict [S], and the conjunction of each row."""
+    C = np.concatenate([c.C for c in disjunct.outputs]) if disjunct.outputs else np.zeros((0, 0))
+    d = np.concatenate([c.d for c in disjunct.outputs]) if disjunct.outputs else np.zeros(0)
+    strict = np.concatenate([c.strict for c in disjunct.outputs]) if disjunct.outputs else np.zeros(0, bool)
+    owner = np.concatenate([np.full(c.C.shape[0], k) for k, c in enumerate(disjunct.outputs)]) \
+        if disjunct.outputs else np.zeros(0, int)
+    return C, d, strict, owner
+
+
+def conjunctions_proved(lower: np.ndarray, d: np.ndarray, strict: np.ndarray, owner: np.ndarray,
+                        n_conj: int) -> np.ndarray:
+    """[..., K] bool: a conjunction is infeasible when one of its rows is violated everywhere.
+
+    lower: [..., S] sound lower bounds of C @ y. A non-strict row C_i y <= d_i is
+    violated everywhere when lower_i > d_i; a strict row when lower_i >= d_i.
+    """
+    gap = lower - d
+    row_ok = np.where(strict, gap >= 0, gap > 0)
+    proved = np.zeros(lower.shape[:-1] + (n_conj,), dtype=bool)
+    for k in range(n_conj):
+        proved[..., k] = row_ok[..., owner == k].any(-1)
+    return proved
+
+
+def _box(disjunct: Disjunct, shape: tuple[int, ...], dtype: torch.dtype, device: str) -> IntervalBounds:
+    lo = torch.tensor(disjunct.region.lower, dtype=dtype, device=device).reshape(1, *shape)
+    hi = torch.tensor(disjunct.region.upper, dtype=dtype, device=device).reshape(1, *shape)
+    return IntervalBounds(lo, hi)
+
+
+def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config,
+                     deadline: float, stats: dict) -> tuple[bool, Optional[np.ndarray], str]:
+    """Try CROWN, then alpha-CROWN. Returns (proved, minimiser candidates, method)."""
+    C, d, strict, owner = spec_rows(disjunct)
+    K = len(disjunct.outputs)
+    if K == 0:
+        return False, None, ""
+    dt = ev.dtype
+    box = _box(disjunct, model.graph.input_shape, dt, config.device)
+    Ct = torch.tensor(C, dtype=dt, device=config.device)
+    methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
+    candidates = None
+    for method in methods:
+        if time.monotonic() > deadline:
+            break
+        res = compute_bounds(model.graph, box, Ct, bound_options(config.bounds, method), want_upper=False, ev=ev)
+        lower = res.lower.detach().cpu().numpy()[0]
+        stats.setdefault("bounds", []).append({"method": method, "min_gap": float(np.min(lower - d))})
+        if conjunctions_proved(lower, d, strict, owner, K).all():
+            return True, None, method
+        if res.linear is not None:
+            candidates = res.linear.minimizer(box).detach().reshape(C.shape[0], -1).cpu().numpy()
+    return False, candidates, methods[-1]
+
+
+def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None) -> Result:
+    """Decide the spec on the model within `config.timeout` seconds (from `start`)."""
+    start = time.monotonic() if start is None else start
+    deadline = start + config.timeout
+    if spec.n_inputs != model.n_inputs or spec.n_outputs != model.n_outputs:
+        raise SpecMismatch(f"spec has {spec.n_inputs} inputs and {spec.n_outputs} outputs; model "
+                           f"'{model.path}' has {model.n_inputs} inputs and {model.n_outputs} outputs")
+    torch.manual_seed(config.seed)
+    ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=config.device)
+    timings: dict[str, float] = {"attack": 0.0, "bounds": 0.0}
+    stats: dict = {"disjuncts": len(spec.disjuncts)}
+    open_disjuncts = []
+    for i, disjunct in enumerate(spec.disjuncts):
+        t = time.monotonic()
+        found = attack_disjunct(model, ev, disjunct, config.attack, deadline, seed=config.seed + i)
+        timings["attack"] += time.monotonic() - t
+        if found is not None:
+            return Result("sat", "counterexample confirmed by onnxruntime", found[0], found[1],
+                          timings, stats, "attack")
+        if time.monotonic() > deadline:
+            return Result("timeout", "time limit reached during the attack", timings=timings, stats=stats)
+    methods = []
+    for i, disjunct in enumerate(spec.disjuncts):
+        t = time.monotonic()
+        proved, candidates, method = _prove_by_bounds(model, ev, disjunct, config, deadline, stats)
+        timings["bounds"] += time.monotonic() - t
+        if proved:
+            methods.append(method)
+            continue
+        if candidates is not None:
+            t = time.monotonic()
+            found = attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 7, candidates)
+            timings["attack"] += time.monotonic() - t
+            if found is not None:
+                return Result("sat", "counterexample confirmed by onnxruntime", found[0], found[1],
+                              timings, stats, "attack")
+        open_disjuncts.append(i)
+        if time.monotonic() > deadline:
+            return Result("timeout", "time limit reached during bound propagation", timings=timings, stats=stats)
+    if not open_disjuncts:
+        return Result("unsat", "every disjunct proved by bound propagation", timings=timings, stats=stats,
+                      method=max(methods, key=["crown", "alpha-crown", "ibp"].index) if methods else "")
+    stats["open_disjuncts"] = len(open_disjuncts)
+    return Result("unknown", "bounds too loose to prove and no counterexample found",
+                  timings=timings, stats=stats, method=config.bounds.method)
