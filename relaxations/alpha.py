@@ -71,8 +71,8 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
                 best_lin = LinearBounds(torch.where(keep, lin.A.detach(), best_lin.A),
                                         torch.where(improved, lin.bias.detach(), best_lin.bias),
                                         torch.where(improved, lin.mass.detach(), best_lin.mass))
-        if it == options.alpha_iterations - 1:
-            break
+        if it == options.alpha_iterations - 1 or not lb.requires_grad:
+            break  # last step, or the bound does not depend on any alpha
         opt.zero_grad(set_to_none=True)
         (-lb.sum()).backward()
         opt.step()

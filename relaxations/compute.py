@@ -141,6 +141,9 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     box: IntervalBounds with tensors [B, *input_shape]. C: [B, S, n_out] or [S, n_out]
     (default: identity, i.e. bounds of every output).
     """
+    if tuple(box.lower.shape[1:]) != tuple(graph.input_shape) or box.lower.shape != box.upper.shape:
+        raise ValueError(f"box must have shape [B, {', '.join(map(str, graph.input_shape))}], "
+                         f"got {tuple(box.lower.shape)} and {tuple(box.upper.shape)}")
     if ev is None:
         ev = GraphEvaluator(graph, dtype=box.lower.dtype, device=box.lower.device)
     precision = options.precision or Precision.for_dtype(ev.dtype)

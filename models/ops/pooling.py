@@ -58,6 +58,11 @@ def _global_avgpool(node: Node, xs: Sequence[T | None]) -> list[T]:
     return [x.mean(dim=tuple(range(2, x.dim())), keepdim=True)]
 
 
+def _global_maxpool(node: Node, xs: Sequence[T | None]) -> list[T]:
+    x = xs[0]
+    return [x.amax(dim=tuple(range(2, x.dim())), keepdim=True)]
+
+
 def _pad(node: Node, xs: Sequence[T | None]) -> list[T]:
     x = xs[0]
     if node.opset < 11:
@@ -162,6 +167,7 @@ def register() -> None:
     register_forward("MaxPool", _maxpool)
     register_forward("AveragePool", _avgpool)
     register_forward("GlobalAveragePool", _global_avgpool)
+    register_forward("GlobalMaxPool", _global_maxpool)
     register_forward("Pad", _pad)
     register_forward("Resize", _resize)
     register_forward("Upsample", _upsample)

@@ -62,6 +62,9 @@ __all__ = [
     "layer_schur",
     "fast_layer_multipliers",
     "output_metric",
+    "shift_multipliers",
+    "repair_layer",
+    "repair_sweep",
 ]
 
 
@@ -293,3 +296,69 @@ def fast_layer_multipliers(
     else:
         t = hmax
     return np.full(n, t)
+
+
+def shift_multipliers(activation: str, mult: np.ndarray, alpha: float) -> np.ndarray:
+    """Multipliers whose ``-Q_zz`` is larger by exactly ``alpha I`` (alpha >= 0).
+
+    Slope-restricted: ``-Q_zz = 2T``, so ``t += alpha / 2``. MaxMin pair:
+    ``Q_zz = [[mu3 - 2 lam, (mu3 + mu4)/2], [., mu4]]``, so ``lam += alpha``,
+    ``mu3 += alpha``, ``mu4 -= alpha``. Both keep the sign constraints."""
+    m = np.array(mult, dtype=np.float64, copy=True)
+    if activation == "maxmin":
+        m[:, 0] += alpha
+        m[:, 3] += alpha
+        m[:, 4] -= alpha
+    else:
+        m += 0.5 * alpha
+    return m
+
+
+def repair_layer(
+    activation: str,
+    negative_slope: float,
+    mult: np.ndarray,
+    h: np.ndarray,
+    delta: float = 0.0,
+    rel_floor: float = 1e-10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Project and shift one layer's multipliers until ``S >= delta I + rel_floor h_max I``
+    holds with room; returns (multipliers, G) for the previous layer."""
+    h = 0.5 * (h + h.T)
+    m = project_multipliers(activation, mult)
+    want = delta + rel_floor * max(float(np.linalg.eigvalsh(h)[-1]), 0.0)
+    _, _, q_zz = qc_blocks(activation, negative_slope, m)
+    lo = float(np.linalg.eigvalsh(-q_zz - h)[0])
+    if lo < 2.0 * want:
+        m = shift_multipliers(activation, m, 2.0 * want - lo + 1e-300)
+    step = layer_schur(activation, negative_slope, m, h, delta)
+    bump = max(want, 1e-300)
+    while step is None:  # rounding right at the edge: push further
+        m = shift_multipliers(activation, m, bump)
+        bump *= 4.0
+        step = layer_schur(activation, negative_slope, m, h, delta)
+    return m, step[1]
+
+
+def repair_sweep(
+    net: FeedForward,
+    multipliers: Sequence[np.ndarray],
+    output_rows: Sequence[int] | None = None,
+    delta: float = 0.0,
+    rel_floor: float = 1e-10,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Backward sweep that repairs a solver's slightly infeasible multipliers.
+
+    Solvers return multipliers that satisfy the LMI only to their tolerance; the
+    inner Schur complements may then be (barely) indefinite, which no rho can fix.
+    Going from the output end, each layer's multipliers are shifted (see
+    ``shift_multipliers``) until ``S_k >= delta I + rel_floor * lambda_max(H_k) I``.
+    Returns the repaired multipliers and ``k_input = W_0^T G_1 W_0``."""
+    ws = net.weights
+    g = output_metric(ws[-1].shape[0], output_rows)
+    fixed: list[np.ndarray] = [np.empty(0)] * (len(ws) - 1)
+    for k in range(len(ws) - 1, 0, -1):
+        h = ws[k].T @ g @ ws[k]
+        fixed[k - 1], g = repair_layer(net.activation, net.negative_slope, multipliers[k - 1], h, delta, rel_floor)
+    kin = ws[0].T @ g @ ws[0]
+    return tuple(fixed), 0.5 * (kin + kin.T)

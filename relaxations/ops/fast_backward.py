@@ -47,7 +47,7 @@ def gemm_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Seque
     if args[0] is not None or args[1] is None or (len(args) > 2 and in_shapes[2] is not None):
         return None
     A = A_outs[0]
-    _, b, c = gemm_parts(node, [torch.empty(0), args[1], args[2] if len(args) > 2 else None])
+    _, b, c = gemm_parts(node, [torch.empty(0, 0), args[1], args[2] if len(args) > 2 else None])
     A_in = A @ b.transpose(0, 1)
     if node.attr("transA", 0):
         A_in = A_in.transpose(-1, -2)

@@ -1,0 +1,339 @@
+"""Bounding rules for smooth elementwise ops: Sigmoid, Tanh, Exp, Log, Sqrt, Reciprocal.
+
+Every relaxation line here is built as "a slope k, then the exact supporting bias for
+that slope": the tightest bias is min (or max) over [l, u] of f(x) - k x, attained at
+an endpoint or at a critical point f'(x) = k, and we evaluate f(x) - k x at all of
+those candidates (any extra candidate inside [l, u] is harmless: it can only move the
+line outward). Soundness therefore never rests on how accurately a tangent point was
+found (bisection only decides which slope CROWN prefers); it rests on knowing the
+critical points, which for convex/concave pieces is the tangent point itself and for
+S-shaped functions comes from a closed-form inverse of f'.
+
+Alpha (one value per element and spec row) is a normalised tangent-point position in
+[0, 1]. Only one of the two lines is ever used per (row, element) by the backward
+pass (the sign of the coefficient picks it), so both lines share the parameter:
+- single-curvature intervals: tangent point t = l + alpha (u - l), CROWN init 0.5;
+- S-shaped functions over an interval containing the inflection point: t = d + alpha
+  (end - d), where d is CROWN's tangent point (the tangent through the opposite
+  endpoint) and end the near endpoint, CROWN init 0.
+Anything non-finite (a box reaching +-inf, an overflowing tangent) falls back to the
+constant lines of the exact interval; if that is infinite too, a ValueError says so.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from models import Node
+from relaxations.bounds import IntervalBounds
+from relaxations.ops.common import Ins
+from relaxations.registry import OpRule, Relaxation, register_rule
+
+__all__ = ["register", "finish", "curved", "s_shape", "SLACK_ULPS", "unstable_if_wide", "half_alpha"]
+
+T = torch.Tensor
+Fn = Callable[[T], T]
+
+# Outward slack in units of the dtype's epsilon, times the size of the line's terms:
+# absorbs the few-ulp error of torch's transcendental functions and of the bias sum.
+SLACK_ULPS = 8.0
+_BISECT_STEPS = 30
+
+
+def _finite(x: T) -> T:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def finish(op: str, l: T, u: T, lower: tuple[T, T], upper: tuple[T, T], lo_c: T, hi_c: T) -> Relaxation:
+    """Sanitise two lines and widen them by a rounding slack.
+
+    Elements with a zero-width, infinite or unusable (non-finite) line get the constant
+    line of the interval [lo_c, hi_c] (exact for zero width). Raises ValueError when
+    such an element has no finite constant either: no finite linear bound exists.
+    """
+    ls, lb = lower
+    us, ub = upper
+    box_ok = torch.isfinite(l) & torch.isfinite(u) & (u > l)
+    ok_lo = box_ok & torch.isfinite(ls) & torch.isfinite(lb)
+    ok_up = box_ok & torch.isfinite(us) & torch.isfinite(ub)
+    if bool(((~ok_lo) & ~torch.isfinite(lo_c)).any()):
+        raise ValueError(f"{op}: the input interval admits no finite linear lower bound "
+                         "(the op is unbounded below, undefined or overflows on it)")
+    if bool(((~ok_up) & ~torch.isfinite(hi_c)).any()):
+        raise ValueError(f"{op}: the input interval admits no finite linear upper bound "
+                         "(the op is unbounded above, undefined or overflows on it)")
+    zero = torch.zeros((), dtype=l.dtype, device=l.device)
+    ls = torch.where(ok_lo, ls, zero)
+    lb = torch.where(ok_lo, lb, _finite(lo_c))
+    us = torch.where(ok_up, us, zero)
+    ub = torch.where(ok_up, ub, _finite(hi_c))
+    m = _finite(torch.maximum(l.abs(), u.abs()))
+    eps = SLACK_ULPS * torch.finfo(l.dtype).eps
+    tiny = torch.finfo(l.dtype).tiny
+    lb = lb - (eps * (lb.abs() + ls.abs() * m) + tiny)
+    ub = ub + (eps * (ub.abs() + us.abs() * m) + tiny)
+    return Relaxation(ls, lb, us, ub)
+
+
+def _safe_box(l: T, u: T) -> tuple[T, T]:
+    """Finite stand-ins for l, u (elements with infinite ends use constants later)."""
+    ok = torch.isfinite(l) & torch.isfinite(u)
+    z = torch.zeros_like(l)
+    return torch.where(ok, l, z), torch.where(ok, u, z)
+
+
+def _chord_slope(fl: T, fu: T, l: T, u: T) -> T:
+    wide = u > l
+    return torch.where(wide, (fu - fl) / torch.where(wide, u - l, torch.ones_like(u)), torch.zeros_like(u))
+
+
+def curved(f: Fn, df: Fn, l: T, u: T, t: T, convex: T | bool) -> tuple[tuple[T, T], tuple[T, T]]:
+    """Tangent at t on the inner side, chord on the outer side, for f convex (or concave) on [l, u].
+
+    Both biases are exact supports for their slopes: the chord's over the endpoints
+    (where a convex function's f(x) - k x peaks), the tangent's over {t, l, u}.
+    """
+    fl, fu, ft, kt = f(l), f(u), f(t), df(t)
+    kc = _chord_slope(fl, fu, l, u)
+    chord_hi = torch.maximum(fl - kc * l, fu - kc * u)
+    chord_lo = torch.minimum(fl - kc * l, fu - kc * u)
+    cand = (ft - kt * t, fl - kt * l, fu - kt * u)
+    tan_lo = torch.minimum(torch.minimum(cand[0], cand[1]), cand[2])
+    tan_hi = torch.maximum(torch.maximum(cand[0], cand[1]), cand[2])
+    convex = torch.as_tensor(convex, device=l.device)
+    lower = (torch.where(convex, kt, kc), torch.where(convex, tan_lo, chord_lo))
+    upper = (torch.where(convex, kc, kt), torch.where(convex, chord_hi, tan_hi))
+    return lower, upper
+
+
+def half_alpha(node: Node, l: T, u: T, consts: Sequence) -> T:
+    """CROWN's tangent point for single-curvature pieces: the midpoint."""
+    return torch.full_like(l, 0.5)
+
+
+def _unit_bounds(node: Node, l: T, u: T, consts: Sequence) -> tuple[T, T]:
+    return torch.zeros_like(l), torch.ones_like(l)
+
+
+def unstable_if_wide(node: Node, l: T, u: T, consts: Sequence) -> T:
+    """A smooth nonlinear function is relaxed exactly only on a zero-width interval."""
+    return u > l
+
+
+# ---------------------------------------------------------------- S-shaped functions
+
+def _bisect(h: Callable[[T], T], lo: T, hi: T, steps: int = _BISECT_STEPS) -> tuple[T, T]:
+    """Shrink [lo, hi] around the sign change of an increasing h (h(lo) <= 0 < h(hi))."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        up = h(mid) > 0
+        hi = torch.where(up, mid, hi)
+        lo = torch.where(up, lo, mid)
+    return lo, hi
+
+
+def _s_points(f: Fn, df: Fn, l: T, u: T, cap: Optional[float]) -> tuple[T, T, T, T]:
+    """CROWN's tangent points for l < 0 < u: d_u >= 0 (tangent through (l, f(l))) and
+    d_l <= 0 (through (u, f(u))), and whether the chord serves instead on each side."""
+    fl, fu = f(l), f(u)
+
+    def h_up(t: T) -> T:
+        return f(t) + df(t) * (l - t) - fl
+
+    def h_lo(t: T) -> T:
+        return f(t) + df(t) * (u - t) - fu
+
+    up_chord = h_up(u) <= 0
+    lo_chord = h_lo(l) >= 0
+    zero = torch.zeros_like(u)
+    if cap is None:
+        hi0, lo0 = u, l
+        a_lo, a_hi = zero, u
+        b_lo, b_hi = l, zero
+    else:
+        # The tangent points of a saturating function lie near 0: search a short bracket
+        # first so that a huge |l| or |u| does not cost precision.
+        hi0 = torch.clamp(u, max=cap)
+        lo0 = torch.clamp(l, min=-cap)
+        near_up = h_up(hi0) > 0
+        near_lo = h_lo(lo0) < 0
+        a_lo, a_hi = torch.where(near_up, zero, hi0), torch.where(near_up, hi0, u)
+        b_lo, b_hi = torch.where(near_lo, lo0, l), torch.where(near_lo, zero, lo0)
+    _, d_u = _bisect(h_up, a_lo, a_hi)
+    d_l, _ = _bisect(h_lo, b_lo, b_hi)
+    return d_u, d_l, up_chord, lo_chord
+
+
+def s_shape(f: Fn, df: Fn, dinv: Fn, l: T, u: T, alpha: Optional[T], cap: Optional[float]
+            ) -> tuple[tuple[T, T], tuple[T, T]]:
+    """Lines for f convex on (-inf, 0] and concave on [0, inf), with f' even.
+
+    dinv(k) is the point x >= 0 with f'(x) = k (the concave-side critical point; -x is
+    the convex-side one), clamped to where it exists. Any slope k then has an exact
+    supporting bias: max (upper) of f - k x over {l, u, x_k} and min (lower) over
+    {l, u, -x_k}; the tangent point itself is added as a candidate too.
+    """
+    a = s_alpha_init(l, u) if alpha is None else alpha
+    convex, concave = u <= 0, l >= 0
+    cross = ~(convex | concave)
+    lc, uc = torch.where(cross, l, -torch.ones_like(l)), torch.where(cross, u, torch.ones_like(u))
+    d_u, d_l, up_chord, lo_chord = _s_points(f, df, lc, uc, cap)
+    t_mid = l + a * (u - l)
+    t_up = torch.where(cross, d_u + a * (u - d_u), t_mid).clamp(min=0)
+    t_lo = torch.where(cross, d_l + a * (l - d_l), t_mid).clamp(max=0)
+    fl, fu = f(l), f(u)
+    kc = _chord_slope(fl, fu, l, u)
+    use_chord_up = convex | (cross & up_chord)
+    use_chord_lo = concave | (cross & lo_chord)
+    k_up = torch.where(use_chord_up, kc, df(t_up))
+    k_lo = torch.where(use_chord_lo, kc, df(t_lo))
+
+    def support(k: T, t: T, sign: float) -> T:
+        x_k = (sign * dinv(k.detach())).clamp(min=l, max=u).detach()
+        t_in = torch.minimum(torch.maximum(t, l), u)
+        vals = torch.stack(torch.broadcast_tensors(fl - k * l, fu - k * u, f(x_k) - k * x_k, f(t_in) - k * t_in))
+        return vals.amax(0) if sign > 0 else vals.amin(0)
+
+    return (k_lo, support(k_lo, t_lo, -1.0)), (k_up, support(k_up, t_up, 1.0))
+
+
+def s_alpha_init(l: T, u: T) -> T:
+    """0 (CROWN's tangent) where the interval contains the inflection point, else 0.5."""
+    return torch.where((l < 0) & (u > 0), torch.zeros_like(l), torch.full_like(l, 0.5))
+
+
+def _dsigmoid(x: T) -> T:
+    return torch.sigmoid(x) * torch.sigmoid(-x)
+
+
+def _sigmoid_dinv(k: T) -> T:
+    # s(1 - s) = k with s >= 1/2; 1 - s written without cancellation.
+    k = k.clamp(min=torch.finfo(k.dtype).tiny, max=0.25)
+    r = torch.sqrt((1 - 4 * k).clamp(min=0))
+    # log(s / (1 - s)) with s = (1 + r) / 2 and 1 - s = 2k / (1 + r).
+    return 2 * torch.log1p(r) - torch.log(4 * k)
+
+
+def _dtanh(x: T) -> T:
+    return 4 * torch.sigmoid(2 * x) * torch.sigmoid(-2 * x)
+
+
+def _tanh_dinv(k: T) -> T:
+    # 1 - y^2 = k with y >= 0: x = atanh(y) = (log(1 + y) - log(1 - y)) / 2, 1 - y = k / (1 + y).
+    k = k.clamp(min=torch.finfo(k.dtype).tiny, max=1.0)
+    y = torch.sqrt((1 - k).clamp(min=0))
+    return (torch.log1p(y) + torch.log1p(y) - torch.log(k)) / 2
+
+
+_S_FUNCS = {"Sigmoid": (torch.sigmoid, _dsigmoid, _sigmoid_dinv), "Tanh": (torch.tanh, _dtanh, _tanh_dinv)}
+
+
+def _s_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> Relaxation:
+    f, df, dinv = _S_FUNCS[node.op]
+    ls, us = _safe_box(l, u)
+    lower, upper = s_shape(f, df, dinv, ls, us, alpha, cap=64.0)
+    return finish(node.op, l, u, lower, upper, f(l), f(u))
+
+
+def _s_alpha_init(node: Node, l: T, u: T, consts: Sequence) -> T:
+    return s_alpha_init(l, u)
+
+
+# ------------------------------------------------------- convex / concave functions
+
+def _increasing_interval(fn: Fn) -> Callable[..., list]:
+    def interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
+        b = ins[0]
+        return [IntervalBounds(fn(b.lower), fn(b.upper))]
+    return interval
+
+
+def _log_range(l: T, u: T) -> tuple[T, T]:
+    # Below 0 the op yields NaN, which no interval describes: report (-inf, inf).
+    inf = torch.full_like(l, math.inf)
+    lo = torch.where(l >= 0, torch.log(l.clamp(min=0)), -inf)
+    hi = torch.where(l >= 0, torch.log(u.clamp(min=0)), inf)
+    return lo, hi
+
+
+def _sqrt_range(l: T, u: T) -> tuple[T, T]:
+    inf = torch.full_like(l, math.inf)
+    ok = l >= 0
+    return torch.where(ok, torch.sqrt(l.clamp(min=0)), -inf), torch.where(ok, torch.sqrt(u.clamp(min=0)), inf)
+
+
+def _exp_range(l: T, u: T) -> tuple[T, T]:
+    return torch.exp(l), torch.exp(u)
+
+
+def _reciprocal_range(l: T, u: T) -> tuple[T, T]:
+    # 1/x is decreasing on each side of 0; an interval touching 0 reaches +-inf (1/+-0).
+    side = (l > 0) | (u < 0)
+    inf = torch.full_like(l, math.inf)
+    return torch.where(side, 1.0 / u, -inf), torch.where(side, 1.0 / l, inf)
+
+
+_RANGES = {"Exp": _exp_range, "Log": _log_range, "Sqrt": _sqrt_range, "Reciprocal": _reciprocal_range}
+
+
+def _range_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
+    lo, hi = _RANGES[node.op](ins[0].lower, ins[0].upper)
+    return [IntervalBounds(lo, hi)]
+
+
+def _sqrt_floor(x: T) -> T:
+    """Smallest tangent point used near 0, where sqrt-like derivatives blow up."""
+    return torch.full_like(x, math.sqrt(torch.finfo(x.dtype).tiny))
+
+
+def _convex_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> Relaxation:
+    op = node.op
+    lo_c, hi_c = _RANGES[op](l, u)
+    ls, us = _safe_box(l, u)
+    a = torch.full_like(ls, 0.5) if alpha is None else alpha
+    t = ls + a * (us - ls)
+    if op == "Exp":
+        lower, upper = curved(torch.exp, torch.exp, ls, us, t, True)
+    elif op == "Log":
+        pos = ls > 0
+        lp, up_ = torch.where(pos, ls, torch.ones_like(ls)), torch.where(pos, us, torch.ones_like(us))
+        tp = torch.where(pos, t, torch.ones_like(t))
+        lower, upper = curved(torch.log, torch.reciprocal, lp, up_, tp, False)
+        lower, upper = _mask_lines(pos, lower, upper)
+    elif op == "Sqrt":
+        ok = ls >= 0
+        lp, up_ = torch.where(ok, ls, torch.zeros_like(ls)), torch.where(ok, us, torch.ones_like(us))
+        tp = torch.maximum(torch.where(ok, t, torch.ones_like(t)), _sqrt_floor(t))
+        lower, upper = curved(torch.sqrt, lambda x: 0.5 / torch.sqrt(x), lp, up_, tp, False)
+        lower, upper = _mask_lines(ok, lower, upper)
+    elif op == "Reciprocal":
+        side = (ls > 0) | (us < 0)
+        one = torch.ones_like(ls)
+        lp, up_ = torch.where(side, ls, one), torch.where(side, us, 2 * one)
+        tp = torch.where(side, t, one)
+        lower, upper = curved(torch.reciprocal, lambda x: -1.0 / (x * x), lp, up_, tp, lp > 0)
+        lower, upper = _mask_lines(side, lower, upper)
+    else:  # pragma: no cover - registration guards this
+        raise ValueError(f"no smooth relaxation for {op}")
+    return finish(op, l, u, lower, upper, lo_c, hi_c)
+
+
+def _mask_lines(ok: T, lower: tuple[T, T], upper: tuple[T, T]) -> tuple[tuple[T, T], tuple[T, T]]:
+    """Mark lines outside the op's domain as unusable (NaN), so `finish` replaces them."""
+    nan = torch.tensor(math.nan, dtype=lower[0].dtype, device=lower[0].device)
+    return ((torch.where(ok, lower[0], nan), lower[1]), (torch.where(ok, upper[0], nan), upper[1]))
+
+
+def register() -> None:
+    facts = frozenset({"monotone", "elementwise", "smooth"})
+    for op in ("Sigmoid", "Tanh"):
+        fn = _S_FUNCS[op][0]
+        register_rule(OpRule(op, "elementwise", interval=_increasing_interval(fn), relax=_s_relax,
+                             alpha_init=_s_alpha_init, alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
+                             facts=facts))
+    for op in ("Exp", "Log", "Sqrt", "Reciprocal"):
+        register_rule(OpRule(op, "elementwise", interval=_range_interval, relax=_convex_relax,
+                             alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
+                             facts=facts - {"monotone"} if op == "Reciprocal" else facts))

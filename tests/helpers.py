@@ -1,0 +1,36 @@
+"""Helpers for tests: sampling inside boxes and checking containment with tolerance."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models import Graph, GraphEvaluator
+
+__all__ = ["sample_box", "outputs_float64", "assert_inside"]
+
+
+def sample_box(lo: torch.Tensor, hi: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """n points in the box [lo, hi] (shape [1, *s]): uniform, plus random corners."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, *lo.shape[1:], generator=g, dtype=lo.dtype)
+    corner = (torch.rand(n // 4, *lo.shape[1:], generator=g) < 0.5).to(lo.dtype)
+    u = torch.cat([u, corner])
+    return lo + (hi - lo) * u
+
+
+def outputs_float64(graph: Graph, xs: torch.Tensor) -> torch.Tensor:
+    ev = GraphEvaluator(graph, dtype=torch.float64)
+    return ev(xs.double()).reshape(len(xs), -1)
+
+
+def assert_inside(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, what: str,
+                  rel: float = 1e-5) -> None:
+    """values [N, S] within [lower, upper] ([S]) up to rel * scale."""
+    values = values.double()
+    lower, upper = lower.double().reshape(1, -1), upper.double().reshape(1, -1)
+    scale = 1.0 + values.abs().max()
+    below = (lower - values).max()
+    above = (values - upper).max()
+    assert float(below) <= rel * float(scale), f"{what}: sample below lower bound by {float(below):.3g}"
+    assert float(above) <= rel * float(scale), f"{what}: sample above upper bound by {float(above):.3g}"
+    assert not bool(torch.isnan(lower).any() or torch.isnan(upper).any()), f"{what}: NaN bound"

