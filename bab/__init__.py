@@ -1,1 +1,11 @@
-"""nncert package."""
+"""Branch and bound: domain batches, splitting, the search loops, proof records.
+
+Imports `relaxations` and `models` only.
+"""
+from __future__ import annotations
+
+from bab.domains import DomainBatch
+from bab.input_split import InputSplitOutcome, InputSplitProblem, input_split_bab, rows_status
+from bab.proof import ProofLog
+
+__all__ = ["DomainBatch", "InputSplitOutcome", "InputSplitProblem", "input_split_bab", "rows_status", "ProofLog"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from relaxations.bounds import IntervalBounds, LinearBounds, Precision
-from relaxations.crown import BackwardContext, backward_lower
+from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower
 
 __all__ = ["optimise_alpha", "initial_alphas"]
 
@@ -21,7 +21,7 @@ def initial_alphas(ctx: BackwardContext, B: int, S: int) -> dict[str, T]:
     alphas = {}
     for node in ctx.graph.nodes:
         rule = ctx.rules[node.name]
-        if rule.alpha_init is None or rule.relax is None:
+        if rule.alpha_init is None or not _is_plain_elementwise(ctx, node, rule):
             continue
         b = ctx.table[node.inputs[0]]
         consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
@@ -54,7 +54,7 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=options.alpha_lr)
-    octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas)
+    octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas, cache=None)
     best = None
     best_lin = None
     for it in range(max(1, options.alpha_iterations)):

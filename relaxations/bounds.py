@@ -73,11 +73,12 @@ class LinearBounds:
         """The sound minimum over the box, [B, S], widened outward for rounding."""
         B, S = self.A.shape[:2]
         A = self.A.reshape(B, S, -1)
-        lo = box.lower.reshape(B, 1, -1)
-        hi = box.upper.reshape(B, 1, -1)
+        lo = box.lower.reshape(B, -1, 1)
+        hi = box.upper.reshape(B, -1, 1)
         center, radius = (lo + hi) / 2, (hi - lo) / 2
-        value = (A * center).sum(-1) - (A.abs() * radius).sum(-1) + self.bias
-        mass = (A.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1) + self.mass
+        absA = A.abs()
+        value = torch.bmm(A, center).squeeze(-1) - torch.bmm(absA, radius).squeeze(-1) + self.bias
+        mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1) + self.mass
         return widen_lower(value, mass, precision)
 
     def minimizer(self, box: IntervalBounds) -> torch.Tensor:

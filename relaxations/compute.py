@@ -16,7 +16,7 @@ import torch
 from models import Graph, GraphEvaluator
 from relaxations.alpha import optimise_alpha
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, widen_lower
-from relaxations.crown import BackwardContext, backward_lower, concretize_at, rules_for
+from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, concretize_at, rules_for
 from relaxations.ibp import node_inputs, node_interval
 
 __all__ = ["BoundOptions", "BoundResult", "compute_bounds", "intermediate_bounds", "METHODS"]
@@ -65,7 +65,7 @@ def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
     needs: dict[str, Optional[T]] = {}
     for node in ctx.graph.nodes:
         rule = ctx.rules[node.name]
-        if rule.kind == "elementwise" and rule.relax is not None:
+        if _is_plain_elementwise(ctx, node, rule):
             needs.setdefault(node.inputs[0], None)
     return needs
 
@@ -103,7 +103,7 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds,
     """Interval bounds of every tensor, tightened by CROWN where relaxations need them."""
     precision = options.precision or Precision.for_dtype(ev.dtype)
     table = BoundsTable({graph.input_name: box})
-    ctx = BackwardContext(graph, ev, table, rules_for(graph))
+    ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={})
     needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
     consumers = graph.consumers()
     for node in graph.nodes:
@@ -123,7 +123,7 @@ def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T
     mask = None
     for node in readers:
         rule = ctx.rules[node.name]
-        if rule.kind != "elementwise" or rule.relax is None:
+        if not _is_plain_elementwise(ctx, node, rule):
             continue
         if rule.unstable is None:
             return None

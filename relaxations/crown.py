@@ -36,6 +36,7 @@ class BackwardContext:
     table: Mapping[str, IntervalBounds]
     rules: Mapping[str, OpRule]
     alphas: Optional[Mapping[str, T]] = None
+    cache: Optional[dict] = None
 
 
 def concretize_at(A: T, bounds: IntervalBounds) -> tuple[T, T]:
@@ -85,20 +86,46 @@ def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
     return result, bias, mass
 
 
-def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) -> tuple[T, T, T]:
-    name = node.inputs[0]
-    b = ctx.table[name]
-    consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
-    alpha = None if ctx.alphas is None else ctx.alphas.get(node.name)
-    lo, hi = b.lower.unsqueeze(1), b.upper.unsqueeze(1)
-    r = rule.relax(node, lo, hi, alpha, consts)
-    pos, neg = A.clamp(min=0), A.clamp(max=0)
-    A_in = pos * r.lower_slope + neg * r.upper_slope
-    terms = pos * r.lower_bias + neg * r.upper_bias
+def _dot(A: T, v: T) -> T:
+    """sum over the tensor dims of A [B, S, *shape] * v ([B, 1, *shape] or [B, S, *shape]) -> [B, S]."""
     B, S = A.shape[:2]
-    bias = terms.reshape(B, S, -1).sum(-1)
-    mass = terms.abs().reshape(B, S, -1).sum(-1)
+    if v.dim() == A.dim() and v.shape[1] == 1:
+        return torch.bmm(A.reshape(B, S, -1), v.reshape(B, -1, 1)).squeeze(-1)
+    return (A * v).reshape(B, S, -1).sum(-1)
+
+
+def _relaxation(ctx: BackwardContext, node: Node, rule: OpRule, alpha: Optional[T]):
+    """The node's relaxation lines; without alpha they are cached for the whole pass
+    (the input's interval is final before any backward pass goes through the node)."""
+    if alpha is None and ctx.cache is not None and node.name in ctx.cache:
+        return ctx.cache[node.name]
+    b = ctx.table[node.inputs[0]]
+    consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
+    r = rule.relax(node, b.lower.unsqueeze(1), b.upper.unsqueeze(1), alpha, consts)
+    for t in (r.lower_slope, r.lower_bias, r.upper_slope, r.upper_bias):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"node '{node.name}' ({node.op}): relaxation is not finite on its input interval")
+    if alpha is None and ctx.cache is not None:
+        ctx.cache[node.name] = r
+    return r
+
+
+def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) -> tuple[T, T, T]:
+    """Lower line where A > 0, upper line where A < 0; bias and mass by batched dot products."""
+    alpha = None if ctx.alphas is None else ctx.alphas.get(node.name)
+    r = _relaxation(ctx, node, rule, alpha)
+    pos = A.clamp(min=0)
+    neg = A - pos
+    A_in = pos * r.lower_slope + neg * r.upper_slope
+    bias = _dot(pos, r.lower_bias) + _dot(neg, r.upper_bias)
+    mass = _dot(pos, r.lower_bias.abs()) - _dot(neg, r.upper_bias.abs())
     return A_in, bias, mass
+
+
+def _is_plain_elementwise(ctx: BackwardContext, node: Node, rule: OpRule) -> bool:
+    """Relaxations are for the first input only; other variable inputs mean interval fallback."""
+    return (rule.kind == "elementwise" and rule.relax is not None and len(node.outputs) == 1
+            and not any(x and x not in ctx.ev.constants for x in node.inputs[1:]))
 
 
 def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
@@ -130,7 +157,7 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
             for x, a in zip(node.inputs, A_ins):
                 if a is not None:
                     As[x] = As[x] + a if x in As else a
-        elif rule.kind == "elementwise" and rule.relax is not None and len(A_outs) == 1:
+        elif _is_plain_elementwise(ctx, node, rule):
             a, b, m = _elementwise_backward(ctx, node, rule, A_outs[0])
             x = node.inputs[0]
             As[x] = As[x] + a if x in As else a

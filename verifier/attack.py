@@ -100,7 +100,7 @@ def attack_disjunct(model: Model, ev: GraphEvaluator, disjunct: Disjunct, cfg: A
             better = s < best_s
             best_s = torch.where(better, s, best_s)
             best_x[better] = x[better]
-            size = cfg.step_size * (1.0 - step / cfg.steps) + 1e-3
+            size = cfg.step_size * (1e-3 ** (step / max(cfg.steps - 1, 1)))  # geometric decay
             x = (x - size * half * grad.sign()).clamp(lo, hi)
         if bool((best_s <= 0).any()):
             found = _try(model, disjunct, best_x.cpu().numpy(), best_s.cpu().numpy(), 3)

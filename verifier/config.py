@@ -57,6 +57,7 @@ class BabConfig:
 @dataclass(frozen=True)
 class Config:
     device: str = "cpu"
+    threads: int = 1            # torch CPU threads; 0 keeps torch's default (all cores)
     timeout: float = 300.0
     seed: int = 0
     bounds: BoundsConfig = field(default_factory=BoundsConfig)

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bab import InputSplitProblem, input_split_bab
 from models import GraphEvaluator
 from relaxations import IntervalBounds, compute_bounds
 from vnnlib import Disjunct, Spec
@@ -20,6 +21,7 @@ from verifier.api import bound_options, dtype_of
 from verifier.attack import attack_disjunct
 from verifier.config import Config
 from verifier.model import Model
+from verifier.replay import confirm
 from verifier.result import Result
 
 __all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved"]
@@ -71,6 +73,8 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     box = _box(disjunct, model.graph.input_shape, dt, config.device)
     Ct = torch.tensor(C, dtype=dt, device=config.device)
     methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
+    if _bab_mode(model, config) == "input":
+        methods = methods[:1]  # splitting the input tightens faster than optimising alpha
     candidates = None
     for method in methods:
         if time.monotonic() > deadline:
@@ -85,6 +89,29 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     return False, candidates, methods[-1]
 
 
+def _bab_mode(model: Model, config: Config) -> str:
+    """Input split for few inputs, otherwise activation split (when available)."""
+    if not config.bab.enabled:
+        return "none"
+    if config.bab.mode != "auto":
+        return config.bab.mode
+    return "input" if model.n_inputs <= config.bab.input_split_max_dims else "activation"
+
+
+def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
+    C, d, strict, owner = spec_rows(disjunct)
+    dt, dev = ev.dtype, config.device
+    box = _box(disjunct, model.graph.input_shape, dt, dev)
+    problem = InputSplitProblem(
+        graph=model.graph, ev=ev, lower=box.lower, upper=box.upper,
+        C=torch.tensor(C, dtype=dt, device=dev), d=torch.tensor(d, dtype=dt, device=dev),
+        strict=torch.tensor(strict, device=dev), owner=torch.tensor(owner, dtype=torch.long, device=dev),
+        n_conj=len(disjunct.outputs))
+    return input_split_bab(problem, bound_options(config.bounds, "crown"), deadline,
+                           batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
+                           confirm=lambda x: confirm(model, disjunct, x) is not None)
+
+
 def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None) -> Result:
     """Decide the spec on the model within `config.timeout` seconds (from `start`)."""
     start = time.monotonic() if start is None else start
@@ -93,6 +120,8 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
         raise SpecMismatch(f"spec has {spec.n_inputs} inputs and {spec.n_outputs} outputs; model "
                            f"'{model.path}' has {model.n_inputs} inputs and {model.n_outputs} outputs")
     torch.manual_seed(config.seed)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=config.device)
     timings: dict[str, float] = {"attack": 0.0, "bounds": 0.0}
     stats: dict = {"disjuncts": len(spec.disjuncts)}
@@ -121,11 +150,27 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
             if found is not None:
                 return Result("sat", "counterexample confirmed by onnxruntime", found[0], found[1],
                               timings, stats, "attack")
-        open_disjuncts.append(i)
         if time.monotonic() > deadline:
             return Result("timeout", "time limit reached during bound propagation", timings=timings, stats=stats)
+        mode = _bab_mode(model, config)
+        if mode == "input":
+            t = time.monotonic()
+            outcome = _input_split(model, ev, disjunct, config, deadline)
+            timings["bab"] = timings.get("bab", 0.0) + time.monotonic() - t
+            stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
+            if outcome.status == "sat":
+                found = confirm(model, disjunct, outcome.candidate)
+                return Result("sat", "counterexample found by branch and bound, confirmed by onnxruntime",
+                              found[0], found[1], timings, stats, "bab-input")
+            if outcome.status == "timeout":
+                return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
+            if outcome.status == "unsat":
+                methods.append("crown")
+                continue
+        open_disjuncts.append(i)
     if not open_disjuncts:
-        return Result("unsat", "every disjunct proved by bound propagation", timings=timings, stats=stats,
+        how = "branch and bound" if "domains" in stats else "bound propagation"
+        return Result("unsat", f"every disjunct proved by {how}", timings=timings, stats=stats,
                       method=max(methods, key=["crown", "alpha-crown", "ibp"].index) if methods else "")
     stats["open_disjuncts"] = len(open_disjuncts)
     return Result("unknown", "bounds too loose to prove and no counterexample found",

@@ -16,7 +16,10 @@ from relaxations.lipschitz.lmi import (
     output_metric,
     project_multipliers,
     qc_blocks,
+    repair_layer,
+    repair_sweep,
     schur_sweep,
+    shift_multipliers,
 )
 from relaxations.lipschitz.network import (
     ACTIVATIONS,
@@ -62,6 +65,9 @@ __all__ = [
     "output_metric",
     "project_multipliers",
     "qc_blocks",
+    "repair_layer",
+    "repair_sweep",
     "schur_sweep",
+    "shift_multipliers",
     "slope_bounds",
 ]

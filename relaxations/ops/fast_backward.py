@@ -23,9 +23,9 @@ Result = Optional[tuple[list, T, T]]
 def _bias_term(A: T, c: T) -> tuple[T, T]:
     """<A, c> and <|A|, |c|> per [B, S], with c broadcast to A's trailing shape."""
     B, S = A.shape[:2]
-    c = torch.broadcast_to(c, A.shape[2:])
-    prod = (A * c).reshape(B, S, -1)
-    return prod.sum(-1), prod.abs().sum(-1)
+    c = torch.broadcast_to(c, A.shape[2:]).reshape(-1)
+    Af = A.reshape(B, S, -1)
+    return Af @ c, Af.abs() @ c.abs()
 
 
 def _zeros(A: T) -> T:

@@ -273,8 +273,8 @@ def _pow_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
 
 def _pow_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> Relaxation:
     """x^p by cases: p = 0, 1 exact; even p > 0 convex; odd p > 0 convex for x >= 0,
-    concave for x <= 0, S-shaped across 0 (as -(-x)^p... handled via g = -x^p, which is
-    convex-then-concave); integer p < 0 on one side of 0 (convex for x > 0, and for x < 0
+    concave for x <= 0, S-shaped across 0 (relaxed as g = -x^p, which is convex then
+    concave like a sigmoid, and negated back); integer p < 0 on one side of 0 (convex for x > 0, and for x < 0
     convex iff p is even); fractional p on x >= 0 (convex iff p >= 1 or p < 0)."""
     p = pow_exponent(node, consts[1])
     lo_c, hi_c = _pow_range(l, u, p)

@@ -1,0 +1,195 @@
+"""Input-split branch and bound, for models with few inputs (ACAS Xu, control nets).
+
+Each round takes the worst domains, bisects each along the input dimension where
+(width x |coefficient of the linear bound|) is largest for its unproved rows (the
+dimension whose halving removes the most looseness from the linear bound), bounds all
+children in one batched call, drops proved children and checks the rest for a
+counterexample at the bound's minimisers and at their centres.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from bab.domains import DomainBatch
+from bab.proof import ProofLog
+from models import Graph, GraphEvaluator
+from relaxations import BoundOptions, IntervalBounds, compute_bounds
+
+__all__ = ["InputSplitProblem", "InputSplitOutcome", "input_split_bab", "rows_status"]
+
+T = torch.Tensor
+
+
+@dataclass
+class InputSplitProblem:
+    """One input region and its conjunctions as padded tensors (C y <= d rows)."""
+
+    graph: Graph
+    ev: GraphEvaluator
+    lower: T          # [1, *input_shape]
+    upper: T
+    C: T              # [S, n_out]
+    d: T              # [S]
+    strict: T         # [S] bool
+    owner: T          # [S] long: the conjunction of each row
+    n_conj: int
+
+
+@dataclass
+class InputSplitOutcome:
+    status: str                      # "unsat", "sat", "timeout", "unknown"
+    candidate: Optional[np.ndarray] = None
+    domains_bounded: int = 0
+    rounds: int = 0
+    proof: Optional[ProofLog] = None
+    stats: dict = field(default_factory=dict)
+
+
+def rows_status(p: InputSplitProblem, lb: T) -> tuple[T, T]:
+    """(proved [N] bool, score [N]) from row lower bounds lb [N, S] of C y - d.
+
+    A conjunction is proved when one of its rows is positive (non-strict) or nonnegative
+    (strict) everywhere; a domain when all conjunctions are. The score is the smallest
+    over conjunctions of the best row gap: how far the domain is from proved.
+    """
+    row_ok = torch.where(p.strict, lb >= 0, lb > 0)
+    N = lb.shape[0]
+    best = torch.full((N, p.n_conj), -torch.inf, dtype=lb.dtype, device=lb.device)
+    best = best.scatter_reduce(1, p.owner.expand(N, -1), lb, reduce="amax")
+    ok = torch.zeros((N, p.n_conj), dtype=torch.bool, device=lb.device)
+    ok = ok.scatter_reduce(1, p.owner.expand(N, -1), row_ok, reduce="amax")
+    return ok.all(1), best.amin(1)
+
+
+def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions) -> tuple[T, T, Optional[T]]:
+    """Row lower bounds [N, S] of C y - d, the linear coefficients [N, S, n_in] and minimisers."""
+    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev)
+    lb = res.lower.detach() - p.d
+    N, S = lb.shape
+    if res.linear is None:
+        return lb, lb.new_zeros(N, S, lower[0].numel()), None
+    box = IntervalBounds(lower, upper)
+    return lb, res.linear.A.detach().reshape(N, S, -1), res.linear.minimizer(box).detach()
+
+
+def _split_dims(p: InputSplitProblem, lower: T, upper: T, A: T, lb: T) -> T:
+    """Dimension to bisect per domain: largest width * sum |A| over unproved rows."""
+    N = lower.shape[0]
+    width = (upper - lower).reshape(N, -1)
+    open_rows = torch.where(p.strict, lb < 0, lb <= 0).to(A.dtype)       # [N, S]
+    weight = (A.abs() * open_rows.unsqueeze(-1)).sum(1)
+    score = width * (weight + 1e-12)
+    score = torch.where(width > 0, score, torch.full_like(score, -1.0))
+    return score.argmax(1)
+
+
+def _bisect(lower: T, upper: T, dims: T) -> tuple[T, T]:
+    N = lower.shape[0]
+    lo = lower.reshape(N, -1)
+    hi = upper.reshape(N, -1)
+    rows = torch.arange(N, device=lower.device)
+    mid = (lo[rows, dims] + hi[rows, dims]) / 2
+    left_hi, right_lo = hi.clone(), lo.clone()
+    left_hi[rows, dims] = mid
+    right_lo[rows, dims] = mid
+    new_lo = torch.cat([lo, right_lo]).reshape(2 * N, *lower.shape[1:])
+    new_hi = torch.cat([left_hi, hi]).reshape(2 * N, *lower.shape[1:])
+    return new_lo, new_hi
+
+
+def _violations(p: InputSplitProblem, xs: T) -> tuple[T, T]:
+    """Objective (<= 0 iff a conjunction holds) at points xs [M, *input_shape]."""
+    with torch.no_grad():
+        y = p.ev(xs).reshape(len(xs), -1)
+    v = y @ p.C.T - p.d                                   # [M, S]
+    M = v.shape[0]
+    worst = torch.full((M, p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
+    worst = worst.scatter_reduce(1, p.owner.expand(M, -1), v, reduce="amax")
+    return worst.amin(1), xs
+
+
+def _domain_pgd(p: InputSplitProblem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
+    """Signed-gradient descent on the objective, each point kept inside its own box."""
+    x = x0.clone()
+    best_x, best = x.clone(), torch.full((len(x),), torch.inf, dtype=x.dtype, device=x.device)
+    half = (hi - lo) / 2
+    for step in range(steps):
+        x.requires_grad_(True)
+        y = p.ev(x).reshape(len(x), -1)
+        v = y @ p.C.T - p.d
+        M = v.shape[0]
+        worst = torch.full((M, p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
+        worst = worst.scatter_reduce(1, p.owner.expand(M, -1), v, reduce="amax")
+        obj = worst.amin(1)
+        grad, = torch.autograd.grad(obj.sum(), x)
+        with torch.no_grad():
+            better = obj < best
+            best = torch.where(better, obj.detach(), best)
+            best_x[better] = x[better].detach()
+            size = 0.5 * (1e-3 ** (step / max(steps - 1, 1)))  # geometric decay down to fine steps
+            x = torch.minimum(torch.maximum(x - size * half * grad.sign(), lo), hi)
+    return best, best_x
+
+
+def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 1024,
+                    max_domains: int = 2_000_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
+                    record_proof: bool = False, progress: Optional[Callable[[dict], None]] = None
+                    ) -> InputSplitOutcome:
+    """Search until every domain is proved, a counterexample is confirmed, or time/memory runs out."""
+    proof = ProofLog() if record_proof else None
+    lb, A, mins = _bound(p, p.lower, p.upper, options)
+    proved, score = rows_status(p, lb)
+    if bool(proved.all()):
+        if proof is not None:
+            proof.add_leaves(p.lower, p.upper, lb)
+        return InputSplitOutcome("unsat", domains_bounded=1, proof=proof)
+    domains = DomainBatch(p.lower, p.upper, lb, score, A)
+    bounded, rounds = 1, 0
+    while len(domains):
+        if time.monotonic() > deadline:
+            return InputSplitOutcome("timeout", domains_bounded=bounded, rounds=rounds,
+                                     stats={"domains_left": len(domains)})
+        if len(domains) > max_domains:
+            return InputSplitOutcome("unknown", domains_bounded=bounded, rounds=rounds,
+                                     stats={"reason": "domain limit reached", "domains_left": len(domains)})
+        batch, rest = domains.pop_worst(batch_size)
+        dims = _split_dims(p, batch.lower, batch.upper, batch.coef, batch.lb)
+        lo, hi = _bisect(batch.lower, batch.upper, dims)
+        lb, A, mins = _bound(p, lo, hi, options)
+        bounded += len(lo)
+        rounds += 1
+        proved, score = rows_status(p, lb)
+        candidates = [(lo + hi) / 2]
+        if mins is not None:
+            candidates.append(mins.reshape(-1, *lo.shape[1:]))
+        pts = torch.cat(candidates)
+        obj, _ = _violations(p, pts)
+        n = len(lo)
+        # Empirical objective per child: the smallest value seen at its centre and minimisers.
+        emp = obj.reshape(len(candidates) if mins is None else 1 + mins.shape[1], -1)
+        emp = emp[0] if mins is None else torch.minimum(emp[0], obj[n:].reshape(n, -1).amin(1))
+        focus = torch.argsort(emp)[:64]
+        pgd_obj, pgd_x = _domain_pgd(p, lo[focus], hi[focus], pts[focus])
+        emp[focus] = torch.minimum(emp[focus], pgd_obj)
+        pts, obj = torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
+        score = emp  # explore where the objective is smallest: that is where a counterexample lies
+        hits = torch.nonzero(obj <= 0).flatten()
+        if len(hits) and confirm is not None:
+            for i in hits[torch.argsort(obj[hits])][:8].tolist():
+                x = pts[i].detach().cpu().numpy().reshape(-1)
+                if confirm(x):
+                    return InputSplitOutcome("sat", candidate=x, domains_bounded=bounded, rounds=rounds)
+        if proof is not None and bool(proved.any()):
+            proof.add_leaves(lo[proved], hi[proved], lb[proved])
+        keep = ~proved
+        domains = rest.concat(DomainBatch(lo[keep], hi[keep], lb[keep], score[keep], A[keep]))
+        if progress is not None:
+            progress({"domains": len(domains), "bounded": bounded, "worst": float(domains.score.min())
+                      if len(domains) else 0.0})
+    return InputSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, proof=proof)
+

@@ -1,0 +1,52 @@
+"""Known answers: LipSDP's published example, MaxMin networks of Pauli et al."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relaxations.lipschitz import FeedForward, load_lipsdp_mat, load_maxmin_mat
+from verifier.checker.lipschitz import check_lipschitz_certificate
+from verifier.lipschitz import lipschitz_of_network
+
+SHARED = Path("/work/shared/models")
+
+
+@pytest.fixture(scope="module")
+def random_weights() -> FeedForward:
+    return load_lipsdp_mat(SHARED / "lipsdp" / "random_weights.mat")
+
+
+@pytest.mark.parametrize("method,expected", [("sdp-neuron", 36.482), ("sdp-layer", 39.839)])
+def test_lipsdp_random_weights_matches_published(random_weights, method, expected):
+    r = lipschitz_of_network(random_weights, "2", method)
+    assert expected - 1e-3 <= r.value <= expected + 1e-3
+    assert check_lipschitz_certificate(r.certificate, random_weights.weights, "relu")[0]
+
+
+def test_layerwise_is_between_neuron_and_naive(random_weights):
+    lw = lipschitz_of_network(random_weights, "2", "sdp-layerwise").value
+    naive = lipschitz_of_network(random_weights, "2", "naive").value
+    assert 36.48 <= lw <= naive
+
+
+def test_maxmin_network_sdp_beats_naive():
+    net = load_maxmin_mat(SHARED / "qcs_maxmin" / "weights_2_16.mat")
+    naive = lipschitz_of_network(net, "2", "naive")
+    for method in ("sdp-neuron", "sdp-layerwise"):
+        r = lipschitz_of_network(net, "2", method)
+        assert r.value <= naive.value
+        assert check_lipschitz_certificate(r.certificate, net.weights, "maxmin")[0]
+
+
+@pytest.mark.parametrize("method", ["sdp-neuron", "sdp-layerwise"])
+def test_orthogonal_maxmin_layer_certifies_one(method):
+    rng = np.random.default_rng(0)
+    q1, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    q2, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    net = FeedForward((q1, q2), (), "maxmin")
+    r = lipschitz_of_network(net, "2", method)
+    assert 1.0 <= r.value <= 1.0 + 1e-3
+    assert check_lipschitz_certificate(r.certificate, net.weights, "maxmin")[0]
