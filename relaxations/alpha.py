@@ -57,6 +57,7 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas, cache=None)
     best = None
     best_lin = None
+    best_alphas: dict[str, T] = {}
     for it in range(max(1, options.alpha_iterations)):
         lin = backward_lower(octx, ctx.graph.output_name, A)
         lb = lin.concretize(box, precision)
@@ -64,6 +65,7 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
             if best is None:
                 best = lb.detach().clone()
                 best_lin = LinearBounds(lin.A.detach(), lin.bias.detach(), lin.mass.detach())
+                best_alphas = {k: v.detach().clone() for k, v in alphas.items()}
             else:
                 improved = lb > best
                 best = torch.where(improved, lb.detach(), best)
@@ -71,10 +73,13 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
                 best_lin = LinearBounds(torch.where(keep, lin.A.detach(), best_lin.A),
                                         torch.where(improved, lin.bias.detach(), best_lin.bias),
                                         torch.where(improved, lin.mass.detach(), best_lin.mass))
+                for k, v in alphas.items():
+                    mask = improved.reshape(B, S, *([1] * (v.dim() - 2)))
+                    best_alphas[k] = torch.where(mask, v.detach(), best_alphas[k])
         if it == options.alpha_iterations - 1 or not lb.requires_grad:
             break  # last step, or the bound does not depend on any alpha
         opt.zero_grad(set_to_none=True)
         (-lb.sum()).backward()
         opt.step()
         _project(ctx, alphas)
-    return best, best_lin, {"alpha_iterations": options.alpha_iterations}
+    return best, best_lin, {"alpha_iterations": options.alpha_iterations, "alphas": best_alphas}

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["OpCase", "CASES", "FOLDED_ONLY", "make_model"]
 
-FOLDED_ONLY = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Equal", "Where", "Floor"}
+FOLDED_ONLY = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Equal", "Where"}
 
 
 @dataclass
@@ -126,6 +126,21 @@ def _cases() -> list[OpCase]:
     # activations
     add("Relu", ("Relu",), _elementwise("Relu", 32).model, (1, 6))
     add("LeakyRelu", ("LeakyRelu",), _elementwise("LeakyRelu", 33, alpha=0.2).model, (1, 6))
+    for i, op in enumerate(("Sigmoid", "Tanh", "Abs", "Sign", "Floor", "Sin", "Cos", "Exp")):
+        add(op, (op,), _elementwise(op, 60 + i).model, (1, 6))
+    add("Clip", ("Clip",), _dense_around([helper.make_node("Clip", ["h", "lo", "hi"], ["z"])], "h", "z", 5, 5, 70,
+                                         {"lo": np.float32(-0.5), "hi": np.float32(1.0)}), (1, 5))
+    add("Clip_opset10", ("Clip",), _dense_around([helper.make_node("Clip", ["h"], ["z"], min=-1.0, max=0.3)],
+                                                "h", "z", 5, 5, 71, opset=10), (1, 5))
+    for i, (op, extra) in enumerate((("Log", []), ("Sqrt", []), ("Reciprocal", []), ("Pow", ["e"]))):
+        nodes = [helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Add", ["r", "one"], ["p"]),
+                 helper.make_node(op, ["p"] + extra, ["z"])]
+        add(f"{op}_positive", (op, "Relu", "Add"), _dense_around(nodes, "h", "z", 4, 4, 72 + i,
+                                                                  {"one": np.float32(0.5), "e": np.float32(3.0)}), (1, 4))
+    add("Pow_square_signed", ("Pow",), _dense_around([helper.make_node("Pow", ["h", "e"], ["z"])], "h", "z", 4, 4, 80,
+                                                     {"e": np.float32(2.0)}), (1, 4))
+    add("Softmax", ("Softmax",), _dense_around([helper.make_node("Softmax", ["h"], ["z"], axis=-1)], "h", "z", 5, 5, 81),
+        (1, 5))
     # pooling, padding, resizing
     add("MaxPool_pads_ceil", ("MaxPool", "Conv"), make_model(
         [helper.make_node("Conv", ["X", "W"], ["h"]),

@@ -63,8 +63,12 @@ def _box(disjunct: Disjunct, shape: tuple[int, ...], dtype: torch.dtype, device:
 
 
 def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config,
-                     deadline: float, stats: dict) -> tuple[bool, Optional[np.ndarray], str]:
-    """Try CROWN, then alpha-CROWN. Returns (proved, minimiser candidates, method)."""
+                     deadline: float, stats: dict, proof: list) -> tuple[bool, Optional[np.ndarray], str]:
+    """Try CROWN, then alpha-CROWN. Returns (proved, minimiser candidates, method).
+
+    On success appends to `proof` what a checker needs to replay the bound: the
+    method, the per-row alphas (alpha-CROWN) and the claimed row lower bounds.
+    """
     C, d, strict, owner = spec_rows(disjunct)
     K = len(disjunct.outputs)
     if K == 0:
@@ -83,6 +87,10 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
         lower = res.lower.detach().cpu().numpy()[0]
         stats.setdefault("bounds", []).append({"method": method, "min_gap": float(np.min(lower - d))})
         if conjunctions_proved(lower, d, strict, owner, K).all():
+            alphas = res.stats.get("alphas") if method == "alpha-crown" else None
+            proof.append({"kind": "bounds", "method": method, "claims": lower - d,
+                          "alphas": None if alphas is None else
+                          {k: v[0].detach().cpu().double().numpy() for k, v in alphas.items()}})
             return True, None, method
         if res.linear is not None:
             candidates = res.linear.minimizer(box).detach().reshape(C.shape[0], -1).cpu().numpy()
@@ -109,7 +117,7 @@ def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: C
         n_conj=len(disjunct.outputs))
     return input_split_bab(problem, bound_options(config.bounds, "crown"), deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
-                           confirm=lambda x: confirm(model, disjunct, x) is not None)
+                           confirm=lambda x: confirm(model, disjunct, x) is not None, record_proof=True)
 
 
 def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None) -> Result:
@@ -136,9 +144,10 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
         if time.monotonic() > deadline:
             return Result("timeout", "time limit reached during the attack", timings=timings, stats=stats)
     methods = []
+    proofs: list = []
     for i, disjunct in enumerate(spec.disjuncts):
         t = time.monotonic()
-        proved, candidates, method = _prove_by_bounds(model, ev, disjunct, config, deadline, stats)
+        proved, candidates, method = _prove_by_bounds(model, ev, disjunct, config, deadline, stats, proofs)
         timings["bounds"] += time.monotonic() - t
         if proved:
             methods.append(method)
@@ -166,12 +175,16 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
                 return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
             if outcome.status == "unsat":
                 methods.append("crown")
+                lowers, uppers, claims = outcome.proof.leaves()
+                proofs.append({"kind": "input-split", "method": "crown", "lower": lowers, "upper": uppers,
+                               "claims": claims})
                 continue
         open_disjuncts.append(i)
     if not open_disjuncts:
         how = "branch and bound" if "domains" in stats else "bound propagation"
         return Result("unsat", f"every disjunct proved by {how}", timings=timings, stats=stats,
-                      method=max(methods, key=["crown", "alpha-crown", "ibp"].index) if methods else "")
+                      method=max(methods, key=["crown", "alpha-crown", "ibp"].index) if methods else "",
+                      proof={"version": 1, "disjuncts": proofs})
     stats["open_disjuncts"] = len(open_disjuncts)
     return Result("unknown", "bounds too loose to prove and no counterexample found",
                   timings=timings, stats=stats, method=config.bounds.method)
