@@ -4,8 +4,9 @@ Imports `relaxations` and `models` only.
 """
 from __future__ import annotations
 
+from bab.activation_split import ActivationSplitOutcome, activation_split_bab
 from bab.domains import DomainBatch
 from bab.input_split import InputSplitOutcome, InputSplitProblem, input_split_bab, rows_status
 from bab.proof import ProofLog
 
-__all__ = ["DomainBatch", "InputSplitOutcome", "InputSplitProblem", "input_split_bab", "rows_status", "ProofLog"]
+__all__ = ["ActivationSplitOutcome", "activation_split_bab", "DomainBatch", "InputSplitOutcome", "InputSplitProblem", "input_split_bab", "rows_status", "ProofLog"]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 
+import time
+from typing import Optional
+
 from relaxations.bounds import IntervalBounds, LinearBounds, Precision
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower
 
@@ -41,16 +44,29 @@ def _project(ctx: BackwardContext, alphas: dict[str, T]) -> None:
             a.copy_(torch.maximum(torch.minimum(a, hi.unsqueeze(1)), lo.unsqueeze(1)))
 
 
-def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision
+def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision,
+                   splits: Optional[dict] = None, capture: Optional[dict] = None
                    ) -> tuple[T, LinearBounds, dict]:
-    """Best lower bound of A . output over the box found by projected Adam on alpha."""
+    """Best lower bound of A . output over the box found by projected Adam on alpha
+    (and, for split neurons, on beta >= 0: the beta-CROWN Lagrange multipliers).
+
+    A split s*z >= 0 (s = +1 active, -1 inactive) holds on the domain, so for any
+    beta >= 0, f(x) >= f(x) - beta*s*z(x); the second function is bounded by the same
+    backward pass with -beta*s added to z's coefficient. Every iterate is sound.
+    """
     B, S = A.shape[:2]
     alphas = initial_alphas(ctx, B, S)
-    if not alphas:
+    betas: dict[str, T] = {}
+    signs: dict[str, T] = {}
+    for name, sign in (splits or {}).items():
+        if bool((sign != 0).any()):
+            signs[name] = sign.to(A.dtype).unsqueeze(1)
+            betas[name] = torch.zeros(B, S, *sign.shape[1:], dtype=A.dtype, device=A.device)
+    if not alphas and not betas:
         with torch.no_grad():
             lin = backward_lower(ctx, ctx.graph.output_name, A)
             return lin.concretize(box, precision), lin, {"alpha_iterations": 0}
-    params = list(alphas.values())
+    params = list(alphas.values()) + list(betas.values())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=options.alpha_lr)
@@ -59,6 +75,8 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     best_lin = None
     best_alphas: dict[str, T] = {}
     for it in range(max(1, options.alpha_iterations)):
+        octx.extra_A = {k: -betas[k] * signs[k] for k in betas} if betas else None
+        octx.capture = capture if it == options.alpha_iterations - 1 else None
         lin = backward_lower(octx, ctx.graph.output_name, A)
         lb = lin.concretize(box, precision)
         with torch.no_grad():
@@ -76,10 +94,14 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
                 for k, v in alphas.items():
                     mask = improved.reshape(B, S, *([1] * (v.dim() - 2)))
                     best_alphas[k] = torch.where(mask, v.detach(), best_alphas[k])
-        if it == options.alpha_iterations - 1 or not lb.requires_grad:
+        late = options.deadline is not None and time.monotonic() > options.deadline
+        if it == options.alpha_iterations - 1 or not lb.requires_grad or late:
             break  # last step, or the bound does not depend on any alpha
         opt.zero_grad(set_to_none=True)
         (-lb.sum()).backward()
         opt.step()
         _project(ctx, alphas)
+        with torch.no_grad():
+            for b in betas.values():
+                b.clamp_(min=0)
     return best, best_lin, {"alpha_iterations": options.alpha_iterations, "alphas": best_alphas}

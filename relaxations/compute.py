@@ -35,6 +35,7 @@ class BoundOptions:
     alpha_lr: float = 0.25
     max_elements: int = 40_000_000       # A-matrix elements per backward pass (memory guard)
     precision: Optional[Precision] = None  # None: chosen from the dtype
+    deadline: Optional[float] = None       # time.monotonic() after which optimisation stops early
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -98,23 +99,55 @@ def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Op
     return IntervalBounds(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
 
 
-def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds,
-                        options: BoundOptions) -> tuple[BoundsTable, BackwardContext]:
-    """Interval bounds of every tensor, tightened by CROWN where relaxations need them."""
+def _apply_split(b: IntervalBounds, sign: T) -> IntervalBounds:
+    """Clamp by split decisions: +1 means the tensor is >= 0 there, -1 means <= 0."""
+    lower = torch.where(sign > 0, b.lower.clamp(min=0), b.lower)
+    upper = torch.where(sign < 0, b.upper.clamp(max=0), b.upper)
+    return IntervalBounds(lower, upper)
+
+
+def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions,
+                        splits: Optional[dict] = None) -> tuple[BoundsTable, BackwardContext, T]:
+    """Interval bounds of every tensor, tightened by CROWN where relaxations need them.
+
+    `splits` maps a tensor name to signs [B, *shape] (+1: >= 0, -1: <= 0, 0: free),
+    the activation splits of branch and bound; they clamp the tensor's bounds. Returns
+    also a mask [B] of domains whose splits are infeasible (some lower > upper): such a
+    domain holds no input at all, so any claim about it is vacuously true.
+    """
     precision = options.precision or Precision.for_dtype(ev.dtype)
     table = BoundsTable({graph.input_name: box})
     ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={})
     needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
     consumers = graph.consumers()
+    B = box.lower.shape[0]
+    infeasible = torch.zeros(B, dtype=torch.bool, device=box.lower.device)
     for node in graph.nodes:
         rule = ctx.rules[node.name]
         outs = node_interval(ev, node, rule, node_inputs(ev, node, table))
         for name, b in zip(node.outputs, outs):
             table[name] = _widen_interval(b, precision)
+            if splits and name in splits:
+                table[name] = _apply_split(table[name], splits[name])
             if name in needs:
                 mask = _unstable_mask(ctx, name, consumers.get(name, []))
                 table[name] = _crown_tensor(ctx, name, box, mask, options, precision)
-    return table, ctx
+                if splits and name in splits:
+                    table[name] = _apply_split(table[name], splits[name])
+            if splits and name in splits:
+                table[name], empty = _guard_empty(table[name])
+                infeasible |= empty
+    return table, ctx, infeasible
+
+
+def _guard_empty(b: IntervalBounds) -> tuple[IntervalBounds, T]:
+    """Mark domains with an empty interval and give them a harmless point interval."""
+    bad = b.lower > b.upper
+    empty = bad.reshape(bad.shape[0], -1).any(1)
+    if not bool(empty.any()):
+        return b, empty
+    mid = torch.where(bad, (b.lower + b.upper) / 2, b.lower)
+    return IntervalBounds(torch.where(bad, mid, b.lower), torch.where(bad, mid, b.upper)), empty
 
 
 def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T]:
@@ -135,11 +168,16 @@ def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T
 
 def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
                    options: BoundOptions = BoundOptions(), want_upper: bool = True,
-                   ev: Optional[GraphEvaluator] = None) -> BoundResult:
+                   ev: Optional[GraphEvaluator] = None, splits: Optional[dict] = None,
+                   capture: Optional[dict] = None) -> BoundResult:
     """Sound bounds of C @ output over each box of the batch.
 
     box: IntervalBounds with tensors [B, *input_shape]. C: [B, S, n_out] or [S, n_out]
-    (default: identity, i.e. bounds of every output).
+    (default: identity, i.e. bounds of every output). `splits`: activation split
+    decisions (see `intermediate_bounds`); with alpha-CROWN they also get beta
+    multipliers (beta-CROWN). Domains whose splits are infeasible get +inf lower bounds
+    (they contain no input). `capture` receives the final pass's coefficients at
+    elementwise outputs, for branching heuristics.
     """
     if tuple(box.lower.shape[1:]) != tuple(graph.input_shape) or box.lower.shape != box.upper.shape:
         raise ValueError(f"box must have shape [B, {', '.join(map(str, graph.input_shape))}], "
@@ -156,7 +194,7 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
         C = C.unsqueeze(0).expand(B, -1, -1)
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
-    table, ctx = intermediate_bounds(graph, ev, box, options)
+    table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits)
     out_b = table[graph.output_name]
     value, mass = concretize_at(rows.reshape(B, rows.shape[1], *graph.output_shape), out_b)
     best = widen_lower(value, mass, precision)
@@ -165,12 +203,17 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     if options.method != "ibp":
         A = rows.reshape(B, rows.shape[1], *graph.output_shape)
         with torch.no_grad():
+            ctx.capture = capture
             linear = backward_lower(ctx, graph.output_name, A)
+            ctx.capture = None
             crown = linear.concretize(box, precision)
         best = torch.maximum(best, crown)
         if options.method == "alpha-crown":
-            opt_lb, linear, stats = optimise_alpha(ctx, box, A, options, precision)
+            opt_lb, linear, stats = optimise_alpha(ctx, box, A, options, precision, splits, capture)
             best = torch.maximum(best, opt_lb)
+    if bool(infeasible.any()):
+        best = torch.where(infeasible.unsqueeze(1), torch.full_like(best, torch.inf), best)
+        stats["infeasible"] = infeasible
     lower = best[:, :S]
     upper = -best[:, S:] if want_upper else None
     return BoundResult(lower, upper, table, linear, stats)

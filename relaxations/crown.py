@@ -37,6 +37,12 @@ class BackwardContext:
     rules: Mapping[str, OpRule]
     alphas: Optional[Mapping[str, T]] = None
     cache: Optional[dict] = None
+    # extra_A[t] is added to the coefficient of tensor t when the walk reaches it: the
+    # beta terms of split constraints (beta-CROWN) enter the bound this way.
+    extra_A: Optional[Mapping[str, T]] = None
+    # capture, when a dict, receives the coefficient at each elementwise node's output
+    # (node name -> A), which branching heuristics score neurons with.
+    capture: Optional[dict] = None
 
 
 def concretize_at(A: T, bounds: IntervalBounds) -> tuple[T, T]:
@@ -128,6 +134,12 @@ def _is_plain_elementwise(ctx: BackwardContext, node: Node, rule: OpRule) -> boo
             and not any(x and x not in ctx.ev.constants for x in node.inputs[1:]))
 
 
+def _with_extra(a: Optional[T], extra: Optional[T]) -> Optional[T]:
+    if extra is None:
+        return a
+    return extra if a is None else a + extra
+
+
 def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
     """Lower bound of `A . start` as a linear function of the graph input.
 
@@ -143,6 +155,8 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
     stop = next(i for i, n in enumerate(order) if start in n.outputs) if start != graph.input_name else -1
     for node in reversed(order[:stop + 1]):
         A_outs = [As.pop(o, None) for o in node.outputs]
+        if ctx.extra_A:
+            A_outs = [_with_extra(a, ctx.extra_A.get(o)) for a, o in zip(A_outs, node.outputs)]
         if all(a is None for a in A_outs):
             continue
         rule = ctx.rules[node.name]
@@ -158,6 +172,8 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
                 if a is not None:
                     As[x] = As[x] + a if x in As else a
         elif _is_plain_elementwise(ctx, node, rule):
+            if ctx.capture is not None:
+                ctx.capture[node.name] = A_outs[0]
             a, b, m = _elementwise_backward(ctx, node, rule, A_outs[0])
             x = node.inputs[0]
             As[x] = As[x] + a if x in As else a
@@ -170,6 +186,8 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
                     b, m = b + v, m + mm
         bias, mass = bias + b, mass + m
     A_in = As.pop(graph.input_name, None)
+    if ctx.extra_A:
+        A_in = _with_extra(A_in, ctx.extra_A.get(graph.input_name))
     if A_in is None:
         A_in = torch.zeros(B, S, *graph.input_shape, dtype=A.dtype, device=A.device)
     return LinearBounds(A_in, bias, mass)

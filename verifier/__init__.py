@@ -13,7 +13,9 @@ from verifier.api import bounds
 from verifier.config import Config, ConfigError, load_config
 from verifier.model import Model, load_model
 from verifier.result import Result
+from verifier.training import EpsilonSchedule, certified_loss
 from verifier.verify import SpecMismatch, verify
 
 __all__ = ["__version__", "bounds", "Config", "ConfigError", "load_config", "Model", "load_model",
            "Result", "SpecMismatch", "verify"]
+__all__ += ["certified_loss", "EpsilonSchedule"]

@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _EXTRA_COMMANDS: list[Callable] = []
+_EXTRA_COMMANDS.append(__import__("verifier.cli_bench", fromlist=["register"]).register)  # nncert bench
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,13 +7,14 @@ anything else is `unknown` or `timeout`. Exceptions are not caught here: the cal
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
 import numpy as np
 import torch
 
-from bab import InputSplitProblem, input_split_bab
+from bab import InputSplitProblem, activation_split_bab, input_split_bab
 from models import GraphEvaluator
 from relaxations import IntervalBounds, compute_bounds
 from vnnlib import Disjunct, Spec
@@ -83,7 +84,8 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     for method in methods:
         if time.monotonic() > deadline:
             break
-        res = compute_bounds(model.graph, box, Ct, bound_options(config.bounds, method), want_upper=False, ev=ev)
+        opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline)
+        res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
         lower = res.lower.detach().cpu().numpy()[0]
         stats.setdefault("bounds", []).append({"method": method, "min_gap": float(np.min(lower - d))})
         if conjunctions_proved(lower, d, strict, owner, K).all():
@@ -106,7 +108,7 @@ def _bab_mode(model: Model, config: Config) -> str:
     return "input" if model.n_inputs <= config.bab.input_split_max_dims else "activation"
 
 
-def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
+def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config) -> InputSplitProblem:
     C, d, strict, owner = spec_rows(disjunct)
     dt, dev = ev.dtype, config.device
     box = _box(disjunct, model.graph.input_shape, dt, dev)
@@ -115,6 +117,19 @@ def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: C
         C=torch.tensor(C, dtype=dt, device=dev), d=torch.tensor(d, dtype=dt, device=dev),
         strict=torch.tensor(strict, device=dev), owner=torch.tensor(owner, dtype=torch.long, device=dev),
         n_conj=len(disjunct.outputs))
+    return problem
+
+
+def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
+    problem = _problem(model, ev, disjunct, config)
+    options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
+    return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
+                                max_domains=config.bab.max_domains,
+                                confirm=lambda x: confirm(model, disjunct, x) is not None)
+
+
+def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
+    problem = _problem(model, ev, disjunct, config)
     return input_split_bab(problem, bound_options(config.bounds, "crown"), deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
                            confirm=lambda x: confirm(model, disjunct, x) is not None, record_proof=True)
@@ -179,6 +194,23 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
                 proofs.append({"kind": "input-split", "method": "crown", "lower": lowers, "upper": uppers,
                                "claims": claims})
                 continue
+        if mode == "activation":
+            t = time.monotonic()
+            outcome = _activation_split(model, ev, disjunct, config, deadline)
+            timings["bab"] = timings.get("bab", 0.0) + time.monotonic() - t
+            stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
+            if outcome.status == "sat":
+                found = confirm(model, disjunct, outcome.candidate)
+                return Result("sat", "counterexample found by branch and bound, confirmed by onnxruntime",
+                              found[0], found[1], timings, stats, "bab-activation")
+            if outcome.status == "timeout":
+                return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
+            if outcome.status == "unsat":
+                methods.append("alpha-crown")
+                proofs.append({"kind": "activation-split", "method": "beta-crown", "leaves": outcome.leaves,
+                               "certificate": "unsupported (activation-split proofs are not recorded yet)"})
+                continue
+            stats["bab_stop"] = outcome.stats.get("reason", outcome.status)
         open_disjuncts.append(i)
     if not open_disjuncts:
         how = "branch and bound" if "domains" in stats else "bound propagation"

@@ -1,0 +1,172 @@
+"""Activation-split branch and bound with beta-CROWN, for ReLU networks.
+
+A domain is the input region plus split decisions on ReLU pre-activations (+1: the
+neuron is active, z >= 0; -1: inactive, z <= 0). Each round takes the worst domains,
+splits one unstable neuron in each (chosen by a BaBSR-style score: how much of the
+bound's looseness comes from that neuron's triangle relaxation), and bounds all
+children in one batched alpha/beta-CROWN call. Children whose splits are infeasible
+or whose spec rows are proved are dropped; the bound's minimisers are checked as
+counterexample candidates.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from bab.input_split import InputSplitProblem, _domain_pgd, rows_status
+from relaxations import BoundOptions, IntervalBounds, compute_bounds
+
+__all__ = ["ActivationSplitOutcome", "activation_split_bab", "relu_inputs"]
+
+T = torch.Tensor
+
+
+@dataclass
+class ActivationSplitOutcome:
+    status: str
+    candidate: Optional[np.ndarray] = None
+    domains_bounded: int = 0
+    rounds: int = 0
+    leaves: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+def relu_inputs(p: InputSplitProblem) -> dict[str, str]:
+    """Relu node name -> its pre-activation tensor (only plain Relu is split)."""
+    return {n.name: n.inputs[0] for n in p.graph.nodes if n.op == "Relu"}
+
+
+@dataclass
+class _Domains:
+    splits: dict          # tensor -> int8 signs [N, *shape]
+    lb: T                 # [N, S]
+    score: T              # [N]
+    branch: T             # [N, 2] (relu index, flat neuron index); -1 when nothing to split
+
+    def __len__(self) -> int:
+        return int(self.lb.shape[0])
+
+    def take(self, idx: T) -> "_Domains":
+        return _Domains({k: v[idx] for k, v in self.splits.items()}, self.lb[idx], self.score[idx], self.branch[idx])
+
+    def concat(self, other: "_Domains") -> "_Domains":
+        return _Domains({k: torch.cat([v, other.splits[k]]) for k, v in self.splits.items()},
+                        torch.cat([self.lb, other.lb]), torch.cat([self.score, other.score]),
+                        torch.cat([self.branch, other.branch]))
+
+
+def _choose_branch(p: InputSplitProblem, names: list[str], relus: dict[str, str], table, capture: dict,
+                   splits: dict, lb: T) -> T:
+    """[N, 2] (relu index, neuron) maximising the triangle-relaxation looseness weighted by |A|."""
+    N = lb.shape[0]
+    open_rows = torch.where(p.strict, lb < 0, lb <= 0).to(lb.dtype)       # [N, S]
+    best_score = torch.full((N,), -1.0, dtype=lb.dtype, device=lb.device)
+    best = torch.full((N, 2), -1, dtype=torch.long, device=lb.device)
+    for i, relu in enumerate(names):
+        z = relus[relu]
+        A = capture.get(relu)
+        if A is None:
+            continue
+        b = table[z]
+        lo, hi = b.lower.reshape(N, -1), b.upper.reshape(N, -1)
+        unstable = (lo < 0) & (hi > 0) & (splits[z].reshape(N, -1) == 0)
+        gap = torch.where(unstable, -lo * hi / (hi - lo).clamp(min=1e-12), torch.zeros_like(lo))
+        weight = (A.detach().reshape(N, A.shape[1], -1).abs() * open_rows.unsqueeze(-1)).sum(1)
+        score = torch.where(unstable, weight * gap + 1e-9 * gap, torch.full_like(gap, -1.0))
+        val, idx = score.max(1)
+        better = val > best_score
+        best_score = torch.where(better, val, best_score)
+        best[better, 0] = i
+        best[better, 1] = idx[better]
+    return best
+
+
+def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str]
+           ) -> tuple[T, T, Optional[T]]:
+    N = next(iter(splits.values())).shape[0]
+    box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
+    capture: dict = {}
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, capture=capture)
+    lb = res.lower.detach() - p.d
+    branch = _choose_branch(p, names, relus, res.table, capture, splits, lb)
+    mins = res.linear.minimizer(box).detach() if res.linear is not None else None
+    return lb, branch, mins
+
+
+def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 64,
+                         max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None
+                         ) -> ActivationSplitOutcome:
+    """Search until all domains are proved, a counterexample is confirmed, or limits are hit."""
+    relus = relu_inputs(p)
+    names = list(relus)
+    if not names:
+        return ActivationSplitOutcome("unknown", stats={"reason": "no ReLU to split"})
+    shapes = {relus[r]: p.graph.shapes[relus[r]] for r in names}
+    dev = p.lower.device
+    root_splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in shapes.items()}
+    lb, branch, _ = _bound(p, root_splits, options, names, relus)
+    proved, score = rows_status(p, lb)
+    if bool(proved.all()):
+        return ActivationSplitOutcome("unsat", domains_bounded=1, leaves=1)
+    domains = _Domains(root_splits, lb, score, branch)
+    bounded, rounds, leaves = 1, 0, 0
+    stuck = 0  # unproved domains with every neuron split: never dropped, they make the answer unknown
+    while len(domains):
+        if time.monotonic() > deadline:
+            return ActivationSplitOutcome("timeout", domains_bounded=bounded, rounds=rounds,
+                                          stats={"domains_left": len(domains)})
+        if len(domains) > max_domains:
+            return ActivationSplitOutcome("unknown", domains_bounded=bounded, rounds=rounds,
+                                          stats={"reason": "domain limit reached"})
+        order = torch.argsort(domains.score)
+        batch, domains = domains.take(order[:batch_size]), domains.take(order[batch_size:])
+        done = batch.branch[:, 0] < 0
+        if bool(done.any()):
+            # Nothing left to split but not proved (beta did not close the gap): set aside.
+            stuck += int(done.sum())
+            batch = batch.take(torch.nonzero(~done).flatten())
+            if len(batch) == 0:
+                continue
+        children = {}
+        n = len(batch)
+        rows = torch.arange(n, device=dev)
+        for i, r in enumerate(names):
+            z = relus[r]
+            flat = batch.splits[z].reshape(n, -1)
+            pos, neg = flat.clone(), flat.clone()
+            sel = batch.branch[:, 0] == i
+            pos[rows[sel], batch.branch[sel, 1]] = 1
+            neg[rows[sel], batch.branch[sel, 1]] = -1
+            children[z] = torch.cat([pos, neg]).reshape(2 * n, *shapes[z])
+        lb, branch, mins = _bound(p, children, options, names, relus)
+        bounded += 2 * n
+        rounds += 1
+        if mins is not None and confirm is not None:
+            pts = mins.reshape(-1, *p.lower.shape[1:])
+            with torch.no_grad():
+                y = p.ev(pts).reshape(len(pts), -1)
+            v = y @ p.C.T - p.d
+            worst = torch.full((len(v), p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
+            worst = worst.scatter_reduce(1, p.owner.expand(len(v), -1), v, reduce="amax").amin(1)
+            focus = torch.argsort(worst)[:32]
+            lo = p.lower.expand(len(focus), *p.lower.shape[1:])
+            hi = p.upper.expand(len(focus), *p.upper.shape[1:])
+            pgd_obj, pgd_x = _domain_pgd(p, lo, hi, pts[focus])
+            pts, worst = torch.cat([pts, pgd_x]), torch.cat([worst, pgd_obj])
+            for j in torch.nonzero(worst <= 0).flatten()[:8].tolist():
+                x = pts[j].cpu().numpy().reshape(-1)
+                if confirm(x):
+                    return ActivationSplitOutcome("sat", candidate=x, domains_bounded=bounded, rounds=rounds)
+        proved, score = rows_status(p, lb)
+        leaves += int(proved.sum())
+        keep = ~proved
+        kept = _Domains({k: v[keep] for k, v in children.items()}, lb[keep], score[keep], branch[keep])
+        domains = kept if len(domains) == 0 else domains.concat(kept)
+    if stuck:
+        return ActivationSplitOutcome("unknown", domains_bounded=bounded, rounds=rounds,
+                                      stats={"reason": f"{stuck} fully split domains not proved"})
+    return ActivationSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, leaves=leaves)

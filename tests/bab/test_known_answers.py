@@ -1,0 +1,81 @@
+"""Branch and bound on tiny ReLU nets whose true minimum is known from a dense grid:
+thresholds just below it must give unsat, just above it sat, with both split kinds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+import vnnlib
+from models import GraphEvaluator
+from tests.op_cases import make_model
+from verifier import Config, load_model, verify
+from verifier.config import with_overrides
+
+
+def _net(tmp_path, seed: int, widths=(2, 16, 16, 1)):
+    r = np.random.default_rng(seed)
+    nodes, inits, prev = [], {}, "X"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        inits[f"W{i}"] = (r.normal(size=(a, b)) * 1.5 / np.sqrt(a)).astype(np.float32)
+        inits[f"b{i}"] = (0.3 * r.normal(size=b)).astype(np.float32)
+        last = i == len(widths) - 2
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], ["Y" if last else f"h{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+    path = tmp_path / f"net{seed}.onnx"
+    path.write_bytes(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])).SerializeToString())
+    return load_model(path)
+
+
+def _true_min(model) -> float:
+    g = np.linspace(-1, 1, 801)
+    xs = np.stack(np.meshgrid(g, g), -1).reshape(-1, 1, 2)
+    ev = GraphEvaluator(model.graph, dtype=torch.float64)
+    return float(ev(torch.from_numpy(xs)).min())
+
+
+def _spec(threshold: float) -> vnnlib.Spec:
+    """Counterexample: y <= threshold somewhere in [-1, 1]^2."""
+    region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
+    conj = vnnlib.OutputConstraints(np.array([[1.0]]), np.array([threshold]), np.array([False]))
+    return vnnlib.Spec(2, 1, (vnnlib.Disjunct(region, (conj,)),))
+
+
+@pytest.mark.parametrize("mode", ["input", "activation"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bab_agrees_with_the_true_minimum(tmp_path, seed: int, mode: str) -> None:
+    model = _net(tmp_path, seed)
+    m = _true_min(model)
+    spread = 0.05 * (1 + abs(m))
+    cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "attack.samples=1"])
+    below = verify(model, _spec(m - spread), cfg)
+    assert below.verdict == "unsat", (m, below.reason, below.stats)
+    above = verify(model, _spec(m + spread), cfg)
+    assert above.verdict == "sat", (m, above.reason, above.stats)
+    assert float(above.y[0]) <= m + spread
+
+
+def test_timeout_gives_timeout_not_unsat(tmp_path) -> None:
+    model = _net(tmp_path, 3, widths=(2, 64, 64, 64, 1))
+    m = _true_min(model)
+    cfg = with_overrides(Config(timeout=0.5), ["bab.mode=activation", "attack.enabled=false"])
+    result = verify(model, _spec(m - 1e-4 * (1 + abs(m))), cfg)
+    assert result.verdict in ("timeout", "unknown", "unsat")
+    assert result.verdict != "sat"
+    # A zero budget can never produce unsat: the search stops before proving anything.
+    zero = verify(model, _spec(m - 1e-4 * (1 + abs(m))), with_overrides(Config(timeout=0.0), ["attack.enabled=false"]))
+    assert zero.verdict == "timeout"
+
+
+def test_domain_limit_gives_unknown_not_unsat(tmp_path) -> None:
+    model = _net(tmp_path, 4, widths=(2, 32, 32, 1))
+    m = _true_min(model)
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "bab.max_domains=1", "bab.batch_size=1",
+                                              "attack.enabled=false"])
+    result = verify(model, _spec(m - 1e-6 * (1 + abs(m))), cfg)
+    assert result.verdict in ("unknown", "unsat")
+    if result.verdict == "unsat":
+        pytest.fail("a one-domain budget cannot prove a threshold this close to the minimum")

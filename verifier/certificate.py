@@ -1,0 +1,179 @@
+"""Writing verdict certificates (JSON) from a `Result`, for `nncert check` to verify.
+
+The format is documented in docs/certificates.md; the checker is
+`verifier.checker.verdict`. The writer may use anything in nncert, but it records only
+what the checker re-derives or compares, never something the checker must believe.
+
+Claims are re-computed here in float64 by the engine. The search may run in float32,
+and CROWN is not monotone in its intermediate bounds (the default lower slope of an
+unstable ReLU flips between 0 and 1 when u is near -l), so a float32 leaf bound can
+be tighter than the float64 one the checker derives. Re-bounding in float64 makes the
+claims what the checker should find (up to rounding margins), and a leaf that float64
+does not prove is bisected further until it is (a few rounds at most): the tiling stays
+exact and the certificate is checkable whenever the float64 bound can prove it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from verifier.checker.onnx_net import Unsupported, read_network
+from verifier.checker.verdict import FORMAT, VERSION, encode_array, spec_rows
+from verifier.model import Model
+from verifier.result import Result
+from vnnlib import Spec
+
+__all__ = ["build_certificate", "write_certificate", "REFINE_ROUNDS"]
+
+REFINE_ROUNDS = 8
+_CHUNK = 512
+
+
+def _rows_proved(gap: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> np.ndarray:
+    """[L] bool: every conjunction has a row whose gap (lower bound of C y - d) proves it."""
+    ok = np.where(strict, gap >= 0, gap > 0)
+    return np.all([ok[:, owner == k].any(1) for k in range(K)], axis=0) if K else np.ones(len(gap), bool)
+
+
+def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
+                    alphas: Optional[dict] = None) -> np.ndarray:
+    """Lower bounds [L, S] of C y - d on each box, by the engine in float64 (CROWN, or with alphas)."""
+    import torch
+
+    from models import GraphEvaluator
+    from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds, intermediate_bounds
+    from relaxations.crown import BackwardContext, backward_lower
+
+    graph = model.graph
+    ev = GraphEvaluator(graph, dtype=torch.float64)
+    Ct = torch.tensor(C, dtype=torch.float64)
+    out = []
+    for s in range(0, len(lo), _CHUNK):
+        n = len(lo[s:s + _CHUNK])
+        box = IntervalBounds(torch.tensor(lo[s:s + _CHUNK]).reshape(n, *graph.input_shape),
+                             torch.tensor(hi[s:s + _CHUNK]).reshape(n, *graph.input_shape))
+        with torch.no_grad():
+            if alphas is None:
+                lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev).lower
+            else:
+                lb = compute_bounds(graph, box, Ct, BoundOptions(method="ibp"), want_upper=False, ev=ev).lower
+                opts = BoundOptions(method="crown")
+                table, ctx = intermediate_bounds(graph, ev, box, opts)
+                a = {k: torch.tensor(np.clip(v, 0.0, 1.0)).unsqueeze(0).expand(n, *v.shape) for k, v in alphas.items()}
+                octx = BackwardContext(graph, ev, table, ctx.rules, a, cache=None)
+                A = Ct.reshape(1, C.shape[0], *graph.output_shape).expand(n, *([-1] * (1 + len(graph.output_shape))))
+                crown = backward_lower(octx, graph.output_name, A).concretize(box, Precision.for_dtype(torch.float64))
+                lb = torch.maximum(lb, crown)
+        out.append(lb.numpy() - d)
+    return np.concatenate(out) if out else np.zeros((0, C.shape[0]))
+
+
+def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float64 claims for the leaves; leaves they do not prove are bisected (widest side) and retried."""
+    C, d, strict, owner = spec_rows(disjunct)
+    K = len(disjunct.outputs)
+    claims = _float64_claims(model, lo, hi, C, d)
+    for _ in range(REFINE_ROUNDS):
+        bad = ~_rows_proved(claims, strict, owner, K)
+        if not bad.any():
+            break
+        blo, bhi = lo[bad], hi[bad]
+        dim = np.argmax(bhi - blo, axis=1)
+        rows = np.arange(len(blo))
+        mid = (blo[rows, dim] + bhi[rows, dim]) / 2
+        left_hi, right_lo = bhi.copy(), blo.copy()
+        left_hi[rows, dim] = mid
+        right_lo[rows, dim] = mid
+        new_lo, new_hi = np.concatenate([blo, right_lo]), np.concatenate([left_hi, bhi])
+        lo = np.concatenate([lo[~bad], new_lo])
+        hi = np.concatenate([hi[~bad], new_hi])
+        claims = np.concatenate([claims[~bad], _float64_claims(model, new_lo, new_hi, C, d)])
+    return lo, hi, claims
+
+
+def _snap_to_root(leaves: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """Leaf faces that lie on the root's face as the verifier's dtype rounded it, moved onto it.
+
+    The search bisects a float32 copy of the root box; rounding to nearest can move an
+    outer face inward by up to half an ulp. The leaves must tile the exact root, so the
+    outer faces are put back on it; the checker then bounds the (marginally larger)
+    leaves itself, so this can only make a certificate harder to accept, never unsound.
+    """
+    out = np.array(leaves, dtype=np.float64, copy=True)
+    for rounded in (root.astype(np.float32).astype(np.float64), root):
+        hit = out == rounded[None, :]
+        out = np.where(hit, root[None, :], out)
+    return out
+
+
+def _root(disjunct) -> dict:
+    return {"lower": [float(v) for v in disjunct.region.lower], "upper": [float(v) for v in disjunct.region.upper]}
+
+
+def _disjunct_entry(model: Model, entry: dict, disjunct) -> dict:
+    """One proof entry of `Result.proof` as JSON data, with float64 claims."""
+    C, d = spec_rows(disjunct)[:2]
+    S = C.shape[0]
+    root_lo, root_hi = np.asarray(disjunct.region.lower), np.asarray(disjunct.region.upper)
+    if entry["kind"] == "bounds":
+        alphas = None
+        if entry.get("method") == "alpha-crown" and entry.get("alphas"):
+            alphas = {k: np.asarray(v, dtype=np.float64) for k, v in entry["alphas"].items()}
+        claims = _float64_claims(model, root_lo[None], root_hi[None], C, d, alphas)[0]
+        out = {"root": _root(disjunct), "kind": "bounds", "method": entry["method"],
+               "claims": encode_array(claims), "alphas": None}
+        if alphas is not None:
+            out["alphas"] = {name: encode_array(a.reshape(S, -1)) for name, a in alphas.items()}
+        return out
+    if entry["kind"] == "input-split":
+        lo, hi, claims = _refine(model, _snap_to_root(entry["lower"], root_lo),
+                                 _snap_to_root(entry["upper"], root_hi), disjunct)
+        return {"root": _root(disjunct), "kind": "input-split", "method": entry["method"],
+                "leaves": {"lower": encode_array(lo), "upper": encode_array(hi), "claims": encode_array(claims)}}
+    raise ValueError(f"unknown proof kind {entry['kind']!r}")
+
+
+def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: Result) -> Optional[dict]:
+    """The certificate as JSON data, or None for a verdict that has none (unknown, timeout, error)."""
+    cert: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION,
+        "model_sha256": hashlib.sha256(model.onnx_bytes).hexdigest(),
+        "spec_sha256": hashlib.sha256(Path(spec_path).read_bytes()).hexdigest(),
+        "verdict": result.verdict,
+    }
+    if result.verdict == "sat":
+        x = np.asarray(result.x, dtype=np.float32).reshape(-1)
+        cert["counterexample"] = {"x": [float(v) for v in x],
+                                  "y": [float(v) for v in np.asarray(result.y, dtype=np.float64).reshape(-1)]}
+        return cert
+    if result.verdict != "unsat":
+        return None
+    try:
+        read_network(model.onnx_bytes)
+    except Unsupported as exc:
+        cert["certificate"] = str(exc)
+        return cert
+    proof = result.proof or {}
+    entries = proof.get("disjuncts")
+    if entries is None or len(entries) != len(spec.disjuncts):
+        cert["certificate"] = "unavailable (the run recorded no proof for every disjunct)"
+        return cert
+    cert["disjuncts"] = [_disjunct_entry(model, e, d) for e, d in zip(entries, spec.disjuncts)]
+    return cert
+
+
+def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spec: Spec, result: Result) -> str:
+    """Write the certificate; returns what happened, for the run's report.
+
+    'written', 'unsupported (<op>)' (the file then says so instead of a proof), or
+    'none for verdict <v>' (nothing is written).
+    """
+    cert = build_certificate(model, spec_path, spec, result)
+    if cert is None:
+        return f"none for verdict {result.verdict}"
+    Path(path).write_text(json.dumps(cert, allow_nan=False) + "\n")
+    return cert.get("certificate", "written")

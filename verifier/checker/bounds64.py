@@ -1,0 +1,192 @@
+"""IBP and CROWN in float64 numpy with outward rounding, for the certificate checker.
+
+Trusted code, written from the definitions and sharing nothing with `relaxations`.
+Every bound is computed for a batch of L input boxes at once.
+
+Rounding. Each computed lower bound is `value - (MARGIN_REL * mass + MARGIN_ABS)`,
+where `mass` bounds the sum of absolute values of every term whose rounding could move
+the result: the products in each dot product, the biases, and, for each backward step
+through a node with input z, `|A_out| . (|W| @ zmax)` (affine) or `|A_out| . zmax`
+(ReLU), with zmax = max(|l|, |u|) from z's sound interval. A float64 dot product of
+n terms is off by at most n * 2^-53 * (sum of |terms|) (the standard gamma_n bound);
+the rounded A-matrices of the backward pass change `A . z` by at most gamma_n times
+the first of the extra terms; the rounded chord of an unstable ReLU moves its line by
+at most 5 * 2^-53 * zmax. So for every dot product of fewer than 10^6 terms all
+errors together stay below 8 * 10^6 * 1.1e-16 * mass < 1e-9 * mass: MARGIN_REL covers
+them with room to spare, and MARGIN_ABS covers underflow.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import numpy as np
+
+from verifier.checker.onnx_net import Layer, Network
+
+__all__ = ["MARGIN_REL", "MARGIN_ABS", "interval_table", "row_lower_bounds"]
+
+MARGIN_REL = 1e-9
+MARGIN_ABS = 1e-12
+
+Table = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # lower, upper, max(|lower|, |upper|)
+
+
+def _widen(value: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    return value - (MARGIN_REL * mass + MARGIN_ABS)
+
+
+def _zmax(table: Table, name: str) -> np.ndarray:
+    return table[name][2]
+
+
+def _entry(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return lo, hi, np.maximum(np.abs(lo), np.abs(hi))
+
+
+def _bdot(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """sum_n a[l, s, n] * v[l, n] -> [l, s] (one batched matrix product)."""
+    return np.matmul(a, v[:, :, None])[:, :, 0]
+
+
+def _interval(layer: Layer, table: Table) -> tuple[np.ndarray, np.ndarray]:
+    """IBP of one node: [L, n_out] lower and upper, widened outward."""
+    if layer.kind == "relu":
+        lo, hi = table[layer.inputs[0]][:2]
+        return np.maximum(lo, 0.0), np.maximum(hi, 0.0)  # exact
+    if layer.kind == "affine":
+        lo, hi = table[layer.inputs[0]][:2]
+        Wp, Wn = np.maximum(layer.W, 0.0), np.minimum(layer.W, 0.0)
+        mass = _zmax(table, layer.inputs[0]) @ np.abs(layer.W).T + np.abs(layer.b)
+        low = lo @ Wp.T + hi @ Wn.T + layer.b
+        up = hi @ Wp.T + lo @ Wn.T + layer.b
+        return _widen(low, mass), -_widen(-up, mass)
+    low = up = mass = 0.0
+    for x, c in zip(layer.inputs, layer.coefs):
+        lo, hi = table[x][:2]
+        low = low + (c * lo if c > 0 else c * hi)
+        up = up + (c * hi if c > 0 else c * lo)
+        mass = mass + abs(c) * _zmax(table, x)
+    return _widen(low, mass), -_widen(-up, mass)
+
+
+def _relu_lines(lo: np.ndarray, hi: np.ndarray, alpha: Optional[np.ndarray]):
+    """Lower slope, upper slope and upper intercept per neuron ([L or L,S, n])."""
+    active, inactive = lo >= 0, hi <= 0
+    unstable = ~(active | inactive)
+    width = np.where(unstable, hi - lo, 1.0)
+    chord = np.where(unstable, hi / width, 0.0)
+    up_slope = np.where(active, 1.0, chord)
+    up_bias = np.where(unstable, -lo * chord, 0.0)
+    default = np.where(hi >= -lo, 1.0, 0.0)
+    if alpha is None:
+        low_slope = np.where(active, 1.0, np.where(unstable, default, 0.0))
+    else:
+        a = np.clip(alpha, 0.0, 1.0)  # any slope in [0, 1] is a valid lower line
+        low_slope = np.where(active[:, None], 1.0, np.where(unstable[:, None], a, 0.0))
+        up_slope, up_bias = up_slope[:, None], up_bias[:, None]
+    return low_slope, up_slope, up_bias
+
+
+def _backward(net: Network, table: Table, start: str, A: np.ndarray,
+              alphas: Optional[Mapping[str, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A lower bound `A_in . x + bias` of `A . start`, with its rounding mass; A: [L, S, n]."""
+    L, S = A.shape[:2]
+    As: dict[str, np.ndarray] = {start: A}
+    bias = np.zeros((L, S))
+    mass = np.zeros((L, S))
+
+    def accumulate(x: str, a: np.ndarray) -> None:
+        nonlocal mass
+        if x in As:  # the sum of two A matrices rounds too
+            mass = mass + _bdot(np.abs(As[x]) + np.abs(a), _zmax(table, x))
+            As[x] = As[x] + a
+        else:
+            As[x] = a
+
+    stop = next((i for i, l in enumerate(net.layers) if l.out == start), -1)
+    for layer in reversed(net.layers[:stop + 1]):
+        a = As.pop(layer.out, None)
+        if a is None:
+            continue
+        absa = np.abs(a)
+        if layer.kind == "affine":
+            x = layer.inputs[0]
+            wz = _zmax(table, x) @ np.abs(layer.W).T                       # [L, n_out]
+            bias = bias + a @ layer.b
+            mass = mass + absa @ np.abs(layer.b) + _bdot(absa, wz)
+            accumulate(x, (a.reshape(L * S, -1) @ layer.W).reshape(L, S, -1))
+        elif layer.kind == "sum":
+            for x, c in zip(layer.inputs, layer.coefs):
+                accumulate(x, c * a)
+                mass = mass + abs(c) * _bdot(absa, _zmax(table, x))
+        else:
+            x = layer.inputs[0]
+            lo, hi = table[x][:2]
+            alpha = None if alphas is None else alphas.get(layer.name)
+            low_slope, up_slope, up_bias = _relu_lines(lo, hi, alpha)
+            if alpha is None:
+                low_slope, up_slope, up_bias = low_slope[:, None], up_slope[:, None], up_bias[:, None]
+            neg = np.minimum(a, 0.0)
+            slope = np.where(a > 0, low_slope, up_slope)
+            # up_bias >= 0 and neg <= 0, so |neg * up_bias| summed is minus the bias term.
+            term = _bdot(neg, up_bias[:, 0, :])                          # up_bias: [L, 1, n]
+            bias = bias + term
+            mass = mass - term + _bdot(absa, _zmax(table, x))
+            accumulate(x, a * slope)
+    A_in = As.pop(net.input, np.zeros((L, S, net.n_in)))
+    return A_in, bias, mass
+
+
+def _concretize(table: Table, net: Network, A_in: np.ndarray, bias: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Sound minimum of A_in . x + bias over each input box, widened for rounding."""
+    lo, hi, zmax = table[net.input]
+    value = _bdot(np.maximum(A_in, 0.0), lo) + _bdot(np.minimum(A_in, 0.0), hi)
+    total = mass + np.abs(bias) + _bdot(np.abs(A_in), zmax)
+    return _widen(value + bias, total)
+
+
+def _crown_interval(net: Network, table: Table, name: str, lo: np.ndarray, hi: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """IBP interval of `name` tightened by CROWN on the neurons unstable in some box."""
+    idx = np.nonzero(((lo < 0) & (hi > 0)).any(0))[0]
+    if idx.size == 0:
+        return lo, hi
+    L, n, r = lo.shape[0], lo.shape[1], idx.size
+    A = np.zeros((L, 2 * r, n))
+    A[:, np.arange(r), idx] = 1.0
+    A[:, r + np.arange(r), idx] = -1.0
+    lb = _concretize(table, net, *_backward(net, table, name, A))
+    lo, hi = lo.copy(), hi.copy()
+    lo[:, idx] = np.maximum(lo[:, idx], lb[:, :r])
+    hi[:, idx] = np.minimum(hi[:, idx], -lb[:, r:])
+    return lo, hi
+
+
+def interval_table(net: Network, lower: np.ndarray, upper: np.ndarray) -> Table:
+    """Sound intervals of every tensor over each box [L, n_in]: IBP, and CROWN on ReLU inputs."""
+    table: Table = {net.input: _entry(np.asarray(lower, np.float64), np.asarray(upper, np.float64))}
+    relu_inputs = {l.inputs[0] for l in net.layers if l.kind == "relu"}
+    for layer in net.layers:
+        lo, hi = _interval(layer, table)
+        if layer.out in relu_inputs:
+            lo, hi = _crown_interval(net, table, layer.out, lo, hi)
+        table[layer.out] = _entry(lo, hi)
+    return table
+
+
+def row_lower_bounds(net: Network, table: Table, C: np.ndarray, d: np.ndarray,
+                     alphas: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+    """Sound lower bounds [L, S] of C y - d: the better of IBP and CROWN (with `alphas`).
+
+    alphas: ReLU node name -> [S, n] slopes (clipped into [0, 1]); a missing node uses
+    CROWN's default slope.
+    """
+    lo, hi = table[net.output][:2]
+    L = lo.shape[0]
+    Cp, Cn = np.maximum(C, 0.0), np.minimum(C, 0.0)
+    ibp = lo @ Cp.T + hi @ Cn.T - d
+    ibp = _widen(ibp, _zmax(table, net.output) @ np.abs(C).T + np.abs(d))
+    A = np.broadcast_to(C, (L,) + C.shape).copy()
+    A_in, bias, mass = _backward(net, table, net.output, A, alphas)
+    crown = _concretize(table, net, A_in, bias - d, mass + np.abs(d))
+    return np.maximum(ibp, crown)

@@ -1,0 +1,283 @@
+"""Read an ONNX file into a small float64 ReLU network, for the certificate checker.
+
+Trusted code: it shares nothing with `models` (which the verifier uses), so a bug in
+the verifier's reading of a model cannot hide itself by being repeated here. Every
+tensor is a flat float64 vector (ONNX C order, batch dimension included: it is 1);
+each node is one of three kinds:
+
+- ``affine``: ``out = W @ in + b`` with an explicit dense ``W`` (Gemm, MatMul, Conv,
+  BatchNormalization, Add/Sub/Mul/Div by a constant),
+- ``sum``: ``out = sum_k coef_k * in_k`` (Add/Sub of two variable tensors: residuals),
+- ``relu``: ``out = max(in, 0)``.
+
+Flatten, Reshape, Identity and Dropout do not move data in C order, so they are
+aliases. Any other op on a variable tensor raises `Unsupported` naming the op: the
+checker then rejects rather than guess. Dense matrices make the code short and
+obviously right; a model whose matrices would be too big is `Unsupported` as well.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["Unsupported", "Layer", "Network", "read_network", "MAX_MATRIX_ELEMENTS"]
+
+MAX_MATRIX_ELEMENTS = 60_000_000  # 480 MB of float64 per dense matrix
+
+
+class Unsupported(ValueError):
+    """The model uses something the checker does not read; str() is 'unsupported (<what>)'."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"unsupported ({what})")
+        self.what = what
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One node of the network; `name` is the ONNX node name (the key of a ReLU's alphas)."""
+
+    kind: str
+    out: str
+    inputs: tuple[str, ...]
+    name: str = ""
+    W: Optional[np.ndarray] = None
+    b: Optional[np.ndarray] = None
+    coefs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Network:
+    """Layers in topological order; `sizes` maps each tensor to its number of elements."""
+
+    input: str
+    output: str
+    input_shape: tuple[int, ...]
+    input_dtype: int
+    layers: tuple[Layer, ...]
+    sizes: dict = field(default_factory=dict)
+
+    @property
+    def n_in(self) -> int:
+        return self.sizes[self.input]
+
+    @property
+    def n_out(self) -> int:
+        return self.sizes[self.output]
+
+
+def _dims(value_info) -> tuple[int, ...]:
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                 for d in value_info.type.tensor_type.shape.dim)
+
+
+def _attrs(node) -> dict:
+    from onnx import helper, numpy_helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if hasattr(v, "dims") and hasattr(v, "data_type"):
+            v = numpy_helper.to_array(v)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _check_size(rows: int, cols: int, op: str) -> None:
+    if rows * cols > MAX_MATRIX_ELEMENTS:
+        raise Unsupported(f"{op} too large for a dense matrix: {rows} x {cols}")
+
+
+def _bcast(c: np.ndarray, shape: tuple[int, ...], op: str) -> np.ndarray:
+    """The constant broadcast to the variable's shape (it must not enlarge the shape)."""
+    try:
+        if np.broadcast_shapes(np.shape(c), shape) != tuple(shape):
+            raise ValueError
+        return np.broadcast_to(np.asarray(c, dtype=np.float64), shape).reshape(-1).copy()
+    except ValueError:
+        raise Unsupported(f"{op} with a constant of shape {np.shape(c)} on a tensor of shape {shape}") from None
+
+
+def _conv_matrix(x_shape: tuple[int, ...], K: np.ndarray, bias: Optional[np.ndarray], a: dict
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Dense matrix of a 2-D convolution (group 1) on an input [1, C, H, W]."""
+    if len(x_shape) != 4 or x_shape[0] != 1 or K.ndim != 4 or int(a.get("group", 1)) != 1:
+        raise Unsupported("Conv other than 2-D, batch 1, group 1")
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        raise Unsupported("Conv with auto_pad")
+    _, C, H, Wd = x_shape
+    Co, Ci, kh, kw = K.shape
+    if Ci != C:
+        raise Unsupported("Conv with mismatched channels")
+    sh, sw = a.get("strides", [1, 1])
+    dh, dw = a.get("dilations", [1, 1])
+    pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
+    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    Wo = (Wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    _check_size(Co * Ho * Wo, C * H * Wd, "Conv")
+    M = np.zeros((Co, Ho * Wo, C, H * Wd))
+    oh, ow = np.arange(Ho), np.arange(Wo)
+    for i in range(kh):
+        ih = oh * sh - pt + i * dh
+        vh = (ih >= 0) & (ih < H)
+        for j in range(kw):
+            iw = ow * sw - pl + j * dw
+            vw = (iw >= 0) & (iw < Wd)
+            P = (oh[vh][:, None] * Wo + ow[vw][None, :]).reshape(-1)
+            Q = (ih[vh][:, None] * Wd + iw[vw][None, :]).reshape(-1)
+            # Within one kernel offset the output -> input position map is injective, so
+            # += through fancy indexing adds each weight once. Result dims: [n, Co, C].
+            M[:, P, :, Q] += K[:, :, i, j][None, :, :]
+    b = np.zeros((Co, Ho, Wo)) if bias is None else np.broadcast_to(bias.reshape(Co, 1, 1), (Co, Ho, Wo))
+    return M.reshape(Co * Ho * Wo, -1), np.asarray(b, dtype=np.float64).reshape(-1), (1, Co, Ho, Wo)
+
+
+def _topological(nodes: list) -> list[int]:
+    """Indices of the nodes in a topological order (files are meant to be ordered; not all are)."""
+    produced = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    order, done, state = [], set(), {}
+
+    def visit(i: int) -> None:
+        stack = [(i, False)]
+        while stack:
+            k, expanded = stack.pop()
+            if k in done:
+                continue
+            if expanded:
+                done.add(k)
+                order.append(k)
+                continue
+            if state.get(k) == "open":
+                raise Unsupported("a cycle in the graph")
+            state[k] = "open"
+            stack.append((k, True))
+            for x in nodes[k].input:
+                if x in produced and produced[x] not in done:
+                    stack.append((produced[x], False))
+
+    for i in range(len(nodes)):
+        visit(i)
+    return order
+
+
+def read_network(data: bytes) -> Network:
+    """The ReLU network in the ONNX bytes, or `Unsupported`."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # a damaged file: the parser raises several types
+        raise Unsupported(f"not a readable ONNX model: {type(exc).__name__}") from None
+    g = proto.graph
+    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in consts]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise Unsupported("a model without exactly one input and one output")
+    shapes: dict[str, tuple[int, ...]] = {inputs[0].name: _dims(inputs[0])}
+    alias: dict[str, str] = {}
+    layers: list[Layer] = []
+    sizes: dict[str, int] = {inputs[0].name: int(np.prod(shapes[inputs[0].name]))}
+
+    def real(x: str) -> str:
+        return alias.get(x, x)
+
+    def add(kind: str, out: str, ins: tuple[str, ...], name: str, shape: tuple[int, ...], **kw) -> None:
+        layers.append(Layer(kind, out, tuple(real(i) for i in ins), name, **kw))
+        shapes[out], sizes[out] = tuple(shape), int(np.prod(shape))
+
+    nodes = list(g.node)
+    for idx in _topological(nodes):
+        # Unnamed nodes are named by their position in the file, as the verifier names them.
+        node = nodes[idx]
+        op, a, name = node.op_type, _attrs(node), node.name or f"{node.op_type}_{idx}"
+        if node.domain not in ("", "ai.onnx"):
+            raise Unsupported(f"{node.domain}.{op}")
+        if op == "Constant":
+            consts[node.output[0]] = np.asarray(a["value"])
+            continue
+        var = [x for x in node.input if x and x not in consts]
+        if not var:
+            raise Unsupported(f"{op} on constants")
+        x, out = var[0], node.output[0]
+        xs = shapes[x]
+        c = [consts[i] if i in consts else None for i in node.input]
+        if op in ("Identity", "Dropout", "Flatten"):
+            if op == "Flatten":
+                ax = int(a.get("axis", 1)) % max(len(xs), 1)
+                shapes[out] = (int(np.prod(xs[:ax])), int(np.prod(xs[ax:])))
+            else:
+                shapes[out] = xs
+            alias[out], sizes[out] = real(x), sizes[real(x)]
+            continue
+        if op == "Reshape":
+            target = [int(v) for v in c[1].reshape(-1)]
+            if not a.get("allowzero", 0):
+                target = [xs[i] if v == 0 else v for i, v in enumerate(target)]
+            shapes[out] = np.empty(xs).reshape(target).shape
+            alias[out], sizes[out] = real(x), sizes[real(x)]
+            continue
+        if op == "Relu":
+            add("relu", out, (x,), name, xs)
+        elif op in ("Add", "Sub") and len(var) == 2:
+            if shapes[real(var[0])] != shapes[real(var[1])]:
+                raise Unsupported(f"{op} of two tensors of different shapes")
+            add("sum", out, tuple(var), name, xs, coefs=(1.0, 1.0 if op == "Add" else -1.0))
+        elif op in ("Add", "Sub", "Mul", "Div") and len(var) == 1:
+            first = node.input[0] == x
+            k = c[1] if first else c[0]
+            vec = _bcast(np.asarray(k, dtype=np.float64), xs, op)
+            n = vec.size
+            _check_size(n, n, op)
+            if op in ("Add", "Sub"):
+                sign = -1.0 if (op == "Sub" and not first) else 1.0
+                bias = vec if op == "Add" or not first else -vec
+                add("affine", out, (x,), name, xs, W=sign * np.eye(n), b=bias)
+            elif op == "Mul":
+                add("affine", out, (x,), name, xs, W=np.diag(vec), b=np.zeros(n))
+            elif first:
+                add("affine", out, (x,), name, xs, W=np.diag(1.0 / vec), b=np.zeros(n))
+            else:
+                raise Unsupported("Div of a constant by a variable")
+        elif op in ("Gemm", "MatMul"):
+            if node.input[0] != x or len(var) != 1 or c[1] is None:
+                raise Unsupported(f"{op} other than variable times constant")
+            B = np.asarray(c[1], dtype=np.float64)
+            if op == "Gemm":
+                if a.get("transA", 0):
+                    raise Unsupported("Gemm with transA")
+                B = float(a.get("alpha", 1.0)) * (B.T if a.get("transB", 0) else B)
+            if B.ndim != 2 or xs[-1] != B.shape[0]:
+                raise Unsupported(f"{op} with a weight of shape {B.shape} on {xs}")
+            P = int(np.prod(xs[:-1]))
+            oshape = tuple(xs[:-1]) + (B.shape[1],)
+            _check_size(P * B.shape[1], P * B.shape[0], op)
+            W = np.kron(np.eye(P), B.T)
+            bias = np.zeros(P * B.shape[1])
+            if op == "Gemm" and len(c) > 2 and c[2] is not None:
+                bias = _bcast(float(a.get("beta", 1.0)) * np.asarray(c[2], dtype=np.float64), oshape, op)
+            add("affine", out, (x,), name, oshape, W=W, b=bias)
+        elif op == "Conv":
+            if node.input[0] != x or len(var) != 1:
+                raise Unsupported("Conv with a variable kernel")
+            W, bias, oshape = _conv_matrix(xs, np.asarray(c[1], dtype=np.float64),
+                                           None if len(c) < 3 or c[2] is None else np.asarray(c[2], np.float64), a)
+            add("affine", out, (x,), name, oshape, W=W, b=bias)
+        elif op == "BatchNormalization":
+            if len(var) != 1 or node.input[0] != x or len(xs) < 2:
+                raise Unsupported("BatchNormalization with variable statistics")
+            gamma, beta, mean, var_ = (np.asarray(v, dtype=np.float64) for v in c[1:5])
+            scale = gamma / np.sqrt(var_ + float(a.get("epsilon", 1e-5)))
+            cshape = (1, xs[1]) + (1,) * (len(xs) - 2)
+            s = _bcast(scale.reshape(cshape), xs, op)
+            _check_size(s.size, s.size, op)
+            add("affine", out, (x,), name, xs, W=np.diag(s), b=_bcast((beta - mean * scale).reshape(cshape), xs, op))
+        else:
+            raise Unsupported(op)
+    output = real(g.output[0].name)
+    if output not in sizes or output == inputs[0].name:
+        raise Unsupported("an output that is not computed from the input")
+    dtype = inputs[0].type.tensor_type.elem_type
+    return Network(inputs[0].name, output, shapes[inputs[0].name], dtype, tuple(layers), sizes)

@@ -1,0 +1,304 @@
+"""Independent checker of verdict certificates (`nncert check`).
+
+It trusts: numpy, the `onnx` package's protobuf reading, onnxruntime (to replay a
+counterexample), our VNN-LIB parser (`vnnlib`, which has no torch), and the few
+hundred lines in this folder. It does not import `relaxations`, `bab`, `models` or
+torch, and it never takes a number from the certificate on trust: bounds are
+re-derived in float64 with outward rounding, the leaves' tiling of each root region is
+checked exactly, and claimed bounds are only compared (a claim above what can be
+re-derived is a rejection: a producer that overstates its bounds is broken).
+
+The file bytes are hashed and parsed from the same read, so the certificate is checked
+against exactly the files whose hashes it names. See docs/certificates.md.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from verifier.checker.bounds64 import interval_table, row_lower_bounds
+from verifier.checker.onnx_net import Network, Unsupported, read_network
+from verifier.checker.tiling import tiling_error
+
+__all__ = ["FORMAT", "VERSION", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
+           "check_files", "decode_array", "encode_array", "io_sizes", "spec_rows"]
+
+FORMAT = "nncert-certificate"
+VERSION = 1
+# A claimed row bound may exceed the re-derived one by this much (relative to 1 + |bound|):
+# the producer computes in float32 with other rounding; a larger excess means a false claim.
+CLAIM_TOLERANCE = 1e-4
+_CHUNK = 256  # leaves bounded at once (memory: chunk x rows x widest layer)
+
+
+class CheckInputError(ValueError):
+    """A file cannot be read or parsed (not a rejection: the command's input is bad)."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """accepted, and the first reason for a rejection; `info` has figures for a report."""
+
+    accepted: bool
+    reason: str = ""
+    info: Optional[dict] = None
+
+    def line(self) -> str:
+        return "accepted" if self.accepted else f"rejected: {self.reason}"
+
+
+class _Reject(Exception):
+    pass
+
+
+def encode_array(a: np.ndarray, inline_max: int = 256) -> Any:
+    """Nested lists for small arrays; {"dtype", "shape", "base64"} of float64 LE bytes for big ones."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size <= inline_max and np.isfinite(a).all():
+        return a.tolist()
+    return {"dtype": "float64", "shape": list(a.shape),
+            "base64": base64.b64encode(a.astype("<f8").tobytes()).decode("ascii")}
+
+
+def decode_array(v: Any, what: str) -> np.ndarray:
+    """The float64 array stored by `encode_array` (a rejection if malformed)."""
+    try:
+        if isinstance(v, dict):
+            if v.get("dtype") != "float64":
+                raise ValueError("dtype must be float64")
+            shape = tuple(int(s) for s in v["shape"])
+            a = np.frombuffer(base64.b64decode(v["base64"], validate=True), dtype="<f8")
+            return a.reshape(shape).astype(np.float64)
+        a = np.array(v, dtype=np.float64)
+        if a.dtype != np.float64:
+            raise ValueError("not numbers")
+        return a
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _Reject(f"{what} is not a valid array ({exc})") from None
+
+
+def io_sizes(data: bytes) -> tuple[tuple[int, ...], int, int, int]:
+    """(input shape, number of inputs, number of outputs, input element type) of an ONNX model."""
+    import onnx
+
+    try:
+        g = onnx.load_from_string(data).graph
+    except Exception as exc:  # the protobuf parser raises several types
+        raise CheckInputError(f"not a valid ONNX model ({type(exc).__name__})") from None
+    init = {t.name for t in g.initializer}
+    ins = [i for i in g.input if i.name not in init]
+    if len(ins) != 1 or len(g.output) != 1:
+        raise CheckInputError("the model must have exactly one input and one output")
+
+    def dims(v) -> tuple[int, ...]:
+        return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                     for d in v.type.tensor_type.shape.dim)
+
+    shape = dims(ins[0])
+    return shape, int(np.prod(shape)), int(np.prod(dims(g.output[0]))), ins[0].type.tensor_type.elem_type
+
+
+def spec_rows(disjunct) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """C [S, n_out], d [S], strict [S] and the conjunction of each row, rows in spec order."""
+    outs = disjunct.outputs
+    if not outs:
+        return np.zeros((0, 0)), np.zeros(0), np.zeros(0, bool), np.zeros(0, int)
+    return (np.concatenate([c.C for c in outs]), np.concatenate([c.d for c in outs]),
+            np.concatenate([c.strict for c in outs]),
+            np.concatenate([np.full(c.C.shape[0], k) for k, c in enumerate(outs)]))
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckInputError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
+
+
+def _exact_le(row: np.ndarray, v: np.ndarray, bound: float, strict: bool) -> bool:
+    """row . v <= bound (or <) in exact rational arithmetic: zero tolerance, no rounding."""
+    lhs = sum((Fraction(float(a)) * Fraction(float(b)) for a, b in zip(row, v) if a != 0), Fraction(0))
+    return lhs < Fraction(float(bound)) if strict else lhs <= Fraction(float(bound))
+
+
+def _check_sat(cert: dict, spec, data: bytes) -> dict:
+    cex = cert.get("counterexample")
+    if not isinstance(cex, dict) or "x" not in cex:
+        raise _Reject("a sat certificate needs counterexample.x")
+    x = decode_array(cex["x"], "counterexample.x").reshape(-1)
+    shape, n_in, _, elem = io_sizes(data)
+    if x.size != n_in or not np.isfinite(x).all():
+        raise _Reject(f"counterexample.x must be {n_in} finite numbers")
+    x32 = x.astype(np.float32)
+    if not np.array_equal(x32.astype(np.float64), x):
+        raise _Reject("counterexample.x holds values that are not float32")
+    hits = [d for d in spec.disjuncts if np.all(d.region.lower <= x) and np.all(x <= d.region.upper)
+            and (d.region.A is None or all(_exact_le(a, x, b, False) for a, b in zip(d.region.A, d.region.b)))]
+    if not hits:
+        raise _Reject("the counterexample is outside every input region of the spec")
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 3
+    sess = onnxruntime.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    feed = x32.astype(np.float64 if elem == 11 else np.float32).reshape(shape)
+    y = np.asarray(sess.run(None, {sess.get_inputs()[0].name: feed})[0], dtype=np.float64).reshape(-1)
+    if not np.isfinite(y).all():
+        raise _Reject("onnxruntime gives a non-finite output at the counterexample")
+    for d in hits:
+        for conj in d.outputs:
+            if all(_exact_le(r, y, b, s) for r, b, s in zip(conj.C, conj.d, conj.strict)):
+                claimed = cex.get("y")
+                same = claimed is not None and np.array_equal(decode_array(claimed, "counterexample.y").reshape(-1), y)
+                return {"outputs_match_claim": bool(same)}
+    raise _Reject("the spec's output constraints do not hold on onnxruntime's outputs at the counterexample")
+
+
+def _alphas(entry: dict, net: Network, S: int) -> Optional[dict[str, np.ndarray]]:
+    raw = entry.get("alphas")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Reject("alphas must map ReLU node names to arrays")
+    relus = {l.name: net.sizes[l.out] for l in net.layers if l.kind == "relu"}
+    out = {}
+    for name, v in raw.items():
+        if name not in relus:
+            raise _Reject(f"alphas name '{name}', which is not a ReLU node of the model")
+        a = decode_array(v, f"alphas['{name}']")
+        if a.size != S * relus[name] or (a.ndim and a.shape[0] != S):
+            raise _Reject(f"alphas['{name}'] has shape {a.shape}; expected [{S}, {relus[name]}]")
+        if not np.isfinite(a).all():
+            raise _Reject(f"alphas['{name}'] holds a non-finite value")
+        out[name] = a.reshape(S, relus[name])
+    return out
+
+
+def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
+                 alphas: Optional[dict]) -> np.ndarray:
+    rows = []
+    for s in range(0, lo.shape[0], _CHUNK):
+        table = interval_table(net, lo[s:s + _CHUNK], hi[s:s + _CHUNK])
+        rows.append(row_lower_bounds(net, table, C, d, alphas))
+    return np.concatenate(rows)
+
+
+def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
+    if not isinstance(entry, dict):
+        raise _Reject(f"disjunct {i}: not an object")
+    region = disjunct.region
+    root = entry.get("root") or {}
+    root_lo = decode_array(root.get("lower"), f"disjunct {i} root.lower").reshape(-1)
+    root_hi = decode_array(root.get("upper"), f"disjunct {i} root.upper").reshape(-1)
+    if not (np.array_equal(root_lo, region.lower) and np.array_equal(root_hi, region.upper)):
+        raise _Reject(f"disjunct {i}: the root region differs from the spec's input box")
+    C, d, strict, owner = spec_rows(disjunct)
+    S, K = C.shape[0], len(disjunct.outputs)
+    if K == 0:
+        return {"leaves": 0}
+    kind, method = entry.get("kind"), entry.get("method")
+    if kind == "bounds":
+        if method not in ("crown", "alpha-crown"):
+            raise _Reject(f"disjunct {i}: unknown method '{method}' for bounds")
+        lo, hi = root_lo[None], root_hi[None]
+        alphas = _alphas(entry, net, S) if method == "alpha-crown" else None
+        claims = decode_array(entry.get("claims"), f"disjunct {i} claims").reshape(1, -1)
+    elif kind == "input-split":
+        if method != "crown":
+            raise _Reject(f"disjunct {i}: input-split leaves must use method crown, not '{method}'")
+        leaves = entry.get("leaves") or {}
+        lo = decode_array(leaves.get("lower"), f"disjunct {i} leaves.lower")
+        hi = decode_array(leaves.get("upper"), f"disjunct {i} leaves.upper")
+        why = tiling_error(root_lo, root_hi, lo, hi)
+        if why:
+            raise _Reject(f"disjunct {i}: {why}")
+        alphas = None
+        claims = decode_array(leaves.get("claims"), f"disjunct {i} leaves.claims")
+    else:
+        raise _Reject(f"disjunct {i}: unsupported proof kind '{kind}'")
+    if claims.shape != (lo.shape[0], S):
+        raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({lo.shape[0]}, {S})")
+    lb = _leaf_bounds(net, lo, hi, C, d, alphas)
+    gap_ok = np.where(strict, lb >= 0, lb > 0)                      # [L, S]
+    for k in range(K):
+        proved = gap_ok[:, owner == k].any(1)
+        if not proved.all():
+            leaf = int(np.nonzero(~proved)[0][0])
+            raise _Reject(f"disjunct {i}: conjunction {k} is not proved on leaf {leaf} "
+                          f"(re-derived row bounds {np.array2string(lb[leaf][owner == k], precision=6)})")
+    excess = claims - lb - CLAIM_TOLERANCE * (1.0 + np.abs(lb))
+    if np.isnan(claims).any() or (excess > 0).any():
+        leaf, row = np.argwhere(np.isnan(claims) | (excess > 0))[0]
+        raise _Reject(f"disjunct {i}: claimed bound {claims[leaf, row]!r} of row {row} on leaf {leaf} "
+                      f"exceeds the re-derived {lb[leaf, row]!r}")
+    return {"leaves": int(lo.shape[0]), "min_margin": float(lb.max(1).min()) if S else 0.0}
+
+
+def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: str = "<spec>") -> CheckResult:
+    """Accept or reject `cert` (the parsed JSON) against the model bytes and spec text.
+
+    Hashes are the caller's business (see `check_files`); a spec that cannot be parsed
+    raises `CheckInputError`.
+    """
+    import vnnlib
+
+    shape, n_in, n_out, _ = io_sizes(model_data)
+    try:
+        spec = vnnlib.parse_text(spec_text, spec_path, n_in, n_out)
+    except vnnlib.VnnlibError as exc:
+        raise CheckInputError(str(exc)) from None
+    try:
+        if not isinstance(cert, dict) or cert.get("format") != FORMAT:
+            raise _Reject(f"not an {FORMAT} file")
+        if cert.get("version") != VERSION:
+            raise _Reject(f"version {cert.get('version')!r} is not supported (this checker reads {VERSION})")
+        if isinstance(cert.get("certificate"), str):
+            raise _Reject(cert["certificate"])
+        verdict = cert.get("verdict")
+        if verdict == "sat":
+            return CheckResult(True, info=_check_sat(cert, spec, model_data))
+        if verdict != "unsat":
+            raise _Reject(f"no certificate can support the verdict {verdict!r}")
+        try:
+            net = read_network(model_data)
+        except Unsupported as exc:
+            raise _Reject(str(exc)) from None
+        entries = cert.get("disjuncts")
+        if not isinstance(entries, list) or len(entries) != len(spec.disjuncts):
+            raise _Reject(f"the spec has {len(spec.disjuncts)} disjuncts; the certificate proves "
+                          f"{len(entries) if isinstance(entries, list) else 'none'}")
+        info = [_check_disjunct(i, e, dj, net) for i, (e, dj) in enumerate(zip(entries, spec.disjuncts))]
+        return CheckResult(True, info={"disjuncts": info})
+    except _Reject as exc:
+        return CheckResult(False, str(exc))
+
+
+def check_files(cert_path: str | Path, model_path: str | Path, spec_path: str | Path) -> CheckResult:
+    """Read the three files, compare the hashes, then `check_certificate`."""
+    raw = _read(cert_path, "certificate")
+    try:
+        cert = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckInputError(f"{cert_path}: not a JSON file ({exc})") from None
+    model_data = _read(model_path, "model")
+    spec_data = _read(spec_path, "spec")
+    if isinstance(cert, dict):
+        if cert.get("model_sha256") != hashlib.sha256(model_data).hexdigest():
+            return CheckResult(False, "the model file's sha256 differs from the certificate's")
+        if cert.get("spec_sha256") != hashlib.sha256(spec_data).hexdigest():
+            return CheckResult(False, "the spec file's sha256 differs from the certificate's")
+    try:
+        text = (gzip.decompress(spec_data) if spec_data[:2] == b"\x1f\x8b" else spec_data).decode(
+            "utf-8", errors="replace")  # as the vnnlib loader reads files
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CheckInputError(f"{spec_path}: cannot read the spec ({exc})") from None
+    return check_certificate(cert, model_data, text, str(spec_path))

@@ -1,0 +1,186 @@
+"""``certify_sdp()``: lower bounds of ``C @ f(x)`` over a box by SDP relaxations.
+
+Methods: ``"sdp"`` (the full Raghunathan et al. 2018 relaxation, dual solved by
+cvxpy/SCS or Clarabel) and ``"sdp-lowrank"`` (its rank-r Burer-Monteiro form in torch,
+Chiu & Zhang 2023). Both hand their dual multipliers to
+``relaxations.sdp.certified_bound``, which turns ANY multipliers into a valid bound
+(float64 eigenvalue + trace shift); so a solver that stops early, fails or lies only
+costs tightness. The pre-activation bounds the relaxation needs come from CROWN
+(``relaxations.compute_bounds``), widened outward so that the independent checker
+(``verifier.checker.sdp``), which recomputes CROWN in float64 numpy, confirms them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from models import Graph
+from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations.sdp import (
+    Multipliers,
+    SdpProblem,
+    build_problem,
+    certified_bound,
+    relu_inputs,
+    relu_mlp_from_graph,
+)
+from verifier.model import Model
+
+__all__ = ["METHODS", "SdpResult", "certify_sdp", "certify_rows", "pre_activation_bounds",
+           "graph_from_weights", "row_certificate"]
+
+METHODS = ("sdp", "sdp-lowrank")
+# Outward widening of CROWN's intermediate bounds (relative and absolute); far above
+# float64 rounding, so the checker's own CROWN always confirms them.
+PRE_WIDEN = 1e-9
+# The claim written into a certificate sits this far (relative) below the bound we
+# computed, so the checker's own rounding can never reject a correct certificate.
+CLAIM_SLACK = 1e-9
+
+
+@dataclass
+class SdpResult:
+    """``lower_bounds[s]`` is a certified lower bound of ``C[s] @ f(x)`` over the box."""
+
+    lower_bounds: np.ndarray
+    time_s: float
+    certificate: dict
+    crown_lower: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+def graph_from_weights(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> Graph:
+    """A Gemm/Relu chain as a checked ``Graph`` (for networks given as weight lists)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models import graph_from_proto
+
+    nodes, inits, var = [], [], "X"
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        inits += [numpy_helper.from_array(np.asarray(w, dtype=np.float32), f"W{k}"),
+                  numpy_helper.from_array(np.asarray(b, dtype=np.float32).reshape(-1), f"b{k}")]
+        out = "Y" if k == len(weights) - 1 else f"h{k}"
+        nodes.append(helper.make_node("Gemm", [var, f"W{k}", f"b{k}"], [out], transB=1))
+        if k < len(weights) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"z{k}"]))
+            var = f"z{k}"
+    g = helper.make_graph(nodes, "mlp",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, weights[0].shape[1]])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, weights[-1].shape[0]])],
+                          initializer=inits)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return graph_from_proto(proto)
+
+
+def pre_activation_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, C: np.ndarray,
+                          method: str = "crown") -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """CROWN bounds (float64) of every ReLU input, widened outward, and ``method``'s
+    lower bounds of ``C @ y`` (for comparison)."""
+    shape = graph.input_shape
+    lo = torch.as_tensor(np.asarray(lower, dtype=np.float64).reshape(1, *shape))
+    hi = torch.as_tensor(np.asarray(upper, dtype=np.float64).reshape(1, *shape))
+    res = compute_bounds(graph, IntervalBounds(lo, hi), torch.as_tensor(np.asarray(C, dtype=np.float64)),
+                         BoundOptions(method=method, intermediate="crown"), want_upper=False)
+    pl, pu = [], []
+    for name in relu_inputs(graph):
+        b = res.table[name]
+        l = b.lower.detach().double().numpy().reshape(-1)
+        u = b.upper.detach().double().numpy().reshape(-1)
+        pl.append(l - PRE_WIDEN * (1.0 + np.abs(l)))
+        pu.append(u + PRE_WIDEN * (1.0 + np.abs(u)))
+    return pl, pu, res.lower.detach().double().numpy()[0]
+
+
+def row_certificate(problem: SdpProblem, mult: Multipliers, bound: float, method: str) -> dict:
+    """What ``verifier.checker.sdp.check_sdp_certificate`` needs for one spec row."""
+    claim = bound - CLAIM_SLACK * (1.0 + abs(bound)) if np.isfinite(bound) else -np.inf
+    return {"kind": "sdp-relu-mlp", "version": 1, "method": method, "c": problem.c.tolist(),
+            "bound": float(claim), "pre_lower": [a.tolist() for a in problem.pre_lower],
+            "pre_upper": [a.tolist() for a in problem.pre_upper], "multipliers": mult.to_json()}
+
+
+def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lower: np.ndarray,
+                 upper: np.ndarray, C: np.ndarray, pre_lower: Sequence[np.ndarray],
+                 pre_upper: Sequence[np.ndarray], method: str = "sdp", targets: Optional[np.ndarray] = None,
+                 solver: Optional[str] = None, lowrank_options: Any = None,
+                 scs_time_limit_s: float = 0.0) -> tuple[np.ndarray, list[dict], list[dict]]:
+    """One SDP per row of C with given pre-activation bounds: (bounds, certificates, stats)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    C = np.atleast_2d(np.asarray(C, dtype=np.float64))
+    bounds, certs, stats = [], [], []
+    for s, row in enumerate(C):
+        problem = build_problem(weights, biases, row, np.reshape(lower, -1), np.reshape(upper, -1),
+                                pre_lower, pre_upper)
+        t0 = time.perf_counter()
+        if method == "sdp":
+            from verifier.solvers.cvxpy_sdp import solve_sdp_dual
+
+            sol = solve_sdp_dual(problem, solver=solver, time_limit_s=scs_time_limit_s)
+            if sol.multipliers is None:  # no multipliers at all: fall back to zeros (still valid)
+                mult = Multipliers.unpack(problem, np.zeros(problem.n_multipliers()))
+            else:
+                mult = sol.multipliers
+            bound, mult, lam_min = certified_bound(problem, mult)
+            info = {"solver": sol.solver, "status": sol.status, "solver_objective": sol.objective}
+        else:
+            from verifier.solvers.burer_monteiro import LowRankOptions, solve_lowrank
+
+            opts = lowrank_options or LowRankOptions()
+            target = None if targets is None else float(np.asarray(targets).reshape(-1)[s])
+            sol = solve_lowrank(problem, opts, target=target)
+            bound, mult, lam_min = sol.bound, sol.multipliers, sol.lam_min
+            info = {"rank": sol.rank, "rounds": sol.rounds, "primal_objective": sol.primal_objective,
+                    "violation": sol.violation}
+        info.update(lam_min=lam_min, trace_bound=problem.trace_bound(), time_s=time.perf_counter() - t0)
+        cert = row_certificate(problem, mult, bound, method)
+        bounds.append(cert["bound"])
+        certs.append(cert)
+        stats.append(info)
+    return np.array(bounds), certs, stats
+
+
+def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray, C: np.ndarray,
+                method: str = "sdp", targets: Optional[np.ndarray] = None, solver: Optional[str] = None,
+                lowrank_options: Any = None, scs_time_limit_s: float = 0.0,
+                skip_proved: bool = False) -> SdpResult:
+    """Certified lower bounds of ``C @ f(x)`` over ``[lower, upper]`` for a ReLU MLP.
+
+    ``targets`` [S]: the values the bounds must exceed (e.g. a spec's ``d``); the
+    low-rank method raises its rank until it gets there, and with ``skip_proved``
+    rows that CROWN already proves keep CROWN's bound (a certificate of kind
+    ``crown`` then stands in for them). Returns per-row bounds (each >= CROWN's is
+    not guaranteed but typical), CROWN's bounds, the time and a certificate per row."""
+    t0 = time.perf_counter()
+    graph = model.graph if isinstance(model, Model) else model
+    weights, biases = relu_mlp_from_graph(graph)
+    lo = np.asarray(lower, dtype=np.float64).reshape(-1)
+    hi = np.asarray(upper, dtype=np.float64).reshape(-1)
+    if lo.shape != hi.shape or lo.shape[0] != weights[0].shape[1]:
+        raise ValueError(f"lower/upper must have {weights[0].shape[1]} entries")
+    if np.any(lo > hi):
+        raise ValueError("empty box: some lower bound exceeds its upper bound")
+    C = np.atleast_2d(np.asarray(C, dtype=np.float64))
+    pl, pu, crown = pre_activation_bounds(graph, lo, hi, C)
+    rows = np.arange(C.shape[0])
+    if skip_proved and targets is not None:
+        rows = rows[crown <= np.asarray(targets, dtype=np.float64).reshape(-1)]
+    bounds = crown.copy()
+    certs: list[dict] = [{"kind": "crown", "bound": float(b)} for b in crown]
+    stats: list[dict] = [{} for _ in crown]
+    if len(rows):
+        tg = None if targets is None else np.asarray(targets, dtype=np.float64).reshape(-1)[rows]
+        b, cs, st = certify_rows(weights, biases, lo, hi, C[rows], pl, pu, method, tg, solver,
+                                 lowrank_options, scs_time_limit_s)
+        for i, r in enumerate(rows):
+            bounds[r], certs[r], stats[r] = b[i], cs[i], st[i]
+    cert = {"kind": "sdp-relu-mlp-rows", "version": 1, "method": method, "rows": certs}
+    return SdpResult(bounds, time.perf_counter() - t0, cert, crown, {"rows": stats})

@@ -1,0 +1,269 @@
+"""Certified training: IBP and CROWN-IBP losses for a plain `nn.Module`, from a training loop.
+
+    >>> from verifier import certified_loss, EpsilonSchedule
+    >>> schedule = EpsilonSchedule(eps_max=0.1, warmup_epochs=2, ramp_epochs=10)
+    >>> loss, info = certified_loss(model, x, y, schedule(epoch + step / steps), method="ibp")
+    >>> loss.backward()
+
+The bounds are the verifier's own: the module is turned into our `Graph` (by
+`models.from_torch`, whose constants are the module's live parameters) and bounded by
+`relaxations`, so a model trained here is bounded at test time by exactly the code
+that was optimised during training. Nothing is detached on the way: IBP goes through
+`compute_bounds`; for CROWN-IBP the final backward pass is run here with autograd on,
+because `compute_bounds` wraps its final CROWN pass in `torch.no_grad()` (it serves
+verification, where no gradient is wanted).
+
+Loss fusion: the robust cross-entropy is computed from the lower bounds `lb_j` of the
+margins `y_true - y_j` directly, as the cross-entropy of the logits `[0, -lb_j]` with
+target 0, i.e. `log(1 + sum_j exp(-lb_j))`. This equals the cross-entropy of the
+worst-case logits (true class at its lower bound, every other class at its upper
+bound relative to it) but needs one bound per margin instead of separate upper and
+lower bounds of every logit, and it is tighter because the margins are bounded as
+linear functions of the output (the specification is folded into the last layer).
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import Graph, GraphEvaluator, Node
+from models.from_torch import graph_from_module, structure_key
+from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds, intermediate_bounds, rule_for
+from relaxations.bounds import widen_lower
+from relaxations.crown import backward_lower, concretize_at
+from relaxations.ibp import affine_interval, node_inputs
+from relaxations.registry import is_affine_node
+
+__all__ = ["certified_loss", "CertifiedInfo", "EpsilonSchedule", "margin_matrix", "margin_bounds",
+           "ibp_tightness", "module_graph", "TRAINING_METHODS"]
+
+T = torch.Tensor
+TRAINING_METHODS = ("ibp", "crown-ibp")
+
+# Per-module cache of (structure key, graph). Weights are live, so a graph stays valid
+# across optimiser steps; the key changes when the structure or a parameter object does.
+_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Graph]]" = weakref.WeakKeyDictionary()
+
+
+def module_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
+    """The cached `Graph` of `model` for one example of shape `input_shape` (batch dim 1)."""
+    key = structure_key(model, input_shape)
+    cached = _GRAPHS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    graph = graph_from_module(model, input_shape)
+    _GRAPHS[model] = (key, graph)
+    return graph
+
+
+def margin_matrix(y: T, n_classes: int) -> T:
+    """C [B, K-1, K] with rows e_y - e_j for every j != y (in increasing j)."""
+    B = y.shape[0]
+    eye = torch.eye(n_classes, device=y.device)
+    others = torch.arange(n_classes, device=y.device).expand(B, -1)
+    others = others[others != y.unsqueeze(1)].reshape(B, n_classes - 1)
+    return eye[y].unsqueeze(1) - eye[others]
+
+
+def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...]) -> IntervalBounds:
+    """The batch of l-inf boxes x +- eps clipped to [lower, upper], as [B, *shape]."""
+    xb = x.reshape(x.shape[0], *shape)
+    return IntervalBounds((xb - eps).clamp(min=lower, max=upper), (xb + eps).clamp(min=lower, max=upper))
+
+
+def _crown_lower(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: T) -> tuple[T, T]:
+    """CROWN-IBP lower bounds of C @ output, with autograd: (crown, ibp), each [B, S].
+
+    The same steps as `compute_bounds(..., BoundOptions(method="crown",
+    intermediate="ibp"))` (IBP intervals for every intermediate tensor, one CROWN pass
+    from the output), but the final pass keeps the autograd graph.
+    """
+    options = BoundOptions(method="crown", intermediate="ibp")
+    precision = Precision.for_dtype(ev.dtype)
+    # (table, ctx, ...): later versions may return more (e.g. an infeasibility mask for splits)
+    table, ctx = intermediate_bounds(graph, ev, box, options)[:2]
+    B, S = C.shape[:2]
+    A = C.reshape(B, S, *graph.output_shape)
+    value, mass = concretize_at(A, table[graph.output_name])
+    ibp = widen_lower(value, mass, precision)
+    crown = backward_lower(ctx, graph.output_name, A).concretize(box, precision)
+    return crown, ibp
+
+
+def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
+                  lower: float = 0.0, upper: float = 1.0, n_classes: Optional[int] = None) -> T:
+    """Lower bounds [B, K-1] of the margins y_true - y_j over each clipped box, with autograd.
+
+    ibp: interval bound propagation. crown-ibp: beta * max(CROWN, IBP) + (1 - beta) * IBP,
+    where CROWN uses IBP intermediate bounds (Zhang et al., "Towards Stable and Efficient
+    Training of Verifiably Robust Neural Networks"). Taking max(CROWN, IBP) for the CROWN
+    part (as `compute_bounds` does) is still sound and never looser.
+    """
+    if method not in TRAINING_METHODS:
+        raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
+    shape = (1, *x.shape[1:])
+    graph = module_graph(model, shape)
+    K = n_classes or graph.output_size
+    C = margin_matrix(y, K).to(dtype=x.dtype)
+    box = _box(x, eps, lower, upper, shape)
+    ev = GraphEvaluator(graph, dtype=x.dtype, device=x.device)
+    if method == "ibp":
+        res = compute_bounds(graph, box, C, BoundOptions(method="ibp"), want_upper=False, ev=ev)
+        return res.lower
+    crown, ibp = _crown_lower(graph, ev, box, C)
+    best = torch.maximum(crown, ibp)
+    return best if beta == 1.0 else beta * best + (1.0 - beta) * ibp
+
+
+@dataclass(frozen=True)
+class CertifiedInfo:
+    """Diagnostics of one certified-loss evaluation (plain floats, detached).
+
+    worst_margin: the smallest margin lower bound in the batch (> 0: all verified).
+    verified_accuracy: fraction of examples whose every margin lower bound is > 0.
+    clean_accuracy: fraction classified correctly at the centre.
+    tightness: the IBP tightness of Mao et al. (see `ibp_tightness`); NaN if not computed.
+    eps: the radius used.
+    """
+
+    worst_margin: float
+    verified_accuracy: float
+    clean_accuracy: float
+    tightness: float
+    eps: float
+    robust_loss: float
+    natural_loss: float
+
+
+def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
+                   lower: float = 0.0, upper: float = 1.0, kappa: float = 0.0,
+                   tightness: bool = True) -> tuple[T, CertifiedInfo]:
+    """Robust cross-entropy of `model` over the l-inf boxes x +- eps (clipped), and diagnostics.
+
+    x: [B, *example_shape] on the model's device; y: [B] class indices. The loss is
+    `kappa * CE(model(x), y) + (1 - kappa) * log(1 + sum_j exp(-lb_j))` where lb are
+    the margin lower bounds (`margin_bounds`, loss fusion). With eps == 0 the bounds are
+    the exact margins and the robust loss is the ordinary cross-entropy. The bounds are
+    those of the module's inference function (BatchNorm running statistics, no Dropout).
+    """
+    logits = model(x)
+    natural = F.cross_entropy(logits, y)
+    lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=logits.shape[-1])
+    zeros = torch.zeros(lb.shape[0], 1, dtype=lb.dtype, device=lb.device)
+    robust = torch.logsumexp(torch.cat([zeros, -lb], 1), 1).mean()
+    loss = kappa * natural + (1.0 - kappa) * robust if kappa else robust
+    with torch.no_grad():
+        tight = float("nan")
+        if tightness:
+            tight = float(ibp_tightness(model, x).mean())
+        info = CertifiedInfo(
+            worst_margin=float(lb.min()),
+            verified_accuracy=float((lb > 0).all(1).float().mean()),
+            clean_accuracy=float((logits.argmax(-1) == y).float().mean()),
+            tightness=tight, eps=float(torch.as_tensor(eps, dtype=torch.float64).mean()), robust_loss=float(robust), natural_loss=float(natural))
+    return loss, info
+
+
+def ibp_tightness(model: nn.Module, x: T) -> T:
+    """Per-example IBP tightness at the network output (Mao et al., ICLR 2024), [B].
+
+    "Understanding Certified Training with Interval Bound Propagation" defines the
+    tightness of IBP as the ratio of the width of the optimal box (the tightest box
+    containing the reachable set) to the width of the IBP box. For a ReLU network they
+    evaluate it on the local linearisation at the unperturbed input x (the network with
+    every activation's slope fixed at its value at x, a deep linear network), where
+    both boxes are exact and do not depend on eps:
+
+        optimal radius  = |J| 1              (J: the input Jacobian at x)
+        IBP radius      = |W_L| D_{L-1} |W_{L-1}| ... D_1 |W_1| 1
+
+    We return the mean over the outputs of the ratio of the two radii (1 means IBP is
+    exact on this linearisation; it is always <= 1). Affine nodes use the registry's
+    |L| r rule and elementwise activations the absolute value of their derivative at
+    x, so any graph of affine and elementwise ops is covered; other ops give NaN.
+    """
+    shape = (1, *x.shape[1:])
+    graph = module_graph(model, shape)
+    ev = GraphEvaluator(graph, dtype=x.dtype, device=x.device)
+    B = x.shape[0]
+    with torch.enable_grad():
+        xin = x.detach().reshape(B, *shape).clone().requires_grad_(True)
+        values = ev.forward_all(xin)
+        out = values[graph.output_name].reshape(B, -1)
+        rows = []
+        for k in range(out.shape[1]):
+            (g,) = torch.autograd.grad(out[:, k].sum(), xin, retain_graph=k + 1 < out.shape[1])
+            rows.append(g.reshape(B, -1).abs().sum(1))
+    optimal = torch.stack(rows, 1).detach()
+    ibp = _linearised_ibp_radius(graph, ev, {k: v.detach() for k, v in values.items()}, B)
+    if ibp is None:
+        return torch.full((B,), float("nan"), dtype=x.dtype, device=x.device)
+    ratio = torch.where(ibp > 0, optimal / ibp.clamp_min(torch.finfo(ibp.dtype).tiny), torch.ones_like(ibp))
+    return ratio.mean(1)
+
+
+def _linearised_ibp_radius(graph: Graph, ev: GraphEvaluator, values: dict[str, T], B: int) -> Optional[T]:
+    """IBP output radius [B, n_out] of the network linearised at the clean point, unit input radius."""
+    radius: dict[str, T] = {graph.input_name: torch.ones_like(values[graph.input_name])}
+    for node in graph.nodes:
+        rule = rule_for(node)
+        variable = [bool(n) and n not in ev.constants for n in node.inputs]
+        table = {n: IntervalBounds(-radius[n], radius[n]) for n, v in zip(node.inputs, variable) if v}
+        if is_affine_node(node, rule, variable):
+            outs = affine_interval(node, rule, node_inputs(ev, node, table))
+            for name, b in zip(node.outputs, outs):
+                radius[name] = b.radius
+        elif rule.kind == "elementwise" and sum(variable) == 1 and variable[0]:
+            radius[node.outputs[0]] = radius[node.inputs[0]] * _slope_at(ev, node, values)
+        else:
+            return None
+    return radius[graph.output_name].reshape(B, -1)
+
+
+def _slope_at(ev: GraphEvaluator, node: Node, values: dict[str, T]) -> T:
+    """|f'(z)| of an elementwise node at its clean input z (the linearisation's slope)."""
+    with torch.enable_grad():
+        z = values[node.inputs[0]].clone().requires_grad_(True)
+        out = ev.run_node(node, {**values, node.inputs[0]: z})[0]
+        (g,) = torch.autograd.grad(out.sum(), z)
+    return g.abs()
+
+
+class EpsilonSchedule:
+    """The radius as a function of the (fractional) epoch: zero, then a ramp, then eps_max.
+
+    Certified training diverges or collapses to a constant classifier when the full
+    radius is used from the start; warm-up (eps = 0, plain training) and a gradual ramp
+    avoid that (Gowal et al. 2018; Zhang et al. 2020). kind="linear" ramps linearly;
+    kind="smooth" uses the smoothstep 3p^2 - 2p^3, which starts and ends with zero slope
+    so that the first small radii grow slowly, when the bounds are loosest.
+    Monotone non-decreasing, 0 during warm-up, eps_max from warmup + ramp on.
+    """
+
+    def __init__(self, eps_max: float, warmup_epochs: float = 0.0, ramp_epochs: float = 0.0,
+                 kind: str = "linear") -> None:
+        if kind not in ("linear", "smooth"):
+            raise ValueError(f"kind must be 'linear' or 'smooth', not '{kind}'")
+        if eps_max < 0 or warmup_epochs < 0 or ramp_epochs < 0:
+            raise ValueError("eps_max, warmup_epochs and ramp_epochs must be non-negative")
+        self.eps_max, self.warmup, self.ramp, self.kind = float(eps_max), float(warmup_epochs), \
+            float(ramp_epochs), kind
+
+    def __call__(self, epoch: float) -> float:
+        if epoch < self.warmup:
+            return 0.0
+        if self.ramp == 0 or epoch >= self.warmup + self.ramp:
+            return self.eps_max
+        p = (epoch - self.warmup) / self.ramp
+        if self.kind == "smooth":
+            p = p * p * (3.0 - 2.0 * p)
+        return self.eps_max * min(max(p, 0.0), 1.0)
+
+    def __repr__(self) -> str:
+        return (f"EpsilonSchedule(eps_max={self.eps_max}, warmup_epochs={self.warmup}, "
+                f"ramp_epochs={self.ramp}, kind='{self.kind}')")
