@@ -1,0 +1,114 @@
+"""The command line as a user meets it: verdicts exit 0, bad input exits 2 with one
+clear line on stderr (file and what was expected), never a traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import vnnlib
+from tests.op_cases import make_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "verifier.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    """y = W x + b with two inputs and two outputs, and a robustness spec around x0."""
+    W = np.array([[1.0, -1.0], [0.5, 2.0]], np.float32)
+    model = make_model([helper.make_node("Gemm", ["X", "W", "b"], ["h"]), helper.make_node("Relu", ["h"], ["Y"])],
+                       {"W": W, "b": np.array([0.1, -0.2], np.float32)}, (1, 2), (1, 2))
+    onnx_path = tmp_path / "tiny.onnx"
+    onnx_path.write_bytes(model.SerializeToString())
+    spec_path = tmp_path / "tiny.vnnlib"
+    return tmp_path, onnx_path, spec_path
+
+
+def _assert_one_clean_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_unsat_and_sat_verdicts_exit_zero_and_write_results(tiny) -> None:
+    tmp, onnx_path, spec_path = tiny
+    # y0 - y1 >= 0 is impossible to violate? construct: counterexample when y0 <= -1 (relu output >= 0): unsat
+    spec = vnnlib.Spec(2, 2, (vnnlib.Disjunct(vnnlib.InputRegion(np.zeros(2), np.ones(2)), (
+        vnnlib.OutputConstraints(np.array([[1.0, 0.0]]), np.array([-1.0]), np.array([False])),)),))
+    vnnlib.write_vnnlib(spec_path, spec)
+    res_file = tmp / "out.txt"
+    proc = _run("verify", str(onnx_path), str(spec_path), "--results-file", str(res_file), "--report",
+                str(tmp / "r.json"))
+    assert proc.returncode == 0 and proc.stdout.strip() == "unsat", (proc.stdout, proc.stderr)
+    assert res_file.read_text().splitlines()[0] == "unsat"
+    # counterexample when y1 >= 1: reachable (x = (0, 1) gives y1 = 1.8)
+    spec2 = vnnlib.Spec(2, 2, (vnnlib.Disjunct(vnnlib.InputRegion(np.zeros(2), np.ones(2)), (
+        vnnlib.OutputConstraints(np.array([[0.0, -1.0]]), np.array([-1.0]), np.array([False])),)),))
+    vnnlib.write_vnnlib(spec_path, spec2)
+    proc = _run("verify", str(onnx_path), str(spec_path), "--results-file", str(res_file))
+    assert proc.returncode == 0 and proc.stdout.strip() == "sat", (proc.stdout, proc.stderr)
+    verdict, x, y = vnnlib.read_results(res_file)
+    assert verdict == "sat" and x is not None and y is not None
+    assert np.all(x >= 0) and np.all(x <= 1) and y[1] >= 1.0
+
+
+def test_missing_model_file(tiny) -> None:
+    tmp, _, spec_path = tiny
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.zeros(2), 0.1, 0, 2))
+    _assert_one_clean_line(_run("verify", str(tmp / "absent.onnx"), str(spec_path)), "absent.onnx")
+
+
+def test_truncated_onnx(tiny) -> None:
+    tmp, onnx_path, spec_path = tiny
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.zeros(2), 0.1, 0, 2))
+    cut = tmp / "cut.onnx"
+    cut.write_bytes(onnx_path.read_bytes()[:40])
+    _assert_one_clean_line(_run("verify", str(cut), str(spec_path)), "cut.onnx")
+
+
+def test_spec_with_wrong_number_of_variables(tiny) -> None:
+    tmp, onnx_path, spec_path = tiny
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.zeros(3), 0.1, 0, 3))
+    _assert_one_clean_line(_run("verify", str(onnx_path), str(spec_path)), "tiny.vnnlib", "3")
+
+
+def test_malformed_spec_names_line_and_column(tiny) -> None:
+    tmp, onnx_path, spec_path = tiny
+    spec_path.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(assert (<= X_0 0.5)\n")
+    _assert_one_clean_line(_run("verify", str(onnx_path), str(spec_path)), "tiny.vnnlib:")
+
+
+def test_unknown_config_key(tiny) -> None:
+    tmp, onnx_path, spec_path = tiny
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.zeros(2), 0.1, 0, 2))
+    _assert_one_clean_line(_run("verify", str(onnx_path), str(spec_path), "--set", "bounds.metod=crown"),
+                           "bounds.metod")
+    cfg = tmp / "c.yaml"
+    cfg.write_text("attack:\n  restars: 3\n")
+    _assert_one_clean_line(_run("verify", str(onnx_path), str(spec_path), "--config", str(cfg)), "attack.restars")
+
+
+def test_unsupported_op_exits_two(tiny) -> None:
+    tmp, _, spec_path = tiny
+    model = make_model([helper.make_node("Erf", ["X"], ["Y"], name="erf_node")], {}, (1, 2), (1, 2))
+    bad = tmp / "erf.onnx"
+    bad.write_bytes(model.SerializeToString())
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.zeros(2), 0.1, 0, 2))
+    _assert_one_clean_line(_run("verify", str(bad), str(spec_path)), "erf_node", "Erf")
+
+
+def test_config_lists_every_key() -> None:
+    proc = _run("config")
+    assert proc.returncode == 0
+    assert "bounds.method: str = 'alpha-crown'" in proc.stdout and "bab.mode" in proc.stdout
