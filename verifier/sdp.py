@@ -99,12 +99,13 @@ def pre_activation_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, C:
     return pl, pu, res.lower.detach().double().numpy()[0]
 
 
-def row_certificate(problem: SdpProblem, mult: Multipliers, bound: float, method: str) -> dict:
+def row_certificate(problem: SdpProblem, mult: Multipliers, bound: float, method: str,
+                    pre_lower: Sequence[np.ndarray], pre_upper: Sequence[np.ndarray]) -> dict:
     """What ``verifier.checker.sdp.check_sdp_certificate`` needs for one spec row."""
     claim = bound - CLAIM_SLACK * (1.0 + abs(bound)) if np.isfinite(bound) else -np.inf
     return {"kind": "sdp-relu-mlp", "version": 1, "method": method, "c": problem.c.tolist(),
-            "bound": float(claim), "pre_lower": [a.tolist() for a in problem.pre_lower],
-            "pre_upper": [a.tolist() for a in problem.pre_upper], "multipliers": mult.to_json()}
+            "bound": float(claim), "pre_lower": [np.asarray(a).tolist() for a in pre_lower],
+            "pre_upper": [np.asarray(a).tolist() for a in pre_upper], "multipliers": mult.to_json()}
 
 
 def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lower: np.ndarray,
@@ -141,7 +142,7 @@ def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lo
             info = {"rank": sol.rank, "rounds": sol.rounds, "primal_objective": sol.primal_objective,
                     "violation": sol.violation}
         info.update(lam_min=lam_min, trace_bound=problem.trace_bound(), time_s=time.perf_counter() - t0)
-        cert = row_certificate(problem, mult, bound, method)
+        cert = row_certificate(problem, mult, bound, method, pre_lower, pre_upper)
         bounds.append(cert["bound"])
         certs.append(cert)
         stats.append(info)

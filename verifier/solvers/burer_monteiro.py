@@ -45,9 +45,9 @@ class LowRankOptions:
     rho: float = 10.0
     rho_growth: float = 3.0
     rho_shrink: float = 0.5
-    rho_max: float = 1e6
+    rho_max: float = 1e4
     tol: float = 1e-6
-    check_every: int = 5
+    check_every: int = 1
     time_limit_s: float = 60.0
     seed: int = 0
     device: str = "cpu"
