@@ -9,7 +9,7 @@ import torch
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from verifier.model import Model
 
-__all__ = ["bounds", "dtype_of", "bound_options"]
+__all__ = ["bounds", "dtype_of", "bound_options", "outward_box"]
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -25,6 +25,23 @@ def bound_options(cfg, method: Optional[str] = None) -> BoundOptions:
                         max_elements=cfg.max_elements)
 
 
+def outward_box(lower, upper, dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The box as tensors of `dtype`, rounded outward so it contains the float64 box.
+
+    Round-to-nearest could move a face inward by half an ulp and leave a sliver of the
+    region unexamined; rounding down the lower and up the upper faces cannot.
+    """
+    lo64 = np.asarray(lower, dtype=np.float64)
+    hi64 = np.asarray(upper, dtype=np.float64)
+    if dtype == torch.float64:
+        return (torch.tensor(lo64, dtype=dtype, device=device), torch.tensor(hi64, dtype=dtype, device=device))
+    lo = lo64.astype(np.float32)
+    hi = hi64.astype(np.float32)
+    lo = np.where(lo.astype(np.float64) > lo64, np.nextafter(lo, np.float32(-np.inf)), lo)
+    hi = np.where(hi.astype(np.float64) < hi64, np.nextafter(hi, np.float32(np.inf)), hi)
+    return torch.tensor(lo, dtype=dtype, device=device), torch.tensor(hi, dtype=dtype, device=device)
+
+
 def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str = "float32",
            device: str = "cpu", alpha_iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound lower and upper bounds of `C @ output` (or of the outputs) over a box.
@@ -34,8 +51,7 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str
     (or [S] when the box had no batch dimension). Nothing is kept between calls.
     """
     dt = dtype_of(dtype)
-    lo = torch.as_tensor(np.asarray(lower, dtype=np.float64), dtype=dt, device=device)
-    hi = torch.as_tensor(np.asarray(upper, dtype=np.float64), dtype=dt, device=device)
+    lo, hi = outward_box(lower, upper, dt, device)
     shape = model.graph.input_shape
     single = lo.numel() == int(np.prod(shape)) and lo.dim() <= len(shape)
     lo = lo.reshape(-1, *shape)

@@ -62,8 +62,10 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
             else:
                 lb = compute_bounds(graph, box, Ct, BoundOptions(method="ibp"), want_upper=False, ev=ev).lower
                 opts = BoundOptions(method="crown")
-                table, ctx = intermediate_bounds(graph, ev, box, opts)
-                a = {k: torch.tensor(np.clip(v, 0.0, 1.0)).unsqueeze(0).expand(n, *v.shape) for k, v in alphas.items()}
+                table, ctx = intermediate_bounds(graph, ev, box, opts)[:2]
+                shapes = {nd.name: tuple(graph.shapes[nd.inputs[0]]) for nd in graph.nodes}
+                a = {k: torch.tensor(np.clip(v, 0.0, 1.0)).reshape(1, C.shape[0], *shapes[k])
+                     .expand(n, C.shape[0], *shapes[k]) for k, v in alphas.items()}
                 octx = BackwardContext(graph, ev, table, ctx.rules, a, cache=None)
                 A = Ct.reshape(1, C.shape[0], *graph.output_shape).expand(n, *([-1] * (1 + len(graph.output_shape))))
                 crown = backward_lower(octx, graph.output_name, A).concretize(box, Precision.for_dtype(torch.float64))
@@ -98,13 +100,19 @@ def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct) -> tuple[np.
 def _snap_to_root(leaves: np.ndarray, root: np.ndarray) -> np.ndarray:
     """Leaf faces that lie on the root's face as the verifier's dtype rounded it, moved onto it.
 
-    The search bisects a float32 copy of the root box; rounding to nearest can move an
-    outer face inward by up to half an ulp. The leaves must tile the exact root, so the
-    outer faces are put back on it; the checker then bounds the (marginally larger)
-    leaves itself, so this can only make a certificate harder to accept, never unsound.
+    The search bisects a float32 copy of the root box rounded outward (see
+    `verifier.api.outward_box`), so its outer faces lie up to one ulp outside the exact
+    root. The leaves must tile the exact root, so the outer faces are put back on it;
+    a leaf shrunk to the root is proved whenever the larger one was, and the checker
+    re-derives every bound itself, so this never makes a certificate unsound.
     """
+    import torch
+
+    from verifier.api import outward_box
+
     out = np.array(leaves, dtype=np.float64, copy=True)
-    for rounded in (root.astype(np.float32).astype(np.float64), root):
+    lo32, hi32 = outward_box(root, root, torch.float32)
+    for rounded in (lo32.double().numpy(), hi32.double().numpy(), root.astype(np.float32).astype(np.float64), root):
         hit = out == rounded[None, :]
         out = np.where(hit, root[None, :], out)
     return out
@@ -162,6 +170,10 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
     if entries is None or len(entries) != len(spec.disjuncts):
         cert["certificate"] = "unavailable (the run recorded no proof for every disjunct)"
         return cert
+    for e in entries:
+        if e.get("kind") not in ("bounds", "input-split"):
+            cert["certificate"] = f"unsupported (proof kind {e.get('kind')})"
+            return cert
     cert["disjuncts"] = [_disjunct_entry(model, e, d) for e, d in zip(entries, spec.disjuncts)]
     return cert
 

@@ -60,6 +60,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         overrides.append(f"timeout={args.timeout}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    if args.method is not None:
+        overrides.append(f"bounds.method={args.method}")
     config = load_config(args.config, overrides)
     timer = _watchdog(max(config.timeout - (time.monotonic() - start), 0.0) + 0.5, args.results_file)
     import vnnlib
@@ -76,8 +78,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     timer.cancel()
     result.timings.update({"load": t_load, "parse": t_parse, "total": time.monotonic() - start})
     _write_results(args.results_file, result.verdict, result.x, result.y)
+    extra = {"model": str(args.model), "spec": str(args.spec)}
+    if args.certificate:
+        from verifier.certificate import write_certificate
+
+        extra["certificate"] = write_certificate(args.certificate, model, args.spec, spec, result)
     if args.report:
-        result.write_report(args.report, {"model": str(args.model), "spec": str(args.spec)})
+        result.write_report(args.report, extra)
     print(result.verdict if not args.verbose else f"{result.verdict} ({result.reason}; "
           f"{result.timings['total']:.2f} s)")
     return 0
@@ -115,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout", type=float, default=None, help="seconds (default: config timeout)")
     v.add_argument("--results-file", default=None, help="write the VNN-COMP results file here")
     v.add_argument("--report", default=None, help="write a JSON report here")
+    v.add_argument("--certificate", default=None, help="write a certificate of the verdict here (JSON)")
     v.add_argument("--device", default=None, help="cpu or cuda")
+    v.add_argument("--method", default=None, choices=["ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank"],
+                   help="strongest bounding method (default alpha-crown; sdp methods: ReLU MLPs, no BaB)")
     v.add_argument("--config", default=None, help="YAML config file (see `nncert config`)")
     v.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     v.add_argument("-v", "--verbose", action="store_true")
@@ -134,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _EXTRA_COMMANDS: list[Callable] = []
 _EXTRA_COMMANDS.append(__import__("verifier.cli_bench", fromlist=["register"]).register)  # nncert bench
+_EXTRA_COMMANDS.append(__import__("verifier.cli_check", fromlist=["register"]).register)  # nncert check
 
 
 def main(argv: Sequence[str] | None = None) -> int:

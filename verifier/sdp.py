@@ -85,8 +85,8 @@ def pre_activation_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, C:
     """CROWN bounds (float64) of every ReLU input, widened outward, and ``method``'s
     lower bounds of ``C @ y`` (for comparison)."""
     shape = graph.input_shape
-    lo = torch.as_tensor(np.asarray(lower, dtype=np.float64).reshape(1, *shape))
-    hi = torch.as_tensor(np.asarray(upper, dtype=np.float64).reshape(1, *shape))
+    lo = torch.as_tensor(np.array(lower, dtype=np.float64).reshape(1, *shape))
+    hi = torch.as_tensor(np.array(upper, dtype=np.float64).reshape(1, *shape))
     res = compute_bounds(graph, IntervalBounds(lo, hi), torch.as_tensor(np.asarray(C, dtype=np.float64)),
                          BoundOptions(method=method, intermediate="crown"), want_upper=False)
     pl, pu = [], []

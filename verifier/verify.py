@@ -18,7 +18,7 @@ from bab import InputSplitProblem, activation_split_bab, input_split_bab
 from models import GraphEvaluator
 from relaxations import IntervalBounds, compute_bounds
 from vnnlib import Disjunct, Spec
-from verifier.api import bound_options, dtype_of
+from verifier.api import bound_options, dtype_of, outward_box
 from verifier.attack import attack_disjunct
 from verifier.config import Config
 from verifier.model import Model
@@ -58,9 +58,8 @@ def conjunctions_proved(lower: np.ndarray, d: np.ndarray, strict: np.ndarray, ow
 
 
 def _box(disjunct: Disjunct, shape: tuple[int, ...], dtype: torch.dtype, device: str) -> IntervalBounds:
-    lo = torch.tensor(disjunct.region.lower, dtype=dtype, device=device).reshape(1, *shape)
-    hi = torch.tensor(disjunct.region.upper, dtype=dtype, device=device).reshape(1, *shape)
-    return IntervalBounds(lo, hi)
+    lo, hi = outward_box(disjunct.region.lower, disjunct.region.upper, dtype, device)
+    return IntervalBounds(lo.reshape(1, *shape), hi.reshape(1, *shape))
 
 
 def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config,
@@ -77,6 +76,8 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     dt = ev.dtype
     box = _box(disjunct, model.graph.input_shape, dt, config.device)
     Ct = torch.tensor(C, dtype=dt, device=config.device)
+    if config.bounds.method in SDP_METHODS:
+        return _prove_by_sdp(model, disjunct, config, stats, proof)
     methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
     if _bab_mode(model, config) == "input":
         methods = methods[:1]  # splitting the input tightens faster than optimising alpha
@@ -101,7 +102,7 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
 
 def _bab_mode(model: Model, config: Config) -> str:
     """Input split for few inputs, otherwise activation split (when available)."""
-    if not config.bab.enabled:
+    if not config.bab.enabled or config.bounds.method in SDP_METHODS:
         return "none"
     if config.bab.mode != "auto":
         return config.bab.mode
@@ -133,6 +134,27 @@ def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: C
     return input_split_bab(problem, bound_options(config.bounds, "crown"), deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
                            confirm=lambda x: confirm(model, disjunct, x) is not None, record_proof=True)
+
+
+SDP_METHODS = ("sdp", "sdp-lowrank")
+
+
+def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, stats: dict, proof: list
+                  ) -> tuple[bool, Optional[np.ndarray], str]:
+    """The SDP relaxation (full or low-rank) as the bounding method, ReLU MLPs only."""
+    from verifier.sdp import certify_sdp  # cvxpy is heavy: import only when asked for
+
+    C, d, strict, owner = spec_rows(disjunct)
+    res = certify_sdp(model, disjunct.region.lower, disjunct.region.upper, C, method=config.bounds.method,
+                      targets=d)
+    lower = np.asarray(res.lower_bounds, dtype=np.float64)
+    stats.setdefault("bounds", []).append({"method": config.bounds.method, "min_gap": float(np.min(lower - d)),
+                                           "time_s": res.time_s})
+    if conjunctions_proved(lower, d, strict, owner, len(disjunct.outputs)).all():
+        proof.append({"kind": "sdp", "method": config.bounds.method, "claims": lower - d,
+                      "certificate": res.certificate})
+        return True, None, config.bounds.method
+    return False, None, config.bounds.method
 
 
 def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None) -> Result:
@@ -215,7 +237,8 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
     if not open_disjuncts:
         how = "branch and bound" if "domains" in stats else "bound propagation"
         return Result("unsat", f"every disjunct proved by {how}", timings=timings, stats=stats,
-                      method=max(methods, key=["crown", "alpha-crown", "ibp"].index) if methods else "",
+                      method=config.bounds.method if config.bounds.method in SDP_METHODS else
+                      max(methods, key=["crown", "alpha-crown", "ibp"].index) if methods else "",
                       proof={"version": 1, "disjuncts": proofs})
     stats["open_disjuncts"] = len(open_disjuncts)
     return Result("unknown", "bounds too loose to prove and no counterexample found",

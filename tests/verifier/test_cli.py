@@ -112,3 +112,16 @@ def test_config_lists_every_key() -> None:
     proc = _run("config")
     assert proc.returncode == 0
     assert "bounds.method: str = 'alpha-crown'" in proc.stdout and "bab.mode" in proc.stdout
+
+
+def test_search_box_contains_the_float64_region() -> None:
+    """Faces that are not float32 numbers are rounded outward, never inward."""
+    import torch
+
+    from verifier.api import outward_box
+
+    lo64 = np.array([0.1, -0.3, 1e-8, 0.5])
+    hi64 = np.array([0.2, 0.7, 3e-8, 0.5])
+    lo, hi = outward_box(lo64, hi64, torch.float32)
+    assert bool((lo.double().numpy() <= lo64).all()) and bool((hi.double().numpy() >= hi64).all())
+    assert float(lo[3]) == 0.5 and float(hi[3]) == 0.5
