@@ -1,0 +1,212 @@
+"""Certified training: graphs from torch modules, gradients through bounds, schedules."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import verifier
+from models import GraphEvaluator, UnsupportedModel
+from models.from_torch import graph_from_module
+from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from verifier.training import (EpsilonSchedule, certified_loss, ibp_tightness, margin_bounds, margin_matrix,
+                               module_graph)
+
+torch.set_num_threads(1)
+
+
+class SmallResNet(nn.Module):
+    """conv-(bn)-relu, a residual conv block, average pooling, a dense head."""
+
+    def __init__(self, bn: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4) if bn else nn.Identity()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(4 * 3 * 3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv1(x)))
+        h = h + self.conv2(h)
+        h = self.pool(torch.relu(h))
+        return self.fc(h.view(h.size(0), -1))
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _resnet(seed: int = 0, bn: bool = True) -> SmallResNet:
+    torch.manual_seed(seed)
+    net = SmallResNet(bn)
+    if not bn:
+        return net.eval()
+    with torch.no_grad():  # non-trivial running statistics, so BN is not the identity
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 1.5)
+        net.bn.weight.uniform_(0.5, 1.5)
+        net.bn.bias.uniform_(-0.1, 0.1)
+    return net.eval()
+
+
+CASES = {"mlp": (_mlp, (12,)), "resnet": (lambda: _resnet(bn=False), (1, 6, 6)), "resnet-bn": (_resnet, (1, 6, 6))}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_graph_forward_equals_module_forward(case: str) -> None:
+    make, shape = CASES[case]
+    net = make().eval()
+    graph = graph_from_module(net, (1, *shape))
+    x = torch.rand(7, *shape)
+    ours = GraphEvaluator(graph)(x.unsqueeze(1)).reshape(7, -1)
+    torch.testing.assert_close(ours, net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_graph_constants_are_the_live_parameters() -> None:
+    net = _mlp()
+    graph = graph_from_module(net, (1, 12))
+    params = {id(p) for p in net.parameters()}
+    assert {id(t) for t in graph.constants.values()} == params
+    with torch.no_grad():  # an optimiser step in place is seen without rebuilding
+        net[0].bias.add_(1.0)
+    x = torch.rand(3, 12)
+    torch.testing.assert_close(GraphEvaluator(graph)(x.unsqueeze(1)).reshape(3, -1), net(x))
+
+
+def test_other_supported_modules_translate() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(8, 6), nn.Sigmoid(), nn.Identity(),
+                        nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3)).eval()
+    graph = graph_from_module(net, (1, 2, 4))
+    assert [n.op for n in graph.nodes] == ["Flatten", "Gemm", "Sigmoid", "Gemm", "Tanh", "Gemm"]
+    x = torch.rand(5, 2, 4)
+    torch.testing.assert_close(GraphEvaluator(graph)(x.unsqueeze(1)).reshape(5, -1), net(x))
+
+
+def test_unsupported_module_is_named() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedModel, match="GELU"):
+        graph_from_module(net, (1, 4))
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gradients_reach_every_weight(case: str, method: str) -> None:
+    make, shape = CASES[case]
+    net = make()
+    x = torch.rand(6, *shape)
+    y = torch.arange(6) % 4
+    loss, info = certified_loss(net, x, y, 0.05, method=method, beta=0.5, tightness=False)
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+    assert np.isfinite(info.worst_margin) and 0.0 <= info.verified_accuracy <= 1.0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_training_bounds_equal_those_of_the_exported_onnx(case: str, tmp_path) -> None:
+    """Same box, same C, same relaxations code: the same numbers.
+
+    With BatchNorm the exporter folds BN into the convolution while our graph keeps it
+    (folding at build time would freeze the weights), so there is one interval fewer
+    to widen for rounding on the ONNX side: a difference of about 1e-5 of the bound's
+    scale, which is allowed for that case only.
+    """
+    make, shape = CASES[case]
+    net = make().eval()
+    path = tmp_path / f"{case}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, *shape), str(path), input_names=["x"], output_names=["y"],
+                          opset_version=13, dynamo=False)
+    model = verifier.load_model(path)
+    x = torch.rand(5, *shape)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    eps = 0.03
+    C = margin_matrix(y, 4)
+    lo = (x - eps).clamp(0, 1).unsqueeze(1)
+    hi = (x + eps).clamp(0, 1).unsqueeze(1)
+    with torch.no_grad():
+        ours_ibp = margin_bounds(net, x, y, eps, "ibp")
+        ours_cibp = margin_bounds(net, x, y, eps, "crown-ibp", beta=1.0)
+    ref_ibp, _ = verifier.bounds(model, lo.numpy(), hi.numpy(), method="ibp", C=C.numpy())
+    ref_cibp = compute_bounds(model.graph, IntervalBounds(lo, hi), C,
+                              BoundOptions(method="crown", intermediate="ibp"), want_upper=False).lower
+    tol = 1e-5 if case != "resnet-bn" else 2e-4
+    torch.testing.assert_close(ours_ibp, ref_ibp, rtol=1e-5, atol=tol)
+    torch.testing.assert_close(ours_cibp, ref_cibp, rtol=1e-5, atol=tol)
+    assert bool((ours_cibp >= ours_ibp - 1e-6).all())
+
+
+def test_zero_radius_gives_the_exact_margins() -> None:
+    net = _mlp().eval()
+    x = torch.rand(4, 12)
+    y = torch.tensor([0, 1, 2, 3])
+    lb = margin_bounds(net, x, y, 0.0, "ibp")
+    out = net(x)
+    exact = torch.einsum("bsk,bk->bs", margin_matrix(y, 4), out)
+    torch.testing.assert_close(lb, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_graph_cache_is_reused_and_invalidated() -> None:
+    net = _mlp()
+    g1 = module_graph(net, (1, 12))
+    assert module_graph(net, (1, 12)) is g1
+    net[2] = nn.Linear(16, 16)  # a structural change: a new parameter object
+    assert module_graph(net, (1, 12)) is not g1
+
+
+def test_tightness_is_one_for_a_linear_map_and_at_most_one_otherwise() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(3, 12)
+    lin = nn.Sequential(nn.Linear(12, 4))
+    torch.testing.assert_close(ibp_tightness(lin, x), torch.ones(3))
+    t = ibp_tightness(_mlp(), x)
+    assert bool(((t > 0) & (t <= 1 + 1e-6)).all())
+
+
+@pytest.mark.parametrize("kind", ["linear", "smooth"])
+def test_epsilon_schedule(kind: str) -> None:
+    s = EpsilonSchedule(0.1, warmup_epochs=2, ramp_epochs=5, kind=kind)
+    assert s(0.0) == 0.0 and s(1.99) == 0.0
+    assert s(7.0) == pytest.approx(0.1) and s(50.0) == pytest.approx(0.1)
+    values = [s(e) for e in np.linspace(0, 10, 201)]
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert 0.0 < s(4.5) < 0.1
+    with pytest.raises(ValueError):
+        EpsilonSchedule(0.1, kind="cosine")
+
+
+def test_ibp_training_steps_reduce_the_certified_loss() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.rand(24, 6)
+    y = (x[:, :3] - x[:, 3:]).argmax(1)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-2)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss, _ = certified_loss(net, x, y, 0.02, method="ibp", tightness=False)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_certified_loss_on_cuda_matches_cpu(method: str) -> None:
+    net = _resnet()
+    x = torch.rand(4, 1, 6, 6)
+    y = torch.tensor([0, 1, 2, 3])
+    cpu, _ = certified_loss(net, x, y, 0.02, method=method)
+    gpu_net = _resnet().cuda()
+    gpu, info = certified_loss(gpu_net, x.cuda(), y.cuda(), 0.02, method=method)
+    gpu.backward()
+    assert all(p.grad is not None for p in gpu_net.parameters())
+    assert float(gpu) == pytest.approx(float(cpu), rel=1e-4)
