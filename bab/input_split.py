@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from bab.clipping import clip_box, clip_box_union, min_under_constraints, row_constraints
 from bab.domains import DomainBatch
 from bab.proof import ProofLog
 from models import Graph, GraphEvaluator
@@ -66,15 +67,47 @@ def rows_status(p: InputSplitProblem, lb: T) -> tuple[T, T]:
     return ok.all(1), best.amin(1)
 
 
-def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions) -> tuple[T, T, Optional[T]]:
-    """Row lower bounds [N, S] of C y - d, the linear coefficients [N, S, n_in] and minimisers."""
+def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip: bool = False
+           ) -> tuple[T, T, T, Optional[T], T]:
+    """Bound the boxes; with `clip`, shrink them first (Clip-and-Verify).
+
+    Returns (lower, upper) of the possibly clipped boxes, row lower bounds [N, S] of
+    C y - d, the linear coefficients [N, S, n_in] and the minimisers.
+    """
     res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev)
     lb = res.lower.detach() - p.d
     N, S = lb.shape
     if res.linear is None:
-        return lb, lb.new_zeros(N, S, lower[0].numel()), None
+        return lower, upper, lb, lb.new_zeros(N, S, lower[0].numel()), None
+    A = res.linear.A.detach().reshape(N, S, -1)
+    if clip:
+        lower, upper, lb = _clip(p, lower, upper, lb, A, res.linear.bias.detach(), res.linear.mass.detach())
     box = IntervalBounds(lower, upper)
-    return lb, res.linear.A.detach().reshape(N, S, -1), res.linear.minimizer(box).detach()
+    mins = res.linear.minimizer(box).detach()
+    return lower, upper, lb, A, mins
+
+
+def _clip(p: InputSplitProblem, lower: T, upper: T, lb: T, A: T, bias: T, mass: T) -> tuple[T, T, T]:
+    """Shrink each box to the hull of the points where a counterexample could be.
+
+    Every counterexample of a conjunction satisfies A_s x + bias_s - d_s <= 0 for each of
+    its rows s (the linear lower bound is below C_s y). The box hull of the box cut by
+    these constraints keeps every such point, so proving the smaller box proves the
+    domain; an empty hull proves it outright. Row bounds are then re-concretised under
+    the constraints by the exact one-dimensional dual (never looser than before).
+    """
+    N = lower.shape[0]
+    lo, hi = lower.reshape(N, -1), upper.reshape(N, -1)
+    a, c = row_constraints(A, bias, p.d, lo=lo, hi=hi, mass=mass)
+    if p.n_conj == 1:
+        nlo, nhi, empty = clip_box(lo, hi, a, c)
+    else:
+        nlo, nhi, empty = clip_box_union(lo, hi, a, c, p.owner, p.n_conj)
+    relaxed = min_under_constraints(A, bias - p.d, nlo, nhi, a, c, mass=mass + p.d.abs(),
+                                    allowed=p.owner[:, None] == p.owner[None, :])
+    lb = torch.maximum(lb, relaxed)
+    lb = torch.where(empty[:, None], torch.full_like(lb, torch.inf), lb)
+    return nlo.reshape(lower.shape), nhi.reshape(upper.shape), lb
 
 
 def _split_dims(p: InputSplitProblem, lower: T, upper: T, A: T, lb: T) -> T:
@@ -138,17 +171,22 @@ def _domain_pgd(p: InputSplitProblem, lo: T, hi: T, x0: T, steps: int = 12) -> t
 
 def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 1024,
                     max_domains: int = 2_000_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
-                    record_proof: bool = False, progress: Optional[Callable[[dict], None]] = None
-                    ) -> InputSplitOutcome:
-    """Search until every domain is proved, a counterexample is confirmed, or time/memory runs out."""
+                    record_proof: bool = False, progress: Optional[Callable[[dict], None]] = None,
+                    clip: bool = True) -> InputSplitOutcome:
+    """Search until every domain is proved, a counterexample is confirmed, or time/memory runs out.
+
+    Clipping is switched off when a proof is recorded: clipped leaves no longer tile the
+    root region, which the certificate checker requires.
+    """
     proof = ProofLog() if record_proof else None
-    lb, A, mins = _bound(p, p.lower, p.upper, options)
+    clip = clip and not record_proof
+    root_lo, root_hi, lb, A, mins = _bound(p, p.lower, p.upper, options, clip)
     proved, score = rows_status(p, lb)
     if bool(proved.all()):
         if proof is not None:
             proof.add_leaves(p.lower, p.upper, lb)
         return InputSplitOutcome("unsat", domains_bounded=1, proof=proof)
-    domains = DomainBatch(p.lower, p.upper, lb, score, A)
+    domains = DomainBatch(root_lo, root_hi, lb, score, A)
     bounded, rounds = 1, 0
     while len(domains):
         if time.monotonic() > deadline:
@@ -160,7 +198,7 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
         batch, rest = domains.pop_worst(batch_size)
         dims = _split_dims(p, batch.lower, batch.upper, batch.coef, batch.lb)
         lo, hi = _bisect(batch.lower, batch.upper, dims)
-        lb, A, mins = _bound(p, lo, hi, options)
+        lo, hi, lb, A, mins = _bound(p, lo, hi, options, clip)
         bounded += len(lo)
         rounds += 1
         proved, score = rows_status(p, lb)

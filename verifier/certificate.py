@@ -171,6 +171,9 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
         cert["certificate"] = "unavailable (the run recorded no proof for every disjunct)"
         return cert
     for e in entries:
+        if isinstance(e.get("certificate"), str):
+            cert["certificate"] = e["certificate"]
+            return cert
         if e.get("kind") not in ("bounds", "input-split"):
             cert["certificate"] = f"unsupported (proof kind {e.get('kind')})"
             return cert

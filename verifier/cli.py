@@ -62,6 +62,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     if args.method is not None:
         overrides.append(f"bounds.method={args.method}")
+    if getattr(args, "certificate", None):
+        overrides.append("proof=true")
     config = load_config(args.config, overrides)
     timer = _watchdog(max(config.timeout - (time.monotonic() - start), 0.0) + 0.5, args.results_file)
     import vnnlib

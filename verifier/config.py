@@ -52,12 +52,14 @@ class BabConfig:
     batch_size: int = 256
     max_domains: int = 2_000_000
     input_split_max_dims: int = 16
+    clip: bool = True            # Clip-and-Verify domain clipping in input split (off when recording proofs)
 
 
 @dataclass(frozen=True)
 class Config:
     device: str = "cpu"
     threads: int = 1            # torch CPU threads; 0 keeps torch's default (all cores)
+    proof: bool = False         # record what proved each leaf (set by --certificate)
     timeout: float = 300.0
     seed: int = 0
     bounds: BoundsConfig = field(default_factory=BoundsConfig)

@@ -133,7 +133,8 @@ def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: C
     problem = _problem(model, ev, disjunct, config)
     return input_split_bab(problem, bound_options(config.bounds, "crown"), deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
-                           confirm=lambda x: confirm(model, disjunct, x) is not None, record_proof=True)
+                           confirm=lambda x: confirm(model, disjunct, x) is not None,
+                           record_proof=config.proof, clip=config.bab.clip)
 
 
 SDP_METHODS = ("sdp", "sdp-lowrank")
@@ -212,9 +213,13 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
                 return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
             if outcome.status == "unsat":
                 methods.append("crown")
-                lowers, uppers, claims = outcome.proof.leaves()
-                proofs.append({"kind": "input-split", "method": "crown", "lower": lowers, "upper": uppers,
-                               "claims": claims})
+                if outcome.proof is not None:
+                    lowers, uppers, claims = outcome.proof.leaves()
+                    proofs.append({"kind": "input-split", "method": "crown", "lower": lowers, "upper": uppers,
+                                   "claims": claims})
+                else:
+                    proofs.append({"kind": "input-split", "method": "crown",
+                                   "certificate": "not recorded (run with --certificate)"})
                 continue
         if mode == "activation":
             t = time.monotonic()

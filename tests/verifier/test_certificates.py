@@ -134,7 +134,7 @@ def split_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("split")
     return _instance(tmp, [3, 32, 32, 32, 3], 3, (0.125, 0.25),
                      lambda r: r.verdict == "unsat" and r.proof["disjuncts"][0]["kind"] == "input-split"
-                     and len(r.proof["disjuncts"][0]["claims"]) > 8, Config(timeout=30))
+                     and len(r.proof["disjuncts"][0]["claims"]) > 8, Config(timeout=30, proof=True))
 
 
 def test_input_split_certificate_accepted_and_tamperings_rejected(split_run) -> None:
@@ -160,7 +160,7 @@ def test_hash_mismatch_rejected(split_run, tmp_path) -> None:
 
 
 def test_alpha_certificate_and_changed_alphas(tmp_path) -> None:
-    config = Config(timeout=30, bab=BabConfig(enabled=False))
+    config = Config(timeout=30, proof=True, bab=BabConfig(enabled=False))
     model, path, spec, result = _instance(tmp_path, [3, 32, 32, 32, 3], 3, (0.125, 0.1875),
                                           lambda r: r.verdict == "unsat" and r.method == "alpha-crown", config)
     cert = build_certificate(model, path, spec, result)
@@ -202,7 +202,7 @@ def test_sat_certificate_replayed_and_tamperings_rejected(tmp_path) -> None:
     path = tmp_path / "sat.vnnlib"
     vnnlib.write_vnnlib(path, vnnlib.robustness_spec(x0, 2.0, label, 3))
     spec = vnnlib.load(path, 3, 3)
-    result = verify(model, spec, Config(timeout=30))
+    result = verify(model, spec, Config(timeout=30, proof=True))
     assert result.verdict == "sat"
     cert = build_certificate(model, path, spec, result)
     check = lambda c: _check(c, model, path)  # noqa: E731
@@ -302,7 +302,7 @@ def test_checker_imports_no_engine_and_no_torch() -> None:
 def test_benchmark_certificates_accepted(net: str, prop: str, kind: str, tmp_path) -> None:
     model = load_model(BENCH / net)
     spec = vnnlib.load(BENCH / prop, model.n_inputs, model.n_outputs)
-    result = verify(model, spec, Config(timeout=60))
+    result = verify(model, spec, Config(timeout=60, proof=True))
     assert result.verdict == "unsat"
     cert_path = tmp_path / "c.json"
     assert write_certificate(cert_path, model, BENCH / prop, spec, result) == "written"

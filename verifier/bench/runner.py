@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import sys
-import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path

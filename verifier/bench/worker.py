@@ -135,7 +135,13 @@ def _warm_up() -> None:
 
 def worker_main(conn: Connection, config_path: Optional[str], overrides: tuple[str, ...],
                 warm_up: bool = True) -> None:
-    """Child entry point: import once, say ready, then answer one task per message until None."""
+    """Child entry point: import once, say ready, then answer one task per message until None.
+
+    Ctrl-C reaches the whole process group; the parent decides what an interrupt means
+    (it kills the workers), so a worker ignores SIGINT rather than print a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import verifier.verify  # noqa: F401  (the import is the start-up cost paid once)
     if warm_up:
         _warm_up()
