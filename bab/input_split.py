@@ -211,10 +211,11 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
         # Empirical objective per child: the smallest value seen at its centre and minimisers.
         emp = obj.reshape(len(candidates) if mins is None else 1 + mins.shape[1], -1)
         emp = emp[0] if mins is None else torch.minimum(emp[0], obj[n:].reshape(n, -1).amin(1))
-        focus = torch.argsort(emp)[:64]
-        pgd_obj, pgd_x = _domain_pgd(p, lo[focus], hi[focus], pts[focus])
-        emp[focus] = torch.minimum(emp[focus], pgd_obj)
-        pts, obj = torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
+        if rounds % 2 == 1:  # PGD inside the most promising children, every other round
+            focus = torch.argsort(emp)[:64]
+            pgd_obj, pgd_x = _domain_pgd(p, lo[focus], hi[focus], pts[focus])
+            emp[focus] = torch.minimum(emp[focus], pgd_obj)
+            pts, obj = torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
         score = emp  # explore where the objective is smallest: that is where a counterexample lies
         hits = torch.nonzero(obj <= 0).flatten()
         if len(hits) and confirm is not None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import networkx as nx
+import heapq
+
 import numpy as np
 import torch
 
@@ -82,18 +83,30 @@ def _dims(value_info: Any) -> tuple[int, ...]:
 
 
 def _topological(nodes: list[Node]) -> list[Node]:
-    """Nodes in a topological order (files are supposed to be ordered; not all are)."""
-    g = nx.DiGraph()
+    """Nodes in a topological order, file order kept where it is valid.
+
+    Files are supposed to be ordered; not all are. Kahn's algorithm with a heap on the
+    file position (stdlib only: networkx costs 0.17 s of start-up for this one sort).
+    """
     producer = {out: i for i, n in enumerate(nodes) for out in n.outputs if out}
-    g.add_nodes_from(range(len(nodes)))
+    children: list[list[int]] = [[] for _ in nodes]
+    indegree = [0] * len(nodes)
     for i, n in enumerate(nodes):
-        for name in n.inputs:
-            if name in producer and producer[name] != i:
-                g.add_edge(producer[name], i)
-    try:
-        order = list(nx.lexicographical_topological_sort(g))
-    except nx.NetworkXUnfeasible:
-        raise UnsupportedModel("the graph has a cycle") from None
+        for p in {producer[x] for x in n.inputs if x in producer and producer[x] != i}:
+            children[p].append(i)
+            indegree[i] += 1
+    ready = [i for i, d in enumerate(indegree) if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for c in children[i]:
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                heapq.heappush(ready, c)
+    if len(order) != len(nodes):
+        raise UnsupportedModel("the graph has a cycle")
     return [nodes[i] for i in order]
 
 

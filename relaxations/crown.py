@@ -123,8 +123,16 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
     pos = A.clamp(min=0)
     neg = A - pos
     A_in = pos * r.lower_slope + neg * r.upper_slope
-    bias = _dot(pos, r.lower_bias) + _dot(neg, r.upper_bias)
-    mass = _dot(pos, r.lower_bias.abs()) - _dot(neg, r.upper_bias.abs())
+    B, S = A.shape[:2]
+    bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
+    mass = torch.zeros_like(bias)
+    # Lines through the origin (every ReLU lower line) add nothing: skip their products.
+    if bool(r.lower_bias.any()):
+        bias = bias + _dot(pos, r.lower_bias)
+        mass = mass + _dot(pos, r.lower_bias.abs())
+    if bool(r.upper_bias.any()):
+        bias = bias + _dot(neg, r.upper_bias)
+        mass = mass - _dot(neg, r.upper_bias.abs())
     return A_in, bias, mass
 
 

@@ -97,3 +97,16 @@ def test_evaluator_batches_over_a_leading_dimension() -> None:
     assert ys.shape == (5, 1, 2)
     torch.testing.assert_close(ys[:, 0], xs[:, 0] @ torch.from_numpy(model.graph.initializer[0].float_data and
                                                                       np.zeros(1)) if False else ys[:, 0])
+
+
+def test_nodes_out_of_file_order_are_sorted() -> None:
+    nodes = [helper.make_node("Relu", ["h"], ["Y"]), helper.make_node("Neg", ["X"], ["h"])]
+    graph = graph_from_proto(make_model(nodes, {}, (1, 3), (1, 3)))
+    assert [n.op for n in graph.nodes] == ["Neg", "Relu"]
+
+
+def test_cycle_is_refused() -> None:
+    nodes = [helper.make_node("Relu", ["X", "b"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
+             helper.make_node("Neg", ["b"], ["Y"])]
+    with pytest.raises(UnsupportedModel):
+        graph_from_proto(make_model(nodes, {}, (1, 3), (1, 3)))
