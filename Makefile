@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) examples/digits_demo.py --out out/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider
 
 clean:
 	rm -rf out .pytest_cache
