@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bab.input_split import InputSplitProblem, _domain_pgd, rows_status
+from bab.input_split import InputSplitProblem, _domain_pgd, objective, rows_status
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
 __all__ = ["ActivationSplitOutcome", "activation_split_bab", "relu_inputs"]
@@ -148,10 +148,7 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
         if mins is not None and confirm is not None:
             pts = mins.reshape(-1, *p.lower.shape[1:])
             with torch.no_grad():
-                y = p.ev(pts).reshape(len(pts), -1)
-            v = y @ p.C.T - p.d
-            worst = torch.full((len(v), p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
-            worst = worst.scatter_reduce(1, p.owner.expand(len(v), -1), v, reduce="amax").amin(1)
+                worst = objective(p, p.ev(pts))
             focus = torch.argsort(worst)[:32]
             lo = p.lower.expand(len(focus), *p.lower.shape[1:])
             hi = p.upper.expand(len(focus), *p.upper.shape[1:])

@@ -21,7 +21,7 @@ from bab.proof import ProofLog
 from models import Graph, GraphEvaluator
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
-__all__ = ["InputSplitProblem", "InputSplitOutcome", "input_split_bab", "rows_status"]
+__all__ = ["InputSplitProblem", "InputSplitOutcome", "input_split_bab", "rows_status", "objective"]
 
 T = torch.Tensor
 
@@ -135,15 +135,19 @@ def _bisect(lower: T, upper: T, dims: T) -> tuple[T, T]:
     return new_lo, new_hi
 
 
-def _violations(p: InputSplitProblem, xs: T) -> tuple[T, T]:
-    """Objective (<= 0 iff a conjunction holds) at points xs [M, *input_shape]."""
-    with torch.no_grad():
-        y = p.ev(xs).reshape(len(xs), -1)
-    v = y @ p.C.T - p.d                                   # [M, S]
+def objective(p: InputSplitProblem, y: T) -> T:
+    """[M] min over conjunctions of the max over its rows of C y - d: <= 0 iff one holds."""
+    v = y.reshape(len(y), -1) @ p.C.T - p.d                 # [M, S]
     M = v.shape[0]
     worst = torch.full((M, p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
     worst = worst.scatter_reduce(1, p.owner.expand(M, -1), v, reduce="amax")
-    return worst.amin(1), xs
+    return worst.amin(1)
+
+
+def _violations(p: InputSplitProblem, xs: T) -> tuple[T, T]:
+    """Objective at points xs [M, *input_shape]."""
+    with torch.no_grad():
+        return objective(p, p.ev(xs)), xs
 
 
 def _domain_pgd(p: InputSplitProblem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
@@ -153,12 +157,7 @@ def _domain_pgd(p: InputSplitProblem, lo: T, hi: T, x0: T, steps: int = 12) -> t
     half = (hi - lo) / 2
     for step in range(steps):
         x.requires_grad_(True)
-        y = p.ev(x).reshape(len(x), -1)
-        v = y @ p.C.T - p.d
-        M = v.shape[0]
-        worst = torch.full((M, p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
-        worst = worst.scatter_reduce(1, p.owner.expand(M, -1), v, reduce="amax")
-        obj = worst.amin(1)
+        obj = objective(p, p.ev(x))
         grad, = torch.autograd.grad(obj.sum(), x)
         with torch.no_grad():
             better = obj < best

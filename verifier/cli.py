@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list[Callable] = []
 _EXTRA_COMMANDS.append(__import__("verifier.cli_bench", fromlist=["register"]).register)  # nncert bench
 _EXTRA_COMMANDS.append(__import__("verifier.cli_check", fromlist=["register"]).register)  # nncert check
+_EXTRA_COMMANDS.append(__import__("verifier.cli_lipschitz", fromlist=["register"]).register)  # nncert lipschitz
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,6 +100,17 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     return False, candidates, methods[-1]
 
 
+def _bab_proof(mode: str, outcome) -> dict:
+    """What a certificate needs from a branch-and-bound proof (input-split leaves only, so far)."""
+    if mode == "activation":
+        return {"kind": "activation-split", "method": "beta-crown", "leaves": outcome.leaves,
+                "certificate": "unsupported (activation-split proofs are not recorded yet)"}
+    if outcome.proof is None:
+        return {"kind": "input-split", "method": "crown", "certificate": "not recorded (run with --certificate)"}
+    lowers, uppers, claims = outcome.proof.leaves()
+    return {"kind": "input-split", "method": "crown", "lower": lowers, "upper": uppers, "claims": claims}
+
+
 def _bab_mode(model: Model, config: Config) -> str:
     """Input split for few inputs, otherwise activation split (when available)."""
     if not config.bab.enabled or config.bounds.method in SDP_METHODS:
@@ -200,42 +211,22 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
         if time.monotonic() > deadline:
             return Result("timeout", "time limit reached during bound propagation", timings=timings, stats=stats)
         mode = _bab_mode(model, config)
-        if mode == "input":
+        if mode in ("input", "activation"):
             t = time.monotonic()
-            outcome = _input_split(model, ev, disjunct, config, deadline)
+            search = _input_split if mode == "input" else _activation_split
+            outcome = search(model, ev, disjunct, config, deadline)
             timings["bab"] = timings.get("bab", 0.0) + time.monotonic() - t
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
             if outcome.status == "sat":
                 found = confirm(model, disjunct, outcome.candidate)
-                return Result("sat", "counterexample found by branch and bound, confirmed by onnxruntime",
-                              found[0], found[1], timings, stats, "bab-input")
-            if outcome.status == "timeout":
+                if found is not None:
+                    return Result("sat", "counterexample found by branch and bound, confirmed by onnxruntime",
+                                  found[0], found[1], timings, stats, f"bab-{mode}")
+            elif outcome.status == "timeout":
                 return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
-            if outcome.status == "unsat":
-                methods.append("crown")
-                if outcome.proof is not None:
-                    lowers, uppers, claims = outcome.proof.leaves()
-                    proofs.append({"kind": "input-split", "method": "crown", "lower": lowers, "upper": uppers,
-                                   "claims": claims})
-                else:
-                    proofs.append({"kind": "input-split", "method": "crown",
-                                   "certificate": "not recorded (run with --certificate)"})
-                continue
-        if mode == "activation":
-            t = time.monotonic()
-            outcome = _activation_split(model, ev, disjunct, config, deadline)
-            timings["bab"] = timings.get("bab", 0.0) + time.monotonic() - t
-            stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
-            if outcome.status == "sat":
-                found = confirm(model, disjunct, outcome.candidate)
-                return Result("sat", "counterexample found by branch and bound, confirmed by onnxruntime",
-                              found[0], found[1], timings, stats, "bab-activation")
-            if outcome.status == "timeout":
-                return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
-            if outcome.status == "unsat":
-                methods.append("alpha-crown")
-                proofs.append({"kind": "activation-split", "method": "beta-crown", "leaves": outcome.leaves,
-                               "certificate": "unsupported (activation-split proofs are not recorded yet)"})
+            elif outcome.status == "unsat":
+                methods.append("crown" if mode == "input" else "alpha-crown")
+                proofs.append(_bab_proof(mode, outcome))
                 continue
             stats["bab_stop"] = outcome.stats.get("reason", outcome.status)
         open_disjuncts.append(i)

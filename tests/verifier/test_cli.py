@@ -125,3 +125,24 @@ def test_search_box_contains_the_float64_region() -> None:
     lo, hi = outward_box(lo64, hi64, torch.float32)
     assert bool((lo.double().numpy() <= lo64).all()) and bool((hi.double().numpy() >= hi64).all())
     assert float(lo[3]) == 0.5 and float(hi[3]) == 0.5
+
+
+def test_lipschitz_command_bounds_a_relu_mlp(tmp_path) -> None:
+    r = np.random.default_rng(0)
+    W1, W2 = r.normal(size=(3, 6)).astype(np.float32), r.normal(size=(6, 2)).astype(np.float32)
+    model = make_model([helper.make_node("Gemm", ["X", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                        helper.make_node("Gemm", ["r", "W2"], ["Y"])], {"W1": W1, "W2": W2}, (1, 3), (1, 2))
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(model.SerializeToString())
+    proc = _run("lipschitz", str(path), "--method", "naive", "--report", str(tmp_path / "l.json"))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    value = json.loads((tmp_path / "l.json").read_text())["value"]
+    naive = np.linalg.norm(W1.astype(np.float64), 2) * np.linalg.norm(W2.astype(np.float64), 2)
+    assert naive <= value <= naive * 1.01
+    conv = make_model([helper.make_node("Conv", ["X", "W"], ["Y"])], {"W": np.ones((1, 1, 1, 1), np.float32)},
+                      (1, 1, 2, 2), (1, 1, 2, 2))
+    cpath = tmp_path / "conv.onnx"
+    cpath.write_bytes(conv.SerializeToString())
+    _assert_one_clean_line(_run("lipschitz", str(cpath)), "ReLU MLP")
