@@ -67,7 +67,7 @@ def _instance(tmp: Path, sizes: list[int], seed: int, eps: tuple[float, float], 
         elif k:
             hi = mid
     if found is None:
-        pytest.skip(f"no radius in {eps} gives the wanted run")
+        pytest.skip(reason=f"no radius in {eps} gives the wanted run")
     return found
 
 

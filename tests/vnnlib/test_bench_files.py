@@ -56,7 +56,7 @@ def test_every_vnnlib_file_parses() -> None:
 def test_instances_match_model_sizes(bench: Path) -> None:
     table = bench / "instances.csv"
     if not table.exists():
-        pytest.skip("no instances.csv")
+        pytest.skip(reason="no instances.csv")
     with open(table, newline="") as handle:
         rows = [row for row in csv.reader(handle) if row]
     assert rows
@@ -69,7 +69,7 @@ def test_instances_match_model_sizes(bench: Path) -> None:
 def test_count_mismatch_names_both_counts() -> None:
     spec_path = BENCH / "2022_acasxu" / "vnnlib" / "prop_1.vnnlib"
     if not spec_path.exists():
-        pytest.skip("acasxu prop_1 not present")
+        pytest.skip(reason="acasxu prop_1 not present")
     with pytest.raises(vnnlib.VnnlibError) as info:
         vnnlib.load(spec_path, n_inputs=784)
     assert "5 input variables" in info.value.message and "784" in info.value.message
@@ -81,7 +81,7 @@ def test_count_mismatch_names_both_counts() -> None:
 def test_acasxu_property_6_has_two_regions() -> None:
     spec_path = BENCH / "2022_acasxu" / "vnnlib" / "prop_6.vnnlib"
     if not spec_path.exists():
-        pytest.skip("acasxu prop_6 not present")
+        pytest.skip(reason="acasxu prop_6 not present")
     spec = vnnlib.load(spec_path)
     assert len(spec.disjuncts) == 2
     for disjunct in spec.disjuncts:
