@@ -106,6 +106,36 @@ def _merge(obj: Any, data: Mapping[str, Any], prefix: str = "") -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+# Values each key may take: (test, what was expected). Checked after every merge, so a
+# YAML file, --set and the CLI flags all get the same clear error.
+_RANGES = {
+    "timeout": (lambda v: v >= 0, "a number of seconds >= 0"),
+    "threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
+    "bounds.method": (lambda v: v in ("ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank"),
+                      "one of ibp, crown, alpha-crown, sdp, sdp-lowrank"),
+    "bounds.intermediate": (lambda v: v in ("crown", "ibp"), "crown or ibp"),
+    "bounds.dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
+    "bounds.alpha_iterations": (lambda v: v >= 0, "an integer >= 0"),
+    "bounds.max_elements": (lambda v: v >= 1, "an integer >= 1"),
+    "attack.restarts": (lambda v: v >= 0, "an integer >= 0"),
+    "attack.steps": (lambda v: v >= 0, "an integer >= 0"),
+    "attack.samples": (lambda v: v >= 0, "an integer >= 0"),
+    "bab.mode": (lambda v: v in ("auto", "input", "activation", "none"), "auto, input, activation or none"),
+    "bab.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "bab.max_domains": (lambda v: v >= 1, "an integer >= 1"),
+}
+
+
+def _check_ranges(config: Config) -> Config:
+    for key, (ok, expected) in _RANGES.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not ok(value):
+            raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+    return config
+
+
 def with_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply `key.sub=value` strings, as given to `--set`."""
     for item in overrides:
@@ -119,7 +149,7 @@ def with_overrides(config: Config, overrides: list[str]) -> Config:
             cursor = cursor.setdefault(p, {})
         cursor[parts[-1]] = value.strip()
         config = _merge(config, nested)
-    return config
+    return _check_ranges(config)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -140,7 +170,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             config = _merge(config, data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    return with_overrides(config, overrides or [])
+    return _check_ranges(with_overrides(config, overrides or []))
 
 
 def config_to_dict(config: Any) -> dict:

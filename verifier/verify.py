@@ -169,6 +169,11 @@ def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, stats: dict,
     return False, None, config.bounds.method
 
 
+def _sat(found: tuple[np.ndarray, np.ndarray], timings: dict, stats: dict, method: str = "attack",
+         how: str = "counterexample confirmed by onnxruntime") -> Result:
+    return Result("sat", how, found[0], found[1], timings, stats, method)
+
+
 def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None) -> Result:
     """Decide the spec on the model within `config.timeout` seconds (from `start`)."""
     start = time.monotonic() if start is None else start
@@ -188,8 +193,7 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
         found = attack_disjunct(model, ev, disjunct, config.attack, deadline, seed=config.seed + i)
         timings["attack"] += time.monotonic() - t
         if found is not None:
-            return Result("sat", "counterexample confirmed by onnxruntime", found[0], found[1],
-                          timings, stats, "attack")
+            return _sat(found, timings, stats)
         if time.monotonic() > deadline:
             return Result("timeout", "time limit reached during the attack", timings=timings, stats=stats)
     methods = []
@@ -206,8 +210,7 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
             found = attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 7, candidates)
             timings["attack"] += time.monotonic() - t
             if found is not None:
-                return Result("sat", "counterexample confirmed by onnxruntime", found[0], found[1],
-                              timings, stats, "attack")
+                return _sat(found, timings, stats)
         if time.monotonic() > deadline:
             return Result("timeout", "time limit reached during bound propagation", timings=timings, stats=stats)
         mode = _bab_mode(model, config)
@@ -220,8 +223,8 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
             if outcome.status == "sat":
                 found = confirm(model, disjunct, outcome.candidate)
                 if found is not None:
-                    return Result("sat", "counterexample found by branch and bound, confirmed by onnxruntime",
-                                  found[0], found[1], timings, stats, f"bab-{mode}")
+                    return _sat(found, timings, stats, f"bab-{mode}",
+                                "counterexample found by branch and bound, confirmed by onnxruntime")
             elif outcome.status == "timeout":
                 return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
             elif outcome.status == "unsat":

@@ -146,3 +146,10 @@ def test_lipschitz_command_bounds_a_relu_mlp(tmp_path) -> None:
     cpath = tmp_path / "conv.onnx"
     cpath.write_bytes(conv.SerializeToString())
     _assert_one_clean_line(_run("lipschitz", str(cpath)), "ReLU MLP")
+
+
+def test_out_of_range_config_values_are_bad_input(tiny) -> None:
+    tmp, onnx_path, spec_path = tiny
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.zeros(2), 0.1, 0, 2))
+    _assert_one_clean_line(_run("verify", str(onnx_path), str(spec_path), "--timeout", "-3"), "timeout", ">= 0")
+    _assert_one_clean_line(_run("verify", str(onnx_path), str(spec_path), "--set", "bab.mode=sideways"), "bab.mode")
