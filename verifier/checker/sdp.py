@@ -14,7 +14,10 @@ here from its definition. What is checked, for ``min c^T f(x)`` over ``[lower, u
    per input ``(x - l)(u - x) >= 0``. For every feasible lifted P:
    ``c^T y >= t + min(0, lambda_min(M)) * (1 + sum max(l^2, u^2))``.
 4. That number, with lambda_min from ``numpy.linalg.eigvalsh`` lowered by a rounding
-   margin, must be >= the claimed bound.
+   margin, must be >= the claimed bound. The same inequality is also tried in centred
+   coordinates (``v' = v - c``, ``c`` the box midpoints, ``M' = K^T M K``), where the box
+   rows give ``P'_ii <= r_i^2`` (half-widths) and the trace bound is ``1 + sum r_i^2``;
+   the larger of the two (both valid) is compared with the claim.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ def _own_bounds(ws, bs, lo, hi) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _dual_matrix(ws, bs, c, lo, hi, pre_l, pre_u, mult) -> tuple[np.ndarray, float]:
-    """Rebuild M (with t) and the trace bound T on the reduced lifted vector."""
+def _dual_matrix(ws, bs, c, lo, hi, pre_l, pre_u, mult) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Rebuild M (with t), the trace bound T on the reduced lifted vector, and every
+    lifted coordinate's box midpoint and squared half-width (for the centred check)."""
     n0 = ws[0].shape[1]
     emap, evec = np.eye(n0), np.zeros(n0)
     blocks = []  # (A on earlier coordinates, shift, l, u)
@@ -113,6 +117,7 @@ def _dual_matrix(ws, bs, c, lo, hi, pre_l, pre_u, mult) -> tuple[np.ndarray, flo
     mat[idx, 0] -= mu * (lo + hi) / 2
     mat[idx, idx] += mu
     trace = 1.0 + float(np.sum(np.maximum(lo * lo, hi * hi)))
+    mids, rads = [(lo + hi) / 2], [((hi - lo) / 2) ** 2]
     start = 1 + n0
     for (a, b, l, u), lay in zip(blocks, layers):
         n = a.shape[0]
@@ -128,6 +133,8 @@ def _dual_matrix(ws, bs, c, lo, hi, pre_l, pre_u, mult) -> tuple[np.ndarray, flo
         s = ux / (u - l)
         r = -s * l
         trace += float(np.sum(ux * ux))
+        mids.append((lx + ux) / 2)
+        rads.append(((ux - lx) / 2) ** 2)
         # z >= 0 ; z - h >= 0 ; z^2 - z h = 0 ; (lx+ux) z - lx ux - z^2 >= 0 ; r + s h - z >= 0
         mat[0, 0] += float(y["lam_lin"] @ b + y["lam_box"] @ (lx * ux) - y["lam_tri"] @ (r + s * b))
         gz = -y["lam_pos"] - y["lam_lin"] + y["nu"] * b - y["lam_box"] * (lx + ux) + y["lam_tri"]
@@ -141,7 +148,14 @@ def _dual_matrix(ws, bs, c, lo, hi, pre_l, pre_u, mult) -> tuple[np.ndarray, flo
         mat[np.ix_(z, prev)] += cross
         mat[np.ix_(prev, z)] += cross.T
         start += n
-    return mat, trace * (1.0 + 1e-12) + 1e-12
+    return mat, trace * (1.0 + 1e-12) + 1e-12, np.concatenate(mids), np.concatenate(rads)
+
+
+def _shift_bound(mat: np.ndarray, t: float, trace: float) -> tuple[float, float]:
+    """(t + trace * min(0, lambda_min), lambda_min lowered by a rounding margin)."""
+    lam = float(np.linalg.eigvalsh(mat)[0])
+    lam -= 8.0 * (mat.shape[0] + 1) * _EPS * float(np.linalg.norm(mat))
+    return t + trace * min(0.0, lam), lam
 
 
 def check_sdp_certificate(cert: Mapping[str, Any], weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
@@ -173,12 +187,22 @@ def check_sdp_certificate(cert: Mapping[str, Any], weights: Sequence[np.ndarray]
                 return False, f"layer {k}: pre-activation bounds have the wrong shape"
             if not (np.all(cl <= ol) and np.all(cu >= ou)):
                 return False, f"layer {k}: pre-activation bounds are not implied by CROWN"
-        mat, trace = _dual_matrix(ws, bs, c, lo, hi, pre_l, pre_u, cert["multipliers"])
+        mat, trace, mid, rad2 = _dual_matrix(ws, bs, c, lo, hi, pre_l, pre_u, cert["multipliers"])
         if not np.all(np.isfinite(mat)):
             return False, "dual matrix is not finite"
-        lam = float(np.linalg.eigvalsh(mat)[0])
-        lam -= 8.0 * (mat.shape[0] + 1) * _EPS * float(np.linalg.norm(mat))
-        bound = float(cert["multipliers"]["t"]) + trace * min(0.0, lam)
+        t = float(cert["multipliers"]["t"])
+        bound, lam = _shift_bound(mat, t, trace)
+        # centred coordinates: K^T M K with K = [[1, 0], [mid, I]]
+        cen = mat.copy()
+        rm = mat[1:, 1:] @ mid
+        cen[1:, 0] = mat[1:, 0] + rm
+        cen[0, 1:] = cen[1:, 0]
+        cen[0, 0] = mat[0, 0] + 2.0 * float(mid @ mat[1:, 0]) + float(mid @ rm)
+        ctrace = (1.0 + float(np.sum(rad2))) * (1.0 + 1e-12) + 1e-12
+        if np.all(np.isfinite(cen)):
+            cbound, clam = _shift_bound(cen, t, ctrace)
+            if cbound > bound:
+                bound, lam, trace = cbound, clam, ctrace
         if not bound >= claim:
             return False, f"claimed bound {claim} exceeds the certified {bound} (lambda_min {lam:.3g})"
         return True, f"ok: dual bound {bound} >= claim (lambda_min {lam:.3g}, trace bound {trace:.4g})"

@@ -13,6 +13,13 @@ of ``relaxations.sdp.problem``: however poorly the nonconvex problem was solved,
 bound comes from ``certified_bound`` (float64 eigenvalues and the trace shift), so it
 is valid; a bad solve only makes it loose. Works on any torch device; the final
 eigenvalue check is on the CPU in float64.
+
+Measured on the BM-r MNIST models, the augmented-Lagrangian multipliers are far from
+dual-optimal (the certified bound lost several units to ``T * lambda_min``), while
+maximising the certified bound itself (``verifier.solvers.sdp_dual.polish_dual``, from
+CROWN's multipliers) certifies in about a second. So ``solve_lowrank`` runs that dual
+ascent first and only falls back to the rank-r primal (raising the rank, each
+round's multipliers polished by the same ascent) when it has not reached the target.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 import torch
 
 from relaxations.sdp.problem import LAYER_FIELDS, Multipliers, SdpProblem, certified_bound
+from verifier.solvers.sdp_dual import DualFunction, polish_dual
 
 __all__ = ["LowRankOptions", "LowRankSolution", "solve_lowrank"]
 
@@ -33,7 +41,9 @@ T = torch.Tensor
 
 @dataclass(frozen=True)
 class LowRankOptions:
-    """``rank``: starting rank; it is doubled up to ``max_rank`` while the bound stays
+    """``dual_iter``: L-BFGS-B iterations of the direct dual ascent run first;
+    ``primal_fallback``: then, if the target is not reached, the rank-r primal rounds.
+    ``rank``: starting rank; it is doubled up to ``max_rank`` while the bound stays
     below the target. ``outer``/``inner``: augmented-Lagrangian rounds and L-BFGS
     iterations per round. ``rho``: initial penalty, multiplied by ``rho_growth`` when
     the constraint violation does not shrink by ``rho_shrink``."""
@@ -49,6 +59,8 @@ class LowRankOptions:
     tol: float = 1e-6
     check_every: int = 1
     time_limit_s: float = 60.0
+    dual_iter: int = 3000
+    primal_fallback: bool = True
     seed: int = 0
     device: str = "cpu"
     dtype: torch.dtype = torch.float64
@@ -65,6 +77,8 @@ class LowRankSolution:
     rounds: int
     time_s: float
     history: list = field(default_factory=list)
+    dual_evaluations: int = 0
+    stage: str = "dual"
 
 
 class _Data:
@@ -192,6 +206,13 @@ def _al_rounds(p: SdpProblem, d: _Data, blocks: list[T], opts: LowRankOptions, d
         converged = viol < opts.tol and rnd > 0
         if rnd % opts.check_every == opts.check_every - 1 or last or converged:
             bound, mult, lam_min = certified_bound(p, _from_flat(p, lam, nu))
+            polish = (last or converged) and time.monotonic() < deadline
+            if polish and bound <= (target if target is not None else state["bound"]):
+                pol = polish_dual(p, mult, max_iter=opts.dual_iter, target=target,
+                                  time_limit_s=max(0.0, deadline - time.monotonic()), fn=state["fn"])
+                state["dual_evals"] += pol.evaluations
+                if pol.bound > bound:
+                    bound, mult, lam_min = pol.bound, pol.multipliers, pol.lam_min
             state["history"].append((state["rank"], state["rounds"], obj, viol, bound))
             if bound > state["bound"]:
                 state.update(bound=bound, mult=mult, lam_min=lam_min, obj=obj, viol=viol)
@@ -208,11 +229,12 @@ def _al_rounds(p: SdpProblem, d: _Data, blocks: list[T], opts: LowRankOptions, d
 
 def solve_lowrank(problem: SdpProblem, options: LowRankOptions = LowRankOptions(),
                   target: Optional[float] = None) -> LowRankSolution:
-    """Certified lower bound of the SDP relaxation from a rank-r factorisation.
+    """Certified lower bound of the SDP relaxation: direct dual ascent, then (if the
+    target is not reached) the rank-r factorisation with its multipliers polished.
 
     ``target``: stop as soon as the certified bound exceeds it; while it does not,
-    the rank is doubled (warm-started) up to ``max_rank``. Without a target only the
-    starting rank is used."""
+    the rank is doubled (warm-started) up to ``max_rank``. Without a target the dual
+    ascent runs to its iteration limit and the primal uses only the starting rank."""
     t0 = time.monotonic()
     deadline = t0 + options.time_limit_s
     d = _Data(problem, options.device, options.dtype)
@@ -222,7 +244,15 @@ def solve_lowrank(problem: SdpProblem, options: LowRankOptions = LowRankOptions(
              "rho": options.rho, "rounds": 0, "history": [],
              "bound": -float("inf"), "mult": None, "lam_min": float("nan"), "obj": float("nan"),
              "viol": float("inf"), "rank": options.rank}
+    fn = DualFunction(problem)
+    pol = polish_dual(problem, None, max_iter=options.dual_iter, target=target,
+                      time_limit_s=options.time_limit_s, fn=fn)
+    state.update(fn=fn, dual_evals=pol.evaluations, bound=pol.bound, mult=pol.multipliers, lam_min=pol.lam_min)
     rank = options.rank
+    reached = target is not None and pol.bound > target
+    if reached or not options.primal_fallback or time.monotonic() > deadline:
+        return LowRankSolution(pol.bound, pol.multipliers, pol.lam_min, 0, float("nan"), float("nan"), 0,
+                               time.monotonic() - t0, [], pol.evaluations, "dual")
     blocks = _initial(problem, rank, d, options.seed)
     while True:
         state["rank"] = rank
@@ -233,4 +263,5 @@ def solve_lowrank(problem: SdpProblem, options: LowRankOptions = LowRankOptions(
         rank = min(2 * rank, options.max_rank)
         blocks = _pad(blocks, rank, options.seed)
     return LowRankSolution(state["bound"], state["mult"], state["lam_min"], rank, state["obj"],
-                           state["viol"], state["rounds"], time.monotonic() - t0, state["history"])
+                           state["viol"], state["rounds"], time.monotonic() - t0, state["history"],
+                           state["dual_evals"], "primal")
