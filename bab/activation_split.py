@@ -10,6 +10,7 @@ counterexample candidates.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from bab.input_split import InputSplitProblem, _domain_pgd, objective, rows_status
+from bab.proof import ActivationProofLog
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
 __all__ = ["ActivationSplitOutcome", "activation_split_bab", "relu_inputs"]
@@ -33,6 +35,7 @@ class ActivationSplitOutcome:
     rounds: int = 0
     leaves: int = 0
     stats: dict = field(default_factory=dict)
+    proof: Optional[ActivationProofLog] = None
 
 
 def relu_inputs(p: InputSplitProblem) -> dict[str, str]:
@@ -86,7 +89,7 @@ def _choose_branch(p: InputSplitProblem, names: list[str], relus: dict[str, str]
 
 
 def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str]
-           ) -> tuple[T, T, Optional[T]]:
+           ) -> tuple[T, T, Optional[T], object]:
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
     capture: dict = {}
@@ -94,24 +97,49 @@ def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: lis
     lb = res.lower.detach() - p.d
     branch = _choose_branch(p, names, relus, res.table, capture, splits, lb)
     mins = res.linear.minimizer(box).detach() if res.linear is not None else None
-    return lb, branch, mins
+    return lb, branch, mins, res
+
+
+def _log_proved(log: Optional[ActivationProofLog], relus: dict[str, str], splits: dict, res, lb: T,
+                proved: T) -> None:
+    """Record the proved domains of one bounded batch (only when a proof log is kept)."""
+    if log is None or not bool(proved.any()):
+        return
+    idx = torch.nonzero(proved).flatten()
+    alphas = {k: v[idx] for k, v in (res.stats.get("alphas") or {}).items()}
+    betas = {k: v[idx] for k, v in (res.stats.get("betas") or {}).items()}
+    unstable = {}
+    for z in set(relus.values()):
+        b = res.table[z]
+        unstable[z] = ((b.lower < 0) & (b.upper > 0))[idx]
+    log.add_leaves({k: v[idx] for k, v in splits.items()}, relus, lb[idx], alphas, betas, unstable)
 
 
 def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 64,
-                         max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None
-                         ) -> ActivationSplitOutcome:
-    """Search until all domains are proved, a counterexample is confirmed, or limits are hit."""
+                         max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
+                         record_proof: bool = False) -> ActivationSplitOutcome:
+    """Search until all domains are proved, a counterexample is confirmed, or limits are hit.
+
+    With `record_proof`, every proved domain (leaf) is logged with its split decisions,
+    alphas and betas (`outcome.proof`) for a certificate; the search itself is the same.
+    """
     relus = relu_inputs(p)
     names = list(relus)
     if not names:
         return ActivationSplitOutcome("unknown", stats={"reason": "no ReLU to split"})
+    log = None
+    if record_proof:
+        log = ActivationProofLog(names)
+        options = dataclasses.replace(options, keep_betas=True)
     shapes = {relus[r]: p.graph.shapes[relus[r]] for r in names}
     dev = p.lower.device
     root_splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in shapes.items()}
-    lb, branch, _ = _bound(p, root_splits, options, names, relus)
+    lb, branch, _, res = _bound(p, root_splits, options, names, relus)
+    res = res if log is not None else None
     proved, score = rows_status(p, lb)
     if bool(proved.all()):
-        return ActivationSplitOutcome("unsat", domains_bounded=1, leaves=1)
+        _log_proved(log, relus, root_splits, res, lb, proved)
+        return ActivationSplitOutcome("unsat", domains_bounded=1, leaves=1, proof=log)
     domains = _Domains(root_splits, lb, score, branch)
     bounded, rounds, leaves = 1, 0, 0
     stuck = 0  # unproved domains with every neuron split: never dropped, they make the answer unknown
@@ -142,7 +170,8 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
             pos[rows[sel], batch.branch[sel, 1]] = 1
             neg[rows[sel], batch.branch[sel, 1]] = -1
             children[z] = torch.cat([pos, neg]).reshape(2 * n, *shapes[z])
-        lb, branch, mins = _bound(p, children, options, names, relus)
+        lb, branch, mins, res = _bound(p, children, options, names, relus)
+        res = res if log is not None else None  # the bound tables are only kept for the proof log
         bounded += 2 * n
         rounds += 1
         if mins is not None and confirm is not None:
@@ -160,10 +189,11 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
                     return ActivationSplitOutcome("sat", candidate=x, domains_bounded=bounded, rounds=rounds)
         proved, score = rows_status(p, lb)
         leaves += int(proved.sum())
+        _log_proved(log, relus, children, res, lb, proved)
         keep = ~proved
         kept = _Domains({k: v[keep] for k, v in children.items()}, lb[keep], score[keep], branch[keep])
         domains = kept if len(domains) == 0 else domains.concat(kept)
     if stuck:
         return ActivationSplitOutcome("unknown", domains_bounded=bounded, rounds=rounds,
                                       stats={"reason": f"{stuck} fully split domains not proved"})
-    return ActivationSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, leaves=leaves)
+    return ActivationSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, leaves=leaves, proof=log)

@@ -74,6 +74,8 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     best = None
     best_lin = None
     best_alphas: dict[str, T] = {}
+    best_betas: dict[str, T] = {}
+    keep_betas = bool(getattr(options, "keep_betas", False)) and bool(betas)
     for it in range(max(1, options.alpha_iterations)):
         octx.extra_A = {k: -betas[k] * signs[k] for k in betas} if betas else None
         octx.capture = capture if it == options.alpha_iterations - 1 else None
@@ -84,6 +86,8 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
                 best = lb.detach().clone()
                 best_lin = LinearBounds(lin.A.detach(), lin.bias.detach(), lin.mass.detach())
                 best_alphas = {k: v.detach().clone() for k, v in alphas.items()}
+                if keep_betas:
+                    best_betas = {k: v.detach().clone() for k, v in betas.items()}
             else:
                 improved = lb > best
                 best = torch.where(improved, lb.detach(), best)
@@ -94,6 +98,10 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
                 for k, v in alphas.items():
                     mask = improved.reshape(B, S, *([1] * (v.dim() - 2)))
                     best_alphas[k] = torch.where(mask, v.detach(), best_alphas[k])
+                if keep_betas:  # for certificates: the multipliers that go with each row's best bound
+                    for k, v in betas.items():
+                        mask = improved.reshape(B, S, *([1] * (v.dim() - 2)))
+                        best_betas[k] = torch.where(mask, v.detach(), best_betas[k])
         late = options.deadline is not None and time.monotonic() > options.deadline
         if it == options.alpha_iterations - 1 or not lb.requires_grad or late:
             break  # last step, or the bound does not depend on any alpha
@@ -104,4 +112,7 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
         with torch.no_grad():
             for b in betas.values():
                 b.clamp_(min=0)
-    return best, best_lin, {"alpha_iterations": options.alpha_iterations, "alphas": best_alphas}
+    stats = {"alpha_iterations": options.alpha_iterations, "alphas": best_alphas}
+    if keep_betas:
+        stats["betas"] = best_betas
+    return best, best_lin, stats

@@ -16,12 +16,14 @@ import torch
 from models import Graph, GraphEvaluator
 from relaxations.alpha import optimise_alpha
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, widen_lower
+from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, concretize_at, rules_for
 from relaxations.ibp import node_inputs, node_interval
 
 __all__ = ["BoundOptions", "BoundResult", "compute_bounds", "intermediate_bounds", "METHODS"]
 
 METHODS = ("ibp", "crown", "alpha-crown")
+INTERMEDIATE = ("crown", "ibp", "forward")
 T = torch.Tensor
 
 
@@ -30,18 +32,22 @@ class BoundOptions:
     """Settings of one bound computation (the verifier's config embeds this)."""
 
     method: str = "crown"
-    intermediate: str = "crown"          # "crown" or "ibp" for the intermediate tensors
+    # How intermediate tensors are bounded: "crown" (backward from each unstable
+    # neuron), "ibp", or "forward" (forward-mode linear bounds, cheap when the input
+    # has few elements; falls back to intervals where an op has no relaxation).
+    intermediate: str = "crown"
     alpha_iterations: int = 20
     alpha_lr: float = 0.25
     max_elements: int = 40_000_000       # A-matrix elements per backward pass (memory guard)
     precision: Optional[Precision] = None  # None: chosen from the dtype
     deadline: Optional[float] = None       # time.monotonic() after which optimisation stops early
+    keep_betas: bool = False               # alpha-CROWN also returns the best betas per row (proof logs)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
-        if self.intermediate not in ("crown", "ibp"):
-            raise ValueError(f"intermediate must be 'crown' or 'ibp', not '{self.intermediate}'")
+        if self.intermediate not in INTERMEDIATE:
+            raise ValueError(f"intermediate must be one of {', '.join(INTERMEDIATE)}, not '{self.intermediate}'")
 
 
 @dataclass
@@ -119,14 +125,24 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     table = BoundsTable({graph.input_name: box})
     ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={})
     needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
+    fwd = {graph.input_name: forward_input(box)} \
+        if options.method != "ibp" and options.intermediate == "forward" else None
     consumers = graph.consumers()
     B = box.lower.shape[0]
     infeasible = torch.zeros(B, dtype=torch.bool, device=box.lower.device)
     for node in graph.nodes:
         rule = ctx.rules[node.name]
         outs = node_interval(ev, node, rule, node_inputs(ev, node, table))
-        for name, b in zip(node.outputs, outs):
+        lin = forward_node(ev, node, rule, fwd, table) if fwd is not None else None
+        for i, (name, b) in enumerate(zip(node.outputs, outs)):
             table[name] = _widen_interval(b, precision)
+            if lin is not None:
+                fwd[name] = lin[i]
+                table[name] = table[name].intersect(lin[i].concretize(box, precision))
+            elif fwd is not None:
+                const = forward_constant(table[name], box.lower[0].numel() + 1)
+                if const is not None:
+                    fwd[name] = const
             if splits and name in splits:
                 table[name] = _apply_split(table[name], splits[name])
             if name in needs:
@@ -209,7 +225,9 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
             crown = linear.concretize(box, precision)
         best = torch.maximum(best, crown)
         if options.method == "alpha-crown":
+            crown_linear = linear
             opt_lb, linear, stats = optimise_alpha(ctx, box, A, options, precision, splits, capture)
+            stats["crown_linear"] = crown_linear
             best = torch.maximum(best, opt_lb)
     if bool(infeasible.any()):
         best = torch.where(infeasible.unsqueeze(1), torch.full_like(best, torch.inf), best)

@@ -142,6 +142,10 @@ def _disjunct_entry(model: Model, entry: dict, disjunct) -> dict:
                                  _snap_to_root(entry["upper"], root_hi), disjunct)
         return {"root": _root(disjunct), "kind": "input-split", "method": entry["method"],
                 "leaves": {"lower": encode_array(lo), "upper": encode_array(hi), "claims": encode_array(claims)}}
+    if entry["kind"] == "activation-split":
+        from verifier.certificate_activation import activation_split_entry
+
+        return activation_split_entry(model, entry, disjunct)
     raise ValueError(f"unknown proof kind {entry['kind']!r}")
 
 
@@ -174,10 +178,15 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
         if isinstance(e.get("certificate"), str):
             cert["certificate"] = e["certificate"]
             return cert
-        if e.get("kind") not in ("bounds", "input-split"):
+        if e.get("kind") not in ("bounds", "input-split", "activation-split"):
             cert["certificate"] = f"unsupported (proof kind {e.get('kind')})"
             return cert
-    cert["disjuncts"] = [_disjunct_entry(model, e, d) for e, d in zip(entries, spec.disjuncts)]
+    from verifier.certificate_activation import ActivationRederivationFailed
+
+    try:
+        cert["disjuncts"] = [_disjunct_entry(model, e, d) for e, d in zip(entries, spec.disjuncts)]
+    except ActivationRederivationFailed as exc:
+        cert["certificate"] = f"unavailable ({exc})"
     return cert
 
 

@@ -113,7 +113,7 @@ _RANGES = {
     "threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
     "bounds.method": (lambda v: v in ("ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank"),
                       "one of ibp, crown, alpha-crown, sdp, sdp-lowrank"),
-    "bounds.intermediate": (lambda v: v in ("crown", "ibp"), "crown or ibp"),
+    "bounds.intermediate": (lambda v: v in ("crown", "ibp", "forward"), "crown, ibp or forward"),
     "bounds.dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
     "bounds.alpha_iterations": (lambda v: v >= 0, "an integer >= 0"),
     "bounds.max_elements": (lambda v: v >= 1, "an integer >= 1"),

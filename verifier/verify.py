@@ -101,10 +101,12 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
 
 
 def _bab_proof(mode: str, outcome) -> dict:
-    """What a certificate needs from a branch-and-bound proof (input-split leaves only, so far)."""
+    """What a certificate needs from a branch-and-bound proof: the leaves and what proved them."""
     if mode == "activation":
-        return {"kind": "activation-split", "method": "beta-crown", "leaves": outcome.leaves,
-                "certificate": "unsupported (activation-split proofs are not recorded yet)"}
+        if outcome.proof is None:
+            return {"kind": "activation-split", "method": "beta-crown",
+                    "certificate": "not recorded (run with --certificate)"}
+        return {"kind": "activation-split", "method": "beta-crown", "leaves": outcome.proof.leaves()}
     if outcome.proof is None:
         return {"kind": "input-split", "method": "crown", "certificate": "not recorded (run with --certificate)"}
     lowers, uppers, claims = outcome.proof.leaves()
@@ -137,7 +139,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
     options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
                                 max_domains=config.bab.max_domains,
-                                confirm=lambda x: confirm(model, disjunct, x) is not None)
+                                confirm=lambda x: confirm(model, disjunct, x) is not None,
+                                record_proof=config.proof)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):

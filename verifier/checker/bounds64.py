@@ -23,7 +23,7 @@ import numpy as np
 
 from verifier.checker.onnx_net import Layer, Network
 
-__all__ = ["MARGIN_REL", "MARGIN_ABS", "interval_table", "row_lower_bounds"]
+__all__ = ["MARGIN_REL", "MARGIN_ABS", "interval_table", "split_interval_table", "row_lower_bounds"]
 
 MARGIN_REL = 1e-9
 MARGIN_ABS = 1e-12
@@ -81,15 +81,22 @@ def _relu_lines(lo: np.ndarray, hi: np.ndarray, alpha: Optional[np.ndarray]):
     if alpha is None:
         low_slope = np.where(active, 1.0, np.where(unstable, default, 0.0))
     else:
-        a = np.clip(alpha, 0.0, 1.0)  # any slope in [0, 1] is a valid lower line
+        # Any slope in [0, 1] is a valid lower line; NaN marks "not given": CROWN's default.
+        a = np.where(np.isnan(alpha), default[:, None], np.clip(alpha, 0.0, 1.0))
         low_slope = np.where(active[:, None], 1.0, np.where(unstable[:, None], a, 0.0))
         up_slope, up_bias = up_slope[:, None], up_bias[:, None]
     return low_slope, up_slope, up_bias
 
 
 def _backward(net: Network, table: Table, start: str, A: np.ndarray,
-              alphas: Optional[Mapping[str, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A lower bound `A_in . x + bias` of `A . start`, with its rounding mass; A: [L, S, n]."""
+              alphas: Optional[Mapping[str, np.ndarray]] = None,
+              extra: Optional[Mapping[str, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A lower bound `A_in . x + bias` of `A . start`, with its rounding mass; A: [L, S, n].
+
+    extra[t] ([L, S, n_t]) is added to the coefficient of tensor t when the walk reaches
+    it: the beta terms of split constraints. It changes the function being bounded, so
+    the caller must know that the added terms are <= 0 wherever the bound is used.
+    """
     L, S = A.shape[:2]
     As: dict[str, np.ndarray] = {start: A}
     bias = np.zeros((L, S))
@@ -105,6 +112,8 @@ def _backward(net: Network, table: Table, start: str, A: np.ndarray,
 
     stop = next((i for i, l in enumerate(net.layers) if l.out == start), -1)
     for layer in reversed(net.layers[:stop + 1]):
+        if extra is not None and layer.out in extra:
+            accumulate(layer.out, extra[layer.out])
         a = As.pop(layer.out, None)
         if a is None:
             continue
@@ -133,6 +142,8 @@ def _backward(net: Network, table: Table, start: str, A: np.ndarray,
             bias = bias + term
             mass = mass - term + _bdot(absa, _zmax(table, x))
             accumulate(x, a * slope)
+    if extra is not None and net.input in extra:
+        accumulate(net.input, extra[net.input])
     A_in = As.pop(net.input, np.zeros((L, S, net.n_in)))
     return A_in, bias, mass
 
@@ -164,22 +175,56 @@ def _crown_interval(net: Network, table: Table, name: str, lo: np.ndarray, hi: n
 
 def interval_table(net: Network, lower: np.ndarray, upper: np.ndarray) -> Table:
     """Sound intervals of every tensor over each box [L, n_in]: IBP, and CROWN on ReLU inputs."""
-    table: Table = {net.input: _entry(np.asarray(lower, np.float64), np.asarray(upper, np.float64))}
+    return split_interval_table(net, lower, upper, {})[0]
+
+
+def _clamp(lo: np.ndarray, hi: np.ndarray, sign: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Split decisions applied: sign > 0 means t >= 0 on the domain, sign < 0 means t <= 0."""
+    if sign is None:
+        return lo, hi
+    return np.where(sign > 0, np.maximum(lo, 0.0), lo), np.where(sign < 0, np.minimum(hi, 0.0), hi)
+
+
+def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, signs: Mapping[str, np.ndarray]
+                         ) -> tuple[Table, np.ndarray]:
+    """Sound intervals over {x in box : every split holds}, and which leaves are empty.
+
+    signs[t] ([L, n_t], +1 / -1 / 0 for free) clamps t's interval as soon as it is
+    computed (IBP, then again after CROWN), so every later interval and relaxation is
+    sound for the inputs that satisfy the splits on earlier tensors. A clamped interval
+    with lower > upper proves that no input satisfies the leaf's splits: the leaf is
+    empty [L] (its intervals are then replaced by points, to keep the arithmetic tame).
+    """
+    lo0, hi0 = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    empty = np.zeros(lo0.shape[0], bool)
+
+    def settle(name: str, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal empty
+        lo, hi = _clamp(lo, hi, signs.get(name))
+        bad = lo > hi
+        if bad.any():
+            empty = empty | bad.any(1)
+            lo = np.where(bad, hi, lo)
+        return lo, hi
+
+    table: Table = {net.input: _entry(*settle(net.input, lo0, hi0))}
     relu_inputs = {l.inputs[0] for l in net.layers if l.kind == "relu"}
     for layer in net.layers:
-        lo, hi = _interval(layer, table)
+        lo, hi = settle(layer.out, *_interval(layer, table))
         if layer.out in relu_inputs:
-            lo, hi = _crown_interval(net, table, layer.out, lo, hi)
+            lo, hi = settle(layer.out, *_crown_interval(net, table, layer.out, lo, hi))
         table[layer.out] = _entry(lo, hi)
-    return table
+    return table, empty
 
 
 def row_lower_bounds(net: Network, table: Table, C: np.ndarray, d: np.ndarray,
-                     alphas: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+                     alphas: Optional[Mapping[str, np.ndarray]] = None,
+                     extra: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
     """Sound lower bounds [L, S] of C y - d: the better of IBP and CROWN (with `alphas`).
 
-    alphas: ReLU node name -> [S, n] slopes (clipped into [0, 1]); a missing node uses
-    CROWN's default slope.
+    alphas: ReLU node name -> [S, n] or [L, S, n] slopes (clipped into [0, 1]; NaN: the
+    default); a missing node uses CROWN's default slope. extra: tensor -> [L, S, n]
+    coefficients added in the backward pass (beta terms, see `_backward`).
     """
     lo, hi = table[net.output][:2]
     L = lo.shape[0]
@@ -187,6 +232,6 @@ def row_lower_bounds(net: Network, table: Table, C: np.ndarray, d: np.ndarray,
     ibp = lo @ Cp.T + hi @ Cn.T - d
     ibp = _widen(ibp, _zmax(table, net.output) @ np.abs(C).T + np.abs(d))
     A = np.broadcast_to(C, (L,) + C.shape).copy()
-    A_in, bias, mass = _backward(net, table, net.output, A, alphas)
+    A_in, bias, mass = _backward(net, table, net.output, A, alphas, extra)
     crown = _concretize(table, net, A_in, bias - d, mass + np.abs(d))
     return np.maximum(ibp, crown)

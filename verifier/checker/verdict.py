@@ -27,6 +27,7 @@ import numpy as np
 
 from verifier.checker.bounds64 import interval_table, row_lower_bounds
 from verifier.checker.onnx_net import Network, Unsupported, read_network
+from verifier.checker.splits import leaf_bounds, read_leaves, tree_error
 from verifier.checker.tiling import tiling_error
 
 __all__ = ["FORMAT", "VERSION", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
@@ -38,6 +39,7 @@ VERSION = 1
 # the producer computes in float32 with other rounding; a larger excess means a false claim.
 CLAIM_TOLERANCE = 1e-4
 _CHUNK = 256  # leaves bounded at once (memory: chunk x rows x widest layer)
+_SPLIT_ELEMENTS = 20_000_000  # activation-split chunks: leaves x rows x widest layer at most this
 
 
 class CheckInputError(ValueError):
@@ -223,11 +225,44 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
             raise _Reject(f"disjunct {i}: {why}")
         alphas = None
         claims = decode_array(leaves.get("claims"), f"disjunct {i} leaves.claims")
+    elif kind == "activation-split":
+        if method != "beta-crown":
+            raise _Reject(f"disjunct {i}: activation-split leaves must use method beta-crown, not '{method}'")
+        return _check_activation_split(i, entry, net, root_lo, root_hi, C, d, strict, owner, K)
     else:
         raise _Reject(f"disjunct {i}: unsupported proof kind '{kind}'")
     if claims.shape != (lo.shape[0], S):
         raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({lo.shape[0]}, {S})")
     lb = _leaf_bounds(net, lo, hi, C, d, alphas)
+    _compare(i, lb, claims, strict, owner, K)
+    return {"leaves": int(lo.shape[0]), "min_margin": float(lb.max(1).min()) if S else 0.0}
+
+
+def _check_activation_split(i: int, entry: dict, net: Network, root_lo: np.ndarray, root_hi: np.ndarray,
+                            C: np.ndarray, d: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> dict:
+    """Split tree complete, then every leaf bounded with its splits, alphas and betas."""
+    S = C.shape[0]
+    leaves = read_leaves(entry.get("leaves"), net, S, decode_array, lambda m: _Reject(f"disjunct {i}: {m}"))
+    why = tree_error(leaves.decisions)
+    if why:
+        raise _Reject(f"disjunct {i}: {why}")
+    claims = decode_array((entry.get("leaves") or {}).get("claims"), f"disjunct {i} leaves.claims")
+    if claims.shape != (len(leaves), S):
+        raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({len(leaves)}, {S})")
+    widest = max(net.sizes.values())
+    chunk = max(1, min(_CHUNK, _SPLIT_ELEMENTS // max(1, S * widest)))
+    parts = [leaf_bounds(net, leaves, np.arange(s, min(s + chunk, len(leaves))), root_lo, root_hi, C, d)
+             for s in range(0, len(leaves), chunk)]
+    lb, empty = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    with np.errstate(invalid="ignore"):  # empty leaves: lb = +inf, any claim (even +inf) is below it
+        _compare(i, lb, claims, strict, owner, K)
+    live = lb[~empty]
+    return {"leaves": len(leaves), "empty_leaves": int(empty.sum()),
+            "min_margin": float(live.max(1).min()) if live.size else float("inf")}
+
+
+def _compare(i: int, lb: np.ndarray, claims: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> None:
+    """Every conjunction proved on every leaf by the re-derived bounds; no claim above them."""
     gap_ok = np.where(strict, lb >= 0, lb > 0)                      # [L, S]
     for k in range(K):
         proved = gap_ok[:, owner == k].any(1)
@@ -240,7 +275,6 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
         leaf, row = np.argwhere(np.isnan(claims) | (excess > 0))[0]
         raise _Reject(f"disjunct {i}: claimed bound {claims[leaf, row]!r} of row {row} on leaf {leaf} "
                       f"exceeds the re-derived {lb[leaf, row]!r}")
-    return {"leaves": int(lo.shape[0]), "min_margin": float(lb.max(1).min()) if S else 0.0}
 
 
 def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: str = "<spec>") -> CheckResult:
