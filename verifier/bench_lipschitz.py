@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--activation", default="relu")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--budget", type=float, default=120.0)
+    ap.add_argument("--scs-eps", type=float, default=None,
+                    help="SCS tolerance of the sdp-layerwise steps (default 1e-6)")
     args = ap.parse_args(argv)
     over: set[str] = set()
     print("| depth | method | L (certified) | time (s) | status |")
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {depth} | {method} | skipped | > {args.budget:.0f} at smaller depth | |")
                 continue
             t0 = time.perf_counter()
-            r = lipschitz_of_network(net, "2", method)
+            r = lipschitz_of_network(net, "2", method, scs_eps=args.scs_eps)
             dt = time.perf_counter() - t0
             status = r.solver_status if len(r.solver_status) < 60 else r.solver_status[:57] + "..."
             print(f"| {depth} | {method} | {r.value:.6g} | {dt:.2f} | {status} |", flush=True)

@@ -43,6 +43,7 @@ __all__ = [
     "LipschitzResult",
     "METHODS",
     "CERT_MARGIN_REL",
+    "lipschitz_of_graph",
     "lipschitz_of_network",
     "naive_certificate",
 ]
@@ -132,7 +133,7 @@ def _certify(
 
 
 def _layerwise_multipliers(
-    net: FeedForward, output_rows: Sequence[int] | None, solver: str | None
+    net: FeedForward, output_rows: Sequence[int] | None, solver: str | None, scs_eps: float | None = None
 ) -> tuple[list[np.ndarray], str]:
     from verifier.solvers.cvxpy_lipsdp import solve_layer_step
 
@@ -149,17 +150,32 @@ def _layerwise_multipliers(
         w_in = ws[k - 1]
         if k == 1 and w_in.shape[1] > w_in.shape[0] and output_rows is None:
             w_in = w_in @ np.linalg.qr(w_in.T)[0]  # same lambda_max, smaller SDP
-        m, status = solve_layer_step(net, w_in, h / hmax, solver=solver)
+        m, status = solve_layer_step(net, w_in, h / hmax, solver=solver, scs_eps=scs_eps)
         statuses.add(status)
+        fast = fast_layer_multipliers(net.activation, net.negative_slope, h / hmax)
+        best = repair_layer(net.activation, net.negative_slope, fast * hmax, h)
         if m is None:
-            m = fast_layer_multipliers(net.activation, net.negative_slope, h / hmax)
             statuses.add("fallback-fast")
-        out[k - 1], g = repair_layer(net.activation, net.negative_slope, m * hmax, h)
+        else:
+            # Keep the solver's step only if it passes back a smaller metric than the
+            # closed form: an inaccurate solve, once repaired, can be far worse.
+            cand = repair_layer(net.activation, net.negative_slope, m * hmax, h)
+            if _pulled_back_max(ws[k - 1], cand[1]) <= _pulled_back_max(ws[k - 1], best[1]):
+                best = cand
+            else:
+                statuses.add("fast-step-kept")
+        out[k - 1], g = best
     return out, ",".join(sorted(statuses))
 
 
+def _pulled_back_max(w: np.ndarray, g: np.ndarray) -> float:
+    """lambda_max(W^T G W): what the previous layer (or rho) inherits from this one."""
+    k = w.T @ g @ w
+    return float(np.linalg.eigvalsh(0.5 * (k + k.T))[-1])
+
+
 def _sdp_bound(
-    net: FeedForward, norm: str, method: str, solver: str | None
+    net: FeedForward, norm: str, method: str, solver: str | None, scs_eps: float | None = None
 ) -> tuple[float, dict[str, Any], str]:
     rows_list: list[list[int] | None]
     if norm == "2":
@@ -170,7 +186,7 @@ def _sdp_bound(
     blocks, statuses = [], []
     for rows in rows_list:
         if method == "sdp-layerwise":
-            mults, status = _layerwise_multipliers(net, rows, solver)
+            mults, status = _layerwise_multipliers(net, rows, solver, scs_eps)
             tau0 = np.zeros(net.weights[0].shape[1])
             if vector_input:  # Gershgorin: diag(tau) >= K needs no solver
                 from relaxations.lipschitz.lmi import schur_sweep
@@ -196,8 +212,33 @@ def _sdp_bound(
             else:
                 mults, tau0 = _fast_multipliers(net, rows), np.zeros(net.weights[0].shape[1])
                 status += ",fallback-fast"
-        mults_c, tau = _certify(net, mults, tau0, rows, vector_input)
-        rho = float(tau[0]) if not vector_input else float(np.nextafter(math.fsum(tau) * (1 + 1e-15), np.inf))
+        try:
+            mults_c, tau = _certify(net, mults, tau0, rows, vector_input)
+            rho = _rho_of(tau, vector_input)
+        except (np.linalg.LinAlgError, RuntimeError, FloatingPointError):
+            if method != "sdp-layerwise":
+                raise
+            mults_c, tau, rho = list(mults), tau0, math.inf  # the closed form below replaces it
+            status += ",solver-multipliers-not-certifiable"
+        if not math.isfinite(rho):
+            if method != "sdp-layerwise":
+                raise RuntimeError("the certified rho is not finite")
+            rho = math.inf
+        if method == "sdp-layerwise":
+            # Deep contractive networks: the solver's multipliers at the input end can sit
+            # below the checker's margin (relative to the LMI's largest entry) and then
+            # certify far worse than the closed form. Both are checked; keep the smaller.
+            fast = _fast_multipliers(net, rows)
+            f_tau0 = np.zeros(net.weights[0].shape[1])
+            if vector_input:
+                from relaxations.lipschitz.lmi import schur_sweep
+
+                sw = schur_sweep(net, fast, rows)
+                f_tau0 = np.sum(np.abs(sw.k_input), axis=1) if sw.k_input is not None else f_tau0
+            f_mults, f_tau = _certify(net, fast, f_tau0, rows, vector_input)
+            if _rho_of(f_tau, vector_input) < rho:
+                mults_c, tau, rho = f_mults, f_tau, _rho_of(f_tau, vector_input)
+                status += ",fast-certified-smaller"
         blocks.append({"rows": rows, "rho": rho, "tau": tau, "multipliers": mults_c})
         statuses.append(status)
     rho_max = max(b["rho"] for b in blocks)
@@ -228,13 +269,20 @@ def _sdp_bound(
     return value, cert, ";".join(sorted(set(statuses)))
 
 
+def _rho_of(tau: np.ndarray, vector_input: bool) -> float:
+    return float(tau[0]) if not vector_input else float(np.nextafter(math.fsum(tau) * (1 + 1e-15), np.inf))
+
+
 def lipschitz_of_network(
-    net: FeedForward, norm: str = "2", method: str = "naive", solver: str | None = None
+    net: FeedForward, norm: str = "2", method: str = "naive", solver: str | None = None,
+    scs_eps: float | None = None,
 ) -> LipschitzResult:
     """Certified global Lipschitz bound of ``net`` from ``norm`` to the same norm.
 
     ``norm``: "2" or "inf". ``method``: one of ``METHODS``. ``solver``: a cvxpy
-    solver name (default: Clarabel for small LMIs, SCS otherwise). A network with no
+    solver name (default: Clarabel for small LMIs, SCS otherwise). ``scs_eps``: SCS
+    tolerance of the sdp-layerwise steps (default 1e-6; looser is faster and still
+    certified, only less tight). A network with no
     hidden layer is linear; every method then returns the (certified) naive bound."""
     if norm not in ("2", "inf"):
         raise ValueError(f"norm must be '2' or 'inf', got {norm!r}")
@@ -244,5 +292,43 @@ def lipschitz_of_network(
     if method == "naive" or net.depth == 1:
         value, cert = naive_certificate(net, norm)
         return LipschitzResult(value, "naive", norm, cert, time.perf_counter() - t0, "closed-form")
-    value, cert, status = _sdp_bound(net, norm, method, solver)
+    value, cert, status = _sdp_bound(net, norm, method, solver, scs_eps)
     return LipschitzResult(value, method, norm, cert, time.perf_counter() - t0, status)
+
+
+def lipschitz_of_graph(graph: Any, norm: str = "2", method: str = "naive", solver: str | None = None) -> LipschitzResult:
+    """Certified global Lipschitz bound of a loaded `models.Graph` (flattened input/output).
+
+    A ReLU MLP goes through `lipschitz_of_network` (every method; its certificates are
+    checked by ``verifier.checker.lipschitz``). Any other supported graph (CNNs,
+    residual blocks, BatchNorm, pooling, other activations) gets the naive bound of
+    `relaxations.lipschitz.graph_naive`, whose certificate records the factor of each
+    step; the sdp-* methods refuse it with `UnsupportedModel`, naming the first node
+    that is not part of a ReLU MLP."""
+    from models import UnsupportedModel
+    from relaxations.lipschitz.graph_naive import graph_naive_bound
+    from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
+
+    if norm not in ("2", "inf"):
+        raise ValueError(f"norm must be '2' or 'inf', got {norm!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    try:
+        weights, biases = relu_mlp_from_graph(graph)
+    except NotReluMlp as exc:
+        if method != "naive":
+            raise UnsupportedModel(f"method {method} needs a ReLU MLP (Gemm/MatMul/Add/Relu/Flatten): {exc}; "
+                                   "use --method naive for other graphs") from None
+    else:
+        return lipschitz_of_network(FeedForward(tuple(weights), tuple(biases), "relu"), norm, method, solver)
+    t0 = time.perf_counter()
+    nb = graph_naive_bound(graph, norm)
+    cert = {
+        "kind": "lipschitz-naive-graph",
+        "version": 1,
+        "norm": norm,
+        "L": nb.value,
+        "model_sha256": getattr(graph, "sha256", None),
+        "steps": list(nb.steps),
+    }
+    return LipschitzResult(nb.value, "naive", norm, cert, time.perf_counter() - t0, "closed-form (graph walk)")

@@ -145,7 +145,11 @@ def test_lipschitz_command_bounds_a_relu_mlp(tmp_path) -> None:
                       (1, 1, 2, 2), (1, 1, 2, 2))
     cpath = tmp_path / "conv.onnx"
     cpath.write_bytes(conv.SerializeToString())
-    _assert_one_clean_line(_run("lipschitz", str(cpath)), "ReLU MLP")
+    # naive bounds any supported graph (here exactly 1); the SDP methods need a ReLU MLP
+    proc = _run("lipschitz", str(cpath), "--report", str(tmp_path / "c.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert 1.0 <= json.loads((tmp_path / "c.json").read_text())["value"] <= 1.0 + 1e-8
+    _assert_one_clean_line(_run("lipschitz", str(cpath), "--method", "sdp-layer"), "ReLU MLP")
 
 
 def test_out_of_range_config_values_are_bad_input(tiny) -> None:
