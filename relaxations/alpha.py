@@ -33,6 +33,29 @@ def initial_alphas(ctx: BackwardContext, B: int, S: int) -> dict[str, T]:
     return alphas
 
 
+class _Adam:
+    """Adam (Kingma and Ba), written out: constructing torch.optim.Adam imports
+    torch._dynamo, which costs about 2 s of start-up in every verifier process."""
+
+    def __init__(self, params: list[T], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: tuple[Optional[T], ...]) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            if g is None:
+                continue
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
+
+
 def _project(ctx: BackwardContext, alphas: dict[str, T]) -> None:
     by_name = {n.name: n for n in ctx.graph.nodes}
     with torch.no_grad():
@@ -69,7 +92,7 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     params = list(alphas.values()) + list(betas.values())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=options.alpha_lr)
+    opt = _Adam(params, lr=options.alpha_lr)
     octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas, cache=None)
     best = None
     best_lin = None
@@ -105,9 +128,8 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
         late = options.deadline is not None and time.monotonic() > options.deadline
         if it == options.alpha_iterations - 1 or not lb.requires_grad or late:
             break  # last step, or the bound does not depend on any alpha
-        opt.zero_grad(set_to_none=True)
-        (-lb.sum()).backward()
-        opt.step()
+        grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
+        opt.step(grads)
         _project(ctx, alphas)
         with torch.no_grad():
             for b in betas.values():

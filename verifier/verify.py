@@ -145,7 +145,10 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
     problem = _problem(model, ev, disjunct, config)
-    return input_split_bab(problem, bound_options(config.bounds, "crown"), deadline,
+    method = "crown" if config.proof else config.bab.input_split_method
+    options = dataclasses.replace(bound_options(config.bounds, method),
+                                  alpha_iterations=config.bab.input_split_alpha_iterations, deadline=deadline)
+    return input_split_bab(problem, options, deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
                            confirm=lambda x: confirm(model, disjunct, x) is not None,
                            record_proof=config.proof, clip=config.bab.clip)

@@ -79,3 +79,19 @@ def test_domain_limit_gives_unknown_not_unsat(tmp_path) -> None:
     assert result.verdict in ("unknown", "unsat")
     if result.verdict == "unsat":
         pytest.fail("a one-domain budget cannot prove a threshold this close to the minimum")
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_input_split_methods_agree_with_the_true_minimum(tmp_path, method: str) -> None:
+    """Both bounding methods of input split; alpha-CROWN's coefficients can ignore an
+    input entirely, which once made the search slice the other input forever."""
+    model = _net(tmp_path, 0)
+    m = _true_min(model)
+    spread = 0.05 * (1 + abs(m))
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false",
+                                              f"bab.input_split_method={method}"])
+    result = verify(model, _spec(m - spread), cfg)
+    assert result.verdict == "unsat", (m, result.reason, result.stats)
+    assert result.stats["domains"] < 2000
+    above = verify(model, _spec(m + spread), cfg)
+    assert above.verdict == "sat"
