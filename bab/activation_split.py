@@ -3,7 +3,9 @@
 A domain is the input region plus split decisions on ReLU pre-activations (+1: the
 neuron is active, z >= 0; -1: inactive, z <= 0). Each round takes the worst domains,
 splits one unstable neuron in each (chosen by a BaBSR-style score: how much of the
-bound's looseness comes from that neuron's triangle relaxation), and bounds all
+bound's looseness comes from that neuron's triangle relaxation, or by filtered smart
+branching, which estimates the children's bounds of a few such candidates; see
+bab/branching.py), and bounds all
 children in one batched alpha/beta-CROWN call. Children whose splits are infeasible
 or whose spec rows are proved are dropped; the bound's minimisers are checked as
 counterexample candidates.
@@ -18,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from bab.branching import BRANCHING, babsr_branch, fsb_branch, neuron_scores
 from bab.input_split import InputSplitProblem, _domain_pgd, objective, rows_status
 from bab.proof import ActivationProofLog
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
@@ -62,40 +65,19 @@ class _Domains:
                         torch.cat([self.branch, other.branch]))
 
 
-def _choose_branch(p: InputSplitProblem, names: list[str], relus: dict[str, str], table, capture: dict,
-                   splits: dict, lb: T) -> T:
-    """[N, 2] (relu index, neuron) maximising the triangle-relaxation looseness weighted by |A|."""
-    N = lb.shape[0]
-    open_rows = torch.where(p.strict, lb < 0, lb <= 0).to(lb.dtype)       # [N, S]
-    best_score = torch.full((N,), -1.0, dtype=lb.dtype, device=lb.device)
-    best = torch.full((N, 2), -1, dtype=torch.long, device=lb.device)
-    for i, relu in enumerate(names):
-        z = relus[relu]
-        A = capture.get(relu)
-        if A is None:
-            continue
-        b = table[z]
-        lo, hi = b.lower.reshape(N, -1), b.upper.reshape(N, -1)
-        unstable = (lo < 0) & (hi > 0) & (splits[z].reshape(N, -1) == 0)
-        gap = torch.where(unstable, -lo * hi / (hi - lo).clamp(min=1e-12), torch.zeros_like(lo))
-        weight = (A.detach().reshape(N, A.shape[1], -1).abs() * open_rows.unsqueeze(-1)).sum(1)
-        score = torch.where(unstable, weight * gap + 1e-9 * gap, torch.full_like(gap, -1.0))
-        val, idx = score.max(1)
-        better = val > best_score
-        best_score = torch.where(better, val, best_score)
-        best[better, 0] = i
-        best[better, 1] = idx[better]
-    return best
-
-
-def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str]
-           ) -> tuple[T, T, Optional[T], object]:
+def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
+           branching: str = "babsr", fsb_candidates: int = 4) -> tuple[T, T, Optional[T], object]:
+    """Bound a batch of domains; also choose each one's next split (see bab/branching.py)."""
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
     capture: dict = {}
     res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, capture=capture)
     lb = res.lower.detach() - p.d
-    branch = _choose_branch(p, names, relus, res.table, capture, splits, lb)
+    babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
+    if branching == "fsb":
+        branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=fsb_candidates)
+    else:
+        branch = babsr_branch(babsr, offsets)
     mins = res.linear.minimizer(box).detach() if res.linear is not None else None
     return lb, branch, mins, res
 
@@ -117,12 +99,17 @@ def _log_proved(log: Optional[ActivationProofLog], relus: dict[str, str], splits
 
 def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 64,
                          max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
-                         record_proof: bool = False) -> ActivationSplitOutcome:
+                         record_proof: bool = False, branching: str = "babsr",
+                         fsb_candidates: int = 4) -> ActivationSplitOutcome:
     """Search until all domains are proved, a counterexample is confirmed, or limits are hit.
 
     With `record_proof`, every proved domain (leaf) is logged with its split decisions,
     alphas and betas (`outcome.proof`) for a certificate; the search itself is the same.
+    `branching` picks the neuron to split: "babsr" (score only) or "fsb" (filtered smart
+    branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated).
     """
+    if branching not in BRANCHING:
+        raise ValueError(f"branching must be one of {', '.join(BRANCHING)}, not '{branching}'")
     relus = relu_inputs(p)
     names = list(relus)
     if not names:
@@ -130,11 +117,12 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
     log = None
     if record_proof:
         log = ActivationProofLog(names)
+    if record_proof or branching == "fsb":  # FSB reuses each domain's betas in its estimates
         options = dataclasses.replace(options, keep_betas=True)
     shapes = {relus[r]: p.graph.shapes[relus[r]] for r in names}
     dev = p.lower.device
     root_splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in shapes.items()}
-    lb, branch, _, res = _bound(p, root_splits, options, names, relus)
+    lb, branch, _, res = _bound(p, root_splits, options, names, relus, branching, fsb_candidates)
     res = res if log is not None else None
     proved, score = rows_status(p, lb)
     if bool(proved.all()):
@@ -170,7 +158,7 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
             pos[rows[sel], batch.branch[sel, 1]] = 1
             neg[rows[sel], batch.branch[sel, 1]] = -1
             children[z] = torch.cat([pos, neg]).reshape(2 * n, *shapes[z])
-        lb, branch, mins, res = _bound(p, children, options, names, relus)
+        lb, branch, mins, res = _bound(p, children, options, names, relus, branching, fsb_candidates)
         res = res if log is not None else None  # the bound tables are only kept for the proof log
         bounded += 2 * n
         rounds += 1

@@ -67,8 +67,8 @@ def rows_status(p: InputSplitProblem, lb: T) -> tuple[T, T]:
     return ok.all(1), best.amin(1)
 
 
-def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip: bool = False
-           ) -> tuple[T, T, T, T, Optional[T]]:
+def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip: bool = False,
+           keep: Optional[dict] = None) -> tuple[T, T, T, T, Optional[T]]:
     """Bound the boxes; with `clip`, shrink them first (Clip-and-Verify).
 
     Returns (lower, upper) of the possibly clipped boxes, row lower bounds [N, S] of
@@ -78,11 +78,17 @@ def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip
     their coefficients chose worse dimensions (ACAS Xu 1_1 prop_3: 5,487 domains
     against 2,493). With one row the alpha coefficients branch better (2_2 prop_1:
     455 domains against a timeout). Clipping always uses the linear function that
-    produced the bound: coefficients and bias must belong together.
+    produced the bound: coefficients and bias must belong together. With `keep` (proof
+    logs), keep["alphas"] receives alpha-CROWN's best slopes per row (relu -> [N, S,
+    *shape]) and keep["unstable"] each such ReLU's unstable mask [N, *shape].
     """
     res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev)
     lb = res.lower.detach() - p.d
     N, S = lb.shape
+    if keep is not None:
+        keep["alphas"] = res.stats.get("alphas") or {}
+        tensors = {n.name: n.inputs[0] for n in p.graph.nodes if n.name in keep["alphas"]}
+        keep["unstable"] = {k: (res.table[z].lower < 0) & (res.table[z].upper > 0) for k, z in tensors.items()}
     if res.linear is None:
         return lower, upper, lb, lb.new_zeros(N, S, lower[0].numel()), None
     A = res.linear.A.detach().reshape(N, S, -1)
@@ -186,15 +192,17 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
     """Search until every domain is proved, a counterexample is confirmed, or time/memory runs out.
 
     Clipping is switched off when a proof is recorded: clipped leaves no longer tile the
-    root region, which the certificate checker requires.
+    root region, which the certificate checker requires. With alpha-CROWN the proof
+    keeps each proved leaf's best slopes per row at its unstable neurons.
     """
-    proof = ProofLog() if record_proof else None
+    proof = ProofLog(method=options.method) if record_proof else None
     clip = clip and not record_proof
-    root_lo, root_hi, lb, A, mins = _bound(p, p.lower, p.upper, options, clip)
+    logged: Optional[dict] = {} if record_proof else None
+    root_lo, root_hi, lb, A, mins = _bound(p, p.lower, p.upper, options, clip, logged)
     proved, score = rows_status(p, lb)
     if bool(proved.all()):
         if proof is not None:
-            proof.add_leaves(p.lower, p.upper, lb)
+            proof.add_leaves(p.lower, p.upper, lb, logged["alphas"], logged["unstable"])
         return InputSplitOutcome("unsat", domains_bounded=1, proof=proof)
     domains = DomainBatch(root_lo, root_hi, lb, score, A)
     bounded, rounds = 1, 0
@@ -208,7 +216,7 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
         batch, rest = domains.pop_worst(batch_size)
         dims = _split_dims(p, batch.lower, batch.upper, batch.coef, batch.lb)
         lo, hi = _bisect(batch.lower, batch.upper, dims)
-        lo, hi, lb, A, mins = _bound(p, lo, hi, options, clip)
+        lo, hi, lb, A, mins = _bound(p, lo, hi, options, clip, logged)
         bounded += len(lo)
         rounds += 1
         proved, score = rows_status(p, lb)
@@ -234,7 +242,8 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
                 if confirm(x):
                     return InputSplitOutcome("sat", candidate=x, domains_bounded=bounded, rounds=rounds)
         if proof is not None and bool(proved.any()):
-            proof.add_leaves(lo[proved], hi[proved], lb[proved])
+            proof.add_leaves(lo[proved], hi[proved], lb[proved], {k: v[proved] for k, v in logged["alphas"].items()},
+                             {k: v[proved] for k, v in logged["unstable"].items()})
         keep = ~proved
         domains = rest.concat(DomainBatch(lo[keep], hi[keep], lb[keep], score[keep], A[keep]))
         if progress is not None:

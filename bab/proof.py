@@ -13,6 +13,7 @@ decision sets form a complete binary split tree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,15 +23,32 @@ __all__ = ["ProofLog", "ActivationProofLog", "ActivationLeaves"]
 
 @dataclass
 class ProofLog:
-    """Leaves as numpy arrays: lower/upper [L, n_in], claimed row bounds [L, S]."""
+    """Leaves as numpy arrays: lower/upper [L, n_in], claimed row bounds [L, S].
+
+    With alpha-CROWN (`method`), each leaf also keeps the lower slopes of the bound that
+    proved it, per spec row, for the neurons unstable on the leaf (elsewhere the slope
+    does not enter the bound): relu -> (leaf [K], flat index [K], values [K, S]), as
+    `ActivationLeaves.alphas`. Other neurons keep CROWN's default slope.
+    """
 
     lowers: list = field(default_factory=list)
     uppers: list = field(default_factory=list)
     claims: list = field(default_factory=list)
     method: str = "crown"
+    _alphas: dict = field(default_factory=dict)     # relu -> list of (leaf [K], index [K], values [K, S])
 
-    def add_leaves(self, lower: torch.Tensor, upper: torch.Tensor, lb: torch.Tensor) -> None:
+    def add_leaves(self, lower: torch.Tensor, upper: torch.Tensor, lb: torch.Tensor,
+                   alphas: Optional[dict] = None, unstable: Optional[dict] = None) -> None:
+        """alphas: relu -> [n, S, *shape] slopes; unstable: relu -> bool [n, *shape] (whose alpha matters)."""
         n = lower.shape[0]
+        base = len(self)
+        for relu, a in (alphas or {}).items():
+            if unstable is None or relu not in unstable or n == 0:
+                continue
+            leaf, idx = torch.nonzero(unstable[relu].reshape(n, -1), as_tuple=True)
+            vals = a.reshape(n, a.shape[1], -1)[leaf, :, idx]
+            self._alphas.setdefault(relu, []).append(
+                ((leaf + base).cpu().numpy(), idx.cpu().numpy(), vals.detach().cpu().double().numpy()))
         self.lowers.append(lower.detach().reshape(n, -1).cpu().double().numpy())
         self.uppers.append(upper.detach().reshape(n, -1).cpu().double().numpy())
         self.claims.append(lb.detach().cpu().double().numpy())
@@ -39,6 +57,10 @@ class ProofLog:
         if not self.lowers:
             return np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0))
         return np.concatenate(self.lowers), np.concatenate(self.uppers), np.concatenate(self.claims)
+
+    def alphas(self) -> dict:
+        """relu -> (leaf [K], flat index [K], values [K, S]) over all leaves (empty without alphas)."""
+        return {k: tuple(np.concatenate([p[i] for p in v]) for i in range(3)) for k, v in self._alphas.items()}
 
     def __len__(self) -> int:
         return sum(len(x) for x in self.lowers)

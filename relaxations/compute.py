@@ -20,7 +20,7 @@ from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, concretize_at, rules_for
 from relaxations.ibp import node_inputs, node_interval
 
-__all__ = ["BoundOptions", "BoundResult", "compute_bounds", "intermediate_bounds", "METHODS"]
+__all__ = ["BoundOptions", "BoundResult", "compute_bounds", "final_lower_from_table", "intermediate_bounds", "METHODS"]
 
 METHODS = ("ibp", "crown", "alpha-crown")
 INTERMEDIATE = ("crown", "ibp", "forward")
@@ -235,3 +235,21 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     lower = best[:, :S]
     upper = -best[:, S:] if want_upper else None
     return BoundResult(lower, upper, table, linear, stats)
+
+
+def final_lower_from_table(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, table: BoundsTable, A: T,
+                           options: BoundOptions, alphas: Optional[dict] = None,
+                           extra_A: Optional[dict] = None) -> T:
+    """Lower bound [B, S] of `A . output` from intervals already in `table`: one backward pass.
+
+    Unlike `compute_bounds`, no intermediate bound is recomputed: the caller supplies
+    them (with alpha slopes per node [B, S, *shape] and beta terms per tensor as
+    `extra_A`, as alpha/beta-CROWN found them). Branching heuristics use this to
+    estimate a child's bound cheaply by editing one neuron's interval in a copy of the
+    parent's table. The result is sound whenever the table's intervals are, but it is
+    only used to rank choices, never as a verdict.
+    """
+    precision = options.precision or Precision.for_dtype(ev.dtype)
+    ctx = BackwardContext(graph, ev, table, rules_for(graph), alphas=alphas, cache={}, extra_A=extra_A)
+    with torch.no_grad():
+        return backward_lower(ctx, graph.output_name, A).concretize(box, precision)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from verifier.checker.onnx_net import Unsupported, read_network
-from verifier.checker.verdict import FORMAT, VERSION, encode_array, spec_rows
+from verifier.checker.verdict import FORMAT, LEAF_CHUNK, VERSION, encode_array, spec_rows
 from verifier.model import Model
 from verifier.result import Result
 from vnnlib import Spec
@@ -30,7 +30,7 @@ from vnnlib import Spec
 __all__ = ["build_certificate", "write_certificate", "REFINE_ROUNDS"]
 
 REFINE_ROUNDS = 8
-_CHUNK = 512
+_CHUNK = LEAF_CHUNK  # the checker's chunks (see `_evaluate`)
 
 
 def _rows_proved(gap: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> np.ndarray:
@@ -83,19 +83,108 @@ def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct) -> tuple[np.
         bad = ~_rows_proved(claims, strict, owner, K)
         if not bad.any():
             break
-        blo, bhi = lo[bad], hi[bad]
-        dim = np.argmax(bhi - blo, axis=1)
-        rows = np.arange(len(blo))
-        mid = (blo[rows, dim] + bhi[rows, dim]) / 2
-        left_hi, right_lo = bhi.copy(), blo.copy()
-        left_hi[rows, dim] = mid
-        right_lo[rows, dim] = mid
-        new_lo, new_hi = np.concatenate([blo, right_lo]), np.concatenate([left_hi, bhi])
+        new_lo, new_hi = _bisect_widest(lo[bad], hi[bad])
         lo = np.concatenate([lo[~bad], new_lo])
         hi = np.concatenate([hi[~bad], new_hi])
-        claims = np.concatenate([claims[~bad], _float64_claims(model, new_lo, new_hi, C, d)])
+        claims = _float64_claims(model, lo, hi, C, d)  # all again: claims come from the checker's chunks
     return lo, hi, claims
 
+
+def _bisect_widest(blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Halve each box along its widest side: left halves first, then right halves."""
+    dim = np.argmax(bhi - blo, axis=1)
+    rows = np.arange(len(blo))
+    mid = (blo[rows, dim] + bhi[rows, dim]) / 2
+    left_hi, right_lo = bhi.copy(), blo.copy()
+    left_hi[rows, dim] = mid
+    right_lo[rows, dim] = mid
+    return np.concatenate([blo, right_lo]), np.concatenate([left_hi, bhi])
+
+
+def _proved_leaves(lb: np.ndarray, disjunct) -> np.ndarray:
+    C, d, strict, owner = spec_rows(disjunct)
+    return _rows_proved(lb, strict, owner, len(disjunct.outputs))
+
+
+def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Optional[dict]
+              ) -> tuple[np.ndarray, dict]:
+    """float64 bounds [L, S] with per-leaf alphas (sparse: relu -> (leaf, index, values); NaN
+    elsewhere: CROWN's default), or alpha-CROWN optimised from scratch (sparse None), and
+    the alphas used at the neurons unstable on each leaf.
+
+    Leaves are bounded in the checker's chunks (`LEAF_CHUNK` consecutive leaves): CROWN
+    tightens an intermediate neuron when it is unstable in some leaf of the batch, so a
+    leaf's bound depends on its batch, and the claims must come from the batches the
+    checker will use.
+    """
+    import torch
+
+    from verifier.certificate_activation import dense_alphas, float64_leaf_bounds
+
+    C, d = spec_rows(disjunct)[:2]
+    S = C.shape[0]
+    tensors = {nd.name: nd.inputs[0] for nd in model.graph.nodes if nd.op == "Relu"}
+    shapes = {z: tuple(model.graph.shapes[z]) for z in tensors.values()}
+    lbs, out = [], {}
+    for s in range(0, len(lo), LEAF_CHUNK):
+        rows = np.arange(s, min(s + LEAF_CHUNK, len(lo)))
+        given = None if sparse is None else dense_alphas(sparse, rows, len(lo), tensors, shapes, S)
+        lb, used, _, unstable = float64_leaf_bounds(model, len(rows), lo[rows], hi[rows], C, d, {}, {},
+                                                    given or {}, optimise=sparse is None)
+        lbs.append(lb)
+        for name, a in used.items():
+            leaf, idx = torch.nonzero(unstable[tensors[name]], as_tuple=True)
+            out.setdefault(name, []).append((leaf.numpy() + s, idx.numpy(), a[leaf, :, idx].numpy()))
+    return (np.concatenate(lbs) if lbs else np.zeros((0, S)),
+            {k: tuple(np.concatenate([p[i] for p in v]) for i in range(3)) for k, v in out.items()})
+
+
+def _select(sparse: dict, idx: np.ndarray, n: int, base: int = 0) -> dict:
+    """The sparse alphas of leaves idx (of n), renumbered base, base + 1, ... in idx's order."""
+    where = np.full(n, -1)
+    where[idx] = np.arange(len(idx)) + base
+    out = {}
+    for k, (leaf, index, values) in sparse.items():
+        pick = where[leaf] >= 0
+        out[k] = (where[leaf[pick]], index[pick], values[pick])
+    return out
+
+
+def _merge(parts: list) -> dict:
+    names = {k for p in parts for k in p}
+    return {k: tuple(np.concatenate([p[k][i] for p in parts if k in p]) for i in range(3)) for k in names}
+
+
+def _refine_alpha(model: Model, lo: np.ndarray, hi: np.ndarray, sparse: dict, disjunct
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """As `_refine`, with the search's per-leaf alphas: (lo, hi, claims, relu -> (leaf, index, values)).
+
+    Each round bounds every leaf with its alphas in float64. Leaves not proved get, in the
+    first round, alphas optimised in float64 (kept when they prove the leaf); otherwise
+    they are bisected (widest side), the halves with optimised alphas. The last round's
+    bounds, with exactly the written alphas, are the claims.
+    """
+    relus = {nd.name for nd in model.graph.nodes if nd.op == "Relu"}
+    sparse = {k: v for k, v in sparse.items() if k in relus}
+    for r in range(REFINE_ROUNDS + 1):
+        claims, sparse = _evaluate(model, lo, hi, disjunct, sparse)
+        bad = ~_proved_leaves(claims, disjunct)
+        if not bad.any() or r == REFINE_ROUNDS:
+            break
+        good, b = np.nonzero(~bad)[0], np.nonzero(bad)[0]
+        fixed = np.zeros(len(b), bool)
+        opt: dict = {}
+        if r == 0:
+            lb2, opt = _evaluate(model, lo[b], hi[b], disjunct, None)
+            fixed = _proved_leaves(lb2, disjunct)
+        clo, chi = _bisect_widest(lo[b[~fixed]], hi[b[~fixed]])
+        child = _evaluate(model, clo, chi, disjunct, None)[1]
+        n0, n1 = len(good), len(good) + int(fixed.sum())
+        sparse = _merge([_select(sparse, good, len(lo)), _select(opt, np.nonzero(fixed)[0], len(b), n0),
+                         _select(child, np.arange(len(clo)), len(clo), n1)])
+        lo = np.concatenate([lo[good], lo[b[fixed]], clo])
+        hi = np.concatenate([hi[good], hi[b[fixed]], chi])
+    return lo, hi, claims, sparse
 
 def _snap_to_root(leaves: np.ndarray, root: np.ndarray) -> np.ndarray:
     """Leaf faces that lie on the root's face as the verifier's dtype rounded it, moved onto it.
@@ -138,10 +227,17 @@ def _disjunct_entry(model: Model, entry: dict, disjunct) -> dict:
             out["alphas"] = {name: encode_array(a.reshape(S, -1)) for name, a in alphas.items()}
         return out
     if entry["kind"] == "input-split":
-        lo, hi, claims = _refine(model, _snap_to_root(entry["lower"], root_lo),
-                                 _snap_to_root(entry["upper"], root_hi), disjunct)
-        return {"root": _root(disjunct), "kind": "input-split", "method": entry["method"],
-                "leaves": {"lower": encode_array(lo), "upper": encode_array(hi), "claims": encode_array(claims)}}
+        lo, hi = _snap_to_root(entry["lower"], root_lo), _snap_to_root(entry["upper"], root_hi)
+        if entry.get("method") == "alpha-crown":
+            lo, hi, claims, alphas = _refine_alpha(model, lo, hi, entry.get("alphas") or {}, disjunct)
+        else:
+            (lo, hi, claims), alphas = _refine(model, lo, hi, disjunct), None
+        leaves = {"lower": encode_array(lo), "upper": encode_array(hi), "claims": encode_array(claims)}
+        if alphas is not None:
+            leaves["alphas"] = {k: {"leaf": encode_array(l), "index": encode_array(i),
+                                    "values": encode_array(v.reshape(-1, S))} for k, (l, i, v) in alphas.items()}
+        return {"root": _root(disjunct), "kind": "input-split",
+                "method": "alpha-crown" if alphas is not None else "crown", "leaves": leaves}
     if entry["kind"] == "activation-split":
         from verifier.certificate_activation import activation_split_entry
 

@@ -26,7 +26,7 @@ from bab.proof import ActivationLeaves
 from verifier.checker.verdict import encode_array, spec_rows
 from verifier.model import Model
 
-__all__ = ["activation_split_entry", "ActivationRederivationFailed", "float64_leaf_bounds"]
+__all__ = ["activation_split_entry", "ActivationRederivationFailed", "float64_leaf_bounds", "dense_alphas"]
 
 _CHUNK = 128
 _REOPT_ITERATIONS = 60
@@ -58,23 +58,31 @@ def _dense(leaves: ActivationLeaves, rows: np.ndarray, tensors: dict[str, str], 
                 betas[z] = torch.zeros(n, S, size, dtype=torch.float64)
             signs[z][r, idx] = s
             betas[z][r, :, idx] = torch.as_tensor(np.maximum(leaves.betas[k], 0.0))
-    where = np.full(len(leaves), -1)
+    return signs, betas, dense_alphas(leaves.alphas, rows, len(leaves), tensors, shapes, S)
+
+
+def dense_alphas(sparse: dict, rows: np.ndarray, n_leaves: int, tensors: dict, shapes: dict, S: int) -> dict:
+    """relu -> float64 [len(rows), S, n_z] from sparse (leaf, index, values), NaN where none was logged."""
+    n = len(rows)
+    where = np.full(n_leaves, -1)
     where[rows] = np.arange(n)
     alphas = {}
-    for name, (leaf, index, values) in leaves.alphas.items():
+    for name, (leaf, index, values) in sparse.items():
         pick = where[leaf] >= 0
         if pick.any():
             a = torch.full((n, S, int(np.prod(shapes[tensors[name]]))), float("nan"), dtype=torch.float64)
             a[torch.as_tensor(where[leaf[pick]]), :, torch.as_tensor(index[pick])] = \
                 torch.as_tensor(values[pick], dtype=torch.float64)
             alphas[name] = a
-    return signs, betas, alphas
+    return alphas
 
 
 def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
                         signs: dict, betas: dict, alphas: dict, optimise: bool = False
                         ) -> tuple[np.ndarray, dict, dict, dict]:
     """Row bounds [n, S] of C y - d (+inf on infeasible leaves) by the engine in float64.
+
+    lo / hi: the box [n_in] shared by all leaves, or one box per leaf [n, n_in].
 
     signs / betas: tensor -> [n, n_z] / [n, S, n_z]; alphas: relu -> [n, S, n_z] (NaN:
     CROWN's default). With `optimise`, alphas and betas are optimised (alpha/beta-CROWN,
@@ -92,19 +100,19 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
     S = C.shape[0]
     tensors = _relu_tensors(model)
     shaped = {z: s.reshape(n, *graph.shapes[z]) for z, s in signs.items()}
-    box = IntervalBounds(torch.tensor(lo).reshape(1, *graph.input_shape).expand(n, *graph.input_shape),
-                         torch.tensor(hi).reshape(1, *graph.input_shape).expand(n, *graph.input_shape))
+    box = IntervalBounds(torch.tensor(lo).reshape(-1, *graph.input_shape).expand(n, *graph.input_shape),
+                         torch.tensor(hi).reshape(-1, *graph.input_shape).expand(n, *graph.input_shape))
     Ct = torch.tensor(C, dtype=torch.float64)
     A = Ct.reshape(1, S, *graph.output_shape).expand(n, *([-1] * (1 + len(graph.output_shape))))
+    if optimise:  # alpha-CROWN needs gradients: outside no_grad
+        opts = BoundOptions(method="alpha-crown", alpha_iterations=_REOPT_ITERATIONS, keep_betas=True)
+        res = compute_bounds(graph, box, Ct, opts, want_upper=False, ev=ev, splits=shaped or None)
+        lb = res.lower.detach()
+        used_a = {k: v.detach().reshape(n, S, -1) for k, v in res.stats.get("alphas", {}).items()}
+        used_b = {k: v.detach().reshape(n, S, -1) for k, v in res.stats.get("betas", {}).items()}
+        table, infeasible = res.table, res.stats.get("infeasible", torch.zeros(n, dtype=torch.bool))
     with torch.no_grad():
-        if optimise:
-            opts = BoundOptions(method="alpha-crown", alpha_iterations=_REOPT_ITERATIONS, keep_betas=True)
-            res = compute_bounds(graph, box, Ct, opts, want_upper=False, ev=ev, splits=shaped or None)
-            lb = res.lower
-            used_a = {k: v.reshape(n, S, -1) for k, v in res.stats.get("alphas", {}).items()}
-            used_b = {k: v.reshape(n, S, -1) for k, v in res.stats.get("betas", {}).items()}
-            table, infeasible = res.table, res.stats.get("infeasible", torch.zeros(n, dtype=torch.bool))
-        else:
+        if not optimise:
             opts = BoundOptions(method="crown")
             table, ctx, infeasible = intermediate_bounds(graph, ev, box, opts, shaped or None)
             default = initial_alphas(ctx, n, S)

@@ -110,7 +110,11 @@ def _bab_proof(mode: str, outcome) -> dict:
     if outcome.proof is None:
         return {"kind": "input-split", "method": "crown", "certificate": "not recorded (run with --certificate)"}
     lowers, uppers, claims = outcome.proof.leaves()
-    return {"kind": "input-split", "method": "crown", "lower": lowers, "upper": uppers, "claims": claims}
+    alphas = outcome.proof.alphas()
+    # IBP leaves are re-derived by the writer with CROWN (never looser than IBP).
+    method = "alpha-crown" if outcome.proof.method == "alpha-crown" else "crown"
+    return {"kind": "input-split", "method": method, "lower": lowers, "upper": uppers, "claims": claims,
+            "alphas": alphas}
 
 
 def _bab_mode(model: Model, config: Config) -> str:
@@ -140,13 +144,13 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
                                 max_domains=config.bab.max_domains,
                                 confirm=lambda x: confirm(model, disjunct, x) is not None,
-                                record_proof=config.proof)
+                                record_proof=config.proof, branching=config.bab.branching,
+                                fsb_candidates=config.bab.fsb_candidates)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
     problem = _problem(model, ev, disjunct, config)
-    method = "crown" if config.proof else config.bab.input_split_method
-    options = dataclasses.replace(bound_options(config.bounds, method),
+    options = dataclasses.replace(bound_options(config.bounds, config.bab.input_split_method),
                                   alpha_iterations=config.bab.input_split_alpha_iterations, deadline=deadline)
     return input_split_bab(problem, options, deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
@@ -234,7 +238,7 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
             elif outcome.status == "timeout":
                 return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
             elif outcome.status == "unsat":
-                methods.append("crown" if mode == "input" else "alpha-crown")
+                methods.append(config.bab.input_split_method if mode == "input" else "alpha-crown")
                 proofs.append(_bab_proof(mode, outcome))
                 continue
             stats["bab_stop"] = outcome.stats.get("reason", outcome.status)

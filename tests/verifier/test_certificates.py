@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import vnnlib
 from tests.conftest import BENCH, needs_shared
 from verifier import Config, Result, load_model, verify
-from verifier.certificate import _float64_claims, build_certificate, write_certificate
+from verifier.certificate import _evaluate, _float64_claims, _proved_leaves, build_certificate, write_certificate
 from verifier.checker.bounds64 import interval_table
 from verifier.checker.onnx_net import read_network
 from verifier.checker.verdict import check_certificate, check_files, decode_array, encode_array, spec_rows
@@ -81,9 +81,13 @@ def _leaves(cert: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _with_leaves(cert: dict, lo: np.ndarray, hi: np.ndarray, claims: np.ndarray) -> dict:
+    """The certificate with other leaves; per-leaf alphas kept when the number of leaves is unchanged."""
     out = copy.deepcopy(cert)
+    old = out["disjuncts"][0]["leaves"]
     out["disjuncts"][0]["leaves"] = {"lower": encode_array(lo), "upper": encode_array(hi),
                                      "claims": encode_array(claims)}
+    if "alphas" in old and len(lo) == len(decode_array(old["claims"], "")):
+        out["disjuncts"][0]["leaves"]["alphas"] = old["alphas"]
     return out
 
 
@@ -145,6 +149,50 @@ def test_input_split_certificate_accepted_and_tamperings_rejected(split_run) -> 
     rng = np.random.default_rng(0)
     _tiling_tamperings(cert, check, rng, 100)
     _claim_tamperings(cert, check, rng, 100)
+
+
+def test_input_split_alpha_certificate_and_changed_alphas(split_run) -> None:
+    """Input split with alpha-CROWN: per-leaf alphas are replayed, never trusted."""
+    model, path, spec, result = split_run
+    assert result.proof["disjuncts"][0]["method"] == "alpha-crown" and result.proof["disjuncts"][0]["alphas"]
+    cert = build_certificate(model, path, spec, result)
+    check = lambda c: _check(c, model, path)  # noqa: E731
+    entry = cert["disjuncts"][0]
+    assert entry["method"] == "alpha-crown" and check(cert).accepted, check(cert).reason
+    plain = copy.deepcopy(cert)
+    del plain["disjuncts"][0]["leaves"]["alphas"]  # CROWN's default slopes do not prove every leaf here
+    assert "is not proved on leaf" in check(plain).reason
+    bad = copy.deepcopy(cert)
+    name = next(iter(entry["leaves"]["alphas"]))
+    bad["disjuncts"][0]["leaves"]["alphas"][name]["values"] = {"dtype": "float64", "shape": [1],
+                                                               "base64": "AAAAAAAA+H8="}
+    assert not check(bad).accepted
+    bad["disjuncts"][0]["leaves"]["alphas"] = {"no_such_relu": entry["leaves"]["alphas"][name]}
+    assert not check(bad).accepted
+    dj = spec.disjuncts[0]
+    lo, hi, claims = _leaves(cert)
+    sparse = {k: tuple(decode_array(v[x], "") for x in ("leaf", "index", "values"))
+              for k, v in entry["leaves"]["alphas"].items()}
+    rng = np.random.default_rng(4)
+    rejected = 0
+    for _ in range(30):
+        j = rng.integers(len(lo))
+        tampered = {k: (l.astype(int), i.astype(int), np.where((l == j)[:, None] & (rng.random(v.shape) < 0.7),
+                                                                rng.uniform(-0.5, 1.5, v.shape), v))
+                    for k, (l, i, v) in sparse.items()}
+        bad = copy.deepcopy(cert)
+        bad["disjuncts"][0]["leaves"]["alphas"] = {
+            k: {"leaf": encode_array(l), "index": encode_array(i), "values": encode_array(v)}
+            for k, (l, i, v) in tampered.items()}
+        engine = _evaluate(model, lo, hi, dj, tampered)[0]
+        proves = bool(_proved_leaves(engine, dj).all())
+        near = np.min(np.abs(engine)) < 1e-6
+        if check(bad).accepted:
+            assert (proves and (claims <= engine + 1e-4 * (1 + np.abs(engine))).all()) or near
+        else:
+            rejected += 1
+            assert not proves or (claims > engine + 1e-5).any() or near
+    assert rejected
 
 
 def test_hash_mismatch_rejected(split_run, tmp_path) -> None:
@@ -308,6 +356,8 @@ def test_benchmark_certificates_accepted(net: str, prop: str, kind: str, tmp_pat
     assert write_certificate(cert_path, model, BENCH / prop, spec, result) == "written"
     cert = json.loads(cert_path.read_text())
     assert cert["disjuncts"][0]["kind"] == kind
+    if kind == "input-split":  # the search's alpha-CROWN slopes travel with each leaf
+        assert cert["disjuncts"][0]["method"] == "alpha-crown" and cert["disjuncts"][0]["leaves"]["alphas"]
     res = check_files(cert_path, BENCH / net, BENCH / prop)
     assert res.accepted, res.reason
     check = lambda c: check_certificate(c, model.onnx_bytes, (BENCH / prop).read_text())  # noqa: E731

@@ -22,7 +22,7 @@ import numpy as np
 from verifier.checker.bounds64 import row_lower_bounds, split_interval_table
 from verifier.checker.onnx_net import Network
 
-__all__ = ["SplitLeaves", "read_leaves", "tree_error", "leaf_bounds"]
+__all__ = ["SplitLeaves", "read_leaves", "read_alphas", "dense_alphas", "tree_error", "leaf_bounds"]
 
 Decision = tuple[str, int]  # (pre-activation tensor, flat index)
 
@@ -86,8 +86,16 @@ def read_leaves(raw: Any, net: Network, S: int, decode: Callable[[Any, str], np.
         if len(leaf) != counts[j]:
             raise reject(f"leaf {j} splits one neuron twice")
         decisions.append(leaf)
+    return SplitLeaves(decisions, offsets, flat, betas, read_alphas(raw.get("alphas"), net, S, counts.size,
+                                                                    decode, reject))
+
+
+def read_alphas(rawa: Any, net: Network, S: int, n_leaves: int, decode: Callable[[Any, str], np.ndarray],
+                reject: Callable[[str], Exception]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Sparse per-leaf alphas: relu name -> (leaf [K], index [K], values [K, S]), validated."""
+    relu_of = {l.name: l for l in net.layers if l.kind == "relu"}
     alphas = {}
-    rawa = raw.get("alphas") or {}
+    rawa = rawa or {}
     if not isinstance(rawa, dict):
         raise reject("leaves.alphas must map ReLU node names to objects")
     for name, v in rawa.items():
@@ -99,10 +107,25 @@ def read_leaves(raw: Any, net: Network, S: int, decode: Callable[[Any, str], np.
         n = net.sizes[relu_of[name].inputs[0]]
         if leaf.size != index.size or values.size != leaf.size * S or not np.isfinite(values).all():
             raise reject(f"alphas['{name}'] must be leaf [K], index [K] and finite values [K, {S}]")
-        if ((leaf < 0) | (leaf >= counts.size) | (index < 0) | (index >= n)).any():
+        if ((leaf < 0) | (leaf >= n_leaves) | (index < 0) | (index >= n)).any():
             raise reject(f"alphas['{name}'] points outside the leaves or the ReLU")
         alphas[name] = (leaf, index, values.reshape(-1, S))
-    return SplitLeaves(decisions, offsets, flat, betas, alphas)
+    return alphas
+
+
+def dense_alphas(net: Network, alphas: dict, rows: np.ndarray, n_leaves: int, S: int) -> dict[str, np.ndarray]:
+    """relu name -> [len(rows), S, n] slopes of the leaves `rows`; NaN (CROWN's default) where none is given."""
+    where = np.full(n_leaves, -1)
+    where[rows] = np.arange(len(rows))
+    out = {}
+    by_name = {l.name: l for l in net.layers if l.kind == "relu"}
+    for name, (leaf, index, values) in alphas.items():
+        pick = where[leaf] >= 0
+        if pick.any():
+            a = np.full((len(rows), S, net.sizes[by_name[name].inputs[0]]), np.nan)
+            a[where[leaf[pick]], :, index[pick]] = values[pick]
+            out[name] = a
+    return out
 
 
 def tree_error(decisions: list[dict[Decision, int]]) -> str:
@@ -153,16 +176,7 @@ def leaf_bounds(net: Network, leaves: SplitLeaves, rows: np.ndarray, root_lo: np
                 extra[z] = np.zeros((n, S, net.sizes[z]))
             signs[z][r, i] = s
             extra[z][r, :, i] = -s * leaves.betas[k]      # the Lagrangian's term -beta * s * z
-    where = np.full(len(leaves), -1)
-    where[rows] = np.arange(n)
-    alphas = {}
-    by_name = {l.name: l for l in net.layers if l.kind == "relu"}
-    for name, (leaf, index, values) in leaves.alphas.items():
-        pick = where[leaf] >= 0
-        if pick.any():
-            a = np.full((n, S, net.sizes[by_name[name].inputs[0]]), np.nan)  # NaN: CROWN's default slope
-            a[where[leaf[pick]], :, index[pick]] = values[pick]
-            alphas[name] = a
+    alphas = dense_alphas(net, leaves.alphas, rows, len(leaves), S)
     lo = np.broadcast_to(root_lo, (n, root_lo.size))
     hi = np.broadcast_to(root_hi, (n, root_hi.size))
     table, empty = split_interval_table(net, lo, hi, signs)

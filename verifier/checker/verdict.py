@@ -27,10 +27,10 @@ import numpy as np
 
 from verifier.checker.bounds64 import interval_table, row_lower_bounds
 from verifier.checker.onnx_net import Network, Unsupported, read_network
-from verifier.checker.splits import leaf_bounds, read_leaves, tree_error
+from verifier.checker.splits import dense_alphas, leaf_bounds, read_alphas, read_leaves, tree_error
 from verifier.checker.tiling import tiling_error
 
-__all__ = ["FORMAT", "VERSION", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
+__all__ = ["FORMAT", "VERSION", "LEAF_CHUNK", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
            "check_files", "decode_array", "encode_array", "io_sizes", "spec_rows"]
 
 FORMAT = "nncert-certificate"
@@ -38,7 +38,10 @@ VERSION = 1
 # A claimed row bound may exceed the re-derived one by this much (relative to 1 + |bound|):
 # the producer computes in float32 with other rounding; a larger excess means a false claim.
 CLAIM_TOLERANCE = 1e-4
-_CHUNK = 256  # leaves bounded at once (memory: chunk x rows x widest layer)
+# Leaves bounded at once (memory: chunk x rows x widest layer). CROWN tightens an
+# intermediate neuron when it is unstable in some leaf of the chunk, so writers compute
+# their claims in the same chunks.
+LEAF_CHUNK = _CHUNK = 256
 _SPLIT_ELEMENTS = 20_000_000  # activation-split chunks: leaves x rows x widest layer at most this
 
 
@@ -186,10 +189,14 @@ def _alphas(entry: dict, net: Network, S: int) -> Optional[dict[str, np.ndarray]
 
 
 def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                 alphas: Optional[dict]) -> np.ndarray:
+                 alphas: Optional[dict], sparse: Optional[dict] = None) -> np.ndarray:
+    """Row bounds per leaf box, with `alphas` for all leaves or `sparse` per-leaf alphas (read_alphas)."""
     rows = []
     for s in range(0, lo.shape[0], _CHUNK):
         table = interval_table(net, lo[s:s + _CHUNK], hi[s:s + _CHUNK])
+        if sparse is not None:
+            idx = np.arange(s, min(s + _CHUNK, lo.shape[0]))
+            alphas = dense_alphas(net, sparse, idx, lo.shape[0], C.shape[0]) or None
         rows.append(row_lower_bounds(net, table, C, d, alphas))
     return np.concatenate(rows)
 
@@ -208,6 +215,7 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
     if K == 0:
         return {"leaves": 0}
     kind, method = entry.get("kind"), entry.get("method")
+    sparse = None
     if kind == "bounds":
         if method not in ("crown", "alpha-crown"):
             raise _Reject(f"disjunct {i}: unknown method '{method}' for bounds")
@@ -215,8 +223,8 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
         alphas = _alphas(entry, net, S) if method == "alpha-crown" else None
         claims = decode_array(entry.get("claims"), f"disjunct {i} claims").reshape(1, -1)
     elif kind == "input-split":
-        if method != "crown":
-            raise _Reject(f"disjunct {i}: input-split leaves must use method crown, not '{method}'")
+        if method not in ("crown", "alpha-crown"):
+            raise _Reject(f"disjunct {i}: unknown method '{method}' for input-split leaves")
         leaves = entry.get("leaves") or {}
         lo = decode_array(leaves.get("lower"), f"disjunct {i} leaves.lower")
         hi = decode_array(leaves.get("upper"), f"disjunct {i} leaves.upper")
@@ -224,6 +232,9 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
         if why:
             raise _Reject(f"disjunct {i}: {why}")
         alphas = None
+        if method == "alpha-crown":  # per-leaf slopes, as for activation split (clipped into [0, 1])
+            sparse = read_alphas(leaves.get("alphas"), net, S, lo.shape[0], decode_array,
+                                 lambda m: _Reject(f"disjunct {i}: {m}"))
         claims = decode_array(leaves.get("claims"), f"disjunct {i} leaves.claims")
     elif kind == "activation-split":
         if method != "beta-crown":
@@ -233,7 +244,7 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
         raise _Reject(f"disjunct {i}: unsupported proof kind '{kind}'")
     if claims.shape != (lo.shape[0], S):
         raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({lo.shape[0]}, {S})")
-    lb = _leaf_bounds(net, lo, hi, C, d, alphas)
+    lb = _leaf_bounds(net, lo, hi, C, d, alphas, sparse)
     _compare(i, lb, claims, strict, owner, K)
     return {"leaves": int(lo.shape[0]), "min_margin": float(lb.max(1).min()) if S else 0.0}
 

@@ -1,0 +1,151 @@
+"""Which unstable ReLU to split in each activation-split domain: BaBSR and FSB.
+
+Both start from the coefficients A at every ReLU output that the domain's final
+backward pass captured, and from the ReLU inputs' intervals [l, u]:
+
+- BaBSR-like score: |A| (summed over the spec rows still open) times the triangle
+  relaxation's gap -l*u/(u-l): how much of the bound's looseness the neuron may carry.
+- Intercept score: only the part of A that uses the upper line (A < 0) times the gap;
+  that is exactly the bias the relaxation costs the bound at this neuron.
+
+Filtered smart branching (FSB, De Palma et al. 2021; alpha-beta-CROWN's `fsb`) takes
+the top candidates by both scores, estimates the bound of each candidate's two
+children with one backward pass from the output (the parent's intermediate bounds,
+alphas and betas reused; only the split neuron's interval is cut at 0), and picks the
+candidate whose worse child is best. The choice of neuron never affects soundness:
+every child is bounded in full afterwards; a poor choice only costs domains.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+from bab.input_split import InputSplitProblem, rows_status
+from relaxations import BoundOptions, IntervalBounds
+from relaxations.bounds import BoundsTable
+from relaxations.compute import final_lower_from_table
+
+__all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch"]
+
+BRANCHING = ("babsr", "fsb")
+T = torch.Tensor
+
+
+def neuron_scores(p: InputSplitProblem, names: list[str], relus: dict[str, str], table, capture: dict,
+                  splits: dict, lb: T) -> tuple[T, T, list[int]]:
+    """(BaBSR score [N, n], intercept score [N, n], per-ReLU offsets) over all ReLUs' neurons
+    concatenated in `names` order; -1 where a neuron cannot be split (stable, already
+    split, or its ReLU has no captured coefficients)."""
+    N = lb.shape[0]
+    open_rows = torch.where(p.strict, lb < 0, lb <= 0).to(lb.dtype)       # [N, S]
+    babsr, inter, offsets, start = [], [], [], 0
+    for relu in names:
+        z = relus[relu]
+        b = table[z]
+        lo, hi = b.lower.reshape(N, -1), b.upper.reshape(N, -1)
+        offsets.append(start)
+        start += lo.shape[1]
+        A = capture.get(relu)
+        if A is None:
+            babsr.append(torch.full_like(lo, -1.0))
+            inter.append(torch.full_like(lo, -1.0))
+            continue
+        unstable = (lo < 0) & (hi > 0) & (splits[z].reshape(N, -1) == 0)
+        gap = torch.where(unstable, -lo * hi / (hi - lo).clamp(min=1e-12), torch.zeros_like(lo))
+        Af = A.detach().reshape(N, A.shape[1], -1) * open_rows.unsqueeze(-1)
+        none = torch.full_like(gap, -1.0)
+        babsr.append(torch.where(unstable, Af.abs().sum(1) * gap + 1e-9 * gap, none))
+        inter.append(torch.where(unstable, (-Af.clamp(max=0)).sum(1) * gap + 1e-9 * gap, none))
+    offsets.append(start)
+    return torch.cat(babsr, 1), torch.cat(inter, 1), offsets
+
+
+def _to_pairs(flat: T, valid: T, offsets: list[int]) -> T:
+    """Global neuron index [N] -> [N, 2] (relu index, neuron index within it); -1 where not valid."""
+    bounds = torch.tensor(offsets[1:-1], device=flat.device, dtype=flat.dtype)
+    layer = torch.bucketize(flat, bounds, right=True)
+    start = torch.tensor(offsets[:-1], device=flat.device, dtype=flat.dtype)[layer]
+    out = torch.stack([layer, flat - start], 1)
+    return torch.where(valid.unsqueeze(1), out, torch.full_like(out, -1))
+
+
+def babsr_branch(babsr: T, offsets: list[int]) -> T:
+    """[N, 2] (relu index, neuron): the highest BaBSR score (first on ties, as before FSB)."""
+    val, idx = babsr.max(1)
+    return _to_pairs(idx, val >= 0, offsets)
+
+
+def fsb_branch(p: InputSplitProblem, names: list[str], relus: dict[str, str], res, splits: dict, lb: T,
+               babsr: T, inter: T, offsets: list[int], options: BoundOptions, k: int = 4,
+               k_intercept: Optional[int] = None) -> T:
+    """[N, 2] (relu index, neuron) by filtered smart branching.
+
+    Candidates per domain: top `k` by BaBSR and top `k_intercept` (default k // 2, at
+    least 1) by the intercept score. For each candidate and side (active: l := 0;
+    inactive: u := 0) the child's rows are bounded by `final_lower_from_table` and
+    scored as `rows_status` scores a domain; the candidate maximising its worse child's
+    score wins. Ties keep the BaBSR choice (candidate 0). Proved domains and those with
+    nothing to split keep the BaBSR answer, which the search ignores for them anyway;
+    so does every domain once `options.deadline` has passed.
+    """
+    N, n = babsr.shape
+    best = babsr_branch(babsr, offsets)
+    proved, _ = rows_status(p, lb)
+    todo = torch.nonzero(~proved & (best[:, 0] >= 0)).flatten()
+    late = options.deadline is not None and time.monotonic() > options.deadline
+    if todo.numel() == 0 or n == 0 or late:  # past the deadline: do not make the last round longer
+        return best
+    k1 = max(1, min(k, n))
+    k2 = min(n, max(1, k // 2) if k_intercept is None else k_intercept)
+    cand = torch.cat([babsr[todo].topk(k1, 1).indices, inter[todo].topk(k2, 1).indices], 1) if k2 > 0 \
+        else babsr[todo].topk(k1, 1).indices                            # [M, K] global neuron index
+    valid = babsr[todo].gather(1, cand) >= 0                            # unstable and not yet split
+    K = cand.shape[1]
+    S = p.C.shape[-2]
+    widest = max([p.lower[0].numel()] + [torch.Size(s).numel() for s in p.graph.shapes.values() if s])
+    chunk = max(1, options.max_elements // max(1, 2 * K * S * widest))
+    value = torch.empty(todo.numel(), K, dtype=lb.dtype, device=lb.device)
+    for s in range(0, todo.numel(), chunk):
+        rows = todo[s:s + chunk]
+        value[s:s + chunk] = _children_scores(p, names, relus, res, splits, rows, cand[s:s + chunk], offsets,
+                                              options)
+    value = torch.where(valid, value, torch.full_like(value, -torch.inf))
+    pick = value.argmax(1)                                              # first max: BaBSR's on ties
+    chosen = cand.gather(1, pick.unsqueeze(1)).squeeze(1)
+    ok = valid.gather(1, pick.unsqueeze(1)).squeeze(1)
+    best[todo[ok]] = _to_pairs(chosen[ok], torch.ones_like(ok[ok]), offsets)
+    return best
+
+
+def _children_scores(p: InputSplitProblem, names: list[str], relus: dict[str, str], res, splits: dict,
+                     rows: T, cand: T, offsets: list[int], options: BoundOptions) -> T:
+    """Score [M, K] of the worse child of each candidate of domains `rows` (one backward pass)."""
+    M, K = cand.shape
+    R = M * K * 2                                   # order: domain, candidate, side (+1 then -1)
+    rep = rows.repeat_interleave(2 * K)
+    flat = cand.repeat_interleave(2, 1).reshape(-1)                     # [R]
+    side = torch.tensor([1, -1], device=rows.device).repeat(M * K)      # [R]
+    ar = torch.arange(R, device=rows.device)
+    table = BoundsTable({name: IntervalBounds(b.lower[rep], b.upper[rep]) for name, b in res.table.items()})
+    for i, relu in enumerate(names):
+        z = relus[relu]
+        sel = (flat >= offsets[i]) & (flat < offsets[i + 1])
+        if not bool(sel.any()):
+            continue
+        b = table[z]
+        lo, hi = b.lower.reshape(R, -1).clone(), b.upper.reshape(R, -1).clone()
+        j = flat[sel] - offsets[i]
+        act, r = side[sel] > 0, ar[sel]
+        lo[r[act], j[act]] = 0.0
+        hi[r[~act], j[~act]] = 0.0
+        table[z] = IntervalBounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
+    alphas = {k: v[rep] for k, v in (res.stats.get("alphas") or {}).items()} or None
+    betas = res.stats.get("betas") or {}
+    extra = {z: -betas[z][rep] * splits[z][rep].to(betas[z].dtype).unsqueeze(1) for z in betas} or None
+    box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))
+    C = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape)
+    child = final_lower_from_table(p.graph, p.ev, box, table, C, options, alphas, extra) - p.d
+    _, score = rows_status(p, child)
+    return score.reshape(M, K, 2).amin(2)

@@ -1,0 +1,116 @@
+"""Filtered smart branching (bab.branching=fsb) in activation split: known answers on tiny
+nets, the same verdicts as BaBSR (branching changes the search, never the answer), the
+config checks, and proof recording with FSB."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vnnlib
+from bab.activation_split import activation_split_bab
+from bab.branching import babsr_branch, fsb_branch, neuron_scores
+from tests.bab.test_known_answers import _net, _spec, _true_min
+from verifier import Config, load_model, verify
+from verifier.config import ConfigError, with_overrides
+
+
+def _cfg(branching: str, timeout: float = 60, **kw) -> Config:
+    return with_overrides(Config(timeout=timeout, **kw), ["bab.mode=activation", "attack.enabled=false",
+                                                     "attack.samples=1", f"bab.branching={branching}"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fsb_agrees_with_the_true_minimum(tmp_path, seed: int) -> None:
+    model = _net(tmp_path, seed)
+    m = _true_min(model)
+    spread = 0.05 * (1 + abs(m))
+    below = verify(model, _spec(m - spread), _cfg("fsb"))
+    assert below.verdict == "unsat", (m, below.reason, below.stats)
+    above = verify(model, _spec(m + spread), _cfg("fsb"))
+    assert above.verdict == "sat", (m, above.reason, above.stats)
+    assert float(above.y[0]) <= m + spread
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_fsb_gives_the_same_verdicts_as_babsr(tmp_path, seed: int) -> None:
+    """Three layers, thresholds on both sides of the minimum. A definite verdict of either
+    must be the true one; BaBSR may run out of time where FSB does not (seed 7 below)."""
+    model = _net(tmp_path, seed, widths=(2, 12, 12, 12, 1))
+    m = _true_min(model)
+    for t in (m - 0.1 * (1 + abs(m)), m + 0.05 * (1 + abs(m))):
+        truth = "unsat" if t < m else "sat"
+        a = verify(model, _spec(t), _cfg("babsr", timeout=15))
+        b = verify(model, _spec(t), _cfg("fsb", timeout=15))
+        assert a.verdict in (truth, "timeout", "unknown"), (t, m, a.verdict, a.reason)
+        assert b.verdict == truth, (t, m, b.verdict, b.reason, b.stats)
+
+
+def test_fsb_picks_an_unstable_unsplit_neuron(tmp_path) -> None:
+    """Each domain's FSB choice is a neuron BaBSR could also have chosen (score >= 0)."""
+    from bab.activation_split import relu_inputs
+    from models import GraphEvaluator
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+    from verifier.verify import _problem
+
+    model = _net(tmp_path, 1, widths=(2, 16, 16, 1))
+    m = _true_min(model)
+    ev = GraphEvaluator(model.graph, dtype=torch.float32)
+    p = _problem(model, ev, _spec(m - 0.02 * (1 + abs(m))).disjuncts[0], Config())
+    relus = relu_inputs(p)
+    names = list(relus)
+    shapes = {relus[r]: p.graph.shapes[relus[r]] for r in names}
+    splits = {z: torch.zeros(3, *s, dtype=torch.int8) for z, s in shapes.items()}
+    first = relus[names[0]]
+    splits[first][1].view(-1)[0] = 1
+    splits[first][2].view(-1)[0] = -1
+    options = BoundOptions(method="alpha-crown", keep_betas=True)
+    capture: dict = {}
+    box = IntervalBounds(p.lower.expand(3, *p.lower.shape[1:]), p.upper.expand(3, *p.upper.shape[1:]))
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, capture=capture)
+    lb = res.lower - p.d
+    babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
+    chosen = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=4)
+    plain = babsr_branch(babsr, offsets)
+    for n in range(3):
+        if plain[n, 0] < 0:
+            assert chosen[n, 0] < 0
+            continue
+        i, j = int(chosen[n, 0]), int(chosen[n, 1])
+        assert babsr[n, offsets[i] + j] >= 0, (n, i, j)
+        z = relus[names[i]]
+        assert int(splits[z][n].reshape(-1)[j]) == 0
+
+
+def test_branching_config_is_checked() -> None:
+    assert with_overrides(Config(), ["bab.branching=fsb"]).bab.branching == "fsb"
+    with pytest.raises(ConfigError, match="bab.branching"):
+        with_overrides(Config(), ["bab.branching=random"])
+    with pytest.raises(ConfigError, match="bab.fsb_candidates"):
+        with_overrides(Config(), ["bab.fsb_candidates=0"])
+    with pytest.raises(ValueError, match="branching"):
+        activation_split_bab(None, None, 0.0, branching="random")  # type: ignore[arg-type]
+
+
+def test_fsb_proof_is_recorded_and_accepted(tmp_path) -> None:
+    """The certificate of an FSB search is checked like any other (the leaves do not care
+    how the tree was split)."""
+    from tests.verifier.test_certificates import _check, _mlp
+    from verifier.certificate import build_certificate
+
+    model = load_model(_mlp(tmp_path / "net.onnx", [4, 32, 32, 3], 3))
+    x0 = np.random.default_rng(3).uniform(0.2, 0.8, 4)
+    label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
+    cfg = with_overrides(Config(timeout=60, proof=True), ["bab.mode=activation", "bab.branching=fsb"])
+    for k, eps in enumerate((0.185, 0.19, 0.18, 0.195, 0.2)):
+        path = tmp_path / f"spec{k}.vnnlib"
+        vnnlib.write_vnnlib(path, vnnlib.robustness_spec(x0, eps, label, 3))
+        spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
+        result = verify(model, spec, cfg)
+        entry = (result.proof or {}).get("disjuncts", [{}])[0]
+        if result.verdict == "unsat" and entry.get("kind") == "activation-split" and len(entry["leaves"]) >= 2:
+            cert = build_certificate(model, path, spec, result)
+            res = _check(cert, model, path)
+            assert res.accepted, res.reason
+            return
+    pytest.skip(reason="no radius gives an activation-split proof")
