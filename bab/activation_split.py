@@ -181,6 +181,11 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
         keep = ~proved
         kept = _Domains({k: v[keep] for k, v in children.items()}, lb[keep], score[keep], branch[keep])
         domains = kept if len(domains) == 0 else domains.concat(kept)
+    if stuck and time.monotonic() > deadline:
+        # Past the deadline alpha-CROWN may stop before capturing coefficients, and a
+        # domain then has no branching choice without being fully split: call it a timeout.
+        return ActivationSplitOutcome("timeout", domains_bounded=bounded, rounds=rounds,
+                                      stats={"domains_left": stuck})
     if stuck:
         return ActivationSplitOutcome("unknown", domains_bounded=bounded, rounds=rounds,
                                       stats={"reason": f"{stuck} fully split domains not proved"})
