@@ -4,18 +4,37 @@
     >>> model = verifier.load_model("model.onnx")
     >>> lower, upper = verifier.bounds(model, x - eps, x + eps, method="crown")
     >>> result = verifier.verify(model, vnnlib.load("prop.vnnlib"))
+
+Names are imported on first use (PEP 562): `nncert check` and the independent checker
+live under this package and must not pay for importing torch (about 2 s) at start-up.
 """
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from verifier.api import bounds
-from verifier.config import Config, ConfigError, load_config
-from verifier.model import Model, load_model
-from verifier.result import Result
-from verifier.training import EpsilonSchedule, certified_loss
-from verifier.verify import SpecMismatch, verify
+_HOME = {
+    "bounds": "verifier.api",
+    "Config": "verifier.config", "ConfigError": "verifier.config", "load_config": "verifier.config",
+    "Model": "verifier.model", "load_model": "verifier.model",
+    "Result": "verifier.result",
+    "SpecMismatch": "verifier.verify", "verify": "verifier.verify",
+    "certified_loss": "verifier.training", "EpsilonSchedule": "verifier.training",
+}
 
 __all__ = ["__version__", "bounds", "Config", "ConfigError", "load_config", "Model", "load_model",
-           "Result", "SpecMismatch", "verify"]
-__all__ += ["certified_loss", "EpsilonSchedule"]
+           "Result", "SpecMismatch", "verify", "certified_loss", "EpsilonSchedule"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'verifier' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
