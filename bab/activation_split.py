@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bab.branching import BRANCHING, babsr_branch, fsb_branch, neuron_scores
+from bab.clipping import SplitClipper
 from bab.input_split import InputSplitProblem, _domain_pgd, objective, rows_status
 from bab.proof import ActivationProofLog
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
@@ -66,13 +67,25 @@ class _Domains:
 
 
 def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
-           branching: str = "babsr", fsb_candidates: int = 4) -> tuple[T, T, Optional[T], object]:
-    """Bound a batch of domains; also choose each one's next split (see bab/branching.py)."""
+           branching: str = "babsr", fsb_candidates: int = 4, relaxed_clip: bool = False,
+           clip_k: int = 2) -> tuple[T, T, Optional[T], object]:
+    """Bound a batch of domains; also choose each one's next split (see bab/branching.py).
+
+    With `relaxed_clip`, each split `s z >= 0` and z's linear bound over the input give a
+    constraint on the domain's inputs; the `clip_k` most cutting ones per domain tighten
+    the intermediate bounds and the spec rows' bound (bab/clipping.py, `SplitClipper`).
+    """
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
     capture: dict = {}
-    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, capture=capture)
-    lb = res.lower.detach() - p.d
+    clipper = SplitClipper(box.lower, box.upper, clip_k, precision=options.precision) if relaxed_clip else None
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, capture=capture,
+                         split_linear=clipper.split_linear if clipper else None, clip=clipper)
+    lower = res.lower.detach()
+    if clipper is not None:
+        with torch.no_grad():
+            lower = clipper.final(res.linear, lower)
+    lb = lower - p.d
     babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
     if branching == "fsb":
         branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=fsb_candidates)
@@ -100,14 +113,17 @@ def _log_proved(log: Optional[ActivationProofLog], relus: dict[str, str], splits
 def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 64,
                          max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
                          record_proof: bool = False, branching: str = "babsr",
-                         fsb_candidates: int = 4) -> ActivationSplitOutcome:
+                         fsb_candidates: int = 4, relaxed_clip: bool = False) -> ActivationSplitOutcome:
     """Search until all domains are proved, a counterexample is confirmed, or limits are hit.
 
     With `record_proof`, every proved domain (leaf) is logged with its split decisions,
     alphas and betas (`outcome.proof`) for a certificate; the search itself is the same.
     `branching` picks the neuron to split: "babsr" (score only) or "fsb" (filtered smart
     branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated).
+    `relaxed_clip` tightens bounds with the split constraints (see `_bound`); it is off
+    when a proof is recorded, since the certificate checker cannot replay it.
     """
+    relaxed_clip = relaxed_clip and not record_proof
     if branching not in BRANCHING:
         raise ValueError(f"branching must be one of {', '.join(BRANCHING)}, not '{branching}'")
     relus = relu_inputs(p)
@@ -122,7 +138,7 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
     shapes = {relus[r]: p.graph.shapes[relus[r]] for r in names}
     dev = p.lower.device
     root_splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in shapes.items()}
-    lb, branch, _, res = _bound(p, root_splits, options, names, relus, branching, fsb_candidates)
+    lb, branch, _, res = _bound(p, root_splits, options, names, relus, branching, fsb_candidates, relaxed_clip)
     res = res if log is not None else None
     proved, score = rows_status(p, lb)
     if bool(proved.all()):
@@ -158,7 +174,7 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
             pos[rows[sel], batch.branch[sel, 1]] = 1
             neg[rows[sel], batch.branch[sel, 1]] = -1
             children[z] = torch.cat([pos, neg]).reshape(2 * n, *shapes[z])
-        lb, branch, mins, res = _bound(p, children, options, names, relus, branching, fsb_candidates)
+        lb, branch, mins, res = _bound(p, children, options, names, relus, branching, fsb_candidates, relaxed_clip)
         res = res if log is not None else None  # the bound tables are only kept for the proof log
         bounded += 2 * n
         rounds += 1

@@ -45,6 +45,9 @@ __all__ = [
     "row_constraints",
     "constraints_from_rows",
     "constraints_from_splits",
+    "split_constraints",
+    "min_under_constraints_at",
+    "SplitClipper",
 ]
 
 T = torch.Tensor
@@ -353,3 +356,126 @@ def constraints_from_splits(A: T, bias: T, lo: T, hi: T, mass: Optional[T] = Non
     constraint (with the rounding margin of `constraint_from_lower_bound`).
     """
     return constraint_from_lower_bound(A, bias, lo, hi, mass, precision)
+
+
+# --------------------------------------------------------------------------- relaxed clipping in activation split
+
+
+def split_constraints(kept: list, lo: T, hi: T, k: int, precision: Optional[Precision] = None) -> tuple[T, T]:
+    """Up to `k` split constraints per domain, the most cutting first: (a [B, k', n], c [B, k']).
+
+    kept: (LinearBounds of `-sign z` over the input [B, K_t, ...], split mask [B, K_t]) per
+    split tensor, as `relaxations.compute._crown_tensor` keeps them (None entries are
+    skipped); lo, hi: the domains' boxes [B, n]. Each gives `a^T x + c <= 0` on its domain
+    (`constraints_from_splits`, with the rounding margin). A constraint's score is the
+    fraction of its range over the box that it cuts off, max^+ / (max - min): 0 when it
+    holds on the whole box (useless), 2 when it holds nowhere (the domain is empty, which
+    `min_under_constraint` turns into +inf). Unused slots and useless constraints get
+    c = nan, which every consumer here ignores (dropping a constraint is always sound).
+    """
+    B, n = lo.shape
+    parts = [x for x in kept if x is not None]
+    if not parts or k <= 0:
+        return lo.new_zeros(B, 0, n), lo.new_zeros(B, 0)
+    A = torch.cat([lin.A.reshape(B, lin.A.shape[1], -1) for lin, _ in parts], 1)
+    bias = torch.cat([lin.bias for lin, _ in parts], 1)
+    mass = torch.cat([lin.mass for lin, _ in parts], 1)
+    act = torch.cat([m for _, m in parts], 1)
+    a, c = constraints_from_splits(A, bias, lo, hi, mass, precision)
+    lo3, hi3 = lo.unsqueeze(1), hi.unsqueeze(1)
+    mn = torch.minimum(a * lo3, a * hi3).sum(-1) + c
+    mx = torch.maximum(a * lo3, a * hi3).sum(-1) + c
+    score = mx.clamp(min=0) / (mx - mn).clamp(min=1e-30)
+    score = torch.where(mn > 0, torch.full_like(score, 2.0), score)
+    score = torch.where(act & torch.isfinite(c) & torch.isfinite(a).all(-1), score, torch.full_like(score, -1.0))
+    top, idx = score.topk(min(k, score.shape[1]), dim=1)
+    a = a.gather(1, idx.unsqueeze(-1).expand(-1, -1, n))
+    c = torch.where(top > 0, c.gather(1, idx), torch.full_like(top, torch.nan))
+    return a, c
+
+
+def min_under_constraints_at(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, select: T,
+                             max_elements: int = 1 << 22, precision: Optional[Precision] = None) -> T:
+    """`min_under_constraints` on the selected entries only: [B, R], -inf where not selected.
+
+    w: [B, R, n]; b, mass, select: [B, R]; lo, hi: [B, n]; a: [B, K, n]; c: [B, K]. Used for
+    intermediate bounds, where only the rows of still unstable neurons are worth the
+    sort (a dense call would cost B*R*n per constraint). Entries whose every constraint
+    is unused (c = nan) are skipped too. The caller takes the max with its plain bound.
+    """
+    out = torch.full_like(b, -torch.inf)
+    if c.shape[1] == 0:
+        return out
+    select = select & torch.isfinite(c).any(1, keepdim=True)
+    bi, ri = select.nonzero(as_tuple=True)
+    if bi.numel() == 0:
+        return out
+    K, n = a.shape[1], a.shape[2]
+    step = max(1, max_elements // max(1, K * n))
+    for s in range(0, bi.numel(), step):
+        bb, rr = bi[s:s + step], ri[s:s + step]
+        # Cheap filter: if the box corner minimising w (ties: either end) already meets a
+        # constraint, its dual optimum is lambda = 0, the plain bound. Keep only entries
+        # that some constraint cuts there (skipping an entry is always sound).
+        ww, ab, lb_, hb = w[bb, rr], a[bb], lo[bb].unsqueeze(1), hi[bb].unsqueeze(1)
+        corner = torch.where(ww > 0, lo[bb], hi[bb]).unsqueeze(1)        # [P, 1, n]
+        at = torch.where((ww == 0).unsqueeze(1), torch.maximum(ab * lb_, ab * hb), ab * corner)
+        cuts = (at.sum(-1) + c[bb] > 0).any(1)                          # nan c: False
+        bb, rr = bb[cuts], rr[cuts]
+        if bb.numel() == 0:
+            continue
+        out[bb, rr] = min_under_constraints(w[bb, rr].unsqueeze(1), b[bb, rr].unsqueeze(1), lo[bb], hi[bb], a[bb],
+                                            c[bb], mass[bb, rr].unsqueeze(1), precision=precision).squeeze(1)
+    return out
+
+
+class SplitClipper:
+    """Relaxed clipping for one batch of activation-split domains.
+
+    Holds the dict the bound computation fills with the split neurons' linear bounds
+    (`split_linear`) and, called as the `clip` hook of `compute_bounds`, tightens each
+    intermediate CROWN chunk with the constraints of the tensors bounded before it (those
+    are valid on the domain, and the chunk's bounds are only needed on the domain).
+    `final` does the same for the spec rows' bound. `k` constraints per domain.
+    """
+
+    def __init__(self, lo: T, hi: T, k: int = 4, intermediate: bool = True,
+                 precision: Optional[Precision] = None) -> None:
+        self.lo, self.hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
+        self.k, self.intermediate, self.precision = k, intermediate, precision
+        self.split_linear: dict = {}
+        self._cache: tuple[tuple, tuple[T, T]] = ((), (self.lo.new_zeros(0), self.lo.new_zeros(0)))
+
+    def constraints(self) -> tuple[T, T]:
+        key = tuple(k for k, v in self.split_linear.items() if v is not None)
+        if key != self._cache[0]:
+            self._cache = (key, split_constraints(list(self.split_linear.values()), self.lo, self.hi, self.k,
+                                                  self.precision))
+        return self._cache[1]
+
+    def __call__(self, name: str, lin, lb: T) -> T:
+        """Hook for `_crown_tensor`: rows are (+z_j, -z_j); only unstable neurons are clipped."""
+        B, R = lb.shape
+        if not self.intermediate or R % 2:
+            return torch.full_like(lb, -torch.inf)
+        a, c = self.constraints()
+        if c.numel() == 0:
+            return torch.full_like(lb, -torch.inf)
+        r = R // 2
+        unstable = (lb[:, :r] < 0) & (lb[:, r:] < 0)                   # lower < 0 < upper
+        w = lin.A.detach().reshape(B, R, -1)
+        v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), self.lo, self.hi, a, c,
+                                     torch.cat([unstable, unstable], 1), precision=self.precision)
+        # +inf says the domain is empty; intervals cannot carry that, so keep the plain bound.
+        return torch.where(torch.isfinite(v), v, torch.full_like(v, -torch.inf))
+
+    def final(self, lin, lb: T) -> T:
+        """max(lb, clipped bound) of the spec rows [B, S] from their LinearBounds `lin`."""
+        a, c = self.constraints()
+        if c.numel() == 0 or lin is None:
+            return lb
+        B, S = lb.shape
+        w = lin.A.detach().reshape(B, S, -1)
+        v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), self.lo, self.hi, a, c,
+                                     torch.ones_like(lb, dtype=torch.bool), precision=self.precision)
+        return torch.maximum(lb, v)

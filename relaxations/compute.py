@@ -9,7 +9,7 @@ intersected with the IBP one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -77,14 +77,36 @@ def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
     return needs
 
 
+# A relaxed-clipping hook: (tensor name, LinearBounds of rows over the input, their
+# plain lower bounds [B, R]) -> lower bounds [B, R] that are at least as tight and
+# still sound on the domain (bab/activation_split.py builds it from split constraints).
+ClipHook = Callable[[str, LinearBounds, T], T]
+
+
 def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Optional[T],
-                  options: BoundOptions, precision: Precision) -> IntervalBounds:
-    """Tighten the interval of `name` by CROWN on the elements selected by `mask`."""
+                  options: BoundOptions, precision: Precision, sign: Optional[T] = None,
+                  keep: Optional[dict] = None, clip: Optional[ClipHook] = None) -> IntervalBounds:
+    """Tighten the interval of `name` by CROWN on the elements selected by `mask`.
+
+    With `keep` (a dict) and split signs `sign` [B, *shape], the linear lower bound of
+    `-sign * z` over the input is kept for every neuron split in some domain of the
+    batch (such neurons are added to the CROWN rows: after the split clamps them they
+    look stable and would otherwise be skipped). On the domain, `-sign z <= 0`, so that
+    bound is a linear constraint all its inputs satisfy (relaxed clipping). keep[name] =
+    LinearBounds (A [B, K, n_in], bias, mass [B, K]) and a mask [B, K] of the domains
+    where each kept neuron is actually split. `clip` may tighten each chunk's bounds.
+    """
     current = ctx.table[name]
     B = current.lower.shape[0]
     shape = current.lower.shape[1:]
     flat_mask = torch.ones(shape.numel(), dtype=torch.bool, device=current.lower.device) \
         if mask is None else mask.reshape(B, -1).any(0)
+    split_any = None
+    if keep is not None and sign is not None:
+        sflat = sign.reshape(B, -1)
+        split_any = (sflat != 0).any(0)
+        flat_mask = flat_mask | split_any
+    kept: list[tuple[T, T, T, T]] = []
     idx = flat_mask.nonzero().flatten()
     if idx.numel() == 0:
         return current
@@ -99,10 +121,32 @@ def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Op
         ar = torch.arange(r, device=lower.device)
         A[:, ar, rows] = 1.0
         A[:, r + ar, rows] = -1.0
-        lb = backward_lower(ctx, name, A.reshape(B, 2 * r, *shape)).concretize(box, precision)
+        lin = backward_lower(ctx, name, A.reshape(B, 2 * r, *shape))
+        lb = lin.concretize(box, precision)
+        if clip is not None:
+            lb = torch.maximum(lb, clip(name, lin, lb))
         lower[:, rows] = torch.maximum(lower[:, rows], lb[:, :r])
         upper[:, rows] = torch.minimum(upper[:, rows], -lb[:, r:])
+        if split_any is not None and bool(split_any[rows].any()):
+            kept.append(_split_rows(lin, rows, split_any[rows], sflat))
+    if split_any is not None:
+        keep[name] = (LinearBounds(torch.cat([k[0] for k in kept], 1), torch.cat([k[1] for k in kept], 1),
+                                   torch.cat([k[2] for k in kept], 1)), torch.cat([k[3] for k in kept], 1)) \
+            if kept else None
     return IntervalBounds(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
+
+
+def _split_rows(lin: LinearBounds, rows: T, sel: T, sflat: T) -> tuple[T, T, T, T]:
+    """From one chunk's bounds (rows +z then -z), the lower bound of -sign*z of the split
+    neurons `rows[sel]`: (A [B, k, n_in], bias, mass [B, k], split mask [B, k])."""
+    B, R = lin.bias.shape
+    r = R // 2
+    s = sflat[:, rows[sel]]                                              # [B, k]
+    A = lin.A.detach().reshape(B, R, -1)
+    neg = (s > 0)                                    # active split: -z <= 0, the bound of row -z
+    Az, An = A[:, :r][:, sel], A[:, r:][:, sel]
+    pick = lambda t: torch.where(neg, t[:, r:][:, sel], t[:, :r][:, sel])   # noqa: E731
+    return (torch.where(neg.unsqueeze(-1), An, Az), pick(lin.bias.detach()), pick(lin.mass.detach()), s != 0)
 
 
 def _apply_split(b: IntervalBounds, sign: T) -> IntervalBounds:
@@ -113,13 +157,16 @@ def _apply_split(b: IntervalBounds, sign: T) -> IntervalBounds:
 
 
 def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions,
-                        splits: Optional[dict] = None) -> tuple[BoundsTable, BackwardContext, T]:
+                        splits: Optional[dict] = None, split_linear: Optional[dict] = None,
+                        clip: Optional[ClipHook] = None) -> tuple[BoundsTable, BackwardContext, T]:
     """Interval bounds of every tensor, tightened by CROWN where relaxations need them.
 
     `splits` maps a tensor name to signs [B, *shape] (+1: >= 0, -1: <= 0, 0: free),
     the activation splits of branch and bound; they clamp the tensor's bounds. Returns
     also a mask [B] of domains whose splits are infeasible (some lower > upper): such a
     domain holds no input at all, so any claim about it is vacuously true.
+    `split_linear` (a dict) receives the split neurons' linear bounds (`_crown_tensor`),
+    filled in topological order, so `clip` sees those of earlier tensors only.
     """
     precision = options.precision or Precision.for_dtype(ev.dtype)
     table = BoundsTable({graph.input_name: box})
@@ -147,7 +194,8 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
                 table[name] = _apply_split(table[name], splits[name])
             if name in needs:
                 mask = _unstable_mask(ctx, name, consumers.get(name, []))
-                table[name] = _crown_tensor(ctx, name, box, mask, options, precision)
+                table[name] = _crown_tensor(ctx, name, box, mask, options, precision,
+                                            splits.get(name) if splits else None, split_linear, clip)
                 if splits and name in splits:
                     table[name] = _apply_split(table[name], splits[name])
             if splits and name in splits:
@@ -185,7 +233,8 @@ def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T
 def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
                    options: BoundOptions = BoundOptions(), want_upper: bool = True,
                    ev: Optional[GraphEvaluator] = None, splits: Optional[dict] = None,
-                   capture: Optional[dict] = None) -> BoundResult:
+                   capture: Optional[dict] = None, split_linear: Optional[dict] = None,
+                   clip: Optional[ClipHook] = None) -> BoundResult:
     """Sound bounds of C @ output over each box of the batch.
 
     box: IntervalBounds with tensors [B, *input_shape]. C: [B, S, n_out] or [S, n_out]
@@ -193,7 +242,8 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     decisions (see `intermediate_bounds`); with alpha-CROWN they also get beta
     multipliers (beta-CROWN). Domains whose splits are infeasible get +inf lower bounds
     (they contain no input). `capture` receives the final pass's coefficients at
-    elementwise outputs, for branching heuristics.
+    elementwise outputs, for branching heuristics. `split_linear` and `clip`: see
+    `intermediate_bounds` (relaxed clipping of intermediate bounds).
     """
     if tuple(box.lower.shape[1:]) != tuple(graph.input_shape) or box.lower.shape != box.upper.shape:
         raise ValueError(f"box must have shape [B, {', '.join(map(str, graph.input_shape))}], "
@@ -210,7 +260,7 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
         C = C.unsqueeze(0).expand(B, -1, -1)
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
-    table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits)
+    table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, split_linear, clip)
     out_b = table[graph.output_name]
     value, mass = concretize_at(rows.reshape(B, rows.shape[1], *graph.output_shape), out_b)
     best = widen_lower(value, mass, precision)

@@ -63,6 +63,9 @@ class BabConfig:
     # for the top `fsb_candidates` BaBSR candidates, plus half as many by intercept score).
     branching: str = "fsb"         # fsb: fewer domains and half the time on mnist_fc (BENCHMARKS.md §3)
     fsb_candidates: int = 4
+    # Relaxed clipping in activation split: split decisions with the split neurons'
+    # linear bounds constrain each domain's inputs; bounds are concretised under them.
+    relaxed_clip: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ _RANGES = {
     "bab.max_domains": (lambda v: v >= 1, "an integer >= 1"),
     "bab.branching": (lambda v: v in ("babsr", "fsb"), "babsr or fsb"),
     "bab.fsb_candidates": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+    "bab.relaxed_clip": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

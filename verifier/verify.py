@@ -145,7 +145,7 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 max_domains=config.bab.max_domains,
                                 confirm=lambda x: confirm(model, disjunct, x) is not None,
                                 record_proof=config.proof, branching=config.bab.branching,
-                                fsb_candidates=config.bab.fsb_candidates)
+                                fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
