@@ -41,6 +41,8 @@ __all__ = [
     "clip_box_union",
     "min_under_constraint",
     "min_under_constraints",
+    "min_under_all_constraints",
+    "hull_under_constraints",
     "constraint_from_lower_bound",
     "row_constraints",
     "constraints_from_rows",
@@ -48,6 +50,8 @@ __all__ = [
     "split_constraints",
     "min_under_constraints_at",
     "SplitClipper",
+    "ConstraintClipper",
+    "clip_unstable_rows",
 ]
 
 T = torch.Tensor
@@ -166,16 +170,13 @@ def _box_min(coef: T, lo: T, hi: T) -> T:
     return torch.minimum(coef * lo, coef * hi).sum(-1)
 
 
-def _min_under_one_chunk(w: T, b: T, lo: T, hi: T, a: T, c: T, extra_mass: T, p: Precision) -> T:
-    """`min_under_constraint` on one chunk of rows (see there)."""
-    lo3, hi3, a3 = lo.unsqueeze(1), hi.unsqueeze(1), a.unsqueeze(1)     # [N, 1, n]
-    mag3 = torch.maximum(lo3.abs(), hi3.abs())
-    abs_w = w.abs()
-    # lambda = 0: the plain box concretisation, kept as a floor (the dual optimum is never
-    # below it in exact arithmetic; in floats this guards against a badly rounded lambda*).
-    g0 = b + _box_min(w, lo3, hi3)
-    g0 = g0 - (p.rel * (b.abs() + (abs_w * mag3).sum(-1) + extra_mass) + p.abs)
+def _best_lambda(w: T, lo3: T, hi3: T, a3: T, c: T) -> T:
+    """Maximiser lambda* >= 0 of the one-dimensional dual (see `min_under_constraint`), [N, M].
 
+    w: [N, M, n]; lo3, hi3, a3: [N, 1, n]; c: [N]. Only the choice of lambda happens here;
+    its value is evaluated (with rounding margins) by the caller, and any lambda >= 0
+    gives a valid bound, so rounding in this search costs tightness, never soundness.
+    """
     # Breakpoints: w_i + lambda a_i changes sign at lambda_i = -w_i / a_i, relevant when > 0.
     is_bp = (w * a3) < 0
     safe_a = torch.where(a3 != 0, a3, torch.ones_like(a3))
@@ -197,13 +198,32 @@ def _min_under_one_chunk(w: T, b: T, lo: T, hi: T, a: T, c: T, extra_mass: T, p:
     # g is increasing to the end; the last finite breakpoint is as good as any point.
     last = torch.where(torch.isfinite(bp_sorted), bp_sorted, torch.zeros_like(bp_sorted)).amax(-1)
     lam = torch.where((k.squeeze(-1) >= n) | ~torch.isfinite(lam), last, lam)
-    lam = torch.where(s0 <= 0, torch.zeros_like(lam), lam)
+    return torch.where(s0 <= 0, torch.zeros_like(lam), lam)
+
+
+def _dual_value(w: T, b: T, lo3: T, hi3: T, coef: T, lam_c: T, lam_mass: T, extra_mass: T, p: Precision) -> T:
+    """Sound value of the Lagrangian `b + lambda . c + min_box coef^T x`, widened, [N, M].
+
+    coef = w + sum_k lambda_k a_k as computed in floats; lam_mass [N, M, n] bounds
+    sum_k lambda_k |a_k| elementwise and lam_c.abs() the constant terms, so the margin
+    covers the rounding of the products, of coef itself and of the sums.
+    """
+    mag3 = torch.maximum(lo3.abs(), hi3.abs())
+    g = b + lam_c + _box_min(coef, lo3, hi3)
+    mass = b.abs() + lam_c.abs() + ((w.abs() + lam_mass) * mag3).sum(-1) + extra_mass
+    return g - (p.rel * mass + p.abs)
+
+
+def _min_under_one_chunk(w: T, b: T, lo: T, hi: T, a: T, c: T, extra_mass: T, p: Precision) -> T:
+    """`min_under_constraint` on one chunk of rows (see there)."""
+    lo3, hi3, a3 = lo.unsqueeze(1), hi.unsqueeze(1), a.unsqueeze(1)     # [N, 1, n]
+    # lambda = 0: the plain box concretisation, kept as a floor (the dual optimum is never
+    # below it in exact arithmetic; in floats this guards against a badly rounded lambda*).
+    zero = torch.zeros_like(b)
+    g0 = _dual_value(w, b, lo3, hi3, w, zero, torch.zeros_like(w), extra_mass, p)
+    lam = _best_lambda(w, lo3, hi3, a3, c)
     lam3 = lam.unsqueeze(-1)
-    coef = w + lam3 * a3
-    c2 = c.unsqueeze(1)
-    g = b + lam * c2 + _box_min(coef, lo3, hi3)
-    mass = b.abs() + lam * c2.abs() + ((abs_w + lam3 * a3.abs()) * mag3).sum(-1) + extra_mass
-    g = g - (p.rel * mass + p.abs)
+    g = _dual_value(w, b, lo3, hi3, w + lam3 * a3, lam * c.unsqueeze(1), lam3 * a3.abs(), extra_mass, p)
     return torch.maximum(g0, g)
 
 
@@ -283,6 +303,68 @@ def min_under_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T
             v = torch.where(rows.unsqueeze(0), v, torch.full_like(v, -torch.inf))
         best = torch.maximum(best, v)
     return best
+
+
+def min_under_all_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T] = None,
+                              allowed: Optional[T] = None, sweeps: int = 2, precision: Optional[Precision] = None,
+                              max_elements: int = 1 << 24) -> T:
+    """Sound lower bound of `min { w_m^T x + b_m : x in box, a_k^T x + c_k <= 0 for every k }`.
+
+    Shapes as in `min_under_constraints`. Unlike it (the best single constraint), this
+    uses the constraints jointly: the Lagrangian dual `max_{lambda >= 0} b + lambda . c +
+    min_box (w + sum_k lambda_k a_k)^T x` is concave, and coordinate ascent maximises it
+    one multiplier at a time, each step solved exactly by the sorted-breakpoint method
+    with the other multipliers folded into the objective (the "complete clipping" of
+    Clip-and-Verify). Every lambda >= 0 gives a valid bound (weak duality), so stopping
+    after `sweeps` sweeps costs tightness only; the value is evaluated once at the end
+    with the rounding margin of `min_under_constraint` and is never below the plain box
+    bound. `allowed` [M, K] keeps lambda_k = 0 for constraints a row may not use.
+    """
+    p = _precision(w.dtype, precision)
+    N, M, n = w.shape
+    K = c.shape[1]
+    a, c, _ = _sanitise(a, c)
+    extra = mass if mass is not None else torch.zeros_like(b)
+    step = max(1, max_elements // max(1, M * max(n, K)))
+    parts = []
+    for s in range(0, N, step):
+        ws, bs, ls, hs = w[s:s + step], b[s:s + step], lo[s:s + step].unsqueeze(1), hi[s:s + step].unsqueeze(1)
+        As, cs = a[s:s + step], c[s:s + step]
+        best = _dual_value(ws, bs, ls, hs, ws, torch.zeros_like(bs), torch.zeros_like(ws), extra[s:s + step], p)
+        if K:
+            lam = ws.new_zeros(ws.shape[0], M, K)
+            coef = ws.clone()
+            for _ in range(sweeps):
+                for k in range(K):
+                    a3 = As[:, k:k + 1]                                      # [N, 1, n]
+                    wk = coef - lam[..., k:k + 1] * a3
+                    lk = _best_lambda(wk, ls, hs, a3, cs[:, k])
+                    if allowed is not None:
+                        lk = torch.where(allowed[:, k].unsqueeze(0), lk, torch.zeros_like(lk))
+                    lam[..., k] = lk
+                    coef = wk + lk.unsqueeze(-1) * a3
+            coef = ws + lam @ As                                             # fresh, one rounding
+            g = _dual_value(ws, bs, ls, hs, coef, (lam * cs.unsqueeze(1)).sum(-1), lam @ As.abs(),
+                            extra[s:s + step], p)
+            best = torch.maximum(best, g)
+        parts.append(best)
+    return torch.cat(parts) if parts else b.new_zeros(0, M)
+
+
+def hull_under_constraints(lo: T, hi: T, a: T, c: T, sweeps: int = 2, precision: Optional[Precision] = None
+                           ) -> tuple[T, T, T]:
+    """Box containing `{x in box : all constraints}`: each coordinate's min and max by the
+    joint dual (`min_under_all_constraints` with objectives +x_i and -x_i), [N, n] x 2 and
+    empty [N]. Tighter than `clip_box`'s sequential clips when no single constraint
+    decides a coordinate; the set is empty when some coordinate's bounds cross."""
+    N, n = lo.shape
+    eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
+    w = torch.cat([eye, -eye]).unsqueeze(0).expand(N, 2 * n, n)
+    v = min_under_all_constraints(w, lo.new_zeros(N, 2 * n), lo, hi, a, c, sweeps=sweeps, precision=precision)
+    new_lo, new_hi = torch.maximum(lo, v[:, :n]), torch.minimum(hi, -v[:, n:])
+    empty = (new_lo > new_hi).any(1)
+    keep = empty.unsqueeze(-1)
+    return torch.where(keep, lo, new_lo), torch.where(keep, hi, new_hi), empty
 
 
 # --------------------------------------------------------------------------- where constraints come from
@@ -429,6 +511,24 @@ def min_under_constraints_at(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, sele
     return out
 
 
+def clip_unstable_rows(lin, lb: T, lo: T, hi: T, a: T, c: T, precision: Optional[Precision] = None) -> T:
+    """Clipped lower bounds [B, R] of an intermediate CROWN chunk (rows +z_j then -z_j).
+
+    Only neurons still unstable (lower < 0 < upper) are worth the sort; the others get
+    -inf, as do entries whose constraints are all unused. A constraint set found empty
+    (+inf) also becomes -inf: intervals cannot carry emptiness, the plain bound stays.
+    """
+    B, R = lb.shape
+    if R % 2 or c.numel() == 0:
+        return torch.full_like(lb, -torch.inf)
+    r = R // 2
+    unstable = (lb[:, :r] < 0) & (lb[:, r:] < 0)                   # lower < 0 < upper
+    w = lin.A.detach().reshape(B, R, -1)
+    v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), lo, hi, a, c,
+                                 torch.cat([unstable, unstable], 1), precision=precision)
+    return torch.where(torch.isfinite(v), v, torch.full_like(v, -torch.inf))
+
+
 class SplitClipper:
     """Relaxed clipping for one batch of activation-split domains.
 
@@ -455,19 +555,10 @@ class SplitClipper:
 
     def __call__(self, name: str, lin, lb: T) -> T:
         """Hook for `_crown_tensor`: rows are (+z_j, -z_j); only unstable neurons are clipped."""
-        B, R = lb.shape
-        if not self.intermediate or R % 2:
+        if not self.intermediate:
             return torch.full_like(lb, -torch.inf)
         a, c = self.constraints()
-        if c.numel() == 0:
-            return torch.full_like(lb, -torch.inf)
-        r = R // 2
-        unstable = (lb[:, :r] < 0) & (lb[:, r:] < 0)                   # lower < 0 < upper
-        w = lin.A.detach().reshape(B, R, -1)
-        v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), self.lo, self.hi, a, c,
-                                     torch.cat([unstable, unstable], 1), precision=self.precision)
-        # +inf says the domain is empty; intervals cannot carry that, so keep the plain bound.
-        return torch.where(torch.isfinite(v), v, torch.full_like(v, -torch.inf))
+        return clip_unstable_rows(lin, lb, self.lo, self.hi, a, c, self.precision)
 
     def final(self, lin, lb: T) -> T:
         """max(lb, clipped bound) of the spec rows [B, S] from their LinearBounds `lin`."""
@@ -479,3 +570,33 @@ class SplitClipper:
         v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), self.lo, self.hi, a, c,
                                      torch.ones_like(lb, dtype=torch.bool), precision=self.precision)
         return torch.maximum(lb, v)
+
+
+class ConstraintClipper:
+    """Relaxed clipping of intermediate bounds with constraints known before bounding.
+
+    In input split a child inherits its parent's constraints (every counterexample in
+    the parent satisfies them, so every one in the child does). They tighten the
+    child's intermediate CROWN bounds: those bounds are then valid on the points that
+    can still be counterexamples, which is all a proof needs. With several
+    conjunctions the counterexamples form a union over groups (`owner`, [K] long):
+    the bound of a row is the smallest over groups of its best bound within the group,
+    and a group without constraints leaves the plain bound.
+    """
+
+    def __init__(self, lo: T, hi: T, a: T, c: T, owner: T, n_groups: int,
+                 precision: Optional[Precision] = None) -> None:
+        self.lo, self.hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
+        self.a, self.c, self.owner, self.n_groups, self.precision = a, c, owner, n_groups, precision
+
+    def __call__(self, name: str, lin, lb: T) -> T:
+        if self.n_groups == 1:
+            return clip_unstable_rows(lin, lb, self.lo, self.hi, self.a, self.c, self.precision)
+        out = torch.full_like(lb, torch.inf)
+        for g in range(self.n_groups):
+            sel = self.owner == g
+            if not bool(sel.any()):
+                return torch.full_like(lb, -torch.inf)
+            v = clip_unstable_rows(lin, lb, self.lo, self.hi, self.a[:, sel], self.c[:, sel], self.precision)
+            out = torch.minimum(out, v)
+        return out

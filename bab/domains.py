@@ -5,6 +5,7 @@ it. Selecting, splitting and dropping domains are tensor operations on the batch
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -17,32 +18,31 @@ T = torch.Tensor
 @dataclass(frozen=True)
 class DomainBatch:
     """N input boxes [N, *input_shape] with row lower bounds lb [N, S] (of C y - d),
-    a priority score [N] (lower means further from proved) and the coefficients
-    coef [N, S, n_in] of the linear bound that produced lb (for choosing splits)."""
+    a priority score [N] (lower means further from proved), the coefficients
+    coef [N, S, n_in] of the linear bound that produced lb (for choosing splits), and
+    linear constraints `cons_a x + cons_c <= 0` ([N, K, n_in], [N, K]) that every
+    counterexample in the box satisfies (domain clipping; K = 0 without it)."""
 
     lower: T
     upper: T
     lb: T
     score: T
     coef: T
+    cons_a: T
+    cons_c: T
 
     def __len__(self) -> int:
         return int(self.lower.shape[0])
 
-    @staticmethod
-    def empty_like(lower: T, S: int) -> "DomainBatch":
-        n_shape = (0, *lower.shape[1:])
-        n_in = lower[0].numel()
-        return DomainBatch(lower.new_zeros(n_shape), lower.new_zeros(n_shape), lower.new_zeros(0, S),
-                           lower.new_zeros(0), lower.new_zeros(0, S, n_in))
+    def _map(self, fn) -> "DomainBatch":
+        return DomainBatch(**{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def take(self, idx: T) -> "DomainBatch":
-        return DomainBatch(self.lower[idx], self.upper[idx], self.lb[idx], self.score[idx], self.coef[idx])
+        return self._map(lambda t: t[idx])
 
     def concat(self, other: "DomainBatch") -> "DomainBatch":
-        return DomainBatch(torch.cat([self.lower, other.lower]), torch.cat([self.upper, other.upper]),
-                           torch.cat([self.lb, other.lb]), torch.cat([self.score, other.score]),
-                           torch.cat([self.coef, other.coef]))
+        return DomainBatch(**{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)])
+                              for f in dataclasses.fields(self)})
 
     def pop_worst(self, k: int) -> tuple["DomainBatch", "DomainBatch"]:
         """The k domains with the lowest score, and the rest."""

@@ -5,6 +5,14 @@ Each round takes the worst domains, bisects each along the input dimension where
 dimension whose halving removes the most looseness from the linear bound), bounds all
 children in one batched call, drops proved children and checks the rest for a
 counterexample at the bound's minimisers and at their centres.
+
+Domain clipping (Clip-and-Verify, on by default): a bounded domain's spec rows give
+linear constraints that every counterexample in it satisfies. They shrink its box at
+once; its children inherit them, which clips each half again before it is bounded (a
+half with no feasible point is proved without a bound) and tightens the halves'
+intermediate CROWN bounds through the exact one-dimensional dual. Every constraint
+derived anywhere in the tree holds at every true counterexample, so bounds that are
+valid only on the constrained part of a box are all a proof needs.
 """
 from __future__ import annotations
 
@@ -15,7 +23,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bab.clipping import clip_box, clip_box_union, min_under_constraints, row_constraints
+from bab.clipping import (ConstraintClipper, clip_box, clip_box_union, hull_under_constraints,
+                          min_under_all_constraints, min_under_constraints, row_constraints)
 from bab.domains import DomainBatch
 from bab.proof import ProofLog
 from models import Graph, GraphEvaluator
@@ -68,59 +77,100 @@ def rows_status(p: InputSplitProblem, lb: T) -> tuple[T, T]:
 
 
 def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip: bool = False,
-           keep: Optional[dict] = None) -> tuple[T, T, T, T, Optional[T]]:
-    """Bound the boxes; with `clip`, shrink them first (Clip-and-Verify).
+           keep: Optional[dict] = None, inherited: Optional[tuple[T, T]] = None, generations: int = 1,
+           intermediate: bool = True, joint: bool = False) -> tuple[T, T, T, T, Optional[T], tuple[T, T]]:
+    """Bound the boxes; with `clip`, shrink them afterwards (Clip-and-Verify).
 
     Returns (lower, upper) of the possibly clipped boxes, row lower bounds [N, S] of
-    C y - d, the coefficients [N, S, n_in] that choose the split dimension and the
-    minimisers. With alpha-CROWN and several spec rows the split coefficients are
-    CROWN's: each row's alphas are tuned to that row's bound on this box, and summing
-    their coefficients chose worse dimensions (ACAS Xu 1_1 prop_3: 5,487 domains
-    against 2,493). With one row the alpha coefficients branch better (2_2 prop_1:
-    455 domains against a timeout). Clipping always uses the linear function that
-    produced the bound: coefficients and bias must belong together. With `keep` (proof
-    logs), keep["alphas"] receives alpha-CROWN's best slopes per row (relu -> [N, S,
-    *shape]) and keep["unstable"] each such ReLU's unstable mask [N, *shape].
+    C y - d, the coefficients [N, S, n_in] that choose the split dimension, the
+    minimisers, and the constraints [N, K, n_in], [N, K] the children inherit. With
+    alpha-CROWN and several spec rows the split coefficients are CROWN's: each row's
+    alphas are tuned to that row's bound on this box, and summing their coefficients
+    chose worse dimensions (ACAS Xu 1_1 prop_3: 5,487 domains against 2,493). With one
+    row the alpha coefficients branch better (2_2 prop_1: 455 domains against a
+    timeout). Clipping always uses the linear function that produced the bound:
+    coefficients and bias must belong together. `inherited`: constraints from the
+    parents (valid on these boxes), which also tighten the intermediate bounds. With
+    `keep` (proof logs), keep["alphas"] receives alpha-CROWN's best slopes per row
+    (relu -> [N, S, *shape]) and keep["unstable"] each such ReLU's unstable mask [N, *shape].
     """
-    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev)
+    N = lower.shape[0]
+    n = lower[0].numel()
+    if inherited is None:
+        inherited = (lower.new_zeros(N, 0, n), lower.new_zeros(N, 0))
+    hook = None
+    if clip and intermediate and inherited[1].shape[1]:
+        hook = ConstraintClipper(lower, upper, *inherited, _owners(p, inherited[1].shape[1]), p.n_conj,
+                                 options.precision)
+    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev, clip=hook)
     lb = res.lower.detach() - p.d
-    N, S = lb.shape
+    S = lb.shape[1]
     if keep is not None:
         keep["alphas"] = res.stats.get("alphas") or {}
         tensors = {n.name: n.inputs[0] for n in p.graph.nodes if n.name in keep["alphas"]}
         keep["unstable"] = {k: (res.table[z].lower < 0) & (res.table[z].upper > 0) for k, z in tensors.items()}
     if res.linear is None:
-        return lower, upper, lb, lb.new_zeros(N, S, lower[0].numel()), None
+        return lower, upper, lb, lb.new_zeros(N, S, n), None, inherited
     A = res.linear.A.detach().reshape(N, S, -1)
     split_A = res.stats["crown_linear"].A.detach().reshape(N, S, -1) if "crown_linear" in res.stats and S > 1 else A
+    cons = inherited
     if clip:
-        lower, upper, lb = _clip(p, lower, upper, lb, A, res.linear.bias.detach(), res.linear.mass.detach())
+        lower, upper, lb, cons = _clip(p, lower, upper, lb, A, res.linear.bias.detach(), res.linear.mass.detach(),
+                                       inherited, generations, joint)
     box = IntervalBounds(lower, upper)
     mins = res.linear.minimizer(box).detach()
-    return lower, upper, lb, split_A, mins
+    return lower, upper, lb, split_A, mins, cons
 
 
-def _clip(p: InputSplitProblem, lower: T, upper: T, lb: T, A: T, bias: T, mass: T) -> tuple[T, T, T]:
+def _owners(p: InputSplitProblem, K: int) -> T:
+    """Conjunction of each stored constraint: slots hold whole generations of spec rows."""
+    return p.owner.repeat(K // max(1, len(p.owner)))
+
+
+def _clip_boxes(p: InputSplitProblem, lo: T, hi: T, a: T, c: T, joint: bool = False) -> tuple[T, T, T]:
+    """Box hull (or a superset) of the box's points that meet their conjunction's constraints.
+
+    Sequential closed-form clips first; with `joint`, each coordinate is then bounded by
+    the joint dual of all its conjunction's constraints (`hull_under_constraints`).
+    """
+    owner = _owners(p, c.shape[1])
+    if p.n_conj == 1:
+        nlo, nhi, empty = clip_box(lo, hi, a, c)
+        if joint and c.shape[1] > 1:
+            nlo, nhi, e2 = hull_under_constraints(nlo, nhi, a, c)
+            empty = empty | e2
+        return nlo, nhi, empty
+    return clip_box_union(lo, hi, a, c, owner, p.n_conj)
+
+
+def _clip(p: InputSplitProblem, lower: T, upper: T, lb: T, A: T, bias: T, mass: T, inherited: tuple[T, T],
+          generations: int, joint: bool = False) -> tuple[T, T, T, tuple[T, T]]:
     """Shrink each box to the hull of the points where a counterexample could be.
 
     Every counterexample of a conjunction satisfies A_s x + bias_s - d_s <= 0 for each of
-    its rows s (the linear lower bound is below C_s y). The box hull of the box cut by
-    these constraints keeps every such point, so proving the smaller box proves the
-    domain; an empty hull proves it outright. Row bounds are then re-concretised under
-    the constraints by the exact one-dimensional dual (never looser than before).
+    its rows s (the linear lower bound is below C_s y), and the constraints its parents
+    found. The box hull of the box cut by these constraints keeps every such point, so
+    proving the smaller box proves the domain; an empty hull proves it outright. Row
+    bounds are then re-concretised under the constraints by the exact one-dimensional
+    dual (never looser than before): per constraint, or with `joint` all of a row's
+    constraints together by coordinate ascent. The children keep the newest `generations`.
     """
     N = lower.shape[0]
     lo, hi = lower.reshape(N, -1), upper.reshape(N, -1)
     a, c = row_constraints(A, bias, p.d, lo=lo, hi=hi, mass=mass)
-    if p.n_conj == 1:
-        nlo, nhi, empty = clip_box(lo, hi, a, c)
-    else:
-        nlo, nhi, empty = clip_box_union(lo, hi, a, c, p.owner, p.n_conj)
-    relaxed = min_under_constraints(A, bias - p.d, nlo, nhi, a, c, mass=mass + p.d.abs(),
-                                    allowed=p.owner[:, None] == p.owner[None, :])
+    a_all, c_all = torch.cat([a, inherited[0]], 1), torch.cat([c, inherited[1]], 1)
+    nlo, nhi, empty = _clip_boxes(p, lo, hi, a_all, c_all, joint)
+    owner = _owners(p, c_all.shape[1])
+    fn = min_under_all_constraints if joint else min_under_constraints
+    relaxed = fn(A, bias - p.d, nlo, nhi, a_all, c_all, mass=mass + p.d.abs(), allowed=p.owner[:, None] == owner[None, :])
     lb = torch.maximum(lb, relaxed)
     lb = torch.where(empty[:, None], torch.full_like(lb, torch.inf), lb)
-    return nlo.reshape(lower.shape), nhi.reshape(upper.shape), lb
+    K = len(p.owner) * generations
+    if c_all.shape[1] < K:  # young domains: pad with unused constraints (c = nan is ignored)
+        pad = K - c_all.shape[1]
+        a_all = torch.cat([a_all, a_all.new_zeros(N, pad, a_all.shape[2])], 1)
+        c_all = torch.cat([c_all, c_all.new_full((N, pad), torch.nan)], 1)
+    return nlo.reshape(lower.shape), nhi.reshape(upper.shape), lb, (a_all[:, :K], c_all[:, :K])
 
 
 def _split_dims(p: InputSplitProblem, lower: T, upper: T, A: T, lb: T) -> T:
@@ -188,7 +238,8 @@ def _domain_pgd(p: InputSplitProblem, lo: T, hi: T, x0: T, steps: int = 12) -> t
 def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 1024,
                     max_domains: int = 2_000_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
                     record_proof: bool = False, progress: Optional[Callable[[dict], None]] = None,
-                    clip: bool = True) -> InputSplitOutcome:
+                    clip: bool = True, clip_generations: int = 1,
+                    clip_intermediate: bool = True, clip_joint: bool = False) -> InputSplitOutcome:
     """Search until every domain is proved, a counterexample is confirmed, or time/memory runs out.
 
     Clipping is switched off when a proof is recorded: clipped leaves no longer tile the
@@ -198,14 +249,15 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
     proof = ProofLog(method=options.method) if record_proof else None
     clip = clip and not record_proof
     logged: Optional[dict] = {} if record_proof else None
-    root_lo, root_hi, lb, A, mins = _bound(p, p.lower, p.upper, options, clip, logged)
+    root_lo, root_hi, lb, A, mins, cons = _bound(p, p.lower, p.upper, options, clip, logged,
+                                                 generations=clip_generations)
     proved, score = rows_status(p, lb)
     if bool(proved.all()):
         if proof is not None:
             proof.add_leaves(p.lower, p.upper, lb, logged["alphas"], logged["unstable"])
         return InputSplitOutcome("unsat", domains_bounded=1, proof=proof)
-    domains = DomainBatch(root_lo, root_hi, lb, score, A)
-    bounded, rounds = 1, 0
+    domains = DomainBatch(root_lo, root_hi, lb, score, A, *cons)
+    bounded, rounds, preclipped = 1, 0, 0
     while len(domains):
         if time.monotonic() > deadline:
             return InputSplitOutcome("timeout", domains_bounded=bounded, rounds=rounds,
@@ -216,7 +268,21 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
         batch, rest = domains.pop_worst(batch_size)
         dims = _split_dims(p, batch.lower, batch.upper, batch.coef, batch.lb)
         lo, hi = _bisect(batch.lower, batch.upper, dims)
-        lo, hi, lb, A, mins = _bound(p, lo, hi, options, clip, logged)
+        inherited = (torch.cat([batch.cons_a, batch.cons_a]), torch.cat([batch.cons_c, batch.cons_c]))
+        if clip and inherited[1].shape[1]:
+            # The parents' constraints hold on the halves: clip them before bounding, and
+            # drop the halves where no counterexample is left (proved without a bound).
+            lo2, hi2, empty = _clip_boxes(p, lo.reshape(len(lo), -1), hi.reshape(len(hi), -1), *inherited,
+                                          clip_joint)
+            live = ~empty
+            preclipped += int(empty.sum())
+            lo, hi = lo2[live].reshape(-1, *lo.shape[1:]), hi2[live].reshape(-1, *hi.shape[1:])
+            inherited = (inherited[0][live], inherited[1][live])
+            if not len(lo):
+                domains = rest
+                continue
+        lo, hi, lb, A, mins, cons = _bound(p, lo, hi, options, clip, logged, inherited, clip_generations,
+                                           clip_intermediate, clip_joint)
         bounded += len(lo)
         rounds += 1
         proved, score = rows_status(p, lb)
@@ -245,9 +311,11 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
             proof.add_leaves(lo[proved], hi[proved], lb[proved], {k: v[proved] for k, v in logged["alphas"].items()},
                              {k: v[proved] for k, v in logged["unstable"].items()})
         keep = ~proved
-        domains = rest.concat(DomainBatch(lo[keep], hi[keep], lb[keep], score[keep], A[keep]))
+        domains = rest.concat(DomainBatch(lo[keep], hi[keep], lb[keep], score[keep], A[keep], cons[0][keep],
+                                          cons[1][keep]))
         if progress is not None:
             progress({"domains": len(domains), "bounded": bounded, "worst": float(domains.score.min())
                       if len(domains) else 0.0})
-    return InputSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, proof=proof)
+    return InputSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, proof=proof,
+                             stats={"clipped_empty": preclipped})
 

@@ -53,6 +53,16 @@ class BabConfig:
     max_domains: int = 2_000_000
     input_split_max_dims: int = 16
     clip: bool = True            # Clip-and-Verify domain clipping in input split (off when recording proofs)
+    # Input split: children keep the spec-row constraints of this many generations of
+    # ancestors; they clip each half before it is bounded (0: only a domain's own).
+    clip_generations: int = 1
+    # Input split: inherited constraints also tighten the intermediate bounds (most of
+    # the gain: ACAS Xu 4_2 prop_2 24,319 domains without, 17,075 with).
+    clip_intermediate: bool = True
+    # Input split: use all of a domain's constraints jointly (coordinate ascent on the
+    # K-multiplier dual) for its box and rows, not one at a time. Off: no domain saved
+    # on ACAS Xu (BENCHMARKS.md §3), at some cost.
+    clip_joint: bool = False
     # Bounding in input split: alpha-CROWN with a few steps per domain proves ACAS Xu
     # prop_1 domains that CROWN keeps splitting (2_2: 455 domains against >37,000).
     # Certificates use CROWN until input-split leaves record their alphas.
@@ -141,6 +151,7 @@ _RANGES = {
     "bab.branching": (lambda v: v in ("babsr", "fsb"), "babsr or fsb"),
     "bab.fsb_candidates": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
     "bab.relaxed_clip": (lambda v: isinstance(v, bool), "true or false"),
+    "bab.clip_generations": (lambda v: 0 <= v <= 8, "an integer from 0 to 8"),
 }
 
 

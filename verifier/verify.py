@@ -155,7 +155,9 @@ def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: C
     return input_split_bab(problem, options, deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
                            confirm=lambda x: confirm(model, disjunct, x) is not None,
-                           record_proof=config.proof, clip=config.bab.clip)
+                           record_proof=config.proof, clip=config.bab.clip,
+                           clip_generations=config.bab.clip_generations,
+                           clip_intermediate=config.bab.clip_intermediate, clip_joint=config.bab.clip_joint)
 
 
 SDP_METHODS = ("sdp", "sdp-lowrank")
