@@ -17,7 +17,8 @@ from tests.verifier.test_certificates import _check, _mlp
 from verifier import Config, load_model, verify
 from verifier.certificate import build_certificate, write_certificate
 from verifier.certificate_activation import _dense, float64_leaf_bounds
-from verifier.checker.onnx_net import read_network
+from verifier.checker.linear64 import apply
+from verifier.checker.onnx_net import LINEAR_KINDS, read_network
 from verifier.checker.splits import leaf_bounds, read_leaves, tree_error
 from verifier.checker.verdict import check_certificate, check_files, decode_array, encode_array, spec_rows
 from verifier.config import BabConfig
@@ -199,8 +200,8 @@ def test_sampled_points_lie_in_a_leaf_and_above_its_bounds(split_run) -> None:
     x[:200] = np.where(rng.random((200, x.shape[1])) < 0.5, region.lower, region.upper)  # corners
     vals = {net.input: x}
     for layer in net.layers:
-        if layer.kind == "affine":
-            vals[layer.out] = vals[layer.inputs[0]] @ layer.W.T + layer.b
+        if layer.kind in LINEAR_KINDS:
+            vals[layer.out] = apply(layer, vals[layer.inputs[0]]) + layer.b
         elif layer.kind == "relu":
             vals[layer.out] = np.maximum(vals[layer.inputs[0]], 0.0)
         else:

@@ -6,14 +6,20 @@ Every bound is computed for a batch of L input boxes at once.
 Rounding. Each computed lower bound is `value - (MARGIN_REL * mass + MARGIN_ABS)`,
 where `mass` bounds the sum of absolute values of every term whose rounding could move
 the result: the products in each dot product, the biases, and, for each backward step
-through a node with input z, `|A_out| . (|W| @ zmax)` (affine) or `|A_out| . zmax`
-(ReLU), with zmax = max(|l|, |u|) from z's sound interval. A float64 dot product of
-n terms is off by at most n * 2^-53 * (sum of |terms|) (the standard gamma_n bound);
-the rounded A-matrices of the backward pass change `A . z` by at most gamma_n times
-the first of the extra terms; the rounded chord of an unstable ReLU moves its line by
-at most 5 * 2^-53 * zmax. So for every dot product of fewer than 10^6 terms all
-errors together stay below 8 * 10^6 * 1.1e-16 * mass < 1e-9 * mass: MARGIN_REL covers
-them with room to spare, and MARGIN_ABS covers underflow.
+through a node with input z, `|A_out| . (|M| zmax) + |A_out| . |b|` for a linear node
+`M z + b` (`|M|` is M with absolute weights: `|W| @ zmax` for affine, `|s| * zmax` for
+scale, the convolution of zmax with `|K|` for conv), `|coef| |A_out| . zmax` per input
+of a sum, and `|A_out| . zmax` plus the chord intercepts' terms for a ReLU, with
+zmax = max(|l|, |u|) from z's sound interval. A float64 dot product of n terms is off
+by at most n * 2^-53 * (sum of |terms|) (the standard gamma_n bound, in any order of
+summation: `linear64` sums the same products as the dense row, grouped by kernel
+offset for a convolution); entry k of the rounded `A_out M` is such a sum, of terms
+`|A_out[r] M[r, k]|`, so its error changes `A . z` by at most gamma_n times
+`|A_out| . (|M| zmax)`; the rounded chord of an unstable ReLU moves its line by at
+most 5 * 2^-53 * zmax. IBP through a linear node charges `|M| zmax + |b|` per output.
+So for every dot product of fewer than 10^6 terms all errors together stay below
+8 * 10^6 * 1.1e-16 * mass < 1e-9 * mass: MARGIN_REL covers them with room to spare,
+and MARGIN_ABS covers underflow.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from verifier.checker.onnx_net import Layer, Network
+from verifier.checker.linear64 import apply, apply_t
+from verifier.checker.onnx_net import LINEAR_KINDS, Layer, Network
 
 __all__ = ["MARGIN_REL", "MARGIN_ABS", "interval_table", "split_interval_table", "row_lower_bounds"]
 
@@ -53,12 +60,11 @@ def _interval(layer: Layer, table: Table) -> tuple[np.ndarray, np.ndarray]:
     if layer.kind == "relu":
         lo, hi = table[layer.inputs[0]][:2]
         return np.maximum(lo, 0.0), np.maximum(hi, 0.0)  # exact
-    if layer.kind == "affine":
+    if layer.kind in LINEAR_KINDS:
         lo, hi = table[layer.inputs[0]][:2]
-        Wp, Wn = np.maximum(layer.W, 0.0), np.minimum(layer.W, 0.0)
-        mass = _zmax(table, layer.inputs[0]) @ np.abs(layer.W).T + np.abs(layer.b)
-        low = lo @ Wp.T + hi @ Wn.T + layer.b
-        up = hi @ Wp.T + lo @ Wn.T + layer.b
+        mass = apply(layer, _zmax(table, layer.inputs[0]), "abs") + np.abs(layer.b)
+        low = apply(layer, lo, "pos") + apply(layer, hi, "neg") + layer.b
+        up = apply(layer, hi, "pos") + apply(layer, lo, "neg") + layer.b
         return _widen(low, mass), -_widen(-up, mass)
     low = up = mass = 0.0
     for x, c in zip(layer.inputs, layer.coefs):
@@ -118,12 +124,12 @@ def _backward(net: Network, table: Table, start: str, A: np.ndarray,
         if a is None:
             continue
         absa = np.abs(a)
-        if layer.kind == "affine":
+        if layer.kind in LINEAR_KINDS:
             x = layer.inputs[0]
-            wz = _zmax(table, x) @ np.abs(layer.W).T                       # [L, n_out]
+            wz = apply(layer, _zmax(table, x), "abs") + np.abs(layer.b)    # |M| zmax + |b|: [L, n_out]
             bias = bias + a @ layer.b
-            mass = mass + absa @ np.abs(layer.b) + _bdot(absa, wz)
-            accumulate(x, (a.reshape(L * S, -1) @ layer.W).reshape(L, S, -1))
+            mass = mass + _bdot(absa, wz)
+            accumulate(x, apply_t(layer, a.reshape(L * S, -1)).reshape(L, S, -1))
         elif layer.kind == "sum":
             for x, c in zip(layer.inputs, layer.coefs):
                 accumulate(x, c * a)

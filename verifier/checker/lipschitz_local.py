@@ -44,8 +44,10 @@ def _sha(arrays: Sequence[np.ndarray]) -> str:
 
 def mlp_from_onnx(data: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(weights, biases) of an ONNX chain affine -> ReLU -> ... -> affine, read by the
-    checker's own ONNX reader; consecutive affine nodes are composed in float64."""
-    from verifier.checker.onnx_net import Unsupported, read_network
+    checker's own ONNX reader; consecutive linear nodes (dense, elementwise scale,
+    convolution: each as its explicit matrix) are composed in float64."""
+    from verifier.checker.linear64 import dense_matrix
+    from verifier.checker.onnx_net import LINEAR_KINDS, Unsupported, read_network
 
     net = read_network(data)
     ws: list[np.ndarray] = []
@@ -55,8 +57,9 @@ def mlp_from_onnx(data: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:
     for layer in net.layers:
         if layer.inputs != (cur,):
             raise Unsupported(f"node {layer.name or layer.out} does not continue a simple chain")
-        if layer.kind == "affine":
-            W, b, pending = layer.W @ W, layer.W @ b + layer.b, True
+        if layer.kind in LINEAR_KINDS:
+            M = dense_matrix(layer, W.shape[0])
+            W, b, pending = M @ W, M @ b + layer.b, True
         elif layer.kind == "relu" and pending:
             ws.append(W)
             bs.append(b)
