@@ -132,7 +132,7 @@ def clip_box(lo: T, hi: T, a: T, c: T, rounds: int = 3, active: Optional[T] = No
         active = active.unsqueeze(0).expand(N, K)
     a, c, _ = _sanitise(a, c, active)
     empty = torch.zeros(N, dtype=torch.bool, device=lo.device)
-    for _ in range(rounds if K else 0):
+    for _ in range(rounds if K > 1 else K):        # one constraint: exact after one clip
         for k in range(K):
             lo, hi, e = clip_box_one(lo, hi, a[:, k], c[:, k], precision)
             empty = empty | e
@@ -153,7 +153,8 @@ def clip_box_union(lo: T, hi: T, a: T, c: T, owner: T, n_groups: int, rounds: in
     new_hi = torch.full_like(hi, -torch.inf)
     all_empty = torch.ones(N, dtype=torch.bool, device=lo.device)
     for g in range(n_groups):
-        glo, ghi, e = clip_box(lo, hi, a, c, rounds, owner == g, precision)
+        mine = owner == g                          # only the group's constraints: no masked no-op clips
+        glo, ghi, e = clip_box(lo, hi, a[:, mine], c[:, mine], rounds, None, precision)
         live = (~e).unsqueeze(-1)
         new_lo = torch.where(live, torch.minimum(new_lo, glo), new_lo)
         new_hi = torch.where(live, torch.maximum(new_hi, ghi), new_hi)
@@ -173,7 +174,8 @@ def _box_min(coef: T, lo: T, hi: T) -> T:
 def _best_lambda(w: T, lo3: T, hi3: T, a3: T, c: T) -> T:
     """Maximiser lambda* >= 0 of the one-dimensional dual (see `min_under_constraint`), [N, M].
 
-    w: [N, M, n]; lo3, hi3, a3: [N, 1, n]; c: [N]. Only the choice of lambda happens here;
+    w: [N, M, n]; lo3, hi3: [N, 1, n]; a3: [N, 1 or M, n]; c: [N, 1 or M] (one constraint
+    for all rows, or one per row). Only the choice of lambda happens here;
     its value is evaluated (with rounding margins) by the caller, and any lambda >= 0
     gives a valid bound, so rounding in this search costs tightness, never soundness.
     """
@@ -185,7 +187,7 @@ def _best_lambda(w: T, lo3: T, hi3: T, a3: T, c: T) -> T:
     # (w_i + 0+ a_i) x_i; for w_i = 0 the sign is a_i's (contribution min(a_i lo, a_i hi)).
     sgn = torch.where(w != 0, w, a3)
     x0 = torch.where(sgn > 0, lo3, hi3)
-    s0 = c.unsqueeze(1) + (a3 * x0).sum(-1)                               # [N, M]
+    s0 = c + (a3 * x0).sum(-1)                                            # [N, M]
     # Passing breakpoint i flips x_i* to the other end: the slope drops by |a_i| width_i.
     drop = torch.where(is_bp, (a3.abs() * (hi3 - lo3)).expand_as(w), torch.zeros_like(w))
     bp_sorted, order = bp.sort(-1)
@@ -221,7 +223,7 @@ def _min_under_one_chunk(w: T, b: T, lo: T, hi: T, a: T, c: T, extra_mass: T, p:
     # below it in exact arithmetic; in floats this guards against a badly rounded lambda*).
     zero = torch.zeros_like(b)
     g0 = _dual_value(w, b, lo3, hi3, w, zero, torch.zeros_like(w), extra_mass, p)
-    lam = _best_lambda(w, lo3, hi3, a3, c)
+    lam = _best_lambda(w, lo3, hi3, a3, c.unsqueeze(1))
     lam3 = lam.unsqueeze(-1)
     g = _dual_value(w, b, lo3, hi3, w + lam3 * a3, lam * c.unsqueeze(1), lam3 * a3.abs(), extra_mass, p)
     return torch.maximum(g0, g)
@@ -338,7 +340,7 @@ def min_under_all_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Option
                 for k in range(K):
                     a3 = As[:, k:k + 1]                                      # [N, 1, n]
                     wk = coef - lam[..., k:k + 1] * a3
-                    lk = _best_lambda(wk, ls, hs, a3, cs[:, k])
+                    lk = _best_lambda(wk, ls, hs, a3, cs[:, k:k + 1])
                     if allowed is not None:
                         lk = torch.where(allowed[:, k].unsqueeze(0), lk, torch.zeros_like(lk))
                     lam[..., k] = lk
@@ -476,18 +478,77 @@ def split_constraints(kept: list, lo: T, hi: T, k: int, precision: Optional[Prec
     return a, c
 
 
+def _each_constraint(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, p: Precision) -> tuple[T, T]:
+    """Plain bound [P] and the bound under each single constraint [P, K], all K at once.
+
+    w, lo, hi: [P, n]; b, mass: [P]; a: [P, K, n]; c: [P, K]. One batched sort instead of a
+    loop over constraints (the loop's many small tensor ops dominated on ACAS Xu).
+    Unusable constraints (nan) give the plain bound, infeasible ones +inf.
+    """
+    a, c, _ = _sanitise(a, c)
+    lo3, hi3 = lo.unsqueeze(1), hi.unsqueeze(1)
+    w3, b2, m2 = w.unsqueeze(1), b.unsqueeze(1), mass.unsqueeze(1)
+    plain = _dual_value(w3, b2, lo3, hi3, w3, torch.zeros_like(b2), torch.zeros_like(w3), m2, p)[:, 0]
+    wk = w3.expand_as(a)
+    lam = _best_lambda(wk, lo3, hi3, a, c)                                      # [P, K]
+    lam3 = lam.unsqueeze(-1)
+    g = _dual_value(wk, b2, lo3, hi3, wk + lam3 * a, lam * c, lam3 * a.abs(), m2, p)
+    amin = torch.minimum(a * lo3, a * hi3).sum(-1)
+    ftol = p.rel * ((a.abs() * torch.maximum(lo3.abs(), hi3.abs())).sum(-1) + c.abs()) + p.abs
+    g = torch.where(amin + c > ftol, torch.full_like(g, torch.inf), torch.maximum(g, plain.unsqueeze(1)))
+    return plain, g
+
+
 def min_under_constraints_at(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, select: T,
-                             max_elements: int = 1 << 22, precision: Optional[Precision] = None) -> T:
+                             max_elements: int = 1 << 22, precision: Optional[Precision] = None,
+                             owner: Optional[T] = None, n_groups: int = 1) -> T:
     """`min_under_constraints` on the selected entries only: [B, R], -inf where not selected.
 
     w: [B, R, n]; b, mass, select: [B, R]; lo, hi: [B, n]; a: [B, K, n]; c: [B, K]. Used for
     intermediate bounds, where only the rows of still unstable neurons are worth the
     sort (a dense call would cost B*R*n per constraint). Entries whose every constraint
     is unused (c = nan) are skipped too. The caller takes the max with its plain bound.
+    With `owner` ([K] long, the group of each constraint) the constraints describe a
+    union over groups: the bound is the smallest over groups of the group's best.
     """
+    p = _precision(w.dtype, precision)
     out = torch.full_like(b, -torch.inf)
     if c.shape[1] == 0:
         return out
+    select = select & torch.isfinite(c).any(1, keepdim=True)
+    bi, ri = select.nonzero(as_tuple=True)
+    if bi.numel() == 0:
+        return out
+    K, n = a.shape[1], a.shape[2]
+    step = max(1, max_elements // max(1, K * n))
+    for s in range(0, bi.numel(), step):
+        bb, rr = bi[s:s + step], ri[s:s + step]
+        # Cheap filter: if the box corner minimising w (ties: either end) already meets a
+        # constraint, its dual optimum is lambda = 0, the plain bound. Keep only entries
+        # that some constraint cuts there (skipping an entry is always sound).
+        ww, ab, lb_, hb = w[bb, rr], a[bb], lo[bb].unsqueeze(1), hi[bb].unsqueeze(1)
+        corner = torch.where(ww > 0, lo[bb], hi[bb]).unsqueeze(1)        # [P, 1, n]
+        at = torch.where((ww == 0).unsqueeze(1), torch.maximum(ab * lb_, ab * hb), ab * corner)
+        cut_k = at.sum(-1) + c[bb] > 0                                  # [P, K]; nan c: False
+        if owner is None:
+            cuts = cut_k.any(1)
+        else:  # a union gains only where every group has a cutting constraint
+            cuts = torch.ones_like(cut_k[:, 0])
+            for g in range(n_groups):
+                cuts &= (cut_k & (owner == g).unsqueeze(0)).any(1)
+        bb, rr = bb[cuts], rr[cuts]
+        if bb.numel() == 0:
+            continue
+        plain, each = _each_constraint(w[bb, rr], b[bb, rr], mass[bb, rr], lo[bb], hi[bb], a[bb], c[bb], p)
+        if owner is None:
+            best = torch.maximum(plain, each.amax(1))
+        else:
+            best = torch.full_like(plain, torch.inf)
+            for g in range(n_groups):
+                mine = torch.where((owner == g).unsqueeze(0), each, torch.full_like(each, -torch.inf))
+                best = torch.minimum(best, torch.maximum(plain, mine.amax(1)))
+        out[bb, rr] = best
+    return out
     select = select & torch.isfinite(c).any(1, keepdim=True)
     bi, ri = select.nonzero(as_tuple=True)
     if bi.numel() == 0:
@@ -511,7 +572,8 @@ def min_under_constraints_at(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, sele
     return out
 
 
-def clip_unstable_rows(lin, lb: T, lo: T, hi: T, a: T, c: T, precision: Optional[Precision] = None) -> T:
+def clip_unstable_rows(lin, lb: T, lo: T, hi: T, a: T, c: T, precision: Optional[Precision] = None,
+                       owner: Optional[T] = None, n_groups: int = 1) -> T:
     """Clipped lower bounds [B, R] of an intermediate CROWN chunk (rows +z_j then -z_j).
 
     Only neurons still unstable (lower < 0 < upper) are worth the sort; the others get
@@ -525,7 +587,8 @@ def clip_unstable_rows(lin, lb: T, lo: T, hi: T, a: T, c: T, precision: Optional
     unstable = (lb[:, :r] < 0) & (lb[:, r:] < 0)                   # lower < 0 < upper
     w = lin.A.detach().reshape(B, R, -1)
     v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), lo, hi, a, c,
-                                 torch.cat([unstable, unstable], 1), precision=precision)
+                                 torch.cat([unstable, unstable], 1), precision=precision, owner=owner,
+                                 n_groups=n_groups)
     return torch.where(torch.isfinite(v), v, torch.full_like(v, -torch.inf))
 
 
@@ -590,13 +653,5 @@ class ConstraintClipper:
         self.a, self.c, self.owner, self.n_groups, self.precision = a, c, owner, n_groups, precision
 
     def __call__(self, name: str, lin, lb: T) -> T:
-        if self.n_groups == 1:
-            return clip_unstable_rows(lin, lb, self.lo, self.hi, self.a, self.c, self.precision)
-        out = torch.full_like(lb, torch.inf)
-        for g in range(self.n_groups):
-            sel = self.owner == g
-            if not bool(sel.any()):
-                return torch.full_like(lb, -torch.inf)
-            v = clip_unstable_rows(lin, lb, self.lo, self.hi, self.a[:, sel], self.c[:, sel], self.precision)
-            out = torch.minimum(out, v)
-        return out
+        owner = None if self.n_groups == 1 else self.owner
+        return clip_unstable_rows(lin, lb, self.lo, self.hi, self.a, self.c, self.precision, owner, self.n_groups)
