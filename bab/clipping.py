@@ -648,10 +648,16 @@ class ConstraintClipper:
     """
 
     def __init__(self, lo: T, hi: T, a: T, c: T, owner: T, n_groups: int,
-                 precision: Optional[Precision] = None) -> None:
+                 precision: Optional[Precision] = None, tally: Optional[dict] = None) -> None:
         self.lo, self.hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
         self.a, self.c, self.owner, self.n_groups, self.precision = a, c, owner, n_groups, precision
+        self.tally = tally
 
     def __call__(self, name: str, lin, lb: T) -> T:
         owner = None if self.n_groups == 1 else self.owner
-        return clip_unstable_rows(lin, lb, self.lo, self.hi, self.a, self.c, self.precision, owner, self.n_groups)
+        v = clip_unstable_rows(lin, lb, self.lo, self.hi, self.a, self.c, self.precision, owner, self.n_groups)
+        if self.tally is not None:  # how often clipping helps: the search may stop paying for it
+            r = lb.shape[1] // 2
+            self.tally["seen"] = self.tally.get("seen", 0) + 2 * int(((lb[:, :r] < 0) & (lb[:, r:] < 0)).sum())
+            self.tally["tightened"] = self.tally.get("tightened", 0) + int((v > lb).sum())
+        return v

@@ -78,7 +78,8 @@ def rows_status(p: InputSplitProblem, lb: T) -> tuple[T, T]:
 
 def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip: bool = False,
            keep: Optional[dict] = None, inherited: Optional[tuple[T, T]] = None, generations: int = 1,
-           intermediate: bool = True, joint: bool = False) -> tuple[T, T, T, T, Optional[T], tuple[T, T]]:
+           intermediate: bool = True, joint: bool = False, tally: Optional[dict] = None
+           ) -> tuple[T, T, T, T, Optional[T], tuple[T, T]]:
     """Bound the boxes; with `clip`, shrink them afterwards (Clip-and-Verify).
 
     Returns (lower, upper) of the possibly clipped boxes, row lower bounds [N, S] of
@@ -101,7 +102,7 @@ def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip
     hook = None
     if clip and intermediate and inherited[1].shape[1]:
         hook = ConstraintClipper(lower, upper, *inherited, _owners(p, inherited[1].shape[1]), p.n_conj,
-                                 options.precision)
+                                 options.precision, tally)
     res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev, clip=hook)
     lb = res.lower.detach() - p.d
     S = lb.shape[1]
@@ -120,6 +121,19 @@ def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip
     box = IntervalBounds(lower, upper)
     mins = res.linear.minimizer(box).detach()
     return lower, upper, lb, split_A, mins, cons
+
+
+def _worth_it(tally: dict, rounds: int, rate: float = 0.01, probe_every: int = 8) -> bool:
+    """Whether to clip the intermediate bounds in this round.
+
+    On ACAS Xu clipping tightens 25-34% of the unstable bounds it sees where it saves
+    domains (prop_2, 3, 5) and 0-0.02% on the union specs where it saves none (prop_7,
+    prop_8), which then paid 10-13% of their time for it. So it runs while the last
+    round it ran in tightened at least 1%, and otherwise every 8th round, to notice when
+    it starts to help (prop_5 tightens nothing in its first rounds, a quarter later).
+    """
+    seen = tally.get("seen", 0)
+    return seen == 0 or tally.get("tightened", 0) >= rate * seen or rounds % probe_every == 0
 
 
 def _owners(p: InputSplitProblem, K: int) -> T:
@@ -258,6 +272,7 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
         return InputSplitOutcome("unsat", domains_bounded=1, proof=proof)
     domains = DomainBatch(root_lo, root_hi, lb, score, A, *cons)
     bounded, rounds, preclipped = 1, 0, 0
+    tally: dict = {}
     while len(domains):
         if time.monotonic() > deadline:
             return InputSplitOutcome("timeout", domains_bounded=bounded, rounds=rounds,
@@ -281,8 +296,11 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
             if not len(lo):
                 domains = rest
                 continue
+        use = clip_intermediate and _worth_it(tally, rounds)
+        if use:
+            tally = {}  # the decision follows the latest round that clipped
         lo, hi, lb, A, mins, cons = _bound(p, lo, hi, options, clip, logged, inherited, clip_generations,
-                                           clip_intermediate, clip_joint)
+                                           use, clip_joint, tally)
         bounded += len(lo)
         rounds += 1
         proved, score = rows_status(p, lb)
@@ -317,5 +335,5 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
             progress({"domains": len(domains), "bounded": bounded, "worst": float(domains.score.min())
                       if len(domains) else 0.0})
     return InputSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, proof=proof,
-                             stats={"clipped_empty": preclipped})
+                             stats={"clipped_empty": preclipped, "clip_tally": tally})
 

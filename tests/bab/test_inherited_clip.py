@@ -178,3 +178,27 @@ def test_config_ranges() -> None:
     assert with_overrides(Config(), ["bab.clip_joint=true"]).bab.clip_joint
     assert Config().bab.clip_generations == 1 and Config().bab.clip_intermediate and not Config().bab.clip_joint
 
+
+
+def test_intermediate_clipping_pauses_where_it_does_not_help() -> None:
+    """The search keeps clipping intermediate bounds while the last clipped round tightened
+    at least 1% of the bounds it saw, and otherwise probes every 8th round."""
+    from bab.input_split import _worth_it
+
+    assert _worth_it({}, 3)                                        # nothing seen yet
+    assert _worth_it({"seen": 1000, "tightened": 10}, 3)
+    assert not _worth_it({"seen": 1000, "tightened": 9}, 3)
+    assert _worth_it({"seen": 1000, "tightened": 0}, 16)           # a probe round
+
+
+def test_clipper_tally_counts_unstable_and_tightened_bounds(tmp_path) -> None:
+    model = _net(tmp_path, 5, widths=(3, 16, 16, 1))
+    ev = GraphEvaluator(model.graph, dtype=torch.float64)
+    lo, hi = -torch.ones(2, 1, 3, dtype=torch.float64), torch.ones(2, 1, 3, dtype=torch.float64)
+    a = torch.tensor([[[1.0, 1.0, 1.0]], [[-1.0, 0.5, 0.0]]], dtype=torch.float64)
+    c = torch.tensor([[0.5], [0.2]], dtype=torch.float64)
+    tally: dict = {}
+    clipper = ConstraintClipper(lo, hi, a, c, torch.zeros(1, dtype=torch.long), 1, tally=tally)
+    compute_bounds(model.graph, IntervalBounds(lo, hi), None, BoundOptions(method="crown"), want_upper=False,
+                   ev=ev, clip=clipper)
+    assert tally["seen"] > 0 and 0 < tally["tightened"] <= tally["seen"]
