@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bab.branching import BRANCHING, babsr_branch, fsb_branch, neuron_scores
-from bab.clipping import SplitClipper
+from bab.clip_hooks import SplitClipper
 from bab.input_split import InputSplitProblem, _domain_pgd, objective, rows_status
 from bab.proof import ActivationProofLog
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
@@ -73,7 +73,7 @@ def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: lis
 
     With `relaxed_clip`, each split `s z >= 0` and z's linear bound over the input give a
     constraint on the domain's inputs; the `clip_k` most cutting ones per domain tighten
-    the intermediate bounds and the spec rows' bound (bab/clipping.py, `SplitClipper`).
+    the intermediate bounds and the spec rows' bound (bab/clip_hooks.py, `SplitClipper`).
     """
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))

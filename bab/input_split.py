@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bab.clipping import (ConstraintClipper, clip_box, clip_box_union, hull_under_constraints,
+from bab.clip_hooks import ConstraintClipper
+from bab.clipping import (clip_box, clip_box_union, hull_under_constraints,
                           min_under_all_constraints, min_under_constraints, row_constraints)
 from bab.domains import DomainBatch
 from bab.proof import ProofLog

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import vnnlib
-from bab.clipping import ConstraintClipper, hull_under_constraints, min_under_all_constraints, min_under_constraints
+from bab.clip_hooks import ConstraintClipper
+from bab.clipping import hull_under_constraints, min_under_all_constraints, min_under_constraints
 from models import GraphEvaluator
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from tests.bab.test_clipping import _instances, _lp, _t

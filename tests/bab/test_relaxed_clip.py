@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bab.activation_split import activation_split_bab, relu_inputs
-from bab.clipping import SplitClipper, min_under_constraints, min_under_constraints_at, split_constraints
+from bab.clip_hooks import SplitClipper, min_under_constraints_at, split_constraints
+from bab.clipping import min_under_constraints
 from models import GraphEvaluator
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from tests.bab.test_known_answers import _net, _spec, _true_min
