@@ -127,27 +127,6 @@ def min_under_constraints_at(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, sele
                 best = torch.minimum(best, torch.maximum(plain, mine.amax(1)))
         out[bb, rr] = best
     return out
-    select = select & torch.isfinite(c).any(1, keepdim=True)
-    bi, ri = select.nonzero(as_tuple=True)
-    if bi.numel() == 0:
-        return out
-    K, n = a.shape[1], a.shape[2]
-    step = max(1, max_elements // max(1, K * n))
-    for s in range(0, bi.numel(), step):
-        bb, rr = bi[s:s + step], ri[s:s + step]
-        # Cheap filter: if the box corner minimising w (ties: either end) already meets a
-        # constraint, its dual optimum is lambda = 0, the plain bound. Keep only entries
-        # that some constraint cuts there (skipping an entry is always sound).
-        ww, ab, lb_, hb = w[bb, rr], a[bb], lo[bb].unsqueeze(1), hi[bb].unsqueeze(1)
-        corner = torch.where(ww > 0, lo[bb], hi[bb]).unsqueeze(1)        # [P, 1, n]
-        at = torch.where((ww == 0).unsqueeze(1), torch.maximum(ab * lb_, ab * hb), ab * corner)
-        cuts = (at.sum(-1) + c[bb] > 0).any(1)                          # nan c: False
-        bb, rr = bb[cuts], rr[cuts]
-        if bb.numel() == 0:
-            continue
-        out[bb, rr] = min_under_constraints(w[bb, rr].unsqueeze(1), b[bb, rr].unsqueeze(1), lo[bb], hi[bb], a[bb],
-                                            c[bb], mass[bb, rr].unsqueeze(1), precision=precision).squeeze(1)
-    return out
 
 
 def clip_unstable_rows(lin, lb: T, lo: T, hi: T, a: T, c: T, precision: Optional[Precision] = None,
