@@ -147,8 +147,8 @@ def test_input_split_certificate_accepted_and_tamperings_rejected(split_run) -> 
     check = lambda c: _check(c, model, path)  # noqa: E731
     assert check(cert).accepted, check(cert).reason
     rng = np.random.default_rng(0)
-    _tiling_tamperings(cert, check, rng, 100)
-    _claim_tamperings(cert, check, rng, 100)
+    _tiling_tamperings(cert, check, rng, 500)   # three tamperings each: 1,500 in all
+    _claim_tamperings(cert, check, rng, 500)
 
 
 def test_input_split_alpha_certificate_and_changed_alphas(split_run) -> None:
