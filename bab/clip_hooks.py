@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from bab.clipping import _best_lambda, _dual_value, _precision, _sanitise, constraints_from_splits
+from bab.clipping import _best_lambda, _dual_value, _infeasible, _precision, _sanitise, constraints_from_splits
 from relaxations.bounds import Precision
 
 __all__ = ["split_constraints", "min_under_constraints_at", "clip_unstable_rows", "SplitClipper",
@@ -71,9 +71,8 @@ def _each_constraint(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, p: Precision
     lam = _best_lambda(wk, lo3, hi3, a, c)                                      # [P, K]
     lam3 = lam.unsqueeze(-1)
     g = _dual_value(wk, b2, lo3, hi3, wk + lam3 * a, lam * c, lam3 * a.abs(), m2, p)
-    amin = torch.minimum(a * lo3, a * hi3).sum(-1)
-    ftol = p.rel * ((a.abs() * torch.maximum(lo3.abs(), hi3.abs())).sum(-1) + c.abs()) + p.abs
-    g = torch.where(amin + c > ftol, torch.full_like(g, torch.inf), torch.maximum(g, plain.unsqueeze(1)))
+    g = torch.maximum(g, plain.unsqueeze(1))
+    g = torch.where(_infeasible(a, c, lo3, hi3, p), torch.full_like(g, torch.inf), g)
     return plain, g
 
 

@@ -64,6 +64,18 @@ def _precision(dtype: torch.dtype, precision: Optional[Precision]) -> Precision:
     return precision if precision is not None else Precision.for_dtype(dtype)
 
 
+def _infeasible(a: T, c: T, lo: T, hi: T, p: Precision) -> T:
+    """Whether `a^T x + c <= 0` has no point in the box, beyond its rounding margin.
+
+    a, lo, hi broadcast over the last dim ([..., n]), c to the rest. The constraint's
+    minimum over the box must exceed `rel * (sum |a_i| max(|lo_i|, |hi_i|) + |c|) + abs`:
+    only then is the set empty whatever the rounding of the sum.
+    """
+    amin = torch.minimum(a * lo, a * hi).sum(-1)
+    tol = p.rel * ((a.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1) + c.abs()) + p.abs
+    return amin + c > tol
+
+
 def _sanitise(a: T, c: T, active: Optional[T] = None) -> tuple[T, T, T]:
     """Replace unusable constraints (non-finite, or inactive) by `0 . x + 0 <= 0`, which
     every point satisfies and which clips nothing. Returns (a, c, usable)."""
@@ -263,9 +275,7 @@ def min_under_constraint(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T]
     N, M, n = w.shape
     a, c, _ = _sanitise(a, c)
     extra = mass if mass is not None else torch.zeros_like(b)
-    amin = torch.minimum(a * lo, a * hi)
-    ftol = p.rel * ((a.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1) + c.abs()) + p.abs
-    infeasible = amin.sum(-1) + c > ftol                                  # [N]
+    infeasible = _infeasible(a, c, lo, hi, p)                             # [N]
     step = max(1, max_elements // max(1, M * n))
     parts = [_min_under_one_chunk(w[s:s + step], b[s:s + step], lo[s:s + step], hi[s:s + step],
                                   a[s:s + step], c[s:s + step], extra[s:s + step], p)

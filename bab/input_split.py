@@ -177,7 +177,8 @@ def _clip(p: InputSplitProblem, lower: T, upper: T, lb: T, A: T, bias: T, mass: 
     nlo, nhi, empty = _clip_boxes(p, lo, hi, a_all, c_all, joint)
     owner = _owners(p, c_all.shape[1])
     fn = min_under_all_constraints if joint else min_under_constraints
-    relaxed = fn(A, bias - p.d, nlo, nhi, a_all, c_all, mass=mass + p.d.abs(), allowed=p.owner[:, None] == owner[None, :])
+    relaxed = fn(A, bias - p.d, nlo, nhi, a_all, c_all, mass=mass + p.d.abs(),
+                 allowed=p.owner[:, None] == owner[None, :])
     lb = torch.maximum(lb, relaxed)
     lb = torch.where(empty[:, None], torch.full_like(lb, torch.inf), lb)
     K = len(p.owner) * generations
