@@ -192,6 +192,26 @@ def test_intermediate_clipping_pauses_where_it_does_not_help() -> None:
     assert _worth_it({"seen": 1000, "tightened": 0}, 16)           # a probe round
 
 
+def test_box_tally_counts_shrunk_emptied_and_proved_boxes() -> None:
+    """Box clipping pauses on the same rule; a box counts as a gain when clipping shrank
+    one of its widths by over 0.1%, emptied it, or proved its rows, and only then."""
+    from bab.input_split import _count_box_gains
+
+    lo = torch.zeros(4, 2, dtype=torch.float64)
+    hi = torch.ones(4, 2, dtype=torch.float64)
+    nhi = hi.clone()
+    nhi[0, 1] = 0.5            # shrunk
+    nhi[1, 0] = 0.9995         # a 0.05% sliver: not a gain
+    empty = torch.tensor([False, False, True, False])
+    proved = torch.tensor([False, False, False, True])
+    tally: dict = {}
+    _count_box_gains(tally, lo, hi, lo, nhi, empty, proved)
+    assert tally == {"seen": 4, "tightened": 3}
+    _count_box_gains(tally, lo, hi, lo, hi, torch.zeros(4, dtype=torch.bool))
+    assert tally == {"seen": 8, "tightened": 3}
+    _count_box_gains(None, lo, hi, lo, nhi, empty)   # no tally kept: nothing to do
+
+
 def test_clipper_tally_counts_unstable_and_tightened_bounds(tmp_path) -> None:
     model = _net(tmp_path, 5, widths=(3, 16, 16, 1))
     ev = GraphEvaluator(model.graph, dtype=torch.float64)
