@@ -190,6 +190,8 @@ def test_intermediate_clipping_pauses_where_it_does_not_help() -> None:
     assert _worth_it({"seen": 1000, "tightened": 10}, 3)
     assert not _worth_it({"seen": 1000, "tightened": 9}, 3)
     assert _worth_it({"seen": 1000, "tightened": 0}, 16)           # a probe round
+    assert _worth_it({"seen": 63, "tightened": 0}, 3, min_seen=64)  # too few boxes to judge
+    assert not _worth_it({"seen": 64, "tightened": 0}, 3, min_seen=64)
 
 
 def test_box_tally_counts_shrunk_emptied_and_proved_boxes() -> None:
