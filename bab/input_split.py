@@ -121,8 +121,7 @@ def _bound(p: InputSplitProblem, lower: T, upper: T, options: BoundOptions, clip
     if clip:
         lower, upper, lb, cons = _clip(p, lower, upper, lb, A, res.linear.bias.detach(), res.linear.mass.detach(),
                                        inherited, generations, joint, box, box_tally)
-    box = IntervalBounds(lower, upper)
-    mins = res.linear.minimizer(box).detach()
+    mins = res.linear.minimizer(IntervalBounds(lower, upper)).detach()
     return lower, upper, lb, split_A, mins, cons
 
 
@@ -189,7 +188,8 @@ def _clip(p: InputSplitProblem, lower: T, upper: T, lb: T, A: T, bias: T, mass: 
     bounds are then re-concretised under the constraints by the exact one-dimensional
     dual (never looser than before): per constraint, or with `joint` all of a row's
     constraints together by coordinate ascent. The children keep the newest `generations`.
-    With `box` off only that last step runs: the boxes and bounds are left as they are.
+    With `box` off (paused) the boxes and bounds are left as they are: only the
+    constraints for the children are collected.
     """
     N = lower.shape[0]
     lo, hi = lower.reshape(N, -1), upper.reshape(N, -1)
