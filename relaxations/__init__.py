@@ -5,10 +5,10 @@ Imports only `models`. Importing this package registers every op family's rules.
 from __future__ import annotations
 
 import relaxations.ops  # noqa: F401  (fills the registry explicitly, see relaxations/ops/__init__.py)
-from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
+from relaxations.bounds import BoundsTable, DeadlineExceeded, IntervalBounds, LinearBounds, Precision
 from relaxations.compute import METHODS, BoundOptions, BoundResult, compute_bounds, intermediate_bounds
 from relaxations.registry import REGISTRY, OpRule, Relaxation, register_rule, registered_ops, rule_for
 
-__all__ = ["BoundsTable", "IntervalBounds", "LinearBounds", "Precision", "BoundOptions", "BoundResult",
-           "compute_bounds", "intermediate_bounds", "METHODS", "REGISTRY", "OpRule", "Relaxation",
+__all__ = ["BoundsTable", "DeadlineExceeded", "IntervalBounds", "LinearBounds", "Precision", "BoundOptions",
+           "BoundResult", "compute_bounds", "intermediate_bounds", "METHODS", "REGISTRY", "OpRule", "Relaxation",
            "register_rule", "registered_ops", "rule_for"]

@@ -6,11 +6,30 @@ soundness right.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-__all__ = ["IntervalBounds", "LinearBounds", "BoundsTable", "Precision", "widen_lower"]
+__all__ = ["IntervalBounds", "LinearBounds", "BoundsTable", "Precision", "widen_lower", "DeadlineExceeded",
+           "check_deadline"]
+
+
+class DeadlineExceeded(Exception):
+    """A bound pass saw `BoundOptions.deadline` pass before it had a bound.
+
+    Raised from inside long passes (per node, per chunk of rows) so that a caller's
+    timeout is kept even on networks where one pass takes minutes. No bound exists
+    when it is raised, so it must never be turned into a verdict: the verifier turns
+    it into `timeout`. Nothing in `relaxations` catches it.
+    """
+
+
+def check_deadline(deadline: Optional[float]) -> None:
+    """Raise DeadlineExceeded if `deadline` (a time.monotonic() value) has passed; None: never."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded("the deadline passed during bound propagation")
 
 
 @dataclass(frozen=True)

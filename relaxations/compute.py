@@ -5,6 +5,20 @@ IBP from its inputs' (already tightened) intervals; the inputs of relaxable
 elementwise ops additionally get CROWN bounds on their unstable elements, and the two
 sound answers are intersected. The final bound uses the requested method and is also
 intersected with the IBP one.
+
+IBP's final bound folds the specification into the last layers: C is passed back
+exactly through the trailing affine ops (C @ W, C @ b, as auto_LiRPA does) and
+concretised against the interval of the first tensor that would need a relaxation.
+|C W| <= |C| |W| makes this never looser in exact arithmetic, and it is intersected
+with the plain box bound C @ [output] anyway. For margins e_i - e_j it is much tighter:
+the box bound counts every shared input twice.
+
+`BoundOptions.deadline` is cooperative: intermediate_bounds checks it once per node,
+`_crown_tensor` once per chunk of rows, backward passes once per node, and
+compute_bounds before its final pass; past it they raise DeadlineExceeded (never
+caught here: no bound exists, so the caller must not take a verdict). Only
+alpha-CROWN's optimisation, which has a sound bound after its first step, stops early
+instead.
 """
 from __future__ import annotations
 
@@ -15,12 +29,13 @@ import torch
 
 from models import Graph, GraphEvaluator
 from relaxations.alpha import optimise_alpha
-from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, widen_lower
+from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, widen_lower
 from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, concretize_at, rules_for
 from relaxations.ibp import node_inputs, node_interval
 
-__all__ = ["BoundOptions", "BoundResult", "compute_bounds", "final_lower_from_table", "intermediate_bounds", "METHODS"]
+__all__ = ["BoundOptions", "BoundResult", "compute_bounds", "final_lower_from_table", "folded_ibp_lower",
+           "intermediate_bounds", "METHODS"]
 
 METHODS = ("ibp", "crown", "alpha-crown")
 INTERMEDIATE = ("crown", "ibp", "forward")
@@ -40,8 +55,13 @@ class BoundOptions:
     alpha_lr: float = 0.25
     max_elements: int = 40_000_000       # A-matrix elements per backward pass (memory guard)
     precision: Optional[Precision] = None  # None: chosen from the dtype
-    deadline: Optional[float] = None       # time.monotonic() after which optimisation stops early
+    # time.monotonic() value; past it bound passes raise DeadlineExceeded, except
+    # alpha-CROWN's optimisation, which stops early with its best (sound) bound so far.
+    deadline: Optional[float] = None
     keep_betas: bool = False               # alpha-CROWN also returns the best betas per row (proof logs)
+    # IBP: fold C into the trailing affine ops (see the module docstring). False gives
+    # the plain box bound C @ [output], e.g. to match a checker that re-derives only that.
+    fold: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -115,6 +135,7 @@ def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Op
     lower = current.lower.reshape(B, -1).clone()
     upper = current.upper.reshape(B, -1).clone()
     for start in range(0, idx.numel(), chunk):
+        check_deadline(options.deadline)
         rows = idx[start:start + chunk]
         r = rows.numel()
         A = torch.zeros(B, 2 * r, shape.numel(), dtype=lower.dtype, device=lower.device)
@@ -170,7 +191,7 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     """
     precision = options.precision or Precision.for_dtype(ev.dtype)
     table = BoundsTable({graph.input_name: box})
-    ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={})
+    ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={}, deadline=options.deadline)
     needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
     fwd = {graph.input_name: forward_input(box)} \
         if options.method != "ibp" and options.intermediate == "forward" else None
@@ -178,6 +199,7 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     B = box.lower.shape[0]
     infeasible = torch.zeros(B, dtype=torch.bool, device=box.lower.device)
     for node in graph.nodes:
+        check_deadline(options.deadline)
         rule = ctx.rules[node.name]
         outs = node_interval(ev, node, rule, node_inputs(ev, node, table))
         lin = forward_node(ev, node, rule, fwd, table) if fwd is not None else None
@@ -261,13 +283,16 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
     table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, split_linear, clip)
+    check_deadline(options.deadline)  # the final pass, too, can be long
     out_b = table[graph.output_name]
-    value, mass = concretize_at(rows.reshape(B, rows.shape[1], *graph.output_shape), out_b)
+    A = rows.reshape(B, rows.shape[1], *graph.output_shape)
+    value, mass = concretize_at(A, out_b)
     best = widen_lower(value, mass, precision)
     linear = None
     stats: dict = {}
+    if options.method == "ibp" and options.fold:
+        best = torch.maximum(best, folded_ibp_lower(ctx, box, A, options, precision))
     if options.method != "ibp":
-        A = rows.reshape(B, rows.shape[1], *graph.output_shape)
         with torch.no_grad():
             ctx.capture = capture
             linear = backward_lower(ctx, graph.output_name, A)
@@ -285,6 +310,27 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     lower = best[:, :S]
     upper = -best[:, S:] if want_upper else None
     return BoundResult(lower, upper, table, linear, stats)
+
+
+def folded_ibp_lower(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOptions,
+                     precision: Precision) -> T:
+    """IBP lower bound [B, S] of `A . output` with A folded into the trailing affine ops.
+
+    A backward walk that relaxes nothing (`relax=False`): affine ops pass A back
+    exactly, any other op's output is concretised against its interval in `ctx.table`,
+    and what reaches the input against the box; the bias and the rounding mass of
+    every term are carried, and `concretize` widens the total outward. Differentiable
+    (certified training backpropagates through it). Rows are chunked so that no
+    coefficient tensor exceeds `options.max_elements`.
+    """
+    fctx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, cache=None, relax=False,
+                           deadline=options.deadline)
+    B, S = A.shape[:2]
+    widest = max([box.lower[0].numel()] + [torch.Size(s).numel() for s in ctx.graph.shapes.values() if s])
+    chunk = max(1, options.max_elements // max(1, B * widest))
+    parts = [backward_lower(fctx, ctx.graph.output_name, A[:, s:s + chunk]).concretize(box, precision)
+             for s in range(0, S, chunk)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 def final_lower_from_table(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, table: BoundsTable, A: T,

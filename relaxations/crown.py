@@ -5,6 +5,11 @@ carry a lower bound `sum_t A_t . t + bias` back to the input. Affine ops pass A 
 exactly by their vector-Jacobian product; elementwise ops use their relaxation lines
 (lower line where A > 0, upper line where A < 0); any other op ends the walk at its
 output, which is then bounded by its interval (always sound, sometimes loose).
+
+With `relax=False` in the context the walk relaxes nothing: it passes A back through
+affine ops only and concretises at the output of every other op. From the network's
+output this is IBP with the specification folded into the trailing affine layers
+(`compute_bounds(method="ibp")`), which needs no relaxation at all.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from torch.func import vjp, vmap
 
 from models import Graph, GraphEvaluator, Node
 from models.ops import forward_rule
-from relaxations.bounds import IntervalBounds, LinearBounds
+from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline
 from relaxations.registry import OpRule, is_affine_node, rule_for
 
 __all__ = ["BackwardContext", "backward_lower", "concretize_at"]
@@ -29,6 +34,10 @@ class BackwardContext:
     """What a backward pass reads: graph, constants, intervals so far, the rules.
 
     `alphas` maps a node name to its alpha tensor [B, S, *shape] (optimised slopes).
+    `relax=False` ends the walk at every non-affine op (see the module docstring).
+    `deadline` (a time.monotonic() value) is checked once per node: past it the pass
+    raises DeadlineExceeded. alpha-CROWN's optimisation builds its own contexts without
+    one, so that it can stop early with the bound it has instead.
     """
 
     graph: Graph
@@ -43,6 +52,8 @@ class BackwardContext:
     # capture, when a dict, receives the coefficient at each elementwise node's output
     # (node name -> A), which branching heuristics score neurons with.
     capture: Optional[dict] = None
+    relax: bool = True
+    deadline: Optional[float] = None
 
 
 def concretize_at(A: T, bounds: IntervalBounds) -> tuple[T, T]:
@@ -172,6 +183,7 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
     order = list(graph.nodes)
     stop = next(i for i, n in enumerate(order) if start in n.outputs) if start != graph.input_name else -1
     for node in reversed(order[:stop + 1]):
+        check_deadline(ctx.deadline)
         A_outs = [As.pop(o, None) for o in node.outputs]
         if ctx.extra_A:
             A_outs = [_with_extra(a, ctx.extra_A.get(o)) for a, o in zip(A_outs, node.outputs)]
@@ -189,7 +201,7 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
             for x, a in zip(node.inputs, A_ins):
                 if a is not None:
                     As[x] = As[x] + a if x in As else a
-        elif _is_plain_elementwise(ctx, node, rule):
+        elif ctx.relax and _is_plain_elementwise(ctx, node, rule):
             if ctx.capture is not None:
                 ctx.capture[node.name] = A_outs[0]
             a, b, m = _elementwise_backward(ctx, node, rule, A_outs[0])

@@ -60,7 +60,7 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
             if alphas is None:
                 lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev).lower
             else:
-                lb = compute_bounds(graph, box, Ct, BoundOptions(method="ibp"), want_upper=False, ev=ev).lower
+                lb = compute_bounds(graph, box, Ct, BoundOptions(method="ibp", fold=False), want_upper=False, ev=ev).lower
                 opts = BoundOptions(method="crown")
                 table, ctx = intermediate_bounds(graph, ev, box, opts)[:2]
                 shapes = {nd.name: tuple(graph.shapes[nd.inputs[0]]) for nd in graph.nodes}

@@ -9,17 +9,21 @@ The bounds are the verifier's own: the module is turned into our `Graph` (by
 `models.from_torch`, whose constants are the module's live parameters) and bounded by
 `relaxations`, so a model trained here is bounded at test time by exactly the code
 that was optimised during training. Nothing is detached on the way: IBP goes through
-`compute_bounds`; for CROWN-IBP the final backward pass is run here with autograd on,
-because `compute_bounds` wraps its final CROWN pass in `torch.no_grad()` (it serves
-verification, where no gradient is wanted).
+`compute_bounds` (whose IBP folds the margin matrix into the last affine layers, as
+auto_LiRPA's does); for CROWN-IBP the final backward pass is run here with autograd
+on, because `compute_bounds` wraps its final CROWN pass in `torch.no_grad()` (it
+serves verification, where no gradient is wanted), and its IBP part is the same
+folded IBP bound (`relaxations.compute.folded_ibp_lower`).
 
 Loss fusion: the robust cross-entropy is computed from the lower bounds `lb_j` of the
 margins `y_true - y_j` directly, as the cross-entropy of the logits `[0, -lb_j]` with
 target 0, i.e. `log(1 + sum_j exp(-lb_j))`. This equals the cross-entropy of the
 worst-case logits (true class at its lower bound, every other class at its upper
 bound relative to it) but needs one bound per margin instead of separate upper and
-lower bounds of every logit, and it is tighter because the margins are bounded as
-linear functions of the output (the specification is folded into the last layer).
+lower bounds of every logit, and it is tighter because each margin is bounded as one
+linear function: the margin matrix is folded into the last affine layer(s) and
+concretised against the interval of their input, so an input shared by y_true and
+y_j is not counted twice.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from torch import nn
 from models import Graph, GraphEvaluator, Node
 from models.from_torch import graph_from_module, structure_key
 from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds, intermediate_bounds, rule_for
+from relaxations.compute import folded_ibp_lower
 from relaxations.bounds import widen_lower
 from relaxations.crown import backward_lower, concretize_at
 from relaxations.ibp import affine_interval, node_inputs
@@ -79,9 +84,11 @@ def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...
 def _crown_lower(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: T) -> tuple[T, T]:
     """CROWN-IBP lower bounds of C @ output, with autograd: (crown, ibp), each [B, S].
 
-    The same steps as `compute_bounds(..., BoundOptions(method="crown",
-    intermediate="ibp"))` (IBP intervals for every intermediate tensor, one CROWN pass
-    from the output), but the final pass keeps the autograd graph.
+    `crown` is computed as `compute_bounds(..., BoundOptions(method="crown",
+    intermediate="ibp"))` does (IBP intervals for every intermediate tensor, one CROWN
+    pass from the output), but the final pass keeps the autograd graph. `ibp` is
+    `compute_bounds(..., BoundOptions(method="ibp"))`'s bound: the box bound
+    intersected with the folded one, from the same intervals.
     """
     options = BoundOptions(method="crown", intermediate="ibp")
     precision = Precision.for_dtype(ev.dtype)
@@ -90,7 +97,7 @@ def _crown_lower(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: T) ->
     B, S = C.shape[:2]
     A = C.reshape(B, S, *graph.output_shape)
     value, mass = concretize_at(A, table[graph.output_name])
-    ibp = widen_lower(value, mass, precision)
+    ibp = torch.maximum(widen_lower(value, mass, precision), folded_ibp_lower(ctx, box, A, options, precision))
     crown = backward_lower(ctx, graph.output_name, A).concretize(box, precision)
     return crown, ibp
 
@@ -99,10 +106,13 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
                   lower: float = 0.0, upper: float = 1.0, n_classes: Optional[int] = None) -> T:
     """Lower bounds [B, K-1] of the margins y_true - y_j over each clipped box, with autograd.
 
-    ibp: interval bound propagation. crown-ibp: beta * max(CROWN, IBP) + (1 - beta) * IBP,
-    where CROWN uses IBP intermediate bounds (Zhang et al., "Towards Stable and Efficient
-    Training of Verifiably Robust Neural Networks"). Taking max(CROWN, IBP) for the CROWN
-    part (as `compute_bounds` does) is still sound and never looser.
+    ibp: interval bound propagation with the margin matrix folded into the last affine
+    layers. crown-ibp: beta * max(CROWN, IBP) + (1 - beta) * IBP, where CROWN uses IBP
+    intermediate bounds (Zhang et al., "Towards Stable and Efficient Training of
+    Verifiably Robust Neural Networks") and IBP is the folded bound of method "ibp".
+    Taking max(CROWN, IBP) for the CROWN part is still sound and never looser than
+    either (`compute_bounds` with method "crown" intersects only with the box bound;
+    the folded IBP bound can beat CROWN on some rows).
     """
     if method not in TRAINING_METHODS:
         raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
