@@ -3,185 +3,404 @@
 Nothing here is global or mutable: a run receives a frozen `Config`, and
 `with_overrides` returns a new one. Unknown keys and badly typed values are errors
 that name the key, so a typo never silently falls back to a default.
+
+Every key is declared once, on its dataclass field (`key(default, help=..., check=...)`):
+its type, what it accepts and what it means. Each dataclass validates its fields in
+`__post_init__`, so a YAML file, `--set`, a CLI flag and a Python caller
+(`Config(timeout=-1)`) all meet the same check and the same message; there is no
+second table of ranges that a new key can be missing from.
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
+import math
+import numbers
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 __all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "ConfigError", "load_config",
-           "with_overrides", "config_to_dict", "describe"]
+           "with_overrides", "config_to_dict", "describe", "key", "Check", "Int", "Real", "Bool",
+           "Choice", "Device"]
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit the config tree."""
+    """A config file, override or argument that does not fit the config tree.
+
+    A ValueError, so Python callers may catch it as one; the CLI maps it to exit 2.
+    """
+
+
+class _Rejected(Exception):
+    """Raised by a check with the phrase that completes "expected ..."."""
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class Check:
+    """What one key accepts: its Python type, a phrase for messages and `describe()`,
+    a parser for text (`--set`, quoted YAML) and the test itself."""
+
+    type: type = object
+
+    def expected(self) -> str:
+        """The allowed values, in words ("an integer >= 0")."""
+        raise NotImplementedError
+
+    def parse(self, text: str) -> Any:
+        """Text from `--set` or YAML, read as this key's type; unreadable text is
+        returned unchanged so that `__call__` rejects it with the usual message."""
+        return text
+
+    def __call__(self, value: Any) -> Any:
+        """The value, normalised to `type`, or `_Rejected(expected)`."""
+        raise NotImplementedError
+
+
+def _int_of(value: Any) -> Optional[int]:
+    """An int for int-like values (3, 3.0, numpy ints); None for 1.5, nan, bools and text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 @dataclass(frozen=True)
-class BoundsConfig:
+class Int(Check):
+    """An integer in [lo, hi]; `hi` may be a function, for limits of this machine."""
+
+    lo: int
+    hi: Union[int, Callable[[], int], None] = None
+    note: str = ""
+
+    type = int
+
+    def _hi(self) -> Optional[int]:
+        return self.hi() if callable(self.hi) else self.hi
+
+    def expected(self) -> str:
+        hi = self._hi()
+        text = f"an integer >= {self.lo}" if hi is None else f"an integer from {self.lo} to {hi}"
+        return f"{text} ({self.note.format(hi=hi)})" if self.note else text
+
+    def parse(self, text: str) -> Any:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:  # "1e3" is a whole number; "1.5" is read so that it is refused as a number
+            v = float(text)
+        except ValueError:
+            return text
+        return int(v) if v.is_integer() else v
+
+    def __call__(self, value: Any) -> int:
+        v = _int_of(value)
+        hi = self._hi()
+        if v is None or v < self.lo or (hi is not None and v > hi):
+            raise _Rejected(self.expected())
+        return v
+
+
+@dataclass(frozen=True)
+class Real(Check):
+    """A number > lo (or >= lo); finite unless `inf` says what +inf means."""
+
+    lo: float
+    strict: bool = False
+    inf: str = ""          # what +inf means, when it is allowed ("no limit")
+    unit: str = ""
+
+    type = float
+
+    def expected(self) -> str:
+        what = ("a number" if self.inf else "a finite number") + (f" of {self.unit}" if self.unit else "")
+        text = f"{what} {'>' if self.strict else '>='} {self.lo:g}"
+        return f"{text}, or inf ({self.inf})" if self.inf else text
+
+    def parse(self, text: str) -> Any:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    def __call__(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _Rejected(self.expected())
+        v = float(value)
+        ok = not math.isnan(v) and (math.isfinite(v) or (v > 0 and bool(self.inf)))
+        if not ok or v < self.lo or (self.strict and v == self.lo):
+            raise _Rejected(self.expected())
+        return v
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class Bool(Check):
+    """true or false; text accepts yes/no, on/off and 1/0 as YAML does."""
+
+    type = bool
+
+    def expected(self) -> str:
+        return "true or false"
+
+    def parse(self, text: str) -> Any:
+        low = text.strip().lower()
+        return True if low in _TRUE else False if low in _FALSE else text
+
+    def __call__(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _Rejected(self.expected())
+        return value
+
+
+@dataclass(frozen=True)
+class Choice(Check):
+    """One of a fixed set of names."""
+
+    values: tuple[str, ...]
+
+    type = str
+
+    def expected(self) -> str:
+        return "one of " + ", ".join(self.values)
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.values:
+            raise _Rejected(self.expected())
+        return value
+
+
+_CUDA = re.compile(r"cuda(?::(\d+))?")
+
+
+@dataclass(frozen=True)
+class Device(Check):
+    """A torch device that this torch can use: a CUDA name on a CPU-only torch would
+    otherwise fail deep inside the first tensor op, as an internal error."""
+
+    type = str
+
+    def expected(self) -> str:
+        return "cpu; cuda or cuda:N where torch has CUDA; mps where available"
+
+    def __call__(self, value: Any) -> str:
+        if value == "cpu":  # the default: no torch import, so the config module loads fast
+            return value
+        import torch
+
+        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        mps = getattr(torch.backends, "mps", None)
+        has_mps = bool(mps is not None and mps.is_available())
+        offers = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n_cuda)] if n_cuda else []) \
+            + (["mps"] if has_mps else [])
+        choices = ", ".join(offers)
+        match = _CUDA.fullmatch(value) if isinstance(value, str) else None
+        if match and not n_cuda:
+            raise _Rejected(f"one of {choices} (torch here has no CUDA)")
+        if match and match.group(1) is not None and int(match.group(1)) >= n_cuda:
+            raise _Rejected(f"one of {choices} (this machine has {n_cuda} CUDA device(s))")
+        if not match and value not in offers:
+            raise _Rejected(f"one of {choices} (what this torch offers)")
+        return value
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def key(default: Any, help: str, check: Check) -> Any:
+    """A config key: its default, what it means and what it accepts, in one place."""
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def section(cls: type, help: str) -> Any:
+    """A nested section of the tree (a dataclass of keys)."""
+    return field(default_factory=cls, metadata={"help": help, "section": cls})
+
+
+class _Validated:
+    """Runs every field's check on construction, so `Config(timeout=-1)` and
+    `replace(cfg, ...)` fail as early as `--set timeout=-1` does.
+
+    `_prefix` is the section's place in the tree, so messages name the key as a user
+    writes it (`bounds.alpha_lr`), whichever way the value came in.
+    """
+
+    _prefix = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            name, value = f"{self._prefix}{f.name}", getattr(self, f.name)
+            if "section" in f.metadata:
+                if not isinstance(value, f.metadata["section"]):
+                    raise ConfigError(f"config key '{name}' is a section; expected a "
+                                      f"{f.metadata['section'].__name__}, got {value!r}")
+                continue
+            try:
+                normal = f.metadata["check"](value)
+            except _Rejected as exc:
+                raise ConfigError(f"config key '{name}': expected {exc}, got {value!r}") from None
+            if normal is not value:
+                object.__setattr__(self, f.name, normal)  # 60 -> 60.0: frozen, so set once here
+
+
+# ---------------------------------------------------------------------- the tree
+
+
+_BOUND_METHODS = ("ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank")
+
+
+@dataclass(frozen=True)
+class BoundsConfig(_Validated):
     """Bound propagation. `method` is the strongest method the verifier escalates to."""
 
-    method: str = "alpha-crown"
-    intermediate: str = "crown"
-    alpha_iterations: int = 20
-    alpha_lr: float = 0.25
-    dtype: str = "float32"
-    max_elements: int = 40_000_000
+    _prefix = "bounds."
+
+    method: str = key("alpha-crown", check=Choice(_BOUND_METHODS),
+                      help="strongest bounding method the verifier escalates to (sdp methods: ReLU MLPs, no BaB)")
+    intermediate: str = key("crown", check=Choice(("crown", "ibp", "forward")),
+                            help="how bounds of intermediate layers are computed")
+    alpha_iterations: int = key(20, check=Int(0),
+                                help="alpha-CROWN optimisation steps on the whole input region")
+    alpha_lr: float = key(0.25, check=Real(0, strict=True), help="alpha-CROWN step size (Adam learning rate)")
+    dtype: str = key("float32", check=Choice(("float32", "float64")), help="floating-point type of all bounding")
+    max_elements: int = key(40_000_000, check=Int(1),
+                            help="largest tensor (elements) a bounding step builds; larger work is chunked")
 
 
 @dataclass(frozen=True)
-class AttackConfig:
+class AttackConfig(_Validated):
     """Projected gradient descent on the spec's margin, inside each input region."""
 
-    enabled: bool = True
-    restarts: int = 8
-    steps: int = 50
-    step_size: float = 0.25      # as a fraction of each input's half-width
-    samples: int = 64            # random points and corners tried before PGD
+    _prefix = "attack."
+
+    enabled: bool = key(True, check=Bool(), help="search for a counterexample before and during bounding")
+    restarts: int = key(8, check=Int(0), help="PGD starting points (half from the best samples, half random)")
+    steps: int = key(50, check=Int(0), help="PGD steps from each starting point")
+    step_size: float = key(0.25, check=Real(0, strict=True),
+                           help="first PGD step, as a fraction of each input's half-width (decays geometrically)")
+    samples: int = key(64, check=Int(0), help="random points and corners tried before PGD")
 
 
 @dataclass(frozen=True)
-class BabConfig:
+class BabConfig(_Validated):
     """Branch and bound (when available); `mode` auto picks input or activation split."""
 
-    enabled: bool = True
-    mode: str = "auto"
-    batch_size: int = 256
-    max_domains: int = 2_000_000
-    input_split_max_dims: int = 16
-    clip: bool = True            # Clip-and-Verify domain clipping in input split (off when recording proofs)
-    # Input split: children keep the spec-row constraints of this many generations of
-    # ancestors; they clip each half before it is bounded (0: only a domain's own).
-    clip_generations: int = 1
-    # Input split: inherited constraints also tighten the intermediate bounds (most of
-    # the gain: ACAS Xu 4_2 prop_2 24,319 domains without, 17,075 with).
-    clip_intermediate: bool = True
-    # Input split: use all of a domain's constraints jointly (coordinate ascent on the
-    # K-multiplier dual) for its box and rows, not one at a time. Off: no domain saved
-    # on ACAS Xu (BENCHMARKS.md §3), at some cost.
-    clip_joint: bool = False
-    # Bounding in input split: alpha-CROWN with a few steps per domain proves ACAS Xu
-    # prop_1 domains that CROWN keeps splitting (2_2: 455 domains against >37,000).
-    # Certificates use CROWN until input-split leaves record their alphas.
-    input_split_method: str = "alpha-crown"
-    input_split_alpha_iterations: int = 3
-    # Which ReLU activation split splits: "babsr" (a score from the backward
-    # coefficients) or "fsb" (filtered smart branching: estimate both children's bounds
-    # for the top `fsb_candidates` BaBSR candidates, plus half as many by intercept score).
-    branching: str = "fsb"         # fsb: fewer domains and half the time on mnist_fc (BENCHMARKS.md §3)
-    fsb_candidates: int = 4
-    # Relaxed clipping in activation split: split decisions with the split neurons'
-    # linear bounds constrain each domain's inputs; bounds are concretised under them.
-    relaxed_clip: bool = False
+    _prefix = "bab."
+
+    enabled: bool = key(True, check=Bool(), help="branch and bound when bounding alone does not decide")
+    mode: str = key("auto", check=Choice(("auto", "input", "activation", "none")),
+                    help="auto: input split for few free inputs (see input_split_max_dims), activation split "
+                         "otherwise")
+    batch_size: int = key(256, check=Int(1, 2 ** 20), help="domains bounded together in one batch")
+    max_domains: int = key(2_000_000, check=Int(1, 10 ** 9),
+                           help="the search gives up (unknown) when this many domains are open")
+    input_split_max_dims: int = key(16, check=Int(0),
+                                    help="mode auto: input split when a region has at most this many free inputs")
+    clip: bool = key(True, check=Bool(),
+                     help="input split: Clip-and-Verify domain clipping (off when recording proofs)")
+    clip_generations: int = key(1, check=Int(0, 8),
+                                help="input split: children keep the spec-row constraints of this many generations "
+                                     "of ancestors and clip each half before it is bounded (0: only a domain's own)")
+    clip_intermediate: bool = key(True, check=Bool(),
+                                  help="input split: inherited constraints also tighten the intermediate bounds "
+                                       "(ACAS Xu 4_2 prop_2: 24,319 domains without, 17,075 with)")
+    clip_joint: bool = key(False, check=Bool(),
+                           help="input split: use a domain's constraints jointly (coordinate ascent on the "
+                                "K-multiplier dual), not one at a time; saved no domain on ACAS Xu, at some cost")
+    input_split_method: str = key("alpha-crown", check=Choice(("ibp", "crown", "alpha-crown")),
+                                  help="input split bounding; alpha-CROWN proves ACAS Xu prop_1 domains that CROWN "
+                                       "keeps splitting (2_2: 455 domains against >37,000)")
+    input_split_alpha_iterations: int = key(3, check=Int(1), help="input split: alpha-CROWN steps per domain")
+    branching: str = key("fsb", check=Choice(("babsr", "fsb")),
+                         help="activation split heuristic: babsr (score from backward coefficients) or fsb "
+                              "(estimate both children's bounds for the top candidates; fewer domains and half "
+                              "the time on mnist_fc)")
+    fsb_candidates: int = key(4, check=Int(1, 64),
+                              help="fsb: BaBSR candidates whose children are estimated, plus half as many by "
+                                   "intercept score")
+    relaxed_clip: bool = key(False, check=Bool(),
+                             help="activation split: the split neurons' linear bounds constrain each domain's "
+                                  "inputs, and bounds are concretised under them")
 
 
 @dataclass(frozen=True)
-class Config:
-    device: str = "cpu"
-    threads: int = 1            # torch CPU threads; 0 keeps torch's default (all cores)
-    proof: bool = False         # record what proved each leaf (set by --certificate)
-    timeout: float = 300.0
-    seed: int = 0
-    bounds: BoundsConfig = field(default_factory=BoundsConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    bab: BabConfig = field(default_factory=BabConfig)
+class Config(_Validated):
+    """Everything a run may be told; the root of the tree."""
+
+    device: str = key("cpu", check=Device(), help="torch device for bounding, attack and search")
+    threads: int = key(1, check=Int(0, _cpu_count, note="0: torch's default; {hi}: this machine's CPU count"),
+                       help="torch CPU threads during the run (restored afterwards)")
+    proof: bool = key(False, check=Bool(), help="record what proved each leaf (set by --certificate)")
+    timeout: float = key(300.0, check=Real(0, inf="no limit", unit="seconds"),
+                         help="wall-clock limit of a run; the verdict is timeout when it passes")
+    seed: int = key(0, check=Int(0, 2 ** 63 - 1), help="seed of the run's random draws (attack starting points)")
+    bounds: BoundsConfig = section(BoundsConfig, "bound propagation")
+    attack: AttackConfig = section(AttackConfig, "counterexample search")
+    bab: BabConfig = section(BabConfig, "branch and bound")
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    if typ in (int, float):
-        try:
-            if typ is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return typ(value) if typ is float else int(float(value)) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from None
-    if typ is str:
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"config key '{key}': unsupported type {typ}")
+# ------------------------------------------------------------ reading and writing
 
 
 def _merge(obj: Any, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    """`obj` with the values in `data` (nested mappings for sections); text values are
+    read as each key's type, then the dataclass checks them all on construction."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
     changes = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+    for name, value in data.items():
+        full = f"{prefix}{name}"
+        f = fields.get(name) if isinstance(name, str) else None
+        if f is None:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(fields))})")
+        if "section" in f.metadata:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key '{full}' is a section; expected a mapping")
-            changes[key] = _merge(current, value, full + ".")
+            changes[name] = _merge(getattr(obj, name), value, full + ".")
+        elif isinstance(value, Mapping):
+            raise ConfigError(f"config key '{full}' is not a section; expected {f.metadata['check'].expected()}")
         else:
-            changes[key] = _coerce(value, hints[key], full)
+            changes[name] = f.metadata["check"].parse(value) if isinstance(value, str) else value
     return dataclasses.replace(obj, **changes)
 
 
-# Values each key may take: (test, what was expected). Checked after every merge, so a
-# YAML file, --set and the CLI flags all get the same clear error.
-_RANGES = {
-    "timeout": (lambda v: v >= 0, "a number of seconds >= 0"),
-    "threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
-    "bounds.method": (lambda v: v in ("ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank"),
-                      "one of ibp, crown, alpha-crown, sdp, sdp-lowrank"),
-    "bounds.intermediate": (lambda v: v in ("crown", "ibp", "forward"), "crown, ibp or forward"),
-    "bounds.dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
-    "bounds.alpha_iterations": (lambda v: v >= 0, "an integer >= 0"),
-    "bounds.max_elements": (lambda v: v >= 1, "an integer >= 1"),
-    "attack.restarts": (lambda v: v >= 0, "an integer >= 0"),
-    "attack.steps": (lambda v: v >= 0, "an integer >= 0"),
-    "attack.samples": (lambda v: v >= 0, "an integer >= 0"),
-    "bab.mode": (lambda v: v in ("auto", "input", "activation", "none"), "auto, input, activation or none"),
-    "bab.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "bab.input_split_method": (lambda v: v in ("ibp", "crown", "alpha-crown"), "ibp, crown or alpha-crown"),
-    "bab.input_split_alpha_iterations": (lambda v: v >= 1, "an integer >= 1"),
-    "bab.max_domains": (lambda v: v >= 1, "an integer >= 1"),
-    "bab.branching": (lambda v: v in ("babsr", "fsb"), "babsr or fsb"),
-    "bab.fsb_candidates": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
-    "bab.relaxed_clip": (lambda v: isinstance(v, bool), "true or false"),
-    "bab.clip_generations": (lambda v: 0 <= v <= 8, "an integer from 0 to 8"),
-}
-
-
-def _check_ranges(config: Config) -> Config:
-    for key, (ok, expected) in _RANGES.items():
-        value = config
-        for part in key.split("."):
-            value = getattr(value, part)
-        if not ok(value):
-            raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
-    return config
-
-
-def with_overrides(config: Config, overrides: list[str]) -> Config:
+def with_overrides(config: Config, overrides: Sequence[str]) -> Config:
     """Apply `key.sub=value` strings, as given to `--set`."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
-        key, value = item.split("=", 1)
+        name, value = item.split("=", 1)
         nested: dict[str, Any] = {}
         cursor = nested
-        parts = key.strip().split(".")
+        parts = name.strip().split(".")
         for p in parts[:-1]:
             cursor = cursor.setdefault(p, {})
         cursor[parts[-1]] = value.strip()
         config = _merge(config, nested)
-    return _check_ranges(config)
+    return config
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def _yaml_error(path: Any, exc: Exception) -> ConfigError:
+    """One line, `FILE:LINE:COL: invalid YAML: <problem>`, like every other bad-input message."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"{problem} ({context})" if context else problem
+    text = " ".join(str(text).split())
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else f"{path}"
+    return ConfigError(f"{where}: invalid YAML: {text}")
+
+
+def load_config(path: Union[str, Path, None] = None, overrides: Optional[Sequence[str]] = None) -> Config:
     """Defaults, then the YAML file (if any), then the overrides."""
     config = Config()
     if path is not None:
@@ -191,30 +410,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+            raise _yaml_error(path, exc) from None
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping")
         try:
             config = _merge(config, data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    return _check_ranges(with_overrides(config, overrides or []))
+    return with_overrides(config, overrides or [])
 
 
 def config_to_dict(config: Any) -> dict:
+    """The tree as plain nested dicts (for reports, and YAML that `load_config` reads back)."""
     return dataclasses.asdict(config)
 
 
 def describe(config: Any = None, prefix: str = "") -> list[str]:
-    """Every key with its type and default, for `nncert config` and the README."""
+    """Every key with its type, default and allowed values, then what it means; for
+    `nncert config` (so the help a user reads is the text the code checks against)."""
     config = Config() if config is None else config
-    hints = typing.get_type_hints(type(config))
     lines = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
+        if "section" in f.metadata:
             lines += describe(value, f"{prefix}{f.name}.")
-        else:
-            lines.append(f"{prefix}{f.name}: {hints[f.name].__name__} = {value!r}")
+            continue
+        check = f.metadata["check"]
+        lines.append(f"{prefix}{f.name}: {check.type.__name__} = {value!r}    [{check.expected()}]")
+        lines.append(f"    {f.metadata['help']}")
     return lines
