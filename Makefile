@@ -7,18 +7,23 @@ STAMP := $(VENV)/.nncert-installed
 
 .PHONY: demo test bench-smoke clean
 
+# Recipes are silent (@): `make demo` prints the demo's results, `make test` pytest's
+# report, and a fresh machine one line while the environment is installed.
+PIP := $(PY) -m pip install -qq --disable-pip-version-check  # -qq: errors only
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@echo "installing $(VENV): torch==2.13.0, then nncert with its test extras (a few minutes)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PIP) --upgrade pip
+	@$(PIP) torch==2.13.0
+	@$(PIP) -e '.[test]'
+	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/digits_demo.py --out out/demo
+	@$(PY) examples/digits_demo.py --out out/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -p no:cacheprovider
+	@$(PY) -m pytest -p no:cacheprovider
 
 clean:
-	rm -rf out .pytest_cache
+	@rm -rf out .pytest_cache

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MNIST = "/work/shared/models/lipsdp/mnist_weights.mat"
+MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "models" / "lipsdp" / "mnist_weights.mat")
 
 
 def lipsdp_one_hidden(w0: np.ndarray, w1: np.ndarray, pairs=()) -> tuple[float, str, float]:

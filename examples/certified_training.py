@@ -16,12 +16,15 @@ is checked with the verifier on l-inf robustness specs written by
 command itself per spec, which costs an interpreter start each). For (d) the
 Lipschitz bound of the plain weights gives a second, independent certificate: an
 l-inf ball of radius r lies in the l2 ball of radius sqrt(64) r, so a margin above
-sqrt(2) L sqrt(64) r certifies it. The table goes to docs/certified_training.md and a
-plot of verified accuracy against the radius (from CROWN bounds, which `verify` tries
-first) to docs/certified_training.png when matplotlib is installed.
+sqrt(2) L sqrt(64) r certifies it. The table goes to certified_training.md in `--out`
+and a plot of verified accuracy against the radius (from CROWN bounds, which `verify`
+tries first) to certified_training.png beside it when matplotlib is installed (it is
+optional: without it the plot is skipped with a one-line note). `--doc` writes both to
+docs/ instead, replacing the tracked copies.
 
-    python examples/certified_training.py            # full run
+    python examples/certified_training.py            # full run, results in out/certified_training/
     python examples/certified_training.py --quick    # fewer epochs and images
+    python examples/certified_training.py --doc      # regenerate docs/certified_training.*
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ def train_certified(x: torch.Tensor, y: torch.Tensor, method: str, eps: float, e
     torch.manual_seed(seed)
     net = mlp()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    warmup, ramp = max(1, epochs // 20), epochs // 2
+    warmup, ramp = max(1, epochs // 20), max(1, epochs // 2)
     schedule = EpsilonSchedule(eps, warmup, ramp, kind="smooth")
     lr_drop = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.8 * epochs), int(0.92 * epochs)], 0.2)
     steps = math.ceil(len(x) / 128)
@@ -213,7 +216,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per nncert verify call")
     parser.add_argument("--cli", action="store_true", help="run the `nncert verify` command per spec")
     parser.add_argument("--quick", action="store_true", help="20 epochs, 20 images")
-    parser.add_argument("--no-doc", action="store_true", help="do not write docs/certified_training.*")
+    parser.add_argument("--doc", action="store_true",
+                        help="write the table and plot to docs/certified_training.* (tracked files) "
+                             "instead of --out")
+    parser.add_argument("--no-doc", action="store_true", help=argparse.SUPPRESS)  # the old default; now a no-op
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
@@ -288,25 +294,27 @@ def main() -> int:
                 f"in float64 from the plain weights, {L_sdp:.6f} from `lipschitz_of_network` ({sdp_method}) "
                 f"on the plain weights; the margin certificate uses {L:.6f}.")
     print("\n" + table + "\n\n" + lip_note)
-    if not args.no_doc:
-        write_doc(args, table, lip_note, curve_radii, curves)
+    write_doc(args, ROOT / "docs" if args.doc else out, table, lip_note, curve_radii, curves)
     return 0
 
 
-def write_doc(args: argparse.Namespace, table: str, lip_note: str, radii: list[float],
+def write_doc(args: argparse.Namespace, docs: Path, table: str, lip_note: str, radii: list[float],
               curves: dict[str, list[float]]) -> None:
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
+    """certified_training.md (and .png when matplotlib is installed) in `docs`."""
+    docs.mkdir(parents=True, exist_ok=True)
     how = "`nncert verify` (the CLI, one process per spec)" if args.cli else \
         "`verifier.verify` in-process, the function `nncert verify` runs, with the same default config"
     curve_lines = ["| model | " + " | ".join(f"{r:.2f}" for r in radii) + " |",
                    "|---|" + "---|" * len(radii)]
     for name, values in curves.items():
         curve_lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    plot_line = ""
     try:
         import matplotlib
-
+    except ImportError:
+        matplotlib = None
+        print("matplotlib is not installed: no plot drawn (pip install matplotlib for one)")
+        plot_line = "\n(matplotlib was not installed, so no plot was drawn.)\n"
+    if matplotlib is not None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -320,10 +328,9 @@ def write_doc(args: argparse.Namespace, table: str, lip_note: str, radii: list[f
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(docs / "certified_training.png", dpi=120)
+        plt.close(fig)
         plot_line = "\n![verified accuracy vs radius](certified_training.png)\n"
-    except ImportError:
-        plot_line = "\n(matplotlib is not installed, so no plot was drawn.)\n"
-    cmd = "python examples/certified_training.py" + (" --cli" if args.cli else "")
+    cmd = "python examples/certified_training.py" + (" --cli" if args.cli else "") + (" --doc" if args.doc else "")
     text = f"""# Certified training on digits
 
 Made by `{cmd}` (seed {args.seed}, {args.epochs} epochs, train eps {args.train_eps},

@@ -11,6 +11,7 @@ import argparse
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,10 @@ def train_digits(seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray, floa
 
 def export(net: nn.Module, path: Path) -> None:
     net.eval()
-    torch.onnx.export(net, torch.zeros(1, 64), str(path), input_names=["x"], output_names=["logits"],
-                      opset_version=13, dynamo=False)
+    with warnings.catch_warnings():  # the legacy exporter's notice: the new one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, torch.zeros(1, 64), str(path), input_names=["x"], output_names=["logits"],
+                          opset_version=13, dynamo=False)
 
 
 def main() -> int:

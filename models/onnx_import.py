@@ -6,7 +6,9 @@ onnxruntime. A silent mis-reading would make every later verdict worthless.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import zlib
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -21,9 +23,31 @@ from models.graph import Graph, Node
 from models.ops import forward_rule
 from models.passes import drop_aliases, fold_batchnorm, prune_to_output
 
-__all__ = ["load_onnx", "graph_from_proto"]
+__all__ = ["load_onnx", "read_onnx_bytes", "graph_from_proto"]
 
 _SHAPE_ONLY_OPS = {"Shape", "Size"}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_onnx_bytes(path: str | Path) -> bytes:
+    """The ONNX bytes of `path`, decompressed when the file is gzip (`.onnx.gz`).
+
+    A gzip file is recognised by its magic number, as the VNN-LIB loader does for
+    `.vnnlib.gz`: an ONNX protobuf never starts with 0x1f 0x8b (0x1f is not a valid
+    field tag). An unreadable file or a damaged gzip stream is a `ModelError` naming
+    the file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ModelError(f"{path}: not a valid gzip file ({exc})") from None
+    return data
 
 
 def load_onnx(path: str | Path, check: bool = True, check_samples: int = 3) -> Graph:
@@ -31,12 +55,10 @@ def load_onnx(path: str | Path, check: bool = True, check_samples: int = 3) -> G
 
     `check` runs onnxruntime and the torch forward on `check_samples` random inputs and
     refuses the model if they differ by more than 1e-4 relative to the output scale.
+    A gzip-compressed file (`model.onnx.gz`) is decompressed first (`read_onnx_bytes`).
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+    data = read_onnx_bytes(path)
     import onnx  # local: keeps `import models` light for the parser-only paths
 
     try:

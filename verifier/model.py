@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import Graph, ModelError, load_onnx
+from models import Graph, load_onnx, read_onnx_bytes
 from models.ort_check import onnxruntime_session, run_onnxruntime
 
 __all__ = ["Model", "load_model"]
@@ -46,8 +46,5 @@ def load_model(path: str | Path, check: bool = True) -> Model:
     """Load and check an ONNX model (raises ModelError / UnsupportedModel)."""
     path = Path(path)
     graph = load_onnx(path, check=check)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc}") from None
+    data = read_onnx_bytes(path)  # decompressed when the file is .onnx.gz: onnxruntime replays these bytes
     return Model(graph=graph, path=str(path), onnx_bytes=data)

@@ -3,8 +3,9 @@
 ``load`` turns a ``.vnnlib`` (or ``.vnnlib.gz``) file into a ``Spec``: a disjunction of
 input regions, each with output constraints ``C y <= d`` in disjunctive normal form.
 Every problem with a file is a ``VnnlibError`` that says ``file:line:col`` and what was
-expected. ``write_results``/``read_results`` handle VNN-COMP result files;
-``write_vnnlib`` and ``robustness_spec`` make properties from Python.
+expected (``file: no such file`` when there is no place in it to point at).
+``write_results``/``read_results`` handle VNN-COMP result files; ``write_vnnlib`` and
+``robustness_spec`` make properties from Python.
 """
 
 from vnnlib.errors import VnnlibError

@@ -39,15 +39,25 @@ def _count(size: int | Sequence[int] | None, role: str) -> int | None:
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """The decoded text of a (possibly gzip-compressed) file; I/O problems as VnnlibError."""
+    """The decoded text of a (possibly gzip-compressed) file.
+
+    I/O problems are a ``VnnlibError`` without a line and column (``path: no such
+    file``): they concern the file as a whole, not a place in it.
+    """
     name = os.fspath(path)
     try:
         with open(name, "rb") as handle:
             data = handle.read()
-        if data[:2] == _GZIP_MAGIC:
+    except FileNotFoundError:
+        raise VnnlibError("no such file", name, None, None) from None
+    except OSError as exc:
+        raise VnnlibError(f"cannot read the file: {exc.strerror or exc}", name, None, None) from None
+    if data[:2] == _GZIP_MAGIC:
+        try:
             data = gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise VnnlibError(f"cannot read the file: {exc}", name, 1, 1) from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise VnnlibError(f"cannot read the file: not a valid gzip file ({exc})", name,
+                              None, None) from None
     return data.decode("utf-8", errors="replace")
 
 

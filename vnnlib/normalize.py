@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vnnlib.errors import VnnlibError, line_col
+from vnnlib.errors import VnnlibError, line_col, plain
 from vnnlib.nodes import (
     Add, And, BoolConst, Compare, Div, Formula, Mul, Neg, Num, Or, Script, Sub, Term, Var,
 )
@@ -459,9 +459,9 @@ class _Normalizer:
                         hi_pos = atom.pos
                     elif atom.coef[0] < 0 and -atom.d == lower[i]:
                         lo_pos = atom.pos
-        return self.error(hi_pos, f"empty input region: X_{i} has lower bound {lower[i]!r} "
+        return self.error(hi_pos, f"empty input region: X_{i} has lower bound {plain(lower[i])} "
                                   f"(set at {self.where(lo_pos)}) above its upper bound "
-                                  f"{upper[i]!r} (set here)")
+                                  f"{plain(upper[i])} (set here)")
 
     @staticmethod
     def dense_rows(rows: list[tuple], width: int) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -55,6 +55,9 @@ def write_results(path: str | os.PathLike[str], verdict: str,
     try:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(text)
+        umask = os.umask(0)  # mkstemp makes 0600 files; give the mode any new file gets
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

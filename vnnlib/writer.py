@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vnnlib.errors import plain
 from vnnlib.spec import Disjunct, InputRegion, OutputConstraints, Spec
 
 __all__ = ["format_vnnlib", "write_vnnlib", "robustness_spec"]
@@ -116,9 +117,9 @@ def robustness_spec(x0: np.ndarray | Sequence[float], eps: float | np.ndarray, l
     if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(eps_arr)) and np.all(eps_arr >= 0)):
         raise ValueError("x0 must be finite and eps finite and non-negative")
     if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 2):
-        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        raise ValueError(f"n_classes must be an integer >= 2, got {plain(n_classes)}")
     if not (isinstance(label, (int, np.integer)) and 0 <= label < n_classes):
-        raise ValueError(f"label must be an integer in [0, {n_classes}), got {label!r}")
+        raise ValueError(f"label must be an integer in [0, {n_classes}), got {plain(label)}")
     lower, upper = x0 - eps_arr, x0 + eps_arr
     if lower_clip is not None:
         lower = np.maximum(lower, np.asarray(lower_clip, dtype=np.float64))
@@ -126,8 +127,8 @@ def robustness_spec(x0: np.ndarray | Sequence[float], eps: float | np.ndarray, l
         upper = np.minimum(upper, np.asarray(upper_clip, dtype=np.float64))
     if np.any(lower > upper):
         i = int(np.flatnonzero(lower > upper)[0])
-        raise ValueError(f"the clipped ball is empty: input {i} has lower {lower[i]!r} "
-                         f"> upper {upper[i]!r}")
+        raise ValueError(f"the clipped ball is empty: input {i} has lower {plain(lower[i])} "
+                         f"> upper {plain(upper[i])}")
     conjs = []
     for j in range(n_classes):
         if j != label:

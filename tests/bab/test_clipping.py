@@ -6,6 +6,7 @@ box dimensions, constraints tangent to the box, infeasible and non-binding const
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -378,8 +379,13 @@ def test_split_constraints_hold_on_the_split_domain() -> None:
 
 
 @pytest.mark.parametrize("n,N", [(5, 10000), (784, 200)])
-def test_throughput_printed(n: int, N: int, capsys: pytest.CaptureFixture) -> None:
-    """Prints domains per second on this machine (CPU here); asserts nothing about speed."""
+def test_throughput_printed(n: int, N: int, record_property: Callable[[str, object], None]) -> None:
+    """Measures domains per second on this machine (CPU here); asserts nothing about speed.
+
+    The line is captured, not written between pytest's dots: see it with
+    `pytest -rP tests/bab/test_clipping.py -k throughput` (or `-s`); it is also recorded
+    as a property in `--junitxml` reports.
+    """
     M, K = 100, 4
     gen = torch.Generator().manual_seed(0)
     lo = torch.rand(N, n, generator=gen) - 1
@@ -393,6 +399,7 @@ def test_throughput_printed(n: int, N: int, capsys: pytest.CaptureFixture) -> No
     t1 = time.perf_counter()
     min_under_constraint(w, b, lo, hi, a[:, 0], c[:, 0])
     t2 = time.perf_counter()
-    with capsys.disabled():
-        print(f"\n[clipping] n={n} N={N} K={K}: clip_box {N / (t1 - t0):,.0f} domains/s; "
-              f"min_under_constraint M={M}: {N / (t2 - t1):,.0f} domains/s ({N * M / (t2 - t1):,.0f} rows/s)")
+    record_property("clip_box_domains_per_s", N / (t1 - t0))
+    record_property("min_under_constraint_domains_per_s", N / (t2 - t1))
+    print(f"[clipping] n={n} N={N} K={K}: clip_box {N / (t1 - t0):,.0f} domains/s; "
+          f"min_under_constraint M={M}: {N / (t2 - t1):,.0f} domains/s ({N * M / (t2 - t1):,.0f} rows/s)")

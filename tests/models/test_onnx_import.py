@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import helper
 
-from models import GraphEvaluator, ModelError, UnsupportedModel, graph_from_proto, load_onnx
+from models import GraphEvaluator, ModelError, UnsupportedModel, graph_from_proto, load_onnx, read_onnx_bytes
 from tests.conftest import BENCH, needs_shared
 from tests.op_cases import make_model
 
@@ -110,3 +110,48 @@ def test_cycle_is_refused() -> None:
              helper.make_node("Neg", ["b"], ["Y"])]
     with pytest.raises(UnsupportedModel):
         graph_from_proto(make_model(nodes, {}, (1, 3), (1, 3)))
+
+
+def _relu_model_bytes() -> bytes:
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {}, (1, 3), (1, 3))
+    return model.SerializeToString()
+
+
+def test_gzip_compressed_model_is_read_transparently(tmp_path) -> None:
+    """Benchmark sets ship `.onnx.gz` as well as `.vnnlib.gz`; both must load."""
+    import gzip
+
+    plain = tmp_path / "relu.onnx"
+    plain.write_bytes(_relu_model_bytes())
+    packed = tmp_path / "relu.onnx.gz"
+    packed.write_bytes(gzip.compress(_relu_model_bytes()))
+    a, b = load_onnx(plain), load_onnx(packed)  # check=True: onnxruntime agrees on the gz model too
+    assert (a.input_shape, a.output_shape, a.sha256) == (b.input_shape, b.output_shape, b.sha256)
+    assert b.source == str(packed)
+    assert read_onnx_bytes(packed) == read_onnx_bytes(plain) == _relu_model_bytes()
+
+
+def test_corrupt_gzip_model_is_a_model_error_naming_the_file(tmp_path) -> None:
+    import gzip
+
+    path = tmp_path / "broken.onnx.gz"
+    path.write_bytes(gzip.compress(_relu_model_bytes())[:-12])  # truncated stream
+    with pytest.raises(ModelError, match="broken.onnx.gz: not a valid gzip file"):
+        load_onnx(path)
+    path.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(ModelError, match="broken.onnx.gz: not a valid gzip file"):
+        load_onnx(path)
+
+
+def test_load_model_replays_gzip_models_in_onnxruntime(tmp_path) -> None:
+    """`verifier.load_model` keeps the ONNX bytes for onnxruntime replay: decompressed ones."""
+    import gzip
+
+    from verifier.model import load_model
+
+    path = tmp_path / "relu.onnx.gz"
+    path.write_bytes(gzip.compress(_relu_model_bytes()))
+    model = load_model(path)
+    assert model.onnx_bytes == _relu_model_bytes()
+    x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    assert model.run_onnxruntime(x).tolist() == [0.0, 0.5, 2.0]

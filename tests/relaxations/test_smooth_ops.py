@@ -19,6 +19,7 @@ import torch
 import relaxations
 from models import Node
 from relaxations import BoundOptions, IntervalBounds, compute_bounds, rule_for
+from tests.conftest import BENCH, ROOT
 
 T = torch.Tensor
 N_POINTS = 1000
@@ -288,10 +289,11 @@ def test_end_to_end_contains_onnxruntime(case: str, tmp_path: Path) -> None:
     assert widths["alpha-crown"] <= widths["crown"] * (1 + 1e-6) + 1e-6
 
 
-ERAN = Path("/work/shared/bench/2021_eran/nets/ffnnSIGMOID__Point_6x200.onnx")
+ERAN = BENCH / "2021_eran" / "nets" / "ffnnSIGMOID__Point_6x200.onnx"
 
 
-@pytest.mark.skipif(not ERAN.exists(), reason="shared benchmark folder /work/shared is absent")
+@pytest.mark.skipif(not ERAN.exists(), reason=f"{ERAN.relative_to(ROOT.parent)} is absent: ../shared/bench "
+                                              "(VNN-COMP instances) is not beside the checkout")
 def test_eran_sigmoid_crown_tighter_than_ibp() -> None:
     import onnxruntime as ort
     from models import load_onnx

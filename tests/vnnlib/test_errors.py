@@ -38,6 +38,9 @@ def test_empty_box_is_an_error_at_the_bound() -> None:
     assert "empty input region" in err.message and "X_0" in err.message
     assert (err.line, err.col) == (4, 9)  # the upper bound that makes it empty
     assert "3:9" in err.message  # where the lower bound was set
+    # numbers as written in the file, not numpy reprs such as np.float64(0.5)
+    assert "lower bound 0.5 " in err.message and "upper bound 0.25 " in err.message
+    assert "np." not in err.message
 
 
 def test_missing_bound_is_an_error_at_the_declaration() -> None:
@@ -131,12 +134,25 @@ def test_count_mismatch_names_both_counts() -> None:
 
 
 def test_unreadable_files_are_vnnlib_errors(tmp_path: Path) -> None:
-    with pytest.raises(vnnlib.VnnlibError, match="cannot read"):
-        vnnlib.load(tmp_path / "missing.vnnlib")
     broken = tmp_path / "broken.vnnlib.gz"
     broken.write_bytes(b"\x1f\x8b\x08\x00garbage")
-    with pytest.raises(vnnlib.VnnlibError, match="cannot read"):
+    with pytest.raises(vnnlib.VnnlibError, match="cannot read") as info:
         vnnlib.load(broken)
+    assert str(info.value).startswith(f"{broken}: cannot read the file: not a valid gzip file")
+    with pytest.raises(vnnlib.VnnlibError, match="cannot read") as info:
+        vnnlib.load(tmp_path)  # a directory
+    assert str(info.value).startswith(f"{tmp_path}: cannot read the file: ")
+
+
+def test_a_missing_file_has_no_spurious_location(tmp_path: Path) -> None:
+    """`nncert verify model.onnx missing.vnnlib` said `missing.vnnlib:1:1: ...`."""
+    missing = tmp_path / "missing.vnnlib"
+    for read in (vnnlib.load, vnnlib.read_results):
+        with pytest.raises(vnnlib.VnnlibError) as info:
+            read(missing)
+        err = info.value
+        assert str(err) == f"{missing}: no such file"
+        assert (err.path, err.line, err.col, err.message) == (str(missing), None, None, "no such file")
 
 
 def test_non_utf8_bytes_in_a_comment_are_harmless(tmp_path: Path) -> None:

@@ -101,6 +101,18 @@ def test_robustness_spec_refuses_bad_arguments(kwargs: dict) -> None:
         vnnlib.robustness_spec(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(x0=np.array([0.5]), eps=0.1, label=0, n_classes=2, lower_clip=0.9, upper_clip=0.95),
+     "input 0 has lower 0.9 > upper 0.6"),
+    (dict(x0=[0.5], eps=0.1, label=np.int64(5), n_classes=np.int64(3)), "got 5"),
+    (dict(x0=[0.5], eps=0.1, label=0, n_classes=np.float64(2.5)), "got 2.5"),
+])
+def test_robustness_spec_messages_show_plain_numbers(kwargs: dict, expected: str) -> None:
+    with pytest.raises(ValueError) as info:
+        vnnlib.robustness_spec(**kwargs)
+    assert expected in str(info.value) and "np." not in str(info.value)
+
+
 def test_written_robustness_spec_reads_back_equal(tmp_path: Path) -> None:
     x0 = np.random.default_rng(1).random((1, 3, 4, 4)).astype(np.float32)
     spec = vnnlib.robustness_spec(x0, 2 / 255, label=7, n_classes=10, lower_clip=0, upper_clip=1)

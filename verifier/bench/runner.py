@@ -47,7 +47,7 @@ def _progress_line(done: int, total: int, outcome: Outcome, counts: dict[str, in
 def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int = 1,
               settings: RunSettings = RunSettings(),
               expected: Optional[dict] = None, out: Optional[str | Path] = None, quiet: bool = False,
-              stream: TextIO = sys.stdout,
+              stream: Optional[TextIO] = None,
               on_outcome: Optional[Callable[[Outcome], None]] = None) -> BenchRun:
     """Run every instance; return outcomes in the instances' order.
 
@@ -55,6 +55,7 @@ def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int
     ``correct``. ``out``: rewritten after each instance. A KeyboardInterrupt stops the
     run, kills the children and returns what finished with ``interrupted`` set.
     """
+    stream = sys.stdout if stream is None else stream  # resolved per call: pytest swaps sys.stdout
     if isolate not in ISOLATION_MODES:
         raise ValueError(f"isolate must be one of {', '.join(ISOLATION_MODES)}, got {isolate!r}")
     if jobs < 1:
