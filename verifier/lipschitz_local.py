@@ -3,8 +3,11 @@
 ``local_lipschitz(net, center, radius, norm)`` bounds, for each output row c (default:
 every output), ``max over x in the box of ||grad (c^T f)(x)||_q`` with q the dual of the
 input norm (``norm="inf"``: q = 1; ``norm="2"``: q = 2). By Lebourg's mean value theorem
-that is a Lipschitz constant of ``c^T f`` on the box; for ``norm="inf"`` the largest
-row value is the l-inf -> l-inf constant of f itself. The maths is in
+that is a Lipschitz constant of ``c^T f`` on the box. With the default rows (every
+output), the largest row value ``value`` is a constant of f from the input norm to
+l-inf on the output: l-inf -> l-inf for ``norm="inf"``, but l2 -> l-inf (NOT l2 -> l2)
+for ``norm="2"``; ``sqrt(sum of per_row^2)`` would bound l2 -> l2. Reports must say
+which (``verifier.cli_lipschitz.norm_pair``). The maths is in
 ``relaxations.lipschitz.local``.
 
 Branch and bound splits one unstable forward neuron into ``z <= 0`` (d = 0) and
@@ -156,7 +159,11 @@ def local_lipschitz(net: FeedForward, center: Any, radius: float, norm: str = "i
     lo = torch.minimum(lo, torch.tensor(x0)[None]).nextafter(torch.tensor(-math.inf, dtype=torch.float64))
     hi = torch.maximum(hi, torch.tensor(x0)[None]).nextafter(torch.tensor(math.inf, dtype=torch.float64))
     Ct = torch.tensor(rows, dtype=torch.float64)
+    t_eval = time.perf_counter()
     own, interval, choices = _evaluate(ln, lo, hi, [[]], Ct, norm, linear)
+    # Seconds per domain bounded (the slowest seen): a batch is only started when it fits
+    # in the time left, so `timeout` holds to about one domain's cost, not one batch's.
+    per_domain = time.perf_counter() - t_eval
     root = own[0].copy()
     leaves = [_Leaf([], own[0].copy(), choices[0])]
     domains, exhausted = 1, False
@@ -165,13 +172,18 @@ def local_lipschitz(net: FeedForward, center: Any, radius: float, norm: str = "i
         if worst.choice is None:
             exhausted = True
             break
+        fit = (timeout - (time.perf_counter() - t0)) / (2.0 * max(per_domain, 1e-9))  # leaves that fit
+        if fit < 1:
+            break
         ranked = sorted((lf for lf in leaves if lf.choice is not None), key=lambda lf: -float(lf.best.max()))
-        take = ranked[:max(1, min(batch, (max_domains - domains) // 2))]
+        take = ranked[:max(1, min(batch, (max_domains - domains) // 2, int(min(fit, batch))))]
         paths = []
         for lf in take:
             k, i = lf.choice
             paths += [lf.path + [(k, i, -1)], lf.path + [(k, i, 1)]]
+        t_eval = time.perf_counter()
         own_c, _, ch_c = _evaluate(ln, lo, hi, paths, Ct, norm, linear)
+        per_domain = max(per_domain, (time.perf_counter() - t_eval) / len(paths))
         domains += len(paths)
         gone = {id(lf) for lf in take}
         new = [_Leaf(p, np.minimum(take[j // 2].best, own_c[j]), ch_c[j]) for j, p in enumerate(paths)]

@@ -9,10 +9,16 @@ Chiu & Zhang 2023, with the multipliers polished by the same ascent). Both hand 
 costs tightness. The pre-activation bounds the relaxation needs come from CROWN
 (``relaxations.compute_bounds``), widened outward so that the independent checker
 (``verifier.checker.sdp``), which recomputes CROWN in float64 numpy, confirms them.
+
+Time: ``certify_sdp(..., deadline=)`` gives each row's solver an equal share of what is
+left (SCS ``time_limit_secs``, the low-rank loop's own limit); a row that gets no time
+keeps CROWN's bound (valid, only looser) and ``SdpResult.timed_out`` says so. CROWN
+itself raises ``relaxations.DeadlineExceeded`` when the deadline passes during it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
@@ -24,6 +30,7 @@ from models import Graph
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from relaxations.sdp import (
     Multipliers,
+    NotReluMlp,
     SdpProblem,
     build_problem,
     certified_bound,
@@ -44,6 +51,8 @@ PRE_WIDEN = 1e-6
 # The claim written into a certificate sits this far (relative) below the bound we
 # computed, so the checker's own rounding can never reject a correct certificate.
 CLAIM_SLACK = 1e-9
+# A row's SDP is not started with less than this left before the deadline.
+MIN_ROW_SECONDS = 0.5
 
 
 @dataclass
@@ -55,6 +64,26 @@ class SdpResult:
     certificate: dict
     crown_lower: np.ndarray
     stats: dict = field(default_factory=dict)
+    timed_out: bool = False
+
+    @property
+    def reason(self) -> str:
+        """What produced the bounds, in words a verdict's reason can use as is: the
+        sdp-lowrank dual ascent starts from CROWN's multipliers, but its bound is the
+        SDP relaxation's certified dual bound, not bound propagation."""
+        kinds = [c.get("kind") for c in self.certificate.get("rows", [])]
+        n_sdp = sum(k == "sdp-relu-mlp" for k in kinds)
+        n_crown = len(kinds) - n_sdp
+        method = self.certificate.get("method", "sdp")
+        how = ("the SDP relaxation's dual bound, reached by dual ascent from CROWN's multipliers"
+               if method == "sdp-lowrank" else "the SDP relaxation's dual bound from the solver's multipliers")
+        parts = []
+        if n_sdp:
+            parts.append(f"{n_sdp} row(s) by {how} (float64 eigenvalue-certified)")
+        if n_crown:
+            why = "no time left for the SDP" if self.timed_out else "already proved by CROWN"
+            parts.append(f"{n_crown} row(s) by CROWN ({why})")
+        return f"{method}: " + "; ".join(parts) if parts else f"{method}: no rows"
 
 
 def graph_from_weights(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> Graph:
@@ -84,14 +113,16 @@ def graph_from_weights(weights: Sequence[np.ndarray], biases: Sequence[np.ndarra
 
 
 def pre_activation_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, C: np.ndarray,
-                          method: str = "crown") -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+                          method: str = "crown", deadline: Optional[float] = None
+                          ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """CROWN bounds (float64) of every ReLU input, widened outward, and ``method``'s
-    lower bounds of ``C @ y`` (for comparison)."""
+    lower bounds of ``C @ y`` (for comparison). Past ``deadline`` CROWN raises
+    ``relaxations.DeadlineExceeded``."""
     shape = graph.input_shape
     lo = torch.as_tensor(np.array(lower, dtype=np.float64).reshape(1, *shape))
     hi = torch.as_tensor(np.array(upper, dtype=np.float64).reshape(1, *shape))
     res = compute_bounds(graph, IntervalBounds(lo, hi), torch.as_tensor(np.asarray(C, dtype=np.float64)),
-                         BoundOptions(method=method, intermediate="crown"), want_upper=False)
+                         BoundOptions(method=method, intermediate="crown", deadline=deadline), want_upper=False)
     pl, pu = [], []
     for name in relu_inputs(graph):
         b = res.table[name]
@@ -115,20 +146,35 @@ def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lo
                  upper: np.ndarray, C: np.ndarray, pre_lower: Sequence[np.ndarray],
                  pre_upper: Sequence[np.ndarray], method: str = "sdp", targets: Optional[np.ndarray] = None,
                  solver: Optional[str] = None, lowrank_options: Any = None,
-                 scs_time_limit_s: float = 0.0) -> tuple[np.ndarray, list[dict], list[dict]]:
-    """One SDP per row of C with given pre-activation bounds: (bounds, certificates, stats)."""
+                 scs_time_limit_s: float = 0.0, deadline: Optional[float] = None
+                 ) -> tuple[np.ndarray, list[dict], list[dict]]:
+    """One SDP per row of C with given pre-activation bounds: (bounds, certificates, stats).
+
+    With ``deadline`` (a ``time.monotonic()`` value) each row's solver gets an equal
+    share of the time left, and a row is started only while at least
+    ``MIN_ROW_SECONDS`` are left: the lists returned may then be SHORTER than C (the
+    first rows only); the caller keeps another valid bound for the rest."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
     bounds, certs, stats = [], [], []
     for s, row in enumerate(C):
+        share = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left < MIN_ROW_SECONDS:
+                break
+            share = max(left / (C.shape[0] - s), MIN_ROW_SECONDS)
         problem = build_problem(weights, biases, row, np.reshape(lower, -1), np.reshape(upper, -1),
                                 pre_lower, pre_upper)
         t0 = time.perf_counter()
         if method == "sdp":
             from verifier.solvers.cvxpy_sdp import solve_sdp_dual
 
-            sol = solve_sdp_dual(problem, solver=solver, time_limit_s=scs_time_limit_s)
+            limit = scs_time_limit_s
+            if share is not None:  # leave a quarter for compiling and certifying
+                limit = min(limit, 0.75 * share) if limit > 0 else 0.75 * share
+            sol = solve_sdp_dual(problem, solver=solver, time_limit_s=limit)
             if sol.multipliers is None:  # no multipliers at all: fall back to zeros (still valid)
                 mult = Multipliers.unpack(problem, np.zeros(problem.n_multipliers()))
             else:
@@ -139,6 +185,8 @@ def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lo
             from verifier.solvers.burer_monteiro import LowRankOptions, solve_lowrank
 
             opts = lowrank_options or LowRankOptions()
+            if share is not None:
+                opts = dataclasses.replace(opts, time_limit_s=min(opts.time_limit_s, 0.8 * share))
             target = None if targets is None else float(np.asarray(targets).reshape(-1)[s])
             sol = solve_lowrank(problem, opts, target=target)
             bound, mult, lam_min = sol.bound, sol.multipliers, sol.lam_min
@@ -155,17 +203,26 @@ def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lo
 def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray, C: np.ndarray,
                 method: str = "sdp", targets: Optional[np.ndarray] = None, solver: Optional[str] = None,
                 lowrank_options: Any = None, scs_time_limit_s: float = 0.0,
-                skip_proved: bool = False) -> SdpResult:
+                skip_proved: bool = False, deadline: Optional[float] = None) -> SdpResult:
     """Certified lower bounds of ``C @ f(x)`` over ``[lower, upper]`` for a ReLU MLP.
 
     ``targets`` [S]: the values the bounds must exceed (e.g. a spec's ``d``); the
     low-rank method raises its rank until it gets there, and with ``skip_proved``
     rows that CROWN already proves keep CROWN's bound (a certificate of kind
     ``crown`` then stands in for them). Returns per-row bounds (each >= CROWN's is
-    not guaranteed but typical), CROWN's bounds, the time and a certificate per row."""
+    not guaranteed but typical), CROWN's bounds, the time and a certificate per row.
+
+    ``deadline`` (``time.monotonic()``): see the module docstring; rows left without
+    time keep CROWN's bound and ``timed_out`` is set. A graph that is not a ReLU MLP
+    raises ``NotReluMlp``, an ``UnsupportedModel`` (bad input, not a bug)."""
     t0 = time.perf_counter()
     graph = model.graph if isinstance(model, Model) else model
-    weights, biases = relu_mlp_from_graph(graph)
+    try:
+        weights, biases = relu_mlp_from_graph(graph)
+    except NotReluMlp as exc:
+        where = f"{model.path}: " if isinstance(model, Model) and getattr(model, "path", None) else ""
+        raise NotReluMlp(f"{where}method {method} needs a ReLU MLP (Gemm/MatMul/Add/Sub/Relu/Flatten): "
+                         f"{exc}") from None
     lo = np.asarray(lower, dtype=np.float64).reshape(-1)
     hi = np.asarray(upper, dtype=np.float64).reshape(-1)
     if lo.shape != hi.shape or lo.shape[0] != weights[0].shape[1]:
@@ -173,7 +230,7 @@ def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray
     if np.any(lo > hi):
         raise ValueError("empty box: some lower bound exceeds its upper bound")
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
-    pl, pu, crown = pre_activation_bounds(graph, lo, hi, C)
+    pl, pu, crown = pre_activation_bounds(graph, lo, hi, C, deadline=deadline)
     rows = np.arange(C.shape[0])
     if skip_proved and targets is not None:
         rows = rows[crown <= np.asarray(targets, dtype=np.float64).reshape(-1)]
@@ -183,8 +240,13 @@ def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray
     if len(rows):
         tg = None if targets is None else np.asarray(targets, dtype=np.float64).reshape(-1)[rows]
         b, cs, st = certify_rows(weights, biases, lo, hi, C[rows], pl, pu, method, tg, solver,
-                                 lowrank_options, scs_time_limit_s)
-        for i, r in enumerate(rows):
+                                 lowrank_options, scs_time_limit_s, deadline)
+        for i, r in enumerate(rows[:len(b)]):
             bounds[r], certs[r], stats[r] = b[i], cs[i], st[i]
+        timed_out = len(b) < len(rows)
+        for r in rows[len(b):]:
+            stats[r] = {"skipped": "deadline"}
+    else:
+        timed_out = False
     cert = {"kind": "sdp-relu-mlp-rows", "version": 1, "method": method, "rows": certs}
-    return SdpResult(bounds, time.perf_counter() - t0, cert, crown, {"rows": stats})
+    return SdpResult(bounds, time.perf_counter() - t0, cert, crown, {"rows": stats}, timed_out)

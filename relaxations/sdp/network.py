@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from models import Graph, Node
+from models import Graph, Node, UnsupportedModel
 
 __all__ = ["NotReluMlp", "relu_mlp_from_graph", "relu_inputs", "mlp_forward"]
 
 _SHAPE_OPS = ("Flatten", "Reshape", "Identity")
 
 
-class NotReluMlp(ValueError):
-    """The graph is not a chain of affine layers separated by ReLUs."""
+class NotReluMlp(UnsupportedModel, ValueError):
+    """The graph is not a chain of affine layers separated by ReLUs.
+
+    An ``UnsupportedModel``: the model is valid, the method cannot take it, so the CLI
+    answers bad input (exit 2, this message) rather than an internal error. Still a
+    ValueError for callers written before that."""
 
 
 def _const(graph: Graph, name: str, node: Node) -> np.ndarray:

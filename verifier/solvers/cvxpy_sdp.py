@@ -46,7 +46,8 @@ def solve_sdp_dual(problem: SdpProblem, solver: Optional[str] = None, max_iters:
                    time_limit_s: float = 0.0, eps: float = 1e-7) -> DualSolution:
     """Maximise ``t`` s.t. ``M(y) >= 0`` (``y`` packed as in ``Multipliers.pack``).
 
-    ``time_limit_s`` > 0 is passed to SCS; SCS's ``eps`` is its absolute and
+    ``time_limit_s`` > 0 is passed to SCS (``time_limit_secs``) and Clarabel
+    (``time_limit``); it bounds the solve, not cvxpy's compilation. SCS's ``eps`` is its absolute and
     relative tolerance. Never raises for solver failures: the status says what happened."""
     import cvxpy as cp
 
@@ -68,17 +69,24 @@ def solve_sdp_dual(problem: SdpProblem, solver: Optional[str] = None, max_iters:
                 if time_limit_s > 0:
                     kw["time_limit_secs"] = float(time_limit_s)
                 prob.solve(solver=cp.SCS, **kw)
+            elif name == "CLARABEL" and time_limit_s > 0:
+                prob.solve(solver=name, verbose=False, time_limit=float(time_limit_s))
             else:
                 prob.solve(solver=name, verbose=False)
             status = str(prob.status)
-        except cp.error.SolverError as exc:
+        except (cp.error.SolverError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
             status = f"solver_error: {exc}"
-            if name != "SCS":  # Clarabel can fail numerically where SCS still gives multipliers
+            left = time_limit_s - (time.perf_counter() - t0)
+            if name != "SCS" and (time_limit_s <= 0 or left > 0.2):
+                # Clarabel can fail numerically where SCS still gives multipliers
                 name = "SCS"
+                kw = dict(eps_abs=eps, eps_rel=eps, max_iters=max_iters, verbose=False)
+                if time_limit_s > 0:
+                    kw["time_limit_secs"] = float(left)
                 try:
-                    prob.solve(solver=cp.SCS, eps_abs=eps, eps_rel=eps, max_iters=max_iters, verbose=False)
+                    prob.solve(solver=cp.SCS, **kw)
                     status = str(prob.status)
-                except cp.error.SolverError as exc2:
+                except (cp.error.SolverError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc2:
                     status = f"solver_error: {exc2}"
     elapsed = time.perf_counter() - t0
     if y.value is None:
