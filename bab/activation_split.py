@@ -113,8 +113,12 @@ def _log_proved(log: Optional[ActivationProofLog], relus: dict[str, str], splits
 def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 64,
                          max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
                          record_proof: bool = False, branching: str = "babsr",
-                         fsb_candidates: int = 4, relaxed_clip: bool = False) -> ActivationSplitOutcome:
+                         fsb_candidates: int = 4, relaxed_clip: bool = False,
+                         progress: Optional[Callable[[dict], None]] = None) -> ActivationSplitOutcome:
     """Search until all domains are proved, a counterexample is confirmed, or limits are hit.
+
+    `progress` receives the counters after each round (domains bounded and open, the
+    worst open domain's gap).
 
     With `record_proof`, every proved domain (leaf) is logged with its split decisions,
     alphas and betas (`outcome.proof`) for a certificate; the search itself is the same.
@@ -197,6 +201,9 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
         keep = ~proved
         kept = _Domains({k: v[keep] for k, v in children.items()}, lb[keep], score[keep], branch[keep])
         domains = kept if len(domains) == 0 else domains.concat(kept)
+        if progress is not None:
+            progress({"open": len(domains) + stuck, "bounded": bounded,
+                      "best_lower": float(domains.score.min()) if len(domains) else None})
     if stuck and time.monotonic() > deadline:
         # Past the deadline alpha-CROWN may stop before capturing coefficients, and a
         # domain then has no branching choice without being fully split: call it a timeout.

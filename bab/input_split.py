@@ -285,6 +285,9 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
                     clip_intermediate: bool = True, clip_joint: bool = False) -> InputSplitOutcome:
     """Search until every domain is proved, a counterexample is confirmed, or time/memory runs out.
 
+    `progress` receives the counters after each round (domains bounded and open, the
+    worst open domain's gap).
+
     Clipping is switched off when a proof is recorded: clipped leaves no longer tile the
     root region, which the certificate checker requires. With alpha-CROWN the proof
     keeps each proved leaf's best slopes per row at its unstable neurons.
@@ -366,8 +369,8 @@ def input_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float
         domains = rest.concat(DomainBatch(lo[keep], hi[keep], lb[keep], score[keep], A[keep], cons[0][keep],
                                           cons[1][keep]))
         if progress is not None:
-            progress({"domains": len(domains), "bounded": bounded, "worst": float(domains.score.min())
-                      if len(domains) else 0.0})
+            progress({"open": len(domains), "bounded": bounded,
+                      "best_lower": float(rows_status(p, domains.lb)[1].min()) if len(domains) else None})
     return InputSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, proof=proof,
                              stats={"clipped_empty": preclipped, "clip_tally": tally, "box_tally": box_tally})
 

@@ -1,9 +1,11 @@
 """nncert's public face: load models, compute bounds, verify specs.
 
-    >>> import verifier
+    >>> import numpy as np, verifier, vnnlib
     >>> model = verifier.load_model("model.onnx")
-    >>> lower, upper = verifier.bounds(model, x - eps, x + eps, method="crown")
-    >>> result = verifier.verify(model, vnnlib.load("prop.vnnlib"))
+    >>> x = np.zeros(model.input_shape, dtype=np.float32)
+    >>> lower, upper = verifier.bounds(model, x - 0.01, x + 0.01, method="crown")
+    >>> spec = vnnlib.load("prop.vnnlib", model.n_inputs, model.n_outputs)
+    >>> result = verifier.verify(model, spec, verifier.Config(timeout=30))
 
 Names are imported on first use (PEP 562): `nncert check` and the independent checker
 live under this package and must not pay for importing torch (about 2 s) at start-up.
@@ -16,7 +18,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _HOME = {
-    "bounds": "verifier.api",
+    "bounds": "verifier.api", "ShapeError": "verifier.api",
     "Config": "verifier.config", "ConfigError": "verifier.config", "load_config": "verifier.config",
     "Model": "verifier.model", "load_model": "verifier.model",
     "Result": "verifier.result",
@@ -24,7 +26,7 @@ _HOME = {
     "certified_loss": "verifier.training", "EpsilonSchedule": "verifier.training",
 }
 
-__all__ = ["__version__", "bounds", "Config", "ConfigError", "load_config", "Model", "load_model",
+__all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",
            "Result", "SpecMismatch", "verify", "certified_loss", "EpsilonSchedule"]
 
 

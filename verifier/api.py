@@ -9,7 +9,7 @@ import torch
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from verifier.model import Model
 
-__all__ = ["bounds", "dtype_of", "bound_options", "outward_box"]
+__all__ = ["bounds", "dtype_of", "bound_options", "outward_box", "ShapeError"]
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -42,27 +42,49 @@ def outward_box(lower, upper, dtype: torch.dtype, device: str = "cpu") -> tuple[
     return torch.tensor(lo, dtype=dtype, device=device), torch.tensor(hi, dtype=dtype, device=device)
 
 
+class ShapeError(ValueError):
+    """An input box or specification matrix whose shape does not fit the model."""
+
+
+def _check_box_shape(name: str, value, shape: tuple[int, ...]) -> None:
+    """Accept the model's input shape, its flat size, or either with a leading batch dimension."""
+    got = tuple(np.shape(value))
+    n = int(np.prod(shape))
+    ok = got in (tuple(shape), (n,)) or (len(got) >= 1 and got[1:] in (tuple(shape), (n,)))
+    if not ok:
+        raise ShapeError(f"{name} has shape {got}; expected the model's input shape {tuple(shape)} "
+                         f"(or {n} values), optionally with a leading batch dimension")
+
+
 def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str = "float32",
-           device: str = "cpu", alpha_iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+           device: str = "cpu", alpha_iterations: int = 20, deadline: Optional[float] = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound lower and upper bounds of `C @ output` (or of the outputs) over a box.
 
     lower/upper: arrays of the model's input shape, or with a leading batch dimension
     for many boxes at once. C: [S, n_out] or [B, S, n_out]. Returns two tensors [B, S]
     (or [S] when the box had no batch dimension). Nothing is kept between calls.
+    A wrong shape raises ShapeError naming what was expected; past `deadline`
+    (time.monotonic()) the bound passes raise relaxations.DeadlineExceeded.
     """
     dt = dtype_of(dtype)
-    lo, hi = outward_box(lower, upper, dt, device)
     shape = model.graph.input_shape
+    _check_box_shape("lower", lower, shape)
+    _check_box_shape("upper", upper, shape)
+    if np.shape(lower) != np.shape(upper):
+        raise ShapeError(f"lower and upper must have the same shape, got {np.shape(lower)} and {np.shape(upper)}")
+    lo, hi = outward_box(lower, upper, dt, device)
     single = lo.numel() == int(np.prod(shape)) and lo.dim() <= len(shape)
     lo = lo.reshape(-1, *shape)
     hi = hi.reshape(-1, *shape)
-    if lo.shape != hi.shape:
-        raise ValueError("lower and upper must have the same shape")
     if bool((lo > hi).any()):
         raise ValueError("empty box: some lower bound exceeds its upper bound")
     if C is not None:
         C = torch.as_tensor(np.asarray(C, dtype=np.float64), dtype=dt, device=device)
-    opts = BoundOptions(method=method, alpha_iterations=alpha_iterations)
+        if C.shape[-1] != model.n_outputs or C.dim() not in (2, 3):
+            raise ShapeError(f"C has shape {tuple(C.shape)}; expected [S, {model.n_outputs}] or "
+                             f"[B, S, {model.n_outputs}] (the model has {model.n_outputs} outputs)")
+    opts = BoundOptions(method=method, alpha_iterations=alpha_iterations, deadline=deadline)
     res = compute_bounds(model.graph, IntervalBounds(lo, hi), C=C, options=opts)
     lower_b, upper_b = res.lower.detach(), res.upper.detach()
     return (lower_b[0], upper_b[0]) if single else (lower_b, upper_b)

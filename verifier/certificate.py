@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,10 +29,25 @@ from verifier.model import Model
 from verifier.result import Result
 from vnnlib import Spec
 
-__all__ = ["build_certificate", "write_certificate", "REFINE_ROUNDS"]
+__all__ = ["build_certificate", "write_certificate", "REFINE_ROUNDS", "CertificateTimeout", "check_time"]
 
 REFINE_ROUNDS = 8
 _CHUNK = LEAF_CHUNK  # the checker's chunks (see `_evaluate`)
+
+# The time by which the certificate being built must be done (time.monotonic()). Scoped
+# to one `write_certificate` call (a context variable, reset on return) so that the
+# chunk loops deep in the re-derivation can stop without a deadline in every signature.
+_DEADLINE: ContextVar[float] = ContextVar("certificate_deadline", default=float("inf"))
+
+
+class CertificateTimeout(Exception):
+    """The run's budget ended while the certificate was being re-derived."""
+
+
+def check_time() -> None:
+    """Raise CertificateTimeout once the current certificate's deadline has passed."""
+    if time.monotonic() > _DEADLINE.get():
+        raise CertificateTimeout
 
 
 def _rows_proved(gap: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> np.ndarray:
@@ -53,6 +70,7 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
     Ct = torch.tensor(C, dtype=torch.float64)
     out = []
     for s in range(0, len(lo), _CHUNK):
+        check_time()
         n = len(lo[s:s + _CHUNK])
         box = IntervalBounds(torch.tensor(lo[s:s + _CHUNK]).reshape(n, *graph.input_shape),
                              torch.tensor(hi[s:s + _CHUNK]).reshape(n, *graph.input_shape))
@@ -127,6 +145,7 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
     shapes = {z: tuple(model.graph.shapes[z]) for z in tensors.values()}
     lbs, out = [], {}
     for s in range(0, len(lo), LEAF_CHUNK):
+        check_time()
         rows = np.arange(s, min(s + LEAF_CHUNK, len(lo)))
         given = None if sparse is None else dense_alphas(sparse, rows, len(lo), tensors, shapes, S)
         lb, used, _, unstable = float64_leaf_bounds(model, len(rows), lo[rows], hi[rows], C, d, {}, {},
@@ -249,7 +268,9 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
     """The certificate as JSON data, or None for a verdict that has none (unknown, timeout, error)."""
     cert: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
-        "model_sha256": hashlib.sha256(model.onnx_bytes).hexdigest(),
+        # the file as the user gave it (an .onnx.gz is hashed compressed, as `nncert check` reads it)
+        "model_sha256": hashlib.sha256(Path(model.path).read_bytes() if Path(model.path).is_file()
+                                       else model.onnx_bytes).hexdigest(),
         "spec_sha256": hashlib.sha256(Path(spec_path).read_bytes()).hexdigest(),
         "verdict": result.verdict,
     }
@@ -286,14 +307,25 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
     return cert
 
 
-def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spec: Spec, result: Result) -> str:
-    """Write the certificate; returns what happened, for the run's report.
+def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spec: Spec, result: Result,
+                      deadline: Optional[float] = None) -> str:
+    """Write the certificate by `deadline` (time.monotonic()); returns what happened, for the report.
 
-    'written', 'unsupported (<op>)' (the file then says so instead of a proof), or
-    'none for verdict <v>' (nothing is written).
+    'written', 'unsupported (<op>)' (the file then says so instead of a proof), 'none for
+    verdict <v>' (nothing is written), or 'not written: ...' when the budget ran out
+    while re-deriving the proof (nothing is written; the verdict stands without one).
+    The file is replaced atomically, so a run killed mid-write leaves no half certificate.
     """
-    cert = build_certificate(model, spec_path, spec, result)
+    from verifier.report import write_text
+
+    token = _DEADLINE.set(float("inf") if deadline is None else deadline)
+    try:
+        cert = build_certificate(model, spec_path, spec, result)
+    except CertificateTimeout:
+        return "not written: the time limit was reached while re-deriving the proof"
+    finally:
+        _DEADLINE.reset(token)
     if cert is None:
         return f"none for verdict {result.verdict}"
-    Path(path).write_text(json.dumps(cert, allow_nan=False) + "\n")
+    write_text(path, json.dumps(cert, allow_nan=False) + "\n")
     return cert.get("certificate", "written")

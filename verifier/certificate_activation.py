@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bab.proof import ActivationLeaves
+from verifier.certificate import check_time
 from verifier.checker.verdict import encode_array, spec_rows
 from verifier.model import Model
 
@@ -192,6 +193,7 @@ def activation_split_entry(model: Model, entry: dict, disjunct) -> dict:
     S = spec_rows(disjunct)[0].shape[0]
     claims, betas, alphas = [], [], {}
     for s in range(0, len(leaves), _CHUNK):
+        check_time()
         rows = np.arange(s, min(s + _CHUNK, len(leaves)))
         lb, b, a = _chunk_entry(model, leaves, rows, disjunct, shapes)
         claims.append(lb)

@@ -23,10 +23,11 @@ BAD_INPUT, INTERNAL = 2, 1
 def _bad_input_types() -> tuple[type, ...]:
     from models import ModelError
     from verifier.config import ConfigError
+    from verifier.report import OutputPathError
     from verifier.verify import SpecMismatch
     from vnnlib import VnnlibError
 
-    return (ModelError, VnnlibError, ConfigError, SpecMismatch, FileNotFoundError)
+    return (ModelError, VnnlibError, ConfigError, SpecMismatch, OutputPathError, FileNotFoundError)
 
 
 def _write_results(path: Optional[str], verdict: str, x=None, y=None) -> None:
@@ -36,24 +37,111 @@ def _write_results(path: Optional[str], verdict: str, x=None, y=None) -> None:
         write_results(path, verdict, x, y)
 
 
-def _watchdog(seconds: float, results_file: Optional[str]) -> threading.Timer:
-    """Ends the process shortly after the timeout even if a computation does not return."""
-    def fire() -> None:
+# Seconds kept back from the budget for what follows the search: the results file, the
+# report and the process's exit. The watchdog fires this long after the deadline.
+FINISH_MARGIN_S = 0.4
+WATCHDOG_GRACE_S = 0.3
+
+
+class _Run:
+    """One command's promises: whichever comes first, the run's own end or the watchdog,
+    writes the results file and the report exactly once, and the other one stands down."""
+
+    def __init__(self, command: str, args: argparse.Namespace, start: float, startup: Optional[float]) -> None:
+        self.command, self.args, self.start, self.startup = command, args, start, startup
+        self.progress = None
+        self.fields: dict = {}              # extra report fields known so far (model, spec...)
+        self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer: Optional[threading.Timer] = None
+        # Set once a verdict exists: the watchdog then writes that verdict, not "timeout"
+        # (a proof that ends too late to be certified still gets its verdict on time).
+        self.final: Optional[tuple] = None   # (verdict, x, y, report fields)
+
+    def claim(self) -> bool:
+        """True for the first caller only: it owns the outputs from now on."""
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        return True
+
+    def times(self) -> dict[str, float]:
+        t = dict(self.timings)
+        if self.startup is not None:
+            t["startup"] = self.startup
+        t["total"] = time.monotonic() - self.start
+        return t
+
+    def report(self, fields: dict) -> None:
+        from verifier.report import write_report
+
+        data = dict(self.fields)
+        data.update(fields)
+        data.setdefault("time", self.times())
+        if self.progress is not None and not data.get("progress"):
+            data["progress"] = self.progress.snapshot()
+        write_report(getattr(self.args, "report", None), self.command, data)
+
+    def arm(self, deadline: float) -> None:
+        """Start the watchdog for a deadline (time.monotonic()); none when it is infinite."""
+        if deadline == float("inf"):
+            return
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()) + WATCHDOG_GRACE_S, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        """The run did not return in time: write what is known and end the process."""
+        if not self.claim():
+            return
         try:
-            _write_results(results_file, "timeout")
-            print("timeout", flush=True)
+            if self.progress is not None:
+                self.progress.close()
+            if self.final is not None:
+                verdict, x, y, fields = self.final
+                _write_results(getattr(self.args, "results_file", None), verdict, x, y)
+                if getattr(self.args, "certificate", None) and verdict in ("sat", "unsat"):
+                    fields = {**fields, "certificate": "not written: the time limit was reached while writing it"}
+                elif getattr(self.args, "certificate", None):
+                    fields = {**fields, "certificate": f"none for verdict {verdict}"}
+                self.report(fields)
+            else:
+                verdict = "timeout"
+                _write_results(getattr(self.args, "results_file", None), verdict)
+                self.report({"verdict": verdict, "reason": "hard timeout"})
+            print(verdict, flush=True)
         finally:
             os._exit(0)
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    return timer
+
+def _start(args: argparse.Namespace, command: str, outputs: Sequence[tuple[str, str]]) -> _Run:
+    """Check every output path before any work; the budget counts from the process's start
+    when the CLI is the process (a harness measures wall time from its launch)."""
+    from verifier.report import check_output_path, startup_seconds
+
+    startup = startup_seconds() if getattr(args, "_process", False) else None
+    run = _Run(command, args, time.monotonic() - (startup or 0.0), startup)
+    for attr, what in outputs:
+        check_output_path(getattr(args, attr, None), what)
+    return run
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    from verifier.progress import NORMAL, QUIET, VERBOSE
+
+    return QUIET if getattr(args, "quiet", False) else VERBOSE if getattr(args, "verbose", 0) else NORMAL
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    start = time.monotonic()
+    run = _start(args, "verify", [("results_file", "results file"), ("report", "report"),
+                                  ("certificate", "certificate")])
+    args._run = run
     from verifier.config import load_config
+    from verifier.progress import Progress
 
     overrides = list(args.set or [])
     if args.timeout is not None:
@@ -65,45 +153,74 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if getattr(args, "certificate", None):
         overrides.append("proof=true")
     config = load_config(args.config, overrides)
-    timer = _watchdog(max(config.timeout - (time.monotonic() - start), 0.0) + 0.5, args.results_file)
+    deadline = run.start + config.timeout
+    run.fields.update({"model": str(args.model), "spec": str(args.spec)})
+    run.progress = Progress(_verbosity(args), deadline=deadline)
+    run.arm(deadline)
+    t = time.monotonic()
     import vnnlib
     from verifier.model import load_model
+    from verifier.report import versions
     from verifier.verify import verify
 
+    versions()  # imported now, so that the watchdog never imports
+    run.timings["import"] = time.monotonic() - t
     t = time.monotonic()
+    run.progress.phase("load")
     model = load_model(args.model)
-    t_load = time.monotonic() - t
+    run.timings["load"] = time.monotonic() - t
     t = time.monotonic()
     spec = vnnlib.load(args.spec, model.n_inputs, model.n_outputs)
-    t_parse = time.monotonic() - t
-    result = verify(model, spec, config, start=start)
-    timer.cancel()
-    result.timings.update({"load": t_load, "parse": t_parse, "total": time.monotonic() - start})
-    _write_results(args.results_file, result.verdict, result.x, result.y)
-    extra = {"model": str(args.model), "spec": str(args.spec)}
+    run.timings["parse"] = time.monotonic() - t
+    result = verify(model, spec, config, start=run.start, progress=run.progress,
+                    deadline=deadline - FINISH_MARGIN_S)
+    extra = {}
+    run.final = (result.verdict, result.x, result.y, result.to_dict())
     if args.certificate:
         from verifier.certificate import write_certificate
 
-        extra["certificate"] = write_certificate(args.certificate, model, args.spec, spec, result)
-    if args.report:
-        result.write_report(args.report, extra)
+        run.progress.phase("certificate")
+        t = time.monotonic()
+        extra["certificate"] = write_certificate(args.certificate, model, args.spec, spec, result,
+                                                 deadline=deadline - FINISH_MARGIN_S)
+        result.timings["certificate"] = time.monotonic() - t
+    if not run.claim():
+        time.sleep(10)  # the watchdog owns the outputs and is ending the process
+    run.progress.close()
+    result.timings.update({k: v for k, v in run.times().items()})
+    _write_results(args.results_file, result.verdict, result.x, result.y)
+    run.report({**result.to_dict(), **extra})
+    if args.quiet:
+        return 0
     print(result.verdict if not args.verbose else f"{result.verdict} ({result.reason}; "
           f"{result.timings['total']:.2f} s)")
     return 0
 
 
 def cmd_bounds(args: argparse.Namespace) -> int:
+    run = _start(args, "bounds", [("report", "report")])
+    args._run = run
     import numpy as np
 
     import vnnlib
     from verifier.api import bounds
+    from verifier.config import Config
     from verifier.model import load_model
 
+    timeout = Config(timeout=args.timeout).timeout  # the same checks as every config value
+    deadline = run.start + timeout
+    run.arm(deadline)
     model = load_model(args.model)
     spec = vnnlib.load(args.spec, model.n_inputs, model.n_outputs)
     region = spec.disjuncts[0].region
-    lo, hi = bounds(model, region.lower, region.upper, method=args.method)
-    for i, (a, b) in enumerate(zip(np.asarray(lo), np.asarray(hi))):
+    lo, hi = bounds(model, region.lower, region.upper, method=args.method, deadline=deadline - FINISH_MARGIN_S)
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    if not run.claim():
+        time.sleep(10)
+    run.report({"verdict": "bound", "reason": "bounds of the outputs over the first input region",
+                "method": args.method, "model": str(args.model), "spec": str(args.spec),
+                "lower": lo.tolist(), "upper": hi.tolist()})
+    for i, (a, b) in enumerate(zip(lo, hi)):
         print(f"y[{i}] in [{a:.6g}, {b:.6g}]")
     return 0
 
@@ -115,27 +232,42 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="count", default=0, help="one line per phase, and the reason")
+    g.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit code and files say it all")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from verifier import __version__
+
     parser = argparse.ArgumentParser(prog="nncert", description="Verify and certify neural networks.")
+    parser.add_argument("--version", action="version", version=f"nncert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="decide an ONNX model against a VNN-LIB property")
     v.add_argument("model")
     v.add_argument("spec")
-    v.add_argument("--timeout", type=float, default=None, help="seconds (default: config timeout)")
+    v.add_argument("--timeout", type=float, default=None,
+                   help="seconds for everything the run does, certificate and report included "
+                        "(default: config timeout; inf: no limit)")
     v.add_argument("--results-file", default=None, help="write the VNN-COMP results file here")
-    v.add_argument("--report", default=None, help="write a JSON report here")
+    v.add_argument("--report", default=None, help="write a JSON report here (schema: docs/report.md)")
     v.add_argument("--certificate", default=None, help="write a certificate of the verdict here (JSON)")
-    v.add_argument("--device", default=None, help="cpu or cuda")
+    v.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     v.add_argument("--method", default=None, choices=["ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank"],
-                   help="strongest bounding method (default alpha-crown; sdp methods: ReLU MLPs, no BaB)")
+                   help="strongest bounding method, searches included (default alpha-crown; "
+                        "sdp methods: ReLU MLPs, no BaB)")
     v.add_argument("--config", default=None, help="YAML config file (see `nncert config`)")
     v.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    v.add_argument("-v", "--verbose", action="store_true")
+    _add_common(v)
     v.set_defaults(func=cmd_verify)
     b = sub.add_parser("bounds", help="print bounds of the outputs over the spec's first input region")
     b.add_argument("model")
     b.add_argument("spec")
     b.add_argument("--method", default="crown", choices=["ibp", "crown", "alpha-crown"])
+    b.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300; inf: no limit)")
+    b.add_argument("--report", default=None, help="write a JSON report here (schema: docs/report.md)")
+    _add_common(b)
     b.set_defaults(func=cmd_bounds)
     c = sub.add_parser("config", help="list every config key with its type and default")
     c.set_defaults(func=cmd_config)
@@ -150,25 +282,42 @@ _EXTRA_COMMANDS.append(__import__("verifier.cli_check", fromlist=["register"]).r
 _EXTRA_COMMANDS.append(__import__("verifier.cli_lipschitz", fromlist=["register"]).register)  # nncert lipschitz
 
 
+def _fail(args: argparse.Namespace, verdict: str, reason: str) -> None:
+    """On an exit path with no verdict: the results file and the report still say what happened."""
+    run: Optional[_Run] = getattr(args, "_run", None)
+    if run is not None and not run.claim():
+        time.sleep(10)  # the watchdog is ending the process
+    if run is not None and run.progress is not None:
+        run.progress.close()
+    if run is None:
+        return  # the output paths were not checked yet (or one of them is the bad input)
+    try:
+        _write_results(getattr(args, "results_file", None), verdict)
+        run.report({"verdict": verdict, "reason": reason})
+    except Exception as exc:  # an output that fails now was checked before the run: say so, keep the exit code
+        print(f"nncert: error: could not write the outputs: {exc}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._process = argv is None  # the CLI is the process: its start-up counts against --timeout
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("nncert: interrupted", file=sys.stderr)
-        return INTERNAL
+        _fail(args, "unknown", "interrupted by the user")
+        return 130
     except Exception as exc:  # classified below; never turned into a verdict
-        results_file = getattr(args, "results_file", None)
         if isinstance(exc, _bad_input_types()):
             msg = str(exc) if not isinstance(exc, FileNotFoundError) else f"{exc.filename}: no such file"
             print(f"nncert: error: {msg}", file=sys.stderr)
-            _write_results(results_file, "error")
+            _fail(args, "error", msg)
             return BAD_INPUT
         print(f"nncert: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("NNCERT_DEBUG"):
             traceback.print_exc()
-        _write_results(results_file, "error")
+        _fail(args, "error", f"internal error: {type(exc).__name__}: {exc}")
         return INTERNAL
 
 

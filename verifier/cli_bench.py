@@ -72,6 +72,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("nncert: error: --jobs must be at least 1", file=sys.stderr)
         return 2
+    from verifier.report import OutputPathError, check_output_path
+
+    try:
+        check_output_path(args.out, "--out")  # before the suite, not after it
+    except OutputPathError as exc:
+        print(f"nncert: error: {exc}", file=sys.stderr)
+        return 2
     overrides = list(args.set or [])
     load_config(args.config, overrides)  # a bad key fails here once, not as N error rows
     try:

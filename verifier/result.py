@@ -1,8 +1,6 @@
-"""The outcome of a verification run and its JSON report."""
+"""The outcome of a verification run and its JSON report (schema: verifier/report.py)."""
 from __future__ import annotations
 
-import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,13 +13,9 @@ VERDICTS = ("sat", "unsat", "unknown", "timeout", "error")
 
 
 def versions() -> dict[str, str]:
-    import onnxruntime
-    import torch
+    from verifier.report import versions as _versions
 
-    from verifier import __version__
-
-    return {"nncert": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
+    return _versions()
 
 
 @dataclass
@@ -36,6 +30,7 @@ class Result:
     stats: dict[str, Any] = field(default_factory=dict)
     method: str = ""
     proof: Optional[dict] = None
+    progress: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -47,6 +42,7 @@ class Result:
             "reason": self.reason,
             "method": self.method,
             "time": {k: round(v, 6) for k, v in self.timings.items()},
+            "progress": self.progress,
             "stats": self.stats,
             "counterexample": None if self.x is None else {
                 "x": [float(v) for v in np.asarray(self.x).reshape(-1)],
@@ -55,7 +51,9 @@ class Result:
         }
 
     def write_report(self, path: str | Path, extra: Optional[dict] = None) -> None:
+        from verifier.report import write_report
+
         data = self.to_dict()
         if extra:
             data.update(extra)
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+        write_report(path, "verify", data)

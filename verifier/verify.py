@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from bab import InputSplitProblem, activation_split_bab, input_split_bab
 from models import GraphEvaluator
-from relaxations import IntervalBounds, compute_bounds
+from relaxations import DeadlineExceeded, IntervalBounds, compute_bounds
 from vnnlib import Disjunct, Spec
 from verifier.api import bound_options, dtype_of, outward_box
 from verifier.attack import attack_disjunct
-from verifier.config import Config
+from verifier.config import AttackConfig, Config, ConfigError
+from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
 from verifier.result import Result
 
-__all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved"]
+__all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims"]
 
 
 class SpecMismatch(ValueError):
@@ -77,9 +78,9 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     box = _box(disjunct, model.graph.input_shape, dt, config.device)
     Ct = torch.tensor(C, dtype=dt, device=config.device)
     if config.bounds.method in SDP_METHODS:
-        return _prove_by_sdp(model, disjunct, config, stats, proof)
+        return _prove_by_sdp(model, disjunct, config, deadline, stats, proof)
     methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
-    if _bab_mode(model, config) == "input":
+    if _bab_mode(model, config, disjunct) == "input":
         methods = methods[:1]  # splitting the input tightens faster than optimising alpha
     candidates = None
     for method in methods:
@@ -117,13 +118,35 @@ def _bab_proof(mode: str, outcome) -> dict:
             "alphas": alphas}
 
 
-def _bab_mode(model: Model, config: Config) -> str:
-    """Input split for few inputs, otherwise activation split (when available)."""
+def free_dims(disjunct: Disjunct) -> int:
+    """Input dimensions the region leaves free (upper > lower): what input split must cut.
+
+    A model with 400 inputs of which 2 move is a two-dimensional problem; counting all
+    inputs sent such models to activation split, which cannot use that structure.
+    """
+    return int(np.count_nonzero(np.asarray(disjunct.region.upper) > np.asarray(disjunct.region.lower)))
+
+
+def _bab_mode(model: Model, config: Config, disjunct: Optional[Disjunct] = None) -> str:
+    """Input split for few free inputs, otherwise activation split (when available).
+
+    Activation split is beta-CROWN: it needs alpha-CROWN's multipliers, so under
+    `bounds.method` ibp or crown the search is input split with that method.
+    """
     if not config.bab.enabled or config.bounds.method in SDP_METHODS:
         return "none"
     if config.bab.mode != "auto":
         return config.bab.mode
-    return "input" if model.n_inputs <= config.bab.input_split_max_dims else "activation"
+    n = model.n_inputs if disjunct is None else free_dims(disjunct)
+    if n <= config.bab.input_split_max_dims or config.bounds.method != "alpha-crown":
+        return "input"
+    return "activation"
+
+
+def _capped(method: str, cap: str) -> str:
+    """The weaker of two bounding methods: `bounds.method` caps every search's bounds."""
+    order = ["ibp", "crown", "alpha-crown"]
+    return order[min(order.index(method), order.index(cap))]
 
 
 def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config) -> InputSplitProblem:
@@ -138,42 +161,47 @@ def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Confi
     return problem
 
 
-def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
+def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
+                      progress: Progress):
     problem = _problem(model, ev, disjunct, config)
     options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
                                 max_domains=config.bab.max_domains,
                                 confirm=lambda x: confirm(model, disjunct, x) is not None,
                                 record_proof=config.proof, branching=config.bab.branching,
-                                fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip)
+                                fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
+                                progress=lambda f: progress.update(**f))
 
 
-def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float):
+def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
+                 progress: Progress):
     problem = _problem(model, ev, disjunct, config)
-    options = dataclasses.replace(bound_options(config.bounds, config.bab.input_split_method),
+    method = _capped(config.bab.input_split_method, config.bounds.method)
+    options = dataclasses.replace(bound_options(config.bounds, method),
                                   alpha_iterations=config.bab.input_split_alpha_iterations, deadline=deadline)
     return input_split_bab(problem, options, deadline,
                            batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
                            confirm=lambda x: confirm(model, disjunct, x) is not None,
                            record_proof=config.proof, clip=config.bab.clip,
                            clip_generations=config.bab.clip_generations,
-                           clip_intermediate=config.bab.clip_intermediate, clip_joint=config.bab.clip_joint)
+                           clip_intermediate=config.bab.clip_intermediate, clip_joint=config.bab.clip_joint,
+                           progress=lambda f: progress.update(**f))
 
 
 SDP_METHODS = ("sdp", "sdp-lowrank")
 
 
-def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, stats: dict, proof: list
+def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, deadline: float, stats: dict, proof: list
                   ) -> tuple[bool, Optional[np.ndarray], str]:
     """The SDP relaxation (full or low-rank) as the bounding method, ReLU MLPs only."""
     from verifier.sdp import certify_sdp  # cvxpy is heavy: import only when asked for
 
     C, d, strict, owner = spec_rows(disjunct)
     res = certify_sdp(model, disjunct.region.lower, disjunct.region.upper, C, method=config.bounds.method,
-                      targets=d)
+                      targets=d, deadline=deadline)
     lower = np.asarray(res.lower_bounds, dtype=np.float64)
     stats.setdefault("bounds", []).append({"method": config.bounds.method, "min_gap": float(np.min(lower - d)),
-                                           "time_s": res.time_s})
+                                           "time_s": res.time_s, "how": res.reason})
     if conjunctions_proved(lower, d, strict, owner, len(disjunct.outputs)).all():
         proof.append({"kind": "sdp", "method": config.bounds.method, "claims": lower - d,
                       "certificate": res.certificate})
@@ -186,71 +214,162 @@ def _sat(found: tuple[np.ndarray, np.ndarray], timings: dict, stats: dict, metho
     return Result("sat", how, found[0], found[1], timings, stats, method)
 
 
-def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None) -> Result:
-    """Decide the spec on the model within `config.timeout` seconds (from `start`)."""
+def _longer_attack(cfg: AttackConfig) -> AttackConfig:
+    """The attack given the time a search left unused: more restarts and steps."""
+    return dataclasses.replace(cfg, enabled=True, restarts=max(4 * cfg.restarts, 16), steps=max(2 * cfg.steps, 100),
+                               samples=max(4 * cfg.samples, 256))
+
+
+def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None,
+           progress: Optional[Progress] = None, deadline: Optional[float] = None) -> Result:
+    """Decide the spec on the model within `config.timeout` seconds (from `start`), or by
+    `deadline` (a time.monotonic() value) when that comes first.
+
+    Leaves no trace in the caller's torch: the thread count is restored and the random
+    state is forked (the attack's draws come from the run's own seeded generator), so
+    two calls with one config give the same answer, and code around them is unaffected.
+    `progress` (optional) receives the run's phase and search counters.
+    """
     start = time.monotonic() if start is None else start
-    deadline = start + config.timeout
+    deadline = min(start + config.timeout, float("inf") if deadline is None else deadline)
     if spec.n_inputs != model.n_inputs or spec.n_outputs != model.n_outputs:
         raise SpecMismatch(f"spec has {spec.n_inputs} inputs and {spec.n_outputs} outputs; model "
                            f"'{model.path}' has {model.n_inputs} inputs and {model.n_outputs} outputs")
-    torch.manual_seed(config.seed)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=config.device)
+    if config.bab.mode == "activation" and config.bounds.method != "alpha-crown" and config.bab.enabled:
+        raise ConfigError(f"config key 'bab.mode': activation split is beta-CROWN and needs bounds.method "
+                          f"alpha-crown, got {config.bounds.method}")
+    progress = progress if progress is not None else Progress(verbosity=QUIET)
+    threads = torch.get_num_threads()
+    devices = [torch.device(config.device).index or 0] if config.device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            torch.manual_seed(config.seed)
+            if config.threads > 0:
+                torch.set_num_threads(config.threads)
+            return _verify(model, spec, config, deadline, progress)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress) -> Result:
     timings: dict[str, float] = {"attack": 0.0, "bounds": 0.0}
     stats: dict = {"disjuncts": len(spec.disjuncts)}
-    open_disjuncts = []
+    state = {"phase": "attack", "t": time.monotonic()}
+
+    def enter(phase: str) -> None:
+        now = time.monotonic()
+        key = "bab" if state["phase"].startswith("bab") else state["phase"]
+        timings[key] = timings.get(key, 0.0) + now - state["t"]
+        if phase != state["phase"]:
+            progress.phase(phase)
+        state.update(phase=phase, t=now)
+
+    def timeout(where: str) -> Result:
+        enter(state["phase"])
+        return Result("timeout", f"time limit reached during {where}", timings=timings, stats=stats,
+                      method=_METHOD_OF.get(state["phase"], ""), progress=progress.snapshot())
+
+    try:
+        return _decide(model, spec, config, deadline, progress, timings, stats, enter, timeout)
+    except DeadlineExceeded:
+        # A bound pass noticed the deadline: no bound came out of it, so nothing is decided.
+        if state["phase"].startswith("bab"):  # the search's count so far is in the progress record
+            stats["domains"] = stats.get("domains", 0) + int(progress.snapshot().get("bounded", 0))
+        return timeout(_WHERE.get(state["phase"], state["phase"]))
+
+
+_METHOD_OF = {"attack": "attack", "attack-longer": "attack", "bounds": "", "bab-input": "bab-input", "bab-activation": "bab-activation"}
+_WHERE = {"attack": "the attack", "bounds": "bound propagation", "bab-input": "branch and bound",
+          "bab-activation": "branch and bound", "attack-longer": "the attack"}
+
+
+def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress, timings: dict,
+            stats: dict, enter: Callable[[str], None], timeout: Callable[[str], Result]) -> Result:
+    ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=config.device)
+
+    def done(result: Result) -> Result:
+        enter("done")
+        timings.pop("done", None)
+        result.progress = progress.snapshot()
+        return result
+
+    enter("attack")
     for i, disjunct in enumerate(spec.disjuncts):
-        t = time.monotonic()
         found = attack_disjunct(model, ev, disjunct, config.attack, deadline, seed=config.seed + i)
-        timings["attack"] += time.monotonic() - t
         if found is not None:
-            return _sat(found, timings, stats)
+            return done(_sat(found, timings, stats))
         if time.monotonic() > deadline:
-            return Result("timeout", "time limit reached during the attack", timings=timings, stats=stats)
-    methods = []
+            return timeout("the attack")
+    methods: list[str] = []
     proofs: list = []
+    stops: list[str] = []
+    open_disjuncts: list[int] = []
+    last = ""
     for i, disjunct in enumerate(spec.disjuncts):
-        t = time.monotonic()
+        enter("bounds")
         proved, candidates, method = _prove_by_bounds(model, ev, disjunct, config, deadline, stats, proofs)
-        timings["bounds"] += time.monotonic() - t
         if proved:
             methods.append(method)
             continue
         if candidates is not None:
-            t = time.monotonic()
+            enter("attack")
             found = attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 7, candidates)
-            timings["attack"] += time.monotonic() - t
             if found is not None:
-                return _sat(found, timings, stats)
+                return done(_sat(found, timings, stats))
         if time.monotonic() > deadline:
-            return Result("timeout", "time limit reached during bound propagation", timings=timings, stats=stats)
-        mode = _bab_mode(model, config)
-        if mode in ("input", "activation"):
-            t = time.monotonic()
+            return timeout("bound propagation")
+        tried: list[str] = []
+        mode = _bab_mode(model, config, disjunct)
+        while mode in ("input", "activation") and mode not in tried and not proved:
+            tried.append(mode)
+            last = f"bab-{mode}"
+            enter(last)
             search = _input_split if mode == "input" else _activation_split
-            outcome = search(model, ev, disjunct, config, deadline)
-            timings["bab"] = timings.get("bab", 0.0) + time.monotonic() - t
+            outcome = search(model, ev, disjunct, config, deadline, progress)
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
             if outcome.status == "sat":
                 found = confirm(model, disjunct, outcome.candidate)
                 if found is not None:
-                    return _sat(found, timings, stats, f"bab-{mode}",
-                                "counterexample found by branch and bound, confirmed by onnxruntime")
+                    return done(_sat(found, timings, stats, last,
+                                     "counterexample found by branch and bound, confirmed by onnxruntime"))
             elif outcome.status == "timeout":
-                return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
+                return timeout("branch and bound")
             elif outcome.status == "unsat":
-                methods.append(config.bab.input_split_method if mode == "input" else "alpha-crown")
+                methods.append(last)
                 proofs.append(_bab_proof(mode, outcome))
-                continue
-            stats["bab_stop"] = outcome.stats.get("reason", outcome.status)
-        open_disjuncts.append(i)
+                proved = True
+                break
+            reason = outcome.stats.get("reason", outcome.status)
+            stops.append(f"{mode} split: {reason}")
+            stats["bab_stop"] = reason
+            if time.monotonic() > deadline:
+                return timeout("branch and bound")
+            # An unknown with time left is a wasted budget: a longer attack, then the other search.
+            enter("attack-longer")
+            found = attack_disjunct(model, ev, disjunct, _longer_attack(config.attack), deadline,
+                                    config.seed + 101 + len(tried), candidates)
+            if found is not None:
+                return done(_sat(found, timings, stats))
+            if time.monotonic() > deadline:
+                return timeout("the attack")
+            mode = "activation" if mode == "input" and config.bounds.method == "alpha-crown" else "input"
+            if mode not in tried:
+                stats.setdefault("fallback", []).append(f"bab-{mode}")
+        if not proved:
+            open_disjuncts.append(i)
     if not open_disjuncts:
         how = "branch and bound" if "domains" in stats else "bound propagation"
-        return Result("unsat", f"every disjunct proved by {how}", timings=timings, stats=stats,
-                      method=config.bounds.method if config.bounds.method in SDP_METHODS else
-                      max(methods, key=["crown", "alpha-crown", "ibp"].index) if methods else "",
-                      proof={"version": 1, "disjuncts": proofs})
+        if config.bounds.method in SDP_METHODS:  # say what each row rests on (SDP dual or CROWN)
+            how = "; ".join(b["how"] for b in stats.get("bounds", []) if "how" in b)
+        return done(Result("unsat", f"every disjunct proved by {how}", timings=timings, stats=stats,
+                           method=max(methods, key=_STRENGTH.index) if methods else "",
+                           proof={"version": 1, "disjuncts": proofs}))
     stats["open_disjuncts"] = len(open_disjuncts)
-    return Result("unknown", "bounds too loose to prove and no counterexample found",
-                  timings=timings, stats=stats, method=config.bounds.method)
+    why = "bounds too loose to prove and no counterexample found"
+    if stops:
+        why += " (" + "; ".join(stops) + ")"
+    return done(Result("unknown", why, timings=timings, stats=stats, method=last or config.bounds.method))
+
+
+# Method names from weakest to strongest: an unsat's `method` is the strongest one used.
+_STRENGTH = ["ibp", "crown", "alpha-crown", "sdp-lowrank", "sdp", "bab-input", "bab-activation"]

@@ -135,6 +135,17 @@ def _exact_le(row: np.ndarray, v: np.ndarray, bound: float, strict: bool) -> boo
     return lhs < Fraction(float(bound)) if strict else lhs <= Fraction(float(bound))
 
 
+def _in_region(x: np.ndarray, region) -> bool:
+    """x (float32 values) lies in the region; an input the region fixes to a value that
+    no float32 equals counts as that value when x holds its nearest float32 (the model
+    can only be run there: such a region contains no float32 point at all)."""
+    lo, hi = np.asarray(region.lower, dtype=np.float64), np.asarray(region.upper, dtype=np.float64)
+    fixed = (lo == hi) & (x == lo.astype(np.float32).astype(np.float64))
+    real = np.where(fixed, lo, x)
+    return bool(np.all(lo <= real) and np.all(real <= hi)) and (
+        region.A is None or all(_exact_le(a, real, b, False) for a, b in zip(region.A, region.b)))
+
+
 def _check_sat(cert: dict, spec, data: bytes) -> dict:
     cex = cert.get("counterexample")
     if not isinstance(cex, dict) or "x" not in cex:
@@ -146,8 +157,7 @@ def _check_sat(cert: dict, spec, data: bytes) -> dict:
     x32 = x.astype(np.float32)
     if not np.array_equal(x32.astype(np.float64), x):
         raise _Reject("counterexample.x holds values that are not float32")
-    hits = [d for d in spec.disjuncts if np.all(d.region.lower <= x) and np.all(x <= d.region.upper)
-            and (d.region.A is None or all(_exact_le(a, x, b, False) for a, b in zip(d.region.A, d.region.b)))]
+    hits = [d for d in spec.disjuncts if _in_region(x, d.region)]
     if not hits:
         raise _Reject("the counterexample is outside every input region of the spec")
     import onnxruntime
@@ -346,4 +356,9 @@ def check_files(cert_path: str | Path, model_path: str | Path, spec_path: str | 
             "utf-8", errors="replace")  # as the vnnlib loader reads files
     except (OSError, EOFError, zlib.error) as exc:
         raise CheckInputError(f"{spec_path}: cannot read the spec ({exc})") from None
+    if model_data[:2] == b"\x1f\x8b":  # an .onnx.gz: hashed as given, checked decompressed
+        try:
+            model_data = gzip.decompress(model_data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CheckInputError(f"{model_path}: cannot read the model ({exc})") from None
     return check_certificate(cert, model_data, text, str(spec_path))
