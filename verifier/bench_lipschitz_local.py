@@ -26,16 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--radii", type=float, nargs="+", default=None)
     ap.add_argument("--domains", type=int, nargs="+", default=[1])
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--shared", default="../shared", help="the shared data folder (default ../shared)")
     args = ap.parse_args(argv)
     if args.net == "lipsdp":
-        net = load_lipsdp_mat("/work/shared/models/lipsdp/random_weights.mat")
+        net = load_lipsdp_mat(f"{args.shared}/models/lipsdp/random_weights.mat")
         x0 = np.array([1.0, -0.5])
         radii = args.radii or [0.001, 0.01, 0.05, 0.5, 2.0]
     else:
         from models import load_onnx
         from relaxations.sdp.network import relu_mlp_from_graph
 
-        w, b = relu_mlp_from_graph(load_onnx(f"/work/shared/bench/2022_mnist_fc/onnx/mnist-net_{args.net}.onnx"))
+        w, b = relu_mlp_from_graph(load_onnx(f"{args.shared}/bench/2022_mnist_fc/onnx/mnist-net_{args.net}.onnx"))
         net = FeedForward(tuple(w), tuple(b), "relu")
         x0 = np.load(args.center).reshape(-1) if args.center else np.full(net.widths[0], 0.5)
         radii = args.radii or [0.001, 0.01, 0.05]

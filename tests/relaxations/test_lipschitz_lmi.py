@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED as _SHARED
+
 from relaxations.lipschitz import (
     FeedForward,
     assemble_lmi,
@@ -23,7 +25,7 @@ from relaxations.lipschitz import (
     schur_sweep,
 )
 
-SHARED = Path("/work/shared/models")
+SHARED = _SHARED / "models"
 
 
 def _net(act: str, widths=(3, 6, 4, 2), seed: int = 0) -> FeedForward:

@@ -17,12 +17,13 @@ import pytest
 from onnx import helper
 
 from relaxations.lipschitz import FeedForward
+from tests.conftest import BENCH
 from tests.op_cases import make_model
 from verifier.checker.lipschitz import check_lipschitz_certificate
 from verifier.cli import BAD_INPUT, main
 
 ROOT = Path(__file__).resolve().parents[2]
-ACAS = Path("/work/shared/bench/2022_acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx")
+ACAS = BENCH / "2022_acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx"
 needs_acas = pytest.mark.skipif(not ACAS.exists(), reason="needs the shared ACAS Xu benchmark")
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED as _SHARED
+
 from relaxations.lipschitz import FeedForward, load_lipsdp_mat, load_maxmin_mat
 from verifier.checker.lipschitz import check_lipschitz_certificate
 from verifier.lipschitz import lipschitz_of_network
 
-SHARED = Path("/work/shared/models")
+SHARED = _SHARED / "models"
 
 
 @pytest.fixture(scope="module")

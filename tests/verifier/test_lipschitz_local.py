@@ -18,6 +18,7 @@ import torch
 from onnx import helper
 
 from relaxations.lipschitz.network import FeedForward
+from tests.conftest import BENCH
 from tests.op_cases import make_model
 from tests.relaxations.lipschitz.test_local import empirical_max, random_net
 from verifier.checker.lipschitz_local import check_local_lipschitz_certificate as check, mlp_from_onnx
@@ -25,7 +26,7 @@ from verifier.lipschitz import naive_certificate
 from verifier.lipschitz_local import CLAIM_REL, local_lipschitz
 
 ROOT = Path(__file__).resolve().parents[2]
-MNIST = Path("/work/shared/bench/2022_mnist_fc/onnx/mnist-net_256x2.onnx")
+MNIST = BENCH / "2022_mnist_fc/onnx/mnist-net_256x2.onnx"
 
 
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh"])

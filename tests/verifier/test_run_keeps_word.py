@@ -337,3 +337,14 @@ def test_an_input_fixed_to_a_value_no_float32_equals_is_run_at_its_nearest_float
     vnnlib.write_vnnlib(spec_path, spec)
     assert write_certificate(cert, model, spec_path, spec, result) == "written"
     assert check_files(cert, gz, spec_path).accepted
+
+
+def test_bounds_command_has_a_timeout_and_a_report(tmp_path: Path) -> None:
+    model = _net(tmp_path)
+    spec = _spec(tmp_path, [0, 0], [1, 1], [1.0, 0.0], 0.0)
+    report = tmp_path / "b.json"
+    proc = _run("bounds", str(model), str(spec), "--timeout", "30", "--report", str(report))
+    assert proc.returncode == 0 and proc.stdout.startswith("y[0] in ["), proc.stderr
+    data = json.loads(report.read_text())
+    assert data["command"] == "bounds" and data["verdict"] == "bound" and len(data["lower"]) == 2
+    _one_line_exit_2(_run("bounds", str(model), str(spec), "--timeout", "nan"), "timeout")
