@@ -156,6 +156,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     deadline = run.start + config.timeout
     run.fields.update({"model": str(args.model), "spec": str(args.spec)})
     run.progress = Progress(_verbosity(args), deadline=deadline)
+    run.progress.start_ticker()
     run.arm(deadline)
     t = time.monotonic()
     import vnnlib

@@ -174,6 +174,7 @@ def _answer_timeout(args: argparse.Namespace, start: float, t0: float, what: str
 
 
 def _run(args: argparse.Namespace) -> int:
+    from verifier.progress import NORMAL, Progress
     from verifier.report import OutputPathError, check_output_path
 
     start = command_start()
@@ -193,16 +194,26 @@ def _run(args: argparse.Namespace) -> int:
     deadline = None if args.timeout_s == float("inf") else start + args.timeout_s
     work_deadline = None if deadline is None else deadline - RESERVE_S
 
+    progress = Progress(NORMAL, deadline=deadline)  # a live line on a terminal only
+    progress.phase(args.method)
+    progress.start_ticker()
+
     def on_timeout(best: Optional[Any]) -> int:
+        progress.close()
         if best is not None:
             return _answer_global(args, start, t0, best, late=True)
         return _answer_timeout(args, start, t0, "the computation did not finish")
+
+    def offer(result: Any) -> None:
+        progress.update(best_bound=float(result.value))
+        guard.offer(result)
 
     guard = Guard(deadline, on_timeout)
     try:
         if args.method == "local":  # local bound over a box: verifier/cli_lipschitz_local.py
             from verifier.cli_lipschitz_local import run_local
 
+            progress.close()  # run_local prints as it goes; no live line under it
             return run_local(args, start, t0, work_deadline, guard)
         from verifier.lipschitz import lipschitz_of_graph
         from verifier.model import load_model
@@ -210,11 +221,13 @@ def _run(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         # naive: any supported graph (graph walk); sdp-*: ReLU MLPs only, UnsupportedModel otherwise
         result = lipschitz_of_graph(model.graph, norm=args.norm, method=args.method, deadline=work_deadline,
-                                    progress=guard.offer)
+                                    progress=offer)
     except BaseException as exc:
+        progress.close()
         guard.cancel()
         _report_error(args, start, t0, exc)
         raise
+    progress.close()
     return guard.finish(lambda: _answer_global(args, start, t0, result, late=False))
 
 

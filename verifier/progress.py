@@ -29,6 +29,8 @@ class Progress:
         self.interval = interval
         self._facts: dict[str, Any] = {"phase": "start"}
         self._lock = threading.Lock()
+        self._draw_lock = threading.Lock()   # the ticker and the caller may draw at once
+        self._stop = threading.Event()
         self._last_draw = 0.0
         self._drawn = False
         try:
@@ -54,13 +56,28 @@ class Progress:
                 self._last_draw = now
                 self._draw()
 
+    def start_ticker(self) -> None:
+        """Redraw the live line every `interval` from a daemon thread, so that a phase
+        that reports nothing for a while (an SDP solve, a long bound pass) still shows
+        that it runs and how much time is left. Nothing happens off a terminal."""
+        if not self._live:
+            return
+
+        def tick() -> None:
+            while not self._stop.wait(self.interval):
+                self._draw()
+
+        threading.Thread(target=tick, name="nncert-progress", daemon=True).start()
+
     def snapshot(self) -> dict[str, Any]:
         """The facts so far, as plain values for the report."""
         with self._lock:
             return dict(self._facts)
 
     def close(self) -> None:
-        """Erase the live line, so the verdict prints on a clean line."""
+        """Stop the ticker and erase the live line, so the verdict prints on a clean line."""
+        self._stop.set()
+        self._live = False
         self._clear()
 
     def _left(self) -> str:
@@ -77,16 +94,25 @@ class Progress:
             parts.append(f"{f['open']} open")
         if f.get("best_lower") is not None:
             parts.append(f"worst lower bound {f['best_lower']:.4g}")
+        if f.get("best_bound") is not None:
+            parts.append(f"best certified bound so far {f['best_bound']:.4g}")
         parts.append(self._left())
         line = "nncert: " + ", ".join(parts)
-        try:
-            self.stream.write("\r" + line[:120].ljust(120))
-            self.stream.flush()
-            self._drawn = True
-        except (OSError, ValueError):
-            self._live = False
+        with self._draw_lock:
+            if not self._live:
+                return
+            try:
+                self.stream.write("\r" + line[:120].ljust(120))
+                self.stream.flush()
+                self._drawn = True
+            except (OSError, ValueError):
+                self._live = False
 
     def _clear(self) -> None:
+        with self._draw_lock:
+            self._clear_unlocked()
+
+    def _clear_unlocked(self) -> None:
         if self._drawn:
             try:
                 self.stream.write("\r" + " " * 120 + "\r")

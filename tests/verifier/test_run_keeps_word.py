@@ -286,6 +286,17 @@ def test_progress_line_only_on_a_terminal() -> None:
     loud = io.StringIO()
     Progress(VERBOSE, stream=loud).phase("attack")
     assert "attack" in loud.getvalue()
+    # a phase that reports nothing (an SDP solve) still shows a line with the time left
+    ticking = Tty()
+    p = Progress(NORMAL, stream=ticking, deadline=time.monotonic() + 30, interval=0.05)
+    p.phase("sdp-neuron")
+    p.start_ticker()
+    time.sleep(0.3)
+    p.close()
+    assert "sdp-neuron" in ticking.getvalue() and "s left" in ticking.getvalue()
+    size = len(ticking.getvalue())
+    time.sleep(0.2)
+    assert len(ticking.getvalue()) == size  # the ticker stopped with close()
 
 
 _INTERRUPT = """
@@ -348,3 +359,11 @@ def test_bounds_command_has_a_timeout_and_a_report(tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert data["command"] == "bounds" and data["verdict"] == "bound" and len(data["lower"]) == 2
     _one_line_exit_2(_run("bounds", str(model), str(spec), "--timeout", "nan"), "timeout")
+
+
+def test_timeout_inf_means_no_limit_and_no_watchdog_crash(tmp_path: Path) -> None:
+    model = _net(tmp_path)
+    spec = _spec(tmp_path, [0, 0], [1, 1], [1.0, 0.0], -1e6)
+    proc = _run("verify", str(model), str(spec), "--timeout", "inf")
+    assert proc.returncode == 0 and proc.stdout.strip() == "unsat", proc.stderr
+    assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
