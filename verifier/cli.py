@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -44,30 +43,23 @@ WATCHDOG_GRACE_S = 0.3
 
 
 class _Run:
-    """One command's promises: whichever comes first, the run's own end or the watchdog,
-    writes the results file and the report exactly once, and the other one stands down."""
+    """One command's promises: whichever comes first, the run's own end or the watchdog
+    (`verifier.guard.Guard`), writes the results file and the report exactly once, and
+    the other one stands down."""
 
     def __init__(self, command: str, args: argparse.Namespace, start: float, startup: Optional[float]) -> None:
         self.command, self.args, self.start, self.startup = command, args, start, startup
         self.progress = None
         self.fields: dict = {}              # extra report fields known so far (model, spec...)
         self.timings: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._done = False
-        self._timer: Optional[threading.Timer] = None
+        self._guard = None
         # Set once a verdict exists: the watchdog then writes that verdict, not "timeout"
         # (a proof that ends too late to be certified still gets its verdict on time).
         self.final: Optional[tuple] = None   # (verdict, x, y, report fields)
 
     def claim(self) -> bool:
         """True for the first caller only: it owns the outputs from now on."""
-        with self._lock:
-            if self._done:
-                return False
-            self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-        return True
+        return True if self._guard is None else self._guard.take()
 
     def times(self) -> dict[str, float]:
         t = dict(self.timings)
@@ -88,43 +80,39 @@ class _Run:
 
     def arm(self, deadline: float) -> None:
         """Start the watchdog for a deadline (time.monotonic()); none when it is infinite."""
-        if deadline == float("inf"):
-            return
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()) + WATCHDOG_GRACE_S, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        from verifier.guard import Guard
 
-    def _fire(self) -> None:
-        """The run did not return in time: write what is known and end the process."""
-        if not self.claim():
-            return
-        try:
-            if self.progress is not None:
-                self.progress.close()
-            if self.final is not None:
-                verdict, x, y, fields = self.final
-                _write_results(getattr(self.args, "results_file", None), verdict, x, y)
-                if getattr(self.args, "certificate", None) and verdict in ("sat", "unsat"):
-                    fields = {**fields, "certificate": "not written: the time limit was reached while writing it"}
-                elif getattr(self.args, "certificate", None):
-                    fields = {**fields, "certificate": f"none for verdict {verdict}"}
-                self.report(fields)
-            else:
-                verdict = "timeout"
-                _write_results(getattr(self.args, "results_file", None), verdict)
-                self.report({"verdict": verdict, "reason": "hard timeout"})
-            print(verdict, flush=True)
-        finally:
-            os._exit(0)
+        self._guard = Guard(deadline, self._on_timeout, grace_s=WATCHDOG_GRACE_S)
+
+    def _on_timeout(self, _best: object) -> int:
+        """The run did not return in time: write what is known (the guard then ends the process)."""
+        if self.progress is not None:
+            self.progress.close()
+        if self.final is not None:
+            verdict, x, y, fields = self.final
+            _write_results(getattr(self.args, "results_file", None), verdict, x, y)
+            if getattr(self.args, "certificate", None) and verdict in ("sat", "unsat"):
+                fields = {**fields, "certificate": "not written: the time limit was reached while writing it"}
+            elif getattr(self.args, "certificate", None):
+                fields = {**fields, "certificate": f"none for verdict {verdict}"}
+            self.report(fields)
+        else:
+            verdict = "timeout"
+            _write_results(getattr(self.args, "results_file", None), verdict)
+            self.report({"verdict": verdict, "reason": "hard timeout"})
+        print(verdict, flush=True)
+        return 0
 
 
 def _start(args: argparse.Namespace, command: str, outputs: Sequence[tuple[str, str]]) -> _Run:
     """Check every output path before any work; the budget counts from the process's start
-    when the CLI is the process (a harness measures wall time from its launch)."""
-    from verifier.report import check_output_path, startup_seconds
+    when the CLI is the process (`verifier.guard.command_start`)."""
+    from verifier.guard import command_start
+    from verifier.report import check_output_path
 
-    startup = startup_seconds() if getattr(args, "_process", False) else None
-    run = _Run(command, args, time.monotonic() - (startup or 0.0), startup)
+    start = command_start(getattr(args, "_process", False))
+    startup = time.monotonic() - start if getattr(args, "_process", False) else None
+    run = _Run(command, args, start, startup)
     for attr, what in outputs:
         check_output_path(getattr(args, attr, None), what)
     return run

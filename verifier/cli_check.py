@@ -98,10 +98,10 @@ def _check_lipschitz(cert: dict, kind: str, model_path: str) -> Any:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from verifier.checker.verdict import CheckInputError, check_files
-    from verifier.cli_lipschitz import Guard, command_start
+    from verifier.guard import Guard, command_start
     from verifier.report import OutputPathError, check_output_path, write_report
 
-    start = command_start()
+    start = command_start(getattr(args, "_process", False))
     t0 = time.monotonic()
     fields: dict[str, Any] = {"certificate": args.certificate, "model": args.model, "spec": args.spec,
                               "timeout": args.timeout}

@@ -15,11 +15,11 @@ Every run keeps its word on three things:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+
+from verifier.guard import Guard, command_start
 
 __all__ = ["register", "Guard", "DEFAULT_TIMEOUT", "LOCAL_DEFAULT_TIMEOUT", "command_start", "norm_pair"]
 
@@ -29,79 +29,6 @@ LOCAL_DEFAULT_TIMEOUT = 60.0
 WATCHDOG_GRACE_S = 0.6
 # Solvers are told to stop this long before the deadline (room to certify and write).
 RESERVE_S = 0.8
-_MODULE_LOADED = time.monotonic()
-
-
-def command_start() -> float:
-    """``time.monotonic()`` of the process start when this is a fresh `nncert` process
-    (the command runs right after the imports), so that ``--timeout T`` bounds the wall
-    time a user measures; the present time when called later in a long-lived process
-    (tests calling ``main()``), where the process's age means nothing."""
-    from verifier.report import startup_seconds
-
-    now = time.monotonic()
-    if now - _MODULE_LOADED > 2.0:
-        return now
-    s = startup_seconds()
-    return now - s if s is not None and s < 60.0 else now
-
-
-class Guard:
-    """Lets exactly one answer out: the main thread's, or the watchdog's at the deadline.
-
-    The watchdog cannot stop a solver that is inside compiled code, so at
-    ``deadline + WATCHDOG_GRACE_S`` it answers itself, from the best certified result
-    ``offer``ed so far (or ``timeout``), and ends the process with ``os._exit``."""
-
-    def __init__(self, deadline: Optional[float], on_timeout: Callable[[Optional[Any]], int]) -> None:
-        """``deadline`` None: no limit (``--timeout inf``), no watchdog."""
-        self._lock = threading.Lock()
-        self._done = False
-        self._best: Optional[Any] = None
-        self._on_timeout = on_timeout
-        self._timer: Optional[threading.Timer] = None
-        if deadline is not None:
-            self._timer = threading.Timer(max(deadline - time.monotonic(), 0.0) + WATCHDOG_GRACE_S, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def offer(self, result: Any) -> None:
-        """Remember a certified intermediate result (the watchdog's answer if it fires)."""
-        self._best = result
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-            code = 1
-            try:
-                code = self._on_timeout(self._best)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-
-    def finish(self, answer: Callable[[], int]) -> int:
-        """Give the main thread's answer, unless the watchdog has already given one."""
-        with self._lock:
-            if self._done:  # the watchdog is ending the process
-                threading.Event().wait()
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
-        return answer()
-
-    def cancel(self) -> None:
-        """Stop the watchdog (the command ends with an error of its own)."""
-        with self._lock:
-            if self._done:
-                threading.Event().wait()
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
-
-
 def norm_pair(norm: str, method: str) -> tuple[str, str]:
     """(input norm, output norm) of the constant a method bounds, as words."""
     name = {"2": "l2", "inf": "l-inf"}[norm]
@@ -177,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     from verifier.progress import NORMAL, Progress
     from verifier.report import OutputPathError, check_output_path
 
-    start = command_start()
+    start = command_start(getattr(args, "_process", False))
     t0 = time.monotonic()
     try:
         check_output_path(args.report, "--report")
@@ -208,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         progress.update(best_bound=float(result.value))
         guard.offer(result)
 
-    guard = Guard(deadline, on_timeout)
+    guard = Guard(deadline, on_timeout, grace_s=WATCHDOG_GRACE_S)
     try:
         if args.method == "local":  # local bound over a box: verifier/cli_lipschitz_local.py
             from verifier.cli_lipschitz_local import run_local
