@@ -1,12 +1,18 @@
-"""Branch and bound: domain batches, splitting, the search loops, proof records.
+"""Branch and bound: one search loop (`bab.search`), its kinds of branching (input split,
+activation split), domain batches and store, clipping, the in-search attack, proof records.
 
 Imports `relaxations` and `models` only.
 """
 from __future__ import annotations
 
-from bab.activation_split import ActivationSplitOutcome, activation_split_bab
-from bab.domains import DomainBatch
-from bab.input_split import InputSplitOutcome, InputSplitProblem, input_split_bab, rows_status
+from bab.activation_split import ReluBrancher, activation_split_bab
+from bab.domains import Batch, DomainBatch, DomainStore, SplitDomains
+from bab.input_split import InputBrancher, input_split_bab
+from bab.problem import Problem, rows_status
 from bab.proof import ActivationProofLog, ProofLog
+from bab.search import Brancher, SearchLimits, SearchOutcome, search
+from bab.tuning import DEFAULT_TUNING, Tuning
 
-__all__ = ["ActivationSplitOutcome", "activation_split_bab", "DomainBatch", "InputSplitOutcome", "InputSplitProblem", "input_split_bab", "rows_status", "ProofLog", "ActivationProofLog"]
+__all__ = ["ReluBrancher", "activation_split_bab", "Batch", "DomainBatch", "DomainStore", "SplitDomains",
+           "InputBrancher", "input_split_bab", "Problem", "rows_status", "ActivationProofLog", "ProofLog",
+           "Brancher", "SearchLimits", "SearchOutcome", "search", "DEFAULT_TUNING", "Tuning"]

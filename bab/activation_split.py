@@ -13,60 +13,33 @@ counterexample candidates.
 from __future__ import annotations
 
 import dataclasses
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from bab.attack import domain_pgd
 from bab.branching import BRANCHING, babsr_branch, fsb_branch, neuron_scores
 from bab.clip_hooks import SplitClipper
-from bab.input_split import InputSplitProblem, _domain_pgd, objective, rows_status
+from bab.domains import SplitDomains
+from bab.problem import Problem, rows_status, violations
 from bab.proof import ActivationProofLog
+from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
+from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
-__all__ = ["ActivationSplitOutcome", "activation_split_bab", "relu_inputs"]
+__all__ = ["ReluBrancher", "activation_split_bab", "relu_inputs"]
 
 T = torch.Tensor
 
 
-@dataclass
-class ActivationSplitOutcome:
-    status: str
-    candidate: Optional[np.ndarray] = None
-    domains_bounded: int = 0
-    rounds: int = 0
-    leaves: int = 0
-    stats: dict = field(default_factory=dict)
-    proof: Optional[ActivationProofLog] = None
-
-
-def relu_inputs(p: InputSplitProblem) -> dict[str, str]:
+def relu_inputs(p: Problem) -> dict[str, str]:
     """Relu node name -> its pre-activation tensor (only plain Relu is split)."""
     return {n.name: n.inputs[0] for n in p.graph.nodes if n.op == "Relu"}
 
 
-@dataclass
-class _Domains:
-    splits: dict          # tensor -> int8 signs [N, *shape]
-    lb: T                 # [N, S]
-    score: T              # [N]
-    branch: T             # [N, 2] (relu index, flat neuron index); -1 when nothing to split
-
-    def __len__(self) -> int:
-        return int(self.lb.shape[0])
-
-    def take(self, idx: T) -> "_Domains":
-        return _Domains({k: v[idx] for k, v in self.splits.items()}, self.lb[idx], self.score[idx], self.branch[idx])
-
-    def concat(self, other: "_Domains") -> "_Domains":
-        return _Domains({k: torch.cat([v, other.splits[k]]) for k, v in self.splits.items()},
-                        torch.cat([self.lb, other.lb]), torch.cat([self.score, other.score]),
-                        torch.cat([self.branch, other.branch]))
-
-
-def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
+def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
            branching: str = "babsr", fsb_candidates: int = 4, relaxed_clip: bool = False,
            clip_k: int = 2) -> tuple[T, T, Optional[T], object]:
     """Bound a batch of domains; also choose each one's next split (see bab/branching.py).
@@ -77,10 +50,9 @@ def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: lis
     """
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
-    capture: dict = {}
     clipper = SplitClipper(box.lower, box.upper, clip_k, precision=options.precision) if relaxed_clip else None
-    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, capture=capture,
-                         split_linear=clipper.split_linear if clipper else None, clip=clipper)
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, clip=clipper)
+    capture = res.coefficients
     lower = res.lower.detach()
     if clipper is not None:
         with torch.no_grad():
@@ -95,26 +67,110 @@ def _bound(p: InputSplitProblem, splits: dict, options: BoundOptions, names: lis
     return lb, branch, mins, res
 
 
-def _log_proved(log: Optional[ActivationProofLog], relus: dict[str, str], splits: dict, res, lb: T,
-                proved: T) -> None:
-    """Record the proved domains of one bounded batch (only when a proof log is kept)."""
-    if log is None or not bool(proved.any()):
-        return
-    idx = torch.nonzero(proved).flatten()
-    alphas = {k: v[idx] for k, v in (res.stats.get("alphas") or {}).items()}
-    betas = {k: v[idx] for k, v in (res.stats.get("betas") or {}).items()}
-    unstable = {}
-    for z in set(relus.values()):
-        b = res.table[z]
-        unstable[z] = ((b.lower < 0) & (b.upper > 0))[idx]
-    log.add_leaves({k: v[idx] for k, v in splits.items()}, relus, lb[idx], alphas, betas, unstable)
+@dataclass
+class ReluBrancher:
+    """Activation split as a `bab.search.Brancher`: split one unstable ReLU per domain.
+
+    Each domain carries the split chosen when it was bounded (BaBSR or FSB, see
+    bab/branching.py); a round makes its two children (the neuron active, inactive)
+    and bounds all children of the batch in one alpha/beta-CROWN call. A domain with
+    nothing left to split that is not proved is set aside: it makes the answer unknown.
+    """
+
+    problem: Problem
+    options: BoundOptions
+    branching: str = "babsr"
+    fsb_candidates: int = 4
+    relaxed_clip: bool = False
+    record_proof: bool = False
+    attack: bool = True
+    tuning: Tuning = DEFAULT_TUNING
+
+    def __post_init__(self) -> None:
+        if self.branching not in BRANCHING:
+            raise ValueError(f"branching must be one of {', '.join(BRANCHING)}, not '{self.branching}'")
+        # The certificate checker cannot replay relaxed clipping.
+        self.relaxed_clip = self.relaxed_clip and not self.record_proof
+        self.relus = relu_inputs(self.problem)
+        self.names = list(self.relus)
+        self.shapes = {self.relus[r]: self.problem.graph.shapes[self.relus[r]] for r in self.names}
+        # Branching scores neurons with the final pass's coefficients; FSB also reuses each
+        # domain's betas in its estimates, and proof logs keep them.
+        self.options = dataclasses.replace(self.options, coefficients=True,
+                                           keep_betas=self.record_proof or self.branching == "fsb")
+
+    def _bound(self, splits: dict) -> tuple[T, T, Optional[T], object]:
+        return _bound(self.problem, splits, self.options, self.names, self.relus, self.branching,
+                      self.fsb_candidates, self.relaxed_clip)
+
+    def root(self) -> Bounded:
+        dev = self.problem.lower.device
+        splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in self.shapes.items()}
+        lb, branch, _, res = self._bound(splits)
+        proved, score = rows_status(self.problem, lb)
+        return Bounded(SplitDomains(splits, lb, score, branch), proved, leaf_data=self._leaf_data(res))
+
+    def select(self, batch: SplitDomains) -> tuple[SplitDomains, int]:
+        done = batch.branch[:, 0] < 0
+        n_done = int(done.sum())
+        return (batch.take(~done), n_done) if n_done else (batch, 0)
+
+    def split(self, batch: SplitDomains, round_: int) -> dict:
+        n = len(batch)
+        rows = torch.arange(n, device=batch.lb.device)
+        children = {}
+        for i, r in enumerate(self.names):
+            z = self.relus[r]
+            flat = batch.splits[z].reshape(n, -1)
+            pos, neg = flat.clone(), flat.clone()
+            sel = batch.branch[:, 0] == i
+            pos[rows[sel], batch.branch[sel, 1]] = 1
+            neg[rows[sel], batch.branch[sel, 1]] = -1
+            children[z] = torch.cat([pos, neg]).reshape(2 * n, *self.shapes[z])
+        return children
+
+    def bound(self, children: dict, round_: int) -> Bounded:
+        p = self.problem
+        lb, branch, mins, res = self._bound(children)
+        proved, score = rows_status(p, lb)
+        pts = obj = None
+        if mins is not None and self.attack:
+            pts = mins.reshape(-1, *p.lower.shape[1:])
+            obj = violations(p, pts)
+            focus = torch.argsort(obj)[:self.tuning.pgd_focus_activation]
+            lo = p.lower.expand(len(focus), *p.lower.shape[1:])
+            hi = p.upper.expand(len(focus), *p.upper.shape[1:])
+            pgd_obj, pgd_x = domain_pgd(p, lo, hi, pts[focus], self.tuning.pgd_steps)
+            pts, obj = torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
+        return Bounded(SplitDomains(children, lb, score, branch), proved, pts, obj, self._leaf_data(res))
+
+    def _leaf_data(self, res) -> dict:
+        """What a proof log needs of a bounded batch (only kept when a proof is recorded)."""
+        if not self.record_proof:
+            return {}
+        unstable = {}
+        for z in set(self.relus.values()):
+            b = res.table[z]
+            unstable[z] = (b.lower < 0) & (b.upper > 0)
+        return {"alphas": dict(res.alphas), "betas": dict(res.betas), "unstable": unstable}
+
+    def record(self, log: ActivationProofLog, bounded: Bounded) -> None:
+        idx = torch.nonzero(bounded.proved).flatten()
+        data = bounded.leaf_data
+        pick = lambda m: {k: v[idx] for k, v in m.items()}  # noqa: E731
+        log.add_leaves(pick(bounded.domains.splits), self.relus, bounded.domains.lb[idx], pick(data["alphas"]),
+                       pick(data["betas"]), pick(data["unstable"]))
+
+    def stats(self) -> dict:
+        return {}
 
 
-def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: float, batch_size: int = 64,
+def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, batch_size: int = 64,
                          max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
                          record_proof: bool = False, branching: str = "babsr",
                          fsb_candidates: int = 4, relaxed_clip: bool = False,
-                         progress: Optional[Callable[[dict], None]] = None) -> ActivationSplitOutcome:
+                         progress: Optional[Callable[[dict], None]] = None,
+                         tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None) -> SearchOutcome:
     """Search until all domains are proved, a counterexample is confirmed, or limits are hit.
 
     `progress` receives the counters after each round (domains bounded and open, the
@@ -127,89 +183,11 @@ def activation_split_bab(p: InputSplitProblem, options: BoundOptions, deadline: 
     `relaxed_clip` tightens bounds with the split constraints (see `_bound`); it is off
     when a proof is recorded, since the certificate checker cannot replay it.
     """
-    relaxed_clip = relaxed_clip and not record_proof
-    if branching not in BRANCHING:
-        raise ValueError(f"branching must be one of {', '.join(BRANCHING)}, not '{branching}'")
-    relus = relu_inputs(p)
-    names = list(relus)
-    if not names:
-        return ActivationSplitOutcome("unknown", stats={"reason": "no ReLU to split"})
-    log = None
-    if record_proof:
-        log = ActivationProofLog(names)
-    if record_proof or branching == "fsb":  # FSB reuses each domain's betas in its estimates
-        options = dataclasses.replace(options, keep_betas=True)
-    shapes = {relus[r]: p.graph.shapes[relus[r]] for r in names}
-    dev = p.lower.device
-    root_splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in shapes.items()}
-    lb, branch, _, res = _bound(p, root_splits, options, names, relus, branching, fsb_candidates, relaxed_clip)
-    res = res if log is not None else None
-    proved, score = rows_status(p, lb)
-    if bool(proved.all()):
-        _log_proved(log, relus, root_splits, res, lb, proved)
-        return ActivationSplitOutcome("unsat", domains_bounded=1, leaves=1, proof=log)
-    domains = _Domains(root_splits, lb, score, branch)
-    bounded, rounds, leaves = 1, 0, 0
-    stuck = 0  # unproved domains with every neuron split: never dropped, they make the answer unknown
-    while len(domains):
-        if time.monotonic() > deadline:
-            return ActivationSplitOutcome("timeout", domains_bounded=bounded, rounds=rounds,
-                                          stats={"domains_left": len(domains)})
-        if len(domains) > max_domains:
-            return ActivationSplitOutcome("unknown", domains_bounded=bounded, rounds=rounds,
-                                          stats={"reason": "domain limit reached"})
-        order = torch.argsort(domains.score)
-        batch, domains = domains.take(order[:batch_size]), domains.take(order[batch_size:])
-        done = batch.branch[:, 0] < 0
-        if bool(done.any()):
-            # Nothing left to split but not proved (beta did not close the gap): set aside.
-            stuck += int(done.sum())
-            batch = batch.take(torch.nonzero(~done).flatten())
-            if len(batch) == 0:
-                continue
-        children = {}
-        n = len(batch)
-        rows = torch.arange(n, device=dev)
-        for i, r in enumerate(names):
-            z = relus[r]
-            flat = batch.splits[z].reshape(n, -1)
-            pos, neg = flat.clone(), flat.clone()
-            sel = batch.branch[:, 0] == i
-            pos[rows[sel], batch.branch[sel, 1]] = 1
-            neg[rows[sel], batch.branch[sel, 1]] = -1
-            children[z] = torch.cat([pos, neg]).reshape(2 * n, *shapes[z])
-        lb, branch, mins, res = _bound(p, children, options, names, relus, branching, fsb_candidates, relaxed_clip)
-        res = res if log is not None else None  # the bound tables are only kept for the proof log
-        bounded += 2 * n
-        rounds += 1
-        if mins is not None and confirm is not None:
-            pts = mins.reshape(-1, *p.lower.shape[1:])
-            with torch.no_grad():
-                worst = objective(p, p.ev(pts))
-            focus = torch.argsort(worst)[:32]
-            lo = p.lower.expand(len(focus), *p.lower.shape[1:])
-            hi = p.upper.expand(len(focus), *p.upper.shape[1:])
-            pgd_obj, pgd_x = _domain_pgd(p, lo, hi, pts[focus])
-            pts, worst = torch.cat([pts, pgd_x]), torch.cat([worst, pgd_obj])
-            for j in torch.nonzero(worst <= 0).flatten()[:8].tolist():
-                x = pts[j].cpu().numpy().reshape(-1)
-                if confirm(x):
-                    return ActivationSplitOutcome("sat", candidate=x, domains_bounded=bounded, rounds=rounds)
-        proved, score = rows_status(p, lb)
-        leaves += int(proved.sum())
-        _log_proved(log, relus, children, res, lb, proved)
-        keep = ~proved
-        kept = _Domains({k: v[keep] for k, v in children.items()}, lb[keep], score[keep], branch[keep])
-        domains = kept if len(domains) == 0 else domains.concat(kept)
-        if progress is not None:
-            progress({"open": len(domains) + stuck, "bounded": bounded,
-                      "best_lower": float(domains.score.min()) if len(domains) else None})
-    if stuck and time.monotonic() > deadline:
-        # Past the deadline alpha-CROWN may stop before capturing coefficients, and a
-        # domain then has no branching choice without being fully split: call it a timeout.
-        return ActivationSplitOutcome("timeout", domains_bounded=bounded, rounds=rounds,
-                                      stats={"domains_left": stuck})
-    if stuck:
-        return ActivationSplitOutcome("unknown", domains_bounded=bounded, rounds=rounds,
-                                      stats={"reason": f"{stuck} fully split domains not proved"})
-    return ActivationSplitOutcome("unsat", domains_bounded=bounded, rounds=rounds, leaves=leaves, proof=log)
+    brancher = ReluBrancher(p, options, branching, fsb_candidates, relaxed_clip, record_proof,
+                            attack=confirm is not None, tuning=tuning)
+    if not brancher.names:
+        return SearchOutcome("unknown", stats={"reason": "no ReLU to split"})
+    log = ActivationProofLog(brancher.names) if record_proof else None
+    limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))
+    return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit)
+

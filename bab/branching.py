@@ -22,9 +22,9 @@ from typing import Optional
 
 import torch
 
-from bab.input_split import InputSplitProblem, rows_status
+from bab.problem import Problem, rows_status
 from relaxations import BoundOptions, IntervalBounds
-from relaxations.bounds import BoundsTable
+from relaxations.bounds import BoundsTable, rows_proved
 from relaxations.compute import final_lower_from_table
 
 __all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch"]
@@ -33,13 +33,13 @@ BRANCHING = ("babsr", "fsb")
 T = torch.Tensor
 
 
-def neuron_scores(p: InputSplitProblem, names: list[str], relus: dict[str, str], table, capture: dict,
+def neuron_scores(p: Problem, names: list[str], relus: dict[str, str], table, capture: dict,
                   splits: dict, lb: T) -> tuple[T, T, list[int]]:
     """(BaBSR score [N, n], intercept score [N, n], per-ReLU offsets) over all ReLUs' neurons
     concatenated in `names` order; -1 where a neuron cannot be split (stable, already
     split, or its ReLU has no captured coefficients)."""
     N = lb.shape[0]
-    open_rows = torch.where(p.strict, lb < 0, lb <= 0).to(lb.dtype)       # [N, S]
+    open_rows = (~rows_proved(lb, p.strict)).to(lb.dtype)       # [N, S]
     babsr, inter, offsets, start = [], [], [], 0
     for relu in names:
         z = relus[relu]
@@ -77,7 +77,7 @@ def babsr_branch(babsr: T, offsets: list[int]) -> T:
     return _to_pairs(idx, val >= 0, offsets)
 
 
-def fsb_branch(p: InputSplitProblem, names: list[str], relus: dict[str, str], res, splits: dict, lb: T,
+def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict, lb: T,
                babsr: T, inter: T, offsets: list[int], options: BoundOptions, k: int = 4,
                k_intercept: Optional[int] = None) -> T:
     """[N, 2] (relu index, neuron) by filtered smart branching.
@@ -119,7 +119,7 @@ def fsb_branch(p: InputSplitProblem, names: list[str], relus: dict[str, str], re
     return best
 
 
-def _children_scores(p: InputSplitProblem, names: list[str], relus: dict[str, str], res, splits: dict,
+def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict,
                      rows: T, cand: T, offsets: list[int], options: BoundOptions) -> T:
     """Score [M, K] of the worse child of each candidate of domains `rows` (one backward pass)."""
     M, K = cand.shape
@@ -141,8 +141,8 @@ def _children_scores(p: InputSplitProblem, names: list[str], relus: dict[str, st
         lo[r[act], j[act]] = 0.0
         hi[r[~act], j[~act]] = 0.0
         table[z] = IntervalBounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
-    alphas = {k: v[rep] for k, v in (res.stats.get("alphas") or {}).items()} or None
-    betas = res.stats.get("betas") or {}
+    alphas = {k: v[rep] for k, v in res.alphas.items()} or None
+    betas = res.betas
     extra = {z: -betas[z][rep] * splits[z][rep].to(betas[z].dtype).unsqueeze(1) for z in betas} or None
     box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))
     C = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape)

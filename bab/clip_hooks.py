@@ -208,6 +208,7 @@ class ConstraintClipper:
         self.lo, self.hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
         self.a, self.c, self.owner, self.n_groups, self.precision = a, c, owner, n_groups, precision
         self.tally = tally
+        self.split_linear = None  # input split has no split neurons to collect (`ClipHook`)
 
     def __call__(self, name: str, lin, lb: T) -> T:
         owner = None if self.n_groups == 1 else self.owner

@@ -72,7 +72,7 @@ def _infeasible(a: T, c: T, lo: T, hi: T, p: Precision) -> T:
     only then is the set empty whatever the rounding of the sum.
     """
     amin = torch.minimum(a * lo, a * hi).sum(-1)
-    tol = p.rel * ((a.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1) + c.abs()) + p.abs
+    tol = p.margin((a.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1) + c.abs())
     return amin + c > tol
 
 
@@ -111,14 +111,14 @@ def clip_box_one(lo: T, hi: T, a: T, c: T, precision: Optional[Precision] = None
     prod_lo, prod_hi = a * lo, a * hi
     amin = torch.minimum(prod_lo, prod_hi)                               # [N, n]
     mag = torch.maximum(lo.abs(), hi.abs())
-    tol = p.rel * ((a.abs() * mag).sum(-1) + c.abs()) + p.abs           # [N]
+    tol = p.margin((a.abs() * mag).sum(-1) + c.abs())          # [N]
     slack = -c - amin.sum(-1)                                            # >= 0 iff feasible
     empty = slack < -tol
     r = (slack + tol).unsqueeze(-1) + amin                               # bound on a_i x_i
     pos, neg = a > 0, a < 0
     safe_a = torch.where(pos | neg, a, torch.ones_like(a))
     t = r / safe_a
-    widen = p.rel * t.abs() + p.abs
+    widen = p.margin(t)
     cand_hi = torch.minimum(hi, torch.maximum(t + widen, lo))
     cand_lo = torch.maximum(lo, torch.minimum(t - widen, hi))
     new_hi = torch.where(pos, cand_hi, hi)
@@ -228,7 +228,7 @@ def _dual_value(w: T, b: T, lo3: T, hi3: T, coef: T, lam_c: T, lam_mass: T, extr
     mag3 = torch.maximum(lo3.abs(), hi3.abs())
     g = b + lam_c + _box_min(coef, lo3, hi3)
     mass = b.abs() + lam_c.abs() + ((w.abs() + lam_mass) * mag3).sum(-1) + extra_mass
-    return g - (p.rel * mass + p.abs)
+    return g - p.margin(mass)
 
 
 def _min_under_one_chunk(w: T, b: T, lo: T, hi: T, a: T, c: T, extra_mass: T, p: Precision) -> T:
@@ -286,9 +286,11 @@ def min_under_constraint(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T]
 
 def _box_bound(w: T, b: T, lo: T, hi: T, extra_mass: T, p: Precision) -> T:
     """Plain sound minimum of w^T x + b over the box, [N, M] (no constraint)."""
+    # The same sum as `_dual_value` at lambda = 0 (not `relaxations.bounds.concretize`,
+    # whose centre-radius form rounds differently): the two must agree to the bit.
     lo3, hi3 = lo.unsqueeze(1), hi.unsqueeze(1)
     mass = b.abs() + (w.abs() * torch.maximum(lo3.abs(), hi3.abs())).sum(-1) + extra_mass
-    return b + _box_min(w, lo3, hi3) - (p.rel * mass + p.abs)
+    return b + _box_min(w, lo3, hi3) - p.margin(mass)
 
 
 def min_under_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T] = None,
@@ -401,7 +403,7 @@ def constraint_from_lower_bound(A: T, bias: T, lo: T, hi: T, mass: Optional[T] =
     m = (A.abs() * mag).sum(-1) + bias.abs()
     if mass is not None:
         m = m + mass
-    return A, bias - (p.rel * m + p.abs)
+    return A, bias - p.margin(m)
 
 
 def row_constraints(A: T, bias: T, d: T, *, lo: T, hi: T, mass: Optional[T] = None,

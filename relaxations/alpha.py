@@ -1,20 +1,22 @@
 """alpha-CROWN: optimise relaxation parameters (e.g. ReLU lower slopes) per spec row.
 
 Any alpha inside its bounds gives a sound relaxation, so every iterate is a valid
-bound; we keep the best bound seen per row. The starting alpha equals CROWN's choice,
-so the result is never looser than CROWN.
+bound; we keep the best bound seen per row. The starting alpha is CROWN's choice (or
+the caller's, e.g. a parent domain's), and the first step's bound is kept, so the
+result is never looser than the bound at the starting point.
 """
 from __future__ import annotations
 
-import torch
-
 import time
+from dataclasses import dataclass
 from typing import Optional
+
+import torch
 
 from relaxations.bounds import IntervalBounds, LinearBounds, Precision
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower
 
-__all__ = ["optimise_alpha", "initial_alphas"]
+__all__ = ["optimise_alpha", "initial_alphas", "project_alphas", "AlphaResult"]
 
 T = torch.Tensor
 
@@ -56,7 +58,8 @@ class _Adam:
             p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
 
 
-def _project(ctx: BackwardContext, alphas: dict[str, T]) -> None:
+def project_alphas(ctx: BackwardContext, alphas: dict[str, T]) -> None:
+    """Clamp every alpha into its rule's sound range, in place."""
     by_name = {n.name: n for n in ctx.graph.nodes}
     with torch.no_grad():
         for name, a in alphas.items():
@@ -67,28 +70,47 @@ def _project(ctx: BackwardContext, alphas: dict[str, T]) -> None:
             a.copy_(torch.maximum(torch.minimum(a, hi.unsqueeze(1)), lo.unsqueeze(1)))
 
 
+@dataclass(frozen=True)
+class AlphaResult:
+    """alpha-CROWN's best bound per row and the linear bound, alphas and betas that gave it."""
+
+    lower: T                      # [B, R]
+    linear: LinearBounds
+    alphas: dict[str, T]
+    betas: dict[str, T]           # empty unless `options.keep_betas`
+    iterations: int
+
+
 def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision,
-                   splits: Optional[dict] = None, capture: Optional[dict] = None
-                   ) -> tuple[T, LinearBounds, dict]:
+                   signs: Optional[dict[str, T]] = None, capture: Optional[dict] = None,
+                   init_alphas: Optional[dict[str, T]] = None, init_betas: Optional[dict[str, T]] = None
+                   ) -> AlphaResult:
     """Best lower bound of A . output over the box found by projected Adam on alpha
     (and, for split neurons, on beta >= 0: the beta-CROWN Lagrange multipliers).
 
     A split s*z >= 0 (s = +1 active, -1 inactive) holds on the domain, so for any
     beta >= 0, f(x) >= f(x) - beta*s*z(x); the second function is bounded by the same
     backward pass with -beta*s added to z's coefficient. Every iterate is sound.
+    `signs`: split tensor -> float signs [B, 1, *shape]. `init_alphas` / `init_betas`
+    (already in range) start the optimisation instead of CROWN's slopes and zero betas.
     """
+    with torch.enable_grad():
+        return _optimise(ctx, box, A, options, precision, signs or {}, capture, init_alphas, init_betas or {})
+
+
+def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision, signs: dict,
+              capture: Optional[dict], init_alphas: Optional[dict], init_betas: dict) -> AlphaResult:
     B, S = A.shape[:2]
-    alphas = initial_alphas(ctx, B, S)
+    alphas = initial_alphas(ctx, B, S) if init_alphas is None else {k: v.detach().clone()
+                                                                    for k, v in init_alphas.items()}
     betas: dict[str, T] = {}
-    signs: dict[str, T] = {}
-    for name, sign in (splits or {}).items():
-        if bool((sign != 0).any()):
-            signs[name] = sign.to(A.dtype).unsqueeze(1)
-            betas[name] = torch.zeros(B, S, *sign.shape[1:], dtype=A.dtype, device=A.device)
+    for name, sign in signs.items():
+        init = init_betas.get(name)
+        betas[name] = init.detach().clone() if init is not None else \
+            torch.zeros(B, S, *sign.shape[2:], dtype=A.dtype, device=A.device)
     if not alphas and not betas:
-        with torch.no_grad():
-            lin = backward_lower(ctx, ctx.graph.output_name, A)
-            return lin.concretize(box, precision), lin, {"alpha_iterations": 0}
+        lin = backward_lower(ctx, ctx.graph.output_name, A)
+        return AlphaResult(lin.concretize(box, precision), lin, {}, {}, 0)
     params = list(alphas.values()) + list(betas.values())
     for p in params:
         p.requires_grad_(True)
@@ -130,11 +152,8 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
             break  # last step, or the bound does not depend on any alpha
         grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
         opt.step(grads)
-        _project(ctx, alphas)
+        project_alphas(ctx, alphas)
         with torch.no_grad():
             for b in betas.values():
                 b.clamp_(min=0)
-    stats = {"alpha_iterations": options.alpha_iterations, "alphas": best_alphas}
-    if keep_betas:
-        stats["betas"] = best_betas
-    return best, best_lin, stats
+    return AlphaResult(best, best_lin, best_alphas, best_betas, options.alpha_iterations)

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 __all__ = ["IntervalBounds", "LinearBounds", "BoundsTable", "Precision", "widen_lower", "DeadlineExceeded",
-           "check_deadline"]
+           "check_deadline", "concretize", "interval_terms", "rows_proved"]
 
 
 class DeadlineExceeded(Exception):
@@ -49,9 +49,71 @@ class Precision:
     def for_dtype(dtype: torch.dtype) -> "Precision":
         return Precision(1e-12, 1e-12) if dtype == torch.float64 else Precision()
 
+    def margin(self, mass):
+        """The one outward margin of nncert's engine: rel * |mass| + abs (tensors or floats).
+
+        Every sound lower bound that the engine computes in floating point is moved down by
+        this much, from the mass of the terms summed to get it; clipping and interval
+        widening use it too. The independent checker keeps its own on purpose.
+        """
+        return self.rel * abs(mass) + self.abs
+
 
 def widen_lower(value: torch.Tensor, mass: torch.Tensor, precision: Precision) -> torch.Tensor:
-    return value - (precision.rel * mass.abs() + precision.abs)
+    """`value` moved outward (down) by the margin of its rounding mass."""
+    return value - precision.margin(mass)
+
+
+def interval_terms(A: torch.Tensor, bounds: "IntervalBounds") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact minimum of `A . t` over t in an interval, before any margin: (value, mass), each [B, S].
+
+    A: [B, S, *shape]; bounds: [B, *shape]. `mass` is the sum of |A_i| max(|l_i|, |u_i|),
+    what rounding in the sum can be proportional to. Backward passes add these terms to
+    their bias and mass where they stop at an interval, and `concretize` widens the total
+    once. With finite intervals this is two batched products through centre and radius
+    (the rows share the interval); an infinite end takes the masked sum, where an unused
+    element (coefficient 0) with an infinite bound must count as 0, not nan.
+    """
+    B, S = A.shape[:2]
+    Af = A.reshape(B, S, -1)
+    lo = bounds.lower.reshape(B, -1, 1)
+    hi = bounds.upper.reshape(B, -1, 1)
+    if bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):  # one host sync, not two
+        absA = Af.abs()
+        value = torch.bmm(Af, (lo + hi) / 2).squeeze(-1) - torch.bmm(absA, (hi - lo) / 2).squeeze(-1)
+        mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
+        return value, mass
+    lo, hi = lo.transpose(1, 2), hi.transpose(1, 2)
+    pos, neg = Af.clamp(min=0), Af.clamp(max=0)
+    value = torch.nan_to_num(pos * lo, nan=0.0).sum(-1) + torch.nan_to_num(neg * hi, nan=0.0).sum(-1)
+    mass = torch.nan_to_num(Af.abs() * torch.maximum(lo.abs(), hi.abs()), nan=0.0).sum(-1)
+    return value, mass
+
+
+def concretize(A: torch.Tensor, bounds: "IntervalBounds", precision: Precision,
+               bias: Optional[torch.Tensor] = None, mass: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The one concretisation: a sound lower bound [B, S] of `A . t + bias` over the interval.
+
+    `mass` is the rounding mass already in `bias` (`LinearBounds.mass`). The result is
+    widened outward by `Precision.margin` of the total mass, once.
+    """
+    value, m = interval_terms(A, bounds)
+    if bias is not None:
+        value = value + bias
+    if mass is not None:
+        m = m + mass
+    return widen_lower(value, m, precision)
+
+
+def rows_proved(gap, strict):
+    """The one "row proved" rule, for torch tensors and numpy arrays alike.
+
+    gap: a sound lower bound of `C_i y - d_i` over a region; strict: whether row i is
+    `C_i y < d_i` (else `<=`). The row is violated everywhere (its conjunction has no
+    point in the region) when gap > 0, or gap >= 0 for a strict row. The independent
+    checker keeps its own copy on purpose.
+    """
+    return (gap > 0) | (strict & (gap >= 0))
 
 
 @dataclass(frozen=True)
@@ -89,16 +151,8 @@ class LinearBounds:
     mass: torch.Tensor
 
     def concretize(self, box: IntervalBounds, precision: Precision) -> torch.Tensor:
-        """The sound minimum over the box, [B, S], widened outward for rounding."""
-        B, S = self.A.shape[:2]
-        A = self.A.reshape(B, S, -1)
-        lo = box.lower.reshape(B, -1, 1)
-        hi = box.upper.reshape(B, -1, 1)
-        center, radius = (lo + hi) / 2, (hi - lo) / 2
-        absA = A.abs()
-        value = torch.bmm(A, center).squeeze(-1) - torch.bmm(absA, radius).squeeze(-1) + self.bias
-        mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1) + self.mass
-        return widen_lower(value, mass, precision)
+        """The sound minimum over the box, [B, S], widened outward for rounding (`concretize`)."""
+        return concretize(self.A, box, precision, self.bias, self.mass)
 
     def minimizer(self, box: IntervalBounds) -> torch.Tensor:
         """The box corner that minimises the linear function, [B, S, *input_shape]."""

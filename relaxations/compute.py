@@ -1,10 +1,18 @@
-"""Bounds of `C @ output` over input boxes: IBP, CROWN and alpha-CROWN.
+"""Bounds of `C @ output` over input boxes: IBP, CROWN and alpha-CROWN, behind one entry point.
+
+`compute_bounds` is the bounding API of nncert: its `BoundOptions` say what to compute
+(method, intermediate method, alpha-CROWN's steps, autograd or not, deadline), its
+keyword arguments what restricts or seeds the pass (activation splits, a clipping hook,
+given alphas and betas), and it returns a frozen `BoundResult` with typed fields. The
+searches, the certificate writers and certified training all call it; none of them
+rebuilds a CROWN step or the "best of IBP and CROWN" rule by hand.
 
 Intermediate bounds are built in topological order: every tensor gets an interval by
 IBP from its inputs' (already tightened) intervals; the inputs of relaxable
 elementwise ops additionally get CROWN bounds on their unstable elements, and the two
-sound answers are intersected. The final bound uses the requested method and is also
-intersected with the IBP one.
+sound answers are intersected. The final bound uses the requested method and is
+always intersected with the interval one (the box bound `C @ [output]`, or the folded
+IBP bound, below): every candidate is sound, so their maximum is.
 
 IBP's final bound folds the specification into the last layers: C is passed back
 exactly through the trailing affine ops (C @ W, C @ b, as auto_LiRPA does) and
@@ -22,20 +30,22 @@ instead.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Mapping, Optional, Protocol
 
 import torch
 
 from models import Graph, GraphEvaluator
-from relaxations.alpha import optimise_alpha
-from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, widen_lower
+from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
+from relaxations.bounds import (BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, concretize,
+                                widen_lower)
 from relaxations.forward import forward_constant, forward_input, forward_node
-from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, concretize_at, rules_for
+from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, rules_for
 from relaxations.ibp import node_inputs, node_interval
 
-__all__ = ["BoundOptions", "BoundResult", "compute_bounds", "final_lower_from_table", "folded_ibp_lower",
-           "intermediate_bounds", "METHODS"]
+__all__ = ["BoundOptions", "BoundResult", "ClipHook", "compute_bounds", "final_lower_from_table",
+           "folded_ibp_lower", "intermediate_bounds", "METHODS"]
 
 METHODS = ("ibp", "crown", "alpha-crown")
 INTERMEDIATE = ("crown", "ibp", "forward")
@@ -44,7 +54,7 @@ T = torch.Tensor
 
 @dataclass(frozen=True)
 class BoundOptions:
-    """Settings of one bound computation (the verifier's config embeds this)."""
+    """What one bound computation computes (the verifier's config embeds this)."""
 
     method: str = "crown"
     # How intermediate tensors are bounded: "crown" (backward from each unstable
@@ -59,9 +69,16 @@ class BoundOptions:
     # alpha-CROWN's optimisation, which stops early with its best (sound) bound so far.
     deadline: Optional[float] = None
     keep_betas: bool = False               # alpha-CROWN also returns the best betas per row (proof logs)
-    # IBP: fold C into the trailing affine ops (see the module docstring). False gives
-    # the plain box bound C @ [output], e.g. to match a checker that re-derives only that.
-    fold: bool = True
+    # Fold C into the trailing affine ops for the interval bound (see the module
+    # docstring). None: IBP folds, CROWN and alpha-CROWN take the plain box bound (the
+    # checker re-derives that one); True also folds for them (certified training).
+    fold: Optional[bool] = None
+    # Keep the coefficient at every relaxed elementwise node's output from the final
+    # pass (`BoundResult.coefficients`): branching heuristics score neurons with them.
+    coefficients: bool = False
+    # Keep autograd through the bound (certified training backpropagates through it).
+    # False runs the passes under no_grad (alpha-CROWN still differentiates its own steps).
+    grad: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -69,16 +86,48 @@ class BoundOptions:
         if self.intermediate not in INTERMEDIATE:
             raise ValueError(f"intermediate must be one of {', '.join(INTERMEDIATE)}, not '{self.intermediate}'")
 
+    @property
+    def folds(self) -> bool:
+        return self.method == "ibp" if self.fold is None else bool(self.fold)
 
-@dataclass
+
+@dataclass(frozen=True)
 class BoundResult:
-    """Lower bounds [B, S] of C @ output (and upper, when asked), plus what produced them."""
+    """Sound bounds of C @ output over each box of the batch, and what produced them.
+
+    lower [B, S] (upper [B, S] when asked) are the best of every bound computed: the
+    interval bound, CROWN's and alpha-CROWN's. Domains whose splits are infeasible hold
+    no input: their lower bounds are +inf and `infeasible` [B] marks them.
+    """
 
     lower: T
     upper: Optional[T]
-    table: BoundsTable
+    table: BoundsTable                       # intervals of every tensor, keyed by name
+    infeasible: T                            # [B] bool
+    interval_lower: T                        # [B, S]: the interval part alone (box or folded IBP)
+    # The linear bound over the input that gave the CROWN part of the rows (alpha's best
+    # per row when optimised): A [B, R, *input_shape], R = S, or 2S with the upper rows.
     linear: Optional[LinearBounds] = None
-    stats: dict = field(default_factory=dict)
+    crown_linear: Optional[LinearBounds] = None   # plain CROWN's, before alpha-CROWN changed it
+    alphas: Mapping[str, T] = field(default_factory=dict)   # node -> [B, R, *shape]: used per row
+    betas: Mapping[str, T] = field(default_factory=dict)    # tensor -> [B, R, *shape] (keep_betas)
+    coefficients: Mapping[str, T] = field(default_factory=dict)  # node -> A at its output
+    alpha_iterations: int = 0
+
+
+class ClipHook(Protocol):
+    """Relaxed clipping of intermediate bounds (bab/clip_hooks.py builds them).
+
+    Called with a tensor's name, the LinearBounds of a chunk of its rows over the input
+    and their plain lower bounds [B, R]; returns lower bounds at least as tight that are
+    still sound on the domain. `split_linear`, when a dict, receives the split neurons'
+    linear bounds (`_crown_tensor`), filled in topological order, so the hook sees those
+    of earlier tensors only; None: nothing is collected.
+    """
+
+    split_linear: Optional[dict]
+
+    def __call__(self, name: str, lin: LinearBounds, lb: T) -> T: ...
 
 
 def _widen_interval(b: IntervalBounds, precision: Precision) -> IntervalBounds:
@@ -95,12 +144,6 @@ def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
         if _is_plain_elementwise(ctx, node, rule):
             needs.setdefault(node.inputs[0], None)
     return needs
-
-
-# A relaxed-clipping hook: (tensor name, LinearBounds of rows over the input, their
-# plain lower bounds [B, R]) -> lower bounds [B, R] that are at least as tight and
-# still sound on the domain (bab/activation_split.py builds it from split constraints).
-ClipHook = Callable[[str, LinearBounds, T], T]
 
 
 def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Optional[T],
@@ -178,17 +221,18 @@ def _apply_split(b: IntervalBounds, sign: T) -> IntervalBounds:
 
 
 def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions,
-                        splits: Optional[dict] = None, split_linear: Optional[dict] = None,
-                        clip: Optional[ClipHook] = None) -> tuple[BoundsTable, BackwardContext, T]:
+                        splits: Optional[Mapping[str, T]] = None, clip: Optional[ClipHook] = None
+                        ) -> tuple[BoundsTable, BackwardContext, T]:
     """Interval bounds of every tensor, tightened by CROWN where relaxations need them.
 
     `splits` maps a tensor name to signs [B, *shape] (+1: >= 0, -1: <= 0, 0: free),
     the activation splits of branch and bound; they clamp the tensor's bounds. Returns
     also a mask [B] of domains whose splits are infeasible (some lower > upper): such a
     domain holds no input at all, so any claim about it is vacuously true.
-    `split_linear` (a dict) receives the split neurons' linear bounds (`_crown_tensor`),
-    filled in topological order, so `clip` sees those of earlier tensors only.
+    `clip` tightens CROWN's chunks (`ClipHook`); its `split_linear` receives the split
+    neurons' linear bounds.
     """
+    split_linear = getattr(clip, "split_linear", None)
     precision = options.precision or Precision.for_dtype(ev.dtype)
     table = BoundsTable({graph.input_name: box})
     ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={}, deadline=options.deadline)
@@ -254,62 +298,121 @@ def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T
 
 def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
                    options: BoundOptions = BoundOptions(), want_upper: bool = True,
-                   ev: Optional[GraphEvaluator] = None, splits: Optional[dict] = None,
-                   capture: Optional[dict] = None, split_linear: Optional[dict] = None,
-                   clip: Optional[ClipHook] = None) -> BoundResult:
-    """Sound bounds of C @ output over each box of the batch.
+                   ev: Optional[GraphEvaluator] = None, *, splits: Optional[Mapping[str, T]] = None,
+                   clip: Optional[ClipHook] = None, alphas: Optional[Mapping[str, T]] = None,
+                   betas: Optional[Mapping[str, T]] = None) -> BoundResult:
+    """Sound bounds of C @ output over each box of the batch: the bounding API.
 
-    box: IntervalBounds with tensors [B, *input_shape]. C: [B, S, n_out] or [S, n_out]
-    (default: identity, i.e. bounds of every output). `splits`: activation split
-    decisions (see `intermediate_bounds`); with alpha-CROWN they also get beta
-    multipliers (beta-CROWN). Domains whose splits are infeasible get +inf lower bounds
-    (they contain no input). `capture` receives the final pass's coefficients at
-    elementwise outputs, for branching heuristics. `split_linear` and `clip`: see
-    `intermediate_bounds` (relaxed clipping of intermediate bounds).
+    box: IntervalBounds with tensors [B, *input_shape] (their dtype and device are the
+    pass's). C: [B, S, n_out] or [S, n_out] (default: identity, i.e. bounds of every
+    output). `splits`: activation split decisions, tensor -> signs [B, *shape] (see
+    `intermediate_bounds`); with alpha-CROWN they also get beta multipliers
+    (beta-CROWN). `clip`: relaxed clipping of the intermediate bounds (`ClipHook`).
+    `alphas` (node -> [B, R, *shape], NaN: the rule's default) and `betas` (split
+    tensor -> [B, R, *shape]) are given relaxation parameters per row, R = S (2S with
+    `want_upper`): CROWN uses them as they are, alpha-CROWN starts from them. Given
+    values are projected into their sound range first (alphas into the rule's bounds,
+    betas to >= 0), so no value a caller passes can make a bound unsound.
     """
     if tuple(box.lower.shape[1:]) != tuple(graph.input_shape) or box.lower.shape != box.upper.shape:
         raise ValueError(f"box must have shape [B, {', '.join(map(str, graph.input_shape))}], "
                          f"got {tuple(box.lower.shape)} and {tuple(box.upper.shape)}")
     if ev is None:
         ev = GraphEvaluator(graph, dtype=box.lower.dtype, device=box.lower.device)
+    with contextlib.nullcontext() if options.grad else torch.no_grad(), _full_float32(ev.device):
+        return _compute(graph, ev, box, C, options, want_upper, splits, clip, alphas, betas)
+
+
+@contextlib.contextmanager
+def _full_float32(device: torch.device):
+    """No TF32 during a bound pass on CUDA.
+
+    cuDNN runs float32 convolutions in TF32 by default (a 10-bit mantissa, relative
+    error near 1e-3), far beyond what `Precision`'s float32 margins (1e-5 of the mass)
+    absorb: a bound computed so could be wrong. Both switches are restored afterwards,
+    so a user's own training keeps its speed.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[T], options: BoundOptions,
+             want_upper: bool, splits: Optional[Mapping[str, T]], clip: Optional[ClipHook],
+             alphas: Optional[Mapping[str, T]], betas: Optional[Mapping[str, T]]) -> BoundResult:
     precision = options.precision or Precision.for_dtype(ev.dtype)
     B = box.lower.shape[0]
-    n_out = graph.output_size
     if C is None:
-        C = torch.eye(n_out, dtype=ev.dtype, device=ev.device)
+        C = torch.eye(graph.output_size, dtype=ev.dtype, device=ev.device)
     C = C.to(dtype=ev.dtype, device=ev.device)
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(B, -1, -1)
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
-    table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, split_linear, clip)
+    table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, clip)
     check_deadline(options.deadline)  # the final pass, too, can be long
-    out_b = table[graph.output_name]
     A = rows.reshape(B, rows.shape[1], *graph.output_shape)
-    value, mass = concretize_at(A, out_b)
-    best = widen_lower(value, mass, precision)
-    linear = None
-    stats: dict = {}
-    if options.method == "ibp" and options.fold:
+    best = concretize(A, table[graph.output_name], precision)
+    if options.folds:
         best = torch.maximum(best, folded_ibp_lower(ctx, box, A, options, precision))
+    interval = best
+    linear = crown_linear = None
+    used_alphas: Mapping[str, T] = {}
+    used_betas: Mapping[str, T] = {}
+    coefficients: dict = {}
+    iterations = 0
     if options.method != "ibp":
-        with torch.no_grad():
-            ctx.capture = capture
-            linear = backward_lower(ctx, graph.output_name, A)
-            ctx.capture = None
-            crown = linear.concretize(box, precision)
-        best = torch.maximum(best, crown)
+        R = A.shape[1]
+        given_a = _given_alphas(ctx, alphas, B, R)
+        signs = _split_signs(splits, A.dtype)
+        given_b = {z: b.to(A.dtype).clamp(min=0) for z, b in (betas or {}).items() if z in signs}
+        ctx.alphas = given_a
+        ctx.extra_A = {z: -b * signs[z] for z, b in given_b.items()} or None
+        ctx.capture = coefficients if options.coefficients else None
+        linear = backward_lower(ctx, graph.output_name, A)
+        ctx.capture = ctx.alphas = ctx.extra_A = None
+        best = torch.maximum(best, linear.concretize(box, precision))
+        used_alphas, used_betas = given_a or {}, given_b
         if options.method == "alpha-crown":
             crown_linear = linear
-            opt_lb, linear, stats = optimise_alpha(ctx, box, A, options, precision, splits, capture)
-            stats["crown_linear"] = crown_linear
-            best = torch.maximum(best, opt_lb)
+            opt = optimise_alpha(ctx, box, A, options, precision, signs, coefficients if options.coefficients
+                                 else None, given_a, given_b)
+            best = torch.maximum(best, opt.lower)
+            linear, used_alphas, used_betas, iterations = opt.linear, opt.alphas, opt.betas, opt.iterations
     if bool(infeasible.any()):
         best = torch.where(infeasible.unsqueeze(1), torch.full_like(best, torch.inf), best)
-        stats["infeasible"] = infeasible
-    lower = best[:, :S]
-    upper = -best[:, S:] if want_upper else None
-    return BoundResult(lower, upper, table, linear, stats)
+    return BoundResult(lower=best[:, :S], upper=-best[:, S:] if want_upper else None, table=table,
+                       infeasible=infeasible, interval_lower=interval[:, :S], linear=linear,
+                       crown_linear=crown_linear, alphas=used_alphas, betas=used_betas,
+                       coefficients=coefficients, alpha_iterations=iterations)
+
+
+def _split_signs(splits: Optional[Mapping[str, T]], dtype: torch.dtype) -> dict[str, T]:
+    """Split tensors with some decision, as float signs [B, 1, *shape] for the beta terms."""
+    return {z: s.to(dtype).unsqueeze(1) for z, s in (splits or {}).items() if bool((s != 0).any())}
+
+
+def _given_alphas(ctx: BackwardContext, alphas: Optional[Mapping[str, T]], B: int, R: int
+                  ) -> Optional[dict[str, T]]:
+    """Given alphas completed by the rules' defaults (where NaN or absent), projected into range.
+
+    None: nothing given (CROWN's own slopes). An empty mapping gives every default
+    explicitly, so a caller sees in `BoundResult.alphas` what each row used."""
+    if alphas is None:
+        return None
+    full = initial_alphas(ctx, B, R)
+    for k, v in alphas.items():
+        if k in full:
+            v = v.to(full[k].dtype).reshape(full[k].shape)
+            full[k] = torch.where(torch.isnan(v), full[k], v)
+    project_alphas(ctx, full)
+    return full
 
 
 def folded_ibp_lower(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOptions,

@@ -21,10 +21,10 @@ from torch.func import vjp, vmap
 
 from models import Graph, GraphEvaluator, Node
 from models.ops import forward_rule
-from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline
+from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline, interval_terms
 from relaxations.registry import OpRule, is_affine_node, rule_for
 
-__all__ = ["BackwardContext", "backward_lower", "concretize_at"]
+__all__ = ["BackwardContext", "backward_lower"]
 
 T = torch.Tensor
 
@@ -54,19 +54,6 @@ class BackwardContext:
     capture: Optional[dict] = None
     relax: bool = True
     deadline: Optional[float] = None
-
-
-def concretize_at(A: T, bounds: IntervalBounds) -> tuple[T, T]:
-    """Lower bound of A . t for t in an interval: value and mass, each [B, S]."""
-    B, S = A.shape[:2]
-    Af = A.reshape(B, S, -1)
-    lo = bounds.lower.reshape(B, 1, -1)
-    hi = bounds.upper.reshape(B, 1, -1)
-    pos, neg = Af.clamp(min=0), Af.clamp(max=0)
-    # 0 * inf must count as 0: an unused element with an infinite bound is harmless.
-    value = torch.nan_to_num(pos * lo, nan=0.0).sum(-1) + torch.nan_to_num(neg * hi, nan=0.0).sum(-1)
-    mass = torch.nan_to_num(Af.abs() * torch.maximum(lo.abs(), hi.abs()), nan=0.0).sum(-1)
-    return value, mass
 
 
 def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
@@ -212,7 +199,7 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
             m = torch.zeros_like(bias)
             for o, a in zip(node.outputs, A_outs):
                 if a is not None:
-                    v, mm = concretize_at(a, ctx.table[o])
+                    v, mm = interval_terms(a, ctx.table[o])
                     b, m = b + v, m + mm
         bias, mass = bias + b, mass + m
     A_in = As.pop(graph.input_name, None)

@@ -1,4 +1,5 @@
-"""Shared test fixtures: where ../shared is, and a skip marker for when it is absent."""
+"""Shared test fixtures: where ../shared is, a skip marker for when it is absent, and
+`device`, which runs a test on the CPU and on CUDA (`pytest -m gpu`: the CUDA cases only)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,3 +16,16 @@ needs_shared = pytest.mark.skipif(not BENCH.is_dir(), reason="../shared/bench (V
                                                               "the checkout; these tests read real benchmark files")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+NO_CUDA = "no CUDA device on this machine (CI has none; benchmarks/gpu.sh runs these on a GPU)"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: the CUDA case of a `device` test (pytest -m gpu selects exactly these)")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason=NO_CUDA)])])
+def device(request: pytest.FixtureRequest) -> str:
+    """The torch device a test builds its tensors and config on: "cpu", then "cuda"."""
+    return request.param

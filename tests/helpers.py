@@ -6,7 +6,7 @@ import torch
 
 from models import Graph, GraphEvaluator
 
-__all__ = ["sample_box", "outputs_float64", "assert_inside"]
+__all__ = ["sample_box", "outputs_float64", "assert_inside", "relu_mlp_onnx"]
 
 
 def sample_box(lo: torch.Tensor, hi: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -34,3 +34,24 @@ def assert_inside(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
     assert float(below) <= rel * float(scale), f"{what}: sample below lower bound by {float(below):.3g}"
     assert float(above) <= rel * float(scale), f"{what}: sample above upper bound by {float(above):.3g}"
     assert not bool(torch.isnan(lower).any() or torch.isnan(upper).any()), f"{what}: NaN bound"
+
+
+def relu_mlp_onnx(path, seed: int, widths=(2, 16, 16, 1)):
+    """Write a random ReLU MLP (Gemm layers, weights ~ N(0, 1.5^2 / fan-in), biases 0.3 N(0, 1))
+    as ONNX to `path`, input [1, widths[0]] named X, output [1, widths[-1]] named Y."""
+    from onnx import helper
+
+    from tests.op_cases import make_model
+
+    r = np.random.default_rng(seed)
+    nodes, inits, prev = [], {}, "X"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        inits[f"W{i}"] = (r.normal(size=(a, b)) * 1.5 / np.sqrt(a)).astype(np.float32)
+        inits[f"b{i}"] = (0.3 * r.normal(size=b)).astype(np.float32)
+        last = i == len(widths) - 2
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], ["Y" if last else f"h{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+    path.write_bytes(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])).SerializeToString())
+    return path

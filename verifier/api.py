@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from verifier.config import resolve_device
 from verifier.model import Model
 
 __all__ = ["bounds", "dtype_of", "bound_options", "outward_box", "ShapeError"]
@@ -26,11 +27,13 @@ def bound_options(cfg, method: Optional[str] = None) -> BoundOptions:
 
 
 def outward_box(lower, upper, dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The box as tensors of `dtype`, rounded outward so it contains the float64 box.
+    """The box as tensors of `dtype` on `device` (auto: cuda when available, else cpu),
+    rounded outward so it contains the float64 box.
 
     Round-to-nearest could move a face inward by half an ulp and leave a sliver of the
     region unexamined; rounding down the lower and up the upper faces cannot.
     """
+    device = resolve_device(device)
     lo64 = np.asarray(lower, dtype=np.float64)
     hi64 = np.asarray(upper, dtype=np.float64)
     if dtype == torch.float64:
@@ -57,17 +60,20 @@ def _check_box_shape(name: str, value, shape: tuple[int, ...]) -> None:
 
 
 def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str = "float32",
-           device: str = "cpu", alpha_iterations: int = 20, deadline: Optional[float] = None
+           device: str = "auto", alpha_iterations: int = 20, deadline: Optional[float] = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound lower and upper bounds of `C @ output` (or of the outputs) over a box.
 
     lower/upper: arrays of the model's input shape, or with a leading batch dimension
     for many boxes at once. C: [S, n_out] or [B, S, n_out]. Returns two tensors [B, S]
-    (or [S] when the box had no batch dimension). Nothing is kept between calls.
+    (or [S] when the box had no batch dimension), on the device the bounds were computed
+    on: `device` auto is cuda when torch sees a CUDA device, else cpu (call `.cpu()`
+    before `.numpy()`). Nothing is kept between calls.
     A wrong shape raises ShapeError naming what was expected; past `deadline`
     (time.monotonic()) the bound passes raise relaxations.DeadlineExceeded.
     """
     dt = dtype_of(dtype)
+    device = resolve_device(device)
     shape = model.graph.input_shape
     _check_box_shape("lower", lower, shape)
     _check_box_shape("upper", upper, shape)

@@ -51,8 +51,11 @@ def check_time() -> None:
 
 
 def _rows_proved(gap: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> np.ndarray:
-    """[L] bool: every conjunction has a row whose gap (lower bound of C y - d) proves it."""
-    ok = np.where(strict, gap >= 0, gap > 0)
+    """[L] bool: every conjunction has a row whose gap (lower bound of C y - d) proves it
+    (the engine's rule, `relaxations.bounds.rows_proved`; the checker keeps its own)."""
+    from relaxations.bounds import rows_proved
+
+    ok = rows_proved(gap, strict)
     return np.all([ok[:, owner == k].any(1) for k in range(K)], axis=0) if K else np.ones(len(gap), bool)
 
 
@@ -62,8 +65,7 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
     import torch
 
     from models import GraphEvaluator
-    from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds, intermediate_bounds
-    from relaxations.crown import BackwardContext, backward_lower
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
@@ -74,20 +76,13 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
         n = len(lo[s:s + _CHUNK])
         box = IntervalBounds(torch.tensor(lo[s:s + _CHUNK]).reshape(n, *graph.input_shape),
                              torch.tensor(hi[s:s + _CHUNK]).reshape(n, *graph.input_shape))
-        with torch.no_grad():
-            if alphas is None:
-                lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev).lower
-            else:
-                lb = compute_bounds(graph, box, Ct, BoundOptions(method="ibp", fold=False), want_upper=False, ev=ev).lower
-                opts = BoundOptions(method="crown")
-                table, ctx = intermediate_bounds(graph, ev, box, opts)[:2]
-                shapes = {nd.name: tuple(graph.shapes[nd.inputs[0]]) for nd in graph.nodes}
-                a = {k: torch.tensor(np.clip(v, 0.0, 1.0)).reshape(1, C.shape[0], *shapes[k])
-                     .expand(n, C.shape[0], *shapes[k]) for k, v in alphas.items()}
-                octx = BackwardContext(graph, ev, table, ctx.rules, a, cache=None)
-                A = Ct.reshape(1, C.shape[0], *graph.output_shape).expand(n, *([-1] * (1 + len(graph.output_shape))))
-                crown = backward_lower(octx, graph.output_name, A).concretize(box, Precision.for_dtype(torch.float64))
-                lb = torch.maximum(lb, crown)
+        given = None
+        if alphas is not None:  # the search's slopes per row, for every leaf (projected into range)
+            shapes = {nd.name: tuple(graph.shapes[nd.inputs[0]]) for nd in graph.nodes}
+            given = {k: torch.tensor(v).reshape(1, C.shape[0], *shapes[k]).expand(n, C.shape[0], *shapes[k])
+                     for k, v in alphas.items()}
+        lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev,
+                            alphas=given).lower
         out.append(lb.numpy() - d)
     return np.concatenate(out) if out else np.zeros((0, C.shape[0]))
 

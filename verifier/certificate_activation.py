@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bab.proof import ActivationLeaves
-from verifier.certificate import check_time
+from verifier.certificate import _rows_proved, check_time
 from verifier.checker.verdict import encode_array, spec_rows
 from verifier.model import Model
 
@@ -91,10 +91,7 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
     that gave the bound) and the unstable masks [n, n_z] of the split tensors' intervals.
     """
     from models import GraphEvaluator
-    from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds, intermediate_bounds
-    from relaxations.alpha import initial_alphas
-    from relaxations.bounds import widen_lower
-    from relaxations.crown import BackwardContext, backward_lower, concretize_at
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
@@ -104,42 +101,27 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
     box = IntervalBounds(torch.tensor(lo).reshape(-1, *graph.input_shape).expand(n, *graph.input_shape),
                          torch.tensor(hi).reshape(-1, *graph.input_shape).expand(n, *graph.input_shape))
     Ct = torch.tensor(C, dtype=torch.float64)
-    A = Ct.reshape(1, S, *graph.output_shape).expand(n, *([-1] * (1 + len(graph.output_shape))))
-    if optimise:  # alpha-CROWN needs gradients: outside no_grad
+    if optimise:
         opts = BoundOptions(method="alpha-crown", alpha_iterations=_REOPT_ITERATIONS, keep_betas=True)
         res = compute_bounds(graph, box, Ct, opts, want_upper=False, ev=ev, splits=shaped or None)
-        lb = res.lower.detach()
-        used_a = {k: v.detach().reshape(n, S, -1) for k, v in res.stats.get("alphas", {}).items()}
-        used_b = {k: v.detach().reshape(n, S, -1) for k, v in res.stats.get("betas", {}).items()}
-        table, infeasible = res.table, res.stats.get("infeasible", torch.zeros(n, dtype=torch.bool))
-    with torch.no_grad():
-        if not optimise:
-            opts = BoundOptions(method="crown")
-            table, ctx, infeasible = intermediate_bounds(graph, ev, box, opts, shaped or None)
-            default = initial_alphas(ctx, n, S)
-            used_a = {}
-            for k, v in default.items():
-                a = v.reshape(n, S, -1).clone()
-                if k in alphas:
-                    a = torch.where(torch.isnan(alphas[k]), a, alphas[k].clamp(0.0, 1.0))
-                used_a[k] = a
-            octx = BackwardContext(graph, ev, table, ctx.rules,
-                                   {k: v.reshape(n, S, *graph.shapes[tensors[k]]) for k, v in used_a.items()},
-                                   cache=None)
-            octx.extra_A = {z: (-betas[z] * signs[z][:, None, :]).reshape(n, S, *graph.shapes[z]) for z in signs}
-            crown = backward_lower(octx, graph.output_name, A).concretize(box, Precision.for_dtype(torch.float64))
-            value, mass = concretize_at(A, table[graph.output_name])
-            lb = torch.maximum(widen_lower(value, mass, Precision.for_dtype(torch.float64)), crown)
-            used_b = betas
+    else:  # the logged parameters as they are (NaN alphas: the rule's default; projected into range)
+        given_a = {k: v.reshape(n, S, *graph.shapes[tensors[k]]) for k, v in alphas.items()}
+        given_b = {z: betas[z].reshape(n, S, *graph.shapes[z]) for z in signs}
+        res = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev,
+                             splits=shaped or None, alphas=given_a, betas=given_b)
+    lb = res.lower
+    used_a = {k: v.reshape(n, S, -1) for k, v in res.alphas.items()}
+    used_b = {z: v.reshape(n, S, -1) for z, v in res.betas.items()}
+    if not optimise:
+        used_b = {z: used_b.get(z, betas[z].clamp(min=0.0)) for z in betas}
+    table, infeasible = res.table, res.infeasible
     lb = lb.numpy() - d
     lb[infeasible.numpy()] = np.inf
     unstable = {z: ((table[z].lower < 0) & (table[z].upper > 0)).reshape(n, -1) for z in set(tensors.values())}
     return lb, used_a, used_b, unstable
 
 
-def _proved(lb: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> np.ndarray:
-    ok = np.where(strict, lb >= 0, lb > 0)
-    return np.all([ok[:, owner == k].any(1) for k in range(K)], axis=0) if K else np.ones(len(lb), bool)
+_proved = _rows_proved  # the engine's rule, not the checker's
 
 
 def _chunk_entry(model: Model, leaves: ActivationLeaves, rows: np.ndarray, disjunct, shapes: dict

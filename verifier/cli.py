@@ -203,7 +203,7 @@ def cmd_bounds(args: argparse.Namespace) -> int:
     spec = vnnlib.load(args.spec, model.n_inputs, model.n_outputs)
     region = spec.disjuncts[0].region
     lo, hi = bounds(model, region.lower, region.upper, method=args.method, deadline=deadline - FINISH_MARGIN_S)
-    lo, hi = np.asarray(lo), np.asarray(hi)
+    lo, hi = lo.cpu().numpy(), hi.cpu().numpy()  # bounds() answers on its device (auto: cuda when present)
     if not run.claim():
         time.sleep(10)
     run.report({"verdict": "bound", "reason": "bounds of the outputs over the first input region",
@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--results-file", default=None, help="write the VNN-COMP results file here")
     v.add_argument("--report", default=None, help="write a JSON report here (schema: docs/report.md)")
     v.add_argument("--certificate", default=None, help="write a certificate of the verdict here (JSON)")
-    v.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
+    v.add_argument("--device", default=None,
+                   help="auto (the default: cuda when torch sees a CUDA device, else cpu), cpu, cuda or cuda:N")
     v.add_argument("--method", default=None, choices=["ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank"],
                    help="strongest bounding method, searches included (default alpha-crown; "
                         "sdp methods: ReLU MLPs, no BaB)")

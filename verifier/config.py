@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 __all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "ConfigError", "load_config",
            "with_overrides", "config_to_dict", "describe", "key", "Check", "Int", "Real", "Bool",
-           "Choice", "Device"]
+           "Choice", "Device", "resolve_device"]
 
 
 class ConfigError(ValueError):
@@ -185,22 +185,24 @@ _CUDA = re.compile(r"cuda(?::(\d+))?")
 @dataclass(frozen=True)
 class Device(Check):
     """A torch device that this torch can use: a CUDA name on a CPU-only torch would
-    otherwise fail deep inside the first tensor op, as an internal error."""
+    otherwise fail deep inside the first tensor op, as an internal error. `auto` (the
+    default) is always accepted: `resolve_device` turns it into cuda or cpu at run time."""
 
     type = str
 
     def expected(self) -> str:
-        return "cpu; cuda or cuda:N where torch has CUDA; mps where available"
+        return "auto (cuda when torch sees a CUDA device, else cpu); cpu; cuda or cuda:N where torch has CUDA; " \
+               "mps where available"
 
     def __call__(self, value: Any) -> str:
-        if value == "cpu":  # the default: no torch import, so the config module loads fast
+        if value in ("auto", "cpu"):  # no torch import, so the config module loads and checks fast
             return value
         import torch
 
         n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mps = getattr(torch.backends, "mps", None)
         has_mps = bool(mps is not None and mps.is_available())
-        offers = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n_cuda)] if n_cuda else []) \
+        offers = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n_cuda)] if n_cuda else []) \
             + (["mps"] if has_mps else [])
         choices = ", ".join(offers)
         match = _CUDA.fullmatch(value) if isinstance(value, str) else None
@@ -211,6 +213,18 @@ class Device(Check):
         if not match and value not in offers:
             raise _Rejected(f"one of {choices} (what this torch offers)")
         return value
+
+
+def resolve_device(name: str) -> str:
+    """The concrete torch device for a config value: `auto` is "cuda" when torch sees a
+    CUDA device and "cpu" otherwise; every other name is returned unchanged (it has
+    passed the `Device` check already). Call it where a device is used, not where the
+    config is built, so a config file written on one machine means the same on another."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _cpu_count() -> int:
@@ -302,6 +316,9 @@ class BabConfig(_Validated):
                     help="auto: input split for few free inputs (see input_split_max_dims), activation split "
                          "otherwise")
     batch_size: int = key(256, check=Int(1, 2 ** 20), help="domains bounded together in one batch")
+    batch_growth: int = key(8, check=Int(1, 1024),
+                            help="on CUDA the batch may grow to this multiple of batch_size while device memory "
+                                 "allows (an out-of-memory error halves it); on CPU it stays at batch_size")
     max_domains: int = key(2_000_000, check=Int(1, 10 ** 9),
                            help="the search gives up (unknown) when this many domains are open")
     input_split_max_dims: int = key(16, check=Int(0),
@@ -337,7 +354,9 @@ class BabConfig(_Validated):
 class Config(_Validated):
     """Everything a run may be told; the root of the tree."""
 
-    device: str = key("cpu", check=Device(), help="torch device for bounding, attack and search")
+    device: str = key("auto", check=Device(),
+                      help="torch device for bounding, attack and search; auto: cuda when torch sees a CUDA "
+                           "device, else cpu")
     threads: int = key(1, check=Int(0, _cpu_count, note="0: torch's default; {hi}: this machine's CPU count"),
                        help="torch CPU threads during the run (restored afterwards)")
     proof: bool = key(False, check=Bool(), help="record what proved each leaf (set by --certificate)")

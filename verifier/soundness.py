@@ -69,7 +69,7 @@ def check_instance(onnx_path: str | Path, spec_path: str | Path, n: int = 10_000
         t = time.perf_counter()
         lower, upper = bounds(model, lo, hi, method=m)
         report[f"{m}_time_s"] = time.perf_counter() - t
-        lower, upper = lower.double().numpy(), upper.double().numpy()
+        lower, upper = lower.double().cpu().numpy(), upper.double().cpu().numpy()
         excess = np.maximum(lower - ys, ys - upper).max()
         report[f"{m}_violations"] = int(((ys < lower) | (ys > upper)).sum())
         report[f"{m}_worst_excess"] = float(excess)

@@ -8,12 +8,10 @@
 The bounds are the verifier's own: the module is turned into our `Graph` (by
 `models.from_torch`, whose constants are the module's live parameters) and bounded by
 `relaxations`, so a model trained here is bounded at test time by exactly the code
-that was optimised during training. Nothing is detached on the way: IBP goes through
-`compute_bounds` (whose IBP folds the margin matrix into the last affine layers, as
-auto_LiRPA's does); for CROWN-IBP the final backward pass is run here with autograd
-on, because `compute_bounds` wraps its final CROWN pass in `torch.no_grad()` (it
-serves verification, where no gradient is wanted), and its IBP part is the same
-folded IBP bound (`relaxations.compute.folded_ibp_lower`).
+that was optimised during training. Nothing is detached on the way: both losses call
+`compute_bounds` with `grad=True` (verification runs it without autograd); its IBP
+folds the margin matrix into the last affine layers, as auto_LiRPA's does, and
+CROWN-IBP asks it for the folded IBP bound beside CROWN's (`fold=True`).
 
 Loss fusion: the robust cross-entropy is computed from the lower bounds `lb_j` of the
 margins `y_true - y_j` directly, as the cross-entropy of the logits `[0, -lb_j]` with
@@ -37,10 +35,7 @@ from torch import nn
 
 from models import Graph, GraphEvaluator, Node
 from models.from_torch import graph_from_module, structure_key
-from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds, intermediate_bounds, rule_for
-from relaxations.compute import folded_ibp_lower
-from relaxations.bounds import widen_lower
-from relaxations.crown import backward_lower, concretize_at
+from relaxations import BoundOptions, IntervalBounds, compute_bounds, rule_for
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.registry import is_affine_node
 
@@ -82,24 +77,15 @@ def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...
 
 
 def _crown_lower(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: T) -> tuple[T, T]:
-    """CROWN-IBP lower bounds of C @ output, with autograd: (crown, ibp), each [B, S].
+    """CROWN-IBP lower bounds of C @ output, with autograd: (max(CROWN, IBP), IBP), each [B, S].
 
-    `crown` is computed as `compute_bounds(..., BoundOptions(method="crown",
-    intermediate="ibp"))` does (IBP intervals for every intermediate tensor, one CROWN
-    pass from the output), but the final pass keeps the autograd graph. `ibp` is
-    `compute_bounds(..., BoundOptions(method="ibp"))`'s bound: the box bound
-    intersected with the folded one, from the same intervals.
+    One call of the bounding API: IBP intervals for every intermediate tensor, one
+    CROWN pass from the output, the interval bound folded as method "ibp" folds it, all
+    with autograd. `interval_lower` is exactly `compute_bounds(..., method="ibp")`'s bound.
     """
-    options = BoundOptions(method="crown", intermediate="ibp")
-    precision = Precision.for_dtype(ev.dtype)
-    # (table, ctx, ...): later versions may return more (e.g. an infeasibility mask for splits)
-    table, ctx = intermediate_bounds(graph, ev, box, options)[:2]
-    B, S = C.shape[:2]
-    A = C.reshape(B, S, *graph.output_shape)
-    value, mass = concretize_at(A, table[graph.output_name])
-    ibp = torch.maximum(widen_lower(value, mass, precision), folded_ibp_lower(ctx, box, A, options, precision))
-    crown = backward_lower(ctx, graph.output_name, A).concretize(box, precision)
-    return crown, ibp
+    options = BoundOptions(method="crown", intermediate="ibp", fold=True, grad=True)
+    res = compute_bounds(graph, box, C, options, want_upper=False, ev=ev)
+    return res.lower, res.interval_lower
 
 
 def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
@@ -111,8 +97,7 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     intermediate bounds (Zhang et al., "Towards Stable and Efficient Training of
     Verifiably Robust Neural Networks") and IBP is the folded bound of method "ibp".
     Taking max(CROWN, IBP) for the CROWN part is still sound and never looser than
-    either (`compute_bounds` with method "crown" intersects only with the box bound;
-    the folded IBP bound can beat CROWN on some rows).
+    either (the folded IBP bound can beat CROWN on some rows).
     """
     if method not in TRAINING_METHODS:
         raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
@@ -123,10 +108,9 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     box = _box(x, eps, lower, upper, shape)
     ev = GraphEvaluator(graph, dtype=x.dtype, device=x.device)
     if method == "ibp":
-        res = compute_bounds(graph, box, C, BoundOptions(method="ibp"), want_upper=False, ev=ev)
+        res = compute_bounds(graph, box, C, BoundOptions(method="ibp", grad=True), want_upper=False, ev=ev)
         return res.lower
-    crown, ibp = _crown_lower(graph, ev, box, C)
-    best = torch.maximum(crown, ibp)
+    best, ibp = _crown_lower(graph, ev, box, C)
     return best if beta == 1.0 else beta * best + (1.0 - beta) * ibp
 
 

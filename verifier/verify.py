@@ -14,13 +14,14 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bab import InputSplitProblem, activation_split_bab, input_split_bab
+from bab import Problem, activation_split_bab, input_split_bab
 from models import GraphEvaluator
 from relaxations import DeadlineExceeded, IntervalBounds, compute_bounds
+from relaxations.bounds import rows_proved
 from vnnlib import Disjunct, Spec
 from verifier.api import bound_options, dtype_of, outward_box
 from verifier.attack import attack_disjunct
-from verifier.config import AttackConfig, Config, ConfigError
+from verifier.config import AttackConfig, Config, ConfigError, resolve_device
 from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
@@ -50,8 +51,7 @@ def conjunctions_proved(lower: np.ndarray, d: np.ndarray, strict: np.ndarray, ow
     lower: [..., S] sound lower bounds of C @ y. A non-strict row C_i y <= d_i is
     violated everywhere when lower_i > d_i; a strict row when lower_i >= d_i.
     """
-    gap = lower - d
-    row_ok = np.where(strict, gap >= 0, gap > 0)
+    row_ok = rows_proved(lower - d, strict)
     proved = np.zeros(lower.shape[:-1] + (n_conj,), dtype=bool)
     for k in range(n_conj):
         proved[..., k] = row_ok[..., owner == k].any(-1)
@@ -75,8 +75,8 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     if K == 0:
         return False, None, ""
     dt = ev.dtype
-    box = _box(disjunct, model.graph.input_shape, dt, config.device)
-    Ct = torch.tensor(C, dtype=dt, device=config.device)
+    box = _box(disjunct, model.graph.input_shape, dt, resolve_device(config.device))
+    Ct = torch.tensor(C, dtype=dt, device=resolve_device(config.device))
     if config.bounds.method in SDP_METHODS:
         return _prove_by_sdp(model, disjunct, config, deadline, stats, proof)
     methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
@@ -91,7 +91,7 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
         lower = res.lower.detach().cpu().numpy()[0]
         stats.setdefault("bounds", []).append({"method": method, "min_gap": float(np.min(lower - d))})
         if conjunctions_proved(lower, d, strict, owner, K).all():
-            alphas = res.stats.get("alphas") if method == "alpha-crown" else None
+            alphas = res.alphas if method == "alpha-crown" else None
             proof.append({"kind": "bounds", "method": method, "claims": lower - d,
                           "alphas": None if alphas is None else
                           {k: v[0].detach().cpu().double().numpy() for k, v in alphas.items()}})
@@ -149,11 +149,11 @@ def _capped(method: str, cap: str) -> str:
     return order[min(order.index(method), order.index(cap))]
 
 
-def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config) -> InputSplitProblem:
+def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config) -> Problem:
     C, d, strict, owner = spec_rows(disjunct)
-    dt, dev = ev.dtype, config.device
+    dt, dev = ev.dtype, resolve_device(config.device)
     box = _box(disjunct, model.graph.input_shape, dt, dev)
-    problem = InputSplitProblem(
+    problem = Problem(
         graph=model.graph, ev=ev, lower=box.lower, upper=box.upper,
         C=torch.tensor(C, dtype=dt, device=dev), d=torch.tensor(d, dtype=dt, device=dev),
         strict=torch.tensor(strict, device=dev), owner=torch.tensor(owner, dtype=torch.long, device=dev),
@@ -170,7 +170,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 confirm=lambda x: confirm(model, disjunct, x) is not None,
                                 record_proof=config.proof, branching=config.bab.branching,
                                 fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
-                                progress=lambda f: progress.update(**f))
+                                progress=lambda f: progress.update(**f),
+                                max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)))
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
@@ -185,7 +186,14 @@ def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: C
                            record_proof=config.proof, clip=config.bab.clip,
                            clip_generations=config.bab.clip_generations,
                            clip_intermediate=config.bab.clip_intermediate, clip_joint=config.bab.clip_joint,
-                           progress=lambda f: progress.update(**f))
+                           progress=lambda f: progress.update(**f),
+                           max_batch_size=_max_batch(config, config.bab.batch_size))
+
+
+def _max_batch(config: Config, batch: int) -> int:
+    """The cap a search's batch may grow to: on CUDA `bab.batch_growth` times the batch (a
+    GPU bounds a bigger batch in about the same time); on CPU the batch itself."""
+    return batch * config.bab.batch_growth if resolve_device(config.device).startswith("cuda") else batch
 
 
 SDP_METHODS = ("sdp", "sdp-lowrank")
@@ -240,7 +248,8 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
                           f"alpha-crown, got {config.bounds.method}")
     progress = progress if progress is not None else Progress(verbosity=QUIET)
     threads = torch.get_num_threads()
-    devices = [torch.device(config.device).index or 0] if config.device.startswith("cuda") else []
+    device = resolve_device(config.device)  # "auto": CUDA when torch sees one
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices):
         try:
             torch.manual_seed(config.seed)
@@ -285,7 +294,7 @@ _WHERE = {"attack": "the attack", "bounds": "bound propagation", "bab-input": "b
 
 def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress, timings: dict,
             stats: dict, enter: Callable[[str], None], timeout: Callable[[str], Result]) -> Result:
-    ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=config.device)
+    ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=resolve_device(config.device))
 
     def done(result: Result) -> Result:
         enter("done")

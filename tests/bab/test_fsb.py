@@ -64,12 +64,11 @@ def test_fsb_picks_an_unstable_unsplit_neuron(tmp_path) -> None:
     first = relus[names[0]]
     splits[first][1].view(-1)[0] = 1
     splits[first][2].view(-1)[0] = -1
-    options = BoundOptions(method="alpha-crown", keep_betas=True)
-    capture: dict = {}
+    options = BoundOptions(method="alpha-crown", keep_betas=True, coefficients=True)
     box = IntervalBounds(p.lower.expand(3, *p.lower.shape[1:]), p.upper.expand(3, *p.upper.shape[1:]))
-    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, capture=capture)
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits)
     lb = res.lower - p.d
-    babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
+    babsr, inter, offsets = neuron_scores(p, names, relus, res.table, res.coefficients, splits, lb)
     chosen = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=4)
     plain = babsr_branch(babsr, offsets)
     for n in range(3):

@@ -185,13 +185,15 @@ def test_intermediate_clipping_pauses_where_it_does_not_help() -> None:
     """The search keeps clipping intermediate bounds while the last clipped round tightened
     at least 1% of the bounds it saw, and otherwise probes every 8th round."""
     from bab.input_split import _worth_it
+    from bab.tuning import DEFAULT_TUNING as t
 
-    assert _worth_it({}, 3)                                        # nothing seen yet
-    assert _worth_it({"seen": 1000, "tightened": 10}, 3)
-    assert not _worth_it({"seen": 1000, "tightened": 9}, 3)
-    assert _worth_it({"seen": 1000, "tightened": 0}, 16)           # a probe round
-    assert _worth_it({"seen": 63, "tightened": 0}, 3, min_seen=64)  # too few boxes to judge
-    assert not _worth_it({"seen": 64, "tightened": 0}, 3, min_seen=64)
+    assert (t.clip_rate, t.clip_probe_every, t.box_min_seen) == (0.01, 8, 64)
+    assert _worth_it({}, 3, t)                                        # nothing seen yet
+    assert _worth_it({"seen": 1000, "tightened": 10}, 3, t)
+    assert not _worth_it({"seen": 1000, "tightened": 9}, 3, t)
+    assert _worth_it({"seen": 1000, "tightened": 0}, 16, t)           # a probe round
+    assert _worth_it({"seen": 63, "tightened": 0}, 3, t, min_seen=64)  # too few boxes to judge
+    assert not _worth_it({"seen": 64, "tightened": 0}, 3, t, min_seen=64)
 
 
 def test_box_tally_counts_shrunk_emptied_and_proved_boxes() -> None:

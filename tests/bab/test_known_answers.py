@@ -5,29 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from onnx import helper
 
 import vnnlib
 from models import GraphEvaluator
-from tests.op_cases import make_model
+from tests.helpers import relu_mlp_onnx
 from verifier import Config, load_model, verify
 from verifier.config import with_overrides
 
 
 def _net(tmp_path, seed: int, widths=(2, 16, 16, 1)):
-    r = np.random.default_rng(seed)
-    nodes, inits, prev = [], {}, "X"
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        inits[f"W{i}"] = (r.normal(size=(a, b)) * 1.5 / np.sqrt(a)).astype(np.float32)
-        inits[f"b{i}"] = (0.3 * r.normal(size=b)).astype(np.float32)
-        last = i == len(widths) - 2
-        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], ["Y" if last else f"h{i}"]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
-            prev = f"r{i}"
-    path = tmp_path / f"net{seed}.onnx"
-    path.write_bytes(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])).SerializeToString())
-    return load_model(path)
+    return load_model(relu_mlp_onnx(tmp_path / f"net{seed}.onnx", seed, widths))
 
 
 def _true_min(model) -> float:

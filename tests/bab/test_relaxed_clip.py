@@ -76,7 +76,7 @@ def test_clipped_bounds_hold_on_sampled_domain_points(tmp_path, seed: int, metho
     opts = BoundOptions(method=method, alpha_iterations=5)
     clipper = SplitClipper(box.lower, box.upper, k=4)
     res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, splits=splits,
-                         split_linear=clipper.split_linear, clip=clipper)
+                         clip=clipper)
     lb = clipper.final(res.linear, res.lower.detach())
     x, vals, inside = _samples(model, splits, 20_000, seed)
     assert bool(inside.any(1)[:-2].all())                              # anchored domains are non-empty
@@ -112,7 +112,7 @@ def test_clipped_final_bound_is_never_looser_and_sometimes_tighter(tmp_path, see
     plain = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, splits=splits)
     clipper = SplitClipper(box.lower, box.upper, k=4, intermediate=False)
     res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, splits=splits,
-                         split_linear=clipper.split_linear, clip=clipper)
+                         clip=clipper)
     assert bool((res.lower >= plain.lower - 1e-6).all())
     lb = clipper.final(res.linear, res.lower)
     assert bool((lb >= res.lower).all())

@@ -169,7 +169,10 @@ def test_folded_ibp_is_differentiable_and_gradients_reach_the_last_layer() -> No
     graph = graph_from_module(net, (1, 6))
     x0 = torch.rand(4, 1, 6)
     C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]])
-    res = compute_bounds(graph, IntervalBounds(x0 - 0.1, x0 + 0.1), C, BoundOptions(method="ibp"), want_upper=False)
+    box = IntervalBounds(x0 - 0.1, x0 + 0.1)
+    off = compute_bounds(graph, box, C, BoundOptions(method="ibp"), want_upper=False)
+    assert not off.lower.requires_grad  # autograd is an option of the bounding API, off by default
+    res = compute_bounds(graph, box, C, BoundOptions(method="ibp", grad=True), want_upper=False)
     res.lower.sum().backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), name

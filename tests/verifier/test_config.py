@@ -21,7 +21,7 @@ from onnx import helper
 import vnnlib
 from tests.op_cases import make_model
 from verifier.config import (AttackConfig, BabConfig, BoundsConfig, Config, ConfigError, config_to_dict, describe,
-                             load_config, with_overrides)
+                             load_config, resolve_device, with_overrides)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,6 +127,26 @@ def test_devices_torch_does_not_offer_are_config_errors() -> None:
     assert Config(device="cpu").device == "cpu"
 
 
+def test_device_auto_is_the_default_and_resolves_to_what_torch_has() -> None:
+    import torch
+
+    assert Config().device == "auto" and _set("device=auto").device == "auto"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"  # other names unchanged
+    if not torch.cuda.is_available():
+        assert resolve_device(Config().device) == "cpu"
+        with pytest.raises(ConfigError, match=r"'device'.*auto, cpu.*no CUDA.*'cuda'"):
+            Config(device="cuda")  # auto never falls back silently when a user names cuda
+
+
+def test_cli_bounds_on_the_default_device_prints_from_the_host(tmp_path) -> None:
+    """bounds(device="auto") answers on cuda where there is one; the CLI moves it to the host.
+    (`--device cuda` without CUDA exiting 2: test_cli_unknown_device_exits_two_with_one_line.)"""
+    onnx_path, spec_path = _tiny(tmp_path)
+    proc = _cli("bounds", str(onnx_path), str(spec_path))
+    assert proc.returncode == 0 and "y[0] in [" in proc.stdout, proc.stderr
+
+
 def test_yaml_syntax_error_is_one_line_with_its_location(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("bounds:\n  method: crown\n attack: [1, 2\n")
@@ -181,7 +201,7 @@ def test_every_key_declares_help_a_check_and_a_matching_type() -> None:
 
 def test_defaults_keep_their_values() -> None:
     c = Config()
-    assert (c.device, c.threads, c.proof, c.timeout, c.seed) == ("cpu", 1, False, 300.0, 0)
+    assert (c.device, c.threads, c.proof, c.timeout, c.seed) == ("auto", 1, False, 300.0, 0)
     assert (c.bounds.method, c.bounds.alpha_lr, c.attack.step_size, c.bab.batch_size, c.bab.max_domains,
             c.bab.input_split_max_dims, c.bab.branching) == ("alpha-crown", 0.25, 0.25, 256, 2_000_000, 16, "fsb")
 

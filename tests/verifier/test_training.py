@@ -134,7 +134,7 @@ def test_training_bounds_equal_those_of_the_exported_onnx(case: str, tmp_path) -
     with torch.no_grad():
         ours_ibp = margin_bounds(net, x, y, eps, "ibp")
         ours_cibp = margin_bounds(net, x, y, eps, "crown-ibp", beta=1.0)
-    ref_ibp, _ = verifier.bounds(model, lo.numpy(), hi.numpy(), method="ibp", C=C.numpy())
+    ref_ibp, _ = verifier.bounds(model, lo.numpy(), hi.numpy(), method="ibp", C=C.numpy(), device="cpu")
     ref_crown = compute_bounds(model.graph, IntervalBounds(lo, hi), C,
                                BoundOptions(method="crown", intermediate="ibp"), want_upper=False).lower
     ref_cibp = torch.maximum(ref_crown, ref_ibp)  # CROWN-IBP's CROWN part is max(CROWN, folded IBP)

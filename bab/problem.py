@@ -1,0 +1,70 @@
+"""What every branch-and-bound search decides: one input region and the spec rows over it.
+
+A `Problem` is the same for every kind of branching: input split cuts its region,
+activation split its network's ReLUs, and both ask the same question of each domain
+through `rows_status` (is it proved, and how far from it) and of each point through
+`objective` (is it a counterexample).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models import Graph, GraphEvaluator
+from relaxations.bounds import rows_proved
+
+__all__ = ["Problem", "rows_status", "open_rows", "objective", "violations"]
+
+T = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One input region and its conjunctions as padded tensors (C y <= d rows), on one device."""
+
+    graph: Graph
+    ev: GraphEvaluator
+    lower: T          # [1, *input_shape]
+    upper: T
+    C: T              # [S, n_out]
+    d: T              # [S]
+    strict: T         # [S] bool
+    owner: T          # [S] long: the conjunction of each row
+    n_conj: int
+
+
+def rows_status(p: Problem, lb: T) -> tuple[T, T]:
+    """(proved [N] bool, score [N]) from row lower bounds lb [N, S] of C y - d.
+
+    A conjunction is proved when one of its rows is (`relaxations.rows_proved`); a
+    domain when all conjunctions are. The score is the smallest over conjunctions of
+    the best row gap: how far the domain is from proved.
+    """
+    row_ok = rows_proved(lb, p.strict)
+    N = lb.shape[0]
+    best = torch.full((N, p.n_conj), -torch.inf, dtype=lb.dtype, device=lb.device)
+    best = best.scatter_reduce(1, p.owner.expand(N, -1), lb, reduce="amax")
+    ok = torch.zeros((N, p.n_conj), dtype=torch.bool, device=lb.device)
+    ok = ok.scatter_reduce(1, p.owner.expand(N, -1), row_ok, reduce="amax")
+    return ok.all(1), best.amin(1)
+
+
+def open_rows(p: Problem, lb: T) -> T:
+    """[N, S] as lb's dtype: 1 for the rows not proved yet, whose looseness branching should cut."""
+    return (~rows_proved(lb, p.strict)).to(lb.dtype)
+
+
+def objective(p: Problem, y: T) -> T:
+    """[M] min over conjunctions of the max over its rows of C y - d: <= 0 iff one holds."""
+    v = y.reshape(len(y), -1) @ p.C.T - p.d                 # [M, S]
+    M = v.shape[0]
+    worst = torch.full((M, p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
+    worst = worst.scatter_reduce(1, p.owner.expand(M, -1), v, reduce="amax")
+    return worst.amin(1)
+
+
+def violations(p: Problem, xs: T) -> T:
+    """Objective at points xs [M, *input_shape] (no autograd)."""
+    with torch.no_grad():
+        return objective(p, p.ev(xs))

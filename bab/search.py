@@ -1,0 +1,254 @@
+"""The one branch-and-bound loop, shared by every kind of branching.
+
+A search is a `Brancher` (what a domain is, how a batch of domains is split and how
+the children are bounded: input bisection in bab/input_split.py, ReLU splits in
+bab/activation_split.py) run by `search`, with side tasks called at fixed points of
+every round:
+
+    pop the worst domains  ->  brancher.split  ->  brancher.bound (out-of-memory: halve, retry)
+        ->  side tasks on the bounded children, in order (confirm a counterexample,
+            record proved leaves, report progress); a task may end the search
+        ->  push the children not proved
+
+The loop owns the limits (deadline, domain budget, memory) and the store; it never
+decides a verdict from an exception: running out of memory even for one domain ends
+the search `unknown` ("out of memory"), anything else propagates.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from bab.domains import Batch, DomainStore
+from bab.memory import BatchSizer, OutOfMemory, run_with_retry
+from bab.problem import Problem, rows_status
+
+__all__ = ["SearchOutcome", "Bounded", "Brancher", "SideTask", "SearchLimits", "search", "Confirm", "RecordProof",
+           "ReportProgress", "domain_bytes", "run"]
+
+T = torch.Tensor
+
+
+@dataclass
+class SearchOutcome:
+    status: str                      # "unsat", "sat", "timeout", "unknown"
+    candidate: Optional[np.ndarray] = None
+    domains_bounded: int = 0
+    rounds: int = 0
+    leaves: int = 0                  # proved domains
+    proof: Any = None
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """One round's bounded children, as the loop and its side tasks read them.
+
+    `domains` carry their row bounds `lb` and scores; `proved` [n] marks those done;
+    `points` [M, *input_shape] with `objective` [M] are counterexample candidates the
+    brancher found (bound minimisers, attack points); `leaf_data` is what a proof
+    recorder of this brancher's kind needs (alphas, betas, unstable masks).
+    """
+
+    domains: Batch
+    proved: T
+    points: Optional[T] = None
+    objective: Optional[T] = None
+    leaf_data: dict = field(default_factory=dict)
+
+
+class Brancher(Protocol):
+    """One kind of branching. `split` and `bound` must change no state of the search
+    until they return (an out-of-memory retry calls them again on fewer domains)."""
+
+    problem: Problem
+
+    def root(self) -> Bounded: ...
+
+    def select(self, batch: Batch) -> tuple[Batch, int]:
+        """The domains that can be split, and how many were set aside (nothing left to split)."""
+        ...
+
+    def split(self, batch: Batch, round_: int) -> Optional[Any]:
+        """Children of the batch (None: every child was closed without a bound)."""
+        ...
+
+    def bound(self, children: Any, round_: int) -> Bounded: ...
+
+    def stats(self) -> dict: ...
+
+
+class SideTask(Protocol):
+    """Called once per bounded batch (the root's too); a SearchOutcome ends the search."""
+
+    def __call__(self, bounded: Bounded, state: "SearchState") -> Optional[SearchOutcome]: ...
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    deadline: float                  # time.monotonic() value
+    batch_size: int                  # domains popped per round (before memory halves it)
+    max_domains: int                 # open domains beyond which the search gives up (unknown)
+    max_batch_size: Optional[int] = None   # growth cap while memory allows (None: batch_size)
+    bytes_per_domain: int = 0        # estimate for sizing the first batch from free memory
+
+
+@dataclass
+class SearchState:
+    """Counters the side tasks may read."""
+
+    problem: Problem
+    store: DomainStore
+    bounded: int = 0
+    rounds: int = 0
+    leaves: int = 0
+    aside: int = 0                   # unproved domains with nothing left to split
+
+
+def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] = ()) -> SearchOutcome:
+    """Run branch and bound until every domain is proved, a task ends it, or a limit is hit."""
+    p = brancher.problem
+    root = brancher.root()
+    state = SearchState(p, DomainStore(root.domains.take(~root.proved)), bounded=len(root.domains))
+    state.leaves = int(root.proved.sum())
+    for task in tasks:
+        done = task(root, state)
+        if done is not None:
+            return done
+    if not len(state.store):
+        return _outcome(brancher, state, "unsat")
+    device = root.proved.device
+    sizer = BatchSizer(size=limits.batch_size, max_size=max(limits.batch_size, limits.max_batch_size or 0))
+    sizer.initial(limits.bytes_per_domain, device)
+    while len(state.store):
+        if time.monotonic() > limits.deadline:
+            return _outcome(brancher, state, "timeout", domains_left=len(state.store) + state.aside)
+        if len(state.store) > limits.max_domains:
+            return _outcome(brancher, state, "unknown", reason="domain limit reached",
+                            domains_left=len(state.store))
+        batch, aside = brancher.select(state.store.pop(sizer.size))
+        state.aside += aside
+        if not len(batch):
+            continue
+        try:
+            bounded, left = run_with_retry(lambda b: _round(brancher, b, state.rounds), batch, sizer)
+        except OutOfMemory as exc:
+            state.store.push(batch)
+            return _outcome(brancher, state, "unknown", reason=exc.reason, domains_left=len(state.store))
+        if len(left):
+            state.store.push(left)
+        if bounded is None:   # every child closed before bounding
+            continue
+        state.bounded += len(bounded.domains)
+        state.rounds += 1
+        state.leaves += int(bounded.proved.sum())
+        for task in tasks:
+            done = task(bounded, state)
+            if done is not None:
+                return done
+        state.store.push(bounded.domains.take(~bounded.proved))
+    if state.aside and time.monotonic() > limits.deadline:
+        # Past the deadline alpha-CROWN may stop before its coefficients are captured, and
+        # a domain then has no branching choice without being fully split: a timeout.
+        return _outcome(brancher, state, "timeout", domains_left=state.aside)
+    if state.aside:
+        return _outcome(brancher, state, "unknown", reason=f"{state.aside} fully split domains not proved")
+    return _outcome(brancher, state, "unsat")
+
+
+def _round(brancher: Brancher, batch: Batch, round_: int) -> Optional[Bounded]:
+    children = brancher.split(batch, round_)
+    return None if children is None else brancher.bound(children, round_)
+
+
+def _outcome(brancher: Brancher, state: SearchState, status: str, **stats: Any) -> SearchOutcome:
+    return SearchOutcome(status, domains_bounded=state.bounded, rounds=state.rounds, leaves=state.leaves,
+                         stats={**brancher.stats(), **stats})
+
+
+@dataclass
+class Confirm:
+    """Replay the best candidates (objective <= 0) in the reference runtime; the first that
+    holds ends the search `sat`. At most `limit` per round: replaying costs a model run."""
+
+    confirm: Callable[[np.ndarray], bool]
+    limit: int = 8
+
+    def __call__(self, bounded: Bounded, state: SearchState) -> Optional[SearchOutcome]:
+        if bounded.points is None or bounded.objective is None:
+            return None
+        obj = bounded.objective
+        hits = torch.nonzero(obj <= 0).flatten()
+        if not len(hits):
+            return None
+        best = hits[torch.argsort(obj[hits])][:self.limit]
+        pts = bounded.points[best].detach().reshape(len(best), -1).cpu().numpy()  # one host copy
+        for x in pts:
+            if self.confirm(x):
+                return SearchOutcome("sat", candidate=x, domains_bounded=state.bounded, rounds=state.rounds)
+        return None
+
+
+@dataclass
+class RecordProof:
+    """Log every proved domain for a certificate (`record(bounded_proved_part)`)."""
+
+    record: Callable[[Bounded], None]
+
+    def __call__(self, bounded: Bounded, state: SearchState) -> Optional[SearchOutcome]:
+        if bool(bounded.proved.any()):
+            self.record(bounded)
+        return None
+
+
+@dataclass
+class ReportProgress:
+    """Counters after each round: open domains (set-aside ones included), domains bounded,
+    the worst open domain's gap."""
+
+    report: Callable[[dict], None]
+
+    def __call__(self, bounded: Bounded, state: SearchState) -> Optional[SearchOutcome]:
+        if state.rounds == 0:
+            return None
+        open_ = state.store.domains
+        n_open = len(open_) + int((~bounded.proved).sum())
+        worst = None
+        if n_open:
+            lbs = [open_.lb, bounded.domains.lb[~bounded.proved]]  # type: ignore[attr-defined]
+            worst = float(rows_status(state.problem, torch.cat(lbs))[1].min())
+        self.report({"open": n_open + state.aside, "bounded": state.bounded, "best_lower": worst})
+        return None
+
+
+def domain_bytes(p: Problem) -> int:
+    """What one domain costs beyond the fixed work of a bound pass: its intervals at every
+    tensor and a coefficient row per spec row there (the final pass). Intermediate
+    passes are chunked to `BoundOptions.max_elements` whatever the batch, so they do not
+    grow with it. An estimate for sizing the first batch; an out-of-memory error corrects it.
+    """
+    total = sum(torch.Size(s).numel() for s in p.graph.shapes.values() if s) + p.lower[0].numel()
+    return p.lower.element_size() * total * (2 + 2 * max(1, p.C.shape[0]))
+
+
+def run(brancher: Brancher, limits: SearchLimits, log: Any = None, record: Optional[Callable[[Any, Bounded], None]]
+        = None, confirm: Optional[Callable[[np.ndarray], bool]] = None,
+        progress: Optional[Callable[[dict], None]] = None, confirm_limit: int = 8) -> SearchOutcome:
+    """`search` with the standard side tasks, in their fixed order: confirm candidates,
+    record proved leaves into `log` (by `record(log, bounded)`), report progress. An
+    unsat outcome carries the log as its proof."""
+    tasks: list = []
+    if confirm is not None:
+        tasks.append(Confirm(confirm, confirm_limit))
+    if log is not None and record is not None:
+        tasks.append(RecordProof(lambda b: record(log, b)))
+    if progress is not None:
+        tasks.append(ReportProgress(progress))
+    outcome = search(brancher, limits, tasks)
+    if outcome.status == "unsat":
+        outcome.proof = log
+    return outcome
