@@ -50,9 +50,8 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clip: bool = F
     minimisers, and the constraints [N, K, n_in], [N, K] the children inherit. With
     alpha-CROWN and several spec rows the split coefficients are CROWN's: each row's
     alphas are tuned to that row's bound on this box, and summing their coefficients
-    chose worse dimensions (ACAS Xu 1_1 prop_3: 5,487 domains against 2,493). With one
-    row the alpha coefficients branch better (2_2 prop_1: 455 domains against a
-    timeout). Clipping always uses the linear function that produced the bound:
+    chose worse dimensions; with one row the alpha coefficients branch better (figures:
+    BENCHMARKS.md, "Why the search is tuned as it is"). Clipping always uses the linear function that produced the bound:
     coefficients and bias must belong together. `inherited`: constraints from the
     parents (valid on these boxes), which also tighten the intermediate bounds. With
     `keep` (proof logs), keep["alphas"] receives alpha-CROWN's best slopes per row

@@ -24,13 +24,17 @@ import numpy as np
 import torch
 
 from bab.domains import Batch, DomainStore
-from bab.memory import BatchSizer, OutOfMemory, run_with_retry
+from bab.memory import BatchSizer, OutOfMemory, free_memory_bytes, run_with_retry
 from bab.problem import Problem, rows_status
 
 __all__ = ["SearchOutcome", "Bounded", "Brancher", "SideTask", "SearchLimits", "search", "Confirm", "RecordProof",
            "ReportProgress", "domain_bytes", "run"]
 
 T = torch.Tensor
+
+# The store switches to depth-first once its domains take more than this share of the
+# free memory: best-first keeps the whole frontier, depth-first about depth x batch.
+MEMORY_SHARE = 0.25
 
 
 @dataclass
@@ -107,6 +111,7 @@ class SearchState:
     rounds: int = 0
     leaves: int = 0
     aside: int = 0                   # unproved domains with nothing left to split
+    depth_first_from: Optional[int] = None   # the round memory ran short, if it did
 
 
 def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] = ()) -> SearchOutcome:
@@ -127,6 +132,9 @@ def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] =
     while len(state.store):
         if time.monotonic() > limits.deadline:
             return _outcome(brancher, state, "timeout", domains_left=len(state.store) + state.aside)
+        if not state.store.depth_first and state.rounds % 16 == 0 and _memory_short(state.store, limits, device):
+            state.store.depth_first = True  # finish subtrees before the frontier grows further
+            state.depth_first_from = state.rounds
         if len(state.store) > limits.max_domains:
             return _outcome(brancher, state, "unknown", reason="domain limit reached",
                             domains_left=len(state.store))
@@ -160,12 +168,22 @@ def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] =
     return _outcome(brancher, state, "unsat")
 
 
+def _memory_short(store: DomainStore, limits: SearchLimits, device: torch.device) -> bool:
+    """Whether the open domains hold more than `MEMORY_SHARE` of what memory is still free
+    (checked every 16th round: reading the free memory costs a system call)."""
+    if limits.bytes_per_domain <= 0:
+        return False
+    return len(store) * limits.bytes_per_domain > MEMORY_SHARE * free_memory_bytes(device)
+
+
 def _round(brancher: Brancher, batch: Batch, round_: int) -> Optional[Bounded]:
     children = brancher.split(batch, round_)
     return None if children is None else brancher.bound(children, round_)
 
 
 def _outcome(brancher: Brancher, state: SearchState, status: str, **stats: Any) -> SearchOutcome:
+    if state.depth_first_from is not None:
+        stats["depth_first_from_round"] = state.depth_first_from
     return SearchOutcome(status, domains_bounded=state.bounded, rounds=state.rounds, leaves=state.leaves,
                          stats={**brancher.stats(), **stats})
 

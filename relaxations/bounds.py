@@ -70,18 +70,20 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds") -> tuple[torch.Ten
     A: [B, S, *shape]; bounds: [B, *shape]. `mass` is the sum of |A_i| max(|l_i|, |u_i|),
     what rounding in the sum can be proportional to. Backward passes add these terms to
     their bias and mass where they stop at an interval, and `concretize` widens the total
-    once. With finite intervals this is two batched products through centre and radius
-    (the rows share the interval); an infinite end takes the masked sum, where an unused
+    once. This is two batched products through centre and radius (the rows share the
+    interval); when an end is infinite it is the masked sum instead, where an unused
     element (coefficient 0) with an infinite bound must count as 0, not nan.
     """
     B, S = A.shape[:2]
     Af = A.reshape(B, S, -1)
     lo = bounds.lower.reshape(B, -1, 1)
     hi = bounds.upper.reshape(B, -1, 1)
-    if bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):  # one host sync, not two
-        absA = Af.abs()
-        value = torch.bmm(Af, (lo + hi) / 2).squeeze(-1) - torch.bmm(absA, (hi - lo) / 2).squeeze(-1)
-        mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
+    absA = Af.abs()
+    value = torch.bmm(Af, (lo + hi) / 2).squeeze(-1) - torch.bmm(absA, (hi - lo) / 2).squeeze(-1)
+    mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
+    # An infinite end makes the centre or radius inf or nan, and so the sums: checking the
+    # small results costs less than checking the intervals, and finite results are exact.
+    if bool(torch.isfinite(value).all() & torch.isfinite(mass).all()):
         return value, mass
     lo, hi = lo.transpose(1, 2), hi.transpose(1, 2)
     pos, neg = Af.clamp(min=0), Af.clamp(max=0)

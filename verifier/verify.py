@@ -164,6 +164,7 @@ def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Confi
 def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
                       progress: Progress):
     problem = _problem(model, ev, disjunct, config)
+    progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
                                 max_domains=config.bab.max_domains,
@@ -177,6 +178,7 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
                  progress: Progress):
     problem = _problem(model, ev, disjunct, config)
+    progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     method = _capped(config.bab.input_split_method, config.bounds.method)
     options = dataclasses.replace(bound_options(config.bounds, method),
                                   alpha_iterations=config.bab.input_split_alpha_iterations, deadline=deadline)
@@ -249,7 +251,8 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
     progress = progress if progress is not None else Progress(verbosity=QUIET)
     threads = torch.get_num_threads()
     device = resolve_device(config.device)  # "auto": CUDA when torch sees one
-    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    devices = [torch.device(device).index if torch.device(device).index is not None
+               else torch.cuda.current_device()] if device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices):
         try:
             torch.manual_seed(config.seed)
@@ -262,7 +265,7 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
 
 def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress) -> Result:
     timings: dict[str, float] = {"attack": 0.0, "bounds": 0.0}
-    stats: dict = {"disjuncts": len(spec.disjuncts)}
+    stats: dict = {"disjuncts": len(spec.disjuncts), "device": resolve_device(config.device)}
     state = {"phase": "attack", "t": time.monotonic()}
 
     def enter(phase: str) -> None:

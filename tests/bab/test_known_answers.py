@@ -33,11 +33,12 @@ def _spec(threshold: float) -> vnnlib.Spec:
 
 @pytest.mark.parametrize("mode", ["input", "activation"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bab_agrees_with_the_true_minimum(tmp_path, seed: int, mode: str) -> None:
+def test_bab_agrees_with_the_true_minimum(tmp_path, seed: int, mode: str, device: str) -> None:
     model = _net(tmp_path, seed)
     m = _true_min(model)
     spread = 0.05 * (1 + abs(m))
-    cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "attack.samples=1"])
+    cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "attack.samples=1",
+                                              f"device={device}"])
     below = verify(model, _spec(m - spread), cfg)
     assert below.verdict == "unsat", (m, below.reason, below.stats)
     above = verify(model, _spec(m + spread), cfg)

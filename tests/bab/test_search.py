@@ -118,3 +118,10 @@ def test_store_pops_worst_first_or_newest_first() -> None:
 
 def test_problem_is_frozen() -> None:
     assert Problem.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_short_memory_switches_the_store_to_depth_first() -> None:
+    out = search(_Brancher(leaf_depth=5), _limits(batch=2, bytes_per_domain=2 ** 60))
+    assert out.status == "unsat" and out.leaves == 32
+    assert out.stats["depth_first_from_round"] == 0
+    assert "depth_first_from_round" not in search(_Brancher(leaf_depth=5), _limits(batch=2)).stats

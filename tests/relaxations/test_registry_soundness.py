@@ -37,14 +37,17 @@ def _boxes(case, seed: int):
 
 @pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_bounds_contain_sampled_outputs(case, method: str) -> None:
+def test_bounds_contain_sampled_outputs(case, method: str, device: str) -> None:
+    """On every device (`device` fixture: cuda runs where there is one): the bounds are
+    computed there, the sampled outputs in float64 on the CPU."""
     graph = graph_from_proto(case.model)
     opts = BoundOptions(method=method, alpha_iterations=5)
     for seed in range(2):
         for lo, hi in _boxes(case, seed):
-            res = compute_bounds(graph, IntervalBounds(lo, hi), options=opts)
+            res = compute_bounds(graph, IntervalBounds(lo.to(device), hi.to(device)), options=opts)
+            assert res.lower.device.type == torch.device(device).type
             ys = outputs_float64(graph, sample_box(lo, hi, 1000, seed))
-            assert_inside(ys, res.lower[0], res.upper[0], f"{case.name}/{method}")
+            assert_inside(ys, res.lower[0].cpu(), res.upper[0].cpu(), f"{case.name}/{method}/{device}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
