@@ -53,10 +53,11 @@ step bab.log "${BAB[@]}" --device cuda --warmup 5 --out "$OUT/bab_cuda.csv"
 step bab.log "${BAB[@]}" --device cpu --out "$OUT/bab_cpu.csv"
 step bab.log "$PY" -m verifier.bench_bab --compare "$OUT/bab_cpu.csv" "$OUT/bab_cuda.csv"
 
-# Bound passes alone (IBP, CROWN, alpha-CROWN) over mnist_fc input regions, cuda then cpu.
-# (The intended commands: verifier.bench_bounds takes --device once the change adding it is in.)
-BOUNDS=("$PY" -m verifier.bench_bounds "$SHARED/bench/2022_mnist_fc/instances.csv" --limit 15)
-step bounds.log "${BOUNDS[@]}" --device cuda
-step bounds.log "${BOUNDS[@]}" --device cpu
+# Bound passes alone (IBP, CROWN, alpha-CROWN) over mnist_fc and oval21 input regions, cuda then cpu.
+for fam_limit in 2022_mnist_fc:10 2022_oval21:5; do
+    BOUNDS=("$PY" -m verifier.bench_bounds "$SHARED/bench/${fam_limit%:*}/instances.csv" --limit "${fam_limit#*:}")
+    step bounds.log "${BOUNDS[@]}" --device cuda
+    step bounds.log "${BOUNDS[@]}" --device cpu
+done
 
 exit "$rc"

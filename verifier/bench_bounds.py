@@ -3,7 +3,8 @@
     python -m verifier.bench_bounds ../shared/bench/2022_mnist_fc/instances.csv --limit 15
 
 For each instance: the mean width of the output bounds over the spec's first region,
-and the wall time of one bound computation (model already loaded; 1 thread).
+and the wall time of one bound computation (model already loaded; 1 thread; with
+`--device cuda` after one untimed call per model and method, synchronised).
 Prints a markdown table and the per-method averages.
 """
 from __future__ import annotations
@@ -30,8 +31,16 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--methods", default="ibp,crown,alpha-crown")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from verifier.config import resolve_device
+
+    device = resolve_device(args.device)
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print(f"bench_bounds: --device {args.device}: this torch sees no CUDA device", file=sys.stderr)
+        return 2
     methods = args.methods.split(",")
     root = Path(args.instances).parent
     rows = [r for r in csv.reader(open(args.instances)) if r]
@@ -43,15 +52,20 @@ def main(argv=None) -> int:
     print("| onnx | vnnlib | " + " | ".join(f"{m} width | {m} s" for m in methods) + " |")
     print("|---|---|" + "---:|---:|" * len(methods))
     for onnx_path, spec_path, *_ in rows:
-        if onnx_path not in models:
+        fresh = onnx_path not in models
+        if fresh:
             models[onnx_path] = load_model(root / onnx_path.strip())
         model = models[onnx_path]
         spec = vnnlib.load(root / spec_path.strip(), model.n_inputs, model.n_outputs)
         region = spec.disjuncts[0].region
         cells = []
         for m in methods:
+            if fresh and cuda:  # CUDA's lazy start-up (context, kernels) is not the bound's time
+                bounds(model, region.lower, region.upper, method=m, device=device)
             t = time.perf_counter()
-            lo, hi = bounds(model, region.lower, region.upper, method=m)
+            lo, hi = bounds(model, region.lower, region.upper, method=m, device=device)
+            if cuda:
+                torch.cuda.synchronize()
             dt = time.perf_counter() - t
             w = float((hi - lo).double().mean())
             widths[m].append(w)
