@@ -5,7 +5,7 @@ dimension that bound propagation and attacks use, so ops never need to know abou
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch.func import vmap
@@ -13,7 +13,12 @@ from torch.func import vmap
 from models.graph import Graph, Node
 from models.ops import forward_rule
 
-__all__ = ["GraphEvaluator", "cast_constants"]
+__all__ = ["GraphEvaluator", "cast_constants", "BROADCASTING"]
+
+# Ops whose forward rule, applied to a batch [B, *sample] at once, computes every sample
+# as vmap would: elementwise maths with numpy broadcasting, and MatMul of a variable
+# (left) by a constant (right), which torch.matmul broadcasts over leading dimensions.
+BROADCASTING = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div", "MatMul"})
 
 
 def cast_constants(constants: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -55,14 +60,47 @@ class GraphEvaluator:
         return args, dims
 
     def run_node(self, node: Node, values: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        """The node's outputs for batched variable inputs taken from `values`."""
+        """The node's outputs for batched variable inputs taken from `values`.
+
+        Forward rules are written per sample; vmap maps them over the batch. For the ops in
+        `BROADCASTING` the rule applied to the whole batch at once is the same function
+        (elementwise maths and matrix products broadcast over leading dimensions), and
+        skips vmap's per-call cost (40% of an input-split search's time on ACAS Xu). The
+        result's shape is checked against the graph's; any other shape falls back to vmap.
+        """
         fn = forward_rule(node).fn
         args, dims = self.node_inputs(node, values)
+        if node.op in BROADCASTING and len(node.outputs) == 1 and (node.op != "MatMul" or dims == [0, None]):
+            out = self._direct(node, fn, args, dims)
+            if out is not None:
+                return out
 
         def call(*xs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
             return tuple(fn(node, list(xs)))
 
         return list(vmap(call, in_dims=tuple(dims))(*args))
+
+    def _direct(self, node: Node, fn, args: list, dims: list) -> Optional[list[torch.Tensor]]:
+        """fn on the batch at once, when every variable input has its sample's rank + 1 and
+        no constant outranks a sample (numpy broadcasting then aligns them as vmap does)."""
+        shapes = self.graph.shapes
+        rank = None
+        for x, d, a in zip(node.inputs, dims, args):
+            if d == 0:
+                if a.dim() != len(shapes[x]) + 1 or (rank is not None and a.dim() != rank):
+                    return None
+                rank = a.dim()
+        for d, a in zip(dims, args):
+            if d is None and a is not None and rank is not None and a.dim() >= rank:
+                return None
+        if rank is None:
+            return None
+        out = fn(node, list(args))
+        want = shapes.get(node.outputs[0])
+        B = next(a.shape[0] for a, d in zip(args, dims) if d == 0)
+        if len(out) != 1 or want is None or tuple(out[0].shape) != (B, *want):
+            return None
+        return [out[0]]
 
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every variable tensor for a batch `x` of shape [B, *input_shape]."""
