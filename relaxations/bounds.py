@@ -71,8 +71,8 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds") -> tuple[torch.Ten
     what rounding in the sum can be proportional to. Backward passes add these terms to
     their bias and mass where they stop at an interval, and `concretize` widens the total
     once. This is two batched products through centre and radius (the rows share the
-    interval); when an end is infinite it is the masked sum instead, where an unused
-    element (coefficient 0) with an infinite bound must count as 0, not nan.
+    interval); when an end is infinite or nan it is the elementwise sum instead, where an
+    unused element (coefficient 0) counts as 0 and a used one keeps its inf or nan.
     """
     B, S = A.shape[:2]
     Af = A.reshape(B, S, -1)
@@ -81,14 +81,18 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds") -> tuple[torch.Ten
     absA = Af.abs()
     value = torch.bmm(Af, (lo + hi) / 2).squeeze(-1) - torch.bmm(absA, (hi - lo) / 2).squeeze(-1)
     mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
-    # An infinite end makes the centre or radius inf or nan, and so the sums: checking the
-    # small results costs less than checking the intervals, and finite results are exact.
+    # An infinite (or nan) end makes the centre or radius inf or nan, and so the sums:
+    # checking the small results costs less than checking the intervals.
     if bool(torch.isfinite(value).all() & torch.isfinite(mass).all()):
         return value, mass
+    # Only a zero coefficient may hide an end: 0 * inf counts as 0. A nan end under a
+    # nonzero coefficient stays nan (no row is ever proved by a nan), and an infinite one
+    # gives -inf: nothing here may turn a missing bound into a finite number.
     lo, hi = lo.transpose(1, 2), hi.transpose(1, 2)
-    pos, neg = Af.clamp(min=0), Af.clamp(max=0)
-    value = torch.nan_to_num(pos * lo, nan=0.0).sum(-1) + torch.nan_to_num(neg * hi, nan=0.0).sum(-1)
-    mass = torch.nan_to_num(Af.abs() * torch.maximum(lo.abs(), hi.abs()), nan=0.0).sum(-1)
+    unused = Af == 0
+    zero = Af.new_zeros(())
+    value = torch.where(unused, zero, torch.where(Af > 0, Af * lo, Af * hi)).sum(-1)
+    mass = torch.where(unused, zero, Af.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1)
     return value, mass
 
 

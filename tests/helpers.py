@@ -6,7 +6,7 @@ import torch
 
 from models import Graph, GraphEvaluator
 
-__all__ = ["sample_box", "outputs_float64", "assert_inside", "relu_mlp_onnx"]
+__all__ = ["sample_box", "outputs_float64", "assert_inside", "relu_mlp_layers", "relu_mlp_onnx"]
 
 
 def sample_box(lo: torch.Tensor, hi: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -36,22 +36,30 @@ def assert_inside(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
     assert not bool(torch.isnan(lower).any() or torch.isnan(upper).any()), f"{what}: NaN bound"
 
 
-def relu_mlp_onnx(path, seed: int, widths=(2, 16, 16, 1)):
-    """Write a random ReLU MLP (Gemm layers, weights ~ N(0, 1.5^2 / fan-in), biases 0.3 N(0, 1))
-    as ONNX to `path`, input [1, widths[0]] named X, output [1, widths[-1]] named Y."""
+def relu_mlp_layers(r: np.random.Generator, widths, w_scale: float, b_scale: float, out: str = "Y"
+                    ) -> tuple[list, dict]:
+    """ONNX nodes and initialisers of a random ReLU MLP from input X: Gemm layers with
+    weights ~ N(0, w_scale^2 / fan-in) and biases ~ b_scale N(0, 1), drawn layer by layer
+    from `r`, ReLU between them; the last Gemm writes `out`."""
     from onnx import helper
 
-    from tests.op_cases import make_model
-
-    r = np.random.default_rng(seed)
     nodes, inits, prev = [], {}, "X"
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        inits[f"W{i}"] = (r.normal(size=(a, b)) * 1.5 / np.sqrt(a)).astype(np.float32)
-        inits[f"b{i}"] = (0.3 * r.normal(size=b)).astype(np.float32)
+        inits[f"W{i}"] = (r.normal(size=(a, b)) * w_scale / np.sqrt(a)).astype(np.float32)
+        inits[f"b{i}"] = (b_scale * r.normal(size=b)).astype(np.float32)
         last = i == len(widths) - 2
-        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], ["Y" if last else f"h{i}"]))
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [out if last else f"h{i}"]))
         if not last:
             nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
             prev = f"r{i}"
+    return nodes, inits
+
+
+def relu_mlp_onnx(path, seed: int, widths=(2, 16, 16, 1)):
+    """Write a random ReLU MLP (`relu_mlp_layers` with weight scale 1.5, bias scale 0.3)
+    as ONNX to `path`, input [1, widths[0]] named X, output [1, widths[-1]] named Y."""
+    from tests.op_cases import make_model
+
+    nodes, inits = relu_mlp_layers(np.random.default_rng(seed), widths, 1.5, 0.3)
     path.write_bytes(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])).SerializeToString())
     return path

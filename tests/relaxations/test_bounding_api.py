@@ -93,3 +93,16 @@ def test_one_row_rule_for_numpy_and_torch() -> None:
     expect = [[True, False, True, False]]
     assert rows_proved(gap, strict).tolist() == expect
     assert rows_proved(torch.tensor(gap), torch.tensor(strict)).tolist() == expect
+
+
+def test_a_nan_end_under_a_used_coefficient_is_never_a_finite_bound() -> None:
+    """A nan interval (inf - inf upstream) must not become 0: the bound stays nan, and a nan
+    row is never proved. Under a zero coefficient it is ignored."""
+    A = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    used = IntervalBounds(torch.tensor([[float("nan"), 0.0]], dtype=torch.float64),
+                          torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    v = concretize(A, used, Precision())
+    assert bool(torch.isnan(v).all()) and not bool(rows_proved(v, torch.tensor([True])).any())
+    unused = IntervalBounds(torch.tensor([[0.5, float("nan")]], dtype=torch.float64),
+                            torch.tensor([[1.0, float("nan")]], dtype=torch.float64))
+    assert float(concretize(A, unused, Precision(0.0, 0.0))) == 0.5

@@ -9,6 +9,7 @@ from onnx import helper
 
 from models import graph_from_proto
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from tests.helpers import relu_mlp_layers
 from tests.op_cases import make_model
 
 
@@ -29,16 +30,7 @@ def _linear_net(seed: int, widths=(4, 7, 5, 3)):
 
 
 def _relu_net(seed: int, widths=(5, 20, 20, 4)):
-    r = np.random.default_rng(seed)
-    nodes, inits, prev = [], {}, "X"
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        inits[f"W{i}"] = (r.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)
-        inits[f"b{i}"] = (0.1 * r.normal(size=b)).astype(np.float32)
-        last = i == len(widths) - 2
-        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], ["Y" if last else f"h{i}"]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
-            prev = f"r{i}"
+    nodes, inits = relu_mlp_layers(np.random.default_rng(seed), widths, 1.0, 0.1)
     return graph_from_proto(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])))
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from models import GraphEvaluator, graph_from_proto
 from models.from_torch import graph_from_module
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from tests.helpers import relu_mlp_layers
 from tests.op_cases import make_model
 
 torch.set_num_threads(1)
@@ -25,15 +26,7 @@ torch.set_num_threads(1)
 def _mlp(seed: int, widths=(5, 16, 12, 6)):
     """Gemm/Relu layers, the last one followed by Add and Sub of constants (affine too)."""
     r = np.random.default_rng(seed)
-    nodes, inits, prev = [], {}, "X"
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        inits[f"W{i}"] = (r.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)
-        inits[f"b{i}"] = (0.1 * r.normal(size=b)).astype(np.float32)
-        last = i == len(widths) - 2
-        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], ["g" if last else f"h{i}"]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
-            prev = f"r{i}"
+    nodes, inits = relu_mlp_layers(r, widths, 1.0, 0.1, out="g")
     inits["c_add"] = r.normal(size=(1, widths[-1])).astype(np.float32)
     inits["c_sub"] = r.normal(size=(1, widths[-1])).astype(np.float32)
     nodes.append(helper.make_node("Add", ["g", "c_add"], ["s"]))
