@@ -51,7 +51,8 @@ def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], re
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
     clipper = SplitClipper(box.lower, box.upper, clip_k, precision=options.precision) if relaxed_clip else None
-    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, clip=clipper)
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, clip=clipper,
+                         known=p.known or None)
     capture = res.coefficients
     lower = res.lower.detach()
     if clipper is not None:

@@ -66,7 +66,8 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clip: bool = F
     if clip and intermediate and inherited[1].shape[1]:
         hook = ConstraintClipper(lower, upper, *inherited, _owners(p, inherited[1].shape[1]), p.n_conj,
                                  options.precision, tally)
-    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev, clip=hook)
+    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev, clip=hook,
+                         known=p.known or None)
     lb = res.lower.detach() - p.d
     S = lb.shape[1]
     if keep is not None:

@@ -7,12 +7,13 @@ through `rows_status` (is it proved, and how far from it) and of each point thro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
 from models import Graph, GraphEvaluator
-from relaxations.bounds import rows_proved
+from relaxations.bounds import IntervalBounds, rows_proved
 
 __all__ = ["Problem", "rows_status", "open_rows", "objective", "violations"]
 
@@ -32,6 +33,9 @@ class Problem:
     strict: T         # [S] bool
     owner: T          # [S] long: the conjunction of each row
     n_conj: int
+    # Intervals of intermediate tensors proved over the whole region before the search
+    # (LP refinement): every domain's bounds are intersected with them.
+    known: Mapping[str, IntervalBounds] = field(default_factory=dict)
 
 
 def rows_status(p: Problem, lb: T) -> tuple[T, T]:

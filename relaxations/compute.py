@@ -79,6 +79,11 @@ class BoundOptions:
     # Keep autograd through the bound (certified training backpropagates through it).
     # False runs the passes under no_grad (alpha-CROWN still differentiates its own steps).
     grad: bool = False
+    # alpha-CROWN also optimises the intermediate bounds: alphas per CROWN-bounded tensor
+    # and earlier relaxed node, every interval recomputed per step; `BoundResult.table`
+    # is then the best interval per element (relaxations/alpha_intermediate.py). Falls
+    # back to plain alpha-CROWN with a clip hook or with intermediate != "crown".
+    optimise_intermediate: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -221,7 +226,8 @@ def _apply_split(b: IntervalBounds, sign: T) -> IntervalBounds:
 
 
 def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions,
-                        splits: Optional[Mapping[str, T]] = None, clip: Optional[ClipHook] = None
+                        splits: Optional[Mapping[str, T]] = None, clip: Optional[ClipHook] = None,
+                        known: Optional[Mapping[str, IntervalBounds]] = None
                         ) -> tuple[BoundsTable, BackwardContext, T]:
     """Interval bounds of every tensor, tightened by CROWN where relaxations need them.
 
@@ -230,7 +236,9 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     also a mask [B] of domains whose splits are infeasible (some lower > upper): such a
     domain holds no input at all, so any claim about it is vacuously true.
     `clip` tightens CROWN's chunks (`ClipHook`); its `split_linear` receives the split
-    neurons' linear bounds.
+    neurons' linear bounds. `known` intervals (see `compute_bounds`) are intersected
+    with each tensor's interval before CROWN picks its unstable rows, so a neuron an
+    LP proved stable is neither bounded again nor relaxed.
     """
     split_linear = getattr(clip, "split_linear", None)
     precision = options.precision or Precision.for_dtype(ev.dtype)
@@ -256,6 +264,8 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
                 const = forward_constant(table[name], box.lower[0].numel() + 1)
                 if const is not None:
                     fwd[name] = const
+            if known and name in known:
+                table[name] = _intersect_known(table[name], known[name])
             if splits and name in splits:
                 table[name] = _apply_split(table[name], splits[name])
             if name in needs:
@@ -268,6 +278,13 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
                 table[name], empty = _guard_empty(table[name])
                 infeasible |= empty
     return table, ctx, infeasible
+
+
+def _intersect_known(b: IntervalBounds, k: IntervalBounds) -> IntervalBounds:
+    """b intersected with a known interval [1 or B, *shape] (broadcast over the batch)."""
+    lo = k.lower.to(dtype=b.lower.dtype, device=b.lower.device)
+    hi = k.upper.to(dtype=b.upper.dtype, device=b.upper.device)
+    return IntervalBounds(torch.maximum(b.lower, lo), torch.minimum(b.upper, hi))
 
 
 def _guard_empty(b: IntervalBounds) -> tuple[IntervalBounds, T]:
@@ -300,7 +317,8 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
                    options: BoundOptions = BoundOptions(), want_upper: bool = True,
                    ev: Optional[GraphEvaluator] = None, *, splits: Optional[Mapping[str, T]] = None,
                    clip: Optional[ClipHook] = None, alphas: Optional[Mapping[str, T]] = None,
-                   betas: Optional[Mapping[str, T]] = None) -> BoundResult:
+                   betas: Optional[Mapping[str, T]] = None,
+                   known: Optional[Mapping[str, IntervalBounds]] = None) -> BoundResult:
     """Sound bounds of C @ output over each box of the batch: the bounding API.
 
     box: IntervalBounds with tensors [B, *input_shape] (their dtype and device are the
@@ -313,6 +331,10 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     `want_upper`): CROWN uses them as they are, alpha-CROWN starts from them. Given
     values are projected into their sound range first (alphas into the rule's bounds,
     betas to >= 0), so no value a caller passes can make a bound unsound.
+    `known`: tensor -> IntervalBounds [1 or B, *shape] proved beforehand (an LP
+    refinement) over a region that contains every box of the batch; each is
+    intersected with the tensor's interval. Unlike alphas they cannot be checked here:
+    a caller passing a wrong interval gets a wrong bound.
     """
     if tuple(box.lower.shape[1:]) != tuple(graph.input_shape) or box.lower.shape != box.upper.shape:
         raise ValueError(f"box must have shape [B, {', '.join(map(str, graph.input_shape))}], "
@@ -320,7 +342,7 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     if ev is None:
         ev = GraphEvaluator(graph, dtype=box.lower.dtype, device=box.lower.device)
     with contextlib.nullcontext() if options.grad else torch.no_grad(), _full_float32(ev.device):
-        return _compute(graph, ev, box, C, options, want_upper, splits, clip, alphas, betas)
+        return _compute(graph, ev, box, C, options, want_upper, splits, clip, alphas, betas, known)
 
 
 @contextlib.contextmanager
@@ -345,7 +367,8 @@ def _full_float32(device: torch.device):
 
 def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[T], options: BoundOptions,
              want_upper: bool, splits: Optional[Mapping[str, T]], clip: Optional[ClipHook],
-             alphas: Optional[Mapping[str, T]], betas: Optional[Mapping[str, T]]) -> BoundResult:
+             alphas: Optional[Mapping[str, T]], betas: Optional[Mapping[str, T]],
+             known: Optional[Mapping[str, IntervalBounds]] = None) -> BoundResult:
     precision = options.precision or Precision.for_dtype(ev.dtype)
     B = box.lower.shape[0]
     if C is None:
@@ -355,7 +378,7 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
         C = C.unsqueeze(0).expand(B, -1, -1)
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
-    table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, clip)
+    table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, clip, known)
     check_deadline(options.deadline)  # the final pass, too, can be long
     A = rows.reshape(B, rows.shape[1], *graph.output_shape)
     best = concretize(A, table[graph.output_name], precision)
@@ -381,8 +404,14 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
         used_alphas, used_betas = given_a or {}, given_b
         if options.method == "alpha-crown":
             crown_linear = linear
-            opt = optimise_alpha(ctx, box, A, options, precision, signs, coefficients if options.coefficients
-                                 else None, given_a, given_b)
+            capture = coefficients if options.coefficients else None
+            if options.optimise_intermediate and clip is None and options.intermediate == "crown":
+                from relaxations.alpha_intermediate import optimise_with_intermediate  # it imports this module
+                opt, table, empty = optimise_with_intermediate(ctx, box, A, options, precision, signs, capture,
+                                                               given_a, given_b)
+                infeasible = infeasible | empty
+            else:
+                opt = optimise_alpha(ctx, box, A, options, precision, signs, capture, given_a, given_b)
             best = torch.maximum(best, opt.lower)
             linear, used_alphas, used_betas, iterations = opt.linear, opt.alphas, opt.betas, opt.iterations
     if bool(infeasible.any()):

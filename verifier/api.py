@@ -20,7 +20,12 @@ def dtype_of(name: str) -> torch.dtype:
 
 
 def bound_options(cfg, method: Optional[str] = None) -> BoundOptions:
-    """BoundOptions from the verifier's BoundsConfig."""
+    """BoundOptions from the verifier's BoundsConfig.
+
+    `optimise_intermediate` is left off here: it is for the bound on the whole input
+    region (`verify._prove_by_bounds` sets it), while the searches take their options
+    from here and bound many domains, where it costs too much per domain.
+    """
     return BoundOptions(method=method or cfg.method, intermediate=cfg.intermediate,
                         alpha_iterations=cfg.alpha_iterations, alpha_lr=cfg.alpha_lr,
                         max_elements=cfg.max_elements)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-__all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "ConfigError", "load_config",
+__all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "LpConfig", "Share", "ConfigError", "load_config",
            "with_overrides", "config_to_dict", "describe", "key", "Check", "Int", "Real", "Bool",
            "Choice", "Device", "resolve_device"]
 
@@ -136,6 +136,20 @@ class Real(Check):
         v = float(value)
         ok = not math.isnan(v) and (math.isfinite(v) or (v > 0 and bool(self.inf)))
         if not ok or v < self.lo or (self.strict and v == self.lo):
+            raise _Rejected(self.expected())
+        return v
+
+
+@dataclass(frozen=True)
+class Share(Real):
+    """A share of something (of the time left, say): a number in [0, 1]."""
+
+    def expected(self) -> str:
+        return "a number between 0 and 1"
+
+    def __call__(self, value: Any) -> float:
+        v = super().__call__(value)
+        if v > 1:
             raise _Rejected(self.expected())
         return v
 
@@ -286,6 +300,9 @@ class BoundsConfig(_Validated):
     alpha_iterations: int = key(20, check=Int(0),
                                 help="alpha-CROWN optimisation steps on the whole input region")
     alpha_lr: float = key(0.25, check=Real(0, strict=True), help="alpha-CROWN step size (Adam learning rate)")
+    optimise_intermediate: bool = key(False, check=Bool(),
+                                      help="alpha-CROWN on the whole input region also optimises the intermediate "
+                                           "bounds (slower, tighter; off with --certificate); branch and bound's domains never do")
     dtype: str = key("float32", check=Choice(("float32", "float64")), help="floating-point type of all bounding")
     max_elements: int = key(40_000_000, check=Int(1),
                             help="largest tensor (elements) a bounding step builds; larger work is chunked")
@@ -351,6 +368,23 @@ class BabConfig(_Validated):
 
 
 @dataclass(frozen=True)
+class LpConfig(_Validated):
+    """LP refinement and the exact MILP (HiGHS) for ReLU MLPs, before activation-split search."""
+
+    _prefix = "lp."
+
+    refine: bool = key(True, check=Bool(),
+                       help="tighten unstable neurons' intervals by LPs, layer by layer, before the search "
+                            "(skipped with --certificate: the certificate cannot carry them yet)")
+    refine_share: float = key(0.25, check=Share(0.0), help="share of the time left that refinement may use")
+    milp: bool = key(True, check=Bool(),
+                     help="exact MILP on the spec when few neurons are unstable (an unsat from it rests on HiGHS "
+                          "and its certificate says so)")
+    milp_max_unstable: int = key(400, check=Int(0), help="the MILP runs when at most this many neurons are unstable")
+    milp_share: float = key(0.5, check=Share(0.0), help="share of the time left that the MILP may use")
+
+
+@dataclass(frozen=True)
 class Config(_Validated):
     """Everything a run may be told; the root of the tree."""
 
@@ -366,6 +400,7 @@ class Config(_Validated):
     bounds: BoundsConfig = section(BoundsConfig, "bound propagation")
     attack: AttackConfig = section(AttackConfig, "counterexample search")
     bab: BabConfig = section(BabConfig, "branch and bound")
+    lp: LpConfig = section(LpConfig, "LP refinement and exact MILP (ReLU MLPs, HiGHS)")
 
 
 # ------------------------------------------------------------ reading and writing

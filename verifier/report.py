@@ -31,7 +31,7 @@ __all__ = ["SCHEMA", "METHODS", "OutputPathError", "check_output_path", "write_t
 
 SCHEMA = "nncert-report/1"
 # The fixed vocabulary of `method`: the strongest procedure that produced the answer.
-METHODS = ("", "attack", "ibp", "crown", "alpha-crown", "bab-input", "bab-activation", "sdp", "sdp-lowrank",
+METHODS = ("", "attack", "ibp", "crown", "alpha-crown", "milp", "bab-input", "bab-activation", "sdp", "sdp-lowrank",
            "naive", "sdp-neuron", "sdp-layer", "sdp-layerwise", "local", "checker")
 
 

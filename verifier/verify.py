@@ -64,11 +64,14 @@ def _box(disjunct: Disjunct, shape: tuple[int, ...], dtype: torch.dtype, device:
 
 
 def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config,
-                     deadline: float, stats: dict, proof: list) -> tuple[bool, Optional[np.ndarray], str]:
+                     deadline: float, stats: dict, proof: list, known: Optional[dict] = None
+                     ) -> tuple[bool, Optional[np.ndarray], str]:
     """Try CROWN, then alpha-CROWN. Returns (proved, minimiser candidates, method).
 
     On success appends to `proof` what a checker needs to replay the bound: the
     method, the per-row alphas (alpha-CROWN) and the claimed row lower bounds.
+    With optimised intermediate bounds, `known` (a dict) receives the ReLU inputs'
+    intervals over the region, for the searches that follow to start from.
     """
     C, d, strict, owner = spec_rows(disjunct)
     K = len(disjunct.outputs)
@@ -86,8 +89,14 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     for method in methods:
         if time.monotonic() > deadline:
             break
-        opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline)
+        # Optimised intermediate bounds: not with --certificate, whose writer and checker
+        # re-derive the intermediate bounds by plain CROWN and could not replay the claims.
+        opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline,
+                                   optimise_intermediate=config.bounds.optimise_intermediate and not config.proof)
         res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
+        if opts.optimise_intermediate and known is not None:
+            known.update({n.inputs[0]: res.table[n.inputs[0]] for n in model.graph.nodes
+                          if n.op == "Relu" and n.inputs[0] in res.table})
         lower = res.lower.detach().cpu().numpy()[0]
         stats.setdefault("bounds", []).append({"method": method, "min_gap": float(np.min(lower - d))})
         if conjunctions_proved(lower, d, strict, owner, K).all():
@@ -149,7 +158,8 @@ def _capped(method: str, cap: str) -> str:
     return order[min(order.index(method), order.index(cap))]
 
 
-def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config) -> Problem:
+def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config,
+             known: Optional[dict] = None) -> Problem:
     C, d, strict, owner = spec_rows(disjunct)
     dt, dev = ev.dtype, resolve_device(config.device)
     box = _box(disjunct, model.graph.input_shape, dt, dev)
@@ -157,13 +167,13 @@ def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Confi
         graph=model.graph, ev=ev, lower=box.lower, upper=box.upper,
         C=torch.tensor(C, dtype=dt, device=dev), d=torch.tensor(d, dtype=dt, device=dev),
         strict=torch.tensor(strict, device=dev), owner=torch.tensor(owner, dtype=torch.long, device=dev),
-        n_conj=len(disjunct.outputs))
+        n_conj=len(disjunct.outputs), known=known or {})
     return problem
 
 
 def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
-                      progress: Progress):
-    problem = _problem(model, ev, disjunct, config)
+                      progress: Progress, known: Optional[dict] = None):
+    problem = _problem(model, ev, disjunct, config, known)
     progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
@@ -176,8 +186,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
-                 progress: Progress):
-    problem = _problem(model, ev, disjunct, config)
+                 progress: Progress, known: Optional[dict] = None):
+    problem = _problem(model, ev, disjunct, config, known)
     progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     method = _capped(config.bab.input_split_method, config.bounds.method)
     options = dataclasses.replace(bound_options(config.bounds, method),
@@ -217,6 +227,20 @@ def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, deadline: fl
                       "certificate": res.certificate})
         return True, None, config.bounds.method
     return False, None, config.bounds.method
+
+
+def _lp(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
+        candidates: Optional[np.ndarray], known: dict):
+    """The LP/MILP phase (verifier/lp_phase.py) on a ReLU MLP; None for other models or when off."""
+    if not (config.lp.refine or config.lp.milp):
+        return None
+    from verifier.lp_phase import lp_phase  # HiGHS loads only when an MLP gets here
+    from verifier.refine import mlp_layers
+    if mlp_layers(model.graph) is None:
+        return None
+    C, d, _, owner = spec_rows(disjunct)
+    start = None if candidates is None or not len(candidates) else np.asarray(candidates[0], np.float64)
+    return lp_phase(model, ev, disjunct, C, d, owner, config, deadline, start, known)
 
 
 def _sat(found: tuple[np.ndarray, np.ndarray], timings: dict, stats: dict, method: str = "attack",
@@ -290,8 +314,8 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
         return timeout(_WHERE.get(state["phase"], state["phase"]))
 
 
-_METHOD_OF = {"attack": "attack", "attack-longer": "attack", "bounds": "", "bab-input": "bab-input", "bab-activation": "bab-activation"}
-_WHERE = {"attack": "the attack", "bounds": "bound propagation", "bab-input": "branch and bound",
+_METHOD_OF = {"attack": "attack", "attack-longer": "attack", "bounds": "", "lp": "milp", "bab-input": "bab-input", "bab-activation": "bab-activation"}
+_WHERE = {"attack": "the attack", "bounds": "bound propagation", "lp": "the LP phase", "bab-input": "branch and bound",
           "bab-activation": "branch and bound", "attack-longer": "the attack"}
 
 
@@ -319,7 +343,8 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
     last = ""
     for i, disjunct in enumerate(spec.disjuncts):
         enter("bounds")
-        proved, candidates, method = _prove_by_bounds(model, ev, disjunct, config, deadline, stats, proofs)
+        known: dict = {}
+        proved, candidates, method = _prove_by_bounds(model, ev, disjunct, config, deadline, stats, proofs, known)
         if proved:
             methods.append(method)
             continue
@@ -332,12 +357,32 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
             return timeout("bound propagation")
         tried: list[str] = []
         mode = _bab_mode(model, config, disjunct)
+        if mode == "activation":
+            enter("lp")
+            lp = _lp(model, ev, disjunct, config, deadline, candidates, known)
+            if lp is not None:
+                stats.setdefault("lp", []).append(lp.stats)
+                for x in lp.candidates:
+                    found = confirm(model, disjunct, x)
+                    if found is None:  # HiGHS's point may sit a tolerance off: polish it
+                        found = attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 11,
+                                                np.asarray(x)[None])
+                    if found is not None:
+                        return done(_sat(found, timings, stats, "milp",
+                                         "counterexample found by the exact MILP, confirmed by onnxruntime"))
+                if lp.proved:
+                    methods.append("milp")
+                    proofs.append(lp.proof)
+                    continue
+                known = lp.known or known
+            if time.monotonic() > deadline:
+                return timeout("the LP phase")
         while mode in ("input", "activation") and mode not in tried and not proved:
             tried.append(mode)
             last = f"bab-{mode}"
             enter(last)
             search = _input_split if mode == "input" else _activation_split
-            outcome = search(model, ev, disjunct, config, deadline, progress)
+            outcome = search(model, ev, disjunct, config, deadline, progress, known)
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
             if outcome.status == "sat":
                 found = confirm(model, disjunct, outcome.candidate)
@@ -384,4 +429,4 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
 
 
 # Method names from weakest to strongest: an unsat's `method` is the strongest one used.
-_STRENGTH = ["ibp", "crown", "alpha-crown", "sdp-lowrank", "sdp", "bab-input", "bab-activation"]
+_STRENGTH = ["ibp", "crown", "alpha-crown", "sdp-lowrank", "sdp", "milp", "bab-input", "bab-activation"]

@@ -1,0 +1,290 @@
+"""LP refinement of a ReLU MLP's intermediate bounds, and the exact MILP on a spec (HiGHS).
+
+Before branch and bound on an MLP, `refine_bounds` tightens the interval of every
+unstable neuron by two LPs (min and max of its pre-activation over the triangle
+relaxation of the earlier layers), layer by layer: layer k's LPs are written from
+layer k-1's refined intervals, and after each layer a CROWN pass (`rebound`) carries
+the gain to the later layers' intervals so that fewer neurons need an LP. Each
+refined end is HiGHS's LP optimum turned into a rigorous bound by weak duality on its
+duals (`relaxations.lp.dual_lower_bound`), then widened by the engine's float32
+margin, so it is as sound as a CROWN bound of the same tensor. This is alpha,beta-CROWN's
+`bab-refine` with an open-source solver.
+
+`exact_milp` writes every unstable neuron with a binary and minimises, per
+conjunction of the spec, t >= C_i y - d_i: a minimum above 0 proves the conjunction
+has no counterexample, a point below 0 is one (replayed in onnxruntime by the
+caller). That proof rests on HiGHS's branch and bound and its tolerances, not on a
+checkable witness: its claim carries a margin and its certificate says so.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+import torch
+
+from models import Graph, GraphEvaluator
+from relaxations.lp import Block, affine_block, relu_block
+from relaxations.sdp.network import NotReluMlp
+from verifier.solvers.highs import HighsModel
+
+__all__ = ["GraphLp", "Refinement", "MilpResult", "refine_bounds", "exact_milp", "mlp_layers", "lp_supported",
+           "FLOAT32_REL", "FLOAT32_ABS", "MILP_MARGIN"]
+
+Intervals = dict[str, tuple[np.ndarray, np.ndarray]]
+# The engine's float32 margin (relaxations.bounds.Precision's default): a refined bound is
+# exact for the real-valued network, and the float32 one deviates by up to about this.
+FLOAT32_REL, FLOAT32_ABS = 1e-5, 1e-6
+# A MILP minimum must exceed 0 by this (times 1 + the rows' scale) to prove a conjunction:
+# HiGHS's feasibility (1e-7) and integrality (1e-6) tolerances let it accept points that
+# violate a big-M row by about that much.
+MILP_MARGIN = 1e-5
+
+
+# Ops that are affine in their variable inputs (with constant weights): each becomes
+# equality rows read off by evaluating it at 0 and at the unit vectors. Mul, Div and
+# MatMul qualify only with one variable input; `_affine_map` checks affinity anyway.
+AFFINE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Add", "Sub", "Mul", "Div", "Neg",
+                        "BatchNormalization", "AveragePool", "Pad", "Transpose", "Gather", "Slice"})
+MOVES = frozenset({"Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Concat"})  # columns regrouped
+MAX_COLUMNS = 200_000
+
+
+def lp_supported(graph: Graph) -> Optional[str]:
+    """None when the graph is affine ops and ReLUs only (the LP/MILP can encode it), else why not."""
+    if not any(n.op == "Relu" for n in graph.nodes):
+        return "no ReLU"
+    for n in graph.nodes:
+        if n.op != "Relu" and n.op not in AFFINE_OPS and n.op not in MOVES:
+            return f"node '{n.name}' ({n.op}) is neither affine nor a ReLU"
+        if len(n.outputs) != 1:
+            return f"node '{n.name}' ({n.op}) has several outputs"
+    if sum(int(np.prod(graph.shapes.get(t) or (1,))) for n in graph.nodes for t in n.outputs) > MAX_COLUMNS:
+        return "too large for an LP"
+    return None
+
+
+def mlp_layers(graph: Graph) -> Optional[list[str]]:
+    """The ReLU inputs (pre-activations) in topological order, or None when the LP cannot encode the graph."""
+    if lp_supported(graph) is not None:
+        return None
+    return [n.inputs[0] for n in graph.nodes if n.op == "Relu"]
+
+
+class GraphLp:
+    """The LP (or MILP) of a graph of affine ops and ReLUs over a box, grown node by node.
+
+    Every tensor is a vector of LP columns (flattened in C order): regrouping ops
+    (Reshape, Concat, ...) only rearrange columns, affine ops get new columns tied by
+    equality rows, and ReLUs the triangle (or big-M) rows over their input's interval.
+    """
+
+    def __init__(self, graph: Graph, lower: np.ndarray, upper: np.ndarray, threads: int = 1) -> None:
+        self.graph = graph
+        self.ev = GraphEvaluator(graph, dtype=torch.float64)
+        self.model = HighsModel(threads)
+        n = len(lower)
+        self.model.add(Block(0, np.asarray(lower, np.float64), np.asarray(upper, np.float64), np.zeros(n, bool),
+                             *([np.zeros(0, np.int64)] * 2), *([np.zeros(0)] * 3)))
+        self.cols: dict[str, np.ndarray] = {graph.input_name: np.arange(n)}
+        self.depth: dict[str, int] = {graph.input_name: 0}   # ReLUs on the longest path from the input
+        self.binaries: dict[str, np.ndarray] = {}            # ReLU input -> (neuron index, binary column)
+
+    def add_node(self, node, intervals: Intervals, exact: bool = False) -> None:
+        """Encode `node`; `intervals` holds its output's (affine) or its input's (ReLU) interval."""
+        g = self.graph
+        out = node.outputs[0]
+        var = [x for x in node.inputs if x and x in self.cols]
+        self.depth[out] = max(self.depth[x] for x in var) + (node.op == "Relu")
+        if node.op in MOVES and not (node.op == "Concat" and len(var) != len([x for x in node.inputs if x])):
+            self.cols[out] = np.concatenate([self.cols[x] for x in var]) if node.op == "Concat" \
+                else self.cols[var[0]]
+            return
+        if node.op == "Relu":
+            lo, hi = intervals[node.inputs[0]]
+            unstable = (lo < 0) & (hi > 0)
+            block, h = relu_block(self.model.n_cols, self.cols[node.inputs[0]], lo, hi, unstable if exact else None)
+            self.model.add(block)
+            self.cols[out] = h
+            if exact:
+                idx = np.nonzero(unstable)[0]
+                self.binaries[node.inputs[0]] = np.stack([idx, h[-1] + 1 + np.arange(len(idx))])
+            return
+        W, b = self._affine_map(node, var)
+        n_out = len(b)
+        lo, hi = intervals.get(out, (np.full(n_out, -np.inf), np.full(n_out, np.inf)))
+        block, z = affine_block(self.model.n_cols, np.concatenate([self.cols[x] for x in var]), W, b, lo, hi)
+        self.model.add(block)
+        self.cols[out] = z
+
+    def _affine_map(self, node, var: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(W, b) with the node's output = W @ concat(variable inputs) + b, by evaluation in float64.
+
+        W's entries are out(e_j) - out(0): exact for float32 weights up to the rounding
+        of adding b (an ulp of float64), far below the margins the callers add."""
+        sizes = [len(self.cols[x]) for x in var]
+        N = sum(sizes)
+        r = np.random.default_rng(0).uniform(-1, 1, N)
+        pts = np.concatenate([np.zeros((1, N)), np.eye(N), r[None]])
+        values, at = {}, 0
+        for x, k in zip(var, sizes):
+            values[x] = torch.tensor(pts[:, at:at + k]).reshape(len(pts), *self.graph.shapes[x])
+            at += k
+        y = self.ev.run_node(node, values)[0].reshape(len(pts), -1).double().numpy()
+        b = y[0]
+        W = (y[1:N + 1] - b).T
+        if not np.allclose(W @ r + b, y[-1], rtol=1e-9, atol=1e-9 * (1 + np.abs(y[-1]).max())):
+            raise NotReluMlp(f"node '{node.name}' ({node.op}) is not affine in its variable inputs")
+        return W, b
+
+    def start(self, x: np.ndarray) -> np.ndarray:
+        """The full column vector of the input point x (float64 forward), a MILP's first incumbent."""
+        v = np.zeros(self.model.n_cols)
+        values = self.ev.forward_all(torch.tensor(np.asarray(x, np.float64)).reshape(1, *self.graph.input_shape))
+        for name, cols in self.cols.items():
+            v[cols] = values[name].reshape(-1).double().numpy()
+        for name, (idx, a) in self.binaries.items():
+            v[a] = (values[name].reshape(-1).double().numpy()[idx] > 0).astype(np.float64)
+        return v
+
+
+@dataclass
+class Refinement:
+    """What LP refinement proved: tighter intervals per pre-activation tensor, and its costs."""
+
+    intervals: Intervals = field(default_factory=dict)   # name -> (lower, upper), float64, margin included
+    lps: int = 0
+    tightened: int = 0           # neuron ends moved
+    stabilised: int = 0          # unstable neurons proved stable
+    unstable_before: int = 0
+    unstable_after: int = 0
+    layers: int = 0              # layers fully refined
+    time_s: float = 0.0
+    complete: bool = True        # False: the budget ran out before the last layer
+
+
+def refine_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals: Intervals, deadline: float,
+                  rebound: Optional[Callable[[Intervals], Intervals]] = None, threads: int = 1) -> Refinement:
+    """Tighten the unstable ReLU inputs' intervals by LPs, in topological order, until `deadline`.
+
+    `intervals`: sound intervals (name -> (lower, upper), flat float64) of every tensor
+    over the box [lower, upper] (the flattened input), e.g. CROWN's table.
+    `rebound(refined)` recomputes the intervals of all tensors given the refined ones
+    (a CROWN pass with `known=`); it is called after each ReLU input is refined. A ReLU
+    input with no ReLU before it is an affine function of the input, whose interval is
+    already exact up to rounding, and is skipped. Raises NotReluMlp for graphs the LP
+    cannot encode (`lp_supported`).
+    """
+    t0 = time.monotonic()
+    why = lp_supported(graph)
+    if why is not None:
+        raise NotReluMlp(f"LP refinement: {why}")
+    out = Refinement()
+    cur = {k: (np.asarray(v[0], np.float64).ravel(), np.asarray(v[1], np.float64).ravel())
+           for k, v in intervals.items()}
+    names = [n.inputs[0] for n in graph.nodes if n.op == "Relu"]
+    out.unstable_before = int(sum(((cur[n][0] < 0) & (cur[n][1] > 0)).sum() for n in names))
+    lp = GraphLp(graph, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel(), threads)
+    for node in graph.nodes:
+        if node.op == "Relu" and out.complete and lp.depth[node.inputs[0]] >= 1:
+            name = node.inputs[0]
+            lo, hi = (a.copy() for a in cur[name])
+            margin = FLOAT32_REL * np.maximum(np.abs(lo), np.abs(hi)) + FLOAT32_ABS
+            cols = lp.cols[name]
+            for j in np.nonzero((lo < 0) & (hi > 0))[0]:
+                if time.monotonic() > deadline:
+                    out.complete = False
+                    break
+                for sign in (1.0, -1.0):
+                    res = lp.model.lower(cols[j:j + 1], np.array([sign]),
+                                         time_limit=max(1e-3, deadline - time.monotonic()))
+                    out.lps += 1
+                    if np.isfinite(res.bound) and sign > 0 and res.bound - margin[j] > lo[j]:
+                        lo[j] = res.bound - margin[j]
+                        out.tightened += 1
+                    elif np.isfinite(res.bound) and sign < 0 and -res.bound + margin[j] < hi[j]:
+                        hi[j] = -res.bound + margin[j]
+                        out.tightened += 1
+                    if lo[j] >= 0:
+                        break  # stable active: its maximum needs no LP
+                out.stabilised += int(lo[j] >= 0 or hi[j] <= 0)
+            lp.model.tighten(cols, lo, hi)
+            cur[name] = (lo, hi)
+            out.intervals[name] = (lo, hi)
+            out.layers += int(out.complete)
+            if rebound is not None and out.complete:
+                for n2, (flo, fhi) in rebound(dict(out.intervals)).items():
+                    if n2 in cur:
+                        flo, fhi = np.asarray(flo, np.float64).ravel(), np.asarray(fhi, np.float64).ravel()
+                        cur[n2] = (np.maximum(cur[n2][0], flo), np.minimum(cur[n2][1], fhi))
+        if not out.complete:
+            break
+        lp.add_node(node, cur)
+    out.unstable_after = int(sum(((cur[n][0] < 0) & (cur[n][1] > 0)).sum() for n in names))
+    out.time_s = time.monotonic() - t0
+    return out
+
+
+@dataclass(frozen=True)
+class MilpResult:
+    """The exact MILP's answer for one conjunction."""
+
+    status: str                   # "proved", "counterexample", "unknown"
+    bound: float                  # HiGHS's lower bound of min_x max_i (C_i y - d_i)
+    point: Optional[np.ndarray]   # the input of the best solution (a candidate counterexample)
+    time_s: float
+    nodes_status: str             # HiGHS's own status word
+
+
+def exact_milp(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals: Intervals, C: np.ndarray,
+               d: np.ndarray, deadline: float, start: Optional[np.ndarray] = None, threads: int = 1) -> MilpResult:
+    """min over the box of max_i (C_i y - d_i) (one conjunction's rows) by a MILP.
+
+    `intervals` are sound intervals of every tensor (the ReLU inputs' are the big-M
+    constants); `start` an input point to try first (the attack's best). Proved when
+    HiGHS's dual bound exceeds MILP_MARGIN * (1 + scale); a counterexample when its
+    best point has a value <= 0 (the caller replays it: HiGHS's point may sit a
+    tolerance off).
+    """
+    t0 = time.monotonic()
+    why = lp_supported(graph)
+    if why is not None:
+        raise NotReluMlp(f"exact MILP: {why}")
+    iv = {k: (np.asarray(v[0], np.float64).ravel(), np.asarray(v[1], np.float64).ravel())
+          for k, v in intervals.items()}
+    lp = GraphLp(graph, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel(), threads)
+    for node in graph.nodes:
+        lp.add_node(node, iv, exact=True)
+    C = np.atleast_2d(np.asarray(C, np.float64))
+    d = np.asarray(d, np.float64).ravel()
+    y = lp.cols[graph.output_name]
+    y_lo, y_hi = iv[graph.output_name]
+    r_lo = np.minimum(C, 0) @ y_hi + np.maximum(C, 0) @ y_lo - d     # rows r_i = C_i y - d_i
+    r_hi = np.maximum(C, 0) @ y_hi + np.minimum(C, 0) @ y_lo - d
+    t_col = lp.model.n_cols
+    m = len(d)
+    rows = np.concatenate([np.repeat(np.arange(m), len(y)), np.arange(m)])
+    cols = np.concatenate([np.tile(y, m), np.full(m, t_col)])
+    vals = np.concatenate([C.ravel(), -np.ones(m)])
+    keep = vals != 0
+    # C_i y - t <= d_i
+    lp.model.add(Block(t_col, np.array([float(np.max(r_lo))]), np.array([float(np.max(r_hi))]), np.zeros(1, bool),
+                       rows[keep], cols[keep], vals[keep], np.full(m, -np.inf), d))
+    first = None
+    if start is not None:
+        first = lp.start(np.asarray(start, np.float64).ravel())
+        first[t_col] = float(np.max(C @ first[y] - d))
+    scale = float(np.max(np.abs(np.concatenate([r_lo, r_hi]))))
+    res = lp.model.milp(np.array([t_col]), np.array([1.0]), time_limit=max(1e-3, deadline - time.monotonic()),
+                        start=first, stop_below=0.0)
+    point = None if res.point is None else res.point[lp.cols[graph.input_name]]
+    if res.bound > MILP_MARGIN * (1.0 + scale):
+        status = "proved"
+    elif res.point is not None and res.value <= 0:
+        status = "counterexample"
+    else:
+        status = "unknown"
+    return MilpResult(status, res.bound, point, time.monotonic() - t0, res.status)

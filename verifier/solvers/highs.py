@@ -1,0 +1,223 @@
+"""HiGHS (open source, PyPI `highspy`) as the LP/MILP back end: the one file that calls it.
+
+A `HighsModel` grows one `relaxations.lp.Block` at a time and answers two questions:
+`lower(objective)`, an LP minimum turned into a rigorous bound by
+`relaxations.lp.dual_lower_bound` on HiGHS's row duals (so the bound does not rest on
+HiGHS's tolerances, and the duals are a witness a checker can re-verify), and
+`milp(objective, ...)`, a time-limited MILP whose bound rests on HiGHS's branch and
+bound and is marked as such. HiGHS keeps its basis between solves, so the many LPs of
+one layer, which differ only in their objective, are warm-started.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import scipy.sparse as sp
+
+from relaxations.lp import Block, dual_lower_bound
+
+__all__ = ["HighsModel", "LpBound", "MilpOutcome", "available"]
+
+
+def available() -> bool:
+    """Whether highspy imports (it is a dependency; this guards a broken install)."""
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS prints a banner on stdout (file descriptor 1) when the first model is made
+    in a process; `nncert verify` writes its result there, so the banner goes to null."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+@dataclass(frozen=True)
+class LpBound:
+    """An LP minimum: `bound` is rigorous (weak duality on `duals`), `value` HiGHS's own."""
+
+    bound: float                 # -inf when the LP was not solved to optimality
+    value: float
+    duals: Optional[np.ndarray]  # one per row, the witness of `bound`
+    status: str
+
+
+@dataclass(frozen=True)
+class MilpOutcome:
+    """A MILP's result. `bound` is HiGHS's dual bound (no checkable witness); `point` and
+    `value` the best feasible solution found, if any."""
+
+    status: str                  # "optimal", "time limit", "infeasible", or HiGHS's word
+    bound: float
+    value: float
+    point: Optional[np.ndarray]
+
+
+class HighsModel:
+    """An LP (or MILP) held by one HiGHS instance, with a float64 copy of its data."""
+
+    def __init__(self, threads: int = 1) -> None:
+        import highspy
+        with _quiet_stdout():
+            self._h = highspy.Highs()
+        self._inf = highspy.kHighsInf
+        self._h.setOptionValue("output_flag", False)
+        self._h.setOptionValue("threads", max(1, int(threads)))
+        self._h.setOptionValue("random_seed", 0)
+        self._col_lo: list[np.ndarray] = []
+        self._col_hi: list[np.ndarray] = []
+        self._integer: list[np.ndarray] = []
+        self._trip: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._row_lo: list[np.ndarray] = []
+        self._row_hi: list[np.ndarray] = []
+        self.n_cols = 0
+        self.n_rows = 0
+        self._cost_cols = np.zeros(0, np.int32)
+        self._cache: Optional[tuple] = None
+
+    def add(self, block: Block) -> None:
+        """Append a block's columns (continuous in the LP; see `milp`) and rows."""
+        if block.first_col != self.n_cols:
+            raise ValueError(f"block starts at column {block.first_col}, the model has {self.n_cols}")
+        h, inf = self._h, self._inf
+        n = block.n_cols
+        if n:
+            h.addCols(n, np.zeros(n), np.nan_to_num(block.col_lo, neginf=-inf, posinf=inf),
+                      np.nan_to_num(block.col_hi, neginf=-inf, posinf=inf), 0, np.zeros(0, np.int32),
+                      np.zeros(0, np.int32), np.zeros(0))
+        m = block.n_rows
+        if m:
+            A = sp.csr_matrix((block.vals, (block.rows, block.cols)), shape=(m, self.n_cols + n))
+            h.addRows(m, np.nan_to_num(block.row_lo, neginf=-inf, posinf=inf),
+                      np.nan_to_num(block.row_hi, neginf=-inf, posinf=inf), A.nnz,
+                      A.indptr[:-1].astype(np.int32), A.indices.astype(np.int32), A.data.astype(np.float64))
+        self._col_lo.append(block.col_lo.astype(np.float64))
+        self._col_hi.append(block.col_hi.astype(np.float64))
+        self._integer.append(block.integer.astype(bool))
+        self._trip.append((block.rows + self.n_rows, block.cols, block.vals))
+        self._row_lo.append(block.row_lo.astype(np.float64))
+        self._row_hi.append(block.row_hi.astype(np.float64))
+        self.n_cols += n
+        self.n_rows += m
+        self._cache = None
+
+    def tighten(self, cols: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+        """Intersect the bounds of `cols` with [lower, upper] (refined intervals)."""
+        lo, hi = self._bounds()
+        cols = np.asarray(cols, np.int64)
+        new_lo = np.maximum(lo[cols], lower)
+        new_hi = np.minimum(hi[cols], upper)
+        self._h.changeColsBounds(len(cols), cols.astype(np.int32), new_lo, new_hi)
+        lo[cols], hi[cols] = new_lo, new_hi
+        self._col_lo, self._col_hi = [lo], [hi]
+        self._cache = None
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.concatenate(self._col_lo) if self._col_lo else np.zeros(0)
+        hi = np.concatenate(self._col_hi) if self._col_hi else np.zeros(0)
+        return lo, hi
+
+    def data(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(A, row_lo, row_hi, col_lo, col_hi): the model as HiGHS has it, in float64."""
+        if self._cache is None:
+            r = np.concatenate([t[0] for t in self._trip]) if self._trip else np.zeros(0, np.int64)
+            c = np.concatenate([t[1] for t in self._trip]) if self._trip else np.zeros(0, np.int64)
+            v = np.concatenate([t[2] for t in self._trip]) if self._trip else np.zeros(0)
+            A = sp.csr_matrix((v, (r, c)), shape=(self.n_rows, self.n_cols))
+            lo, hi = self._bounds()
+            self._cache = (A, np.concatenate(self._row_lo) if self._row_lo else np.zeros(0),
+                           np.concatenate(self._row_hi) if self._row_hi else np.zeros(0), lo, hi)
+        return self._cache
+
+    def _objective(self, cols: np.ndarray, vals: np.ndarray) -> None:
+        h = self._h
+        if len(self._cost_cols):
+            h.changeColsCost(len(self._cost_cols), self._cost_cols, np.zeros(len(self._cost_cols)))
+        cols = np.asarray(cols, np.int32)
+        h.changeColsCost(len(cols), cols, np.asarray(vals, np.float64))
+        self._cost_cols = cols
+
+    def _set_integrality(self, on: bool) -> None:
+        integer = np.concatenate(self._integer) if self._integer else np.zeros(0, bool)
+        idx = np.nonzero(integer)[0].astype(np.int32)
+        if len(idx):
+            import highspy
+            kind = highspy.HighsVarType.kInteger if on else highspy.HighsVarType.kContinuous
+            self._h.changeColsIntegrality(len(idx), idx, np.array([kind] * len(idx)))
+
+    def lower(self, cols: np.ndarray, vals: np.ndarray, offset: float = 0.0,
+              time_limit: float = 60.0) -> LpBound:
+        """min sum vals * x[cols] + offset over the LP relaxation (binaries relaxed to [0, 1])."""
+        h = self._h
+        self._objective(cols, vals)
+        h.setOptionValue("time_limit", max(1e-3, float(time_limit)))
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        if status != "Optimal":
+            return LpBound(-np.inf, np.nan, None, status)
+        y = np.asarray(h.getSolution().row_dual, np.float64)
+        c = np.zeros(self.n_cols)
+        np.add.at(c, np.asarray(cols, np.int64), np.asarray(vals, np.float64))
+        A, rl, rh, cl, ch = self.data()
+        bound = dual_lower_bound(c, A, rl, rh, cl, ch, y, offset)
+        return LpBound(bound, float(h.getInfo().objective_function_value) + offset, y, status)
+
+    def milp(self, cols: np.ndarray, vals: np.ndarray, offset: float = 0.0, time_limit: float = 60.0,
+             start: Optional[np.ndarray] = None, stop_below: Optional[float] = None) -> MilpOutcome:
+        """min sum vals * x[cols] + offset with the binaries integral, for at most `time_limit` s.
+
+        `start`: a full column vector to try as the first incumbent (an attack's point
+        propagated through the net). `stop_below`: HiGHS may stop as soon as it has a
+        solution with value below it (a counterexample is enough; its optimum is not
+        needed). The integrality is switched off again afterwards, so `lower` keeps
+        solving LPs.
+        """
+        h = self._h
+        self._objective(cols, vals)
+        self._set_integrality(True)
+        h.setOptionValue("time_limit", max(1e-3, float(time_limit)))
+        h.setOptionValue("mip_rel_gap", 0.0)
+        h.setOptionValue("mip_abs_gap", 0.0)
+        if stop_below is not None:
+            h.setOptionValue("objective_target", float(stop_below - offset))
+        if start is not None:
+            import highspy
+            sol = highspy.HighsSolution()
+            sol.col_value = list(np.asarray(start, np.float64))
+            h.setSolution(sol)
+        try:
+            h.run()
+            info = h.getInfo()
+            word = h.modelStatusToString(h.getModelStatus())
+            sol = h.getSolution()
+            point = np.asarray(sol.col_value, np.float64) if sol.value_valid else None
+            objective, dual_bound = float(info.objective_function_value), float(info.mip_dual_bound)
+        finally:  # read everything first: changing the model clears HiGHS's status
+            self._set_integrality(False)
+            h.setOptionValue("objective_target", -self._inf)
+        status = {"Optimal": "optimal", "Time limit reached": "time limit", "Infeasible": "infeasible",
+                  "Objective target reached": "target"}.get(word, word)
+        value = objective + offset if point is not None else np.inf
+        bound = dual_bound + offset if status != "infeasible" else np.inf
+        return MilpOutcome(status, bound, value, point)
