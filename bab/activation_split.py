@@ -171,8 +171,10 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
                          record_proof: bool = False, branching: str = "babsr",
                          fsb_candidates: int = 4, relaxed_clip: bool = False,
                          progress: Optional[Callable[[dict], None]] = None,
-                         tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None) -> SearchOutcome:
-    """Search until all domains are proved, a counterexample is confirmed, or limits are hit.
+                         tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None,
+                         stop: Optional[Callable[[], bool]] = None) -> SearchOutcome:
+    """Search until all domains are proved, a counterexample is confirmed, limits are hit,
+    or `stop()` (checked once per round) is true.
 
     `progress` receives the counters after each round (domains bounded and open, the
     worst open domain's gap).
@@ -190,5 +192,5 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
         return SearchOutcome("unknown", stats={"reason": "no ReLU to split"})
     log = ActivationProofLog(brancher.names) if record_proof else None
     limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))
-    return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit)
+    return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit, stop)
 

@@ -28,7 +28,7 @@ from bab.memory import BatchSizer, OutOfMemory, free_memory_bytes, run_with_retr
 from bab.problem import Problem, rows_status
 
 __all__ = ["SearchOutcome", "Bounded", "Brancher", "SideTask", "SearchLimits", "search", "Confirm", "RecordProof",
-           "ReportProgress", "domain_bytes", "run"]
+           "ReportProgress", "StopWhen", "domain_bytes", "run"]
 
 T = torch.Tensor
 
@@ -243,6 +243,20 @@ class ReportProgress:
         return None
 
 
+@dataclass
+class StopWhen:
+    """Ends the search (`unknown`, reason "stopped") once `done()` is true: another
+    procedure running beside it (the exact MILP) has decided the problem."""
+
+    done: Callable[[], bool]
+
+    def __call__(self, bounded: Bounded, state: SearchState) -> Optional[SearchOutcome]:
+        if not self.done():
+            return None
+        return SearchOutcome("unknown", domains_bounded=state.bounded, rounds=state.rounds, leaves=state.leaves,
+                             stats={"reason": "stopped: decided beside the search"})
+
+
 def domain_bytes(p: Problem) -> int:
     """What one domain costs beyond the fixed work of a bound pass: its intervals at every
     tensor and a coefficient row per spec row there (the final pass). Intermediate
@@ -255,10 +269,11 @@ def domain_bytes(p: Problem) -> int:
 
 def run(brancher: Brancher, limits: SearchLimits, log: Any = None, record: Optional[Callable[[Any, Bounded], None]]
         = None, confirm: Optional[Callable[[np.ndarray], bool]] = None,
-        progress: Optional[Callable[[dict], None]] = None, confirm_limit: int = 8) -> SearchOutcome:
+        progress: Optional[Callable[[dict], None]] = None, confirm_limit: int = 8,
+        stop: Optional[Callable[[], bool]] = None) -> SearchOutcome:
     """`search` with the standard side tasks, in their fixed order: confirm candidates,
-    record proved leaves into `log` (by `record(log, bounded)`), report progress. An
-    unsat outcome carries the log as its proof."""
+    record proved leaves into `log` (by `record(log, bounded)`), report progress, stop
+    when `stop()` says so. An unsat outcome carries the log as its proof."""
     tasks: list = []
     if confirm is not None:
         tasks.append(Confirm(confirm, confirm_limit))
@@ -266,6 +281,8 @@ def run(brancher: Brancher, limits: SearchLimits, log: Any = None, record: Optio
         tasks.append(RecordProof(lambda b: record(log, b)))
     if progress is not None:
         tasks.append(ReportProgress(progress))
+    if stop is not None:
+        tasks.append(StopWhen(stop))
     outcome = search(brancher, limits, tasks)
     if outcome.status == "unsat":
         outcome.proof = log

@@ -303,6 +303,9 @@ class BoundsConfig(_Validated):
     optimise_intermediate: bool = key(False, check=Bool(),
                                       help="alpha-CROWN on the whole input region also optimises the intermediate "
                                            "bounds (slower, tighter; off with --certificate); branch and bound's domains never do")
+    patches: bool = key(False, check=Bool(),
+                        help="CROWN's intermediate bounds walk back through convolutions as per-neuron kernel "
+                             "windows (patches) instead of whole feature maps: the same bounds, faster on CNNs")
     dtype: str = key("float32", check=Choice(("float32", "float64")), help="floating-point type of all bounding")
     max_elements: int = key(40_000_000, check=Int(1),
                             help="largest tensor (elements) a bounding step builds; larger work is chunked")
@@ -377,11 +380,12 @@ class LpConfig(_Validated):
                        help="tighten unstable neurons' intervals by LPs, layer by layer, before the search "
                             "(skipped with --certificate: the certificate cannot carry them yet)")
     refine_share: float = key(0.25, check=Share(0.0), help="share of the time left that refinement may use")
-    milp: bool = key(True, check=Bool(),
-                     help="exact MILP on the spec when few neurons are unstable (an unsat from it rests on HiGHS "
-                          "and its certificate says so)")
+    milp: str = key("parallel", check=Choice(("parallel", "before", "off")),
+                    help="exact MILP on the spec when few neurons are unstable: parallel (a thread beside the "
+                         "search, until either decides), before (ahead of the search, in milp_share of the time "
+                         "left) or off; an unsat from it rests on HiGHS and its certificate says so")
     milp_max_unstable: int = key(400, check=Int(0), help="the MILP runs when at most this many neurons are unstable")
-    milp_share: float = key(0.5, check=Share(0.0), help="share of the time left that the MILP may use")
+    milp_share: float = key(0.5, check=Share(0.0), help="milp before: share of the time left that the MILP may use")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ Runs between bound propagation and activation-split branch and bound (`lp.*` key
    neurons' intervals tightened by LPs (verifier/refine.py); they reach the search
    as `Problem.known`, so every domain starts from them.
 2. The exact MILP (`lp.milp`) when at most `lp.milp_max_unstable` neurons are still
-   unstable, in `lp.milp_share` of the time left: per conjunction, a proof (the
-   disjunct is unsat when every conjunction is) or a candidate counterexample that
-   the caller replays.
+   unstable: per conjunction, a proof (the disjunct is unsat when every conjunction
+   is) or a candidate counterexample that the caller replays. `parallel` (the
+   default) runs it in a thread beside the search until either decides, so that an
+   instance the search settles in a second does not wait for a MILP, and one that
+   only the MILP settles (a needle) still gets the whole budget; `before` runs it
+   first, in `lp.milp_share` of the time left.
 
 Certificates: refined intervals are not yet written into the activation-split
 certificate, so with `proof` on (--certificate) refinement is skipped and the search
@@ -18,6 +21,7 @@ certificate states instead of a checkable proof.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Optional
 
@@ -44,6 +48,7 @@ class LpOutcome:
     candidates: list = dataclasses.field(default_factory=list)  # input points (float64, flat)
     proof: Optional[dict] = None
     stats: dict = dataclasses.field(default_factory=dict)
+    runner: Optional["MilpRunner"] = None   # the MILP running beside the search (lp.milp parallel)
 
 
 def _to_known(model: Model, intervals: Intervals, dtype: torch.dtype, device: str) -> dict:
@@ -98,25 +103,112 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
                                "unstable_before": ref.unstable_before, "unstable_after": ref.unstable_after,
                                "layers": ref.layers, "complete": ref.complete, "time_s": round(ref.time_s, 3)}
     unstable = int(sum(((intervals[n][0] < 0) & (intervals[n][1] > 0)).sum() for n in names))
-    if not cfg.milp or unstable > cfg.milp_max_unstable:
+    if cfg.milp == "off" or unstable > cfg.milp_max_unstable:
         return out
-    until = time.monotonic() + cfg.milp_share * max(0.0, deadline - time.monotonic())
-    claims = []
-    milp_stats = []
-    for k in range(len(disjunct.outputs)):
-        sel = owner == k
-        res = exact_milp(model.graph, box_lo, box_hi, intervals, C[sel], d[sel], until, start=start)
-        milp_stats.append({"status": res.status, "bound": res.bound, "time_s": round(res.time_s, 3),
-                           "highs": res.nodes_status})
-        if res.point is not None and res.status == "counterexample":
-            out.candidates.append(res.point)
-        if res.status != "proved":
-            break
-        claims.append(res.bound)
-    out.stats["milp"] = {"unstable": unstable, "conjunctions": milp_stats}
-    if len(claims) == len(disjunct.outputs):
-        out.proved = True
-        out.proof = {"kind": "milp", "method": "milp", "claims": np.asarray(claims),
-                     "certificate": "not checkable: this disjunct rests on an exact MILP solved by HiGHS, whose "
-                                    "bound has no witness that the checker can verify"}
+    args = (model.graph, box_lo, box_hi, intervals, C, d, owner, len(disjunct.outputs), start, unstable)
+    if cfg.milp == "parallel":
+        out.runner = MilpRunner(*args, deadline=deadline)
+        return out
+    runner = MilpRunner(*args, deadline=time.monotonic() + cfg.milp_share * max(0.0, deadline - time.monotonic()),
+                        background=False)
+    runner.outcome(out)
     return out
+
+
+class _Handles(list):
+    """The HiGHS models of a runner: a model added after `cancel()` is cancelled at once
+    (the thread may still be writing it when the search finishes)."""
+
+    cancelled = False
+
+    def append(self, model) -> None:
+        super().append(model)
+        if self.cancelled:
+            model.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for model in self:
+            model.cancel()
+
+
+class MilpRunner:
+    """The exact MILP of each conjunction in turn, until one is not proved or `deadline`.
+
+    In the background (a thread beside the search: HiGHS releases the GIL while it
+    solves) or at once. `decided()` says whether it has an answer for the disjunct
+    (every conjunction proved, or a candidate counterexample); `outcome(out)` writes it
+    into an LpOutcome; `stop()` cancels it. An exception in the thread is re-raised by
+    `outcome`, never turned into a verdict.
+    """
+
+    def __init__(self, graph, box_lo: np.ndarray, box_hi: np.ndarray, intervals: Intervals, C: np.ndarray,
+                 d: np.ndarray, owner: np.ndarray, n_conj: int, start: Optional[np.ndarray], unstable: int,
+                 deadline: float, background: bool = True) -> None:
+        self._args = (graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline)
+        self.unstable = unstable
+        self.results: list = []
+        self.error: Optional[BaseException] = None
+        self._handles = _Handles()
+        self._cancelled = False
+        self._done = threading.Event()
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="nncert-milp", daemon=True)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline = self._args
+        try:
+            for k in range(n_conj):
+                if self._cancelled or time.monotonic() > deadline:
+                    break
+                sel = owner == k
+                res = exact_milp(graph, box_lo, box_hi, intervals, C[sel], d[sel], deadline, start=start,
+                                 handle=self._handles)
+                self.results.append(res)
+                if res.status != "proved":
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by outcome()
+            self.error = exc
+        finally:
+            self._done.set()
+
+    def decided(self) -> bool:
+        """Finished with an answer: every conjunction proved, or a counterexample candidate."""
+        if not self._done.is_set() or self.error is not None:
+            return self._done.is_set()
+        return bool(self.results) and (self.results[-1].status == "counterexample"
+                                       or (len(self.results) == self._args[7]
+                                           and all(r.status == "proved" for r in self.results)))
+
+    def wait(self, deadline: float) -> None:
+        """Block until the MILP finishes or `deadline` (time.monotonic())."""
+        self._done.wait(max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Cancel the solve (it ends at its next check; a model still being written is cancelled
+        when it is added) and wait briefly for the thread."""
+        self._cancelled = True
+        self._handles.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=0.2)  # a thread still writing its model ends at its solve
+
+    def outcome(self, out: LpOutcome) -> None:
+        """Write what the MILP found into `out` (proof, candidates, stats)."""
+        if self.error is not None:
+            raise self.error
+        out.stats["milp"] = {"unstable": self.unstable,
+                             "mode": "parallel" if self._thread is not None else "before",
+                             "conjunctions": [{"status": r.status, "bound": r.bound, "time_s": round(r.time_s, 3),
+                                               "highs": r.nodes_status} for r in self.results]}
+        for r in self.results:
+            if r.point is not None and r.status == "counterexample":
+                out.candidates.append(r.point)
+        if self.decided() and all(r.status == "proved" for r in self.results):
+            out.proved = True
+            out.proof = {"kind": "milp", "method": "milp", "claims": np.asarray([r.bound for r in self.results]),
+                         "certificate": "not checkable: this disjunct rests on an exact MILP solved by HiGHS, "
+                                        "whose bound has no witness that the checker can verify"}

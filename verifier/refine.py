@@ -240,14 +240,16 @@ class MilpResult:
 
 
 def exact_milp(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals: Intervals, C: np.ndarray,
-               d: np.ndarray, deadline: float, start: Optional[np.ndarray] = None, threads: int = 1) -> MilpResult:
+               d: np.ndarray, deadline: float, start: Optional[np.ndarray] = None, threads: int = 1,
+               handle: Optional[list] = None) -> MilpResult:
     """min over the box of max_i (C_i y - d_i) (one conjunction's rows) by a MILP.
 
     `intervals` are sound intervals of every tensor (the ReLU inputs' are the big-M
     constants); `start` an input point to try first (the attack's best). Proved when
     HiGHS's dual bound exceeds MILP_MARGIN * (1 + scale); a counterexample when its
     best point has a value <= 0 (the caller replays it: HiGHS's point may sit a
-    tolerance off).
+    tolerance off). `handle` (a list) receives the HighsModel, whose `cancel()` stops
+    the solve from another thread.
     """
     t0 = time.monotonic()
     why = lp_supported(graph)
@@ -256,6 +258,8 @@ def exact_milp(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals: In
     iv = {k: (np.asarray(v[0], np.float64).ravel(), np.asarray(v[1], np.float64).ravel())
           for k, v in intervals.items()}
     lp = GraphLp(graph, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel(), threads)
+    if handle is not None:
+        handle.append(lp.model)
     for node in graph.nodes:
         lp.add_node(node, iv, exact=True)
     C = np.atleast_2d(np.asarray(C, np.float64))

@@ -172,7 +172,7 @@ def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Confi
 
 
 def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
-                      progress: Progress, known: Optional[dict] = None):
+                      progress: Progress, known: Optional[dict] = None, stop: Optional[Callable[[], bool]] = None):
     problem = _problem(model, ev, disjunct, config, known)
     progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
@@ -182,11 +182,11 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 record_proof=config.proof, branching=config.bab.branching,
                                 fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
                                 progress=lambda f: progress.update(**f),
-                                max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)))
+                                max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
-                 progress: Progress, known: Optional[dict] = None):
+                 progress: Progress, known: Optional[dict] = None, stop: Optional[Callable[[], bool]] = None):
     problem = _problem(model, ev, disjunct, config, known)
     progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     method = _capped(config.bab.input_split_method, config.bounds.method)
@@ -241,6 +241,23 @@ def _lp(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, de
     C, d, _, owner = spec_rows(disjunct)
     start = None if candidates is None or not len(candidates) else np.asarray(candidates[0], np.float64)
     return lp_phase(model, ev, disjunct, C, d, owner, config, deadline, start, known)
+
+
+_BY_MILP = "counterexample found by the exact MILP, confirmed by onnxruntime"
+
+
+def _milp_counterexample(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
+                         lp) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """A confirmed counterexample (x, y) when one of the MILP's points, replayed (and
+    polished by the attack when HiGHS's point sits a tolerance off), is one."""
+    for x in lp.candidates:
+        found = confirm(model, disjunct, x)
+        if found is None:
+            found = attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 11,
+                                    np.asarray(x)[None])
+        if found is not None:
+            return found
+    return None
 
 
 def _sat(found: tuple[np.ndarray, np.ndarray], timings: dict, stats: dict, method: str = "attack",
@@ -305,22 +322,27 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
         return Result("timeout", f"time limit reached during {where}", timings=timings, stats=stats,
                       method=_METHOD_OF.get(state["phase"], ""), progress=progress.snapshot())
 
+    runners: list = []   # MILPs running beside a search: none outlives the run
     try:
-        return _decide(model, spec, config, deadline, progress, timings, stats, enter, timeout)
+        return _decide(model, spec, config, deadline, progress, timings, stats, enter, timeout, runners)
     except DeadlineExceeded:
         # A bound pass noticed the deadline: no bound came out of it, so nothing is decided.
         if state["phase"].startswith("bab"):  # the search's count so far is in the progress record
             stats["domains"] = stats.get("domains", 0) + int(progress.snapshot().get("bounded", 0))
         return timeout(_WHERE.get(state["phase"], state["phase"]))
+    finally:
+        for r in runners:
+            r.stop()
 
 
-_METHOD_OF = {"attack": "attack", "attack-longer": "attack", "bounds": "", "lp": "milp", "bab-input": "bab-input", "bab-activation": "bab-activation"}
+_METHOD_OF = {"attack": "attack", "attack-longer": "attack", "bounds": "", "lp": "milp", "bab-input": "bab-input",
+              "bab-activation": "bab-activation"}
 _WHERE = {"attack": "the attack", "bounds": "bound propagation", "lp": "the LP phase", "bab-input": "branch and bound",
           "bab-activation": "branch and bound", "attack-longer": "the attack"}
 
 
 def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress, timings: dict,
-            stats: dict, enter: Callable[[str], None], timeout: Callable[[str], Result]) -> Result:
+            stats: dict, enter: Callable[[str], None], timeout: Callable[[str], Result], runners: list) -> Result:
     ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=resolve_device(config.device))
 
     def done(result: Result) -> Result:
@@ -357,19 +379,18 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
             return timeout("bound propagation")
         tried: list[str] = []
         mode = _bab_mode(model, config, disjunct)
+        lp = runner = None
         if mode == "activation":
             enter("lp")
             lp = _lp(model, ev, disjunct, config, deadline, candidates, known)
             if lp is not None:
                 stats.setdefault("lp", []).append(lp.stats)
-                for x in lp.candidates:
-                    found = confirm(model, disjunct, x)
-                    if found is None:  # HiGHS's point may sit a tolerance off: polish it
-                        found = attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 11,
-                                                np.asarray(x)[None])
-                    if found is not None:
-                        return done(_sat(found, timings, stats, "milp",
-                                         "counterexample found by the exact MILP, confirmed by onnxruntime"))
+                runner = lp.runner
+                if runner is not None:
+                    runners.append(runner)
+                found = _milp_counterexample(model, ev, disjunct, config, deadline, lp)
+                if found is not None:
+                    return done(_sat(found, timings, stats, "milp", _BY_MILP))
                 if lp.proved:
                     methods.append("milp")
                     proofs.append(lp.proof)
@@ -382,8 +403,22 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
             last = f"bab-{mode}"
             enter(last)
             search = _input_split if mode == "input" else _activation_split
-            outcome = search(model, ev, disjunct, config, deadline, progress, known)
+            outcome = search(model, ev, disjunct, config, deadline, progress, known,
+                             runner.decided if runner is not None else None)
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
+            if runner is not None and outcome.status in ("unknown", "timeout"):
+                if outcome.status == "unknown" and not runner.decided():
+                    runner.wait(deadline)  # the search gave up with time left: the MILP may still decide
+                if runner.decided():
+                    runner.outcome(lp)
+                    found = _milp_counterexample(model, ev, disjunct, config, deadline, lp)
+                    if found is not None:
+                        return done(_sat(found, timings, stats, "milp", _BY_MILP))
+                    if lp.proved:
+                        methods.append("milp")
+                        proofs.append(lp.proof)
+                        proved = True
+                        break
             if outcome.status == "sat":
                 found = confirm(model, disjunct, outcome.candidate)
                 if found is not None:

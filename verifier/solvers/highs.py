@@ -150,6 +150,11 @@ class HighsModel:
                            np.concatenate(self._row_hi) if self._row_hi else np.zeros(0), lo, hi)
         return self._cache
 
+    def cancel(self) -> None:
+        """Ask a MILP running in another thread to stop (it returns its best so far).
+        A model whose MILP was cancelled stays cancelled: make a new one to solve again."""
+        self._h.cancelSolve()
+
     def _objective(self, cols: np.ndarray, vals: np.ndarray) -> None:
         h = self._h
         if len(self._cost_cols):
@@ -206,6 +211,7 @@ class HighsModel:
             sol = highspy.HighsSolution()
             sol.col_value = list(np.asarray(start, np.float64))
             h.setSolution(sol)
+        h.HandleUserInterrupt = True     # so that `cancel` from another thread is heard
         try:
             h.run()
             info = h.getInfo()
@@ -214,6 +220,7 @@ class HighsModel:
             point = np.asarray(sol.col_value, np.float64) if sol.value_valid else None
             objective, dual_bound = float(info.objective_function_value), float(info.mip_dual_bound)
         finally:  # read everything first: changing the model clears HiGHS's status
+            h.HandleUserInterrupt = False
             self._set_integrality(False)
             h.setOptionValue("objective_target", -self._inf)
         status = {"Optimal": "optimal", "Time limit reached": "time limit", "Infeasible": "infeasible",
