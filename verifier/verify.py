@@ -363,6 +363,18 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
     stops: list[str] = []
     open_disjuncts: list[int] = []
     last = ""
+
+    def take_milp(lp, disjunct: Disjunct) -> Optional[Result]:
+        """The MILP's counterexample as a sat Result; or, when it proved the disjunct, its
+        proof recorded (then lp.proved) and None."""
+        found = _milp_counterexample(model, ev, disjunct, config, deadline, lp)
+        if found is not None:
+            return _sat(found, timings, stats, "milp", _BY_MILP)
+        if lp.proved:
+            methods.append("milp")
+            proofs.append(lp.proof)
+        return None
+
     for i, disjunct in enumerate(spec.disjuncts):
         enter("bounds")
         known: dict = {}
@@ -388,12 +400,10 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
                 runner = lp.runner
                 if runner is not None:
                     runners.append(runner)
-                found = _milp_counterexample(model, ev, disjunct, config, deadline, lp)
-                if found is not None:
-                    return done(_sat(found, timings, stats, "milp", _BY_MILP))
+                sat = take_milp(lp, disjunct)
+                if sat is not None:
+                    return done(sat)
                 if lp.proved:
-                    methods.append("milp")
-                    proofs.append(lp.proof)
                     continue
                 known = lp.known or known
             if time.monotonic() > deadline:
@@ -411,12 +421,10 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
                     runner.wait(deadline)  # the search gave up with time left: the MILP may still decide
                 if runner.decided():
                     runner.outcome(lp)
-                    found = _milp_counterexample(model, ev, disjunct, config, deadline, lp)
-                    if found is not None:
-                        return done(_sat(found, timings, stats, "milp", _BY_MILP))
+                    sat = take_milp(lp, disjunct)
+                    if sat is not None:
+                        return done(sat)
                     if lp.proved:
-                        methods.append("milp")
-                        proofs.append(lp.proof)
                         proved = True
                         break
             if outcome.status == "sat":
