@@ -43,6 +43,7 @@ from relaxations.bounds import (BoundsTable, IntervalBounds, LinearBounds, Preci
 from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, rules_for
 from relaxations.ibp import node_inputs, node_interval
+from relaxations.patches import PatchBounds, patches_lower
 
 __all__ = ["BoundOptions", "BoundResult", "ClipHook", "compute_bounds", "final_lower_from_table",
            "folded_ibp_lower", "intermediate_bounds", "METHODS"]
@@ -84,6 +85,10 @@ class BoundOptions:
     # is then the best interval per element (relaxations/alpha_intermediate.py). Falls
     # back to plain alpha-CROWN with a clip hook or with intermediate != "crown".
     optimise_intermediate: bool = False
+    # CROWN's intermediate rows walk back through convolutions as per-row windows
+    # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
+    # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.
+    patches: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -186,12 +191,16 @@ def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Op
         check_deadline(options.deadline)
         rows = idx[start:start + chunk]
         r = rows.numel()
-        A = torch.zeros(B, 2 * r, shape.numel(), dtype=lower.dtype, device=lower.device)
-        ar = torch.arange(r, device=lower.device)
-        A[:, ar, rows] = 1.0
-        A[:, r + ar, rows] = -1.0
-        lin = backward_lower(ctx, name, A.reshape(B, 2 * r, *shape))
+        lin = patches_lower(ctx, name, rows, B) if options.patches else None
+        if lin is None:
+            A = torch.zeros(B, 2 * r, shape.numel(), dtype=lower.dtype, device=lower.device)
+            ar = torch.arange(r, device=lower.device)
+            A[:, ar, rows] = 1.0
+            A[:, r + ar, rows] = -1.0
+            lin = backward_lower(ctx, name, A.reshape(B, 2 * r, *shape))
         lb = lin.concretize(box, precision)
+        if isinstance(lin, PatchBounds) and (clip is not None or split_any is not None):
+            lin = lin.linear()
         if clip is not None:
             lb = torch.maximum(lb, clip(name, lin, lb))
         lower[:, rows] = torch.maximum(lower[:, rows], lb[:, :r])

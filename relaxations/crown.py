@@ -24,7 +24,7 @@ from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline, interval_terms
 from relaxations.registry import OpRule, is_affine_node, rule_for
 
-__all__ = ["BackwardContext", "backward_lower"]
+__all__ = ["BackwardContext", "backward_lower", "backward_from"]
 
 T = torch.Tensor
 
@@ -165,11 +165,21 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
     """
     graph = ctx.graph
     B, S = A.shape[:2]
-    As: dict[str, T] = {start: A}
     bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
-    mass = torch.zeros_like(bias)
+    stop = next(i for i, n in enumerate(graph.nodes) if start in n.outputs) if start != graph.input_name else -1
+    return backward_from(ctx, {start: A}, stop, bias, torch.zeros_like(bias))
+
+
+def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, mass: T) -> LinearBounds:
+    """The walk of `backward_lower` from node `stop` (inclusive) down to the input.
+
+    As: the coefficients [B, S, *shape] held so far, by tensor (consumed); bias, mass
+    [B, S]: what earlier steps added. A walk that began in another form (patches,
+    relaxations/patches.py) hands over here where its form ends.
+    """
+    graph = ctx.graph
+    B, S = bias.shape
     order = list(graph.nodes)
-    stop = next(i for i, n in enumerate(order) if start in n.outputs) if start != graph.input_name else -1
     for node in reversed(order[:stop + 1]):
         check_deadline(ctx.deadline)
         A_outs = [As.pop(o, None) for o in node.outputs]
@@ -207,7 +217,7 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
     if ctx.extra_A:
         A_in = _with_extra(A_in, ctx.extra_A.get(graph.input_name))
     if A_in is None:
-        A_in = torch.zeros(B, S, *graph.input_shape, dtype=A.dtype, device=A.device)
+        A_in = torch.zeros(B, S, *graph.input_shape, dtype=bias.dtype, device=bias.device)
     return LinearBounds(A_in, bias, mass)
 
 
