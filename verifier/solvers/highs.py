@@ -95,6 +95,10 @@ class HighsModel:
         self.n_rows = 0
         self._cost_cols = np.zeros(0, np.int32)
         self._cache: Optional[tuple] = None
+        self._stop = False
+        # Cancellation is heard at the MILP's own checks only: a Python callback needs the
+        # GIL, and one per simplex iteration would make the MILP crawl beside a search.
+        self._h.cbMipInterrupt += self._interrupt
 
     def add(self, block: Block) -> None:
         """Append a block's columns (continuous in the LP; see `milp`) and rows."""
@@ -153,7 +157,11 @@ class HighsModel:
     def cancel(self) -> None:
         """Ask a MILP running in another thread to stop (it returns its best so far).
         A model whose MILP was cancelled stays cancelled: make a new one to solve again."""
-        self._h.cancelSolve()
+        self._stop = True
+
+    def _interrupt(self, event) -> None:
+        if self._stop:
+            event.interrupt()
 
     def _objective(self, cols: np.ndarray, vals: np.ndarray) -> None:
         h = self._h
@@ -211,7 +219,6 @@ class HighsModel:
             sol = highspy.HighsSolution()
             sol.col_value = list(np.asarray(start, np.float64))
             h.setSolution(sol)
-        h.HandleUserInterrupt = True     # so that `cancel` from another thread is heard
         try:
             h.run()
             info = h.getInfo()
@@ -220,7 +227,6 @@ class HighsModel:
             point = np.asarray(sol.col_value, np.float64) if sol.value_valid else None
             objective, dual_bound = float(info.objective_function_value), float(info.mip_dual_bound)
         finally:  # read everything first: changing the model clears HiGHS's status
-            h.HandleUserInterrupt = False
             self._set_integrality(False)
             h.setOptionValue("objective_target", -self._inf)
         status = {"Optimal": "optimal", "Time limit reached": "time limit", "Infeasible": "infeasible",
