@@ -10,7 +10,7 @@ import torch
 
 from bab.domains import Batch, DomainStore
 from bab.problem import Problem
-from bab.search import Bounded, Confirm, SearchLimits, search
+from bab.search import Bounded, Confirm, SearchLimits, StopWhen, search
 
 T = torch.Tensor
 
@@ -125,3 +125,19 @@ def test_short_memory_switches_the_store_to_depth_first() -> None:
     assert out.status == "unsat" and out.leaves == 32
     assert out.stats["depth_first_from_round"] == 0
     assert "depth_first_from_round" not in search(_Brancher(leaf_depth=5), _limits(batch=2)).stats
+
+
+def test_stop_when_ends_the_search_unknown_once_another_procedure_decides() -> None:
+    """The MILP beside a search decides: the search ends `unknown` (never a verdict of its
+    own) at the next round, with its counts kept."""
+    calls = []
+
+    def decided() -> bool:
+        calls.append(1)
+        return len(calls) >= 3          # decided during the third check (the second round)
+
+    out = search(_Brancher(leaf_depth=12), _limits(batch=2), [StopWhen(decided)])
+    assert out.status == "unknown" and out.stats["reason"].startswith("stopped")
+    assert out.domains_bounded == 1 + 2 + 4 and out.rounds == 2   # the root, then 1 -> 2 and 2 -> 4
+    never = search(_Brancher(leaf_depth=3), _limits(), [StopWhen(lambda: False)])
+    assert never.status == "unsat"
