@@ -458,7 +458,7 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
         if not proved:
             open_disjuncts.append(i)
     if not open_disjuncts:
-        how = "branch and bound" if "domains" in stats else "bound propagation"
+        how = " and ".join(dict.fromkeys(_HOW.get(m, m) for m in methods)) or "bound propagation"
         if config.bounds.method in SDP_METHODS:  # say what each row rests on (SDP dual or CROWN)
             how = "; ".join(b["how"] for b in stats.get("bounds", []) if "how" in b)
         return done(Result("unsat", f"every disjunct proved by {how}", timings=timings, stats=stats,
@@ -470,6 +470,9 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
         why += " (" + "; ".join(stops) + ")"
     return done(Result("unknown", why, timings=timings, stats=stats, method=last or config.bounds.method))
 
+
+_HOW = {"ibp": "bound propagation", "crown": "bound propagation", "alpha-crown": "bound propagation",
+        "milp": "the exact MILP (HiGHS)", "bab-input": "branch and bound", "bab-activation": "branch and bound"}
 
 # Method names from weakest to strongest: an unsat's `method` is the strongest one used.
 _STRENGTH = ["ibp", "crown", "alpha-crown", "sdp-lowrank", "sdp", "milp", "bab-input", "bab-activation"]

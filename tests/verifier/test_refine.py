@@ -109,3 +109,30 @@ def test_verify_decides_a_20_input_needle_pair_by_the_milp(needle_pair, milp: st
             if res.verdict == "unsat":
                 assert res.proof["disjuncts"][0]["kind"] == "milp"
                 assert "not checkable" in res.proof["disjuncts"][0]["certificate"]
+
+
+def test_a_milp_unsat_says_so_and_its_certificate_says_it_cannot_be_checked(tmp_path) -> None:
+    """A threshold just above a 2-input net's maximum: CROWN cannot prove it, the MILP does;
+    the reason names the MILP and the certificate refuses to pretend it is checkable."""
+    import vnnlib
+    from verifier.certificate import build_certificate
+    from verifier.config import Config, with_overrides
+    from verifier.verify import verify
+
+    model = _net(tmp_path, 3, (2, 16, 16, 3))
+    g = np.linspace(-1, 1, 401)
+    xs = torch.tensor(np.stack(np.meshgrid(g, g), -1).reshape(-1, *model.graph.input_shape))
+    top = float(GraphEvaluator(model.graph, dtype=torch.float64)(xs).reshape(len(xs), -1)[:, 0].max())
+    spec_path = tmp_path / "p.vnnlib"
+    spec_path.write_text("".join(f"(declare-const X_{i} Real)\n" for i in range(2))
+                         + "".join(f"(declare-const Y_{i} Real)\n" for i in range(3))
+                         + "".join(f"(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(2))
+                         + f"(assert (>= Y_0 {top + 0.02:.6f}))\n")
+    spec = vnnlib.load(spec_path, 2, 3)
+    cfg = with_overrides(Config(timeout=60, proof=True),
+                         ["lp.milp=before", "bab.input_split_max_dims=0", "attack.enabled=false"])
+    res = verify(model, spec, cfg)
+    assert res.verdict == "unsat" and res.method == "milp", (res.verdict, res.reason, res.stats.get("bounds"))
+    assert "MILP" in res.reason
+    cert = build_certificate(model, spec_path, spec, res)
+    assert cert["certificate"].startswith("not checkable") and "disjuncts" not in cert
