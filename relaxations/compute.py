@@ -88,7 +88,7 @@ class BoundOptions:
     # CROWN's intermediate rows walk back through convolutions as per-row windows
     # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
     # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.
-    patches: bool = False
+    patches: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

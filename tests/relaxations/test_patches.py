@@ -304,7 +304,8 @@ def test_bounds_config_switch_reaches_bound_options() -> None:
     from verifier.config import BoundsConfig
 
     assert bound_options(BoundsConfig(patches=True)).patches
-    assert not bound_options(BoundsConfig()).patches
+    assert not bound_options(BoundsConfig(patches=False)).patches
+    assert bound_options(BoundsConfig()).patches          # on by default
 
 
 def _first_box(family: Path, model: str, graph) -> IntervalBounds:
