@@ -51,6 +51,7 @@ AFFINE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Add", "Sub",
                         "BatchNormalization", "AveragePool", "Pad", "Transpose", "Gather", "Slice"})
 MOVES = frozenset({"Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Concat"})  # columns regrouped
 MAX_COLUMNS = 200_000
+MAX_MAP_ENTRIES = 4_000_000      # 32 MB of float64 per affine map (mnist_fc's first layer: 0.2 M)
 
 
 def lp_supported(graph: Graph) -> Optional[str]:
@@ -62,8 +63,14 @@ def lp_supported(graph: Graph) -> Optional[str]:
             return f"node '{n.name}' ({n.op}) is neither affine nor a ReLU"
         if len(n.outputs) != 1:
             return f"node '{n.name}' ({n.op}) has several outputs"
-    if sum(int(np.prod(graph.shapes.get(t) or (1,))) for n in graph.nodes for t in n.outputs) > MAX_COLUMNS:
+    size = lambda t: int(np.prod(graph.shapes.get(t) or (1,)))  # noqa: E731
+    if sum(size(t) for n in graph.nodes for t in n.outputs) > MAX_COLUMNS:
         return "too large for an LP"
+    consts = set(graph.constants)
+    for n in graph.nodes:   # each affine map is read off densely: inputs x outputs entries
+        if n.op in AFFINE_OPS and sum(size(x) for x in n.inputs if x and x not in consts) * size(n.outputs[0]) \
+                > MAX_MAP_ENTRIES:
+            return f"node '{n.name}' ({n.op}) is too large to write densely"
     return None
 
 
