@@ -65,8 +65,8 @@ def _check_box_shape(name: str, value, shape: tuple[int, ...]) -> None:
 
 
 def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str = "float32",
-           device: str = "auto", alpha_iterations: int = 20, deadline: Optional[float] = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+           device: str = "auto", alpha_iterations: int = 20, deadline: Optional[float] = None,
+           patches: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound lower and upper bounds of `C @ output` (or of the outputs) over a box.
 
     lower/upper: arrays of the model's input shape, or with a leading batch dimension
@@ -75,7 +75,8 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str
     on: `device` auto is cuda when torch sees a CUDA device, else cpu (call `.cpu()`
     before `.numpy()`). Nothing is kept between calls.
     A wrong shape raises ShapeError naming what was expected; past `deadline`
-    (time.monotonic()) the bound passes raise relaxations.DeadlineExceeded.
+    (time.monotonic()) the bound passes raise relaxations.DeadlineExceeded. `patches`
+    off walks convolutions with whole feature maps (the same bounds, slower; benchmarks).
     """
     dt = dtype_of(dtype)
     device = resolve_device(device)
@@ -95,7 +96,7 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str
         if C.shape[-1] != model.n_outputs or C.dim() not in (2, 3):
             raise ShapeError(f"C has shape {tuple(C.shape)}; expected [S, {model.n_outputs}] or "
                              f"[B, S, {model.n_outputs}] (the model has {model.n_outputs} outputs)")
-    opts = BoundOptions(method=method, alpha_iterations=alpha_iterations, deadline=deadline)
+    opts = BoundOptions(method=method, alpha_iterations=alpha_iterations, deadline=deadline, patches=patches)
     res = compute_bounds(model.graph, IntervalBounds(lo, hi), C=C, options=opts)
     lower_b, upper_b = res.lower.detach(), res.upper.detach()
     return (lower_b[0], upper_b[0]) if single else (lower_b, upper_b)

@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="ibp,crown,alpha-crown")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present)")
+    parser.add_argument("--patches", choices=("on", "off"), default="on",
+                        help="CROWN's intermediate rows through convolutions as windows (on) or whole maps")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from verifier.config import resolve_device
@@ -61,9 +63,9 @@ def main(argv=None) -> int:
         cells = []
         for m in methods:
             if fresh and cuda:  # CUDA's lazy start-up (context, kernels) is not the bound's time
-                bounds(model, region.lower, region.upper, method=m, device=device)
+                bounds(model, region.lower, region.upper, method=m, device=device, patches=args.patches == "on")
             t = time.perf_counter()
-            lo, hi = bounds(model, region.lower, region.upper, method=m, device=device)
+            lo, hi = bounds(model, region.lower, region.upper, method=m, device=device, patches=args.patches == "on")
             if cuda:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t
