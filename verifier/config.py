@@ -300,10 +300,11 @@ class BoundsConfig(_Validated):
     alpha_iterations: int = key(20, check=Int(0),
                                 help="alpha-CROWN optimisation steps on the whole input region")
     alpha_lr: float = key(0.25, check=Real(0, strict=True), help="alpha-CROWN step size (Adam learning rate)")
-    optimise_intermediate: bool = key(False, check=Bool(),
+    optimise_intermediate: bool = key(True, check=Bool(),
                                       help="alpha-CROWN on the whole input region also optimises the intermediate "
-                                           "bounds (slower, tighter; off with --certificate); the searches start "
-                                           "from the intervals it proves, their domains do not optimise them again")
+                                           "bounds (off with --certificate); the searches start from the intervals "
+                                           "it proves. mnist_fc (all 90, 30 s): the same 60 solved in 62 s against "
+                                           "85 s, three proved at the root instead of by search")
     patches: bool = key(True, check=Bool(),
                         help="CROWN's intermediate bounds walk back through convolutions as per-neuron kernel "
                              "windows (patches) instead of whole feature maps: the same bounds to rounding, 3-10x "
