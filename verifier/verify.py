@@ -70,8 +70,8 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
 
     On success appends to `proof` what a checker needs to replay the bound: the
     method, the per-row alphas (alpha-CROWN) and the claimed row lower bounds.
-    With optimised intermediate bounds, `known` (a dict) receives the ReLU inputs'
-    intervals over the region, for the searches that follow to start from.
+    `known` (a dict) receives the ReLU inputs' intervals over the region (optimised when
+    `bounds.optimise_intermediate`), for the searches that follow to start from.
     """
     C, d, strict, owner = spec_rows(disjunct)
     K = len(disjunct.outputs)
@@ -94,7 +94,7 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
         opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline,
                                    optimise_intermediate=config.bounds.optimise_intermediate and not config.proof)
         res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
-        if opts.optimise_intermediate and known is not None:
+        if known is not None and method != "ibp" and not config.proof:  # certificates re-derive without them
             known.update({n.inputs[0]: res.table[n.inputs[0]] for n in model.graph.nodes
                           if n.op == "Relu" and n.inputs[0] in res.table})
         lower = res.lower.detach().cpu().numpy()[0]
@@ -176,6 +176,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
     problem = _problem(model, ev, disjunct, config, known)
     progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
+    if config.bab.domain_intermediate == "root" and known and not config.proof:
+        options = dataclasses.replace(options, intermediate="ibp")  # the root's intervals, splits by IBP
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
                                 max_domains=config.bab.max_domains,
                                 confirm=lambda x: confirm(model, disjunct, x) is not None,
