@@ -94,7 +94,10 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
         opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline,
                                    optimise_intermediate=config.bounds.optimise_intermediate and not config.proof)
         res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
-        if known is not None and method != "ibp" and not config.proof:  # certificates re-derive without them
+        # The searches start from the root's intervals when they are optimised or when the
+        # domains take them instead of CROWN; never for a certificate, whose writer re-derives without them.
+        if known is not None and method != "ibp" and not config.proof and (
+                opts.optimise_intermediate or config.bab.domain_intermediate == "root"):
             known.update({n.inputs[0]: res.table[n.inputs[0]] for n in model.graph.nodes
                           if n.op == "Relu" and n.inputs[0] in res.table})
         lower = res.lower.detach().cpu().numpy()[0]
