@@ -89,27 +89,26 @@ def needle_pair(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("needles"), inputs=[20], kinds=["mlp"], timeout=60)
 
 
-@pytest.mark.parametrize("milp", ["parallel", "before", "off"])
+@pytest.mark.parametrize("milp", ["parallel", "before"])
 def test_verify_decides_a_20_input_needle_pair_by_the_milp(needle_pair, milp: str) -> None:
-    """Both twins of a 20-input needle: the MILP decides them; without it nothing is wrong (and
-    today's search does not decide them in the same budget)."""
+    """A 20-input needle (the search alone times out on both twins at 60 s, BENCHMARKS.md):
+    the MILP beside the search decides both; the MILP before it, after LP refinement, the
+    unsat twin (the sat one takes the same code path)."""
     import vnnlib
     from verifier.config import Config, with_overrides
     from verifier.verify import verify
 
-    # Generous: the MILP takes 3-10 s here, but a loaded machine must not make the test flaky.
     refine = "true" if milp == "before" else "false"      # one variant goes through LP refinement first
+    # Generous: the MILP takes 3-10 s here, but a loaded machine must not make the test flaky.
     cfg = with_overrides(Config(timeout=120), [f"lp.milp={milp}", f"lp.refine={refine}", "lp.refine_share=0.1"])
-    for inst in needle_pair:
+    for inst in needle_pair if milp == "parallel" else [i for i in needle_pair if i.expected == "unsat"]:
         model = load_model(inst.onnx_path)
         spec = vnnlib.load(inst.vnnlib_path, model.n_inputs, model.n_outputs)
-        res = verify(model, spec, with_overrides(cfg, ["timeout=4"]) if milp == "off" else cfg)
-        assert res.verdict in (inst.expected, "unknown", "timeout"), f"wrong verdict on {inst.vnnlib}"
-        if milp != "off":
-            assert res.verdict == inst.expected and res.method == "milp", (inst.vnnlib, res.verdict, res.reason)
-            if res.verdict == "unsat":
-                assert res.proof["disjuncts"][0]["kind"] == "milp"
-                assert "not checkable" in res.proof["disjuncts"][0]["certificate"]
+        res = verify(model, spec, cfg)
+        assert res.verdict == inst.expected and res.method == "milp", (inst.vnnlib, res.verdict, res.reason)
+        if res.verdict == "unsat":
+            assert res.proof["disjuncts"][0]["kind"] == "milp"
+            assert "not checkable" in res.proof["disjuncts"][0]["certificate"]
 
 
 def test_a_milp_unsat_says_so_and_its_certificate_says_it_cannot_be_checked(tmp_path) -> None:
