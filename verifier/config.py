@@ -368,11 +368,11 @@ class BabConfig(_Validated):
     fsb_candidates: int = key(4, check=Int(1, 64),
                               help="fsb: BaBSR candidates whose children are estimated, plus half as many by "
                                    "intercept score")
-    domain_intermediate: str = key("crown", check=Choice(("crown", "root")),
+    domain_intermediate: str = key("root", check=Choice(("crown", "root")),
                                     help="activation split: each domain's intermediate bounds by CROWN again (crown), "
                                          "or the root's intervals with the domain's splits carried by IBP (root, "
-                                         "as alpha,beta-CROWN does: cheaper domains, looser bounds; not with "
-                                         "--certificate)")
+                                         "as alpha,beta-CROWN does; crown with --certificate). mnist_fc (all 90, "
+                                         "30 s): the same 60 solved in 44 s against 57 s")
     relaxed_clip: bool = key(False, check=Bool(),
                              help="activation split: the split neurons' linear bounds constrain each domain's "
                                   "inputs, and bounds are concretised under them")

@@ -119,10 +119,12 @@ def test_activation_split_certificate_accepted(split_run, tmp_path) -> None:
 
 def test_recording_the_proof_does_not_change_the_search(split_run) -> None:
     """The search itself is the same; what a run without a certificate adds to it (LP
-    refinement, the MILP beside it, optimised root intervals) is switched off for the comparison."""
+    refinement, the MILP beside it, optimised root intervals, root intervals in the domains)
+    is switched off for the comparison."""
     model, path, spec, result = split_run
     plain = verify(model, spec, dataclasses.replace(ACTIVATION, proof=False, lp=LpConfig(refine=False, milp="off"),
-                                                    bounds=BoundsConfig(optimise_intermediate=False)))
+                                                    bounds=BoundsConfig(optimise_intermediate=False),
+                                                    bab=BabConfig(mode="activation", domain_intermediate="crown")))
     assert plain.verdict == "unsat" and plain.stats["domains"] == result.stats["domains"]
     assert plain.proof["disjuncts"][0]["certificate"].startswith("not recorded")
     assert build_certificate(model, path, spec, plain)["certificate"].startswith("not recorded")
