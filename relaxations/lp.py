@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Block", "affine_block", "relu_block", "dual_lower_bound", "EPS64"]
+__all__ = ["Block", "affine_block", "relu_block", "dual_lower_bound", "unknown_as_infinite", "EPS64"]
 
 EPS64 = float(np.finfo(np.float64).eps)
 
@@ -60,6 +60,12 @@ class Block:
         return len(self.row_lo)
 
 
+def unknown_as_infinite(lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    """Interval ends as float64, a NaN end read as unknown: -inf below, +inf above."""
+    lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    return np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi)
+
+
 def affine_block(first_col: int, inputs: np.ndarray, W: np.ndarray, b: np.ndarray,
                  lower: np.ndarray, upper: np.ndarray) -> tuple[Block, np.ndarray]:
     """Columns z = W @ v + b for the input columns `inputs`, bounded by [lower, upper].
@@ -74,8 +80,8 @@ def affine_block(first_col: int, inputs: np.ndarray, W: np.ndarray, b: np.ndarra
     rows = np.concatenate([np.arange(n_out), nz[0]])
     cols = np.concatenate([z, inputs[nz[1]]])
     vals = np.concatenate([np.ones(n_out), -W[nz]])
-    lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
-    block = Block(first_col, lo.copy(), hi.copy(), np.zeros(n_out, bool), rows, cols, vals,
+    lo, hi = unknown_as_infinite(lower, upper)
+    block = Block(first_col, lo, hi, np.zeros(n_out, bool), rows, cols, vals,
                   np.asarray(b, np.float64).copy(), np.asarray(b, np.float64).copy())
     return block, z
 
@@ -88,13 +94,16 @@ def relu_block(first_col: int, z: np.ndarray, lower: np.ndarray, upper: np.ndarr
     exactly with a binary; the others get the triangle. The triangle's upper row is
     computed in float64 and its right-hand side widened by a few ulps of its terms,
     so the rounded row still holds at every point of the exact relaxation.
+    A NaN end is read as unknown (infinite); an unstable neuron with an infinite end gets
+    only h >= z and h >= 0 (no triangle, no binary: both would need the end).
     Returns the block and h's column numbers.
     """
-    lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    lo, hi = unknown_as_infinite(lower, upper)
     n = len(lo)
     active, inactive = lo >= 0, hi <= 0
     unstable = ~active & ~inactive
-    exact = unstable & (binaries if binaries is not None else np.zeros(n, bool))
+    finite = np.isfinite(lo) & np.isfinite(hi)
+    exact = unstable & finite & (binaries if binaries is not None else np.zeros(n, bool))
     h = first_col + np.arange(n)
     a_cols = first_col + n + np.arange(int(exact.sum()))
     col_lo = np.concatenate([np.maximum(lo, 0.0) * 0.0, np.zeros(len(a_cols))])
@@ -123,8 +132,10 @@ def relu_block(first_col: int, z: np.ndarray, lower: np.ndarray, upper: np.ndarr
         add([(h[act], np.ones(1)), (z[act], -np.ones(1))], np.zeros(len(act)), np.zeros(len(act)))
     uns = np.nonzero(unstable)[0]
     if len(uns):
-        l, u = lo[uns], hi[uns]
         add([(h[uns], np.ones(1)), (z[uns], -np.ones(1))], np.zeros(len(uns)), np.full(len(uns), np.inf))
+    uns = np.nonzero(unstable & finite)[0]
+    if len(uns):
+        l, u = lo[uns], hi[uns]
         s = u / (u - l)                               # h - s z <= -s l
         rhs = -s * l
         slack = 8 * EPS64 * (np.abs(s) * (np.abs(l) + np.abs(u)) + np.abs(u) + np.abs(rhs))

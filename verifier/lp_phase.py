@@ -72,7 +72,7 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
     out = LpOutcome()
     cfg = config.lp
     names = mlp_layers(model.graph)
-    if names is None or not (cfg.refine or cfg.milp):
+    if names is None or (not cfg.refine and cfg.milp == "off"):
         return out
     dev = resolve_device(config.device)
     dt = ev.dtype

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from models import Graph, GraphEvaluator
-from relaxations.lp import Block, affine_block, relu_block
+from relaxations.lp import Block, affine_block, relu_block, unknown_as_infinite
 from relaxations.sdp.network import NotReluMlp
 from verifier.solvers.highs import HighsModel
 
@@ -112,7 +112,7 @@ class GraphLp:
             return
         if node.op == "Relu":
             lo, hi = intervals[node.inputs[0]]
-            unstable = (lo < 0) & (hi > 0)
+            unstable = (lo < 0) & (hi > 0) & np.isfinite(lo) & np.isfinite(hi)   # what relu_block makes exact
             block, h = relu_block(self.model.n_cols, self.cols[node.inputs[0]], lo, hi, unstable if exact else None)
             self.model.add(block)
             self.cols[out] = h
@@ -190,8 +190,7 @@ def refine_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals:
     if why is not None:
         raise NotReluMlp(f"LP refinement: {why}")
     out = Refinement()
-    cur = {k: (np.asarray(v[0], np.float64).ravel(), np.asarray(v[1], np.float64).ravel())
-           for k, v in intervals.items()}
+    cur = {k: tuple(a.ravel() for a in unknown_as_infinite(*v)) for k, v in intervals.items()}
     names = [n.inputs[0] for n in graph.nodes if n.op == "Relu"]
     out.unstable_before = int(sum(((cur[n][0] < 0) & (cur[n][1] > 0)).sum() for n in names))
     lp = GraphLp(graph, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel(), threads)
@@ -226,7 +225,7 @@ def refine_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals:
                 for n2, (flo, fhi) in rebound(dict(out.intervals)).items():
                     if n2 in cur:
                         flo, fhi = np.asarray(flo, np.float64).ravel(), np.asarray(fhi, np.float64).ravel()
-                        cur[n2] = (np.maximum(cur[n2][0], flo), np.minimum(cur[n2][1], fhi))
+                        cur[n2] = (np.fmax(cur[n2][0], flo), np.fmin(cur[n2][1], fhi))   # a NaN end adds nothing
         if not out.complete:
             break
         lp.add_node(node, cur)
@@ -262,8 +261,7 @@ def exact_milp(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals: In
     why = lp_supported(graph)
     if why is not None:
         raise NotReluMlp(f"exact MILP: {why}")
-    iv = {k: (np.asarray(v[0], np.float64).ravel(), np.asarray(v[1], np.float64).ravel())
-          for k, v in intervals.items()}
+    iv = {k: tuple(a.ravel() for a in unknown_as_infinite(*v)) for k, v in intervals.items()}
     lp = GraphLp(graph, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel(), threads)
     if handle is not None:
         handle.append(lp.model)

@@ -237,7 +237,7 @@ def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, deadline: fl
 def _lp(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
         candidates: Optional[np.ndarray], known: dict):
     """The LP/MILP phase (verifier/lp_phase.py) on a ReLU MLP; None for other models or when off."""
-    if not (config.lp.refine or config.lp.milp):
+    if not config.lp.refine and config.lp.milp == "off":
         return None
     from verifier.lp_phase import lp_phase  # HiGHS loads only when an MLP gets here
     from verifier.refine import mlp_layers

@@ -112,3 +112,31 @@ def test_infinite_column_bound_under_a_cost_gives_minus_infinity() -> None:
     bound = dual_lower_bound(np.array([1.0, 0.0]), A, np.array([0.0]), np.array([np.inf]),
                              np.array([-np.inf, 0.0]), np.array([np.inf, 1.0]), np.array([0.0]))
     assert bound == -np.inf
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_unknown_ends_leave_the_neuron_free_never_pinned(exact: bool) -> None:
+    """An infinite or NaN end (overflow upstream) must not become a constraint: the
+    triangle's slope u / (u - l) is 0 for l = -inf, and 0 * inf is NaN, which an LP
+    library would read as 0 and pin h to 0. Rows must hold at every point, with no NaN."""
+    lo = np.array([-np.inf, -1.0, np.nan, -2.0, np.nan])
+    hi = np.array([1.0, np.inf, 3.0, np.nan, np.nan])
+    block, h = relu_block(5, np.arange(5), lo, hi, np.ones(5, bool) if exact else None)
+    assert block.integer.sum() == 0, "no binary can be written without both ends"
+    for a in (block.col_lo, block.col_hi, block.row_lo, block.row_hi, block.vals):
+        assert not np.isnan(a).any()
+    r = np.random.default_rng(8)
+    for z in (r.normal(size=5) * 1e6, r.normal(size=5), np.zeros(5)):
+        z = np.clip(z, np.nan_to_num(lo, nan=-np.inf), np.nan_to_num(hi, nan=np.inf))   # inside each interval
+        v = np.zeros(5 + block.n_cols)
+        v[:5], v[h] = z, np.maximum(z, 0)
+        _rows_hold(block, v)
+
+
+def test_the_adapter_refuses_a_nan_bound() -> None:
+    from relaxations.lp import Block
+    from verifier.solvers.highs import HighsModel
+
+    with pytest.raises(ValueError, match="NaN"):
+        HighsModel().add(Block(0, np.array([np.nan]), np.array([1.0]), np.zeros(1, bool), *([np.zeros(0, np.int64)] * 2),
+                               *([np.zeros(0)] * 3)))

@@ -105,6 +105,10 @@ class HighsModel:
         if block.first_col != self.n_cols:
             raise ValueError(f"block starts at column {block.first_col}, the model has {self.n_cols}")
         h, inf = self._h, self._inf
+        for what, a in (("column bound", block.col_lo), ("column bound", block.col_hi), ("row bound", block.row_lo),
+                        ("row bound", block.row_hi), ("coefficient", block.vals)):
+            if np.isnan(a).any():  # nan_to_num below would make it 0: a constraint nobody wrote
+                raise ValueError(f"an LP block has a NaN {what}")
         n = block.n_cols
         if n:
             h.addCols(n, np.zeros(n), np.nan_to_num(block.col_lo, neginf=-inf, posinf=inf),
