@@ -27,7 +27,7 @@ from bab.problem import Problem, rows_status, violations
 from bab.proof import ActivationProofLog
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, IntervalBounds, compute_bounds, rows_proved
 
 __all__ = ["ReluBrancher", "activation_split_bab", "relu_inputs"]
 
@@ -41,18 +41,20 @@ def relu_inputs(p: Problem) -> dict[str, str]:
 
 def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
            branching: str = "babsr", fsb_candidates: int = 4, relaxed_clip: bool = False,
-           clip_k: int = 2) -> tuple[T, T, Optional[T], object]:
+           clip_k: int = 2, alphas: Optional[dict] = None, betas: Optional[dict] = None
+           ) -> tuple[T, T, Optional[T], object]:
     """Bound a batch of domains; also choose each one's next split (see bab/branching.py).
 
     With `relaxed_clip`, each split `s z >= 0` and z's linear bound over the input give a
     constraint on the domain's inputs; the `clip_k` most cutting ones per domain tighten
     the intermediate bounds and the spec rows' bound (bab/clip_hooks.py, `SplitClipper`).
+    `alphas` / `betas` start alpha/beta-CROWN (a warm start; NaN alphas: the default).
     """
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
     clipper = SplitClipper(box.lower, box.upper, clip_k, precision=options.precision) if relaxed_clip else None
     res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, clip=clipper,
-                         known=p.known or None)
+                         known=p.known or None, alphas=alphas, betas=betas)
     capture = res.coefficients
     lower = res.lower.detach()
     if clipper is not None:
@@ -76,6 +78,16 @@ class ReluBrancher:
     bab/branching.py); a round makes its two children (the neuron active, inactive)
     and bounds all children of the batch in one alpha/beta-CROWN call. A domain with
     nothing left to split that is not proved is set aside: it makes the answer unknown.
+
+    With `open_rows`, a round bounds only the spec rows of conjunctions that some domain
+    of the batch leaves open; the others keep the parent's bound, which holds over the
+    child's smaller region.
+
+    With `warm_start`, each domain keeps the best alphas and betas of its bound (float16,
+    at the neurons unstable at the root only: no other slope can matter below it) and
+    its children start alpha/beta-CROWN from them instead of from CROWN's slopes and
+    zero betas ("Beta-CROWN", section 3.3); the new split's beta starts at 0. A start
+    point never affects soundness: compute_bounds projects it into range first.
     """
 
     problem: Problem
@@ -86,6 +98,8 @@ class ReluBrancher:
     record_proof: bool = False
     attack: bool = True
     tuning: Tuning = DEFAULT_TUNING
+    warm_start: bool = False
+    open_rows: bool = False
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -97,24 +111,84 @@ class ReluBrancher:
         self.shapes = {self.relus[r]: self.problem.graph.shapes[self.relus[r]] for r in self.names}
         # Branching scores neurons with the final pass's coefficients; FSB also reuses each
         # domain's betas in its estimates, and proof logs keep them.
-        self.options = dataclasses.replace(self.options, coefficients=True,
-                                           keep_betas=self.record_proof or self.branching == "fsb")
+        self.options = dataclasses.replace(
+            self.options, coefficients=True,
+            keep_betas=self.record_proof or self.branching == "fsb" or self.warm_start)
+        self.unstable: dict[str, T] = {}   # split tensor -> flat indices unstable at the root
+        # Proof logs keep every row's bound and multipliers per leaf.
+        self.open_rows = self.open_rows and not self.record_proof
 
-    def _bound(self, splits: dict) -> tuple[T, T, Optional[T], object]:
-        return _bound(self.problem, splits, self.options, self.names, self.relus, self.branching,
-                      self.fsb_candidates, self.relaxed_clip)
+    def _bound(self, splits: dict, alphas: Optional[dict] = None, betas: Optional[dict] = None,
+               q: Optional[Problem] = None) -> tuple[T, T, Optional[T], object]:
+        return _bound(q or self.problem, splits, self.options, self.names, self.relus, self.branching,
+                      self.fsb_candidates, self.relaxed_clip, alphas=alphas, betas=betas)
 
     def root(self) -> Bounded:
         dev = self.problem.lower.device
         splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in self.shapes.items()}
         lb, branch, _, res = self._bound(splits)
+        for z in self.shapes:
+            b = res.table[z]
+            self.unstable[z] = torch.nonzero(((b.lower < 0) & (b.upper > 0)).reshape(-1)).flatten()
         proved, score = rows_status(self.problem, lb)
-        return Bounded(SplitDomains(splits, lb, score, branch), proved, leaf_data=self._leaf_data(res))
+        alphas, betas = self._keep(res, lb)
+        return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas), proved,
+                       leaf_data=self._leaf_data(res))
+
+    def _keep(self, res, lb: T, rows: Optional[T] = None, inherited: Optional[tuple[dict, dict]] = None
+              ) -> tuple[dict, dict]:
+        """The bound's best alphas and betas at the root's unstable neurons, as float16
+        (NaN alpha, zero beta where the bound had none), for the children's warm start.
+        With `rows` (lb [N, len(rows)] bounds only those spec rows), the other rows keep
+        the `inherited` (parent's) values."""
+        if not self.warm_start:
+            return {}, {}
+        N, S = lb.shape
+
+        def compact(v: Optional[T], z: str, fill: float) -> T:
+            idx = self.unstable[z]
+            if v is None:
+                return torch.full((N, S, len(idx)), fill, dtype=torch.float16, device=lb.device)
+            return v.detach().reshape(N, S, -1)[:, :, idx].to(torch.float16)
+
+        alphas = {r: compact(res.alphas.get(r), z, float("nan")) for r, z in self.relus.items()}
+        betas = {z: compact(res.betas.get(z), z, 0.0) for z in self.shapes}
+        if rows is None or inherited is None:
+            return alphas, betas
+
+        def merge(old: dict, new: dict) -> dict:
+            out = {k: v.clone() for k, v in old.items()}
+            for k, v in new.items():
+                out[k][:, rows] = v
+            return out
+
+        return merge(inherited[0], alphas), merge(inherited[1], betas)
+
+    def _spread(self, v: T, z: str, fill: float) -> T:
+        """Compact [N, S, U] values back to [N, S, *shape], `fill` at the other neurons."""
+        N, S = v.shape[:2]
+        full = torch.full((N, S, torch.Size(self.shapes[z]).numel()), fill, dtype=self.problem.lower.dtype, device=v.device)
+        full[:, :, self.unstable[z]] = v.to(full.dtype)
+        return full.reshape(N, S, *self.shapes[z])
 
     def select(self, batch: SplitDomains) -> tuple[SplitDomains, int]:
         done = batch.branch[:, 0] < 0
         n_done = int(done.sum())
         return (batch.take(~done), n_done) if n_done else (batch, 0)
+
+    def _rows_open(self, lb: T) -> Optional[T]:
+        """The spec rows whose conjunction some domain of the batch leaves open (None: all).
+
+        A conjunction proved over a domain is proved over its children (their regions
+        lie inside it), so its rows need no bound there: the children keep the parent's."""
+        p = self.problem
+        if not self.open_rows or p.C.shape[0] == 1:
+            return None
+        N = lb.shape[0]
+        ok = torch.zeros((N, p.n_conj), dtype=torch.bool, device=lb.device)
+        ok = ok.scatter_reduce(1, p.owner.expand(N, -1), rows_proved(lb, p.strict), reduce="amax")
+        need = (~ok).any(0)[p.owner]                                         # [S]
+        return None if bool(need.all()) else torch.nonzero(need).flatten()
 
     def split(self, batch: SplitDomains, round_: int) -> dict:
         n = len(batch)
@@ -128,11 +202,29 @@ class ReluBrancher:
             pos[rows[sel], batch.branch[sel, 1]] = 1
             neg[rows[sel], batch.branch[sel, 1]] = -1
             children[z] = torch.cat([pos, neg]).reshape(2 * n, *self.shapes[z])
-        return children
+        out = {"splits": children, "rows": self._rows_open(batch.lb), "parent_lb": torch.cat([batch.lb, batch.lb])}
+        if not self.warm_start or not batch.alphas:
+            return out
+        # Both children start where their parent ended ([pos; neg], as the splits).
+        kept = ({r: torch.cat([v, v]) for r, v in batch.alphas.items()},
+                {z: torch.cat([v, v]) for z, v in batch.betas.items()})
+        sel = (lambda v: v) if out["rows"] is None else (lambda v: v[:, out["rows"]])  # noqa: E731
+        out["alphas"] = {r: self._spread(sel(v), self.relus[r], float("nan")) for r, v in kept[0].items()}
+        out["betas"] = {z: self._spread(sel(v), z, 0.0) for z, v in kept[1].items()}
+        out["kept"] = kept
+        return out
 
     def bound(self, children: dict, round_: int) -> Bounded:
         p = self.problem
-        lb, branch, mins, res = self._bound(children)
+        alphas, betas, rows = children.get("alphas"), children.get("betas"), children.get("rows")
+        parent_lb, inherited, children = children["parent_lb"], children.get("kept"), children["splits"]
+        q = None if rows is None else rows_problem(p, rows)
+        sub, branch, mins, res = self._bound(children, alphas, betas, q)
+        if rows is None:
+            lb = sub
+        else:  # the other rows' conjunctions are proved in every parent: keep the parents' bounds
+            lb = parent_lb.clone()
+            lb[:, rows] = sub
         proved, score = rows_status(p, lb)
         pts = obj = None
         if mins is not None and self.attack:
@@ -143,7 +235,9 @@ class ReluBrancher:
             hi = p.upper.expand(len(focus), *p.upper.shape[1:])
             pgd_obj, pgd_x = domain_pgd(p, lo, hi, pts[focus], self.tuning.pgd_steps)
             pts, obj = torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
-        return Bounded(SplitDomains(children, lb, score, branch), proved, pts, obj, self._leaf_data(res))
+        kept_a, kept_b = self._keep(res, sub, rows, inherited)
+        return Bounded(SplitDomains(children, lb, score, branch, kept_a, kept_b), proved, pts, obj,
+                       self._leaf_data(res))
 
     def _leaf_data(self, res) -> dict:
         """What a proof log needs of a bounded batch (only kept when a proof is recorded)."""
@@ -172,7 +266,8 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
                          fsb_candidates: int = 4, relaxed_clip: bool = False,
                          progress: Optional[Callable[[dict], None]] = None,
                          tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None,
-                         stop: Optional[Callable[[], bool]] = None) -> SearchOutcome:
+                         stop: Optional[Callable[[], bool]] = None, warm_start: bool = False,
+                         per_conjunction: bool = False, open_rows: bool = False) -> SearchOutcome:
     """Search until all domains are proved, a counterexample is confirmed, limits are hit,
     or `stop()` (checked once per round) is true.
 
@@ -185,12 +280,84 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
     branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated).
     `relaxed_clip` tightens bounds with the split constraints (see `_bound`); it is off
     when a proof is recorded, since the certificate checker cannot replay it.
+    `warm_start`: children start alpha/beta-CROWN from their parent's best (see `ReluBrancher`).
+    `per_conjunction`: one search per conjunction the root leaves open (see
+    `_per_conjunction`); not with `record_proof`, whose leaves must prove every conjunction.
+    `open_rows`: each round bounds only the rows of conjunctions that some domain of the
+    batch leaves open (see `ReluBrancher`); not with `record_proof` either.
     """
-    brancher = ReluBrancher(p, options, branching, fsb_candidates, relaxed_clip, record_proof,
-                            attack=confirm is not None, tuning=tuning)
+    def make(q: Problem) -> ReluBrancher:
+        return ReluBrancher(q, options, branching, fsb_candidates, relaxed_clip, record_proof,
+                            attack=confirm is not None, tuning=tuning, warm_start=warm_start, open_rows=open_rows)
+
+    brancher = make(p)
     if not brancher.names:
         return SearchOutcome("unknown", stats={"reason": "no ReLU to split"})
-    log = ActivationProofLog(brancher.names) if record_proof else None
     limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))
+    if per_conjunction and not record_proof and p.n_conj > 1:
+        return _per_conjunction(p, brancher, make, limits, confirm, progress, tuning.confirm_limit, stop)
+    log = ActivationProofLog(brancher.names) if record_proof else None
     return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit, stop)
+
+
+def rows_problem(p: Problem, rows: T) -> Problem:
+    """The problem of some spec rows (every row of each conjunction they touch, or the
+    answer would change): their conjunctions renumbered in order."""
+    uniq, owner = torch.unique(p.owner[rows], return_inverse=True)
+    return dataclasses.replace(p, C=p.C[rows], d=p.d[rows], strict=p.strict[rows], owner=owner, n_conj=len(uniq))
+
+
+def conjunction_problem(p: Problem, k: int) -> Problem:
+    """The problem of conjunction k alone: its rows, one conjunction."""
+    return rows_problem(p, torch.nonzero(p.owner == k).flatten())
+
+
+def _per_conjunction(p: Problem, brancher: ReluBrancher, make: Callable[[Problem], ReluBrancher],
+                     limits: SearchLimits, confirm, progress, confirm_limit: int, stop) -> SearchOutcome:
+    """The problem is unsat when every conjunction is, so each may get a search of its own.
+
+    A joint search carries every spec row in every domain, and bounds all of them each
+    round, although a domain usually leaves one or two conjunctions open; the trees of
+    the separate searches also split on what each conjunction needs (alpha,beta-CROWN
+    verifies a robustness property label by label for the same reason). The root bound
+    decides which conjunctions are open, and the worst goes first: it is the likeliest to
+    hold a counterexample. The first sat, timeout or stop ends it all; an unknown (a
+    fully split domain not proved) is remembered while the others still run.
+    """
+    root = brancher.root()
+    lb = root.domains.lb                                                   # [1, S]
+    order = []
+    for k in range(p.n_conj):
+        q = conjunction_problem(p, k)
+        rows = torch.nonzero(p.owner == k).flatten()
+        proved, score = rows_status(q, lb[:, rows])
+        if not bool(proved.all()):
+            order.append((float(score[0]), k, q))
+    order.sort(key=lambda t: t[0])
+    total = SearchOutcome("unsat", domains_bounded=len(root.domains), rounds=0, leaves=0,
+                          stats={"conjunctions_searched": len(order)})
+    unknown = None
+    for _, k, q in order:
+        offset = total.domains_bounded
+
+        def report(f: dict, offset: int = offset) -> None:
+            progress({**f, "bounded": f.get("bounded", 0) + offset})
+
+        out = run(make(q), limits, None, None, confirm, report if progress else None, confirm_limit, stop)
+        total.domains_bounded += out.domains_bounded
+        total.rounds += out.rounds
+        total.leaves += out.leaves
+        if out.status == "unsat":
+            continue
+        if out.status == "unknown" and "stopped" not in str(out.stats.get("reason", "")):
+            unknown = out
+            continue
+        out.domains_bounded, out.rounds, out.leaves = total.domains_bounded, total.rounds, total.leaves
+        out.stats = {**total.stats, **out.stats, "conjunction": k}
+        return out
+    if unknown is not None:
+        unknown.domains_bounded, unknown.rounds, unknown.leaves = total.domains_bounded, total.rounds, total.leaves
+        unknown.stats = {**total.stats, **unknown.stats}
+        return unknown
+    return total
 

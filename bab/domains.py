@@ -78,12 +78,17 @@ class SplitDomains(Batch):
     splits: tensor -> int8 signs [N, *shape] (+1: z >= 0, -1: z <= 0, 0: free);
     lb [N, S]; score [N]; branch [N, 2]: the next split chosen when the domain was
     bounded (ReLU index, flat neuron index), -1 when nothing is left to split.
+    alphas / betas: the best alpha-CROWN slopes and beta multipliers found for the
+    domain, kept compactly for its children's warm start (Relu node / split tensor ->
+    float16 [N, S, U] over the U neurons unstable at the root; empty without warm starts).
     """
 
     splits: dict
     lb: T
     score: T
     branch: T
+    alphas: dict = dataclasses.field(default_factory=dict)
+    betas: dict = dataclasses.field(default_factory=dict)
 
 
 class DomainStore:

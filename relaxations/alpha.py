@@ -115,7 +115,7 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precisio
     for p in params:
         p.requires_grad_(True)
     opt = _Adam(params, lr=options.alpha_lr)
-    octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas, cache=None)
+    octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas, cache=None, checked=set())
     best = None
     best_lin = None
     best_alphas: dict[str, T] = {}

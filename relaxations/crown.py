@@ -54,6 +54,10 @@ class BackwardContext:
     capture: Optional[dict] = None
     relax: bool = True
     deadline: Optional[float] = None
+    # Nodes whose relaxation under alpha was found finite once in this optimisation; later
+    # steps skip the check (a scan of [B, S, *shape] per node and step). Skipping it is safe:
+    # a non-finite line reaches the bound as inf or nan, which proves nothing.
+    checked: Optional[set] = None
 
 
 def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
@@ -106,6 +110,10 @@ def _relaxation(ctx: BackwardContext, node: Node, rule: OpRule, alpha: Optional[
     b = ctx.table[node.inputs[0]]
     consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
     r = rule.relax(node, b.lower.unsqueeze(1), b.upper.unsqueeze(1), alpha, consts)
+    if alpha is not None and ctx.checked is not None:
+        if node.name in ctx.checked:
+            return r
+        ctx.checked.add(node.name)
     finite = torch.isfinite(r.lower_slope).all() & torch.isfinite(r.lower_bias).all() \
         & torch.isfinite(r.upper_slope).all() & torch.isfinite(r.upper_bias).all()
     if not bool(finite):  # one host sync per node, not four

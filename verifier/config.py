@@ -373,6 +373,20 @@ class BabConfig(_Validated):
                                          "or the root's intervals with the domain's splits carried by IBP (root, "
                                          "as alpha,beta-CROWN does; crown with --certificate). mnist_fc (all 90, "
                                          "30 s): the same 60 solved in 44 s against 57 s")
+    warm_start: bool = key(True, check=Bool(),
+                           help="activation split: children start alpha/beta-CROWN from their parent's best alphas "
+                                "and betas (kept in float16 at the root's unstable neurons) instead of from "
+                                "CROWN's slopes")
+    alpha_iterations: int = key(20, check=Int(1),
+                                help="activation split: alpha/beta-CROWN steps per round of domains")
+    open_rows: bool = key(True, check=Bool(),
+                          help="activation split: each round bounds only the spec rows of conjunctions that some "
+                               "domain of the batch leaves open (proved ones keep the parent's bound); all rows "
+                               "with --certificate")
+    per_conjunction: bool = key(False, check=Bool(),
+                                help="activation split: one search per conjunction the root bound leaves open "
+                                     "(a robustness property label by label) instead of one search carrying every "
+                                     "spec row; a joint search with --certificate")
     relaxed_clip: bool = key(False, check=Bool(),
                              help="activation split: the split neurons' linear bounds constrain each domain's "
                                   "inputs, and bounds are concretised under them")

@@ -154,7 +154,9 @@ class MilpRunner:
         self._done = threading.Event()
         self._thread = None
         if background:
-            self._thread = threading.Thread(target=self._run, name="nncert-milp", daemon=True)
+            # Not a daemon: the interpreter waits for it at exit (it ends at its next check once
+            # stopped); a daemon thread killed inside HiGHS aborts the process.
+            self._thread = threading.Thread(target=self._run, name="nncert-milp", daemon=False)
             self._thread.start()
         else:
             self._run()

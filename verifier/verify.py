@@ -178,7 +178,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                       progress: Progress, known: Optional[dict] = None, stop: Optional[Callable[[], bool]] = None):
     problem = _problem(model, ev, disjunct, config, known)
     progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
-    options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline)
+    options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline,
+                                  alpha_iterations=config.bab.alpha_iterations)
     if config.bab.domain_intermediate == "root" and known and not config.proof:
         options = dataclasses.replace(options, intermediate="ibp")  # the root's intervals, splits by IBP
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
@@ -187,7 +188,9 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 record_proof=config.proof, branching=config.bab.branching,
                                 fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
                                 progress=lambda f: progress.update(**f),
-                                max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop)
+                                max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop,
+                                warm_start=config.bab.warm_start, per_conjunction=config.bab.per_conjunction,
+                                open_rows=config.bab.open_rows)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,

@@ -1,0 +1,142 @@
+"""Activation split with warm starts (bab.warm_start), only the open spec rows bounded per
+round (bab.open_rows) and one search per conjunction (bab.per_conjunction): every
+domain's row bounds hold on sampled points of the domain, the compact alpha store
+round-trips, and the switches never change a verdict on nets whose answer is known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vnnlib
+from bab.activation_split import ReluBrancher, conjunction_problem, rows_problem
+from models import GraphEvaluator
+from relaxations import BoundOptions
+from tests.bab.test_known_answers import _net
+from verifier import Config, verify
+from verifier.config import with_overrides
+from verifier.verify import _problem
+
+GRID = np.linspace(-1, 1, 301)
+
+
+def _mins(model) -> np.ndarray:
+    """The true minimum of each output over [-1, 1]^2 (a fine grid; the nets are small)."""
+    xs = np.stack(np.meshgrid(GRID, GRID), -1).reshape(-1, 1, 2)
+    ev = GraphEvaluator(model.graph, dtype=torch.float64)
+    return ev(torch.from_numpy(xs)).numpy().reshape(len(xs), -1).min(0)
+
+
+def _spec(t: np.ndarray) -> vnnlib.Spec:
+    """Four conjunctions over three outputs: y0 <= t0; y1 <= t1; (y2 <= t2 and y0 <= t0 + 1);
+    y1 + y2 <= t1 + t2 (sat iff one of them holds somewhere in [-1, 1]^2)."""
+    region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
+    one = lambda row, d: vnnlib.OutputConstraints(np.array([row], float), np.array([d]), np.array([False]))  # noqa: E731
+    conj = (one([1, 0, 0], t[0]), one([0, 1, 0], t[1]),
+            vnnlib.OutputConstraints(np.array([[0, 0, 1], [1, 0, 0]], float), np.array([t[2], t[0] + 1.0]),
+                                     np.array([False, False])),
+            one([0, 1, 1], t[1] + t[2]))
+    return vnnlib.Spec(2, 3, (vnnlib.Disjunct(region, conj),))
+
+
+def _cfg(timeout: float = 30, *sets: str) -> Config:
+    return with_overrides(Config(timeout=timeout), ["bab.mode=activation", "attack.enabled=false",
+                                                     "attack.samples=1", "lp.milp=off", *sets])
+
+
+def _inside(model, splits: dict, xs: torch.Tensor) -> torch.Tensor:
+    """[B, n]: which points satisfy each domain's split decisions."""
+    vals = GraphEvaluator(model.graph, dtype=torch.float64).forward_all(xs)
+    B = next(iter(splits.values())).shape[0]
+    ok = torch.ones(B, xs.shape[0], dtype=torch.bool)
+    for z, s in splits.items():
+        ok &= ((s.reshape(B, 1, -1).double() * vals[z].reshape(1, xs.shape[0], -1)) >= 0).all(-1)
+    return ok
+
+
+@pytest.mark.parametrize("seed,far", [(0, 3.0), (1, 0.3), (2, 0.3)])
+def test_row_bounds_of_warm_started_open_row_rounds_hold_on_samples(tmp_path, seed: int, far: float) -> None:
+    """`far`: how far under its minimum each other conjunction's threshold lies (3: proved
+    at the root, so every round bounds one conjunction's row only)."""
+    model = _net(tmp_path, seed, widths=(2, 12, 12, 3))
+    m = _mins(model)
+    t = m - far * (1 + np.abs(m))
+    t[1] = m[1] - 0.1 * (1 + abs(m[1]))              # one conjunction left open for longer
+    ev = GraphEvaluator(model.graph, dtype=torch.float32)
+    p = _problem(model, ev, _spec(t).disjuncts[0], Config())
+    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=4), "babsr",
+                      warm_start=True, open_rows=True)
+    g = torch.Generator().manual_seed(seed)
+    xs = (2 * torch.rand(4000, 1, 2, generator=g, dtype=torch.float64) - 1)
+    ys = GraphEvaluator(model.graph, dtype=torch.float64)(xs).reshape(len(xs), -1)
+    gaps = ys @ p.C.double().T - p.d.double()                                # [n, S]
+    doms = br.root().domains
+    restricted = 0
+    for r in range(8):
+        children = br.split(doms, r)
+        restricted += children["rows"] is not None
+        out = br.bound(children, r)
+        inside = _inside(model, out.domains.splits, xs)                       # [B, n]
+        lb = out.domains.lb.double()
+        for b in range(len(lb)):
+            if bool(inside[b].any()):
+                assert bool((lb[b] <= gaps[inside[b]].min(0).values + 1e-5).all()), (r, b, lb[b])
+        # The stored warm-start values cover every row and neuron unstable at the root.
+        for name, v in out.domains.alphas.items():
+            assert v.shape == (len(lb), p.C.shape[0], len(br.unstable[br.relus[name]]))
+        doms = out.domains.take(~out.proved)
+        if not len(doms):
+            break
+    assert restricted or far < 1, "no round bounded a subset of the rows"
+
+
+def test_compact_alphas_round_trip(tmp_path) -> None:
+    model = _net(tmp_path, 3, widths=(2, 16, 16, 2))
+    ev = GraphEvaluator(model.graph, dtype=torch.float32)
+    m = _mins(model)
+    region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
+    conj = vnnlib.OutputConstraints(np.array([[1.0, 0.0]]), np.array([m[0] - 0.05]), np.array([False]))
+    p = _problem(model, ev, vnnlib.Spec(2, 2, (vnnlib.Disjunct(region, (conj,)),)).disjuncts[0], Config())
+    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=3), "babsr", warm_start=True)
+    root = br.root()
+    full_res = br._bound(root.domains.splits)[3]
+    kept_a, _ = br._keep(full_res, root.domains.lb)
+    for name, v in kept_a.items():
+        z = br.relus[name]
+        back = br._spread(v, z, float("nan")).reshape(1, 1, -1)
+        orig = full_res.alphas[name].reshape(1, 1, -1)
+        idx = br.unstable[z]
+        assert torch.allclose(back[..., idx], orig[..., idx], atol=1e-3)
+        rest = torch.ones(back.shape[-1], dtype=torch.bool)
+        rest[idx] = False
+        assert bool(torch.isnan(back[..., rest]).all())
+
+
+def test_rows_problem_keeps_whole_conjunctions(tmp_path) -> None:
+    model = _net(tmp_path, 4, widths=(2, 8, 3))
+    ev = GraphEvaluator(model.graph, dtype=torch.float32)
+    p = _problem(model, ev, _spec(np.zeros(3)).disjuncts[0], Config())
+    assert p.n_conj == 4 and p.C.shape[0] == 5
+    q = rows_problem(p, torch.tensor([2, 3, 4]))
+    assert q.n_conj == 2 and q.owner.tolist() == [0, 0, 1]
+    assert torch.equal(q.C, p.C[2:]) and torch.equal(q.d, p.d[2:])
+    c = conjunction_problem(p, 2)
+    assert c.n_conj == 1 and c.C.shape[0] == 2
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_switches_keep_the_known_answers(tmp_path, seed: int) -> None:
+    """Unsat (every threshold under its minimum) and sat (one above) with each switch."""
+    model = _net(tmp_path, seed, widths=(2, 12, 12, 3))
+    m = _mins(model)
+    below = m - 0.05 * (1 + np.abs(m))
+    above = below.copy()
+    above[1] = m[1] + 0.05 * (1 + abs(m[1]))
+    variants = [("bab.warm_start=false", "bab.open_rows=false", "bab.per_conjunction=false"),
+                ("bab.warm_start=true", "bab.open_rows=true", "bab.per_conjunction=false"),
+                ("bab.warm_start=true", "bab.open_rows=false", "bab.per_conjunction=true")]
+    for sets in variants:
+        r = verify(model, _spec(below), _cfg(30, *sets))
+        assert r.verdict == "unsat", (sets, r.reason, r.stats)
+        r = verify(model, _spec(above), _cfg(30, *sets))
+        assert r.verdict == "sat", (sets, r.reason, r.stats)
