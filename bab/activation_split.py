@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bab.attack import domain_pgd
-from bab.branching import BRANCHING, babsr_branch, fsb_branch, neuron_scores
+from bab.branching import BRANCHING, babsr_branch, fsb_branch, more_branches, neuron_scores
 from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
 from bab.problem import Problem, rows_status, violations
@@ -41,14 +41,16 @@ def relu_inputs(p: Problem) -> dict[str, str]:
 
 def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
            branching: str = "babsr", fsb_candidates: int = 4, relaxed_clip: bool = False,
-           clip_k: int = 2, alphas: Optional[dict] = None, betas: Optional[dict] = None
-           ) -> tuple[T, T, Optional[T], object]:
+           clip_k: int = 2, alphas: Optional[dict] = None, betas: Optional[dict] = None, more: int = 0
+           ) -> tuple[T, T, T, Optional[T], object]:
     """Bound a batch of domains; also choose each one's next split (see bab/branching.py).
 
     With `relaxed_clip`, each split `s z >= 0` and z's linear bound over the input give a
     constraint on the domain's inputs; the `clip_k` most cutting ones per domain tighten
     the intermediate bounds and the spec rows' bound (bab/clip_hooks.py, `SplitClipper`).
     `alphas` / `betas` start alpha/beta-CROWN (a warm start; NaN alphas: the default).
+    Returns row bounds, the next split [N, 2], `more` further BaBSR choices [N, more, 2],
+    the bound's minimisers and the bound result.
     """
     N = next(iter(splits.values())).shape[0]
     box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
@@ -66,8 +68,9 @@ def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], re
         branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=fsb_candidates)
     else:
         branch = babsr_branch(babsr, offsets)
+    extra = more_branches(babsr, offsets, branch, more)
     mins = res.linear.minimizer(box).detach() if res.linear is not None else None
-    return lb, branch, mins, res
+    return lb, branch, extra, mins, res
 
 
 @dataclass
@@ -100,6 +103,8 @@ class ReluBrancher:
     tuning: Tuning = DEFAULT_TUNING
     warm_start: bool = False
     open_rows: bool = False
+    multi_split: int = 0          # extra neurons split per domain while the round has room
+    room: int = 0                 # children a round may bound (2 x batch size)
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -119,20 +124,20 @@ class ReluBrancher:
         self.open_rows = self.open_rows and not self.record_proof
 
     def _bound(self, splits: dict, alphas: Optional[dict] = None, betas: Optional[dict] = None,
-               q: Optional[Problem] = None) -> tuple[T, T, Optional[T], object]:
+               q: Optional[Problem] = None) -> tuple[T, T, T, Optional[T], object]:
         return _bound(q or self.problem, splits, self.options, self.names, self.relus, self.branching,
-                      self.fsb_candidates, self.relaxed_clip, alphas=alphas, betas=betas)
+                      self.fsb_candidates, self.relaxed_clip, alphas=alphas, betas=betas, more=self.multi_split)
 
     def root(self) -> Bounded:
         dev = self.problem.lower.device
         splits = {z: torch.zeros(1, *s, dtype=torch.int8, device=dev) for z, s in self.shapes.items()}
-        lb, branch, _, res = self._bound(splits)
+        lb, branch, more, _, res = self._bound(splits)
         for z in self.shapes:
             b = res.table[z]
             self.unstable[z] = torch.nonzero(((b.lower < 0) & (b.upper > 0)).reshape(-1)).flatten()
         proved, score = rows_status(self.problem, lb)
         alphas, betas = self._keep(res, lb)
-        return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas), proved,
+        return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas, more), proved,
                        leaf_data=self._leaf_data(res))
 
     def _keep(self, res, lb: T, rows: Optional[T] = None, inherited: Optional[tuple[dict, dict]] = None
@@ -190,24 +195,47 @@ class ReluBrancher:
         need = (~ok).any(0)[p.owner]                                         # [S]
         return None if bool(need.all()) else torch.nonzero(need).flatten()
 
-    def split(self, batch: SplitDomains, round_: int) -> dict:
+    def _levels(self, batch: SplitDomains) -> list[T]:
+        """The decisions [n, 2] this round splits on: the chosen one, then as many of the
+        further choices as keep the children within `room` (all domains must have them)."""
+        levels = [batch.branch]
         n = len(batch)
-        rows = torch.arange(n, device=batch.lb.device)
-        children = {}
-        for i, r in enumerate(self.names):
-            z = self.relus[r]
-            flat = batch.splits[z].reshape(n, -1)
-            pos, neg = flat.clone(), flat.clone()
-            sel = batch.branch[:, 0] == i
-            pos[rows[sel], batch.branch[sel, 1]] = 1
-            neg[rows[sel], batch.branch[sel, 1]] = -1
-            children[z] = torch.cat([pos, neg]).reshape(2 * n, *self.shapes[z])
-        out = {"splits": children, "rows": self._rows_open(batch.lb), "parent_lb": torch.cat([batch.lb, batch.lb])}
+        for j in range(batch.more.shape[1] if self.multi_split else 0):
+            if n * 2 ** (len(levels) + 1) > self.room or not bool((batch.more[:, j, 0] >= 0).all()):
+                break
+            levels.append(batch.more[:, j])
+        return levels
+
+    def split(self, batch: SplitDomains, round_: int) -> dict:
+        """Children of every domain: 2 per split decision, 2^k when k neurons are split at
+        once (`multi_split`, while the round has room: the first rounds of a search would
+        otherwise bound a handful of domains each). Children are ordered by sign block,
+        each block in parent order; `src` maps a child to its parent."""
+        n = len(batch)
+        dev = batch.lb.device
+        flat = {z: batch.splits[z].reshape(n, -1) for z in self.shapes}
+        z_of = [self.relus[r] for r in self.names]
+        src = torch.arange(n, device=dev)
+        for dec in self._levels(batch):
+            dec = dec[src]
+            rows = torch.arange(len(src), device=dev)
+            new = {}
+            for z, f in flat.items():
+                pos, neg = f.clone(), f.clone()
+                sel = torch.zeros(len(src), dtype=torch.bool, device=dev)
+                for i, zi in enumerate(z_of):
+                    if zi == z:
+                        sel |= dec[:, 0] == i
+                pos[rows[sel], dec[sel, 1]] = 1
+                neg[rows[sel], dec[sel, 1]] = -1
+                new[z] = torch.cat([pos, neg])
+            flat, src = new, torch.cat([src, src])
+        children = {z: f.reshape(len(src), *self.shapes[z]) for z, f in flat.items()}
+        out = {"splits": children, "rows": self._rows_open(batch.lb), "parent_lb": batch.lb[src]}
         if not self.warm_start or not batch.alphas:
             return out
-        # Both children start where their parent ended ([pos; neg], as the splits).
-        kept = ({r: torch.cat([v, v]) for r, v in batch.alphas.items()},
-                {z: torch.cat([v, v]) for z, v in batch.betas.items()})
+        # Every child starts where its parent ended.
+        kept = ({r: v[src] for r, v in batch.alphas.items()}, {z: v[src] for z, v in batch.betas.items()})
         sel = (lambda v: v) if out["rows"] is None else (lambda v: v[:, out["rows"]])  # noqa: E731
         out["alphas"] = {r: self._spread(sel(v), self.relus[r], float("nan")) for r, v in kept[0].items()}
         out["betas"] = {z: self._spread(sel(v), z, 0.0) for z, v in kept[1].items()}
@@ -219,7 +247,7 @@ class ReluBrancher:
         alphas, betas, rows = children.get("alphas"), children.get("betas"), children.get("rows")
         parent_lb, inherited, children = children["parent_lb"], children.get("kept"), children["splits"]
         q = None if rows is None else rows_problem(p, rows)
-        sub, branch, mins, res = self._bound(children, alphas, betas, q)
+        sub, branch, more, mins, res = self._bound(children, alphas, betas, q)
         if rows is None:
             lb = sub
         else:  # the other rows' conjunctions are proved in every parent: keep the parents' bounds
@@ -236,7 +264,7 @@ class ReluBrancher:
             pgd_obj, pgd_x = domain_pgd(p, lo, hi, pts[focus], self.tuning.pgd_steps)
             pts, obj = torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
         kept_a, kept_b = self._keep(res, sub, rows, inherited)
-        return Bounded(SplitDomains(children, lb, score, branch, kept_a, kept_b), proved, pts, obj,
+        return Bounded(SplitDomains(children, lb, score, branch, kept_a, kept_b, more), proved, pts, obj,
                        self._leaf_data(res))
 
     def _leaf_data(self, res) -> dict:
@@ -267,7 +295,8 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
                          progress: Optional[Callable[[dict], None]] = None,
                          tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None,
                          stop: Optional[Callable[[], bool]] = None, warm_start: bool = False,
-                         per_conjunction: bool = False, open_rows: bool = False) -> SearchOutcome:
+                         per_conjunction: bool = False, open_rows: bool = False,
+                         multi_split: int = 0) -> SearchOutcome:
     """Search until all domains are proved, a counterexample is confirmed, limits are hit,
     or `stop()` (checked once per round) is true.
 
@@ -285,10 +314,13 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
     `_per_conjunction`); not with `record_proof`, whose leaves must prove every conjunction.
     `open_rows`: each round bounds only the rows of conjunctions that some domain of the
     batch leaves open (see `ReluBrancher`); not with `record_proof` either.
+    `multi_split`: up to this many further neurons split per domain in a round whose
+    children still fit in twice `batch_size` (the first rounds of a search).
     """
     def make(q: Problem) -> ReluBrancher:
         return ReluBrancher(q, options, branching, fsb_candidates, relaxed_clip, record_proof,
-                            attack=confirm is not None, tuning=tuning, warm_start=warm_start, open_rows=open_rows)
+                            attack=confirm is not None, tuning=tuning, warm_start=warm_start, open_rows=open_rows,
+                            multi_split=multi_split, room=2 * batch_size)
 
     brancher = make(p)
     if not brancher.names:

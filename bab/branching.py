@@ -27,7 +27,7 @@ from relaxations import BoundOptions, IntervalBounds
 from relaxations.bounds import BoundsTable, rows_proved
 from relaxations.compute import final_lower_from_table
 
-__all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch"]
+__all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch", "more_branches"]
 
 BRANCHING = ("babsr", "fsb")
 T = torch.Tensor
@@ -75,6 +75,24 @@ def babsr_branch(babsr: T, offsets: list[int]) -> T:
     """[N, 2] (relu index, neuron): the highest BaBSR score (first on ties, as before FSB)."""
     val, idx = babsr.max(1)
     return _to_pairs(idx, val >= 0, offsets)
+
+
+def more_branches(babsr: T, offsets: list[int], first: T, k: int) -> T:
+    """[N, k, 2]: the k best BaBSR neurons of each domain other than its `first` choice
+    [N, 2], best first; -1 where a domain has fewer unstable neurons left. What a round
+    splits besides the first choice while its batch has room (see bab/activation_split.py)."""
+    N, n = babsr.shape
+    if k <= 0 or n == 0:
+        return torch.full((N, max(0, k), 2), -1, dtype=torch.long, device=babsr.device)
+    score = babsr.clone()
+    has = first[:, 0] >= 0
+    glob = torch.tensor(offsets[:-1], device=babsr.device)[first[:, 0].clamp(min=0)] + first[:, 1]
+    score[torch.nonzero(has).flatten(), glob[has]] = -1.0
+    val, idx = score.topk(min(k, n), 1)
+    out = torch.stack([_to_pairs(idx[:, j].contiguous(), val[:, j] >= 0, offsets) for j in range(idx.shape[1])], 1)
+    if out.shape[1] < k:
+        out = torch.cat([out, torch.full((N, k - out.shape[1], 2), -1, dtype=out.dtype, device=out.device)], 1)
+    return out
 
 
 def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict, lb: T,

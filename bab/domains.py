@@ -81,6 +81,7 @@ class SplitDomains(Batch):
     alphas / betas: the best alpha-CROWN slopes and beta multipliers found for the
     domain, kept compactly for its children's warm start (Relu node / split tensor ->
     float16 [N, S, U] over the U neurons unstable at the root; empty without warm starts).
+    more [N, k, 2]: further split choices (BaBSR order) for rounds that split several.
     """
 
     splits: dict
@@ -89,6 +90,7 @@ class SplitDomains(Batch):
     branch: T
     alphas: dict = dataclasses.field(default_factory=dict)
     betas: dict = dataclasses.field(default_factory=dict)
+    more: T = dataclasses.field(default_factory=lambda: torch.zeros(0, 0, 2, dtype=torch.long))
 
 
 class DomainStore:

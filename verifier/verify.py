@@ -190,7 +190,7 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 progress=lambda f: progress.update(**f),
                                 max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop,
                                 warm_start=config.bab.warm_start, per_conjunction=config.bab.per_conjunction,
-                                open_rows=config.bab.open_rows)
+                                open_rows=config.bab.open_rows, multi_split=config.bab.multi_split)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,

@@ -99,7 +99,7 @@ def test_compact_alphas_round_trip(tmp_path) -> None:
     p = _problem(model, ev, vnnlib.Spec(2, 2, (vnnlib.Disjunct(region, (conj,)),)).disjuncts[0], Config())
     br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=3), "babsr", warm_start=True)
     root = br.root()
-    full_res = br._bound(root.domains.splits)[3]
+    full_res = br._bound(root.domains.splits)[-1]
     kept_a, _ = br._keep(full_res, root.domains.lb)
     for name, v in kept_a.items():
         z = br.relus[name]
@@ -140,3 +140,35 @@ def test_switches_keep_the_known_answers(tmp_path, seed: int) -> None:
         assert r.verdict == "unsat", (sets, r.reason, r.stats)
         r = verify(model, _spec(above), _cfg(30, *sets))
         assert r.verdict == "sat", (sets, r.reason, r.stats)
+
+
+def test_multi_split_makes_every_sign_combination(tmp_path) -> None:
+    """With room for it, a round splits the chosen neuron and the next choices at once:
+    2^k children per domain, each a distinct sign pattern on the k neurons, all other
+    decisions the parent's."""
+    model = _net(tmp_path, 8, widths=(2, 16, 16, 1))
+    ev = GraphEvaluator(model.graph, dtype=torch.float32)
+    region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
+    m = _mins(model)
+    conj = vnnlib.OutputConstraints(np.array([[1.0]]), np.array([m[0] - 0.3]), np.array([False]))
+    p = _problem(model, ev, vnnlib.Spec(2, 1, (vnnlib.Disjunct(region, (conj,)),)).disjuncts[0], Config())
+    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=2), "babsr", warm_start=True,
+                      multi_split=2, room=16)
+    root = br.root().domains
+    assert root.more.shape == (1, 2, 2) and bool((root.more[..., 0] >= 0).all())
+    children = br.split(root, 0)
+    splits = children["splits"]
+    n = next(iter(splits.values())).shape[0]
+    assert n == 8
+    patterns = set()
+    for c in range(n):
+        signs = []
+        for dec in [root.branch[0], root.more[0, 0], root.more[0, 1]]:
+            z = br.relus[br.names[int(dec[0])]]
+            signs.append(int(splits[z][c].reshape(-1)[int(dec[1])]))
+        assert all(s in (-1, 1) for s in signs)
+        patterns.add(tuple(signs))
+        assert sum(int((s != 0).sum()) for s in (v[c] for v in splits.values())) == 3
+    assert len(patterns) == 8
+    out = br.bound(children, 0)                                  # the children bound as any others
+    assert out.domains.lb.shape == (8, 1)
