@@ -24,7 +24,7 @@ from bab.branching import BRANCHING, babsr_branch, fsb_branch, more_branches, ne
 from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
 from bab.problem import Problem, rows_status, violations
-from bab.proof import ActivationProofLog
+from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BoundOptions, IntervalBounds, compute_bounds, rows_proved
@@ -311,7 +311,8 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
     when a proof is recorded, since the certificate checker cannot replay it.
     `warm_start`: children start alpha/beta-CROWN from their parent's best (see `ReluBrancher`).
     `per_conjunction`: one search per conjunction the root leaves open (see
-    `_per_conjunction`); not with `record_proof`, whose leaves must prove every conjunction.
+    `_per_conjunction`); with `record_proof` every conjunction gets a search and a proof log
+    of its own (`ConjunctionProofs`).
     `open_rows`: each round bounds only the rows of conjunctions that some domain of the
     batch leaves open (see `ReluBrancher`); not with `record_proof` either.
     `multi_split`: up to this many further neurons split per domain in a round whose
@@ -326,8 +327,9 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
     if not brancher.names:
         return SearchOutcome("unknown", stats={"reason": "no ReLU to split"})
     limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))
-    if per_conjunction and not record_proof and p.n_conj > 1:
-        return _per_conjunction(p, brancher, make, limits, confirm, progress, tuning.confirm_limit, stop)
+    if per_conjunction and p.n_conj > 1:
+        return _per_conjunction(p, brancher, make, limits, confirm, progress, tuning.confirm_limit, stop,
+                                record_proof)
     log = ActivationProofLog(brancher.names) if record_proof else None
     return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit, stop)
 
@@ -345,7 +347,8 @@ def conjunction_problem(p: Problem, k: int) -> Problem:
 
 
 def _per_conjunction(p: Problem, brancher: ReluBrancher, make: Callable[[Problem], ReluBrancher],
-                     limits: SearchLimits, confirm, progress, confirm_limit: int, stop) -> SearchOutcome:
+                     limits: SearchLimits, confirm, progress, confirm_limit: int, stop,
+                     record_proof: bool = False) -> SearchOutcome:
     """The problem is unsat when every conjunction is, so each may get a search of its own.
 
     A joint search carries every spec row in every domain, and bounds all of them each
@@ -355,6 +358,9 @@ def _per_conjunction(p: Problem, brancher: ReluBrancher, make: Callable[[Problem
     decides which conjunctions are open, and the worst goes first: it is the likeliest to
     hold a counterexample. The first sat, timeout or stop ends it all; an unknown (a
     fully split domain not proved) is remembered while the others still run.
+
+    With `record_proof` the conjunctions the root proves get a search too (it ends at its
+    root, whose leaf is the proof), so that every conjunction has a proof log.
     """
     root = brancher.root()
     lb = root.domains.lb                                                   # [1, S]
@@ -363,23 +369,28 @@ def _per_conjunction(p: Problem, brancher: ReluBrancher, make: Callable[[Problem
         q = conjunction_problem(p, k)
         rows = torch.nonzero(p.owner == k).flatten()
         proved, score = rows_status(q, lb[:, rows])
-        if not bool(proved.all()):
+        if record_proof or not bool(proved.all()):
             order.append((float(score[0]), k, q))
     order.sort(key=lambda t: t[0])
     total = SearchOutcome("unsat", domains_bounded=len(root.domains), rounds=0, leaves=0,
                           stats={"conjunctions_searched": len(order)})
     unknown = None
+    proofs = ConjunctionProofs()
     for _, k, q in order:
         offset = total.domains_bounded
 
         def report(f: dict, offset: int = offset) -> None:
             progress({**f, "bounded": f.get("bounded", 0) + offset})
 
-        out = run(make(q), limits, None, None, confirm, report if progress else None, confirm_limit, stop)
+        sub = make(q)
+        log = ActivationProofLog(sub.names) if record_proof else None
+        out = run(sub, limits, log, sub.record, confirm, report if progress else None, confirm_limit, stop)
         total.domains_bounded += out.domains_bounded
         total.rounds += out.rounds
         total.leaves += out.leaves
         if out.status == "unsat":
+            if record_proof:
+                proofs.parts.append((k, out.proof))
             continue
         if out.status == "unknown" and "stopped" not in str(out.stats.get("reason", "")):
             unknown = out
@@ -391,5 +402,8 @@ def _per_conjunction(p: Problem, brancher: ReluBrancher, make: Callable[[Problem
         unknown.domains_bounded, unknown.rounds, unknown.leaves = total.domains_bounded, total.rounds, total.leaves
         unknown.stats = {**total.stats, **unknown.stats}
         return unknown
+    if record_proof:
+        proofs.parts.sort(key=lambda t: t[0])
+        total.proof = proofs
     return total
 

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["ProofLog", "ActivationProofLog", "ActivationLeaves"]
+__all__ = ["ProofLog", "ActivationProofLog", "ActivationLeaves", "ConjunctionProofs"]
 
 
 @dataclass
@@ -155,3 +155,12 @@ class ActivationProofLog:
 
     def __len__(self) -> int:
         return self._leaf_count
+
+
+@dataclass
+class ConjunctionProofs:
+    """One activation-split proof log per conjunction (`bab.per_conjunction`): the
+    disjunct has no counterexample when no conjunction has one, so a proof of each,
+    every leaf proving its own conjunction only, proves the disjunct."""
+
+    parts: list = field(default_factory=list)       # (conjunction index, ActivationProofLog)

@@ -256,6 +256,15 @@ def _disjunct_entry(model: Model, entry: dict, disjunct) -> dict:
         from verifier.certificate_activation import activation_split_entry
 
         return activation_split_entry(model, entry, disjunct)
+    if entry["kind"] == "conjunctions":  # each part proves its conjunctions, as a disjunct of its own
+        import vnnlib
+
+        parts = []
+        for part in entry["parts"]:
+            ks = [int(k) for k in part["conjunctions"]]
+            sub = vnnlib.Disjunct(disjunct.region, tuple(disjunct.outputs[k] for k in ks))
+            parts.append({"conjunctions": ks, **_disjunct_entry(model, part, sub)})
+        return {"root": _root(disjunct), "kind": "conjunctions", "parts": parts}
     raise ValueError(f"unknown proof kind {entry['kind']!r}")
 
 
@@ -290,7 +299,7 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
         if isinstance(e.get("certificate"), str):
             cert["certificate"] = e["certificate"]
             return cert
-        if e.get("kind") not in ("bounds", "input-split", "activation-split"):
+        if e.get("kind") not in ("bounds", "input-split", "activation-split", "conjunctions"):
             cert["certificate"] = f"unsupported (proof kind {e.get('kind')})"
             return cert
     from verifier.certificate_activation import ActivationRederivationFailed

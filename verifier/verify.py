@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bab import Problem, activation_split_bab, input_split_bab
+from bab.proof import ConjunctionProofs
 from models import GraphEvaluator
 from relaxations import DeadlineExceeded, IntervalBounds, compute_bounds
 from relaxations.bounds import rows_proved
@@ -116,6 +117,10 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
 def _bab_proof(mode: str, outcome) -> dict:
     """What a certificate needs from a branch-and-bound proof: the leaves and what proved them."""
     if mode == "activation":
+        if isinstance(outcome.proof, ConjunctionProofs):
+            return {"kind": "conjunctions", "parts": [
+                {"conjunctions": [k], "kind": "activation-split", "method": "beta-crown", "leaves": log.leaves()}
+                for k, log in outcome.proof.parts]}
         if outcome.proof is None:
             return {"kind": "activation-split", "method": "beta-crown",
                     "certificate": "not recorded (run with --certificate)"}
@@ -189,7 +194,9 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
                                 progress=lambda f: progress.update(**f),
                                 max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop,
-                                warm_start=config.bab.warm_start, per_conjunction=config.bab.per_conjunction,
+                                warm_start=config.bab.warm_start,
+                                per_conjunction=config.bab.per_conjunction == "always" or (
+                                    config.bab.per_conjunction == "proof" and config.proof),
                                 open_rows=config.bab.open_rows, multi_split=config.bab.multi_split)
 
 

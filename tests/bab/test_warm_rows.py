@@ -132,9 +132,9 @@ def test_switches_keep_the_known_answers(tmp_path, seed: int) -> None:
     below = m - 0.05 * (1 + np.abs(m))
     above = below.copy()
     above[1] = m[1] + 0.05 * (1 + abs(m[1]))
-    variants = [("bab.warm_start=false", "bab.open_rows=false", "bab.per_conjunction=false"),
-                ("bab.warm_start=true", "bab.open_rows=true", "bab.per_conjunction=false"),
-                ("bab.warm_start=true", "bab.open_rows=false", "bab.per_conjunction=true")]
+    variants = [("bab.warm_start=false", "bab.open_rows=false", "bab.per_conjunction=off"),
+                ("bab.warm_start=true", "bab.open_rows=true", "bab.per_conjunction=off"),
+                ("bab.warm_start=true", "bab.open_rows=false", "bab.per_conjunction=always")]
     for sets in variants:
         r = verify(model, _spec(below), _cfg(30, *sets))
         assert r.verdict == "unsat", (sets, r.reason, r.stats)

@@ -23,7 +23,9 @@ from verifier.checker.splits import leaf_bounds, read_leaves, tree_error
 from verifier.checker.verdict import check_certificate, check_files, decode_array, encode_array, spec_rows
 from verifier.config import BabConfig, BoundsConfig, LpConfig
 
-ACTIVATION = Config(timeout=60, proof=True, bab=BabConfig(mode="activation"))
+# One joint search for all conjunctions: the leaves prove every conjunction (the format
+# of a conjunction-by-conjunction proof is tested in test_certificates_conjunctions.py).
+ACTIVATION = Config(timeout=60, proof=True, bab=BabConfig(mode="activation", per_conjunction="off"))
 
 
 def _is_split_run(r) -> bool:
@@ -124,7 +126,8 @@ def test_recording_the_proof_does_not_change_the_search(split_run) -> None:
     model, path, spec, result = split_run
     plain = verify(model, spec, dataclasses.replace(ACTIVATION, proof=False, lp=LpConfig(refine=False, milp="off"),
                                                     bounds=BoundsConfig(optimise_intermediate=False),
-                                                    bab=BabConfig(mode="activation", domain_intermediate="crown")))
+                                                    bab=BabConfig(mode="activation", domain_intermediate="crown",
+                                                                  open_rows=False, per_conjunction="off")))
     assert plain.verdict == "unsat" and plain.stats["domains"] == result.stats["domains"]
     assert plain.proof["disjuncts"][0]["certificate"].startswith("not recorded")
     assert build_certificate(model, path, spec, plain)["certificate"].startswith("not recorded")
@@ -271,7 +274,7 @@ def test_mnist_activation_split_certificate_end_to_end(tmp_path) -> None:
     net, prop = BENCH / "2022_mnist_fc/onnx/mnist-net_256x2.onnx", BENCH / "2022_mnist_fc/vnnlib/prop_4_0.03.vnnlib"
     model = load_model(net)
     spec = vnnlib.load(prop, model.n_inputs, model.n_outputs)
-    result = verify(model, spec, Config(timeout=60, proof=True))
+    result = verify(model, spec, Config(timeout=60, proof=True, bab=BabConfig(per_conjunction="off")))
     assert result.verdict == "unsat" and result.proof["disjuncts"][0]["kind"] == "activation-split"
     cert_path = tmp_path / "c.json"
     assert write_certificate(cert_path, model, prop, spec, result) == "written"

@@ -211,9 +211,43 @@ def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d:
     return np.concatenate(rows)
 
 
+def _check_conjunctions(i: int, entry: dict, disjunct, net: Network) -> dict:
+    """A disjunct proved conjunction by conjunction.
+
+    The disjunct has a counterexample exactly when one of its conjunctions holds at some
+    point of its region. Each part names conjunctions and proves, as a disjunct of its
+    own over the same region, that none of them holds anywhere (any proof kind but this
+    one); when the parts name every conjunction, no point satisfies any of them.
+    """
+    import vnnlib
+
+    parts = entry.get("parts")
+    K = len(disjunct.outputs)
+    if not isinstance(parts, list) or not parts:
+        raise _Reject(f"disjunct {i}: parts must be a non-empty list")
+    covered: set[int] = set()
+    info = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("kind") == "conjunctions":
+            raise _Reject(f"disjunct {i}: part {j} must be a proof object of another kind")
+        ks = part.get("conjunctions")
+        if (not isinstance(ks, list) or not ks or not all(type(k) is int and 0 <= k < K for k in ks)
+                or len(set(ks)) != len(ks)):
+            raise _Reject(f"disjunct {i}: part {j} must name distinct conjunctions in 0..{K - 1}")
+        covered.update(ks)
+        sub = vnnlib.Disjunct(disjunct.region, tuple(disjunct.outputs[k] for k in ks))
+        info.append({"conjunctions": ks, **_check_disjunct(i, part, sub, net)})
+    missing = sorted(set(range(K)) - covered)
+    if missing:
+        raise _Reject(f"disjunct {i}: no part proves conjunction {missing[0]}")
+    return {"parts": info, "leaves": sum(p.get("leaves", 0) for p in info)}
+
+
 def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
     if not isinstance(entry, dict):
         raise _Reject(f"disjunct {i}: not an object")
+    if entry.get("kind") == "conjunctions":
+        return _check_conjunctions(i, entry, disjunct, net)
     region = disjunct.region
     root = entry.get("root") or {}
     root_lo = decode_array(root.get("lower"), f"disjunct {i} root.lower").reshape(-1)
