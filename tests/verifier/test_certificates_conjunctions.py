@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 
-import vnnlib
-from tests.verifier.test_certificates import _mlp
-from verifier import Config, load_model, verify
+from tests.verifier.test_certificates_activation_split import find_split_run
+from verifier import Config
 from verifier.certificate import build_certificate, write_certificate
 from verifier.checker.verdict import check_certificate, check_files
 from verifier.config import BabConfig
@@ -18,22 +16,14 @@ from verifier.config import BabConfig
 PER_CONJUNCTION = Config(timeout=60, proof=True, bab=BabConfig(mode="activation", per_conjunction="proof"))
 
 
+def _per_conjunction_run(r) -> bool:
+    return r.verdict == "unsat" and (r.proof or {}).get("disjuncts", [{}])[0].get("kind") == "conjunctions"
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A 4-32-32-3 MLP, robustness at a radius activation split needs (two conjunctions)."""
-    tmp = tmp_path_factory.mktemp("conj")
-    model = load_model(_mlp(tmp / "net.onnx", [4, 32, 32, 3], 3))
-    x0 = np.random.default_rng(3).uniform(0.2, 0.8, 4)
-    label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
-    for k, eps in enumerate((0.185, 0.19, 0.18, 0.195, 0.2)):
-        path = tmp / f"spec{k}.vnnlib"
-        vnnlib.write_vnnlib(path, vnnlib.robustness_spec(x0, eps, label, 3))
-        spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
-        result = verify(model, spec, PER_CONJUNCTION)
-        entry = (result.proof or {}).get("disjuncts", [{}])[0]
-        if result.verdict == "unsat" and entry.get("kind") == "conjunctions":
-            return model, path, spec, result
-    pytest.skip(reason="no radius gives a conjunction-by-conjunction activation-split proof")
+    """The activation-split certificate tests' MLP and radii, one search per conjunction."""
+    return find_split_run(tmp_path_factory.mktemp("conj"), PER_CONJUNCTION, _per_conjunction_run)
 
 
 def _check(cert: dict, model, path) -> object:
