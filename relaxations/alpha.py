@@ -14,23 +14,35 @@ from typing import Optional
 import torch
 
 from relaxations.bounds import IntervalBounds, LinearBounds, Precision
-from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower
+import relaxations.crown as crown
+from relaxations.crown import BackwardContext, backward_lower, is_relaxed, is_slot_node, relaxation_domain, slot_count
 
-__all__ = ["optimise_alpha", "initial_alphas", "project_alphas", "AlphaResult"]
+__all__ = ["optimise_alpha", "initial_alphas", "project_alphas", "alpha_fits", "AlphaResult"]
 
 T = torch.Tensor
 
 
+def alpha_fits(ctx: BackwardContext, node, B: int, S: int) -> bool:
+    """Whether a node's alphas for B x S rows are small enough to keep: always for
+    elementwise nodes; for slot nodes (at most [B, S, *out, K]) up to `MAX_SLOT_ELEMENTS`,
+    above which they keep CROWN's lines (no alpha: sound, and no large tensor at all)."""
+    rule = ctx.rules[node.name]
+    return not is_slot_node(ctx, node, rule) or B * S * slot_count(ctx, node, rule) <= crown.MAX_SLOT_ELEMENTS
+
+
 def initial_alphas(ctx: BackwardContext, B: int, S: int) -> dict[str, T]:
-    """Alpha tensors [B, S, *shape] for every node whose rule has parameters."""
+    """Alpha tensors [B, S, *shape] for every node whose rule has parameters (elementwise
+    nodes: the input's shape; slot nodes: [*out, K'] as their rule's alpha_init gives)."""
     alphas = {}
     for node in ctx.graph.nodes:
         rule = ctx.rules[node.name]
-        if rule.alpha_init is None or not _is_plain_elementwise(ctx, node, rule):
+        if rule.alpha_init is None or not is_relaxed(ctx, node, rule):
             continue
-        b = ctx.table[node.inputs[0]]
+        if not alpha_fits(ctx, node, B, S):
+            continue
+        lo, hi = relaxation_domain(ctx, node, rule)
         consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
-        init = rule.alpha_init(node, b.lower, b.upper, consts)
+        init = rule.alpha_init(node, lo, hi, consts)
         alphas[node.name] = init.unsqueeze(1).expand(B, S, *init.shape[1:]).clone()
     return alphas
 
@@ -64,9 +76,9 @@ def project_alphas(ctx: BackwardContext, alphas: dict[str, T]) -> None:
     with torch.no_grad():
         for name, a in alphas.items():
             node = by_name[name]
-            b = ctx.table[node.inputs[0]]
+            l, u = relaxation_domain(ctx, node, ctx.rules[name])
             consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
-            lo, hi = ctx.rules[name].alpha_bounds(node, b.lower, b.upper, consts)
+            lo, hi = ctx.rules[name].alpha_bounds(node, l, u, consts)
             a.copy_(torch.maximum(torch.minimum(a, hi.unsqueeze(1)), lo.unsqueeze(1)))
 
 

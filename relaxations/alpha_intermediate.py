@@ -43,10 +43,10 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from models import Node
-from relaxations.alpha import AlphaResult, _Adam, initial_alphas, optimise_alpha, project_alphas
+from relaxations.alpha import AlphaResult, _Adam, alpha_fits, initial_alphas, optimise_alpha, project_alphas
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
 from relaxations.compute import BoundOptions, _guard_empty, _widen_interval
-from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower
+from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_relaxed, relaxation_domain
 from relaxations.ibp import node_inputs, node_interval
 
 __all__ = ["optimise_with_intermediate"]
@@ -181,15 +181,17 @@ def _setup(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOption
         rows = _unstable_rows(ctx, name, readers)
         if not before or rows.numel() == 0:
             continue  # nothing an alpha could change, or no element whose bound matters
-        chunks[name] = [_Chunk(rows[s:s + size], {n.name: _chunk_alpha(ctx, n, B, 2 * rows[s:s + size].numel())
-                                                  for n in before}) for s in range(0, rows.numel(), size)]
+        chunks[name] = [_Chunk(rows[s:s + size], _chunk_alphas(ctx, before, B, 2 * rows[s:s + size].numel()))
+                        for s in range(0, rows.numel(), size)]
     guard = frozenset(signs) | frozenset(chunks)
     return _Setup(ctx, box, A, precision, chunks, alphas, betas, signs, guard)
 
 
 def _crown_bounded(ctx: BackwardContext) -> list[str]:
     """Tensors that `compute.intermediate_bounds` tightens by CROWN, in topological order:
-    the node outputs read by a relaxable elementwise op."""
+    the node outputs read by a relaxable elementwise op. (The inputs of slot nodes, which
+    it also tightens, are not re-optimised here: each pass bounds them by IBP intersected
+    with plain CROWN's table, which is sound; their slot nodes' alphas are optimised.)"""
     read = {n.inputs[0] for n in ctx.graph.nodes if _is_plain_elementwise(ctx, n, ctx.rules[n.name])}
     return [o for n in ctx.graph.nodes for o in n.outputs if o in read]
 
@@ -200,11 +202,11 @@ def _relaxed_unstable(ctx: BackwardContext) -> dict[str, Node]:
     out = {}
     for node in ctx.graph.nodes:
         rule = ctx.rules[node.name]
-        if rule.alpha_init is None or not _is_plain_elementwise(ctx, node, rule):
+        if rule.alpha_init is None or not is_relaxed(ctx, node, rule):
             continue
         if rule.unstable is not None:
-            b = ctx.table[node.inputs[0]]
-            if not bool(rule.unstable(node, b.lower, b.upper, _consts(ctx, node)).any()):
+            lo, hi = relaxation_domain(ctx, node, rule)
+            if not bool(rule.unstable(node, lo, hi, _consts(ctx, node)).any()):
                 continue
         out[node.name] = node
     return out
@@ -242,11 +244,18 @@ def _unstable_rows(ctx: BackwardContext, name: str, readers: list[Node]) -> T:
     return mask.nonzero().flatten()
 
 
-def _chunk_alpha(ctx: BackwardContext, node: Node, B: int, rows: int) -> T:
-    """CROWN's slopes of `node` on the reference interval, one copy per row [B, rows, *shape]."""
-    b = ctx.table[node.inputs[0]]
-    init = ctx.rules[node.name].alpha_init(node, b.lower, b.upper, _consts(ctx, node))
-    return init.detach().unsqueeze(1).expand(B, rows, *init.shape[1:]).clone()
+def _chunk_alphas(ctx: BackwardContext, nodes: list[Node], B: int, rows: int) -> dict[str, T]:
+    """CROWN's slopes of each node on the reference interval, one copy per row [B, rows,
+    *shape]; slot nodes whose alphas would exceed their size cap keep CROWN's lines."""
+    out = {}
+    for node in nodes:
+        if not alpha_fits(ctx, node, B, rows):
+            continue
+        rule = ctx.rules[node.name]
+        lo, hi = relaxation_domain(ctx, node, rule)
+        init = rule.alpha_init(node, lo, hi, _consts(ctx, node)).detach()
+        out[node.name] = init.unsqueeze(1).expand(B, rows, *init.shape[1:]).clone()
+    return out
 
 
 def _pass(setup: _Setup, late: Callable[[], bool], capture: Optional[dict]
@@ -305,8 +314,8 @@ def _in_range(ctx: BackwardContext, table: Mapping[str, IntervalBounds], alphas:
     out = {}
     for name, a in alphas.items():
         node = by_name[name]
-        b = table[node.inputs[0]]
-        lo, hi = ctx.rules[name].alpha_bounds(node, b.lower.detach(), b.upper.detach(), _consts(ctx, node))
+        l, u = relaxation_domain(ctx, node, ctx.rules[name], table)
+        lo, hi = ctx.rules[name].alpha_bounds(node, l.detach(), u.detach(), _consts(ctx, node))
         out[name] = torch.clamp(a, lo.unsqueeze(1), hi.unsqueeze(1))
     return out
 

@@ -41,7 +41,7 @@ from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
 from relaxations.bounds import (BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, concretize,
                                 widen_lower)
 from relaxations.forward import forward_constant, forward_input, forward_node
-from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, rules_for
+from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_slot_node, rules_for
 from relaxations.ibp import node_inputs, node_interval
 from relaxations.patches import PatchBounds, patches_lower
 
@@ -72,7 +72,8 @@ class BoundOptions:
     keep_betas: bool = False               # alpha-CROWN also returns the best betas per row (proof logs)
     # Fold C into the trailing affine ops for the interval bound (see the module
     # docstring). None: IBP folds, CROWN and alpha-CROWN take the plain box bound (the
-    # checker re-derives that one); True also folds for them (certified training).
+    # checker re-derives that one), except on graphs with slot nodes (no checker reads
+    # those; see `_compute`); True also folds for them (certified training).
     fold: Optional[bool] = None
     # Keep the coefficient at every relaxed elementwise node's output from the final
     # pass (`BoundResult.coefficients`): branching heuristics score neurons with them.
@@ -147,12 +148,24 @@ def _widen_interval(b: IntervalBounds, precision: Precision) -> IntervalBounds:
 
 
 def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
-    """Tensor -> None (all elements) or a boolean mask [B, *shape], for relaxable inputs."""
+    """Tensor -> None (all elements) or a boolean mask [B, *shape], for relaxable inputs.
+
+    The variable inputs of slot nodes (products, max-type ops) are included unless a
+    relaxed elementwise op produced them: that op's own input is CROWN-bounded already,
+    and CROWN through its one relaxation would add little to the interval it gives."""
     needs: dict[str, Optional[T]] = {}
+    producer = ctx.graph.producer()
     for node in ctx.graph.nodes:
         rule = ctx.rules[node.name]
         if _is_plain_elementwise(ctx, node, rule):
             needs.setdefault(node.inputs[0], None)
+        elif is_slot_node(ctx, node, rule):
+            for x in node.inputs:
+                if not x or x in ctx.ev.constants or x == ctx.graph.input_name:
+                    continue
+                p = producer.get(x)
+                if p is None or not _is_plain_elementwise(ctx, p, ctx.rules[p.name]):
+                    needs.setdefault(x, None)
     return needs
 
 
@@ -307,17 +320,23 @@ def _guard_empty(b: IntervalBounds) -> tuple[IntervalBounds, T]:
 
 
 def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T]:
-    """Union of the unstable masks of the tensor's relaxable readers (None: all)."""
+    """Union of the unstable masks of the tensor's relaxable readers (None: all).
+
+    A slot node's lines are exact on an input element only where its interval is a
+    point, so for such a reader every element of nonzero width counts."""
     b = ctx.table[name]
     mask = None
     for node in readers:
         rule = ctx.rules[node.name]
-        if not _is_plain_elementwise(ctx, node, rule):
+        if is_slot_node(ctx, node, rule):
+            m = b.upper > b.lower
+        elif not _is_plain_elementwise(ctx, node, rule):
             continue
-        if rule.unstable is None:
+        elif rule.unstable is None:
             return None
-        consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
-        m = rule.unstable(node, b.lower, b.upper, consts)
+        else:
+            consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
+            m = rule.unstable(node, b.lower, b.upper, consts)
         mask = m if mask is None else mask | m
     return mask
 
@@ -388,10 +407,17 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
     table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, clip, known)
+    by_name = {n.name: n for n in graph.nodes}
     check_deadline(options.deadline)  # the final pass, too, can be long
     A = rows.reshape(B, rows.shape[1], *graph.output_shape)
     best = concretize(A, table[graph.output_name], precision)
-    if options.folds:
+    # With slot nodes (products of variables, max-type ops) CROWN walks through lines that
+    # on wide boxes can be looser than the op's interval for some rows; before it could,
+    # it stopped there, which gave about the folded bound. Keeping that candidate costs
+    # one pass that relaxes nothing, and the certificate checker reads no such graph.
+    slots = options.fold is None and options.method != "ibp" and any(
+        is_slot_node(ctx, n, ctx.rules[n.name]) for n in graph.nodes)
+    if options.folds or slots:
         best = torch.maximum(best, folded_ibp_lower(ctx, box, A, options, precision))
     interval = best
     linear = crown_linear = None
@@ -425,6 +451,11 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
             linear, used_alphas, used_betas, iterations = opt.linear, opt.alphas, opt.betas, opt.iterations
     if bool(infeasible.any()):
         best = torch.where(infeasible.unsqueeze(1), torch.full_like(best, torch.inf), best)
+    # Slot nodes' alphas ([B, R, *out, K], not shaped like the node's input) stay inside:
+    # the searches and proof logs read `alphas` as elementwise slopes per input element.
+    # A warm start without them starts those nodes from CROWN's lines, which is sound.
+    used_alphas = {k: v for k, v in used_alphas.items() if not is_slot_node(ctx, by_name[k], ctx.rules[k])} \
+        if used_alphas else used_alphas
     return BoundResult(lower=best[:, :S], upper=-best[:, S:] if want_upper else None, table=table,
                        infeasible=infeasible, interval_lower=interval[:, :S], linear=linear,
                        crown_linear=crown_linear, alphas=used_alphas, betas=used_betas,

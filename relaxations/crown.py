@@ -3,8 +3,13 @@
 Starting from `A` on one tensor, we walk the nodes in reverse topological order and
 carry a lower bound `sum_t A_t . t + bias` back to the input. Affine ops pass A back
 exactly by their vector-Jacobian product; elementwise ops use their relaxation lines
-(lower line where A > 0, upper line where A < 0); any other op ends the walk at its
-output, which is then bounded by its interval (always sound, sometimes loose).
+(lower line where A > 0, upper line where A < 0); ops with a slot relaxation (products
+of two variable tensors, max-type ops; relaxations/registry.py) do the same per output
+element over their gathered slots, and the slot coefficients go back to every input
+through the transpose of the gather; any other op ends the walk at its output, which
+is then bounded by its interval (always sound, sometimes loose). So does a slot op
+whose lines are not finite (an infinite input bound) or whose slot coefficients for
+one specification row would exceed `MAX_SLOT_ELEMENTS`.
 
 With `relax=False` in the context the walk relaxes nothing: it passes A back through
 affine ops only and concretises at the output of every other op. From the network's
@@ -14,7 +19,7 @@ output this is IBP with the specification folded into the trailing affine layers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch.func import vjp, vmap
@@ -22,11 +27,16 @@ from torch.func import vjp, vmap
 from models import Graph, GraphEvaluator, Node
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline, interval_terms
-from relaxations.registry import OpRule, is_affine_node, rule_for
+from relaxations.ops.common import batched
+from relaxations.registry import OpRule, SlotRelaxation, is_affine_node, rule_for
 
-__all__ = ["BackwardContext", "backward_lower", "backward_from"]
+__all__ = ["BackwardContext", "backward_lower", "backward_from", "is_slot_node", "is_relaxed", "slot_bounds",
+           "slot_count", "relaxation_domain", "MAX_SLOT_ELEMENTS"]
 
 T = torch.Tensor
+# Elements of the slot coefficients [B, rows, *out, K] one step of a slot op may hold:
+# rows are walked in chunks under it; one row above it ends the walk there (interval).
+MAX_SLOT_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -60,10 +70,14 @@ class BackwardContext:
     checked: Optional[set] = None
 
 
-def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
-                     ) -> tuple[list[T | None], T, T]:
-    """Transpose of the node's linear part applied to A, and <A, f(0)> for the bias."""
-    fn = forward_rule(node).fn
+def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
+                     fn: Optional[Callable[..., list]] = None, masked: bool = False) -> tuple[list[T | None], T, T]:
+    """Transpose of the node's linear part applied to A, and <A, f(0)> for the bias.
+
+    fn(node, args) -> list of outputs: the node's forward by default, or a slot op's
+    gather. `masked`: a zero coefficient hides a non-finite constant of f(0) (a gather's
+    -inf padding), as in `interval_terms`."""
+    fn = forward_rule(node).fn if fn is None else fn
     consts = ctx.ev.constants
     variable = [bool(x) and x not in consts for x in node.inputs]
     primals = [torch.zeros(ctx.graph.shapes[x], dtype=ctx.ev.dtype, device=ctx.ev.device)
@@ -85,6 +99,8 @@ def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
     for a, o in zip(A_outs, outs):
         if a is not None and o.is_floating_point():
             term = (a.reshape(B, S, -1) * o.reshape(1, 1, -1))
+            if masked:
+                term = torch.where(a.reshape(B, S, -1) == 0, torch.zeros_like(term), term)
             bias = bias + term.sum(-1)
             mass = mass + term.abs().sum(-1)
     result: list[T | None] = []
@@ -159,6 +175,127 @@ def _is_plain_elementwise(ctx: BackwardContext, node: Node, rule: OpRule) -> boo
             and not any(x and x not in ctx.ev.constants for x in node.inputs[1:]))
 
 
+def is_slot_node(ctx: BackwardContext, node: Node, rule: OpRule) -> bool:
+    """Whether CROWN relaxes the node by its slot relaxation: it has one, one output,
+    and is not affine in its variable inputs (a Mul by a constant stays affine)."""
+    if rule.relax_slots is None or len(node.outputs) != 1:
+        return False
+    variable = [bool(x) and x not in ctx.ev.constants for x in node.inputs]
+    return any(variable) and not is_affine_node(node, rule, variable)
+
+
+def is_relaxed(ctx: BackwardContext, node: Node, rule: OpRule) -> bool:
+    """Whether CROWN walks through the node by a relaxation (elementwise or slots)."""
+    return _is_plain_elementwise(ctx, node, rule) or is_slot_node(ctx, node, rule)
+
+
+def slot_bounds(ctx: BackwardContext, node: Node, rule: OpRule,
+                table: Optional[Mapping[str, IntervalBounds]] = None) -> tuple[T, T]:
+    """The gathered bounds [B, *out, K] of a slot node's inputs (intervals from `table`,
+    default the context's). The gather is a selection, so each slot's interval is that
+    of the input element (or constant) it selects."""
+    table = ctx.table if table is None else table
+    ins = []
+    for x in node.inputs:
+        ins.append(None if not x else ctx.ev.constants[x] if x in ctx.ev.constants else table[x])
+    mask = [isinstance(x, IntervalBounds) for x in ins]
+
+    def gather(n: Node, xs: list) -> list[T]:
+        return [rule.gather(n, xs)]
+
+    lo = batched(node, gather, [x.lower if isinstance(x, IntervalBounds) else x for x in ins], mask)[0]
+    hi = batched(node, gather, [x.upper if isinstance(x, IntervalBounds) else x for x in ins], mask)[0]
+    return lo, hi
+
+
+def slot_count(ctx: BackwardContext, node: Node, rule: OpRule) -> int:
+    """Slot elements per sample (prod(out_shape) * K), from the gather on meta tensors:
+    the size caps are checked before anything that large is allocated."""
+    args: list = []
+    for x in node.inputs:
+        if not x:
+            args.append(None)
+        elif x in ctx.ev.constants:
+            c = ctx.ev.constants[x]
+            args.append(c.to("meta") if c.is_floating_point() else c)   # integer constants are read as values
+        else:
+            args.append(torch.empty(ctx.graph.shapes[x], dtype=ctx.ev.dtype, device="meta"))
+    return rule.gather(node, args).numel()
+
+
+def relaxation_domain(ctx: BackwardContext, node: Node, rule: OpRule,
+                      table: Optional[Mapping[str, IntervalBounds]] = None) -> tuple[T, T]:
+    """What a relaxed node's `alpha_init`, `alpha_bounds` and `unstable` read: the first
+    input's interval (elementwise) or the gathered slot bounds (slot nodes)."""
+    if is_slot_node(ctx, node, rule):
+        return slot_bounds(ctx, node, rule, table)
+    b = (ctx.table if table is None else table)[node.inputs[0]]
+    return b.lower, b.upper
+
+
+def _slot_relaxation(ctx: BackwardContext, node: Node, rule: OpRule, alpha: Optional[T]
+                     ) -> Optional[SlotRelaxation]:
+    """The slot node's lines, or None where they are not finite (the caller then bounds the
+    output by its interval); cached without alpha, as `_relaxation` caches."""
+    key = ("slots", node.name)
+    if alpha is None and ctx.cache is not None and key in ctx.cache:
+        return ctx.cache[key]
+    lo, hi = slot_bounds(ctx, node, rule)
+    consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
+    r = rule.relax_slots(node, lo.unsqueeze(1), hi.unsqueeze(1), alpha, consts)
+    if alpha is not None and ctx.checked is not None:
+        if key in ctx.checked:
+            return r   # skipping is safe: a non-finite line gives an inf or nan bound, which proves nothing
+        ctx.checked.add(key)
+    finite = torch.isfinite(r.lower_slope).all() & torch.isfinite(r.lower_bias).all() \
+        & torch.isfinite(r.upper_slope).all() & torch.isfinite(r.upper_bias).all()
+    if not bool(finite):
+        r = None
+    if alpha is None and ctx.cache is not None:
+        ctx.cache[key] = r
+    return r
+
+
+def _rows(t: T, start: int, size: int) -> T:
+    """Rows [start, start + size) of a relaxation tensor [B, 1 or S, ...] (shared when 1)."""
+    return t if t.shape[1] == 1 else t[:, start:start + size]
+
+
+def _slots_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T
+                    ) -> Optional[tuple[list[T | None], T, T]]:
+    """Lower slot line where A > 0, upper where A < 0, per output element; the slot
+    coefficients G [B, S, *out, K] go back to the inputs through the gather's transpose
+    (constant slots add <G, const> to the bias). None: bound the output by its interval."""
+    B, S = A.shape[:2]
+    per_row = B * slot_count(ctx, node, rule)
+    if per_row > MAX_SLOT_ELEMENTS or S == 0:
+        return None
+    alpha = None if ctx.alphas is None else ctx.alphas.get(node.name)
+    r = _slot_relaxation(ctx, node, rule, alpha)
+    if r is None:
+        return None
+    step = max(1, MAX_SLOT_ELEMENTS // per_row)
+    parts: list[list[T | None]] = []
+    biases, masses = [], []
+
+    def gather(n: Node, xs: list) -> list[T]:
+        return [rule.gather(n, xs)]
+
+    for start in range(0, S, step):
+        a = A[:, start:start + step]
+        pos, neg = a.clamp(min=0), a.clamp(max=0)
+        G = pos.unsqueeze(-1) * _rows(r.lower_slope, start, step) \
+            + neg.unsqueeze(-1) * _rows(r.upper_slope, start, step)
+        lb, ub = pos * _rows(r.lower_bias, start, step), neg * _rows(r.upper_bias, start, step)
+        A_ins, b, m = _affine_backward(ctx, node, [G], gather, masked=True)
+        parts.append(A_ins)
+        biases.append(b + lb.flatten(2).sum(-1) + ub.flatten(2).sum(-1))
+        masses.append(m + lb.abs().flatten(2).sum(-1) + ub.abs().flatten(2).sum(-1))
+    A_ins = [None if p[0] is None else torch.cat(p, 1) if len(p) > 1 else p[0] for p in zip(*parts)]
+    bias, mass = (torch.cat(biases, 1), torch.cat(masses, 1)) if len(biases) > 1 else (biases[0], masses[0])
+    return A_ins, bias, mass
+
+
 def _with_extra(a: Optional[T], extra: Optional[T]) -> Optional[T]:
     if extra is None:
         return a
@@ -214,12 +351,20 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
             x = node.inputs[0]
             As[x] = As[x] + a if x in As else a
         else:
-            b = torch.zeros_like(bias)
-            m = torch.zeros_like(bias)
-            for o, a in zip(node.outputs, A_outs):
-                if a is not None:
-                    v, mm = interval_terms(a, ctx.table[o])
-                    b, m = b + v, m + mm
+            step = _slots_backward(ctx, node, rule, A_outs[0]) \
+                if ctx.relax and is_slot_node(ctx, node, rule) else None
+            if step is not None:
+                A_ins, b, m = step
+                for x, a in zip(node.inputs, A_ins):
+                    if a is not None:
+                        As[x] = As[x] + a if x in As else a
+            else:
+                b = torch.zeros_like(bias)
+                m = torch.zeros_like(bias)
+                for o, a in zip(node.outputs, A_outs):
+                    if a is not None:
+                        v, mm = interval_terms(a, ctx.table[o])
+                        b, m = b + v, m + mm
         bias, mass = bias + b, mass + m
     A_in = As.pop(graph.input_name, None)
     if ctx.extra_A:

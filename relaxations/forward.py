@@ -163,4 +163,6 @@ def forward_node(ev: GraphEvaluator, node: Node, rule: OpRule, fwd: dict[str, Fo
         if not bool(torch.isfinite(table[node.inputs[0]].lower).all() & torch.isfinite(table[node.inputs[0]].upper).all()):
             return None
         return [_elementwise(ev, node, rule, ins[0], table[node.inputs[0]])]
+    # Slot relaxations (products of two variables, max-type ops) are not applied in
+    # forward mode: the caller bounds such an output by its interval, as before.
     return None

@@ -280,6 +280,8 @@ def _step(ctx: BackwardContext, node: Node, rule: OpRule, p: Patches) -> Step:
         return _arithmetic_step(ctx, node, p)
     if node.op == "BatchNormalization":
         return _batchnorm_step(ctx, node, p)
+    # Anything else, slot nodes included (products of two variables, max pooling: their
+    # windows do not compose with a conv's), is walked densely by `crown.backward_from`.
     return None
 
 

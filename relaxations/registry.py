@@ -11,7 +11,19 @@ Kinds of rule:
 - "elementwise": one variable input, applied per element; `relax` gives lower and
   upper linear functions over [l, u], optionally parameterised by alpha.
 - "nonlinear": anything else; only `interval` is required and CROWN treats the
-  output as bounded by its interval (sound, loose). A `relax_multi` may be added.
+  output as bounded by its interval (sound, loose).
+
+Slot relaxations (`gather` + `relax_slots`) are for ops that are nonlinear in several
+variable inputs: products of two variable tensors (Mul, MatMul; their rules are
+"affine" and use the slots only where both factors vary) and max-type ops (Max, Min,
+MaxPool, ReduceMax, ...). `gather` puts, for every output element, the input elements
+its value is computed from in a trailing "slot" axis: a selection, so every slot is one
+input element or a constant, and the slots' intervals are the inputs' intervals
+gathered the same way. `relax_slots` gives a lower and an upper linear function of the
+slots per output element (`SlotRelaxation`); CROWN (crown.py) applies the one the sign
+of the coefficient picks and passes the slot coefficients back to the inputs through
+the transpose of `gather`. `alpha_init`, `alpha_bounds` and `unstable` of such a rule
+read the gathered bounds [B, *out, K] instead of the first input's interval.
 """
 from __future__ import annotations
 
@@ -22,8 +34,8 @@ import torch
 
 from models import Node, UnsupportedModel
 
-__all__ = ["OpRule", "Relaxation", "REGISTRY", "register_rule", "rule_for", "registered_ops",
-           "is_affine_node"]
+__all__ = ["OpRule", "Relaxation", "SlotRelaxation", "REGISTRY", "register_rule", "rule_for",
+           "registered_ops", "is_affine_node"]
 
 T = torch.Tensor
 
@@ -31,6 +43,20 @@ T = torch.Tensor
 @dataclass(frozen=True)
 class Relaxation:
     """Linear lower and upper functions of one elementwise op: l_a*x + l_b <= f(x) <= u_a*x + u_b."""
+
+    lower_slope: T
+    lower_bias: T
+    upper_slope: T
+    upper_bias: T
+
+
+@dataclass(frozen=True)
+class SlotRelaxation:
+    """Linear lower and upper functions of an op's output over its gathered slots G:
+    sum_k l_a[..., k] G[..., k] + l_b <= out <= sum_k u_a[..., k] G[..., k] + u_b.
+
+    Slopes [B, 1 or S, *out_shape, K], biases [B, 1 or S, *out_shape] (S: one per
+    specification row, where alpha differs per row)."""
 
     lower_slope: T
     lower_bias: T
@@ -69,6 +95,12 @@ class OpRule:
     # or None to use the generic vector-Jacobian product. A_outs: [B, S, *out_shape];
     # args: constants in position, None for variable inputs.
     backward: Optional[Callable[..., Optional[tuple]]] = None
+    # slots (module docstring): gather(node, args) -> [*out_shape, K] for one sample,
+    # args as for the forward (constants in place); a selection of input elements and
+    # constants. relax_slots(node, lo, hi, alpha, consts) -> SlotRelaxation from the
+    # gathered bounds lo, hi [B, 1, *out_shape, K] and alpha [B, S, ...] or None.
+    gather: Optional[Callable[..., T]] = None
+    relax_slots: Optional[Callable[..., SlotRelaxation]] = None
     facts: frozenset = field(default_factory=frozenset)
 
 
@@ -79,6 +111,8 @@ def register_rule(rule: OpRule) -> None:
     """Add a rule; registering an op twice for overlapping opsets is an error."""
     if rule.kind not in ("affine", "elementwise", "nonlinear"):
         raise ValueError(f"unknown rule kind {rule.kind}")
+    if (rule.gather is None) != (rule.relax_slots is None):
+        raise ValueError(f"rule for {rule.op}: gather and relax_slots go together")
     rules = REGISTRY.setdefault(rule.op, [])
     for r in rules:
         if not (rule.max_opset < r.min_opset or rule.min_opset > r.max_opset):

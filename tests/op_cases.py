@@ -210,3 +210,6 @@ def _cases() -> list[OpCase]:
 
 
 CASES: list[OpCase] = _cases()
+
+from tests.op_cases_products import product_cases  # noqa: E402  (slot relaxations: products, max-type ops)
+CASES += product_cases()

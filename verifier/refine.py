@@ -49,6 +49,7 @@ MILP_MARGIN = 1e-5
 # MatMul qualify only with one variable input; `_affine_map` checks affinity anyway.
 AFFINE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Add", "Sub", "Mul", "Div", "Neg",
                         "BatchNormalization", "AveragePool", "Pad", "Transpose", "Gather", "Slice"})
+ONE_VARIABLE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Mul", "Div", "BatchNormalization"})
 MOVES = frozenset({"Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Concat"})  # columns regrouped
 MAX_COLUMNS = 200_000
 MAX_MAP_ENTRIES = 4_000_000      # 32 MB of float64 per affine map (mnist_fc's first layer: 0.2 M)
@@ -58,15 +59,19 @@ def lp_supported(graph: Graph) -> Optional[str]:
     """None when the graph is affine ops and ReLUs only (the LP/MILP can encode it), else why not."""
     if not any(n.op == "Relu" for n in graph.nodes):
         return "no ReLU"
+    consts = set(graph.constants)
     for n in graph.nodes:
         if n.op != "Relu" and n.op not in AFFINE_OPS and n.op not in MOVES:
             return f"node '{n.name}' ({n.op}) is neither affine nor a ReLU"
+        # Products of two variable tensors (CROWN relaxes them by McCormick lines) have no
+        # exact LP rows here; `_affine_map` would refuse them too, this says why up front.
+        if n.op in ONE_VARIABLE_OPS and sum(1 for x in n.inputs if x and x not in consts) > 1:
+            return f"node '{n.name}' ({n.op}) is not affine: several of its inputs vary"
         if len(n.outputs) != 1:
             return f"node '{n.name}' ({n.op}) has several outputs"
     size = lambda t: int(np.prod(graph.shapes.get(t) or (1,)))  # noqa: E731
     if sum(size(t) for n in graph.nodes for t in n.outputs) > MAX_COLUMNS:
         return "too large for an LP"
-    consts = set(graph.constants)
     for n in graph.nodes:   # each affine map is read off densely: inputs x outputs entries
         if n.op in AFFINE_OPS and sum(size(x) for x in n.inputs if x and x not in consts) * size(n.outputs[0]) \
                 > MAX_MAP_ENTRIES:

@@ -1,7 +1,9 @@
 """Bounding rules for Add, Sub, Mul, Div, Neg, Sum.
 
 Each is affine while at most the right inputs vary (Mul: one factor, Div: the
-numerator); otherwise it is bounded as a nonlinear op by interval arithmetic.
+numerator). Otherwise its interval comes from interval arithmetic, and Mul of two
+variable tensors has McCormick lines for CROWN (relaxations/ops/products.py); Div with
+a variable denominator has none (CROWN bounds it by its interval).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 from models import Node
 from relaxations.bounds import IntervalBounds
+from relaxations.ops import products
 from relaxations.ops.common import Ins
 from relaxations.ops.fast_backward import add_sub_backward, scale_backward
 from relaxations.registry import OpRule, register_rule
@@ -79,6 +82,8 @@ def register() -> None:
     register_rule(OpRule("Sub", "affine", radius=_sum_radius, backward=add_sub_backward, facts=linear_facts))
     register_rule(OpRule("Neg", "affine", radius=lambda n, a, v: [a[0]], facts=linear_facts | {"elementwise"}))
     register_rule(OpRule("Mul", "affine", radius=_mul_radius, backward=scale_backward, affine_inputs=_at_most_one_variable,
-                         interval=_mul_interval))
+                         interval=_mul_interval, gather=products.mul_gather, relax_slots=products.product_relax,
+                         alpha_init=products.product_alpha_init, alpha_bounds=products.product_alpha_bounds,
+                         unstable=products.product_unstable))
     register_rule(OpRule("Div", "affine", radius=_div_radius, backward=scale_backward,
                          affine_inputs=lambda n, v: not v[1], interval=_div_interval))

@@ -1,4 +1,9 @@
-"""Bounding rules for MatMul and Gemm (affine when one factor is constant)."""
+"""Bounding rules for MatMul and Gemm (affine when one factor is constant).
+
+With both factors variable, MatMul has McCormick lines per product for CROWN
+(relaxations/ops/products.py); Gemm (its alpha scaling makes the gathered slots no
+longer a selection) is then bounded by its interval.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,6 +14,7 @@ from models import Node
 from models.ops.linear import gemm_parts
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins, batched
+from relaxations.ops import products
 from relaxations.ops.fast_backward import gemm_backward, matmul_backward
 from relaxations.registry import OpRule, register_rule
 
@@ -60,7 +66,9 @@ def _one_factor_variable(node: Node, variable: Sequence[bool]) -> bool:
 def register() -> None:
     register_rule(OpRule("MatMul", "affine", radius=_matmul_radius, affine_inputs=_one_factor_variable,
                          interval=_bilinear_interval, backward=matmul_backward,
-                         facts=frozenset({"piecewise_linear"})))
+                         gather=products.matmul_gather, relax_slots=products.product_relax,
+                         alpha_init=products.product_alpha_init, alpha_bounds=products.product_alpha_bounds,
+                         unstable=products.product_unstable, facts=frozenset({"piecewise_linear"})))
     register_rule(OpRule("Gemm", "affine", radius=_gemm_radius, affine_inputs=_one_factor_variable,
                          interval=_bilinear_interval, backward=gemm_backward,
                          facts=frozenset({"piecewise_linear"})))

@@ -2,10 +2,12 @@
 
 Averages, sums, padding and nearest resizing are affine with nonnegative
 coefficients (the default radius rule is exact); max-type ops are monotone, so their
-interval is f(l), f(u), and CROWN bounds their output by that interval.
+interval is f(l), f(u), and CROWN walks through them by their slot relaxation
+(relaxations/ops/maxes.py).
 """
 from __future__ import annotations
 
+from relaxations.ops import maxes
 from relaxations.ops.common import monotone_interval
 from relaxations.ops.shape import first_input_only
 from relaxations.registry import OpRule, register_rule
@@ -17,5 +19,10 @@ def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone"})
     for op in ("AveragePool", "GlobalAveragePool", "Pad", "Resize", "Upsample", "ReduceSum", "ReduceMean"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=facts))
-    for op in ("MaxPool", "Max", "Min", "ReduceMax", "ReduceMin", "GlobalMaxPool"):
-        register_rule(OpRule(op, "nonlinear", interval=monotone_interval, facts=facts))
+    gathers = {"MaxPool": maxes.maxpool_gather, "GlobalMaxPool": maxes.global_max_gather,
+               "Max": maxes.variadic_gather, "Min": maxes.variadic_gather,
+               "ReduceMax": maxes.reduce_gather, "ReduceMin": maxes.reduce_gather}
+    for op, gather in gathers.items():
+        register_rule(OpRule(op, "nonlinear", interval=monotone_interval, gather=gather, relax_slots=maxes.max_relax,
+                             alpha_init=maxes.max_alpha_init, alpha_bounds=maxes.max_alpha_bounds,
+                             unstable=maxes.max_unstable, facts=facts))
