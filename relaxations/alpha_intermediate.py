@@ -99,7 +99,8 @@ def optimise_with_intermediate(ctx: BackwardContext, box: IntervalBounds, A: T, 
     Returns the best per row (its alphas and betas are those of the pass that gave it
     and go with that pass's intervals, not necessarily with the returned table), the
     best interval per element, and a mask [B] of domains that some pass proved empty.
-    Past `options.deadline` each stage stops with what it has.
+    Past `options.deadline` each stage stops with what it has; the second also past
+    `options.optimise_deadline`.
     """
     first = optimise_alpha(ctx, box, A, replace(options, keep_betas=True), precision, signs, capture,
                            init_alphas, init_betas)
@@ -125,7 +126,8 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOpt
     for p in params:
         p.requires_grad_(True)
     opt = _Adam(params, lr=options.alpha_lr)
-    late = (lambda: time.monotonic() > options.deadline) if options.deadline is not None else (lambda: False)
+    ends = [t for t in (options.deadline, options.optimise_deadline) if t is not None]
+    late = (lambda: time.monotonic() > min(ends)) if ends else (lambda: False)
     done = 0
     last = max(1, options.alpha_iterations) - 1
     for it in range(last + 1):

@@ -86,6 +86,9 @@ class BoundOptions:
     # is then the best interval per element (relaxations/alpha_intermediate.py). Falls
     # back to plain alpha-CROWN with a clip hook or with intermediate != "crown".
     optimise_intermediate: bool = False
+    # time.monotonic() value past which that optimisation stops with its best so far (its
+    # passes, unlike the ones `deadline` governs, never raise): a share of the budget.
+    optimise_deadline: Optional[float] = None
     # CROWN's intermediate rows walk back through convolutions as per-row windows
     # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
     # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.

@@ -305,6 +305,11 @@ class BoundsConfig(_Validated):
                                            "bounds (off with --certificate); the searches start from the intervals "
                                            "it proves. mnist_fc (all 90, 30 s): the same 60 solved in 62 s against "
                                            "85 s, three proved at the root instead of by search")
+    optimise_share: float = key(1.0, check=Share(0.0),
+                                help="share of the time left that the optimisation of intermediate bounds may use "
+                                     "(it stops with its best bounds so far). 1: oval21 at 30 s, 0.3 proved "
+                                     "cifar_deep_kw img8366 at the root in 9.6 s against 17.5 s but lost cifar_base_kw "
+                                     "img8194 (unsat in 29.3 s with 1)")
     patches: bool = key(True, check=Bool(),
                         help="CROWN's intermediate bounds walk back through convolutions as per-neuron kernel "
                              "windows (patches) instead of whole feature maps: the same bounds to rounding, 3-10x "
@@ -389,12 +394,10 @@ class BabConfig(_Validated):
                                 "Off: on CPU it costs more than the short first rounds it saves (mnist_fc 256x4 "
                                 "prop_3_0.05: 329 domains, 5.8 s against 109, 5.7 s)")
     per_conjunction: str = key("off", check=Choice(("off", "proof", "always")),
-                               help="activation split: one search per conjunction the root bound leaves open (a "
-                                    "robustness property label by label) instead of one search carrying every spec "
-                                    "row: off, always, or proof (only with --certificate, each conjunction with a "
-                                    "proof of its own). Off: mnist_fc 256x4 prop_3_0.05, 258 domains in 11.5 s "
-                                    "against 109 in 4.3 s (open_rows on); with --certificate, a timeout at 60 s "
-                                    "against 31.9 s")
+                               help="activation split: one search per open conjunction (label by label) instead "
+                                    "of one for all rows: always, or proof (with --certificate, a proof each). Off: "
+                                    "mnist_fc 256x4 prop_3_0.05, 258 domains in 11.5 s against 109 in 4.3 s with "
+                                    "open_rows; with --certificate, a timeout at 60 s against 31.9 s")
     relaxed_clip: bool = key(False, check=Bool(),
                              help="activation split: the split neurons' linear bounds constrain each domain's "
                                   "inputs, and bounds are concretised under them")

@@ -92,8 +92,10 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
             break
         # Optimised intermediate bounds: not with --certificate, whose writer and checker
         # re-derive the intermediate bounds by plain CROWN and could not replay the claims.
+        now = time.monotonic()
         opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline,
-                                   optimise_intermediate=config.bounds.optimise_intermediate and not config.proof)
+                                   optimise_intermediate=config.bounds.optimise_intermediate and not config.proof,
+                                   optimise_deadline=now + config.bounds.optimise_share * max(0.0, deadline - now))
         res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
         # The searches start from the root's intervals when they are optimised or when the
         # domains take them instead of CROWN; never for a certificate, whose writer re-derives without them.
