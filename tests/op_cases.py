@@ -128,6 +128,17 @@ def _cases() -> list[OpCase]:
     add("LeakyRelu", ("LeakyRelu",), _elementwise("LeakyRelu", 33, alpha=0.2).model, (1, 6))
     for i, op in enumerate(("Sigmoid", "Tanh", "Abs", "Sign", "Floor", "Sin", "Cos", "Exp")):
         add(op, (op,), _elementwise(op, 60 + i).model, (1, 6))
+    # further activations (relaxations/ops/more_activations.py, relaxations/ops/gelu.py), each at an
+    # opset that has it (HardSwish from 14, Gelu from 20); Elu also with its default alpha.
+    for i, (name, op, attrs, opset) in enumerate((
+            ("Softplus", "Softplus", {}, 13), ("Atan", "Atan", {}, 13), ("Erf", "Erf", {}, 13),
+            ("Elu", "Elu", {"alpha": 0.7}, 13), ("Elu_default_alpha_opset7", "Elu", {}, 7),
+            ("HardSigmoid", "HardSigmoid", {"alpha": 0.3, "beta": 0.4}, 13),
+            ("HardSigmoid_negative_alpha", "HardSigmoid", {"alpha": -0.5, "beta": 0.6}, 13),
+            ("HardSwish", "HardSwish", {}, 14), ("Gelu", "Gelu", {}, 20),
+            ("Gelu_tanh", "Gelu", {"approximate": "tanh"}, 20))):
+        node = helper.make_node(op, ["h"], ["z"], **attrs)
+        add(name, (op,), _dense_around([node], "h", "z", 6, 6, 90 + i, opset=opset), (1, 6))
     add("Clip", ("Clip",), _dense_around([helper.make_node("Clip", ["h", "lo", "hi"], ["z"])], "h", "z", 5, 5, 70,
                                          {"lo": np.float32(-0.5), "hi": np.float32(1.0)}), (1, 5))
     add("Clip_opset10", ("Clip",), _dense_around([helper.make_node("Clip", ["h"], ["z"], min=-1.0, max=0.3)],

@@ -63,6 +63,36 @@ def _leaky(node: Node, xs: Sequence[T | None]) -> list[T]:
     return [F.leaky_relu(xs[0], node.attr("alpha", 0.01))]
 
 
+def _softplus(node: Node, xs: Sequence[T | None]) -> list[T]:
+    # log(1 + e^x) without overflow or a cut-off (F.softplus returns x above 20).
+    x = xs[0]
+    return [torch.logaddexp(x, torch.zeros_like(x))]
+
+
+def _elu(node: Node, xs: Sequence[T | None]) -> list[T]:
+    # F.elu, not a torch.where of two branches: the attack differentiates the forward,
+    # and expm1 overflowing in the unused branch would turn gradients into NaN.
+    return [F.elu(xs[0], alpha=float(node.attr("alpha", 1.0)))]
+
+
+def _hard_sigmoid(node: Node, xs: Sequence[T | None]) -> list[T]:
+    alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+    return [torch.clamp(alpha * xs[0] + beta, 0.0, 1.0)]
+
+
+def _hard_swish(node: Node, xs: Sequence[T | None]) -> list[T]:
+    # ONNX: x * HardSigmoid(x) with alpha = 1/6, beta = 0.5 fixed (no attributes).
+    x = xs[0]
+    return [x * torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)]
+
+
+def _gelu(node: Node, xs: Sequence[T | None]) -> list[T]:
+    approximate = str(node.attr("approximate", "none"))
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"Gelu approximate={approximate!r} (ONNX allows 'none' and 'tanh')")
+    return [F.gelu(xs[0], approximate=approximate)]
+
+
 def _pow(node: Node, xs: Sequence[T | None]) -> list[T]:
     return [torch.pow(xs[0], xs[1])]
 
@@ -99,6 +129,15 @@ def register() -> None:
     register_forward("Sigmoid", _unary(torch.sigmoid))
     register_forward("Tanh", _unary(torch.tanh))
     register_forward("LeakyRelu", _leaky)
+    # Opsets: where each op first appears in the ONNX standard (later versions only
+    # widened the accepted types, which the importer casts to float32 anyway).
+    register_forward("Softplus", _softplus)
+    register_forward("Atan", _unary(torch.atan), min_opset=7)
+    register_forward("Erf", _unary(torch.erf), min_opset=9)
+    register_forward("Elu", _elu)
+    register_forward("HardSigmoid", _hard_sigmoid)
+    register_forward("HardSwish", _hard_swish, min_opset=14)
+    register_forward("Gelu", _gelu, min_opset=20)
     register_forward("Pow", _pow)
     register_forward("Clip", _clip)
     register_forward("Max", _variadic(torch.maximum))
