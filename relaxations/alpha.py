@@ -93,6 +93,15 @@ class AlphaResult:
     iterations: int
 
 
+def _all_above(best: T, options, capture: Optional[dict]) -> bool:
+    """Whether every row's best bound is above `options.stop_above` (when it is set and
+    no coefficients are captured: those come from the last step)."""
+    stop = getattr(options, "stop_above", None)
+    if stop is None or capture is not None or stop.shape[-1] != best.shape[-1]:
+        return False  # (with upper rows too, R = 2 S: the threshold is for lower rows only)
+    return bool((best > stop.to(best.dtype)).all())
+
+
 def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision,
                    signs: Optional[dict[str, T]] = None, capture: Optional[dict] = None,
                    init_alphas: Optional[dict[str, T]] = None, init_betas: Optional[dict[str, T]] = None
@@ -160,7 +169,7 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precisio
                         mask = improved.reshape(B, S, *([1] * (v.dim() - 2)))
                         best_betas[k] = torch.where(mask, v.detach(), best_betas[k])
         late = options.deadline is not None and time.monotonic() > options.deadline
-        if it == options.alpha_iterations - 1 or not lb.requires_grad or late:
+        if it == options.alpha_iterations - 1 or not lb.requires_grad or late or _all_above(best, options, capture):
             break  # last step, or the bound does not depend on any alpha
         grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
         opt.step(grads)
@@ -168,4 +177,4 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precisio
         with torch.no_grad():
             for b in betas.values():
                 b.clamp_(min=0)
-    return AlphaResult(best, best_lin, best_alphas, best_betas, options.alpha_iterations)
+    return AlphaResult(best, best_lin, best_alphas, best_betas, it + 1)   # the steps taken

@@ -43,7 +43,8 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from models import Node
-from relaxations.alpha import AlphaResult, _Adam, alpha_fits, initial_alphas, optimise_alpha, project_alphas
+from relaxations.alpha import (AlphaResult, _Adam, _all_above, alpha_fits, initial_alphas, optimise_alpha,
+                               project_alphas)
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
 from relaxations.compute import BoundOptions, _guard_empty, _widen_interval
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_relaxed, relaxation_domain
@@ -150,7 +151,7 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOpt
             best_alphas = {k: _rowwise(improved, v.detach(), best_alphas[k]) for k, v in setup.alphas.items()}
             if keep_betas:  # for certificates: the multipliers that go with each row's best bound
                 best_betas = {k: _rowwise(improved, v.detach(), best_betas[k]) for k, v in setup.betas.items()}
-        if it == last or late() or not lb.requires_grad:
+        if it == last or late() or not lb.requires_grad or _all_above(best, options, capture):
             break
         opt.step(torch.autograd.grad(-lb.sum(), params, allow_unused=True))
         _project(setup)

@@ -89,6 +89,10 @@ class BoundOptions:
     # time.monotonic() value past which that optimisation stops with its best so far (its
     # passes, unlike the ones `deadline` governs, never raise): a share of the budget.
     optimise_deadline: Optional[float] = None
+    # Row thresholds [R] (or [B, R]): alpha-CROWN's optimisation stops once its best bound
+    # of every row of every domain is above them (the rows are proved: more steps change
+    # no answer). Only without `coefficients`, which come from the last step.
+    stop_above: Optional[torch.Tensor] = None
     # CROWN's intermediate rows walk back through convolutions as per-row windows
     # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
     # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.

@@ -95,7 +95,8 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
         now = time.monotonic()
         opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline,
                                    optimise_intermediate=config.bounds.optimise_intermediate and not config.proof,
-                                   optimise_deadline=now + config.bounds.optimise_share * max(0.0, deadline - now))
+                                   optimise_deadline=now + config.bounds.optimise_share * max(0.0, deadline - now),
+                                   stop_above=torch.as_tensor(d, dtype=ev.dtype, device=box.lower.device))
         res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
         # The searches start from the root's intervals when they are optimised or when the
         # domains take them instead of CROWN; never for a certificate, whose writer re-derives without them.

@@ -4,6 +4,7 @@ intervals, strictly tighter where intermediate neurons are unstable, with splits
 intervals and deadlines."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -178,3 +179,25 @@ def test_a_clip_hook_falls_back_to_plain_alpha_crown() -> None:
     off = compute_bounds(graph, box, options=OFF, clip=clip)
     torch.testing.assert_close(on.lower, off.lower)
     assert on.alpha_iterations == off.alpha_iterations
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_optimisation_stops_once_every_row_is_above_its_threshold(joint: bool) -> None:
+    """`stop_above` under the CROWN bound: one step per stage, the bound no looser than
+    CROWN's; above every bound reachable: every step runs. With coefficients captured
+    (branching needs the last step's) the threshold is ignored."""
+    graph = _mlp(0)
+    box = _box(graph, 0, 0.4)
+    base = BoundOptions(method="alpha-crown", alpha_iterations=6, optimise_intermediate=joint)
+    crown = compute_bounds(graph, box, options=BoundOptions(method="crown"), want_upper=False)
+    low = crown.lower.min(0).values - 1.0                          # under every domain's CROWN bound
+    early = compute_bounds(graph, box, options=dataclasses.replace(base, stop_above=low), want_upper=False)
+    assert early.alpha_iterations == (2 if joint else 1)
+    assert bool((early.lower >= crown.lower - 1e-6).all())
+    full = compute_bounds(graph, box, options=dataclasses.replace(base, stop_above=low + 1e6), want_upper=False)
+    assert full.alpha_iterations == (12 if joint else 6)
+    kept = compute_bounds(graph, box, options=dataclasses.replace(base, stop_above=low, coefficients=True),
+                          want_upper=False)
+    assert kept.alpha_iterations == (12 if joint else 6)
+    assert compute_bounds(graph, box, options=dataclasses.replace(base, stop_above=low)).alpha_iterations \
+        == (12 if joint else 6)                                  # upper rows too: no threshold for them
