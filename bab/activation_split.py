@@ -154,7 +154,9 @@ class ReluBrancher:
             idx = self.unstable[z]
             if v is None:
                 return torch.full((N, S, len(idx)), fill, dtype=torch.float16, device=lb.device)
-            return v.detach().reshape(N, S, -1)[:, :, idx].to(torch.float16)
+            # Clamped to float16's range: an inf start would stay inf (a beta that large
+            # proves nothing, but would then never move again).
+            return v.detach().reshape(N, S, -1)[:, :, idx].clamp(-65504.0, 65504.0).to(torch.float16)
 
         alphas = {r: compact(res.alphas.get(r), z, float("nan")) for r, z in self.relus.items()}
         betas = {z: compact(res.betas.get(z), z, 0.0) for z in self.shapes}

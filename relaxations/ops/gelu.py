@@ -41,7 +41,7 @@ import torch
 from models import Node
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.ops.smooth import finish, unstable_if_wide
+from relaxations.ops.smooth import bisect, finish, unstable_if_wide
 from relaxations.registry import OpRule, Relaxation, register_rule
 
 __all__ = ["register", "gelu64", "dgelu64", "inflection", "minimum_bracket"]
@@ -189,12 +189,7 @@ def _gelu_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
 
 def _bisect(dg: Callable[[T], T], lo: T, hi: T, upper: bool, steps: int) -> tuple[T, T]:
     """Shrink [lo, hi] around the sign change of g' (decreasing for upper, increasing for lower)."""
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        d = dg(mid)
-        right = (d < 0) if upper else (d > 0)   # the extremum is left of mid
-        hi, lo = torch.where(right, mid, hi), torch.where(right, lo, mid)
-    return lo, hi
+    return bisect((lambda x: -dg(x)) if upper else dg, lo, hi, steps)   # > 0: the extremum is left of x
 
 
 def _piece_extremum(k: T, a: T, b: T, tanh: bool, upper: bool, guess: Optional[T] = None) -> T:
@@ -273,17 +268,10 @@ def _tangent_range(L: T, U: T, c_lo: T, c_hi: T, tanh: bool) -> tuple[T, T]:
     def above(p: T, x: T, fx: T) -> T:     # the tangent at p passes above (x, f(x))
         return gelu64(p, tanh) + dgelu64(p, tanh) * (x - p) > fx
 
-    lo, hi = c_lo, c_hi                     # p1: first p whose tangent is under (L, f(L))
-    for _ in range(_TANGENT_STEPS):
-        mid = (lo + hi) / 2
-        bad = above(mid, L, fL)
-        lo, hi = torch.where(bad, mid, lo), torch.where(bad, hi, mid)
+    # p1: first p whose tangent is under (L, f(L)); p2: last p whose tangent is under (U, f(U)).
+    _, hi = bisect(lambda p: (~above(p, L, fL)).to(p.dtype), c_lo, c_hi, _TANGENT_STEPS)
     p1 = torch.where(above(c_lo, L, fL), hi, c_lo)
-    lo, hi = c_lo, c_hi                     # p2: last p whose tangent is under (U, f(U))
-    for _ in range(_TANGENT_STEPS):
-        mid = (lo + hi) / 2
-        bad = above(mid, U, fU)
-        lo, hi = torch.where(bad, lo, mid), torch.where(bad, mid, hi)
+    lo, _ = bisect(lambda p: above(p, U, fU).to(p.dtype), c_lo, c_hi, _TANGENT_STEPS)
     p2 = torch.where(above(c_hi, U, fU), lo, c_hi)
     return p1, p2
 

@@ -31,7 +31,7 @@ from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
 from relaxations.registry import OpRule, Relaxation, register_rule
 
-__all__ = ["register", "finish", "curved", "s_shape", "SLACK_ULPS", "unstable_if_wide", "half_alpha"]
+__all__ = ["register", "finish", "curved", "s_shape", "SLACK_ULPS", "unstable_if_wide", "half_alpha", "bisect"]
 
 T = torch.Tensor
 Fn = Callable[[T], T]
@@ -124,8 +124,9 @@ def unstable_if_wide(node: Node, l: T, u: T, consts: Sequence) -> T:
 
 # ---------------------------------------------------------------- S-shaped functions
 
-def _bisect(h: Callable[[T], T], lo: T, hi: T, steps: int = _BISECT_STEPS) -> tuple[T, T]:
-    """Shrink [lo, hi] around the sign change of an increasing h (h(lo) <= 0 < h(hi))."""
+def bisect(h: Callable[[T], T], lo: T, hi: T, steps: int = _BISECT_STEPS) -> tuple[T, T]:
+    """Shrink [lo, hi] around the sign change of an increasing h (h(lo) <= 0 < h(hi)):
+    hi moves to the midpoint where h > 0 there, lo elsewhere (nan included)."""
     for _ in range(steps):
         mid = (lo + hi) / 2
         up = h(mid) > 0
@@ -161,8 +162,8 @@ def _s_points(f: Fn, df: Fn, l: T, u: T, cap: Optional[float]) -> tuple[T, T, T,
         near_lo = h_lo(lo0) < 0
         a_lo, a_hi = torch.where(near_up, zero, hi0), torch.where(near_up, hi0, u)
         b_lo, b_hi = torch.where(near_lo, lo0, l), torch.where(near_lo, zero, lo0)
-    _, d_u = _bisect(h_up, a_lo, a_hi)
-    d_l, _ = _bisect(h_lo, b_lo, b_hi)
+    _, d_u = bisect(h_up, a_lo, a_hi)
+    d_l, _ = bisect(h_lo, b_lo, b_hi)
     return d_u, d_l, up_chord, lo_chord
 
 

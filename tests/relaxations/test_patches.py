@@ -329,7 +329,7 @@ BENCH_MODELS = [("2022_oval21", "cifar_base_kw.onnx"), ("2022_oval21", "cifar_wi
 def test_patches_bounds_equal_dense_bounds_on_conv_benchmarks(family: str, model: str) -> None:
     path = BENCH / family / "onnx" / model
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared benchmark folder holds no such model)")
+        pytest.skip(reason=f"{path} is absent (the shared benchmark folder holds no such model)")
     graph = load_onnx(path, check=False)
     box = _first_box(BENCH / family, model, graph)
     _assert_same_bounds(_bounds(graph, box, False), _bounds(graph, box, True), torch.float32)

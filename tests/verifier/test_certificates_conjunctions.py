@@ -71,6 +71,10 @@ def test_missing_renamed_or_nested_parts_are_rejected(run) -> None:
     empty["disjuncts"][0]["parts"] = []
     assert "non-empty list" in _check(empty, model, path).reason
 
+    outer = copy.deepcopy(cert)
+    outer["disjuncts"][0]["root"]["lower"] = [v - 0.5 for v in entry["root"]["lower"]]
+    assert "root region differs" in _check(outer, model, path).reason
+
     moved = copy.deepcopy(cert)
     moved["disjuncts"][0]["parts"][0]["root"]["lower"] = [v - 0.5 for v in entry["parts"][0]["root"]["lower"]]
     assert "root region differs" in _check(moved, model, path).reason

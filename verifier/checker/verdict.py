@@ -246,14 +246,14 @@ def _check_conjunctions(i: int, entry: dict, disjunct, net: Network) -> dict:
 def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
     if not isinstance(entry, dict):
         raise _Reject(f"disjunct {i}: not an object")
-    if entry.get("kind") == "conjunctions":
-        return _check_conjunctions(i, entry, disjunct, net)
     region = disjunct.region
     root = entry.get("root") or {}
     root_lo = decode_array(root.get("lower"), f"disjunct {i} root.lower").reshape(-1)
     root_hi = decode_array(root.get("upper"), f"disjunct {i} root.upper").reshape(-1)
     if not (np.array_equal(root_lo, region.lower) and np.array_equal(root_hi, region.upper)):
         raise _Reject(f"disjunct {i}: the root region differs from the spec's input box")
+    if entry.get("kind") == "conjunctions":  # each part's root is checked again, as its own disjunct's
+        return _check_conjunctions(i, entry, disjunct, net)
     C, d, strict, owner = spec_rows(disjunct)
     S, K = C.shape[0], len(disjunct.outputs)
     if K == 0:
