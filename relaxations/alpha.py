@@ -17,7 +17,7 @@ from relaxations.bounds import IntervalBounds, LinearBounds, Precision
 import relaxations.crown as crown
 from relaxations.crown import BackwardContext, backward_lower, is_relaxed, is_slot_node, relaxation_domain, slot_count
 
-__all__ = ["optimise_alpha", "initial_alphas", "project_alphas", "alpha_fits", "AlphaResult"]
+__all__ = ["optimise_alpha", "initial_alphas", "project_alphas", "alpha_fits", "alpha_lrs", "AlphaResult"]
 
 T = torch.Tensor
 
@@ -51,9 +51,11 @@ class _Adam:
     """Adam (Kingma and Ba), written out: constructing torch.optim.Adam imports
     torch._dynamo, which costs about 2 s of start-up in every verifier process."""
 
-    def __init__(self, params: list[T], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params: list[T], lr, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        """`lr`: one step size, or one per parameter (`alpha_lrs`)."""
+        self.params, self.betas, self.eps, self.t = params, betas, eps, 0
+        self.lr = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(params)
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
 
@@ -62,12 +64,17 @@ class _Adam:
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lr):
             if g is None:
                 continue
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
+
+
+def alpha_lrs(ctx: BackwardContext, names, base: float) -> list[float]:
+    """Adam's step size for each node's alphas: `base` times its rule's `alpha_lr_scale`."""
+    return [base * ctx.rules[n].alpha_lr_scale for n in names]
 
 
 def project_alphas(ctx: BackwardContext, alphas: dict[str, T]) -> None:
@@ -104,8 +111,8 @@ def _all_above(best: T, options, capture: Optional[dict]) -> bool:
 
 def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision,
                    signs: Optional[dict[str, T]] = None, capture: Optional[dict] = None,
-                   init_alphas: Optional[dict[str, T]] = None, init_betas: Optional[dict[str, T]] = None
-                   ) -> AlphaResult:
+                   init_alphas: Optional[dict[str, T]] = None, init_betas: Optional[dict[str, T]] = None,
+                   cuts: Optional[dict] = None) -> AlphaResult:
     """Best lower bound of A . output over the box found by projected Adam on alpha
     (and, for split neurons, on beta >= 0: the beta-CROWN Lagrange multipliers).
 
@@ -114,18 +121,48 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     backward pass with -beta*s added to z's coefficient. Every iterate is sound.
     `signs`: split tensor -> float signs [B, 1, *shape]. `init_alphas` / `init_betas`
     (already in range) start the optimisation instead of CROWN's slopes and zero betas.
+
+    `cuts`: key -> (tensor, s, c), each [B, 1, *shape]: constraints s*z >= s*c that hold
+    on the domain where s != 0 (the splits of a general nonlinearity at a point c, both
+    sides of one neuron possible). The same argument gives f(x) >= f(x) - beta*s*(z - c):
+    -beta*s enters z's coefficient and beta*s*c the bound's constant, with its rounding
+    mass. Their multipliers are in the result's `betas` under the same keys.
     """
     with torch.enable_grad():
-        return _optimise(ctx, box, A, options, precision, signs or {}, capture, init_alphas, init_betas or {})
+        return _optimise(ctx, box, A, options, precision, signs or {}, capture, init_alphas, init_betas or {},
+                         cuts or {})
+
+
+def _extra(betas: dict, signs: dict, cuts: dict) -> Optional[dict]:
+    """The beta terms' coefficients per tensor (several terms on one tensor add up)."""
+    out: dict = {}
+    for k, b in betas.items():
+        z, s = (cuts[k][0], cuts[k][1]) if k in cuts else (k, signs[k])
+        term = -b * s
+        out[z] = term if z not in out else out[z] + term
+    return out or None
+
+
+def _with_cut_constants(lin: LinearBounds, betas: dict, cuts: dict) -> LinearBounds:
+    """`lin` plus the constants beta*s*c of the cuts (and their rounding mass)."""
+    if not cuts:
+        return lin
+    bias, mass = lin.bias, lin.mass
+    for k, (_, s, c) in cuts.items():
+        t = betas[k] * s * c
+        t = t.reshape(t.shape[0], t.shape[1], -1)
+        bias = bias + t.sum(-1)
+        mass = mass + t.abs().sum(-1)
+    return LinearBounds(lin.A, bias, mass)
 
 
 def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision, signs: dict,
-              capture: Optional[dict], init_alphas: Optional[dict], init_betas: dict) -> AlphaResult:
+              capture: Optional[dict], init_alphas: Optional[dict], init_betas: dict, cuts: dict) -> AlphaResult:
     B, S = A.shape[:2]
     alphas = initial_alphas(ctx, B, S) if init_alphas is None else {k: v.detach().clone()
                                                                     for k, v in init_alphas.items()}
-    betas: dict[str, T] = {}
-    for name, sign in signs.items():
+    betas: dict = {}
+    for name, sign in list(signs.items()) + [(k, v[1]) for k, v in cuts.items()]:
         init = init_betas.get(name)
         betas[name] = init.detach().clone() if init is not None else \
             torch.zeros(B, S, *sign.shape[2:], dtype=A.dtype, device=A.device)
@@ -135,17 +172,17 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precisio
     params = list(alphas.values()) + list(betas.values())
     for p in params:
         p.requires_grad_(True)
-    opt = _Adam(params, lr=options.alpha_lr)
-    octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas, cache=None, checked=set())
+    opt = _Adam(params, lr=alpha_lrs(ctx, alphas, options.alpha_lr) + [options.alpha_lr] * len(betas))
+    octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, alphas, cache=None, checked=set(), prepared={})
     best = None
     best_lin = None
     best_alphas: dict[str, T] = {}
     best_betas: dict[str, T] = {}
     keep_betas = bool(getattr(options, "keep_betas", False)) and bool(betas)
     for it in range(max(1, options.alpha_iterations)):
-        octx.extra_A = {k: -betas[k] * signs[k] for k in betas} if betas else None
+        octx.extra_A = _extra(betas, signs, cuts)
         octx.capture = capture if it == options.alpha_iterations - 1 else None
-        lin = backward_lower(octx, ctx.graph.output_name, A)
+        lin = _with_cut_constants(backward_lower(octx, ctx.graph.output_name, A), betas, cuts)
         lb = lin.concretize(box, precision)
         with torch.no_grad():
             if best is None:

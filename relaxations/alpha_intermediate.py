@@ -37,13 +37,13 @@ its backward step, so `max_elements` bounds each backward pass but not the itera
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Optional
 
 import torch
 
 from models import Node
-from relaxations.alpha import (AlphaResult, _Adam, _all_above, alpha_fits, initial_alphas, optimise_alpha,
+from relaxations.alpha import (AlphaResult, _Adam, _all_above, alpha_fits, alpha_lrs, initial_alphas, optimise_alpha,
                                project_alphas)
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
 from relaxations.compute import BoundOptions, _guard_empty, _widen_interval
@@ -80,6 +80,7 @@ class _Setup:
     betas: dict[str, T]             # split tensor -> [B, R, *shape]
     signs: dict[str, T]             # split tensor -> float signs [B, 1, *shape]
     guard: frozenset                # tensors whose emptiness is checked (split or CROWN-bounded)
+    prepared: dict = field(default_factory=dict)   # BackwardContext.prepared, shared by every pass
 
 
 def optimise_with_intermediate(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOptions,
@@ -126,7 +127,9 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOpt
               *(a for cs in setup.chunks.values() for c in cs for a in c.alphas.values())]
     for p in params:
         p.requires_grad_(True)
-    opt = _Adam(params, lr=options.alpha_lr)
+    lr = options.alpha_lr
+    opt = _Adam(params, lr=[*alpha_lrs(ctx, setup.alphas, lr), *[lr] * len(setup.betas),
+                            *(x for cs in setup.chunks.values() for c in cs for x in alpha_lrs(ctx, c.alphas, lr))])
     ends = [t for t in (options.deadline, options.optimise_deadline) if t is not None]
     late = (lambda: time.monotonic() > min(ends)) if ends else (lambda: False)
     done = 0
@@ -286,7 +289,7 @@ def _pass(setup: _Setup, late: Callable[[], bool], capture: Optional[dict]
         return None
     extra = {k: -setup.betas[k] * setup.signs[k] for k in setup.betas} or None
     octx = BackwardContext(ctx.graph, ctx.ev, table, ctx.rules, _in_range(ctx, table, setup.alphas),
-                           cache=None, extra_A=extra, capture=capture)
+                           cache=None, extra_A=extra, capture=capture, prepared=setup.prepared)
     return table, backward_lower(octx, ctx.graph.output_name, setup.A), empty
 
 
@@ -301,7 +304,8 @@ def _tighten(setup: _Setup, table: BoundsTable, name: str, chunk: _Chunk) -> Int
     A = torch.zeros(B, 2 * r, shape.numel(), dtype=current.lower.dtype, device=current.lower.device)
     A[:, ar, chunk.rows] = 1.0
     A[:, r + ar, chunk.rows] = -1.0
-    zctx = BackwardContext(ctx.graph, ctx.ev, table, ctx.rules, _in_range(ctx, table, chunk.alphas), cache=None)
+    zctx = BackwardContext(ctx.graph, ctx.ev, table, ctx.rules, _in_range(ctx, table, chunk.alphas), cache=None,
+                           prepared=setup.prepared)
     lb = backward_lower(zctx, name, A.reshape(B, 2 * r, *shape)).concretize(setup.box, setup.precision)
     lower = current.lower.reshape(B, -1).clone()
     upper = current.upper.reshape(B, -1).clone()

@@ -353,7 +353,8 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
                    ev: Optional[GraphEvaluator] = None, *, splits: Optional[Mapping[str, T]] = None,
                    clip: Optional[ClipHook] = None, alphas: Optional[Mapping[str, T]] = None,
                    betas: Optional[Mapping[str, T]] = None,
-                   known: Optional[Mapping[str, IntervalBounds]] = None) -> BoundResult:
+                   known: Optional[Mapping[str, IntervalBounds]] = None,
+                   cuts: Optional[Mapping] = None) -> BoundResult:
     """Sound bounds of C @ output over each box of the batch: the bounding API.
 
     box: IntervalBounds with tensors [B, *input_shape] (their dtype and device are the
@@ -370,6 +371,11 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     refinement) over a region that contains every box of the batch; each is
     intersected with the tensor's interval. Unlike alphas they cannot be checked here:
     a caller passing a wrong interval gets a wrong bound.
+    `cuts`: key -> (tensor, s, c) [B, *shape] each, constraints s*z >= s*c (where s != 0)
+    that the caller knows hold on each box's domain (general activation splits); alpha-CROWN
+    dualises them with multipliers like beta-CROWN's (`relaxations.alpha.optimise_alpha`),
+    started from `betas[key]` [B, R, *shape] where given.
+    Like `known`, they are trusted: a wrong cut gives a wrong bound.
     """
     if tuple(box.lower.shape[1:]) != tuple(graph.input_shape) or box.lower.shape != box.upper.shape:
         raise ValueError(f"box must have shape [B, {', '.join(map(str, graph.input_shape))}], "
@@ -377,7 +383,7 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     if ev is None:
         ev = GraphEvaluator(graph, dtype=box.lower.dtype, device=box.lower.device)
     with contextlib.nullcontext() if options.grad else torch.no_grad(), _full_float32(ev.device):
-        return _compute(graph, ev, box, C, options, want_upper, splits, clip, alphas, betas, known)
+        return _compute(graph, ev, box, C, options, want_upper, splits, clip, alphas, betas, known, cuts)
 
 
 @contextlib.contextmanager
@@ -403,7 +409,7 @@ def _full_float32(device: torch.device):
 def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[T], options: BoundOptions,
              want_upper: bool, splits: Optional[Mapping[str, T]], clip: Optional[ClipHook],
              alphas: Optional[Mapping[str, T]], betas: Optional[Mapping[str, T]],
-             known: Optional[Mapping[str, IntervalBounds]] = None) -> BoundResult:
+             known: Optional[Mapping[str, IntervalBounds]] = None, cuts: Optional[Mapping] = None) -> BoundResult:
     precision = options.precision or Precision.for_dtype(ev.dtype)
     B = box.lower.shape[0]
     if C is None:
@@ -437,6 +443,8 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
         given_a = _given_alphas(ctx, alphas, B, R)
         signs = _split_signs(splits, A.dtype)
         given_b = {z: b.to(A.dtype).clamp(min=0) for z, b in (betas or {}).items() if z in signs}
+        # Given multipliers of cuts only start alpha-CROWN (the plain pass bounds f itself).
+        cut_b = {k: b.to(A.dtype).clamp(min=0) for k, b in (betas or {}).items() if cuts and k in cuts}
         ctx.alphas = given_a
         ctx.extra_A = {z: -b * signs[z] for z, b in given_b.items()} or None
         ctx.capture = coefficients if options.coefficients else None
@@ -447,13 +455,14 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
         if options.method == "alpha-crown":
             crown_linear = linear
             capture = coefficients if options.coefficients else None
-            if options.optimise_intermediate and clip is None and options.intermediate == "crown":
+            if options.optimise_intermediate and clip is None and options.intermediate == "crown" and not cuts:
                 from relaxations.alpha_intermediate import optimise_with_intermediate  # it imports this module
                 opt, table, empty = optimise_with_intermediate(ctx, box, A, options, precision, signs, capture,
                                                                given_a, given_b)
                 infeasible = infeasible | empty
             else:
-                opt = optimise_alpha(ctx, box, A, options, precision, signs, capture, given_a, given_b)
+                opt = optimise_alpha(ctx, box, A, options, precision, signs, capture, given_a, {**given_b, **cut_b},
+                                     _batch_cuts(cuts, A.dtype))
             best = torch.maximum(best, opt.lower)
             linear, used_alphas, used_betas, iterations = opt.linear, opt.alphas, opt.betas, opt.iterations
     if bool(infeasible.any()):
@@ -467,6 +476,11 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
                        infeasible=infeasible, interval_lower=interval[:, :S], linear=linear,
                        crown_linear=crown_linear, alphas=used_alphas, betas=used_betas,
                        coefficients=coefficients, alpha_iterations=iterations)
+
+
+def _batch_cuts(cuts: Optional[Mapping], dtype: torch.dtype) -> dict:
+    """Cuts as optimise_alpha takes them: (tensor, s, c) with a row axis, [B, 1, *shape]."""
+    return {k: (z, s.to(dtype).unsqueeze(1), c.to(dtype).unsqueeze(1)) for k, (z, s, c) in (cuts or {}).items()}
 
 
 def _split_signs(splits: Optional[Mapping[str, T]], dtype: torch.dtype) -> dict[str, T]:

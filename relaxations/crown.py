@@ -68,6 +68,11 @@ class BackwardContext:
     # steps skip the check (a scan of [B, S, *shape] per node and step). Skipping it is safe:
     # a non-finite line reaches the bound as inf or nan, which proves nothing.
     checked: Optional[set] = None
+    # node name -> (the input's IntervalBounds, what the rule's `prepare` made of it): the
+    # alpha-independent part of a relaxation (e.g. tangent points found by bisection),
+    # computed once per interval instead of at every alpha step. The entry keeps the
+    # interval object alive, so an identity check cannot match a different interval.
+    prepared: Optional[dict] = None
 
 
 def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
@@ -125,7 +130,15 @@ def _relaxation(ctx: BackwardContext, node: Node, rule: OpRule, alpha: Optional[
         return ctx.cache[node.name]
     b = ctx.table[node.inputs[0]]
     consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
-    r = rule.relax(node, b.lower.unsqueeze(1), b.upper.unsqueeze(1), alpha, consts)
+    l, u = b.lower.unsqueeze(1), b.upper.unsqueeze(1)
+    if alpha is not None and rule.prepare is not None and ctx.prepared is not None:
+        entry = ctx.prepared.get(node.name)
+        if entry is None or entry[0] is not b:
+            entry = (b, rule.prepare(node, l, u, consts))
+            ctx.prepared[node.name] = entry
+        r = rule.relax(node, l, u, alpha, consts, prepared=entry[1])
+    else:
+        r = rule.relax(node, l, u, alpha, consts)
     if alpha is not None and ctx.checked is not None:
         if node.name in ctx.checked:
             return r

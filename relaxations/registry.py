@@ -86,7 +86,14 @@ class OpRule:
     relax: Optional[Callable[..., Relaxation]] = None
     # alpha_init(node, l, u, consts) -> alpha of l's shape; alpha_bounds(...) -> (lo, hi)
     # tensors that alpha is projected onto after each gradient step.
+    # elementwise, optional: prepare(node, l, u, consts) -> the part of the relaxation that
+    # does not depend on alpha; alpha-CROWN then calls relax(..., prepared=that) at each
+    # step on the same interval instead of recomputing it.
+    prepare: Optional[Callable[..., object]] = None
     alpha_init: Optional[Callable[..., T]] = None
+    # Adam's step size for this rule's alphas, as a multiple of `alpha_lr`: a ReLU's alpha
+    # is a slope, an S-shape's a tangent point, which moves its line much further per unit.
+    alpha_lr_scale: float = 1.0
     alpha_bounds: Optional[Callable[..., tuple[T, T]]] = None
     # elementwise: unstable(node, l, u, consts) -> mask of elements whose relaxation is
     # not exact; only those need tight (CROWN) input bounds. None: every element.

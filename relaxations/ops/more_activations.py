@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from models import Node
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.ops.smooth import SLACK_ULPS, finish, half_alpha, s_alpha_init, s_shape, unstable_if_wide
+from relaxations.ops.smooth import (S_LR_SCALE, SLACK_ULPS, SPoints, finish, half_alpha, s_alpha_init, s_points,
+                                    s_shape, unstable_if_wide)
 from relaxations.registry import OpRule, Relaxation, register_rule
 
 __all__ = ["register", "support", "outward"]
@@ -150,10 +151,15 @@ _S_FUNCS: dict[str, tuple[Fn, Fn, Fn]] = {"Atan": (torch.atan, _datan, _atan_din
                                           "Erf": (torch.erf, _derf, _erf_dinv)}
 
 
-def _s_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> Relaxation:
+def _s_prepare(node: Node, l: T, u: T, consts: Sequence) -> SPoints:
+    f, df, dinv = _S_FUNCS[node.op]
+    return s_points(f, df, dinv, *_safe_box(l, u), cap=_S_CAP)
+
+
+def _s_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence, prepared=None) -> Relaxation:
     f, df, dinv = _S_FUNCS[node.op]
     ls, us = _safe_box(l, u)
-    lower, upper = s_shape(f, df, dinv, ls, us, alpha, cap=_S_CAP)
+    lower, upper = s_shape(f, df, dinv, ls, us, alpha, cap=_S_CAP, points=prepared)
     lo_c, hi_c = _monotone_range(f, l, u)
     return finish(node.op, l, u, lower, upper, lo_c, hi_c)
 
@@ -368,7 +374,8 @@ def register() -> None:
                          facts=smooth | {"monotone", "convex"}))
     for op, opset in (("Atan", 7), ("Erf", 9)):
         register_rule(OpRule(op, "elementwise", min_opset=opset, interval=_s_interval, relax=_s_relax,
-                             alpha_init=_s_alpha_init, alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
+                             prepare=_s_prepare, alpha_init=_s_alpha_init, alpha_lr_scale=S_LR_SCALE,
+                             alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
                              facts=smooth | {"monotone"}))
     # Elu and HardSigmoid are monotone only for alpha >= 0: no "monotone" fact.
     register_rule(OpRule("Elu", "elementwise", interval=_elu_interval, relax=_elu_relax,
