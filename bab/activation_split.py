@@ -19,15 +19,15 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bab.attack import domain_pgd
+from bab.attack import minimiser_candidates
 from bab.branching import BRANCHING, babsr_branch, fsb_branch, more_branches, neuron_scores
 from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
-from bab.problem import Problem, rows_status, violations
+from bab.problem import Problem, rows_left_open, rows_status
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
-from relaxations import BoundOptions, IntervalBounds, compute_bounds, rows_proved
+from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
 __all__ = ["ReluBrancher", "activation_split_bab", "relu_inputs"]
 
@@ -184,18 +184,8 @@ class ReluBrancher:
         return (batch.take(~done), n_done) if n_done else (batch, 0)
 
     def _rows_open(self, lb: T) -> Optional[T]:
-        """The spec rows whose conjunction some domain of the batch leaves open (None: all).
-
-        A conjunction proved over a domain is proved over its children (their regions
-        lie inside it), so its rows need no bound there: the children keep the parent's."""
-        p = self.problem
-        if not self.open_rows or p.C.shape[0] == 1:
-            return None
-        N = lb.shape[0]
-        ok = torch.zeros((N, p.n_conj), dtype=torch.bool, device=lb.device)
-        ok = ok.scatter_reduce(1, p.owner.expand(N, -1), rows_proved(lb, p.strict), reduce="amax")
-        need = (~ok).any(0)[p.owner]                                         # [S]
-        return None if bool(need.all()) else torch.nonzero(need).flatten()
+        """The spec rows to bound in the children (None: all; `rows_left_open`)."""
+        return rows_left_open(self.problem, lb) if self.open_rows else None
 
     def _levels(self, batch: SplitDomains) -> list[T]:
         """The decisions [n, 2] this round splits on: the chosen one, then as many of the
@@ -258,13 +248,7 @@ class ReluBrancher:
         proved, score = rows_status(p, lb)
         pts = obj = None
         if mins is not None and self.attack:
-            pts = mins.reshape(-1, *p.lower.shape[1:])
-            obj = violations(p, pts)
-            focus = torch.argsort(obj)[:self.tuning.pgd_focus_activation]
-            lo = p.lower.expand(len(focus), *p.lower.shape[1:])
-            hi = p.upper.expand(len(focus), *p.upper.shape[1:])
-            pgd_obj, pgd_x = domain_pgd(p, lo, hi, pts[focus], self.tuning.pgd_steps)
-            pts, obj = torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
+            pts, obj = minimiser_candidates(p, mins, self.tuning.pgd_focus_activation, self.tuning.pgd_steps)
         kept_a, kept_b = self._keep(res, sub, rows, inherited)
         return Bounded(SplitDomains(children, lb, score, branch, kept_a, kept_b, more), proved, pts, obj,
                        self._leaf_data(res))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from bab.problem import Problem, objective
+from bab.problem import Problem, objective, violations
 
-__all__ = ["domain_pgd"]
+__all__ = ["domain_pgd", "minimiser_candidates"]
 
 T = torch.Tensor
 
@@ -33,3 +33,17 @@ def domain_pgd(p: Problem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
             size = 0.5 * (1e-3 ** (step / max(steps - 1, 1)))  # geometric decay down to fine steps
             x = torch.minimum(torch.maximum(x - size * half * grad.sign(), lo), hi)
     return best, best_x
+
+
+def minimiser_candidates(p: Problem, mins: T, focus: int, steps: int) -> tuple[T, T]:
+    """Counterexample candidates of a bounded batch of activation-split domains: the bound's
+    minimisers (one per domain and row), then PGD over the whole region from the `focus`
+    most promising of them. Returns (points [M, *input_shape], objective [M])."""
+    pts = mins.reshape(-1, *p.lower.shape[1:])
+    obj = violations(p, pts)
+    best = torch.argsort(obj)[:focus]
+    lo = p.lower.expand(len(best), *p.lower.shape[1:])
+    hi = p.upper.expand(len(best), *p.upper.shape[1:])
+    pgd_obj, pgd_x = domain_pgd(p, lo, hi, pts[best], steps)
+    return torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
+

@@ -8,14 +8,14 @@ through `rows_status` (is it proved, and how far from it) and of each point thro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
 from models import Graph, GraphEvaluator
 from relaxations.bounds import IntervalBounds, rows_proved
 
-__all__ = ["Problem", "rows_status", "open_rows", "objective", "violations"]
+__all__ = ["Problem", "rows_status", "open_rows", "rows_left_open", "objective", "violations"]
 
 T = torch.Tensor
 
@@ -57,6 +57,20 @@ def rows_status(p: Problem, lb: T) -> tuple[T, T]:
 def open_rows(p: Problem, lb: T) -> T:
     """[N, S] as lb's dtype: 1 for the rows not proved yet, whose looseness branching should cut."""
     return (~rows_proved(lb, p.strict)).to(lb.dtype)
+
+
+def rows_left_open(p: Problem, lb: T) -> Optional[T]:
+    """The spec rows whose conjunction some domain of the batch (row bounds lb [N, S])
+    leaves open; None when that is all of them. A conjunction proved over a domain is
+    proved over its children (their regions lie inside it): their other rows need no
+    bound, the parent's holds."""
+    if p.C.shape[0] == 1:
+        return None
+    N = lb.shape[0]
+    ok = torch.zeros((N, p.n_conj), dtype=torch.bool, device=lb.device)
+    ok = ok.scatter_reduce(1, p.owner.expand(N, -1), rows_proved(lb, p.strict), reduce="amax")
+    need = (~ok).any(0)[p.owner]                                         # [S]
+    return None if bool(need.all()) else torch.nonzero(need).flatten()
 
 
 def objective(p: Problem, y: T) -> T:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bab import Problem, activation_split_bab, input_split_bab
+from bab.general_split import general_split_bab, needs_general_split, split_nodes
 from bab.proof import ConjunctionProofs
 from models import GraphEvaluator
 from relaxations import DeadlineExceeded, IntervalBounds, compute_bounds
@@ -102,8 +103,8 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
         # domains take them instead of CROWN; never for a certificate, whose writer re-derives without them.
         if known is not None and method != "ibp" and not config.proof and (
                 opts.optimise_intermediate or config.bab.domain_intermediate == "root"):
-            known.update({n.inputs[0]: res.table[n.inputs[0]] for n in model.graph.nodes
-                          if n.op == "Relu" and n.inputs[0] in res.table})
+            known.update({z: res.table[z] for z in split_nodes(model.graph, ev.constants).values()
+                          if z in res.table})
         lower = res.lower.detach().cpu().numpy()[0]
         stats.setdefault("bounds", []).append({"method": method, "min_gap": float(np.min(lower - d))})
         if conjunctions_proved(lower, d, strict, owner, K).all():
@@ -120,6 +121,9 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
 def _bab_proof(mode: str, outcome) -> dict:
     """What a certificate needs from a branch-and-bound proof: the leaves and what proved them."""
     if mode == "activation":
+        if outcome.stats.get("split") == "general":
+            return {"kind": "general-split", "method": "alpha-crown",
+                    "certificate": "unsupported (interval splits of general nonlinearities are not checkable yet)"}
         if isinstance(outcome.proof, ConjunctionProofs):
             return {"kind": "conjunctions", "parts": [
                 {"conjunctions": [k], "kind": "activation-split", "method": "beta-crown", "leaves": log.leaves()}
@@ -190,6 +194,13 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                   alpha_iterations=config.bab.alpha_iterations)
     if config.bab.domain_intermediate == "root" and known and not config.proof:
         options = dataclasses.replace(options, intermediate="ibp")  # the root's intervals, splits by IBP
+    if needs_general_split(model.graph, ev.constants):  # sigmoid, tanh, GELU, ...: interval splits
+        return general_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
+                                 max_domains=config.bab.max_domains,
+                                 confirm=lambda x: confirm(model, disjunct, x) is not None,
+                                 progress=lambda f: progress.update(**f),
+                                 max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop,
+                                 open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start)
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
                                 max_domains=config.bab.max_domains,
                                 confirm=lambda x: confirm(model, disjunct, x) is not None,

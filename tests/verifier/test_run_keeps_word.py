@@ -29,12 +29,13 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def _net(tmp_path: Path, act: str = "Relu", n_in: int = 2, hidden: int = 8, seed: int = 0, scale: float = 1.0
          ) -> Path:
-    """X[1, n_in] -> Gemm -> act -> Gemm -> Y[1, 2]."""
+    """X[1, n_in] -> Gemm -> act -> Gemm -> Y[1, 2] (act "Square": h * h)."""
     r = np.random.default_rng(seed)
     inits = {"W1": (scale * r.standard_normal((hidden, n_in))).astype(np.float32),
              "b1": r.standard_normal(hidden).astype(np.float32),
              "W2": r.standard_normal((2, hidden)).astype(np.float32), "b2": np.zeros(2, np.float32)}
-    nodes = [helper.make_node("Gemm", ["X", "W1", "b1"], ["h"], transB=1), helper.make_node(act, ["h"], ["a"]),
+    hidden_act = helper.make_node("Mul", ["h", "h"], ["a"]) if act == "Square" else helper.make_node(act, ["h"], ["a"])
+    nodes = [helper.make_node("Gemm", ["X", "W1", "b1"], ["h"], transB=1), hidden_act,
              helper.make_node("Gemm", ["a", "W2", "b2"], ["Y"], transB=1)]
     path = tmp_path / f"{act.lower()}_{n_in}.onnx"
     path.write_bytes(make_model(nodes, inits, (1, n_in), (1, 2)).SerializeToString())
@@ -199,14 +200,16 @@ def test_mode_counts_free_input_dimensions() -> None:
 
 
 def test_unknown_with_time_left_hands_over_to_the_other_search(tmp_path: Path) -> None:
-    """A sigmoid net has no ReLU for activation split; input split then proves it."""
+    """A net whose only nonlinearity is a product (h * h) has no activation to split (a
+    sigmoid net is split by interval now); input split then proves it."""
     from verifier import Config, load_model, verify
     from verifier.config import BabConfig
 
-    model = load_model(_net(tmp_path, act="Sigmoid", n_in=2, hidden=16, scale=4.0, seed=3))
-    xs = np.random.default_rng(0).uniform(-1, 1, (4000, 2)).astype(np.float32)
-    ys = np.stack([model.run_onnxruntime(x) for x in xs])
-    d = float(ys[:, 0].min()) - 0.05
+    model = load_model(_net(tmp_path, act="Square", n_in=2, hidden=16, scale=1.0, seed=3))
+    g = np.linspace(-1, 1, 201)
+    xs = np.stack(np.meshgrid(g, g), -1).reshape(-1, 1, 2).astype(np.float32)
+    ys = np.stack([model.run_onnxruntime(x) for x in xs[::7]])
+    d = float(ys[:, 0].min()) - 0.1 * (1 + abs(float(ys[:, 0].min())))
     spec = vnnlib.Spec(2, 2, (vnnlib.Disjunct(vnnlib.InputRegion(-np.ones(2), np.ones(2)), (
         vnnlib.OutputConstraints(np.array([[1.0, 0.0]]), np.array([d]), np.array([False])),)),))
     config = Config(timeout=120, bab=BabConfig(input_split_max_dims=1))
