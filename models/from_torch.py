@@ -59,10 +59,12 @@ class _Builder:
         self.constants[name] = value
         return name
 
-    def emit(self, name: str, op: str, inputs: Sequence[str], attrs: dict | None = None) -> str:
-        """Add one node, run its forward rule on the example values for the output shape."""
+    def emit(self, name: str, op: str, inputs: Sequence[str], attrs: dict | None = None,
+             opset: int = OPSET) -> str:
+        """Add one node, run its forward rule on the example values for the output shape.
+        `opset`: the node's own, for ops newer than `OPSET` (Gelu is opset 20)."""
         node = Node(name=name, op=op, inputs=tuple(inputs), outputs=(name,),
-                    attrs=MappingProxyType(dict(attrs or {})), opset=OPSET)
+                    attrs=MappingProxyType(dict(attrs or {})), opset=opset)
         args = [None if x == "" else (self.constants[x] if x in self.constants else self.example[x])
                 for x in inputs]
         try:
@@ -156,6 +158,17 @@ def _module_node(b: _Builder, fxn: fx.Node, m: nn.Module) -> None:
         b.env[name] = b.emit(name, "Sigmoid", [x])
     elif isinstance(m, nn.Tanh):
         b.env[name] = b.emit(name, "Tanh", [x])
+    elif isinstance(m, nn.GELU):
+        b.env[name] = b.emit(name, "Gelu", [x], {"approximate": m.approximate}, opset=20)
+    elif isinstance(m, nn.ELU):
+        b.env[name] = b.emit(name, "Elu", [x], {"alpha": float(m.alpha)})
+    elif isinstance(m, nn.Softplus) and float(m.beta) == 1.0:
+        # torch's Softplus is linear above `threshold` (20): off by at most log(1 + e^-20) = 2e-9.
+        b.env[name] = b.emit(name, "Softplus", [x])
+    elif isinstance(m, nn.Hardsigmoid):
+        b.env[name] = b.emit(name, "HardSigmoid", [x], {"alpha": 1.0 / 6.0, "beta": 0.5})
+    elif isinstance(m, nn.Hardswish):
+        b.env[name] = b.emit(name, "HardSwish", [x], opset=14)
     elif isinstance(m, nn.Flatten):
         _flatten(b, name, x, m.start_dim, m.end_dim)
     elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):

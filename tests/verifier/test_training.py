@@ -89,9 +89,34 @@ def test_other_supported_modules_translate() -> None:
 
 
 def test_unsupported_module_is_named() -> None:
-    net = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2))
-    with pytest.raises(UnsupportedModel, match="GELU"):
+    net = nn.Sequential(nn.Linear(4, 4), nn.SiLU(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedModel, match="SiLU"):
         graph_from_module(net, (1, 4))
+    with pytest.raises(UnsupportedModel, match="Softplus"):       # only beta = 1 is ONNX's Softplus
+        graph_from_module(nn.Sequential(nn.Linear(4, 4), nn.Softplus(beta=2.0)), (1, 4))
+
+
+def test_smooth_activation_modules_translate() -> None:
+    """nn.GELU (both forms), ELU, Softplus, Hardsigmoid and Hardswish become their ONNX ops,
+    with the same forward, and get bounds (CROWN through each)."""
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+
+    torch.manual_seed(2)
+    acts = [nn.GELU(), nn.GELU(approximate="tanh"), nn.ELU(alpha=0.7), nn.Softplus(), nn.Hardsigmoid(),
+            nn.Hardswish()]
+    layers: list = []
+    for a in acts:
+        layers += [nn.Linear(5, 5), a]
+    net = nn.Sequential(*layers, nn.Linear(5, 2)).eval()
+    graph = graph_from_module(net, (1, 5))
+    assert [n.op for n in graph.nodes if n.op != "Gemm"] == ["Gelu", "Gelu", "Elu", "Softplus", "HardSigmoid",
+                                                              "HardSwish"]
+    x = 3 * torch.rand(9, 5) - 1.5
+    torch.testing.assert_close(GraphEvaluator(graph)(x.unsqueeze(1)).reshape(9, -1), net(x), rtol=1e-5, atol=1e-6)
+    lo = torch.full((1, 1, 5), -0.2)
+    res = compute_bounds(graph, IntervalBounds(lo, lo + 0.4), None, BoundOptions(method="crown"))
+    ys = net(lo.reshape(1, 5) + 0.4 * torch.rand(500, 5))
+    assert bool((res.lower.reshape(1, -1) <= ys + 1e-5).all() and (ys <= res.upper.reshape(1, -1) + 1e-5).all())
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
