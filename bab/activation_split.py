@@ -23,7 +23,7 @@ from bab.attack import minimiser_candidates
 from bab.branching import BRANCHING, babsr_branch, fsb_branch, more_branches, neuron_scores
 from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
-from bab.problem import Problem, rows_left_open, rows_status
+from bab.problem import Problem, rows_left_open, rows_problem, rows_status
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
@@ -318,13 +318,6 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
                                 record_proof)
     log = ActivationProofLog(brancher.names) if record_proof else None
     return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit, stop)
-
-
-def rows_problem(p: Problem, rows: T) -> Problem:
-    """The problem of some spec rows (every row of each conjunction they touch, or the
-    answer would change): their conjunctions renumbered in order."""
-    uniq, owner = torch.unique(p.owner[rows], return_inverse=True)
-    return dataclasses.replace(p, C=p.C[rows], d=p.d[rows], strict=p.strict[rows], owner=owner, n_conj=len(uniq))
 
 
 def conjunction_problem(p: Problem, k: int) -> Problem:

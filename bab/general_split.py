@@ -38,7 +38,7 @@ import torch
 
 from bab.attack import minimiser_candidates
 from bab.domains import Batch
-from bab.problem import Problem, open_rows as open_row_weights, rows_left_open, rows_status
+from bab.problem import Problem, open_rows as open_row_weights, rows_left_open, rows_problem, rows_status
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from models import Graph
@@ -138,6 +138,7 @@ class IntervalBrancher:
         self.tensors = list(dict.fromkeys(self.nodes.values()))
         by_name = {n.name: n for n in p.graph.nodes}
         self.node_of = {z: by_name[k] for k, z in reversed(list(self.nodes.items()))}   # first reader
+        self.rules = {z: rule_for(n) for z, n in self.node_of.items()}
         # Warm starts keep every alpha and cut multiplier per domain and row, in float16;
         # past `WARM_MAX_BYTES` a domain they would crowd the store out, and are left off.
         per_domain = 6 * p.C.shape[0] * sum(torch.Size(p.graph.shapes[z]).numel() for z in self.tensors)
@@ -178,7 +179,7 @@ class IntervalBrancher:
             if A is None:
                 scores.append(torch.full_like(lo, -1.0))
                 continue
-            rule = rule_for(node)
+            rule = self.rules[z]
             consts = [p.ev.constants.get(x) if x else None for x in node.inputs]
             lo_s, hi_s = b.lower, b.upper
             r = rule.relax(node, lo_s.unsqueeze(1), hi_s.unsqueeze(1), None, consts)
@@ -290,7 +291,6 @@ class IntervalBrancher:
         return rows_left_open(self.problem, lb) if self.open_rows else None
 
     def bound(self, children: dict, round_: int) -> Bounded:
-        from bab.activation_split import rows_problem   # shared with ReLU split
         p = self.problem
         rows = children["rows"]
         q = None if rows is None else rows_problem(p, rows)

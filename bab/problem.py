@@ -7,6 +7,7 @@ through `rows_status` (is it proved, and how far from it) and of each point thro
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -15,7 +16,7 @@ import torch
 from models import Graph, GraphEvaluator
 from relaxations.bounds import IntervalBounds, rows_proved
 
-__all__ = ["Problem", "rows_status", "open_rows", "rows_left_open", "objective", "violations"]
+__all__ = ["Problem", "rows_status", "open_rows", "rows_left_open", "rows_problem", "objective", "violations"]
 
 T = torch.Tensor
 
@@ -71,6 +72,13 @@ def rows_left_open(p: Problem, lb: T) -> Optional[T]:
     ok = ok.scatter_reduce(1, p.owner.expand(N, -1), rows_proved(lb, p.strict), reduce="amax")
     need = (~ok).any(0)[p.owner]                                         # [S]
     return None if bool(need.all()) else torch.nonzero(need).flatten()
+
+
+def rows_problem(p: Problem, rows: T) -> Problem:
+    """The problem of some spec rows (every row of each conjunction they touch, or the
+    answer would change): their conjunctions renumbered in order."""
+    uniq, owner = torch.unique(p.owner[rows], return_inverse=True)
+    return dataclasses.replace(p, C=p.C[rows], d=p.d[rows], strict=p.strict[rows], owner=owner, n_conj=len(uniq))
 
 
 def objective(p: Problem, y: T) -> T:
