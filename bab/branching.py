@@ -24,8 +24,11 @@ import torch
 
 from bab.problem import Problem, rows_status
 from relaxations import BoundOptions, IntervalBounds
-from relaxations.bounds import BoundsTable, rows_proved
+from relaxations.bounds import BoundsTable, Precision, rows_proved
+from relaxations.alpha import sparse_view
 from relaxations.compute import final_lower_from_table
+from relaxations.crown import BackwardContext, SparseTerm, backward_lower, rules_for
+from relaxations.registry import Relaxation
 
 __all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch", "more_branches"]
 
@@ -137,6 +140,54 @@ def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits:
     return best
 
 
+def _split_term(beta: T, sign: T, rows: T) -> SparseTerm:
+    """beta-CROWN's term -beta * s on a split tensor for rows `rows` of the batch, kept at
+    the elements split in some domain (beta [N, S, *shape], sign [N, *shape])."""
+    N, S = beta.shape[:2]
+    s = sign.reshape(N, -1)
+    idx = torch.nonzero((s != 0).any(0)).flatten()
+    sides = s.index_select(-1, idx)[rows].to(beta.dtype).unsqueeze(1)
+    return SparseTerm(-beta.reshape(N, S, -1).index_select(-1, idx)[rows] * sides, idx)
+
+
+class _RowsTable(BoundsTable):
+    """The parent table's rows `rows` for every child, each tensor copied when first read:
+    a backward pass reads few of them (its lines for the split ReLUs come ready)."""
+
+    def __init__(self, parent: BoundsTable, rows: T) -> None:
+        super().__init__()
+        self.parent, self.rows = parent, rows
+
+    def __missing__(self, key: str) -> IntervalBounds:
+        b = self.parent[key]
+        out = IntervalBounds(b.lower[self.rows], b.upper[self.rows])
+        self[key] = out
+        return out
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self.parent
+
+
+def _child_lines(ctx: BackwardContext, relu: str, parent: IntervalBounds, rows: T, reps: int, r: T,
+                 j: T) -> Relaxation:
+    """The ReLU's lines for every child: the parent's (domains `rows`, each repeated
+    `reps` times) with those of neuron j[i] of child r[i] remade on its cut interval
+    (the child table's). The parent's lines are made once per domain, not per child."""
+    node = next(n for n in ctx.graph.nodes if n.name == relu)
+    rule = ctx.rules[relu]
+    consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
+    par = rule.relax(node, parent.lower[rows].unsqueeze(1), parent.upper[rows].unsqueeze(1), None, consts)
+    lines = [t.expand(len(rows), *t.shape[1:]).repeat_interleave(reps, 0) for t in
+             (par.lower_slope, par.lower_bias, par.upper_slope, par.upper_bias)]
+    if r.numel():
+        b = ctx.table[node.inputs[0]]
+        lo, hi = b.lower.reshape(b.lower.shape[0], -1)[r, j], b.upper.reshape(b.upper.shape[0], -1)[r, j]
+        cut = rule.relax(node, lo.reshape(-1, 1), hi.reshape(-1, 1), None, consts)
+        for t, v in zip(lines, (cut.lower_slope, cut.lower_bias, cut.upper_slope, cut.upper_bias)):
+            t.reshape(t.shape[0], -1)[r, j] = torch.broadcast_to(v, lo.reshape(-1, 1).shape).reshape(-1).to(t.dtype)
+    return Relaxation(*lines)
+
+
 def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict,
                      rows: T, cand: T, offsets: list[int], options: BoundOptions) -> T:
     """Score [M, K] of the worse child of each candidate of domains `rows` (one backward pass)."""
@@ -146,7 +197,7 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
     flat = cand.repeat_interleave(2, 1).reshape(-1)                     # [R]
     side = torch.tensor([1, -1], device=rows.device).repeat(M * K)      # [R]
     ar = torch.arange(R, device=rows.device)
-    table = BoundsTable({name: IntervalBounds(b.lower[rep], b.upper[rep]) for name, b in res.table.items()})
+    table = _RowsTable(res.table, rep)
     for i, relu in enumerate(names):
         z = relus[relu]
         sel = (flat >= offsets[i]) & (flat < offsets[i + 1])
@@ -159,11 +210,24 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
         lo[r[act], j[act]] = 0.0
         hi[r[~act], j[~act]] = 0.0
         table[z] = IntervalBounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
-    alphas = {k: v[rep] for k, v in res.alphas.items()} or None
-    betas = res.betas
-    extra = {z: -betas[z][rep] * splits[z][rep].to(betas[z].dtype).unsqueeze(1) for z in betas} or None
     box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))
     C = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape)
-    child = final_lower_from_table(p.graph, p.ev, box, table, C, options, alphas, extra) - p.d
+    if not options.sparse_alpha:
+        alphas = {k: v[rep] for k, v in res.alphas.items()} or None
+        extra = {z: -b[rep] * splits[z][rep].to(b.dtype).unsqueeze(1) for z, b in res.betas.items()} or None
+        child = final_lower_from_table(p.graph, p.ev, box, table, C, options, alphas, extra) - p.d
+    else:
+        ctx = BackwardContext(p.graph, p.ev, table, rules_for(p.graph), cache={})
+        ctx.alphas = sparse_view(ctx, res.alphas, rep) or None
+        ctx.extra_A = {z: _split_term(b, splits[z], rep) for z, b in res.betas.items()} or None
+        for i, relu in enumerate(names):
+            if isinstance((ctx.alphas or {}).get(relu), torch.Tensor):
+                continue     # a dense alpha: its lines are made from the table in the pass
+            sel = (flat >= offsets[i]) & (flat < offsets[i + 1])
+            ctx.cache[relu] = _child_lines(ctx, relu, res.table[relus[relu]], rows, 2 * K, ar[sel],
+                                           flat[sel] - offsets[i])
+        precision = options.precision or Precision.for_dtype(p.ev.dtype)
+        with torch.no_grad():
+            child = backward_lower(ctx, p.graph.output_name, C).concretize(box, precision) - p.d
     _, score = rows_status(p, child)
     return score.reshape(M, K, 2).amin(2)

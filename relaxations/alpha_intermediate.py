@@ -44,10 +44,11 @@ import torch
 
 from models import Node
 from relaxations.alpha import (AlphaResult, _Adam, _all_above, alpha_fits, alpha_lrs, initial_alphas, optimise_alpha,
-                               project_alphas)
+                               project_alphas, unstable_index)
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
 from relaxations.compute import BoundOptions, _guard_empty, _widen_interval
-from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_relaxed, relaxation_domain
+from relaxations.crown import (BackwardContext, SparseAlpha, _is_plain_elementwise, backward_lower, is_relaxed,
+                               relaxation_domain)
 from relaxations.ibp import node_inputs, node_interval
 
 __all__ = ["optimise_with_intermediate"]
@@ -60,10 +61,14 @@ class _Chunk:
     """Rows of one tensor bounded by one backward pass, with their own alphas.
 
     rows: flat element indices [r]; alphas: relaxed node -> [B, 2r, *shape] (the
-    first r rows bound +z, the last r bound -z)."""
+    first r rows bound +z, the last r bound -z), or [B, 2r, k] at the elements `index[node]`
+    of a `sparse_alpha` node that are unstable in the reference table (crown.SparseAlpha),
+    whose ranges there are `ranges[node]`."""
 
     rows: T
     alphas: dict[str, T]
+    index: dict[str, T] = field(default_factory=dict)
+    ranges: dict[str, tuple[T, T]] = field(default_factory=dict)
 
 
 @dataclass
@@ -187,7 +192,7 @@ def _setup(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOption
         rows = _unstable_rows(ctx, name, readers)
         if not before or rows.numel() == 0:
             continue  # nothing an alpha could change, or no element whose bound matters
-        chunks[name] = [_Chunk(rows[s:s + size], _chunk_alphas(ctx, before, B, 2 * rows[s:s + size].numel()))
+        chunks[name] = [_chunk(ctx, before, B, rows[s:s + size], options.sparse_alpha)
                         for s in range(0, rows.numel(), size)]
     guard = frozenset(signs) | frozenset(chunks)
     return _Setup(ctx, box, A, precision, chunks, alphas, betas, signs, guard)
@@ -250,18 +255,32 @@ def _unstable_rows(ctx: BackwardContext, name: str, readers: list[Node]) -> T:
     return mask.nonzero().flatten()
 
 
-def _chunk_alphas(ctx: BackwardContext, nodes: list[Node], B: int, rows: int) -> dict[str, T]:
-    """CROWN's slopes of each node on the reference interval, one copy per row [B, rows,
-    *shape]; slot nodes whose alphas would exceed their size cap keep CROWN's lines."""
-    out = {}
+def _chunk(ctx: BackwardContext, nodes: list[Node], B: int, rows: T, sparse: bool) -> _Chunk:
+    """The chunk of `rows` with CROWN's slopes of each node on the reference interval, one
+    copy per row ([B, 2r, *shape], or [B, 2r, k] at the unstable elements when `sparse`
+    and the node allows it); slot nodes whose alphas would exceed their size cap keep
+    CROWN's lines."""
+    n_rows = 2 * rows.numel()
+    chunk = _Chunk(rows, {})
     for node in nodes:
-        if not alpha_fits(ctx, node, B, rows):
+        if not alpha_fits(ctx, node, B, n_rows):
             continue
         rule = ctx.rules[node.name]
         lo, hi = relaxation_domain(ctx, node, rule)
         init = rule.alpha_init(node, lo, hi, _consts(ctx, node)).detach()
-        out[node.name] = init.unsqueeze(1).expand(B, rows, *init.shape[1:]).clone()
-    return out
+        found = unstable_index(ctx, node) if sparse else None
+        if found is None:
+            chunk.alphas[node.name] = init.unsqueeze(1).expand(B, n_rows, *init.shape[1:]).clone()
+            continue
+        idx = found[0]
+
+        def gather(t: T) -> T:
+            return t.reshape(B, 1, -1).index_select(-1, idx)
+
+        chunk.alphas[node.name] = gather(init).expand(B, n_rows, idx.numel()).clone()
+        chunk.index[node.name] = idx
+        chunk.ranges[node.name] = tuple(gather(t) for t in rule.alpha_bounds(node, lo, hi, _consts(ctx, node)))
+    return chunk
 
 
 def _pass(setup: _Setup, late: Callable[[], bool], capture: Optional[dict]
@@ -304,8 +323,8 @@ def _tighten(setup: _Setup, table: BoundsTable, name: str, chunk: _Chunk) -> Int
     A = torch.zeros(B, 2 * r, shape.numel(), dtype=current.lower.dtype, device=current.lower.device)
     A[:, ar, chunk.rows] = 1.0
     A[:, r + ar, chunk.rows] = -1.0
-    zctx = BackwardContext(ctx.graph, ctx.ev, table, ctx.rules, _in_range(ctx, table, chunk.alphas), cache=None,
-                           prepared=setup.prepared)
+    zctx = BackwardContext(ctx.graph, ctx.ev, table, ctx.rules, _in_range(ctx, table, chunk.alphas, chunk.index),
+                           cache=None, prepared=setup.prepared)
     lb = backward_lower(zctx, name, A.reshape(B, 2 * r, *shape)).concretize(setup.box, setup.precision)
     lower = current.lower.reshape(B, -1).clone()
     upper = current.upper.reshape(B, -1).clone()
@@ -314,26 +333,43 @@ def _tighten(setup: _Setup, table: BoundsTable, name: str, chunk: _Chunk) -> Int
     return IntervalBounds(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
 
 
-def _in_range(ctx: BackwardContext, table: Mapping[str, IntervalBounds], alphas: dict[str, T]) -> dict[str, T]:
+def _in_range(ctx: BackwardContext, table: Mapping[str, IntervalBounds], alphas: dict[str, T],
+              index: Optional[dict[str, T]] = None) -> dict:
     """Each alpha clamped to its rule's range over the interval in `table` (see the
-    module docstring): the identity after `_project` for ranges that do not depend on it."""
+    module docstring): the identity after `_project` for ranges that do not depend on it.
+    Alphas kept at `index[name]` become a SparseAlpha whose mask is the elements unstable
+    in `table` (a subset of those of the reference table)."""
     by_name = {n.name: n for n in ctx.graph.nodes}
-    out = {}
+    out: dict = {}
     for name, a in alphas.items():
         node = by_name[name]
         l, u = relaxation_domain(ctx, node, ctx.rules[name], table)
-        lo, hi = ctx.rules[name].alpha_bounds(node, l.detach(), u.detach(), _consts(ctx, node))
-        out[name] = torch.clamp(a, lo.unsqueeze(1), hi.unsqueeze(1))
+        l, u = l.detach(), u.detach()
+        lo, hi = ctx.rules[name].alpha_bounds(node, l, u, _consts(ctx, node))
+        idx = (index or {}).get(name)
+        if idx is None:
+            out[name] = torch.clamp(a, lo.unsqueeze(1), hi.unsqueeze(1))
+            continue
+        B = l.shape[0]
+
+        def gather(t: T) -> T:
+            return t.reshape(B, 1, -1).index_select(-1, idx)
+
+        mask = gather(ctx.rules[name].unstable(node, l, u, _consts(ctx, node))).to(a.dtype)
+        out[name] = SparseAlpha(torch.clamp(a, gather(lo), gather(hi)), idx, mask)
     return out
 
 
 def _project(setup: _Setup) -> None:
     """After a step: every alpha into its range over the reference intervals, betas to >= 0."""
     project_alphas(setup.ctx, setup.alphas)
-    for cs in setup.chunks.values():
-        for c in cs:
-            project_alphas(setup.ctx, c.alphas)
     with torch.no_grad():
+        for cs in setup.chunks.values():
+            for c in cs:
+                project_alphas(setup.ctx, {k: v for k, v in c.alphas.items() if k not in c.index})
+                for k, idx in c.index.items():
+                    lo, hi = c.ranges[k]
+                    c.alphas[k].copy_(torch.maximum(torch.minimum(c.alphas[k], hi), lo))
         for b in setup.betas.values():
             b.clamp_(min=0)
 

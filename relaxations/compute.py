@@ -97,6 +97,9 @@ class BoundOptions:
     # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
     # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.
     patches: bool = True
+    # alpha-CROWN keeps a ReLU's alphas only at its unstable elements when they are few
+    # (crown.SparseAlpha): the same bounds, less work per step on wide layers.
+    sparse_alpha: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

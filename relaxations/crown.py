@@ -30,13 +30,39 @@ from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline, int
 from relaxations.ops.common import batched
 from relaxations.registry import OpRule, SlotRelaxation, is_affine_node, rule_for
 
-__all__ = ["BackwardContext", "backward_lower", "backward_from", "is_slot_node", "is_relaxed", "slot_bounds",
-           "slot_count", "relaxation_domain", "MAX_SLOT_ELEMENTS"]
+__all__ = ["BackwardContext", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from", "is_slot_node",
+           "is_relaxed", "slot_bounds", "slot_count", "relaxation_domain", "MAX_SLOT_ELEMENTS"]
 
 T = torch.Tensor
 # Elements of the slot coefficients [B, rows, *out, K] one step of a slot op may hold:
 # rows are walked in chunks under it; one row above it ends the walk there (interval).
 MAX_SLOT_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class SparseAlpha:
+    """The alphas of a `sparse_alpha` rule (ReLU, LeakyRelu) kept only where they matter.
+
+    Such a rule's alpha is read only at unstable elements, where the lower line is
+    alpha * x; elsewhere CROWN's line is exact. A wide layer with few unstable elements
+    then optimises `values` [B, S, k] for the `index` [k] (flat positions in the input's
+    shape) unstable in some sample, instead of [B, S, *shape]; `mask` [B, 1, k] is 1 where
+    the element is unstable in that sample (elsewhere its value is not read).
+    """
+
+    values: T
+    index: T
+    mask: T
+
+
+@dataclass(frozen=True)
+class SparseTerm:
+    """A coefficient on a tensor that is zero outside `index` [k] (flat positions):
+    `values` [B, S, k]. beta-CROWN's terms for split neurons are this, and few neurons
+    of a layer are split in a batch of domains."""
+
+    values: T
+    index: T
 
 
 @dataclass
@@ -152,32 +178,82 @@ def _relaxation(ctx: BackwardContext, node: Node, rule: OpRule, alpha: Optional[
     return r
 
 
+def _base_relaxation(ctx: BackwardContext, node: Node, rule: OpRule):
+    """CROWN's lines without alpha, computed once per interval within an optimisation
+    (kept in `ctx.prepared` beside the rules' prepared parts, identity-keyed alike)."""
+    if ctx.prepared is None:
+        return _relaxation(ctx, node, rule, None)
+    b = ctx.table[node.inputs[0]]
+    key = ("base", node.name)
+    entry = ctx.prepared.get(key)
+    if entry is None or entry[0] is not b:
+        entry = (b, _relaxation(ctx, node, rule, None))
+        ctx.prepared[key] = entry
+    return entry[1]
+
+
 def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) -> tuple[T, T, T]:
     """Lower line where A > 0, upper line where A < 0; bias and mass by batched dot products."""
     alpha = None if ctx.alphas is None else ctx.alphas.get(node.name)
-    r = _relaxation(ctx, node, rule, alpha)
-    # One select and one product instead of splitting A into its two signs: this
-    # step runs on the largest tensors of a backward pass and is memory-bound.
-    A_in = A * torch.where(A >= 0, r.lower_slope, r.upper_slope)
     B, S = A.shape[:2]
+    if isinstance(alpha, SparseAlpha):
+        # CROWN's lines everywhere ([B, 1, *shape]: no per-row slope tensor), then at the
+        # unstable elements the lower line's slope moved from CROWN's to alpha where A > 0.
+        # The lower line goes through the origin both ways, so bias and mass are CROWN's.
+        r = _base_relaxation(ctx, node, rule)
+        A_in = (A * torch.where(A >= 0, r.lower_slope, r.upper_slope)).contiguous()
+        idx = alpha.index
+        pos = A.reshape(B, S, -1).index_select(-1, idx).clamp(min=0)
+        base = r.lower_slope.reshape(r.lower_slope.shape[0], 1, -1).index_select(-1, idx)
+        # In place on a fresh product: autograd keeps A and the slopes for the product, not A_in.
+        A_in.view(B, S, -1).index_add_(-1, idx, pos * (alpha.values - base) * alpha.mask)
+    else:
+        r = _relaxation(ctx, node, rule, alpha)
+        # One select and one product instead of splitting A into its two signs: this
+        # step runs on the largest tensors of a backward pass and is memory-bound.
+        A_in = A * torch.where(A >= 0, r.lower_slope, r.upper_slope)
     bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
     mass = torch.zeros_like(bias)
-    # Lines through the origin (every ReLU lower line) add nothing: skip their products.
-    if bool(r.lower_bias.any()):
-        b, m = _dot2(A.clamp(min=0), r.lower_bias)
+    lower_terms, upper_terms = _bias_terms(ctx, node, r)
+    if lower_terms is not None:
+        b, m = _dot2(A.clamp(min=0), lower_terms)
         bias, mass = bias + b, mass + m
-    if bool(r.upper_bias.any()):
-        b, m = _dot2(A.clamp(max=0), r.upper_bias)
+    if upper_terms is not None:
+        b, m = _dot2(A.clamp(max=0), upper_terms)
         bias, mass = bias + b, mass - m
     return A_in, bias, mass
 
 
-def _dot2(A: T, v: T) -> tuple[T, T]:
-    """(_dot(A, v), _dot(A, |v|)) with one read of A when v is shared across rows."""
-    B, S = A.shape[:2]
-    if v.dim() == A.dim() and v.shape[1] == 1:
-        vv = torch.stack([v.reshape(B, -1), v.reshape(B, -1).abs()], -1)       # [B, n, 2]
-        out = torch.bmm(A.reshape(B, S, -1), vv)
+def _bias_terms(ctx: BackwardContext, node: Node, r) -> tuple[Optional[tuple], Optional[tuple]]:
+    """Each line's bias as `_dot2` reads it, None where it is zero everywhere (every ReLU
+    lower line: its products are skipped). A bias shared across rows [B, 1, ...] becomes
+    ("shared", [B, n, 2]): bias and |bias| side by side, one read of A for both; one per
+    row stays ("rows", bias). Kept in `ctx.prepared` for the relaxation object, so alpha
+    steps whose lines do not move reuse it."""
+    key = ("bias", node.name)
+    entry = None if ctx.prepared is None else ctx.prepared.get(key)
+    if entry is not None and entry[0] is r:
+        return entry[1]
+    out = []
+    for v in (r.lower_bias, r.upper_bias):
+        if not bool(v.any()):
+            out.append(None)
+        elif v.shape[1] == 1:
+            vb = v.reshape(v.shape[0], -1)
+            out.append(("shared", torch.stack([vb, vb.abs()], -1)))
+        else:
+            out.append(("rows", v))
+    if ctx.prepared is not None:
+        ctx.prepared[key] = (r, (out[0], out[1]))
+    return out[0], out[1]
+
+
+def _dot2(A: T, term: tuple) -> tuple[T, T]:
+    """(<A, c>, <A, |c|>) per row [B, S] for a bias c prepared by `_bias_terms`."""
+    kind, v = term
+    if kind == "shared":
+        B, S = A.shape[:2]
+        out = torch.bmm(A.reshape(B, S, -1), v)
         return out[..., 0], out[..., 1]
     return _dot(A, v), _dot(A, v.abs())
 
@@ -309,9 +385,21 @@ def _slots_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T
     return A_ins, bias, mass
 
 
-def _with_extra(a: Optional[T], extra: Optional[T]) -> Optional[T]:
+def _with_extra(a: Optional[T], extra, shape: tuple) -> Optional[T]:
+    """`a` plus an extra term (a tensor, a SparseTerm or a tuple of them) on a tensor of
+    `shape` (the graph's, without B and S; `a` may be None: nothing reached it yet)."""
     if extra is None:
         return a
+    if isinstance(extra, tuple):
+        for e in extra:
+            a = _with_extra(a, e, shape)
+        return a
+    if isinstance(extra, SparseTerm):
+        v = extra.values
+        B, S = v.shape[:2]
+        if a is None:
+            a = torch.zeros(B, S, *shape, dtype=v.dtype, device=v.device)
+        return a.reshape(B, S, -1).index_add(-1, extra.index, v.to(a.dtype)).reshape(a.shape)
     return extra if a is None else a + extra
 
 
@@ -342,7 +430,7 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
         check_deadline(ctx.deadline)
         A_outs = [As.pop(o, None) for o in node.outputs]
         if ctx.extra_A:
-            A_outs = [_with_extra(a, ctx.extra_A.get(o)) for a, o in zip(A_outs, node.outputs)]
+            A_outs = [_with_extra(a, ctx.extra_A.get(o), graph.shapes.get(o, ())) for a, o in zip(A_outs, node.outputs)]
         if all(a is None for a in A_outs):
             continue
         rule = ctx.rules[node.name]
@@ -381,7 +469,7 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
         bias, mass = bias + b, mass + m
     A_in = As.pop(graph.input_name, None)
     if ctx.extra_A:
-        A_in = _with_extra(A_in, ctx.extra_A.get(graph.input_name))
+        A_in = _with_extra(A_in, ctx.extra_A.get(graph.input_name), graph.input_shape)
     if A_in is None:
         A_in = torch.zeros(B, S, *graph.input_shape, dtype=bias.dtype, device=bias.device)
     return LinearBounds(A_in, bias, mass)

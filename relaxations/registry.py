@@ -95,6 +95,10 @@ class OpRule:
     # is a slope, an S-shape's a tangent point, which moves its line much further per unit.
     alpha_lr_scale: float = 1.0
     alpha_bounds: Optional[Callable[..., tuple[T, T]]] = None
+    # elementwise: alpha is read only where `unstable` holds, and there the lower line is
+    # alpha * x (through the origin); alpha-CROWN may then keep alphas at the unstable
+    # elements only (crown.SparseAlpha).
+    sparse_alpha: bool = False
     # elementwise: unstable(node, l, u, consts) -> mask of elements whose relaxation is
     # not exact; only those need tight (CROWN) input bounds. None: every element.
     unstable: Optional[Callable[..., T]] = None

@@ -314,6 +314,9 @@ class BoundsConfig(_Validated):
                         help="CROWN's intermediate bounds walk back through convolutions as per-neuron kernel "
                              "windows (patches) instead of whole feature maps: the same bounds to rounding, 3-10x "
                              "faster on oval21, 40-60x on verivital")
+    sparse_alpha: bool = key(True, check=Bool(),
+                             help="alpha-CROWN keeps a ReLU layer's slopes only at its unstable neurons when at "
+                                  "most half are unstable: the same bounds, fewer and smaller steps on wide layers")
     dtype: str = key("float32", check=Choice(("float32", "float64")), help="floating-point type of all bounding")
     max_elements: int = key(40_000_000, check=Int(1),
                             help="largest tensor (elements) a bounding step builds; larger work is chunked")

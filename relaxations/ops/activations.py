@@ -60,5 +60,5 @@ def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone", "elementwise"})
     for op in ("Relu", "LeakyRelu"):
         register_rule(OpRule(op, "elementwise", interval=monotone_interval, relax=_relax,
-                             alpha_init=_alpha_init, alpha_bounds=_alpha_bounds, unstable=_unstable,
+                             alpha_init=_alpha_init, alpha_bounds=_alpha_bounds, unstable=_unstable, sparse_alpha=True,
                              facts=facts))

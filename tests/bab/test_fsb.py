@@ -46,29 +46,35 @@ def test_fsb_gives_the_same_verdicts_as_babsr(tmp_path, seed: int) -> None:
         assert b.verdict == truth, (t, m, b.verdict, b.reason, b.stats)
 
 
-def test_fsb_picks_an_unstable_unsplit_neuron(tmp_path) -> None:
-    """Each domain's FSB choice is a neuron BaBSR could also have chosen (score >= 0)."""
+def _three_domains(tmp_path, seed: int, widths, second: int):
+    """A net's root problem bounded as three domains: unsplit, neuron 0 of the first ReLU
+    active, and neuron `second` of it inactive; with what FSB reads."""
     from bab.activation_split import relu_inputs
     from models import GraphEvaluator
     from relaxations import BoundOptions, IntervalBounds, compute_bounds
     from verifier.verify import _problem
 
-    model = _net(tmp_path, 1, widths=(2, 16, 16, 1))
+    model = _net(tmp_path, seed, widths=widths)
     m = _true_min(model)
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
     p = _problem(model, ev, _spec(m - 0.02 * (1 + abs(m))).disjuncts[0], Config())
     relus = relu_inputs(p)
     names = list(relus)
-    shapes = {relus[r]: p.graph.shapes[relus[r]] for r in names}
-    splits = {z: torch.zeros(3, *s, dtype=torch.int8) for z, s in shapes.items()}
+    splits = {z: torch.zeros(3, *p.graph.shapes[z], dtype=torch.int8) for z in relus.values()}
     first = relus[names[0]]
     splits[first][1].view(-1)[0] = 1
-    splits[first][2].view(-1)[0] = -1
+    splits[first][2].view(-1)[second] = -1
     options = BoundOptions(method="alpha-crown", keep_betas=True, coefficients=True)
     box = IntervalBounds(p.lower.expand(3, *p.lower.shape[1:]), p.upper.expand(3, *p.upper.shape[1:]))
     res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits)
     lb = res.lower - p.d
     babsr, inter, offsets = neuron_scores(p, names, relus, res.table, res.coefficients, splits, lb)
+    return p, relus, names, splits, options, res, lb, babsr, inter, offsets
+
+
+def test_fsb_picks_an_unstable_unsplit_neuron(tmp_path) -> None:
+    """Each domain's FSB choice is a neuron BaBSR could also have chosen (score >= 0)."""
+    p, relus, names, splits, options, res, lb, babsr, inter, offsets = _three_domains(tmp_path, 1, (2, 16, 16, 1), 0)
     chosen = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=4)
     plain = babsr_branch(babsr, offsets)
     for n in range(3):
@@ -79,6 +85,21 @@ def test_fsb_picks_an_unstable_unsplit_neuron(tmp_path) -> None:
         assert babsr[n, offsets[i] + j] >= 0, (n, i, j)
         z = relus[names[i]]
         assert int(splits[z][n].reshape(-1)[j]) == 0
+
+
+def test_sparse_children_scores_are_the_dense_ones(tmp_path) -> None:
+    """FSB's children with sparse alphas and betas and lines made per domain
+    (`bounds.sparse_alpha`) score as with every slope copied per child."""
+    from dataclasses import replace
+
+    from bab.branching import _children_scores
+
+    p, relus, names, splits, options, res, lb, babsr, inter, offsets = _three_domains(tmp_path, 3, (2, 24, 24, 1), 1)
+    cand = babsr.topk(4, 1).indices
+    rows = torch.arange(3)
+    got = {s: _children_scores(p, names, relus, res, splits, rows, cand, offsets, replace(options, sparse_alpha=s))
+           for s in (False, True)}
+    torch.testing.assert_close(got[True], got[False], rtol=1e-4, atol=1e-4)
 
 
 def test_branching_config_is_checked() -> None:
