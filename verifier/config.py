@@ -426,6 +426,10 @@ class LpConfig(_Validated):
                     help="exact MILP on the spec when few neurons are unstable: parallel (a thread beside the "
                          "search, until either decides), before (ahead of the search, in milp_share of the time "
                          "left) or off; an unsat from it rests on HiGHS and its certificate says so")
+    milp_refine: bool = key(True, check=Bool(),
+                            help="milp parallel with refine off: the MILP's thread first tightens the intervals by "
+                                 "LPs (in refine_share of the time left) and builds its big-M constants from them; "
+                                 "the search does not wait. A needle CNN with 100 inputs: decided in 6 s, not in 30")
     milp_max_unstable: int = key(400, check=Int(0), help="the MILP runs when at most this many neurons are unstable")
     milp_share: float = key(0.5, check=Share(0.0), help="milp before: share of the time left that the MILP may use")
 

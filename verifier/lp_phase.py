@@ -11,7 +11,9 @@ Runs between bound propagation and activation-split branch and bound (`lp.*` key
    default) runs it in a thread beside the search until either decides, so that an
    instance the search settles in a second does not wait for a MILP, and one that
    only the MILP settles (a needle) still gets the whole budget; `before` runs it
-   first, in `lp.milp_share` of the time left.
+   first, in `lp.milp_share` of the time left. With `lp.milp_refine` (and refinement
+   off before the search) the thread first refines the intervals as step 1 would, for
+   the MILP alone: its big-M constants come from them, and the search does not wait.
 
 Certificates: refined intervals are not yet written into the activation-split
 certificate, so with `proof` on (--certificate) refinement is skipped and the search
@@ -23,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -91,23 +93,35 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
 
     given = dict(known or {})
     intervals = table_of(given)
-    if cfg.refine and not config.proof:
+
+    def refined(ivals: Intervals) -> tuple[Intervals, Optional[dict], dict]:
+        """LP refinement in `lp.refine_share` of the time left: the table, the intervals
+        that change (None when none does) and the statistics."""
         until = time.monotonic() + cfg.refine_share * max(0.0, deadline - time.monotonic())
-        ref = refine_bounds(model.graph, box_lo, box_hi, intervals, until,
+        ref = refine_bounds(model.graph, box_lo, box_hi, ivals, until,
                             rebound=lambda iv: table_of({**given, **_to_known(model, iv, dt, dev)}))
-        if ref.intervals:
-            given.update(_to_known(model, ref.intervals, dt, dev))
-            intervals = table_of(given)
+        stats = {"lps": ref.lps, "tightened": ref.tightened, "stabilised": ref.stabilised,
+                 "unstable_before": ref.unstable_before, "unstable_after": ref.unstable_after,
+                 "layers": ref.layers, "complete": ref.complete, "time_s": round(ref.time_s, 3)}
+        if not ref.intervals:
+            return ivals, None, stats
+        better = {**given, **_to_known(model, ref.intervals, dt, dev)}
+        return table_of(better), better, stats
+
+    if cfg.refine and not config.proof:
+        intervals, better, out.stats["refine"] = refined(intervals)
+        if better is not None:
+            given = better
             out.known = _to_known(model, {n: intervals[n] for n in names}, dt, dev)
-        out.stats["refine"] = {"lps": ref.lps, "tightened": ref.tightened, "stabilised": ref.stabilised,
-                               "unstable_before": ref.unstable_before, "unstable_after": ref.unstable_after,
-                               "layers": ref.layers, "complete": ref.complete, "time_s": round(ref.time_s, 3)}
     unstable = int(sum(((intervals[n][0] < 0) & (intervals[n][1] > 0)).sum() for n in names))
     if cfg.milp == "off" or unstable > cfg.milp_max_unstable:
         return out
     args = (model.graph, box_lo, box_hi, intervals, C, d, owner, len(disjunct.outputs), start, unstable)
     if cfg.milp == "parallel":
-        out.runner = MilpRunner(*args, deadline=deadline)
+        # The thread refines first when the search has not: the MILP's big-M constants come
+        # from the intervals, and the search does not wait for the LPs.
+        pre = (lambda: refined(intervals)) if cfg.milp_refine and not cfg.refine and not config.proof else None
+        out.runner = MilpRunner(*args, deadline=deadline, refine=pre)
         return out
     runner = MilpRunner(*args, deadline=time.monotonic() + cfg.milp_share * max(0.0, deadline - time.monotonic()),
                         background=False)
@@ -144,8 +158,12 @@ class MilpRunner:
 
     def __init__(self, graph, box_lo: np.ndarray, box_hi: np.ndarray, intervals: Intervals, C: np.ndarray,
                  d: np.ndarray, owner: np.ndarray, n_conj: int, start: Optional[np.ndarray], unstable: int,
-                 deadline: float, background: bool = True) -> None:
+                 deadline: float, background: bool = True, refine: Optional[Callable] = None) -> None:
+        """`refine`, when given, runs first in the thread: () -> (intervals, changed or
+        None, statistics), and the MILP is built over the intervals it returns."""
         self._args = (graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline)
+        self._refine = refine
+        self.refine_stats: Optional[dict] = None
         self.unstable = unstable
         self.results: list = []
         self.error: Optional[BaseException] = None
@@ -164,6 +182,8 @@ class MilpRunner:
     def _run(self) -> None:
         graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline = self._args
         try:
+            if self._refine is not None and not self._cancelled:
+                intervals, _, self.refine_stats = self._refine()
             for k in range(n_conj):
                 if self._cancelled or time.monotonic() > deadline:
                     break
@@ -206,6 +226,8 @@ class MilpRunner:
                              "mode": "parallel" if self._thread is not None else "before",
                              "conjunctions": [{"status": r.status, "bound": r.bound, "time_s": round(r.time_s, 3),
                                                "highs": r.nodes_status} for r in self.results]}
+        if self.refine_stats is not None:
+            out.stats["milp"]["refine"] = self.refine_stats
         for r in self.results:
             if r.point is not None and r.status == "counterexample":
                 out.candidates.append(r.point)
