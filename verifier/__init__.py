@@ -13,6 +13,8 @@ live under this package and must not pay for importing torch (about 2 s) at star
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -40,3 +42,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule `verifier.verify` would bind the package's `verify` to that
+    module (the import system sets a package attribute per submodule), and a later
+    `from verifier import verify` would get a module instead of the function, depending
+    on which test or caller imported first. The function keeps the name; the module is
+    `sys.modules["verifier.verify"]` (importlib.import_module)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _HOME.get(name) == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

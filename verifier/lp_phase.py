@@ -218,16 +218,21 @@ class MilpRunner:
         if self._thread is not None:
             self._thread.join(timeout=0.2)  # a thread still writing its model ends at its solve
 
+    def record(self, stats: dict) -> None:
+        """Write what the MILP has done so far into `stats` (also while it still runs, for a
+        run that times out: `finished` says which)."""
+        stats["milp"] = {"unstable": self.unstable, "mode": "parallel" if self._thread is not None else "before",
+                         "finished": self._done.is_set(),
+                         "conjunctions": [{"status": r.status, "bound": r.bound, "time_s": round(r.time_s, 3),
+                                           "highs": r.nodes_status} for r in list(self.results)]}
+        if self.refine_stats is not None:
+            stats["milp"]["refine"] = self.refine_stats
+
     def outcome(self, out: LpOutcome) -> None:
         """Write what the MILP found into `out` (proof, candidates, stats)."""
         if self.error is not None:
             raise self.error
-        out.stats["milp"] = {"unstable": self.unstable,
-                             "mode": "parallel" if self._thread is not None else "before",
-                             "conjunctions": [{"status": r.status, "bound": r.bound, "time_s": round(r.time_s, 3),
-                                               "highs": r.nodes_status} for r in self.results]}
-        if self.refine_stats is not None:
-            out.stats["milp"]["refine"] = self.refine_stats
+        self.record(out.stats)
         for r in self.results:
             if r.point is not None and r.status == "counterexample":
                 out.candidates.append(r.point)

@@ -462,6 +462,8 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
                     return done(_sat(found, timings, stats, last,
                                      "counterexample found by branch and bound, confirmed by onnxruntime"))
             elif outcome.status == "timeout":
+                if runner is not None and not runner.decided():
+                    runner.record(lp.stats)   # what the MILP beside the search got to
                 return timeout("branch and bound")
             elif outcome.status == "unsat":
                 methods.append(last)
