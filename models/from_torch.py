@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from models.errors import UnsupportedModel
 from models.graph import Graph, Node
+from models.passes import expand_layernorm
 from models.ops import forward_rule
 
 __all__ = ["graph_from_module", "structure_key"]
@@ -63,17 +64,23 @@ class _Builder:
              opset: int = OPSET) -> str:
         """Add one node, run its forward rule on the example values for the output shape.
         `opset`: the node's own, for ops newer than `OPSET` (Gelu is opset 20)."""
-        node = Node(name=name, op=op, inputs=tuple(inputs), outputs=(name,),
-                    attrs=MappingProxyType(dict(attrs or {})), opset=opset)
+        return self.add(Node(name=name, op=op, inputs=tuple(inputs), outputs=(name,),
+                             attrs=MappingProxyType(dict(attrs or {})), opset=opset))
+
+    def add(self, node: Node) -> str:
+        """Add a node of one output (renamed after it, as `emit` names nodes); its forward
+        rule runs on the example values for the output's shape."""
+        name = node.outputs[0]
+        node = Node(name=name, op=node.op, inputs=node.inputs, outputs=(name,), attrs=node.attrs, opset=node.opset)
         args = [None if x == "" else (self.constants[x] if x in self.constants else self.example[x])
-                for x in inputs]
+                for x in node.inputs]
         try:
             with torch.no_grad():
                 out = forward_rule(node).fn(node, args)[0]
         except UnsupportedModel:
             raise
         except Exception as exc:
-            raise UnsupportedModel(f"cannot evaluate ({type(exc).__name__}: {exc})", node=name, op=op,
+            raise UnsupportedModel(f"cannot evaluate ({type(exc).__name__}: {exc})", node=name, op=node.op,
                                    opset=OPSET) from None
         self.nodes.append(node)
         self.example[name] = out
@@ -169,6 +176,8 @@ def _module_node(b: _Builder, fxn: fx.Node, m: nn.Module) -> None:
         b.env[name] = b.emit(name, "HardSigmoid", [x], {"alpha": 1.0 / 6.0, "beta": 0.5})
     elif isinstance(m, nn.Hardswish):
         b.env[name] = b.emit(name, "HardSwish", [x], opset=14)
+    elif isinstance(m, nn.LayerNorm):
+        _layernorm(b, name, x, m, target)
     elif isinstance(m, nn.Flatten):
         _flatten(b, name, x, m.start_dim, m.end_dim)
     elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
@@ -184,6 +193,24 @@ def _module_node(b: _Builder, fxn: fx.Node, m: nn.Module) -> None:
     else:
         raise UnsupportedModel(f"module '{target}' of type {type(m).__name__} is not supported",
                                node=name, op=type(m).__name__)
+
+
+def _layernorm(b: _Builder, name: str, x: str, m: nn.LayerNorm, target: str) -> None:
+    """nn.LayerNorm as the ops ONNX's LayerNormalization expands into at import."""
+    rank = len(b.shapes[x])
+    shape = tuple(m.normalized_shape)
+    if tuple(b.shapes[x][rank - len(shape):]) != shape:
+        raise UnsupportedModel(f"LayerNorm '{target}' over {shape} of a tensor shaped {b.shapes[x]}", node=name,
+                               op="LayerNormalization")
+    weight = m.weight.detach() if m.weight is not None else torch.ones(shape)
+    ins = [x, b.constant(f"{target}.weight", weight)]
+    if getattr(m, "bias", None) is not None:
+        ins.append(b.constant(f"{target}.bias", m.bias.detach()))
+    node = Node(name=name, op="LayerNormalization", inputs=tuple(ins), outputs=(name,),
+                attrs=MappingProxyType({"axis": rank - len(shape), "epsilon": float(m.eps)}), opset=17)
+    for part in expand_layernorm(node, rank, b.constants):
+        b.add(part)
+    b.env[name] = name
 
 
 def _flatten(b: _Builder, name: str, x: str, start: int, end: int) -> None:

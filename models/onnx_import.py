@@ -21,7 +21,7 @@ import torch
 from models.errors import ModelError, UnsupportedModel
 from models.graph import Graph, Node
 from models.ops import forward_rule
-from models.passes import drop_aliases, fold_batchnorm, prune_to_output
+from models.passes import drop_aliases, expand_layernorm, fold_batchnorm, prune_to_output
 
 __all__ = ["load_onnx", "read_onnx_bytes", "graph_from_proto"]
 
@@ -132,6 +132,24 @@ def _topological(nodes: list[Node]) -> list[Node]:
     return [nodes[i] for i in order]
 
 
+def _expanded(nodes: list[Node], example: dict, constants: dict):
+    """The nodes in order, each LayerNormalization replaced by the ops it is made of
+    (`models.passes.expand_layernorm`; its input's rank is known by the time it is reached)."""
+    for node in nodes:
+        if node.op != "LayerNormalization":
+            yield node
+            continue
+        x = node.inputs[0]
+        value = example.get(x, constants.get(x))
+        if value is None or len(node.inputs) < 2 or not node.inputs[1]:
+            raise UnsupportedModel("LayerNormalization needs its input and Scale", node=node.name, op=node.op,
+                                   opset=node.opset)
+        try:
+            yield from expand_layernorm(node, value.dim(), constants)
+        except ValueError as exc:
+            raise UnsupportedModel(str(exc), node=node.name, op=node.op, opset=node.opset) from None
+
+
 def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None = None) -> Graph:
     """Build the graph, folding everything that does not depend on the input."""
     from onnx import numpy_helper
@@ -161,7 +179,7 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
     example = {in_info.name: torch.rand(in_shape, generator=torch.Generator().manual_seed(0))}
     kept: list[Node] = []
     shapes: dict[str, tuple[int, ...]] = {in_info.name: in_shape}
-    for node in _topological(raw):
+    for node in _expanded(_topological(raw), example, constants):
         rule = forward_rule(node)
         variable = [x for x in node.inputs if x and x not in constants]
         missing = [x for x in variable if x not in example]

@@ -11,7 +11,7 @@ import torch
 
 from models.graph import Node
 
-__all__ = ["drop_aliases", "prune_to_output", "fold_batchnorm"]
+__all__ = ["drop_aliases", "prune_to_output", "fold_batchnorm", "expand_layernorm"]
 
 _ALIAS_OPS = {"Identity", "Dropout"}
 
@@ -77,3 +77,57 @@ def fold_batchnorm(nodes: list[Node], constants: dict[str, torch.Tensor]
         dropped.add(bn.name)
     out = [replaced.get(n.name, n) for n in nodes if n.name not in dropped]
     return out, constants
+
+
+def expand_layernorm(node: Node, rank: int, constants: dict[str, torch.Tensor]) -> list[Node]:
+    """LayerNormalization as the ops it is made of, so that every pass (forward, IBP,
+    CROWN, alpha-CROWN, branching) handles it by their rules without one of its own:
+
+        m = ReduceMean(x), d = x - m, v = ReduceMean(d^2), y = d * 1/sqrt(v + eps) * scale + bias
+
+    over the axes from `axis` to the last (x of rank `rank`). The square is Pow 2 (its
+    convex relaxation is tighter than a product of d with itself); d times the reciprocal
+    is a product of two variable tensors. The optional outputs Mean and InvStdDev name m
+    and the reciprocal. New constants (axes, 2, eps) are added to `constants`.
+    """
+    axis = int(node.attr("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank:
+        raise ValueError(f"axis {node.attr('axis', -1)} out of range for rank {rank}")
+    if int(node.attr("stash_type", 1)) != 1:
+        raise ValueError("stash_type other than 1 (float32) is not supported")
+    axes = list(range(axis, rank))
+    x, scale = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    outs = list(node.outputs) + ["", ""]
+    name = node.name
+
+    def t(suffix: str) -> str:
+        return f"{name}::{suffix}"
+
+    constants[t("two")] = torch.tensor(2.0)
+    constants[t("eps")] = torch.tensor(float(node.attr("epsilon", 1e-5)))
+    if node.opset >= 18:
+        constants[t("axes")] = torch.tensor(axes, dtype=torch.int64)
+
+    def mean(src: str, dst: str) -> Node:
+        if node.opset >= 18:
+            return Node(t(f"mean_{dst}"), "ReduceMean", (src, t("axes")), (dst,), MappingProxyType({"keepdims": 1}),
+                        node.opset)
+        return Node(t(f"mean_{dst}"), "ReduceMean", (src,), (dst,),
+                    MappingProxyType({"keepdims": 1, "axes": axes}), node.opset)
+
+    m, inv = outs[1] or t("m"), outs[2] or t("inv")
+    scaled = t("scaled") if bias else outs[0]
+    nodes = [mean(x, m),
+             Node(t("sub"), "Sub", (x, m), (t("d"),), MappingProxyType({}), node.opset),
+             Node(t("square"), "Pow", (t("d"), t("two")), (t("d2"),), MappingProxyType({}), node.opset),
+             mean(t("d2"), t("v")),
+             Node(t("add_eps"), "Add", (t("v"), t("eps")), (t("ve"),), MappingProxyType({}), node.opset),
+             Node(t("sqrt"), "Sqrt", (t("ve"),), (t("s"),), MappingProxyType({}), node.opset),
+             Node(t("reciprocal"), "Reciprocal", (t("s"),), (inv,), MappingProxyType({}), node.opset),
+             Node(t("normalise"), "Mul", (t("d"), inv), (t("n"),), MappingProxyType({}), node.opset),
+             Node(t("scale"), "Mul", (t("n"), scale), (scaled,), MappingProxyType({}), node.opset)]
+    if bias:
+        nodes.append(Node(t("bias"), "Add", (scaled, bias), (outs[0],), MappingProxyType({}), node.opset))
+    return nodes

@@ -96,11 +96,23 @@ def test_unsupported_module_is_named() -> None:
         graph_from_module(nn.Sequential(nn.Linear(4, 4), nn.Softplus(beta=2.0)), (1, 4))
 
 
+def _same_forward_and_sound(graph, net, x, lo: float, width: float, atol: float) -> None:
+    """The graph computes the module's forward at `x` [N, n], and its CROWN bounds over the
+    box [lo, lo + width]^n hold at 500 samples."""
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+
+    n = x.shape[1]
+    torch.testing.assert_close(GraphEvaluator(graph)(x.unsqueeze(1)).reshape(len(x), -1), net(x), rtol=1e-4,
+                               atol=atol)
+    low = torch.full((1, 1, n), lo)
+    res = compute_bounds(graph, IntervalBounds(low, low + width), None, BoundOptions(method="crown"))
+    ys = net(low.reshape(1, n) + width * torch.rand(500, n))
+    assert bool((res.lower.reshape(1, -1) <= ys + 1e-5).all() and (ys <= res.upper.reshape(1, -1) + 1e-5).all())
+
+
 def test_smooth_activation_modules_translate() -> None:
     """nn.GELU (both forms), ELU, Softplus, Hardsigmoid and Hardswish become their ONNX ops,
     with the same forward, and get bounds (CROWN through each)."""
-    from relaxations import BoundOptions, IntervalBounds, compute_bounds
-
     torch.manual_seed(2)
     acts = [nn.GELU(), nn.GELU(approximate="tanh"), nn.ELU(alpha=0.7), nn.Softplus(), nn.Hardsigmoid(),
             nn.Hardswish()]
@@ -111,12 +123,21 @@ def test_smooth_activation_modules_translate() -> None:
     graph = graph_from_module(net, (1, 5))
     assert [n.op for n in graph.nodes if n.op != "Gemm"] == ["Gelu", "Gelu", "Elu", "Softplus", "HardSigmoid",
                                                               "HardSwish"]
-    x = 3 * torch.rand(9, 5) - 1.5
-    torch.testing.assert_close(GraphEvaluator(graph)(x.unsqueeze(1)).reshape(9, -1), net(x), rtol=1e-5, atol=1e-6)
-    lo = torch.full((1, 1, 5), -0.2)
-    res = compute_bounds(graph, IntervalBounds(lo, lo + 0.4), None, BoundOptions(method="crown"))
-    ys = net(lo.reshape(1, 5) + 0.4 * torch.rand(500, 5))
-    assert bool((res.lower.reshape(1, -1) <= ys + 1e-5).all() and (ys <= res.upper.reshape(1, -1) + 1e-5).all())
+    _same_forward_and_sound(graph, net, 3 * torch.rand(9, 5) - 1.5, -0.2, 0.4, atol=1e-6)
+
+
+def test_layernorm_module_translates() -> None:
+    """nn.LayerNorm (with and without its affine part) becomes the ops ONNX's
+    LayerNormalization expands into at import, with the module's forward and sound bounds."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 8),
+                        nn.LayerNorm(8, elementwise_affine=False), nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.normal_(0, 0.3)
+    graph = graph_from_module(net, (1, 6))
+    assert "LayerNormalization" not in {n.op for n in graph.nodes} and "Sqrt" in {n.op for n in graph.nodes}
+    _same_forward_and_sound(graph, net, 2 * torch.rand(9, 6) - 1, -0.1, 0.2, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
