@@ -19,37 +19,52 @@ import torch
 from torch import nn
 
 
-def train_digits(seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray, float]:
+def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits as pixels in [0, 1] and labels, split 1400 / 397 by a seeded permutation."""
     from sklearn.datasets import load_digits
 
-    torch.manual_seed(seed)
     data = load_digits()
     x = (data.data / 16.0).astype(np.float32)
     y = data.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
+    order = np.random.default_rng(seed).permutation(len(x))
     train, test = order[:1400], order[1400:]
-    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
-    for _ in range(60):
+    return x[train], y[train], x[test], y[test]
+
+
+def fit(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 3e-3) -> None:
+    """Adam on the cross-entropy, batches of 64."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(epochs):
         perm = torch.randperm(len(xt))
         for i in range(0, len(xt), 64):
             idx = perm[i:i + 64]
             opt.zero_grad()
             nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
+    net.eval()
+
+
+def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
-        acc = float((net(torch.from_numpy(x[test])).argmax(1).numpy() == y[test]).mean())
-    return net, x[test], y[test], acc
+        return float((net(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def export(net: nn.Module, path: Path) -> None:
+def train_digits(seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray, float]:
+    torch.manual_seed(seed)
+    xtr, ytr, xte, yte = digits_split(seed)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    fit(net, xtr, ytr, 60)
+    return net, xte, yte, accuracy(net, xte, yte)
+
+
+def export(net: nn.Module, path: Path, opset: int = 13) -> None:
+    """ONNX by torch's legacy exporter (the new one needs onnxscript)."""
     net.eval()
     with warnings.catch_warnings():  # the legacy exporter's notice: the new one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(net, torch.zeros(1, 64), str(path), input_names=["x"], output_names=["logits"],
-                          opset_version=13, dynamo=False)
+                          opset_version=opset, dynamo=False)
 
 
 def main() -> int:
