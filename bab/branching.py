@@ -109,7 +109,7 @@ def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits:
     scored as `rows_status` scores a domain; the candidate maximising its worse child's
     score wins. Ties keep the BaBSR choice (candidate 0). Proved domains and those with
     nothing to split keep the BaBSR answer, which the search ignores for them anyway;
-    so does every domain once `options.deadline` has passed.
+    so does every domain once `options.deadline` has passed (checked between chunks).
     """
     N, n = babsr.shape
     best = babsr_branch(babsr, offsets)
@@ -127,8 +127,11 @@ def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits:
     S = p.C.shape[-2]
     widest = max([p.lower[0].numel()] + [torch.Size(s).numel() for s in p.graph.shapes.values() if s])
     chunk = max(1, options.max_elements // max(1, 2 * K * S * widest))
-    value = torch.empty(todo.numel(), K, dtype=lb.dtype, device=lb.device)
+    # Unscored domains keep -inf everywhere: argmax then takes candidate 0, BaBSR's choice.
+    value = torch.full((todo.numel(), K), -torch.inf, dtype=lb.dtype, device=lb.device)
     for s in range(0, todo.numel(), chunk):
+        if s and options.deadline is not None and time.monotonic() > options.deadline:
+            break   # a round that began before the deadline must not run far past it
         rows = todo[s:s + chunk]
         value[s:s + chunk] = _children_scores(p, names, relus, res, splits, rows, cand[s:s + chunk], offsets,
                                               options)
