@@ -7,13 +7,24 @@ in the reference runtime before the search may answer `sat`.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from bab.problem import Problem, objective, violations
 
-__all__ = ["domain_pgd", "minimiser_candidates"]
+__all__ = ["domain_pgd", "minimiser_candidates", "input_gradient"]
 
 T = torch.Tensor
+
+
+def input_gradient(total: T, x: T) -> Optional[T]:
+    """d total / d x, or None where the output does not depend on x through anything
+    differentiable (Equal, a Cast of a boolean, Floor: piecewise constant): a gradient
+    attack has nothing to follow there, and autograd would raise instead of saying so."""
+    if not total.requires_grad:
+        return None
+    return torch.autograd.grad(total, x, allow_unused=True)[0]
 
 
 def domain_pgd(p: Problem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
@@ -25,11 +36,13 @@ def domain_pgd(p: Problem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
         with torch.enable_grad():
             x.requires_grad_(True)
             obj = objective(p, p.ev(x))
-            grad, = torch.autograd.grad(obj.sum(), x)
+            grad = input_gradient(obj.sum(), x)
         with torch.no_grad():
             better = obj < best
             best = torch.where(better, obj.detach(), best)
             best_x[better] = x[better].detach()
+            if grad is None:
+                break     # nothing to follow: the points seen are all there is
             size = 0.5 * (1e-3 ** (step / max(steps - 1, 1)))  # geometric decay down to fine steps
             x = torch.minimum(torch.maximum(x - size * half * grad.sign(), lo), hi)
     return best, best_x

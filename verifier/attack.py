@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bab.attack import input_gradient
 from models import GraphEvaluator
 from vnnlib import Disjunct
 from verifier.config import AttackConfig
@@ -95,11 +96,13 @@ def attack_disjunct(model: Model, ev: GraphEvaluator, disjunct: Disjunct, cfg: A
             break
         x.requires_grad_(True)
         s = margin(st, ev(x.reshape(-1, *shape)).reshape(len(x), -1))
-        grad, = torch.autograd.grad(s.sum(), x)
+        grad = input_gradient(s.sum(), x)
         with torch.no_grad():
             better = s < best_s
             best_s = torch.where(better, s, best_s)
             best_x[better] = x[better]
+            if grad is None:
+                break     # the output is piecewise constant in x: nothing to follow
             size = cfg.step_size * (1e-3 ** (step / max(cfg.steps - 1, 1)))  # geometric decay
             x = (x - size * half * grad.sign()).clamp(lo, hi)
         if bool((best_s <= 0).any()):

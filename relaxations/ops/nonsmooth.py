@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from models import Node
+from models import Node, UnsupportedModel
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
 from relaxations.ops.smooth import curved, finish, s_alpha_init, s_shape, unstable_if_wide
@@ -266,7 +266,8 @@ def _pow_range(l: T, u: T, p: float) -> tuple[T, T]:
 
 def _pow_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
     if not isinstance(ins[0], IntervalBounds):
-        raise ValueError(f"Pow node {node.name}: a variable exponent is not supported")
+        raise UnsupportedModel("a variable exponent is not supported (only a constant one)", node=node.name,
+                               op=node.op, opset=node.opset)
     p = pow_exponent(node, ins[1])
     return [IntervalBounds(*_pow_range(ins[0].lower, ins[0].upper, p))]
 

@@ -108,6 +108,31 @@ def test_unsupported_op_exits_two(tiny) -> None:
     _assert_one_clean_line(_run("verify", str(bad), str(spec_path)), "hardmax_node", "Hardmax")
 
 
+@pytest.mark.parametrize("case", ["equal_cast", "pow_variable_exponent"])
+def test_ops_it_cannot_bound_exit_two_not_internal(tiny, case: str) -> None:
+    """An output that is piecewise constant in the input (Equal then Cast: the attack has
+    no gradient to follow, which used to raise inside autograd) and a Pow whose exponent
+    is the input: where only bounds could answer, both are refused as unsupported, naming
+    the node, never an internal error. Where a sampled point violates the property, the
+    piecewise-constant model gets its `sat`."""
+    tmp, _, spec_path = tiny
+    c = {"c": np.array([[0.5, 0.5]], np.float32)}
+    nodes = {"equal_cast": [helper.make_node("Equal", ["X", "c"], ["e"], name="eq"),
+                            helper.make_node("Cast", ["e"], ["Y"], to=1)],
+             "pow_variable_exponent": [helper.make_node("Pow", ["c", "X"], ["Y"], name="pow_node")]}[case]
+    bad = tmp / f"{case}.onnx"
+    bad.write_bytes(make_model(nodes, c, (1, 2), (1, 2)).SerializeToString())
+    never = "".join(f"(declare-const X_{i} Real)\n(declare-const Y_{i} Real)\n" for i in range(2)) + \
+        "".join(f"(assert (>= X_{i} 0.2))\n(assert (<= X_{i} 0.4))\n" for i in range(2)) + "(assert (>= Y_0 5.0))\n"
+    spec_path.write_text(never)
+    _assert_one_clean_line(_run("verify", str(bad), str(spec_path), "--timeout", "20"),
+                           "eq" if case == "equal_cast" else "pow_node")
+    if case == "equal_cast":   # outputs (0, 0) everywhere here: y_1 >= y_0 violates robustness of class 0
+        vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.full(2, 0.3), 0.1, 0, 2))
+        proc = _run("verify", str(bad), str(spec_path), "--timeout", "20")
+        assert proc.returncode == 0 and proc.stdout.strip() == "sat", (proc.stdout, proc.stderr)
+
+
 def test_config_lists_every_key() -> None:
     proc = _run("config")
     assert proc.returncode == 0
