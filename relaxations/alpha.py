@@ -132,14 +132,10 @@ def _sparsify(ctx: BackwardContext, alphas: dict[str, T], ranges: dict[str, tupl
 
 def project_alphas(ctx: BackwardContext, alphas: dict[str, T]) -> None:
     """Clamp every alpha into its rule's sound range, in place."""
-    by_name = {n.name: n for n in ctx.graph.nodes}
     with torch.no_grad():
-        for name, a in alphas.items():
-            node = by_name[name]
-            l, u = relaxation_domain(ctx, node, ctx.rules[name])
-            consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
-            lo, hi = ctx.rules[name].alpha_bounds(node, l, u, consts)
-            a.copy_(torch.maximum(torch.minimum(a, hi.unsqueeze(1)), lo.unsqueeze(1)))
+        for name, (lo, hi) in _alpha_ranges(ctx, alphas).items():
+            a = alphas[name]
+            a.copy_(torch.maximum(torch.minimum(a, hi), lo))
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,16 @@ def relu_mlp_onnx(path, seed: int, widths=(2, 16, 16, 1)):
     nodes, inits = relu_mlp_layers(np.random.default_rng(seed), widths, 1.5, 0.3)
     path.write_bytes(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])).SerializeToString())
     return path
+
+
+def assert_verdicts_bracket(model, spec_at, m: float, spread: float, cfg) -> None:
+    """verify() answers unsat for the threshold m - spread and sat for m + spread, where
+    m is the true minimum and spec_at(t) the property "output below t"; the sat's output
+    lies below its threshold."""
+    from verifier import verify
+
+    below = verify(model, spec_at(m - spread), cfg)
+    assert below.verdict == "unsat", (m, below.reason, below.stats)
+    above = verify(model, spec_at(m + spread), cfg)
+    assert above.verdict == "sat", (m, above.reason, above.stats)
+    assert float(above.y[0]) <= m + spread

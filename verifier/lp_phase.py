@@ -94,12 +94,13 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
     given = dict(known or {})
     intervals = table_of(given)
 
-    def refined(ivals: Intervals) -> tuple[Intervals, Optional[dict], dict]:
-        """LP refinement in `lp.refine_share` of the time left: the table, the intervals
-        that change (None when none does) and the statistics."""
+    def refined(ivals: Intervals, stop: Optional[Callable[[], bool]] = None
+                ) -> tuple[Intervals, Optional[dict], dict]:
+        """LP refinement in `lp.refine_share` of the time left (or until `stop()`): the
+        table, the intervals that change (None when none does) and the statistics."""
         until = time.monotonic() + cfg.refine_share * max(0.0, deadline - time.monotonic())
         ref = refine_bounds(model.graph, box_lo, box_hi, ivals, until,
-                            rebound=lambda iv: table_of({**given, **_to_known(model, iv, dt, dev)}))
+                            rebound=lambda iv: table_of({**given, **_to_known(model, iv, dt, dev)}), stop=stop)
         stats = {"lps": ref.lps, "tightened": ref.tightened, "stabilised": ref.stabilised,
                  "unstable_before": ref.unstable_before, "unstable_after": ref.unstable_after,
                  "layers": ref.layers, "complete": ref.complete, "time_s": round(ref.time_s, 3)}
@@ -120,7 +121,8 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
     if cfg.milp == "parallel":
         # The thread refines first when the search has not: the MILP's big-M constants come
         # from the intervals, and the search does not wait for the LPs.
-        pre = (lambda: refined(intervals)) if cfg.milp_refine and not cfg.refine and not config.proof else None
+        pre = (lambda stop: refined(intervals, stop)) if cfg.milp_refine and not cfg.refine and not config.proof \
+            else None
         out.runner = MilpRunner(*args, deadline=deadline, refine=pre)
         return out
     runner = MilpRunner(*args, deadline=time.monotonic() + cfg.milp_share * max(0.0, deadline - time.monotonic()),
@@ -159,8 +161,9 @@ class MilpRunner:
     def __init__(self, graph, box_lo: np.ndarray, box_hi: np.ndarray, intervals: Intervals, C: np.ndarray,
                  d: np.ndarray, owner: np.ndarray, n_conj: int, start: Optional[np.ndarray], unstable: int,
                  deadline: float, background: bool = True, refine: Optional[Callable] = None) -> None:
-        """`refine`, when given, runs first in the thread: () -> (intervals, changed or
-        None, statistics), and the MILP is built over the intervals it returns."""
+        """`refine`, when given, runs first in the thread: (stop) -> (intervals, changed or
+        None, statistics), where `stop()` says the runner was stopped (the refinement ends
+        then, as the MILP does); the MILP is built over the intervals it returns."""
         self._args = (graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline)
         self._refine = refine
         self.refine_stats: Optional[dict] = None
@@ -183,7 +186,7 @@ class MilpRunner:
         graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline = self._args
         try:
             if self._refine is not None and not self._cancelled:
-                intervals, _, self.refine_stats = self._refine()
+                intervals, _, self.refine_stats = self._refine(lambda: self._cancelled)
             for k in range(n_conj):
                 if self._cancelled or time.monotonic() > deadline:
                     break

@@ -179,7 +179,8 @@ class Refinement:
 
 
 def refine_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals: Intervals, deadline: float,
-                  rebound: Optional[Callable[[Intervals], Intervals]] = None, threads: int = 1) -> Refinement:
+                  rebound: Optional[Callable[[Intervals], Intervals]] = None, threads: int = 1,
+                  stop: Optional[Callable[[], bool]] = None) -> Refinement:
     """Tighten the unstable ReLU inputs' intervals by LPs, in topological order, until `deadline`.
 
     `intervals`: sound intervals (name -> (lower, upper), flat float64) of every tensor
@@ -188,7 +189,8 @@ def refine_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals:
     (a CROWN pass with `known=`); it is called after each ReLU input is refined. A ReLU
     input with no ReLU before it is an affine function of the input, whose interval is
     already exact up to rounding, and is skipped. Raises NotReluMlp for graphs the LP
-    cannot encode (`lp_supported`).
+    cannot encode (`lp_supported`). `stop()` true ends it early as the deadline does (the
+    MILP's thread refines beside the search and must end with the run).
     """
     t0 = time.monotonic()
     why = lp_supported(graph)
@@ -206,7 +208,7 @@ def refine_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals:
             margin = FLOAT32_REL * np.maximum(np.abs(lo), np.abs(hi)) + FLOAT32_ABS
             cols = lp.cols[name]
             for j in np.nonzero((lo < 0) & (hi > 0))[0]:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (stop is not None and stop()):
                     out.complete = False
                     break
                 for sign in (1.0, -1.0):

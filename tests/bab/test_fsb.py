@@ -11,6 +11,7 @@ import vnnlib
 from bab.activation_split import activation_split_bab
 from bab.branching import babsr_branch, fsb_branch, neuron_scores
 from tests.bab.test_known_answers import _net, _spec, _true_min
+from tests.helpers import assert_verdicts_bracket
 from verifier import Config, load_model, verify
 from verifier.config import ConfigError, with_overrides
 
@@ -25,11 +26,7 @@ def test_fsb_agrees_with_the_true_minimum(tmp_path, seed: int) -> None:
     model = _net(tmp_path, seed)
     m = _true_min(model)
     spread = 0.05 * (1 + abs(m))
-    below = verify(model, _spec(m - spread), _cfg("fsb"))
-    assert below.verdict == "unsat", (m, below.reason, below.stats)
-    above = verify(model, _spec(m + spread), _cfg("fsb"))
-    assert above.verdict == "sat", (m, above.reason, above.stats)
-    assert float(above.y[0]) <= m + spread
+    assert_verdicts_bracket(model, _spec, m, spread, _cfg("fsb"))
 
 
 @pytest.mark.parametrize("seed", [5, 6, 7])

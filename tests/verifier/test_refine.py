@@ -42,6 +42,21 @@ def test_refined_intervals_contain_every_sampled_value(tmp_path, seed: int) -> N
     assert ref.tightened > 0, "the LP tightened nothing on a deep random net (CROWN is not exact there)"
 
 
+def test_refinement_ends_when_stopped(tmp_path) -> None:
+    """The MILP's thread refines beside the search; a stopped runner must not keep
+    solving LPs after the run: `stop()` ends refinement as the deadline does."""
+    model = _net(tmp_path, 0, (3, 24, 24, 24, 2))
+    lo, hi = -np.ones(3), np.ones(3)
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    ref = refine_bounds(model.graph, lo, hi, _crown_table(model, lo, hi), deadline=float("inf"), stop=stop)
+    assert not ref.complete and ref.lps == 6, (ref.complete, ref.lps)
+
+
 def _grid_min(model, C, d, n: int = 401) -> float:
     g = np.linspace(-1, 1, n)
     xs = torch.tensor(np.stack(np.meshgrid(g, g), -1).reshape(-1, *model.graph.input_shape))
