@@ -46,10 +46,10 @@ from models import Node
 from relaxations.alpha import (AlphaResult, _Adam, _all_above, alpha_fits, alpha_lrs, initial_alphas, optimise_alpha,
                                project_alphas, unstable_index)
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
-from relaxations.compute import BoundOptions, _guard_empty, _widen_interval
+from relaxations.compute import BoundOptions, _guard_empty
 from relaxations.crown import (BackwardContext, SparseAlpha, _is_plain_elementwise, backward_lower, is_relaxed,
                                relaxation_domain)
-from relaxations.ibp import node_inputs, node_interval
+from relaxations.ibp import node_inputs, sound_interval
 
 __all__ = ["optimise_with_intermediate"]
 
@@ -294,9 +294,9 @@ def _pass(setup: _Setup, late: Callable[[], bool], capture: Optional[dict]
     table = BoundsTable({ctx.graph.input_name: box})
     empty = torch.zeros(box.lower.shape[0], dtype=torch.bool, device=box.lower.device)
     for node in ctx.graph.nodes:
-        outs = node_interval(ctx.ev, node, ctx.rules[node.name], node_inputs(ctx.ev, node, table))
+        outs = sound_interval(ctx.ev, node, ctx.rules[node.name], node_inputs(ctx.ev, node, table), setup.precision)
         for name, b in zip(node.outputs, outs):
-            table[name] = _widen_interval(b, setup.precision).intersect(ctx.table[name])
+            table[name] = b.intersect(ctx.table[name])
             for chunk in setup.chunks.get(name, []):
                 if late():
                     return None

@@ -38,11 +38,10 @@ import torch
 
 from models import Graph, GraphEvaluator
 from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
-from relaxations.bounds import (BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, concretize,
-                                widen_lower)
+from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, concretize
 from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_slot_node, rules_for
-from relaxations.ibp import node_inputs, node_interval
+from relaxations.ibp import node_inputs, sound_interval
 from relaxations.patches import PatchBounds, patches_lower
 
 __all__ = ["BoundOptions", "BoundResult", "ClipHook", "compute_bounds", "final_lower_from_table",
@@ -149,12 +148,6 @@ class ClipHook(Protocol):
     split_linear: Optional[dict]
 
     def __call__(self, name: str, lin: LinearBounds, lb: T) -> T: ...
-
-
-def _widen_interval(b: IntervalBounds, precision: Precision) -> IntervalBounds:
-    mass = torch.maximum(b.lower.abs(), b.upper.abs())
-    mass = torch.nan_to_num(mass, nan=0.0, posinf=0.0)
-    return IntervalBounds(widen_lower(b.lower, mass, precision), -widen_lower(-b.upper, mass, precision))
 
 
 def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
@@ -285,10 +278,10 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     for node in graph.nodes:
         check_deadline(options.deadline)
         rule = ctx.rules[node.name]
-        outs = node_interval(ev, node, rule, node_inputs(ev, node, table))
+        outs = sound_interval(ev, node, rule, node_inputs(ev, node, table), precision)
         lin = forward_node(ev, node, rule, fwd, table) if fwd is not None else None
         for i, (name, b) in enumerate(zip(node.outputs, outs)):
-            table[name] = _widen_interval(b, precision)
+            table[name] = b
             if lin is not None:
                 fwd[name] = lin[i]
                 table[name] = table[name].intersect(lin[i].concretize(box, precision))

@@ -28,9 +28,9 @@ from models import Graph, GraphEvaluator, Node
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline, interval_terms
 from relaxations.ops.common import batched
-from relaxations.registry import OpRule, SlotRelaxation, is_affine_node, rule_for
+from relaxations.registry import OpRule, Relaxation, SlotRelaxation, is_affine_node, rule_for
 
-__all__ = ["BackwardContext", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from", "is_slot_node",
+__all__ = ["BackwardContext", "PartialRelaxation", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from", "is_slot_node",
            "is_relaxed", "slot_bounds", "slot_count", "relaxation_domain", "MAX_SLOT_ELEMENTS"]
 
 T = torch.Tensor
@@ -92,7 +92,8 @@ class BackwardContext:
     deadline: Optional[float] = None
     # Nodes whose relaxation under alpha was found finite once in this optimisation; later
     # steps skip the check (a scan of [B, S, *shape] per node and step). Skipping it is safe:
-    # a non-finite line reaches the bound as inf or nan, which proves nothing.
+    # a non-finite line reaches the bound as inf or nan, which proves nothing. A node with
+    # elements that have no finite line is checked (and made partial) at every step.
     checked: Optional[set] = None
     # node name -> (the input's IntervalBounds, what the rule's `prepare` made of it): the
     # alpha-independent part of a relaxation (e.g. tangent points found by bisection),
@@ -149,9 +150,28 @@ def _dot(A: T, v: T) -> T:
     return (A * v).reshape(B, S, -1).sum(-1)
 
 
+@dataclass(frozen=True)
+class PartialRelaxation(Relaxation):
+    """Lines that hold except at the `unbounded` elements [B, 1, *shape] (bool), where no
+    finite line exists (an overflowing exp, a reciprocal across 0): there the lines are
+    zero and the backward pass bounds the element's term by the output's interval."""
+
+    unbounded: T
+
+
+def _partial(r: Relaxation) -> Relaxation:
+    bad = ~(torch.isfinite(r.lower_slope) & torch.isfinite(r.lower_bias)
+            & torch.isfinite(r.upper_slope) & torch.isfinite(r.upper_bias))
+    bad = bad.any(1, keepdim=True)
+    zero = torch.zeros((), dtype=r.lower_slope.dtype, device=r.lower_slope.device)
+    return PartialRelaxation(*(torch.where(bad, zero, t) for t in (r.lower_slope, r.lower_bias, r.upper_slope,
+                                                                      r.upper_bias)), unbounded=bad)
+
+
 def _relaxation(ctx: BackwardContext, node: Node, rule: OpRule, alpha: Optional[T]):
     """The node's relaxation lines; without alpha they are cached for the whole pass
-    (the input's interval is final before any backward pass goes through the node)."""
+    (the input's interval is final before any backward pass goes through the node).
+    Elements without finite lines make it a `PartialRelaxation`."""
     if alpha is None and ctx.cache is not None and node.name in ctx.cache:
         return ctx.cache[node.name]
     b = ctx.table[node.inputs[0]]
@@ -165,14 +185,14 @@ def _relaxation(ctx: BackwardContext, node: Node, rule: OpRule, alpha: Optional[
         r = rule.relax(node, l, u, alpha, consts, prepared=entry[1])
     else:
         r = rule.relax(node, l, u, alpha, consts)
-    if alpha is not None and ctx.checked is not None:
-        if node.name in ctx.checked:
-            return r
-        ctx.checked.add(node.name)
+    if alpha is not None and ctx.checked is not None and node.name in ctx.checked:
+        return r
     finite = torch.isfinite(r.lower_slope).all() & torch.isfinite(r.lower_bias).all() \
         & torch.isfinite(r.upper_slope).all() & torch.isfinite(r.upper_bias).all()
     if not bool(finite):  # one host sync per node, not four
-        raise ValueError(f"node '{node.name}' ({node.op}): relaxation is not finite on its input interval")
+        r = _partial(r)
+    elif alpha is not None and ctx.checked is not None:
+        ctx.checked.add(node.name)
     if alpha is None and ctx.cache is not None:
         ctx.cache[node.name] = r
     return r
@@ -204,6 +224,8 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
         A_in = (A * torch.where(A >= 0, r.lower_slope, r.upper_slope)).contiguous()
         idx = alpha.index
         pos = A.reshape(B, S, -1).index_select(-1, idx).clamp(min=0)
+        if isinstance(r, PartialRelaxation):
+            pos = pos * ~r.unbounded.reshape(r.unbounded.shape[0], 1, -1).index_select(-1, idx)
         base = r.lower_slope.reshape(r.lower_slope.shape[0], 1, -1).index_select(-1, idx)
         # In place on a fresh product: autograd keeps A and the slopes for the product, not A_in.
         A_in.view(B, S, -1).index_add_(-1, idx, pos * (alpha.values - base) * alpha.mask)
@@ -221,6 +243,9 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
     if upper_terms is not None:
         b, m = _dot2(A.clamp(max=0), upper_terms)
         bias, mass = bias + b, mass - m
+    if isinstance(r, PartialRelaxation):
+        b, m = interval_terms(A * r.unbounded, ctx.table[node.outputs[0]])
+        bias, mass = bias + b, mass + m
     return A_in, bias, mass
 
 

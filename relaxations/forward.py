@@ -32,7 +32,7 @@ from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds, Precision, widen_lower
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.ops.common import batched
-from relaxations.registry import OpRule, is_affine_node
+from relaxations.registry import OpRule, finite_relaxation, is_affine_node
 
 __all__ = ["ForwardBounds", "forward_supported", "forward_node", "forward_input", "forward_constant"]
 
@@ -133,7 +133,7 @@ def _elementwise(ev: GraphEvaluator, node: Node, rule: OpRule, x: ForwardBounds,
                  ) -> ForwardBounds:
     """Relaxation lines over the concrete input interval b, applied to the linear functions."""
     consts = [ev.constants.get(n) if n else None for n in node.inputs]
-    r = rule.relax(node, b.lower, b.upper, None, consts)
+    r = finite_relaxation(rule.relax(node, b.lower, b.upper, None, consts), node)
     K = x.lo.shape[1]
     shape = b.lower.shape
     r = type(r)(*(torch.broadcast_to(t, shape) for t in (r.lower_slope, r.lower_bias, r.upper_slope, r.upper_bias)))

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from models import Node
 from models.ops.conv import spatial_pads
 from relaxations.bounds import IntervalBounds, LinearBounds, Precision, check_deadline, concretize
-from relaxations.crown import BackwardContext, _is_plain_elementwise, _relaxation, backward_from
+from relaxations.crown import BackwardContext, PartialRelaxation, _is_plain_elementwise, _relaxation, backward_from
 from relaxations.registry import OpRule
 
 __all__ = ["Patches", "PatchBounds", "patches_lower", "start_patches", "windows", "to_dense"]
@@ -201,6 +201,8 @@ def _elementwise_step(ctx: BackwardContext, node: Node, rule: OpRule, p: Patches
     """Through a relaxed elementwise op: `crown._elementwise_backward` with its slopes and
     intercepts gathered at each window (the same relaxation data, from the same cache)."""
     r = _relaxation(ctx, node, rule, None)
+    if isinstance(r, PartialRelaxation):
+        return None      # elements bounded by their interval: `crown._elementwise_backward` does that
     B = p.values.shape[0]
     _, C, H, W = p.shape
 

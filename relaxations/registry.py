@@ -24,6 +24,11 @@ slots per output element (`SlotRelaxation`); CROWN (crown.py) applies the one th
 of the coefficient picks and passes the slot coefficients back to the inputs through
 the transpose of `gather`. `alpha_init`, `alpha_bounds` and `unstable` of such a rule
 read the gathered bounds [B, *out, K] instead of the first input's interval.
+
+Facts that a pass reads (`ibp.sound_interval`, for the rounding margin of intervals):
+"selection" (each output element is an input element, copied exactly), "monotone" on an
+affine rule (nonnegative coefficients: each end is the op at that end of its inputs),
+"elementwise" on an affine rule with an interval (one product per output element).
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ import torch
 from models import Node, UnsupportedModel
 
 __all__ = ["OpRule", "Relaxation", "SlotRelaxation", "REGISTRY", "register_rule", "rule_for",
-           "registered_ops", "is_affine_node"]
+           "registered_ops", "is_affine_node", "finite_relaxation"]
 
 T = torch.Tensor
 
@@ -48,6 +53,18 @@ class Relaxation:
     lower_bias: T
     upper_slope: T
     upper_bias: T
+
+
+def finite_relaxation(r: Relaxation, node: Node) -> Relaxation:
+    """`r` itself, or ValueError where some element has no finite line (a rule gives an
+    infinite bias there: the op is unbounded or overflows on that element's interval).
+    For the passes that cannot fall back to the element's interval as CROWN does."""
+    finite = torch.isfinite(r.lower_slope).all() & torch.isfinite(r.lower_bias).all() \
+        & torch.isfinite(r.upper_slope).all() & torch.isfinite(r.upper_bias).all()
+    if not bool(finite):
+        raise ValueError(f"node '{node.name}' ({node.op}): the input interval admits no finite linear bound "
+                         "(the op is unbounded, undefined or overflows on it)")
+    return r
 
 
 @dataclass(frozen=True)

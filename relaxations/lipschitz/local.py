@@ -47,7 +47,7 @@ import torch
 from models import Node
 from relaxations.lipschitz.network import FeedForward
 from relaxations.ops.activations import leaky_relaxation
-from relaxations.registry import rule_for
+from relaxations.registry import finite_relaxation, rule_for
 
 __all__ = ["ROUND_REL", "LocalNet", "NodeBound", "forward_bounds", "derivative_ranges", "gradient_bound"]
 
@@ -96,7 +96,7 @@ class LocalNet:
         else:
             op = _ONNX_OP[self.activation]
             node = Node(name="phi", op=op, inputs=("z",), outputs=("a",))
-            r = rule_for(node).relax(node, lo, hi, None, [])
+            r = finite_relaxation(rule_for(node).relax(node, lo, hi, None, []), node)
         return r.lower_slope, r.lower_bias, r.upper_slope, r.upper_bias
 
     def activate_interval(self, lo: T, hi: T) -> tuple[T, T]:

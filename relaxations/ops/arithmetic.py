@@ -81,9 +81,11 @@ def register() -> None:
     register_rule(OpRule("Sum", "affine", radius=_sum_radius, facts=linear_facts | {"monotone"}))
     register_rule(OpRule("Sub", "affine", radius=_sum_radius, backward=add_sub_backward, facts=linear_facts))
     register_rule(OpRule("Neg", "affine", radius=lambda n, a, v: [a[0]], facts=linear_facts | {"elementwise"}))
+    # Mul and Div are "elementwise" (each output element one product, broadcasting aside):
+    # `ibp.sound_interval` then takes their interval rule's ends, each with its own margin.
     register_rule(OpRule("Mul", "affine", radius=_mul_radius, backward=scale_backward, affine_inputs=_at_most_one_variable,
                          interval=_mul_interval, gather=products.mul_gather, relax_slots=products.product_relax,
                          alpha_init=products.product_alpha_init, alpha_bounds=products.product_alpha_bounds,
-                         unstable=products.product_unstable))
+                         unstable=products.product_unstable, facts=frozenset({"elementwise"})))
     register_rule(OpRule("Div", "affine", radius=_div_radius, backward=scale_backward,
-                         affine_inputs=lambda n, v: not v[1], interval=_div_interval))
+                         affine_inputs=lambda n, v: not v[1], interval=_div_interval, facts=frozenset({"elementwise"})))

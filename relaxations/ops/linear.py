@@ -12,7 +12,7 @@ import torch
 
 from models import Node
 from models.ops.linear import gemm_parts
-from relaxations.bounds import IntervalBounds
+from relaxations.bounds import IntervalBounds, Precision
 from relaxations.ops.common import Ins, batched
 from relaxations.ops import products
 from relaxations.ops.fast_backward import gemm_backward, matmul_backward
@@ -37,26 +37,41 @@ def _gemm_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T
 
 
 def _bilinear_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
-    """Both factors vary: centre-radius interval arithmetic for a matrix product."""
+    """Both factors vary: centre-radius interval arithmetic for a matrix product (Gemm's
+    transposes, alpha and beta applied as its forward does).
+
+    The ends are centre -+ radius, each a sum of products of both signs, so they are
+    widened here by the rounding margin of the sum of the terms' magnitudes,
+    |ca| |cb| + radius: the engine's per-end widening (`ibp.sound_interval`) sees only
+    the ends, which may be small where the terms cancel.
+    """
     def parts(x):
         return (x.center, x.radius) if isinstance(x, IntervalBounds) else (x, torch.zeros_like(x))
 
     mask = [isinstance(x, IntervalBounds) for x in ins[:2]]
     (ca, ra), (cb, rb) = parts(ins[0]), parts(ins[1])
+    gemm = node.op == "Gemm"
+    alpha = float(node.attr("alpha", 1.0)) if gemm else 1.0
 
     def prod(n, xs):
         ca, ra, cb, rb = xs
-        center = ca @ cb
-        return [center, ca.abs() @ rb + ra @ cb.abs() + ra @ rb]
+        if gemm and node.attr("transA", 0):
+            ca, ra = ca.transpose(-1, -2), ra.transpose(-1, -2)
+        if gemm and node.attr("transB", 0):
+            cb, rb = cb.transpose(-1, -2), rb.transpose(-1, -2)
+        center = alpha * (ca @ cb)
+        radius = abs(alpha) * (ca.abs() @ rb + ra @ cb.abs() + ra @ rb)
+        return [center, radius, abs(alpha) * (ca.abs() @ cb.abs()) + radius]
 
-    center, radius = batched(node, prod, [ca, ra, cb, rb], mask * 2)
-    if node.op == "Gemm" and len(ins) > 2 and ins[2] is not None:
+    center, radius, mass = batched(node, prod, [ca, ra, cb, rb], mask * 2)
+    if gemm and len(ins) > 2 and ins[2] is not None:
+        beta = float(node.attr("beta", 1.0))
         c = ins[2]
-        if isinstance(c, IntervalBounds):
-            center, radius = center + c.center, radius + c.radius
-        else:
-            center = center + c
-    return [IntervalBounds(center - radius, center + radius)]
+        cc, cr = parts(c)
+        center, radius = center + beta * cc, radius + abs(beta) * cr
+        mass = mass + abs(beta) * (cc.abs() + cr)
+    margin = Precision.for_dtype(center.dtype).margin(mass)
+    return [IntervalBounds(center - radius - margin, center + radius + margin)]
 
 
 def _one_factor_variable(node: Node, variable: Sequence[bool]) -> bool:

@@ -23,12 +23,15 @@ def _float_cast(node: Node, variable: Sequence[bool]) -> bool:
 
 
 def register() -> None:
+    # "selection": every output element is an input element, copied without rounding, so
+    # `ibp.sound_interval` passes the interval on unwidened. Not Cast: to float16 rounds.
     facts = frozenset({"piecewise_linear", "monotone"})
+    moves = facts | {"selection"}
     for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, backward=reshape_backward,
-                             facts=facts))
+                             facts=moves))
     for op in ("Transpose", "Slice", "Gather",
                "Expand", "Tile", "Split", "Identity", "Dropout"):
-        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=facts))
-    register_rule(OpRule("Concat", "affine", facts=facts))
+        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=moves))
+    register_rule(OpRule("Concat", "affine", facts=moves))
     register_rule(OpRule("Cast", "affine", affine_inputs=_float_cast, facts=facts))

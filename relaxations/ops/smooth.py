@@ -56,25 +56,23 @@ def finish(op: str, l: T, u: T, lower: tuple[T, T], upper: tuple[T, T], lo_c: T,
     """Sanitise two lines and widen them by a rounding slack.
 
     Elements with a zero-width, infinite or unusable (non-finite) line get the constant
-    line of the interval [lo_c, hi_c] (exact for zero width). Raises ValueError when
-    such an element has no finite constant either: no finite linear bound exists.
+    line of the interval [lo_c, hi_c] (exact for zero width). Where that constant is not
+    finite either, no finite linear bound exists (the op is unbounded, undefined or
+    overflows on the element's interval): the line keeps a bias of -inf (lower) or +inf
+    (upper), and CROWN bounds that element by its output interval instead
+    (`crown.PartialRelaxation`); callers without such a fallback refuse it
+    (`registry.finite_relaxation`).
     """
     ls, lb = lower
     us, ub = upper
     box_ok = torch.isfinite(l) & torch.isfinite(u) & (u > l)
     ok_lo = box_ok & torch.isfinite(ls) & torch.isfinite(lb)
     ok_up = box_ok & torch.isfinite(us) & torch.isfinite(ub)
-    if bool(((~ok_lo) & ~torch.isfinite(lo_c)).any()):
-        raise ValueError(f"{op}: the input interval admits no finite linear lower bound "
-                         "(the op is unbounded below, undefined or overflows on it)")
-    if bool(((~ok_up) & ~torch.isfinite(hi_c)).any()):
-        raise ValueError(f"{op}: the input interval admits no finite linear upper bound "
-                         "(the op is unbounded above, undefined or overflows on it)")
     zero = torch.zeros((), dtype=l.dtype, device=l.device)
     ls = torch.where(ok_lo, ls, zero)
-    lb = torch.where(ok_lo, lb, _finite(lo_c))
+    lb = torch.where(ok_lo, lb, torch.nan_to_num(lo_c, nan=-torch.inf))
     us = torch.where(ok_up, us, zero)
-    ub = torch.where(ok_up, ub, _finite(hi_c))
+    ub = torch.where(ok_up, ub, torch.nan_to_num(hi_c, nan=torch.inf))
     m = _finite(torch.maximum(l.abs(), u.abs()))
     eps = SLACK_ULPS * torch.finfo(l.dtype).eps
     tiny = torch.finfo(l.dtype).tiny

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from models import Node
-from relaxations.bounds import IntervalBounds
+from relaxations.bounds import IntervalBounds, Precision
 from relaxations.ops.common import Ins
 from relaxations.registry import OpRule, register_rule
 
@@ -39,10 +39,18 @@ def leave_one_out_lse(v: T, dim: int) -> T:
     return torch.where(is_arg, at_arg.expand_as(v), others)
 
 
+def _argument(x: T, lse: T, outward: float) -> T:
+    """x - lse moved outward by the rounding margin of its terms: the difference of two
+    numbers of, say, 1e3 that nearly cancel carries an absolute error of 1e-4, which the
+    sigmoid passes on in full where it is steep (a relative margin on its output would not)."""
+    mass = torch.nan_to_num(x.abs() + lse.abs(), nan=0.0, posinf=0.0)
+    return x - lse + outward * Precision.for_dtype(x.dtype).margin(mass)
+
+
 def softmax_bounds(lower: T, upper: T, dim: int) -> tuple[T, T]:
     """Sound elementwise bounds of softmax along `dim` over the box [lower, upper]."""
-    lo = torch.sigmoid(lower - leave_one_out_lse(upper, dim))
-    hi = torch.sigmoid(upper - leave_one_out_lse(lower, dim))
+    lo = torch.sigmoid(_argument(lower, leave_one_out_lse(upper, dim), -1.0))
+    hi = torch.sigmoid(_argument(upper, leave_one_out_lse(lower, dim), 1.0))
     # Infinite inputs make NaN (inf - inf); the trivial bounds [0, 1] always hold.
     lo = torch.nan_to_num(lo, nan=0.0).clamp(0.0, 1.0)
     hi = torch.nan_to_num(hi, nan=1.0).clamp(0.0, 1.0)

@@ -19,6 +19,7 @@ import torch
 
 from models import Node, UnsupportedModel, graph_from_proto
 from relaxations import BoundOptions, IntervalBounds, compute_bounds, rule_for
+from relaxations.registry import finite_relaxation
 from relaxations.ops.gelu import dgelu64, gelu64, inflection, minimum_bracket
 
 T = torch.Tensor
@@ -229,20 +230,23 @@ def test_gelu_either_side_of_its_minimum(case: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("ends", [(-math.inf, math.inf), (-math.inf, 3.0), (2.0, math.inf), (-1e30, 1e30),
                                   (-3e38, 3e38), (1e4, 1e4), (-math.inf, -math.inf)])
 def test_extreme_boxes_finite_or_clear_error(case: str, ends: tuple[float, float]) -> None:
-    """Huge or infinite ends: the interval has no NaN; the lines are finite and sound, or a
-    ValueError says that no finite linear bound exists (an op unbounded on the box)."""
+    """Huge or infinite ends: the interval has no NaN; the lines are finite and sound, or
+    they are not finite (no finite linear bound exists: an op unbounded on the box), only
+    where the interval is not finite either, and `finite_relaxation` refuses them."""
     node = _node(case)
     rule = rule_for(node)
     l, u = torch.tensor([[ends[0]]]), torch.tensor([[ends[1]]])
     out = rule.interval(node, [IntervalBounds(l, u)], None)[0]
     assert not bool(torch.isnan(out.lower).any() or torch.isnan(out.upper).any())
     assert bool((out.lower <= out.upper).all())
-    try:
-        r = rule.relax(node, l.unsqueeze(1), u.unsqueeze(1), None, [])
-    except ValueError as exc:
-        assert "no finite linear" in str(exc)
+    r = rule.relax(node, l.unsqueeze(1), u.unsqueeze(1), None, [])
+    lines = (r.lower_slope, r.lower_bias, r.upper_slope, r.upper_bias)
+    if not all(bool(torch.isfinite(t).all()) for t in lines):
+        assert not any(bool(torch.isnan(t).any()) for t in lines), f"{case}: NaN in a line"
         assert not (bool(torch.isfinite(out.lower).all()) and bool(torch.isfinite(out.upper).all())), \
-            f"{case}: refused a box whose interval is finite"
+            f"{case}: no finite line on a box whose interval is finite"
+        with pytest.raises(ValueError, match="no finite linear"):
+            finite_relaxation(r, node)
         return
     fin = [max(min(e, 1e30), -1e30) for e in ends]
     x = torch.linspace(fin[0], fin[1], 1001, dtype=torch.float64).to(torch.float32).reshape(-1, 1, 1)
