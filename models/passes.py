@@ -11,9 +11,13 @@ import torch
 
 from models.graph import Node
 
-__all__ = ["drop_aliases", "prune_to_output", "fold_batchnorm", "expand_layernorm"]
+__all__ = ["drop_aliases", "prune_to_output", "fold_batchnorm", "expand_layernorm", "expand_softmax",
+           "SOFTMAX_EXPANSION_MAX"]
 
 _ALIAS_OPS = {"Identity", "Dropout"}
+# The largest softmax axis `expand_softmax` expands: its pairwise differences hold n times
+# the input's elements (an attention map over 64 tokens: 64 x 64 x 64 per head).
+SOFTMAX_EXPANSION_MAX = 64
 
 
 def drop_aliases(nodes: list[Node], output: str, graph_input: str) -> tuple[list[Node], str]:
@@ -131,3 +135,53 @@ def expand_layernorm(node: Node, rank: int, constants: dict[str, torch.Tensor]) 
     if bias:
         nodes.append(Node(t("bias"), "Add", (scaled, bias), (outs[0],), MappingProxyType({}), node.opset))
     return nodes
+
+
+def expand_softmax(node: Node, shape: tuple, constants: dict[str, torch.Tensor]) -> list[Node]:
+    """Softmax along one axis as the ops it is made of, or [node] where it is not expanded:
+
+        y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))
+
+    (d = x_j - x_i from two Unsqueezes and a Sub, Exp, the diagonal masked out by a
+    constant Mul, ReduceSum over j, Add 1, Reciprocal). Every piece has a linear
+    relaxation (Exp and Reciprocal convex, the rest affine), so CROWN passes through
+    softmax instead of stopping at its interval, and without a product of two variable
+    tensors, which the form exp(x_i) / sum_j exp(x_j) would need. Its interval is
+    softmax's exact one: s_i's lower end is 1 + sum_{j != i} exp(l_j - u_i). With CROWN
+    bounds on d, the differences keep the correlation of the logits (d_ij of x_i and
+    x_j moving together), which softmax's interval rule cannot.
+
+    Left as it is: an axis longer than SOFTMAX_EXPANSION_MAX (d has n times the
+    elements), and before opset 13 an axis other than the last (that Softmax normalises a
+    flattened block). New constants are added to `constants`.
+    """
+    rank = len(shape)
+    axis = int(node.attr("axis", -1 if node.opset >= 13 else 1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank or shape[axis] > SOFTMAX_EXPANSION_MAX or (node.opset < 13 and axis != rank - 1):
+        return [node]
+    n = shape[axis]
+    name, x = node.name, node.inputs[0]
+
+    def t(suffix: str) -> str:
+        return f"{name}::{suffix}"
+
+    def axes_op(op: str, src: str, dst: str, axes: list[int], **attrs) -> Node:
+        out = t(dst)
+        if node.opset >= 13:
+            constants[t(f"axes_{dst}")] = torch.tensor(axes, dtype=torch.int64)
+            return Node(out, op, (src, t(f"axes_{dst}")), (out,), MappingProxyType(attrs), node.opset)
+        return Node(out, op, (src,), (out,), MappingProxyType({**attrs, "axes": axes}), node.opset)
+
+    mask = 1.0 - torch.eye(n)
+    constants[t("off_diagonal")] = mask.reshape(n, n, *([1] * (rank - 1 - axis)))
+    constants[t("one")] = torch.tensor(1.0)
+    plain = MappingProxyType({})
+    return [axes_op("Unsqueeze", x, "xi", [axis + 1]),
+            axes_op("Unsqueeze", x, "xj", [axis]),
+            Node(t("d"), "Sub", (t("xj"), t("xi")), (t("d"),), plain, node.opset),
+            Node(t("e"), "Exp", (t("d"),), (t("e"),), plain, node.opset),
+            Node(t("others"), "Mul", (t("e"), t("off_diagonal")), (t("others"),), plain, node.opset),
+            axes_op("ReduceSum", t("others"), "sum", [axis + 1], keepdims=0),
+            Node(t("s"), "Add", (t("sum"), t("one")), (t("s"),), plain, node.opset),
+            Node(t("y"), "Reciprocal", (t("s"),), (node.outputs[0],), plain, node.opset)]

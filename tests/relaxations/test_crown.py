@@ -115,3 +115,21 @@ def test_float32_bounds_are_widened_outward() -> None:
     r32 = compute_bounds(graph, IntervalBounds(lo, hi), options=BoundOptions(method="crown"))
     r64 = compute_bounds(graph, IntervalBounds(lo.double(), hi.double()), options=BoundOptions(method="crown"))
     assert bool((r32.lower.double() < r64.lower).all()) and bool((r32.upper.double() > r64.upper).all())
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_an_overflowing_element_is_bounded_by_its_interval(method: str) -> None:
+    """X [1, 3] -> Exp -> Gemm -> Y: x2 reaches 100, where exp overflows float32 and no
+    finite line exists. CROWN bounds that element by its interval (+inf above) and keeps
+    its lines for the others: Y0 reads e0 and e1 only and stays tight; Y1 reads e2 and
+    has no finite upper bound. Before, the pass raised (an internal error)."""
+    W = np.array([[1.0, 0.0], [-2.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    nodes = [helper.make_node("Exp", ["X"], ["e"]), helper.make_node("Gemm", ["e", "W"], ["Y"])]
+    graph = graph_from_proto(make_model(nodes, {"W": W}, (1, 3), (1, 2)))
+    box = IntervalBounds(torch.tensor([[[0.0, 0.0, 0.0]]]), torch.tensor([[[1.0, 0.5, 100.0]]]))
+    res = compute_bounds(graph, box, options=BoundOptions(method=method))
+    xs = box.lower + torch.rand(5000, 1, 3, generator=torch.Generator().manual_seed(0)) * box.width()
+    y0 = torch.exp(xs[:, 0, 0]) - 2 * torch.exp(xs[:, 0, 1])
+    assert float(res.lower[0, 0]) <= float(y0.min()) and float(res.upper[0, 0]) >= float(y0.max())
+    assert float(res.upper[0, 0]) - float(res.lower[0, 0]) < 1.2 * (np.e - 1 + 2 * (np.exp(0.5) - 1))
+    assert float(res.lower[0, 1]) <= 1.0 and res.upper[0, 1] == torch.inf
