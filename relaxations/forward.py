@@ -27,14 +27,14 @@ from typing import Optional
 
 import torch
 
-from models import Graph, GraphEvaluator, Node
+from models import GraphEvaluator, Node
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds, Precision, widen_lower
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.ops.common import batched
 from relaxations.registry import OpRule, finite_relaxation, is_affine_node
 
-__all__ = ["ForwardBounds", "forward_supported", "forward_node", "forward_input", "forward_constant"]
+__all__ = ["ForwardBounds", "forward_node", "forward_input", "forward_constant"]
 
 T = torch.Tensor
 
@@ -64,20 +64,6 @@ class ForwardBounds:
         lower = widen_lower(lo_min, mass, precision)
         upper = -widen_lower(-up_max, mass, precision)
         return IntervalBounds(lower.reshape(B, *shape), upper.reshape(B, *shape))
-
-
-def forward_supported(graph: Graph, ev: GraphEvaluator, rules: dict[str, OpRule]) -> bool:
-    """Whether every node is affine or a plain relaxable elementwise op (else use CROWN)."""
-    for node in graph.nodes:
-        rule = rules[node.name]
-        variable = [bool(x) and x not in ev.constants for x in node.inputs]
-        if is_affine_node(node, rule, variable):
-            continue
-        plain = (rule.kind == "elementwise" and rule.relax is not None and len(node.outputs) == 1
-                 and not any(variable[1:]))
-        if not plain:
-            return False
-    return True
 
 
 def forward_input(box: IntervalBounds) -> ForwardBounds:

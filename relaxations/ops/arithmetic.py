@@ -31,11 +31,6 @@ def _sum_radius(node: Node, args: Sequence[T | None], variable: Sequence[bool]) 
     return [out]
 
 
-def _broadcast_radius(node: Node, args: Sequence, variable: Sequence[bool], fn) -> list[T]:
-    shape = torch.broadcast_shapes(*(a.shape for a in args if a is not None))
-    return [fn(node, args, variable).expand(shape)]
-
-
 def _mul_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T]:
     r, c = (args[0], args[1]) if variable[0] else (args[1], args[0])
     return [r * c.abs()]

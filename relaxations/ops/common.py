@@ -10,7 +10,7 @@ from models import Node
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds
 
-__all__ = ["batched", "monotone_interval", "consts_of", "Ins"]
+__all__ = ["batched", "monotone_interval", "Ins"]
 
 T = torch.Tensor
 Ins = Sequence["IntervalBounds | T | None"]
@@ -24,11 +24,6 @@ def batched(node: Node, fn: Callable, args: Sequence[T | None], batched_mask: Se
         return tuple(fn(node, list(xs)))
 
     return list(vmap(call, in_dims=dims)(*args))
-
-
-def consts_of(ins: Ins) -> list[T | None]:
-    """The constant inputs in position, None where the input is variable."""
-    return [None if isinstance(x, IntervalBounds) else x for x in ins]
 
 
 def monotone_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
