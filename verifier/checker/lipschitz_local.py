@@ -21,25 +21,17 @@ n < 10^6 terms err by far less. The box itself is rounded outward.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from verifier.checker.lipschitz import weights_sha256
+
 __all__ = ["check_local_lipschitz_certificate", "mlp_from_onnx"]
 
 REL = 1e-9
 _EPS = float(np.finfo(np.float64).eps)
-
-
-def _sha(arrays: Sequence[np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for w in arrays:
-        a = np.ascontiguousarray(np.asarray(w, dtype="<f8"))
-        h.update(repr(tuple(int(s) for s in a.shape)).encode("ascii"))
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def mlp_from_onnx(data: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -266,7 +258,7 @@ def check_local_lipschitz_certificate(cert: Mapping[str, Any], weights: Sequence
         s = 0.0 if act == "relu" else float(cert["negative_slope"])
         if not 0.0 <= s <= 1.0:
             return False, "negative_slope must be in [0, 1]"
-        if _sha(ws + bs) != cert["network_sha256"]:
+        if weights_sha256(ws + bs) != cert["network_sha256"]:
             return False, "network_sha256 does not match the weights and biases"
         norm = cert["norm"]
         if norm not in ("inf", "2"):
