@@ -17,9 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import vnnlib
 from tests.conftest import BENCH, REFERENCE
+from tests.verifier.bench_faults import faulty_worker_main
 from verifier.bench import (Instance, Outcome, RunSettings, expected_for, judge, read_expected, read_instances,
                             run_bench, select_instances, summarize, summary_paths)
-from verifier.bench.worker import HOOK_ENV
 from verifier.cli import main
 
 FAMILY = "tinyfam"
@@ -98,15 +98,13 @@ def test_process_mode_one_job_keeps_going_after_errors(family: Path) -> None:
     assert "bad.vnnlib:" in run.outcomes[1].error and "Traceback" not in run.outcomes[1].error
 
 
-def test_dead_hung_and_bloated_workers_become_rows_and_are_replaced(family: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dead_hung_and_bloated_workers_become_rows_and_are_replaced(family: Path) -> None:
     for name in ("exit", "hang", "bloat"):
         shutil.copy(family / "relu2.onnx", family / f"{name}_relu2.onnx")
-    monkeypatch.setenv(HOOK_ENV, "exit:exit_,hang:hang_,bloat:bloat_")
     csv_path = family / "instances_faults.csv"
     csv_path.write_text("exit_relu2.onnx,unsat.vnnlib,20\nrelu2.onnx,unsat.vnnlib,20\n"
                         "hang_relu2.onnx,unsat.vnnlib,1\nbloat_relu2.onnx,unsat.vnnlib,20\n")
-    settings = RunSettings(grace_s=0.5, mem_limit_mb=1500.0, warm_up=False)
+    settings = RunSettings(grace_s=0.5, mem_limit_mb=1500.0, warm_up=False, worker_entry=faulty_worker_main)
     run = run_bench(read_instances(csv_path), "worker", 1, settings, quiet=True)
     assert [o.verdict for o in run.outcomes] == ["error", "unsat", "timeout", "error"]
     assert "worker died (exit status 3)" in run.outcomes[0].error

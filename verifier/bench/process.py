@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from verifier.bench.records import Instance, Outcome
 
@@ -41,6 +41,9 @@ class RunSettings:
     mem_limit_mb: Optional[float] = None     # worker isolation only; None: 70% of RAM / jobs
     worker_start_timeout_s: float = 300.0
     warm_up: bool = True                     # worker isolation: pay lazy imports before the first instance
+    # worker isolation: the child's entry point, called as worker.worker_main is (None: that);
+    # a module-level function, since the child is spawned and imports it by name
+    worker_entry: Optional[Callable[..., None]] = None
 
 
 class ChildTracker:

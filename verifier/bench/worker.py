@@ -23,13 +23,8 @@ from typing import Any, Optional
 from verifier.bench.process import ChildTracker, RunSettings, kill, missing_file
 from verifier.bench.records import Instance, Outcome
 
-__all__ = ["WorkerSlot", "worker_main", "default_mem_limit_mb", "HOOK_ENV"]
+__all__ = ["WorkerSlot", "worker_main", "default_mem_limit_mb"]
 
-# Test hook, comma-separated ACTION:SUBSTRING entries acting on an instance whose onnx
-# path contains SUBSTRING: "exit" makes the worker os._exit(3), "hang" sleeps forever,
-# "bloat" allocates memory without end. The only way to test the parent's recovery paths
-# without a real segfault, hang or leak.
-HOOK_ENV = "NNCERT_BENCH_TEST_HOOK"
 _POLL_S = 0.1
 
 
@@ -75,23 +70,6 @@ def _error_text(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _test_hook(onnx: str) -> None:
-    for entry in filter(None, os.environ.get(HOOK_ENV, "").split(",")):
-        action, _, needle = entry.partition(":")
-        if not needle or needle not in onnx:
-            continue
-        if action == "exit":
-            os._exit(3)
-        if action == "hang":
-            time.sleep(1e6)
-        if action == "bloat":
-            hoard = []
-            while len(hoard) < 64:  # 64 MB a step, resident; capped at 4 GB should nobody stop it
-                hoard.append(bytearray(b"x" * 64 * 2**20))
-                time.sleep(0.01)
-            time.sleep(1e6)
-
-
 def _verify_one(task: dict[str, Any], config_path: Optional[str], overrides: tuple[str, ...]) -> dict[str, Any]:
     import torch
 
@@ -100,7 +78,6 @@ def _verify_one(task: dict[str, Any], config_path: Optional[str], overrides: tup
     from verifier.model import load_model
     from verifier.verify import verify
 
-    _test_hook(task["onnx"])
     _reset_peak()
     start = time.monotonic()
     out: dict[str, Any] = {"domains": None, "error": ""}
@@ -168,7 +145,7 @@ class WorkerSlot:
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and torch state
         parent_conn, child_conn = ctx.Pipe()
-        proc = ctx.Process(target=worker_main, args=(child_conn, self.settings.config_path, self.settings.overrides,
+        proc = ctx.Process(target=self.settings.worker_entry or worker_main, args=(child_conn, self.settings.config_path, self.settings.overrides,
                                                           self.settings.warm_up),
                            daemon=True, name="nncert-bench-worker")
         proc.start()
