@@ -20,6 +20,12 @@ Unlike beta-CROWN on ReLU, no Lagrange multiplier ties a split back to the earli
 layers (the constant `p` would need its own term): a split tightens the split node's
 relaxation and what follows it. Pure ReLU networks keep bab/activation_split.py.
 
+Products of two variable tensors (Mul, MatMul) are split too, on either factor: a
+factor's narrower interval brings the McCormick planes of every product it enters
+closer (their gap is w_x w_y / 2), and the factors' intervals are kept from the root's
+optimised bounds like the activations' inputs. Their score is that gap times |A| at the
+product's output, summed back to each factor element through the gather.
+
 Choosing the neuron: the coefficients A at each split node's output (captured by the
 final backward pass) times the largest vertical distance between the node's CROWN
 lower and upper lines over its interval, summed over the open spec rows: the
@@ -43,10 +49,12 @@ from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from models import Graph
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations.crown import BackwardContext, _affine_backward, slot_bounds
+from relaxations.ops import products
 from relaxations.registry import rule_for
 
-__all__ = ["IntervalDomains", "IntervalBrancher", "general_split_bab", "split_nodes", "needs_general_split",
-           "split_point", "SPLIT_AT_ZERO"]
+__all__ = ["IntervalDomains", "IntervalBrancher", "general_split_bab", "split_nodes", "product_nodes",
+           "needs_general_split", "split_point", "SPLIT_AT_ZERO"]
 
 T = torch.Tensor
 
@@ -74,11 +82,25 @@ def split_nodes(graph: Graph, constants) -> dict[str, str]:
     return out
 
 
+def product_nodes(graph: Graph, constants) -> dict[str, tuple[str, ...]]:
+    """Products of two variable tensors (Mul, MatMul: McCormick planes) -> their two
+    factors, which the search may split too."""
+    out = {}
+    for n in graph.nodes:
+        rule = rule_for(n)
+        if rule.relax_slots is not products.product_relax or len(n.outputs) != 1:
+            continue
+        factors = tuple(x for x in n.inputs[:2] if x and x not in constants)
+        if len(factors) == 2:
+            out[n.name] = factors
+    return out
+
+
 def needs_general_split(graph: Graph, constants) -> bool:
-    """Whether the network has a splittable nonlinearity other than Relu (then a ReLU split
-    alone could not decide it)."""
+    """Whether the network has a splittable nonlinearity other than Relu, or a product of
+    two variable tensors (then a ReLU split alone could not decide it)."""
     by_name = {n.name: n for n in graph.nodes}
-    return any(by_name[k].op != "Relu" for k in split_nodes(graph, constants))
+    return any(by_name[k].op != "Relu" for k in split_nodes(graph, constants)) or bool(product_nodes(graph, constants))
 
 
 def split_point(op: str, lo: T, hi: T) -> T:
@@ -130,14 +152,18 @@ class IntervalBrancher:
     tuning: Tuning = DEFAULT_TUNING
     open_rows: bool = True
     warm_start: bool = False
+    split_products: bool = True
 
     def __post_init__(self) -> None:
         p = self.problem
         self.nodes = split_nodes(p.graph, p.ev.constants)
         self.names = list(self.nodes)
-        self.tensors = list(dict.fromkeys(self.nodes.values()))
+        self.products = product_nodes(p.graph, p.ev.constants) if self.split_products else {}
+        self.tensors = list(dict.fromkeys([*self.nodes.values(), *(z for f in self.products.values() for z in f)]))
         by_name = {n.name: n for n in p.graph.nodes}
-        self.node_of = {z: by_name[k] for k, z in reversed(list(self.nodes.items()))}   # first reader
+        self.node_of = {z: by_name[k] for k, fs in reversed(list(self.products.items())) for z in fs}
+        self.node_of.update({z: by_name[k] for k, z in reversed(list(self.nodes.items()))})   # first reader
+        self.by_name = by_name
         self.rules = {z: rule_for(n) for z, n in self.node_of.items()}
         # Warm starts keep every alpha and cut multiplier per domain and row, in float16;
         # past `WARM_MAX_BYTES` a domain they would crowd the store out, and are left off.
@@ -175,9 +201,15 @@ class IntervalBrancher:
             lo, hi = b.lower.reshape(N, -1), b.upper.reshape(N, -1)
             offsets.append(start)
             start += lo.shape[1]
+            wide = (hi - lo) > MIN_WIDTH * (1 + torch.maximum(lo.abs(), hi.abs()))
+            from_products = self._product_scores(res, z, weight, N)
             A = _summed_coefficients(res.coefficients, self.nodes, z, N)
             if A is None:
-                scores.append(torch.full_like(lo, -1.0))
+                if from_products is None:
+                    scores.append(torch.full_like(lo, -1.0))
+                else:
+                    ok = wide & torch.isfinite(from_products)
+                    scores.append(torch.where(ok, from_products, torch.full_like(lo, -1.0)))
                 continue
             rule = self.rules[z]
             consts = [p.ev.constants.get(x) if x else None for x in node.inputs]
@@ -188,10 +220,13 @@ class IntervalBrancher:
             gap = torch.maximum(ds * lo_s + db, ds * hi_s + db).reshape(N, -1).clamp(min=0)
             loose = rule.unstable(node, lo_s, hi_s, consts).reshape(N, -1) if rule.unstable is not None \
                 else torch.ones_like(lo, dtype=torch.bool)
-            wide = (hi - lo) > MIN_WIDTH * (1 + torch.maximum(lo.abs(), hi.abs()))
             ok = loose & wide & torch.isfinite(gap)
             Af = (A.reshape(N, A.shape[1], -1) * weight.unsqueeze(-1)).abs().sum(1)
-            scores.append(torch.where(ok, Af * gap + 1e-9 * gap, torch.full_like(lo, -1.0)))
+            score = Af * gap + 1e-9 * gap
+            if from_products is not None:     # a factor of a product too: either reason counts
+                score = score + from_products
+                ok = wide & torch.isfinite(score)
+            scores.append(torch.where(ok, score, torch.full_like(lo, -1.0)))
         offsets.append(start)
         score = torch.cat(scores, 1)
         val, idx = score.max(1)
@@ -211,6 +246,33 @@ class IntervalBrancher:
             hi = b.upper.reshape(N, -1)[sel, flat[sel]]
             point[sel] = split_point(self.node_of[z].op, lo, hi)
         return branch, point
+
+    def _product_scores(self, res, z: str, weight: T, N: int) -> Optional[T]:
+        """[N, n] how much of the bound's looseness the McCormick planes of the products
+        that read `z` owe to each of its elements, or None when none does: a product
+        x_k y_k's planes are at most w_x w_y / 2 apart (at alpha 1/2), which counts, times
+        |A| at the product's output (open rows weighted), for both of its factors;
+        the gather's transpose sums it per input element. Halving w_x halves it."""
+        total = None
+        for name, factors in self.products.items():
+            A = res.coefficients.get(name)
+            if z not in factors or A is None:
+                continue
+            node = self.by_name[name]
+            rule = rule_for(node)
+            ctx = BackwardContext(self.problem.graph, self.problem.ev, res.table, {name: rule})
+            lo, hi = slot_bounds(ctx, node, rule)                                  # [N, *out, 2P]
+            P = lo.shape[-1] // 2
+            w = torch.nan_to_num(hi - lo, nan=0.0, posinf=0.0)
+            gap = w[..., :P] * w[..., P:] / 2
+            Af = (A.detach() * weight.reshape(N, -1, *[1] * (A.dim() - 2))).abs().sum(1)   # [N, *out]
+            per_slot = (Af.unsqueeze(-1) * torch.cat([gap, gap], -1)).unsqueeze(1)       # [N, 1, *out, 2P]
+            ins, _, _ = _affine_backward(ctx, node, [per_slot], fn=lambda n, xs: [rule.gather(n, xs)], masked=True)
+            for x, a in zip(node.inputs, ins):
+                if x == z and a is not None:
+                    s = a.reshape(N, -1)
+                    total = s if total is None else total + s
+        return total
 
     # -------------------------------------------------------------- the Brancher protocol
 
@@ -349,12 +411,12 @@ def general_split_bab(p: Problem, options: BoundOptions, deadline: float, batch_
                       max_domains: int = 200_000, confirm: Optional[Callable] = None,
                       progress: Optional[Callable[[dict], None]] = None, tuning: Tuning = DEFAULT_TUNING,
                       max_batch_size: Optional[int] = None, stop: Optional[Callable[[], bool]] = None,
-                      open_rows: bool = True, warm_start: bool = False) -> SearchOutcome:
+                      open_rows: bool = True, warm_start: bool = False, split_products: bool = True) -> SearchOutcome:
     """Search until every domain is proved, a counterexample is confirmed, limits are hit,
     or `stop()` is true. No proof log: the certificate checker does not replay interval
     splits (the verdict's certificate says so)."""
     brancher = IntervalBrancher(p, options, attack=confirm is not None, tuning=tuning, open_rows=open_rows,
-                                warm_start=warm_start)
+                                warm_start=warm_start, split_products=split_products)
     if not brancher.tensors:
         return SearchOutcome("unknown", stats={"reason": "no nonlinearity to split"})
     limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))

@@ -85,8 +85,9 @@ class BackwardContext:
     # extra_A[t] is added to the coefficient of tensor t when the walk reaches it: the
     # beta terms of split constraints (beta-CROWN) enter the bound this way.
     extra_A: Optional[Mapping[str, T]] = None
-    # capture, when a dict, receives the coefficient at each elementwise node's output
-    # (node name -> A), which branching heuristics score neurons with.
+    # capture, when a dict, receives the coefficient at the output of each node the walk
+    # relaxes (node name -> A; elementwise and slot nodes), which branching heuristics
+    # score neurons with.
     capture: Optional[dict] = None
     relax: bool = True
     deadline: Optional[float] = None
@@ -479,6 +480,8 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
         else:
             step = _slots_backward(ctx, node, rule, A_outs[0]) \
                 if ctx.relax and is_slot_node(ctx, node, rule) else None
+            if step is not None and ctx.capture is not None:
+                ctx.capture[node.name] = A_outs[0]
             if step is not None:
                 A_ins, b, m = step
                 for x, a in zip(node.inputs, A_ins):

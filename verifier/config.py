@@ -390,6 +390,10 @@ class BabConfig(_Validated):
                                         "their parent's alphas and cut multipliers. Off: eran sigmoid idx 7481, "
                                         "719 domains against 2,941 with 2 torch threads, but no proof in 7,857 "
                                         "with 1 (its float16 starts make the search erratic)")
+    split_products: bool = key(True, check=Bool(),
+                               help="general activation split: the factors of products of two variable tensors "
+                                    "(attention's Q K^T and its weights times V, LayerNorm's normalisation) are "
+                                    "split candidates too, scored by the McCormick planes' gap they carry")
     alpha_iterations: int = key(20, check=Int(1),
                                 help="activation split: alpha/beta-CROWN steps per round of domains")
     open_rows: bool = key(True, check=Bool(),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bab import Problem, activation_split_bab, input_split_bab
-from bab.general_split import general_split_bab, needs_general_split, split_nodes
+from bab.general_split import general_split_bab, needs_general_split, product_nodes, split_nodes
 from bab.proof import ConjunctionProofs
 from models import GraphEvaluator
 from relaxations import DeadlineExceeded, IntervalBounds, compute_bounds
@@ -101,10 +101,13 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
         res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
         # The searches start from the root's intervals when they are optimised or when the
         # domains take them instead of CROWN; never for a certificate, whose writer re-derives without them.
+        # Kept: the inputs of relaxed elementwise ops and the factors of products (else a
+        # domain's IBP would rebuild those from the looser intervals before them).
         if known is not None and method != "ibp" and not config.proof and (
                 opts.optimise_intermediate or config.bab.domain_intermediate == "root"):
-            known.update({z: res.table[z] for z in split_nodes(model.graph, ev.constants).values()
-                          if z in res.table})
+            kept = [*split_nodes(model.graph, ev.constants).values(),
+                    *(z for f in product_nodes(model.graph, ev.constants).values() for z in f)]
+            known.update({z: res.table[z] for z in kept if z in res.table})
         lower = res.lower.detach().cpu().numpy()[0]
         stats.setdefault("bounds", []).append({"method": method, "min_gap": float(np.min(lower - d))})
         if conjunctions_proved(lower, d, strict, owner, K).all():
@@ -200,7 +203,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                  confirm=lambda x: confirm(model, disjunct, x) is not None,
                                  progress=lambda f: progress.update(**f),
                                  max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop,
-                                 open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start)
+                                 open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start,
+                                 split_products=config.bab.split_products)
     return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
                                 max_domains=config.bab.max_domains,
                                 confirm=lambda x: confirm(model, disjunct, x) is not None,

@@ -200,8 +200,9 @@ def test_mode_counts_free_input_dimensions() -> None:
 
 
 def test_unknown_with_time_left_hands_over_to_the_other_search(tmp_path: Path) -> None:
-    """A net whose only nonlinearity is a product (h * h) has no activation to split (a
-    sigmoid net is split by interval now); input split then proves it."""
+    """A net whose only nonlinearity is a product (h * h), with the factors of products not
+    split (`bab.split_products=false`), has nothing for the activation split to split;
+    input split then proves it."""
     from verifier import Config, load_model, verify
     from verifier.config import BabConfig
 
@@ -212,7 +213,7 @@ def test_unknown_with_time_left_hands_over_to_the_other_search(tmp_path: Path) -
     d = float(ys[:, 0].min()) - 0.1 * (1 + abs(float(ys[:, 0].min())))
     spec = vnnlib.Spec(2, 2, (vnnlib.Disjunct(vnnlib.InputRegion(-np.ones(2), np.ones(2)), (
         vnnlib.OutputConstraints(np.array([[1.0, 0.0]]), np.array([d]), np.array([False])),)),))
-    config = Config(timeout=120, bab=BabConfig(input_split_max_dims=1))
+    config = Config(timeout=120, bab=BabConfig(input_split_max_dims=1, split_products=False))
     result = verify(model, spec, config)
     assert result.verdict == "unsat", result.reason
     assert result.stats.get("fallback") == ["bab-input"] and result.stats["domains"] > 1
