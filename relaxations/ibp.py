@@ -15,8 +15,8 @@ an infinite bound):
 - elementwise and nonlinear rules (and affine ones with the fact "elementwise" and an
   interval rule: scaling by a constant, one product per element): each end is a
   function value computed with a small relative error, so its own magnitude; a rule
-  whose interval sums terms of both signs
-  (the product of two variable matrices, softmax's log-sum-exp) widens itself inside.
+  whose interval sums terms of both signs (the product of two variable matrices,
+  softmax's log-sum-exp) widens itself inside.
 """
 from __future__ import annotations
 
