@@ -21,7 +21,7 @@ import torch
 from models.errors import ModelError, UnsupportedModel
 from models.graph import Graph, Node
 from models.ops import forward_rule
-from models.passes import drop_aliases, expand_layernorm, expand_softmax, fold_batchnorm, prune_to_output
+from models.passes import drop_aliases, expand_gemm, expand_layernorm, expand_softmax, fold_batchnorm, prune_to_output
 
 __all__ = ["load_onnx", "read_onnx_bytes", "graph_from_proto"]
 
@@ -133,12 +133,16 @@ def _topological(nodes: list[Node]) -> list[Node]:
 
 
 def _expanded(nodes: list[Node], example: dict, constants: dict):
-    """The nodes in order, each LayerNormalization and each Softmax on a variable input
-    replaced by the ops it is made of (`models.passes.expand_layernorm`, `expand_softmax`;
-    its input's shape is known by the time it is reached)."""
+    """The nodes in order, each LayerNormalization, each Softmax on a variable input and
+    each Gemm of two variable matrices replaced by the ops it is made of
+    (`models.passes.expand_layernorm`, `expand_softmax`, `expand_gemm`; its input's shape
+    is known by the time it is reached)."""
     for node in nodes:
         if node.op == "Softmax" and node.inputs[0] in example:
             yield from expand_softmax(node, tuple(example[node.inputs[0]].shape), constants)
+            continue
+        if node.op == "Gemm" and node.inputs[0] in example and node.inputs[1] in example:
+            yield from expand_gemm(node, constants)
             continue
         if node.op != "LayerNormalization":
             yield node

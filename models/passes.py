@@ -12,7 +12,7 @@ import torch
 from models.graph import Node
 
 __all__ = ["drop_aliases", "prune_to_output", "fold_batchnorm", "expand_layernorm", "expand_softmax",
-           "SOFTMAX_EXPANSION_MAX"]
+           "expand_gemm", "SOFTMAX_EXPANSION_MAX"]
 
 _ALIAS_OPS = {"Identity", "Dropout"}
 # The largest softmax axis `expand_softmax` expands: its pairwise differences hold n times
@@ -185,3 +185,46 @@ def expand_softmax(node: Node, shape: tuple, constants: dict[str, torch.Tensor])
             axes_op("ReduceSum", t("others"), "sum", [axis + 1], keepdims=0),
             Node(t("s"), "Add", (t("sum"), t("one")), (t("s"),), plain, node.opset),
             Node(t("y"), "Reciprocal", (t("s"),), (node.outputs[0],), plain, node.opset)]
+
+
+def expand_gemm(node: Node, constants: dict[str, torch.Tensor]) -> list[Node]:
+    """Gemm of two variable matrices as Transposes, MatMul, Mul by alpha and Add of beta C,
+    so that CROWN relaxes the product by MatMul's McCormick planes (Gemm's own rule has
+    only the interval for it: its alpha makes the gathered slots no longer a selection).
+    New constants (alpha, beta C) are added to `constants`."""
+    name = node.name
+    plain = MappingProxyType({})
+
+    def t(suffix: str) -> str:
+        return f"{name}::{suffix}"
+
+    a, b = node.inputs[0], node.inputs[1]
+    nodes = []
+    if int(node.attr("transA", 0)):
+        nodes.append(Node(t("at"), "Transpose", (a,), (t("at"),), MappingProxyType({"perm": [1, 0]}), node.opset))
+        a = t("at")
+    if int(node.attr("transB", 0)):
+        nodes.append(Node(t("bt"), "Transpose", (b,), (t("bt"),), MappingProxyType({"perm": [1, 0]}), node.opset))
+        b = t("bt")
+    alpha = float(node.attr("alpha", 1.0))
+    c = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else ""
+    out = node.outputs[0]
+    product = out if alpha == 1.0 and not c else t("ab")
+    nodes.append(Node(t("ab"), "MatMul", (a, b), (product,), plain, max(node.opset, 13)))
+    if alpha != 1.0:
+        constants[t("alpha")] = torch.tensor(alpha)
+        scaled = out if not c else t("scaled")
+        nodes.append(Node(t("alpha"), "Mul", (product, t("alpha")), (scaled,), plain, node.opset))
+        product = scaled
+    if c:
+        beta = float(node.attr("beta", 1.0))
+        if beta != 1.0:
+            if c not in constants:
+                constants[t("beta")] = torch.tensor(beta)
+                nodes.append(Node(t("beta"), "Mul", (c, t("beta")), (t("c"),), plain, node.opset))
+                c = t("c")
+            else:
+                constants[t("c")] = constants[c] * beta
+                c = t("c")
+        nodes.append(Node(t("add_c"), "Add", (product, c), (out,), plain, node.opset))
+    return nodes

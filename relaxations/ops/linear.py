@@ -2,7 +2,9 @@
 
 With both factors variable, MatMul has McCormick lines per product for CROWN
 (relaxations/ops/products.py); Gemm (its alpha scaling makes the gathered slots no
-longer a selection) is then bounded by its interval.
+longer a selection) has only its interval, and the import expands a Gemm of two
+variable matrices into MatMul and the rest (`models.passes.expand_gemm`) so that
+CROWN relaxes it all the same.
 """
 from __future__ import annotations
 
