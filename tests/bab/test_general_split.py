@@ -150,25 +150,25 @@ def test_verify_agrees_with_the_true_minimum(tmp_path, ops, seed: int) -> None:
     assert_verdicts_bracket(model, _spec, m, spread, cfg)
 
 
+def _assert_the_search_proves(model, margin: float, min_domains: int) -> None:
+    """unsat for "output below the true minimum less `margin` (1 + |m|)" by activation
+    split alone: the root bound's gap is negative and the search bounds over
+    `min_domains` domains."""
+    m = _true_min(model)
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=activation", "attack.enabled=false", "attack.samples=1"])
+    r = verify(model, _spec(m - margin * (1 + abs(m))), cfg)
+    assert r.verdict == "unsat", (r.reason, r.stats)
+    assert r.method == "bab-activation" and r.stats.get("domains", 0) > min_domains, r.stats
+    assert r.stats["bounds"][-1]["min_gap"] < 0
+
+
 def test_the_search_is_what_proves(tmp_path) -> None:
     """A margin the root bound cannot prove (its gap is about -2): the unsat comes from
     interval splits, with the split points dualised (without them: no proof in 30 s)."""
-    model = _net(tmp_path, 2, ("Relu", "Tanh"))
-    m = _true_min(model)
-    cfg = with_overrides(Config(timeout=60), ["bab.mode=activation", "attack.enabled=false", "attack.samples=1"])
-    r = verify(model, _spec(m - 0.2 * (1 + abs(m))), cfg)
-    assert r.verdict == "unsat", (r.reason, r.stats)
-    assert r.method == "bab-activation" and r.stats.get("domains", 0) > 100, r.stats
-    assert r.stats["bounds"][-1]["min_gap"] < 0
+    _assert_the_search_proves(_net(tmp_path, 2, ("Relu", "Tanh")), 0.2, 100)
 
 
 def test_splitting_the_factors_of_a_product_proves(tmp_path) -> None:
     """A product of two variable tensors and a margin its McCormick planes cannot prove at
     the root (gap about -1.7): splitting the factors' intervals proves it."""
-    model = _product_net(tmp_path, 2)
-    m = _true_min(model)
-    cfg = with_overrides(Config(timeout=60), ["bab.mode=activation", "attack.enabled=false", "attack.samples=1"])
-    r = verify(model, _spec(m - 0.05 * (1 + abs(m))), cfg)
-    assert r.verdict == "unsat", (r.reason, r.stats)
-    assert r.method == "bab-activation" and r.stats.get("domains", 0) > 10, r.stats
-    assert r.stats["bounds"][-1]["min_gap"] < 0
+    _assert_the_search_proves(_product_net(tmp_path, 2), 0.05, 10)
