@@ -334,6 +334,11 @@ class AttackConfig(_Validated):
     step_size: float = key(0.25, check=Real(0, strict=True),
                            help="first PGD step, as a fraction of each input's half-width (decays geometrically)")
     samples: int = key(64, check=Int(0), help="random points and corners tried before PGD")
+    stronger_share: float = key(0.05, check=Share(0.0),
+                                help="share of the time left that a stronger attack (4x restarts, 2x steps) may "
+                                     "use once the bounds have not decided, before branch and bound; 0: the first "
+                                     "attack's strength. mnist_fc 256x4 prop_8_0.05: 8x50 finds no counterexample "
+                                     "(a timeout at 60 s), 32x100 finds one in 0.05 s")
 
 
 @dataclass(frozen=True)

@@ -304,6 +304,20 @@ def _longer_attack(cfg: AttackConfig) -> AttackConfig:
                                samples=max(4 * cfg.samples, 256))
 
 
+def _stronger_attack(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
+                     candidates) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The attack once the bounds have not decided, seeded by their minimisers: the longer
+    attack within `attack.stronger_share` of the time left (an attack that found nothing
+    in its first, cheap round often finds a counterexample with more starts and steps;
+    capped, so that on a big net it does not eat the search's time)."""
+    share = config.attack.stronger_share
+    if share <= 0 or not config.attack.enabled:
+        return attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 7, candidates)
+    now = time.monotonic()
+    own = min(deadline, now + share * max(deadline - now, 0.0))
+    return attack_disjunct(model, ev, disjunct, _longer_attack(config.attack), own, config.seed + 7, candidates)
+
+
 def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None,
            progress: Optional[Progress] = None, deadline: Optional[float] = None) -> Result:
     """Decide the spec on the model within `config.timeout` seconds (from `start`), or by
@@ -417,7 +431,7 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
             continue
         if candidates is not None:
             enter("attack")
-            found = attack_disjunct(model, ev, disjunct, config.attack, deadline, config.seed + 7, candidates)
+            found = _stronger_attack(model, ev, disjunct, config, deadline, candidates)
             if found is not None:
                 return done(_sat(found, timings, stats))
         if time.monotonic() > deadline:
