@@ -23,6 +23,7 @@ from bab.attack import minimiser_candidates
 from bab.branching import BRANCHING, babsr_branch, fsb_branch, more_branches, neuron_scores
 from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
+from bab.learned import Nogoods
 from bab.problem import Problem, rows_left_open, rows_problem, rows_status
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
@@ -105,6 +106,7 @@ class ReluBrancher:
     open_rows: bool = False
     multi_split: int = 0          # extra neurons split per domain while the round has room
     room: int = 0                 # children a round may bound (2 x batch size)
+    learn: bool = False           # nogoods from proved domains (bab/learned.py)
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -122,6 +124,12 @@ class ReluBrancher:
         self.unstable: dict[str, T] = {}   # split tensor -> flat indices unstable at the root
         # Proof logs keep every row's bound and multipliers per leaf.
         self.open_rows = self.open_rows and not self.record_proof
+        # A domain closed or split by a nogood has no leaf of its own for the proof log.
+        self.nogoods: Optional[Nogoods] = None
+        if self.learn and not self.record_proof:
+            self.nogoods = Nogoods({z: torch.Size(s).numel() for z, s in self.shapes.items()},
+                                   self.problem.lower.device)
+            self.options = dataclasses.replace(self.options, keep_betas=True)
 
     def _bound(self, splits: dict, alphas: Optional[dict] = None, betas: Optional[dict] = None,
                q: Optional[Problem] = None) -> tuple[T, T, T, Optional[T], object]:
@@ -223,6 +231,11 @@ class ReluBrancher:
                 new[z] = torch.cat([pos, neg])
             flat, src = new, torch.cat([src, src])
         children = {z: f.reshape(len(src), *self.shapes[z]) for z, f in flat.items()}
+        if self.nogoods is not None and len(self.nogoods):
+            X, closed = self.nogoods.apply(self.nogoods.flat(children))
+            if bool(closed.all()):
+                return None
+            children, src = self.nogoods.unflat(X[~closed], self.shapes), src[~closed]
         out = {"splits": children, "rows": self._rows_open(batch.lb), "parent_lb": batch.lb[src]}
         if not self.warm_start or not batch.alphas:
             return out
@@ -250,8 +263,29 @@ class ReluBrancher:
         if mins is not None and self.attack:
             pts, obj = minimiser_candidates(p, mins, self.tuning.pgd_focus_activation, self.tuning.pgd_steps)
         kept_a, kept_b = self._keep(res, sub, rows, inherited)
+        if self.nogoods is not None:
+            self._learn(children, proved, res)
         return Bounded(SplitDomains(children, lb, score, branch, kept_a, kept_b, more), proved, pts, obj,
                        self._leaf_data(res))
+
+    def _learn(self, splits: dict, proved: T, res) -> None:
+        """Strengthen the proved domains' decisions (`Nogoods.strengthened`) and keep the
+        shorter sets that a bound of their own proves; the shortest are tried first, at
+        most a quarter of a round's room."""
+        ng = self.nogoods
+        cand = ng.strengthened(ng.flat(splits), res.betas, proved)
+        if cand is None:
+            return
+        cand = cand[torch.argsort((cand != 0).sum(1))][:max(1, self.room // 4)]
+        ng.stats["strengthen_tried"] += len(cand)
+        p = self.problem
+        N = len(cand)
+        box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
+        plain = dataclasses.replace(self.options, coefficients=False, keep_betas=False)
+        out = compute_bounds(p.graph, box, p.C, plain, want_upper=False, ev=p.ev,
+                             splits=ng.unflat(cand, self.shapes), known=p.known or None)
+        ok, _ = rows_status(p, out.lower.detach() - p.d)
+        ng.add(cand[ok])
 
     def _leaf_data(self, res) -> dict:
         """What a proof log needs of a bounded batch (only kept when a proof is recorded)."""
@@ -271,7 +305,7 @@ class ReluBrancher:
                        pick(data["betas"]), pick(data["unstable"]))
 
     def stats(self) -> dict:
-        return {}
+        return {"nogoods": dict(self.nogoods.stats)} if self.nogoods is not None else {}
 
 
 def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, batch_size: int = 64,
@@ -282,7 +316,7 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
                          tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None,
                          stop: Optional[Callable[[], bool]] = None, warm_start: bool = False,
                          per_conjunction: bool = False, open_rows: bool = False,
-                         multi_split: int = 0) -> SearchOutcome:
+                         multi_split: int = 0, learn: bool = False) -> SearchOutcome:
     """Search until all domains are proved, a counterexample is confirmed, limits are hit,
     or `stop()` (checked once per round) is true.
 
@@ -303,11 +337,13 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
     batch leaves open (see `ReluBrancher`); not with `record_proof` either.
     `multi_split`: up to this many further neurons split per domain in a round whose
     children still fit in twice `batch_size` (the first rounds of a search).
+    `learn`: nogoods from proved domains close or split other domains (bab/learned.py;
+    not with `record_proof`).
     """
     def make(q: Problem) -> ReluBrancher:
         return ReluBrancher(q, options, branching, fsb_candidates, relaxed_clip, record_proof,
                             attack=confirm is not None, tuning=tuning, warm_start=warm_start, open_rows=open_rows,
-                            multi_split=multi_split, room=2 * batch_size)
+                            multi_split=multi_split, room=2 * batch_size, learn=learn)
 
     brancher = make(p)
     if not brancher.names:

@@ -410,6 +410,11 @@ class BabConfig(_Validated):
                                 "many further neurons (BaBSR's next choices) per domain at once, 2^k children. "
                                 "Off: on CPU it costs more than the short first rounds it saves (mnist_fc 256x4 "
                                 "prop_3_0.05: 329 domains, 5.8 s against 109, 5.7 s)")
+    learned_cuts: bool = key(False, check=Bool(),
+                             help="activation split: the decisions of proved domains, strengthened (splits with "
+                                  "zero beta dropped) and proved again, become nogoods that close other domains "
+                                  "or imply their last free decision (BICCOS's cuts as split decisions); not with "
+                                  "--certificate")
     per_conjunction: str = key("off", check=Choice(("off", "proof", "always")),
                                help="activation split: one search per open conjunction (label by label) instead "
                                     "of one for all rows: always, or proof (with --certificate, a proof each). Off: "

@@ -215,7 +215,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 warm_start=config.bab.warm_start,
                                 per_conjunction=config.bab.per_conjunction == "always" or (
                                     config.bab.per_conjunction == "proof" and config.proof),
-                                open_rows=config.bab.open_rows, multi_split=config.bab.multi_split)
+                                open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
+                                learn=config.bab.learned_cuts)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
@@ -463,6 +464,8 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
             outcome = search(model, ev, disjunct, config, deadline, progress, known,
                              runner.decided if runner is not None else None)
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
+            if "nogoods" in outcome.stats:
+                stats["nogoods"] = outcome.stats["nogoods"]
             if runner is not None and outcome.status in ("unknown", "timeout"):
                 if outcome.status == "unknown" and not runner.decided():
                     runner.wait(deadline)  # the search gave up with time left: the MILP may still decide
