@@ -123,9 +123,13 @@ def sound_interval(ev: GraphEvaluator, node: Node, rule: OpRule, ins: Sequence,
     else:
         raise ValueError(f"op {node.op} has no interval rule for this input pattern")
     widened = []
+    exact = "exact" in rule.facts
     for lo, hi, mlo, mhi in parts:
         lo = torch.nan_to_num(lo, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
         hi = torch.nan_to_num(hi, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)
+        if exact:
+            widened.append(IntervalBounds(lo, hi))
+            continue
         mlo = torch.nan_to_num(mlo, nan=0.0, posinf=0.0)
         mhi = torch.nan_to_num(mhi, nan=0.0, posinf=0.0)
         widened.append(IntervalBounds(widen_lower(lo, mlo, precision), -widen_lower(-hi, mhi, precision)))

@@ -28,7 +28,9 @@ read the gathered bounds [B, *out, K] instead of the first input's interval.
 Facts that a pass reads (`ibp.sound_interval`, for the rounding margin of intervals):
 "selection" (each output element is an input element, copied exactly), "monotone" on an
 affine rule (nonnegative coefficients: each end is the op at that end of its inputs),
-"elementwise" on an affine rule with an interval (one product per output element).
+"elementwise" on an affine rule with an interval (one product per output element),
+"exact" on an elementwise rule (its interval's ends are the op at the input's ends,
+computed exactly in floating point, as max(x, 0) is: no margin at all).
 """
 from __future__ import annotations
 

@@ -59,6 +59,9 @@ def _unstable(node: Node, l: T, u: T, consts: Sequence) -> T:
 def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone", "elementwise"})
     for op in ("Relu", "LeakyRelu"):
+        # max(x, 0) is exact in floating point: Relu's interval needs no rounding margin
+        # (LeakyRelu's product does). A margin there made every ReLU's lower end -1e-6,
+        # which a sum of many ReLUs with large weights turned into a visible loss.
         register_rule(OpRule(op, "elementwise", interval=monotone_interval, relax=_relax,
                              alpha_init=_alpha_init, alpha_bounds=_alpha_bounds, unstable=_unstable, sparse_alpha=True,
-                             facts=facts))
+                             facts=facts | {"exact"} if op == "Relu" else facts))
