@@ -70,7 +70,12 @@ def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], re
     else:
         branch = babsr_branch(babsr, offsets)
     extra = more_branches(babsr, offsets, branch, more)
-    mins = res.linear.minimizer(box).detach() if res.linear is not None else None
+    mins = res.linear.minimizer(res.box or box).detach() if res.linear is not None else None
+    if mins is not None and options.tighten_input and res.box is not None:
+        # A narrowed box's centre too: a corner of it may lie outside what narrowed it (a
+        # distance split active confines the inputs to a ball, whose corners are outside).
+        centre = (res.box.lower + res.box.upper) / 2
+        mins = torch.cat([mins, centre.unsqueeze(1).to(mins.dtype)], 1)
     return lb, branch, extra, mins, res
 
 

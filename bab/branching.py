@@ -17,6 +17,7 @@ every child is bounded in full afterwards; a poor choice only costs domains.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
@@ -26,9 +27,10 @@ from bab.problem import Problem, rows_status
 from relaxations import BoundOptions, IntervalBounds
 from relaxations.bounds import BoundsTable, Precision, rows_proved
 from relaxations.alpha import sparse_view
-from relaxations.compute import final_lower_from_table
+from relaxations.compute import compute_bounds, final_lower_from_table
 from relaxations.crown import BackwardContext, SparseTerm, backward_lower, rules_for
 from relaxations.registry import Relaxation
+from relaxations.reverse import tightened_box
 
 __all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch", "more_branches"]
 
@@ -191,6 +193,34 @@ def _child_lines(ctx: BackwardContext, relu: str, parent: IntervalBounds, rows: 
     return Relaxation(*lines)
 
 
+def _rebound_narrowed(p: Problem, names: list[str], relus: dict[str, str], splits: dict, rep: T, flat: T,
+                      side: T, offsets: list[int], box: IntervalBounds, res, child: T, options: BoundOptions) -> T:
+    """Children whose decision narrowed the input box (`tighten_input`) bounded again by
+    CROWN over that box with their own intervals: the parent's relaxations, made over the
+    parent's box, can hide what the narrowing gains (a distance neuron split active
+    confines the inputs to a small box, over which the rest of the net is nearly linear)."""
+    parent = res.box.lower[rep], res.box.upper[rep]
+    shrunk = ((box.upper - box.lower) < 0.5 * (parent[1] - parent[0])).reshape(len(rep), -1).any(1)
+    idx = torch.nonzero(shrunk).flatten()
+    if not len(idx):
+        return child
+    kids = {}
+    for i, relu in enumerate(names):
+        z = relus[relu]
+        sg = splits[z][rep[idx]].reshape(len(idx), -1).clone()
+        sel = (flat[idx] >= offsets[i]) & (flat[idx] < offsets[i + 1])
+        r = torch.nonzero(sel).flatten()
+        sg[r, flat[idx][r] - offsets[i]] = side[idx][r].to(sg.dtype)
+        kids[z] = sg.reshape(len(idx), *splits[z].shape[1:])
+    sub = IntervalBounds(box.lower[idx], box.upper[idx])
+    plain = dataclasses.replace(options, method="crown", coefficients=False, keep_betas=False, tighten_input=False)
+    out = compute_bounds(p.graph, sub, p.C, plain, want_upper=False, ev=p.ev, splits=kids,
+                         known=p.known or None).lower.detach() - p.d
+    child = child.clone()
+    child[idx] = torch.maximum(child[idx], out)
+    return child
+
+
 def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict,
                      rows: T, cand: T, offsets: list[int], options: BoundOptions) -> T:
     """Score [M, K] of the worse child of each candidate of domains `rows` (one backward pass)."""
@@ -201,11 +231,13 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
     side = torch.tensor([1, -1], device=rows.device).repeat(M * K)      # [R]
     ar = torch.arange(R, device=rows.device)
     table = _RowsTable(res.table, rep)
+    seeds = set()
     for i, relu in enumerate(names):
         z = relus[relu]
         sel = (flat >= offsets[i]) & (flat < offsets[i + 1])
         if not bool(sel.any()):
             continue
+        seeds.add(z)
         b = table[z]
         lo, hi = b.lower.reshape(R, -1).clone(), b.upper.reshape(R, -1).clone()
         j = flat[sel] - offsets[i]
@@ -213,7 +245,14 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
         lo[r[act], j[act]] = 0.0
         hi[r[~act], j[~act]] = 0.0
         table[z] = IntervalBounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
-    box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))
+    if res.box is not None:      # the parent's box, narrowed by its decisions (tighten_input)
+        box = IntervalBounds(res.box.lower[rep], res.box.upper[rep])
+    else:
+        box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))
+    empty = None
+    if options.tighten_input:    # and by the candidate's decision too
+        table[p.graph.input_name] = box
+        box, empty = tightened_box(BackwardContext(p.graph, p.ev, table, rules_for(p.graph)), table, seeds)
     C = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape)
     if not options.sparse_alpha:
         alphas = {k: v[rep] for k, v in res.alphas.items()} or None
@@ -232,5 +271,8 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
         precision = options.precision or Precision.for_dtype(p.ev.dtype)
         with torch.no_grad():
             child = backward_lower(ctx, p.graph.output_name, C).concretize(box, precision) - p.d
+    if empty is not None:
+        child = torch.where(empty.unsqueeze(1), torch.full_like(child, torch.inf), child)
+        child = _rebound_narrowed(p, names, relus, splits, rep, flat, side, offsets, box, res, child, options)
     _, score = rows_status(p, child)
     return score.reshape(M, K, 2).amin(2)

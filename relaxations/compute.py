@@ -43,6 +43,7 @@ from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_slot_node, rules_for
 from relaxations.ibp import node_inputs, sound_interval
 from relaxations.patches import PatchBounds, patches_lower
+from relaxations.reverse import tightened_box
 
 __all__ = ["BoundOptions", "BoundResult", "ClipHook", "compute_bounds", "final_lower_from_table",
            "folded_ibp_lower", "intermediate_bounds", "METHODS"]
@@ -96,6 +97,10 @@ class BoundOptions:
     # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
     # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.
     patches: bool = True
+    # With split decisions: the input box each domain's decisions imply (constraint
+    # propagation back through ReLUs and affine nodes, relaxations/reverse.py), and every
+    # bound computed again over it where it is smaller (`BoundResult.box`).
+    tighten_input: bool = False
     # alpha-CROWN keeps a ReLU's alphas only at its unstable elements when they are few
     # (crown.SparseAlpha): the same bounds, less work per step on wide layers.
     sparse_alpha: bool = True
@@ -133,6 +138,9 @@ class BoundResult:
     betas: Mapping[str, T] = field(default_factory=dict)    # tensor -> [B, R, *shape] (keep_betas)
     coefficients: Mapping[str, T] = field(default_factory=dict)  # node -> A at its output
     alpha_iterations: int = 0
+    # The input box the bounds hold over: the given one, or with `tighten_input` the box
+    # the split decisions narrowed it to (relaxations/reverse.py).
+    box: Optional[IntervalBounds] = None
 
 
 class ClipHook(Protocol):
@@ -416,6 +424,9 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
     table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, clip, known)
+    if options.tighten_input and splits:
+        box, table, ctx, infeasible = _tightened(graph, ev, box, options, splits, clip, known, table, ctx,
+                                                 infeasible)
     by_name = {n.name: n for n in graph.nodes}
     check_deadline(options.deadline)  # the final pass, too, can be long
     A = rows.reshape(B, rows.shape[1], *graph.output_shape)
@@ -471,7 +482,22 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
     return BoundResult(lower=best[:, :S], upper=-best[:, S:] if want_upper else None, table=table,
                        infeasible=infeasible, interval_lower=interval[:, :S], linear=linear,
                        crown_linear=crown_linear, alphas=used_alphas, betas=used_betas,
-                       coefficients=coefficients, alpha_iterations=iterations)
+                       coefficients=coefficients, alpha_iterations=iterations, box=box)
+
+
+def _tightened(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions, splits, clip,
+               known, table: BoundsTable, ctx: BackwardContext, infeasible: T):
+    """The box the split decisions imply (`tightened_box`) and, where it is smaller than
+    `box`, every interval bounded again over it. Domains found empty are infeasible."""
+    seeds = {z for z, s in splits.items() if bool((s != 0).any())}
+    if not seeds:
+        return box, table, ctx, infeasible
+    new, empty = tightened_box(ctx, table, seeds)
+    if bool((new.lower > box.lower).any() or (new.upper < box.upper).any()):
+        box = new
+        table, ctx, again = intermediate_bounds(graph, ev, box, options, splits, clip, known)
+        infeasible = infeasible | again
+    return box, table, ctx, infeasible | empty
 
 
 def _batch_cuts(cuts: Optional[Mapping], dtype: torch.dtype) -> dict:

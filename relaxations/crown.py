@@ -30,7 +30,7 @@ from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline, int
 from relaxations.ops.common import batched
 from relaxations.registry import OpRule, Relaxation, SlotRelaxation, is_affine_node, rule_for
 
-__all__ = ["BackwardContext", "PartialRelaxation", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from", "is_slot_node",
+__all__ = ["BackwardContext", "affine_rows", "PartialRelaxation", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from", "is_slot_node",
            "is_relaxed", "slot_bounds", "slot_count", "relaxation_domain", "MAX_SLOT_ELEMENTS"]
 
 T = torch.Tensor
@@ -141,6 +141,13 @@ def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
     for v, x in zip(variable, node.inputs):
         result.append(next(it).reshape(B, S, *ctx.graph.shapes[x]) if v else None)
     return result, bias, mass
+
+
+def affine_rows(ctx: BackwardContext, node: Node, A: T) -> tuple[list[T | None], T, T]:
+    """The affine node's linear part transposed applied to A [B, S, *out_shape], per
+    variable input (None elsewhere), and <A, f(0)> with its mass: with A the identity,
+    the node's matrix rows and constant term (relaxations/reverse.py reads them so)."""
+    return _affine_backward(ctx, node, [A])
 
 
 def _dot(A: T, v: T) -> T:

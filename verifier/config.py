@@ -410,6 +410,10 @@ class BabConfig(_Validated):
                                 "many further neurons (BaBSR's next choices) per domain at once, 2^k children. "
                                 "Off: on CPU it costs more than the short first rounds it saves (mnist_fc 256x4 "
                                 "prop_3_0.05: 329 domains, 5.8 s against 109, 5.7 s)")
+    tighten_input: bool = key(False, check=Bool(),
+                              help="activation split: each domain's input box narrowed to what its split decisions "
+                                   "imply (constraint propagation back through ReLUs and affine layers) and its "
+                                   "bounds computed over that box; not with --certificate")
     learned_cuts: bool = key(False, check=Bool(),
                              help="activation split: the decisions of proved domains, strengthened (splits with "
                                   "zero beta dropped) and proved again, become nogoods that close other domains "

@@ -195,6 +195,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
     progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
     options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline,
                                   alpha_iterations=config.bab.alpha_iterations)
+    if config.bab.tighten_input and not config.proof:  # the checker bounds a leaf over the whole box
+        options = dataclasses.replace(options, tighten_input=True)
     if config.bab.domain_intermediate == "root" and known and not config.proof:
         options = dataclasses.replace(options, intermediate="ibp")  # the root's intervals, splits by IBP
     if needs_general_split(model.graph, ev.constants):  # sigmoid, tanh, GELU, ...: interval splits

@@ -1,0 +1,214 @@
+"""Intervals tightened backward: what a narrowed later tensor says about the earlier ones.
+
+Forward interval propagation bounds each tensor from its inputs. A split decision
+(z >= 0 or z <= 0) narrows a later tensor, and that says something about the earlier
+ones too: constraint propagation, as a MIP presolve tightens variable bounds from its
+linear rows. For y = L x + b with y in [yl, yu] and x in [xl, xu], each term of a row is
+at most what the row's bound leaves once the other terms are at their least,
+
+    L_kj x_j <= yu_k - b_k - sum_{i != j} min(L_ki xl_i, L_ki xu_i)   (and the mirror for yl),
+
+and through y = relu(x), y <= yu with yu >= 0 gives x <= yu, and y >= yl > 0 gives
+x >= yl. Walked back to the graph input, this gives each domain of an activation split a
+smaller input box, over which every later bound is computed again. The case that needs
+it: a neuron summing many nonnegative terms (a distance, a count) split active, which
+bounds each term, and through the ReLUs the inputs; a linear bound cannot say that,
+since its one line per neuron only cuts the box by a half-space.
+
+Only ReLU and affine nodes pass tightening back (an affine node's rows come from its
+vector-Jacobian product, kept once per node, for nodes up to `MAX_MATRIX` elements);
+any other node stops it, which is sound: its inputs keep their forward intervals.
+Rows whose slack exceeds every term's range cannot tighten anything and are skipped.
+The arithmetic is float64 and every new end moves outward by a margin for its sums'
+rounding before it is stored back as float32, rounded outward again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+
+from relaxations.bounds import IntervalBounds
+from relaxations.crown import BackwardContext, affine_rows
+from relaxations.registry import is_affine_node
+
+__all__ = ["tightened_box", "MAX_MATRIX"]
+
+T = torch.Tensor
+# Elements of an affine node's dense matrix [outputs, variable inputs] that it may hold.
+MAX_MATRIX = 1 << 22
+# Elements of one chunk of the [domains, rows, inputs] products of dense rows.
+_CHUNK = 1 << 21
+_REL = 1e-12          # relative rounding margin of a float64 sum of up to ~1e3 terms, with room
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """An affine node as rows: M [K, J] over its variable inputs flattened and concatenated
+    (`parts`: name, numel), b [K]; `single` when every row has one nonzero (column [K],
+    coefficient [K]): selections and elementwise affine ops, inverted row by row."""
+
+    M: T
+    b: T
+    parts: list
+    single: Optional[tuple[T, T]]
+
+
+def _rows_of(ctx: BackwardContext, node, cache: dict) -> Optional[_Rows]:
+    if node.name in cache:
+        return cache[node.name]
+    out = None
+    consts = ctx.ev.constants
+    variable = [bool(x) and x not in consts for x in node.inputs]
+    K = torch.Size(ctx.graph.shapes[node.outputs[0]]).numel() if len(node.outputs) == 1 else 0
+    J = sum(torch.Size(ctx.graph.shapes[x]).numel() for x, v in zip(node.inputs, variable) if v)
+    if K and J and K * max(J, K) <= MAX_MATRIX and len(set(x for x, v in zip(node.inputs, variable) if v)) == sum(variable):
+        eye = torch.eye(K, dtype=ctx.ev.dtype, device=ctx.ev.device).reshape(1, K, *ctx.graph.shapes[node.outputs[0]])
+        A_ins, bias, _ = affine_rows(ctx, node, eye)
+        blocks, parts = [], []
+        for x, v, a in zip(node.inputs, variable, A_ins):
+            if v:
+                blocks.append(a.reshape(K, -1).double())
+                parts.append((x, blocks[-1].shape[1]))
+        M = torch.cat(blocks, 1)
+        nz = (M != 0).sum(1)
+        single = None
+        if bool((nz == 1).all()):
+            col = (M != 0).double().argmax(1)
+            single = (col, M.gather(1, col.unsqueeze(1)).squeeze(1))
+        out = _Rows(M, bias.reshape(K).double(), parts, single)
+    cache[node.name] = out
+    return out
+
+
+def _outward(lo: T, hi: T, dtype: torch.dtype) -> tuple[T, T]:
+    """float64 ends stored in `dtype`, each rounded away from the interval's inside."""
+    l, h = lo.to(dtype), hi.to(dtype)
+    l = torch.where(l.double() > lo, torch.nextafter(l, torch.full_like(l, -torch.inf)), l)
+    h = torch.where(h.double() < hi, torch.nextafter(h, torch.full_like(h, torch.inf)), h)
+    return l, h
+
+
+def _invert_single(r: _Rows, yl: T, yu: T) -> tuple[T, T]:
+    """x intervals [N, J] implied by rows with one term each: x_j = (y_k - b_k) / c_k,
+    the tightest over the rows that read x_j (+-inf where none does)."""
+    col, c = r.single
+    N, J = yl.shape[0], r.M.shape[1]
+    a, bnd = (yl - r.b) / c, (yu - r.b) / c
+    lo_k, hi_k = torch.where(c > 0, a, bnd), torch.where(c > 0, bnd, a)
+    mass = _REL * (1 + (yl.abs() + yu.abs() + r.b.abs()) / c.abs())
+    lo_k, hi_k = lo_k - mass, hi_k + mass
+    idx = col.unsqueeze(0).expand(N, -1)
+    lo = torch.full((N, J), -torch.inf, dtype=torch.float64, device=yl.device).scatter_reduce(1, idx, lo_k, "amax")
+    hi = torch.full((N, J), torch.inf, dtype=torch.float64, device=yl.device).scatter_reduce(1, idx, hi_k, "amin")
+    return lo, hi
+
+
+def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T) -> tuple[T, T]:
+    """x intervals [N, J] implied by dense rows (module docstring), over the rows whose
+    slack is below some term's range in some domain (the others tighten nothing)."""
+    M, b = r.M, r.b
+    pos, neg = M.clamp(min=0), M.clamp(max=0)
+    smin = xl @ pos.T + xu @ neg.T                      # [N, K]: each row's least value
+    smax = xu @ pos.T + xl @ neg.T
+    mag = torch.maximum(xl.abs(), xu.abs()) @ M.abs().T + b.abs() + yl.abs().nan_to_num(0, 0, 0) \
+        + yu.abs().nan_to_num(0, 0, 0)
+    up, dn = yu - b - smin, smax - (yl - b)             # slack of each side, >= 0 when feasible
+    reach = M.abs().amax(1).unsqueeze(0) * (xu - xl).amax(1, keepdim=True)
+    keep = ((torch.minimum(up, dn) < reach) & (mag > 0)).any(0)
+    N, J = xl.shape
+    lo = torch.full((N, J), -torch.inf, dtype=torch.float64, device=xl.device)
+    hi = torch.full((N, J), torch.inf, dtype=torch.float64, device=xl.device)
+    rows = torch.nonzero(keep).flatten()
+    if not len(rows):
+        return lo, hi
+    step = max(1, _CHUNK // max(1, N * J))
+    for s in range(0, len(rows), step):
+        k = rows[s:s + step]
+        L = M[k]                                                     # [k, J]
+        tmin = torch.minimum(L * xl.unsqueeze(1), L * xu.unsqueeze(1))   # [N, k, J]
+        tmax = torch.maximum(L * xl.unsqueeze(1), L * xu.unsqueeze(1))
+        # The term's room: the row's bound less the other terms at their extremes.
+        t_hi = (yu[:, k] - b[k] - smin[:, k]).unsqueeze(-1) + tmin
+        t_lo = (yl[:, k] - b[k] - smax[:, k]).unsqueeze(-1) + tmax
+        margin = (_REL * mag[:, k]).unsqueeze(-1)
+        t_hi, t_lo = t_hi + margin, t_lo - margin
+        safe = torch.where(L == 0, torch.ones_like(L), L)
+        a, c = t_lo / safe, t_hi / safe
+        x_lo = torch.where(L > 0, a, torch.where(L < 0, c, torch.full_like(a, -torch.inf)))
+        x_hi = torch.where(L > 0, c, torch.where(L < 0, a, torch.full_like(a, torch.inf)))
+        x_lo = x_lo.nan_to_num(nan=-torch.inf)
+        x_hi = x_hi.nan_to_num(nan=torch.inf)
+        lo = torch.maximum(lo, x_lo.amax(1))
+        hi = torch.minimum(hi, x_hi.amin(1))
+    return lo, hi
+
+
+class _Ends(dict):
+    """One end of the table's intervals as float64 [N, numel], read on first use (a
+    search's table may copy each tensor only when it is read)."""
+
+    def __init__(self, table: Mapping[str, IntervalBounds], end: str) -> None:
+        super().__init__()
+        self.table, self.end = table, end
+
+    def __missing__(self, key: str) -> T:
+        v = getattr(self.table[key], self.end)
+        out = v.double().reshape(v.shape[0], -1)
+        self[key] = out
+        return out
+
+
+def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], seeds: set,
+                  cache: Optional[dict] = None) -> tuple[IntervalBounds, T]:
+    """The input box [N, *input_shape] that the intervals of `table` imply, walking back
+    from the tensors in `seeds` (those narrowed beyond their forward intervals: split
+    tensors), and [N] the domains whose intervals turned out empty (they hold no input).
+    `cache` keeps the affine nodes' rows between calls on one graph."""
+    graph = ctx.graph
+    cache = {} if cache is None else cache
+    lo, hi = _Ends(table, "lower"), _Ends(table, "upper")
+    changed = set(seeds)
+    for node in reversed(graph.nodes):
+        if not any(o in changed for o in node.outputs):
+            continue
+        rule = ctx.rules[node.name]
+        variable = [bool(x) and x not in ctx.ev.constants for x in node.inputs]
+        y = node.outputs[0]
+        if node.op == "Relu":
+            x = node.inputs[0]
+            new_hi = torch.where(hi[y] >= 0, torch.minimum(hi[x], hi[y]), hi[x])
+            new_lo = torch.where(lo[y] > 0, torch.maximum(lo[x], lo[y]), lo[x])
+            if bool((new_hi < hi[x]).any() or (new_lo > lo[x]).any()):
+                lo[x], hi[x] = new_lo, new_hi
+                changed.add(x)
+            continue
+        if not is_affine_node(node, rule, variable):
+            continue
+        r = _rows_of(ctx, node, cache)
+        if r is None:
+            continue
+        xl = torch.cat([lo[x] for x, _ in r.parts], 1)
+        xu = torch.cat([hi[x] for x, _ in r.parts], 1)
+        if r.single is not None:
+            nl, nh = _invert_single(r, lo[y], hi[y])
+        else:
+            nl, nh = _invert_dense(r, lo[y], hi[y], xl, xu)
+        start = 0
+        for x, n in r.parts:
+            a, c = nl[:, start:start + n], nh[:, start:start + n]
+            start += n
+            if bool((a > lo[x]).any() or (c < hi[x]).any()):
+                lo[x], hi[x] = torch.maximum(lo[x], a), torch.minimum(hi[x], c)
+                changed.add(x)
+    box = table[graph.input_name]
+    l64, h64 = lo[graph.input_name], hi[graph.input_name]
+    l32, h32 = _outward(l64, h64, box.lower.dtype)
+    l32 = torch.maximum(l32.reshape(box.lower.shape), box.lower)
+    h32 = torch.minimum(h32.reshape(box.upper.shape), box.upper)
+    empty = (l32 > h32).reshape(l32.shape[0], -1).any(1)
+    for k in lo:
+        empty |= (lo[k] > hi[k]).any(1)   # read ends only: both were read together
+    return IntervalBounds(torch.where(empty.reshape(-1, *[1] * (l32.dim() - 1)), box.lower, l32),
+                          torch.where(empty.reshape(-1, *[1] * (h32.dim() - 1)), box.upper, h32)), empty
