@@ -31,6 +31,7 @@ instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Protocol
 
@@ -488,12 +489,18 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
 def _tightened(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions, splits, clip,
                known, table: BoundsTable, ctx: BackwardContext, infeasible: T):
     """The box the split decisions imply (`tightened_box`) and, where it is smaller than
-    `box`, every interval bounded again over it. Domains found empty are infeasible."""
+    `box`, every interval bounded again over it: by CROWN where some domain's box shrank
+    to under half its width in some input (intervals by IBP alone lose over a small box
+    most of what the narrowing gained; the case is rare enough to pay for). Domains
+    found empty are infeasible."""
     seeds = {z for z, s in splits.items() if bool((s != 0).any())}
     if not seeds:
         return box, table, ctx, infeasible
     new, empty = tightened_box(ctx, table, seeds)
     if bool((new.lower > box.lower).any() or (new.upper < box.upper).any()):
+        if options.intermediate == "ibp" and options.method != "ibp" and \
+                bool(((new.upper - new.lower) < 0.5 * (box.upper - box.lower)).any()):
+            options = dataclasses.replace(options, intermediate="crown", optimise_intermediate=False)
         box = new
         table, ctx, again = intermediate_bounds(graph, ev, box, options, splits, clip, known)
         infeasible = infeasible | again
