@@ -29,6 +29,8 @@ from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations.crown import BackwardContext, rules_for
+from relaxations.reverse import tightened_box
 
 __all__ = ["ReluBrancher", "activation_split_bab", "relu_inputs"]
 
@@ -148,10 +150,41 @@ class ReluBrancher:
         for z in self.shapes:
             b = res.table[z]
             self.unstable[z] = torch.nonzero(((b.lower < 0) & (b.upper > 0)).reshape(-1)).flatten()
+        if self.options.tighten_input and not self._narrowable(res):
+            self.options = dataclasses.replace(self.options, tighten_input=False)
         proved, score = rows_status(self.problem, lb)
         alphas, betas = self._keep(res, lb)
         return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas, more), proved,
                        leaf_data=self._leaf_data(res))
+
+    def _narrowable(self, res, chunk: int = 64) -> bool:
+        """Whether one decision on some neuron unstable at the root narrows the input box
+        (`tighten_input`) to under half its width in some input, tried for every such
+        neuron and sign over the root's intervals.
+        Where none does (a dense first layer, a convolution too large for the backward
+        rows), deeper decisions rarely do: the search then skips the narrowing, which
+        costs a backward pass per round and one per branching candidate."""
+        p = self.problem
+        ctx = BackwardContext(p.graph, p.ev, res.table, rules_for(p.graph))
+        box = res.table[p.graph.input_name]
+        matrices: dict = {}     # the affine nodes' rows, made once for every chunk
+        for z, idx in self.unstable.items():
+            for s in range(0, len(idx), chunk):
+                j = idx[s:s + chunk]
+                n = 2 * len(j)
+                sign = torch.zeros(n, torch.Size(self.shapes[z]).numel(), dtype=torch.int8, device=j.device)
+                rows = torch.arange(n, device=j.device)
+                sign[rows, j.repeat(2)] = torch.cat([torch.ones(len(j)), -torch.ones(len(j))]).to(torch.int8)
+                sign = sign.reshape(n, *self.shapes[z])
+                table = {k: IntervalBounds(v.lower.expand(n, *v.lower.shape[1:]), v.upper.expand(n, *v.upper.shape[1:]))
+                         for k, v in res.table.items()}
+                b = table[z]
+                table[z] = IntervalBounds(torch.where(sign > 0, b.lower.clamp(min=0), b.lower),
+                                          torch.where(sign < 0, b.upper.clamp(max=0), b.upper))
+                new, _ = tightened_box(dataclasses.replace(ctx, table=table), table, {z}, matrices)
+                if bool((new.upper - new.lower < 0.5 * (box.upper - box.lower)).any()):
+                    return True
+        return False
 
     def _keep(self, res, lb: T, rows: Optional[T] = None, inherited: Optional[tuple[dict, dict]] = None
               ) -> tuple[dict, dict]:

@@ -24,6 +24,7 @@ rounding before it is stored back as float32, rounded outward again.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -55,7 +56,14 @@ class _Rows:
     single: Optional[tuple[T, T]]
 
 
-def _rows_of(ctx: BackwardContext, node, cache: dict) -> Optional[_Rows]:
+# The affine nodes' rows per evaluator (one per model and dtype in a run), kept while
+# it lives: a search asks for the same rows every round.
+_ROWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _rows_of(ctx: BackwardContext, node, cache: Optional[dict]) -> Optional[_Rows]:
+    if cache is None:
+        cache = _ROWS.setdefault(ctx.ev, {})
     if node.name in cache:
         return cache[node.name]
     out = None
@@ -109,20 +117,29 @@ def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T) -> tuple[T, T]:
     """x intervals [N, J] implied by dense rows (module docstring), over the rows whose
     slack is below some term's range in some domain (the others tighten nothing)."""
     M, b = r.M, r.b
-    pos, neg = M.clamp(min=0), M.clamp(max=0)
-    smin = xl @ pos.T + xu @ neg.T                      # [N, K]: each row's least value
-    smax = xu @ pos.T + xl @ neg.T
-    mag = torch.maximum(xl.abs(), xu.abs()) @ M.abs().T + b.abs() + yl.abs().nan_to_num(0, 0, 0) \
-        + yu.abs().nan_to_num(0, 0, 0)
-    up, dn = yu - b - smin, smax - (yl - b)             # slack of each side, >= 0 when feasible
-    reach = M.abs().amax(1).unsqueeze(0) * (xu - xl).amax(1, keepdim=True)
-    keep = ((torch.minimum(up, dn) < reach) & (mag > 0)).any(0)
     N, J = xl.shape
     lo = torch.full((N, J), -torch.inf, dtype=torch.float64, device=xl.device)
     hi = torch.full((N, J), torch.inf, dtype=torch.float64, device=xl.device)
+    # Which rows can tighten anything, in float32 with room (a filter only: the kept rows
+    # are then worked out in float64).
+    f32 = [t.float() for t in (M, b, xl, xu, yl, yu)]
+    Mf, bf, xlf, xuf, ylf, yuf = f32
+    pos, neg = Mf.clamp(min=0), Mf.clamp(max=0)
+    up = yuf - bf - (xlf @ pos.T + xuf @ neg.T)         # slack of each side, >= 0 when feasible
+    dn = (xuf @ pos.T + xlf @ neg.T) - (ylf - bf)
+    reach = Mf.abs().amax(1).unsqueeze(0) * (xuf - xlf).amax(1, keepdim=True)
+    keep = (torch.minimum(up, dn) < 1.01 * reach + 1e-6).any(0)
     rows = torch.nonzero(keep).flatten()
     if not len(rows):
         return lo, hi
+    M, b = M[rows], b[rows]
+    yl, yu = yl[:, rows], yu[:, rows]
+    pos, neg = M.clamp(min=0), M.clamp(max=0)
+    smin = xl @ pos.T + xu @ neg.T                      # [N, k]: each kept row's least value
+    smax = xu @ pos.T + xl @ neg.T
+    mag = torch.maximum(xl.abs(), xu.abs()) @ M.abs().T + b.abs() + yl.abs().nan_to_num(0, 0, 0) \
+        + yu.abs().nan_to_num(0, 0, 0)
+    rows = torch.arange(len(rows), device=xl.device)
     step = max(1, _CHUNK // max(1, N * J))
     for s in range(0, len(rows), step):
         k = rows[s:s + step]
@@ -165,9 +182,8 @@ def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], see
     """The input box [N, *input_shape] that the intervals of `table` imply, walking back
     from the tensors in `seeds` (those narrowed beyond their forward intervals: split
     tensors), and [N] the domains whose intervals turned out empty (they hold no input).
-    `cache` keeps the affine nodes' rows between calls on one graph."""
+    `cache` keeps the affine nodes' rows between calls (default: per evaluator)."""
     graph = ctx.graph
-    cache = {} if cache is None else cache
     lo, hi = _Ends(table, "lower"), _Ends(table, "upper")
     changed = set(seeds)
     for node in reversed(graph.nodes):
