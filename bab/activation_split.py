@@ -44,8 +44,8 @@ def relu_inputs(p: Problem) -> dict[str, str]:
 
 def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
            branching: str = "babsr", fsb_candidates: int = 4, relaxed_clip: bool = False,
-           clip_k: int = 2, alphas: Optional[dict] = None, betas: Optional[dict] = None, more: int = 0
-           ) -> tuple[T, T, T, Optional[T], object]:
+           clip_k: int = 2, alphas: Optional[dict] = None, betas: Optional[dict] = None, more: int = 0,
+           narrowing: Optional[dict] = None) -> tuple[T, T, T, Optional[T], object]:
     """Bound a batch of domains; also choose each one's next split (see bab/branching.py).
 
     With `relaxed_clip`, each split `s z >= 0` and z's linear bound over the input give a
@@ -68,7 +68,8 @@ def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], re
     lb = lower - p.d
     babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
     if branching == "fsb":
-        branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=fsb_candidates)
+        branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=fsb_candidates,
+                            narrowing=narrowing)
     else:
         branch = babsr_branch(babsr, offsets)
     extra = more_branches(babsr, offsets, branch, more)
@@ -129,6 +130,7 @@ class ReluBrancher:
             self.options, coefficients=True,
             keep_betas=self.record_proof or self.branching == "fsb" or self.warm_start)
         self.unstable: dict[str, T] = {}   # split tensor -> flat indices unstable at the root
+        self.narrowing: Optional[dict] = None   # decisions that narrow the box (`_narrowing`)
         # Proof logs keep every row's bound and multipliers per leaf.
         self.open_rows = self.open_rows and not self.record_proof
         # A domain closed or split by a nogood has no leaf of its own for the proof log.
@@ -141,7 +143,8 @@ class ReluBrancher:
     def _bound(self, splits: dict, alphas: Optional[dict] = None, betas: Optional[dict] = None,
                q: Optional[Problem] = None) -> tuple[T, T, T, Optional[T], object]:
         return _bound(q or self.problem, splits, self.options, self.names, self.relus, self.branching,
-                      self.fsb_candidates, self.relaxed_clip, alphas=alphas, betas=betas, more=self.multi_split)
+                      self.fsb_candidates, self.relaxed_clip, alphas=alphas, betas=betas, more=self.multi_split,
+                      narrowing=self.narrowing)
 
     def root(self) -> Bounded:
         dev = self.problem.lower.device
@@ -150,24 +153,28 @@ class ReluBrancher:
         for z in self.shapes:
             b = res.table[z]
             self.unstable[z] = torch.nonzero(((b.lower < 0) & (b.upper > 0)).reshape(-1)).flatten()
-        if self.options.tighten_input and not self._narrowable(res):
-            self.options = dataclasses.replace(self.options, tighten_input=False)
+        if self.options.tighten_input:
+            self.narrowing = self._narrowing(res)
+            if not any(bool(m.any()) for m in self.narrowing.values()):
+                self.options = dataclasses.replace(self.options, tighten_input=False)
+                self.narrowing = None
         proved, score = rows_status(self.problem, lb)
         alphas, betas = self._keep(res, lb)
         return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas, more), proved,
                        leaf_data=self._leaf_data(res))
 
-    def _narrowable(self, res, chunk: int = 64) -> bool:
-        """Whether one decision on some neuron unstable at the root narrows the input box
-        (`tighten_input`) to under half its width in some input, tried for every such
-        neuron and sign over the root's intervals.
-        Where none does (a dense first layer, a convolution too large for the backward
-        rows), deeper decisions rarely do: the search then skips the narrowing, which
-        costs a backward pass per round and one per branching candidate."""
+    def _narrowing(self, res, chunk: int = 64) -> dict:
+        """The single decisions that narrow the input box (`tighten_input`) to under half
+        its width in some input: split tensor -> bool [2, numel] (row 0: active, row 1:
+        inactive), tried for every neuron unstable at the root over the root's intervals.
+        Filtered smart branching bounds only these candidates' children over a narrowed
+        box; where there is none (a convolution too large for the backward rows), the
+        search skips the narrowing altogether, which costs a backward pass per round."""
         p = self.problem
+        found = {z: torch.zeros(2, torch.Size(s).numel(), dtype=torch.bool, device=p.lower.device)
+                 for z, s in self.shapes.items()}
         ctx = BackwardContext(p.graph, p.ev, res.table, rules_for(p.graph))
         box = res.table[p.graph.input_name]
-        matrices: dict = {}     # the affine nodes' rows, made once for every chunk
         for z, idx in self.unstable.items():
             for s in range(0, len(idx), chunk):
                 j = idx[s:s + chunk]
@@ -181,10 +188,11 @@ class ReluBrancher:
                 b = table[z]
                 table[z] = IntervalBounds(torch.where(sign > 0, b.lower.clamp(min=0), b.lower),
                                           torch.where(sign < 0, b.upper.clamp(max=0), b.upper))
-                new, _ = tightened_box(dataclasses.replace(ctx, table=table), table, {z}, matrices)
-                if bool((new.upper - new.lower < 0.5 * (box.upper - box.lower)).any()):
-                    return True
-        return False
+                new, _ = tightened_box(dataclasses.replace(ctx, table=table), table, {z})
+                halved = (new.upper - new.lower < 0.5 * (box.upper - box.lower)).reshape(n, -1).any(1)
+                found[z][0, j] |= halved[:len(j)]
+                found[z][1, j] |= halved[len(j):]
+        return found
 
     def _keep(self, res, lb: T, rows: Optional[T] = None, inherited: Optional[tuple[dict, dict]] = None
               ) -> tuple[dict, dict]:

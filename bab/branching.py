@@ -30,7 +30,6 @@ from relaxations.alpha import sparse_view
 from relaxations.compute import compute_bounds, final_lower_from_table
 from relaxations.crown import BackwardContext, SparseTerm, backward_lower, rules_for
 from relaxations.registry import Relaxation
-from relaxations.reverse import tightened_box
 
 __all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch", "more_branches"]
 
@@ -102,7 +101,7 @@ def more_branches(babsr: T, offsets: list[int], first: T, k: int) -> T:
 
 def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict, lb: T,
                babsr: T, inter: T, offsets: list[int], options: BoundOptions, k: int = 4,
-               k_intercept: Optional[int] = None) -> T:
+               k_intercept: Optional[int] = None, narrowing: Optional[dict] = None) -> T:
     """[N, 2] (relu index, neuron) by filtered smart branching.
 
     Candidates per domain: top `k` by BaBSR and top `k_intercept` (default k // 2, at
@@ -136,7 +135,7 @@ def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits:
             break   # a round that began before the deadline must not run far past it
         rows = todo[s:s + chunk]
         value[s:s + chunk] = _children_scores(p, names, relus, res, splits, rows, cand[s:s + chunk], offsets,
-                                              options)
+                                              options, narrowing)
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
     pick = value.argmax(1)                                              # first max: BaBSR's on ties
     chosen = cand.gather(1, pick.unsqueeze(1)).squeeze(1)
@@ -194,14 +193,22 @@ def _child_lines(ctx: BackwardContext, relu: str, parent: IntervalBounds, rows: 
 
 
 def _rebound_narrowed(p: Problem, names: list[str], relus: dict[str, str], splits: dict, rep: T, flat: T,
-                      side: T, offsets: list[int], box: IntervalBounds, res, child: T, options: BoundOptions) -> T:
-    """Children whose decision narrowed the input box (`tighten_input`) bounded again by
-    CROWN over that box with their own intervals: the parent's relaxations, made over the
-    parent's box, can hide what the narrowing gains (a distance neuron split active
+                      side: T, offsets: list[int], box: IntervalBounds, narrowing: dict, child: T,
+                      options: BoundOptions) -> T:
+    """The children whose decision is one that narrows the input box (`narrowing`, from the
+    search's root) bounded again by CROWN over their narrowed box with their own
+    intervals (compute_bounds with `tighten_input`): the parent's relaxations, made over
+    the parent's box, hide what the narrowing gains (a distance neuron split active
     confines the inputs to a small box, over which the rest of the net is nearly linear)."""
-    parent = res.box.lower[rep], res.box.upper[rep]
-    shrunk = ((box.upper - box.lower) < 0.5 * (parent[1] - parent[0])).reshape(len(rep), -1).any(1)
-    idx = torch.nonzero(shrunk).flatten()
+    hit = torch.zeros(len(rep), dtype=torch.bool, device=rep.device)
+    for i, relu in enumerate(names):
+        m = narrowing.get(relus[relu])
+        sel = (flat >= offsets[i]) & (flat < offsets[i + 1])
+        if m is None or not bool(sel.any()):
+            continue
+        r = torch.nonzero(sel).flatten()
+        hit[r] = m[(side[r] < 0).long(), flat[r] - offsets[i]]
+    idx = torch.nonzero(hit).flatten()
     if not len(idx):
         return child
     kids = {}
@@ -213,7 +220,7 @@ def _rebound_narrowed(p: Problem, names: list[str], relus: dict[str, str], split
         sg[r, flat[idx][r] - offsets[i]] = side[idx][r].to(sg.dtype)
         kids[z] = sg.reshape(len(idx), *splits[z].shape[1:])
     sub = IntervalBounds(box.lower[idx], box.upper[idx])
-    plain = dataclasses.replace(options, method="crown", coefficients=False, keep_betas=False, tighten_input=False)
+    plain = dataclasses.replace(options, method="crown", coefficients=False, keep_betas=False, tighten_input=True)
     out = compute_bounds(p.graph, sub, p.C, plain, want_upper=False, ev=p.ev, splits=kids,
                          known=p.known or None).lower.detach() - p.d
     child = child.clone()
@@ -222,7 +229,8 @@ def _rebound_narrowed(p: Problem, names: list[str], relus: dict[str, str], split
 
 
 def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict,
-                     rows: T, cand: T, offsets: list[int], options: BoundOptions) -> T:
+                     rows: T, cand: T, offsets: list[int], options: BoundOptions,
+                     narrowing: Optional[dict] = None) -> T:
     """Score [M, K] of the worse child of each candidate of domains `rows` (one backward pass)."""
     M, K = cand.shape
     R = M * K * 2                                   # order: domain, candidate, side (+1 then -1)
@@ -231,13 +239,11 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
     side = torch.tensor([1, -1], device=rows.device).repeat(M * K)      # [R]
     ar = torch.arange(R, device=rows.device)
     table = _RowsTable(res.table, rep)
-    seeds = set()
     for i, relu in enumerate(names):
         z = relus[relu]
         sel = (flat >= offsets[i]) & (flat < offsets[i + 1])
         if not bool(sel.any()):
             continue
-        seeds.add(z)
         b = table[z]
         lo, hi = b.lower.reshape(R, -1).clone(), b.upper.reshape(R, -1).clone()
         j = flat[sel] - offsets[i]
@@ -249,10 +255,6 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
         box = IntervalBounds(res.box.lower[rep], res.box.upper[rep])
     else:
         box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))
-    empty = None
-    if options.tighten_input:    # and by the candidate's decision too
-        table[p.graph.input_name] = box
-        box, empty = tightened_box(BackwardContext(p.graph, p.ev, table, rules_for(p.graph)), table, seeds)
     C = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape)
     if not options.sparse_alpha:
         alphas = {k: v[rep] for k, v in res.alphas.items()} or None
@@ -271,8 +273,7 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
         precision = options.precision or Precision.for_dtype(p.ev.dtype)
         with torch.no_grad():
             child = backward_lower(ctx, p.graph.output_name, C).concretize(box, precision) - p.d
-    if empty is not None:
-        child = torch.where(empty.unsqueeze(1), torch.full_like(child, torch.inf), child)
-        child = _rebound_narrowed(p, names, relus, splits, rep, flat, side, offsets, box, res, child, options)
+    if narrowing is not None and options.tighten_input:
+        child = _rebound_narrowed(p, names, relus, splits, rep, flat, side, offsets, box, narrowing, child, options)
     _, score = rows_status(p, child)
     return score.reshape(M, K, 2).amin(2)

@@ -30,6 +30,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds
 from relaxations.crown import BackwardContext, affine_rows
 from relaxations.registry import is_affine_node
@@ -48,12 +49,40 @@ _REL = 1e-12          # relative rounding margin of a float64 sum of up to ~1e3 
 class _Rows:
     """An affine node as rows: M [K, J] over its variable inputs flattened and concatenated
     (`parts`: name, numel), b [K]; `single` when every row has one nonzero (column [K],
-    coefficient [K]): selections and elementwise affine ops, inverted row by row."""
+    coefficient [K]): selections and elementwise affine ops, inverted row by row (M is
+    then empty [0, J] for a selection, whose rows come without a matrix)."""
 
     M: T
     b: T
     parts: list
     single: Optional[tuple[T, T]]
+
+
+def _selection_rows(ctx: BackwardContext, node, variable: list, K: int, J: int) -> Optional[_Rows]:
+    """A selection's rows without a matrix: the op applied to the inputs' flat positions
+    says which input element each output element copies (positions below 2^53 are
+    exact in float64). None when some output element is not a copy (padding)."""
+    args, parts, start = [], [], 0
+    for x, v in zip(node.inputs, variable):
+        if v:
+            n = torch.Size(ctx.graph.shapes[x]).numel()
+            args.append(torch.arange(start, start + n, dtype=torch.float64, device=ctx.ev.device)
+                        .reshape(ctx.graph.shapes[x]))
+            parts.append((x, n))
+            start += n
+        else:
+            args.append(None if not x else ctx.ev.constants[x])
+    fn = forward_rule(node).fn
+    first = fn(node, args)[0].reshape(-1)
+    # Every output must copy an input element: shifting the positions by one must shift
+    # it by one (a padded constant would not move, and gets no row at all).
+    moved = fn(node, [a + 1 if v else a for a, v in zip(args, variable)])[0].reshape(-1)
+    if first.numel() != K or not bool((moved - first == 1).all()):
+        return None
+    col = first.long()
+    one = torch.ones(K, dtype=torch.float64, device=col.device)
+    return _Rows(torch.zeros(0, J, dtype=torch.float64, device=col.device), torch.zeros(K, dtype=torch.float64,
+                 device=col.device), parts, (col, one))
 
 
 # The affine nodes' rows per evaluator (one per model and dtype in a run), kept while
@@ -71,7 +100,10 @@ def _rows_of(ctx: BackwardContext, node, cache: Optional[dict]) -> Optional[_Row
     variable = [bool(x) and x not in consts for x in node.inputs]
     K = torch.Size(ctx.graph.shapes[node.outputs[0]]).numel() if len(node.outputs) == 1 else 0
     J = sum(torch.Size(ctx.graph.shapes[x]).numel() for x, v in zip(node.inputs, variable) if v)
-    if K and J and K * max(J, K) <= MAX_MATRIX and len(set(x for x, v in zip(node.inputs, variable) if v)) == sum(variable):
+    distinct = len(set(x for x, v in zip(node.inputs, variable) if v)) == sum(variable)
+    if K and J and distinct and "selection" in ctx.rules[node.name].facts:
+        out = _selection_rows(ctx, node, variable, K, J)
+    elif K and J and K * max(J, K) <= MAX_MATRIX and distinct:
         eye = torch.eye(K, dtype=ctx.ev.dtype, device=ctx.ev.device).reshape(1, K, *ctx.graph.shapes[node.outputs[0]])
         A_ins, bias, _ = affine_rows(ctx, node, eye)
         blocks, parts = [], []
