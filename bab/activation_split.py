@@ -13,6 +13,7 @@ counterexample candidates.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -112,6 +113,7 @@ class ReluBrancher:
     tuning: Tuning = DEFAULT_TUNING
     warm_start: bool = False
     open_rows: bool = False
+    NARROWING_TRIES = 2048        # neurons `_narrowing` tries at most
     multi_split: int = 0          # extra neurons split per domain while the round has room
     room: int = 0                 # children a round may bound (2 x batch size)
     learn: bool = False           # nogoods from proved domains (bab/learned.py)
@@ -169,15 +171,20 @@ class ReluBrancher:
         inactive), tried for every neuron unstable at the root over the root's intervals.
         Filtered smart branching bounds only these candidates' children over a narrowed
         box; where there is none (a convolution too large for the backward rows), the
-        search skips the narrowing altogether, which costs a backward pass per round."""
+        search skips the narrowing altogether, which costs a backward pass per round.
+        At most `NARROWING_TRIES` neurons are tried, first layers first, and none past the
+        deadline (on oval21's cifar_deep_kw trying them all ran the search 5 s past it)."""
         p = self.problem
         found = {z: torch.zeros(2, torch.Size(s).numel(), dtype=torch.bool, device=p.lower.device)
                  for z, s in self.shapes.items()}
         ctx = BackwardContext(p.graph, p.ev, res.table, rules_for(p.graph))
         box = res.table[p.graph.input_name]
+        budget = self.NARROWING_TRIES
         for z, idx in self.unstable.items():
-            for s in range(0, len(idx), chunk):
-                j = idx[s:s + chunk]
+            for s in range(0, min(len(idx), budget), chunk):
+                if self.options.deadline is not None and time.monotonic() > self.options.deadline:
+                    return found
+                j = idx[s:min(s + chunk, budget)]
                 n = 2 * len(j)
                 sign = torch.zeros(n, torch.Size(self.shapes[z]).numel(), dtype=torch.int8, device=j.device)
                 rows = torch.arange(n, device=j.device)
@@ -188,10 +195,14 @@ class ReluBrancher:
                 b = table[z]
                 table[z] = IntervalBounds(torch.where(sign > 0, b.lower.clamp(min=0), b.lower),
                                           torch.where(sign < 0, b.upper.clamp(max=0), b.upper))
-                new, _ = tightened_box(dataclasses.replace(ctx, table=table), table, {z})
+                new, _ = tightened_box(dataclasses.replace(ctx, table=table), table,
+                                       {z: (sign != 0).reshape(n, -1).any(0)})
                 halved = (new.upper - new.lower < 0.5 * (box.upper - box.lower)).reshape(n, -1).any(1)
                 found[z][0, j] |= halved[:len(j)]
                 found[z][1, j] |= halved[len(j):]
+            budget -= min(len(idx), budget)
+            if budget <= 0:
+                break
         return found
 
     def _keep(self, res, lb: T, rows: Optional[T] = None, inherited: Optional[tuple[dict, dict]] = None

@@ -493,7 +493,7 @@ def _tightened(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: B
     to under half its width in some input, when the others take IBP's (intervals by IBP
     alone lose over a small box most of what the narrowing gained). Domains found empty
     are infeasible."""
-    seeds = {z for z, s in splits.items() if bool((s != 0).any())}
+    seeds = {z: (s != 0).reshape(s.shape[0], -1).any(0) for z, s in splits.items() if bool((s != 0).any())}
     if not seeds:
         return box, table, ctx, infeasible
     new, empty = tightened_box(ctx, table, seeds)

@@ -130,14 +130,16 @@ def _outward(lo: T, hi: T, dtype: torch.dtype) -> tuple[T, T]:
     return l, h
 
 
-def _invert_single(r: _Rows, yl: T, yu: T) -> tuple[T, T]:
-    """x intervals [N, J] implied by rows with one term each: x_j = (y_k - b_k) / c_k,
-    the tightest over the rows that read x_j (+-inf where none does)."""
+def _invert_single(r: _Rows, yl: T, yu: T, rows: T) -> tuple[T, T]:
+    """x intervals [N, J] implied by the rows `rows` (mask [K]) with one term each:
+    x_j = (y_k - b_k) / c_k, the tightest over the rows that read x_j (+-inf where none does)."""
     col, c = r.single
+    col, c, b = col[rows], c[rows], r.b[rows]
+    yl, yu = yl[:, rows], yu[:, rows]
     N, J = yl.shape[0], r.M.shape[1]
-    a, bnd = (yl - r.b) / c, (yu - r.b) / c
+    a, bnd = (yl - b) / c, (yu - b) / c
     lo_k, hi_k = torch.where(c > 0, a, bnd), torch.where(c > 0, bnd, a)
-    mass = _REL * (1 + (yl.abs() + yu.abs() + r.b.abs()) / c.abs())
+    mass = _REL * (1 + (yl.abs() + yu.abs() + b.abs()) / c.abs())
     lo_k, hi_k = lo_k - mass, hi_k + mass
     idx = col.unsqueeze(0).expand(N, -1)
     lo = torch.full((N, J), -torch.inf, dtype=torch.float64, device=yl.device).scatter_reduce(1, idx, lo_k, "amax")
@@ -145,15 +147,18 @@ def _invert_single(r: _Rows, yl: T, yu: T) -> tuple[T, T]:
     return lo, hi
 
 
-def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T) -> tuple[T, T]:
-    """x intervals [N, J] implied by dense rows (module docstring), over the rows whose
-    slack is below some term's range in some domain (the others tighten nothing)."""
+def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T, rows: T) -> tuple[T, T]:
+    """x intervals [N, J] implied by dense rows (module docstring), over the rows of
+    `rows` (mask [K]) whose slack is below some term's range in some domain (the others
+    tighten nothing)."""
     M, b = r.M, r.b
     N, J = xl.shape
     lo = torch.full((N, J), -torch.inf, dtype=torch.float64, device=xl.device)
     hi = torch.full((N, J), torch.inf, dtype=torch.float64, device=xl.device)
     # Which rows can tighten anything, in float32 with room (a filter only: the kept rows
     # are then worked out in float64).
+    sel = torch.nonzero(rows).flatten()
+    M, b, yl, yu = M[sel], b[sel], yl[:, sel], yu[:, sel]
     f32 = [t.float() for t in (M, b, xl, xu, yl, yu)]
     Mf, bf, xlf, xuf, ylf, yuf = f32
     pos, neg = Mf.clamp(min=0), Mf.clamp(max=0)
@@ -171,13 +176,19 @@ def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T) -> tuple[T, T]:
     smax = xu @ pos.T + xl @ neg.T
     mag = torch.maximum(xl.abs(), xu.abs()) @ M.abs().T + b.abs() + yl.abs().nan_to_num(0, 0, 0) \
         + yu.abs().nan_to_num(0, 0, 0)
+    # Each row's nonzero terms only ([k, P] columns, padded with zero coefficients): a
+    # convolution's row reads its receptive field, not the whole input.
+    P = max(1, int((M != 0).sum(1).max()))
+    vals, cols = M.abs().topk(P, dim=1)
+    coef = M.gather(1, cols)
     rows = torch.arange(len(rows), device=xl.device)
-    step = max(1, _CHUNK // max(1, N * J))
+    step = max(1, _CHUNK // max(1, N * P))
     for s in range(0, len(rows), step):
         k = rows[s:s + step]
-        L = M[k]                                                     # [k, J]
-        tmin = torch.minimum(L * xl.unsqueeze(1), L * xu.unsqueeze(1))   # [N, k, J]
-        tmax = torch.maximum(L * xl.unsqueeze(1), L * xu.unsqueeze(1))
+        L, idx = coef[k], cols[k]                                    # [k, P]
+        xlg, xug = xl[:, idx], xu[:, idx]                            # [N, k, P]
+        tmin = torch.minimum(L * xlg, L * xug)
+        tmax = torch.maximum(L * xlg, L * xug)
         # The term's room: the row's bound less the other terms at their extremes.
         t_hi = (yu[:, k] - b[k] - smin[:, k]).unsqueeze(-1) + tmin
         t_lo = (yl[:, k] - b[k] - smax[:, k]).unsqueeze(-1) + tmax
@@ -187,10 +198,11 @@ def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T) -> tuple[T, T]:
         a, c = t_lo / safe, t_hi / safe
         x_lo = torch.where(L > 0, a, torch.where(L < 0, c, torch.full_like(a, -torch.inf)))
         x_hi = torch.where(L > 0, c, torch.where(L < 0, a, torch.full_like(a, torch.inf)))
-        x_lo = x_lo.nan_to_num(nan=-torch.inf)
-        x_hi = x_hi.nan_to_num(nan=torch.inf)
-        lo = torch.maximum(lo, x_lo.amax(1))
-        hi = torch.minimum(hi, x_hi.amin(1))
+        x_lo = x_lo.nan_to_num(nan=-torch.inf).reshape(N, -1)
+        x_hi = x_hi.nan_to_num(nan=torch.inf).reshape(N, -1)
+        flat = idx.reshape(1, -1).expand(N, -1)
+        lo = lo.scatter_reduce(1, flat, x_lo, "amax")
+        hi = hi.scatter_reduce(1, flat, x_hi, "amin")
     return lo, hi
 
 
@@ -209,15 +221,25 @@ class _Ends(dict):
         return out
 
 
-def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], seeds: set,
+def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], seeds: Mapping[str, T],
                   cache: Optional[dict] = None) -> tuple[IntervalBounds, T]:
     """The input box [N, *input_shape] that the intervals of `table` imply, walking back
     from the tensors in `seeds` (those narrowed beyond their forward intervals: split
-    tensors), and [N] the domains whose intervals turned out empty (they hold no input).
-    `cache` keeps the affine nodes' rows between calls (default: per evaluator)."""
+    tensors, each with a bool mask [numel] of the elements narrowed in some domain), and
+    [N] the domains whose intervals turned out empty (they hold no input). Only rows of
+    narrowed elements are read: an element at its forward interval rarely tightens its
+    inputs, and skipping a row only tightens less. `cache` keeps the affine nodes' rows
+    between calls (default: per evaluator)."""
     graph = ctx.graph
     lo, hi = _Ends(table, "lower"), _Ends(table, "upper")
-    changed = set(seeds)
+    changed = {k: m.reshape(-1) for k, m in seeds.items()}
+
+    def moved(x: str, new_lo: T, new_hi: T) -> None:
+        m = ((new_lo > lo[x]) | (new_hi < hi[x])).any(0)
+        if bool(m.any()):
+            lo[x], hi[x] = torch.maximum(lo[x], new_lo), torch.minimum(hi[x], new_hi)
+            changed[x] = changed[x] | m if x in changed else m
+
     for node in reversed(graph.nodes):
         if not any(o in changed for o in node.outputs):
             continue
@@ -226,11 +248,8 @@ def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], see
         y = node.outputs[0]
         if node.op == "Relu":
             x = node.inputs[0]
-            new_hi = torch.where(hi[y] >= 0, torch.minimum(hi[x], hi[y]), hi[x])
-            new_lo = torch.where(lo[y] > 0, torch.maximum(lo[x], lo[y]), lo[x])
-            if bool((new_hi < hi[x]).any() or (new_lo > lo[x]).any()):
-                lo[x], hi[x] = new_lo, new_hi
-                changed.add(x)
+            moved(x, torch.where(lo[y] > 0, torch.maximum(lo[x], lo[y]), lo[x]),
+                  torch.where(hi[y] >= 0, torch.minimum(hi[x], hi[y]), hi[x]))
             continue
         if not is_affine_node(node, rule, variable):
             continue
@@ -239,17 +258,17 @@ def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], see
             continue
         xl = torch.cat([lo[x] for x, _ in r.parts], 1)
         xu = torch.cat([hi[x] for x, _ in r.parts], 1)
+        rows = changed.get(y)
+        if rows is None:
+            continue
         if r.single is not None:
-            nl, nh = _invert_single(r, lo[y], hi[y])
+            nl, nh = _invert_single(r, lo[y], hi[y], rows)
         else:
-            nl, nh = _invert_dense(r, lo[y], hi[y], xl, xu)
+            nl, nh = _invert_dense(r, lo[y], hi[y], xl, xu, rows)
         start = 0
         for x, n in r.parts:
-            a, c = nl[:, start:start + n], nh[:, start:start + n]
+            moved(x, nl[:, start:start + n], nh[:, start:start + n])
             start += n
-            if bool((a > lo[x]).any() or (c < hi[x]).any()):
-                lo[x], hi[x] = torch.maximum(lo[x], a), torch.minimum(hi[x], c)
-                changed.add(x)
     box = table[graph.input_name]
     l64, h64 = lo[graph.input_name], hi[graph.input_name]
     l32, h32 = _outward(l64, h64, box.lower.dtype)

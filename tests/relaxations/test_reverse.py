@@ -33,7 +33,8 @@ def _box_of(model, splits: dict, lo: float = -1.0, hi: float = 1.0):
     opts = BoundOptions(method="crown", intermediate="ibp")
     table, ctx, infeasible = intermediate_bounds(g, ev, box, opts, splits)
     ctx = BackwardContext(g, ev, table, rules_for(g))
-    return tightened_box(ctx, table, {z for z, s in splits.items() if bool((s != 0).any())}), infeasible
+    seeds = {z: (s != 0).reshape(s.shape[0], -1).any(0) for z, s in splits.items() if bool((s != 0).any())}
+    return tightened_box(ctx, table, seeds), infeasible
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
