@@ -251,7 +251,7 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
         lo[r[act], j[act]] = 0.0
         hi[r[~act], j[~act]] = 0.0
         table[z] = IntervalBounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
-    if res.box is not None:      # the parent's box, narrowed by its decisions (tighten_input)
+    if options.tighten_input and res.box is not None:   # the parent's box, narrowed by its decisions
         box = IntervalBounds(res.box.lower[rep], res.box.upper[rep])
     else:
         box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))

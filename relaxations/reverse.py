@@ -20,7 +20,8 @@ vector-Jacobian product, kept once per node, for nodes up to `MAX_MATRIX` elemen
 any other node stops it, which is sound: its inputs keep their forward intervals.
 Rows whose slack exceeds every term's range cannot tighten anything and are skipped.
 The arithmetic is float64 and every new end moves outward by a margin for its sums'
-rounding before it is stored back as float32, rounded outward again.
+rounding (`_rel`; the rows are made in float64 from the model's constants) before it
+is stored back as float32, rounded outward again.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from models import GraphEvaluator
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds
 from relaxations.crown import BackwardContext, affine_rows
@@ -42,7 +44,13 @@ T = torch.Tensor
 MAX_MATRIX = 1 << 22
 # Elements of one chunk of the [domains, rows, inputs] products of dense rows.
 _CHUNK = 1 << 21
-_REL = 1e-12          # relative rounding margin of a float64 sum of up to ~1e3 terms, with room
+
+
+def _rel(terms: int) -> float:
+    """Relative margin of a row's bound: its float64 sum of `terms` terms (gamma_n, with
+    room for the rows' own float64 rounding: a weight scaled on the way, a Gemm's alpha,
+    a Div, an average's 1/k, is rounded once when the rows are made)."""
+    return (terms + 8) * 2.0 ** -53
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ def _selection_rows(ctx: BackwardContext, node, variable: list, K: int, J: int) 
                  device=col.device), parts, (col, one))
 
 
+_FLOAT64 = " float64 evaluator"    # a cache key no node is named: the evaluator the rows are made with
+
 # The affine nodes' rows per evaluator (one per model and dtype in a run), kept while
 # it lives: a search asks for the same rows every round.
 _ROWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -104,8 +114,15 @@ def _rows_of(ctx: BackwardContext, node, cache: Optional[dict]) -> Optional[_Row
     if K and J and distinct and "selection" in ctx.rules[node.name].facts:
         out = _selection_rows(ctx, node, variable, K, J)
     elif K and J and K * max(J, K) <= MAX_MATRIX and distinct:
-        eye = torch.eye(K, dtype=ctx.ev.dtype, device=ctx.ev.device).reshape(1, K, *ctx.graph.shapes[node.outputs[0]])
-        A_ins, bias, _ = affine_rows(ctx, node, eye)
+        # Made in float64 from the model's constants: rows made in float32 would carry the
+        # rounding of every scaled weight, which the float64 margin does not cover.
+        ev64 = cache.get(_FLOAT64)
+        if ev64 is None:
+            ev64 = ctx.ev if ctx.ev.dtype == torch.float64 else \
+                GraphEvaluator(ctx.graph, dtype=torch.float64, device=ctx.ev.device)
+            cache[_FLOAT64] = ev64
+        eye = torch.eye(K, dtype=torch.float64, device=ctx.ev.device).reshape(1, K, *ctx.graph.shapes[node.outputs[0]])
+        A_ins, bias, _ = affine_rows(BackwardContext(ctx.graph, ev64, {}, ctx.rules), node, eye)
         blocks, parts = [], []
         for x, v, a in zip(node.inputs, variable, A_ins):
             if v:
@@ -130,7 +147,7 @@ def _outward(lo: T, hi: T, dtype: torch.dtype) -> tuple[T, T]:
     return l, h
 
 
-def _invert_single(r: _Rows, yl: T, yu: T, rows: T) -> tuple[T, T]:
+def _invert_single(r: _Rows, yl: T, yu: T, rows: T, rel: float) -> tuple[T, T]:
     """x intervals [N, J] implied by the rows `rows` (mask [K]) with one term each:
     x_j = (y_k - b_k) / c_k, the tightest over the rows that read x_j (+-inf where none does)."""
     col, c = r.single
@@ -139,7 +156,7 @@ def _invert_single(r: _Rows, yl: T, yu: T, rows: T) -> tuple[T, T]:
     N, J = yl.shape[0], r.M.shape[1]
     a, bnd = (yl - b) / c, (yu - b) / c
     lo_k, hi_k = torch.where(c > 0, a, bnd), torch.where(c > 0, bnd, a)
-    mass = _REL * (1 + (yl.abs() + yu.abs() + b.abs()) / c.abs())
+    mass = rel * (1 + (yl.abs().nan_to_num(0, 0, 0) + yu.abs().nan_to_num(0, 0, 0) + b.abs()) / c.abs())
     lo_k, hi_k = lo_k - mass, hi_k + mass
     idx = col.unsqueeze(0).expand(N, -1)
     lo = torch.full((N, J), -torch.inf, dtype=torch.float64, device=yl.device).scatter_reduce(1, idx, lo_k, "amax")
@@ -147,7 +164,7 @@ def _invert_single(r: _Rows, yl: T, yu: T, rows: T) -> tuple[T, T]:
     return lo, hi
 
 
-def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T, rows: T) -> tuple[T, T]:
+def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T, rows: T, rel: float) -> tuple[T, T]:
     """x intervals [N, J] implied by dense rows (module docstring), over the rows of
     `rows` (mask [K]) whose slack is below some term's range in some domain (the others
     tighten nothing)."""
@@ -192,7 +209,7 @@ def _invert_dense(r: _Rows, yl: T, yu: T, xl: T, xu: T, rows: T) -> tuple[T, T]:
         # The term's room: the row's bound less the other terms at their extremes.
         t_hi = (yu[:, k] - b[k] - smin[:, k]).unsqueeze(-1) + tmin
         t_lo = (yl[:, k] - b[k] - smax[:, k]).unsqueeze(-1) + tmax
-        margin = (_REL * mag[:, k]).unsqueeze(-1)
+        margin = (rel * mag[:, k]).unsqueeze(-1)
         t_hi, t_lo = t_hi + margin, t_lo - margin
         safe = torch.where(L == 0, torch.ones_like(L), L)
         a, c = t_lo / safe, t_hi / safe
@@ -235,6 +252,8 @@ def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], see
     changed = {k: m.reshape(-1) for k, m in seeds.items()}
 
     def moved(x: str, new_lo: T, new_hi: T) -> None:
+        # A NaN end (inf - inf in a row's sum) says nothing: it must not reach the box.
+        new_lo, new_hi = new_lo.nan_to_num(nan=-torch.inf), new_hi.nan_to_num(nan=torch.inf)
         m = ((new_lo > lo[x]) | (new_hi < hi[x])).any(0)
         if bool(m.any()):
             lo[x], hi[x] = torch.maximum(lo[x], new_lo), torch.minimum(hi[x], new_hi)
@@ -262,9 +281,9 @@ def tightened_box(ctx: BackwardContext, table: Mapping[str, IntervalBounds], see
         if rows is None:
             continue
         if r.single is not None:
-            nl, nh = _invert_single(r, lo[y], hi[y], rows)
+            nl, nh = _invert_single(r, lo[y], hi[y], rows, _rel(1))
         else:
-            nl, nh = _invert_dense(r, lo[y], hi[y], xl, xu, rows)
+            nl, nh = _invert_dense(r, lo[y], hi[y], xl, xu, rows, _rel(xl.shape[1]))
         start = 0
         for x, n in r.parts:
             moved(x, nl[:, start:start + n], nh[:, start:start + n])
