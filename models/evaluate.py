@@ -13,12 +13,44 @@ from torch.func import vmap
 from models.graph import Graph, Node
 from models.ops import forward_rule
 
-__all__ = ["GraphEvaluator", "cast_constants", "BROADCASTING"]
+__all__ = ["GraphEvaluator", "cast_constants", "BROADCASTING", "stacked_call", "map_samples"]
 
 # Ops whose forward rule, applied to a batch [B, *sample] at once, computes every sample
 # as vmap would: elementwise maths with numpy broadcasting, and MatMul of a variable
 # (left) by a constant (right), which torch.matmul broadcasts over leading dimensions.
 BROADCASTING = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Sub", "Mul", "Div", "MatMul"})
+
+
+def stacked_call(node: Node, fn, args: list, variable: list) -> Optional[list[torch.Tensor]]:
+    """`fn(node, args)` for B samples at once, stacked on ONNX's N axis, or None.
+
+    Only for a rule that declares `batches` for these inputs (models/ops/registry.py),
+    and only when every variable input is [B, 1, ...] (the graph's own batch is 1): the
+    samples' N axes, of size 1, are dropped, the B samples take their place, and each
+    output gets its size-1 N axis back. Any other case is None and the caller maps.
+    """
+    batches = forward_rule(node).batches
+    if batches is None or not any(variable):
+        return None
+    if any(v and (a.dim() < 2 or a.shape[1] != 1) for a, v in zip(args, variable)):
+        return None
+    if not batches(node, variable, args):
+        return None
+    outs = fn(node, [a.squeeze(1) if v else a for a, v in zip(args, variable)])
+    return [o.unsqueeze(1) for o in outs]
+
+
+def map_samples(node: Node, fn, args: list, variable: list) -> list[torch.Tensor]:
+    """`fn` (written for one sample) over the leading batch axis of the variable inputs:
+    stacked on the N axis where the rule allows it (`stacked_call`), else by vmap."""
+    out = stacked_call(node, fn, args, variable)
+    if out is not None:
+        return out
+
+    def call(*xs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        return tuple(fn(node, list(xs)))
+
+    return list(vmap(call, in_dims=tuple(0 if v else None for v in variable))(*args))
 
 
 def cast_constants(constants: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -66,7 +98,8 @@ class GraphEvaluator:
         `BROADCASTING` the rule applied to the whole batch at once is the same function
         (elementwise maths and matrix products broadcast over leading dimensions), and
         skips vmap's per-call cost (40% of an input-split search's time on ACAS Xu). The
-        result's shape is checked against the graph's; any other shape falls back to vmap.
+        result's shape is checked against the graph's; any other shape falls back to vmap,
+        or to stacking on the N axis where the rule declares it safe (`stacked_call`).
         """
         fn = forward_rule(node).fn
         args, dims = self.node_inputs(node, values)
@@ -74,11 +107,7 @@ class GraphEvaluator:
             out = self._direct(node, fn, args, dims)
             if out is not None:
                 return out
-
-        def call(*xs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-            return tuple(fn(node, list(xs)))
-
-        return list(vmap(call, in_dims=tuple(dims))(*args))
+        return map_samples(node, fn, args, [d == 0 for d in dims])
 
     def _direct(self, node: Node, fn, args: list, dims: list) -> Optional[list[torch.Tensor]]:
         """fn on the batch at once, when every variable input has its sample's rank + 1 and

@@ -325,8 +325,9 @@ def slot_bounds(ctx: BackwardContext, node: Node, rule: OpRule,
     def gather(n: Node, xs: list) -> list[T]:
         return [rule.gather(n, xs)]
 
-    lo = batched(node, gather, [x.lower if isinstance(x, IntervalBounds) else x for x in ins], mask)[0]
-    hi = batched(node, gather, [x.upper if isinstance(x, IntervalBounds) else x for x in ins], mask)[0]
+    # The gather's outputs carry a slot axis: mapped per sample, never stacked on N.
+    lo = batched(node, gather, [x.lower if isinstance(x, IntervalBounds) else x for x in ins], mask, stack=False)[0]
+    hi = batched(node, gather, [x.upper if isinstance(x, IntervalBounds) else x for x in ins], mask, stack=False)[0]
     return lo, hi
 
 

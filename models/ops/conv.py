@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.graph import Node
-from models.ops.registry import register_forward
+from models.ops.registry import first_input, register_forward
 
 __all__ = ["register", "spatial_pads", "conv_forward"]
 
@@ -102,6 +102,6 @@ def _batchnorm(node: Node, xs: Sequence[T | None]) -> list[T]:
 
 
 def register() -> None:
-    register_forward("Conv", _conv)
-    register_forward("ConvTranspose", _conv_transpose)
-    register_forward("BatchNormalization", _batchnorm)
+    register_forward("Conv", _conv, batches=first_input)
+    register_forward("ConvTranspose", _conv_transpose, batches=first_input)
+    register_forward("BatchNormalization", _batchnorm, batches=first_input)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.graph import Node
-from models.ops.registry import register_forward
+from models.ops.registry import broadcasting, register_forward
 
 __all__ = ["register"]
 
@@ -111,12 +111,12 @@ def _cast(node: Node, xs: Sequence[T | None]) -> list[T]:
 
 
 def register() -> None:
-    register_forward("Add", _binary(torch.add))
-    register_forward("Sub", _binary(torch.sub))
-    register_forward("Mul", _binary(torch.mul))
+    register_forward("Add", _binary(torch.add), batches=broadcasting)
+    register_forward("Sub", _binary(torch.sub), batches=broadcasting)
+    register_forward("Mul", _binary(torch.mul), batches=broadcasting)
     register_forward("Div", _binary(lambda a, b: a / b if a.is_floating_point() or b.is_floating_point()
                                     else torch.div(a, b, rounding_mode="trunc")))
-    register_forward("Neg", _unary(torch.neg))
+    register_forward("Neg", _unary(torch.neg), batches=broadcasting)
     register_forward("Abs", _unary(torch.abs))
     register_forward("Sign", _unary(torch.sign))
     register_forward("Sqrt", _unary(torch.sqrt))
@@ -125,10 +125,10 @@ def register() -> None:
     register_forward("Reciprocal", _unary(torch.reciprocal))
     register_forward("Sin", _unary(torch.sin))
     register_forward("Cos", _unary(torch.cos))
-    register_forward("Relu", _unary(torch.relu))
-    register_forward("Sigmoid", _unary(torch.sigmoid))
-    register_forward("Tanh", _unary(torch.tanh))
-    register_forward("LeakyRelu", _leaky)
+    register_forward("Relu", _unary(torch.relu), batches=broadcasting)
+    register_forward("Sigmoid", _unary(torch.sigmoid), batches=broadcasting)
+    register_forward("Tanh", _unary(torch.tanh), batches=broadcasting)
+    register_forward("LeakyRelu", _leaky, batches=broadcasting)
     # Opsets: where each op first appears in the ONNX standard (later versions only
     # widened the accepted types, which the importer casts to float32 anyway).
     register_forward("Softplus", _softplus)

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 
 from models.graph import Node
-from models.ops.registry import register_forward
+from models.ops.registry import first_input, register_forward
 
 __all__ = ["register", "gemm_parts"]
 
@@ -41,4 +41,6 @@ def _matmul(node: Node, xs: Sequence[T | None]) -> list[T]:
 
 def register() -> None:
     register_forward("MatMul", _matmul)
-    register_forward("Gemm", _gemm)
+    # Gemm's rows are samples when only A varies and is not transposed.
+    register_forward("Gemm", _gemm, batches=lambda node, variable, args: first_input(node, variable, args)
+                     and not int(node.attr("transA", 0)))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models.graph import Node
 from models.ops.conv import spatial_pads, torch_pad_order
-from models.ops.registry import register_forward
+from models.ops.registry import first_input, register_forward
 
 __all__ = ["register", "resize_indices"]
 
@@ -164,10 +164,10 @@ def _upsample(node: Node, xs: Sequence[T | None]) -> list[T]:
 
 
 def register() -> None:
-    register_forward("MaxPool", _maxpool)
-    register_forward("AveragePool", _avgpool)
-    register_forward("GlobalAveragePool", _global_avgpool)
-    register_forward("GlobalMaxPool", _global_maxpool)
+    register_forward("MaxPool", _maxpool, batches=first_input)
+    register_forward("AveragePool", _avgpool, batches=first_input)
+    register_forward("GlobalAveragePool", _global_avgpool, batches=first_input)
+    register_forward("GlobalMaxPool", _global_maxpool, batches=first_input)
     register_forward("Pad", _pad)
     register_forward("Resize", _resize)
     register_forward("Upsample", _upsample)

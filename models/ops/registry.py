@@ -5,20 +5,45 @@ forward and every bounding rule in `relaxations` use them, so there is one defin
 of what an op computes. Each takes the node and its input tensors in exact ONNX shapes
 (no extra batch dimension: batching is added with `torch.func.vmap`) and returns the
 list of output tensors.
+
+A rule may also declare `batches(node, variable, args)`: whether the rule treats axis 0
+as ONNX's N axis, sample by sample, for this node with these inputs (`variable[i]`:
+args[i] is a stack of samples [B, *sample], else a constant or None). Where the graph's batch is 1 (every variable
+input's axis 0 has size 1), B samples can then go through the rule at once stacked on
+that axis (`models.evaluate.stacked_call`), which costs far less than vmap on small
+tensors (certified training's steps, small domains).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from models.errors import UnsupportedModel
 from models.graph import Node
 
-__all__ = ["ForwardFn", "ForwardRule", "FORWARD", "register_forward", "forward_rule"]
+__all__ = ["ForwardFn", "ForwardRule", "FORWARD", "register_forward", "forward_rule", "first_input",
+           "broadcasting"]
 
 ForwardFn = Callable[[Node, Sequence[torch.Tensor | None]], list[torch.Tensor]]
+Args = Sequence[Optional[torch.Tensor]]
+Batches = Callable[[Node, Sequence[bool], Args], bool]
+
+
+def first_input(node: Node, variable: Sequence[bool], args: Args) -> bool:
+    """`batches` of ops that treat axis 0 of their first input as N whatever their
+    attributes (convolutions, pooling, batch normalisation), when only that input varies:
+    the others are parameters, never broadcast against it."""
+    return bool(variable) and variable[0] and not any(variable[1:])
+
+
+def broadcasting(node: Node, variable: Sequence[bool], args: Args) -> bool:
+    """`batches` of elementwise ops with numpy broadcasting: no constant may reach axis 0
+    with a size other than 1 (it would broadcast against the stacked samples)."""
+    rank = next(a.dim() - 1 for a, v in zip(args, variable) if v)
+    return all(a.dim() < rank or (a.dim() == rank and a.shape[0] == 1)
+               for a, v in zip(args, variable) if not v and a is not None)
 
 
 @dataclass(frozen=True)
@@ -27,18 +52,20 @@ class ForwardRule:
     min_opset: int
     max_opset: int
     fn: ForwardFn
+    batches: Optional[Batches] = None      # see the module docstring
 
 
 FORWARD: dict[str, list[ForwardRule]] = {}
 
 
-def register_forward(op: str, fn: ForwardFn, min_opset: int = 1, max_opset: int = 10_000) -> None:
+def register_forward(op: str, fn: ForwardFn, min_opset: int = 1, max_opset: int = 10_000,
+                     batches: Optional[Batches] = None) -> None:
     """Register `fn` for `op` in [min_opset, max_opset]; overlapping ranges are an error."""
     rules = FORWARD.setdefault(op, [])
     for r in rules:
         if not (max_opset < r.min_opset or min_opset > r.max_opset):
             raise ValueError(f"forward for {op} opsets {min_opset}-{max_opset} registered twice")
-    rules.append(ForwardRule(op, min_opset, max_opset, fn))
+    rules.append(ForwardRule(op, min_opset, max_opset, fn, batches))
 
 
 def forward_rule(node: Node) -> ForwardRule:

@@ -164,7 +164,8 @@ def _range(node: Node, xs: Sequence[T | None]) -> list[T]:
 
 
 def register() -> None:
-    register_forward("Flatten", _flatten)
+    # Only axis 1 keeps N as axis 0: (1, C, H, W) -> (1, CHW); other axes merge or split it.
+    register_forward("Flatten", _flatten, batches=lambda node, variable, args: int(node.attr("axis", 1)) == 1)
     register_forward("Reshape", _reshape)
     register_forward("Transpose", _transpose)
     register_forward("Squeeze", _squeeze)

@@ -7,6 +7,7 @@ import torch
 from torch.func import vmap
 
 from models import Node
+from models.evaluate import map_samples
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds
 
@@ -16,14 +17,22 @@ T = torch.Tensor
 Ins = Sequence["IntervalBounds | T | None"]
 
 
-def batched(node: Node, fn: Callable, args: Sequence[T | None], batched_mask: Sequence[bool]) -> list[T]:
-    """Apply a per-sample function `fn(node, args)` over the leading batch dimension."""
-    dims = tuple(0 if b else None for b in batched_mask)
+def batched(node: Node, fn: Callable, args: Sequence[T | None], batched_mask: Sequence[bool],
+            stack: bool = True) -> list[T]:
+    """Apply a per-sample function `fn(node, args)` over the leading batch dimension.
+
+    `fn` must compute what the node's op computes, or a function of it sample by sample
+    along the same axes (its radius through |W|, its zero term): then the samples may be
+    stacked on the op's N axis where its forward rule allows (`models.evaluate.stacked_call`).
+    `stack` False always maps by vmap (a function whose axis 0 means something else).
+    """
+    if stack:
+        return map_samples(node, fn, list(args), list(batched_mask))
 
     def call(*xs: T | None) -> tuple[T, ...]:
         return tuple(fn(node, list(xs)))
 
-    return list(vmap(call, in_dims=dims)(*args))
+    return list(vmap(call, in_dims=tuple(0 if b else None for b in batched_mask))(*args))
 
 
 def monotone_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
