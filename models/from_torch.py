@@ -106,6 +106,11 @@ class _Builder:
         return arg
 
 
+def _global(size: Any) -> bool:
+    """An adaptive pooling's output size of 1 everywhere: a global pooling."""
+    return all(v == 1 for v in (size if isinstance(size, (list, tuple)) else (size,)))
+
+
 def _pair(v: Any, n: int) -> list[int]:
     return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)] * n
 
@@ -180,6 +185,14 @@ def _module_node(b: _Builder, fxn: fx.Node, m: nn.Module) -> None:
         _layernorm(b, name, x, m, target)
     elif isinstance(m, nn.Flatten):
         _flatten(b, name, x, m.start_dim, m.end_dim)
+    elif isinstance(m, nn.Unflatten):
+        shape = list(b.shapes[x])
+        dim = m.dim % len(shape)
+        _reshape(b, name, x, shape[:dim] + [int(v) for v in m.unflattened_size] + shape[dim + 1:])
+    elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+        _maxpool(b, name, x, m, target)
+    elif isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)) and _global(m.output_size):
+        b.env[name] = b.emit(name, "GlobalAveragePool", [x])
     elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
         nd = 1 if isinstance(m, nn.AvgPool1d) else 2
         if m.ceil_mode or getattr(m, "divisor_override", None):
@@ -193,6 +206,40 @@ def _module_node(b: _Builder, fxn: fx.Node, m: nn.Module) -> None:
     else:
         raise UnsupportedModel(f"module '{target}' of type {type(m).__name__} is not supported",
                                node=name, op=type(m).__name__)
+
+
+def _maxpool(b: _Builder, name: str, x: str, m: nn.MaxPool1d | nn.MaxPool2d, target: str) -> None:
+    nd = 1 if isinstance(m, nn.MaxPool1d) else 2
+    if m.ceil_mode or m.return_indices:
+        raise UnsupportedModel(f"MaxPool '{target}' with ceil_mode or return_indices", node=name, op="MaxPool")
+    k = _pair(m.kernel_size, nd)
+    s = _pair(m.stride if m.stride is not None else m.kernel_size, nd)
+    p = _pair(m.padding, nd)
+    d = _pair(m.dilation, nd)
+    b.env[name] = b.emit(name, "MaxPool", [x], {"kernel_shape": k, "strides": s, "pads": p + p, "dilations": d})
+
+
+def _concat(b: _Builder, fxn: fx.Node) -> None:
+    """torch.cat of tensors along a dimension other than the batch's."""
+    name = fxn.name
+    parts = fxn.args[0] if fxn.args else fxn.kwargs.get("tensors")
+    dim = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("dim", 0)
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise UnsupportedModel("torch.cat of something other than a list of tensors", node=name, op="Concat")
+    ins = []
+    for a in parts:
+        if isinstance(a, fx.Node) and isinstance(b.env.get(a.name), torch.Tensor):
+            ins.append(b.constant(a.name, b.env[a.name]))
+        else:
+            ins.append(b.tensor_arg(a, name))
+    variable = [x for x in ins if x in b.shapes]
+    if not variable:
+        raise UnsupportedModel("a torch.cat that does not depend on the input", node=name, op="Concat")
+    rank = len(b.shapes[variable[0]])
+    axis = int(b.static(dim)) % rank
+    if axis == 0:
+        raise UnsupportedModel("torch.cat along the batch dimension", node=name, op="Concat")
+    b.env[name] = b.emit(name, "Concat", ins, {"axis": axis})
 
 
 def _layernorm(b: _Builder, name: str, x: str, m: nn.LayerNorm, target: str) -> None:
@@ -260,6 +307,8 @@ def _function_node(b: _Builder, fxn: fx.Node) -> None:
         _binary_add(b, fxn)
     elif fn in _UNARY_FUNCTIONS:
         b.env[name] = b.emit(name, _UNARY_FUNCTIONS[fn], [b.tensor_arg(fxn.args[0], name)])
+    elif fn in (torch.cat, torch.concat):
+        _concat(b, fxn)
     elif fn is torch.flatten:
         args = [b.static(a) for a in fxn.args[1:]]
         start = fxn.kwargs.get("start_dim", args[0] if args else 0)

@@ -46,6 +46,17 @@ class Precision:
     abs: float = 1e-6
 
     @staticmethod
+    def none() -> "Precision":
+        """No margin: bounds sound in exact arithmetic only, for loss terms (certified
+        training), never for a verdict. Intervals then skip the rounding masses entirely."""
+        return Precision(0.0, 0.0)
+
+    @property
+    def exact(self) -> bool:
+        """Whether this is `Precision.none()` (no rounding accounted for)."""
+        return self.rel == 0.0 and self.abs == 0.0
+
+    @staticmethod
     def for_dtype(dtype: torch.dtype) -> "Precision":
         return Precision(1e-12, 1e-12) if dtype == torch.float64 else Precision()
 
@@ -64,7 +75,8 @@ def widen_lower(value: torch.Tensor, mass: torch.Tensor, precision: Precision) -
     return value - precision.margin(mass)
 
 
-def interval_terms(A: torch.Tensor, bounds: "IntervalBounds") -> tuple[torch.Tensor, torch.Tensor]:
+def interval_terms(A: torch.Tensor, bounds: "IntervalBounds", want_mass: bool = True
+                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Exact minimum of `A . t` over t in an interval, before any margin: (value, mass), each [B, S].
 
     A: [B, S, *shape]; bounds: [B, *shape]. `mass` is the sum of |A_i| max(|l_i|, |u_i|),
@@ -73,18 +85,28 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds") -> tuple[torch.Ten
     once. This is two batched products through centre and radius (the rows share the
     interval); when an end is infinite or nan it is the elementwise sum instead, where an
     unused element (coefficient 0) counts as 0 and a used one keeps its inf or nan.
+    `want_mass` False: mass is None (`Precision.none()` needs none) and one product less.
     """
     B, S = A.shape[:2]
     Af = A.reshape(B, S, -1)
     lo = bounds.lower.reshape(B, -1, 1)
     hi = bounds.upper.reshape(B, -1, 1)
     absA = Af.abs()
-    value = torch.bmm(Af, (lo + hi) / 2).squeeze(-1) - torch.bmm(absA, (hi - lo) / 2).squeeze(-1)
-    mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
-    # An infinite (or nan) end makes the centre or radius inf or nan, and so the sums:
-    # checking the small results costs less than checking the intervals.
-    if bool(torch.isfinite(value).all() & torch.isfinite(mass).all()):
-        return value, mass
+    if torch.is_grad_enabled() and (Af.requires_grad or lo.requires_grad or hi.requires_grad):
+        # Under autograd (certified training) a product and a sum: bmm's backward against a
+        # single column is several times slower on CPU than this one's.
+        value = (Af * ((lo + hi) / 2).transpose(1, 2)).sum(-1) - (absA * ((hi - lo) / 2).transpose(1, 2)).sum(-1)
+    else:
+        value = torch.bmm(Af, (lo + hi) / 2).squeeze(-1) - torch.bmm(absA, (hi - lo) / 2).squeeze(-1)
+    if not want_mass:
+        if bool(torch.isfinite(value).all()):
+            return value, None
+    else:
+        mass = torch.bmm(absA, torch.maximum(lo.abs(), hi.abs())).squeeze(-1)
+        # An infinite (or nan) end makes the centre or radius inf or nan, and so the sums:
+        # checking the small results costs less than checking the intervals.
+        if bool(torch.isfinite(value).all() & torch.isfinite(mass).all()):
+            return value, mass
     # Only a zero coefficient may hide an end: 0 * inf counts as 0. A nan end under a
     # nonzero coefficient stays nan (no row is ever proved by a nan), and an infinite one
     # gives -inf: nothing here may turn a missing bound into a finite number.
@@ -92,6 +114,8 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds") -> tuple[torch.Ten
     unused = Af == 0
     zero = Af.new_zeros(())
     value = torch.where(unused, zero, torch.where(Af > 0, Af * lo, Af * hi)).sum(-1)
+    if not want_mass:
+        return value, None
     mass = torch.where(unused, zero, Af.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1)
     return value, mass
 
@@ -103,9 +127,11 @@ def concretize(A: torch.Tensor, bounds: "IntervalBounds", precision: Precision,
     `mass` is the rounding mass already in `bias` (`LinearBounds.mass`). The result is
     widened outward by `Precision.margin` of the total mass, once.
     """
-    value, m = interval_terms(A, bounds)
+    value, m = interval_terms(A, bounds, want_mass=not precision.exact)
     if bias is not None:
         value = value + bias
+    if precision.exact:
+        return value
     if mass is not None:
         m = m + mass
     return widen_lower(value, m, precision)

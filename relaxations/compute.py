@@ -66,7 +66,9 @@ class BoundOptions:
     alpha_iterations: int = 20
     alpha_lr: float = 0.25
     max_elements: int = 40_000_000       # A-matrix elements per backward pass (memory guard)
-    precision: Optional[Precision] = None  # None: chosen from the dtype
+    # None: chosen from the dtype. Precision.none(): no rounding margins, bounds sound in
+    # exact arithmetic only (certified training's losses; never for a verdict).
+    precision: Optional[Precision] = None
     # time.monotonic() value; past it bound passes raise DeadlineExceeded, except
     # alpha-CROWN's optimisation, which stops early with its best (sound) bound so far.
     deadline: Optional[float] = None
@@ -431,15 +433,19 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
     by_name = {n.name: n for n in graph.nodes}
     check_deadline(options.deadline)  # the final pass, too, can be long
     A = rows.reshape(B, rows.shape[1], *graph.output_shape)
-    best = concretize(A, table[graph.output_name], precision)
     # With slot nodes (products of variables, max-type ops) CROWN walks through lines that
     # on wide boxes can be looser than the op's interval for some rows; before it could,
     # it stopped there, which gave about the folded bound. Keeping that candidate costs
     # one pass that relaxes nothing, and the certificate checker reads no such graph.
     slots = options.fold is None and options.method != "ibp" and any(
         is_slot_node(ctx, n, ctx.rules[n.name]) for n in graph.nodes)
-    if options.folds or slots:
-        best = torch.maximum(best, folded_ibp_lower(ctx, box, A, options, precision))
+    if (options.folds or slots) and precision.exact:
+        # In exact arithmetic |C W| <= |C| |W|: the folded bound alone is never looser.
+        best = folded_ibp_lower(ctx, box, A, options, precision)
+    else:
+        best = concretize(A, table[graph.output_name], precision)
+        if options.folds or slots:
+            best = torch.maximum(best, folded_ibp_lower(ctx, box, A, options, precision))
     interval = best
     linear = crown_linear = None
     used_alphas: Mapping[str, T] = {}

@@ -102,17 +102,35 @@ def _signed_affine(node: Node, rule: OpRule, ins: Sequence) -> list[tuple[T, T, 
     return result
 
 
+def _plain_interval(ev: GraphEvaluator, node: Node, rule: OpRule, ins: Sequence,
+                    variable: list[bool]) -> list[IntervalBounds]:
+    """The interval in exact arithmetic (`Precision.none()`): no masses, no widening.
+    Affine ops by centre and radius, monotone ones end by end. A NaN end is passed on (a
+    loss that becomes NaN says so; `sound_interval` turns it into an infinite end)."""
+    if is_affine_node(node, rule, variable) and not ("elementwise" in rule.facts and rule.interval is not None):
+        outs = monotone_interval(node, ins) if rule.radius is None or "monotone" in rule.facts \
+            else affine_interval(node, rule, ins)
+    elif rule.interval is not None:
+        outs = rule.interval(node, ins, ev)
+    else:
+        raise ValueError(f"op {node.op} has no interval rule for this input pattern")
+    return outs
+
+
 def sound_interval(ev: GraphEvaluator, node: Node, rule: OpRule, ins: Sequence,
                    precision: Precision) -> list[IntervalBounds]:
     """Output intervals of a node widened for rounding end by end (module docstring).
 
-    NaN is never passed on (a NaN end becomes infinite). An infinite or NaN mass counts
+    NaN is never passed on (a NaN end becomes infinite). With `Precision.none()` the
+    interval is not widened at all (`_plain_interval`). An infinite or NaN mass counts
     as 0: it comes from an infinite input end, which makes the end it feeds infinite
     too, or from 0 * inf where a coefficient is zero and the term is absent.
     """
     variable = [isinstance(x, IntervalBounds) for x in ins]
     if "selection" in rule.facts and is_affine_node(node, rule, variable):
         return monotone_interval(node, ins)
+    if precision.exact:
+        return _plain_interval(ev, node, rule, ins, variable)
     if is_affine_node(node, rule, variable) and not ("elementwise" in rule.facts and rule.interval is not None):
         if rule.radius is None or "monotone" in rule.facts:
             parts = _monotone_affine(node, ins)

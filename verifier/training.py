@@ -7,9 +7,11 @@
 
 The bounds are the verifier's own: the module is turned into our `Graph` (by
 `models.from_torch`, whose constants are the module's live parameters) and bounded by
-`relaxations`, so a model trained here is bounded at test time by exactly the code
-that was optimised during training. Nothing is detached on the way: both losses call
-`compute_bounds` with `grad=True` (verification runs it without autograd); its IBP
+`relaxations`, so a model trained here is bounded at test time by the relaxations that
+were optimised during training (there with float rounding's margins, which a loss term
+does without: `Precision.none()`, fewer and smaller tensors per step). Nothing is
+detached on the way: both losses call `compute_bounds` with `grad=True` (verification
+runs it without autograd); its IBP
 folds the margin matrix into the last affine layers, as auto_LiRPA's does, and
 CROWN-IBP asks it for the folded IBP bound beside CROWN's (`fold=True`).
 
@@ -36,10 +38,12 @@ from torch import nn
 from models import Graph, GraphEvaluator, Node
 from models.from_torch import graph_from_module, structure_key
 from relaxations import BoundOptions, IntervalBounds, compute_bounds, rule_for
+from relaxations.bounds import Precision
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.registry import is_affine_node
 
 __all__ = ["certified_loss", "CertifiedInfo", "EpsilonSchedule", "margin_matrix", "margin_bounds",
+           "forward_with_statistics",
            "ibp_tightness", "module_graph", "TRAINING_METHODS"]
 
 T = torch.Tensor
@@ -83,21 +87,68 @@ def _crown_lower(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: T) ->
     CROWN pass from the output, the interval bound folded as method "ibp" folds it, all
     with autograd. `interval_lower` is exactly `compute_bounds(..., method="ibp")`'s bound.
     """
-    options = BoundOptions(method="crown", intermediate="ibp", fold=True, grad=True)
+    options = BoundOptions(method="crown", intermediate="ibp", fold=True, grad=True, precision=Precision.none())
     res = compute_bounds(graph, box, C, options, want_upper=False, ev=ev)
     return res.lower, res.interval_lower
 
 
+def forward_with_statistics(model: nn.Module, x: T) -> tuple[T, dict[str, T]]:
+    """`model(x)` and, for every BatchNorm in training mode, the batch's mean and biased
+    variance at its input, keyed by the graph constants they stand in for
+    ("<module>.running_mean", "<module>.running_var"). The forward is the module's own,
+    so it updates running statistics as any training step does."""
+    stats: dict[str, T] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            def hook(mod: nn.Module, inputs: tuple, name: str = name) -> None:
+                h = inputs[0]
+                dims = [0] + list(range(2, h.dim()))
+                stats[f"{name}.running_mean"] = h.mean(dims)
+                stats[f"{name}.running_var"] = h.var(dims, unbiased=False)
+            hooks.append(m.register_forward_pre_hook(hook))
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, stats
+
+
+def _batch_statistics(model: nn.Module, x: T) -> dict[str, T]:
+    """`forward_with_statistics`'s statistics, leaving the running ones as they were."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if not bns:
+        return {}
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in bns]
+    try:
+        return forward_with_statistics(model, x)[1]
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(bns, saved):
+                for k, v in buffers.items():
+                    getattr(m, k).copy_(v)
+
+
 def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
-                  lower: float = 0.0, upper: float = 1.0, n_classes: Optional[int] = None) -> T:
+                  lower: float = 0.0, upper: float = 1.0, n_classes: Optional[int] = None,
+                  batch_stats: Optional[dict[str, T]] = None) -> T:
     """Lower bounds [B, K-1] of the margins y_true - y_j over each clipped box, with autograd.
 
     ibp: interval bound propagation with the margin matrix folded into the last affine
     layers. crown-ibp: beta * max(CROWN, IBP) + (1 - beta) * IBP, where CROWN uses IBP
     intermediate bounds (Zhang et al., "Towards Stable and Efficient Training of
-    Verifiably Robust Neural Networks") and IBP is the folded bound of method "ibp".
+    Verifiably Robust Neural Networks") and IBP is the folded bound of method "ibp"
+    (beta 0 runs no CROWN pass). Both are computed without rounding margins
+    (`Precision.none()`): they are loss terms, sound in exact arithmetic; `nncert verify`
+    bounds the trained model with its margins.
     Taking max(CROWN, IBP) for the CROWN part is still sound and never looser than
     either (the folded IBP bound can beat CROWN on some rows).
+
+    A BatchNorm in training mode normalises by the statistics of the clean batch (as
+    auto_LiRPA does): the bounds are those of the network with those statistics as its
+    constants, with autograd through them. `batch_stats` (from `forward_with_statistics`)
+    saves a forward; without it they are computed here, running statistics untouched.
     """
     if method not in TRAINING_METHODS:
         raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
@@ -107,8 +158,13 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     C = margin_matrix(y, K).to(dtype=x.dtype)
     box = _box(x, eps, lower, upper, shape)
     ev = GraphEvaluator(graph, dtype=x.dtype, device=x.device)
-    if method == "ibp":
-        res = compute_bounds(graph, box, C, BoundOptions(method="ibp", grad=True), want_upper=False, ev=ev)
+    stats = _batch_statistics(model, x) if batch_stats is None else batch_stats
+    for name, value in stats.items():
+        if name in ev.constants:
+            ev.constants[name] = value.to(dtype=x.dtype)
+    if method == "ibp" or beta == 0.0:   # CROWN-IBP with CROWN's weight at 0 is IBP: no CROWN pass
+        options = BoundOptions(method="ibp", grad=True, precision=Precision.none())
+        res = compute_bounds(graph, box, C, options, want_upper=False, ev=ev)
         return res.lower
     best, ibp = _crown_lower(graph, ev, box, C)
     return best if beta == 1.0 else beta * best + (1.0 - beta) * ibp
@@ -143,11 +199,12 @@ def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "
     `kappa * CE(model(x), y) + (1 - kappa) * log(1 + sum_j exp(-lb_j))` where lb are
     the margin lower bounds (`margin_bounds`, loss fusion). With eps == 0 the bounds are
     the exact margins and the robust loss is the ordinary cross-entropy. The bounds are
-    those of the module's inference function (BatchNorm running statistics, no Dropout).
+    those of the module's inference function (no Dropout), except that a BatchNorm in
+    training mode uses the batch's statistics, as its forward does (`margin_bounds`).
     """
-    logits = model(x)
+    logits, stats = forward_with_statistics(model, x)
     natural = F.cross_entropy(logits, y)
-    lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=logits.shape[-1])
+    lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=logits.shape[-1], batch_stats=stats)
     zeros = torch.zeros(lb.shape[0], 1, dtype=lb.dtype, device=lb.device)
     robust = torch.logsumexp(torch.cat([zeros, -lb], 1), 1).mean()
     loss = kappa * natural + (1.0 - kappa) * robust if kappa else robust

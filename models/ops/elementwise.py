@@ -148,5 +148,8 @@ def register() -> None:
     register_forward("Dropout", lambda node, xs: [xs[0]])  # inference: identity (mask output unused)
     register_forward("Cast", _cast)
     register_forward("Floor", _unary(torch.floor))
+    # Shape arithmetic of exported reshapes (nn.Unflatten): folded at import, never bounded.
+    register_forward("Mod", lambda node, xs: [torch.fmod(xs[0], xs[1]) if int(node.attr("fmod", 0))
+                                              else torch.remainder(xs[0], xs[1])], min_opset=10)
     register_forward("Equal", _binary(torch.eq))
     register_forward("Where", lambda node, xs: [torch.where(xs[0].bool(), xs[1], xs[2])])

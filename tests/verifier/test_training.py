@@ -36,6 +36,25 @@ class SmallResNet(nn.Module):
         return self.fc(h.view(h.size(0), -1))
 
 
+class PoolCatNet(nn.Module):
+    """A flat input unflattened to an image, max pooling, a concatenation of two branches
+    along channels, global average pooling: the layers training refused before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unflatten = nn.Unflatten(1, (1, 6, 6))
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.side = nn.Conv2d(3, 2, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.conv(self.unflatten(x))))
+        h = torch.cat([h, torch.relu(self.side(h))], dim=1)
+        return self.fc(torch.flatten(self.gap(h), 1))
+
+
 def _mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -54,7 +73,13 @@ def _resnet(seed: int = 0, bn: bool = True) -> SmallResNet:
     return net.eval()
 
 
-CASES = {"mlp": (_mlp, (12,)), "resnet": (lambda: _resnet(bn=False), (1, 6, 6)), "resnet-bn": (_resnet, (1, 6, 6))}
+def _poolcat(seed: int = 0) -> PoolCatNet:
+    torch.manual_seed(seed)
+    return PoolCatNet().eval()
+
+
+CASES = {"mlp": (_mlp, (12,)), "resnet": (lambda: _resnet(bn=False), (1, 6, 6)), "resnet-bn": (_resnet, (1, 6, 6)),
+         "pool-cat": (_poolcat, (36,))}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -156,7 +181,9 @@ def test_gradients_reach_every_weight(case: str, method: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_training_bounds_equal_those_of_the_exported_onnx(case: str, tmp_path) -> None:
-    """Same box, same C, same relaxations code: the same numbers.
+    """Same box, same C, same relaxations code: the same numbers, up to the rounding
+    margins that verification adds and training's loss terms leave out (`Precision.none()`):
+    the training bound is the higher one, by about 1e-5 of the bound's scale.
 
     With BatchNorm the exporter folds BN into the convolution while our graph keeps it
     (folding at build time would freeze the weights), so there is one interval fewer
@@ -184,10 +211,31 @@ def test_training_bounds_equal_those_of_the_exported_onnx(case: str, tmp_path) -
     ref_crown = compute_bounds(model.graph, IntervalBounds(lo, hi), C,
                                BoundOptions(method="crown", intermediate="ibp"), want_upper=False).lower
     ref_cibp = torch.maximum(ref_crown, ref_ibp)  # CROWN-IBP's CROWN part is max(CROWN, folded IBP)
-    tol = 1e-5 if case != "resnet-bn" else 2e-4
-    torch.testing.assert_close(ours_ibp, ref_ibp, rtol=1e-5, atol=tol)
-    torch.testing.assert_close(ours_cibp, ref_cibp, rtol=1e-5, atol=tol)
+    tol = 1e-4 if case != "resnet-bn" else 2e-4
+    torch.testing.assert_close(ours_ibp, ref_ibp, rtol=1e-4, atol=tol)
+    torch.testing.assert_close(ours_cibp, ref_cibp, rtol=1e-4, atol=tol)
+    if case != "resnet-bn":   # (there the exporter's folded BN rounds differently)
+        assert bool((ours_ibp >= ref_ibp).all()) and bool((ours_cibp >= ref_cibp).all())
     assert bool((ours_cibp >= ours_ibp - 1e-6).all())
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_training_bounds_hold_at_samples(case: str, method: str) -> None:
+    """The loss's margin bounds (no rounding margins) are below the margins of 300 points
+    of each box, with a float32 slack far under any gap between the two."""
+    make, shape = CASES[case]
+    net = make().eval()
+    x = torch.rand(3, *shape)
+    y = torch.tensor([0, 2, 3])
+    eps = 0.05
+    with torch.no_grad():
+        lb = margin_bounds(net, x, y, eps, method)
+        C = margin_matrix(y, 4)
+        for i in range(3):
+            pts = (x[i] + eps * (2 * torch.rand(300, *shape) - 1)).clamp(0, 1)
+            margins = net(pts) @ C[i].T
+            assert bool((lb[i] <= margins.min(0).values + 1e-5).all()), (case, method, i)
 
 
 def test_zero_radius_gives_the_exact_margins() -> None:
@@ -257,3 +305,54 @@ def test_certified_loss_on_cuda_matches_cpu(method: str) -> None:
     gpu.backward()
     assert all(p.grad is not None for p in gpu_net.parameters())
     assert float(gpu) == pytest.approx(float(cpu), rel=1e-4)
+
+
+def test_crown_ibp_with_crown_weight_zero_is_ibp() -> None:
+    """beta 0 runs no CROWN pass: its bound is IBP's exactly (not a mix that happens to be close)."""
+    net = _mlp().eval()
+    x = torch.rand(4, 12)
+    y = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        ibp = margin_bounds(net, x, y, 0.05, "ibp")
+        mixed = margin_bounds(net, x, y, 0.05, "crown-ibp", beta=0.0)
+        crown = margin_bounds(net, x, y, 0.05, "crown-ibp", beta=1.0)
+    assert torch.equal(ibp, mixed)
+    assert bool((crown > ibp).any())
+
+
+def test_batchnorm_in_training_mode_uses_the_batch_statistics() -> None:
+    """In training mode BN's bounds hold for the network normalised by the clean batch's
+    statistics (sampled), differ from the running-statistics bounds, carry gradients to
+    BN's weights, and `margin_bounds` alone leaves the running statistics as they were."""
+    net = _resnet().train()
+    x = torch.rand(8, 1, 6, 6)
+    y = torch.arange(8) % 4
+    running = net.bn.running_mean.clone(), net.bn.running_var.clone()
+    lb = margin_bounds(net, x, y, 0.02, "crown-ibp")
+    assert torch.equal(net.bn.running_mean, running[0]) and torch.equal(net.bn.running_var, running[1])
+    lb.sum().backward()
+    assert net.bn.weight.grad is not None and bool(net.bn.weight.grad.abs().sum() > 0)
+    with torch.no_grad():
+        h = net.conv1(x)
+        mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+        frozen = _resnet().eval()
+        frozen.load_state_dict(net.state_dict())
+        frozen.bn.running_mean.copy_(mean)
+        frozen.bn.running_var.copy_(var)
+        C = margin_matrix(y, 4)
+        for i in range(8):
+            pts = (x[i] + 0.02 * (2 * torch.rand(200, 1, 6, 6) - 1)).clamp(0, 1)
+            assert bool((lb[i] <= (frozen(pts) @ C[i].T).min(0).values + 1e-5).all())
+        eval_lb = margin_bounds(net.eval(), x, y, 0.02, "crown-ibp")
+    assert not torch.allclose(lb.detach(), eval_lb)
+
+
+def test_certified_loss_updates_running_statistics_once() -> None:
+    """certified_loss's one forward is the training step's: BN's running mean moves once,
+    exactly as one plain forward in training mode moves it."""
+    a, b = _resnet().train(), _resnet().train()
+    x = torch.rand(8, 1, 6, 6)
+    certified_loss(a, x, torch.arange(8) % 4, 0.02, method="ibp", tightness=False)
+    b(x)
+    torch.testing.assert_close(a.bn.running_mean, b.bn.running_mean)
+    torch.testing.assert_close(a.bn.running_var, b.bn.running_var)
