@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["IntervalBounds", "LinearBounds", "BoundsTable", "Precision", "widen_lower", "DeadlineExceeded",
+__all__ = ["IntervalBounds", "BallBox", "LinearBounds", "BoundsTable", "Precision", "widen_lower", "DeadlineExceeded",
            "check_deadline", "concretize", "interval_terms", "rows_proved"]
 
 
@@ -120,21 +120,45 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds", want_mass: bool = 
     return value, mass
 
 
+def ball_terms(A: torch.Tensor, ball: "BallBox", want_mass: bool = True
+               ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Exact minimum of `A . t` over the l2 ball ||t - centre|| <= radius: (value, mass), [B, S].
+
+    The minimum is A . centre - radius ||A||_2 (Cauchy-Schwarz, attained at the centre
+    moved by -radius A / ||A||). `mass`, |A| . |centre| + radius ||A||_2, is what the two
+    sums' rounding can be proportional to (the norm's own relative error is of the same order).
+    """
+    B, S = A.shape[:2]
+    Af = A.reshape(B, S, -1)
+    c = ball.ball_centre.reshape(B, 1, -1)
+    r = ball.ball_radius.reshape(B, 1)
+    norm = Af.norm(dim=-1)
+    value = (Af * c).sum(-1) - r * norm
+    if not want_mass:
+        return value, None
+    return value, (Af.abs() * c.abs()).sum(-1) + r * norm
+
+
 def concretize(A: torch.Tensor, bounds: "IntervalBounds", precision: Precision,
                bias: Optional[torch.Tensor] = None, mass: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The one concretisation: a sound lower bound [B, S] of `A . t + bias` over the interval.
+    """The one concretisation: a sound lower bound [B, S] of `A . t + bias` over the interval
+    (over the interval intersected with an l2 ball when `bounds` is a `BallBox`: the better
+    of the two minima, each a lower bound over the intersection).
 
     `mass` is the rounding mass already in `bias` (`LinearBounds.mass`). The result is
-    widened outward by `Precision.margin` of the total mass, once.
+    widened outward by `Precision.margin` of the total mass, once per candidate.
     """
-    value, m = interval_terms(A, bounds, want_mass=not precision.exact)
-    if bias is not None:
-        value = value + bias
-    if precision.exact:
-        return value
-    if mass is not None:
-        m = m + mass
-    return widen_lower(value, m, precision)
+    candidates = [interval_terms(A, bounds, want_mass=not precision.exact)]
+    if isinstance(bounds, BallBox):
+        candidates.append(ball_terms(A, bounds, want_mass=not precision.exact))
+    best = None
+    for value, m in candidates:
+        if bias is not None:
+            value = value + bias
+        if not precision.exact:
+            value = widen_lower(value, m if mass is None else m + mass, precision)
+        best = value if best is None else torch.maximum(best, value)
+    return best
 
 
 def rows_proved(gap, strict):
@@ -168,6 +192,21 @@ class IntervalBounds:
 
     def width(self) -> torch.Tensor:
         return self.upper - self.lower
+
+
+@dataclass(frozen=True)
+class BallBox(IntervalBounds):
+    """An input region that is a box intersected with an l2 ball: ||t - centre||_2 <= radius.
+
+    It is an `IntervalBounds` (the box, which should contain the ball's part inside the
+    valid range), so every pass that reads a box reads it unchanged and stays sound; the
+    final concretisation against the input (`concretize`) also takes the ball's minimum.
+    ball_centre [B, *shape], ball_radius [B]. A pass that rebuilds the box drops the ball (sound,
+    looser).
+    """
+
+    ball_centre: torch.Tensor
+    ball_radius: torch.Tensor
 
 
 @dataclass(frozen=True)

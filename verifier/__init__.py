@@ -6,6 +6,7 @@
     >>> lower, upper = verifier.bounds(model, x - 0.01, x + 0.01, method="crown")
     >>> spec = vnnlib.load("prop.vnnlib", model.n_inputs, model.n_outputs)
     >>> result = verifier.verify(model, spec, verifier.Config(timeout=30))
+    >>> results = verifier.verify_module(torch_net, x, y, eps=0.05)   # no files (l-inf or l2)
 
 Names are imported on first use (PEP 562): `nncert check` and the independent checker
 live under this package and must not pay for importing torch (about 2 s) at start-up.
@@ -26,10 +27,11 @@ _HOME = {
     "Result": "verifier.result",
     "SpecMismatch": "verifier.verify", "verify": "verifier.verify",
     "certified_loss": "verifier.training", "EpsilonSchedule": "verifier.training",
+    "verify_module": "verifier.torch_verify",
 }
 
 __all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",
-           "Result", "SpecMismatch", "verify", "certified_loss", "EpsilonSchedule"]
+           "Result", "SpecMismatch", "verify", "certified_loss", "EpsilonSchedule", "verify_module"]
 
 
 def __getattr__(name: str) -> Any:
