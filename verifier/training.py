@@ -42,12 +42,17 @@ from relaxations.bounds import Precision
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.registry import is_affine_node
 
-__all__ = ["certified_loss", "CertifiedInfo", "EpsilonSchedule", "margin_matrix", "margin_bounds",
-           "forward_with_statistics",
+__all__ = ["certified_loss", "CertifiedInfo", "CertifiedOptions", "EpsilonSchedule", "margin_matrix",
+           "margin_bounds", "forward_with_statistics", "adversarial_points", "BOUND_METHODS",
            "ibp_tightness", "module_graph", "TRAINING_METHODS"]
 
 T = torch.Tensor
-TRAINING_METHODS = ("ibp", "crown-ibp")
+BOUND_METHODS = ("ibp", "crown-ibp")
+# sabr: IBP over a small box around an adversarial point (Mueller et al., ICLR 2023,
+# "Certified Training: Small Boxes are All You Need"); mtl-ibp: a convex mix of the IBP
+# loss and an adversarial one (De Palma et al., ICLR 2024, "Expressive Losses for
+# Verified Robustness via Convex Combinations").
+TRAINING_METHODS = BOUND_METHODS + ("sabr", "mtl-ibp")
 
 # Per-module cache of (structure key, graph). Weights are live, so a graph stays valid
 # across optimiser steps; the key changes when the structure or a parameter object does.
@@ -75,8 +80,11 @@ def margin_matrix(y: T, n_classes: int) -> T:
 
 
 def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...]) -> IntervalBounds:
-    """The batch of l-inf boxes x +- eps clipped to [lower, upper], as [B, *shape]."""
+    """The batch of l-inf boxes x +- eps clipped to [lower, upper], as [B, *shape]; eps a
+    number, or one per example ([B] or [B, 1, ...])."""
     xb = x.reshape(x.shape[0], *shape)
+    if isinstance(eps, torch.Tensor) and eps.dim() >= 1 and eps.numel() == x.shape[0] and x.shape[0] > 1:
+        eps = eps.reshape(-1, *([1] * len(shape)))
     return IntervalBounds((xb - eps).clamp(min=lower, max=upper), (xb + eps).clamp(min=lower, max=upper))
 
 
@@ -150,8 +158,8 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     constants, with autograd through them. `batch_stats` (from `forward_with_statistics`)
     saves a forward; without it they are computed here, running statistics untouched.
     """
-    if method not in TRAINING_METHODS:
-        raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
+    if method not in BOUND_METHODS:
+        raise ValueError(f"method must be one of {', '.join(BOUND_METHODS)}, not '{method}'")
     shape = (1, *x.shape[1:])
     graph = module_graph(model, shape)
     K = n_classes or graph.output_size
@@ -171,11 +179,68 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
 
 
 @dataclass(frozen=True)
+class CertifiedOptions:
+    """The newer losses' settings (their papers' usual values as defaults).
+
+    sabr_lambda: SABR's small box radius as a share of eps (0 < lambda <= 1; 1 is IBP
+    around an adversarial centre). mtl_alpha: MTL-IBP's weight of the IBP loss (1 is IBP,
+    0 adversarial training). attack_steps, attack_step: the PGD that finds the
+    adversarial points (sign steps of attack_step * radius, from the centre).
+    """
+
+    sabr_lambda: float = 0.4
+    mtl_alpha: float = 0.5
+    attack_steps: int = 8
+    attack_step: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sabr_lambda <= 1.0:
+            raise ValueError(f"sabr_lambda must be in (0, 1], got {self.sabr_lambda}")
+        if not 0.0 <= self.mtl_alpha <= 1.0:
+            raise ValueError(f"mtl_alpha must be in [0, 1], got {self.mtl_alpha}")
+        if self.attack_steps < 0 or self.attack_step <= 0:
+            raise ValueError("attack_steps must be >= 0 and attack_step > 0")
+
+
+def adversarial_points(model: nn.Module, x: T, y: T, radius: float | T, lower: float, upper: float,
+                       options: CertifiedOptions = CertifiedOptions()) -> T:
+    """PGD points within `radius` (l-inf) of x and inside [lower, upper], maximising the
+    cross-entropy; detached. The module runs in eval mode for the search (no running
+    statistics move) and gets its mode back."""
+    r = _per_example(torch.as_tensor(radius, dtype=x.dtype, device=x.device), x)
+    lo, hi = (x - r).clamp(min=lower, max=upper), (x + r).clamp(min=lower, max=upper)
+    was_training = model.training
+    model.eval()
+    try:
+        adv = x.detach().clone()
+        for _ in range(options.attack_steps):
+            adv.requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
+            adv = torch.minimum(torch.maximum(adv.detach() + options.attack_step * r * g.sign(), lo), hi)
+    finally:
+        model.train(was_training)
+    return adv.detach()
+
+
+def _per_example(r: T, x: T) -> T:
+    """A radius (a number, or one per example [B]) shaped to broadcast against x."""
+    return r.reshape(-1, *([1] * (x.dim() - 1))) if r.dim() == 1 and r.numel() == x.shape[0] else r
+
+
+def _fused(lb: T) -> T:
+    """log(1 + sum_j exp(-lb_j)), averaged: the cross-entropy of the worst-case logits."""
+    zeros = torch.zeros(lb.shape[0], 1, dtype=lb.dtype, device=lb.device)
+    return torch.logsumexp(torch.cat([zeros, -lb], 1), 1).mean()
+
+
+@dataclass(frozen=True)
 class CertifiedInfo:
     """Diagnostics of one certified-loss evaluation (plain floats, detached).
 
     worst_margin: the smallest margin lower bound in the batch (> 0: all verified).
-    verified_accuracy: fraction of examples whose every margin lower bound is > 0.
+    verified_accuracy: fraction of examples whose every margin lower bound is > 0 (for
+    sabr, over its small boxes: an estimate from above, not a certificate).
     clean_accuracy: fraction classified correctly at the centre.
     tightness: the IBP tightness of Mao et al. (see `ibp_tightness`); NaN if not computed.
     eps: the radius used.
@@ -192,21 +257,39 @@ class CertifiedInfo:
 
 def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
                    lower: float = 0.0, upper: float = 1.0, kappa: float = 0.0,
-                   tightness: bool = True) -> tuple[T, CertifiedInfo]:
+                   tightness: bool = True, options: CertifiedOptions = CertifiedOptions()
+                   ) -> tuple[T, CertifiedInfo]:
     """Robust cross-entropy of `model` over the l-inf boxes x +- eps (clipped), and diagnostics.
 
     x: [B, *example_shape] on the model's device; y: [B] class indices. The loss is
-    `kappa * CE(model(x), y) + (1 - kappa) * log(1 + sum_j exp(-lb_j))` where lb are
-    the margin lower bounds (`margin_bounds`, loss fusion). With eps == 0 the bounds are
-    the exact margins and the robust loss is the ordinary cross-entropy. The bounds are
-    those of the module's inference function (no Dropout), except that a BatchNorm in
-    training mode uses the batch's statistics, as its forward does (`margin_bounds`).
+    `kappa * CE(model(x), y) + (1 - kappa) * R`. For ibp and crown-ibp, R is
+    `log(1 + sum_j exp(-lb_j))` where lb are the margin lower bounds (`margin_bounds`,
+    loss fusion); with eps == 0 the bounds are the exact margins and R is the ordinary
+    cross-entropy. sabr: R is that of IBP over the box of radius lambda * eps around a
+    PGD point found within (1 - lambda) * eps, a box inside the ball. mtl-ibp: R is
+    `alpha * R_ibp + (1 - alpha) * CE(model(x_adv), y)` with x_adv from PGD over the
+    ball. The bounds are those of the module's inference function (no Dropout), except
+    that a BatchNorm in training mode uses the batch's statistics, as its forward does.
     """
+    if method not in TRAINING_METHODS:
+        raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
     logits, stats = forward_with_statistics(model, x)
     natural = F.cross_entropy(logits, y)
-    lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=logits.shape[-1], batch_stats=stats)
-    zeros = torch.zeros(lb.shape[0], 1, dtype=lb.dtype, device=lb.device)
-    robust = torch.logsumexp(torch.cat([zeros, -lb], 1), 1).mean()
+    K = logits.shape[-1]
+    if method == "sabr":
+        tau = options.sabr_lambda * torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+        centres = adversarial_points(model, x, y, torch.as_tensor(eps, dtype=x.dtype) - tau, lower, upper, options)
+        lb = margin_bounds(model, centres, y, _per_example(tau, x), "ibp", 1.0, lower, upper, n_classes=K,
+                           batch_stats=stats)
+        robust = _fused(lb)
+    elif method == "mtl-ibp":
+        lb = margin_bounds(model, x, y, eps, "ibp", 1.0, lower, upper, n_classes=K, batch_stats=stats)
+        adv = adversarial_points(model, x, y, eps, lower, upper, options)
+        a = options.mtl_alpha
+        robust = a * _fused(lb) + (1.0 - a) * F.cross_entropy(model(adv), y)
+    else:
+        lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=K, batch_stats=stats)
+        robust = _fused(lb)
     loss = kappa * natural + (1.0 - kappa) * robust if kappa else robust
     with torch.no_grad():
         tight = float("nan")

@@ -356,3 +356,53 @@ def test_certified_loss_updates_running_statistics_once() -> None:
     b(x)
     torch.testing.assert_close(a.bn.running_mean, b.bn.running_mean)
     torch.testing.assert_close(a.bn.running_var, b.bn.running_var)
+
+
+def test_sabr_bounds_a_small_box_inside_the_ball() -> None:
+    """SABR's loss is IBP's over boxes of radius lambda*eps around PGD points found within
+    (1 - lambda)*eps: inside the ball, so its bound is at least the whole ball's (IBP is
+    monotone in the box), and lambda = 1 from the centre is IBP itself."""
+    from verifier.training import CertifiedOptions, adversarial_points
+
+    net = _mlp().eval()
+    x = torch.rand(6, 12)
+    y = torch.arange(6) % 4
+    opts = CertifiedOptions(sabr_lambda=0.3)
+    centres = adversarial_points(net, x, y, 0.1 * 0.7, 0.0, 1.0, opts)
+    assert bool(((centres - x).abs() <= 0.07 + 1e-7).all() and (centres >= 0).all() and (centres <= 1).all())
+    with torch.no_grad():
+        small = margin_bounds(net, centres, y, 0.03, "ibp")
+        whole = margin_bounds(net, x, y, 0.1, "ibp")
+        assert bool((small >= whole - 1e-6).all())
+        loss, info = certified_loss(net, x, y, 0.1, method="sabr", options=opts, tightness=False)
+        _, info_ibp = certified_loss(net, x, y, 0.1, method="ibp", tightness=False)
+    assert info.robust_loss <= info_ibp.robust_loss + 1e-6
+    loss2, _ = certified_loss(net, x, y, 0.1, method="sabr", options=CertifiedOptions(sabr_lambda=1.0, attack_steps=0),
+                              tightness=False)
+    torch.testing.assert_close(loss2, certified_loss(net, x, y, 0.1, method="ibp", tightness=False)[0])
+
+
+def test_mtl_ibp_is_the_convex_mix() -> None:
+    """MTL-IBP's loss is alpha * IBP's + (1 - alpha) * the adversarial cross-entropy, with
+    gradients to every weight; alpha 1 is IBP's loss."""
+    from verifier.training import CertifiedOptions, adversarial_points
+
+    net = _mlp()
+    x = torch.rand(6, 12)
+    y = torch.arange(6) % 4
+    ibp, _ = certified_loss(net, x, y, 0.1, method="ibp", tightness=False)
+    adv = adversarial_points(net, x, y, 0.1, 0.0, 1.0)
+    ce = torch.nn.functional.cross_entropy(net(adv), y)
+    assert ce.item() >= torch.nn.functional.cross_entropy(net(x), y).item() - 1e-6   # PGD raised the loss
+    mixed, _ = certified_loss(net, x, y, 0.1, method="mtl-ibp", options=CertifiedOptions(mtl_alpha=0.25),
+                              tightness=False)
+    torch.testing.assert_close(mixed, 0.25 * ibp + 0.75 * ce)
+    mixed.backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
+    one, _ = certified_loss(net, x, y, 0.1, method="mtl-ibp", options=CertifiedOptions(mtl_alpha=1.0),
+                            tightness=False)
+    torch.testing.assert_close(one, ibp)
+    with pytest.raises(ValueError, match="mtl_alpha"):
+        CertifiedOptions(mtl_alpha=2.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        certified_loss(net, x, y, 0.1, method="pgd")

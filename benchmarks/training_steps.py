@@ -1,0 +1,79 @@
+"""What a certified-training step costs over a clean one (issue 24's measure).
+
+One SGD step = loss + backward + update on a batch of scikit-learn digits, one torch
+thread, for the digits MLP 64-128-128-10 and a CNN of two convolutions and two linear
+layers: the clean cross-entropy step, then `certified_loss` with IBP and CROWN-IBP at
+eps 0.1 (tightness off: it is a diagnostic, not part of the step). Prints milliseconds
+per step and the ratio to the clean step.
+
+    python benchmarks/training_steps.py [--batch 128] [--reps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from verifier.training import certified_loss
+
+
+class DigitsCNN(nn.Module):
+    """Two convolutions (16 and 32 channels, the second strided) and two linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.l1 = nn.Linear(32 * 4 * 4, 100)
+        self.l2 = nn.Linear(100, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.l2(torch.relu(self.l1(x.flatten(1))))
+
+
+def _step_ms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, reps: int) -> float:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+    start = time.perf_counter()
+    for _ in range(reps):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+    return (time.perf_counter() - start) / reps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--eps", type=float, default=0.1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    digits = load_digits()
+    X = torch.tensor(digits.data[:args.batch] / 16.0, dtype=torch.float32)
+    Y = torch.tensor(digits.target[:args.batch])
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    losses = {
+        "clean": lambda m, x, y: F.cross_entropy(m(x), y),
+        "ibp": lambda m, x, y: certified_loss(m, x, y, args.eps, method="ibp", tightness=False)[0],
+        "crown-ibp": lambda m, x, y: certified_loss(m, x, y, args.eps, method="crown-ibp", tightness=False)[0],
+    }
+    print(f"| model | clean step | IBP | CROWN-IBP |  (batch {args.batch}, one thread, ms and x clean)")
+    print("|---|---:|---:|---:|")
+    for name, model, x in (("MLP 64-128-128-10", mlp, X), ("CNN 2 conv + 2 linear", DigitsCNN(), X.reshape(-1, 1, 8, 8))):
+        ms = {k: _step_ms(model, x, Y, fn, args.reps * (3 if k == "clean" else 1)) for k, fn in losses.items()}
+        clean = ms["clean"]
+        print(f"| {name} | {clean:.2f} | {ms['ibp']:.2f} ({ms['ibp'] / clean:.1f}x) | "
+              f"{ms['crown-ibp']:.2f} ({ms['crown-ibp'] / clean:.1f}x) |")
+
+
+if __name__ == "__main__":
+    main()
