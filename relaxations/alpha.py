@@ -291,7 +291,7 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precisio
         p.requires_grad_(True)
     opt = _Adam(params, lr=alpha_lrs(ctx, moved, options.alpha_lr) + [options.alpha_lr] * len(betas))
     octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, {k: sparse.get(k, v) for k, v in moved.items()},
-                           cache=None, checked=set(), prepared={})
+                           cache=None, checked=set(), prepared={}, balls=ctx.balls)
     best = None
     best_lin = None
     best_alphas: dict[str, T] = {}

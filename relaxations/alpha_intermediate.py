@@ -308,7 +308,7 @@ def _pass(setup: _Setup, late: Callable[[], bool], capture: Optional[dict]
         return None
     extra = {k: -setup.betas[k] * setup.signs[k] for k in setup.betas} or None
     octx = BackwardContext(ctx.graph, ctx.ev, table, ctx.rules, _in_range(ctx, table, setup.alphas),
-                           cache=None, extra_A=extra, capture=capture, prepared=setup.prepared)
+                           cache=None, extra_A=extra, capture=capture, prepared=setup.prepared, balls=ctx.balls)
     return table, backward_lower(octx, ctx.graph.output_name, setup.A), empty
 
 
@@ -324,7 +324,7 @@ def _tighten(setup: _Setup, table: BoundsTable, name: str, chunk: _Chunk) -> Int
     A[:, ar, chunk.rows] = 1.0
     A[:, r + ar, chunk.rows] = -1.0
     zctx = BackwardContext(ctx.graph, ctx.ev, table, ctx.rules, _in_range(ctx, table, chunk.alphas, chunk.index),
-                           cache=None, prepared=setup.prepared)
+                           cache=None, prepared=setup.prepared, balls=ctx.balls)
     lb = backward_lower(zctx, name, A.reshape(B, 2 * r, *shape)).concretize(setup.box, setup.precision)
     lower = current.lower.reshape(B, -1).clone()
     upper = current.upper.reshape(B, -1).clone()

@@ -39,10 +39,11 @@ import torch
 
 from models import Graph, GraphEvaluator
 from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
-from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, concretize
+from relaxations.bounds import BallBox, BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, concretize
 from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_slot_node, rules_for
 from relaxations.ibp import node_inputs, sound_interval
+from relaxations.l2 import tensor_balls
 from relaxations.patches import PatchBounds, patches_lower
 from relaxations.reverse import tightened_box
 
@@ -107,6 +108,9 @@ class BoundOptions:
     # alpha-CROWN keeps a ReLU's alphas only at its unstable elements when they are few
     # (crown.SparseAlpha): the same bounds, less work per step on wide layers.
     sparse_alpha: bool = True
+    # Over an l2 ball (a BallBox input), each ReLU's bias is also SDP-CROWN's where that is
+    # higher (relaxations/sdp_crown.py, the balls from relaxations/l2.py).
+    sdp_crown: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -218,7 +222,9 @@ def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Op
         check_deadline(options.deadline)
         rows = idx[start:start + chunk]
         r = rows.numel()
-        lin = patches_lower(ctx, name, rows, B) if options.patches else None
+        # Over an l2 ball the dense walk, which takes SDP-CROWN's bias at each ReLU (the
+        # patches walk does not): on a digits CNN at l2 radius 0.2, 78 of 100 proved against 36.
+        lin = patches_lower(ctx, name, rows, B) if options.patches and ctx.balls is None else None
         if lin is None:
             A = torch.zeros(B, 2 * r, shape.numel(), dtype=lower.dtype, device=lower.device)
             ar = torch.arange(r, device=lower.device)
@@ -280,6 +286,8 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     precision = options.precision or Precision.for_dtype(ev.dtype)
     table = BoundsTable({graph.input_name: box})
     ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={}, deadline=options.deadline)
+    if isinstance(box, BallBox) and options.sdp_crown and options.method != "ibp":
+        ctx.balls = tensor_balls(graph, ev, box, ctx)
     needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
     fwd = {graph.input_name: forward_input(box)} \
         if options.method != "ibp" and options.intermediate == "forward" else None

@@ -29,6 +29,7 @@ from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds, LinearBounds, check_deadline, interval_terms
 from relaxations.ops.common import batched
 from relaxations.registry import OpRule, Relaxation, SlotRelaxation, is_affine_node, rule_for
+from relaxations.sdp_crown import sdp_bias
 
 __all__ = ["BackwardContext", "affine_rows", "PartialRelaxation", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from", "is_slot_node",
            "is_relaxed", "slot_bounds", "slot_count", "relaxation_domain", "MAX_SLOT_ELEMENTS"]
@@ -101,6 +102,10 @@ class BackwardContext:
     # computed once per interval instead of at every alpha step. The entry keeps the
     # interval object alive, so an identity check cannot match a different interval.
     prepared: Optional[dict] = None
+    # tensor -> (centre [B, *shape], radius [B]) of an l2 ball holding its values
+    # (relaxations/l2.py, over a BallBox input): a ReLU reading such a tensor gets
+    # SDP-CROWN's bias where it beats CROWN's (relaxations/sdp_crown.py).
+    balls: Optional[Mapping[str, tuple]] = None
 
 
 def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
@@ -270,6 +275,11 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
     if isinstance(r, PartialRelaxation):
         b, m = interval_terms(A * r.unbounded, ctx.table[node.outputs[0]])
         bias, mass = bias + b, mass + m
+    elif ctx.balls is not None and node.op == "Relu" and node.inputs[0] in ctx.balls:
+        # Both are sound biases for the same A_in: per row, the higher one.
+        b, m = sdp_bias(A, A_in, *ctx.balls[node.inputs[0]])
+        better = b > bias
+        bias, mass = torch.where(better, b, bias), torch.where(better, m, mass)
     return A_in, bias, mass
 
 

@@ -37,7 +37,7 @@ from relaxations.bounds import IntervalBounds
 from relaxations.crown import BackwardContext, affine_rows
 from relaxations.registry import is_affine_node
 
-__all__ = ["tightened_box", "MAX_MATRIX"]
+__all__ = ["tightened_box", "affine_matrix", "MAX_MATRIX"]
 
 T = torch.Tensor
 # Elements of an affine node's dense matrix [outputs, variable inputs] that it may hold.
@@ -137,6 +137,13 @@ def _rows_of(ctx: BackwardContext, node, cache: Optional[dict]) -> Optional[_Row
         out = _Rows(M, bias.reshape(K).double(), parts, single)
     cache[node.name] = out
     return out
+
+
+def affine_matrix(ctx: BackwardContext, node, cache: Optional[dict] = None) -> Optional[_Rows]:
+    """An affine node's rows in float64 (`_Rows`: M [outputs, variable inputs] and its
+    parts per input, or a selection's copied positions), kept per evaluator; None when
+    the node is too large for a dense matrix (`MAX_MATRIX`)."""
+    return _rows_of(ctx, node, cache)
 
 
 def _outward(lo: T, hi: T, dtype: torch.dtype) -> tuple[T, T]:

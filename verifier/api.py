@@ -28,7 +28,8 @@ def bound_options(cfg, method: Optional[str] = None) -> BoundOptions:
     """
     return BoundOptions(method=method or cfg.method, intermediate=cfg.intermediate,
                         alpha_iterations=cfg.alpha_iterations, alpha_lr=cfg.alpha_lr,
-                        max_elements=cfg.max_elements, patches=cfg.patches, sparse_alpha=cfg.sparse_alpha)
+                        max_elements=cfg.max_elements, patches=cfg.patches, sparse_alpha=cfg.sparse_alpha,
+                        sdp_crown=cfg.sdp_crown)
 
 
 def outward_box(lower, upper, dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,8 @@ l2 has no VNN-LIB form (a ball is not a box), so it is decided here: an l2 PGD a
 the module, each candidate replayed in onnxruntime in float32 and kept only inside the
 ball and the valid range; then CROWN and alpha-CROWN over the box around the ball with
 the ball itself used at the input (`relaxations.BallBox`: the better of the box's and the
-ball's minimum of each linear bound). Branch and bound does not take balls yet, so what
+ball's minimum of each linear bound) and SDP-CROWN's bias at every ReLU whose input the
+ball reaches (`bounds.sdp_crown`). Branch and bound does not take balls yet, so what
 bounds leave open is `unknown`, and no certificate is written (the checker reads boxes).
 """
 from __future__ import annotations
