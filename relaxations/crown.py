@@ -276,9 +276,10 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
         b, m = interval_terms(A * r.unbounded, ctx.table[node.outputs[0]])
         bias, mass = bias + b, mass + m
     elif ctx.balls is not None and node.op == "Relu" and node.inputs[0] in ctx.balls:
-        # Both are sound biases for the same A_in: per row, the higher one.
+        # Both are sound biases for the same A_in: per row, the higher one (a finite one:
+        # an overflow in SDP-CROWN's terms, a huge lambda on a tiny ball, proves nothing).
         b, m = sdp_bias(A, A_in, *ctx.balls[node.inputs[0]])
-        better = b > bias
+        better = (b > bias) & torch.isfinite(b) & torch.isfinite(m)
         bias, mass = torch.where(better, b, bias), torch.where(better, m, mass)
     return A_in, bias, mass
 

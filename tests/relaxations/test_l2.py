@@ -133,3 +133,15 @@ def test_bounds_with_sdp_crown_hold_and_tighten(case: str, method: str) -> None:
     assert bool((out >= with_sdp.lower.reshape(1, -1) - 1e-5).all() and (out <= with_sdp.upper.reshape(1, -1) + 1e-5).all())
     width = float((with_sdp.upper - with_sdp.lower).sum())
     assert width < float((without.upper - without.lower).sum())
+
+
+def test_degenerate_balls_give_no_bias_that_is_not_finite() -> None:
+    """A zero or tiny radius sends lambda to overflow: whatever comes out is never a
+    finite value above the truth (the backward pass only takes finite biases)."""
+    w = torch.tensor([[[1.0, -2.0, 0.5]]])
+    g = torch.tensor([[[0.5, -1.0, 0.0]]])
+    zc = torch.tensor([[0.0, 1.0, -1.0]])
+    for r in (0.0, 1e-30, 1e-3):
+        b, m = sdp_bias(w, g, zc, torch.tensor([r]))
+        exact = float((w * torch.relu(zc)).sum() - (g * zc).sum())     # the ball is (almost) its centre
+        assert not bool(torch.isfinite(b) & torch.isfinite(m)) or float(b) <= exact + 1e-3
