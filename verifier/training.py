@@ -37,7 +37,7 @@ from torch import nn
 
 from models import Graph, GraphEvaluator, Node
 from models.from_torch import graph_from_module, structure_key
-from relaxations import BoundOptions, IntervalBounds, compute_bounds, rule_for
+from relaxations import BallBox, BoundOptions, IntervalBounds, compute_bounds, rule_for
 from relaxations.bounds import Precision
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.registry import is_affine_node
@@ -79,13 +79,20 @@ def margin_matrix(y: T, n_classes: int) -> T:
     return eye[y].unsqueeze(1) - eye[others]
 
 
-def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...]) -> IntervalBounds:
+def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...], norm: str = "inf"
+         ) -> IntervalBounds:
     """The batch of l-inf boxes x +- eps clipped to [lower, upper], as [B, *shape]; eps a
-    number, or one per example ([B] or [B, 1, ...])."""
+    number, or one per example ([B] or [B, 1, ...]). norm "2": that box carrying the l2
+    ball of radius eps around x (a `BallBox`: the region is the ball within the range)."""
     xb = x.reshape(x.shape[0], *shape)
-    if isinstance(eps, torch.Tensor) and eps.dim() >= 1 and eps.numel() == x.shape[0] and x.shape[0] > 1:
-        eps = eps.reshape(-1, *([1] * len(shape)))
-    return IntervalBounds((xb - eps).clamp(min=lower, max=upper), (xb + eps).clamp(min=lower, max=upper))
+    radius = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    if radius.dim() >= 1 and radius.numel() == x.shape[0] and x.shape[0] > 1:
+        radius = radius.reshape(-1)
+        eps = radius.reshape(-1, *([1] * len(shape)))
+    lo, hi = (xb - eps).clamp(min=lower, max=upper), (xb + eps).clamp(min=lower, max=upper)
+    if norm == "2":
+        return BallBox(lo, hi, xb, radius.expand(x.shape[0]) if radius.dim() == 0 else radius.reshape(-1))
+    return IntervalBounds(lo, hi)
 
 
 def _crown_lower(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: T) -> tuple[T, T]:
@@ -140,7 +147,7 @@ def _batch_statistics(model: nn.Module, x: T) -> dict[str, T]:
 
 def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
                   lower: float = 0.0, upper: float = 1.0, n_classes: Optional[int] = None,
-                  batch_stats: Optional[dict[str, T]] = None) -> T:
+                  batch_stats: Optional[dict[str, T]] = None, *, norm: str = "inf") -> T:
     """Lower bounds [B, K-1] of the margins y_true - y_j over each clipped box, with autograd.
 
     ibp: interval bound propagation with the margin matrix folded into the last affine
@@ -157,6 +164,9 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     auto_LiRPA does): the bounds are those of the network with those statistics as its
     constants, with autograd through them. `batch_stats` (from `forward_with_statistics`)
     saves a forward; without it they are computed here, running statistics untouched.
+    norm "2": the region is the l2 ball of radius eps around x within [lower, upper]; the
+    affine layers reading the input are bounded through the ball (dual norm) and CROWN
+    concretises against it (SDP-CROWN's ReLU bias is for verification: `verify_module`).
     """
     if method not in BOUND_METHODS:
         raise ValueError(f"method must be one of {', '.join(BOUND_METHODS)}, not '{method}'")
@@ -164,7 +174,9 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     graph = module_graph(model, shape)
     K = n_classes or graph.output_size
     C = margin_matrix(y, K).to(dtype=x.dtype)
-    box = _box(x, eps, lower, upper, shape)
+    if norm not in ("inf", "2"):
+        raise ValueError(f"norm must be 'inf' or '2', not {norm!r}")
+    box = _box(x, eps, lower, upper, shape, norm)
     ev = GraphEvaluator(graph, dtype=x.dtype, device=x.device)
     stats = _batch_statistics(model, x) if batch_stats is None else batch_stats
     for name, value in stats.items():
@@ -257,11 +269,12 @@ class CertifiedInfo:
 
 def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
                    lower: float = 0.0, upper: float = 1.0, kappa: float = 0.0,
-                   tightness: bool = True, options: CertifiedOptions = CertifiedOptions()
-                   ) -> tuple[T, CertifiedInfo]:
+                   tightness: bool = True, options: CertifiedOptions = CertifiedOptions(), *,
+                   norm: str = "inf") -> tuple[T, CertifiedInfo]:
     """Robust cross-entropy of `model` over the l-inf boxes x +- eps (clipped), and diagnostics.
 
-    x: [B, *example_shape] on the model's device; y: [B] class indices. The loss is
+    x: [B, *example_shape] on the model's device; y: [B] class indices; norm "2" trains
+    against l2 balls of radius eps (ibp and crown-ibp; see `margin_bounds`). The loss is
     `kappa * CE(model(x), y) + (1 - kappa) * R`. For ibp and crown-ibp, R is
     `log(1 + sum_j exp(-lb_j))` where lb are the margin lower bounds (`margin_bounds`,
     loss fusion); with eps == 0 the bounds are the exact margins and R is the ordinary
@@ -273,6 +286,8 @@ def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "
     """
     if method not in TRAINING_METHODS:
         raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
+    if norm != "inf" and method not in BOUND_METHODS:
+        raise ValueError(f"method '{method}' trains against l-inf balls only (its attack is l-inf)")
     logits, stats = forward_with_statistics(model, x)
     natural = F.cross_entropy(logits, y)
     K = logits.shape[-1]
@@ -288,7 +303,7 @@ def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "
         a = options.mtl_alpha
         robust = a * _fused(lb) + (1.0 - a) * F.cross_entropy(model(adv), y)
     else:
-        lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=K, batch_stats=stats)
+        lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=K, batch_stats=stats, norm=norm)
         robust = _fused(lb)
     loss = kappa * natural + (1.0 - kappa) * robust if kappa else robust
     with torch.no_grad():

@@ -406,3 +406,32 @@ def test_mtl_ibp_is_the_convex_mix() -> None:
         CertifiedOptions(mtl_alpha=2.0)
     with pytest.raises(ValueError, match="method must be one of"):
         certified_loss(net, x, y, 0.1, method="pgd")
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+@pytest.mark.parametrize("case", ["mlp", "pool-cat"])
+def test_l2_training_bounds_hold_and_beat_the_box(case: str, method: str) -> None:
+    """norm 2: the margin bounds hold at points of each l2 ball (within [0, 1]), with
+    gradients, and are tighter than over the ball's bounding box."""
+    make, shape = CASES[case]
+    net = make().eval()
+    x = torch.rand(3, *shape)
+    y = torch.tensor([0, 2, 3])
+    eps = 0.3
+    lb = margin_bounds(net, x, y, eps, method, norm="2")
+    lb.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with torch.no_grad():
+        box = margin_bounds(net, x, y, eps, method)
+        assert bool((lb >= box - 1e-6).all()) and bool((lb > box + 1e-3).any())
+        C = margin_matrix(y, 4)
+        for i in range(3):
+            d = torch.randn(2000, *shape)
+            d = d / d.reshape(2000, -1).norm(dim=1).reshape(-1, *([1] * len(shape))) * eps
+            d = d * torch.rand(2000).reshape(-1, *([1] * len(shape)))
+            pts = (x[i] + d).clamp(0, 1)
+            assert bool((lb[i] <= (net(pts) @ C[i].T).min(0).values + 1e-5).all())
+    with pytest.raises(ValueError, match="l-inf balls only"):
+        certified_loss(net, x, y, eps, method="sabr", norm="2")
+    loss, info = certified_loss(net, x, y, eps, method=method, norm="2", tightness=False)
+    assert np.isfinite(float(loss.detach()))
