@@ -334,7 +334,8 @@ def ibp_tightness(model: nn.Module, x: T) -> T:
     We return the mean over the outputs of the ratio of the two radii (1 means IBP is
     exact on this linearisation; it is always <= 1). Affine nodes use the registry's
     |L| r rule and elementwise activations the absolute value of their derivative at
-    x, so any graph of affine and elementwise ops is covered; other ops give NaN.
+    x, and max-type ops the selection of their argmax at x, so any graph of affine,
+    elementwise and max-pooling ops is covered; other ops give NaN.
     """
     shape = (1, *x.shape[1:])
     graph = module_graph(model, shape)
@@ -369,9 +370,23 @@ def _linearised_ibp_radius(graph: Graph, ev: GraphEvaluator, values: dict[str, T
                 radius[name] = b.radius
         elif rule.kind == "elementwise" and sum(variable) == 1 and variable[0]:
             radius[node.outputs[0]] = radius[node.inputs[0]] * _slope_at(ev, node, values)
+        elif node.op in _SELECTING and sum(variable) == 1 and variable[0] and len(node.outputs) == 1:
+            # Max-type ops are, at the clean point, a selection of their argmax: a
+            # Jacobian of 0s and 1s, so |J| r = J r, a forward-mode product.
+            radius[node.outputs[0]] = _selected(ev, node, values, radius[node.inputs[0]])
         else:
             return None
     return radius[graph.output_name].reshape(B, -1)
+
+
+_SELECTING = frozenset({"MaxPool", "GlobalMaxPool", "ReduceMax"})
+
+
+def _selected(ev: GraphEvaluator, node: Node, values: dict[str, T], r: T) -> T:
+    """J r for the node's Jacobian J at its clean input (a selection for max-type ops)."""
+    z = values[node.inputs[0]]
+    _, out = torch.func.jvp(lambda t: ev.run_node(node, {**values, node.inputs[0]: t})[0], (z,), (r,))
+    return out
 
 
 def _slope_at(ev: GraphEvaluator, node: Node, values: dict[str, T]) -> T:

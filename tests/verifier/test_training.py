@@ -456,3 +456,15 @@ def test_training_ibp_equals_a_hand_folded_ibp() -> None:
             + margin_matrix(y, 4) @ net[4].bias
         ours = margin_bounds(net, x, y, eps, "ibp")
     torch.testing.assert_close(ours, hand, rtol=1e-5, atol=1e-5)
+
+
+def test_tightness_covers_max_pooling() -> None:
+    """The pool/cat net (MaxPool, concatenation, adaptive pooling) gets a finite tightness
+    in (0, 1]; a linear map through a max pool whose argmax is fixed gets 1."""
+    net = _poolcat().eval()
+    t = ibp_tightness(net, torch.rand(4, 36))
+    assert bool(torch.isfinite(t).all() and (t > 0).all() and (t <= 1 + 1e-6).all())
+    lin = nn.Sequential(nn.Unflatten(1, (1, 4, 4)), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        lin[3].weight.copy_(torch.eye(3, 4))
+    torch.testing.assert_close(ibp_tightness(lin, torch.rand(2, 16)), torch.ones(2))
