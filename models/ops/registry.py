@@ -39,9 +39,13 @@ def first_input(node: Node, variable: Sequence[bool], args: Args) -> bool:
 
 
 def broadcasting(node: Node, variable: Sequence[bool], args: Args) -> bool:
-    """`batches` of elementwise ops with numpy broadcasting: no constant may reach axis 0
-    with a size other than 1 (it would broadcast against the stacked samples)."""
-    rank = next(a.dim() - 1 for a, v in zip(args, variable) if v)
+    """`batches` of elementwise ops with numpy broadcasting: the variable inputs have one
+    rank (a lower-ranked one would align its samples with another axis), and no constant
+    reaches axis 0 with a size other than 1 (it would broadcast against the samples)."""
+    ranks = {a.dim() - 1 for a, v in zip(args, variable) if v}
+    if len(ranks) != 1:
+        return False
+    rank = ranks.pop()
     return all(a.dim() < rank or (a.dim() == rank and a.shape[0] == 1)
                for a, v in zip(args, variable) if not v and a is not None)
 

@@ -59,6 +59,9 @@ REFUSED = {
     "add-const-reaching-N": (_node("Add", 2), [_r(B, 1, 3), _r(2, 3)], [True, False]),
     "sample-N-not-1": (_node("Relu", 1), [_r(B, 2, 3)], [True]),
     "no-declaration": (_node("Transpose", 1, perm=[1, 0]), [_r(B, 1, 3)], [True]),
+    # (B = 5 samples of [1, 5] against [1, 5, 5]: stacked, the lower rank's samples would
+    # align with the other's second axis)
+    "variables-of-two-ranks": (_node("Add", 2), [_r(B, 1, 5, 5), _r(B, 1, 5)], [True, True]),
 }
 
 
