@@ -65,36 +65,44 @@ def tensor_balls(graph: Graph, ev: GraphEvaluator, ball: BallBox, ctx: BackwardC
     """Tensor name -> (centre [B, *shape], radius [B]) of a ball containing every value the
     tensor takes over `ball` (ignoring the box: sound, the ball contains its part in the
     box). Only tensors reached through affine nodes, ReLUs and selections get one; any
-    other op ends its branch. Radii grow by a margin for the centres' rounding."""
-    x0 = ball.ball_centre
-    rho = ball.ball_radius.to(x0.dtype)
-    balls: dict[str, tuple[T, T]] = {graph.input_name: (x0, rho)}
+    other op ends its branch. Centres and radii are computed in float64 and the radii
+    grow by a margin for storing both in the working dtype."""
+    # Centres in float64 (the network at x0, exactly up to 1e-16 relative), stored back in
+    # the working dtype: the radii's margin covers that last rounding many times over.
+    ev64 = ev if ev.dtype == torch.float64 else GraphEvaluator(graph, dtype=torch.float64, device=ev.device)
+    dtype = ball.ball_centre.dtype
+    x0 = ball.ball_centre.detach().double()
+    rho = ball.ball_radius.detach().double()
+    centres: dict[str, T] = {graph.input_name: x0}
+    balls: dict[str, tuple[T, T]] = {graph.input_name: (ball.ball_centre, ball.ball_radius.to(dtype))}
+    radii: dict[str, T] = {graph.input_name: rho}
     cache: dict = {}
     norms: dict = {}
     for node in graph.nodes:
         variable = [bool(x) and x not in ev.constants for x in node.inputs]
         ins = [x for x, v in zip(node.inputs, variable) if v]
-        if len(node.outputs) != 1 or not ins or any(x not in balls for x in ins):
+        if len(node.outputs) != 1 or not ins or any(x not in radii for x in ins):
             continue
         rule = rule_for(node)
         if node.op == "Relu":
-            radius = balls[ins[0]][1]
+            radius = radii[ins[0]]
         elif is_affine_node(node, rule, variable):
-            radius = _affine_radius(ctx, node, balls, cache, norms)
+            radius = _affine_radius(ctx, node, radii, cache, norms)
             if radius is None:
                 continue
         else:
             continue
-        values = {x: balls[x][0] for x in ins}
-        centre = ev.run_node(node, values)[0]
-        # The centre is computed in the working precision: the exact one is within a few
-        # roundings of its terms, far inside this margin.
-        slack = 1e-5 * (centre.reshape(centre.shape[0], -1).norm(dim=1) + radius) + 1e-6
-        balls[node.outputs[0]] = (centre, radius * (1 + 1e-6) + slack)
+        name = node.outputs[0]
+        centres[name] = ev64.run_node(node, {x: centres[x] for x in ins})[0]
+        radii[name] = radius
+        stored = centres[name].to(dtype)
+        # The float64 centre's own error and the cast to the working dtype, inside this margin.
+        slack = 1e-6 * (centres[name].reshape(centres[name].shape[0], -1).norm(dim=1) + radius) + 1e-9
+        balls[name] = (stored, (radius * (1 + 1e-6) + slack).to(dtype))
     return balls
 
 
-def _affine_radius(ctx: BackwardContext, node, balls: dict, cache: dict, norms: dict) -> Optional[T]:
+def _affine_radius(ctx: BackwardContext, node, radii: dict, cache: dict, norms: dict) -> Optional[T]:
     """sum over the variable inputs of sigma_max(block) * radius (the triangle inequality)."""
     rows = affine_matrix(ctx, node, cache)
     if rows is None:
@@ -112,6 +120,6 @@ def _affine_radius(ctx: BackwardContext, node, balls: dict, cache: dict, norms: 
             norms[node.name] = blocks
     radius = None
     for x, sigma in norms[node.name]:
-        term = balls[x][1] * sigma
+        term = radii[x] * sigma
         radius = term if radius is None else radius + term
     return radius
