@@ -93,6 +93,8 @@ def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence
     labels = [int(v) for v in torch.as_tensor(y).reshape(-1).tolist()]
     if len(labels) != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} points and y {len(labels)} labels")
+    if bool((x < lower).any() or (x > upper).any()):
+        raise ValueError(f"every point must lie in the valid range [{lower}, {upper}]")
     model = module_model(module, (1, *x.shape[1:]))
     K = model.n_outputs
     for label in labels:

@@ -119,6 +119,8 @@ def test_bad_arguments_are_clear_errors() -> None:
         verifier.verify_module(net, x, torch.tensor([0, 1, 2]), eps=0.1)
     with pytest.raises(ValueError, match="eps must be finite"):
         verifier.verify_module(net, x, y, eps=float("nan"))
+    with pytest.raises(ValueError, match="valid range"):
+        verifier.verify_module(net, x + 2.0, y, eps=0.1, norm="2")
 
 
 def test_linf_certificates_are_written_and_accepted(tmp_path) -> None:
