@@ -47,7 +47,7 @@ __all__ = ["certified_loss", "CertifiedInfo", "CertifiedOptions", "EpsilonSchedu
            "ibp_tightness", "module_graph", "TRAINING_METHODS"]
 
 T = torch.Tensor
-BOUND_METHODS = ("ibp", "crown-ibp")
+BOUND_METHODS = ("ibp", "crown-ibp", "crown")
 # sabr: IBP over a small box around an adversarial point (Mueller et al., ICLR 2023,
 # "Certified Training: Small Boxes are All You Need"); mtl-ibp: a convex mix of the IBP
 # loss and an adversarial one (De Palma et al., ICLR 2024, "Expressive Losses for
@@ -151,7 +151,9 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     """Lower bounds [B, K-1] of the margins y_true - y_j over each clipped box, with autograd.
 
     ibp: interval bound propagation with the margin matrix folded into the last affine
-    layers. crown-ibp: beta * max(CROWN, IBP) + (1 - beta) * IBP, where CROWN uses IBP
+    layers. crown: CROWN for every intermediate bound as well as the margins (with the
+    folded IBP bound as a floor), the tightest and by far the costliest per step (for
+    small nets; BENCHMARKS.md). crown-ibp: beta * max(CROWN, IBP) + (1 - beta) * IBP, where CROWN uses IBP
     intermediate bounds (Zhang et al., "Towards Stable and Efficient Training of
     Verifiably Robust Neural Networks") and IBP is the folded bound of method "ibp"
     (beta 0 runs no CROWN pass). Both are computed without rounding margins
@@ -182,6 +184,10 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     for name, value in stats.items():
         if name in ev.constants:
             ev.constants[name] = value.to(dtype=x.dtype)
+    if method == "crown":   # every intermediate bound by CROWN too: tighter, costlier (small nets)
+        options = BoundOptions(method="crown", intermediate="crown", fold=True, grad=True,
+                               precision=Precision.none(), patches=False)
+        return compute_bounds(graph, box, C, options, want_upper=False, ev=ev).lower
     if method == "ibp" or beta == 0.0:   # CROWN-IBP with CROWN's weight at 0 is IBP: no CROWN pass
         options = BoundOptions(method="ibp", grad=True, precision=Precision.none())
         res = compute_bounds(graph, box, C, options, want_upper=False, ev=ev)

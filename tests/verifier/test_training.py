@@ -219,7 +219,7 @@ def test_training_bounds_equal_those_of_the_exported_onnx(case: str, tmp_path) -
     assert bool((ours_cibp >= ours_ibp - 1e-6).all())
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_training_bounds_hold_at_samples(case: str, method: str) -> None:
     """The loss's margin bounds (no rounding margins) are below the margins of 300 points
@@ -468,3 +468,22 @@ def test_tightness_covers_max_pooling() -> None:
     with torch.no_grad():
         lin[3].weight.copy_(torch.eye(3, 4))
     torch.testing.assert_close(ibp_tightness(lin, torch.rand(2, 16)), torch.ones(2))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_full_crown_training_is_at_least_crown_ibp(case: str) -> None:
+    """method crown bounds every intermediate tensor by CROWN: never looser than CROWN-IBP
+    (to rounding), tighter on the MLP, with gradients to every weight."""
+    make, shape = CASES[case]
+    net = make().eval()
+    x = torch.rand(4, *shape)
+    y = torch.tensor([0, 1, 2, 3])
+    full = margin_bounds(net, x, y, 0.05, "crown")
+    with torch.no_grad():
+        cibp = margin_bounds(net, x, y, 0.05, "crown-ibp")
+    assert bool((full >= cibp - 1e-5).all())
+    if case == "mlp":   # (on the pool/cat net at this radius the two coincide)
+        assert bool((full > cibp + 1e-4).any())
+    loss, _ = certified_loss(net, x, y, 0.05, method="crown", tightness=False)
+    loss.backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
