@@ -97,7 +97,7 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds", want_mass: bool = 
         # and a sum, whose backward is several times faster on CPU than bmm's against a
         # single column. Not for alpha-CROWN's steps: on its wide rows bmm is the faster,
         # and a change of summation order there changes which near-tied neuron a search
-        # splits (mnist_fc 256x4 prop_3_0.05: 431 domains against 75).
+        # splits (BENCHMARKS.md, session 23).
         value = (Af * ((lo + hi) / 2).transpose(1, 2)).sum(-1) - (absA * ((hi - lo) / 2).transpose(1, 2)).sum(-1)
     else:
         value = torch.bmm(Af, (lo + hi) / 2).squeeze(-1) - torch.bmm(absA, (hi - lo) / 2).squeeze(-1)

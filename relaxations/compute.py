@@ -225,7 +225,7 @@ def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Op
         r = rows.numel()
         # Over an l2 ball the dense walk, which concretises against the ball and takes
         # SDP-CROWN's bias at each ReLU (the patches walk does neither, concretising
-        # against the box): on a digits CNN at l2 radius 0.2, 78 of 100 proved against 12.
+        # against the box; what that costs in proofs: BENCHMARKS.md, session 23).
         lin = patches_lower(ctx, name, rows, B) if options.patches and not isinstance(box, BallBox) else None
         if lin is None:
             A = torch.zeros(B, 2 * r, shape.numel(), dtype=lower.dtype, device=lower.device)

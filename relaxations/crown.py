@@ -230,9 +230,9 @@ def _signed_product(A: T, pos: T, lower_slope: T, upper_slope: T) -> T:
 
     As `upper * A + (lower - upper) * pos` with pos = relu(A): this step runs on the
     largest tensors of a backward pass and is memory-bound, and a select between slopes
-    broadcast over the rows (torch.where) costs about four times these products on CPU,
-    its backward twice (with relu, whose backward is one pass, not clamp, whose backward
-    selects). Where
+    broadcast over the rows (torch.where) costs several times these products on CPU, and
+    its backward too (with relu, whose backward is one pass, not clamp, whose backward
+    selects; BENCHMARKS.md, session 23). Where
     the two slopes are equal (stable neurons) the result is A times that slope exactly;
     elsewhere it differs from the select by a few roundings of the product, which the
     rounding margins cover as they cover the product itself.
