@@ -43,9 +43,8 @@ from relaxations.bounds import BallBox, BoundsTable, IntervalBounds, LinearBound
 from relaxations.forward import forward_constant, forward_input, forward_node
 from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_slot_node, rules_for
 from relaxations.ibp import node_inputs, sound_interval
-from relaxations.l2 import tensor_balls
+from relaxations.l2 import affine_in_input, tensor_balls
 from relaxations.patches import PatchBounds, patches_lower
-from relaxations.registry import is_affine_node
 from relaxations.reverse import tightened_box
 
 __all__ = ["BoundOptions", "BoundResult", "ClipHook", "compute_bounds", "final_lower_from_table",
@@ -291,21 +290,11 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     if isinstance(box, BallBox) and options.sdp_crown and options.method != "ibp":
         ctx.balls = tensor_balls(graph, ev, box, ctx)
     needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
-    whole: set = set()
-    if isinstance(box, BallBox):
-        # Over an l2 ball the tensors affine in the input are bounded through the ball
-        # (exactly: concretised by the dual norm), whatever the method: IBP over the
-        # ball's bounding box would start up to sqrt(n) times too wide.
-        affine = {graph.input_name}
-        for node in graph.nodes:
-            rule = ctx.rules[node.name]
-            variable = [bool(x) and x not in ev.constants for x in node.inputs]
-            if len(node.outputs) == 1 and is_affine_node(node, rule, variable) and all(
-                    x in affine for x, v in zip(node.inputs, variable) if v):
-                affine.add(node.outputs[0])
-                if "selection" not in rule.facts:
-                    needs.setdefault(node.outputs[0], None)
-                    whole.add(node.outputs[0])   # every element: IBP goes on from them all
+    # Over an l2 ball the tensors affine in the input are bounded through the ball, every
+    # element (IBP goes on from them all), whatever the method (relaxations/l2.py).
+    whole = affine_in_input(ctx) if isinstance(box, BallBox) else set()
+    for name in whole:
+        needs.setdefault(name, None)
     fwd = {graph.input_name: forward_input(box)} \
         if options.method != "ibp" and options.intermediate == "forward" else None
     consumers = graph.consumers()

@@ -23,7 +23,7 @@ from relaxations.crown import BackwardContext
 from relaxations.registry import is_affine_node, rule_for
 from relaxations.reverse import affine_matrix
 
-__all__ = ["tensor_balls", "spectral_upper"]
+__all__ = ["tensor_balls", "spectral_upper", "affine_in_input"]
 
 T = torch.Tensor
 # The Gram matrix's side up to which sigma_max is certified by Cholesky (n^3 work).
@@ -59,6 +59,24 @@ def spectral_upper(M: T) -> float:
         if int(info) == 0:
             return min(fro, math.sqrt(t + 1e-9 * trace))
     return fro
+
+
+def affine_in_input(ctx: BackwardContext) -> set[str]:
+    """The tensors that are an affine function of the graph input (selections excluded:
+    they copy the input's interval). Over an l2 ball their CROWN bound is exact, the ball
+    concretised by the dual norm, where IBP over the ball's bounding box would start up to
+    sqrt(n) times too wide: the bounding pass tightens every element of them."""
+    graph, consts = ctx.graph, ctx.ev.constants
+    affine, out = {graph.input_name}, set()
+    for node in graph.nodes:
+        rule = ctx.rules[node.name]
+        variable = [bool(x) and x not in consts for x in node.inputs]
+        if len(node.outputs) == 1 and is_affine_node(node, rule, variable) and all(
+                x in affine for x, v in zip(node.inputs, variable) if v):
+            affine.add(node.outputs[0])
+            if "selection" not in rule.facts:
+                out.add(node.outputs[0])
+    return out
 
 
 def tensor_balls(graph: Graph, ev: GraphEvaluator, ball: BallBox, ctx: BackwardContext) -> dict[str, tuple[T, T]]:
