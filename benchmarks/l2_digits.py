@@ -16,7 +16,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 import verifier
@@ -25,18 +24,7 @@ from verifier.config import load_config
 from verifier.torch_verify import module_model
 from verifier.training import margin_matrix
 
-
-class DigitsCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.l1 = nn.Linear(16 * 4 * 4, 64)
-        self.l2 = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.c2(torch.relu(self.c1(x))))
-        return self.l2(torch.relu(self.l1(x.flatten(1))))
+from digits_nets import DigitsCNN, digits
 
 
 def main() -> None:
@@ -48,10 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    d = load_digits()
-    X = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    Y = torch.tensor(d.target)
-    net = DigitsCNN()
+    X, Y = digits()
+    net = DigitsCNN(channels=(8, 16), hidden=64)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     t = time.time()
     for _ in range(args.epochs):

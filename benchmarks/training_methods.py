@@ -19,12 +19,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from relaxations import BallBox, BoundOptions, IntervalBounds, compute_bounds
 from verifier.training import (CertifiedOptions, EpsilonSchedule, adversarial_points, certified_loss,
                                ibp_tightness, margin_matrix, module_graph)
+
+from digits_nets import digits
 
 
 class PoolCNN(nn.Module):
@@ -122,9 +123,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    d = load_digits()
-    X = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    Y = torch.tensor(d.target)
+    X, Y = digits()
     order = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
     xtr, ytr, xte, yte = X[order[:1400]], Y[order[:1400]], X[order[1400:]], Y[order[1400:]]
     runs = [(m, e, "inf") for e in args.eps for m in ("ibp", "crown-ibp", "sabr", "mtl-ibp")]

@@ -15,25 +15,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from verifier.training import certified_loss
 
-
-class DigitsCNN(nn.Module):
-    """Two convolutions (16 and 32 channels, the second strided) and two linear layers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.c2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-        self.l1 = nn.Linear(32 * 4 * 4, 100)
-        self.l2 = nn.Linear(100, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.c2(torch.relu(self.c1(x))))
-        return self.l2(torch.relu(self.l1(x.flatten(1))))
+from digits_nets import DigitsCNN, digits
 
 
 def _step_ms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, reps: int) -> float:
@@ -57,9 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    digits = load_digits()
-    X = torch.tensor(digits.data[:args.batch] / 16.0, dtype=torch.float32)
-    Y = torch.tensor(digits.target[:args.batch])
+    images, labels = digits()
+    X, Y = images[:args.batch].reshape(args.batch, 64), labels[:args.batch]
     mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
     losses = {
         "clean": lambda m, x, y: F.cross_entropy(m(x), y),
