@@ -193,6 +193,22 @@ def _cases() -> list[OpCase]:
                    helper.make_node("Reshape", ["X", "ns"], ["Y"])]
     add("Reshape_from_Shape", ("Reshape",), make_model(shape_nodes, {"i0": np.array([0], np.int64),
                                                                   "m1": np.array([-1], np.int64)}, (1, 2, 3), (1, 6)), (1, 2, 3))
+    # Mod in the shape arithmetic (what torch.onnx writes for nn.Unflatten): folded at import,
+    # so only the reshape is bounded. 3 mod -2 is -1 (the divisor's sign, ONNX's integer Mod)
+    # and gives shape (1, 1, 6), summed to one value; C's fmod would give 1, (1, 3, 2) and
+    # three values, which the onnxruntime comparison would refuse.
+    mod_nodes = [helper.make_node("Shape", ["X"], ["s"]), helper.make_node("Gather", ["s", "i2"], ["d2"], axis=0),
+                 helper.make_node("Mod", ["d2", "k"], ["r"]), helper.make_node("Add", ["r", "c2"], ["d"]),
+                 helper.make_node("Concat", ["one", "d", "m1"], ["ns"], axis=0),
+                 helper.make_node("Reshape", ["X", "ns"], ["t"]),
+                 helper.make_node("ReduceSum", ["t", "ax"], ["Y"], keepdims=0)]
+    add("Reshape_from_Mod", ("Reshape", "ReduceSum"), make_model(mod_nodes, {"i2": np.array([2], np.int64),
+                                                                "k": np.array([-2], np.int64),
+                                                                "c2": np.array([2], np.int64),
+                                                                "one": np.array([1], np.int64),
+                                                                "m1": np.array([-1], np.int64),
+                                                                "ax": np.array([2], np.int64)}, (1, 2, 3), (1, 1)),
+        (1, 2, 3))
     add("Flatten_Transpose", ("Flatten", "Transpose"), make_model(
         [helper.make_node("Transpose", ["X"], ["t"], perm=[0, 2, 1]), helper.make_node("Flatten", ["t"], ["Y"], axis=1)],
         {}, (1, 2, 3), (1, 6)), (1, 2, 3))
