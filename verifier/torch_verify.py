@@ -34,9 +34,10 @@ from torch import nn
 
 import vnnlib
 from models import graph_from_proto
+from models.ort_check import check_against_onnxruntime
 from relaxations import BallBox, BoundOptions, compute_bounds
 from relaxations.bounds import DeadlineExceeded
-from verifier.api import bound_options, dtype_of
+from verifier.api import ShapeError, bound_options, dtype_of
 from verifier.config import Config, resolve_device
 from verifier.model import Model
 from verifier.result import Result
@@ -54,14 +55,20 @@ def module_model(module: nn.Module, input_shape: Sequence[int], opset: int = 17)
     which onnxruntime replays counterexamples on; the graph is our importer's reading of
     them, checked against onnxruntime like any loaded file.
     """
-    import onnx
-    from models.ort_check import check_against_onnxruntime
+    import onnx  # local, as in models/onnx_import.py: only this path needs the protobuf reader here
 
     was_training = module.training
     module.eval()
     buffer = io.BytesIO()
     param = next(iter(module.parameters()), None)
     example = torch.zeros(*input_shape, dtype=torch.float32, device=param.device if param is not None else "cpu")
+    try:
+        with torch.no_grad():
+            module(example)
+    except Exception as exc:   # the points' shape, not a bug of ours: say what was given
+        module.train(was_training)
+        raise ShapeError(f"the module does not accept points shaped {tuple(input_shape[1:])} (as a batch of one: "
+                         f"{tuple(input_shape)}): {type(exc).__name__}: {exc}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

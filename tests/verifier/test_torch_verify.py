@@ -119,6 +119,8 @@ def test_bad_arguments_are_clear_errors() -> None:
         verifier.verify_module(net, x, torch.tensor([0, 1, 2]), eps=0.1)
     with pytest.raises(ValueError, match="eps must be finite"):
         verifier.verify_module(net, x, y, eps=float("nan"))
+    with pytest.raises(verifier.ShapeError, match=r"does not accept points shaped \(5,\)"):
+        verifier.verify_module(net, torch.rand(2, 5), y, eps=0.1)
     with pytest.raises(ValueError, match="valid range"):
         verifier.verify_module(net, x + 2.0, y, eps=0.1, norm="2")
 
