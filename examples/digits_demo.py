@@ -67,6 +67,31 @@ def export(net: nn.Module, path: Path, opset: int = 13) -> None:
                           opset_version=opset, dynamo=False)
 
 
+def train_and_pick(train, export_fn, path: Path, epochs: int, count: int
+                   ) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    """Train (`train(epochs)` -> net, test points, labels, accuracy), export to `path`,
+    say so, and return the net with the first `count` test points it classifies right."""
+    t = time.monotonic()
+    net, xte, yte, acc = train(epochs)
+    export_fn(net, path)
+    print(f"trained in {time.monotonic() - t:.1f} s, test accuracy {acc:.3f}; {path}")
+    with torch.no_grad():
+        correct = net(torch.from_numpy(xte)).argmax(1).numpy() == yte
+    return net, xte[correct][:count], yte[correct][:count]
+
+
+def write_specs(out: Path, xs: np.ndarray, ys: np.ndarray, eps: float) -> list[Path]:
+    """One l-inf robustness property per point (inputs clipped to [0, 1])."""
+    import vnnlib
+
+    paths = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        p = out / f"prop_{i}_{eps}.vnnlib"
+        vnnlib.write_vnnlib(p, vnnlib.robustness_spec(x.astype(np.float64), eps, int(y), 10, 0.0, 1.0))
+        paths.append(p)
+    return paths
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="out/demo")

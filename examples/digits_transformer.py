@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits_demo import accuracy, digits_split, fit, export as export_onnx  # noqa: E402  (the demo's helpers)
+from digits_demo import accuracy, digits_split, fit, train_and_pick, write_specs, export as export_onnx  # noqa: E402,F401  (the demo's helpers)
 
 
 class TinyViT(nn.Module):
@@ -68,18 +68,6 @@ def export(net: nn.Module, path: Path) -> None:
     export_onnx(net, path, opset=20)
 
 
-def write_specs(out: Path, xs: np.ndarray, ys: np.ndarray, eps: float) -> list[Path]:
-    """One l-inf robustness property per point (inputs clipped to [0, 1])."""
-    import vnnlib
-
-    paths = []
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        p = out / f"prop_{i}_{eps}.vnnlib"
-        vnnlib.write_vnnlib(p, vnnlib.robustness_spec(x.astype(np.float64), eps, int(y), 10, 0.0, 1.0))
-        paths.append(p)
-    return paths
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, kind, default in (("--out", str, "out/vit"), ("--eps", float, 0.01), ("--count", int, 10),
@@ -93,14 +81,8 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t = time.monotonic()
-    net, xte, yte, acc = train(args.epochs)
     onnx_path = out / "digits_vit.onnx"
-    export(net, onnx_path)
-    print(f"trained in {time.monotonic() - t:.1f} s, test accuracy {acc:.3f}; {onnx_path}")
-    with torch.no_grad():
-        correct = net(torch.from_numpy(xte)).argmax(1).numpy() == yte
-    xs, ys = xte[correct][:args.count], yte[correct][:args.count]
+    _, xs, ys = train_and_pick(train, export, onnx_path, args.epochs, args.count)
     model = load_model(onnx_path)
     rows = []
     for path in write_specs(out, xs, ys, args.eps):

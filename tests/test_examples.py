@@ -74,3 +74,56 @@ def test_the_transformer_verifies_a_small_radius(vit) -> None:
     spec_path = dt.write_specs(out, xte[i:i + 1], yte[i:i + 1], 0.001)[0]
     res = verify(model, vnnlib.load(spec_path, model.n_inputs, model.n_outputs), Config(timeout=60))
     assert res.verdict == "unsat", (res.verdict, res.reason, res.stats.get("bounds"))
+
+
+@pytest.fixture(scope="module")
+def tanh_net(tmp_path_factory):
+    ex = _example("digits_tanh")
+    out = tmp_path_factory.mktemp("tanh")
+    net, xte, yte, acc = ex.train(epochs=10, width=32)
+    path = out / "tanh.onnx"
+    ex.export(net, path)
+    return ex, net, xte, yte, acc, path, out
+
+
+def test_the_tanh_mlp_example_decides_its_properties_by_every_method(tanh_net) -> None:
+    """The example's three methods, as its main() runs them: at a small radius each proves
+    the property, and the model nncert loaded computes what the torch module does."""
+    from verifier import load_model
+
+    ex, net, xte, yte, acc, path, out = tanh_net
+    assert acc > 0.8
+    model = load_model(path)
+    with torch.no_grad():
+        right = np.nonzero(net(torch.from_numpy(xte)).argmax(1).numpy() == yte)[0]
+    rows = ex.run(model, ex.write_specs(out, xte[right[:2]], yte[right[:2]], 0.002), timeout=30)
+    assert [[r[m] for m in ex.METHODS] for r in rows] == [["unsat"] * 3] * 2, rows
+
+
+def test_s_shaped_tangents_halfway_are_tighter_than_the_crown_papers(tanh_net, monkeypatch) -> None:
+    """Plain CROWN through three tanh layers, tangents on crossing intervals started
+    halfway (relaxations.ops.smooth.S_CROSSING_INIT) against the CROWN paper's tangent
+    through the opposite end (0): the worst margin over 20 test points is higher, and the
+    bounds hold on samples either way."""
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+    from relaxations.ops import smooth
+    from verifier import load_model
+
+    ex, net, xte, yte, acc, path, out = tanh_net
+    model = load_model(path)
+    x = torch.from_numpy(xte[:20]).reshape(20, 1, 64)
+    box = IntervalBounds((x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1))
+    C = torch.stack([torch.eye(10)[int(y)] - torch.eye(10)[[j for j in range(10) if j != y]]
+                     for y in yte[:20]])   # [20, 9, 10]: y_label - y_j
+    worst = {}
+    for init in (0.0, smooth.S_CROSSING_INIT):
+        monkeypatch.setattr(smooth, "S_CROSSING_INIT", init)
+        lower = compute_bounds(model.graph, box, C=C, options=BoundOptions(method="crown")).lower
+        g = torch.Generator().manual_seed(1)
+        xs = box.lower + (box.upper - box.lower) * torch.rand(20, 300, 64, generator=g)
+        with torch.no_grad():
+            ys = net(xs.reshape(-1, 64)).reshape(20, 300, 10)
+        margins = torch.einsum("bso,bno->bns", C, ys).amin(1)
+        assert bool((lower <= margins + 1e-4).all())
+        worst[init] = float(lower.amin(1).sum())
+    assert worst[smooth.S_CROSSING_INIT] > worst[0.0] + 5.0, worst

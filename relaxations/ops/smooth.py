@@ -14,8 +14,9 @@ Alpha (one value per element and spec row) is a normalised tangent-point positio
 pass (the sign of the coefficient picks it), so both lines share the parameter:
 - single-curvature intervals: tangent point t = l + alpha (u - l), CROWN init 0.5;
 - S-shaped functions over an interval containing the inflection point: t = d + alpha
-  (end - d), where d is CROWN's tangent point (the tangent through the opposite
-  endpoint) and end the near endpoint, CROWN init 0.
+  (end - d), where d is the tangent point whose line passes through the opposite
+  endpoint (the CROWN paper's choice, alpha 0) and end the near endpoint (the
+  flattest tangent, alpha 1); init 0.5, halfway (`S_CROSSING_INIT`).
 Anything non-finite (a box reaching +-inf, an overflowing tangent) falls back to the
 constant lines of the exact interval; if that is infinite too, a ValueError says so.
 """
@@ -46,6 +47,12 @@ _BISECT_STEPS = 30
 # tuned on ReLU slopes): eran's 6x200 sigmoid net, root bound's worst gap after 20 steps,
 # mnist idx 3029: -2.15 at 0.25, -0.36 at 0.1, -0.25 at 0.05; idx 7903: -3.2, -2.0, -1.75.
 S_LR_SCALE = 0.2
+# Where an S-shape's tangents start on an interval that contains the inflection point: 0
+# is the tangent whose line passes through the opposite end (the CROWN paper's, the
+# steepest valid slope), 1 the near end's tangent (the flattest). Through several
+# sigmoid layers the steep lines compound and halfway is far tighter than either end
+# (BENCHMARKS.md, "S-shaped tangents start halfway").
+S_CROSSING_INIT = 0.5
 
 
 def _finite(x: T) -> T:
@@ -244,8 +251,11 @@ def s_shape(f: Fn, df: Fn, dinv: Fn, l: T, u: T, alpha: Optional[T], cap: Option
 
 
 def s_alpha_init(l: T, u: T) -> T:
-    """0 (CROWN's tangent) where the interval contains the inflection point, else 0.5."""
-    return torch.where((l < 0) & (u > 0), torch.zeros_like(l), torch.full_like(l, 0.5))
+    """The tangent points plain CROWN uses, and where alpha-CROWN starts: 0.5 on every
+    interval (the midpoint of a single-curvature one; `S_CROSSING_INIT` of the way from
+    the tangent through the opposite end to the near end's tangent on a crossing one)."""
+    cross = (l < 0) & (u > 0)
+    return torch.where(cross, torch.full_like(l, S_CROSSING_INIT), torch.full_like(l, 0.5))
 
 
 def _dsigmoid(x: T) -> T:
