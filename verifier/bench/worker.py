@@ -74,6 +74,7 @@ def _verify_one(task: dict[str, Any], config_path: Optional[str], overrides: tup
     import torch
 
     import vnnlib
+    from verifier import heap
     from verifier.config import load_config
     from verifier.model import load_model
     from verifier.verify import verify
@@ -94,6 +95,7 @@ def _verify_one(task: dict[str, Any], config_path: Optional[str], overrides: tup
     out["time_s"] = time.monotonic() - start
     out["peak_mem_mb"] = _status_mb("self", "VmHWM")
     gc.collect()
+    heap.release()   # what this instance freed goes back before the next one's peak is measured
     return out
 
 
@@ -120,6 +122,9 @@ def worker_main(conn: Connection, config_path: Optional[str], overrides: tuple[s
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import verifier.verify  # noqa: F401  (the import is the start-up cost paid once)
+    from verifier import heap
+
+    heap.keep_freed()
     if warm_up:
         _warm_up()
 
