@@ -103,8 +103,9 @@ def test_the_tanh_mlp_example_decides_its_properties_by_every_method(tanh_net) -
 def test_s_shaped_tangents_halfway_are_tighter_than_the_crown_papers(tanh_net, monkeypatch) -> None:
     """Plain CROWN through three tanh layers, tangents on crossing intervals started
     halfway (relaxations.ops.smooth.S_CROSSING_INIT) against the CROWN paper's tangent
-    through the opposite end (0): the worst margin over 20 test points is higher, and the
-    bounds hold on samples either way."""
+    through the opposite end (0), and on one-sided intervals leaning to the flat end
+    (S_FLAT_LEAN) against the midpoint: the worst margins over 20 test points are higher
+    each time, and the bounds hold on samples in all three."""
     from relaxations import BoundOptions, IntervalBounds, compute_bounds
     from relaxations.ops import smooth
     from verifier import load_model
@@ -116,8 +117,10 @@ def test_s_shaped_tangents_halfway_are_tighter_than_the_crown_papers(tanh_net, m
     C = torch.stack([torch.eye(10)[int(y)] - torch.eye(10)[[j for j in range(10) if j != y]]
                      for y in yte[:20]])   # [20, 9, 10]: y_label - y_j
     worst = {}
-    for init in (0.0, smooth.S_CROSSING_INIT):
+    halfway, lean = smooth.S_CROSSING_INIT, smooth.S_FLAT_LEAN
+    for key, (init, side) in {"paper": (0.0, 0.5), "halfway": (halfway, 0.5), "lean": (halfway, lean)}.items():
         monkeypatch.setattr(smooth, "S_CROSSING_INIT", init)
+        monkeypatch.setattr(smooth, "S_FLAT_LEAN", side)
         lower = compute_bounds(model.graph, box, C=C, options=BoundOptions(method="crown")).lower
         g = torch.Generator().manual_seed(1)
         xs = box.lower + (box.upper - box.lower) * torch.rand(20, 300, 64, generator=g)
@@ -125,5 +128,6 @@ def test_s_shaped_tangents_halfway_are_tighter_than_the_crown_papers(tanh_net, m
             ys = net(xs.reshape(-1, 64)).reshape(20, 300, 10)
         margins = torch.einsum("bso,bno->bns", C, ys).amin(1)
         assert bool((lower <= margins + 1e-4).all())
-        worst[init] = float(lower.amin(1).sum())
-    assert worst[smooth.S_CROSSING_INIT] > worst[0.0] + 5.0, worst
+        worst[key] = float(lower.amin(1).sum())
+    assert worst["halfway"] > worst["paper"] + 5.0, worst
+    assert worst["lean"] > worst["halfway"], worst   # on one side of 0, leaning to the flat end

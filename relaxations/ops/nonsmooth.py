@@ -23,7 +23,7 @@ import torch
 from models import Node, UnsupportedModel
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.ops.smooth import curved, finish, s_alpha_init, s_shape, unstable_if_wide
+from relaxations.ops.smooth import S_CROSSING_INIT, curved, finish, s_shape, unstable_if_wide
 from relaxations.registry import OpRule, Relaxation, register_rule
 
 __all__ = ["register", "pow_exponent", "trig_range", "clip_limits"]
@@ -311,7 +311,7 @@ def _pow_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> 
         def dg_inv(k: T) -> T:
             return torch.pow((-k).clamp(min=0) / q, 1.0 / (q - 1))
 
-        a_s = s_alpha_init(ls, us) if alpha is None else alpha
+        a_s = torch.full_like(ls, S_CROSSING_INIT) if alpha is None else alpha
         lo_g, up_g = s_shape(g, dg, dg_inv, ls, us, a_s, cap=None)
         lower = (torch.where(cross, -up_g[0], lower[0]), torch.where(cross, -up_g[1], lower[1]))
         upper = (torch.where(cross, -lo_g[0], upper[0]), torch.where(cross, -lo_g[1], upper[1]))
@@ -337,8 +337,8 @@ def _pow_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> 
 
 def _pow_alpha_init(node: Node, l: T, u: T, consts: Sequence) -> T:
     p = pow_exponent(node, consts[1])
-    if p == round(p) and p > 0 and int(p) % 2 == 1:
-        return s_alpha_init(l, u)
+    if p == round(p) and p > 0 and int(p) % 2 == 1:   # odd: s_shape on crossing intervals
+        return torch.where((l < 0) & (u > 0), torch.full_like(l, S_CROSSING_INIT), torch.full_like(l, 0.5))
     return torch.full_like(l, 0.5)
 
 

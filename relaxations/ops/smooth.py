@@ -12,11 +12,13 @@ S-shaped functions comes from a closed-form inverse of f'.
 Alpha (one value per element and spec row) is a normalised tangent-point position in
 [0, 1]. Only one of the two lines is ever used per (row, element) by the backward
 pass (the sign of the coefficient picks it), so both lines share the parameter:
-- single-curvature intervals: tangent point t = l + alpha (u - l), CROWN init 0.5;
+- single-curvature intervals: tangent point t = l + alpha (u - l), CROWN init 0.5
+  (convex and concave functions);
 - S-shaped functions over an interval containing the inflection point: t = d + alpha
   (end - d), where d is the tangent point whose line passes through the opposite
   endpoint (the CROWN paper's choice, alpha 0) and end the near endpoint (the
-  flattest tangent, alpha 1); init 0.5, halfway (`S_CROSSING_INIT`).
+  flattest tangent, alpha 1); init 0.5, halfway (`S_CROSSING_INIT`). On one side of the
+  inflection point the init leans to the flat end (`S_FLAT_LEAN`).
 Anything non-finite (a box reaching +-inf, an overflowing tangent) falls back to the
 constant lines of the exact interval; if that is infinite too, a ValueError says so.
 """
@@ -34,7 +36,7 @@ from relaxations.ops.common import Ins
 from relaxations.registry import OpRule, Relaxation, register_rule
 
 __all__ = ["register", "finish", "curved", "s_shape", "s_points", "SPoints", "SLACK_ULPS", "unstable_if_wide",
-           "half_alpha", "bisect", "S_LR_SCALE"]
+           "half_alpha", "bisect", "S_LR_SCALE", "S_CROSSING_INIT", "S_FLAT_LEAN"]
 
 T = torch.Tensor
 Fn = Callable[[T], T]
@@ -53,6 +55,10 @@ S_LR_SCALE = 0.2
 # sigmoid layers the steep lines compound and halfway is far tighter than either end
 # (BENCHMARKS.md, "S-shaped tangents start halfway").
 S_CROSSING_INIT = 0.5
+# On an interval on one side of the inflection point the tangent point starts this far
+# from the steep end towards the flat one (0.5: the midpoint, the least-area tangent);
+# leaning flat is tighter through several layers, for the same reason.
+S_FLAT_LEAN = 0.75
 
 
 def _finite(x: T) -> T:
@@ -251,11 +257,14 @@ def s_shape(f: Fn, df: Fn, dinv: Fn, l: T, u: T, alpha: Optional[T], cap: Option
 
 
 def s_alpha_init(l: T, u: T) -> T:
-    """The tangent points plain CROWN uses, and where alpha-CROWN starts: 0.5 on every
-    interval (the midpoint of a single-curvature one; `S_CROSSING_INIT` of the way from
-    the tangent through the opposite end to the near end's tangent on a crossing one)."""
+    """The tangent points plain CROWN uses, and where alpha-CROWN starts, for an increasing
+    S-shape whose slope peaks at 0 (sigmoid, tanh, atan, erf): `S_CROSSING_INIT` on an
+    interval that contains the inflection point; elsewhere `S_FLAT_LEAN` of the way from
+    the steep end to the flat one (t = l + alpha (u - l): the flat end is l on the convex
+    side, u on the concave side)."""
     cross = (l < 0) & (u > 0)
-    return torch.where(cross, torch.full_like(l, S_CROSSING_INIT), torch.full_like(l, 0.5))
+    side = torch.where(u <= 0, torch.full_like(l, 1.0 - S_FLAT_LEAN), torch.full_like(l, S_FLAT_LEAN))
+    return torch.where(cross, torch.full_like(l, S_CROSSING_INIT), side)
 
 
 def _dsigmoid(x: T) -> T:
