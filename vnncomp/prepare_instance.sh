@@ -19,5 +19,5 @@ for f in "$ONNX" "$VNNLIB"; do
         exit 1
     fi
 done
-"$ROOT/.venv/bin/python" -c "import verifier" || exit 1
+(cd "$ROOT" && .venv/bin/python -c "import verifier") || exit 1   # not from the benchmark folder (see run_instance.sh)
 exit 0

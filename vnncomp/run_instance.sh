@@ -16,7 +16,9 @@ ARGS=(verify "$ONNX" "$VNNLIB" --results-file "$RESULTS" --timeout "$TIMEOUT")
 if [[ -n "${NNCERT_CONFIG:-}" ]]; then
     ARGS+=(--config "$NNCERT_CONFIG")
 fi
-"$ROOT/.venv/bin/python" -m verifier.cli "${ARGS[@]}"
+# The console script, not `python -m verifier.cli`: -m puts the working directory first
+# on sys.path, and a benchmark folder's `vnnlib/` would hide nncert's `vnnlib` package.
+"$ROOT/.venv/bin/nncert" "${ARGS[@]}"
 STATUS=$?
 if [[ ! -s "$RESULTS" ]]; then
     echo "error" > "$RESULTS"

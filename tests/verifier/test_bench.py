@@ -159,3 +159,16 @@ def test_2022_test_family_has_no_wrong_verdict(tmp_path: Path) -> None:
     assert rows and all(r["correct"] != "no" for r in rows) and all(r["verdict"] != "error" for r in rows)
     (s,) = _rows(summary_paths(out)[0])
     assert s["family"] == "2022_test" and int(s["wrong"]) == 0
+
+
+def test_process_mode_from_a_folder_that_holds_a_vnnlib_folder(family: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """VNN-COMP benchmark folders hold `vnnlib/` (and `onnx/`) folders; started from there,
+    `python -m verifier.cli` would import that folder as our `vnnlib` package and every
+    instance would end `error`. The fresh processes are started so that it does not."""
+    (tmp_path / "vnnlib").mkdir()
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    instances = [i for i in read_instances(family / "instances.csv") if i.vnnlib == "sat.vnnlib"]
+    run = run_bench(instances, "process", 1, quiet=True)
+    assert [(o.verdict, o.error) for o in run.outcomes] == [("sat", "")]

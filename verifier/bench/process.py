@@ -131,8 +131,19 @@ def _exit_text(status: int) -> str:
     return f"exit status {code}"
 
 
+def nncert_command() -> list[str]:
+    """How to start a fresh `nncert`: the console script beside this interpreter when it is
+    installed, else `python -m verifier.cli`. `-m` puts the working directory first on
+    sys.path, and a VNN-COMP benchmark folder holds a `vnnlib/` folder that then hides
+    our `vnnlib` package (every instance would end `error`); a console script does not."""
+    script = Path(sys.executable).with_name("nncert")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "verifier.cli"]
+
+
 def verify_command(instance: Instance, settings: RunSettings, results: Path, report: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "verifier.cli", "verify", instance.onnx_path, instance.vnnlib_path,
+    cmd = [*nncert_command(), "verify", instance.onnx_path, instance.vnnlib_path,
            "--results-file", str(results), "--report", str(report), "--timeout", repr(float(instance.timeout))]
     if settings.config_path:
         cmd += ["--config", settings.config_path]
