@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Optional
 
-__all__ = ["keep_freed", "release"]
+__all__ = ["available", "keep_freed", "release"]
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -27,6 +28,7 @@ _M_MMAP_MAX = -4
 _NEVER_TRIM = 2**31 - 1   # bytes of free space at the heap's top before glibc returns it: int max
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc() -> Optional[ctypes.CDLL]:
     """glibc's C library, or None when the process runs on another libc."""
     name = ctypes.util.find_library("c")
@@ -40,6 +42,11 @@ def _glibc() -> Optional[ctypes.CDLL]:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def available() -> bool:
+    """Whether this process runs on glibc, whose heap these settings are for."""
+    return _glibc() is not None
 
 
 def keep_freed() -> bool:

@@ -31,7 +31,7 @@ def _faults(mode: str) -> int:
     return int(out.stdout.strip())
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or heap._glibc() is None,
+@pytest.mark.skipif(platform.system() != "Linux" or not heap.available(),
                     reason="the heap settings are glibc's (mallopt, malloc_trim)")
 def test_kept_blocks_are_reused_without_page_faults() -> None:
     # 20 rounds of 64 MB are 320,000 pages when each is mapped afresh
