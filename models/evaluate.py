@@ -103,11 +103,14 @@ class GraphEvaluator:
         """
         fn = forward_rule(node).fn
         args, dims = self.node_inputs(node, values)
+        out = None
         if node.op in BROADCASTING and len(node.outputs) == 1 and (node.op != "MatMul" or dims == [0, None]):
             out = self._direct(node, fn, args, dims)
-            if out is not None:
-                return out
-        return map_samples(node, fn, args, [d == 0 for d in dims])
+        if out is None:
+            out = map_samples(node, fn, args, [d == 0 for d in dims])
+        # A Cast from an integer or bool tensor gives torch's default float type: back
+        # to the working dtype, so that the next op does not mix float32 and float64.
+        return [o.to(self.dtype) if o.is_floating_point() and o.dtype != self.dtype else o for o in out]
 
     def _direct(self, node: Node, fn, args: list, dims: list) -> Optional[list[torch.Tensor]]:
         """fn on the batch at once, when every variable input has its sample's rank + 1 and

@@ -21,11 +21,11 @@ import torch
 from models.errors import ModelError, UnsupportedModel
 from models.graph import Graph, Node
 from models.ops import forward_rule
-from models.passes import drop_aliases, expand_gemm, expand_layernorm, expand_softmax, fold_batchnorm, prune_to_output
+from models.passes import (constant_output, drop_aliases, expand_gemm, expand_layernorm, expand_softmax, fold_batchnorm,
+                           prune_to_output)
 
 __all__ = ["load_onnx", "read_onnx_bytes", "graph_from_proto"]
 
-_SHAPE_ONLY_OPS = {"Shape", "Size"}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -204,7 +204,7 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
         if len(outs) < len(outputs) and not (node.op in ("Dropout", "MaxPool") and len(outs) == 1):
             raise UnsupportedModel(f"{len(outputs)} outputs requested, {len(outs)} supported",
                                    node=node.name, op=node.op, opset=node.opset)
-        if not variable or node.op in _SHAPE_ONLY_OPS:
+        if not variable or rule.shape_only:
             for name, value in zip(node.outputs, outs):
                 constants[name] = value
             continue
@@ -215,8 +215,14 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
                          node.attrs, node.opset))
 
     out_name = out_info.name
-    if out_name in constants:
-        raise UnsupportedModel(f"output '{out_name}' does not depend on the input")
+    if out_name in constants:  # decided by the constant: the passes give it a path from the input
+        extra, values = constant_output(in_info.name, out_name, constants.pop(out_name), opset)
+        constants.update(values)
+        for node in extra:
+            args = [constants.get(x, example.get(x)) for x in node.inputs]
+            example[node.outputs[0]] = forward_rule(node).fn(node, args)[0]
+            shapes[node.outputs[0]] = tuple(example[node.outputs[0]].shape)
+        kept.extend(extra)
     if out_name not in shapes:
         raise UnsupportedModel(f"output '{out_name}' is not produced by any node")
     nodes, out_name = drop_aliases(kept, out_name, in_info.name)

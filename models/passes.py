@@ -12,7 +12,7 @@ import torch
 from models.graph import Node
 
 __all__ = ["drop_aliases", "prune_to_output", "fold_batchnorm", "expand_layernorm", "expand_softmax",
-           "expand_gemm", "SOFTMAX_EXPANSION_MAX"]
+           "expand_gemm", "constant_output", "SOFTMAX_EXPANSION_MAX"]
 
 _ALIAS_OPS = {"Identity", "Dropout"}
 # The largest softmax axis `expand_softmax` expands: its pairwise differences hold n times
@@ -32,6 +32,24 @@ def drop_aliases(nodes: list[Node], output: str, graph_input: str) -> tuple[list
     renamed = [Node(n.name, n.op, tuple(alias.get(x, x) for x in n.inputs), n.outputs, n.attrs, n.opset)
                for n in kept]
     return renamed, alias.get(output, output)
+
+
+def constant_output(graph_input: str, output: str, value: torch.Tensor, opset: int
+                    ) -> tuple[list[Node], dict[str, torch.Tensor]]:
+    """Nodes that compute a constant output from the input: value + sum(0 * x).
+
+    A model whose output does not depend on its input (Shape of the input, a folded
+    subgraph) still states a property: the engine needs a path from the input, and
+    0 * x is exactly 0 for the finite inputs of a bounded region, so the output is the
+    constant, its bounds are the constant's, and onnxruntime's replay agrees.
+    """
+    zero, zeros, total = "nncert_const_zero", "nncert_const_zeros", "nncert_const_sum"
+    consts = {zero: torch.zeros(1), output + "_value": value.to(torch.float32)}
+    attrs = MappingProxyType({"keepdims": 0})
+    nodes = [Node("nncert_const_mul", "Mul", (graph_input, zero), (zeros,), MappingProxyType({}), opset),
+             Node("nncert_const_reduce", "ReduceSum", (zeros,), (total,), attrs, opset),
+             Node("nncert_const_add", "Add", (output + "_value", total), (output,), MappingProxyType({}), opset)]
+    return nodes, consts
 
 
 def prune_to_output(nodes: list[Node], output: str) -> list[Node]:

@@ -233,6 +233,21 @@ def _cases() -> list[OpCase]:
     add("Identity_Dropout_Cast", ("Identity", "Dropout", "Cast"), make_model(
         [helper.make_node("Identity", ["X"], ["a"]), helper.make_node("Dropout", ["a"], ["b"]),
          helper.make_node("Cast", ["b"], ["Y"], to=TensorProto.FLOAT)], {}, (1, 3), (1, 3)), (1, 3))
+    for i, (name, to) in enumerate((("int", TensorProto.INT64), ("bool", TensorProto.BOOL),
+                                    ("half", TensorProto.FLOAT16))):
+        nodes = [helper.make_node("Cast", ["h"], ["k"], to=to), helper.make_node("Cast", ["k"], ["z"], to=TensorProto.FLOAT)]
+        add(f"Cast_{name}", ("Cast",), _dense_around(nodes, "h", "z", 6, 6, 70 + i), (1, 6))
+    thr = {"t": _f(6, seed=80, scale=0.5), "fill": _f(6, seed=81)}
+    add("Greater_Where", ("Greater", "Where"), _dense_around(
+        [helper.make_node("Greater", ["h", "t"], ["g"]), helper.make_node("Where", ["g", "h", "fill"], ["z"])],
+        "h", "z", 6, 6, 82, thr), (1, 6))
+    cmp_nodes = [helper.make_node("Less", ["h", "t"], ["a"]), helper.make_node("GreaterOrEqual", ["h", "fill"], ["b"]),
+                 helper.make_node("LessOrEqual", ["h", "t"], ["e"]), helper.make_node("Floor", ["h"], ["fl"]),
+                 helper.make_node("Equal", ["fl", "zero"], ["q"])] + [
+                 helper.make_node("Cast", [v], [v + "f"], to=TensorProto.FLOAT) for v in ("a", "e", "q")] + [
+                 helper.make_node("Where", ["a", "ef", "qf"], ["w"]), helper.make_node("Where", ["b", "w", "af"], ["z"])]
+    add("Comparisons", ("Less", "GreaterOrEqual", "LessOrEqual", "Equal"), _dense_around(
+        cmp_nodes, "h", "z", 6, 6, 83, {**thr, "zero": np.zeros(6, np.float32)}), (1, 6))
     return c
 
 

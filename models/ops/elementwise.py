@@ -102,7 +102,10 @@ def _cast(node: Node, xs: Sequence[T | None]) -> list[T]:
     to = int(node.attr("to", 1))
     x = xs[0]
     if to in (1, 11, 10, 16):
-        return [x.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())]
+        x = x.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+        if to in (10, 16):  # rounds to the half type's nearest value, kept in x's float type
+            x = x.to(torch.float16 if to == 10 else torch.bfloat16).to(x.dtype)
+        return [x]
     if to in (6, 7):
         return [x.to(torch.int64)]
     if to == 9:
@@ -152,4 +155,8 @@ def register() -> None:
     register_forward("Mod", lambda node, xs: [torch.fmod(xs[0], xs[1]) if int(node.attr("fmod", 0))
                                               else torch.remainder(xs[0], xs[1])], min_opset=10)
     register_forward("Equal", _binary(torch.eq))
+    register_forward("Greater", _binary(torch.gt))
+    register_forward("Less", _binary(torch.lt))
+    register_forward("GreaterOrEqual", _binary(torch.ge), min_opset=12)
+    register_forward("LessOrEqual", _binary(torch.le), min_opset=12)
     register_forward("Where", lambda node, xs: [torch.where(xs[0].bool(), xs[1], xs[2])])

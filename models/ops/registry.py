@@ -57,19 +57,25 @@ class ForwardRule:
     max_opset: int
     fn: ForwardFn
     batches: Optional[Batches] = None      # see the module docstring
+    # The output depends on no input's values, only on shapes and attributes (Shape,
+    # Size, Constant): the importer folds such a node even on the input's path.
+    shape_only: bool = False
+    # Its inputs are shapes (ConstantOfShape): they come from constants or Shape in the
+    # models we know, so the node is folded; on the input's path it is refused by name.
+    reads_shapes: bool = False
 
 
 FORWARD: dict[str, list[ForwardRule]] = {}
 
 
 def register_forward(op: str, fn: ForwardFn, min_opset: int = 1, max_opset: int = 10_000,
-                     batches: Optional[Batches] = None) -> None:
+                     batches: Optional[Batches] = None, shape_only: bool = False, reads_shapes: bool = False) -> None:
     """Register `fn` for `op` in [min_opset, max_opset]; overlapping ranges are an error."""
     rules = FORWARD.setdefault(op, [])
     for r in rules:
         if not (max_opset < r.min_opset or min_opset > r.max_opset):
             raise ValueError(f"forward for {op} opsets {min_opset}-{max_opset} registered twice")
-    rules.append(ForwardRule(op, min_opset, max_opset, fn, batches))
+    rules.append(ForwardRule(op, min_opset, max_opset, fn, batches, shape_only, reads_shapes))
 
 
 def forward_rule(node: Node) -> ForwardRule:

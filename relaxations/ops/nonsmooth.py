@@ -1,4 +1,4 @@
-"""Bounding rules for Abs, Clip, Sign, Floor, Sin, Cos and Pow with a constant exponent.
+"""Bounding rules for Abs, Clip, Sign, Floor, Cast, Sin, Cos and Pow with a constant exponent.
 
 Non-monotone ops get exact interval extrema (Abs and even powers: 0 when the interval
 straddles it; Sin/Cos: +-1 when the interval holds a peak or trough). Relaxations:
@@ -12,6 +12,10 @@ straddles it; Sin/Cos: +-1 when the interval holds a peak or trough). Relaxation
   powers over an interval containing 0 are S-shaped and reuse `smooth.s_shape`.
 - Sign, Floor: step functions; constant lines (Floor: x - 1 <= floor(x) <= x when the
   interval holds a step), exact where the step is not inside the interval.
+- Cast: to float32/float64 the identity; to float16/bfloat16 rounding to nearest, which
+  is monotone (interval [cast(l), cast(u)]) and within a relative 2^-11 (2^-8) of x plus
+  the smallest subnormal (lines of slope 1 that far apart); to an integer truncation
+  toward zero (|trunc(x) - x| < 1, one side exact by sign); to bool x != 0 (constants).
 """
 from __future__ import annotations
 
@@ -170,6 +174,67 @@ def _step_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) ->
 def _step_unstable(node: Node, l: T, u: T, consts: Sequence) -> T:
     fn = torch.sign if node.op == "Sign" else torch.floor
     return fn(l) != fn(u)
+
+
+# ---------------------------------------------------------------------------- Cast
+
+# ONNX TensorProto codes: float 1, double 11, float16 10, bfloat16 16, bool 9; the
+# forward rule (`models.ops.elementwise`) casts int32 (6) and int64 (7) as truncation.
+_HALF = {10: (2.0 ** -11, 2.0 ** -24, torch.float16), 16: (2.0 ** -8, 2.0 ** -133, torch.bfloat16)}
+
+
+def _cast_to(node: Node) -> int:
+    return int(node.attr("to", 1))
+
+
+def _cast_values(node: Node, x: T) -> T:
+    """The cast of float values ``x``, as floats of x's dtype (monotone in x)."""
+    to = _cast_to(node)
+    if to in _HALF:
+        return x.to(_HALF[to][2]).to(x.dtype)
+    if to in (6, 7):
+        return torch.trunc(x)
+    if to == 9:
+        return (x != 0).to(x.dtype)
+    return x
+
+
+def _cast_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
+    l, u = ins[0].lower, ins[0].upper
+    if _cast_to(node) == 9:
+        nonzero = (l > 0) | (u < 0)
+        zero = (l == 0) & (u == 0)
+        lo = nonzero.to(l.dtype)
+        return [IntervalBounds(lo, torch.where(zero, torch.zeros_like(l), torch.ones_like(l)))]
+    return [IntervalBounds(_cast_values(node, l), _cast_values(node, u))]
+
+
+def _cast_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> Relaxation:
+    to = _cast_to(node)
+    [box] = _cast_interval(node, [IntervalBounds(l, u)])
+    lo_c, hi_c = box.lower, box.upper
+    one, zero = torch.ones_like(l), torch.zeros_like(l)
+    if to in (6, 7):
+        # x - 1 < trunc(x) <= x for x >= 0 and x <= trunc(x) < x + 1 for x <= 0: the
+        # exact side where the interval keeps one sign, one unit off otherwise.
+        lower = (one, torch.where(u <= 0, zero, -one))
+        upper = (one, torch.where(l >= 0, zero, one))
+    elif to == 9:
+        lower, upper = (zero, lo_c), (zero, hi_c)
+    elif to in _HALF:
+        rel, tiny, _ = _HALF[to]
+        r = torch.maximum(l.abs(), u.abs()) * rel + tiny
+        lower, upper = (one, -r), (one, r)
+    else:
+        lower, upper = (one, zero), (one, zero)
+    return finish(node.op, l, u, lower, upper, lo_c, hi_c)
+
+
+def _cast_unstable(node: Node, l: T, u: T, consts: Sequence) -> T:
+    if _cast_to(node) in (1, 11):
+        return torch.zeros_like(l, dtype=torch.bool)
+    [box] = _cast_interval(node, [IntervalBounds(l, u)])
+    return box.lower != box.upper
 
 
 # --------------------------------------------------------------------------- Sin, Cos
@@ -353,6 +418,8 @@ def register() -> None:
     for op in ("Sign", "Floor"):
         register_rule(OpRule(op, "elementwise", interval=_step_interval, relax=_step_relax,
                              unstable=_step_unstable, facts=ew | {"monotone", "piecewise_constant"}))
+    register_rule(OpRule("Cast", "elementwise", interval=_cast_interval, relax=_cast_relax,
+                         unstable=_cast_unstable, facts=ew | {"monotone"}))
     for op in ("Sin", "Cos"):
         register_rule(OpRule(op, "elementwise", interval=_trig_interval, relax=_trig_relax,
                              alpha_init=_trig_alpha_init, alpha_bounds=_minus_one_one,

@@ -1,4 +1,4 @@
-"""Bounding rules for ops that move or select data (plus float-to-float Cast).
+"""Bounding rules for ops that move or select data.
 
 Their linear maps have 0/1 coefficients, so |L| = L and the default radius rule
 (apply the op to the radius) is exact.
@@ -18,13 +18,10 @@ def first_input_only(node: Node, variable: Sequence[bool]) -> bool:
     return not any(variable[1:])
 
 
-def _float_cast(node: Node, variable: Sequence[bool]) -> bool:
-    return int(node.attr("to", 1)) in (1, 10, 11, 16)
-
-
 def register() -> None:
     # "selection": every output element is an input element, copied without rounding, so
-    # `ibp.sound_interval` passes the interval on unwidened. Not Cast: to float16 rounds.
+    # `ibp.sound_interval` passes the interval on unwidened (Cast, which may round or
+    # truncate, is a step function in `nonsmooth`).
     facts = frozenset({"piecewise_linear", "monotone"})
     moves = facts | {"selection"}
     for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
@@ -34,4 +31,3 @@ def register() -> None:
                "Expand", "Tile", "Split", "Identity", "Dropout"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=moves))
     register_rule(OpRule("Concat", "affine", facts=moves))
-    register_rule(OpRule("Cast", "affine", affine_inputs=_float_cast, facts=facts))

@@ -155,3 +155,29 @@ def test_load_model_replays_gzip_models_in_onnxruntime(tmp_path) -> None:
     assert model.onnx_bytes == _relu_model_bytes()
     x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
     assert model.run_onnxruntime(x).tolist() == [0.0, 0.5, 2.0]
+
+
+def test_an_output_that_does_not_depend_on_the_input_is_its_constant(tmp_path) -> None:
+    """Shape(X) + c: the output is a constant. The importer gives it a path from the input
+    (value + sum(0 * x)), so the engine bounds it at the constant and onnxruntime agrees."""
+    from onnx import TensorProto
+
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["X"], ["s"]), helper.make_node("Cast", ["s"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Add", ["f", "c"], ["Y"])], "const",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])],
+        initializer=[helper.make_tensor("c", TensorProto.FLOAT, [2], [0.5, -1.0])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    path = tmp_path / "const.onnx"
+    path.write_bytes(proto.SerializeToString())
+    g = load_onnx(path)   # check=True: onnxruntime agrees
+    xs = torch.rand(4, 2, 3, dtype=torch.float64) * 10 - 5
+    assert GraphEvaluator(g, dtype=torch.float64)(xs).reshape(4, -1).tolist() == [[2.5, 2.0]] * 4
+    box = IntervalBounds(torch.full((1, 2, 3), -5.0), torch.full((1, 2, 3), 5.0))
+    res = compute_bounds(g, box, options=BoundOptions(method="crown"))
+    assert res.lower.reshape(-1).tolist() == pytest.approx([2.5, 2.0], abs=1e-4)
+    assert res.upper.reshape(-1).tolist() == pytest.approx([2.5, 2.0], abs=1e-4)

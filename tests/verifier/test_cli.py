@@ -108,17 +108,14 @@ def test_unsupported_op_exits_two(tiny) -> None:
     _assert_one_clean_line(_run("verify", str(bad), str(spec_path)), "hardmax_node", "Hardmax")
 
 
-@pytest.mark.parametrize("case", ["equal_cast", "pow_variable_exponent"])
+@pytest.mark.parametrize("case", ["mod_of_input", "pow_variable_exponent"])
 def test_ops_it_cannot_bound_exit_two_not_internal(tiny, case: str) -> None:
-    """An output that is piecewise constant in the input (Equal then Cast: the attack has
-    no gradient to follow, which used to raise inside autograd) and a Pow whose exponent
-    is the input: where only bounds could answer, both are refused as unsupported, naming
-    the node, never an internal error. Where a sampled point violates the property, the
-    piecewise-constant model gets its `sat`."""
+    """A Mod of the input (a forward rule and no bounding rule) and a Pow whose exponent
+    is the input: where only bounds could answer, both are refused as unsupported,
+    naming the node, never an internal error."""
     tmp, _, spec_path = tiny
     c = {"c": np.array([[0.5, 0.5]], np.float32)}
-    nodes = {"equal_cast": [helper.make_node("Equal", ["X", "c"], ["e"], name="eq"),
-                            helper.make_node("Cast", ["e"], ["Y"], to=1)],
+    nodes = {"mod_of_input": [helper.make_node("Mod", ["X", "c"], ["Y"], name="mod_node", fmod=1)],
              "pow_variable_exponent": [helper.make_node("Pow", ["c", "X"], ["Y"], name="pow_node")]}[case]
     bad = tmp / f"{case}.onnx"
     bad.write_bytes(make_model(nodes, c, (1, 2), (1, 2)).SerializeToString())
@@ -126,11 +123,25 @@ def test_ops_it_cannot_bound_exit_two_not_internal(tiny, case: str) -> None:
         "".join(f"(assert (>= X_{i} 0.2))\n(assert (<= X_{i} 0.4))\n" for i in range(2)) + "(assert (>= Y_0 5.0))\n"
     spec_path.write_text(never)
     _assert_one_clean_line(_run("verify", str(bad), str(spec_path), "--timeout", "20"),
-                           "eq" if case == "equal_cast" else "pow_node")
-    if case == "equal_cast":   # outputs (0, 0) everywhere here: y_1 >= y_0 violates robustness of class 0
-        vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.full(2, 0.3), 0.1, 0, 2))
-        proc = _run("verify", str(bad), str(spec_path), "--timeout", "20")
-        assert proc.returncode == 0 and proc.stdout.strip() == "sat", (proc.stdout, proc.stderr)
+                           "mod_node" if case == "mod_of_input" else "pow_node")
+
+
+def test_a_piecewise_constant_output_is_decided(tiny) -> None:
+    """Equal then Cast: the output is 0 or 1, a step the attack has no gradient to follow
+    (which used to raise inside autograd). Its interval decides Y_0 >= 5 (unsat); where
+    a sampled point violates robustness, the attack's sample gives the sat."""
+    tmp, _, spec_path = tiny
+    nodes = [helper.make_node("Equal", ["X", "c"], ["e"], name="eq"), helper.make_node("Cast", ["e"], ["Y"], to=1)]
+    model = tmp / "equal_cast.onnx"
+    model.write_bytes(make_model(nodes, {"c": np.array([[0.5, 0.5]], np.float32)}, (1, 2), (1, 2)).SerializeToString())
+    spec_path.write_text("".join(f"(declare-const X_{i} Real)\n(declare-const Y_{i} Real)\n" for i in range(2)) +
+                         "".join(f"(assert (>= X_{i} 0.2))\n(assert (<= X_{i} 0.4))\n" for i in range(2)) +
+                         "(assert (>= Y_0 5.0))\n")
+    proc = _run("verify", str(model), str(spec_path), "--timeout", "20")
+    assert proc.returncode == 0 and proc.stdout.strip() == "unsat", (proc.stdout, proc.stderr)
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(np.full(2, 0.3), 0.1, 0, 2))
+    proc = _run("verify", str(model), str(spec_path), "--timeout", "20")
+    assert proc.returncode == 0 and proc.stdout.strip() == "sat", (proc.stdout, proc.stderr)
 
 
 def test_config_lists_every_key() -> None:
