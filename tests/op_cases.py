@@ -237,6 +237,8 @@ def _cases() -> list[OpCase]:
                                     ("half", TensorProto.FLOAT16))):
         nodes = [helper.make_node("Cast", ["h"], ["k"], to=to), helper.make_node("Cast", ["k"], ["z"], to=TensorProto.FLOAT)]
         add(f"Cast_{name}", ("Cast",), _dense_around(nodes, "h", "z", 6, 6, 70 + i), (1, 6))
+    add("Pow_base", ("Pow",), _dense_around([helper.make_node("Pow", ["base", "h"], ["z"])], "h", "z", 6, 6, 84,
+                                            {"base": np.abs(_f(6, seed=85)) + 0.2}), (1, 6), -0.5, 0.5)
     thr = {"t": _f(6, seed=80, scale=0.5), "fill": _f(6, seed=81)}
     add("Greater_Where", ("Greater", "Where"), _dense_around(
         [helper.make_node("Greater", ["h", "t"], ["g"]), helper.make_node("Where", ["g", "h", "fill"], ["z"])],

@@ -9,7 +9,9 @@ straddles it; Sin/Cos: +-1 when the interval holds a peak or trough). Relaxation
   over the endpoints and the (at most two, for width < 2 pi) critical points
   f'(x) = k. Computed in float64, so |x| up to 1e4 keeps full accuracy.
 - Pow: x^p is convex or concave on each side of 0 (see `_pow_relax`); odd integer
-  powers over an interval containing 0 are S-shaped and reuse `smooth.s_shape`.
+  powers over an interval containing 0 are S-shaped and reuse `smooth.s_shape`. A
+  positive constant base to a variable power, b^x, is monotone: its interval is exact
+  and CROWN bounds it by that interval.
 - Sign, Floor: step functions; constant lines (Floor: x - 1 <= floor(x) <= x when the
   interval holds a step), exact where the step is not inside the interval.
 - Cast: to float32/float64 the identity; to float16/bfloat16 rounding to nearest, which
@@ -331,10 +333,23 @@ def _pow_range(l: T, u: T, p: float) -> tuple[T, T]:
 
 def _pow_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
     if not isinstance(ins[0], IntervalBounds):
-        raise UnsupportedModel("a variable exponent is not supported (only a constant one)", node=node.name,
-                               op=node.op, opset=node.opset)
+        return [_power_of_constant(node, ins[0], ins[1])]
     p = pow_exponent(node, ins[1])
     return [IntervalBounds(*_pow_range(ins[0].lower, ins[0].upper, p))]
+
+
+def _power_of_constant(node: Node, base, exponent) -> IntervalBounds:
+    """b^x for a constant base b > 0 and a variable exponent: monotone in x (increasing
+    for b >= 1), so its interval is b^l, b^u in order. CROWN bounds it by this interval
+    (the rule relaxes only its first input)."""
+    if not isinstance(exponent, IntervalBounds):
+        raise UnsupportedModel("Pow with neither input variable", node=node.name, op=node.op, opset=node.opset)
+    b = torch.as_tensor(base, dtype=exponent.lower.dtype, device=exponent.lower.device)
+    if not bool((b > 0).all()) or not bool(torch.isfinite(b).all()):
+        raise UnsupportedModel("a variable exponent needs a positive constant base", node=node.name, op=node.op,
+                               opset=node.opset)
+    at_l, at_u = torch.pow(b, exponent.lower), torch.pow(b, exponent.upper)
+    return IntervalBounds(torch.minimum(at_l, at_u), torch.maximum(at_l, at_u))
 
 
 def _pow_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> Relaxation:

@@ -110,11 +110,12 @@ def test_unsupported_op_exits_two(tiny) -> None:
 
 @pytest.mark.parametrize("case", ["mod_of_input", "pow_variable_exponent"])
 def test_ops_it_cannot_bound_exit_two_not_internal(tiny, case: str) -> None:
-    """A Mod of the input (a forward rule and no bounding rule) and a Pow whose exponent
-    is the input: where only bounds could answer, both are refused as unsupported,
-    naming the node, never an internal error."""
+    """A Mod of the input (a forward rule and no bounding rule) and a Pow of a zero
+    base to the input's power: where only bounds could answer, both are refused as
+    unsupported, naming the node, never an internal error."""
     tmp, _, spec_path = tiny
-    c = {"c": np.array([[0.5, 0.5]], np.float32)}
+    # Pow: a zero base (b^x is refused unless b > 0)
+    c = {"c": np.array([[0.5, 0.5]] if case == "mod_of_input" else [[0.0, 0.5]], np.float32)}
     nodes = {"mod_of_input": [helper.make_node("Mod", ["X", "c"], ["Y"], name="mod_node", fmod=1)],
              "pow_variable_exponent": [helper.make_node("Pow", ["c", "X"], ["Y"], name="pow_node")]}[case]
     bad = tmp / f"{case}.onnx"
