@@ -11,12 +11,14 @@ STAMP := $(VENV)/.nncert-installed
 # report, and a fresh machine one line while the environment is installed.
 PIP := $(PY) -m pip install -qq --disable-pip-version-check  # -qq: errors only
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@echo "installing $(VENV): torch==2.13.0, then nncert with its test extras (a few minutes)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PIP) --upgrade pip
 	@$(PIP) torch==2.13.0
 	@$(PIP) -e '.[test]'
+	@# VNN-LIB 2.0's own parser, beside the venv: its package is named vnnlib like ours (vnnlib/standard.py)
+	@$(PIP) --target $(VENV)/nncert-vendor/vnnlib-std --upgrade vnnlib==1.0.2
 	@touch $(STAMP)
 
 demo: $(STAMP)

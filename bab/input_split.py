@@ -99,6 +99,18 @@ def _worth_it(tally: dict, rounds: int, tuning: Tuning, min_seen: int = 1) -> bo
         or rounds % tuning.clip_probe_every == 0
 
 
+def _region_clip(p: Problem, lower: T, upper: T) -> tuple[T, T, T]:
+    """Boxes clipped by the region's own rows (every box, every round: they are few and
+    always valid); (lower, upper, empty)."""
+    N = lower.shape[0]
+    lo, hi = lower.reshape(N, -1), upper.reshape(N, -1)
+    if p.region_a is None:
+        return lower, upper, torch.zeros(N, dtype=torch.bool, device=lower.device)
+    K = p.region_c.shape[0]
+    lo, hi, empty = clip_box(lo, hi, p.region_a.expand(N, K, -1), p.region_c.expand(N, K))
+    return lo.reshape(lower.shape), hi.reshape(upper.shape), empty
+
+
 def _owners(p: Problem, K: int) -> T:
     """Conjunction of each stored constraint: slots hold whole generations of spec rows."""
     return p.owner.repeat(K // max(1, len(p.owner)))
@@ -237,7 +249,10 @@ class InputBrancher:
     def root(self) -> Bounded:
         p = self.problem
         logged: Optional[dict] = {} if self.record_proof else None
-        lo, hi, lb, A, _, cons = _bound(p, p.lower, p.upper, self.options, self.clip, logged,
+        lower, upper = p.lower, p.upper
+        if self.clip:
+            lower, upper, _ = _region_clip(p, lower, upper)  # verify() proved the region non-empty or left it
+        lo, hi, lb, A, _, cons = _bound(p, lower, upper, self.options, self.clip, logged,
                                         generations=self.clip_generations)
         proved, score = rows_status(p, lb)
         return Bounded(DomainBatch(lo, hi, lb, score, A, *cons), proved, leaf_data=logged or {})
@@ -250,6 +265,13 @@ class InputBrancher:
         dims = _split_dims(p, batch.lower, batch.upper, batch.coef, batch.lb, self.tuning.split_floor_share)
         lo, hi = _bisect(batch.lower, batch.upper, dims)
         inherited = (torch.cat([batch.cons_a, batch.cons_a]), torch.cat([batch.cons_c, batch.cons_c]))
+        if self.clip and p.region_a is not None:  # halves outside the region's rows hold no counterexample
+            lo, hi, empty = _region_clip(p, lo, hi)
+            live = ~empty
+            self.preclipped += int(empty.sum())
+            lo, hi, inherited = lo[live], hi[live], (inherited[0][live], inherited[1][live])
+            if not len(lo):
+                return None
         box = self.clip and _worth_it(self.box_tally, round_, self.tuning, min_seen=self.tuning.box_min_seen)
         if box:
             self.box_tally = {}  # the decision follows the latest round that clipped the boxes

@@ -37,6 +37,11 @@ class Problem:
     # Intervals of intermediate tensors proved over the whole region before the search
     # (LP refinement): every domain's bounds are intersected with them.
     known: Mapping[str, IntervalBounds] = field(default_factory=dict)
+    # The region's own rows beyond its box (VNN-LIB 2.0 coupled inputs): a x + c <= 0
+    # at every point of it, [K, n_in] and [K]. Input split clips every box by them, and
+    # a point that misses one is no counterexample.
+    region_a: Optional[T] = None
+    region_c: Optional[T] = None
 
 
 def rows_status(p: Problem, lb: T) -> tuple[T, T]:
@@ -91,6 +96,10 @@ def objective(p: Problem, y: T) -> T:
 
 
 def violations(p: Problem, xs: T) -> T:
-    """Objective at points xs [M, *input_shape] (no autograd)."""
+    """Objective at points xs [M, *input_shape] (no autograd); +inf off the region's rows."""
     with torch.no_grad():
-        return objective(p, p.ev(xs))
+        obj = objective(p, p.ev(xs))
+        if p.region_a is not None:
+            off = (xs.reshape(len(xs), -1) @ p.region_a.T + p.region_c > 0).any(1)
+            obj = torch.where(off, torch.full_like(obj, torch.inf), obj)
+        return obj

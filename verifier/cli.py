@@ -19,6 +19,7 @@ from verifier import heap
 __all__ = ["main", "BAD_INPUT", "INTERNAL"]
 
 BAD_INPUT, INTERNAL = 2, 1
+NAME = "nncert"  # `nncert --name` (the VNN-LIB standard's global option)
 
 
 def _bad_input_types() -> tuple[type, ...]:
@@ -58,6 +59,11 @@ class _Run:
         # Set once a verdict exists: the watchdog then writes that verdict, not "timeout"
         # (a proof that ends too late to be certified still gets its verdict on time).
         self.final: Optional[tuple] = None   # (verdict, x, y, report fields)
+        self.standard = False  # the VNN-LIB standard's command line: its verdict names
+
+    def verdict_name(self, verdict: str) -> str:
+        """The verdict as printed: the standard calls a timeout `timed-out`."""
+        return "timed-out" if self.standard and verdict == "timeout" else verdict
 
     def claim(self) -> bool:
         """True for the first caller only: it owns the outputs from now on."""
@@ -102,7 +108,7 @@ class _Run:
             verdict = "timeout"
             _write_results(getattr(self.args, "results_file", None), verdict)
             self.report({"verdict": verdict, "reason": "hard timeout"})
-        print(verdict, flush=True)
+        print(self.verdict_name(verdict), flush=True)
         return 0
 
 
@@ -126,10 +132,61 @@ def _verbosity(args: argparse.Namespace) -> int:
     return QUIET if getattr(args, "quiet", False) else VERBOSE if getattr(args, "verbose", 0) else NORMAL
 
 
+def _load_problem(args: argparse.Namespace, run: _Run) -> tuple:
+    """The model, the Spec the engine decides and, for a VNN-LIB 2.0 file, its Query and
+    the input elements it leaves unbounded (their ends in the Spec are stand-ins).
+
+    Two forms: VNN-COMP's ``verify MODEL SPEC`` and the standard's ``verify QUERY
+    --network NAME=PATH``; a 2.0 file works in either (one network), a 1.0 file in the
+    standard form takes its one ``--network`` as the model.
+    """
+    import vnnlib
+    from verifier.model import load_model
+    from verifier.verify import SpecMismatch
+    from vnnlib.standard import file_version
+
+    query_path = args.spec if args.spec is not None else args.model
+    t = time.monotonic()
+    if file_version(query_path) is not None:
+        from verifier.vnnlib2 import bind, network_files
+        from vnnlib.query import load_query
+
+        query = load_query(query_path)
+        run.timings["parse"] = time.monotonic() - t
+        if getattr(args, "certificate", None):
+            raise SpecMismatch(f"{query_path}: certificates of VNN-LIB 2.0 queries are not written yet; "
+                               "run without --certificate")
+        t = time.monotonic()
+        bound = bind(query, network_files(query, getattr(args, "network", None), args.model if args.spec else None))
+        run.timings["load"] = time.monotonic() - t
+        if bound.unbounded:
+            print(f"nncert: note: {query_path}: input {bound.unbounded[0]}"
+                  f"{f' (and {len(bound.unbounded) - 1} more)' if len(bound.unbounded) > 1 else ''} has no "
+                  "lower or upper bound; a counterexample is searched in a stand-in box, and no unsat "
+                  "can be claimed", file=sys.stderr)
+        return bound.model, bound.spec, query, bound.unbounded
+    if args.spec is None:
+        if not getattr(args, "network", None) or len(args.network) != 1:
+            raise SpecMismatch(f"{query_path} is a VNN-LIB 1.0 file: give its model as --network NAME=PATH "
+                               "(once) or as `verify MODEL SPEC`")
+        model_path = args.network[0].partition("=")[2] or args.network[0]
+    else:
+        model_path = args.model
+    t = time.monotonic()
+    model = load_model(model_path)
+    run.timings["load"] = time.monotonic() - t
+    t = time.monotonic()
+    spec = vnnlib.load(query_path, model.n_inputs, model.n_outputs)
+    run.timings["parse"] = time.monotonic() - t
+    return model, spec, None, ()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     run = _start(args, "verify", [("results_file", "results file"), ("report", "report"),
                                   ("certificate", "certificate")])
     args._run = run
+    if args.spec is None or args.network:
+        run.standard = True  # the standard's output: `timed-out`, and a sat's assignment
     from verifier.config import load_config
     from verifier.progress import Progress
 
@@ -144,27 +201,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
         overrides.append("proof=true")
     config = load_config(args.config, overrides)
     deadline = run.start + config.timeout
-    run.fields.update({"model": str(args.model), "spec": str(args.spec)})
+    run.fields.update({"model": str(args.model) if args.spec else " ".join(args.network or []),
+                       "spec": str(args.spec or args.model)})
     run.progress = Progress(_verbosity(args), deadline=deadline)
     run.progress.start_ticker()
     run.arm(deadline)
     t = time.monotonic()
-    import vnnlib
-    from verifier.model import load_model
+    import vnnlib  # noqa: F401
     from verifier.report import versions
     from verifier.verify import verify
 
     versions()  # imported now, so that the watchdog never imports
     run.timings["import"] = time.monotonic() - t
-    t = time.monotonic()
     run.progress.phase("load")
-    model = load_model(args.model)
-    run.timings["load"] = time.monotonic() - t
-    t = time.monotonic()
-    spec = vnnlib.load(args.spec, model.n_inputs, model.n_outputs)
-    run.timings["parse"] = time.monotonic() - t
+    model, spec, query, unbounded = _load_problem(args, run)
     result = verify(model, spec, config, start=run.start, progress=run.progress,
                     deadline=deadline - FINISH_MARGIN_S)
+    if unbounded and result.verdict == "unsat":
+        from verifier.result import Result
+
+        result = Result("unknown", f"unsat inside a stand-in box only: input {unbounded[0]} is unbounded",
+                        timings=result.timings, stats=result.stats)
+    lines: list[str] = []
+    if query is not None and result.verdict == "sat":
+        from verifier.vnnlib2 import assignment, format_assignment
+
+        z = assignment(query, result.x, result.y)
+        if query.satisfied_by(z):
+            lines = format_assignment(query, z)
+        else:  # only a strict input bound, closed in the engine's box, can do this
+            from verifier.result import Result
+
+            result = Result("unknown", "the counterexample found does not satisfy the query as written "
+                            "(a strict bound)", timings=result.timings, stats=result.stats)
     extra = {}
     run.final = (result.verdict, result.x, result.y, result.to_dict())
     if args.certificate:
@@ -183,26 +252,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     run.report({**result.to_dict(), **extra})
     if args.quiet:
         return 0
-    print(result.verdict if not args.verbose else f"{result.verdict} ({result.reason}; "
-          f"{result.timings['total']:.2f} s)")
+    if run.standard:
+        print("\n".join([run.verdict_name(result.verdict), *lines]))
+    else:
+        print(result.verdict if not args.verbose else f"{result.verdict} ({result.reason}; "
+              f"{result.timings['total']:.2f} s)")
     return 0
 
 
 def cmd_bounds(args: argparse.Namespace) -> int:
     run = _start(args, "bounds", [("report", "report")])
     args._run = run
-    import numpy as np
-
-    import vnnlib
     from verifier.api import bounds
     from verifier.config import Config
-    from verifier.model import load_model
 
     timeout = Config(timeout=args.timeout).timeout  # the same checks as every config value
     deadline = run.start + timeout
     run.arm(deadline)
-    model = load_model(args.model)
-    spec = vnnlib.load(args.spec, model.n_inputs, model.n_outputs)
+    model, spec, _, _ = _load_problem(args, run)
     region = spec.disjuncts[0].region
     lo, hi = bounds(model, region.lower, region.upper, method=args.method, deadline=deadline - FINISH_MARGIN_S)
     lo, hi = lo.cpu().numpy(), hi.cpu().numpy()  # bounds() answers on its device (auto: cuda when present)
@@ -233,11 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     from verifier import __version__
 
     parser = argparse.ArgumentParser(prog="nncert", description="Verify and certify neural networks.")
-    parser.add_argument("--version", action="version", version=f"nncert {__version__}")
+    parser.add_argument("--version", action="version", version=__version__, help="print the version and exit")
+    parser.add_argument("--name", action="version", version=NAME, help="print the verifier's name and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="decide an ONNX model against a VNN-LIB property")
-    v.add_argument("model")
-    v.add_argument("spec")
+    v = sub.add_parser("verify", help="decide an ONNX model against a VNN-LIB property",
+                       usage="nncert verify MODEL SPEC [options]  |  nncert verify QUERY --network NAME=PATH "
+                             "[options]")
+    v.add_argument("model", metavar="MODEL|QUERY", help="the ONNX model (VNN-COMP form) or the query "
+                   "(the VNN-LIB standard's form, with --network)")
+    v.add_argument("spec", nargs="?", default=None, metavar="SPEC", help="the VNN-LIB property (VNN-COMP form)")
+    v.add_argument("--network", action="append", metavar="NAME=PATH",
+                   help="the ONNX file of a network the query declares (once per network)")
     v.add_argument("--timeout", type=float, default=None,
                    help="seconds for everything the run does, certificate and report included "
                         "(default: config timeout; inf: no limit)")
@@ -272,6 +345,8 @@ _EXTRA_COMMANDS: list[Callable] = []
 _EXTRA_COMMANDS.append(__import__("verifier.cli_bench", fromlist=["register"]).register)  # nncert bench
 _EXTRA_COMMANDS.append(__import__("verifier.cli_check", fromlist=["register"]).register)  # nncert check
 _EXTRA_COMMANDS.append(__import__("verifier.cli_lipschitz", fromlist=["register"]).register)  # nncert lipschitz
+_EXTRA_COMMANDS.append(__import__("verifier.cli_supports", fromlist=["register"]).register)  # nncert supports
+_EXTRA_COMMANDS.append(__import__("verifier.cli_spec", fromlist=["register"]).register)  # nncert spec convert
 
 
 def _fail(args: argparse.Namespace, verdict: str, reason: str) -> None:

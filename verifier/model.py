@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models import Graph, load_onnx, read_onnx_bytes
+from models import Graph, graph_from_proto, load_onnx, read_onnx_bytes
 from models.ort_check import onnxruntime_session, run_onnxruntime
 
-__all__ = ["Model", "load_model"]
+__all__ = ["Model", "load_model", "model_from_proto"]
 
 
 @dataclass
@@ -48,3 +48,17 @@ def load_model(path: str | Path, check: bool = True) -> Model:
     graph = load_onnx(path, check=check)
     data = read_onnx_bytes(path)  # decompressed when the file is .onnx.gz: onnxruntime replays these bytes
     return Model(graph=graph, path=str(path), onnx_bytes=data)
+
+
+def model_from_proto(proto: object, label: str, check: bool = True) -> Model:
+    """A model built in memory (``models.product``): checked against onnxruntime like a
+    file, and replayed on these exact bytes."""
+    import hashlib
+
+    data = proto.SerializeToString()
+    graph = graph_from_proto(proto, source=label, sha256=hashlib.sha256(data).hexdigest())
+    if check:
+        from models.ort_check import check_against_onnxruntime
+
+        check_against_onnxruntime(graph, data)
+    return Model(graph=graph, path=label, onnx_bytes=data)

@@ -27,6 +27,7 @@ from verifier.config import AttackConfig, Config, ConfigError, resolve_device
 from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
+from verifier.region import empty_region_proof
 from verifier.result import Result
 
 __all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims"]
@@ -186,6 +187,10 @@ def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Confi
         C=torch.tensor(C, dtype=dt, device=dev), d=torch.tensor(d, dtype=dt, device=dev),
         strict=torch.tensor(strict, device=dev), owner=torch.tensor(owner, dtype=torch.long, device=dev),
         n_conj=len(disjunct.outputs), known=known or {})
+    region = disjunct.region
+    if region.A is not None and region.A.shape[0]:
+        problem = dataclasses.replace(problem, region_a=torch.tensor(region.A, dtype=dt, device=dev),
+                                      region_c=torch.tensor(-region.b, dtype=dt, device=dev))
     return problem
 
 
@@ -427,6 +432,11 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
 
     for i, disjunct in enumerate(spec.disjuncts):
         enter("bounds")
+        empty = empty_region_proof(disjunct.region)
+        if empty is not None:  # coupled input rows no point meets: unsat whatever the network does
+            methods.append("region")
+            proofs.append(empty)
+            continue
         known: dict = {}
         proved, candidates, method = _prove_by_bounds(model, ev, disjunct, config, deadline, stats, proofs, known)
         if proved:
@@ -525,8 +535,8 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
     return done(Result("unknown", why, timings=timings, stats=stats, method=last or config.bounds.method))
 
 
-_HOW = {"ibp": "bound propagation", "crown": "bound propagation", "alpha-crown": "bound propagation",
+_HOW = {"region": "an empty input region (Farkas certificate, checked exactly)", "ibp": "bound propagation", "crown": "bound propagation", "alpha-crown": "bound propagation",
         "milp": "the exact MILP (HiGHS)", "bab-input": "branch and bound", "bab-activation": "branch and bound"}
 
 # Method names from weakest to strongest: an unsat's `method` is the strongest one used.
-_STRENGTH = ["ibp", "crown", "alpha-crown", "sdp-lowrank", "sdp", "milp", "bab-input", "bab-activation"]
+_STRENGTH = ["region", "ibp", "crown", "alpha-crown", "sdp-lowrank", "sdp", "milp", "bab-input", "bab-activation"]

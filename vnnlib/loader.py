@@ -64,8 +64,18 @@ def read_text(path: str | os.PathLike[str]) -> str:
 def parse_text(text: str, path: str | None = "<string>",
                n_inputs: int | Sequence[int] | None = None,
                n_outputs: int | Sequence[int] | None = None) -> Spec:
-    """Parse VNN-LIB ``text``; ``path`` is only used in error messages and ``Spec.path``."""
+    """Parse VNN-LIB ``text``; ``path`` is only used in error messages and ``Spec.path``.
+
+    A 2.0 query (``(vnnlib-version <2.x>)`` first) goes through the standard's parser
+    (``vnnlib.query``) when it is one network with one input and one output and nothing
+    that needs ``nncert verify``'s side-by-side model (hidden nodes, products of
+    variables, inputs tied or mixed with outputs); its Spec then means the same.
+    """
     counts = _count(n_inputs, "inputs"), _count(n_outputs, "outputs")
+    from vnnlib.standard import text_version
+
+    if text_version(text) is not None:
+        return _plain_query_spec(text, path, counts)
     # The AST has no reference cycles, so the cyclic collector has nothing to find;
     # left on, it re-scans the growing heap and takes a third of the parse time.
     gc_was_enabled = gc.isenabled()
@@ -90,3 +100,18 @@ def load(path: str | os.PathLike[str], n_inputs: int | Sequence[int] | None = No
     """
     name = os.fspath(path)
     return parse_text(read_text(name), name, n_inputs, n_outputs)
+
+
+def _plain_query_spec(text: str, path: str | None, counts: tuple[int | None, int | None]) -> Spec:
+    from vnnlib.query import UnsupportedQuery, parse_query
+
+    query = parse_query(text, path)
+    if not query.plain:
+        raise UnsupportedQuery("this VNN-LIB 2.0 query needs several networks, inputs or outputs, hidden nodes, "
+                               "products or input-output rows: `nncert verify` reads it (this reader takes one "
+                               "network with one input and one output)", path, None, None)
+    spec = query.to_spec()
+    for have, want, role in ((spec.n_inputs, counts[0], "inputs"), (spec.n_outputs, counts[1], "outputs")):
+        if want is not None and have != want:
+            raise VnnlibError(f"the query declares {have} {role}; the model has {want}", path, None, None)
+    return spec

@@ -5,20 +5,24 @@ The writer emits the forms other tools expect (box bounds as one assert per boun
 several conjunctions) so that files we generate can be run by other verifiers. Numbers
 are written with ``repr(float)``, which reads back as the same float64, so
 ``parse_text(format_vnnlib(spec)) == spec`` for every spec the parser produces.
+``format_vnnlib2`` writes the same assertions as a VNN-LIB 2.0 query (indexed tensor
+elements, plain decimals: that grammar has no exponent notation), which the standard's
+parser reads back to the same Spec.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from vnnlib.errors import plain
 from vnnlib.spec import Disjunct, InputRegion, OutputConstraints, Spec
 
-__all__ = ["format_vnnlib", "write_vnnlib", "robustness_spec"]
+__all__ = ["format_vnnlib", "format_vnnlib2", "write_vnnlib", "robustness_spec"]
 
 
 def _num(value: float) -> str:
@@ -28,56 +32,79 @@ def _num(value: float) -> str:
     return repr(value + 0.0)
 
 
-def _term(coefs: np.ndarray, prefix: str) -> str:
+def _decimal(value: float) -> str:
+    """A float64 as 2.0's grammar writes it: plain decimal digits, never an exponent,
+    always a point (``3.0``: ``3`` would be an integer constant); reads back exactly."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"cannot write the non-finite value {value!r} to VNN-LIB")
+    return np.format_float_positional(value + 0.0, unique=True, trim="0")
+
+
+@dataclass(frozen=True)
+class _Style:
+    """How a version names variables and writes numbers."""
+
+    name: Callable[[str, int], str]
+    num: Callable[[float], str]
+
+
+_V1 = _Style(lambda prefix, k: f"{prefix}_{k}", _num)
+
+
+def _v2(input_shape: Sequence[int], output_shape: Sequence[int]) -> _Style:
+    shapes = {"X": tuple(input_shape), "Y": tuple(output_shape)}
+    return _Style(lambda prefix, k: f"{prefix}[{','.join(map(str, np.unravel_index(k, shapes[prefix])))}]",
+                  _decimal)
+
+
+def _term(coefs: np.ndarray, prefix: str, style: _Style) -> str:
     parts = []
     for k in np.flatnonzero(coefs):
-        c, name = float(coefs[k]), f"{prefix}_{k}"
-        parts.append(name if c == 1.0 else f"(- {name})" if c == -1.0 else f"(* {_num(c)} {name})")
+        c, name = float(coefs[k]), style.name(prefix, int(k))
+        parts.append(name if c == 1.0 else f"(- {name})" if c == -1.0 else f"(* {style.num(c)} {name})")
     if not parts:
-        return "0.0"
+        return style.num(0.0)
     return parts[0] if len(parts) == 1 else f"(+ {' '.join(parts)})"
 
 
-def _row(coefs: np.ndarray, d: float, strict: bool, prefix: str) -> str:
+def _row(coefs: np.ndarray, d: float, strict: bool, prefix: str, style: _Style = _V1) -> str:
     """One comparison ``coefs . v <= d`` in the plainest form that means exactly that."""
     le, ge = ("<", ">") if strict else ("<=", ">=")
     nz = np.flatnonzero(coefs)
     if len(nz) == 1 and abs(coefs[nz[0]]) == 1.0:
-        name = f"{prefix}_{nz[0]}"
-        return f"({le} {name} {_num(d)})" if coefs[nz[0]] > 0 else f"({ge} {name} {_num(-d)})"
+        name = style.name(prefix, int(nz[0]))
+        return f"({le} {name} {style.num(d)})" if coefs[nz[0]] > 0 else f"({ge} {name} {style.num(-d)})"
     if len(nz) == 2 and d == 0.0 and sorted(coefs[nz].tolist()) == [-1.0, 1.0]:
         high, low = (nz[0], nz[1]) if coefs[nz[0]] > 0 else (nz[1], nz[0])
-        return f"({le} {prefix}_{high} {prefix}_{low})"
-    return f"({le} {_term(coefs, prefix)} {_num(d)})"
+        return f"({le} {style.name(prefix, int(high))} {style.name(prefix, int(low))})"
+    return f"({le} {_term(coefs, prefix, style)} {style.num(d)})"
 
 
-def _region_atoms(region: InputRegion) -> list[str]:
+def _region_atoms(region: InputRegion, style: _Style = _V1) -> list[str]:
     atoms = []
     for i, (lo, hi) in enumerate(zip(region.lower, region.upper)):
-        atoms.append(f"(>= X_{i} {_num(lo)})")
-        atoms.append(f"(<= X_{i} {_num(hi)})")
+        atoms.append(f"(>= {style.name('X', i)} {style.num(lo)})")
+        atoms.append(f"(<= {style.name('X', i)} {style.num(hi)})")
     if region.A is not None:
-        atoms += [_row(row, bi, False, "X") for row, bi in zip(region.A, region.b)]
+        atoms += [_row(row, bi, False, "X", style) for row, bi in zip(region.A, region.b)]
     return atoms
 
 
-def _output_atoms(conj: OutputConstraints) -> list[str]:
-    return [_row(row, di, bool(si), "Y") for row, di, si in zip(conj.C, conj.d, conj.strict)]
+def _output_atoms(conj: OutputConstraints, style: _Style = _V1) -> list[str]:
+    return [_row(row, di, bool(si), "Y", style) for row, di, si in zip(conj.C, conj.d, conj.strict)]
 
 
-def format_vnnlib(spec: Spec) -> str:
-    """The VNN-LIB text of ``spec``."""
-    lines = ["; VNN-LIB property written by nncert"]
-    lines += [f"(declare-const X_{i} Real)" for i in range(spec.n_inputs)]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(spec.n_outputs)]
+def _assertions(spec: Spec, style: _Style) -> list[str]:
+    lines = []
     for disjunct in spec.disjuncts:
         if not disjunct.outputs:
             raise ValueError("a disjunct without output constraints can never be violated; "
                              "drop it before writing")
     if len(spec.disjuncts) == 1:
         disjunct = spec.disjuncts[0]
-        lines += [f"(assert {atom})" for atom in _region_atoms(disjunct.region)]
-        conjs = [_output_atoms(c) for c in disjunct.outputs]
+        lines += [f"(assert {atom})" for atom in _region_atoms(disjunct.region, style)]
+        conjs = [_output_atoms(c, style) for c in disjunct.outputs]
         if any(not c for c in conjs):
             conjs = []  # an empty conjunction always holds: no output condition at all
         if len(conjs) == 1:
@@ -89,11 +116,35 @@ def format_vnnlib(spec: Spec) -> str:
     elif spec.disjuncts:
         lines.append("(assert (or")
         for disjunct in spec.disjuncts:
-            region = _region_atoms(disjunct.region)
+            region = _region_atoms(disjunct.region, style)
             for conj in disjunct.outputs:
-                lines.append(f"    (and {' '.join(region + _output_atoms(conj))})")
+                lines.append(f"    (and {' '.join(region + _output_atoms(conj, style))})")
         lines.append("))")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def format_vnnlib(spec: Spec) -> str:
+    """The VNN-LIB 1.0 text of ``spec``."""
+    lines = ["; VNN-LIB property written by nncert"]
+    lines += [f"(declare-const X_{i} Real)" for i in range(spec.n_inputs)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(spec.n_outputs)]
+    return "\n".join(lines + _assertions(spec, _V1)) + "\n"
+
+
+def format_vnnlib2(spec: Spec, input_shape: Sequence[int] | None = None, output_shape: Sequence[int] | None = None,
+                   element_type: str = "float32", network: str = "N") -> str:
+    """The VNN-LIB 2.0 text of ``spec``: one network ``network`` with input ``X`` and
+    output ``Y`` of the given shapes (default: flat) and element type."""
+    ins = tuple(input_shape) if input_shape is not None else (spec.n_inputs,)
+    outs = tuple(output_shape) if output_shape is not None else (spec.n_outputs,)
+    if math.prod(ins) != spec.n_inputs or math.prod(outs) != spec.n_outputs:
+        raise ValueError(f"shapes {list(ins)} and {list(outs)} do not hold {spec.n_inputs} inputs and "
+                         f"{spec.n_outputs} outputs")
+    dims = lambda shape: "[" + ",".join(map(str, shape)) + "]"
+    lines = ["; VNN-LIB property written by nncert", "(vnnlib-version <2.0>)",
+             f"(declare-network {network}", f"    (declare-input X {element_type} {dims(ins)})",
+             f"    (declare-output Y {element_type} {dims(outs)})", ")"]
+    return "\n".join(lines + _assertions(spec, _v2(ins, outs))) + "\n"
 
 
 def write_vnnlib(path: str | os.PathLike[str], spec: Spec) -> None:

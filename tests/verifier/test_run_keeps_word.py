@@ -101,7 +101,7 @@ def test_version_and_quiet() -> None:
     from verifier import __version__
 
     proc = _run("--version")
-    assert proc.returncode == 0 and proc.stdout.strip() == f"nncert {__version__}"
+    assert proc.returncode == 0 and proc.stdout.strip() == __version__
 
 
 _WATCHDOG = """

@@ -1,0 +1,123 @@
+"""The VNN-LIB standard's own parser (PyPI ``vnnlib``) for 2.0 files, and version sniffing.
+
+Why a private copy under another name: this package is called ``vnnlib`` too (the
+project's layout is fixed), so the standard's package cannot sit in site-packages,
+where one of the two would hide the other. ``make`` installs it with
+``pip install --target <venv>/nncert-vendor/vnnlib-std vnnlib==1.0.2`` and this module
+loads it as ``nncert_vnnlib_std``; its own imports are all relative, so it runs under
+any name. It is the parser VNN-COMP's scorer uses: a query it rejects, we reject with
+its message, and a query it accepts means to us what it means to the scorer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+from vnnlib.errors import VnnlibError
+
+__all__ = ["STANDARD_VERSION", "VENDOR_ENV", "vendor_dir", "standard_parser", "file_version",
+           "text_version", "parse_standard"]
+
+STANDARD_VERSION = "1.0.2"  # the release VNN-COMP 2026's scorer validates counterexamples with
+VENDOR_ENV = "NNCERT_VNNLIB_STD"  # a folder that holds the package, to override the default
+_MODULE = "nncert_vnnlib_std"
+# `(vnnlib-version <2.0>)`, the first form of a 2.0 file; comments may come before it.
+_VERSION = re.compile(r"\(\s*vnnlib-version\s*<\s*(\d+)\.(\d+)\s*>\s*\)")
+_COMMENT = re.compile(r";[^\n]*")
+_PARSE_ERROR = re.compile(r"line (\d+), column (\d+): (.*)", re.S)
+
+
+def vendor_dir() -> Path:
+    """Where the standard's package is looked for: $NNCERT_VNNLIB_STD, else the venv's."""
+    override = os.environ.get(VENDOR_ENV)
+    return Path(override) if override else Path(sys.prefix) / "nncert-vendor" / "vnnlib-std"
+
+
+@lru_cache(maxsize=None)
+def standard_parser() -> ModuleType:
+    """The standard's package, loaded once per process (a ``VnnlibError`` saying how to
+    install it when it is missing)."""
+    folder = vendor_dir() / "vnnlib"
+    init = folder / "__init__.py"
+    if not init.is_file():
+        raise VnnlibError(
+            "VNN-LIB 2.0 files are read by the standard's parser, which is not installed: run "
+            f"`{sys.executable} -m pip install --target {vendor_dir()} vnnlib=={STANDARD_VERSION}` "
+            "(`make` does this)", None, None, None)
+    spec = importlib.util.spec_from_file_location(_MODULE, init, submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:  # a wheel for another Python or platform
+        del sys.modules[_MODULE]
+        raise VnnlibError(f"the standard's parser in {folder} does not load here ({exc}): reinstall it "
+                          f"with `{sys.executable} -m pip install --target {vendor_dir()} "
+                          f"vnnlib=={STANDARD_VERSION}`", None, None, None) from None
+    return module
+
+
+def text_version(text: str) -> tuple[int, int] | None:
+    """The ``(major, minor)`` a query declares in its first form, or None (a 1.0 file
+    has no such form)."""
+    head = _COMMENT.sub("", text[:4096]).lstrip()
+    match = _VERSION.match(head)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def file_version(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``text_version`` of a file's start (gzip allowed); None when it has no version form."""
+    from vnnlib.loader import read_text
+
+    return text_version(read_text(path))
+
+
+def _error(exc: Exception, path: str) -> VnnlibError:
+    """The standard parser's exception as our one-line ``file:line:col: message``.
+
+    It raises either "Parse error: syntax error at line L, column C: 'tok'" or a JSON
+    report with errorCode, line, offendingSymbol and hint for each scope or type error;
+    the first error is reported (the others usually follow from it).
+    """
+    text = str(exc)
+    try:
+        report = json.loads(text)
+    except ValueError:
+        match = _PARSE_ERROR.search(text)
+        if match:
+            token = match.group(3).strip()
+            what = f"syntax error at {token}" if token not in ("''", "") else "syntax error at the end of the file"
+            return VnnlibError(f"{what} (VNN-LIB 2.0, the standard's parser)", path,
+                               int(match.group(1)), int(match.group(2)))
+        return VnnlibError(f"{text.strip()} (VNN-LIB 2.0, the standard's parser)", path, None, None)
+    errors = report.get("errors") or [{}]
+    first = errors[0]
+    message = first.get("message", "invalid query")
+    symbol, hint = first.get("offendingSymbol"), first.get("hint")
+    detail = f"{message} at '{symbol}'" if symbol else message
+    if hint:
+        detail += f": {hint}"
+    if first.get("errorCode"):
+        detail += f" [{first['errorCode']}]"
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more)"
+    line = first.get("line")
+    return VnnlibError(detail, path, int(line) if isinstance(line, int) else None,
+                       1 if isinstance(line, int) else None)
+
+
+def parse_standard(text: str, path: str | None = None) -> object:
+    """Parse and type-check a 2.0 query with the standard's parser; its AST (a ``Query``)."""
+    std = standard_parser()
+    try:
+        return std.parse_query_string(text)
+    except std.VNNLibException as exc:
+        raise _error(exc, path or "<string>") from None
