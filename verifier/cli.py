@@ -379,8 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The outputs are written and flushed; the interpreter's teardown (torch's
         # modules, thread pools) costs up to a second under load, past the budget.
         # (Not for `bench`, whose worker pool shuts down on the way out.)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:
+            pass
         os._exit(code)
     return code
 
@@ -392,6 +395,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("nncert: interrupted", file=sys.stderr)
         _fail(args, "unknown", "interrupted by the user")
         return 130
+    except BrokenPipeError:
+        # The reader closed stdout early (`nncert verify ... | head -1`): the results
+        # file and the report are written before anything is printed; nothing is wrong.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # classified below; never turned into a verdict
         if isinstance(exc, _bad_input_types()):
             msg = str(exc) if not isinstance(exc, FileNotFoundError) else f"{exc.filename}: no such file"
