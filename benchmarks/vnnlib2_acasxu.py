@@ -1,9 +1,8 @@
-"""VNN-LIB 2.0 on ACAS Xu (issue 23's measures), two parts:
+"""VNN-LIB 2.0 measures of issue 23, on ../shared/bench (mostly ACAS Xu):
 
-``forms``: every ACAS Xu instance of ../shared/bench written as a 2.0 query (one
-network, ``X float32 [1,1,1,5]``, ``Y float32 [1,5]``) and decided in the standard's
-form (``nncert verify Q --network N=M``) beside its 1.0 form (``nncert verify M P``):
-the verdicts must be equal.
+``forms``: every instance of a family (ACAS Xu by default) written as a 2.0 query
+(one network, its tensors shaped like the model's) and decided by ``nncert bench``
+beside its 1.0 form: the verdicts must be equal.
 
 ``monotonicity``: the VNN-COMP 2026 style of query on every ACAS Xu network: two
 ``equal-to`` copies f and g, ``X_f[0] >= X_g[0]`` (distance), the other four inputs
@@ -11,16 +10,21 @@ equal (one variable each), both in property 3's box, and ``Y_f[3] < Y_g[3]``; ea
 ``sat`` is printed by nncert only after onnxruntime replays the side-by-side model,
 which runs both copies.
 
-    python benchmarks/vnnlib2_acasxu.py forms --timeout 30 --out out/vnnlib2_forms.csv
-    python benchmarks/vnnlib2_acasxu.py monotonicity --timeout 20 --out out/vnnlib2_mono.csv
+``roundtrip``: every .vnnlib of ../shared/bench written as 2.0 reads back to the same
+Spec, with both forms' parse times.
 
-Each query runs in a fresh ``nncert`` process with OMP_NUM_THREADS=1, as ``nncert bench
---isolate process`` would.
+    python benchmarks/vnnlib2_acasxu.py forms --timeout 30 --out out/vnnlib2_forms.csv [--family 2022_mnist_fc]
+    python benchmarks/vnnlib2_acasxu.py monotonicity --timeout 20 --out out/vnnlib2_mono.csv
+    python benchmarks/vnnlib2_acasxu.py roundtrip --out out/vnnlib2_roundtrip.csv
+
+Monotonicity runs each query in a fresh ``nncert`` process, forms through ``nncert
+bench --isolate worker``; both with OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -44,20 +48,38 @@ def _run(args: list[str], timeout: float) -> tuple[str, float]:
     return first, time.monotonic() - start
 
 
-def forms(timeout: float, out: Path, work: Path) -> None:
-    rows = list(csv.reader(open(BENCH / "instances.csv")))
+def forms(timeout: float, out: Path, work: Path, family: str) -> None:
+    """Write the family's instances as 2.0 queries (shaped like each model), run `nncert
+    bench` on both CSVs and compare the verdicts instance by instance."""
+    from verifier.model import load_model
+
+    bench = BENCH.parent / family
+    rows = list(csv.reader(open(bench / "instances.csv")))
+    shapes: dict[str, tuple] = {}
+    with open(work / "instances.csv", "w", newline="") as handle:
+        w = csv.writer(handle)
+        for onnx_rel, spec_rel, budget in rows:
+            model, prop = bench / onnx_rel, bench / spec_rel
+            if onnx_rel not in shapes:
+                g = load_model(model).graph
+                shapes[onnx_rel] = (g.input_shape, g.output_shape)
+            query = work / f"{model.name.split('.')[0]}_{prop.name.split('.')[0]}.vnnlib"
+            query.write_text(format_vnnlib2(vnnlib.load(prop, *[math.prod(s) for s in shapes[onnx_rel]]),
+                                            *shapes[onnx_rel]))
+            w.writerow([str(model.resolve()), str(query.resolve()), budget])
+    results = {}
+    for name, table in (("v1", bench / "instances.csv"), ("v2", work / "instances.csv")):
+        target = out.parent / f"{out.stem}_{name}.csv"
+        subprocess.run([NNCERT, "bench", str(table), "--isolate", "worker", "--jobs", "1", "--timeout", str(timeout),
+                        "--out", str(target), "-q"], check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        results[name] = list(csv.DictReader(open(target)))
     with open(out, "w", newline="") as handle:
         w = csv.writer(handle)
-        w.writerow(["onnx", "vnnlib", "v1", "v1_s", "v2", "v2_s"])
-        for onnx_rel, spec_rel, _ in rows:
-            model, prop = BENCH / onnx_rel, BENCH / spec_rel
-            query = work / f"{model.stem}_{prop.stem}.vnnlib"
-            query.write_text(format_vnnlib2(vnnlib.load(prop, 5, 5), (1, 1, 1, 5), (1, 5)))
-            v1, t1 = _run([str(model), str(prop)], timeout)
-            v2, t2 = _run([str(query), "--network", f"N={model}"], timeout)
-            w.writerow([onnx_rel, spec_rel, v1, f"{t1:.2f}", v2.replace("timed-out", "timeout"), f"{t2:.2f}"])
-            handle.flush()
-            print(model.stem, prop.stem, v1, v2, flush=True)
+        w.writerow(["instance", "v1", "v1_s", "v2", "v2_s"])
+        for a, b in zip(results["v1"], results["v2"]):
+            w.writerow([f"{a['onnx']} {a['vnnlib']}", a["verdict"], a["time_s"], b["verdict"], b["time_s"]])
+    same = sum(a["verdict"] == b["verdict"] for a, b in zip(results["v1"], results["v2"]))
+    print(f"{same} of {len(rows)} verdicts equal", flush=True)
 
 
 def monotonicity(timeout: float, out: Path, work: Path) -> None:
@@ -84,15 +106,44 @@ def monotonicity(timeout: float, out: Path, work: Path) -> None:
             print(model.stem, verdict, f"{seconds:.1f}", flush=True)
 
 
+def roundtrip(out: Path) -> None:
+    """Every .vnnlib of ../shared/bench written as 2.0 and read back by the standard's
+    parser: the same Spec? And the parse times of both forms."""
+    import glob
+
+    from vnnlib.query import parse_query
+
+    files = sorted(glob.glob(str(BENCH.parent / "*" / "vnnlib" / "*.vnnlib*")))
+    with open(out, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["vnnlib", "bytes", "same", "v1_s", "v2_s"])
+        for f in files:
+            t = time.perf_counter()
+            spec = vnnlib.load(f)
+            t1 = time.perf_counter() - t
+            text = format_vnnlib2(spec)
+            t = time.perf_counter()
+            same = parse_query(text, f).to_spec() == spec
+            w.writerow([f, os.path.getsize(f), same, f"{t1:.4f}", f"{time.perf_counter() - t:.4f}"])
+    rows = list(csv.DictReader(open(out)))
+    print(f"{sum(r['same'] == 'True' for r in rows)} of {len(rows)} files read back to the same Spec")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["forms", "monotonicity"])
+    parser.add_argument("part", choices=["forms", "monotonicity", "roundtrip"])
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--family", default="2022_acasxu", help="forms: a folder of ../shared/bench")
     args = parser.parse_args()
     work = args.out.parent / f"{args.out.stem}_queries"
     work.mkdir(parents=True, exist_ok=True)
-    (forms if args.part == "forms" else monotonicity)(args.timeout, args.out, work)
+    if args.part == "roundtrip":
+        roundtrip(args.out)
+    elif args.part == "forms":
+        forms(args.timeout, args.out, work, args.family)
+    else:
+        monotonicity(args.timeout, args.out, work)
 
 
 if __name__ == "__main__":
