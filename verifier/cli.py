@@ -228,7 +228,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         z = assignment(query, result.x, result.y)
         if query.satisfied_by(z):
-            lines = format_assignment(query, z)
+            if args.serialise_assignments:   # the standard's serialised form instead of stdout lines
+                from verifier.vnnlib2 import serialise_assignment
+
+                serialise_assignment(query, z, args.serialise_assignments)
+            else:
+                lines = format_assignment(query, z)
         else:  # only a strict input bound, closed in the engine's box, can do this
             from verifier.result import Result
 
@@ -311,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("spec", nargs="?", default=None, metavar="SPEC", help="the VNN-LIB property (VNN-COMP form)")
     v.add_argument("--network", action="append", metavar="NAME=PATH",
                    help="the ONNX file of a network the query declares (once per network)")
+    v.add_argument("--serialise-assignments", default=None, metavar="DIR",
+                   help="after sat on a 2.0 query, write each declared tensor to DIR/NAME.pb (ONNX TensorProto) "
+                        "instead of printing it")
     v.add_argument("--timeout", type=float, default=None,
                    help="seconds for everything the run does, certificate and report included "
                         "(default: config timeout; inf: no limit)")

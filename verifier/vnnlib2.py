@@ -24,8 +24,8 @@ from verifier.verify import SpecMismatch
 from vnnlib.query import Query, Tensor, layout
 from vnnlib.spec import Spec
 
-__all__ = ["Bound", "network_files", "bind", "assignment", "format_assignment", "supports", "SOUND_ELEMENT_TYPES",
-           "INTEGER_RESULT_TYPES"]
+__all__ = ["Bound", "network_files", "bind", "assignment", "format_assignment", "serialise_assignment", "supports",
+           "SOUND_ELEMENT_TYPES", "INTEGER_RESULT_TYPES"]
 
 SOUND_ELEMENT_TYPES = ("float32", "real")  # see the module docstring
 # Integer outputs and hidden nodes (a Cast to int64, a Shape): the engine bounds them
@@ -187,6 +187,24 @@ def assignment(query: Query, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return z
 
 
+_NUMPY_TYPES = {"float32": np.float32, "real": np.float64, "float64": np.float64, "int64": np.int64}
+
+
+def serialise_assignment(query: Query, z: np.ndarray, folder: str) -> None:
+    """The standard's serialised assignment: DIR/NAME.pb, one ONNX TensorProto of the
+    declared shape per declared tensor (``real`` as float64)."""
+    from pathlib import Path
+
+    from onnx import numpy_helper
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for tensor in query.tensors:
+        values = z[tensor.offset:tensor.offset + tensor.size].reshape(tensor.shape)
+        array = values.astype(_NUMPY_TYPES.get(tensor.element_type, np.float64))
+        (out / f"{tensor.name}.pb").write_bytes(numpy_helper.from_array(array, tensor.name).SerializeToString())
+
+
 def _value(v: float, element_type: str) -> str:
     if element_type.startswith(("int", "uint")) or element_type == "bool":
         return str(int(v))
@@ -246,7 +264,7 @@ def supports(flag: str) -> list[str]:
             "SNC", "MNC"],
         "--arithmetic-complexity-theories": ["BND", "OUTC", "LIN", "POLY"],
         "--optimised-disjunctive-reasoning": ["false"],  # each DNF term is decided in turn
-        "--serialise-assignments": ["false"],
+        "--serialise-assignments": ["true"],
     }
     if flag not in answers:
         raise KeyError(flag)

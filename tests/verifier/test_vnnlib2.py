@@ -303,3 +303,18 @@ def test_spec_convert_both_ways(tmp_path, net, capsys):
     capsys.readouterr()
     assert main(["spec", "convert", str(poly), str(back)]) == 2
     assert "`nncert verify` reads it" in capsys.readouterr().err
+
+
+@needs_parser
+def test_serialised_assignments_hold_each_tensor(tmp_path, net, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    query = _query(tmp_path, "(assert (>= Y[0,0] 1.9))", y="Y real [1,2]")
+    folder = tmp_path / "assign"
+    code, lines, _ = _verify(capsys, str(query), "--network", f"f={net}", "--serialise-assignments", str(folder))
+    assert code == 0 and lines == ["sat"]                        # the values go to the folder, not stdout
+    x = numpy_helper.to_array(onnx.load_tensor(str(folder / "X.pb")))
+    y = numpy_helper.to_array(onnx.load_tensor(str(folder / "Y.pb")))
+    assert x.dtype == np.float32 and x.shape == (1, 2) and y.dtype == np.float64 and y.shape == (1, 2)
+    assert y[0, 0] >= 1.9 and y[0, 0] == pytest.approx(x[0, 0] + x[0, 1], rel=1e-6)
