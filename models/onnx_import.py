@@ -24,7 +24,7 @@ from models.ops import forward_rule
 from models.passes import (constant_output, drop_aliases, expand_gemm, expand_layernorm, expand_softmax, fold_batchnorm,
                            prune_to_output)
 
-__all__ = ["load_onnx", "read_onnx_bytes", "graph_from_proto"]
+__all__ = ["load_onnx", "read_onnx_bytes", "read_onnx_proto", "graph_from_proto"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -50,14 +50,9 @@ def read_onnx_bytes(path: str | Path) -> bytes:
     return data
 
 
-def load_onnx(path: str | Path, check: bool = True, check_samples: int = 3) -> Graph:
-    """Read an ONNX file into a checked `Graph`.
-
-    `check` runs onnxruntime and the torch forward on `check_samples` random inputs and
-    refuses the model if they differ by more than 1e-4 relative to the output scale.
-    A gzip-compressed file (`model.onnx.gz`) is decompressed first (`read_onnx_bytes`).
-    """
-    path = Path(path)
+def read_onnx_proto(path: str | Path) -> tuple[bytes, Any]:
+    """The file's (decompressed) bytes and its parsed ModelProto; a ``ModelError`` naming
+    the file when it is damaged or has no nodes."""
     data = read_onnx_bytes(path)
     import onnx  # local: keeps `import models` light for the parser-only paths
 
@@ -67,6 +62,18 @@ def load_onnx(path: str | Path, check: bool = True, check_samples: int = 3) -> G
         raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
     if len(proto.graph.node) == 0:
         raise ModelError(f"{path}: ONNX model has no nodes")
+    return data, proto
+
+
+def load_onnx(path: str | Path, check: bool = True, check_samples: int = 3) -> Graph:
+    """Read an ONNX file into a checked `Graph`.
+
+    `check` runs onnxruntime and the torch forward on `check_samples` random inputs and
+    refuses the model if they differ by more than 1e-4 relative to the output scale.
+    A gzip-compressed file (`model.onnx.gz`) is decompressed first (`read_onnx_bytes`).
+    """
+    path = Path(path)
+    data, proto = read_onnx_proto(path)
     graph = graph_from_proto(proto, source=str(path), sha256=hashlib.sha256(data).hexdigest())
     if check:
         from models.ort_check import check_against_onnxruntime

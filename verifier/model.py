@@ -50,12 +50,13 @@ def load_model(path: str | Path, check: bool = True) -> Model:
     return Model(graph=graph, path=str(path), onnx_bytes=data)
 
 
-def model_from_proto(proto: object, label: str, check: bool = True) -> Model:
-    """A model built in memory (``models.product``): checked against onnxruntime like a
-    file, and replayed on these exact bytes."""
+def model_from_proto(proto: object, label: str, check: bool = True, data: bytes | None = None) -> Model:
+    """A model already parsed (``data``: the file's bytes) or built in memory
+    (``models.product``; serialised here): checked against onnxruntime like a file, and
+    replayed on these exact bytes."""
     import hashlib
 
-    data = proto.SerializeToString()
+    data = proto.SerializeToString() if data is None else data
     graph = graph_from_proto(proto, source=label, sha256=hashlib.sha256(data).hexdigest())
     if check:
         from models.ort_check import check_against_onnxruntime

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from verifier.model import Model, load_model, model_from_proto
+from models.onnx_import import read_onnx_proto
+from verifier.model import Model, model_from_proto
 from verifier.verify import SpecMismatch
 from vnnlib.query import Query, Tensor, layout
 from vnnlib.spec import Spec
@@ -56,28 +57,29 @@ def network_files(query: Query, pairs: Optional[Sequence[str]], model: Optional[
     positional model, accepted when exactly one network needs a file.
     """
     needed = [n.name for n in query.networks if n.equal_to is None]
+    where = query.path or "<query>"   # every message names the query file
     if pairs:
         files: dict[str, str] = {}
         for pair in pairs:
             name, sep, path = pair.partition("=")
             if not sep or not name or not path:
-                raise SpecMismatch(f"--network {pair}: expected NAME=PATH")
+                raise SpecMismatch(f"{where}: --network {pair}: expected NAME=PATH")
             if name in files:
-                raise SpecMismatch(f"--network {name} is given twice")
+                raise SpecMismatch(f"{where}: --network {name} is given twice")
             files[name] = path
         extra = [n for n in files if n not in needed]
         if extra:
             copies = [n.name for n in query.networks if n.equal_to is not None]
             why = " (an equal-to copy takes its network's file)" if extra[0] in copies else ""
-            raise SpecMismatch(f"--network {extra[0]}: the query declares no network {extra[0]} that needs "
+            raise SpecMismatch(f"{where}: --network {extra[0]}: the query declares no network {extra[0]} that needs "
                                f"a file{why}; it needs {', '.join(needed)}")
         missing = [n for n in needed if n not in files]
         if missing:
-            raise SpecMismatch(f"network '{missing[0]}' has no file: give --network {missing[0]}=PATH")
+            raise SpecMismatch(f"{where}: network '{missing[0]}' has no file: give --network {missing[0]}=PATH")
         return files
     if model is not None and len(needed) == 1:
         return {needed[0]: model}
-    raise SpecMismatch(f"the query declares networks {', '.join(needed)}: give each --network NAME=PATH")
+    raise SpecMismatch(f"{where}: the query declares networks {', '.join(needed)}: give each --network NAME=PATH")
 
 
 def _check_sound(declared: Tensor) -> None:
@@ -114,20 +116,6 @@ def _file_of(query: Query, name: str, files: dict[str, str]) -> str:
     return files[name]
 
 
-def _proto(path: str, cache: dict) -> object:
-    if path not in cache:
-        import onnx
-
-        from models import ModelError, read_onnx_bytes
-
-        data = read_onnx_bytes(path)
-        try:
-            cache[path] = onnx.load_from_string(data)
-        except Exception as exc:  # onnx raises DecodeError and others for a damaged file
-            raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
-    return cache[path]
-
-
 def bind(query: Query, files: dict[str, str]) -> Bound:
     """Load the query's networks and check the declarations against them.
 
@@ -137,13 +125,15 @@ def bind(query: Query, files: dict[str, str]) -> Bound:
     """
     from models.product import Part, product_model, value_infos
 
-    spec = query.to_spec(stand_ins=True)  # refuses what the engine cannot take yet, before reading a model
+    spec, unbounded = query.to_spec_with_stand_ins()  # refuses what the engine cannot take, before any model
     where = layout(query)
-    protos: dict = {}
+    read: dict[str, tuple[bytes, object]] = {}   # each file parsed once (equal-to copies share one)
     parts = []
     for net in query.networks:
         path = _file_of(query, net.name, files)
-        proto = _proto(path, protos)
+        if path not in read:
+            read[path] = read_onnx_proto(path)
+        proto = read[path][1]
         inputs, outputs = value_infos(proto)
         for declared, infos, what in ((net.inputs, inputs, "input"), (net.outputs, outputs, "output")):
             if len(declared) != len(infos):
@@ -161,7 +151,8 @@ def bind(query: Query, files: dict[str, str]) -> Bound:
     simple = len(parts) == 1 and not parts[0].hidden and len(query.networks[0].inputs) == 1 \
         and len(query.networks[0].outputs) == 1 and not where.echo and not merged and not query.products
     if simple:
-        model = load_model(files[query.networks[0].name])
+        path = files[query.networks[0].name]
+        model = model_from_proto(read[path][1], path, data=read[path][0])
     else:
         monomials = [[("x", int(where.x_of[i])) if where.x_of[i] >= 0 else ("y", int(where.y_of[i])) for i in mono]
                      for mono in query.products]
@@ -172,7 +163,7 @@ def bind(query: Query, files: dict[str, str]) -> Bound:
         raise SpecMismatch(f"the query declares {spec.n_inputs} input and {spec.n_outputs} hidden and output "
                            f"elements; the model{'s have' if not simple else ' has'} {model.n_inputs} and "
                            f"{model.n_outputs}")
-    return Bound(query, model, spec, tuple(query.unbounded_inputs()))
+    return Bound(query, model, spec, tuple(unbounded))
 
 
 def assignment(query: Query, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -52,14 +52,6 @@ class UnsupportedQuery(VnnlibError):
     """A well-formed 2.0 query that uses a construct the engine does not decide yet."""
 
 
-class _Unbounded(UnsupportedQuery):
-    """Input elements without a bound; ``names`` lists them all."""
-
-    def __init__(self, message: str, path: str | None, names: list[str]) -> None:
-        super().__init__(message, path, None, None)
-        self.names = names
-
-
 @dataclass(frozen=True)
 class Tensor:
     """One declared variable: its place in ``z`` is ``offset .. offset + size``."""
@@ -135,7 +127,12 @@ class Query:
         ``[-1, 1]``): a counterexample inside is a counterexample, but an ``unsat`` of
         that Spec says nothing (see ``unbounded_inputs``).
         """
-        return _to_spec(self, stand_ins)
+        return _to_spec(self, stand_ins)[0]
+
+    def to_spec_with_stand_ins(self) -> tuple[Spec, list[str]]:
+        """``to_spec(stand_ins=True)`` and the input elements that got stand-ins, from one
+        lowering (a large query's lowering is the cost of its parse)."""
+        return _to_spec(self, True)
 
     @property
     def plain(self) -> bool:
@@ -151,11 +148,7 @@ class Query:
 
     def unbounded_inputs(self) -> list[str]:
         """The input elements (``X[0,3]``) that some term leaves without a lower or upper bound."""
-        try:
-            self.to_spec()
-        except _Unbounded as exc:
-            return exc.names
-        return []
+        return self.to_spec_with_stand_ins()[1]
 
 
 def _row_holds(row: Row, values: list[Fraction]) -> bool:
@@ -424,7 +417,7 @@ def layout(query: Query) -> _Layout:
     return _Layout(x_of, y_of, n_x, n_y + (n_x if echo else 0), echo)
 
 
-def _to_spec(query: Query, stand_ins: bool) -> Spec:
+def _to_spec(query: Query, stand_ins: bool) -> tuple[Spec, list[str]]:
     path = query.path
     where = layout(query)
     regions: dict[bytes, tuple[InputRegion, list[OutputConstraints]]] = {}
@@ -437,14 +430,14 @@ def _to_spec(query: Query, stand_ins: bool) -> Spec:
         key = b"".join(a.tobytes() for a in (region.lower, region.upper) + (
             (region.A, region.b) if region.A is not None else ()))
         regions.setdefault(key, (region, []))[1].append(outputs)
-    if unbounded and not stand_ins:
-        inputs = np.flatnonzero(where.x_of >= 0)
-        names = [_element(query, int(inputs[i])) for i in unbounded]
+    inputs = np.flatnonzero(where.x_of >= 0)
+    names = [_element(query, int(inputs[i])) for i in unbounded]
+    if names and not stand_ins:
         more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-        raise _Unbounded(f"input {names[0]}{more} has no lower or upper bound: nncert needs a bounded box on "
-                         "every input", path, names)
+        raise UnsupportedQuery(f"input {names[0]}{more} has no lower or upper bound: nncert needs a bounded box "
+                               "on every input", path, None, None)
     disjuncts = tuple(Disjunct(region, tuple(outs)) for region, outs in regions.values())
-    return Spec(n_inputs=where.n_x, n_outputs=where.n_y, disjuncts=disjuncts, path=path)
+    return Spec(n_inputs=where.n_x, n_outputs=where.n_y, disjuncts=disjuncts, path=path), names
 
 
 def _element(query: Query, flat: int) -> str:

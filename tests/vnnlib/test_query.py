@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from tests.conftest import BENCH, needs_shared
 from vnnlib import VnnlibError
 from vnnlib.query import UnsupportedQuery, parse_query
 from vnnlib.standard import text_version, vendor_dir
@@ -194,18 +195,16 @@ def test_the_plain_reader_takes_one_network_queries_and_sends_the_rest_to_verify
         vnnlib.load(path)
 
 
+@needs_shared
 def test_every_shared_vnnlib_file_round_trips_through_2_0(tmp_path):
     """Each 1.0 file of ../shared/bench, written as 2.0 and read by the standard's parser,
     is the same Spec (a sample of each family: the whole set is a benchmark)."""
     import glob
 
     import vnnlib
-    from tests.vnnlib._util import BENCH
     from vnnlib.writer import format_vnnlib2
 
     files = sorted(glob.glob(str(BENCH / "*" / "vnnlib" / "*.vnnlib*")))
-    if not files:
-        pytest.skip("../shared/bench is not beside the checkout")
     families: dict[str, str] = {}
     for f in files:
         families.setdefault(f.split("/")[-3], f)
