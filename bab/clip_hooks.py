@@ -27,7 +27,7 @@ def split_constraints(kept: list, lo: T, hi: T, k: int, precision: Optional[Prec
     """Up to `k` split constraints per domain, the most cutting first: (a [B, k', n], c [B, k']).
 
     kept: (LinearBounds of `-sign z` over the input [B, K_t, ...], split mask [B, K_t]) per
-    split tensor, as `relaxations.compute._crown_tensor` keeps them (None entries are
+    split tensor, as `relaxations.intermediate._crown_tensor` keeps them (None entries are
     skipped); lo, hi: the domains' boxes [B, n]. Each gives `a^T x + c <= 0` on its domain
     (`constraints_from_splits`, with the rounding margin). A constraint's score is the
     fraction of its range over the box that it cuts off, max^+ / (max - min): 0 when it

@@ -8,7 +8,7 @@ Constraints"; "Fast and Complete: Enabling Complete Neural Network Verification 
 Rapid and Massively Parallel Incomplete Verifiers"), every tensor z that CROWN bounds
 (the input of a relaxable elementwise op) gets its own alphas: one set per earlier
 relaxed node, with one row per bounded element of z and per side (the rows +e_j and
--e_j of `compute._crown_tensor`). Rows exist only for the elements that are unstable
+-e_j of `intermediate._crown_tensor`). Rows exist only for the elements that are unstable
 in plain CROWN's table, chunked as `_crown_tensor` chunks them (`max_elements`), and
 each chunk keeps its own alphas.
 
@@ -46,10 +46,11 @@ from models import Node
 from relaxations.alpha import (AlphaResult, _Adam, _all_above, alpha_fits, alpha_lrs, initial_alphas, optimise_alpha,
                                project_alphas, unstable_index)
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
-from relaxations.compute import BoundOptions, _guard_empty
 from relaxations.crown import (BackwardContext, SparseAlpha, _is_plain_elementwise, backward_lower, is_relaxed,
                                relaxation_domain)
 from relaxations.ibp import node_inputs, sound_interval
+from relaxations.intermediate import _guard_empty
+from relaxations.options import BoundOptions
 
 __all__ = ["optimise_with_intermediate"]
 

@@ -7,10 +7,8 @@ given alphas and betas), and it returns a frozen `BoundResult` with typed fields
 searches, the certificate writers and certified training all call it; none of them
 rebuilds a CROWN step or the "best of IBP and CROWN" rule by hand.
 
-Intermediate bounds are built in topological order: every tensor gets an interval by
-IBP from its inputs' (already tightened) intervals; the inputs of relaxable
-elementwise ops additionally get CROWN bounds on their unstable elements, and the two
-sound answers are intersected. The final bound uses the requested method and is
+Intermediate bounds come first (`relaxations.intermediate`: IBP per tensor, CROWN on
+the unstable inputs of relaxations, the two intersected). The final bound uses the requested method and is
 always intersected with the interval one (the box bound `C @ [output]`, or the folded
 IBP bound, below): every candidate is sound, so their maximum is.
 
@@ -32,341 +30,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Mapping, Optional, Protocol
+from typing import Mapping, Optional
 
 import torch
 
 from models import Graph, GraphEvaluator
 from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
-from relaxations.bounds import BallBox, BoundsTable, IntervalBounds, LinearBounds, Precision, check_deadline, concretize
-from relaxations.forward import forward_constant, forward_input, forward_node
-from relaxations.crown import BackwardContext, _is_plain_elementwise, backward_lower, is_slot_node, rules_for
-from relaxations.ibp import node_inputs, sound_interval
-from relaxations.l2 import affine_in_input, tensor_balls
-from relaxations.patches import PatchBounds, patches_lower
+from relaxations.alpha_intermediate import optimise_with_intermediate
+from relaxations.bounds import BoundsTable, IntervalBounds, Precision, check_deadline, concretize
+from relaxations.crown import BackwardContext, backward_lower, is_slot_node, rules_for
+from relaxations.intermediate import intermediate_bounds
+from relaxations.options import METHODS, BoundOptions, BoundResult, ClipHook
 from relaxations.reverse import tightened_box
 
 __all__ = ["BoundOptions", "BoundResult", "ClipHook", "compute_bounds", "final_lower_from_table",
            "folded_ibp_lower", "intermediate_bounds", "METHODS"]
 
-METHODS = ("ibp", "crown", "alpha-crown")
-INTERMEDIATE = ("crown", "ibp", "forward")
 T = torch.Tensor
-
-
-@dataclass(frozen=True)
-class BoundOptions:
-    """What one bound computation computes (the verifier's config embeds this)."""
-
-    method: str = "crown"
-    # How intermediate tensors are bounded: "crown" (backward from each unstable
-    # neuron), "ibp", or "forward" (forward-mode linear bounds, cheap when the input
-    # has few elements; falls back to intervals where an op has no relaxation).
-    intermediate: str = "crown"
-    alpha_iterations: int = 20
-    alpha_lr: float = 0.25
-    max_elements: int = 40_000_000       # A-matrix elements per backward pass (memory guard)
-    # None: chosen from the dtype. Precision.none(): no rounding margins, bounds sound in
-    # exact arithmetic only (certified training's losses; never for a verdict).
-    precision: Optional[Precision] = None
-    # time.monotonic() value; past it bound passes raise DeadlineExceeded, except
-    # alpha-CROWN's optimisation, which stops early with its best (sound) bound so far.
-    deadline: Optional[float] = None
-    keep_betas: bool = False               # alpha-CROWN also returns the best betas per row (proof logs)
-    # Fold C into the trailing affine ops for the interval bound (see the module
-    # docstring). None: IBP folds, CROWN and alpha-CROWN take the plain box bound (the
-    # checker re-derives that one), except on graphs with slot nodes (no checker reads
-    # those; see `_compute`); True also folds for them (certified training).
-    fold: Optional[bool] = None
-    # Keep the coefficient at every relaxed elementwise node's output from the final
-    # pass (`BoundResult.coefficients`): branching heuristics score neurons with them.
-    coefficients: bool = False
-    # Keep autograd through the bound (certified training backpropagates through it).
-    # False runs the passes under no_grad (alpha-CROWN still differentiates its own steps).
-    grad: bool = False
-    # alpha-CROWN also optimises the intermediate bounds: alphas per CROWN-bounded tensor
-    # and earlier relaxed node, every interval recomputed per step; `BoundResult.table`
-    # is then the best interval per element (relaxations/alpha_intermediate.py). Falls
-    # back to plain alpha-CROWN with a clip hook or with intermediate != "crown".
-    optimise_intermediate: bool = False
-    # time.monotonic() value past which that optimisation stops with its best so far (its
-    # passes, unlike the ones `deadline` governs, never raise): a share of the budget.
-    optimise_deadline: Optional[float] = None
-    # Row thresholds [R] (or [B, R]): alpha-CROWN's optimisation stops once its best bound
-    # of every row of every domain is above them (the rows are proved: more steps change
-    # no answer). Only without `coefficients`, which come from the last step.
-    stop_above: Optional[torch.Tensor] = None
-    # CROWN's intermediate rows walk back through convolutions as per-row windows
-    # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
-    # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.
-    patches: bool = True
-    # With split decisions: the input box each domain's decisions imply (constraint
-    # propagation back through ReLUs and affine nodes, relaxations/reverse.py), and every
-    # bound computed again over it where it is smaller (`BoundResult.box`).
-    tighten_input: bool = False
-    # alpha-CROWN keeps a ReLU's alphas only at its unstable elements when they are few
-    # (crown.SparseAlpha): the same bounds, less work per step on wide layers.
-    sparse_alpha: bool = True
-    # Over an l2 ball (a BallBox input), each ReLU's bias is also SDP-CROWN's where that is
-    # higher (relaxations/sdp_crown.py, the balls from relaxations/l2.py).
-    sdp_crown: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
-        if self.intermediate not in INTERMEDIATE:
-            raise ValueError(f"intermediate must be one of {', '.join(INTERMEDIATE)}, not '{self.intermediate}'")
-
-    @property
-    def folds(self) -> bool:
-        return self.method == "ibp" if self.fold is None else bool(self.fold)
-
-
-@dataclass(frozen=True)
-class BoundResult:
-    """Sound bounds of C @ output over each box of the batch, and what produced them.
-
-    lower [B, S] (upper [B, S] when asked) are the best of every bound computed: the
-    interval bound, CROWN's and alpha-CROWN's. Domains whose splits are infeasible hold
-    no input: their lower bounds are +inf and `infeasible` [B] marks them.
-    """
-
-    lower: T
-    upper: Optional[T]
-    table: BoundsTable                       # intervals of every tensor, keyed by name
-    infeasible: T                            # [B] bool
-    interval_lower: T                        # [B, S]: the interval part alone (box or folded IBP)
-    # The linear bound over the input that gave the CROWN part of the rows (alpha's best
-    # per row when optimised): A [B, R, *input_shape], R = S, or 2S with the upper rows.
-    linear: Optional[LinearBounds] = None
-    crown_linear: Optional[LinearBounds] = None   # plain CROWN's, before alpha-CROWN changed it
-    alphas: Mapping[str, T] = field(default_factory=dict)   # node -> [B, R, *shape]: used per row
-    betas: Mapping[str, T] = field(default_factory=dict)    # tensor -> [B, R, *shape] (keep_betas)
-    coefficients: Mapping[str, T] = field(default_factory=dict)  # node -> A at its output
-    alpha_iterations: int = 0
-    # The input box the bounds hold over: the given one, or with `tighten_input` the box
-    # the split decisions narrowed it to (relaxations/reverse.py).
-    box: Optional[IntervalBounds] = None
-
-
-class ClipHook(Protocol):
-    """Relaxed clipping of intermediate bounds (bab/clip_hooks.py builds them).
-
-    Called with a tensor's name, the LinearBounds of a chunk of its rows over the input
-    and their plain lower bounds [B, R]; returns lower bounds at least as tight that are
-    still sound on the domain. `split_linear`, when a dict, receives the split neurons'
-    linear bounds (`_crown_tensor`), filled in topological order, so the hook sees those
-    of earlier tensors only; None: nothing is collected.
-    """
-
-    split_linear: Optional[dict]
-
-    def __call__(self, name: str, lin: LinearBounds, lb: T) -> T: ...
-
-
-def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
-    """Tensor -> None (all elements) or a boolean mask [B, *shape], for relaxable inputs.
-
-    The variable inputs of slot nodes (products, max-type ops) are included unless a
-    relaxed elementwise op produced them: that op's own input is CROWN-bounded already,
-    and CROWN through its one relaxation would add little to the interval it gives."""
-    needs: dict[str, Optional[T]] = {}
-    producer = ctx.graph.producer()
-    for node in ctx.graph.nodes:
-        rule = ctx.rules[node.name]
-        if _is_plain_elementwise(ctx, node, rule):
-            needs.setdefault(node.inputs[0], None)
-        elif is_slot_node(ctx, node, rule):
-            for x in node.inputs:
-                if not x or x in ctx.ev.constants or x == ctx.graph.input_name:
-                    continue
-                p = producer.get(x)
-                if p is None or not _is_plain_elementwise(ctx, p, ctx.rules[p.name]):
-                    needs.setdefault(x, None)
-    return needs
-
-
-def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Optional[T],
-                  options: BoundOptions, precision: Precision, sign: Optional[T] = None,
-                  keep: Optional[dict] = None, clip: Optional[ClipHook] = None) -> IntervalBounds:
-    """Tighten the interval of `name` by CROWN on the elements selected by `mask`.
-
-    With `keep` (a dict) and split signs `sign` [B, *shape], the linear lower bound of
-    `-sign * z` over the input is kept for every neuron split in some domain of the
-    batch (such neurons are added to the CROWN rows: after the split clamps them they
-    look stable and would otherwise be skipped). On the domain, `-sign z <= 0`, so that
-    bound is a linear constraint all its inputs satisfy (relaxed clipping). keep[name] =
-    LinearBounds (A [B, K, n_in], bias, mass [B, K]) and a mask [B, K] of the domains
-    where each kept neuron is actually split. `clip` may tighten each chunk's bounds.
-    """
-    current = ctx.table[name]
-    B = current.lower.shape[0]
-    shape = current.lower.shape[1:]
-    flat_mask = torch.ones(shape.numel(), dtype=torch.bool, device=current.lower.device) \
-        if mask is None else mask.reshape(B, -1).any(0)
-    split_any = None
-    if keep is not None and sign is not None:
-        sflat = sign.reshape(B, -1)
-        split_any = (sflat != 0).any(0)
-        flat_mask = flat_mask | split_any
-    kept: list[tuple[T, T, T, T]] = []
-    idx = flat_mask.nonzero().flatten()
-    if idx.numel() == 0:
-        return current
-    widest = max([box.lower[0].numel()] + [s and torch.Size(s).numel() for s in ctx.graph.shapes.values()])
-    chunk = max(1, options.max_elements // max(1, 2 * B * widest))
-    lower = current.lower.reshape(B, -1).clone()
-    upper = current.upper.reshape(B, -1).clone()
-    for start in range(0, idx.numel(), chunk):
-        check_deadline(options.deadline)
-        rows = idx[start:start + chunk]
-        r = rows.numel()
-        # Over an l2 ball the dense walk, which concretises against the ball and takes
-        # SDP-CROWN's bias at each ReLU (the patches walk does neither, concretising
-        # against the box; what that costs in proofs: BENCHMARKS.md, session 23).
-        lin = patches_lower(ctx, name, rows, B) if options.patches and not isinstance(box, BallBox) else None
-        if lin is None:
-            A = torch.zeros(B, 2 * r, shape.numel(), dtype=lower.dtype, device=lower.device)
-            ar = torch.arange(r, device=lower.device)
-            A[:, ar, rows] = 1.0
-            A[:, r + ar, rows] = -1.0
-            lin = backward_lower(ctx, name, A.reshape(B, 2 * r, *shape))
-        lb = lin.concretize(box, precision)
-        if isinstance(lin, PatchBounds) and (clip is not None or split_any is not None):
-            lin = lin.linear()
-        if clip is not None:
-            lb = torch.maximum(lb, clip(name, lin, lb))
-        lower[:, rows] = torch.maximum(lower[:, rows], lb[:, :r])
-        upper[:, rows] = torch.minimum(upper[:, rows], -lb[:, r:])
-        if split_any is not None and bool(split_any[rows].any()):
-            kept.append(_split_rows(lin, rows, split_any[rows], sflat))
-    if split_any is not None:
-        keep[name] = (LinearBounds(torch.cat([k[0] for k in kept], 1), torch.cat([k[1] for k in kept], 1),
-                                   torch.cat([k[2] for k in kept], 1)), torch.cat([k[3] for k in kept], 1)) \
-            if kept else None
-    return IntervalBounds(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
-
-
-def _split_rows(lin: LinearBounds, rows: T, sel: T, sflat: T) -> tuple[T, T, T, T]:
-    """From one chunk's bounds (rows +z then -z), the lower bound of -sign*z of the split
-    neurons `rows[sel]`: (A [B, k, n_in], bias, mass [B, k], split mask [B, k])."""
-    B, R = lin.bias.shape
-    r = R // 2
-    s = sflat[:, rows[sel]]                                              # [B, k]
-    A = lin.A.detach().reshape(B, R, -1)
-    neg = (s > 0)                                    # active split: -z <= 0, the bound of row -z
-    Az, An = A[:, :r][:, sel], A[:, r:][:, sel]
-    pick = lambda t: torch.where(neg, t[:, r:][:, sel], t[:, :r][:, sel])   # noqa: E731
-    return (torch.where(neg.unsqueeze(-1), An, Az), pick(lin.bias.detach()), pick(lin.mass.detach()), s != 0)
-
-
-def _apply_split(b: IntervalBounds, sign: T) -> IntervalBounds:
-    """Clamp by split decisions: +1 means the tensor is >= 0 there, -1 means <= 0."""
-    lower = torch.where(sign > 0, b.lower.clamp(min=0), b.lower)
-    upper = torch.where(sign < 0, b.upper.clamp(max=0), b.upper)
-    return IntervalBounds(lower, upper)
-
-
-def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions,
-                        splits: Optional[Mapping[str, T]] = None, clip: Optional[ClipHook] = None,
-                        known: Optional[Mapping[str, IntervalBounds]] = None
-                        ) -> tuple[BoundsTable, BackwardContext, T]:
-    """Interval bounds of every tensor, tightened by CROWN where relaxations need them.
-
-    `splits` maps a tensor name to signs [B, *shape] (+1: >= 0, -1: <= 0, 0: free),
-    the activation splits of branch and bound; they clamp the tensor's bounds. Returns
-    also a mask [B] of domains whose splits are infeasible (some lower > upper): such a
-    domain holds no input at all, so any claim about it is vacuously true.
-    `clip` tightens CROWN's chunks (`ClipHook`); its `split_linear` receives the split
-    neurons' linear bounds. `known` intervals (see `compute_bounds`) are intersected
-    with each tensor's interval before CROWN picks its unstable rows, so a neuron an
-    LP proved stable is neither bounded again nor relaxed.
-    """
-    split_linear = getattr(clip, "split_linear", None)
-    precision = options.precision or Precision.for_dtype(ev.dtype)
-    table = BoundsTable({graph.input_name: box})
-    ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={}, deadline=options.deadline)
-    if isinstance(box, BallBox) and options.sdp_crown and options.method != "ibp":
-        ctx.balls = tensor_balls(graph, ev, box, ctx)
-    needs = _rows_needing_crown(ctx) if options.method != "ibp" and options.intermediate == "crown" else {}
-    # Over an l2 ball the tensors affine in the input are bounded through the ball, every
-    # element (IBP goes on from them all), whatever the method (relaxations/l2.py).
-    whole = affine_in_input(ctx) if isinstance(box, BallBox) else set()
-    for name in whole:
-        needs.setdefault(name, None)
-    fwd = {graph.input_name: forward_input(box)} \
-        if options.method != "ibp" and options.intermediate == "forward" else None
-    consumers = graph.consumers()
-    B = box.lower.shape[0]
-    infeasible = torch.zeros(B, dtype=torch.bool, device=box.lower.device)
-    for node in graph.nodes:
-        check_deadline(options.deadline)
-        rule = ctx.rules[node.name]
-        outs = sound_interval(ev, node, rule, node_inputs(ev, node, table), precision)
-        lin = forward_node(ev, node, rule, fwd, table) if fwd is not None else None
-        for i, (name, b) in enumerate(zip(node.outputs, outs)):
-            table[name] = b
-            if lin is not None:
-                fwd[name] = lin[i]
-                table[name] = table[name].intersect(lin[i].concretize(box, precision))
-            elif fwd is not None:
-                const = forward_constant(table[name], box.lower[0].numel() + 1)
-                if const is not None:
-                    fwd[name] = const
-            if known and name in known:
-                table[name] = _intersect_known(table[name], known[name])
-            if splits and name in splits:
-                table[name] = _apply_split(table[name], splits[name])
-            if name in needs:
-                mask = None if name in whole else _unstable_mask(ctx, name, consumers.get(name, []))
-                table[name] = _crown_tensor(ctx, name, box, mask, options, precision,
-                                            splits.get(name) if splits else None, split_linear, clip)
-                if splits and name in splits:
-                    table[name] = _apply_split(table[name], splits[name])
-            if splits and name in splits:
-                table[name], empty = _guard_empty(table[name])
-                infeasible |= empty
-    return table, ctx, infeasible
-
-
-def _intersect_known(b: IntervalBounds, k: IntervalBounds) -> IntervalBounds:
-    """b intersected with a known interval [1 or B, *shape] (broadcast over the batch)."""
-    lo = k.lower.to(dtype=b.lower.dtype, device=b.lower.device)
-    hi = k.upper.to(dtype=b.upper.dtype, device=b.upper.device)
-    return IntervalBounds(torch.maximum(b.lower, lo), torch.minimum(b.upper, hi))
-
-
-def _guard_empty(b: IntervalBounds) -> tuple[IntervalBounds, T]:
-    """Mark domains with an empty interval and give them a harmless point interval."""
-    bad = b.lower > b.upper
-    empty = bad.reshape(bad.shape[0], -1).any(1)
-    if not bool(empty.any()):
-        return b, empty
-    mid = torch.where(bad, (b.lower + b.upper) / 2, b.lower)
-    return IntervalBounds(torch.where(bad, mid, b.lower), torch.where(bad, mid, b.upper)), empty
-
-
-def _unstable_mask(ctx: BackwardContext, name: str, readers: list) -> Optional[T]:
-    """Union of the unstable masks of the tensor's relaxable readers (None: all).
-
-    A slot node's lines are exact on an input element only where its interval is a
-    point, so for such a reader every element of nonzero width counts."""
-    b = ctx.table[name]
-    mask = None
-    for node in readers:
-        rule = ctx.rules[node.name]
-        if is_slot_node(ctx, node, rule):
-            m = b.upper > b.lower
-        elif not _is_plain_elementwise(ctx, node, rule):
-            continue
-        elif rule.unstable is None:
-            return None
-        else:
-            consts = [ctx.ev.constants.get(x) if x else None for x in node.inputs]
-            m = rule.unstable(node, b.lower, b.upper, consts)
-        mask = m if mask is None else mask | m
-    return mask
 
 
 def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
@@ -484,7 +164,6 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
             crown_linear = linear
             capture = coefficients if options.coefficients else None
             if options.optimise_intermediate and clip is None and options.intermediate == "crown" and not cuts:
-                from relaxations.alpha_intermediate import optimise_with_intermediate  # it imports this module
                 opt, table, empty = optimise_with_intermediate(ctx, box, A, options, precision, signs, capture,
                                                                given_a, given_b)
                 infeasible = infeasible | empty

@@ -1,6 +1,6 @@
 """CROWN's intermediate rows in patches form: coefficients kept per row as a window.
 
-`compute._crown_tensor` bounds an intermediate tensor z [1, C, H, W] through rows
+`intermediate._crown_tensor` bounds an intermediate tensor z [1, C, H, W] through rows
 A = +e_j / -e_j. Walked back through convolutions, the row of one element of z is
 nonzero only in that element's receptive field, yet the dense walk (crown.py) holds
 every row over the whole feature map. Here a row holds a window instead
@@ -71,7 +71,7 @@ class Patches:
 
 def start_patches(flat_rows: T, shape: Sequence[int], B: int, dtype: torch.dtype) -> Patches:
     """Rows +e_j (first half) and -e_j (second half) of the elements `flat_rows` of a
-    tensor [1, C, H, W], as `compute._crown_tensor` builds them densely."""
+    tensor [1, C, H, W], as `intermediate._crown_tensor` builds them densely."""
     _, C, H, W = shape
     r = flat_rows.numel()
     c, h, w = flat_rows // (H * W), (flat_rows // W) % H, flat_rows % W

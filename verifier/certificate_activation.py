@@ -16,9 +16,6 @@ per leaf instead of S x (all neurons).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
-
 import numpy as np
 import torch
 

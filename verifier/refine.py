@@ -107,7 +107,6 @@ class GraphLp:
 
     def add_node(self, node, intervals: Intervals, exact: bool = False) -> None:
         """Encode `node`; `intervals` holds its output's (affine) or its input's (ReLU) interval."""
-        g = self.graph
         out = node.outputs[0]
         var = [x for x in node.inputs if x and x in self.cols]
         self.depth[out] = max(self.depth[x] for x in var) + (node.op == "Relu")

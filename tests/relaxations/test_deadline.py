@@ -15,6 +15,7 @@ from torch import nn
 
 import relaxations
 import relaxations.compute as compute
+import relaxations.intermediate as intermediate
 from models.from_torch import graph_from_module
 from relaxations import BoundOptions, DeadlineExceeded, IntervalBounds, compute_bounds
 
@@ -87,13 +88,13 @@ def test_a_deadline_passing_inside_the_intermediate_crown_chunks_raises(monkeypa
     clock = _Clock()
     monkeypatch.setattr(time, "monotonic", clock)
     chunks: list[int] = []
-    real = compute._crown_tensor
+    real = intermediate._crown_tensor
 
     def counting(*args, **kwargs):
         chunks.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compute, "_crown_tensor", counting)
+    monkeypatch.setattr(intermediate, "_crown_tensor", counting)
     options = BoundOptions(method="crown", max_elements=2_000, deadline=40.0)
     with pytest.raises(DeadlineExceeded):
         compute_bounds(graph, _box(graph), options=options)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from onnx import helper
 
 from relaxations.lipschitz.network import FeedForward

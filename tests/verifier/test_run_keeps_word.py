@@ -222,7 +222,7 @@ def test_unknown_with_time_left_hands_over_to_the_other_search(tmp_path: Path) -
 
 def test_method_ibp_means_ibp_everywhere(tmp_path: Path, monkeypatch) -> None:
     import bab.input_split as bis
-    from verifier import Config, load_model, verify
+    from verifier import Config, verify
     from verifier.config import BoundsConfig
 
     vv = importlib.import_module("verifier.verify")
