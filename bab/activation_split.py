@@ -24,12 +24,14 @@ from bab.attack import minimiser_candidates
 from bab.branching import BRANCHING, babsr_branch, fsb_branch, more_branches, neuron_scores
 from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
+from bab.leaf_lp import LeafSolver, decide_leaves
 from bab.learned import Nogoods
-from bab.problem import Problem, rows_left_open, rows_problem, rows_status
+from bab.problem import Problem, rows_left_open, rows_problem, rows_status, violations
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations.bounds import rows_proved
 from relaxations.crown import BackwardContext, rules_for
 from relaxations.reverse import tightened_box
 
@@ -117,6 +119,10 @@ class ReluBrancher:
     multi_split: int = 0          # extra neurons split per domain while the round has room
     room: int = 0                 # children a round may bound (2 x batch size)
     learn: bool = False           # nogoods from proved domains (bab/learned.py)
+    # Fully split leaves left unproved are decided by an LP (bab/leaf_lp.py) through this
+    # solver; None: they are set aside and make the answer unknown. Not with a proof log
+    # (the certificate checker replays bounds, not LPs).
+    leaf_solve: Optional[LeafSolver] = None
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -141,6 +147,28 @@ class ReluBrancher:
             self.nogoods = Nogoods({z: torch.Size(s).numel() for z, s in self.shapes.items()},
                                    self.problem.lower.device)
             self.options = dataclasses.replace(self.options, keep_betas=True)
+        if self.record_proof:
+            self.leaf_solve = None
+        self.leaf_stats = {"leaf_lps": 0, "leaf_lp_proved": 0}
+
+    def _leaves(self, splits: dict, lb: T, branch: T, proved: T) -> tuple[T, list]:
+        """`proved` with the fully split leaves (no branching choice) that an LP proves, and
+        the polytope points of the others as candidates (`bab.leaf_lp`)."""
+        leaf = (branch[:, 0] < 0) & ~proved
+        if self.leaf_solve is None or not bool(leaf.any()):
+            return proved, []
+        idx = torch.nonzero(leaf).flatten()
+        p = self.problem
+        done = torch.zeros(len(idx), p.n_conj, dtype=torch.bool, device=lb.device)
+        done = done.scatter_reduce(1, p.owner.expand(len(idx), -1), rows_proved(lb[idx], p.strict), reduce="amax")
+        open_conj = ~done
+        got, points = decide_leaves(p, {z: s[idx] for z, s in splits.items()}, open_conj, self.options,
+                                    self.leaf_solve)
+        self.leaf_stats["leaf_lps"] += len(idx)
+        self.leaf_stats["leaf_lp_proved"] += int(got.sum())
+        proved = proved.clone()
+        proved[idx] = got.to(proved.device)
+        return proved, points
 
     def _bound(self, splits: dict, alphas: Optional[dict] = None, betas: Optional[dict] = None,
                q: Optional[Problem] = None) -> tuple[T, T, T, Optional[T], object]:
@@ -161,8 +189,12 @@ class ReluBrancher:
                 self.options = dataclasses.replace(self.options, tighten_input=False)
                 self.narrowing = None
         proved, score = rows_status(self.problem, lb)
+        proved, leaf_points = self._leaves(splits, lb, branch, proved)
+        pts = obj = None
+        if leaf_points and self.attack:
+            pts, obj = _with_points(self.problem, None, None, leaf_points)
         alphas, betas = self._keep(res, lb)
-        return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas, more), proved,
+        return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas, more), proved, pts, obj,
                        leaf_data=self._leaf_data(res))
 
     def _narrowing(self, res, chunk: int = 64) -> dict:
@@ -314,9 +346,12 @@ class ReluBrancher:
             lb = parent_lb.clone()
             lb[:, rows] = sub
         proved, score = rows_status(p, lb)
+        proved, leaf_points = self._leaves(children, lb, branch, proved)
         pts = obj = None
         if mins is not None and self.attack:
             pts, obj = minimiser_candidates(p, mins, self.tuning.pgd_focus_activation, self.tuning.pgd_steps)
+        if leaf_points and self.attack:
+            pts, obj = _with_points(p, pts, obj, leaf_points)
         kept_a, kept_b = self._keep(res, sub, rows, inherited)
         if self.nogoods is not None:
             self._learn(children, proved, res)
@@ -360,7 +395,18 @@ class ReluBrancher:
                        pick(data["betas"]), pick(data["unstable"]))
 
     def stats(self) -> dict:
-        return {"nogoods": dict(self.nogoods.stats)} if self.nogoods is not None else {}
+        out = {"nogoods": dict(self.nogoods.stats)} if self.nogoods is not None else {}
+        return {**out, **self.leaf_stats} if self.leaf_stats["leaf_lps"] else out
+
+
+def _with_points(p: Problem, pts: Optional[T], obj: Optional[T], points: list) -> tuple[T, T]:
+    """The candidates with the leaf LPs' points added (their objective evaluated here)."""
+    x = torch.from_numpy(np.stack(points)).to(dtype=p.lower.dtype, device=p.lower.device)
+    x = x.reshape(len(points), *p.lower.shape[1:])
+    v = violations(p, x)
+    if pts is None:
+        return x, v
+    return torch.cat([pts, x]), torch.cat([obj, v])
 
 
 def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, batch_size: int = 64,
@@ -371,7 +417,8 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
                          tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None,
                          stop: Optional[Callable[[], bool]] = None, warm_start: bool = False,
                          per_conjunction: bool = False, open_rows: bool = False,
-                         multi_split: int = 0, learn: bool = False) -> SearchOutcome:
+                         multi_split: int = 0, learn: bool = False,
+                         leaf_solve: Optional[LeafSolver] = None) -> SearchOutcome:
     """Search until all domains are proved, a counterexample is confirmed, limits are hit,
     or `stop()` (checked once per round) is true.
 
@@ -394,11 +441,13 @@ def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, bat
     children still fit in twice `batch_size` (the first rounds of a search).
     `learn`: nogoods from proved domains close or split other domains (bab/learned.py;
     not with `record_proof`).
+    `leaf_solve`: fully split leaves left unproved are decided by an LP through it
+    (`bab.leaf_lp`; not with `record_proof`); None sets them aside (the answer is unknown).
     """
     def make(q: Problem) -> ReluBrancher:
         return ReluBrancher(q, options, branching, fsb_candidates, relaxed_clip, record_proof,
                             attack=confirm is not None, tuning=tuning, warm_start=warm_start, open_rows=open_rows,
-                            multi_split=multi_split, room=2 * batch_size, learn=learn)
+                            multi_split=multi_split, room=2 * batch_size, learn=learn, leaf_solve=leaf_solve)
 
     brancher = make(p)
     if not brancher.names:

@@ -429,6 +429,11 @@ class BabConfig(_Validated):
                                     "of one for all rows: always, or proof (with --certificate, a proof each). Off: "
                                     "mnist_fc 256x4 prop_3_0.05, 258 domains in 11.5 s against 109 in 4.3 s with "
                                     "open_rows; with --certificate, a timeout at 60 s against 31.9 s")
+    leaf_lp: bool = key(True, check=Bool(),
+                        help="activation split: a fully split domain its bound leaves open is decided by an LP "
+                             "over its split constraints and the spec rows (HiGHS, emptiness checked from the "
+                             "duals; a point of it is a counterexample candidate) instead of making the answer "
+                             "unknown; not with --certificate")
     relaxed_clip: bool = key(False, check=Bool(),
                              help="activation split: the split neurons' linear bounds constrain each domain's "
                                   "inputs, and bounds are concretised under them")

@@ -10,6 +10,11 @@ minimum of ``(y A) x`` over the box exceeds ``y b`` there is no such point. That
 inequality is checked in exact rational arithmetic on the float64 values of ``y``,
 ``A``, ``b`` and the box, so the LP's own rounding cannot make a wrong ``unsat``: a
 certificate that fails the exact check is simply not used.
+
+`polytope_point` asks the same question of the polytopes of activation split's fully
+split leaves (bab/leaf_lp.py), many per search and up to hundreds of inputs wide, where
+rational arithmetic would cost more than the LP: there the Farkas inequality is checked
+in float64 with a rigorous bound on the rounding of every product and sum.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import numpy as np
 
 from vnnlib.spec import InputRegion
 
-__all__ = ["empty_region_proof", "check_empty_region"]
+__all__ = ["empty_region_proof", "check_empty_region", "polytope_point"]
 
 
 def empty_region_proof(region: InputRegion) -> Optional[dict]:
@@ -62,3 +67,55 @@ def check_empty_region(region: InputRegion, proof: dict) -> bool:
                 return False
             lowest += r * Fraction(end)
     return lowest > rhs
+
+
+
+
+def _gamma(k: int) -> float:
+    """Twice the classical bound k u / (1 - k u) on the relative rounding of a k-term
+    float64 dot product (u = 2^-53): the slack also covers the error terms' own rounding."""
+    u = 2.0 ** -53
+    return 2.0 * (k + 2) * u / (1.0 - (k + 2) * u)
+
+
+def farkas_proves_empty(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                        y: np.ndarray) -> bool:
+    """Whether multipliers ``y >= 0`` show that no x of the box meets ``G x <= h``:
+    ``min over the box of (y G) x > y h``, both sides computed in float64 and moved apart
+    by a rigorous bound of their rounding (so a claim of emptiness is never the
+    floating point's)."""
+    if y.shape != (G.shape[0],) or np.any(y < 0) or not np.all(np.isfinite(y)):
+        return False
+    m, n = G.shape
+    r = y @ G
+    r_err = _gamma(m) * (y @ np.abs(G))
+    end = np.where(r > 0, lower, upper)
+    used = (r != 0) | (r_err != 0)
+    if not np.all(np.isfinite(lower[used])) or not np.all(np.isfinite(upper[used])):
+        return False
+    size = np.maximum(np.abs(lower), np.abs(upper))
+    terms = r[used] * end[used]
+    lowest = terms.sum() - _gamma(n) * np.abs(terms).sum() - (r_err[used] * size[used]).sum() * (1 + _gamma(n))
+    rhs_hi = y @ h + _gamma(m) * (y @ np.abs(h))
+    return bool(lowest > rhs_hi)
+
+
+def polytope_point(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray
+                   ) -> tuple[bool, Optional[np.ndarray]]:
+    """(True, None) when ``{x in [lower, upper]: G x <= h}`` is proved empty, else (False,
+    a point of it or the LP's least-violating point; None when the LP failed).
+
+    The LP (`least_violation`) minimises the largest violation t >= 0; emptiness is
+    claimed only when its row multipliers pass `farkas_proves_empty`."""
+    from verifier.solvers.highs import least_violation  # solvers load lazily (scipy, highspy)
+
+    if G.shape[0] == 0:
+        return False, (lower + upper) / 2
+    out = least_violation(G, h, lower, upper)
+    if out is None:
+        return False, None
+    t, x, y = out
+    x = np.clip(x, lower, upper)
+    if t <= 0:
+        return False, x
+    return (True, None) if farkas_proves_empty(G, h, lower, upper, y) else (False, x)

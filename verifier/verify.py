@@ -27,7 +27,7 @@ from verifier.config import AttackConfig, Config, ConfigError, resolve_device
 from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
-from verifier.region import empty_region_proof
+from verifier.region import empty_region_proof, polytope_point
 from verifier.result import Result
 
 __all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims"]
@@ -223,7 +223,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                                 per_conjunction=config.bab.per_conjunction == "always" or (
                                     config.bab.per_conjunction == "proof" and config.proof),
                                 open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
-                                learn=config.bab.learned_cuts)
+                                learn=config.bab.learned_cuts,
+                                leaf_solve=polytope_point if config.bab.leaf_lp else None)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
@@ -476,8 +477,9 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
             outcome = search(model, ev, disjunct, config, deadline, progress, known,
                              runner.decided if runner is not None else None)
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
-            if "nogoods" in outcome.stats:
-                stats["nogoods"] = outcome.stats["nogoods"]
+            for key in ("nogoods", "leaf_lps", "leaf_lp_proved"):
+                if key in outcome.stats:
+                    stats[key] = outcome.stats[key]
             if runner is not None and outcome.status in ("unknown", "timeout"):
                 if outcome.status == "unknown" and not runner.decided():
                     runner.wait(deadline)  # the search gave up with time left: the MILP may still decide
