@@ -28,14 +28,14 @@ from bab.leaf_lp import LeafSolver, decide_leaves
 from bab.learned import Nogoods
 from bab.problem import Problem, rows_left_open, rows_problem, rows_status, violations
 from bab.proof import ActivationProofLog, ConjunctionProofs
-from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
+from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from relaxations.bounds import rows_proved
 from relaxations.crown import BackwardContext, rules_for
 from relaxations.reverse import tightened_box
 
-__all__ = ["ReluBrancher", "activation_split_bab", "relu_inputs"]
+__all__ = ["ReluBrancher", "ReluSearch", "activation_split_bab", "relu_inputs"]
 
 T = torch.Tensor
 
@@ -409,55 +409,62 @@ def _with_points(p: Problem, pts: Optional[T], obj: Optional[T], points: list) -
     return torch.cat([pts, x]), torch.cat([obj, v])
 
 
-def activation_split_bab(p: Problem, options: BoundOptions, deadline: float, batch_size: int = 64,
-                         max_domains: int = 200_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
-                         record_proof: bool = False, branching: str = "babsr",
-                         fsb_candidates: int = 4, relaxed_clip: bool = False,
-                         progress: Optional[Callable[[dict], None]] = None,
-                         tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None,
-                         stop: Optional[Callable[[], bool]] = None, warm_start: bool = False,
-                         per_conjunction: bool = False, open_rows: bool = False,
-                         multi_split: int = 0, learn: bool = False,
-                         leaf_solve: Optional[LeafSolver] = None) -> SearchOutcome:
-    """Search until all domains are proved, a counterexample is confirmed, limits are hit,
-    or `stop()` (checked once per round) is true.
+@dataclass(frozen=True)
+class ReluSearch:
+    """The switches of one activation-split search (`bab.*` keys of verifier/config.py).
 
-    `progress` receives the counters after each round (domains bounded and open, the
-    worst open domain's gap).
-
-    With `record_proof`, every proved domain (leaf) is logged with its split decisions,
-    alphas and betas (`outcome.proof`) for a certificate; the search itself is the same.
+    `record_proof`: every proved domain (leaf) is logged with its split decisions, alphas
+    and betas (`outcome.proof`) for a certificate; the search itself is the same.
     `branching` picks the neuron to split: "babsr" (score only) or "fsb" (filtered smart
     branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated).
-    `relaxed_clip` tightens bounds with the split constraints (see `_bound`); it is off
-    when a proof is recorded, since the certificate checker cannot replay it.
-    `warm_start`: children start alpha/beta-CROWN from their parent's best (see `ReluBrancher`).
-    `per_conjunction`: one search per conjunction the root leaves open (see
-    `_per_conjunction`); with `record_proof` every conjunction gets a search and a proof log
-    of its own (`ConjunctionProofs`).
+    `relaxed_clip` tightens bounds with the split constraints (see `_bound`); off when a
+    proof is recorded, since the certificate checker cannot replay it.
+    `warm_start`: children start alpha/beta-CROWN from their parent's best (`ReluBrancher`).
+    `per_conjunction`: one search per conjunction the root leaves open (`_per_conjunction`);
+    with `record_proof` every conjunction gets a search and a proof log of its own.
     `open_rows`: each round bounds only the rows of conjunctions that some domain of the
     batch leaves open (see `ReluBrancher`); not with `record_proof` either.
     `multi_split`: up to this many further neurons split per domain in a round whose
-    children still fit in twice `batch_size` (the first rounds of a search).
+    children still fit in twice the batch size (the first rounds of a search).
     `learn`: nogoods from proved domains close or split other domains (bab/learned.py;
     not with `record_proof`).
     `leaf_solve`: fully split leaves left unproved are decided by an LP through it
     (`bab.leaf_lp`; not with `record_proof`); None sets them aside (the answer is unknown).
     """
+
+    record_proof: bool = False
+    branching: str = "babsr"
+    fsb_candidates: int = 4
+    relaxed_clip: bool = False
+    warm_start: bool = False
+    per_conjunction: bool = False
+    open_rows: bool = False
+    multi_split: int = 0
+    learn: bool = False
+    leaf_solve: Optional[LeafSolver] = None
+
+
+def activation_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
+                         how: ReluSearch = ReluSearch(), tuning: Tuning = DEFAULT_TUNING) -> SearchOutcome:
+    """Search until all domains are proved, a counterexample is confirmed (`hooks.confirm`),
+    limits are hit, or `hooks.stop()` (checked once per round) is true; `hooks.progress`
+    receives the counters after each round (domains bounded and open, the worst open
+    domain's gap). `how` holds the search's switches (`ReluSearch`).
+    """
     def make(q: Problem) -> ReluBrancher:
-        return ReluBrancher(q, options, branching, fsb_candidates, relaxed_clip, record_proof,
-                            attack=confirm is not None, tuning=tuning, warm_start=warm_start, open_rows=open_rows,
-                            multi_split=multi_split, room=2 * batch_size, learn=learn, leaf_solve=leaf_solve)
+        return ReluBrancher(q, options, how.branching, how.fsb_candidates, how.relaxed_clip, how.record_proof,
+                            attack=hooks.confirm is not None, tuning=tuning, warm_start=how.warm_start,
+                            open_rows=how.open_rows, multi_split=how.multi_split, room=2 * limits.batch_size,
+                            learn=how.learn, leaf_solve=how.leaf_solve)
 
     brancher = make(p)
     if not brancher.names:
         return SearchOutcome("unknown", stats={"reason": "no ReLU to split"})
-    limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))
-    if per_conjunction and p.n_conj > 1:
-        return _per_conjunction(p, brancher, make, limits, confirm, progress, tuning.confirm_limit, stop,
-                                record_proof)
-    log = ActivationProofLog(brancher.names) if record_proof else None
-    return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit, stop)
+    limits = dataclasses.replace(limits, bytes_per_domain=domain_bytes(p))
+    if how.per_conjunction and p.n_conj > 1:
+        return _per_conjunction(p, brancher, make, limits, hooks, tuning.confirm_limit, how.record_proof)
+    log = ActivationProofLog(brancher.names) if how.record_proof else None
+    return run(brancher, limits, hooks, log, brancher.record, tuning.confirm_limit)
 
 
 def conjunction_problem(p: Problem, k: int) -> Problem:
@@ -466,7 +473,7 @@ def conjunction_problem(p: Problem, k: int) -> Problem:
 
 
 def _per_conjunction(p: Problem, brancher: ReluBrancher, make: Callable[[Problem], ReluBrancher],
-                     limits: SearchLimits, confirm, progress, confirm_limit: int, stop,
+                     limits: SearchLimits, hooks: SearchHooks, confirm_limit: int,
                      record_proof: bool = False) -> SearchOutcome:
     """The problem is unsat when every conjunction is, so each may get a search of its own.
 
@@ -499,11 +506,12 @@ def _per_conjunction(p: Problem, brancher: ReluBrancher, make: Callable[[Problem
         offset = total.domains_bounded
 
         def report(f: dict, offset: int = offset) -> None:
-            progress({**f, "bounded": f.get("bounded", 0) + offset})
+            hooks.progress({**f, "bounded": f.get("bounded", 0) + offset})
 
         sub = make(q)
         log = ActivationProofLog(sub.names) if record_proof else None
-        out = run(sub, limits, log, sub.record, confirm, report if progress else None, confirm_limit, stop)
+        sub_hooks = dataclasses.replace(hooks, progress=report if hooks.progress else None)
+        out = run(sub, limits, sub_hooks, log, sub.record, confirm_limit)
         total.domains_bounded += out.domains_bounded
         total.rounds += out.rounds
         total.leaves += out.leaves

@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from bab.attack import minimiser_candidates
 from bab.domains import Batch
 from bab.problem import Problem, open_rows as open_row_weights, rows_left_open, rows_problem, rows_status
-from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
+from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from models import Graph
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
@@ -53,7 +53,7 @@ from relaxations.crown import BackwardContext, _affine_backward, slot_bounds
 from relaxations.ops import products
 from relaxations.registry import rule_for
 
-__all__ = ["IntervalDomains", "IntervalBrancher", "general_split_bab", "split_nodes", "product_nodes",
+__all__ = ["IntervalDomains", "IntervalBrancher", "IntervalSearch", "general_split_bab", "split_nodes", "product_nodes",
            "needs_general_split", "split_point", "SPLIT_AT_ZERO"]
 
 T = torch.Tensor
@@ -407,17 +407,25 @@ def _summed_coefficients(capture: dict, nodes: dict[str, str], z: str, N: int) -
     return total
 
 
-def general_split_bab(p: Problem, options: BoundOptions, deadline: float, batch_size: int = 64,
-                      max_domains: int = 200_000, confirm: Optional[Callable] = None,
-                      progress: Optional[Callable[[dict], None]] = None, tuning: Tuning = DEFAULT_TUNING,
-                      max_batch_size: Optional[int] = None, stop: Optional[Callable[[], bool]] = None,
-                      open_rows: bool = True, warm_start: bool = False, split_products: bool = True) -> SearchOutcome:
+@dataclass(frozen=True)
+class IntervalSearch:
+    """The switches of one general-split search (`bab.*` keys of verifier/config.py):
+    `open_rows` and `warm_start` as in activation split, `split_products`: the factors
+    of products of two variable tensors are split candidates too."""
+
+    open_rows: bool = True
+    warm_start: bool = False
+    split_products: bool = True
+
+
+def general_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
+                      how: IntervalSearch = IntervalSearch(), tuning: Tuning = DEFAULT_TUNING) -> SearchOutcome:
     """Search until every domain is proved, a counterexample is confirmed, limits are hit,
-    or `stop()` is true. No proof log: the certificate checker does not replay interval
+    or `hooks.stop()` is true. No proof log: the certificate checker does not replay interval
     splits (the verdict's certificate says so)."""
-    brancher = IntervalBrancher(p, options, attack=confirm is not None, tuning=tuning, open_rows=open_rows,
-                                warm_start=warm_start, split_products=split_products)
+    brancher = IntervalBrancher(p, options, attack=hooks.confirm is not None, tuning=tuning, open_rows=how.open_rows,
+                                warm_start=how.warm_start, split_products=how.split_products)
     if not brancher.tensors:
         return SearchOutcome("unknown", stats={"reason": "no nonlinearity to split"})
-    limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))
-    return run(brancher, limits, None, None, confirm, progress, tuning.confirm_limit, stop)
+    limits = dataclasses.replace(limits, bytes_per_domain=domain_bytes(p))
+    return run(brancher, limits, hooks, None, None, tuning.confirm_limit)

@@ -16,10 +16,10 @@ valid only on the constrained part of a box are all a proof needs.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 
 from bab.attack import domain_pgd
@@ -29,11 +29,11 @@ from bab.clipping import (clip_box, clip_box_union, hull_under_constraints,
 from bab.domains import DomainBatch
 from bab.problem import Problem, open_rows, rows_status, violations
 from bab.proof import ProofLog
-from bab.search import Bounded, SearchLimits, SearchOutcome, domain_bytes, run
+from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 
-__all__ = ["InputBrancher", "input_split_bab"]
+__all__ = ["InputBrancher", "InputSearch", "input_split_bab"]
 
 T = torch.Tensor
 
@@ -326,24 +326,34 @@ class InputBrancher:
         return {"clipped_empty": self.preclipped, "clip_tally": self.tally, "box_tally": self.box_tally}
 
 
-def input_split_bab(p: Problem, options: BoundOptions, deadline: float, batch_size: int = 1024,
-                    max_domains: int = 2_000_000, confirm: Optional[Callable[[np.ndarray], bool]] = None,
-                    record_proof: bool = False, progress: Optional[Callable[[dict], None]] = None,
-                    clip: bool = True, clip_generations: int = 1,
-                    clip_intermediate: bool = True, clip_joint: bool = False,
-                    tuning: Tuning = DEFAULT_TUNING, max_batch_size: Optional[int] = None) -> SearchOutcome:
-    """Search until every domain is proved, a counterexample is confirmed, or time/memory runs out.
+@dataclass(frozen=True)
+class InputSearch:
+    """The switches of one input-split search (`bab.*` keys of verifier/config.py).
 
-    `progress` receives the counters after each round (domains bounded and open, the
-    worst open domain's gap).
-
-    Clipping is switched off when a proof is recorded: clipped leaves no longer tile the
-    root region, which the certificate checker requires. With alpha-CROWN the proof
-    keeps each proved leaf's best slopes per row at its unstable neurons.
+    `record_proof` keeps every proved leaf for a certificate; clipping is then switched
+    off (clipped leaves no longer tile the root region, which the checker requires).
+    `clip`: Clip-and-Verify's box clipping by the spec rows, `clip_generations` times
+    down a branch; `clip_intermediate`: the intermediate bounds clipped too;
+    `clip_joint`: the joint multi-constraint dual (see `InputBrancher`).
     """
-    brancher = InputBrancher(p, options, clip, clip_generations, clip_intermediate, clip_joint, record_proof,
-                             tuning)
-    log = ProofLog(method=options.method) if record_proof else None
-    limits = SearchLimits(deadline, batch_size, max_domains, max_batch_size, domain_bytes(p))
-    return run(brancher, limits, log, brancher.record, confirm, progress, tuning.confirm_limit)
 
+    record_proof: bool = False
+    clip: bool = True
+    clip_generations: int = 1
+    clip_intermediate: bool = True
+    clip_joint: bool = False
+
+
+def input_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
+                    how: InputSearch = InputSearch(), tuning: Tuning = DEFAULT_TUNING) -> SearchOutcome:
+    """Search until every domain is proved, a counterexample is confirmed
+    (`hooks.confirm`), time/memory runs out or `hooks.stop()` is true; `hooks.progress` receives the counters
+    after each round (domains bounded and open, the worst open domain's gap). With
+    alpha-CROWN a proof keeps each proved leaf's best slopes per row at its unstable
+    neurons.
+    """
+    brancher = InputBrancher(p, options, how.clip, how.clip_generations, how.clip_intermediate, how.clip_joint,
+                             how.record_proof, tuning)
+    log = ProofLog(method=options.method) if how.record_proof else None
+    limits = dataclasses.replace(limits, bytes_per_domain=domain_bytes(p))
+    return run(brancher, limits, hooks, log, brancher.record, tuning.confirm_limit)

@@ -27,8 +27,8 @@ from bab.domains import Batch, DomainStore
 from bab.memory import BatchSizer, OutOfMemory, free_memory_bytes, run_with_retry
 from bab.problem import Problem, rows_status
 
-__all__ = ["SearchOutcome", "Bounded", "Brancher", "SideTask", "SearchLimits", "search", "Confirm", "RecordProof",
-           "ReportProgress", "StopWhen", "domain_bytes", "run"]
+__all__ = ["SearchHooks", "SearchOutcome", "Bounded", "Brancher", "SideTask", "SearchLimits", "search", "Confirm",
+           "RecordProof", "ReportProgress", "StopWhen", "domain_bytes", "run"]
 
 T = torch.Tensor
 
@@ -95,10 +95,21 @@ class SideTask(Protocol):
 @dataclass(frozen=True)
 class SearchLimits:
     deadline: float                  # time.monotonic() value
-    batch_size: int                  # domains popped per round (before memory halves it)
-    max_domains: int                 # open domains beyond which the search gives up (unknown)
+    batch_size: int = 64             # domains popped per round (before memory halves it)
+    max_domains: int = 200_000       # open domains beyond which the search gives up (unknown)
     max_batch_size: Optional[int] = None   # growth cap while memory allows (None: batch_size)
     bytes_per_domain: int = 0        # estimate for sizing the first batch from free memory
+
+
+@dataclass(frozen=True)
+class SearchHooks:
+    """How a search talks to its caller, each optional: `confirm` replays a candidate
+    (True: a real counterexample, and the search ends sat), `progress` hears the counters
+    after each round, `stop()` is asked once per round (True ends it, unknown)."""
+
+    confirm: Optional[Callable[[np.ndarray], bool]] = None
+    progress: Optional[Callable[[dict], None]] = None
+    stop: Optional[Callable[[], bool]] = None
 
 
 @dataclass
@@ -267,22 +278,21 @@ def domain_bytes(p: Problem) -> int:
     return p.lower.element_size() * total * (2 + 2 * max(1, p.C.shape[0]))
 
 
-def run(brancher: Brancher, limits: SearchLimits, log: Any = None, record: Optional[Callable[[Any, Bounded], None]]
-        = None, confirm: Optional[Callable[[np.ndarray], bool]] = None,
-        progress: Optional[Callable[[dict], None]] = None, confirm_limit: int = 8,
-        stop: Optional[Callable[[], bool]] = None) -> SearchOutcome:
-    """`search` with the standard side tasks, in their fixed order: confirm candidates,
-    record proved leaves into `log` (by `record(log, bounded)`), report progress, stop
-    when `stop()` says so. An unsat outcome carries the log as its proof."""
+def run(brancher: Brancher, limits: SearchLimits, hooks: SearchHooks = SearchHooks(), log: Any = None,
+        record: Optional[Callable[[Any, Bounded], None]] = None, confirm_limit: int = 8) -> SearchOutcome:
+    """`search` with the standard side tasks, in their fixed order: confirm candidates
+    (at most `confirm_limit` a round), record proved leaves into `log` (by
+    `record(log, bounded)`), report progress, stop when `hooks.stop()` says so. An unsat
+    outcome carries the log as its proof."""
     tasks: list = []
-    if confirm is not None:
-        tasks.append(Confirm(confirm, confirm_limit))
+    if hooks.confirm is not None:
+        tasks.append(Confirm(hooks.confirm, confirm_limit))
     if log is not None and record is not None:
         tasks.append(RecordProof(lambda b: record(log, b)))
-    if progress is not None:
-        tasks.append(ReportProgress(progress))
-    if stop is not None:
-        tasks.append(StopWhen(stop))
+    if hooks.progress is not None:
+        tasks.append(ReportProgress(hooks.progress))
+    if hooks.stop is not None:
+        tasks.append(StopWhen(hooks.stop))
     outcome = search(brancher, limits, tasks)
     if outcome.status == "unsat":
         outcome.proof = log

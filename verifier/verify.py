@@ -15,7 +15,10 @@ import numpy as np
 import torch
 
 from bab import Problem, activation_split_bab, input_split_bab
-from bab.general_split import general_split_bab, needs_general_split, product_nodes, split_nodes
+from bab.activation_split import ReluSearch
+from bab.general_split import IntervalSearch, general_split_bab, needs_general_split, product_nodes, split_nodes
+from bab.input_split import InputSearch
+from bab.search import SearchHooks, SearchLimits
 from bab.proof import ConjunctionProofs
 from models import GraphEvaluator
 from relaxations import DeadlineExceeded, IntervalBounds, compute_bounds
@@ -204,27 +207,22 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
         options = dataclasses.replace(options, tighten_input=True)
     if config.bab.domain_intermediate == "root" and known and not config.proof:
         options = dataclasses.replace(options, intermediate="ibp")  # the root's intervals, splits by IBP
+    batch = max(1, config.bab.batch_size // 4)
+    limits = SearchLimits(deadline, batch, config.bab.max_domains, _max_batch(config, batch))
+    hooks = SearchHooks(confirm=lambda x: confirm(model, disjunct, x) is not None,
+                        progress=lambda f: progress.update(**f), stop=stop)
     if needs_general_split(model.graph, ev.constants):  # sigmoid, tanh, GELU, ...: interval splits
-        return general_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
-                                 max_domains=config.bab.max_domains,
-                                 confirm=lambda x: confirm(model, disjunct, x) is not None,
-                                 progress=lambda f: progress.update(**f),
-                                 max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop,
-                                 open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start,
-                                 split_products=config.bab.split_products)
-    return activation_split_bab(problem, options, deadline, batch_size=max(1, config.bab.batch_size // 4),
-                                max_domains=config.bab.max_domains,
-                                confirm=lambda x: confirm(model, disjunct, x) is not None,
-                                record_proof=config.proof, branching=config.bab.branching,
-                                fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
-                                progress=lambda f: progress.update(**f),
-                                max_batch_size=_max_batch(config, max(1, config.bab.batch_size // 4)), stop=stop,
-                                warm_start=config.bab.warm_start,
-                                per_conjunction=config.bab.per_conjunction == "always" or (
-                                    config.bab.per_conjunction == "proof" and config.proof),
-                                open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
-                                learn=config.bab.learned_cuts,
-                                leaf_solve=polytope_point if config.bab.leaf_lp else None)
+        how = IntervalSearch(open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start,
+                             split_products=config.bab.split_products)
+        return general_split_bab(problem, options, limits, hooks, how)
+    how = ReluSearch(record_proof=config.proof, branching=config.bab.branching,
+                     fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
+                     warm_start=config.bab.warm_start,
+                     per_conjunction=config.bab.per_conjunction == "always" or (
+                         config.bab.per_conjunction == "proof" and config.proof),
+                     open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
+                     learn=config.bab.learned_cuts, leaf_solve=polytope_point if config.bab.leaf_lp else None)
+    return activation_split_bab(problem, options, limits, hooks, how)
 
 
 def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
@@ -234,14 +232,14 @@ def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: C
     method = _capped(config.bab.input_split_method, config.bounds.method)
     options = dataclasses.replace(bound_options(config.bounds, method),
                                   alpha_iterations=config.bab.input_split_alpha_iterations, deadline=deadline)
-    return input_split_bab(problem, options, deadline,
-                           batch_size=config.bab.batch_size, max_domains=config.bab.max_domains,
-                           confirm=lambda x: confirm(model, disjunct, x) is not None,
-                           record_proof=config.proof, clip=config.bab.clip,
-                           clip_generations=config.bab.clip_generations,
-                           clip_intermediate=config.bab.clip_intermediate, clip_joint=config.bab.clip_joint,
-                           progress=lambda f: progress.update(**f),
-                           max_batch_size=_max_batch(config, config.bab.batch_size))
+    limits = SearchLimits(deadline, config.bab.batch_size, config.bab.max_domains,
+                          _max_batch(config, config.bab.batch_size))
+    # No `stop`: the MILP that may decide beside a search runs with activation split only.
+    hooks = SearchHooks(confirm=lambda x: confirm(model, disjunct, x) is not None,
+                        progress=lambda f: progress.update(**f))
+    how = InputSearch(record_proof=config.proof, clip=config.bab.clip, clip_generations=config.bab.clip_generations,
+                      clip_intermediate=config.bab.clip_intermediate, clip_joint=config.bab.clip_joint)
+    return input_split_bab(problem, options, limits, hooks, how)
 
 
 def _max_batch(config: Config, batch: int) -> int:

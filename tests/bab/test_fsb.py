@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import vnnlib
-from bab.activation_split import activation_split_bab
+from bab.activation_split import ReluSearch, activation_split_bab
 from bab.branching import babsr_branch, fsb_branch, neuron_scores
+from bab.search import SearchLimits
 from tests.bab.test_known_answers import _net, _spec, _true_min
 from tests.helpers import assert_verdicts_bracket
 from verifier import Config, load_model, verify
@@ -106,7 +107,8 @@ def test_branching_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="bab.fsb_candidates"):
         with_overrides(Config(), ["bab.fsb_candidates=0"])
     with pytest.raises(ValueError, match="branching"):
-        activation_split_bab(None, None, 0.0, branching="random")  # type: ignore[arg-type]
+        activation_split_bab(None, None, SearchLimits(0.0),  # type: ignore[arg-type]
+                             how=ReluSearch(branching="random"))
 
 
 def test_fsb_proof_is_recorded_and_accepted(tmp_path) -> None:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from bab.activation_split import activation_split_bab
+from bab.activation_split import ReluSearch, activation_split_bab
 from bab.clip_hooks import SplitClipper, min_under_constraints_at, split_constraints
 from bab.clipping import min_under_constraints
+from bab.search import SearchLimits
 from models import GraphEvaluator
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from tests.bab.test_known_answers import _net, _spec, _true_min
@@ -179,8 +180,8 @@ def test_off_when_recording_a_proof(tmp_path, monkeypatch) -> None:
     # The clipper would be built at the first bound; a few seconds of search (this net's
     # search runs a minute to 'unknown': its fully split leaves stay open) show it is not.
     out = activation_split_bab(p, BoundOptions(method="alpha-crown", alpha_iterations=5),
-                               deadline=time.monotonic() + 3, record_proof=True, relaxed_clip=True)
+                               SearchLimits(time.monotonic() + 3), how=ReluSearch(record_proof=True, relaxed_clip=True))
     assert out.status in ("unsat", "unknown", "timeout")
     with pytest.raises(AssertionError, match="relaxed clipping used"):
-        activation_split_bab(p, BoundOptions(method="alpha-crown", alpha_iterations=5), deadline=1e18,
-                             relaxed_clip=True)
+        activation_split_bab(p, BoundOptions(method="alpha-crown", alpha_iterations=5), SearchLimits(1e18),
+                             how=ReluSearch(relaxed_clip=True))
