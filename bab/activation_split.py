@@ -85,6 +85,41 @@ def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], re
     return lb, branch, extra, mins, res
 
 
+@dataclass(frozen=True)
+class ReluSearch:
+    """The switches of one activation-split search (`bab.*` keys of verifier/config.py).
+
+    `record_proof`: every proved domain (leaf) is logged with its split decisions, alphas
+    and betas (`outcome.proof`) for a certificate; the search itself is the same.
+    `branching` picks the neuron to split: "babsr" (score only) or "fsb" (filtered smart
+    branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated).
+    `relaxed_clip` tightens bounds with the split constraints (see `_bound`); off when a
+    proof is recorded, since the certificate checker cannot replay it.
+    `warm_start`: children start alpha/beta-CROWN from their parent's best (`ReluBrancher`).
+    `per_conjunction`: one search per conjunction the root leaves open (`_per_conjunction`);
+    with `record_proof` every conjunction gets a search and a proof log of its own.
+    `open_rows`: each round bounds only the rows of conjunctions that some domain of the
+    batch leaves open (see `ReluBrancher`); not with `record_proof` either.
+    `multi_split`: up to this many further neurons split per domain in a round whose
+    children still fit in twice the batch size (the first rounds of a search).
+    `learn`: nogoods from proved domains close or split other domains (bab/learned.py;
+    not with `record_proof`).
+    `leaf_solve`: fully split leaves left unproved are decided by an LP through it
+    (`bab.leaf_lp`; not with `record_proof`); None sets them aside (the answer is unknown).
+    """
+
+    record_proof: bool = False
+    branching: str = "babsr"
+    fsb_candidates: int = 4
+    relaxed_clip: bool = False
+    warm_start: bool = False
+    per_conjunction: bool = False
+    open_rows: bool = False
+    multi_split: int = 0
+    learn: bool = False
+    leaf_solve: Optional[LeafSolver] = None
+
+
 @dataclass
 class ReluBrancher:
     """Activation split as a `bab.search.Brancher`: split one unstable ReLU per domain.
@@ -107,28 +142,22 @@ class ReluBrancher:
 
     problem: Problem
     options: BoundOptions
-    branching: str = "babsr"
-    fsb_candidates: int = 4
-    relaxed_clip: bool = False
-    record_proof: bool = False
+    how: ReluSearch = ReluSearch()
     attack: bool = True
     tuning: Tuning = DEFAULT_TUNING
-    warm_start: bool = False
-    open_rows: bool = False
-    NARROWING_TRIES = 512         # neurons of each split tensor `_narrowing` tries at most
-    multi_split: int = 0          # extra neurons split per domain while the round has room
     room: int = 0                 # children a round may bound (2 x batch size)
-    learn: bool = False           # nogoods from proved domains (bab/learned.py)
-    # Fully split leaves left unproved are decided by an LP (bab/leaf_lp.py) through this
-    # solver; None: they are set aside and make the answer unknown. Not with a proof log
-    # (the certificate checker replays bounds, not LPs).
-    leaf_solve: Optional[LeafSolver] = None
+    NARROWING_TRIES = 512         # neurons of each split tensor `_narrowing` tries at most
 
     def __post_init__(self) -> None:
-        if self.branching not in BRANCHING:
-            raise ValueError(f"branching must be one of {', '.join(BRANCHING)}, not '{self.branching}'")
-        # The certificate checker cannot replay relaxed clipping.
-        self.relaxed_clip = self.relaxed_clip and not self.record_proof
+        how = self.how
+        if how.branching not in BRANCHING:
+            raise ValueError(f"branching must be one of {', '.join(BRANCHING)}, not '{how.branching}'")
+        if how.record_proof:
+            # The certificate checker replays neither relaxed clipping nor LPs; proof logs
+            # keep every row's bound and multipliers per leaf; a domain closed or split by
+            # a nogood has no leaf of its own.
+            how = dataclasses.replace(how, relaxed_clip=False, open_rows=False, learn=False, leaf_solve=None)
+        self.how = how
         self.relus = relu_inputs(self.problem)
         self.names = list(self.relus)
         self.shapes = {self.relus[r]: self.problem.graph.shapes[self.relus[r]] for r in self.names}
@@ -136,26 +165,21 @@ class ReluBrancher:
         # domain's betas in its estimates, and proof logs keep them.
         self.options = dataclasses.replace(
             self.options, coefficients=True,
-            keep_betas=self.record_proof or self.branching == "fsb" or self.warm_start)
+            keep_betas=how.record_proof or how.branching == "fsb" or how.warm_start)
         self.unstable: dict[str, T] = {}   # split tensor -> flat indices unstable at the root
         self.narrowing: Optional[dict] = None   # decisions that narrow the box (`_narrowing`)
-        # Proof logs keep every row's bound and multipliers per leaf.
-        self.open_rows = self.open_rows and not self.record_proof
-        # A domain closed or split by a nogood has no leaf of its own for the proof log.
         self.nogoods: Optional[Nogoods] = None
-        if self.learn and not self.record_proof:
+        if how.learn:
             self.nogoods = Nogoods({z: torch.Size(s).numel() for z, s in self.shapes.items()},
                                    self.problem.lower.device)
             self.options = dataclasses.replace(self.options, keep_betas=True)
-        if self.record_proof:
-            self.leaf_solve = None
         self.leaf_stats = {"leaf_lps": 0, "leaf_lp_proved": 0}
 
     def _leaves(self, splits: dict, lb: T, branch: T, proved: T) -> tuple[T, list]:
         """`proved` with the fully split leaves (no branching choice) that an LP proves, and
         the polytope points of the others as candidates (`bab.leaf_lp`)."""
         leaf = (branch[:, 0] < 0) & ~proved
-        if self.leaf_solve is None or not bool(leaf.any()):
+        if self.how.leaf_solve is None or not bool(leaf.any()):
             return proved, []
         idx = torch.nonzero(leaf).flatten()
         p = self.problem
@@ -163,7 +187,7 @@ class ReluBrancher:
         done = done.scatter_reduce(1, p.owner.expand(len(idx), -1), rows_proved(lb[idx], p.strict), reduce="amax")
         open_conj = ~done
         got, points = decide_leaves(p, {z: s[idx] for z, s in splits.items()}, open_conj, self.options,
-                                    self.leaf_solve)
+                                    self.how.leaf_solve)
         self.leaf_stats["leaf_lps"] += len(idx)
         self.leaf_stats["leaf_lp_proved"] += int(got.sum())
         proved = proved.clone()
@@ -172,8 +196,9 @@ class ReluBrancher:
 
     def _bound(self, splits: dict, alphas: Optional[dict] = None, betas: Optional[dict] = None,
                q: Optional[Problem] = None) -> tuple[T, T, T, Optional[T], object]:
-        return _bound(q or self.problem, splits, self.options, self.names, self.relus, self.branching,
-                      self.fsb_candidates, self.relaxed_clip, alphas=alphas, betas=betas, more=self.multi_split,
+        how = self.how
+        return _bound(q or self.problem, splits, self.options, self.names, self.relus, how.branching,
+                      how.fsb_candidates, how.relaxed_clip, alphas=alphas, betas=betas, more=how.multi_split,
                       narrowing=self.narrowing)
 
     def root(self) -> Bounded:
@@ -241,7 +266,7 @@ class ReluBrancher:
         (NaN alpha, zero beta where the bound had none), for the children's warm start.
         With `rows` (lb [N, len(rows)] bounds only those spec rows), the other rows keep
         the `inherited` (parent's) values."""
-        if not self.warm_start:
+        if not self.how.warm_start:
             return {}, {}
         N, S = lb.shape
 
@@ -280,14 +305,14 @@ class ReluBrancher:
 
     def _rows_open(self, lb: T) -> Optional[T]:
         """The spec rows to bound in the children (None: all; `rows_left_open`)."""
-        return rows_left_open(self.problem, lb) if self.open_rows else None
+        return rows_left_open(self.problem, lb) if self.how.open_rows else None
 
     def _levels(self, batch: SplitDomains) -> list[T]:
         """The decisions [n, 2] this round splits on: the chosen one, then as many of the
         further choices as keep the children within `room` (all domains must have them)."""
         levels = [batch.branch]
         n = len(batch)
-        for j in range(batch.more.shape[1] if self.multi_split else 0):
+        for j in range(batch.more.shape[1] if self.how.multi_split else 0):
             if n * 2 ** (len(levels) + 1) > self.room or not bool((batch.more[:, j, 0] >= 0).all()):
                 break
             levels.append(batch.more[:, j])
@@ -324,7 +349,7 @@ class ReluBrancher:
                 return None
             children, src = self.nogoods.unflat(X[~closed], self.shapes), src[~closed]
         out = {"splits": children, "rows": self._rows_open(batch.lb), "parent_lb": batch.lb[src]}
-        if not self.warm_start or not batch.alphas:
+        if not self.how.warm_start or not batch.alphas:
             return out
         # Every child starts where its parent ended.
         kept = ({r: v[src] for r, v in batch.alphas.items()}, {z: v[src] for z, v in batch.betas.items()})
@@ -379,7 +404,7 @@ class ReluBrancher:
 
     def _leaf_data(self, res) -> dict:
         """What a proof log needs of a bounded batch (only kept when a proof is recorded)."""
-        if not self.record_proof:
+        if not self.how.record_proof:
             return {}
         unstable = {}
         for z in set(self.relus.values()):
@@ -409,41 +434,6 @@ def _with_points(p: Problem, pts: Optional[T], obj: Optional[T], points: list) -
     return torch.cat([pts, x]), torch.cat([obj, v])
 
 
-@dataclass(frozen=True)
-class ReluSearch:
-    """The switches of one activation-split search (`bab.*` keys of verifier/config.py).
-
-    `record_proof`: every proved domain (leaf) is logged with its split decisions, alphas
-    and betas (`outcome.proof`) for a certificate; the search itself is the same.
-    `branching` picks the neuron to split: "babsr" (score only) or "fsb" (filtered smart
-    branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated).
-    `relaxed_clip` tightens bounds with the split constraints (see `_bound`); off when a
-    proof is recorded, since the certificate checker cannot replay it.
-    `warm_start`: children start alpha/beta-CROWN from their parent's best (`ReluBrancher`).
-    `per_conjunction`: one search per conjunction the root leaves open (`_per_conjunction`);
-    with `record_proof` every conjunction gets a search and a proof log of its own.
-    `open_rows`: each round bounds only the rows of conjunctions that some domain of the
-    batch leaves open (see `ReluBrancher`); not with `record_proof` either.
-    `multi_split`: up to this many further neurons split per domain in a round whose
-    children still fit in twice the batch size (the first rounds of a search).
-    `learn`: nogoods from proved domains close or split other domains (bab/learned.py;
-    not with `record_proof`).
-    `leaf_solve`: fully split leaves left unproved are decided by an LP through it
-    (`bab.leaf_lp`; not with `record_proof`); None sets them aside (the answer is unknown).
-    """
-
-    record_proof: bool = False
-    branching: str = "babsr"
-    fsb_candidates: int = 4
-    relaxed_clip: bool = False
-    warm_start: bool = False
-    per_conjunction: bool = False
-    open_rows: bool = False
-    multi_split: int = 0
-    learn: bool = False
-    leaf_solve: Optional[LeafSolver] = None
-
-
 def activation_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
                          how: ReluSearch = ReluSearch(), tuning: Tuning = DEFAULT_TUNING) -> SearchOutcome:
     """Search until all domains are proved, a counterexample is confirmed (`hooks.confirm`),
@@ -452,10 +442,8 @@ def activation_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits
     domain's gap). `how` holds the search's switches (`ReluSearch`).
     """
     def make(q: Problem) -> ReluBrancher:
-        return ReluBrancher(q, options, how.branching, how.fsb_candidates, how.relaxed_clip, how.record_proof,
-                            attack=hooks.confirm is not None, tuning=tuning, warm_start=how.warm_start,
-                            open_rows=how.open_rows, multi_split=how.multi_split, room=2 * limits.batch_size,
-                            learn=how.learn, leaf_solve=how.leaf_solve)
+        return ReluBrancher(q, options, how, attack=hooks.confirm is not None, tuning=tuning,
+                            room=2 * limits.batch_size)
 
     brancher = make(p)
     if not brancher.names:

@@ -218,6 +218,24 @@ class _Children:
     box: bool
 
 
+@dataclass(frozen=True)
+class InputSearch:
+    """The switches of one input-split search (`bab.*` keys of verifier/config.py).
+
+    `record_proof` keeps every proved leaf for a certificate; clipping is then switched
+    off (clipped leaves no longer tile the root region, which the checker requires).
+    `clip`: Clip-and-Verify's box clipping by the spec rows, `clip_generations` times
+    down a branch; `clip_intermediate`: the intermediate bounds clipped too;
+    `clip_joint`: the joint multi-constraint dual (see `InputBrancher`).
+    """
+
+    record_proof: bool = False
+    clip: bool = True
+    clip_generations: int = 1
+    clip_intermediate: bool = True
+    clip_joint: bool = False
+
+
 @dataclass
 class InputBrancher:
     """Input split as a `bab.search.Brancher`: bisect boxes, bound the halves (clipped).
@@ -232,28 +250,25 @@ class InputBrancher:
 
     problem: Problem
     options: BoundOptions
-    clip: bool = True
-    clip_generations: int = 1
-    clip_intermediate: bool = True
-    clip_joint: bool = False
-    record_proof: bool = False
+    how: InputSearch = InputSearch()
     tuning: Tuning = DEFAULT_TUNING
     preclipped: int = 0
     tally: dict = field(default_factory=dict)        # intermediate clipping: seen / tightened
     box_tally: dict = field(default_factory=dict)    # box clipping: seen / tightened
 
     def __post_init__(self) -> None:
-        # Clipped leaves no longer tile the root region, which the certificate checker needs.
-        self.clip = self.clip and not self.record_proof
+        if self.how.record_proof:
+            # Clipped leaves no longer tile the root region, which the certificate checker needs.
+            self.how = dataclasses.replace(self.how, clip=False)
 
     def root(self) -> Bounded:
         p = self.problem
-        logged: Optional[dict] = {} if self.record_proof else None
+        logged: Optional[dict] = {} if self.how.record_proof else None
         lower, upper = p.lower, p.upper
-        if self.clip:
+        if self.how.clip:
             lower, upper, _ = _region_clip(p, lower, upper)  # verify() proved the region non-empty or left it
-        lo, hi, lb, A, _, cons = _bound(p, lower, upper, self.options, self.clip, logged,
-                                        generations=self.clip_generations)
+        lo, hi, lb, A, _, cons = _bound(p, lower, upper, self.options, self.how.clip, logged,
+                                        generations=self.how.clip_generations)
         proved, score = rows_status(p, lb)
         return Bounded(DomainBatch(lo, hi, lb, score, A, *cons), proved, leaf_data=logged or {})
 
@@ -265,21 +280,21 @@ class InputBrancher:
         dims = _split_dims(p, batch.lower, batch.upper, batch.coef, batch.lb, self.tuning.split_floor_share)
         lo, hi = _bisect(batch.lower, batch.upper, dims)
         inherited = (torch.cat([batch.cons_a, batch.cons_a]), torch.cat([batch.cons_c, batch.cons_c]))
-        if self.clip and p.region_a is not None:  # halves outside the region's rows hold no counterexample
+        if self.how.clip and p.region_a is not None:  # halves outside the region's rows hold no counterexample
             lo, hi, empty = _region_clip(p, lo, hi)
             live = ~empty
             self.preclipped += int(empty.sum())
             lo, hi, inherited = lo[live], hi[live], (inherited[0][live], inherited[1][live])
             if not len(lo):
                 return None
-        box = self.clip and _worth_it(self.box_tally, round_, self.tuning, min_seen=self.tuning.box_min_seen)
+        box = self.how.clip and _worth_it(self.box_tally, round_, self.tuning, min_seen=self.tuning.box_min_seen)
         if box:
             self.box_tally = {}  # the decision follows the latest round that clipped the boxes
         if box and inherited[1].shape[1]:
             # The parents' constraints hold on the halves: clip them before bounding, and
             # drop the halves where no counterexample is left (proved without a bound).
             flat_lo, flat_hi = lo.reshape(len(lo), -1), hi.reshape(len(hi), -1)
-            lo2, hi2, empty = _clip_boxes(p, flat_lo, flat_hi, *inherited, self.clip_joint)
+            lo2, hi2, empty = _clip_boxes(p, flat_lo, flat_hi, *inherited, self.how.clip_joint)
             _count_box_gains(self.box_tally, flat_lo, flat_hi, lo2, hi2, empty)
             live = ~empty
             self.preclipped += int(empty.sum())
@@ -291,12 +306,12 @@ class InputBrancher:
 
     def bound(self, ch: _Children, round_: int) -> Bounded:
         p, tuning = self.problem, self.tuning
-        use = self.clip_intermediate and _worth_it(self.tally, round_, tuning)
+        use = self.how.clip_intermediate and _worth_it(self.tally, round_, tuning)
         if use:
             self.tally = {}  # the decision follows the latest round that clipped
-        logged: Optional[dict] = {} if self.record_proof else None
-        lo, hi, lb, A, mins, cons = _bound(p, ch.lo, ch.hi, self.options, self.clip, logged, ch.inherited,
-                                           self.clip_generations, use, self.clip_joint, self.tally, ch.box,
+        logged: Optional[dict] = {} if self.how.record_proof else None
+        lo, hi, lb, A, mins, cons = _bound(p, ch.lo, ch.hi, self.options, self.how.clip, logged, ch.inherited,
+                                           self.how.clip_generations, use, self.how.clip_joint, self.tally, ch.box,
                                            self.box_tally)
         proved, _ = rows_status(p, lb)
         n = len(lo)
@@ -326,24 +341,6 @@ class InputBrancher:
         return {"clipped_empty": self.preclipped, "clip_tally": self.tally, "box_tally": self.box_tally}
 
 
-@dataclass(frozen=True)
-class InputSearch:
-    """The switches of one input-split search (`bab.*` keys of verifier/config.py).
-
-    `record_proof` keeps every proved leaf for a certificate; clipping is then switched
-    off (clipped leaves no longer tile the root region, which the checker requires).
-    `clip`: Clip-and-Verify's box clipping by the spec rows, `clip_generations` times
-    down a branch; `clip_intermediate`: the intermediate bounds clipped too;
-    `clip_joint`: the joint multi-constraint dual (see `InputBrancher`).
-    """
-
-    record_proof: bool = False
-    clip: bool = True
-    clip_generations: int = 1
-    clip_intermediate: bool = True
-    clip_joint: bool = False
-
-
 def input_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
                     how: InputSearch = InputSearch(), tuning: Tuning = DEFAULT_TUNING) -> SearchOutcome:
     """Search until every domain is proved, a counterexample is confirmed
@@ -352,8 +349,7 @@ def input_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hoo
     alpha-CROWN a proof keeps each proved leaf's best slopes per row at its unstable
     neurons.
     """
-    brancher = InputBrancher(p, options, how.clip, how.clip_generations, how.clip_intermediate, how.clip_joint,
-                             how.record_proof, tuning)
+    brancher = InputBrancher(p, options, how, tuning)
     log = ProofLog(method=options.method) if how.record_proof else None
     limits = dataclasses.replace(limits, bytes_per_domain=domain_bytes(p))
     return run(brancher, limits, hooks, log, brancher.record, tuning.confirm_limit)

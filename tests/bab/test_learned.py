@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import vnnlib
-from bab.activation_split import ReluBrancher
+from bab.activation_split import ReluBrancher, ReluSearch
 from bab.learned import Nogoods
 from models import GraphEvaluator
 from relaxations import BoundOptions
@@ -94,7 +94,7 @@ def test_no_learned_nogood_covers_a_counterexample(tmp_path) -> None:
     t = m + 0.02 * (1 + abs(m))
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
     p = _problem(model, ev, _spec(t).disjuncts[0], Config())
-    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=5), "babsr", learn=True, room=64)
+    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=5), ReluSearch(learn=True), room=64)
     vals = GraphEvaluator(model.graph, dtype=torch.float64).forward_all(xs)
     bad = torch.from_numpy(ys[:, 0] <= t)                                   # the counterexamples
     assert 0 < int(bad.sum()) < len(xs) // 4

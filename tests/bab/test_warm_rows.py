@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vnnlib
-from bab.activation_split import ReluBrancher, conjunction_problem, rows_problem
+from bab.activation_split import ReluBrancher, ReluSearch, conjunction_problem, rows_problem
 from models import GraphEvaluator
 from relaxations import BoundOptions
 from tests.bab.test_known_answers import _net
@@ -64,8 +64,8 @@ def test_row_bounds_of_warm_started_open_row_rounds_hold_on_samples(tmp_path, se
     t[1] = m[1] - 0.1 * (1 + abs(m[1]))              # one conjunction left open for longer
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
     p = _problem(model, ev, _spec(t).disjuncts[0], Config())
-    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=4), "babsr",
-                      warm_start=True, open_rows=True)
+    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=4),
+                      ReluSearch(warm_start=True, open_rows=True))
     g = torch.Generator().manual_seed(seed)
     xs = (2 * torch.rand(4000, 1, 2, generator=g, dtype=torch.float64) - 1)
     ys = GraphEvaluator(model.graph, dtype=torch.float64)(xs).reshape(len(xs), -1)
@@ -97,7 +97,7 @@ def test_compact_alphas_round_trip(tmp_path) -> None:
     region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
     conj = vnnlib.OutputConstraints(np.array([[1.0, 0.0]]), np.array([m[0] - 0.05]), np.array([False]))
     p = _problem(model, ev, vnnlib.Spec(2, 2, (vnnlib.Disjunct(region, (conj,)),)).disjuncts[0], Config())
-    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=3), "babsr", warm_start=True)
+    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=3), ReluSearch(warm_start=True))
     root = br.root()
     full_res = br._bound(root.domains.splits)[-1]
     kept_a, _ = br._keep(full_res, root.domains.lb)
@@ -152,8 +152,8 @@ def test_multi_split_makes_every_sign_combination(tmp_path) -> None:
     m = _mins(model)
     conj = vnnlib.OutputConstraints(np.array([[1.0]]), np.array([m[0] - 0.3]), np.array([False]))
     p = _problem(model, ev, vnnlib.Spec(2, 1, (vnnlib.Disjunct(region, (conj,)),)).disjuncts[0], Config())
-    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=2), "babsr", warm_start=True,
-                      multi_split=2, room=16)
+    br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=2),
+                      ReluSearch(warm_start=True, multi_split=2), room=16)
     root = br.root().domains
     assert root.more.shape == (1, 2, 2) and bool((root.more[..., 0] >= 0).all())
     children = br.split(root, 0)
