@@ -26,7 +26,7 @@ from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
 from bab.leaf_lp import LeafSolver, decide_leaves
 from bab.learned import Nogoods
-from bab.problem import Problem, rows_left_open, rows_problem, rows_status, violations
+from bab.problem import Problem, into_ball, region_box, rows_left_open, rows_problem, rows_status, violations
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
@@ -59,7 +59,7 @@ def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], re
     the bound's minimisers and the bound result.
     """
     N = next(iter(splits.values())).shape[0]
-    box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
+    box = region_box(p, N)
     clipper = SplitClipper(box.lower, box.upper, clip_k, precision=options.precision) if relaxed_clip else None
     res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, clip=clipper,
                          known=p.known or None, alphas=alphas, betas=betas)
@@ -395,7 +395,7 @@ class ReluBrancher:
         ng.stats["strengthen_tried"] += len(cand)
         p = self.problem
         N = len(cand)
-        box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
+        box = region_box(p, N)
         plain = dataclasses.replace(self.options, coefficients=False, keep_betas=False)
         out = compute_bounds(p.graph, box, p.C, plain, want_upper=False, ev=p.ev,
                              splits=ng.unflat(cand, self.shapes), known=p.known or None)
@@ -427,7 +427,7 @@ class ReluBrancher:
 def _with_points(p: Problem, pts: Optional[T], obj: Optional[T], points: list) -> tuple[T, T]:
     """The candidates with the leaf LPs' points added (their objective evaluated here)."""
     x = torch.from_numpy(np.stack(points)).to(dtype=p.lower.dtype, device=p.lower.device)
-    x = x.reshape(len(points), *p.lower.shape[1:])
+    x = into_ball(p, x.reshape(len(points), *p.lower.shape[1:]))
     v = violations(p, x)
     if pts is None:
         return x, v

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from bab.problem import Problem, objective, violations
+from bab.problem import Problem, into_ball, objective, violations
 
 __all__ = ["domain_pgd", "minimiser_candidates", "input_gradient"]
 
@@ -44,7 +44,7 @@ def domain_pgd(p: Problem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
             if grad is None:
                 break     # nothing to follow: the points seen are all there is
             size = 0.5 * (1e-3 ** (step / max(steps - 1, 1)))  # geometric decay down to fine steps
-            x = torch.minimum(torch.maximum(x - size * half * grad.sign(), lo), hi)
+            x = into_ball(p, torch.minimum(torch.maximum(x - size * half * grad.sign(), lo), hi))
     return best, best_x
 
 
@@ -52,7 +52,7 @@ def minimiser_candidates(p: Problem, mins: T, focus: int, steps: int) -> tuple[T
     """Counterexample candidates of a bounded batch of activation-split domains: the bound's
     minimisers (one per domain and row), then PGD over the whole region from the `focus`
     most promising of them. Returns (points [M, *input_shape], objective [M])."""
-    pts = mins.reshape(-1, *p.lower.shape[1:])
+    pts = into_ball(p, mins.reshape(-1, *p.lower.shape[1:]))
     obj = violations(p, pts)
     best = torch.argsort(obj)[:focus]
     lo = p.lower.expand(len(best), *p.lower.shape[1:])

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from bab.problem import Problem, rows_status
+from bab.problem import Problem, region_box, rows_status
 from relaxations import BoundOptions, IntervalBounds
 from relaxations.bounds import BoundsTable, Precision, rows_proved
 from relaxations.alpha import sparse_view
@@ -254,7 +254,7 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
     if options.tighten_input and res.box is not None:   # the parent's box, narrowed by its decisions
         box = IntervalBounds(res.box.lower[rep], res.box.upper[rep])
     else:
-        box = IntervalBounds(p.lower.expand(R, *p.lower.shape[1:]), p.upper.expand(R, *p.upper.shape[1:]))
+        box = region_box(p, R)
     C = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape)
     if not options.sparse_alpha:
         alphas = {k: v[rep] for k, v in res.alphas.items()} or None

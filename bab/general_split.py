@@ -44,7 +44,7 @@ import torch
 
 from bab.attack import minimiser_candidates
 from bab.domains import Batch
-from bab.problem import Problem, open_rows as open_row_weights, rows_left_open, rows_problem, rows_status
+from bab.problem import Problem, open_rows as open_row_weights, region_box, rows_left_open, rows_problem, rows_status
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from models import Graph
@@ -177,7 +177,7 @@ class IntervalBrancher:
                alphas: Optional[dict] = None, betas: Optional[dict] = None) -> tuple[T, T, T, Optional[T], object]:
         p = q or self.problem
         N = next(iter(lo.values())).shape[0]
-        box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
+        box = region_box(p, N)
         known = dict(p.known)
         known.update({z: IntervalBounds(lo[z], hi[z]) for z in self.tensors})
         # Zero signs split nothing; they make compute_bounds mark domains whose clamped

@@ -20,7 +20,8 @@ ReLU), so a non-empty polytope holds a counterexample up to rounding: its point 
 the search's candidates and is replayed like any other.
 
 bab owns no solver (DESIGN.md section 2): the verifier passes `solve`, which answers
-"empty (with a checked certificate)" or "a point of the polytope" (verifier/region.py).
+"empty (with a checked certificate)" or "a point of the polytope" (verifier/region.py),
+the polytope cut by the problem's l2 ball when it has one.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bab.problem import Problem
+from bab.problem import Problem, region_box
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from relaxations.bounds import LinearBounds, Precision, interval_terms
 
@@ -38,9 +39,10 @@ __all__ = ["LeafSolver", "decide_leaves"]
 
 T = torch.Tensor
 
-# (G [m, n], h [m], lower [n], upper [n]) -> (empty: proved with a checked certificate,
-# a point of the polytope or None). Float64 numpy throughout.
-LeafSolver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[bool, Optional[np.ndarray]]]
+# (G [m, n], h [m], lower [n], upper [n], ball: (centre [n], radius) or None) -> (empty:
+# proved with a checked certificate, a point of the polytope or None). Float64 numpy.
+LeafSolver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[tuple[np.ndarray, float]]],
+                      tuple[bool, Optional[np.ndarray]]]
 
 
 class _Collect:
@@ -73,7 +75,7 @@ def decide_leaves(p: Problem, splits: dict[str, T], open_conj: T, options: Bound
     is proved when each of them is.
     """
     N = open_conj.shape[0]
-    box = IntervalBounds(p.lower.expand(N, *p.lower.shape[1:]), p.upper.expand(N, *p.upper.shape[1:]))
+    box = region_box(p, N)      # with the problem's ball: the intervals the search had
     # CROWN intermediate bounds: they are what hands the split neurons' linear bounds over
     # (a search may run on IBP intervals, `bab.domain_intermediate`).
     plain = dataclasses.replace(options, method="crown", intermediate="crown", coefficients=False,
@@ -102,6 +104,9 @@ def decide_leaves(p: Problem, splits: dict[str, T], open_conj: T, options: Bound
         region = (p.region_a.double().cpu().numpy(), -p.region_c.double().cpu().numpy())
     points: list[np.ndarray] = []
     owner = p.owner.cpu().numpy()
+    ball = None
+    if p.ball is not None:
+        ball = (p.ball[0].reshape(-1).double().cpu().numpy(), float(p.ball[1].reshape(-1)[0]))
     for i in range(N):
         if bool(proved[i]):
             continue
@@ -115,7 +120,7 @@ def decide_leaves(p: Problem, splits: dict[str, T], open_conj: T, options: Bound
             rows = np.flatnonzero(owner == k)
             G = np.concatenate(base_G + [G_spec[i, rows].cpu().numpy()])
             h = np.concatenate(base_h + [h_spec[i, rows].cpu().numpy()])
-            empty, point = solve(G, h, lo[i], hi[i])
+            empty, point = solve(G, h, lo[i], hi[i], ball)
             if not empty:
                 all_empty = False
                 if point is not None:
@@ -123,3 +128,4 @@ def decide_leaves(p: Problem, splits: dict[str, T], open_conj: T, options: Bound
                 break   # the leaf stays open; the point is the candidate worth replaying
         proved[i] = all_empty
     return proved, points
+

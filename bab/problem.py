@@ -14,9 +14,10 @@ from typing import Mapping, Optional
 import torch
 
 from models import Graph, GraphEvaluator
-from relaxations.bounds import IntervalBounds, rows_proved
+from relaxations.bounds import BallBox, IntervalBounds, rows_proved
 
-__all__ = ["Problem", "rows_status", "open_rows", "rows_left_open", "rows_problem", "objective", "violations"]
+__all__ = ["Problem", "region_box", "into_ball", "rows_status", "open_rows", "rows_left_open", "rows_problem",
+           "objective", "violations"]
 
 T = torch.Tensor
 
@@ -42,6 +43,39 @@ class Problem:
     # a point that misses one is no counterexample.
     region_a: Optional[T] = None
     region_c: Optional[T] = None
+    # An l2 ball the region is also cut by (torch modules verified over l2 balls):
+    # (centre [1, *input_shape], radius [1]). Bounds concretise against the box and the
+    # ball (`relaxations.BallBox`), candidates are projected into it, and a point outside
+    # it is no counterexample.
+    ball: Optional[tuple[T, T]] = None
+
+
+def region_box(p: Problem, n: int) -> IntervalBounds:
+    """The region's box for a batch of n domains: a `BallBox` when the problem has a ball."""
+    shape = p.lower.shape[1:]
+    lo, hi = p.lower.expand(n, *shape), p.upper.expand(n, *shape)
+    if p.ball is None:
+        return IntervalBounds(lo, hi)
+    centre, radius = p.ball
+    return BallBox(lo, hi, centre.expand(n, *shape), radius.expand(n))
+
+
+# Projected points are pulled this far inside the ball: float32 rounding of the
+# projection must not leave them a hair outside it, where the replay would refuse them.
+BALL_SHRINK = 1e-5
+
+
+def into_ball(p: Problem, xs: T) -> T:
+    """Points xs [M, *input_shape] projected into the problem's ball (then into its box,
+    which contains the centre, so the clamp moves no coordinate away from it); unchanged
+    without a ball."""
+    if p.ball is None:
+        return xs
+    centre, radius = p.ball
+    d = xs - centre
+    norm = d.reshape(len(xs), -1).norm(dim=1).clamp_min(1e-30)
+    scale = torch.clamp(radius * (1 - BALL_SHRINK) / norm, max=1.0).reshape(-1, *([1] * (xs.dim() - 1)))
+    return torch.minimum(torch.maximum(centre + d * scale, p.lower), p.upper)
 
 
 def rows_status(p: Problem, lb: T) -> tuple[T, T]:
@@ -101,5 +135,9 @@ def violations(p: Problem, xs: T) -> T:
         obj = objective(p, p.ev(xs))
         if p.region_a is not None:
             off = (xs.reshape(len(xs), -1) @ p.region_a.T + p.region_c > 0).any(1)
+            obj = torch.where(off, torch.full_like(obj, torch.inf), obj)
+        if p.ball is not None:
+            centre, radius = p.ball
+            off = (xs - centre).reshape(len(xs), -1).double().norm(dim=1) > radius.double()
             obj = torch.where(off, torch.full_like(obj, torch.inf), obj)
         return obj

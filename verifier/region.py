@@ -100,22 +100,67 @@ def farkas_proves_empty(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: 
     return bool(lowest > rhs_hi)
 
 
-def polytope_point(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray
-                   ) -> tuple[bool, Optional[np.ndarray]]:
-    """(True, None) when ``{x in [lower, upper]: G x <= h}`` is proved empty, else (False,
-    a point of it or the LP's least-violating point; None when the LP failed).
+def ball_lowest(G: np.ndarray, lower: np.ndarray, upper: np.ndarray, ball: tuple[np.ndarray, float],
+                y: np.ndarray) -> float:
+    """A rigorous lower bound of min (y G) x over x in the ball (centre c, radius rho):
+    r.c - rho ||r|| with r = y G, lowered by bounds on the rounding of r, of the dot
+    product and of the norm (each `_gamma` of its length)."""
+    centre, radius = ball
+    m, n = G.shape
+    r = y @ G
+    r_err = _gamma(m) * (y @ np.abs(G))
+    terms = r * centre
+    dot_lo = terms.sum() - _gamma(n) * np.abs(terms).sum() - float(r_err @ np.abs(centre)) * (1 + _gamma(n))
+    norm_hi = (float(np.linalg.norm(r)) + float(np.linalg.norm(r_err))) * (1 + _gamma(n))
+    return float(dot_lo - radius * norm_hi * (1 + _gamma(2)))
+
+
+def polytope_point(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                   ball: Optional[tuple[np.ndarray, float]] = None) -> tuple[bool, Optional[np.ndarray]]:
+    """(True, None) when ``{x in [lower, upper]: G x <= h}`` (also within the l2 ball
+    (centre, radius) when given) is proved empty, else (False, a point of it or the LP's
+    least-violating point; None when the LP failed).
 
     The LP (`least_violation`) minimises the largest violation t >= 0; emptiness is
-    claimed only when its row multipliers pass `farkas_proves_empty`."""
-    from verifier.solvers.highs import least_violation  # solvers load lazily (scipy, highspy)
+    claimed only when its row multipliers pass `farkas_proves_empty`. With a ball and a
+    non-empty polytope, a QP finds the polytope's point nearest the centre
+    (`closest_point`): inside the ball it is the answer; outside, the QP's multipliers y
+    prove the ball misses the polytope when `ball_lowest` (min of (y G) x over the
+    ball, rigorous) exceeds y h rounded up."""
+    from verifier.solvers.highs import closest_point, least_violation  # solvers load lazily
 
     if G.shape[0] == 0:
-        return False, (lower + upper) / 2
+        return False, (lower + upper) / 2 if ball is None else ball[0].copy()
     out = least_violation(G, h, lower, upper)
     if out is None:
         return False, None
     t, x, y = out
     x = np.clip(x, lower, upper)
-    if t <= 0:
+    if t > 0 and farkas_proves_empty(G, h, lower, upper, y):
+        return True, None
+    if ball is None or t > 0:
         return False, x
-    return (True, None) if farkas_proves_empty(G, h, lower, upper, y) else (False, x)
+    near = closest_point(G, h, lower, upper, ball[0])
+    if near is None:
+        return False, x
+    x, y = np.clip(near[0], lower, upper), near[1]
+    if float(np.linalg.norm(x - ball[0])) <= ball[1]:
+        return False, x
+    G, h, y = _with_box_rows(G, h, lower, upper, ball[0], x, y)
+    bound = ball_lowest(G, lower, upper, ball, y) if bool((y > 0).any()) else -np.inf
+    return (True, None) if bound > y @ h + _gamma(len(h)) * (y @ np.abs(h)) else (False, x)
+
+
+def _with_box_rows(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray, centre: np.ndarray,
+                   x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The QP's active box bounds as rows (x_j <= upper_j, -x_j <= -lower_j) with their
+    multipliers, read from stationarity x - c + G^T y + z_up - z_lo = 0: where the ball's
+    nearest point sits on the box, the rows' multipliers alone certify nothing."""
+    g = x - centre + G.T @ y
+    tol = 1e-9 * (1 + np.abs(x))
+    z_up = np.where(x >= upper - tol, np.maximum(-g, 0.0), 0.0)
+    z_lo = np.where(x <= lower + tol, np.maximum(g, 0.0), 0.0)
+    eye = np.eye(len(x))
+    up, lo = z_up > 0, z_lo > 0
+    return (np.vstack([G, eye[up], -eye[lo]]), np.concatenate([h, upper[up], -lower[lo]]),
+            np.concatenate([y, z_up[up], z_lo[lo]]))

@@ -15,8 +15,10 @@ the module, each candidate replayed in onnxruntime in float32 and kept only insi
 ball and the valid range; then CROWN and alpha-CROWN over the box around the ball with
 the ball itself used at the input (`relaxations.BallBox`: the better of the box's and the
 ball's minimum of each linear bound) and SDP-CROWN's bias at every ReLU whose input the
-ball reaches (`bounds.sdp_crown`). Branch and bound does not take balls yet, so what
-bounds leave open is `unknown`, and no certificate is written (the checker reads boxes).
+ball reaches (`bounds.sdp_crown`); what they leave open goes to branch and bound with the
+ball kept in every domain's bound (activation split for ReLU networks, interval splits
+for the others), whose candidates are projected into the ball and replayed like the
+attack's. No certificate is written (the checker reads boxes).
 """
 from __future__ import annotations
 
@@ -26,20 +28,25 @@ import io
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 import vnnlib
-from models import graph_from_proto
+from bab.activation_split import ReluSearch, activation_split_bab
+from bab.general_split import IntervalSearch, general_split_bab, needs_general_split
+from bab.problem import Problem
+from bab.search import SearchHooks, SearchLimits, SearchOutcome
+from models import GraphEvaluator, graph_from_proto
 from models.ort_check import check_against_onnxruntime
 from relaxations import BallBox, BoundOptions, compute_bounds
 from relaxations.bounds import DeadlineExceeded
 from verifier.api import ShapeError, bound_options, dtype_of
 from verifier.config import Config, resolve_device
 from verifier.model import Model
+from verifier.region import polytope_point
 from verifier.result import Result
 from verifier.verify import verify
 
@@ -243,5 +250,58 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
         timings["bounds"] = time.monotonic() - t
         return Result("timeout", "time limit reached during bound propagation", timings=timings)
     timings["bounds"] = time.monotonic() - t
-    return Result("unknown", "bounds over the l2 ball leave a margin open; branch and bound does not take "
-                  "l2 balls yet", timings=timings, stats={"min_margin": float(lower_b.min())})
+    stats = {"min_margin": float(lower_b.min())}
+    if not config.bab.enabled or config.bab.mode == "none" or config.bounds.method != "alpha-crown":
+        return Result("unknown", "bounds over the l2 ball leave a margin open (branch and bound is off: it needs "
+                      "bab.enabled and bounds.method alpha-crown)", timings=timings, stats=stats)
+    if time.monotonic() > deadline:
+        return Result("timeout", "time limit reached after bound propagation", timings=timings, stats=stats)
+    t = time.monotonic()
+    replay = lambda x: _replay_l2(model, x, point, label, eps, lower, upper)  # noqa: E731
+    try:
+        out = _l2_search(model, region, C[0], config, deadline, replay)
+    except DeadlineExceeded:   # a bound pass past the deadline has no bound: no verdict
+        timings["bab"] = time.monotonic() - t
+        return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
+    timings["bab"] = time.monotonic() - t
+    stats["domains"] = out.domains_bounded
+    method = "bab-activation"   # as `verify` names both of its network-splitting searches
+    if out.status == "sat" and out.candidate is not None:
+        found = replay(out.candidate)
+        if found is not None:
+            return Result("sat", "counterexample in the l2 ball found by branch and bound, replayed in onnxruntime",
+                          x=found, y=model.run_onnxruntime(found), timings=timings, method=method, stats=stats)
+    if out.status == "unsat":
+        return Result("unsat", "every margin proved positive on the l2 ball by branch and bound", timings=timings,
+                      method=method, stats=stats)
+    if out.status == "timeout":
+        return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
+    reason = out.stats.get("reason", out.status)
+    return Result("unknown", f"branch and bound over the l2 ball stopped: {reason}", timings=timings, stats=stats)
+
+
+def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, deadline: float,
+               replay: Callable[[np.ndarray], Optional[np.ndarray]]) -> SearchOutcome:
+    """Branch and bound over the box around the ball with the ball kept in every bound
+    (`bab.problem.Problem.ball`): activation split with beta-CROWN for ReLU networks,
+    interval splits for the others, each with the settings `verify` gives them. Each
+    margin row `C y > 0` is a conjunction of its own (another class reaching the label)."""
+    dt, device = region.lower.dtype, region.lower.device
+    ev = GraphEvaluator(model.graph, dtype=dt, device=device)
+    S = C.shape[0]
+    problem = Problem(graph=model.graph, ev=ev, lower=region.lower, upper=region.upper, C=C,
+                      d=torch.zeros(S, dtype=dt, device=device), strict=torch.zeros(S, dtype=torch.bool, device=device),
+                      owner=torch.arange(S, device=device), n_conj=S, ball=(region.ball_centre, region.ball_radius))
+    options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline,
+                                  alpha_iterations=config.bab.alpha_iterations)
+    limits = SearchLimits(deadline, max(1, config.bab.batch_size // 4), config.bab.max_domains)
+    hooks = SearchHooks(confirm=lambda x: replay(x) is not None)
+    bab = config.bab
+    if needs_general_split(model.graph, ev.constants):
+        how = IntervalSearch(open_rows=bab.open_rows, warm_start=bab.general_warm_start,
+                             split_products=bab.split_products)
+        return general_split_bab(problem, options, limits, hooks, how)
+    how = ReluSearch(branching=bab.branching, fsb_candidates=bab.fsb_candidates, warm_start=bab.warm_start,
+                     per_conjunction=bab.per_conjunction == "always", open_rows=bab.open_rows,
+                     leaf_solve=polytope_point if bab.leaf_lp else None)
+    return activation_split_bab(problem, options, limits, hooks, how)

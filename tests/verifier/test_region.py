@@ -63,3 +63,50 @@ def test_bad_multipliers_and_infinite_ends_prove_nothing() -> None:
     assert not farkas_proves_empty(G, h, lo, hi, np.array([np.nan, 1.0]))
     assert not farkas_proves_empty(G, h, lo, hi, np.array([1.0]))
     assert not farkas_proves_empty(np.array([[1.0], [-2.0]]), h, lo, np.array([np.inf]), np.array([1.0, 1.0]))
+
+
+@pytest.mark.parametrize("factor,empty", [(1.02, True), (0.98, False)])
+def test_a_half_space_beside_a_ball(factor: float, empty: bool) -> None:
+    """{x: u.x >= d} at distance d from the centre 0: it misses the ball of radius
+    d / factor exactly when factor > 1; when it meets it, the point returned is in both."""
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=5)
+    u /= np.linalg.norm(u)
+    d, radius = 0.3, 0.3 / factor
+    G, h = -u[None, :], np.array([-d])
+    lo, hi = -np.ones(5), np.ones(5)
+    got, point = polytope_point(G, h, lo, hi, (np.zeros(5), radius))
+    assert got == empty
+    if not empty:
+        assert np.linalg.norm(point) <= radius and float((G @ point)[0]) <= h[0] + 1e-9
+
+
+def test_the_ball_certificate_counts_the_box_where_the_nearest_point_touches_it() -> None:
+    """Centre at the box's upper face: the polytope x0 + x1 >= 1.2 is nearest the centre
+    on that face, and only the face's multiplier makes the ball's certificate hold."""
+    centre = np.array([1.0, 0.5])
+    G, h = np.array([[-1.0, -1.0]]), np.array([-1.7])
+    lo, hi = np.zeros(2), np.ones(2)
+    # Over the box the nearest point is (1, 0.7): 0.2 from the centre; unbounded, 0.2/sqrt(2).
+    assert polytope_point(G, h, lo, hi, (centre, 0.19))[0]
+    assert not polytope_point(G, h, lo, hi, (centre, 0.21))[0]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_ball_claims_survive_sampling(seed: int) -> None:
+    """Random polytopes and balls: whenever emptiness is claimed, no sampled point of the
+    ball and box meets every row; a point returned inside the ball meets them."""
+    rng = np.random.default_rng(100 + seed)
+    n, m = int(rng.integers(2, 5)), int(rng.integers(1, 6))
+    G = rng.normal(size=(m, n))
+    h = rng.normal(size=m) * 0.3 - 0.2
+    lo, hi = np.zeros(n), np.ones(n)
+    centre, radius = rng.uniform(0, 1, size=n), float(rng.uniform(0.05, 0.6))
+    empty, point = polytope_point(G, h, lo, hi, (centre, radius))
+    d = rng.normal(size=(20000, n))
+    xs = centre + d / np.linalg.norm(d, axis=1, keepdims=True) * radius * rng.uniform(0, 1, (20000, 1)) ** (1 / n)
+    xs = xs[np.all((xs >= lo) & (xs <= hi), axis=1)]
+    if empty:
+        assert not np.any(np.all(xs @ G.T <= h, axis=1))
+    elif point is not None and np.linalg.norm(point - centre) <= radius:
+        assert np.all(G @ point <= h + 1e-7)

@@ -136,3 +136,55 @@ def test_linf_certificates_are_written_and_accepted(tmp_path) -> None:
         report = check_files(tmp_path / f"point_{i}.json", tmp_path / "model.onnx", tmp_path / f"point_{i}.vnnlib")
         assert report.accepted, report.reason
         assert r.stats["certificate"] == "written"
+
+
+def _steep_net() -> nn.Sequential:
+    """A 6-16-16-3 ReLU net with weights tripled: its class changes within l2 radii of 0.1-0.3."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(3.0)
+    return net
+
+
+def test_l2_branch_and_bound_decides_what_bounds_leave_open() -> None:
+    """At radius 0.2 bounds alone leave points open (bab.enabled=false: unknown); branch and
+    bound over the ball decides every point, each unsat surviving an l2 attack of many
+    random points of its ball, each sat replayed inside it."""
+    net = _steep_net()
+    x = torch.rand(10, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    eps = 0.2
+    off = verifier.verify_module(net, x, y, eps=eps, norm="2",
+                                 config=verifier.config.with_overrides(CONFIG, ["bab.enabled=false"]))
+    results = verifier.verify_module(net, x, y, eps=eps, norm="2", config=CONFIG)
+    opened = [i for i, r in enumerate(off) if r.verdict == "unknown"]
+    assert opened, "the case needs points that bounds alone leave open"
+    assert all(results[i].verdict in ("unsat", "sat") for i in opened)
+    assert any(results[i].method == "bab-activation" for i in opened)
+    g = torch.Generator().manual_seed(4)
+    for r, xi, yi in zip(results, x, y):
+        if r.verdict == "unsat":
+            d = torch.randn(20000, 6, generator=g)
+            d = d / d.norm(dim=1, keepdim=True) * eps * torch.rand(20000, 1, generator=g) ** (1 / 6)
+            with torch.no_grad():
+                assert bool((net((xi + d).clamp(0, 1)).argmax(1) == yi).all())
+        elif r.verdict == "sat":
+            xs = torch.tensor(r.x, dtype=torch.float64).reshape(6)
+            assert float((xs - xi.double()).norm()) <= eps
+            out = np.asarray(r.y).reshape(-1)
+            assert np.delete(out, int(yi)).max() >= out[int(yi)]
+
+
+def test_l2_branch_and_bound_keeps_the_timeout() -> None:
+    """A deadline passing inside a bound pass of the search is a timeout, not an error."""
+    net = _steep_net()
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    config = verifier.config.with_overrides(CONFIG, ["timeout=0.3", "attack.enabled=false"])
+    for r in verifier.verify_module(net, x, y, eps=0.25, norm="2", config=config):
+        assert r.verdict in ("unsat", "sat", "timeout")

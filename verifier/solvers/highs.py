@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from relaxations.lp import Block, dual_lower_bound
 
-__all__ = ["HighsModel", "LpBound", "MilpOutcome", "available", "least_violation"]
+__all__ = ["HighsModel", "LpBound", "MilpOutcome", "available", "least_violation", "closest_point"]
 
 
 def available() -> bool:
@@ -240,38 +240,62 @@ class HighsModel:
         return MilpOutcome(status, bound, value, point)
 
 
-def least_violation(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray
-                    ) -> Optional[tuple[float, np.ndarray, np.ndarray]]:
-    """min t over x in [lower, upper], t >= 0 with G x - t <= h: (t*, x*, y) with y >= 0
-    the rows' multipliers, or None when HiGHS does not report an optimum.
-
-    One small dense LP passed whole to a fresh HiGHS instance (about 0.6 ms for tens of
-    rows: activation split asks many; `HighsModel`'s incremental blocks cost 4x that).
-    Nothing returned is trusted by itself: callers check y (`verifier.region`)."""
+def _solve_dense(A: np.ndarray, row_upper: np.ndarray, cost: np.ndarray, col_lower: np.ndarray,
+                 col_upper: np.ndarray, quadratic: bool = False) -> Optional[tuple[float, np.ndarray, np.ndarray]]:
+    """min cost.x (+ |x|^2 / 2 when `quadratic`) subject to A x <= row_upper and the column
+    bounds, passed whole to a fresh HiGHS instance (about 0.6 ms for tens of rows:
+    activation split asks many; `HighsModel`'s incremental blocks cost 4x that).
+    (objective, x, row duals as multipliers y >= 0) or None when HiGHS reports no optimum."""
     import highspy
 
-    m, n = G.shape
+    m, n = A.shape
     with _quiet_stdout():
         solver = highspy.Highs()
     solver.setOptionValue("output_flag", False)
     solver.setOptionValue("threads", 1)
-    inf = highspy.kHighsInf
     lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = n + 1, m
-    lp.col_cost_ = np.r_[np.zeros(n), 1.0]
-    lp.col_lower_ = np.r_[np.asarray(lower, np.float64), 0.0]
-    lp.col_upper_ = np.r_[np.asarray(upper, np.float64), inf]
-    lp.row_lower_ = np.full(m, -inf)
-    lp.row_upper_ = np.asarray(h, np.float64)
+    lp.num_col_, lp.num_row_ = n, m
+    lp.col_cost_ = np.asarray(cost, np.float64)
+    lp.col_lower_ = np.asarray(col_lower, np.float64)
+    lp.col_upper_ = np.nan_to_num(np.asarray(col_upper, np.float64), posinf=highspy.kHighsInf)
+    lp.row_lower_ = np.full(m, -highspy.kHighsInf)
+    lp.row_upper_ = np.asarray(row_upper, np.float64)
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = (np.arange(n + 2) * m).astype(np.int32)
-    lp.a_matrix_.index_ = np.tile(np.arange(m, dtype=np.int32), n + 1)
-    lp.a_matrix_.value_ = np.hstack([np.asarray(G, np.float64), -np.ones((m, 1))]).T.reshape(-1)
+    lp.a_matrix_.start_ = (np.arange(n + 1) * m).astype(np.int32)
+    lp.a_matrix_.index_ = np.tile(np.arange(m, dtype=np.int32), n)
+    lp.a_matrix_.value_ = np.asarray(A, np.float64).T.reshape(-1)
     solver.passModel(lp)
+    if quadratic:
+        hessian = highspy.HighsHessian()
+        hessian.dim_, hessian.format_ = n, highspy.HessianFormat.kTriangular
+        hessian.start_ = np.arange(n + 1, dtype=np.int32)
+        hessian.index_ = np.arange(n, dtype=np.int32)
+        hessian.value_ = np.ones(n)
+        solver.passHessian(hessian)
     solver.run()
     if solver.modelStatusToString(solver.getModelStatus()) != "Optimal":
         return None
     sol = solver.getSolution()
-    t = float(solver.getInfo().objective_function_value)
     # HiGHS's row duals of a minimisation are <= 0 on rows at their upper bound.
-    return t, np.asarray(sol.col_value, np.float64)[:n], np.maximum(-np.asarray(sol.row_dual, np.float64), 0.0)
+    return (float(solver.getInfo().objective_function_value), np.asarray(sol.col_value, np.float64),
+            np.maximum(-np.asarray(sol.row_dual, np.float64), 0.0))
+
+
+def least_violation(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray
+                    ) -> Optional[tuple[float, np.ndarray, np.ndarray]]:
+    """min t over x in [lower, upper], t >= 0 with G x - t <= h: (t*, x*, y) with y >= 0
+    the rows' multipliers, or None when HiGHS does not report an optimum. Nothing
+    returned is trusted by itself: callers check y (`verifier.region`)."""
+    m, n = G.shape
+    out = _solve_dense(np.hstack([G, -np.ones((m, 1))]), h, np.r_[np.zeros(n), 1.0], np.r_[lower, 0.0],
+                       np.r_[upper, np.inf])
+    return None if out is None else (out[0], out[1][:n], out[2])
+
+
+def closest_point(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray, centre: np.ndarray
+                  ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The point of {x in [lower, upper]: G x <= h} nearest to `centre` in l2 (a convex QP),
+    with the rows' multipliers y >= 0, or None. At the optimum y.(G c - h) = |G^T y| dist
+    (the box aside), so the same y certifies that the polytope misses a smaller ball."""
+    out = _solve_dense(G, h, -np.asarray(centre, np.float64), lower, upper, quadratic=True)
+    return None if out is None else (out[1], out[2])
