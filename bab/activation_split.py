@@ -106,6 +106,9 @@ class ReluSearch:
     not with `record_proof`).
     `leaf_solve`: fully split leaves left unproved are decided by an LP through it
     (`bab.leaf_lp`; not with `record_proof`); None sets them aside (the answer is unknown).
+    `leaf_unstable`: domains with at most this many unstable ReLUs left go to that LP too
+    (CROWN's lines at those, so it proves but is not exact there): it gives the split
+    constraints their best multipliers, which a few beta-CROWN steps may be far from.
     """
 
     record_proof: bool = False
@@ -118,6 +121,7 @@ class ReluSearch:
     multi_split: int = 0
     learn: bool = False
     leaf_solve: Optional[LeafSolver] = None
+    leaf_unstable: int = 0
 
 
 @dataclass
@@ -175,10 +179,15 @@ class ReluBrancher:
             self.options = dataclasses.replace(self.options, keep_betas=True)
         self.leaf_stats = {"leaf_lps": 0, "leaf_lp_proved": 0}
 
-    def _leaves(self, splits: dict, lb: T, branch: T, proved: T) -> tuple[T, list]:
-        """`proved` with the fully split leaves (no branching choice) that an LP proves, and
-        the polytope points of the others as candidates (`bab.leaf_lp`)."""
-        leaf = (branch[:, 0] < 0) & ~proved
+    def _leaves(self, splits: dict, lb: T, branch: T, proved: T, table) -> tuple[T, list]:
+        """`proved` with the leaves that an LP proves, and the polytope points of the others
+        as candidates (`bab.leaf_lp`): fully split domains (no branching choice) and those
+        with at most `leaf_unstable` unstable neurons in their bound's `table`."""
+        leaf = branch[:, 0] < 0
+        if self.how.leaf_unstable > 0:
+            n = sum(((table[z].lower < 0) & (table[z].upper > 0)).reshape(len(lb), -1).sum(1) for z in self.shapes)
+            leaf = leaf | (n <= self.how.leaf_unstable)
+        leaf = leaf & ~proved
         if self.how.leaf_solve is None or not bool(leaf.any()):
             return proved, []
         idx = torch.nonzero(leaf).flatten()
@@ -214,7 +223,7 @@ class ReluBrancher:
                 self.options = dataclasses.replace(self.options, tighten_input=False)
                 self.narrowing = None
         proved, score = rows_status(self.problem, lb)
-        proved, leaf_points = self._leaves(splits, lb, branch, proved)
+        proved, leaf_points = self._leaves(splits, lb, branch, proved, res.table)
         pts = obj = None
         if leaf_points and self.attack:
             pts, obj = _with_points(self.problem, None, None, leaf_points)
@@ -371,7 +380,7 @@ class ReluBrancher:
             lb = parent_lb.clone()
             lb[:, rows] = sub
         proved, score = rows_status(p, lb)
-        proved, leaf_points = self._leaves(children, lb, branch, proved)
+        proved, leaf_points = self._leaves(children, lb, branch, proved, res.table)
         pts = obj = None
         if mins is not None and self.attack:
             pts, obj = minimiser_candidates(p, mins, self.tuning.pgd_focus_activation, self.tuning.pgd_steps)

@@ -434,6 +434,10 @@ class BabConfig(_Validated):
                              "over its split constraints and the spec rows (HiGHS, emptiness checked from the "
                              "duals; a point of it is a counterexample candidate) instead of making the answer "
                              "unknown; not with --certificate")
+    leaf_lp_unstable: int = key(8, check=Int(0, 4096),
+                                help="activation split: domains with at most this many unstable ReLUs left go to "
+                                     "that LP too (CROWN's lines at those; the split constraints get their best "
+                                     "multipliers); 0: fully split domains only")
     relaxed_clip: bool = key(False, check=Bool(),
                              help="activation split: the split neurons' linear bounds constrain each domain's "
                                   "inputs, and bounds are concretised under them")

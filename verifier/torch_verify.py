@@ -303,5 +303,5 @@ def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, d
         return general_split_bab(problem, options, limits, hooks, how)
     how = ReluSearch(branching=bab.branching, fsb_candidates=bab.fsb_candidates, warm_start=bab.warm_start,
                      per_conjunction=bab.per_conjunction == "always", open_rows=bab.open_rows,
-                     leaf_solve=polytope_point if bab.leaf_lp else None)
+                     leaf_solve=polytope_point if bab.leaf_lp else None, leaf_unstable=bab.leaf_lp_unstable)
     return activation_split_bab(problem, options, limits, hooks, how)

@@ -221,7 +221,8 @@ def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                      per_conjunction=config.bab.per_conjunction == "always" or (
                          config.bab.per_conjunction == "proof" and config.proof),
                      open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
-                     learn=config.bab.learned_cuts, leaf_solve=polytope_point if config.bab.leaf_lp else None)
+                     learn=config.bab.learned_cuts, leaf_solve=polytope_point if config.bab.leaf_lp else None,
+                     leaf_unstable=config.bab.leaf_lp_unstable)
     return activation_split_bab(problem, options, limits, hooks, how)
 
 

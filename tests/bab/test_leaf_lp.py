@@ -31,8 +31,11 @@ def _pattern(model, p, x: torch.Tensor) -> dict:
     return {z: torch.where(vals[z] >= 0, 1, -1).to(torch.int8) for z in relu_inputs(p).values()}
 
 
+@pytest.mark.parametrize("partial", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_leaves_with_a_counterexample_are_never_proved(tmp_path, seed: int) -> None:
+def test_leaves_with_a_counterexample_are_never_proved(tmp_path, seed: int, partial: bool) -> None:
+    """A domain built around a counterexample x (its ReLUs split by their signs at x; with
+    `partial` only the first layer's, the rest relaxed by CROWN) is never proved."""
     model = _net(tmp_path, seed, widths=(2, 8, 8, 1))
     rng = np.random.default_rng(seed)
     x = torch.tensor(rng.uniform(-1, 1, size=(12, 2)), dtype=torch.float32)
@@ -41,11 +44,14 @@ def test_leaves_with_a_counterexample_are_never_proved(tmp_path, seed: int) -> N
         # x[k] violates y <= y(x[k]) + 1e-4, and lies in the leaf of its own pattern.
         p = _problem(model, GraphEvaluator(model.graph), _one_output_spec(float(y[k]) + 1e-4).disjuncts[0], Config())
         splits = {z: s[k:k + 1] for z, s in _pattern(model, p, x).items()}
+        if partial:
+            splits = {z: s if i == 0 else torch.zeros_like(s) for i, (z, s) in enumerate(splits.items())}
         proved, points = decide_leaves(p, splits, torch.ones(1, 1, dtype=torch.bool), BoundOptions(), polytope_point)
         assert not bool(proved[0])
         assert len(points) == 1
-        got = GraphEvaluator(model.graph, dtype=torch.float64)(torch.from_numpy(points[0]).reshape(1, 2))
-        assert float(got) <= float(y[k]) + 1e-4 + 1e-3   # the LP's point is (nearly) a counterexample
+        if not partial:   # exact rows: the LP's point is (nearly) a counterexample
+            got = GraphEvaluator(model.graph, dtype=torch.float64)(torch.from_numpy(points[0]).reshape(1, 2))
+            assert float(got) <= float(y[k]) + 1e-4 + 1e-3
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -76,7 +82,8 @@ def test_leaves_above_the_threshold_are_proved(tmp_path, seed: int) -> None:
 
 def test_the_search_ends_unsat_where_it_set_leaves_aside(tmp_path) -> None:
     """Without the LP the activation split sets fully split leaves aside (unknown) and the
-    verifier falls back to input split; with it the activation split proves the spec."""
+    verifier falls back to input split; with it on fully split leaves the activation split
+    proves the spec; with domains of at most 8 unstable ReLUs too, in fewer domains."""
     model = _net(tmp_path, 5, widths=(2, 12, 12, 3))
     m = _mins(model)
     spec = _spec(m - 0.05 * (1 + np.abs(m)))
@@ -84,6 +91,10 @@ def test_the_search_ends_unsat_where_it_set_leaves_aside(tmp_path) -> None:
     without = verify(model, spec, _cfg(60, *sets, "bab.leaf_lp=false"))
     assert without.verdict == "unsat" and "fully split" in without.stats["bab_stop"]
     assert without.stats["fallback"] == ["bab-input"]
-    with_lp = verify(model, spec, _cfg(60, *sets))
-    assert with_lp.verdict == "unsat" and with_lp.method == "bab-activation"
-    assert "fallback" not in with_lp.stats and "bab_stop" not in with_lp.stats
+    leaves = verify(model, spec, _cfg(60, *sets, "bab.leaf_lp_unstable=0"))
+    assert leaves.verdict == "unsat" and leaves.method == "bab-activation"
+    assert "fallback" not in leaves.stats and "bab_stop" not in leaves.stats
+    near = verify(model, spec, _cfg(60, *sets, "bab.leaf_lp_unstable=8"))
+    assert near.verdict == "unsat" and near.stats["leaf_lps"] > leaves.stats["leaf_lps"]
+    assert near.stats["domains"] < leaves.stats["domains"]
+
