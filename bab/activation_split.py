@@ -30,7 +30,7 @@ from bab.problem import Problem, into_ball, region_box, rows_left_open, rows_pro
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.bounds import rows_proved
 from relaxations.crown import BackwardContext, rules_for
 from relaxations.reverse import tightened_box
@@ -61,8 +61,8 @@ def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], re
     N = next(iter(splits.values())).shape[0]
     box = region_box(p, N)
     clipper = SplitClipper(box.lower, box.upper, clip_k, precision=options.precision) if relaxed_clip else None
-    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits, clip=clipper,
-                         known=p.known or None, alphas=alphas, betas=betas)
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev,
+                         given=Given(splits=splits, clip=clipper, known=p.known or None, alphas=alphas, betas=betas))
     capture = res.coefficients
     lower = res.lower.detach()
     if clipper is not None:
@@ -407,7 +407,7 @@ class ReluBrancher:
         box = region_box(p, N)
         plain = dataclasses.replace(self.options, coefficients=False, keep_betas=False)
         out = compute_bounds(p.graph, box, p.C, plain, want_upper=False, ev=p.ev,
-                             splits=ng.unflat(cand, self.shapes), known=p.known or None)
+                             given=Given(splits=ng.unflat(cand, self.shapes), known=p.known or None))
         ok, _ = rows_status(p, out.lower.detach() - p.d)
         ng.add(cand[ok])
 

@@ -27,7 +27,7 @@ from bab.problem import Problem, region_box, rows_status
 from relaxations import BoundOptions, IntervalBounds
 from relaxations.bounds import BoundsTable, Precision, rows_proved
 from relaxations.alpha import sparse_view
-from relaxations.compute import compute_bounds, final_lower_from_table
+from relaxations.compute import Given, compute_bounds, final_lower_from_table
 from relaxations.crown import BackwardContext, SparseTerm, backward_lower, rules_for
 from relaxations.registry import Relaxation
 
@@ -221,8 +221,8 @@ def _rebound_narrowed(p: Problem, names: list[str], relus: dict[str, str], split
         kids[z] = sg.reshape(len(idx), *splits[z].shape[1:])
     sub = IntervalBounds(box.lower[idx], box.upper[idx])
     plain = dataclasses.replace(options, method="crown", coefficients=False, keep_betas=False, tighten_input=True)
-    out = compute_bounds(p.graph, sub, p.C, plain, want_upper=False, ev=p.ev, splits=kids,
-                         known=p.known or None).lower.detach() - p.d
+    out = compute_bounds(p.graph, sub, p.C, plain, want_upper=False, ev=p.ev,
+                         given=Given(splits=kids, known=p.known or None)).lower.detach() - p.d
     child = child.clone()
     child[idx] = torch.maximum(child[idx], out)
     return child

@@ -2,7 +2,7 @@
 
 `bab.clipping` holds the maths (box hulls, the one-dimensional and joint duals, where
 constraints come from); this module applies it to the chunks of an intermediate CROWN
-pass (`relaxations.compute_bounds(..., clip=hook)`): `SplitClipper` with the split
+pass (`relaxations.compute_bounds(..., given=Given(clip=hook))`): `SplitClipper` with the split
 constraints of activation split, `ConstraintClipper` with the constraints an input-split
 domain inherits from its parent. Only the rows of still unstable neurons are worth the
 sort, so both go through `min_under_constraints_at`.

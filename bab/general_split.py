@@ -5,7 +5,7 @@ relaxed elementwise node: Sigmoid, Tanh, Gelu, Exp, ..., and Relu in a network t
 has other nonlinearities too), an interval [lo, hi] that `z` is restricted to. A round
 picks one neuron per domain and a point `p` inside its interval, and bounds the two
 children, `z <= p` and `z >= p`, in one batched alpha-CROWN call whose intervals of
-the split tensors are the children's (`compute_bounds(known=...)`): each node's
+the split tensors are the children's (`Given.known`): each node's
 relaxation is rebuilt on its narrower interval, and every later interval tightens
 with it. ("Neural Network Verification with Branch-and-Bound for General
 Nonlinearities", Shi et al., 2024.)
@@ -48,7 +48,7 @@ from bab.problem import Problem, open_rows as open_row_weights, region_box, rows
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from models import Graph
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.crown import BackwardContext, _affine_backward, slot_bounds
 from relaxations.ops import products
 from relaxations.registry import rule_for
@@ -125,7 +125,7 @@ class IntervalDomains(Batch):
     next split (index into the brancher's tensors, flat neuron index), -1 when nothing
     is left to split; point [N]: where that neuron is cut. cut_lo / cut_hi: split tensor
     -> [N, *shape], the split points themselves (z >= cut_lo, z <= cut_hi; -inf / inf where
-    the domain has none), which the bound dualises (`compute_bounds(cuts=...)`). alphas /
+    the domain has none), which the bound dualises (`Given.cuts`). alphas /
     betas: with warm starts, the domain's best alpha-CROWN parameters (node / cut key ->
     float16 [N, S, *shape]), which its children start from.
     """
@@ -183,8 +183,9 @@ class IntervalBrancher:
         # Zero signs split nothing; they make compute_bounds mark domains whose clamped
         # intervals are empty (no input satisfies the splits) as infeasible: proved.
         empty_check = {z: torch.zeros(lo[z].shape, dtype=torch.int8, device=lo[z].device) for z in self.tensors}
-        res = compute_bounds(p.graph, box, p.C, self.options, want_upper=False, ev=p.ev, splits=empty_check,
-                             known=known, cuts=_cuts(cut_lo, cut_hi), alphas=alphas, betas=betas)
+        res = compute_bounds(p.graph, box, p.C, self.options, want_upper=False, ev=p.ev,
+                             given=Given(splits=empty_check, known=known, cuts=_cuts(cut_lo, cut_hi), alphas=alphas,
+                                         betas=betas))
         lb = res.lower.detach() - p.d
         branch, point = self._choose(res, lb, p)
         mins = res.linear.minimizer(box).detach() if res.linear is not None else None

@@ -31,7 +31,7 @@ from bab.problem import Problem, open_rows, rows_status, violations
 from bab.proof import ProofLog
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 
 __all__ = ["InputBrancher", "InputSearch", "input_split_bab"]
 
@@ -66,8 +66,8 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clip: bool = F
     if clip and intermediate and inherited[1].shape[1]:
         hook = ConstraintClipper(lower, upper, *inherited, _owners(p, inherited[1].shape[1]), p.n_conj,
                                  options.precision, tally)
-    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev, clip=hook,
-                         known=p.known or None)
+    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev,
+                         given=Given(clip=hook, known=p.known or None))
     lb = res.lower.detach() - p.d
     S = lb.shape[1]
     if keep is not None:

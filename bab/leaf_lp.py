@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bab.problem import Problem, region_box
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.bounds import LinearBounds, Precision, interval_terms
 
 __all__ = ["LeafSolver", "decide_leaves"]
@@ -82,8 +82,8 @@ def decide_leaves(p: Problem, splits: dict[str, T], open_conj: T, options: Bound
                                 keep_betas=False, optimise_intermediate=False, stop_above=None)
     precision = plain.precision or Precision.for_dtype(p.ev.dtype)
     hook = _Collect()
-    res = compute_bounds(p.graph, box, p.C, plain, want_upper=False, ev=p.ev, splits=splits, clip=hook,
-                         known=p.known or None)
+    res = compute_bounds(p.graph, box, p.C, plain, want_upper=False, ev=p.ev,
+                         given=Given(splits=splits, clip=hook, known=p.known or None))
     box = res.box or box
     proved = res.infeasible.clone()
     if res.linear is None:

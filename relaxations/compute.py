@@ -40,10 +40,10 @@ from relaxations.alpha_intermediate import optimise_with_intermediate
 from relaxations.bounds import BoundsTable, IntervalBounds, Precision, check_deadline, concretize
 from relaxations.crown import BackwardContext, backward_lower, is_slot_node, rules_for
 from relaxations.intermediate import intermediate_bounds
-from relaxations.options import METHODS, BoundOptions, BoundResult, ClipHook
+from relaxations.options import METHODS, BoundOptions, BoundResult, ClipHook, Given
 from relaxations.reverse import tightened_box
 
-__all__ = ["BoundOptions", "BoundResult", "ClipHook", "compute_bounds", "final_lower_from_table",
+__all__ = ["BoundOptions", "BoundResult", "ClipHook", "Given", "compute_bounds", "final_lower_from_table",
            "folded_ibp_lower", "intermediate_bounds", "METHODS"]
 
 T = torch.Tensor
@@ -51,32 +51,13 @@ T = torch.Tensor
 
 def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
                    options: BoundOptions = BoundOptions(), want_upper: bool = True,
-                   ev: Optional[GraphEvaluator] = None, *, splits: Optional[Mapping[str, T]] = None,
-                   clip: Optional[ClipHook] = None, alphas: Optional[Mapping[str, T]] = None,
-                   betas: Optional[Mapping[str, T]] = None,
-                   known: Optional[Mapping[str, IntervalBounds]] = None,
-                   cuts: Optional[Mapping] = None) -> BoundResult:
+                   ev: Optional[GraphEvaluator] = None, given: Given = Given()) -> BoundResult:
     """Sound bounds of C @ output over each box of the batch: the bounding API.
 
     box: IntervalBounds with tensors [B, *input_shape] (their dtype and device are the
     pass's). C: [B, S, n_out] or [S, n_out] (default: identity, i.e. bounds of every
-    output). `splits`: activation split decisions, tensor -> signs [B, *shape] (see
-    `intermediate_bounds`); with alpha-CROWN they also get beta multipliers
-    (beta-CROWN). `clip`: relaxed clipping of the intermediate bounds (`ClipHook`).
-    `alphas` (node -> [B, R, *shape], NaN: the rule's default) and `betas` (split
-    tensor -> [B, R, *shape]) are given relaxation parameters per row, R = S (2S with
-    `want_upper`): CROWN uses them as they are, alpha-CROWN starts from them. Given
-    values are projected into their sound range first (alphas into the rule's bounds,
-    betas to >= 0), so no value a caller passes can make a bound unsound.
-    `known`: tensor -> IntervalBounds [1 or B, *shape] proved beforehand (an LP
-    refinement) over a region that contains every box of the batch; each is
-    intersected with the tensor's interval. Unlike alphas they cannot be checked here:
-    a caller passing a wrong interval gets a wrong bound.
-    `cuts`: key -> (tensor, s, c) [B, *shape] each, constraints s*z >= s*c (where s != 0)
-    that the caller knows hold on each box's domain (general activation splits); alpha-CROWN
-    dualises them with multipliers like beta-CROWN's (`relaxations.alpha.optimise_alpha`),
-    started from `betas[key]` [B, R, *shape] where given.
-    Like `known`, they are trusted: a wrong cut gives a wrong bound.
+    output). `given`: split decisions, a clipping hook, starting alphas and betas, known
+    intervals and cuts (`Given`, which says which of them are checked and which trusted).
     """
     if tuple(box.lower.shape[1:]) != tuple(graph.input_shape) or box.lower.shape != box.upper.shape:
         raise ValueError(f"box must have shape [B, {', '.join(map(str, graph.input_shape))}], "
@@ -84,7 +65,7 @@ def compute_bounds(graph: Graph, box: IntervalBounds, C: Optional[T] = None,
     if ev is None:
         ev = GraphEvaluator(graph, dtype=box.lower.dtype, device=box.lower.device)
     with contextlib.nullcontext() if options.grad else torch.no_grad(), _full_float32(ev.device):
-        return _compute(graph, ev, box, C, options, want_upper, splits, clip, alphas, betas, known, cuts)
+        return _compute(graph, ev, box, C, options, want_upper, given)
 
 
 @contextlib.contextmanager
@@ -108,9 +89,9 @@ def _full_float32(device: torch.device):
 
 
 def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[T], options: BoundOptions,
-             want_upper: bool, splits: Optional[Mapping[str, T]], clip: Optional[ClipHook],
-             alphas: Optional[Mapping[str, T]], betas: Optional[Mapping[str, T]],
-             known: Optional[Mapping[str, IntervalBounds]] = None, cuts: Optional[Mapping] = None) -> BoundResult:
+             want_upper: bool, given: Given) -> BoundResult:
+    splits, clip, alphas, betas, known, cuts = (given.splits, given.clip, given.alphas, given.betas, given.known,
+                                                given.cuts)
     precision = options.precision or Precision.for_dtype(ev.dtype)
     B = box.lower.shape[0]
     if C is None:
@@ -122,8 +103,7 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
     rows = torch.cat([C, -C], 1) if want_upper else C
     table, ctx, infeasible = intermediate_bounds(graph, ev, box, options, splits, clip, known)
     if options.tighten_input and splits:
-        box, table, ctx, infeasible = _tightened(graph, ev, box, options, splits, clip, known, table, ctx,
-                                                 infeasible)
+        box, table, ctx, infeasible = _tightened(graph, ev, box, options, given, (table, ctx, infeasible))
     by_name = {n.name: n for n in graph.nodes}
     check_deadline(options.deadline)  # the final pass, too, can be long
     A = rows.reshape(B, rows.shape[1], *graph.output_shape)
@@ -185,13 +165,15 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
                        coefficients=coefficients, alpha_iterations=iterations, box=box)
 
 
-def _tightened(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions, splits, clip,
-               known, table: BoundsTable, ctx: BackwardContext, infeasible: T):
+def _tightened(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, options: BoundOptions, given: Given,
+               first: tuple[BoundsTable, BackwardContext, T]):
     """The box the split decisions imply (`tightened_box`) and, where it is smaller than
     `box`, every interval bounded again over it; by CROWN in the domains whose box shrank
     to under half its width in some input, when the others take IBP's (intervals by IBP
     alone lose over a small box most of what the narrowing gained). Domains found empty
-    are infeasible."""
+    are infeasible. `first`: the table, context and infeasible mask of the first pass."""
+    splits, clip, known = given.splits, given.clip, given.known
+    table, ctx, infeasible = first
     seeds = {z: (s != 0).reshape(s.shape[0], -1).any(0) for z, s in splits.items() if bool((s != 0).any())}
     if not seeds:
         return box, table, ctx, infeasible

@@ -15,7 +15,7 @@ import torch
 
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
 
-__all__ = ["BoundOptions", "BoundResult", "ClipHook", "METHODS", "INTERMEDIATE"]
+__all__ = ["BoundOptions", "BoundResult", "ClipHook", "Given", "METHODS", "INTERMEDIATE"]
 
 METHODS = ("ibp", "crown", "alpha-crown")
 INTERMEDIATE = ("crown", "ibp", "forward")
@@ -130,3 +130,33 @@ class ClipHook(Protocol):
     split_linear: Optional[dict]
 
     def __call__(self, name: str, lin: LinearBounds, lb: T) -> T: ...
+
+
+@dataclass(frozen=True)
+class Given:
+    """What a caller gives a bound pass beyond the box: what restricts or seeds it.
+
+    `splits`: activation split decisions, tensor -> signs [B, *shape] (+1: >= 0, -1: <= 0,
+    0: free; see `intermediate_bounds`); with alpha-CROWN they also get beta multipliers
+    (beta-CROWN). `clip`: relaxed clipping of the intermediate bounds (`ClipHook`).
+    `alphas` (node -> [B, R, *shape], NaN: the rule's default) and `betas` (split tensor
+    -> [B, R, *shape]) are relaxation parameters per row, R = S (2S with the upper rows):
+    CROWN uses them as they are, alpha-CROWN starts from them. They are projected into
+    their sound range first (alphas into the rule's bounds, betas to >= 0), so no value a
+    caller passes can make a bound unsound.
+    `known`: tensor -> IntervalBounds [1 or B, *shape] proved beforehand (an LP
+    refinement) over a region that contains every box of the batch; each is intersected
+    with the tensor's interval. Unlike alphas they cannot be checked: a caller passing a
+    wrong interval gets a wrong bound.
+    `cuts`: key -> (tensor, s, c) [B, *shape] each, constraints s*z >= s*c (where s != 0)
+    that hold on each box's domain (general activation splits); alpha-CROWN dualises them
+    with multipliers like beta-CROWN's (`relaxations.alpha.optimise_alpha`), started from
+    `betas[key]` [B, R, *shape] where given. Like `known`, they are trusted.
+    """
+
+    splits: Optional[Mapping[str, T]] = None
+    clip: Optional[ClipHook] = None
+    alphas: Optional[Mapping[str, T]] = None
+    betas: Optional[Mapping[str, T]] = None
+    known: Optional[Mapping[str, IntervalBounds]] = None
+    cuts: Optional[Mapping] = None

@@ -65,7 +65,7 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
     import torch
 
     from models import GraphEvaluator
-    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+    from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
@@ -82,7 +82,7 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
             given = {k: torch.tensor(v).reshape(1, C.shape[0], *shapes[k]).expand(n, C.shape[0], *shapes[k])
                      for k, v in alphas.items()}
         lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev,
-                            alphas=given).lower
+                            given=Given(alphas=given)).lower
         out.append(lb.numpy() - d)
     return np.concatenate(out) if out else np.zeros((0, C.shape[0]))
 

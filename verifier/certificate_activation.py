@@ -88,7 +88,7 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
     that gave the bound) and the unstable masks [n, n_z] of the split tensors' intervals.
     """
     from models import GraphEvaluator
-    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+    from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
@@ -100,12 +100,12 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
     Ct = torch.tensor(C, dtype=torch.float64)
     if optimise:
         opts = BoundOptions(method="alpha-crown", alpha_iterations=_REOPT_ITERATIONS, keep_betas=True)
-        res = compute_bounds(graph, box, Ct, opts, want_upper=False, ev=ev, splits=shaped or None)
+        res = compute_bounds(graph, box, Ct, opts, want_upper=False, ev=ev, given=Given(splits=shaped or None))
     else:  # the logged parameters as they are (NaN alphas: the rule's default; projected into range)
         given_a = {k: v.reshape(n, S, *graph.shapes[tensors[k]]) for k, v in alphas.items()}
         given_b = {z: betas[z].reshape(n, S, *graph.shapes[z]) for z in signs}
         res = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev,
-                             splits=shaped or None, alphas=given_a, betas=given_b)
+                             given=Given(splits=shaped or None, alphas=given_a, betas=given_b))
     lb = res.lower
     used_a = {k: v.reshape(n, S, -1) for k, v in res.alphas.items()}
     used_b = {z: v.reshape(n, S, -1) for z, v in res.betas.items()}

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from models import GraphEvaluator
-from relaxations import IntervalBounds, compute_bounds
+from relaxations import Given, IntervalBounds, compute_bounds
 from vnnlib import Disjunct
 from verifier.api import bound_options, outward_box
 from verifier.config import Config, resolve_device
@@ -87,7 +87,7 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
     opts = dataclasses.replace(bound_options(config.bounds, "crown"), deadline=deadline)
 
     def table_of(known: dict) -> Intervals:
-        res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev, known=known or None)
+        res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev, given=Given(known=known or None))
         return {n: (res.table[n].lower[0].double().cpu().numpy().ravel(),
                     res.table[n].upper[0].double().cpu().numpy().ravel()) for n in res.table.keys()}
 

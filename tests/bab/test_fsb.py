@@ -49,7 +49,7 @@ def _three_domains(tmp_path, seed: int, widths, second: int):
     active, and neuron `second` of it inactive; with what FSB reads."""
     from bab.activation_split import relu_inputs
     from models import GraphEvaluator
-    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+    from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
     from verifier.verify import _problem
 
     model = _net(tmp_path, seed, widths=widths)
@@ -64,7 +64,7 @@ def _three_domains(tmp_path, seed: int, widths, second: int):
     splits[first][2].view(-1)[second] = -1
     options = BoundOptions(method="alpha-crown", keep_betas=True, coefficients=True)
     box = IntervalBounds(p.lower.expand(3, *p.lower.shape[1:]), p.upper.expand(3, *p.upper.shape[1:]))
-    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, splits=splits)
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, given=Given(splits=splits))
     lb = res.lower - p.d
     babsr, inter, offsets = neuron_scores(p, names, relus, res.table, res.coefficients, splits, lb)
     return p, relus, names, splits, options, res, lb, babsr, inter, offsets

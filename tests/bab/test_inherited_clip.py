@@ -12,7 +12,7 @@ import vnnlib
 from bab.clip_hooks import ConstraintClipper
 from bab.clipping import hull_under_constraints, min_under_all_constraints, min_under_constraints
 from models import GraphEvaluator
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from tests.bab.test_clipping import _instances, _lp, _t
 from tests.bab.test_known_answers import _net
 from verifier import Config, verify
@@ -102,7 +102,7 @@ def test_intermediate_bounds_hold_where_the_constraints_do(tmp_path, seed: int, 
     opts = BoundOptions(method="crown")
     box = IntervalBounds(lo, hi)
     plain = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev)
-    res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, clip=clipper)
+    res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, given=Given(clip=clipper))
     x = lo + (hi - lo) * torch.rand(B, 20_000, n, generator=g, dtype=torch.float64)
     viol = torch.einsum("bkn,bpn->bpk", a, x) + c.unsqueeze(1)                # [B, P, K]
     inside = torch.zeros(B, x.shape[1], dtype=torch.bool)
@@ -224,6 +224,6 @@ def test_clipper_tally_counts_unstable_and_tightened_bounds(tmp_path) -> None:
     c = torch.tensor([[0.5], [0.2]], dtype=torch.float64)
     tally: dict = {}
     clipper = ConstraintClipper(lo, hi, a, c, torch.zeros(1, dtype=torch.long), 1, tally=tally)
-    compute_bounds(model.graph, IntervalBounds(lo, hi), None, BoundOptions(method="crown"), want_upper=False,
-                   ev=ev, clip=clipper)
+    compute_bounds(model.graph, IntervalBounds(lo, hi), None, BoundOptions(method="crown"), want_upper=False, ev=ev,
+                   given=Given(clip=clipper))
     assert tally["seen"] > 0 and 0 < tally["tightened"] <= tally["seen"]

@@ -16,7 +16,7 @@ from bab.clip_hooks import SplitClipper, min_under_constraints_at, split_constra
 from bab.clipping import min_under_constraints
 from bab.search import SearchLimits
 from models import GraphEvaluator
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from tests.bab.test_known_answers import _net, _spec, _true_min
 from tests.helpers import assert_verdicts_bracket
 from verifier import Config
@@ -79,8 +79,8 @@ def test_clipped_bounds_hold_on_sampled_domain_points(tmp_path, seed: int, metho
     splits, box = _domains(model, ev, seed)
     opts = BoundOptions(method=method, alpha_iterations=5)
     clipper = SplitClipper(box.lower, box.upper, k=4)
-    res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, splits=splits,
-                         clip=clipper)
+    res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev,
+                         given=Given(splits=splits, clip=clipper))
     lb = clipper.final(res.linear, res.lower.detach())
     x, vals, inside = _samples(model, splits, 20_000, seed)
     assert bool(inside.any(1)[:-2].all())                              # anchored domains are non-empty
@@ -113,10 +113,10 @@ def test_clipped_final_bound_is_never_looser_and_sometimes_tighter(tmp_path, see
     ev = GraphEvaluator(model.graph)
     splits, box = _domains(model, ev, seed, per_layer=4)
     opts = BoundOptions(method="crown")
-    plain = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, splits=splits)
+    plain = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, given=Given(splits=splits))
     clipper = SplitClipper(box.lower, box.upper, k=4, intermediate=False)
-    res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev, splits=splits,
-                         clip=clipper)
+    res = compute_bounds(model.graph, box, None, opts, want_upper=False, ev=ev,
+                         given=Given(splits=splits, clip=clipper))
     assert bool((res.lower >= plain.lower - 1e-6).all())
     lb = clipper.final(res.linear, res.lower)
     assert bool((lb >= res.lower).all())

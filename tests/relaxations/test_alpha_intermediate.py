@@ -14,7 +14,7 @@ from onnx import helper
 
 import relaxations.alpha_intermediate as joint
 from models import Graph, GraphEvaluator, graph_from_proto
-from relaxations import BoundOptions, DeadlineExceeded, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, DeadlineExceeded, Given, IntervalBounds, compute_bounds
 from tests.helpers import relu_mlp_layers, sample_box
 from tests.op_cases import make_model
 
@@ -120,8 +120,8 @@ def test_a_split_domain_stays_sound_and_never_looser() -> None:
     sign = torch.zeros_like(h.lower)
     sign[0].view(-1)[j], sign[1].view(-1)[j] = 1.0, -1.0      # domain 0: h1[j] >= 0; domain 1: h1[j] <= 0
     splits = {"h1": sign}
-    on = compute_bounds(graph, box, options=ON, splits=splits)
-    off = compute_bounds(graph, box, options=OFF, splits=splits)
+    on = compute_bounds(graph, box, options=ON, given=Given(splits=splits))
+    off = compute_bounds(graph, box, options=OFF, given=Given(splits=splits))
     _assert_sound(graph, box, on, splits)
     _assert_not_looser(on, off)
     assert float(on.table["h1"].lower[0].reshape(-1)[j]) >= 0 and float(on.table["h1"].upper[1].reshape(-1)[j]) <= 0
@@ -132,7 +132,7 @@ def test_known_intervals_are_kept() -> None:
     box = _box(graph, 2, 0.4)
     first = compute_bounds(graph, box, options=ON)
     known = {"h1": first.table["h1"]}
-    again = compute_bounds(graph, box, options=ON, known=known)
+    again = compute_bounds(graph, box, options=ON, given=Given(known=known))
     _assert_sound(graph, box, again)
     assert bool((again.table["h1"].lower >= known["h1"].lower).all())
     assert bool((again.table["h1"].upper <= known["h1"].upper).all())
@@ -175,8 +175,8 @@ def test_a_clip_hook_falls_back_to_plain_alpha_crown() -> None:
         return lb
 
     clip.split_linear = None
-    on = compute_bounds(graph, box, options=ON, clip=clip)
-    off = compute_bounds(graph, box, options=OFF, clip=clip)
+    on = compute_bounds(graph, box, options=ON, given=Given(clip=clip))
+    off = compute_bounds(graph, box, options=OFF, given=Given(clip=clip))
     torch.testing.assert_close(on.lower, off.lower)
     assert on.alpha_iterations == off.alpha_iterations
 

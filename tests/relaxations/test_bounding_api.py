@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models import GraphEvaluator, load_onnx
-from relaxations import BoundOptions, BoundResult, IntervalBounds, Precision, compute_bounds, concretize, rows_proved
+from relaxations import (BoundOptions, BoundResult, Given, IntervalBounds, Precision, compute_bounds, concretize,
+                         rows_proved)
 from tests.helpers import relu_mlp_onnx, sample_box
 
 
@@ -42,11 +43,11 @@ def test_given_default_alphas_reproduce_crown_and_any_given_value_stays_sound(tm
     crown = compute_bounds(graph, box, C, BoundOptions(method="crown"), want_upper=False)
     shapes = {n.name: graph.shapes[n.inputs[0]] for n in graph.nodes if n.op == "Relu"}
     nan = {k: torch.full((2, 2, *s[1:]), float("nan"), dtype=torch.float64) for k, s in shapes.items()}
-    same = compute_bounds(graph, box, C, BoundOptions(method="crown"), want_upper=False, alphas=nan)
+    same = compute_bounds(graph, box, C, BoundOptions(method="crown"), want_upper=False, given=Given(alphas=nan))
     torch.testing.assert_close(same.lower, crown.lower)
     # Values outside [0, 1] are projected into range first: never an unsound bound.
     wild = {k: torch.full_like(v, 7.0) for k, v in nan.items()}
-    res = compute_bounds(graph, box, C, BoundOptions(method="crown"), want_upper=False, alphas=wild)
+    res = compute_bounds(graph, box, C, BoundOptions(method="crown"), want_upper=False, given=Given(alphas=wild))
     assert all(bool(((a >= 0) & (a <= 1)).all()) for a in res.alphas.values())
     ev = GraphEvaluator(graph, dtype=torch.float64)
     for i in range(2):
@@ -57,10 +58,11 @@ def test_given_default_alphas_reproduce_crown_and_any_given_value_stays_sound(tm
 def test_alpha_crown_started_from_given_alphas_is_at_least_their_bound(tmp_path) -> None:
     graph, box, C = _setup(tmp_path, seed=2)
     opt = compute_bounds(graph, box, C, BoundOptions(method="alpha-crown", alpha_iterations=10), want_upper=False)
-    fixed = compute_bounds(graph, box, C, BoundOptions(method="crown"), want_upper=False, alphas=opt.alphas)
+    fixed = compute_bounds(graph, box, C, BoundOptions(method="crown"), want_upper=False,
+                           given=Given(alphas=opt.alphas))
     assert bool((fixed.lower >= opt.lower - 1e-9).all())    # the alphas reproduce the bound they gave
     warm = compute_bounds(graph, box, C, BoundOptions(method="alpha-crown", alpha_iterations=3), want_upper=False,
-                          alphas=opt.alphas)
+                          given=Given(alphas=opt.alphas))
     assert bool((warm.lower >= fixed.lower - 1e-12).all())
 
 

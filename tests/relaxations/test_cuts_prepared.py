@@ -1,5 +1,5 @@
 """Two pieces of alpha-CROWN that general activation split leans on: constraints s*z >= s*c
-dualised with multipliers (`compute_bounds(cuts=...)`), and relaxations whose
+dualised with multipliers (`Given.cuts`), and relaxations whose
 alpha-independent part is prepared once per interval (`OpRule.prepare`)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from onnx import helper
 
 from models import GraphEvaluator, Node
-from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, Precision, compute_bounds
 from relaxations.alpha import optimise_alpha
 from relaxations.compute import _batch_cuts, intermediate_bounds
 from relaxations.registry import REGISTRY
@@ -67,7 +67,7 @@ def test_cut_bounds_hold_where_the_cut_does(tmp_path, side: float) -> None:
     s = torch.zeros(1, *g.shapes[z], dtype=torch.float64)
     s[..., :3] = side
     c = torch.where(s != 0, torch.full_like(s, 0.1), torch.zeros_like(s))
-    cut = compute_bounds(g, box, None, opts, want_upper=False, ev=ev, cuts={"k": (z, s, c)})
+    cut = compute_bounds(g, box, None, opts, want_upper=False, ev=ev, given=Given(cuts={"k": (z, s, c)}))
     xs = 2 * torch.rand(20000, 1, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
     vals = ev.forward_all(xs)
     zv = vals[z].reshape(len(xs), n)[:, :3]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import GraphEvaluator
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.compute import intermediate_bounds
 from tests.relaxations.test_crown import _linear_net, _relu_net
 
@@ -73,7 +73,7 @@ def test_forward_with_activation_splits_is_sound() -> None:
     sign = torch.zeros(1, *shape, dtype=torch.int8)
     sign.view(-1)[0] = 1
     res = compute_bounds(graph, box, None, BoundOptions(method="crown", intermediate="forward"), ev=ev,
-                         splits={relu_in: sign})
+                         given=Given(splits={relu_in: sign}))
     g = torch.Generator().manual_seed(0)
     xs = box.lower + (box.upper - box.lower) * torch.rand(4000, *box.lower.shape, generator=g, dtype=torch.float64)
     pre = torch.stack([x[0, 0] for x in xs])

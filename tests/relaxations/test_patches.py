@@ -14,7 +14,7 @@ from torch import nn
 
 from models import GraphEvaluator, graph_from_proto, load_onnx
 from models.from_torch import graph_from_module
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.bounds import LinearBounds, Precision
 from relaxations.compute import intermediate_bounds
 from relaxations.crown import backward_lower
@@ -293,7 +293,8 @@ def test_clip_hooks_receive_dense_linear_bounds_equal_to_the_dense_walk() -> Non
             return lb
 
     for patches in (False, True):
-        compute_bounds(graph, box, options=BoundOptions(method="crown", patches=patches), clip=Hook(patches))
+        compute_bounds(graph, box, options=BoundOptions(method="crown", patches=patches),
+                       given=Given(clip=Hook(patches)))
     assert len(seen[False]) == len(seen[True]) > 0
     for a, b in zip(seen[False], seen[True]):
         assert torch.allclose(a.A, b.A, atol=1e-12) and torch.allclose(a.bias, b.bias, atol=1e-12)

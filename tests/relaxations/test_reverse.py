@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models import GraphEvaluator
-from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.compute import intermediate_bounds
 from relaxations.crown import BackwardContext, rules_for
 from relaxations.reverse import tightened_box
@@ -96,7 +96,7 @@ def test_bounds_over_the_narrowed_box_hold_on_samples(tmp_path) -> None:
         splits[zs[0]][n, 0, j] = int(rng.choice([-1, 1]))
     box = IntervalBounds(torch.full((N, 1, 2), -1.0), torch.full((N, 1, 2), 1.0))
     opts = dataclasses.replace(BoundOptions(method="alpha-crown", alpha_iterations=5), tighten_input=True)
-    res = compute_bounds(model.graph, box, None, opts, want_upper=True, splits=splits)
+    res = compute_bounds(model.graph, box, None, opts, want_upper=True, given=Given(splits=splits))
     g = np.linspace(-1, 1, 151)
     xs = torch.from_numpy(np.stack(np.meshgrid(g, g), -1).reshape(-1, 1, 2))
     vals = GraphEvaluator(model.graph, dtype=torch.float64).forward_all(xs)

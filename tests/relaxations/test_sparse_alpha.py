@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import GraphEvaluator
-from relaxations import BoundOptions, IntervalBounds, Precision, compute_bounds
+from relaxations import BoundOptions, Given, IntervalBounds, Precision, compute_bounds
 from relaxations.alpha import optimise_alpha, unstable_index
 from relaxations.compute import intermediate_bounds
 from relaxations.crown import BackwardContext, rules_for
@@ -48,7 +48,7 @@ def test_sparse_and_dense_give_the_same_bounds(tmp_path, seed: int, intermediate
     for sparse in (False, True):
         opts = BoundOptions(method="alpha-crown", sparse_alpha=sparse, keep_betas=True,
                             optimise_intermediate=intermediate, alpha_iterations=15)
-        out[sparse] = compute_bounds(model.graph, box, C, opts, want_upper=False, ev=ev, splits=splits)
+        out[sparse] = compute_bounds(model.graph, box, C, opts, want_upper=False, ev=ev, given=Given(splits=splits))
     # the sparse form is really used: some ReLU keeps few of its elements
     ctx = BackwardContext(model.graph, ev, out[True].table, rules_for(model.graph))
     assert any(unstable_index(ctx, n) is not None for n in model.graph.nodes if n.op == "Relu")
