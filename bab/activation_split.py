@@ -185,8 +185,11 @@ class ReluBrancher:
         with at most `leaf_unstable` unstable neurons in their bound's `table`."""
         leaf = branch[:, 0] < 0
         if self.how.leaf_unstable > 0:
-            n = sum(((table[z].lower < 0) & (table[z].upper > 0)).reshape(len(lb), -1).sum(1) for z in self.shapes)
-            leaf = leaf | (n <= self.how.leaf_unstable)
+            N = len(lb)
+            n = sum(((table[z].lower < 0) & (table[z].upper > 0)).reshape(N, -1).sum(1) for z in self.shapes)
+            rows = sum((s != 0).reshape(N, -1).sum(1) for s in splits.values())
+            small = rows * self.problem.lower[0].numel() <= self.tuning.leaf_lp_max_entries
+            leaf = leaf | ((n <= self.how.leaf_unstable) & small)
         leaf = leaf & ~proved
         if self.how.leaf_solve is None or not bool(leaf.any()):
             return proved, []

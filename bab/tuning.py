@@ -23,6 +23,11 @@ class Tuning:
     pgd_focus_input: int = 64       # children attacked per such round (smallest objective first)
     pgd_focus_activation: int = 32  # activation split: minimisers attacked per round, over the whole region
     confirm_limit: int = 8          # candidates replayed per round (each costs a model run)
+    # A domain that is not fully split goes to the leaf LP (`bab.leaf_lp_unstable`) only
+    # while its constraint matrix (split neurons x inputs) stays under this many entries:
+    # about 0.6 ms for 2-100 inputs and tens of rows, but a dense LP over a CIFAR input
+    # with hundreds of split rows would cost more than the round it sits in.
+    leaf_lp_max_entries: int = 250_000
 
     # Domain clipping pays for itself only where it tightens: it keeps running while the
     # last round it ran in tightened at least `clip_rate` of what it saw, and otherwise
