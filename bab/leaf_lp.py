@@ -3,9 +3,9 @@
 A domain with no unstable ReLU left has nothing to branch on. beta-CROWN bounds it by a
 Lagrangian of the split constraints whose multipliers it optimises for a few steps;
 when they have not converged the leaf stays unproved although the network is affine on
-it, and until now such a leaf made the whole answer `unknown` (a 2-16-16-1 net with a 5%
-margin left 82,595 of them after a minute). The bound those steps approach is an LP over
-the input, solved here directly:
+it, and such a leaf made the whole answer `unknown` (BENCHMARKS.md: "LPs on the leaves
+of activation split"). The bound those steps approach is an LP over the input, solved
+here directly:
 
     find x in the box with   G_split x <= h_split   (each split decision, s z(x) >= 0)
                              G_conj  x <= h_conj    (each row of one conjunction, C y - d <= 0)
@@ -17,7 +17,9 @@ rounding margin, so every point of the domain that violates the conjunction sati
 all rows: an empty polytope proves the conjunction on the leaf whatever the network
 is. On a fully split ReLU leaf the rows are exact (a stable ReLU's relaxation is the
 ReLU), so a non-empty polytope holds a counterexample up to rounding: its point goes to
-the search's candidates and is replayed like any other.
+the search's candidates and is replayed like any other. Domains with a few unstable
+ReLUs left go to the same LP (`ReluSearch.leaf_unstable`): CROWN's lines stand at those,
+so the LP may prove such a domain, and its point is only a candidate.
 
 bab owns no solver (DESIGN.md section 2): the verifier passes `solve`, which answers
 "empty (with a checked certificate)" or "a point of the polytope" (verifier/region.py),

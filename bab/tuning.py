@@ -25,8 +25,8 @@ class Tuning:
     confirm_limit: int = 8          # candidates replayed per round (each costs a model run)
     # A domain that is not fully split goes to the leaf LP (`bab.leaf_lp_unstable`) only
     # while its constraint matrix (split neurons x inputs) stays under this many entries:
-    # about 0.6 ms for 2-100 inputs and tens of rows, but a dense LP over a CIFAR input
-    # with hundreds of split rows would cost more than the round it sits in.
+    # small LPs cost less than a millisecond, but a dense LP over a CIFAR input with
+    # hundreds of split rows would cost more than the round it sits in.
     leaf_lp_max_entries: int = 250_000
 
     # Domain clipping pays for itself only where it tightens: it keeps running while the

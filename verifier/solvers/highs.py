@@ -243,8 +243,8 @@ class HighsModel:
 def _solve_dense(A: np.ndarray, row_upper: np.ndarray, cost: np.ndarray, col_lower: np.ndarray,
                  col_upper: np.ndarray, quadratic: bool = False) -> Optional[tuple[float, np.ndarray, np.ndarray]]:
     """min cost.x (+ |x|^2 / 2 when `quadratic`) subject to A x <= row_upper and the column
-    bounds, passed whole to a fresh HiGHS instance (about 0.6 ms for tens of rows:
-    activation split asks many; `HighsModel`'s incremental blocks cost 4x that).
+    bounds, passed whole to a fresh HiGHS instance: activation split asks many small ones,
+    and building them block by block in a `HighsModel` costs several times more.
     (objective, x, row duals as multipliers y >= 0) or None when HiGHS reports no optimum."""
     import highspy
 
