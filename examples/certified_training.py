@@ -108,7 +108,7 @@ def train_certified(x: torch.Tensor, y: torch.Tensor, method: str, eps: float, e
             opt.step()
         lr_drop.step()
         if log and (epoch + 1) % max(1, epochs // 5) == 0:
-            _, info = certified_loss(net, x[:400], y[:400], eps, method="ibp")
+            _, info = certified_loss(net, x[:400], y[:400], eps, method="ibp", tightness=True)
             print(f"    {method} epoch {epoch + 1}/{epochs}: eps {schedule(epoch + 1):.3f}, train IBP "
                   f"verified {info.verified_accuracy:.2f} at {eps}, clean {info.clean_accuracy:.2f}, "
                   f"IBP tightness {info.tightness:.3f}")

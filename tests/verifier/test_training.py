@@ -1,6 +1,7 @@
 """Certified training: graphs from torch modules, gradients through bounds, schedules."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -487,3 +488,14 @@ def test_full_crown_training_is_at_least_crown_ibp(case: str) -> None:
     loss, _ = certified_loss(net, x, y, 0.05, method="crown", tightness=False)
     loss.backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
+
+
+def test_tightness_is_computed_only_when_asked() -> None:
+    """A training step pays for no diagnostic: tightness is NaN unless asked for."""
+    net = _mlp()
+    x = torch.rand(6, 12, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) % 4
+    _, info = certified_loss(net, x, y, 0.05, method="ibp")
+    assert math.isnan(info.tightness)
+    _, info = certified_loss(net, x, y, 0.05, method="ibp", tightness=True)
+    assert 0.0 < info.tightness <= 1.0
