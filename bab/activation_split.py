@@ -45,46 +45,6 @@ def relu_inputs(p: Problem) -> dict[str, str]:
     return {n.name: n.inputs[0] for n in p.graph.nodes if n.op == "Relu"}
 
 
-def _bound(p: Problem, splits: dict, options: BoundOptions, names: list[str], relus: dict[str, str],
-           branching: str = "babsr", fsb_candidates: int = 4, relaxed_clip: bool = False,
-           clip_k: int = 2, alphas: Optional[dict] = None, betas: Optional[dict] = None, more: int = 0,
-           narrowing: Optional[dict] = None) -> tuple[T, T, T, Optional[T], object]:
-    """Bound a batch of domains; also choose each one's next split (see bab/branching.py).
-
-    With `relaxed_clip`, each split `s z >= 0` and z's linear bound over the input give a
-    constraint on the domain's inputs; the `clip_k` most cutting ones per domain tighten
-    the intermediate bounds and the spec rows' bound (bab/clip_hooks.py, `SplitClipper`).
-    `alphas` / `betas` start alpha/beta-CROWN (a warm start; NaN alphas: the default).
-    Returns row bounds, the next split [N, 2], `more` further BaBSR choices [N, more, 2],
-    the bound's minimisers and the bound result.
-    """
-    N = next(iter(splits.values())).shape[0]
-    box = region_box(p, N)
-    clipper = SplitClipper(box.lower, box.upper, clip_k, precision=options.precision) if relaxed_clip else None
-    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev,
-                         given=Given(splits=splits, clip=clipper, known=p.known or None, alphas=alphas, betas=betas))
-    capture = res.coefficients
-    lower = res.lower.detach()
-    if clipper is not None:
-        with torch.no_grad():
-            lower = clipper.final(res.linear, lower)
-    lb = lower - p.d
-    babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
-    if branching == "fsb":
-        branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=fsb_candidates,
-                            narrowing=narrowing)
-    else:
-        branch = babsr_branch(babsr, offsets)
-    extra = more_branches(babsr, offsets, branch, more)
-    mins = res.linear.minimizer(res.box or box).detach() if res.linear is not None else None
-    if mins is not None and options.tighten_input and res.box is not None:
-        # A narrowed box's centre too: a corner of it may lie outside what narrowed it (a
-        # distance split active confines the inputs to a ball, whose corners are outside).
-        centre = (res.box.lower + res.box.upper) / 2
-        mins = torch.cat([mins, centre.unsqueeze(1).to(mins.dtype)], 1)
-    return lb, branch, extra, mins, res
-
-
 @dataclass(frozen=True)
 class ReluSearch:
     """The switches of one activation-split search (`bab.*` keys of verifier/config.py).
@@ -151,6 +111,7 @@ class ReluBrancher:
     tuning: Tuning = DEFAULT_TUNING
     room: int = 0                 # children a round may bound (2 x batch size)
     NARROWING_TRIES = 512         # neurons of each split tensor `_narrowing` tries at most
+    CLIP_K = 2                    # relaxed clipping: the most cutting split constraints per domain
 
     def __post_init__(self) -> None:
         how = self.how
@@ -208,10 +169,44 @@ class ReluBrancher:
 
     def _bound(self, splits: dict, alphas: Optional[dict] = None, betas: Optional[dict] = None,
                q: Optional[Problem] = None) -> tuple[T, T, T, Optional[T], object]:
-        how = self.how
-        return _bound(q or self.problem, splits, self.options, self.names, self.relus, how.branching,
-                      how.fsb_candidates, how.relaxed_clip, alphas=alphas, betas=betas, more=how.multi_split,
-                      narrowing=self.narrowing)
+        """Bound a batch of domains of `q` (default: the problem); also choose each one's
+        next split (see bab/branching.py).
+
+        With `relaxed_clip`, each split `s z >= 0` and z's linear bound over the input give a
+        constraint on the domain's inputs; the `CLIP_K` most cutting ones per domain tighten
+        the intermediate bounds and the spec rows' bound (bab/clip_hooks.py, `SplitClipper`).
+        `alphas` / `betas` start alpha/beta-CROWN (a warm start; NaN alphas: the default).
+        Returns row bounds, the next split [N, 2], `multi_split` further BaBSR choices
+        [N, more, 2], the bound's minimisers and the bound result.
+        """
+        p, how, options, names, relus = q or self.problem, self.how, self.options, self.names, self.relus
+        N = next(iter(splits.values())).shape[0]
+        box = region_box(p, N)
+        clipper = SplitClipper(box.lower, box.upper, self.CLIP_K, precision=options.precision) \
+            if how.relaxed_clip else None
+        res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev,
+                             given=Given(splits=splits, clip=clipper, known=p.known or None, alphas=alphas,
+                                         betas=betas))
+        capture = res.coefficients
+        lower = res.lower.detach()
+        if clipper is not None:
+            with torch.no_grad():
+                lower = clipper.final(res.linear, lower)
+        lb = lower - p.d
+        babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
+        if how.branching == "fsb":
+            branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options,
+                                k=how.fsb_candidates, narrowing=self.narrowing)
+        else:
+            branch = babsr_branch(babsr, offsets)
+        extra = more_branches(babsr, offsets, branch, how.multi_split)
+        mins = res.linear.minimizer(res.box or box).detach() if res.linear is not None else None
+        if mins is not None and options.tighten_input and res.box is not None:
+            # A narrowed box's centre too: a corner of it may lie outside what narrowed it (a
+            # distance split active confines the inputs to a ball, whose corners are outside).
+            centre = (res.box.lower + res.box.upper) / 2
+            mins = torch.cat([mins, centre.unsqueeze(1).to(mins.dtype)], 1)
+        return lb, branch, extra, mins, res
 
     def root(self) -> Bounded:
         dev = self.problem.lower.device
