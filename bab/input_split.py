@@ -38,12 +38,27 @@ __all__ = ["InputBrancher", "InputSearch", "input_split_bab"]
 T = torch.Tensor
 
 
-def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clip: bool = False,
-           keep: Optional[dict] = None, inherited: Optional[tuple[T, T]] = None, generations: int = 1,
-           intermediate: bool = True, joint: bool = False, tally: Optional[dict] = None,
-           box: bool = True, box_tally: Optional[dict] = None
+@dataclass(frozen=True)
+class _Clipping:
+    """How one bound call clips (Clip-and-Verify). `on`: at all (the search's `clip`);
+    `generations`: how many generations of constraints the children keep; `intermediate`:
+    the intermediate bounds too, this round; `joint`: the joint multi-constraint dual;
+    `box`: the boxes themselves, this round (else only the constraints for the children
+    are collected); `tally` / `box_tally`: where the gains are counted (`_worth_it`)."""
+
+    on: bool = False
+    generations: int = 1
+    intermediate: bool = True
+    joint: bool = False
+    box: bool = True
+    tally: Optional[dict] = None
+    box_tally: Optional[dict] = None
+
+
+def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Clipping = _Clipping(),
+           keep: Optional[dict] = None, inherited: Optional[tuple[T, T]] = None
            ) -> tuple[T, T, T, T, Optional[T], tuple[T, T]]:
-    """Bound the boxes; with `clip`, shrink them afterwards (Clip-and-Verify).
+    """Bound the boxes; with `clipping.on`, shrink them afterwards (Clip-and-Verify).
 
     Returns (lower, upper) of the possibly clipped boxes, row lower bounds [N, S] of
     C y - d, the coefficients [N, S, n_in] that choose the split dimension, the
@@ -56,16 +71,16 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clip: bool = F
     parents (valid on these boxes), which also tighten the intermediate bounds. With
     `keep` (proof logs), keep["alphas"] receives alpha-CROWN's best slopes per row
     (relu -> [N, S, *shape]) and keep["unstable"] each such ReLU's unstable mask [N, *shape].
-    With `box` off (paused), clipping only collects the constraints for the children.
+    With `clipping.box` off (paused), clipping only collects the constraints for the children.
     """
     N = lower.shape[0]
     n = lower[0].numel()
     if inherited is None:
         inherited = (lower.new_zeros(N, 0, n), lower.new_zeros(N, 0))
     hook = None
-    if clip and intermediate and inherited[1].shape[1]:
+    if clipping.on and clipping.intermediate and inherited[1].shape[1]:
         hook = ConstraintClipper(lower, upper, *inherited, _owners(p, inherited[1].shape[1]), p.n_conj,
-                                 options.precision, tally)
+                                 options.precision, clipping.tally)
     res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev,
                          given=Given(clip=hook, known=p.known or None))
     lb = res.lower.detach() - p.d
@@ -79,9 +94,9 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clip: bool = F
     A = res.linear.A.detach().reshape(N, S, -1)
     split_A = res.crown_linear.A.detach().reshape(N, S, -1) if res.crown_linear is not None and S > 1 else A
     cons = inherited
-    if clip:
-        lower, upper, lb, cons = _clip(p, lower, upper, lb, A, res.linear.bias.detach(), res.linear.mass.detach(),
-                                       inherited, generations, joint, box, box_tally)
+    if clipping.on:
+        lin = (A, res.linear.bias.detach(), res.linear.mass.detach())
+        lower, upper, lb, cons = _clip(p, lower, upper, lb, lin, inherited, clipping)
     mins = res.linear.minimizer(IntervalBounds(lower, upper)).detach()
     return lower, upper, lb, split_A, mins, cons
 
@@ -143,9 +158,8 @@ def _count_box_gains(tally: Optional[dict], lo: T, hi: T, nlo: T, nhi: T, empty:
     tally["tightened"] = tally.get("tightened", 0) + int(gained.sum())
 
 
-def _clip(p: Problem, lower: T, upper: T, lb: T, A: T, bias: T, mass: T, inherited: tuple[T, T],
-          generations: int, joint: bool = False, box: bool = True, box_tally: Optional[dict] = None
-          ) -> tuple[T, T, T, tuple[T, T]]:
+def _clip(p: Problem, lower: T, upper: T, lb: T, lin: tuple[T, T, T], inherited: tuple[T, T],
+          clipping: _Clipping) -> tuple[T, T, T, tuple[T, T]]:
     """Shrink each box to the hull of the points where a counterexample could be.
 
     Every counterexample of a conjunction satisfies A_s x + bias_s - d_s <= 0 for each of
@@ -156,8 +170,10 @@ def _clip(p: Problem, lower: T, upper: T, lb: T, A: T, bias: T, mass: T, inherit
     dual (never looser than before): per constraint, or with `joint` all of a row's
     constraints together by coordinate ascent. The children keep the newest `generations`.
     With `box` off (paused) the boxes and bounds are left as they are: only the
-    constraints for the children are collected.
+    constraints for the children are collected. `lin`: the bound's (A, bias, mass).
     """
+    A, bias, mass = lin
+    joint, box, generations = clipping.joint, clipping.box, clipping.generations
     N = lower.shape[0]
     lo, hi = lower.reshape(N, -1), upper.reshape(N, -1)
     a, c = row_constraints(A, bias, p.d, lo=lo, hi=hi, mass=mass)
@@ -174,7 +190,8 @@ def _clip(p: Problem, lower: T, upper: T, lb: T, A: T, bias: T, mass: T, inherit
         lb = torch.where(empty[:, None], torch.full_like(lb, torch.inf), lb)
         after, _ = rows_status(p, lb)
         open_ = ~before
-        _count_box_gains(box_tally, lo[open_], hi[open_], nlo[open_], nhi[open_], empty[open_], after[open_])
+        _count_box_gains(clipping.box_tally, lo[open_], hi[open_], nlo[open_], nhi[open_], empty[open_],
+                         after[open_])
     K = len(p.owner) * generations
     if c_all.shape[1] < K:  # young domains: pad with unused constraints (c = nan is ignored)
         pad = K - c_all.shape[1]
@@ -267,8 +284,8 @@ class InputBrancher:
         lower, upper = p.lower, p.upper
         if self.how.clip:
             lower, upper, _ = _region_clip(p, lower, upper)  # verify() proved the region non-empty or left it
-        lo, hi, lb, A, _, cons = _bound(p, lower, upper, self.options, self.how.clip, logged,
-                                        generations=self.how.clip_generations)
+        clipping = _Clipping(on=self.how.clip, generations=self.how.clip_generations)
+        lo, hi, lb, A, _, cons = _bound(p, lower, upper, self.options, clipping, logged)
         proved, score = rows_status(p, lb)
         return Bounded(DomainBatch(lo, hi, lb, score, A, *cons), proved, leaf_data=logged or {})
 
@@ -310,9 +327,9 @@ class InputBrancher:
         if use:
             self.tally = {}  # the decision follows the latest round that clipped
         logged: Optional[dict] = {} if self.how.record_proof else None
-        lo, hi, lb, A, mins, cons = _bound(p, ch.lo, ch.hi, self.options, self.how.clip, logged, ch.inherited,
-                                           self.how.clip_generations, use, self.how.clip_joint, self.tally, ch.box,
-                                           self.box_tally)
+        clipping = _Clipping(self.how.clip, self.how.clip_generations, use, self.how.clip_joint, ch.box, self.tally,
+                             self.box_tally)
+        lo, hi, lb, A, mins, cons = _bound(p, ch.lo, ch.hi, self.options, clipping, logged, ch.inherited)
         proved, _ = rows_status(p, lb)
         n = len(lo)
         candidates = [(lo + hi) / 2]
