@@ -64,8 +64,9 @@ def _rows(lin: LinearBounds, box: IntervalBounds, precision: Precision) -> tuple
     B, R = lin.bias.shape
     A = lin.A.reshape(B, R, -1)
     _, mass = interval_terms(A, IntervalBounds(box.lower.reshape(B, -1), box.upper.reshape(B, -1)))
-    offset = lin.bias - precision.margin(mass + lin.mass)
-    return A.double(), offset.double()
+    # In float64: the subtraction itself must not round the margin away.
+    offset = lin.bias.double() - precision.margin(mass.double() + lin.mass.double())
+    return A.double(), offset
 
 
 def decide_leaves(p: Problem, splits: dict[str, T], open_conj: T, options: BoundOptions,

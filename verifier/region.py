@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from relaxations.lp import dual_lower_bound
 from vnnlib.spec import InputRegion
 
 __all__ = ["empty_region_proof", "check_empty_region", "polytope_point"]
@@ -81,23 +82,15 @@ def _gamma(k: int) -> float:
 def farkas_proves_empty(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                         y: np.ndarray) -> bool:
     """Whether multipliers ``y >= 0`` show that no x of the box meets ``G x <= h``:
-    ``min over the box of (y G) x > y h``, both sides computed in float64 and moved apart
-    by a rigorous bound of their rounding (so a claim of emptiness is never the
-    floating point's)."""
+    ``min over the box of (y G) x > y h``. That is `relaxations.lp.dual_lower_bound` with a
+    zero objective (its rigorous lower bound of min 0 over the polytope is the difference
+    of the two sides, its rounding bounded), so a claim of emptiness is never the floating
+    point's."""
     if y.shape != (G.shape[0],) or np.any(y < 0) or not np.all(np.isfinite(y)):
         return False
     m, n = G.shape
-    r = y @ G
-    r_err = _gamma(m) * (y @ np.abs(G))
-    end = np.where(r > 0, lower, upper)
-    used = (r != 0) | (r_err != 0)
-    if not np.all(np.isfinite(lower[used])) or not np.all(np.isfinite(upper[used])):
-        return False
-    size = np.maximum(np.abs(lower), np.abs(upper))
-    terms = r[used] * end[used]
-    lowest = terms.sum() - _gamma(n) * np.abs(terms).sum() - (r_err[used] * size[used]).sum() * (1 + _gamma(n))
-    rhs_hi = y @ h + _gamma(m) * (y @ np.abs(h))
-    return bool(lowest > rhs_hi)
+    return bool(dual_lower_bound(np.zeros(n), G, np.full(m, -np.inf), np.asarray(h, np.float64),
+                                 np.asarray(lower, np.float64), np.asarray(upper, np.float64), -y) > 0)
 
 
 def ball_lowest(G: np.ndarray, lower: np.ndarray, upper: np.ndarray, ball: tuple[np.ndarray, float],
