@@ -16,8 +16,8 @@ import torch
 from models import Graph, GraphEvaluator
 from relaxations.bounds import BallBox, IntervalBounds, rows_proved
 
-__all__ = ["Problem", "region_box", "into_ball", "rows_status", "open_rows", "rows_left_open", "rows_problem",
-           "objective", "violations"]
+__all__ = ["Problem", "region_box", "into_ball", "project_l2", "rows_status", "open_rows", "rows_left_open",
+           "rows_problem", "objective", "violations"]
 
 T = torch.Tensor
 
@@ -65,17 +65,22 @@ def region_box(p: Problem, n: int) -> IntervalBounds:
 BALL_SHRINK = 1e-5
 
 
-def into_ball(p: Problem, xs: T) -> T:
-    """Points xs [M, *input_shape] projected into the problem's ball (then into its box,
-    which contains the centre, so the clamp moves no coordinate away from it); unchanged
-    without a ball."""
-    if p.ball is None:
-        return xs
-    centre, radius = p.ball
+def project_l2(xs: T, centre: T, radius, lower, upper) -> T:
+    """Points xs [M, *shape] projected a hair (`BALL_SHRINK`) inside the l2 ball, then
+    clamped to [lower, upper] (tensors or floats). When the box holds the centre, the clamp
+    moves no coordinate away from it, so the points stay in the ball."""
     d = xs - centre
     norm = d.reshape(len(xs), -1).norm(dim=1).clamp_min(1e-30)
     scale = torch.clamp(radius * (1 - BALL_SHRINK) / norm, max=1.0).reshape(-1, *([1] * (xs.dim() - 1)))
-    return torch.minimum(torch.maximum(centre + d * scale, p.lower), p.upper)
+    return torch.clamp(centre + d * scale, lower, upper)
+
+
+def into_ball(p: Problem, xs: T) -> T:
+    """Points xs [M, *input_shape] projected into the problem's ball and box (`project_l2`);
+    unchanged without a ball."""
+    if p.ball is None:
+        return xs
+    return project_l2(xs, p.ball[0], p.ball[1], p.lower, p.upper)
 
 
 def rows_status(p: Problem, lb: T) -> tuple[T, T]:

@@ -37,7 +37,7 @@ from torch import nn
 import vnnlib
 from bab.activation_split import ReluSearch, activation_split_bab
 from bab.general_split import IntervalSearch, general_split_bab, needs_general_split
-from bab.problem import Problem
+from bab.problem import Problem, project_l2
 from bab.search import SearchHooks, SearchLimits, SearchOutcome
 from models import GraphEvaluator, graph_from_proto
 from models.ort_check import check_against_onnxruntime
@@ -175,7 +175,7 @@ def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, lower: f
     noise = torch.randn(batch.shape, generator=gen)
     norms = noise.reshape(restarts, -1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (len(shape) - 1)))
     radius = torch.rand(restarts, generator=gen).reshape(norms.shape) * eps
-    xs = _project(centre + noise / norms * radius, centre, eps, lower, upper)
+    xs = project_l2(centre + noise / norms * radius, centre, eps, lower, upper)
     step = 2.5 * eps / steps
     for _ in range(steps):
         if time.monotonic() > deadline:
@@ -187,20 +187,12 @@ def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, lower: f
         loss = (others.max(1).values - out[:, label]).sum()
         (grad,) = torch.autograd.grad(loss, xs)
         gnorm = grad.reshape(restarts, -1).norm(dim=1).clamp_min(1e-12).reshape(norms.shape)
-        xs = _project(xs.detach() + step * grad / gnorm, centre, eps, lower, upper)
+        xs = project_l2(xs.detach() + step * grad / gnorm, centre, eps, lower, upper)
         for cand in xs.reshape(restarts, -1).numpy():
             found = _replay_l2(model, cand, point, label, eps, lower, upper)
             if found is not None:
                 return found
     return None
-
-
-def _project(xs: torch.Tensor, centre: torch.Tensor, eps: float, lower: float, upper: float) -> torch.Tensor:
-    d = xs - centre
-    n = d.reshape(d.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (d.dim() - 1)))
-    # A hair inside the ball, so that rounding the float32 point keeps it in.
-    d = d * torch.clamp((eps * (1 - 1e-5)) / n.clamp_min(1e-12), max=1.0)
-    return (centre + d).clamp(lower, upper)
 
 
 def _replay_l2(model: Model, cand: np.ndarray, point: np.ndarray, label: int, eps: float, lower: float,
