@@ -43,7 +43,7 @@ from models import GraphEvaluator, graph_from_proto
 from models.ort_check import check_against_onnxruntime
 from relaxations import BallBox, BoundOptions, compute_bounds
 from relaxations.bounds import DeadlineExceeded
-from verifier.api import ShapeError, bound_options, dtype_of
+from verifier.api import ShapeError, bound_options, dtype_of, outward_box
 from verifier.config import Config, resolve_device
 from verifier.model import Model
 from verifier.region import polytope_point
@@ -225,9 +225,13 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     others = [j for j in range(K) if j != label]
     C[0, torch.arange(K - 1), label] = 1.0
     C[0, torch.arange(K - 1), others] = -1.0
-    c = torch.tensor(point, dtype=dt, device=device).reshape(1, *model.graph.input_shape)
-    region = BallBox((c - eps).clamp(min=lower), (c + eps).clamp(max=upper), c,
-                     torch.full((1,), float(eps), dtype=dt, device=device))
+    shape = (1, *model.graph.input_shape)
+    c = torch.tensor(point, dtype=dt, device=device).reshape(shape)   # float32 points are exact in dt
+    # The box and the radius rounded outward from float64: c - eps in float32 may round
+    # inward, and a float32 radius below eps would leave the ball's rim unexamined.
+    lo, hi = outward_box(np.maximum(point - eps, lower), np.minimum(point + eps, upper), dt, device)
+    _, radius = outward_box([eps], [eps], dt, device)
+    region = BallBox(lo.reshape(shape), hi.reshape(shape), c, radius)
     methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
     t = time.monotonic()
     try:
