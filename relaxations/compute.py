@@ -235,7 +235,7 @@ def folded_ibp_lower(ctx: BackwardContext, box: IntervalBounds, A: T, options: B
     coefficient tensor exceeds `options.max_elements`.
     """
     fctx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, cache=None, relax=False,
-                           deadline=options.deadline)
+                           deadline=options.deadline, masses=not precision.exact)
     B, S = A.shape[:2]
     widest = max([box.lower[0].numel()] + [torch.Size(s).numel() for s in ctx.graph.shapes.values() if s])
     chunk = max(1, options.max_elements // max(1, B * widest))

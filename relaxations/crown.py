@@ -106,6 +106,10 @@ class BackwardContext:
     # (relaxations/l2.py, over a BallBox input): a ReLU reading such a tensor gets
     # SDP-CROWN's bias where it beats CROWN's (relaxations/sdp_crown.py).
     balls: Optional[Mapping[str, tuple]] = None
+    # False: terms that stop at an interval carry no rounding mass (their bound is for a
+    # loss term under `Precision.none()`, which widens nothing), so the pass skips the
+    # products that sum it; under autograd those are most of a folded IBP step's time.
+    masses: bool = True
 
 
 def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
@@ -273,7 +277,8 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
         b, m = _dot2(A - pos, upper_terms)      # min(A, 0), exactly
         bias, mass = bias + b, mass - m
     if isinstance(r, PartialRelaxation):
-        b, m = interval_terms(A * r.unbounded, ctx.table[node.outputs[0]])
+        b, m = interval_terms(A * r.unbounded, ctx.table[node.outputs[0]], want_mass=ctx.masses)
+        m = torch.zeros_like(b) if m is None else m
         bias, mass = bias + b, mass + m
     elif ctx.balls is not None and node.op == "Relu" and node.inputs[0] in ctx.balls:
         # Both are sound biases for the same A_in: per row, the higher one (a finite one:
@@ -527,8 +532,8 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
                 m = torch.zeros_like(bias)
                 for o, a in zip(node.outputs, A_outs):
                     if a is not None:
-                        v, mm = interval_terms(a, ctx.table[o])
-                        b, m = b + v, m + mm
+                        v, mm = interval_terms(a, ctx.table[o], want_mass=ctx.masses)
+                        b, m = b + v, (m if mm is None else m + mm)
         bias, mass = bias + b, mass + m
     A_in = As.pop(graph.input_name, None)
     if ctx.extra_A:

@@ -72,10 +72,11 @@ def module_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
 
 def margin_matrix(y: T, n_classes: int) -> T:
     """C [B, K-1, K] with rows e_y - e_j for every j != y (in increasing j)."""
-    B = y.shape[0]
+    # The j-th other class is j, or j + 1 from y on: index arithmetic, where a boolean
+    # mask would cost a nonzero() and a host sync every training step.
+    j = torch.arange(n_classes - 1, device=y.device).unsqueeze(0)
+    others = j + (j >= y.unsqueeze(1)).to(j.dtype)
     eye = torch.eye(n_classes, device=y.device)
-    others = torch.arange(n_classes, device=y.device).expand(B, -1)
-    others = others[others != y.unsqueeze(1)].reshape(B, n_classes - 1)
     return eye[y].unsqueeze(1) - eye[others]
 
 
