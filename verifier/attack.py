@@ -3,6 +3,14 @@
 The objective for an input is min over conjunctions of max over rows of
 (C_i y - d_i): it is <= 0 exactly when some conjunction holds. Candidates are only
 candidates; `replay.confirm` decides.
+
+A region cut by rows `A x <= b` (VNN-LIB 2.0's coupled inputs, such as `|X - X2| <= eps`
+between two copies of a network) would leave a box search almost no admissible point:
+a random point of the box meets 128 such rows by chance almost never. Sampled points
+and every PGD step are therefore moved onto the rows (simultaneous projections onto the
+violated half-spaces, then the box: cheap, and exact for rows on disjoint coordinates),
+and a candidate that still misses a row is repaired by its nearest point of the region
+(a HiGHS QP, rows pulled in by their float32 rounding) before it is replayed.
 """
 from __future__ import annotations
 
@@ -18,8 +26,9 @@ from vnnlib import Disjunct
 from verifier.config import AttackConfig
 from verifier.model import Model
 from verifier.replay import confirm
+from verifier.solvers.highs import closest_point
 
-__all__ = ["SpecTensors", "spec_tensors", "margin", "attack_disjunct"]
+__all__ = ["SpecTensors", "spec_tensors", "margin", "attack_disjunct", "onto_rows", "repaired"]
 
 
 class SpecTensors:
@@ -52,10 +61,37 @@ def margin(st: SpecTensors, y: torch.Tensor) -> torch.Tensor:
     return v.amax(-1).amin(-1)
 
 
+def onto_rows(x: torch.Tensor, A: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+              sweeps: int = 4) -> torch.Tensor:
+    """Points x [N, n] moved toward {A x <= b} within the box [lo, hi]: each sweep projects
+    every point onto all its violated half-spaces at once, then clamps to the box."""
+    norms = (A * A).sum(1).clamp_min(1e-30)
+    for _ in range(sweeps):
+        excess = (x @ A.T - b).clamp(min=0)
+        if not bool((excess > 0).any()):
+            break
+        x = (x - (excess / norms) @ A).clamp(lo, hi)
+    return x
+
+
+def repaired(disjunct: Disjunct, x: np.ndarray) -> Optional[np.ndarray]:
+    """x itself when it meets the region's rows, else the region's nearest point to it with
+    every row pulled in by a margin that covers the cast to float32 (None: no such point)."""
+    region = disjunct.region
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if region.A is None or region.A.shape[0] == 0 or bool(np.all(region.A @ x <= region.b)):
+        return x
+    scale = np.maximum(np.abs(region.lower), np.abs(region.upper))
+    margin = 1e-6 * (np.abs(region.b) + np.abs(region.A) @ scale) + 1e-12
+    out = closest_point(region.A, region.b - margin, region.lower, region.upper, x)
+    return None if out is None else out[0]
+
+
 def _try(model: Model, disjunct: Disjunct, xs: np.ndarray, scores: np.ndarray, limit: int
          ) -> Optional[tuple[np.ndarray, np.ndarray]]:
     for i in np.argsort(scores)[:limit]:
-        found = confirm(model, disjunct, xs[i])
+        x = repaired(disjunct, xs[i])
+        found = None if x is None else confirm(model, disjunct, x)
         if found is not None:
             return found
     return None
@@ -72,6 +108,10 @@ def attack_disjunct(model: Model, ev: GraphEvaluator, disjunct: Disjunct, cfg: A
     lo = torch.tensor(disjunct.region.lower, dtype=dt, device=dev)
     hi = torch.tensor(disjunct.region.upper, dtype=dt, device=dev)
     st = spec_tensors(disjunct, dt, dev)
+    rows = disjunct.region.A is not None and disjunct.region.A.shape[0] > 0
+    A = torch.tensor(disjunct.region.A, dtype=dt, device=dev) if rows else None
+    b = torch.tensor(disjunct.region.b, dtype=dt, device=dev) if rows else None
+    feasible = (lambda p: onto_rows(p, A, b, lo, hi)) if rows else (lambda p: p)  # noqa: E731
     gen = torch.Generator(device="cpu").manual_seed(seed)
     n = max(cfg.samples, 1)
     pts = [((lo + hi) / 2).unsqueeze(0), lo.unsqueeze(0), hi.unsqueeze(0),
@@ -80,7 +120,7 @@ def attack_disjunct(model: Model, ev: GraphEvaluator, disjunct: Disjunct, cfg: A
     pts.append(torch.where(corners, hi, lo))
     if extra is not None and len(extra):
         pts.append(torch.as_tensor(np.asarray(extra).reshape(len(extra), -1), dtype=dt, device=dev))
-    xs = torch.cat(pts).clamp(lo, hi)
+    xs = feasible(torch.cat(pts).clamp(lo, hi))
     with torch.no_grad():
         scores = margin(st, ev(xs.reshape(-1, *shape)).reshape(len(xs), -1))
     found = _try(model, disjunct, xs.cpu().numpy(), scores.cpu().numpy(), 3)
@@ -89,7 +129,7 @@ def attack_disjunct(model: Model, ev: GraphEvaluator, disjunct: Disjunct, cfg: A
     half = (hi - lo) / 2
     starts = xs[torch.argsort(scores)[: max(cfg.restarts // 2, 1)]]
     rand = lo + (hi - lo) * torch.rand(cfg.restarts, lo.numel(), generator=gen, dtype=dt).to(dev)
-    x = torch.cat([starts, rand]).clone()
+    x = feasible(torch.cat([starts, rand])).clone()
     best_x, best_s = x.clone(), torch.full((len(x),), torch.inf, dtype=dt, device=dev)
     for step in range(cfg.steps):
         if time.monotonic() > deadline:
@@ -104,7 +144,7 @@ def attack_disjunct(model: Model, ev: GraphEvaluator, disjunct: Disjunct, cfg: A
             if grad is None:
                 break     # the output is piecewise constant in x: nothing to follow
             size = cfg.step_size * (1e-3 ** (step / max(cfg.steps - 1, 1)))  # geometric decay
-            x = (x - size * half * grad.sign()).clamp(lo, hi)
+            x = feasible((x - size * half * grad.sign()).clamp(lo, hi))
         if bool((best_s <= 0).any()):
             found = _try(model, disjunct, best_x.cpu().numpy(), best_s.cpu().numpy(), 3)
             if found is not None:
