@@ -4,6 +4,7 @@ and verified on a small radius."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _example(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -131,3 +133,71 @@ def test_s_shaped_tangents_halfway_are_tighter_than_the_crown_papers(tanh_net, m
         worst[key] = float(lower.amin(1).sum())
     assert worst["halfway"] > worst["paper"] + 5.0, worst
     assert worst["lean"] > worst["halfway"], worst   # on one side of 0, leaning to the flat end
+
+
+needs_parser = pytest.mark.skipif(
+    not (__import__("vnnlib.standard", fromlist=["vendor_dir"]).vendor_dir() / "vnnlib" / "__init__.py").is_file(),
+    reason="the standard's VNN-LIB parser is not installed beside the venv (`make` installs it)")
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory):
+    ex = _example("vnnlib2_queries")
+    out = tmp_path_factory.mktemp("vnnlib2")
+    teacher, xte, yte, acc = ex.train_digits()
+    table = ex.train_tabular(epochs=40)
+    ex.export(teacher, out / "digits.onnx")
+    ex.export_tabular(table, out / "tabular.onnx")
+    return ex, out, teacher, table, xte[0].astype(np.float64)
+
+
+def _verify_query(ex, capsys, path, text: str, networks: dict):
+    from verifier.cli import main
+
+    path.write_text(text)
+    args = ["verify", str(path), "--timeout", "60"]
+    for name, net in networks.items():
+        args += ["--network", f"{name}={net}"]
+    assert main(args) == 0
+    return ex.parse_output(capsys.readouterr().out.splitlines())
+
+
+@needs_parser
+def test_global_robustness_of_two_equal_to_copies(queries, capsys) -> None:
+    """Two copies of the digits net, inputs within eps of each other pixel by pixel: a
+    pair whose argmaxes differ is found (the attack moves its points onto the 128 rows
+    that couple the copies) and checked against the torch module; the smaller
+    neighbourhood is proved, and 3,000 sampled pairs in it agree."""
+    ex, out, teacher, table, x0 = queries
+    nets = {"f": out / "digits.onnx"}
+    found = _verify_query(ex, capsys, out / "g1.vnnlib", ex.global_robustness(x0, 0.1, 0.05), nets)
+    assert found.verdict == "sat"
+    v = found.values
+    assert ex.replayed(found, {"f": teacher}, lambda v: True)
+    assert np.argmax(v["Y"]) != np.argmax(v["Y2"]) and np.abs(v["X"] - v["X2"]).max() <= 0.05
+    assert np.abs(v["X"] - x0).max() <= 0.1 + 1e-6
+    proved = _verify_query(ex, capsys, out / "g2.vnnlib", ex.global_robustness(x0, 0.05, 0.02), nets)
+    assert proved.verdict == "unsat"
+    g = np.random.default_rng(0)
+    xs = np.clip(x0 + 0.05 * (2 * g.random((3000, 64)) - 1), 0, 1)
+    x2 = np.clip(xs + 0.02 * (2 * g.random((3000, 64)) - 1), 0, 1)
+    with torch.no_grad():
+        a, b = (teacher(torch.from_numpy(z).float()).argmax(1) for z in (xs, x2))
+    assert bool((a == b).all())
+
+
+@needs_parser
+def test_monotonicity_and_a_polynomial_output_constraint(queries, capsys) -> None:
+    """The tabular model: the first output is non-monotone in feature 1 (a pair found and
+    checked), and its squared output norm is proved below twice its sampled peak."""
+    ex, out, teacher, table, x0 = queries
+    nets = {"f": out / "tabular.onnx"}
+    lo, hi = np.zeros(ex.FEATURES), np.ones(ex.FEATURES)
+    found = _verify_query(ex, capsys, out / "m.vnnlib", ex.monotonicity(lo, hi, 1, 0.0), nets)
+    assert found.verdict == "sat" and ex.replayed(found, {"f": table}, lambda v: ex._mono(v, 1, 0.0))
+    with torch.no_grad():
+        ys = table(torch.rand(5000, ex.FEATURES, generator=torch.Generator().manual_seed(0))).numpy()
+    peak = float((ys ** 2).sum(1).max())
+    assert _verify_query(ex, capsys, out / "p.vnnlib", ex.squared_norm(lo, hi, 2 * peak), nets).verdict == "unsat"
+    found = _verify_query(ex, capsys, out / "p2.vnnlib", ex.squared_norm(lo, hi, 0.9 * peak), nets)
+    assert found.verdict == "sat" and float((found.values["Y"].astype(np.float64) ** 2).sum()) > 0.9 * peak

@@ -22,7 +22,7 @@ import numpy as np
 from vnnlib.errors import plain
 from vnnlib.spec import Disjunct, InputRegion, OutputConstraints, Spec
 
-__all__ = ["format_vnnlib", "format_vnnlib2", "write_vnnlib", "robustness_spec"]
+__all__ = ["format_vnnlib", "format_vnnlib2", "write_vnnlib", "robustness_spec", "decimal"]
 
 
 def _num(value: float) -> str:
@@ -32,7 +32,7 @@ def _num(value: float) -> str:
     return repr(value + 0.0)
 
 
-def _decimal(value: float) -> str:
+def decimal(value: float) -> str:
     """A float64 as 2.0's grammar writes it: plain decimal digits, never an exponent,
     always a point (``3.0``: ``3`` would be an integer constant); reads back exactly."""
     value = float(value)
@@ -55,7 +55,7 @@ _V1 = _Style(lambda prefix, k: f"{prefix}_{k}", _num)
 def _v2(input_shape: Sequence[int], output_shape: Sequence[int]) -> _Style:
     shapes = {"X": tuple(input_shape), "Y": tuple(output_shape)}
     return _Style(lambda prefix, k: f"{prefix}[{','.join(map(str, np.unravel_index(k, shapes[prefix])))}]",
-                  _decimal)
+                  decimal)
 
 
 def _term(coefs: np.ndarray, prefix: str, style: _Style) -> str:
