@@ -22,7 +22,7 @@ ReLUs left go to the same LP (`ReluSearch.leaf_unstable`): CROWN's lines stand a
 so the LP may prove such a domain, and its point is only a candidate.
 
 bab owns no solver (DESIGN.md section 2): the verifier passes `solve`, which answers
-"empty (with a checked certificate)" or "a point of the polytope" (verifier/region.py),
+"empty (with a checked certificate)" or "a point of the polytope" (verifier/lp/region.py),
 the polytope cut by the problem's l2 ball when it has one.
 """
 from __future__ import annotations

@@ -46,16 +46,16 @@ step gpu.txt "$PY" -c 'import torch; print("torch", torch.__version__, torch.cud
 # The device tests: the cuda case of every test that takes the `device` fixture.
 step pytest_gpu.log "$PY" -m pytest -p no:cacheprovider -m gpu -q -rs --continue-on-collection-errors
 
-# Branch and bound, domains/s: the default set of verifier.bench_bab (3 mnist_fc instances
+# Branch and bound, domains/s: the default set of verifier.bench.bab (3 mnist_fc instances
 # that need activation split, 3 ACAS Xu that need input split; about 80 s a run).
-BAB=("$PY" -m verifier.bench_bab --bench-root "$SHARED/bench" --timeout 30)
+BAB=("$PY" -m verifier.bench.bab --bench-root "$SHARED/bench" --timeout 30)
 step bab.log "${BAB[@]}" --device cuda --warmup 5 --out "$OUT/bab_cuda.csv"
 step bab.log "${BAB[@]}" --device cpu --out "$OUT/bab_cpu.csv"
-step bab.log "$PY" -m verifier.bench_bab --compare "$OUT/bab_cpu.csv" "$OUT/bab_cuda.csv"
+step bab.log "$PY" -m verifier.bench.bab --compare "$OUT/bab_cpu.csv" "$OUT/bab_cuda.csv"
 
 # Bound passes alone (IBP, CROWN, alpha-CROWN) over mnist_fc and oval21 input regions, cuda then cpu.
 for fam_limit in 2022_mnist_fc:10 2022_oval21:5; do
-    BOUNDS=("$PY" -m verifier.bench_bounds "$SHARED/bench/${fam_limit%:*}/instances.csv" --limit "${fam_limit#*:}")
+    BOUNDS=("$PY" -m verifier.bench.bounds "$SHARED/bench/${fam_limit%:*}/instances.csv" --limit "${fam_limit#*:}")
     step bounds.log "${BOUNDS[@]}" --device cuda
     step bounds.log "${BOUNDS[@]}" --device cpu
 done

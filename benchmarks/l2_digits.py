@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import verifier
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from verifier.config import load_config
-from verifier.torch_verify import module_model
-from verifier.training import margin_matrix
+from verifier.pytorch.verify_module import module_model
+from verifier.pytorch.training import margin_matrix
 
 from digits_nets import DigitsCNN, digits
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relaxations import BallBox, BoundOptions, IntervalBounds, compute_bounds
-from verifier.training import (CertifiedOptions, EpsilonSchedule, adversarial_points, certified_loss,
+from verifier.pytorch.training import (CertifiedOptions, EpsilonSchedule, adversarial_points, certified_loss,
                                ibp_tightness, margin_matrix, module_graph)
 
 from digits_nets import digits

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from verifier.training import certified_loss
+from verifier.pytorch.training import certified_loss
 
 from digits_nets import DigitsCNN, digits
 

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import torch  # noqa: E402
 from certified_training import load_data, train_normal, train_certified
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
-from verifier.training import margin_matrix, module_graph
+from verifier.pytorch.training import margin_matrix, module_graph
 
 torch.manual_seed(0)
 torch.set_num_threads(2)

@@ -47,7 +47,7 @@ import verifier
 import vnnlib
 from models.lipschitz_layers import SandwichNet
 from verifier.config import load_config
-from verifier.training import CertifiedOptions, EpsilonSchedule, adversarial_points, certified_loss
+from verifier.pytorch.training import CertifiedOptions, EpsilonSchedule, adversarial_points, certified_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 N_IN, N_OUT = 64, 10

@@ -26,8 +26,8 @@ _HOME = {
     "Model": "verifier.model", "load_model": "verifier.model",
     "Result": "verifier.result",
     "SpecMismatch": "verifier.verify", "verify": "verifier.verify",
-    "certified_loss": "verifier.training", "EpsilonSchedule": "verifier.training",
-    "verify_module": "verifier.torch_verify",
+    "certified_loss": "verifier.pytorch.training", "EpsilonSchedule": "verifier.pytorch.training",
+    "verify_module": "verifier.pytorch.verify_module",
 }
 
 __all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",

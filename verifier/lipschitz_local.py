@@ -7,7 +7,7 @@ that is a Lipschitz constant of ``c^T f`` on the box. With the default rows (eve
 output), the largest row value ``value`` is a constant of f from the input norm to
 l-inf on the output: l-inf -> l-inf for ``norm="inf"``, but l2 -> l-inf (NOT l2 -> l2)
 for ``norm="2"``; ``sqrt(sum of per_row^2)`` would bound l2 -> l2. Reports must say
-which (``verifier.cli_lipschitz.norm_pair``). The maths is in
+which (``verifier.cli.lipschitz.norm_pair``). The maths is in
 ``relaxations.lipschitz.local``.
 
 Branch and bound splits one unstable forward neuron into ``z <= 0`` (d = 0) and

@@ -30,7 +30,7 @@ from verifier.config import AttackConfig, Config, ConfigError, resolve_device
 from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
-from verifier.region import empty_region_proof, polytope_point
+from verifier.lp.region import empty_region_proof, polytope_point
 from verifier.result import Result
 
 __all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims"]
@@ -272,11 +272,11 @@ def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, deadline: fl
 
 def _lp(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
         candidates: Optional[np.ndarray], known: dict):
-    """The LP/MILP phase (verifier/lp_phase.py) on a ReLU MLP; None for other models or when off."""
+    """The LP/MILP phase (verifier/lp/phase.py) on a ReLU MLP; None for other models or when off."""
     if not config.lp.refine and config.lp.milp == "off":
         return None
-    from verifier.lp_phase import lp_phase  # HiGHS loads only when an MLP gets here
-    from verifier.refine import mlp_layers
+    from verifier.lp.phase import lp_phase  # HiGHS loads only when an MLP gets here
+    from verifier.lp.refine import mlp_layers
     if mlp_layers(model.graph) is None:
         return None
     C, d, _, owner = spec_rows(disjunct)

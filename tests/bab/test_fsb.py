@@ -114,8 +114,8 @@ def test_branching_config_is_checked() -> None:
 def test_fsb_proof_is_recorded_and_accepted(tmp_path) -> None:
     """The certificate of an FSB search is checked like any other (the leaves do not care
     how the tree was split)."""
-    from tests.verifier.test_certificates import _check, _mlp
-    from verifier.certificate import build_certificate
+    from tests.verifier.certificates.test_certificates import _check, _mlp
+    from verifier.certificates.writer import build_certificate
 
     model = load_model(_mlp(tmp_path / "net.onnx", [4, 32, 32, 3], 3))
     x0 = np.random.default_rng(3).uniform(0.2, 0.8, 4)

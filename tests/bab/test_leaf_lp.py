@@ -15,7 +15,7 @@ from models import GraphEvaluator
 from relaxations import BoundOptions
 from tests.bab.test_warm_rows import _cfg, _mins, _net, _spec
 from verifier import Config, verify
-from verifier.region import polytope_point
+from verifier.lp.region import polytope_point
 from verifier.verify import _problem
 
 

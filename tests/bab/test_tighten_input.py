@@ -1,5 +1,5 @@
 """Activation split with each domain's input box narrowed by its decisions
-(`bab.tighten_input`): on a hidden-needle net (verifier/needles.py) splitting the
+(`bab.tighten_input`): on a hidden-needle net (verifier/bench/needles.py) splitting the
 distance neuron active confines the inputs to the needle's box, where the counterexample
 is the box's centre and the rest of the net is nearly linear; filtered smart branching
 sees that once it bounds such a child over its narrowed box."""
@@ -11,7 +11,7 @@ import pytest
 import vnnlib
 from verifier import Config, load_model, verify
 from verifier.config import with_overrides
-from verifier.needles import build_net, to_onnx
+from verifier.bench.needles import build_net, to_onnx
 
 SEARCH_ONLY = ["bab.mode=activation", "lp.milp=off", "attack.enabled=false", "attack.samples=1"]
 

@@ -1,6 +1,6 @@
 """Bounds over real VNN-COMP regions contain onnxruntime's outputs at sampled points.
 
-One instance per benchmark model here (fast); `python -m verifier.soundness
+One instance per benchmark model here (fast); `python -m verifier.bench.soundness
 INSTANCES.csv` runs the same check over whole suites with 10,000 samples.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import csv
 import pytest
 
 from tests.conftest import BENCH, needs_shared
-from verifier.soundness import check_instance
+from verifier.bench.soundness import check_instance
 
 
 def _first_instance_per_model() -> list[tuple[str, str, str]]:

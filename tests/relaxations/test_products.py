@@ -248,7 +248,7 @@ def test_lp_and_certificate_checker_refuse_these_graphs(case: str) -> None:
     """The LP encoding and the independent checker read no products of variables and no
     max-type ops: they say so rather than encode or accept them."""
     from verifier.checker.onnx_net import Unsupported, read_network
-    from verifier.refine import lp_supported
+    from verifier.lp.refine import lp_supported
 
     model = CASES[case].model
     with pytest.raises(Unsupported, match=r"^unsupported \("):
@@ -257,7 +257,7 @@ def test_lp_and_certificate_checker_refuse_these_graphs(case: str) -> None:
 
 
 def test_lp_refuses_a_product_of_two_relu_layers() -> None:
-    from verifier.refine import lp_supported
+    from verifier.lp.refine import lp_supported
 
     r = np.random.default_rng(0)
     w = {"W1": r.normal(size=(3, 3)).astype(np.float32), "W2": r.normal(size=(3, 3)).astype(np.float32)}
@@ -274,7 +274,7 @@ def test_proof_through_slot_relaxations_gets_no_accepted_certificate(case: str, 
     checker rejects: nothing is accepted that it cannot re-derive."""
     import vnnlib
     from verifier import Config, Result, load_model, verify
-    from verifier.certificate import build_certificate
+    from verifier.certificates.writer import build_certificate
     from verifier.checker.verdict import check_certificate
 
     onnx_path = tmp_path / f"{case}.onnx"

@@ -18,7 +18,7 @@ from relaxations.crown import BackwardContext, rules_for
 from relaxations.reverse import tightened_box
 from tests.helpers import relu_mlp_onnx
 from verifier import load_model
-from verifier.needles import HALF_WIDTH, build_net, to_onnx
+from verifier.bench.needles import HALF_WIDTH, build_net, to_onnx
 
 
 def _relu_inputs(model) -> list[str]:

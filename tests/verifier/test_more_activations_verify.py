@@ -13,10 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import vnnlib
 from verifier import Config, load_model, verify
-from verifier.certificate import build_certificate
+from verifier.certificates.writer import build_certificate
 from verifier.checker.verdict import check_certificate
 from verifier.config import BabConfig, BoundsConfig
-from verifier.refine import lp_supported
+from verifier.lp.refine import lp_supported
 
 OPS: dict[str, tuple[str, dict, int]] = {
     "Softplus": ("Softplus", {}, 13), "Atan": ("Atan", {}, 13), "Erf": ("Erf", {}, 13),

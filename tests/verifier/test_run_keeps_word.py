@@ -150,7 +150,7 @@ def _input_split_unsat(tmp_path: Path):
 
 
 def test_certificate_past_its_deadline_is_not_written(tmp_path: Path) -> None:
-    from verifier.certificate import write_certificate
+    from verifier.certificates.writer import write_certificate
 
     model, spec, Config, verify = _input_split_unsat(tmp_path)
     result = verify(model, spec, Config(timeout=60, proof=True, bab=Config().bab.__class__(mode="input")))
@@ -342,7 +342,7 @@ def test_an_input_fixed_to_a_value_no_float32_equals_is_run_at_its_nearest_float
     # the independent checker reads the region the same way, and a gzipped model too
     import gzip
 
-    from verifier.certificate import write_certificate
+    from verifier.certificates.writer import write_certificate
     from verifier.checker.verdict import check_files
 
     gz = tmp_path / "m.onnx.gz"

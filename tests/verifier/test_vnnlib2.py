@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from tests.op_cases import make_model
 from verifier.cli import main
-from verifier.region import check_empty_region, empty_region_proof
+from verifier.lp.region import check_empty_region, empty_region_proof
 from vnnlib.spec import InputRegion
 from vnnlib.standard import vendor_dir
 
@@ -157,7 +157,7 @@ def test_supports_answers_from_the_registry(capsys):
 
 
 def test_supports_answers_every_standard_flag(capsys):
-    from verifier.cli_supports import SUPPORTS_FLAGS
+    from verifier.cli.supports import SUPPORTS_FLAGS
 
     for flag in SUPPORTS_FLAGS:
         assert main(["supports", flag]) == 0

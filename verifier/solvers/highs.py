@@ -285,7 +285,7 @@ def least_violation(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.n
                     ) -> Optional[tuple[float, np.ndarray, np.ndarray]]:
     """min t over x in [lower, upper], t >= 0 with G x - t <= h: (t*, x*, y) with y >= 0
     the rows' multipliers, or None when HiGHS does not report an optimum. Nothing
-    returned is trusted by itself: callers check y (`verifier.region`)."""
+    returned is trusted by itself: callers check y (`verifier.lp.region`)."""
     m, n = G.shape
     out = _solve_dense(np.hstack([G, -np.ones((m, 1))]), h, np.r_[np.zeros(n), 1.0], np.r_[lower, 0.0],
                        np.r_[upper, np.inf])

@@ -1,0 +1,190 @@
+"""`verify_module`: torch modules over l-inf and l2 balls, without files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import verifier
+import vnnlib
+from relaxations import BallBox, BoundOptions, IntervalBounds, compute_bounds
+from verifier.pytorch.verify_module import module_model
+
+torch.set_num_threads(1)
+
+
+def _net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+
+
+def _points(net: nn.Module, n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 6, generator=g)
+    with torch.no_grad():
+        return x, net(x).argmax(1)
+
+
+CONFIG = verifier.Config(timeout=20)
+
+
+def test_linf_verdicts_equal_the_onnx_path(tmp_path) -> None:
+    """Each point's verdict is the one `verify` gives on the exported file and its spec."""
+    net = _net()
+    x, y = _points(net)
+    results = verifier.verify_module(net, x, y, eps=0.05, config=CONFIG)
+    model = module_model(net, (1, 6))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.onnx_bytes)
+    loaded = verifier.load_model(path)
+    for i, r in enumerate(results):
+        spec = vnnlib.robustness_spec(x[i].double().numpy(), 0.05, int(y[i]), 3, 0.0, 1.0)
+        assert r.verdict == verifier.verify(loaded, spec, CONFIG).verdict
+    assert {r.verdict for r in results} <= {"sat", "unsat"}
+
+
+def test_linf_sat_and_unsat_are_each_right() -> None:
+    """A zero radius around a correctly classified point is robust; a radius of the whole
+    range around any point of a net with 3 reachable classes is not."""
+    net = _net()
+    x, y = _points(net, 3)
+    assert [r.verdict for r in verifier.verify_module(net, x, y, eps=0.0, config=CONFIG)] == ["unsat"] * 3
+    wrong = (y + 1) % 3
+    for r, xi, yi in zip(verifier.verify_module(net, x, wrong, eps=0.0, config=CONFIG), x, wrong):
+        assert r.verdict == "sat"   # misclassified at the point itself
+        np.testing.assert_allclose(r.x.reshape(-1), xi.numpy(), rtol=0, atol=0)
+
+
+def test_ball_bounds_hold_at_samples_and_beat_the_box() -> None:
+    """CROWN over a box intersected with an l2 ball: below the outputs at points of the
+    intersection, and at least as tight as over the box alone (much tighter for a radius
+    whose box is wide)."""
+    net = _net()
+    model = module_model(net, (1, 6))
+    c = torch.full((1, 1, 6), 0.5, dtype=torch.float64)
+    eps = 0.3
+    box = IntervalBounds((c - eps).clamp(min=0), (c + eps).clamp(max=1))
+    ball = BallBox(box.lower, box.upper, c, torch.full((1,), eps, dtype=torch.float64))
+    for method in ("crown", "alpha-crown"):
+        res_ball = compute_bounds(model.graph, ball, None, BoundOptions(method=method))
+        res_box = compute_bounds(model.graph, box, None, BoundOptions(method=method))
+        assert bool((res_ball.lower >= res_box.lower - 1e-9).all() and (res_ball.upper <= res_box.upper + 1e-9).all())
+        assert bool(((res_ball.upper - res_ball.lower) < 0.9 * (res_box.upper - res_box.lower)).all())
+        g = torch.Generator().manual_seed(0)
+        d = torch.randn(4000, 6, generator=g, dtype=torch.float64)
+        d = d / d.norm(dim=1, keepdim=True) * eps * torch.rand(4000, 1, generator=g, dtype=torch.float64) ** (1 / 6)
+        pts = (c.reshape(1, 6) + d).clamp(0, 1)
+        with torch.no_grad():
+            out = net.double()(pts)
+        net.float()
+        assert bool((out >= res_ball.lower.reshape(1, -1) - 1e-9).all() and (out <= res_ball.upper.reshape(1, -1) + 1e-9).all())
+
+
+def test_l2_verdicts_are_sound() -> None:
+    """l2: every sat's point is inside the ball and the range and misclassified by the
+    module; every unsat survives an l2 attack of many random points of its ball."""
+    net = _net()
+    x, y = _points(net, 8)
+    eps = 0.25
+    results = verifier.verify_module(net, x, y, eps=eps, norm="2", config=CONFIG)
+    verdicts = [r.verdict for r in results]
+    assert "unsat" in verdicts
+    g = torch.Generator().manual_seed(3)
+    for r, xi, yi in zip(results, x, y):
+        if r.verdict == "sat":
+            xs = torch.tensor(r.x, dtype=torch.float32).reshape(1, 6)
+            assert float((xs[0].double() - xi.double()).norm()) <= eps
+            assert bool((xs >= 0).all() and (xs <= 1).all())
+            out = np.asarray(r.y)          # onnxruntime's outputs at the point
+            assert np.delete(out, int(yi)).max() >= out[int(yi)]
+        elif r.verdict == "unsat":
+            d = torch.randn(3000, 6, generator=g)
+            d = d / d.norm(dim=1, keepdim=True) * eps * torch.rand(3000, 1, generator=g)
+            with torch.no_grad():
+                out = net((xi + d).clamp(0, 1))
+            assert bool((out.argmax(1) == yi).all())
+        else:
+            assert r.verdict == "unknown"
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    net = _net()
+    x, y = _points(net, 2)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        verifier.verify_module(net, x, y, eps=0.1, norm="1")
+    with pytest.raises(ValueError, match="label 7 is not a class"):
+        verifier.verify_module(net, x, torch.tensor([0, 7]), eps=0.1)
+    with pytest.raises(ValueError, match="2 points and y 3 labels"):
+        verifier.verify_module(net, x, torch.tensor([0, 1, 2]), eps=0.1)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        verifier.verify_module(net, x, y, eps=float("nan"))
+    with pytest.raises(verifier.ShapeError, match=r"does not accept points shaped \(5,\)"):
+        verifier.verify_module(net, torch.rand(2, 5), y, eps=0.1)
+    with pytest.raises(ValueError, match="valid range"):
+        verifier.verify_module(net, x + 2.0, y, eps=0.1, norm="2")
+
+
+def test_linf_certificates_are_written_and_accepted(tmp_path) -> None:
+    from verifier.checker.verdict import check_files
+
+    net = _net()
+    x, y = _points(net, 2)
+    results = verifier.verify_module(net, x, y, eps=0.02, config=CONFIG, certificate_dir=tmp_path)
+    for i, r in enumerate(results):
+        assert r.verdict in ("sat", "unsat")
+        report = check_files(tmp_path / f"point_{i}.json", tmp_path / "model.onnx", tmp_path / f"point_{i}.vnnlib")
+        assert report.accepted, report.reason
+        assert r.stats["certificate"] == "written"
+
+
+def _steep_net() -> nn.Sequential:
+    """A 6-16-16-3 ReLU net with weights tripled: its class changes within l2 radii of 0.1-0.3."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(3.0)
+    return net
+
+
+def test_l2_branch_and_bound_decides_what_bounds_leave_open() -> None:
+    """At radius 0.2 bounds alone leave points open (bab.enabled=false: unknown); branch and
+    bound over the ball decides every point, each unsat surviving an l2 attack of many
+    random points of its ball, each sat replayed inside it."""
+    net = _steep_net()
+    x = torch.rand(10, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    eps = 0.2
+    off = verifier.verify_module(net, x, y, eps=eps, norm="2",
+                                 config=verifier.config.with_overrides(CONFIG, ["bab.enabled=false"]))
+    results = verifier.verify_module(net, x, y, eps=eps, norm="2", config=CONFIG)
+    opened = [i for i, r in enumerate(off) if r.verdict == "unknown"]
+    assert opened, "the case needs points that bounds alone leave open"
+    assert all(results[i].verdict in ("unsat", "sat") for i in opened)
+    assert any(results[i].method == "bab-activation" for i in opened)
+    g = torch.Generator().manual_seed(4)
+    for r, xi, yi in zip(results, x, y):
+        if r.verdict == "unsat":
+            d = torch.randn(20000, 6, generator=g)
+            d = d / d.norm(dim=1, keepdim=True) * eps * torch.rand(20000, 1, generator=g) ** (1 / 6)
+            with torch.no_grad():
+                assert bool((net((xi + d).clamp(0, 1)).argmax(1) == yi).all())
+        elif r.verdict == "sat":
+            xs = torch.tensor(r.x, dtype=torch.float64).reshape(6)
+            assert float((xs - xi.double()).norm()) <= eps
+            out = np.asarray(r.y).reshape(-1)
+            assert np.delete(out, int(yi)).max() >= out[int(yi)]
+
+
+def test_l2_branch_and_bound_keeps_the_timeout() -> None:
+    """A deadline passing inside a bound pass of the search is a timeout, not an error."""
+    net = _steep_net()
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    config = verifier.config.with_overrides(CONFIG, ["timeout=0.3", "attack.enabled=false"])
+    for r in verifier.verify_module(net, x, y, eps=0.25, norm="2", config=config):
+        assert r.verdict in ("unsat", "sat", "timeout")

@@ -1,0 +1,303 @@
+"""Verification of a torch module over l-inf or l2 balls around a batch of points, file-free.
+
+    >>> results = verifier.verify_module(net, x, y, eps=0.05)            # l-inf
+    >>> results = verifier.verify_module(net, x, y, eps=0.5, norm="2")   # l2
+    >>> [r.verdict for r in results]                                     # 'unsat' = robust
+
+l-inf goes the ONNX path itself, so its verdicts are that path's: the module is exported
+to ONNX in memory (the bytes onnxruntime replays every counterexample on), read by our
+importer, and each point's robustness specification (`vnnlib.robustness_spec`) is decided
+by `verify` with its attack, bounds and branch and bound; `certificate_dir` writes the
+model, each spec and each certificate there, for `nncert check`.
+
+l2 has no VNN-LIB form (a ball is not a box), so it is decided here: an l2 PGD attack on
+the module, each candidate replayed in onnxruntime in float32 and kept only inside the
+ball and the valid range; then CROWN and alpha-CROWN over the box around the ball with
+the ball itself used at the input (`relaxations.BallBox`: the better of the box's and the
+ball's minimum of each linear bound) and SDP-CROWN's bias at every ReLU whose input the
+ball reaches (`bounds.sdp_crown`); what they leave open goes to branch and bound with the
+ball kept in every domain's bound (activation split for ReLU networks, interval splits
+for the others), whose candidates are projected into the ball and replayed like the
+attack's. No certificate is written (the checker reads boxes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import vnnlib
+from bab.activation_split import ReluSearch, activation_split_bab
+from bab.general_split import IntervalSearch, general_split_bab, needs_general_split
+from bab.problem import Problem, project_l2
+from bab.search import SearchHooks, SearchLimits, SearchOutcome
+from models import GraphEvaluator, graph_from_proto
+from models.ort_check import check_against_onnxruntime
+from relaxations import BallBox, BoundOptions, compute_bounds
+from relaxations.bounds import DeadlineExceeded
+from verifier.api import ShapeError, bound_options, dtype_of, outward_box
+from verifier.config import Config, resolve_device
+from verifier.model import Model
+from verifier.lp.region import polytope_point
+from verifier.result import Result
+from verifier.verify import verify
+
+__all__ = ["verify_module", "module_model", "NORMS"]
+
+NORMS = ("inf", "2")
+
+
+def module_model(module: nn.Module, input_shape: Sequence[int], opset: int = 17) -> Model:
+    """`module` (eval mode) exported to ONNX in memory and read back as a `Model`.
+
+    input_shape includes the batch dimension 1. The model's bytes are the export's,
+    which onnxruntime replays counterexamples on; the graph is our importer's reading of
+    them, checked against onnxruntime like any loaded file.
+    """
+    import onnx  # local, as in models/onnx_import.py: only this path needs the protobuf reader here
+
+    was_training = module.training
+    module.eval()
+    buffer = io.BytesIO()
+    param = next(iter(module.parameters()), None)
+    example = torch.zeros(*input_shape, dtype=torch.float32, device=param.device if param is not None else "cpu")
+    try:
+        with torch.no_grad():
+            module(example)
+    except Exception as exc:   # the points' shape, not a bug of ours: say what was given
+        module.train(was_training)
+        raise ShapeError(f"the module does not accept points shaped {tuple(input_shape[1:])} (as a batch of one: "
+                         f"{tuple(input_shape)}): {type(exc).__name__}: {exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example, buffer, input_names=["x"], output_names=["y"],
+                              opset_version=opset, dynamo=False)
+    finally:
+        module.train(was_training)
+    data = buffer.getvalue()
+    name = f"<torch {type(module).__name__}>"
+    graph = graph_from_proto(onnx.load_from_string(data), source=name, sha256=hashlib.sha256(data).hexdigest())
+    check_against_onnxruntime(graph, data)
+    return Model(graph=graph, path=name, onnx_bytes=data)
+
+
+def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence[int], eps: float,
+                  norm: str = "inf", config: Config = Config(), lower: float = 0.0, upper: float = 1.0,
+                  certificate_dir: Optional[str | Path] = None) -> list[Result]:
+    """Robustness of `module`'s argmax at each point of `x` [N, *shape] with label `y[i]`:
+    no input within `eps` (l-inf or l2, intersected with [lower, upper]) makes another
+    class's logit reach the label's. One `Result` per point: 'unsat' (robust), 'sat' (a
+    counterexample, replayed in onnxruntime), 'unknown' or 'timeout'; `config.timeout`
+    applies to each point. A point the module misclassifies is 'sat' at itself.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and non-negative, got {eps}")
+    x = torch.as_tensor(x, dtype=torch.float32).detach().cpu()
+    labels = [int(v) for v in torch.as_tensor(y).reshape(-1).tolist()]
+    if len(labels) != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} points and y {len(labels)} labels")
+    if bool((x < lower).any() or (x > upper).any()):
+        raise ValueError(f"every point must lie in the valid range [{lower}, {upper}]")
+    model = module_model(module, (1, *x.shape[1:]))
+    K = model.n_outputs
+    for label in labels:
+        if not 0 <= label < K:
+            raise ValueError(f"label {label} is not a class of a model with {K} outputs")
+    out_dir = Path(certificate_dir) if certificate_dir is not None else None
+    if out_dir is not None:
+        if norm != "inf":
+            raise ValueError("certificates are written for l-inf balls only (the checker reads boxes)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "model.onnx").write_bytes(model.onnx_bytes)
+        config = _with_proof(config)
+    results = []
+    for i, label in enumerate(labels):
+        point = x[i].reshape(-1).double().numpy()
+        if norm == "inf":
+            results.append(_verify_linf(model, point, label, eps, config, lower, upper, out_dir, i))
+        else:
+            results.append(_verify_l2(model, point, label, eps, config, lower, upper))
+    return results
+
+
+def _with_proof(config: Config) -> Config:
+    return dataclasses.replace(config, proof=True)
+
+
+def _verify_linf(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
+                 upper: float, out_dir: Optional[Path], i: int) -> Result:
+    spec = vnnlib.robustness_spec(point, eps, label, model.n_outputs, lower, upper)
+    if out_dir is None:
+        return verify(model, spec, config)
+    from verifier.certificates.writer import write_certificate
+
+    # The file is what the checker reads: the spec verified is the file's, read back.
+    spec_path = out_dir / f"point_{i}.vnnlib"
+    vnnlib.write_vnnlib(spec_path, spec)
+    spec = vnnlib.load(spec_path, model.n_inputs, model.n_outputs)
+    result = verify(model, spec, config)
+    result.stats["certificate"] = write_certificate(out_dir / f"point_{i}.json", model, spec_path, spec, result)
+    return result
+
+
+def _margins(y: np.ndarray, label: int) -> np.ndarray:
+    return y[label] - np.delete(y, label)
+
+
+def _inside_l2(x: np.ndarray, point: np.ndarray, eps: float, lower: float, upper: float) -> bool:
+    return bool(np.linalg.norm(x.astype(np.float64) - point) <= eps and np.all(x >= lower) and np.all(x <= upper))
+
+
+def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, lower: float, upper: float,
+               config: Config, deadline: float) -> Optional[np.ndarray]:
+    """Projected gradient descent on the largest other logit minus the label's, inside the
+    ball and the range (project onto the ball, then clamp: the clamp cannot leave the ball
+    when the centre is in range, it only moves coordinates towards it)."""
+    from models import GraphEvaluator
+
+    ev = GraphEvaluator(model.graph, dtype=torch.float32)
+    shape = (1, *model.graph.input_shape)
+    centre = torch.tensor(point, dtype=torch.float32).reshape(shape)
+    gen = torch.Generator().manual_seed(config.seed)
+    restarts, steps = max(1, config.attack.restarts), max(1, config.attack.steps)
+    batch = centre.repeat(restarts, *([1] * (len(shape) - 1)))
+    noise = torch.randn(batch.shape, generator=gen)
+    norms = noise.reshape(restarts, -1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (len(shape) - 1)))
+    radius = torch.rand(restarts, generator=gen).reshape(norms.shape) * eps
+    xs = project_l2(centre + noise / norms * radius, centre, eps, lower, upper)
+    step = 2.5 * eps / steps
+    for _ in range(steps):
+        if time.monotonic() > deadline:
+            break
+        xs = xs.detach().requires_grad_(True)
+        out = ev(xs).reshape(restarts, -1)
+        others = out.clone()
+        others[:, label] = -torch.inf
+        loss = (others.max(1).values - out[:, label]).sum()
+        (grad,) = torch.autograd.grad(loss, xs)
+        gnorm = grad.reshape(restarts, -1).norm(dim=1).clamp_min(1e-12).reshape(norms.shape)
+        xs = project_l2(xs.detach() + step * grad / gnorm, centre, eps, lower, upper)
+        for cand in xs.reshape(restarts, -1).numpy():
+            found = _replay_l2(model, cand, point, label, eps, lower, upper)
+            if found is not None:
+                return found
+    return None
+
+
+def _replay_l2(model: Model, cand: np.ndarray, point: np.ndarray, label: int, eps: float, lower: float,
+               upper: float) -> Optional[np.ndarray]:
+    x32 = np.asarray(cand, dtype=np.float32)
+    if not _inside_l2(x32, point, eps, lower, upper):
+        return None
+    out = model.run_onnxruntime(x32)
+    if np.all(np.isfinite(out)) and np.min(_margins(out, label)) <= 0:
+        return x32
+    return None
+
+
+def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
+               upper: float) -> Result:
+    start = time.monotonic()
+    deadline = start + config.timeout
+    timings: dict[str, float] = {}
+    found = _replay_l2(model, point.astype(np.float32), point, label, eps, lower, upper)
+    if found is None and config.attack.enabled:
+        found = _l2_attack(model, point, label, eps, lower, upper, config, deadline)
+    timings["attack"] = time.monotonic() - start
+    if found is not None:
+        return Result("sat", "counterexample in the l2 ball, replayed in onnxruntime", x=found,
+                      y=model.run_onnxruntime(found), timings=timings, method="attack")
+    dt = dtype_of(config.bounds.dtype)
+    device = resolve_device(config.device)
+    K = model.n_outputs
+    C = torch.zeros(1, K - 1, K, dtype=dt, device=device)
+    others = [j for j in range(K) if j != label]
+    C[0, torch.arange(K - 1), label] = 1.0
+    C[0, torch.arange(K - 1), others] = -1.0
+    shape = (1, *model.graph.input_shape)
+    c = torch.tensor(point, dtype=dt, device=device).reshape(shape)   # float32 points are exact in dt
+    # The box and the radius rounded outward from float64: c - eps in float32 may round
+    # inward, and a float32 radius below eps would leave the ball's rim unexamined.
+    lo, hi = outward_box(np.maximum(point - eps, lower), np.minimum(point + eps, upper), dt, device)
+    _, radius = outward_box([eps], [eps], dt, device)
+    region = BallBox(lo.reshape(shape), hi.reshape(shape), c, radius)
+    methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
+    t = time.monotonic()
+    try:
+        for method in methods:
+            opts: BoundOptions = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline)
+            lower_b = compute_bounds(model.graph, region, C, opts, want_upper=False).lower
+            if bool((lower_b > 0).all()):
+                timings["bounds"] = time.monotonic() - t
+                return Result("unsat", f"every margin proved positive on the l2 ball by {method}",
+                              timings=timings, method=method, stats={"min_margin": float(lower_b.min())})
+    except DeadlineExceeded:
+        timings["bounds"] = time.monotonic() - t
+        return Result("timeout", "time limit reached during bound propagation", timings=timings)
+    timings["bounds"] = time.monotonic() - t
+    stats = {"min_margin": float(lower_b.min())}
+    if not config.bab.enabled or config.bab.mode == "none" or config.bounds.method != "alpha-crown":
+        return Result("unknown", "bounds over the l2 ball leave a margin open (branch and bound is off: it needs "
+                      "bab.enabled and bounds.method alpha-crown)", timings=timings, stats=stats)
+    if time.monotonic() > deadline:
+        return Result("timeout", "time limit reached after bound propagation", timings=timings, stats=stats)
+    t = time.monotonic()
+    replay = lambda x: _replay_l2(model, x, point, label, eps, lower, upper)  # noqa: E731
+    try:
+        out = _l2_search(model, region, C[0], config, deadline, replay)
+    except DeadlineExceeded:   # a bound pass past the deadline has no bound: no verdict
+        timings["bab"] = time.monotonic() - t
+        return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
+    timings["bab"] = time.monotonic() - t
+    stats["domains"] = out.domains_bounded
+    method = "bab-activation"   # as `verify` names both of its network-splitting searches
+    if out.status == "sat" and out.candidate is not None:
+        found = replay(out.candidate)
+        if found is not None:
+            return Result("sat", "counterexample in the l2 ball found by branch and bound, replayed in onnxruntime",
+                          x=found, y=model.run_onnxruntime(found), timings=timings, method=method, stats=stats)
+    if out.status == "unsat":
+        return Result("unsat", "every margin proved positive on the l2 ball by branch and bound", timings=timings,
+                      method=method, stats=stats)
+    if out.status == "timeout":
+        return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
+    reason = out.stats.get("reason", out.status)
+    return Result("unknown", f"branch and bound over the l2 ball stopped: {reason}", timings=timings, stats=stats)
+
+
+def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, deadline: float,
+               replay: Callable[[np.ndarray], Optional[np.ndarray]]) -> SearchOutcome:
+    """Branch and bound over the box around the ball with the ball kept in every bound
+    (`bab.problem.Problem.ball`): activation split with beta-CROWN for ReLU networks,
+    interval splits for the others, each with the settings `verify` gives them. Each
+    margin row `C y > 0` is a conjunction of its own (another class reaching the label)."""
+    dt, device = region.lower.dtype, region.lower.device
+    ev = GraphEvaluator(model.graph, dtype=dt, device=device)
+    S = C.shape[0]
+    problem = Problem(graph=model.graph, ev=ev, lower=region.lower, upper=region.upper, C=C,
+                      d=torch.zeros(S, dtype=dt, device=device), strict=torch.zeros(S, dtype=torch.bool, device=device),
+                      owner=torch.arange(S, device=device), n_conj=S, ball=(region.ball_centre, region.ball_radius))
+    options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline,
+                                  alpha_iterations=config.bab.alpha_iterations)
+    limits = SearchLimits(deadline, max(1, config.bab.batch_size // 4), config.bab.max_domains)
+    hooks = SearchHooks(confirm=lambda x: replay(x) is not None)
+    bab = config.bab
+    if needs_general_split(model.graph, ev.constants):
+        how = IntervalSearch(open_rows=bab.open_rows, warm_start=bab.general_warm_start,
+                             split_products=bab.split_products)
+        return general_split_bab(problem, options, limits, hooks, how)
+    how = ReluSearch(branching=bab.branching, fsb_candidates=bab.fsb_candidates, warm_start=bab.warm_start,
+                     per_conjunction=bab.per_conjunction == "always", open_rows=bab.open_rows,
+                     leaf_solve=polytope_point if bab.leaf_lp else None, leaf_unstable=bab.leaf_lp_unstable)
+    return activation_split_bab(problem, options, limits, hooks, how)
