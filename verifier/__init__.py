@@ -7,6 +7,9 @@
     >>> spec = vnnlib.load("prop.vnnlib", model.n_inputs, model.n_outputs)
     >>> result = verifier.verify(model, spec, verifier.Config(timeout=30))
     >>> results = verifier.verify_module(torch_net, x, y, eps=0.05)   # no files (l-inf or l2)
+    >>> verifier.lipschitz(model, norm="2", method="sdp-layer").value   # certified
+    >>> verifier.certify_sdp(model, lower, upper, C)                    # SDP bounds of C f(x)
+    >>> verifier.check("cert.json", "model.onnx", "prop.vnnlib").accepted
 
 Names are imported on first use (PEP 562): `nncert check` and the independent checker
 live under this package and must not pay for importing torch (about 2 s) at start-up.
@@ -28,10 +31,12 @@ _HOME = {
     "SpecMismatch": "verifier.verify", "verify": "verifier.verify",
     "certified_loss": "verifier.pytorch.training", "EpsilonSchedule": "verifier.pytorch.training",
     "verify_module": "verifier.pytorch.verify_module",
+    "lipschitz": "verifier.lipschitz", "certify_sdp": "verifier.sdp", "check": "verifier.checker.dispatch",
 }
 
 __all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",
-           "Result", "SpecMismatch", "verify", "certified_loss", "EpsilonSchedule", "verify_module"]
+           "Result", "SpecMismatch", "verify", "certified_loss", "EpsilonSchedule", "verify_module", "lipschitz",
+           "certify_sdp", "check"]
 
 
 def __getattr__(name: str) -> Any:
@@ -51,7 +56,8 @@ class _Package(types.ModuleType):
     module (the import system sets a package attribute per submodule), and a later
     `from verifier import verify` would get a module instead of the function, depending
     on which test or caller imported first. The function keeps the name; the module is
-    `sys.modules["verifier.verify"]` (importlib.import_module)."""
+    `sys.modules["verifier.verify"]` (importlib.import_module). The same holds for
+    `verifier.lipschitz`."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, types.ModuleType) and _HOME.get(name) == f"{__name__}.{name}":

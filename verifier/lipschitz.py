@@ -48,6 +48,7 @@ from relaxations.lipschitz.network import FeedForward, network_sha256
 from relaxations.lipschitz.norms import naive_bound
 
 __all__ = [
+    "lipschitz",
     "LipschitzResult",
     "METHODS",
     "CERT_MARGIN_REL",
@@ -500,3 +501,23 @@ def lipschitz_of_graph(graph: Any, norm: str = "2", method: str = "naive", solve
         "steps": list(nb.steps),
     }
     return LipschitzResult(nb.value, "naive", norm, cert, time.perf_counter() - t0, "closed-form (graph walk)")
+
+
+def lipschitz(model: Any, norm: str = "2", method: str = "naive", solver: str | None = None,
+              timeout: float | None = None) -> LipschitzResult:
+    """A certified global Lipschitz constant of a network, from its input to its output in
+    one norm: '2' (l2 to l2) or 'inf' (l-inf to l-inf).
+
+    `model`: what `verifier.load_model` returns, or a `models.Graph`. `method`: naive
+    (any supported graph), or sdp-neuron / sdp-layer / sdp-layerwise (LipSDP; ReLU MLPs
+    only). `timeout` (seconds) bounds the solver; the multipliers found by then still
+    give a certified bound. The result's `certificate` is what `nncert check` (or
+    `verifier.check`) re-derives in float64.
+
+        >>> import verifier
+        >>> res = verifier.lipschitz(verifier.load_model("mlp.onnx"), norm="inf", method="sdp-layer")
+        >>> res.value, res.certificate["kind"]
+    """
+    graph = getattr(model, "graph", model)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    return lipschitz_of_graph(graph, norm=norm, method=method, solver=solver, deadline=deadline)

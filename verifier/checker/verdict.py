@@ -31,7 +31,7 @@ from verifier.checker.splits import dense_alphas, leaf_bounds, read_alphas, read
 from verifier.checker.tiling import tiling_error
 
 __all__ = ["FORMAT", "VERSION", "LEAF_CHUNK", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
-           "check_files", "decode_array", "encode_array", "io_sizes", "spec_rows"]
+           "check_files", "decode_array", "encode_array", "io_sizes", "read_file", "spec_rows"]
 
 FORMAT = "nncert-certificate"
 VERSION = 1
@@ -122,7 +122,7 @@ def spec_rows(disjunct) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
             np.concatenate([np.full(c.C.shape[0], k) for k, c in enumerate(outs)]))
 
 
-def _read(path: str | Path, what: str) -> bytes:
+def read_file(path: str | Path, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -373,13 +373,13 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
 
 def check_files(cert_path: str | Path, model_path: str | Path, spec_path: str | Path) -> CheckResult:
     """Read the three files, compare the hashes, then `check_certificate`."""
-    raw = _read(cert_path, "certificate")
+    raw = read_file(cert_path, "certificate")
     try:
         cert = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckInputError(f"{cert_path}: not a JSON file ({exc})") from None
-    model_data = _read(model_path, "model")
-    spec_data = _read(spec_path, "spec")
+    model_data = read_file(model_path, "model")
+    spec_data = read_file(spec_path, "spec")
     if isinstance(cert, dict):
         if cert.get("model_sha256") != hashlib.sha256(model_data).hexdigest():
             return CheckResult(False, "the model file's sha256 differs from the certificate's")

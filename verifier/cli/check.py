@@ -1,6 +1,7 @@
 """`nncert check CERT --model M.onnx [--spec S.vnnlib]`: run the independent checker that fits CERT.
 
-The certificate's own fields say what it is, and the command dispatches on them:
+The certificate's own fields say what it is, and `verifier.checker.dispatch` (also
+behind `verifier.check`) dispatches on them:
 
 * verdict certificates (``"format": "nncert-certificate"``, from ``nncert verify
   --certificate``): need ``--spec``; checked by ``verifier.checker.verdict`` against the
@@ -23,81 +24,18 @@ accepted / rejected / timeout / error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["register", "cmd_check", "REJECTED", "LIPSCHITZ_KINDS"]
+__all__ = ["register", "cmd_check", "REJECTED"]
 
 REJECTED = 3
-LIPSCHITZ_KINDS = ("lipschitz-sdp", "lipschitz-naive", "lipschitz-local")
-
-
-class _BadInput(Exception):
-    """Exit 2 with this message (one line)."""
-
-
-def _load_cert(path: str) -> Any:
-    from verifier.checker.verdict import CheckInputError
-
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise CheckInputError(f"{path}: cannot read the certificate file ({exc.strerror or exc})") from None
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckInputError(f"{path}: not a JSON file ({exc})") from None
-
-
-def _kind_of(cert: Any, path: str) -> str:
-    if not isinstance(cert, dict):
-        raise _BadInput(f"{path}: not a certificate (a JSON object with 'format' or 'kind' expected)")
-    if cert.get("format") == "nncert-certificate":
-        return "verdict"
-    kind = cert.get("kind")
-    if kind in LIPSCHITZ_KINDS:
-        return str(kind)
-    if kind == "lipschitz-naive-graph":
-        raise _BadInput(f"{path}: certificate kind 'lipschitz-naive-graph' has no independent checker yet "
-                        "(only ReLU-MLP Lipschitz certificates and verdict certificates can be checked)")
-    if kind is None and "format" in cert:
-        raise _BadInput(f"{path}: unknown certificate format {cert.get('format')!r}")
-    raise _BadInput(f"{path}: unknown certificate kind {kind!r} (expected a verdict certificate or one of "
-                    f"{', '.join(LIPSCHITZ_KINDS)})")
-
-
-def _check_lipschitz(cert: dict, kind: str, model_path: str) -> Any:
-    """Accept or reject a Lipschitz certificate against the model's weights."""
-    from verifier.checker.lipschitz import check_lipschitz_certificate
-    from verifier.checker.lipschitz_local import check_local_lipschitz_certificate, mlp_from_onnx
-    from verifier.checker.onnx_net import Unsupported
-    from verifier.checker.verdict import CheckInputError, CheckResult, _read, io_sizes
-
-    data = _read(model_path, "model")
-    try:
-        io_sizes(data)  # an unreadable model is bad input, as for verdict certificates
-    except CheckInputError as exc:
-        raise CheckInputError(f"{model_path}: {exc}") from None
-    try:
-        ws, bs = mlp_from_onnx(data)
-    except Unsupported as exc:
-        return CheckResult(False, f"the model is not a ReLU MLP that the checker can read ({exc}); "
-                                  f"a {kind} certificate is about one")
-    if kind == "lipschitz-local":
-        ok, why = check_local_lipschitz_certificate(cert, ws, bs)
-    else:
-        ok, why = check_lipschitz_certificate(cert, ws, "relu")
-    norm = {"2": "l2", "inf": "l-inf"}.get(str(cert.get("norm")), str(cert.get("norm")))
-    out = "l-inf" if kind == "lipschitz-local" else norm
-    info = {"kind": kind, "L": cert.get("L"), "input_norm": norm, "output_norm": out, "checker": why}
-    return CheckResult(ok, "" if ok else why, info)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from verifier.checker.verdict import CheckInputError, check_files
+    from verifier.checker.dispatch import check_loaded, kind_of, load_certificate
+    from verifier.checker.verdict import CheckInputError
     from verifier.guard import Guard, command_start
     from verifier.report import OutputPathError, check_output_path, write_report
 
@@ -138,17 +76,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     limited = args.timeout is not None and args.timeout != float("inf")
     guard = Guard(start + args.timeout, on_timeout) if limited else None
     try:
-        cert = _load_cert(args.certificate)
-        kind = _kind_of(cert, args.certificate)
+        cert = load_certificate(args.certificate)
+        kind = kind_of(cert, args.certificate)
         fields["kind"] = kind
-        if kind == "verdict":
-            if not args.spec:
-                raise _BadInput(f"{args.certificate}: a verdict certificate is checked against its VNN-LIB "
-                                "property: give --spec S.vnnlib")
-            result = check_files(args.certificate, args.model, args.spec)
-        else:
-            result = _check_lipschitz(cert, kind, args.model)
-    except (CheckInputError, _BadInput) as exc:
+        if kind == "verdict" and not args.spec:
+            raise CheckInputError(f"{args.certificate}: a verdict certificate is checked against its VNN-LIB "
+                                  "property: give --spec S.vnnlib")
+        result = check_loaded(cert, kind, args.certificate, args.model, args.spec)
+    except CheckInputError as exc:
         if guard is not None:
             guard.cancel()
         return bad(str(exc))

@@ -1,0 +1,95 @@
+"""The package face (`verifier/__init__.py`): every public name resolves to what it says,
+importing a submodule of the same name does not shadow the function, and the three
+entry points added for DESIGN.md section 2 (`lipschitz`, `certify_sdp`, `check`) work
+end to end with the command line's checker."""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import verifier
+from tests.helpers import relu_mlp_onnx
+from verifier.checker.verdict import CheckInputError
+from verifier.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_public_name_resolves() -> None:
+    for name in verifier.__all__:
+        assert getattr(verifier, name) is not None, name
+    for name in ("verify", "lipschitz"):      # a module of that name exists too
+        importlib.import_module(f"verifier.{name}")
+        assert callable(getattr(verifier, name)) and not isinstance(getattr(verifier, name), type(verifier))
+
+
+def test_importing_the_checker_face_pulls_in_no_torch() -> None:
+    code = "import sys, verifier; verifier.check; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.fixture()
+def mlp(tmp_path) -> Path:
+    return relu_mlp_onnx(tmp_path / "mlp.onnx", 0, (4, 8, 8, 3))
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_lipschitz_is_certified_and_checked(mlp, tmp_path, norm) -> None:
+    model = verifier.load_model(mlp)
+    res = verifier.lipschitz(model, norm=norm, method="sdp-layer", timeout=30)
+    naive = verifier.lipschitz(model.graph, norm=norm)
+    assert 0 < res.value <= naive.value * (1 + 1e-9) and res.norm == norm
+    cert = tmp_path / "lip.json"
+    cert.write_text(json.dumps(res.certificate))
+    assert verifier.check(cert, mlp).accepted
+    g = torch.Generator().manual_seed(0)     # never below what pairs of points show
+    with torch.no_grad():
+        x = torch.rand(2000, 4, generator=g, dtype=torch.float64)
+        x2 = x + 1e-3 * torch.randn(2000, 4, generator=g, dtype=torch.float64)
+        ev = importlib.import_module("models").GraphEvaluator(model.graph, dtype=torch.float64)
+        dy, dx = ev(x2) - ev(x), x2 - x
+    p = 2 if norm == "2" else float("inf")
+    assert float((dy.norm(p=p, dim=1) / dx.norm(p=p, dim=1)).max()) <= res.value
+    bad = dict(res.certificate, L=res.value / 10)
+    cert.write_text(json.dumps(bad))
+    assert not verifier.check(cert, mlp).accepted
+
+
+def test_check_takes_what_nncert_verify_wrote(mlp, tmp_path) -> None:
+    """A verdict certificate from `nncert verify --certificate` is accepted by
+    `verifier.check` as by `nncert check`; without its spec the call is bad input."""
+    import vnnlib
+
+    model = verifier.load_model(mlp)
+    x0 = np.full(4, 0.5)
+    lo, hi = verifier.bounds(model, x0 - 0.01, x0 + 0.01, method="crown")
+    spec = tmp_path / "p.vnnlib"
+    # y_0 below its certified lower bound minus 0.5 is unreachable: unsat.
+    vnnlib.write_vnnlib(spec, vnnlib.Spec(4, 3, [vnnlib.Disjunct(vnnlib.InputRegion(x0 - 0.01, x0 + 0.01), (
+        vnnlib.OutputConstraints(np.array([[1.0, 0.0, 0.0]]), np.array([float(lo.reshape(-1)[0]) - 0.5]),
+                                 np.array([False])),))]))
+    cert = tmp_path / "cert.json"
+    assert main(["verify", str(mlp), str(spec), "--certificate", str(cert), "--timeout", "30", "-q"]) == 0
+    assert verifier.check(cert, mlp, spec).accepted
+    with pytest.raises(CheckInputError, match="give the spec"):
+        verifier.check(cert, mlp)
+    assert main(["check", str(cert), "--model", str(mlp), "--spec", str(spec)]) == 0
+
+
+def test_certify_sdp_bounds_hold_on_samples(mlp) -> None:
+    model = verifier.load_model(mlp)
+    lo, hi = np.full(4, 0.4), np.full(4, 0.6)
+    C = np.eye(3)
+    res = verifier.certify_sdp(model, lo, hi, C)
+    g = np.random.default_rng(1)
+    xs = lo + (hi - lo) * g.random((3000, 4))
+    ys = np.stack([model.run_onnxruntime(x.astype(np.float32)) for x in xs[:300]]).reshape(300, 3)
+    assert np.all(np.asarray(res.lower_bounds).reshape(-1) <= ys.min(0) + 1e-5)
