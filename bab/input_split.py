@@ -13,6 +13,11 @@ half with no feasible point is proved without a bound) and tightens the halves'
 intermediate CROWN bounds through the exact one-dimensional dual. Every constraint
 derived anywhere in the tree holds at every true counterexample, so bounds that are
 valid only on the constrained part of a box are all a proof needs.
+
+With an l2 ball in the problem (torch modules verified over l2 balls), every domain is
+its box cut by the ball: each bound pass gets a `BallBox`, candidate points are
+projected into the ball, and a box the ball misses entirely holds no point of the
+region (proved without a bound).
 """
 from __future__ import annotations
 
@@ -27,11 +32,11 @@ from bab.clip_hooks import ConstraintClipper
 from bab.clipping import (clip_box, clip_box_union, hull_under_constraints,
                           min_under_all_constraints, min_under_constraints, row_constraints)
 from bab.domains import DomainBatch
-from bab.problem import Problem, open_rows, rows_status, violations
+from bab.problem import Problem, into_ball, open_rows, rows_status, violations
 from bab.proof import ProofLog
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
-from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
+from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
 
 __all__ = ["InputBrancher", "InputSearch", "input_split_bab"]
 
@@ -53,6 +58,28 @@ class _Clipping:
     box: bool = True
     tally: Optional[dict] = None
     box_tally: Optional[dict] = None
+
+
+def _region(p: Problem, lower: T, upper: T) -> IntervalBounds:
+    """The domains' boxes [N, *shape], cut by the problem's l2 ball when it has one."""
+    if p.ball is None:
+        return IntervalBounds(lower, upper)
+    centre, radius = p.ball
+    N, shape = lower.shape[0], lower.shape[1:]
+    return BallBox(lower, upper, centre.expand(N, *shape), radius.reshape(-1)[:1].expand(N))
+
+
+def _misses_ball(p: Problem, lower: T, upper: T) -> T:
+    """[N] True where the box holds no point of the problem's l2 ball: the distance from
+    the centre to the box exceeds the radius, in float64 with room for its rounding."""
+    if p.ball is None:
+        return torch.zeros(lower.shape[0], dtype=torch.bool, device=lower.device)
+    centre, radius = p.ball
+    c = centre.double().reshape(1, -1)
+    lo, hi = lower.double().reshape(len(lower), -1), upper.double().reshape(len(upper), -1)
+    gap = torch.maximum(lo - c, c - hi).clamp(min=0)
+    r = float(radius.double().reshape(-1)[0])
+    return (gap * gap).sum(1) > r * r * (1 + 1e-9) + 1e-300
 
 
 def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Clipping = _Clipping(),
@@ -81,7 +108,7 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
     if clipping.on and clipping.intermediate and inherited[1].shape[1]:
         hook = ConstraintClipper(lower, upper, *inherited, _owners(p, inherited[1].shape[1]), p.n_conj,
                                  options.precision, clipping.tally)
-    res = compute_bounds(p.graph, IntervalBounds(lower, upper), p.C, options, want_upper=False, ev=p.ev,
+    res = compute_bounds(p.graph, _region(p, lower, upper), p.C, options, want_upper=False, ev=p.ev,
                          given=Given(clip=hook, known=p.known or None))
     lb = res.lower.detach() - p.d
     S = lb.shape[1]
@@ -90,7 +117,7 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
         tensors = {n.name: n.inputs[0] for n in p.graph.nodes if n.name in keep["alphas"]}
         keep["unstable"] = {k: (res.table[z].lower < 0) & (res.table[z].upper > 0) for k, z in tensors.items()}
     if res.linear is None:
-        return lower, upper, lb, lb.new_zeros(N, S, n), None, inherited
+        return lower, upper, _off_ball(p, lower, upper, lb), lb.new_zeros(N, S, n), None, inherited
     A = res.linear.A.detach().reshape(N, S, -1)
     split_A = res.crown_linear.A.detach().reshape(N, S, -1) if res.crown_linear is not None and S > 1 else A
     cons = inherited
@@ -98,7 +125,13 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
         lin = (A, res.linear.bias.detach(), res.linear.mass.detach())
         lower, upper, lb, cons = _clip(p, lower, upper, lb, lin, inherited, clipping)
     mins = res.linear.minimizer(IntervalBounds(lower, upper)).detach()
-    return lower, upper, lb, split_A, mins, cons
+    return lower, upper, _off_ball(p, lower, upper, lb), split_A, mins, cons
+
+
+def _off_ball(p: Problem, lower: T, upper: T, lb: T) -> T:
+    """lb with every row of a box the ball misses at +inf: no point there to violate it."""
+    missed = _misses_ball(p, lower, upper)
+    return torch.where(missed.unsqueeze(1), torch.full_like(lb, torch.inf), lb) if bool(missed.any()) else lb
 
 
 def _worth_it(tally: dict, rounds: int, tuning: Tuning, min_seen: int = 1) -> bool:
@@ -335,7 +368,7 @@ class InputBrancher:
         candidates = [(lo + hi) / 2]
         if mins is not None:
             candidates.append(mins.reshape(-1, *lo.shape[1:]))
-        pts = torch.cat(candidates)
+        pts = into_ball(p, torch.cat(candidates))
         obj = violations(p, pts)
         # Empirical objective per child: the smallest value seen at its centre and minimisers.
         emp = obj[:n] if mins is None else torch.minimum(obj[:n], obj[n:].reshape(n, -1).amin(1))

@@ -37,6 +37,7 @@ from torch import nn
 import vnnlib
 from bab.activation_split import ReluSearch, activation_split_bab
 from bab.general_split import IntervalSearch, general_split_bab, needs_general_split
+from bab.input_split import InputSearch, input_split_bab
 from bab.problem import Problem, project_l2
 from bab.search import SearchHooks, SearchLimits, SearchOutcome
 from models import GraphEvaluator, graph_from_proto
@@ -255,13 +256,14 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     t = time.monotonic()
     replay = lambda x: _replay_l2(model, x, point, label, eps, lower, upper)  # noqa: E731
     try:
-        out = _l2_search(model, region, C[0], config, deadline, replay)
+        mode = _l2_mode(model, config)
+        out = _l2_search(model, region, C[0], config, deadline, replay, mode)
     except DeadlineExceeded:   # a bound pass past the deadline has no bound: no verdict
         timings["bab"] = time.monotonic() - t
         return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
     timings["bab"] = time.monotonic() - t
     stats["domains"] = out.domains_bounded
-    method = "bab-activation"   # as `verify` names both of its network-splitting searches
+    method = f"bab-{mode}"   # as `verify` names its searches (interval splits count as activation)
     if out.status == "sat" and out.candidate is not None:
         found = replay(out.candidate)
         if found is not None:
@@ -276,11 +278,21 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     return Result("unknown", f"branch and bound over the l2 ball stopped: {reason}", timings=timings, stats=stats)
 
 
+def _l2_mode(model: Model, config: Config) -> str:
+    """input where `bab.mode` asks for it (auto: at most `bab.input_split_max_dims` inputs),
+    else activation (interval splits for networks beyond ReLU)."""
+    bab = config.bab
+    if bab.mode == "input" or (bab.mode == "auto" and model.n_inputs <= bab.input_split_max_dims):
+        return "input"
+    return "activation"
+
+
 def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, deadline: float,
-               replay: Callable[[np.ndarray], Optional[np.ndarray]]) -> SearchOutcome:
+               replay: Callable[[np.ndarray], Optional[np.ndarray]], mode: str) -> SearchOutcome:
     """Branch and bound over the box around the ball with the ball kept in every bound
-    (`bab.problem.Problem.ball`): activation split with beta-CROWN for ReLU networks,
-    interval splits for the others, each with the settings `verify` gives them. Each
+    (`bab.problem.Problem.ball`): input split (mode input, `_l2_mode`), else activation
+    split with beta-CROWN for ReLU networks and interval splits for the others, each with
+    the settings `verify` gives them. Each
     margin row `C y > 0` is a conjunction of its own (another class reaching the label)."""
     dt, device = region.lower.dtype, region.lower.device
     ev = GraphEvaluator(model.graph, dtype=dt, device=device)
@@ -293,6 +305,12 @@ def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, d
     limits = SearchLimits(deadline, max(1, config.bab.batch_size // 4), config.bab.max_domains)
     hooks = SearchHooks(confirm=lambda x: replay(x) is not None)
     bab = config.bab
+    if mode == "input":
+        options = dataclasses.replace(options, alpha_iterations=bab.input_split_alpha_iterations)
+        how = InputSearch(clip=bab.clip, clip_generations=bab.clip_generations,
+                          clip_intermediate=bab.clip_intermediate, clip_joint=bab.clip_joint)
+        limits = SearchLimits(deadline, bab.batch_size, bab.max_domains)
+        return input_split_bab(problem, options, limits, hooks, how)
     if needs_general_split(model.graph, ev.constants):
         how = IntervalSearch(open_rows=bab.open_rows, warm_start=bab.general_warm_start,
                              split_products=bab.split_products)

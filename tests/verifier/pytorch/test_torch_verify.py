@@ -149,10 +149,12 @@ def _steep_net() -> nn.Sequential:
     return net
 
 
-def test_l2_branch_and_bound_decides_what_bounds_leave_open() -> None:
+@pytest.mark.parametrize("mode", ["activation", "input"])
+def test_l2_branch_and_bound_decides_what_bounds_leave_open(mode: str) -> None:
     """At radius 0.2 bounds alone leave points open (bab.enabled=false: unknown); branch and
-    bound over the ball decides every point, each unsat surviving an l2 attack of many
-    random points of its ball, each sat replayed inside it."""
+    bound over the ball (activation split, or input split of the box around the ball with
+    the ball kept in every domain) decides every point, each unsat surviving an l2 attack
+    of many random points of its ball, each sat replayed inside it."""
     net = _steep_net()
     x = torch.rand(10, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -160,11 +162,12 @@ def test_l2_branch_and_bound_decides_what_bounds_leave_open() -> None:
     eps = 0.2
     off = verifier.verify_module(net, x, y, eps=eps, norm="2",
                                  config=verifier.config.with_overrides(CONFIG, ["bab.enabled=false"]))
-    results = verifier.verify_module(net, x, y, eps=eps, norm="2", config=CONFIG)
+    results = verifier.verify_module(net, x, y, eps=eps, norm="2",
+                                     config=verifier.config.with_overrides(CONFIG, [f"bab.mode={mode}"]))
     opened = [i for i, r in enumerate(off) if r.verdict == "unknown"]
     assert opened, "the case needs points that bounds alone leave open"
     assert all(results[i].verdict in ("unsat", "sat") for i in opened)
-    assert any(results[i].method == "bab-activation" for i in opened)
+    assert any(results[i].method == f"bab-{mode}" for i in opened)
     g = torch.Generator().manual_seed(4)
     for r, xi, yi in zip(results, x, y):
         if r.verdict == "unsat":
