@@ -303,17 +303,15 @@ class BoundsConfig(_Validated):
     optimise_intermediate: bool = key(True, check=Bool(),
                                       help="alpha-CROWN on the whole input region also optimises the intermediate "
                                            "bounds (off with --certificate); the searches start from the intervals "
-                                           "it proves. mnist_fc (all 90, 30 s): the same 60 solved in 62 s against "
-                                           "85 s, three proved at the root instead of by search")
+                                           "it proves; figures: BENCHMARKS.md, \"Why each default\"")
     optimise_share: float = key(1.0, check=Share(0.0),
                                 help="share of the time left that the optimisation of intermediate bounds may use "
-                                     "(it stops with its best bounds so far). 1: oval21 at 30 s, 0.3 proved "
-                                     "cifar_deep_kw img8366 at the root in 9.6 s against 17.5 s but lost cifar_base_kw "
-                                     "img8194 (unsat in 29.3 s with 1)")
+                                     "(it stops with its best bounds so far)"
+                                     "; figures: BENCHMARKS.md, \"Why each default\"")
     patches: bool = key(True, check=Bool(),
                         help="CROWN's intermediate bounds walk back through convolutions as per-neuron kernel "
-                             "windows (patches) instead of whole feature maps: the same bounds to rounding, 3-10x "
-                             "faster on oval21, 40-60x on verivital")
+                             "windows (patches) instead of whole feature maps: the same bounds to rounding, faster"
+                             "; figures: BENCHMARKS.md, \"Why each default\"")
     sparse_alpha: bool = key(True, check=Bool(),
                              help="alpha-CROWN keeps a ReLU layer's slopes only at its unstable neurons when at "
                                   "most half are unstable: the same bounds, fewer and smaller steps on wide layers")
@@ -341,8 +339,7 @@ class AttackConfig(_Validated):
     stronger_share: float = key(0.05, check=Share(0.0),
                                 help="share of the time left that a stronger attack (4x restarts, 2x steps) may "
                                      "use once the bounds have not decided, before branch and bound; 0: the first "
-                                     "attack's strength. mnist_fc 256x4 prop_8_0.05: 8x50 finds no counterexample "
-                                     "(a timeout at 60 s), 32x100 finds one in 0.05 s")
+                                     "attack's strength; figures: BENCHMARKS.md, \"Why each default\"")
 
 
 @dataclass(frozen=True)
@@ -369,36 +366,36 @@ class BabConfig(_Validated):
                                 help="input split: children keep the spec-row constraints of this many generations "
                                      "of ancestors and clip each half before it is bounded (0: only a domain's own)")
     clip_intermediate: bool = key(True, check=Bool(),
-                                  help="input split: inherited constraints also tighten the intermediate bounds "
-                                       "(ACAS Xu 4_2 prop_2: 24,319 domains without, 17,075 with)")
+                                  help="input split: inherited constraints also tighten the intermediate bounds"
+                                       "; figures: BENCHMARKS.md, \"Why each default\"")
     clip_joint: bool = key(False, check=Bool(),
                            help="input split: use a domain's constraints jointly (coordinate ascent on the "
-                                "K-multiplier dual), not one at a time; saved no domain on ACAS Xu, at some cost")
+                                "K-multiplier dual), not one at a time. Off: it saved no domain on ACAS Xu, at some "
+                                "cost; figures: BENCHMARKS.md, \"Why each default\"")
     input_split_method: str = key("alpha-crown", check=Choice(("ibp", "crown", "alpha-crown")),
-                                  help="input split bounding; alpha-CROWN proves ACAS Xu prop_1 domains that CROWN "
-                                       "keeps splitting (2_2: 455 domains against >37,000)")
+                                  help="input split bounding; alpha-CROWN proves domains that CROWN keeps splitting"
+                                       "; figures: BENCHMARKS.md, \"Why each default\"")
     input_split_alpha_iterations: int = key(3, check=Int(1), help="input split: alpha-CROWN steps per domain")
     branching: str = key("fsb", check=Choice(("babsr", "fsb")),
                          help="activation split heuristic: babsr (score from backward coefficients) or fsb "
-                              "(estimate both children's bounds for the top candidates; fewer domains and half "
-                              "the time on mnist_fc)")
+                              "(estimate both children's bounds for the top candidates)"
+                              "; figures: BENCHMARKS.md, \"Why each default\"")
     fsb_candidates: int = key(4, check=Int(1, 64),
                               help="fsb: BaBSR candidates whose children are estimated, plus half as many by "
                                    "intercept score")
     domain_intermediate: str = key("root", check=Choice(("crown", "root")),
                                     help="activation split: each domain's intermediate bounds by CROWN again (crown), "
                                          "or the root's intervals with the domain's splits carried by IBP (root, "
-                                         "as alpha,beta-CROWN does; crown with --certificate). mnist_fc (all 90, "
-                                         "30 s): the same 60 solved in 44 s against 57 s")
+                                         "as alpha,beta-CROWN does; crown with --certificate)"
+                                         "; figures: BENCHMARKS.md, \"Why each default\"")
     warm_start: bool = key(True, check=Bool(),
                            help="activation split: children start alpha/beta-CROWN from their parent's best alphas "
                                 "and betas (kept in float16 at the root's unstable neurons) instead of from "
                                 "CROWN's slopes")
     general_warm_start: bool = key(False, check=Bool(),
                                    help="general activation split (sigmoid, tanh, ...): children start from "
-                                        "their parent's alphas and cut multipliers. Off: eran sigmoid idx 7481, "
-                                        "719 domains against 2,941 with 2 torch threads, but no proof in 7,857 "
-                                        "with 1 (its float16 starts make the search erratic)")
+                                        "their parent's alphas and cut multipliers. Off: its float16 starts make "
+                                        "the search erratic; figures: BENCHMARKS.md, \"Why each default\"")
     split_products: bool = key(True, check=Bool(),
                                help="general activation split: the factors of products of two variable tensors "
                                     "(attention's Q K^T and its weights times V, LayerNorm's normalisation) are "
@@ -412,23 +409,24 @@ class BabConfig(_Validated):
     multi_split: int = key(0, check=Int(0, 8),
                            help="activation split: while a round's children fit in its batch, split up to this "
                                 "many further neurons (BaBSR's next choices) per domain at once, 2^k children. "
-                                "Off: on CPU it costs more than the short first rounds it saves (mnist_fc 256x4 "
-                                "prop_3_0.05: 329 domains, 5.8 s against 109, 5.7 s)")
+                                "Off: on CPU it costs more than the short first rounds it saves"
+                                "; figures: BENCHMARKS.md, \"Why each default\"")
     tighten_input: bool = key(False, check=Bool(),
                               help="activation split: each domain's input box narrowed to what its decisions imply "
                                    "(propagation back through ReLUs and affine layers), bounds over it; not with "
-                                   "--certificate. Off: needles 14/18 with it (18 in float64) against 10, but "
-                                   "0.75-3 s more per mnist_fc or oval21 instance")
+                                   "--certificate. Off: it decides more needles but costs seconds per "
+                                   "mnist_fc or oval21 instance; figures: BENCHMARKS.md, \"Why each default\"")
     learned_cuts: bool = key(False, check=Bool(),
                              help="activation split: the decisions of proved domains, strengthened (splits with "
                                   "zero beta dropped) and proved again, become nogoods that close other domains "
                                   "or imply their last free decision (BICCOS's cuts as split decisions); not with "
-                                  "--certificate. Off: 1-8% fewer domains and 40-60% more time on mnist_fc")
+                                  "--certificate. Off: it saves few domains for much more time"
+                                  "; figures: BENCHMARKS.md, \"Why each default\"")
     per_conjunction: str = key("off", check=Choice(("off", "proof", "always")),
                                help="activation split: one search per open conjunction (label by label) instead "
-                                    "of one for all rows: always, or proof (with --certificate, a proof each). Off: "
-                                    "mnist_fc 256x4 prop_3_0.05, 258 domains in 11.5 s against 109 in 4.3 s with "
-                                    "open_rows; with --certificate, a timeout at 60 s against 31.9 s")
+                                    "of one for all rows: always, or proof (with --certificate, a proof each). "
+                                    "Off: one search with open_rows is faster"
+                                    "; figures: BENCHMARKS.md, \"Why each default\"")
     leaf_lp: bool = key(True, check=Bool(),
                         help="activation split: a fully split domain its bound leaves open is decided by an LP "
                              "over its split constraints and the spec rows (HiGHS, emptiness checked from the "
@@ -451,8 +449,8 @@ class LpConfig(_Validated):
 
     refine: bool = key(False, check=Bool(),
                        help="tighten unstable neurons' intervals by LPs, layer by layer, before the search "
-                            "(skipped with --certificate). Off: on mnist_fc (all 90, 30 s) it solved the same 60 "
-                            "with fewer domains but 85 s of solving time against 50 s")
+                            "(skipped with --certificate). Off: fewer domains, more time"
+                            "; figures: BENCHMARKS.md, \"Why each default\"")
     refine_share: float = key(0.25, check=Share(0.0), help="share of the time left that refinement may use")
     milp: str = key("parallel", check=Choice(("parallel", "before", "off")),
                     help="exact MILP on the spec when few neurons are unstable: parallel (a thread beside the "
@@ -461,7 +459,7 @@ class LpConfig(_Validated):
     milp_refine: bool = key(True, check=Bool(),
                             help="milp parallel with refine off: the MILP's thread first tightens the intervals by "
                                  "LPs (in refine_share of the time left) and builds its big-M constants from them; "
-                                 "the search does not wait. A needle CNN with 100 inputs: decided in 6 s, not in 30")
+                                 "the search does not wait; figures: BENCHMARKS.md, \"Why each default\"")
     milp_max_unstable: int = key(400, check=Int(0), help="the MILP runs when at most this many neurons are unstable")
     milp_share: float = key(0.5, check=Share(0.0), help="milp before: share of the time left that the MILP may use")
 
