@@ -2,7 +2,8 @@
 
 Threads only schedule; every instance runs in a child process (fresh or worker), so a
 crash, a hang or an allocation storm in one instance is contained by the OS and turned
-into a row. The results CSV is rewritten after each instance, so a run that is
+into a row. With ``backend="ray"`` each thread hands its instance to a Ray task that
+does the same on a cluster's node (`ray_backend`). The results CSV is rewritten after each instance, so a run that is
 stopped (Ctrl-C, SIGTERM, a lost session) leaves every finished row on disk.
 """
 from __future__ import annotations
@@ -18,9 +19,10 @@ from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome, expected_for, judge, write_outcomes
 from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 
-__all__ = ["BenchRun", "run_bench", "ISOLATION_MODES"]
+__all__ = ["BenchRun", "run_bench", "ISOLATION_MODES", "BACKENDS"]
 
 ISOLATION_MODES = ("process", "worker")
+BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -48,22 +50,33 @@ def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int
               settings: RunSettings = RunSettings(),
               expected: Optional[dict] = None, out: Optional[str | Path] = None, quiet: bool = False,
               stream: Optional[TextIO] = None,
-              on_outcome: Optional[Callable[[Outcome], None]] = None) -> BenchRun:
+              on_outcome: Optional[Callable[[Outcome], None]] = None, backend: str = "local",
+              address: Optional[str] = None, ray_task: Optional[Callable] = None) -> BenchRun:
     """Run every instance; return outcomes in the instances' order.
 
     ``expected``: the table of ``records.read_expected``; it fills ``expected`` and
     ``correct``. ``out``: rewritten after each instance. A KeyboardInterrupt stops the
     run, kills the children and returns what finished with ``interrupted`` set.
+    ``backend`` ray: each instance is a Ray task (`ray_backend.RayPool`) on the cluster at
+    ``address``, or on a local one of ``jobs`` CPUs started for the run; ``jobs`` tasks
+    are in flight at once. ``ray_task`` replaces what each task runs (tests).
     """
     stream = sys.stdout if stream is None else stream  # resolved per call: pytest swaps sys.stdout
     if isolate not in ISOLATION_MODES:
         raise ValueError(f"isolate must be one of {', '.join(ISOLATION_MODES)}, got {isolate!r}")
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     tracker = ChildTracker()
+    pool = None
+    if backend == "ray":
+        from verifier.bench.ray_backend import RayPool, run_instance
+
+        pool = RayPool(jobs, settings, isolate, address, ray_task or run_instance)
     slots: queue.Queue[WorkerSlot] = queue.Queue()
     all_slots: list[WorkerSlot] = []
-    if isolate == "worker":
+    if isolate == "worker" and pool is None:
         limit = settings.mem_limit_mb or default_mem_limit_mb(jobs)
         for _ in range(jobs):
             slot = WorkerSlot(settings, tracker, limit)
@@ -72,6 +85,8 @@ def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int
 
     def execute(instance: Instance) -> Outcome:
         try:
+            if pool is not None:
+                return pool.run(instance)
             if isolate == "process":
                 return run_in_process(instance, settings, tracker)
             slot = slots.get()
@@ -113,9 +128,13 @@ def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int
         for future in pending:
             future.cancel()
         tracker.kill_all()
+        if pool is not None:
+            pool.cancel_all()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         for slot in all_slots:
             slot.close()
+        if pool is not None:
+            pool.close()
     run.outcomes = [finished[k] for k in sorted(finished)]
     return run

@@ -43,6 +43,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout by this")
     p.add_argument("--isolate", choices=("process", "worker"), default="process",
                    help="process: fresh `nncert verify` per instance (default); worker: long-lived workers")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this machine's processes (default); ray: each instance a Ray task "
+                        "(pip install nncert[ray])")
+    p.add_argument("--address", default=None,
+                   help="with --backend ray: a running cluster's address (default: a local cluster of --jobs CPUs)")
     p.add_argument("--expected", default=None, help="reference CSV (family,onnx,vnnlib,...,expected,...)")
     p.add_argument("--filter", default=None, metavar="SUBSTRING", help="only rows whose onnx or vnnlib path has it")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows (after --filter)")
@@ -72,6 +77,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("nncert: error: --jobs must be at least 1", file=sys.stderr)
         return 2
+    if args.address is not None and args.backend != "ray":
+        print("nncert: error: --address needs --backend ray", file=sys.stderr)
+        return 2
+    if args.backend == "ray":
+        from verifier.bench.ray_backend import ray_available
+
+        if not ray_available():
+            print("nncert: error: --backend ray needs the ray package (pip install 'nncert[ray]')", file=sys.stderr)
+            return 2
     from verifier.report import OutputPathError, check_output_path
 
     try:
@@ -91,10 +105,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = RunSettings(config_path=args.config, overrides=tuple(overrides), grace_s=args.grace,
                            mem_limit_mb=args.mem_limit_mb)
     if not args.quiet:
-        print(f"nncert bench: {len(instances)} instance(s), isolate={args.isolate}, jobs={args.jobs}", flush=True)
+        print(f"nncert bench: {len(instances)} instance(s), isolate={args.isolate}, jobs={args.jobs}, "
+              f"backend={args.backend}", flush=True)
     _sigterm_as_interrupt()
     write_outcomes(args.out, [])
-    run = run_bench(instances, args.isolate, args.jobs, settings, expected, args.out, args.quiet)
+    run = run_bench(instances, args.isolate, args.jobs, settings, expected, args.out, args.quiet,
+                    backend=args.backend, address=args.address)
     write_outcomes(args.out, run.outcomes)
     summaries = summarize(run.outcomes)
     command = "nncert bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""

@@ -1,0 +1,77 @@
+"""`nncert bench --backend ray` (verifier/bench/ray_backend.py): each instance a Ray task on
+a local cluster of two workers; the same rows as the local backend, and a Ray worker lost
+under a task costs one retry, then an error row, never a lost instance or a verdict."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BENCH, REFERENCE
+from verifier.bench import read_expected, read_instances, run_bench
+from verifier.bench.process import RunSettings
+from verifier.bench.ray_backend import ray_available, run_instance
+from verifier.cli import main
+
+pytestmark = [
+    pytest.mark.skipif(not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])"),
+    pytest.mark.skipif(not (BENCH / "2022_test" / "instances.csv").is_file(),
+                       reason="../shared/bench/2022_test is not beside the checkout"),
+]
+
+FAMILY = BENCH / "2022_test" / "instances.csv"
+
+
+@pytest.fixture(autouse=True)
+def _tasks_by_value():
+    """The tasks below are sent to Ray by value: its workers need not import the tests package."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_ray_rows_equal_the_local_ones(tmp_path: Path) -> None:
+    out = tmp_path / "ray.csv"
+    code = main(["bench", str(FAMILY), "--backend", "ray", "--jobs", "2", "--isolate", "worker", "--out", str(out),
+                 "--expected", str(REFERENCE / "expected.csv"), "-q"])
+    assert code == 0
+    instances = read_instances(FAMILY)
+    local = run_bench(instances, "worker", 1, expected=read_expected(REFERENCE / "expected.csv"), quiet=True)
+    ray_rows = {(r.split(",")[0], r.split(",")[1]): r for r in out.read_text().splitlines()[1:]}
+    assert len(ray_rows) == len(instances) == len(local.outcomes)
+    for o in local.outcomes:
+        row = ray_rows[(o.instance.onnx, o.instance.vnnlib)]
+        assert f",{o.verdict}," in row and o.correct != "no"
+
+
+def _dies_once(instance, settings, isolate):
+    """Loses its Ray worker the first time it runs an instance (a marker file says so)."""
+    marker = Path(os.environ["NNCERT_RAY_TEST_DIR"]) / f"died-{instance.index}"
+    if not marker.exists():
+        marker.write_text("x")
+        os._exit(1)
+    return run_instance(instance, settings, isolate)
+
+
+def _always_dies(instance, settings, isolate):
+    os._exit(1)
+
+
+def test_a_lost_worker_is_retried_once_then_an_error_row(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NNCERT_RAY_TEST_DIR", str(tmp_path))    # Ray's local workers inherit it
+    instances = read_instances(FAMILY)[:2]
+    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, backend="ray", ray_task=_dies_once)
+    assert [o.verdict for o in run.outcomes] == ["unsat", "unsat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["died-0", "died-1"]
+    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, backend="ray", ray_task=_always_dies)
+    assert [o.verdict for o in run.outcomes] == ["error", "error"]
+    assert all("ray: the task failed after 1 retry" in o.error for o in run.outcomes)
+
+
+def test_address_needs_the_ray_backend(capsys) -> None:
+    assert main(["bench", str(FAMILY), "--address", "127.0.0.1:6379"]) == 2
+    assert "--address needs --backend ray" in capsys.readouterr().err
