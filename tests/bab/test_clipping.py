@@ -12,34 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linprog
 
 from bab.clipping import (clip_box, clip_box_one, clip_box_union, constraints_from_rows, constraints_from_splits,
                           min_under_constraint, min_under_constraints, row_constraints)
+from tests.builders import clip_instances, clip_lp_min, to_tensor
 
 torch.set_num_threads(1)
-
-KINDS = ("cut", "tangent", "infeasible", "loose")
-
-
-def _instances(rng: np.random.Generator, N: int, n: int, K: int = 1) -> dict[str, np.ndarray]:
-    """Random boxes and K constraints each, float64, with degenerate cases mixed in."""
-    lo = rng.uniform(-2, 1, (N, n))
-    hi = lo + rng.uniform(0, 2, (N, n)) * (rng.random((N, n)) > 0.15)      # some zero widths
-    a = rng.normal(0, 1, (N, K, n)) * (rng.random((N, K, n)) > 0.2)         # some zero coefficients
-    a = np.where(np.abs(a) < 1e-3, 0.0, a)
-    amin = np.minimum(a * lo[:, None], a * hi[:, None]).sum(-1)             # min of a^T x over the box
-    amax = np.maximum(a * lo[:, None], a * hi[:, None]).sum(-1)
-    kind = rng.integers(0, len(KINDS), (N, K))
-    kind = np.where(rng.random((N, K)) < 0.7, 0, kind)                      # mostly cutting constraints
-    t = rng.uniform(0, 1, (N, K))
-    level = np.select([kind == 0, kind == 1, kind == 2, kind == 3],
-                      [amin + t * (amax - amin), amin, amin - 0.1 - t, amax + 0.1 + t])
-    return {"lo": lo, "hi": hi, "a": a, "c": -level, "kind": kind}
-
-
-def _t(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
 
 
 def _vertices(lo: np.ndarray, hi: np.ndarray, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,15 +44,6 @@ def _vertices(lo: np.ndarray, hi: np.ndarray, a: np.ndarray, c: np.ndarray) -> t
     return np.concatenate(pts, 1), np.concatenate(oks, 1)
 
 
-def _lp(obj: np.ndarray, lo: np.ndarray, hi: np.ndarray, A: np.ndarray, c: np.ndarray):
-    """min obj^T x s.t. A x + c <= 0, lo <= x <= hi; None when infeasible."""
-    r = linprog(obj, A_ub=A, b_ub=-c, bounds=list(zip(lo, hi)), method="highs")
-    if r.status == 2:
-        return None
-    assert r.status == 0, r.message
-    return float(r.fun)
-
-
 # ------------------------------------------------------------------------ complete clipping
 
 
@@ -82,21 +51,22 @@ def test_one_constraint_hull_equals_lp() -> None:
     rng = np.random.default_rng(0)
     checked = 0
     for n in (1, 2, 3, 4):
-        inst = _instances(rng, 100, n)
-        nlo, nhi, empty = clip_box_one(_t(inst["lo"], torch.float64), _t(inst["hi"], torch.float64),
-                                       _t(inst["a"][:, 0], torch.float64), _t(inst["c"][:, 0], torch.float64))
+        inst = clip_instances(rng, 100, n)
+        nlo, nhi, empty = clip_box_one(to_tensor(inst["lo"], torch.float64), to_tensor(inst["hi"], torch.float64),
+                                       to_tensor(inst["a"][:, 0], torch.float64),
+                                       to_tensor(inst["c"][:, 0], torch.float64))
         for i in range(100):
             lo, hi, A, c = inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i]
             scale = 1 + np.abs(lo).max() + np.abs(hi).max()
             for j in range(n):
                 e = np.zeros(n)
                 e[j] = 1.0
-                vmin = _lp(e, lo, hi, A, c)
+                vmin = clip_lp_min(e, lo, hi, A, c)
                 if vmin is None:
                     assert bool(empty[i]), f"instance {i}: LP infeasible, clip not empty"
                     break
                 assert not bool(empty[i]), f"instance {i}: feasible but clip says empty"
-                vmax = -_lp(-e, lo, hi, A, c)
+                vmax = -clip_lp_min(-e, lo, hi, A, c)
                 assert abs(float(nlo[i, j]) - vmin) <= 1e-6 * scale, (i, j, float(nlo[i, j]), vmin)
                 assert abs(float(nhi[i, j]) - vmax) <= 1e-6 * scale, (i, j, float(nhi[i, j]), vmax)
                 checked += 1
@@ -106,9 +76,9 @@ def test_one_constraint_hull_equals_lp() -> None:
 def test_one_constraint_hull_equals_vertex_oracle() -> None:
     rng = np.random.default_rng(11)
     for n in (1, 2, 3, 4):
-        inst = _instances(rng, 2000, n)
+        inst = clip_instances(rng, 2000, n)
         lo, hi, a, c = inst["lo"], inst["hi"], inst["a"][:, 0], inst["c"][:, 0]
-        nlo, nhi, empty = clip_box_one(*(_t(v, torch.float64) for v in (lo, hi, a, c)))
+        nlo, nhi, empty = clip_box_one(*(to_tensor(v, torch.float64) for v in (lo, hi, a, c)))
         pts, ok = _vertices(lo, hi, a, c)
         feasible = ok.any(1)
         assert np.array_equal(~empty.numpy(), feasible), n
@@ -123,18 +93,18 @@ def test_one_constraint_hull_equals_vertex_oracle() -> None:
 def test_several_constraints_contain_lp_hull() -> None:
     rng = np.random.default_rng(1)
     n, K, N = 3, 3, 120
-    inst = _instances(rng, N, n, K)
-    nlo, nhi, empty = clip_box(*(_t(inst[k], torch.float64) for k in ("lo", "hi", "a", "c")))
+    inst = clip_instances(rng, N, n, K)
+    nlo, nhi, empty = clip_box(*(to_tensor(inst[k], torch.float64) for k in ("lo", "hi", "a", "c")))
     for i in range(N):
         lo, hi, A, c = inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i]
         for j in range(n):
             e = np.zeros(n)
             e[j] = 1.0
-            vmin = _lp(e, lo, hi, A, c)
+            vmin = clip_lp_min(e, lo, hi, A, c)
             if vmin is None:
                 break       # an infeasible system may or may not be detected by the clip; both sound
             assert not bool(empty[i])
-            vmax = -_lp(-e, lo, hi, A, c)
+            vmax = -clip_lp_min(-e, lo, hi, A, c)
             assert float(nlo[i, j]) <= vmin + 1e-7 and float(nhi[i, j]) >= vmax - 1e-7
 
 
@@ -143,9 +113,9 @@ def test_several_constraints_contain_lp_hull() -> None:
 def test_clip_keeps_every_feasible_sample(dtype: torch.dtype, K: int) -> None:
     rng = np.random.default_rng(10 + K)
     N, n, P = 2000, 4, 256
-    inst = _instances(rng, N, n, K)
+    inst = clip_instances(rng, N, n, K)
     # Round the data to the dtype first: the clip must be sound for the numbers it is given.
-    lo, hi, a, c = (_t(inst[k], dtype) for k in ("lo", "hi", "a", "c"))
+    lo, hi, a, c = (to_tensor(inst[k], dtype) for k in ("lo", "hi", "a", "c"))
     nlo, nhi, empty = clip_box(lo, hi, a, c)
     lo64, hi64, a64, c64 = lo.double(), hi.double(), a.double(), c.double()
     u = torch.from_numpy(rng.random((N, P, n)))
@@ -165,8 +135,8 @@ def test_clip_keeps_every_feasible_sample(dtype: torch.dtype, K: int) -> None:
 def test_clip_union_over_conjunctions() -> None:
     rng = np.random.default_rng(3)
     N, n, K, P = 1000, 3, 4, 256
-    inst = _instances(rng, N, n, K)
-    lo, hi, a, c = (_t(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
+    inst = clip_instances(rng, N, n, K)
+    lo, hi, a, c = (to_tensor(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
     owner = torch.tensor([0, 0, 1, 1])
     nlo, nhi, empty = clip_box_union(lo, hi, a, c, owner, 2)
     xs = lo[:, None] + torch.from_numpy(rng.random((N, P, n))) * (hi - lo)[:, None]
@@ -194,18 +164,18 @@ def test_dual_equals_lp() -> None:
     checked = 0
     for n in (1, 2, 3, 5, 8):
         N, M = 80, 3
-        inst = _instances(rng, N, n)
+        inst = clip_instances(rng, N, n)
         w = rng.normal(0, 1, (N, M, n)) * (rng.random((N, M, n)) > 0.2)
         w[:, 2] = w[:, 2] * 0 + inst["a"][:, 0] * rng.uniform(-2, 2, (N, 1))     # parallel to the constraint
         b = rng.normal(0, 1, (N, M))
-        got = min_under_constraint(_t(w, torch.float64), _t(b, torch.float64), _t(inst["lo"], torch.float64),
-                                   _t(inst["hi"], torch.float64), _t(inst["a"][:, 0], torch.float64),
-                                   _t(inst["c"][:, 0], torch.float64))
+        got = min_under_constraint(to_tensor(w, torch.float64), to_tensor(b, torch.float64),
+                                   to_tensor(inst["lo"], torch.float64), to_tensor(inst["hi"], torch.float64),
+                                   to_tensor(inst["a"][:, 0], torch.float64), to_tensor(inst["c"][:, 0], torch.float64))
         for i in range(N):
             lo, hi, A, c = inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i]
             scale = 1 + np.abs(w[i]).sum(-1).max() * (1 + np.abs(lo).max() + np.abs(hi).max()) + np.abs(b[i]).max()
             for m in range(M):
-                v = _lp(w[i, m], lo, hi, A, c)
+                v = clip_lp_min(w[i, m], lo, hi, A, c)
                 if v is None:
                     assert float(got[i, m]) == float("inf"), (i, m)
                     continue
@@ -219,12 +189,12 @@ def test_dual_equals_vertex_oracle() -> None:
     rng = np.random.default_rng(12)
     for n in (1, 2, 3, 5):
         N, M = 2000, 3
-        inst = _instances(rng, N, n)
+        inst = clip_instances(rng, N, n)
         lo, hi, a, c = inst["lo"], inst["hi"], inst["a"][:, 0], inst["c"][:, 0]
         w = rng.normal(0, 1, (N, M, n)) * (rng.random((N, M, n)) > 0.2)
         w[:, 2] = a * rng.uniform(-2, 2, (N, 1))
         b = rng.normal(0, 1, (N, M))
-        got = min_under_constraint(*(_t(v, torch.float64) for v in (w, b, lo, hi, a, c))).numpy()
+        got = min_under_constraint(*(to_tensor(v, torch.float64) for v in (w, b, lo, hi, a, c))).numpy()
         pts, ok = _vertices(lo, hi, a, c)
         vals = np.where(ok[:, None], np.einsum("nmj,npj->nmp", w, pts), np.inf).min(-1) + b
         feasible = ok.any(1)
@@ -237,11 +207,11 @@ def test_dual_equals_vertex_oracle() -> None:
 def test_dual_is_below_every_feasible_sample(dtype: torch.dtype) -> None:
     rng = np.random.default_rng(5)
     N, M, n, P = 2000, 4, 5, 256
-    inst = _instances(rng, N, n)
-    lo, hi, a, c = (_t(inst[k], dtype) for k in ("lo", "hi", "a", "c"))
+    inst = clip_instances(rng, N, n)
+    lo, hi, a, c = (to_tensor(inst[k], dtype) for k in ("lo", "hi", "a", "c"))
     a, c = a[:, 0], c[:, 0]
-    w = _t(rng.normal(0, 1, (N, M, n)), dtype)
-    b = _t(rng.normal(0, 1, (N, M)), dtype)
+    w = to_tensor(rng.normal(0, 1, (N, M, n)), dtype)
+    b = to_tensor(rng.normal(0, 1, (N, M)), dtype)
     got = min_under_constraint(w, b, lo, hi, a, c).double()
     lo64, hi64 = lo.double(), hi.double()
     u = torch.from_numpy(rng.random((N, P, n)))
@@ -262,15 +232,15 @@ def test_dual_is_below_every_feasible_sample(dtype: torch.dtype) -> None:
 def test_several_constraints_take_the_best() -> None:
     rng = np.random.default_rng(6)
     N, M, n, K = 300, 2, 3, 3
-    inst = _instances(rng, N, n, K)
-    lo, hi, a, c = (_t(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
-    w, b = _t(rng.normal(0, 1, (N, M, n)), torch.float64), _t(rng.normal(0, 1, (N, M)), torch.float64)
+    inst = clip_instances(rng, N, n, K)
+    lo, hi, a, c = (to_tensor(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
+    w, b = to_tensor(rng.normal(0, 1, (N, M, n)), torch.float64), to_tensor(rng.normal(0, 1, (N, M)), torch.float64)
     got = min_under_constraints(w, b, lo, hi, a, c)
     each = torch.stack([min_under_constraint(w, b, lo, hi, a[:, k], c[:, k]) for k in range(K)])
     assert torch.equal(got, each.amax(0))
     for i in range(0, N, 5):
         for m in range(M):
-            v = _lp(w[i, m].numpy(), inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
+            v = clip_lp_min(w[i, m].numpy(), inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
             exact = float("inf") if v is None else v + float(b[i, m])
             assert float(got[i, m]) <= exact + 1e-9
 
@@ -278,9 +248,9 @@ def test_several_constraints_take_the_best() -> None:
 def test_allowed_mask_restricts_constraints() -> None:
     rng = np.random.default_rng(13)
     N, M, n, K = 200, 2, 3, 2
-    inst = _instances(rng, N, n, K)
-    lo, hi, a, c = (_t(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
-    w, b = _t(rng.normal(0, 1, (N, M, n)), torch.float64), _t(rng.normal(0, 1, (N, M)), torch.float64)
+    inst = clip_instances(rng, N, n, K)
+    lo, hi, a, c = (to_tensor(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
+    w, b = to_tensor(rng.normal(0, 1, (N, M, n)), torch.float64), to_tensor(rng.normal(0, 1, (N, M)), torch.float64)
     allowed = torch.tensor([[True, False], [False, False]])
     got = min_under_constraints(w, b, lo, hi, a, c, allowed=allowed)
     assert torch.equal(got[:, 0], min_under_constraint(w, b, lo, hi, a[:, 0], c[:, 0])[:, 0])

@@ -15,7 +15,7 @@ import vnnlib
 from bab import DomainBatch
 from models import GraphEvaluator
 from bab.memory import BatchSizer, free_memory_bytes, is_out_of_memory, release_memory, run_with_retry
-from tests.bab.test_known_answers import _net, _true_min
+from tests.builders import known_answer_min, known_answer_net
 from verifier import Config, verify
 from verifier.config import with_overrides
 
@@ -85,14 +85,14 @@ def _check_both_sides(model, n: int, m: float, config: Config, tmp_path, mode: s
 
 
 def test_input_split_on_the_device(device: str, tmp_path) -> None:
-    model = _net(tmp_path, 0)           # 2 inputs: the true minimum from a dense grid
-    m = _true_min(model)
+    model = known_answer_net(tmp_path, 0)           # 2 inputs: the true minimum from a dense grid
+    m = known_answer_min(model)
     assert abs(_exact_min(model) - m) < 1e-3  # the MILP oracle of the activation-split case agrees
     _check_both_sides(model, 2, m, _config(device, "input"), tmp_path, "input")
 
 
 def test_activation_split_on_the_device(device: str, tmp_path) -> None:
-    model = _net(tmp_path, 5, widths=(6, 12, 12, 1))   # 6 inputs: the exact minimum from a MILP
+    model = known_answer_net(tmp_path, 5, widths=(6, 12, 12, 1))   # 6 inputs: the exact minimum from a MILP
     m = _exact_min(model)
     xs = torch.rand(20000, 1, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert float(GraphEvaluator(model.graph, dtype=torch.float64)(xs).min()) >= m - 1e-6  # no sample beats it

@@ -11,7 +11,8 @@ import vnnlib
 from bab.activation_split import ReluSearch, activation_split_bab
 from bab.branching import babsr_branch, fsb_branch, neuron_scores
 from bab.search import SearchLimits
-from tests.bab.test_known_answers import _net, _spec, _true_min
+from tests.builders import (check_certificate_for, known_answer_min, known_answer_net, known_answer_spec,
+                            normalised_mlp_onnx)
 from tests.helpers import assert_verdicts_bracket
 from verifier import Config, load_model, verify
 from verifier.config import ConfigError, with_overrides
@@ -24,22 +25,22 @@ def _cfg(branching: str, timeout: float = 60, **kw) -> Config:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fsb_agrees_with_the_true_minimum(tmp_path, seed: int) -> None:
-    model = _net(tmp_path, seed)
-    m = _true_min(model)
+    model = known_answer_net(tmp_path, seed)
+    m = known_answer_min(model)
     spread = 0.05 * (1 + abs(m))
-    assert_verdicts_bracket(model, _spec, m, spread, _cfg("fsb"))
+    assert_verdicts_bracket(model, known_answer_spec, m, spread, _cfg("fsb"))
 
 
 @pytest.mark.parametrize("seed", [5, 6, 7])
 def test_fsb_gives_the_same_verdicts_as_babsr(tmp_path, seed: int) -> None:
     """Three layers, thresholds on both sides of the minimum. A definite verdict of either
     must be the true one; BaBSR may run out of time where FSB does not (seed 7 below)."""
-    model = _net(tmp_path, seed, widths=(2, 12, 12, 12, 1))
-    m = _true_min(model)
+    model = known_answer_net(tmp_path, seed, widths=(2, 12, 12, 12, 1))
+    m = known_answer_min(model)
     for t in (m - 0.1 * (1 + abs(m)), m + 0.05 * (1 + abs(m))):
         truth = "unsat" if t < m else "sat"
-        a = verify(model, _spec(t), _cfg("babsr", timeout=15))
-        b = verify(model, _spec(t), _cfg("fsb", timeout=15))
+        a = verify(model, known_answer_spec(t), _cfg("babsr", timeout=15))
+        b = verify(model, known_answer_spec(t), _cfg("fsb", timeout=15))
         assert a.verdict in (truth, "timeout", "unknown"), (t, m, a.verdict, a.reason)
         assert b.verdict == truth, (t, m, b.verdict, b.reason, b.stats)
 
@@ -52,10 +53,10 @@ def _three_domains(tmp_path, seed: int, widths, second: int):
     from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
     from verifier.verify import _problem
 
-    model = _net(tmp_path, seed, widths=widths)
-    m = _true_min(model)
+    model = known_answer_net(tmp_path, seed, widths=widths)
+    m = known_answer_min(model)
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
-    p = _problem(model, ev, _spec(m - 0.02 * (1 + abs(m))).disjuncts[0], Config())
+    p = _problem(model, ev, known_answer_spec(m - 0.02 * (1 + abs(m))).disjuncts[0], Config())
     relus = relu_inputs(p)
     names = list(relus)
     splits = {z: torch.zeros(3, *p.graph.shapes[z], dtype=torch.int8) for z in relus.values()}
@@ -114,10 +115,9 @@ def test_branching_config_is_checked() -> None:
 def test_fsb_proof_is_recorded_and_accepted(tmp_path) -> None:
     """The certificate of an FSB search is checked like any other (the leaves do not care
     how the tree was split)."""
-    from tests.verifier.certificates.test_certificates import _check, _mlp
     from verifier.certificates.writer import build_certificate
 
-    model = load_model(_mlp(tmp_path / "net.onnx", [4, 32, 32, 3], 3))
+    model = load_model(normalised_mlp_onnx(tmp_path / "net.onnx", [4, 32, 32, 3], 3))
     x0 = np.random.default_rng(3).uniform(0.2, 0.8, 4)
     label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
     cfg = with_overrides(Config(timeout=60, proof=True), ["bab.mode=activation", "bab.branching=fsb"])
@@ -129,7 +129,7 @@ def test_fsb_proof_is_recorded_and_accepted(tmp_path) -> None:
         entry = (result.proof or {}).get("disjuncts", [{}])[0]
         if result.verdict == "unsat" and entry.get("kind") == "activation-split" and len(entry["leaves"]) >= 2:
             cert = build_certificate(model, path, spec, result)
-            res = _check(cert, model, path)
+            res = check_certificate_for(cert, model, path)
             assert res.accepted, res.reason
             return
     pytest.skip(reason="no radius gives an activation-split proof")

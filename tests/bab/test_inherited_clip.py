@@ -13,8 +13,7 @@ from bab.clip_hooks import ConstraintClipper
 from bab.clipping import hull_under_constraints, min_under_all_constraints, min_under_constraints
 from models import GraphEvaluator
 from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
-from tests.bab.test_clipping import _instances, _lp, _t
-from tests.bab.test_known_answers import _net
+from tests.builders import clip_instances, clip_lp_min, known_answer_net, to_tensor
 from verifier import Config, verify
 from verifier.config import ConfigError, with_overrides
 
@@ -33,16 +32,16 @@ def test_joint_dual_is_below_the_lp_and_exact_for_one_constraint(K: int) -> None
     constraint somewhere for K > 1 (else joint clipping would be dead weight)."""
     rng = np.random.default_rng(10 + K)
     N, M, n = 1000, 2, 5
-    inst = _instances(rng, N, n, K)
+    inst = clip_instances(rng, N, n, K)
     w, b = _objectives(rng, N, M, n)
-    args = [_t(x, torch.float64) for x in (w, b, inst["lo"], inst["hi"], inst["a"], inst["c"])]
+    args = [to_tensor(x, torch.float64) for x in (w, b, inst["lo"], inst["hi"], inst["a"], inst["c"])]
     joint = min_under_all_constraints(*args, sweeps=30).numpy()
     single = min_under_constraints(*args).numpy()
     plain = b + np.minimum(w * inst["lo"][:, None], w * inst["hi"][:, None]).sum(-1)
     better = 0
     for i in range(N):
         for m in range(M):
-            opt = _lp(w[i, m], inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
+            opt = clip_lp_min(w[i, m], inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
             assert joint[i, m] >= plain[i, m] - 1e-6 * (1 + abs(plain[i, m]))
             if opt is None:          # infeasible: any finite value is a valid bound
                 continue
@@ -58,10 +57,10 @@ def test_joint_dual_is_below_the_lp_and_exact_for_one_constraint(K: int) -> None
 def test_joint_hull_contains_the_lp_hull_and_every_feasible_sample() -> None:
     rng = np.random.default_rng(3)
     N, n, K = 300, 4, 3
-    inst = _instances(rng, N, n, K)
+    inst = clip_instances(rng, N, n, K)
     for k in ("lo", "hi", "a", "c"):  # the float32 problem, exactly, is the one the LP and samples see
-        inst[k] = _t(inst[k], torch.float32).double().numpy()
-    lo, hi, a, c = (_t(inst[k], torch.float32) for k in ("lo", "hi", "a", "c"))
+        inst[k] = to_tensor(inst[k], torch.float32).double().numpy()
+    lo, hi, a, c = (to_tensor(inst[k], torch.float32) for k in ("lo", "hi", "a", "c"))
     nlo, nhi, empty = hull_under_constraints(lo, hi, a, c)
     x = np.clip(inst["lo"][:, None] + rng.random((N, 2000, n)) * (inst["hi"] - inst["lo"])[:, None],
                 inst["lo"][:, None], inst["hi"][:, None])
@@ -69,13 +68,14 @@ def test_joint_hull_contains_the_lp_hull_and_every_feasible_sample() -> None:
     for i in range(N):
         pts = x[i, feasible[i]]
         if empty[i]:
-            assert len(pts) == 0 and _lp(np.zeros(n), inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i]) is None
+            assert len(pts) == 0 and clip_lp_min(np.zeros(n), inst["lo"][i], inst["hi"][i], inst["a"][i],
+                                                 inst["c"][i]) is None
             continue
         assert bool((pts >= nlo[i].double().numpy() - 1e-12).all() and (pts <= nhi[i].double().numpy() + 1e-12).all())
         for j in range(n):
             e = np.eye(n)[j]
-            low = _lp(e, inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
-            neg_high = _lp(-e, inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
+            low = clip_lp_min(e, inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
+            neg_high = clip_lp_min(-e, inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i])
             if low is None or neg_high is None:   # tangent cases: HiGHS may call either side infeasible
                 continue
             high = -neg_high
@@ -88,7 +88,7 @@ def test_intermediate_bounds_hold_where_the_constraints_do(tmp_path, seed: int, 
     """Constraints through a point of each box; with two groups the relevant set is the union
     of the two groups' sets. Every sampled point of that set lies inside the clipped
     intermediate intervals and above the final bound, and clipping tightens somewhere."""
-    model = _net(tmp_path, seed, widths=(3, 16, 16, 16, 2))
+    model = known_answer_net(tmp_path, seed, widths=(3, 16, 16, 16, 2))
     ev = GraphEvaluator(model.graph, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     B, n, K = 8, 3, 4
@@ -152,7 +152,7 @@ def test_input_split_with_inherited_constraints_agrees_with_the_grid(tmp_path, s
                                                                      settings: list[str]) -> None:
     """Thresholds just below and just above the region's smallest joint violation: unsat and
     sat, with each combination of the switches (clipping never turns a sat into unsat)."""
-    model = _net(tmp_path, 40 + seed, widths=(2, 16, 16, 2))
+    model = known_answer_net(tmp_path, 40 + seed, widths=(2, 16, 16, 2))
     g = np.linspace(-1, 1, 601)
     xs = np.stack(np.meshgrid(g, g), -1).reshape(-1, 1, 2)
     y = GraphEvaluator(model.graph, dtype=torch.float64)(torch.from_numpy(xs)).numpy().reshape(-1, 2)
@@ -217,7 +217,7 @@ def test_box_tally_counts_shrunk_emptied_and_proved_boxes() -> None:
 
 
 def test_clipper_tally_counts_unstable_and_tightened_bounds(tmp_path) -> None:
-    model = _net(tmp_path, 5, widths=(3, 16, 16, 1))
+    model = known_answer_net(tmp_path, 5, widths=(3, 16, 16, 1))
     ev = GraphEvaluator(model.graph, dtype=torch.float64)
     lo, hi = -torch.ones(2, 1, 3, dtype=torch.float64), torch.ones(2, 1, 3, dtype=torch.float64)
     a = torch.tensor([[[1.0, 1.0, 1.0]], [[-1.0, 0.5, 0.0]]], dtype=torch.float64)

@@ -13,7 +13,7 @@ from bab.activation_split import relu_inputs
 from bab.leaf_lp import decide_leaves
 from models import GraphEvaluator
 from relaxations import BoundOptions
-from tests.bab.test_warm_rows import _cfg, _mins, _net, _spec
+from tests.builders import activation_split_config, four_conjunction_spec, known_answer_net, output_mins
 from verifier import Config, verify
 from verifier.lp.region import polytope_point
 from verifier.verify import _problem
@@ -36,7 +36,7 @@ def _pattern(model, p, x: torch.Tensor) -> dict:
 def test_leaves_with_a_counterexample_are_never_proved(tmp_path, seed: int, partial: bool) -> None:
     """A domain built around a counterexample x (its ReLUs split by their signs at x; with
     `partial` only the first layer's, the rest relaxed by CROWN) is never proved."""
-    model = _net(tmp_path, seed, widths=(2, 8, 8, 1))
+    model = known_answer_net(tmp_path, seed, widths=(2, 8, 8, 1))
     rng = np.random.default_rng(seed)
     x = torch.tensor(rng.uniform(-1, 1, size=(12, 2)), dtype=torch.float32)
     y = GraphEvaluator(model.graph, dtype=torch.float64)(x.double()).reshape(-1)
@@ -57,7 +57,7 @@ def test_leaves_with_a_counterexample_are_never_proved(tmp_path, seed: int, part
 @pytest.mark.parametrize("seed", [0, 1])
 def test_leaves_above_the_threshold_are_proved(tmp_path, seed: int) -> None:
     """Each leaf's own minimum (a fine grid over its points) minus a margin is proved."""
-    model = _net(tmp_path, seed, widths=(2, 8, 8, 1))
+    model = known_answer_net(tmp_path, seed, widths=(2, 8, 8, 1))
     g = np.linspace(-1, 1, 161)
     xs = torch.tensor(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2))
     ev64 = GraphEvaluator(model.graph, dtype=torch.float64)
@@ -84,17 +84,17 @@ def test_the_search_ends_unsat_where_it_set_leaves_aside(tmp_path) -> None:
     """Without the LP the activation split sets fully split leaves aside (unknown) and the
     verifier falls back to input split; with it on fully split leaves the activation split
     proves the spec; with domains of at most 8 unstable ReLUs too, in fewer domains."""
-    model = _net(tmp_path, 5, widths=(2, 12, 12, 3))
-    m = _mins(model)
-    spec = _spec(m - 0.05 * (1 + np.abs(m)))
+    model = known_answer_net(tmp_path, 5, widths=(2, 12, 12, 3))
+    m = output_mins(model)
+    spec = four_conjunction_spec(m - 0.05 * (1 + np.abs(m)))
     sets = ("bab.warm_start=true", "bab.open_rows=true")
-    without = verify(model, spec, _cfg(60, *sets, "bab.leaf_lp=false"))
+    without = verify(model, spec, activation_split_config(60, *sets, "bab.leaf_lp=false"))
     assert without.verdict == "unsat" and "fully split" in without.stats["bab_stop"]
     assert without.stats["fallback"] == ["bab-input"]
-    leaves = verify(model, spec, _cfg(60, *sets, "bab.leaf_lp_unstable=0"))
+    leaves = verify(model, spec, activation_split_config(60, *sets, "bab.leaf_lp_unstable=0"))
     assert leaves.verdict == "unsat" and leaves.method == "bab-activation"
     assert "fallback" not in leaves.stats and "bab_stop" not in leaves.stats
-    near = verify(model, spec, _cfg(60, *sets, "bab.leaf_lp_unstable=8"))
+    near = verify(model, spec, activation_split_config(60, *sets, "bab.leaf_lp_unstable=8"))
     assert near.verdict == "unsat" and near.stats["leaf_lps"] > leaves.stats["leaf_lps"]
     assert near.stats["domains"] < leaves.stats["domains"]
 

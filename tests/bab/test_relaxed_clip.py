@@ -17,7 +17,7 @@ from bab.clipping import min_under_constraints
 from bab.search import SearchLimits
 from models import GraphEvaluator
 from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
-from tests.bab.test_known_answers import _net, _spec, _true_min
+from tests.builders import known_answer_min, known_answer_net, known_answer_spec
 from tests.helpers import assert_verdicts_bracket
 from verifier import Config
 from verifier.config import ConfigError, with_overrides
@@ -74,7 +74,7 @@ def _samples(model, splits: dict, n: int, seed: int, lo: float = -1.0, hi: float
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("method", ["crown", "alpha-crown"])
 def test_clipped_bounds_hold_on_sampled_domain_points(tmp_path, seed: int, method: str) -> None:
-    model = _net(tmp_path, seed, widths=(2, 12, 12, 12, 1))
+    model = known_answer_net(tmp_path, seed, widths=(2, 12, 12, 12, 1))
     ev = GraphEvaluator(model.graph)
     splits, box = _domains(model, ev, seed)
     opts = BoundOptions(method=method, alpha_iterations=5)
@@ -109,7 +109,7 @@ def test_clipped_final_bound_is_never_looser_and_sometimes_tighter(tmp_path, see
     pass; over the seeds it must rise somewhere (else the feature does nothing). Keeping the
     split neurons' bounds CROWN-bounds them too (they look stable once clamped), which only
     tightens their intervals; here that never made the pass looser than without it."""
-    model = _net(tmp_path, seed, widths=(2, 12, 12, 1))
+    model = known_answer_net(tmp_path, seed, widths=(2, 12, 12, 1))
     ev = GraphEvaluator(model.graph)
     splits, box = _domains(model, ev, seed, per_layer=4)
     opts = BoundOptions(method="crown")
@@ -149,12 +149,12 @@ def test_sparse_matches_dense_min_under_constraints() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bab_with_relaxed_clip_agrees_with_the_true_minimum(tmp_path, seed: int) -> None:
-    model = _net(tmp_path, seed)
-    m = _true_min(model)
+    model = known_answer_net(tmp_path, seed)
+    m = known_answer_min(model)
     spread = 0.05 * (1 + abs(m))
     cfg = with_overrides(Config(timeout=60), ["bab.mode=activation", "attack.enabled=false", "attack.samples=1",
                                               "bab.relaxed_clip=true"])
-    assert_verdicts_bracket(model, _spec, m, spread, cfg)
+    assert_verdicts_bracket(model, known_answer_spec, m, spread, cfg)
 
 
 def test_config_switch() -> None:
@@ -171,9 +171,9 @@ def test_off_when_recording_a_proof(tmp_path, monkeypatch) -> None:
     def boom(*a, **k):
         raise AssertionError("relaxed clipping used while recording a proof")
 
-    model = _net(tmp_path, 0)
-    m = _true_min(model)
-    spec = _spec(m - 0.05 * (1 + abs(m)))
+    model = known_answer_net(tmp_path, 0)
+    m = known_answer_min(model)
+    spec = known_answer_spec(m - 0.05 * (1 + abs(m)))
     ev = GraphEvaluator(model.graph)
     p = _problem(model, ev, spec.disjuncts[0], Config())
     monkeypatch.setattr(act, "SplitClipper", boom)

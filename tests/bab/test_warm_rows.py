@@ -12,36 +12,9 @@ import vnnlib
 from bab.activation_split import ReluBrancher, ReluSearch, conjunction_problem, rows_problem
 from models import GraphEvaluator
 from relaxations import BoundOptions
-from tests.bab.test_known_answers import _net
+from tests.builders import activation_split_config, four_conjunction_spec, known_answer_net, output_mins
 from verifier import Config, verify
-from verifier.config import with_overrides
 from verifier.verify import _problem
-
-GRID = np.linspace(-1, 1, 301)
-
-
-def _mins(model) -> np.ndarray:
-    """The true minimum of each output over [-1, 1]^2 (a fine grid; the nets are small)."""
-    xs = np.stack(np.meshgrid(GRID, GRID), -1).reshape(-1, 1, 2)
-    ev = GraphEvaluator(model.graph, dtype=torch.float64)
-    return ev(torch.from_numpy(xs)).numpy().reshape(len(xs), -1).min(0)
-
-
-def _spec(t: np.ndarray) -> vnnlib.Spec:
-    """Four conjunctions over three outputs: y0 <= t0; y1 <= t1; (y2 <= t2 and y0 <= t0 + 1);
-    y1 + y2 <= t1 + t2 (sat iff one of them holds somewhere in [-1, 1]^2)."""
-    region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
-    one = lambda row, d: vnnlib.OutputConstraints(np.array([row], float), np.array([d]), np.array([False]))  # noqa: E731
-    conj = (one([1, 0, 0], t[0]), one([0, 1, 0], t[1]),
-            vnnlib.OutputConstraints(np.array([[0, 0, 1], [1, 0, 0]], float), np.array([t[2], t[0] + 1.0]),
-                                     np.array([False, False])),
-            one([0, 1, 1], t[1] + t[2]))
-    return vnnlib.Spec(2, 3, (vnnlib.Disjunct(region, conj),))
-
-
-def _cfg(timeout: float = 30, *sets: str) -> Config:
-    return with_overrides(Config(timeout=timeout), ["bab.mode=activation", "attack.enabled=false",
-                                                     "attack.samples=1", "lp.milp=off", *sets])
 
 
 def _inside(model, splits: dict, xs: torch.Tensor) -> torch.Tensor:
@@ -58,12 +31,12 @@ def _inside(model, splits: dict, xs: torch.Tensor) -> torch.Tensor:
 def test_row_bounds_of_warm_started_open_row_rounds_hold_on_samples(tmp_path, seed: int, far: float) -> None:
     """`far`: how far under its minimum each other conjunction's threshold lies (3: proved
     at the root, so every round bounds one conjunction's row only)."""
-    model = _net(tmp_path, seed, widths=(2, 12, 12, 3))
-    m = _mins(model)
+    model = known_answer_net(tmp_path, seed, widths=(2, 12, 12, 3))
+    m = output_mins(model)
     t = m - far * (1 + np.abs(m))
     t[1] = m[1] - 0.1 * (1 + abs(m[1]))              # one conjunction left open for longer
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
-    p = _problem(model, ev, _spec(t).disjuncts[0], Config())
+    p = _problem(model, ev, four_conjunction_spec(t).disjuncts[0], Config())
     br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=4),
                       ReluSearch(warm_start=True, open_rows=True))
     g = torch.Generator().manual_seed(seed)
@@ -91,9 +64,9 @@ def test_row_bounds_of_warm_started_open_row_rounds_hold_on_samples(tmp_path, se
 
 
 def test_compact_alphas_round_trip(tmp_path) -> None:
-    model = _net(tmp_path, 3, widths=(2, 16, 16, 2))
+    model = known_answer_net(tmp_path, 3, widths=(2, 16, 16, 2))
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
-    m = _mins(model)
+    m = output_mins(model)
     region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
     conj = vnnlib.OutputConstraints(np.array([[1.0, 0.0]]), np.array([m[0] - 0.05]), np.array([False]))
     p = _problem(model, ev, vnnlib.Spec(2, 2, (vnnlib.Disjunct(region, (conj,)),)).disjuncts[0], Config())
@@ -113,9 +86,9 @@ def test_compact_alphas_round_trip(tmp_path) -> None:
 
 
 def test_rows_problem_keeps_whole_conjunctions(tmp_path) -> None:
-    model = _net(tmp_path, 4, widths=(2, 8, 3))
+    model = known_answer_net(tmp_path, 4, widths=(2, 8, 3))
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
-    p = _problem(model, ev, _spec(np.zeros(3)).disjuncts[0], Config())
+    p = _problem(model, ev, four_conjunction_spec(np.zeros(3)).disjuncts[0], Config())
     assert p.n_conj == 4 and p.C.shape[0] == 5
     q = rows_problem(p, torch.tensor([2, 3, 4]))
     assert q.n_conj == 2 and q.owner.tolist() == [0, 0, 1]
@@ -127,8 +100,8 @@ def test_rows_problem_keeps_whole_conjunctions(tmp_path) -> None:
 @pytest.mark.parametrize("seed", [5, 6])
 def test_switches_keep_the_known_answers(tmp_path, seed: int) -> None:
     """Unsat (every threshold under its minimum) and sat (one above) with each switch."""
-    model = _net(tmp_path, seed, widths=(2, 12, 12, 3))
-    m = _mins(model)
+    model = known_answer_net(tmp_path, seed, widths=(2, 12, 12, 3))
+    m = output_mins(model)
     below = m - 0.05 * (1 + np.abs(m))
     above = below.copy()
     above[1] = m[1] + 0.05 * (1 + abs(m[1]))
@@ -136,9 +109,9 @@ def test_switches_keep_the_known_answers(tmp_path, seed: int) -> None:
                 ("bab.warm_start=true", "bab.open_rows=true", "bab.per_conjunction=off"),
                 ("bab.warm_start=true", "bab.open_rows=false", "bab.per_conjunction=always")]
     for sets in variants:
-        r = verify(model, _spec(below), _cfg(30, *sets))
+        r = verify(model, four_conjunction_spec(below), activation_split_config(30, *sets))
         assert r.verdict == "unsat", (sets, r.reason, r.stats)
-        r = verify(model, _spec(above), _cfg(30, *sets))
+        r = verify(model, four_conjunction_spec(above), activation_split_config(30, *sets))
         assert r.verdict == "sat", (sets, r.reason, r.stats)
 
 
@@ -146,10 +119,10 @@ def test_multi_split_makes_every_sign_combination(tmp_path) -> None:
     """With room for it, a round splits the chosen neuron and the next choices at once:
     2^k children per domain, each a distinct sign pattern on the k neurons, all other
     decisions the parent's."""
-    model = _net(tmp_path, 8, widths=(2, 16, 16, 1))
+    model = known_answer_net(tmp_path, 8, widths=(2, 16, 16, 1))
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
     region = vnnlib.InputRegion(np.full(2, -1.0), np.full(2, 1.0))
-    m = _mins(model)
+    m = output_mins(model)
     conj = vnnlib.OutputConstraints(np.array([[1.0]]), np.array([m[0] - 0.3]), np.array([False]))
     p = _problem(model, ev, vnnlib.Spec(2, 1, (vnnlib.Disjunct(region, (conj,)),)).disjuncts[0], Config())
     br = ReluBrancher(p, BoundOptions(method="alpha-crown", alpha_iterations=2),

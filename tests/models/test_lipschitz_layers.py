@@ -11,30 +11,13 @@ import torch
 from torch import nn
 
 from models.lipschitz_layers import (
-    GershgorinResidual,
-    LipschitzModule,
-    OrthogonalLinear,
     ReluCertificate,
-    SandwichLayer,
     SandwichNet,
-    SLLLayer,
-    SLLNet,
     cayley,
     certify_relu_block,
 )
+from tests.builders import LIPSCHITZ_FACTORIES, randomised_lipschitz_module
 
-FACTORIES: dict[str, Callable[[], LipschitzModule]] = {
-    "sandwich": lambda: SandwichLayer(5, 7),
-    "sandwich_scaled": lambda: SandwichLayer(7, 4, input_scale=2.0, output_scale=0.7),
-    "sandwich_net": lambda: SandwichNet(4, [8, 6], 3, gamma=3.0),
-    "sll": lambda: SLLLayer(6),
-    "sll_wide": lambda: SLLLayer(5, hidden=11),
-    "gershgorin": lambda: GershgorinResidual(6, hidden=9),
-    "sll_net": lambda: SLLNet(4, 8, 3, 2, gamma=2.0),
-    "gershgorin_net": lambda: SLLNet(4, 8, 2, 3, gamma=0.5, layer="gershgorin"),
-    "orthogonal_down": lambda: OrthogonalLinear(6, 3, scale=1.5),
-    "orthogonal_up": lambda: OrthogonalLinear(3, 6),
-}
 TOL = 1e-5
 
 
@@ -45,16 +28,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def _randomised(name: str, seed: int) -> LipschitzModule:
-    """A module whose parameters are random, well away from their initialisation."""
-    torch.manual_seed(seed)
-    module = FACTORIES[name]()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.7 * torch.randn_like(p))
-    return module
 
 
 def _pair_ratios(f: Callable[[torch.Tensor], torch.Tensor], n: int, count: int) -> torch.Tensor:
@@ -100,17 +73,17 @@ def test_cayley_has_orthonormal_columns() -> None:
     assert torch.allclose(q.T @ q, torch.eye(4, dtype=torch.float64), atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("name", sorted(LIPSCHITZ_FACTORIES))
 def test_empirical_lipschitz_is_within_documented_bound(name: str) -> None:
     for seed in (0, 1):
-        module = _randomised(name, seed)
+        module = randomised_lipschitz_module(name, seed)
         bound = module.lipschitz_bound()
         assert _empirical_lipschitz(module, module.in_features) <= bound + TOL
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("name", sorted(LIPSCHITZ_FACTORIES))
 def test_plain_module_equals_parameterised(name: str) -> None:
-    module = _randomised(name, 2)
+    module = randomised_lipschitz_module(name, 2)
     for dtype in (torch.float32, torch.float64):
         module = module.to(dtype)
         plain = module.to_plain()
@@ -121,9 +94,9 @@ def test_plain_module_equals_parameterised(name: str) -> None:
             torch.testing.assert_close(plain(x), module(x), rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("name", sorted(LIPSCHITZ_FACTORIES))
 def test_certified_bound_is_tight_and_sound(name: str) -> None:
-    module = _randomised(name, 3)
+    module = randomised_lipschitz_module(name, 3)
     bound = module.lipschitz_bound()
     for dtype in (torch.float32, torch.float64):
         certified = module.certified_lipschitz_bound(dtype=dtype)
@@ -138,7 +111,7 @@ def test_onnx_export_matches_onnxruntime(name: str, tmp_path) -> None:
     import onnx
     import onnxruntime as ort
 
-    module = _randomised(name, 4)
+    module = randomised_lipschitz_module(name, 4)
     path = str(tmp_path / "model.onnx")
     module.export_onnx(path, (1, module.in_features))
     model = onnx.load(path)
@@ -155,7 +128,7 @@ def test_onnx_export_matches_onnxruntime(name: str, tmp_path) -> None:
 @pytest.mark.parametrize("name", ["sandwich_net", "sll_net", "gershgorin_net"])
 def test_training_keeps_the_guarantee(name: str) -> None:
     """Train adversarially, to *increase* the slope on fixed pairs; the bound must hold."""
-    module = _randomised(name, 5)
+    module = randomised_lipschitz_module(name, 5)
     n = module.in_features
     torch.manual_seed(6)
     x, y = torch.randn(128, n), torch.randn(128, n)
@@ -181,7 +154,7 @@ def test_lipschitz_bound_norms() -> None:
 
 def test_checker_rejects_a_claim_that_is_too_small() -> None:
     """A certificate only steers the check: a false claim falls back to a sound bound."""
-    layer = _randomised("sll", 7).double()
+    layer = randomised_lipschitz_module("sll", 7).double()
     plain_branch = layer.to_plain(torch.float64)[0].branch
     u, v = plain_branch[0].weight, plain_branch[2].weight
     lam = layer.relu_certificates()[0].multiplier

@@ -9,34 +9,13 @@ from onnx import helper
 
 from models import graph_from_proto
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
-from tests.helpers import relu_mlp_layers
+from tests.builders import linear_gemm_net, relu_mlp_graph
 from tests.op_cases import make_model
-
-
-def _linear_net(seed: int, widths=(4, 7, 5, 3)):
-    r = np.random.default_rng(seed)
-    nodes, inits, prev = [], {}, "X"
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        inits[f"W{i}"] = r.normal(size=(a, b)).astype(np.float32)
-        inits[f"b{i}"] = r.normal(size=b).astype(np.float32)
-        out = "Y" if i == len(widths) - 2 else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [out]))
-        prev = out
-    W = np.eye(widths[0])
-    b = np.zeros(widths[0])
-    for i in range(len(widths) - 1):
-        W, b = W @ inits[f"W{i}"].astype(np.float64), b @ inits[f"W{i}"].astype(np.float64) + inits[f"b{i}"]
-    return graph_from_proto(make_model(nodes, inits, (1, widths[0]), (1, widths[-1]))), W, b
-
-
-def _relu_net(seed: int, widths=(5, 20, 20, 4)):
-    nodes, inits = relu_mlp_layers(np.random.default_rng(seed), widths, 1.0, 0.1)
-    return graph_from_proto(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])))
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_crown_is_exact_on_linear_networks(seed: int) -> None:
-    graph, W, b = _linear_net(seed)
+    graph, W, b = linear_gemm_net(seed)
     r = np.random.default_rng(100 + seed)
     lo = r.uniform(-1, 0, size=4)
     hi = lo + r.uniform(0, 2, size=4)
@@ -52,7 +31,7 @@ def test_crown_is_exact_on_linear_networks(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_crown_tighter_than_ibp_and_alpha_never_looser_than_crown(seed: int) -> None:
-    graph = _relu_net(seed)
+    graph = relu_mlp_graph(seed)
     x0 = torch.rand(3, 1, 5, generator=torch.Generator().manual_seed(seed))
     box = IntervalBounds(x0 - 0.3, x0 + 0.3)
     C = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 1.0, 0.0, -1.0]])
@@ -97,7 +76,7 @@ def test_difference_of_relus_by_hand() -> None:
 
 
 def test_batched_boxes_match_single_boxes() -> None:
-    graph = _relu_net(7)
+    graph = relu_mlp_graph(7)
     x0 = torch.rand(4, 1, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     box = IntervalBounds(x0 - 0.2, x0 + 0.2)
     together = compute_bounds(graph, box, options=BoundOptions(method="crown"))
@@ -109,7 +88,7 @@ def test_batched_boxes_match_single_boxes() -> None:
 
 
 def test_float32_bounds_are_widened_outward() -> None:
-    graph, W, b = _linear_net(3)
+    graph, W, b = linear_gemm_net(3)
     lo = torch.zeros(1, 1, 4)
     hi = torch.ones(1, 1, 4)
     r32 = compute_bounds(graph, IntervalBounds(lo, hi), options=BoundOptions(method="crown"))

@@ -10,14 +10,14 @@ from onnx import helper
 
 from models import GraphEvaluator, graph_from_proto
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
+from tests.builders import relu_mlp_graph
 from tests.helpers import assert_inside, outputs_float64, sample_box
 from tests.op_cases import make_model
-from tests.relaxations.test_crown import _relu_net
 
 
 @pytest.mark.parametrize("method", ["crown", "alpha-crown"])
 def test_bounds_on_the_device_are_sound_and_match_the_cpu(device: str, method: str) -> None:
-    graph = _relu_net(7, widths=(5, 24, 24, 4))
+    graph = relu_mlp_graph(7, widths=(5, 24, 24, 4))
     x0 = torch.rand(3, 1, 5, generator=torch.Generator().manual_seed(7))
     C = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 1.0, 0.0, -1.0], [0.0, 0.0, 1.0, 0.0]])
     opts = BoundOptions(method=method, alpha_iterations=10)

@@ -9,7 +9,7 @@ import torch
 from models import GraphEvaluator
 from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.compute import intermediate_bounds
-from tests.relaxations.test_crown import _linear_net, _relu_net
+from tests.builders import linear_gemm_net, relu_mlp_graph
 
 
 def _box(seed: int, n: int, B: int = 16, dtype=torch.float32) -> IntervalBounds:
@@ -22,7 +22,7 @@ def _box(seed: int, n: int, B: int = 16, dtype=torch.float32) -> IntervalBounds:
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_intermediates_contain_samples(seed: int, dtype: torch.dtype) -> None:
-    graph = _relu_net(seed, widths=(5, 16, 16, 16, 4))
+    graph = relu_mlp_graph(seed, widths=(5, 16, 16, 16, 4))
     ev = GraphEvaluator(graph, dtype=dtype)
     box = _box(seed, 5, dtype=dtype)
     fwd, _, _ = intermediate_bounds(graph, ev, box, BoundOptions(method="crown", intermediate="forward"))
@@ -43,7 +43,7 @@ def test_forward_intermediates_contain_samples(seed: int, dtype: torch.dtype) ->
 
 
 def test_forward_is_exact_on_linear_networks() -> None:
-    graph, W, b = _linear_net(3)
+    graph, W, b = linear_gemm_net(3)
     lo = np.array([-0.5, -0.2, 0.1, -1.0])
     hi = lo + np.array([0.3, 1.0, 0.5, 2.0])
     box = IntervalBounds(torch.tensor(lo).reshape(1, 1, 4), torch.tensor(hi).reshape(1, 1, 4))
@@ -56,7 +56,7 @@ def test_forward_is_exact_on_linear_networks() -> None:
 
 
 def test_forward_tighter_than_ibp_on_deep_relu_net() -> None:
-    graph = _relu_net(7, widths=(5, 32, 32, 32, 32, 4))
+    graph = relu_mlp_graph(7, widths=(5, 32, 32, 32, 32, 4))
     box = _box(7, 5, B=8, dtype=torch.float64)
     ev = GraphEvaluator(graph, dtype=torch.float64)
     fwd = compute_bounds(graph, box, None, BoundOptions(method="crown", intermediate="forward"), ev=ev)
@@ -65,7 +65,7 @@ def test_forward_tighter_than_ibp_on_deep_relu_net() -> None:
 
 
 def test_forward_with_activation_splits_is_sound() -> None:
-    graph = _relu_net(11, widths=(5, 12, 12, 3))
+    graph = relu_mlp_graph(11, widths=(5, 12, 12, 3))
     ev = GraphEvaluator(graph, dtype=torch.float64)
     box = _box(11, 5, B=1, dtype=torch.float64)
     relu_in = next(n.inputs[0] for n in graph.nodes if n.op == "Relu")

@@ -3,21 +3,18 @@ least every slope that sampling and gradient ascent find), equals the FeedForwar
 bound on ReLU MLPs, and refuses what it cannot bound with the node named."""
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from models import Graph, GraphEvaluator, UnsupportedModel, load_onnx
+from models import UnsupportedModel
 from relaxations.lipschitz import FeedForward
 from relaxations.lipschitz import graph_naive
 from relaxations.lipschitz.graph_naive import graph_naive_bound
 from relaxations.lipschitz.linear_ops import conv_l2_bound
 from relaxations.sdp.network import relu_mlp_from_graph
+from tests.builders import empirical_lipschitz, export_graph
 from verifier.lipschitz import naive_certificate
 
 
@@ -27,42 +24,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Graph:
-    module.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(shape),), str(path), input_names=["input"],
-                          output_names=["output"], opset_version=17, dynamo=False)
-    return load_onnx(path)
-
-
-def _norm(v: torch.Tensor, norm: str) -> torch.Tensor:
-    return torch.linalg.vector_norm(v.flatten(1), ord=2 if norm == "2" else float("inf"), dim=1)
-
-
-def empirical_lipschitz(graph: Graph, norm: str, seed: int = 0, steps: int = 80) -> float:
-    """Largest |f(x) - f(y)| / |x - y| found by random pairs and by Adam on pairs (float64)."""
-    ev = GraphEvaluator(graph, dtype=torch.float64)
-    f: Callable[[torch.Tensor], torch.Tensor] = ev
-    g = torch.Generator().manual_seed(seed)
-    shape = tuple(graph.input_shape)
-    x = torch.randn(256, *shape, generator=g, dtype=torch.float64) * 2
-    scales = 10.0 ** (torch.rand(256, *[1] * len(shape), generator=g, dtype=torch.float64) * 3 - 3)
-    d = scales * torch.randn(x.shape, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        best = float((_norm(f(x + d) - f(x), norm) / _norm(d, norm)).max())
-    x = x[:64].clone().requires_grad_()
-    d = (1e-2 * torch.randn(x.shape, generator=g, dtype=torch.float64)).requires_grad_()
-    opt = torch.optim.Adam([x, d], lr=0.03)
-    for _ in range(steps):
-        ratio = _norm(f(x + d) - f(x), norm) / _norm(d, norm).clamp_min(1e-12)
-        best = max(best, float(ratio.detach().max()))
-        opt.zero_grad()
-        (-ratio.sum()).backward()
-        opt.step()
-    return best
 
 
 def _randomise_bn(module: nn.Module) -> None:
@@ -124,7 +85,7 @@ def _mlp(act: type[nn.Module], seed: int) -> nn.Module:
 @pytest.mark.parametrize("norm", ["2", "inf"])
 @pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh, nn.Sigmoid])
 def test_mlp_bound_is_sound(act, norm, tmp_path) -> None:
-    graph = export(_mlp(act, 1), (1, 4), tmp_path / "m.onnx")
+    graph = export_graph(_mlp(act, 1), (1, 4), tmp_path / "m.onnx")
     bound = graph_naive_bound(graph, norm).value
     assert bound >= empirical_lipschitz(graph, norm)
 
@@ -132,7 +93,7 @@ def test_mlp_bound_is_sound(act, norm, tmp_path) -> None:
 @pytest.mark.parametrize("norm", ["2", "inf"])
 def test_equals_feedforward_naive_on_relu_mlps(norm, tmp_path) -> None:
     for seed in range(3):
-        graph = export(_mlp(nn.ReLU, seed), (1, 4), tmp_path / f"m{seed}.onnx")
+        graph = export_graph(_mlp(nn.ReLU, seed), (1, 4), tmp_path / f"m{seed}.onnx")
         ws, bs = relu_mlp_from_graph(graph)
         reference, _ = naive_certificate(FeedForward(tuple(ws), tuple(bs), "relu"), norm)
         ours = graph_naive_bound(graph, norm).value
@@ -151,7 +112,7 @@ def test_cnn_and_residual_bounds_are_sound(norm, explicit, tmp_path, monkeypatch
         for p in module.parameters():
             nn.init.normal_(p, std=0.5)
         _randomise_bn(module)
-        graph = export(module, shape, tmp_path / f"g{k}.onnx")
+        graph = export_graph(module, shape, tmp_path / f"g{k}.onnx")
         bound = graph_naive_bound(graph, norm).value
         found = empirical_lipschitz(graph, norm, seed=k)
         assert bound >= found, (type(module).__name__, bound, found)
@@ -160,7 +121,7 @@ def test_cnn_and_residual_bounds_are_sound(norm, explicit, tmp_path, monkeypatch
 
 def test_composition_is_at_least_as_tight_as_node_by_node(tmp_path, monkeypatch) -> None:
     torch.manual_seed(3)
-    graph = export(ResNet(), (1, 1, 5, 5), tmp_path / "r.onnx")
+    graph = export_graph(ResNet(), (1, 1, 5, 5), tmp_path / "r.onnx")
     composed = graph_naive_bound(graph, "2").value
     monkeypatch.setattr(graph_naive, "MAX_ENTRIES", 0)
     separate = graph_naive_bound(graph, "2").value
@@ -193,7 +154,7 @@ def test_unsupported_op_names_the_node(tmp_path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.exp(self.fc(x))
 
-    graph = export(Exp(), (1, 3), tmp_path / "e.onnx")
+    graph = export_graph(Exp(), (1, 3), tmp_path / "e.onnx")
     exp_node = next(n.name for n in graph.nodes if n.op == "Exp")
     with pytest.raises(UnsupportedModel, match=exp_node):
         graph_naive_bound(graph, "2")
@@ -204,6 +165,6 @@ def test_product_of_variables_is_refused(tmp_path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * x
 
-    graph = export(Square(), (1, 3), tmp_path / "s.onnx")
+    graph = export_graph(Square(), (1, 3), tmp_path / "s.onnx")
     with pytest.raises(UnsupportedModel, match="not globally Lipschitz"):
         graph_naive_bound(graph, "inf")

@@ -17,9 +17,9 @@ import pytest
 from onnx import helper
 
 from relaxations.lipschitz.network import FeedForward
+from tests.builders import empirical_max_grad_norm, random_feedforward
 from tests.conftest import BENCH
 from tests.op_cases import make_model
-from tests.relaxations.lipschitz.test_local import empirical_max, random_net
 from verifier.checker.lipschitz_local import check_local_lipschitz_certificate as check, mlp_from_onnx
 from verifier.lipschitz import naive_certificate
 from verifier.lipschitz_local import CLAIM_REL, local_lipschitz
@@ -31,7 +31,7 @@ MNIST = BENCH / "2022_mnist_fc/onnx/mnist-net_256x2.onnx"
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh"])
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_bab_is_sound_never_looser_and_below_naive(act: str, norm: str) -> None:
-    net = random_net(11, act, (4, 16, 16, 3))
+    net = random_feedforward(11, act, (4, 16, 16, 3))
     x0 = np.random.default_rng(5).standard_normal(4)
     naive = naive_certificate(net, norm)[0]
     for r in (0.1, 0.5):
@@ -39,17 +39,17 @@ def test_bab_is_sound_never_looser_and_below_naive(act: str, norm: str) -> None:
         for j in range(3):
             assert res.per_row[j] <= res.root[j] * (1 + CLAIM_REL) * (1 + 1e-12) + 1e-300
             assert res.per_row[j] <= res.naive_rows[j] <= naive * (1 + 1e-9)
-            emp = empirical_max(net, x0, r, np.eye(3)[j], norm)
+            emp = empirical_max_grad_norm(net, x0, r, np.eye(3)[j], norm)
             assert emp <= res.per_row[j], (act, norm, r, j, emp, res.per_row[j])
         assert res.value == max(res.per_row)
 
 
 def test_bab_reaches_the_exact_value_when_it_exhausts_the_splits() -> None:
-    net = random_net(1, "relu", (4, 16, 16, 16, 3))
+    net = random_feedforward(1, "relu", (4, 16, 16, 16, 3))
     x0 = np.random.default_rng(1).standard_normal(4)
     res = local_lipschitz(net, x0, 0.1, "inf", max_domains=400, timeout=60)
     assert res.exhausted
-    emp = max(empirical_max(net, x0, 0.1, np.eye(3)[j], "inf") for j in range(3))
+    emp = max(empirical_max_grad_norm(net, x0, 0.1, np.eye(3)[j], "inf") for j in range(3))
     assert emp <= res.value <= emp * 1.2  # leaves with d fixed: only the d-x correlation is lost
 
 
@@ -69,7 +69,7 @@ def test_trained_mnist_net_local_bound_is_sound_and_below_global() -> None:
         res = local_lipschitz(net, x0, 0.002, norm, max_domains=5, timeout=60)
         assert res.value <= naive_certificate(net, norm)[0]
         for j in (0, 3, 7):
-            emp = empirical_max(net, x0, 0.002, np.eye(10)[j], norm)
+            emp = empirical_max_grad_norm(net, x0, 0.002, np.eye(10)[j], norm)
             assert emp <= res.per_row[j]
         ok, why = check(res.certificate, net.weights, net.biases)
         assert ok, why
@@ -77,7 +77,7 @@ def test_trained_mnist_net_local_bound_is_sound_and_below_global() -> None:
 
 @pytest.fixture(scope="module")
 def certified():
-    net = random_net(2, "relu", (4, 16, 16, 3))
+    net = random_feedforward(2, "relu", (4, 16, 16, 3))
     x0 = np.random.default_rng(2).standard_normal(4)
     res = local_lipschitz(net, x0, 0.3, "inf", max_domains=30)
     assert res.leaves > 2
@@ -140,7 +140,7 @@ def test_tampering_is_rejected(certified) -> None:
     rng = np.random.default_rng(3)
     for _ in range(20):
         x1 = np.array(res.certificate["center"]) + rng.uniform(-2, 2, 4)
-        emp = [empirical_max(net, x1, res.radius, np.eye(3)[j], "inf") for j in range(3)]
+        emp = [empirical_max_grad_norm(net, x1, res.radius, np.eye(3)[j], "inf") for j in range(3)]
         if any(e > p for e, p in zip(emp, res.per_row)):
             break
     else:
@@ -157,7 +157,7 @@ def test_tampering_is_rejected(certified) -> None:
 
 
 def test_bad_inputs_raise_value_error() -> None:
-    net = random_net(0, "relu")
+    net = random_feedforward(0, "relu")
     with pytest.raises(ValueError, match="inputs"):
         local_lipschitz(net, np.zeros(5), 0.1)
     with pytest.raises(ValueError, match="radius"):

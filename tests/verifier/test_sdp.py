@@ -11,51 +11,12 @@ import pytest
 import torch
 
 from relaxations.sdp import mlp_forward
+from tests.builders import milp_min, random_mlp_weights
 from verifier.checker.sdp import check_sdp_certificate, check_sdp_certificates
 from verifier.sdp import certify_sdp, graph_from_weights, pre_activation_bounds
 from verifier.solvers.burer_monteiro import LowRankOptions
 
 torch.set_num_threads(1)
-
-
-def _net(seed: int, sizes):
-    rng = np.random.default_rng(seed)
-    ws = [rng.normal(size=(sizes[k + 1], sizes[k])) / np.sqrt(sizes[k]) * 1.5 for k in range(len(sizes) - 1)]
-    bs = [rng.normal(size=s) * 0.3 for s in sizes[1:]]
-    f32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731  (the graph stores float32)
-    return [f32(w) for w in ws], [f32(b) for b in bs]
-
-
-def _milp_min(ws, bs, c, lo, hi, pl, pu) -> float:
-    """Exact min of c^T f(x) over the box: big-M MILP (HiGHS) with sound bounds pl, pu."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    sizes = [ws[0].shape[1]] + [w.shape[0] for w in ws[:-1]]
-    nz = sum(sizes[1:])
-    nvar = sizes[0] + 2 * nz  # x, z (post-activations), a (binaries)
-    rows, lb, ub = [], [], []
-    col_lo = np.concatenate([lo, np.zeros(nz), np.zeros(nz)])
-    col_hi = np.concatenate([hi, np.concatenate([np.maximum(u, 0) for u in pu]), np.ones(nz)])
-    prev = np.arange(sizes[0])
-    zpos = sizes[0]
-    for k, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
-        for i in range(w.shape[0]):
-            z, a = zpos + i, zpos + nz + i
-            l, u = pl[k][i], pu[k][i]
-            h = np.zeros(nvar)
-            h[prev] = w[i]
-            r = -h.copy(); r[z] += 1; rows.append(r); lb.append(b[i]); ub.append(np.inf)       # z >= h
-            r = -h.copy(); r[z] += 1; r[a] = -l; rows.append(r); lb.append(-np.inf); ub.append(b[i] - l)  # z <= h - l(1-a)
-            r = np.zeros(nvar); r[z] = 1; r[a] = -max(u, 0); rows.append(r); lb.append(-np.inf); ub.append(0)
-        prev = np.arange(zpos, zpos + w.shape[0])
-        zpos += w.shape[0]
-    obj = np.zeros(nvar)
-    obj[prev] = c @ ws[-1]
-    integ = np.concatenate([np.zeros(sizes[0] + nz), np.ones(nz)])
-    res = milp(obj, constraints=LinearConstraint(np.array(rows), lb, ub), integrality=integ,
-               bounds=Bounds(col_lo, col_hi))
-    assert res.success
-    return float(res.fun + c @ bs[-1])
 
 
 CASES = [((2, 8, 8, 1), s) for s in (0, 1, 2)] + [((3, 10, 10, 2), s) for s in (3, 4)]
@@ -65,12 +26,12 @@ CASES = [((2, 8, 8, 1), s) for s in (0, 1, 2)] + [((3, 10, 10, 2), s) for s in (
 def full_sdp_results():
     out = []
     for sizes, seed in CASES:
-        ws, bs = _net(seed, sizes)
+        ws, bs = random_mlp_weights(seed, sizes)
         lo, hi = -np.ones(sizes[0]), np.ones(sizes[0])
         C = np.eye(sizes[-1]) if sizes[-1] == 1 else np.array([[1.0, -1.0], [0.0, 1.0]])
         res = certify_sdp(graph_from_weights(ws, bs), lo, hi, C, method="sdp")
         pl, pu, _ = pre_activation_bounds(graph_from_weights(ws, bs), lo, hi, C)
-        exact = np.array([_milp_min(ws, bs, c, lo, hi, pl, pu) for c in C])
+        exact = np.array([milp_min(ws, bs, c, lo, hi, pl, pu) for c in C])
         out.append((ws, bs, lo, hi, C, res, exact))
     return out
 
@@ -113,13 +74,13 @@ def test_full_sdp_certificates_accepted_and_tampering_rejected(full_sdp_results)
 def test_lowrank_bounds_valid_and_certified():
     opts = LowRankOptions(rank=4, max_rank=4, outer=12, inner=80, time_limit_s=15)
     for sizes, seed in [((2, 8, 8, 1), 0), ((3, 10, 10, 2), 3)]:
-        ws, bs = _net(seed, sizes)
+        ws, bs = random_mlp_weights(seed, sizes)
         lo, hi = -np.ones(sizes[0]), np.ones(sizes[0])
         C = np.eye(sizes[-1])[:1]
         g = graph_from_weights(ws, bs)
         res = certify_sdp(g, lo, hi, C, method="sdp-lowrank", lowrank_options=opts)
         pl, pu, _ = pre_activation_bounds(g, lo, hi, C)
-        exact = _milp_min(ws, bs, C[0], lo, hi, pl, pu)
+        exact = milp_min(ws, bs, C[0], lo, hi, pl, pu)
         assert res.lower_bounds[0] <= exact + 1e-7
         assert np.isfinite(res.lower_bounds[0])
         ok, why = check_sdp_certificates(res.certificate, ws, bs, lo, hi, C)
@@ -138,7 +99,7 @@ def test_checker_imports_no_producer_code():
 
 
 def test_rejects_non_mlp_and_empty_box():
-    ws, bs = _net(0, (2, 4, 1))
+    ws, bs = random_mlp_weights(0, (2, 4, 1))
     g = graph_from_weights(ws, bs)
     with pytest.raises(ValueError, match="empty box"):
         certify_sdp(g, np.ones(2), -np.ones(2), np.eye(1))

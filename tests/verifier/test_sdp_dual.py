@@ -14,13 +14,13 @@ from verifier.checker.sdp import check_sdp_certificate
 from verifier.sdp import graph_from_weights, pre_activation_bounds, row_certificate
 from verifier.solvers.sdp_dual import DualFunction, crown_multipliers, polish_dual
 
-from tests.verifier.test_sdp import _milp_min, _net
+from tests.builders import milp_min, random_mlp_weights
 
 torch.set_num_threads(1)
 
 
 def _setup(seed: int, sizes, row: int = 0):
-    ws, bs = _net(seed, sizes)
+    ws, bs = random_mlp_weights(seed, sizes)
     g = graph_from_weights(ws, bs)
     ws, bs = relu_mlp_from_graph(g)
     lo, hi = -np.ones(sizes[0]), 0.5 * np.ones(sizes[0])
@@ -50,7 +50,7 @@ def test_value_and_gradient_match_dense_bound(seed):
 def test_polished_bound_below_exact_minimum_and_early_stop_valid(sizes, seed):
     ws, bs, lo, hi, c, pl, pu, crown = _setup(seed, sizes)
     p = build_problem(ws, bs, c, lo, hi, pl, pu)
-    exact = _milp_min(ws, bs, c, lo, hi, pl, pu)
+    exact = milp_min(ws, bs, c, lo, hi, pl, pu)
     xs = np.random.default_rng(seed).uniform(lo, hi, size=(20000, len(lo)))
     assert exact <= float((mlp_forward(ws, bs, xs) @ c).min()) + 1e-9
     full = polish_dual(p, max_iter=400, time_limit_s=20)
@@ -67,7 +67,7 @@ def test_crown_start_is_a_valid_crown_like_bound():
     ws, bs, lo, hi, c, pl, pu, crown = _setup(4, (3, 10, 10, 2))
     p = build_problem(ws, bs, c, lo, hi, pl, pu)
     b, _, _ = certified_bound(p, crown_multipliers(p))
-    assert np.isfinite(b) and b <= _milp_min(ws, bs, c, lo, hi, pl, pu) + 1e-7
+    assert np.isfinite(b) and b <= milp_min(ws, bs, c, lo, hi, pl, pu) + 1e-7
 
 
 def test_polished_certificate_accepted_and_tampering_rejected():

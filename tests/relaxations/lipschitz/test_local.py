@@ -10,60 +10,17 @@ import pytest
 import torch
 
 from relaxations.lipschitz.local import LocalNet, derivative_ranges, forward_bounds, gradient_bound
-from relaxations.lipschitz.network import FeedForward
+from tests.builders import empirical_max_grad_norm, grad_norms, random_feedforward
 from verifier.lipschitz import naive_certificate
 
 ACTS = ("relu", "leaky_relu", "sigmoid", "tanh")
-_PHI = {"relu": torch.relu, "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.1),
-        "sigmoid": torch.sigmoid, "tanh": torch.tanh}
-
-
-def random_net(seed: int, act: str, sizes=(4, 12, 10, 8, 3)) -> FeedForward:
-    rng = np.random.default_rng(seed)
-    ws = [rng.standard_normal((sizes[i + 1], sizes[i])) / np.sqrt(sizes[i]) for i in range(len(sizes) - 1)]
-    bs = [rng.standard_normal(sizes[i + 1]) * 0.3 for i in range(len(sizes) - 1)]
-    return FeedForward(tuple(ws), tuple(bs), act, 0.1)
-
-
-def grad_norms(net: FeedForward, X: torch.Tensor, c: torch.Tensor, norm: str, create_graph: bool = False):
-    """Dual norms of grad (c . f) at the rows of X (float64), differentiable if asked."""
-    z = X
-    for w, b in zip(net.weights[:-1], net.biases[:-1]):
-        z = _PHI[net.activation](z @ torch.tensor(w).T + torch.tensor(b))
-    y = (z @ torch.tensor(net.weights[-1]).T) @ c
-    g, = torch.autograd.grad(y.sum(), X, create_graph=create_graph)
-    return g.abs().sum(1) if norm == "inf" else g.norm(dim=1)
-
-
-def empirical_max(net: FeedForward, x0: np.ndarray, r: float, c: np.ndarray, norm: str, seed: int = 0) -> float:
-    """Largest gradient dual norm found by dense sampling, corners and sign-gradient ascent."""
-    rng = np.random.default_rng(seed)
-    n = x0.size
-    pts = np.concatenate([x0 + rng.uniform(-r, r, (4000, n)), x0 + r * rng.choice([-1.0, 1.0], (500, n))])
-    ct = torch.tensor(c)
-    X = torch.tensor(pts, requires_grad=True)
-    best = float(grad_norms(net, X, ct, norm).max())
-    # ascent on a smoothed surrogate is useless for ReLU (piecewise-constant gradient norm),
-    # so move along the input gradient of c.f towards the region boundaries: random restarts
-    X = torch.tensor(x0 + rng.uniform(-r, r, (200, n)), requires_grad=True)
-    lo, hi = torch.tensor(x0 - r), torch.tensor(x0 + r)
-    for _ in range(30):
-        v = grad_norms(net, X, ct, norm, create_graph=net.activation in ("sigmoid", "tanh"))
-        best = max(best, float(v.detach().max()))
-        if net.activation in ("sigmoid", "tanh"):
-            step, = torch.autograd.grad(v.sum(), X)
-        else:
-            step = torch.randn_like(X)
-        with torch.no_grad():
-            X = torch.clamp(X + 0.2 * r * step.sign(), lo, hi).requires_grad_(True)
-    return best
 
 
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_bound_is_above_sampled_gradients_and_below_naive(act: str, norm: str) -> None:
     for seed in range(3):
-        net = random_net(seed, act)
+        net = random_feedforward(seed, act)
         ln = LocalNet.of(net)
         x0 = np.random.default_rng(100 + seed).standard_normal(4)
         for r in (0.05, 0.4):
@@ -75,14 +32,14 @@ def test_bound_is_above_sampled_gradients_and_below_naive(act: str, norm: str) -
             assert bool((nb.value <= nb.interval).all())
             naive = naive_certificate(net, norm)[0]
             for j in range(3):
-                emp = empirical_max(net, x0, r, C[j].numpy(), norm, seed)
+                emp = empirical_max_grad_norm(net, x0, r, C[j].numpy(), norm, seed)
                 assert emp <= float(nb.value[j]) * (1 + 1e-9), (act, norm, r, j, emp, float(nb.value[j]))
                 if act in ("relu", "leaky_relu"):
                     assert float(nb.interval[j]) <= naive * (1 + 1e-9) or norm == "2"
 
 
 def test_forward_bounds_contain_samples_with_splits() -> None:
-    net = random_net(7, "relu", (5, 20, 20, 2))
+    net = random_feedforward(7, "relu", (5, 20, 20, 2))
     ln = LocalNet.of(net)
     x0, r = np.zeros(5), 0.5
     lo, hi = torch.tensor(x0 - r)[None], torch.tensor(x0 + r)[None]
@@ -108,7 +65,7 @@ def test_forward_bounds_contain_samples_with_splits() -> None:
 
 def test_linear_network_part_is_exact_when_everything_is_stable() -> None:
     """A tiny radius makes every neuron stable: the bound is the gradient's norm itself."""
-    net = random_net(3, "relu")
+    net = random_feedforward(3, "relu")
     ln = LocalNet.of(net)
     x0 = np.random.default_rng(1).standard_normal(4)
     lo, hi = torch.tensor(x0 - 1e-9)[None], torch.tensor(x0 + 1e-9)[None]

@@ -4,16 +4,16 @@ from __future__ import annotations
 import csv
 
 import vnnlib
-from tests.bab.test_known_answers import _net, _spec, _true_min
+from tests.builders import known_answer_min, known_answer_net, known_answer_spec
 from verifier.bench.certificates import main
 
 
 def test_suite_runner_writes_checked_rows(tmp_path) -> None:
-    model = _net(tmp_path, 1)
-    m = _true_min(model)
+    model = known_answer_net(tmp_path, 1)
+    m = known_answer_min(model)
     spread = 0.05 * (1 + abs(m))
-    vnnlib.write_vnnlib(tmp_path / "unsat.vnnlib", _spec(m - spread))
-    vnnlib.write_vnnlib(tmp_path / "sat.vnnlib", _spec(m + spread))
+    vnnlib.write_vnnlib(tmp_path / "unsat.vnnlib", known_answer_spec(m - spread))
+    vnnlib.write_vnnlib(tmp_path / "sat.vnnlib", known_answer_spec(m + spread))
     (tmp_path / "instances.csv").write_text("net1.onnx,unsat.vnnlib,30\nnet1.onnx,sat.vnnlib,30\n")
     out = tmp_path / "certs.csv"
     assert main([str(tmp_path / "instances.csv"), "--out", str(out)]) == 0

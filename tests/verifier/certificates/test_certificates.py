@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import vnnlib
+from tests.builders import check_certificate_for, normalised_mlp_onnx
 from tests.conftest import BENCH, needs_shared
 from verifier import Config, Result, load_model, verify
 from verifier.certificates.writer import _evaluate, _float64_claims, _proved_leaves, build_certificate, write_certificate
@@ -24,32 +24,13 @@ from verifier.config import BabConfig
 CHECKER = Path(__file__).resolve().parents[3] / "verifier" / "checker"
 
 
-def _mlp(path: Path, sizes: list[int], seed: int, op: str = "Relu") -> Path:
-    """Gemm/Relu network (a Sub normalisation in front) written with onnx.helper."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(np.full((1, sizes[0]), 0.1, np.float32), "mean")]
-    nodes = [helper.make_node("Sub", ["x", "mean"], ["h0"])]
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = (rng.standard_normal((b, a)) / np.sqrt(a)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(
-            (0.1 * rng.standard_normal(b)).astype(np.float32), f"B{i}")]
-        out = "y" if i == len(sizes) - 2 else f"z{i}"
-        nodes.append(helper.make_node("Gemm", [f"h{i}", f"W{i}", f"B{i}"], [out], transB=1))
-        if out != "y":
-            nodes.append(helper.make_node(op, [out], [f"h{i + 1}"]))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, sizes[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, sizes[-1]])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
-    return path
-
-
 def _instance(tmp: Path, sizes: list[int], seed: int, eps: tuple[float, float], want, config: Config):
     """A run satisfying `want(result)`, by bisecting eps between a proved and an unproved radius.
 
     Near the largest provable radius the proofs are the hardest: many input-split
     leaves, or alpha-CROWN where CROWN falls short. Returns (model, spec path, spec, result).
     """
-    model = load_model(_mlp(tmp / f"net{seed}.onnx", sizes, seed))
+    model = load_model(normalised_mlp_onnx(tmp / f"net{seed}.onnx", sizes, seed))
     x0 = np.random.default_rng(seed).uniform(0.2, 0.8, sizes[0])
     label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
     lo, hi = eps
@@ -69,10 +50,6 @@ def _instance(tmp: Path, sizes: list[int], seed: int, eps: tuple[float, float], 
     if found is None:
         pytest.skip(reason=f"no radius in {eps} gives the wanted run")
     return found
-
-
-def _check(cert: dict, model, spec_path: Path):
-    return check_certificate(cert, model.onnx_bytes, spec_path.read_text(), str(spec_path))
 
 
 def _leaves(cert: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,7 +121,7 @@ def split_run(tmp_path_factory):
 def test_input_split_certificate_accepted_and_tamperings_rejected(split_run) -> None:
     model, path, spec, result = split_run
     cert = build_certificate(model, path, spec, result)
-    check = lambda c: _check(c, model, path)  # noqa: E731
+    check = lambda c: check_certificate_for(c, model, path)  # noqa: E731
     assert check(cert).accepted, check(cert).reason
     rng = np.random.default_rng(0)
     _tiling_tamperings(cert, check, rng, 500)   # three tamperings each: 1,500 in all
@@ -156,7 +133,7 @@ def test_input_split_alpha_certificate_and_changed_alphas(split_run) -> None:
     model, path, spec, result = split_run
     assert result.proof["disjuncts"][0]["method"] == "alpha-crown" and result.proof["disjuncts"][0]["alphas"]
     cert = build_certificate(model, path, spec, result)
-    check = lambda c: _check(c, model, path)  # noqa: E731
+    check = lambda c: check_certificate_for(c, model, path)  # noqa: E731
     entry = cert["disjuncts"][0]
     assert entry["method"] == "alpha-crown" and check(cert).accepted, check(cert).reason
     plain = copy.deepcopy(cert)
@@ -200,7 +177,7 @@ def test_hash_mismatch_rejected(split_run, tmp_path) -> None:
     cert_path = tmp_path / "c.json"
     assert write_certificate(cert_path, model, path, spec, result) == "written"
     assert check_files(cert_path, model.path, path).accepted
-    other = _mlp(tmp_path / "other.onnx", [3, 32, 32, 32, 3], 2)
+    other = normalised_mlp_onnx(tmp_path / "other.onnx", [3, 32, 32, 32, 3], 2)
     assert check_files(cert_path, other, path).reason.startswith("the model file's sha256")
     spec2 = tmp_path / "s.vnnlib"
     spec2.write_text(path.read_text() + "\n")
@@ -212,7 +189,7 @@ def test_alpha_certificate_and_changed_alphas(tmp_path) -> None:
     model, path, spec, result = _instance(tmp_path, [3, 32, 32, 32, 3], 3, (0.125, 0.1875),
                                           lambda r: r.verdict == "unsat" and r.method == "alpha-crown", config)
     cert = build_certificate(model, path, spec, result)
-    check = lambda c: _check(c, model, path)  # noqa: E731
+    check = lambda c: check_certificate_for(c, model, path)  # noqa: E731
     assert check(cert).accepted, check(cert).reason
     rng = np.random.default_rng(1)
     _claim_tamperings(cert, check, rng, 50)
@@ -244,7 +221,7 @@ def test_alpha_certificate_and_changed_alphas(tmp_path) -> None:
 
 
 def test_sat_certificate_replayed_and_tamperings_rejected(tmp_path) -> None:
-    model = load_model(_mlp(tmp_path / "sat.onnx", [3, 12, 12, 3], 5))
+    model = load_model(normalised_mlp_onnx(tmp_path / "sat.onnx", [3, 12, 12, 3], 5))
     x0 = np.full(3, 0.5)
     label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
     path = tmp_path / "sat.vnnlib"
@@ -253,7 +230,7 @@ def test_sat_certificate_replayed_and_tamperings_rejected(tmp_path) -> None:
     result = verify(model, spec, Config(timeout=30, proof=True))
     assert result.verdict == "sat"
     cert = build_certificate(model, path, spec, result)
-    check = lambda c: _check(c, model, path)  # noqa: E731
+    check = lambda c: check_certificate_for(c, model, path)  # noqa: E731
     assert check(cert).accepted, check(cert).reason
     json.loads(json.dumps(cert))  # plain JSON
     region = spec.disjuncts[0].region
@@ -278,13 +255,13 @@ def test_sat_certificate_replayed_and_tamperings_rejected(tmp_path) -> None:
 
 
 def test_unsupported_op_is_recorded_and_rejected(tmp_path) -> None:
-    model = load_model(_mlp(tmp_path / "s.onnx", [3, 5, 2], 0, op="Sigmoid"))
+    model = load_model(normalised_mlp_onnx(tmp_path / "s.onnx", [3, 5, 2], 0, op="Sigmoid"))
     spec = vnnlib.robustness_spec(np.zeros(3), 0.1, 0, 2)
     path = tmp_path / "s.vnnlib"
     vnnlib.write_vnnlib(path, spec)
     cert = build_certificate(model, path, spec, Result("unsat", proof={"version": 1, "disjuncts": []}))
     assert cert["certificate"] == "unsupported (Sigmoid)"
-    assert _check(cert, model, path).line() == "rejected: unsupported (Sigmoid)"
+    assert check_certificate_for(cert, model, path).line() == "rejected: unsupported (Sigmoid)"
 
 
 def test_checker_network_matches_onnxruntime_on_conv_bn_residual(tmp_path) -> None:

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import vnnlib
 from bab.proof import ActivationLeaves
+from tests.builders import check_certificate_for, find_activation_split_run
 from tests.conftest import BENCH, needs_shared
-from tests.verifier.certificates.test_certificates import _check, _mlp
 from verifier import Config, load_model, verify
 from verifier.certificates.writer import build_certificate, write_certificate
 from verifier.certificates.activation import _dense, float64_leaf_bounds
@@ -33,26 +33,10 @@ def _is_split_run(r) -> bool:
     return r.verdict == "unsat" and e.get("kind") == "activation-split" and "leaves" in e and len(e["leaves"]) >= 6
 
 
-def find_split_run(tmp, config: Config, accept):
-    """A 4-32-32-3 MLP at a radius where alpha-CROWN alone fails and activation split
-    proves it (radii found by hand; others tried if that moves): the first run `accept`s."""
-    model = load_model(_mlp(tmp / "net.onnx", [4, 32, 32, 3], 3))
-    x0 = np.random.default_rng(3).uniform(0.2, 0.8, 4)
-    label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
-    for k, eps in enumerate((0.185, 0.19, 0.18, 0.195, 0.2)):
-        path = tmp / f"spec{k}.vnnlib"
-        vnnlib.write_vnnlib(path, vnnlib.robustness_spec(x0, eps, label, 3))
-        spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
-        result = verify(model, spec, config)
-        if accept(result):
-            return model, path, spec, result
-    pytest.skip(reason="no radius gives the activation-split proof this test needs")
-
-
 @pytest.fixture(scope="module")
 def split_run(tmp_path_factory):
     """About 10-20 leaves, one joint search."""
-    return find_split_run(tmp_path_factory.mktemp("asplit"), ACTIVATION, _is_split_run)
+    return find_activation_split_run(tmp_path_factory.mktemp("asplit"), ACTIVATION, _is_split_run)
 
 
 def _leaves(cert: dict) -> dict:
@@ -108,7 +92,7 @@ def test_activation_split_certificate_accepted(split_run, tmp_path) -> None:
     model, path, spec, result = split_run
     cert = build_certificate(model, path, spec, result)
     assert cert["disjuncts"][0]["kind"] == "activation-split"
-    res = _check(cert, model, path)
+    res = check_certificate_for(cert, model, path)
     assert res.accepted, res.reason
     assert res.info["disjuncts"][0]["leaves"] == len(result.proof["disjuncts"][0]["leaves"])
     cert_path = tmp_path / "c.json"
@@ -140,7 +124,7 @@ def test_recording_the_proof_does_not_change_the_search(split_run) -> None:
 def test_tree_tamperings_rejected(split_run) -> None:
     model, path, spec, result = split_run
     cert = build_certificate(model, path, spec, result)
-    check = lambda c: _check(c, model, path)  # noqa: E731
+    check = lambda c: check_certificate_for(c, model, path)  # noqa: E731
     lv = _leaves(cert)
     L = len(lv["counts"])
     for j in range(L):
@@ -165,7 +149,7 @@ def test_tree_tamperings_rejected(split_run) -> None:
 def test_claim_and_beta_tamperings(split_run) -> None:
     model, path, spec, result = split_run
     cert = build_certificate(model, path, spec, result)
-    check = lambda c: _check(c, model, path)  # noqa: E731
+    check = lambda c: check_certificate_for(c, model, path)  # noqa: E731
     lv = _leaves(cert)
     rng = np.random.default_rng(0)
     for _ in range(20):

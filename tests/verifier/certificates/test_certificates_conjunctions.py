@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from tests.verifier.certificates.test_certificates_activation_split import find_split_run
+from tests.builders import find_activation_split_run
 from verifier import Config
 from verifier.certificates.writer import build_certificate, write_certificate
 from verifier.checker.verdict import check_certificate, check_files
@@ -23,7 +23,7 @@ def _per_conjunction_run(r) -> bool:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The activation-split certificate tests' MLP and radii, one search per conjunction."""
-    return find_split_run(tmp_path_factory.mktemp("conj"), PER_CONJUNCTION, _per_conjunction_run)
+    return find_activation_split_run(tmp_path_factory.mktemp("conj"), PER_CONJUNCTION, _per_conjunction_run)
 
 
 def _check(cert: dict, model, path) -> object:

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from models import load_onnx
-from tests.models.test_lipschitz_layers import _randomised
-from tests.relaxations.test_lipschitz_graph_naive import empirical_lipschitz, export
+from tests.builders import empirical_lipschitz, export_graph, randomised_lipschitz_module
 from verifier.cli import BAD_INPUT, main
 
 LAYERS = ["sandwich", "sandwich_net", "sll", "sll_wide", "gershgorin", "sll_net", "gershgorin_net", "orthogonal_down"]
@@ -39,7 +38,7 @@ def test_exported_lipschitz_layers_are_accepted(name: str, norm: str, tmp_path, 
     """The naive graph bound of the exported model is sound; the layer's own float64
     certificate (module docstrings of `models.lipschitz_layers`), computed from the very
     float32 weights that were exported, is sound as well and is the tight one."""
-    module = _randomised(name, 4)
+    module = randomised_lipschitz_module(name, 4)
     path = str(tmp_path / f"{name}.onnx")
     module.export_onnx(path, (1, module.in_features))
     graph = load_onnx(path)
@@ -53,7 +52,7 @@ def test_exported_lipschitz_layers_are_accepted(name: str, norm: str, tmp_path, 
 
 
 def test_sdp_methods_refuse_residual_graphs(tmp_path, capsys) -> None:
-    module = _randomised("sll", 1)
+    module = randomised_lipschitz_module("sll", 1)
     path = str(tmp_path / "sll.onnx")
     module.export_onnx(path, (1, module.in_features))
     assert main(["lipschitz", path, "--method", "sdp-layer"]) == BAD_INPUT
@@ -70,7 +69,7 @@ def test_unsupported_op_exits_2_naming_the_node(tmp_path, capsys) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.exp(self.fc(x))
 
-    graph = export(Exp(), (1, 3), tmp_path / "exp.onnx")
+    graph = export_graph(Exp(), (1, 3), tmp_path / "exp.onnx")
     node = next(n.name for n in graph.nodes if n.op == "Exp")
     assert main(["lipschitz", str(tmp_path / "exp.onnx")]) == BAD_INPUT
     err = capsys.readouterr().err
@@ -81,7 +80,7 @@ def test_cnn_through_the_cli(tmp_path, capsys) -> None:
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
-    graph = export(cnn, (1, 1, 6, 6), tmp_path / "cnn.onnx")
+    graph = export_graph(cnn, (1, 1, 6, 6), tmp_path / "cnn.onnx")
     for norm in ("2", "inf"):
         rc, value = _lipschitz(str(tmp_path / "cnn.onnx"), norm, "naive", str(tmp_path / "r.json"))
         assert rc == 0 and value is not None and value >= empirical_lipschitz(graph, norm, steps=40)
