@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# The shared builders assert too (an LP or MILP minimum that failed): pytest's messages.
+pytest.register_assert_rewrite("tests.builders")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 BENCH = SHARED / "bench"
