@@ -284,7 +284,14 @@ class _Validated:
 # ---------------------------------------------------------------------- the tree
 
 
-_BOUND_METHODS = ("ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank")
+# The bounding methods, named once for the whole verifier (the CLI's choices, verify's
+# dispatch, the SDP front end): bound propagation from weakest to strongest, then the SDP
+# relaxations. `relaxations.METHODS` is the propagation list again, because relaxations
+# may not import the verifier; a test checks that the two agree. Torch-free, as this
+# module is (the CLI builds its parser from it on every call).
+PROPAGATION_METHODS = ("ibp", "crown", "alpha-crown")
+SDP_METHODS = ("sdp", "sdp-lowrank")
+VERIFY_METHODS = PROPAGATION_METHODS + SDP_METHODS
 
 
 @dataclass(frozen=True)
@@ -293,7 +300,7 @@ class BoundsConfig(_Validated):
 
     _prefix = "bounds."
 
-    method: str = key("alpha-crown", check=Choice(_BOUND_METHODS),
+    method: str = key("alpha-crown", check=Choice(VERIFY_METHODS),
                       help="strongest bounding method the verifier escalates to (sdp methods: ReLU MLPs, no BaB)")
     intermediate: str = key("crown", check=Choice(("crown", "ibp", "forward")),
                             help="how bounds of intermediate layers are computed")
@@ -372,7 +379,7 @@ class BabConfig(_Validated):
                            help="input split: use a domain's constraints jointly (coordinate ascent on the "
                                 "K-multiplier dual), not one at a time. Off: it saved no domain on ACAS Xu, at some "
                                 "cost; figures: BENCHMARKS.md, \"Why each default\"")
-    input_split_method: str = key("alpha-crown", check=Choice(("ibp", "crown", "alpha-crown")),
+    input_split_method: str = key("alpha-crown", check=Choice(PROPAGATION_METHODS),
                                   help="input split bounding; alpha-CROWN proves domains that CROWN keeps splitting"
                                        "; figures: BENCHMARKS.md, \"Why each default\"")
     input_split_alpha_iterations: int = key(3, check=Int(1), help="input split: alpha-CROWN steps per domain")

@@ -37,12 +37,13 @@ from relaxations.sdp import (
     relu_inputs,
     relu_mlp_from_graph,
 )
+from verifier.config import SDP_METHODS
 from verifier.model import Model
 
 __all__ = ["METHODS", "SdpResult", "certify_sdp", "certify_rows", "pre_activation_bounds",
            "graph_from_weights", "row_certificate"]
 
-METHODS = ("sdp", "sdp-lowrank")
+METHODS = SDP_METHODS   # verifier.config names every method once
 # Outward widening of CROWN's intermediate bounds (relative and absolute); far above
 # float64 rounding AND above the checker's own outward margin (about 1e-11 * mass *
 # (n_0 + 10), i.e. ~2e-7 on 784-pixel MNIST, where 1e-9 made the checker reject every

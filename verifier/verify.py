@@ -26,7 +26,7 @@ from relaxations.bounds import rows_proved
 from vnnlib import Disjunct, Spec
 from verifier.api import bound_options, dtype_of, outward_box
 from verifier.attack import attack_disjunct
-from verifier.config import AttackConfig, Config, ConfigError, resolve_device
+from verifier.config import SDP_METHODS, AttackConfig, Config, ConfigError, resolve_device
 from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
@@ -248,8 +248,6 @@ def _max_batch(config: Config, batch: int) -> int:
     GPU bounds a bigger batch in about the same time); on CPU the batch itself."""
     return batch * config.bab.batch_growth if resolve_device(config.device).startswith("cuda") else batch
 
-
-SDP_METHODS = ("sdp", "sdp-lowrank")
 
 
 def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, deadline: float, stats: dict, proof: list

@@ -20,8 +20,8 @@ from onnx import helper
 
 import vnnlib
 from tests.op_cases import make_model
-from verifier.config import (AttackConfig, BabConfig, BoundsConfig, Config, ConfigError, config_to_dict, describe,
-                             load_config, resolve_device, with_overrides)
+from verifier.config import (AttackConfig, BabConfig, BoundsConfig, Choice, Config, ConfigError, config_to_dict,
+                             describe, load_config, resolve_device, with_overrides)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -231,3 +231,20 @@ def test_yaml_values_are_checked_and_named_with_the_file(tmp_path) -> None:
     path.write_text("timeout: .inf\nbab:\n  clip_joint: yes\n")
     cfg = load_config(path)
     assert math.isinf(cfg.timeout) and cfg.bab.clip_joint is True
+
+
+def test_method_names_are_declared_once() -> None:
+    """verifier.config names the methods; the bounding API's list (relaxations may not
+    import the verifier) is the same, and the CLI, the config checks and the SDP front end
+    take theirs from config."""
+    import relaxations
+    from verifier import sdp
+    from verifier.cli import build_parser
+    from verifier.config import PROPAGATION_METHODS, SDP_METHODS, VERIFY_METHODS
+
+    assert tuple(relaxations.METHODS) == PROPAGATION_METHODS and sdp.METHODS == SDP_METHODS
+    assert BoundsConfig.__dataclass_fields__["method"].metadata["check"].expected() == \
+        Choice(VERIFY_METHODS).expected()
+    verify = next(a for a in build_parser()._subparsers._group_actions[0].choices["verify"]._actions
+                  if a.dest == "method")
+    assert tuple(verify.choices) == VERIFY_METHODS

@@ -14,6 +14,7 @@ import traceback
 from typing import Callable, Optional, Sequence
 
 from verifier import heap
+from verifier.config import PROPAGATION_METHODS, VERIFY_METHODS
 
 __all__ = ["main", "BAD_INPUT", "INTERNAL"]
 
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--certificate", default=None, help="write a certificate of the verdict here (JSON)")
     v.add_argument("--device", default=None,
                    help="auto (the default: cuda when torch sees a CUDA device, else cpu), cpu, cuda or cuda:N")
-    v.add_argument("--method", default=None, choices=["ibp", "crown", "alpha-crown", "sdp", "sdp-lowrank"],
+    v.add_argument("--method", default=None, choices=VERIFY_METHODS,
                    help="strongest bounding method, searches included (default alpha-crown; "
                         "sdp methods: ReLU MLPs, no BaB)")
     v.add_argument("--config", default=None, help="YAML config file (see `nncert config`)")
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bounds", help="print bounds of the outputs over the spec's first input region")
     b.add_argument("model")
     b.add_argument("spec")
-    b.add_argument("--method", default="crown", choices=["ibp", "crown", "alpha-crown"])
+    b.add_argument("--method", default="crown", choices=PROPAGATION_METHODS)
     b.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300; inf: no limit)")
     b.add_argument("--report", default=None, help="write a JSON report here (schema: docs/report.md)")
     _add_common(b)
