@@ -19,10 +19,20 @@ from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome, expected_for, judge, write_outcomes
 from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 
-__all__ = ["BenchRun", "run_bench", "ISOLATION_MODES", "BACKENDS"]
+__all__ = ["BenchRun", "RayOptions", "run_bench", "ISOLATION_MODES", "BACKENDS"]
 
 ISOLATION_MODES = ("process", "worker")
 BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The Ray backend of a run: the cluster's address (None: a local cluster started for
+    the run) and what each task runs (None: `ray_backend.run_instance`; tests pass one that
+    loses its worker)."""
+
+    address: Optional[str] = None
+    task: Optional[Callable] = None
 
 
 @dataclass
@@ -50,30 +60,28 @@ def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int
               settings: RunSettings = RunSettings(),
               expected: Optional[dict] = None, out: Optional[str | Path] = None, quiet: bool = False,
               stream: Optional[TextIO] = None,
-              on_outcome: Optional[Callable[[Outcome], None]] = None, backend: str = "local",
-              address: Optional[str] = None, ray_task: Optional[Callable] = None) -> BenchRun:
+              on_outcome: Optional[Callable[[Outcome], None]] = None, ray: Optional[RayOptions] = None
+              ) -> BenchRun:
     """Run every instance; return outcomes in the instances' order.
 
     ``expected``: the table of ``records.read_expected``; it fills ``expected`` and
     ``correct``. ``out``: rewritten after each instance. A KeyboardInterrupt stops the
     run, kills the children and returns what finished with ``interrupted`` set.
-    ``backend`` ray: each instance is a Ray task (`ray_backend.RayPool`) on the cluster at
-    ``address``, or on a local one of ``jobs`` CPUs started for the run; ``jobs`` tasks
-    are in flight at once. ``ray_task`` replaces what each task runs (tests).
+    ``ray`` (the Ray backend, else local): each instance is a Ray task
+    (`ray_backend.RayPool`) on the cluster at ``ray.address``, or on a local one of
+    ``jobs`` CPUs started for the run; ``jobs`` tasks are in flight at once.
     """
     stream = sys.stdout if stream is None else stream  # resolved per call: pytest swaps sys.stdout
     if isolate not in ISOLATION_MODES:
         raise ValueError(f"isolate must be one of {', '.join(ISOLATION_MODES)}, got {isolate!r}")
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     tracker = ChildTracker()
     pool = None
-    if backend == "ray":
+    if ray is not None:
         from verifier.bench.ray_backend import RayPool, run_instance
 
-        pool = RayPool(jobs, settings, isolate, address, ray_task or run_instance)
+        pool = RayPool(jobs, settings, isolate, ray.address, ray.task or run_instance)
     slots: queue.Queue[WorkerSlot] = queue.Queue()
     all_slots: list[WorkerSlot] = []
     if isolate == "worker" and pool is None:

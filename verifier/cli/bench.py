@@ -70,7 +70,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from verifier.bench import (RunSettings, format_text, read_expected, read_instances, run_bench,
+    from verifier.bench import (RayOptions, RunSettings, format_text, read_expected, read_instances, run_bench,
                                 select_instances, summarize, write_outcomes, write_summary, wrong_lines)
     from verifier.config import load_config
 
@@ -110,7 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _sigterm_as_interrupt()
     write_outcomes(args.out, [])
     run = run_bench(instances, args.isolate, args.jobs, settings, expected, args.out, args.quiet,
-                    backend=args.backend, address=args.address)
+                    ray=RayOptions(args.address) if args.backend == "ray" else None)
     write_outcomes(args.out, run.outcomes)
     summaries = summarize(run.outcomes)
     command = "nncert bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""

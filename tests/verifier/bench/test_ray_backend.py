@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BENCH, REFERENCE
-from verifier.bench import read_expected, read_instances, run_bench
+from verifier.bench import RayOptions, read_expected, read_instances, run_bench
 from verifier.bench.process import RunSettings
 from verifier.bench.ray_backend import ray_available, run_instance
 from verifier.cli import main
@@ -72,10 +72,10 @@ def _always_dies(instance, settings, isolate):
 def test_a_lost_worker_is_retried_once_then_an_error_row() -> None:
     markers = Path(os.environ["NNCERT_RAY_TEST_DIR"])
     instances = read_instances(FAMILY)[:2]
-    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, backend="ray", ray_task=_dies_once)
+    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, ray=RayOptions(task=_dies_once))
     assert [o.verdict for o in run.outcomes] == ["unsat", "unsat"]
     assert sorted(p.name for p in markers.iterdir()) == ["died-0", "died-1"]
-    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, backend="ray", ray_task=_always_dies)
+    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, ray=RayOptions(task=_always_dies))
     assert [o.verdict for o in run.outcomes] == ["error", "error"]
     assert all("ray: the task failed after 1 retry" in o.error for o in run.outcomes)
 
