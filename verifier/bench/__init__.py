@@ -21,5 +21,6 @@ from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 
 __all__ = ["BACKENDS", "COLUMNS", "ISOLATION_MODES", "BenchRun", "ChildTracker", "FamilySummary", "Instance",
            "Outcome", "RayOptions", "RunSettings", "WorkerSlot", "default_mem_limit_mb", "expected_for",
-           "format_markdown", "format_text", "judge", "read_expected", "read_instances", "read_outcomes", "run_bench", "run_in_process",
-           "select_instances", "summarize", "summary_paths", "write_outcomes", "write_summary", "wrong_lines"]
+           "format_markdown", "format_text", "judge", "read_expected", "read_instances", "read_outcomes", "run_bench",
+           "run_in_process", "select_instances", "summarize", "summary_paths", "write_outcomes", "write_summary",
+           "wrong_lines"]
