@@ -511,8 +511,9 @@ def lipschitz(model: Any, norm: str = "2", method: str = "naive", solver: str | 
     `model`: what `verifier.load_model` returns, or a `models.Graph`. `method`: naive
     (any supported graph), or sdp-neuron / sdp-layer / sdp-layerwise (LipSDP; ReLU MLPs
     only). `timeout` (seconds) bounds the solver; the multipliers found by then still
-    give a certified bound. The result's `certificate` is what `nncert check` (or
-    `verifier.check`) re-derives in float64.
+    give a certified bound. For a ReLU MLP the result's `certificate` is what `nncert
+    check` (or `verifier.check`) re-derives in float64; the naive bound of any other graph
+    records its factors, for which no independent checker exists yet.
 
         >>> import verifier
         >>> res = verifier.lipschitz(verifier.load_model("mlp.onnx"), norm="inf", method="sdp-layer")

@@ -13,27 +13,18 @@ the rest of the checker, this imports numpy and the checker's modules only.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from verifier.checker.lipschitz import check_lipschitz_certificate
 from verifier.checker.lipschitz_local import check_local_lipschitz_certificate, mlp_from_onnx
 from verifier.checker.onnx_net import Unsupported
-from verifier.checker.verdict import CheckInputError, CheckResult, check_files, io_sizes, read_file
+from verifier.checker.verdict import (CheckInputError, CheckResult, check_files, io_sizes, load_certificate,
+                                      read_file)
 
 __all__ = ["LIPSCHITZ_KINDS", "check", "check_loaded", "kind_of", "load_certificate"]
 
 LIPSCHITZ_KINDS = ("lipschitz-sdp", "lipschitz-naive", "lipschitz-local")
-
-
-def load_certificate(path: str | Path) -> Any:
-    """The certificate's JSON (a `CheckInputError` when it cannot be read or parsed)."""
-    raw = read_file(path, "certificate")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckInputError(f"{path}: not a JSON file ({exc})") from None
 
 
 def kind_of(cert: Any, path: str | Path) -> str:
@@ -96,5 +87,5 @@ def check_loaded(cert: Any, kind: str, certificate: str | Path, model: str | Pat
         if spec is None:
             raise CheckInputError(f"{certificate}: a verdict certificate is checked against its VNN-LIB "
                                   "property: give the spec")
-        return check_files(certificate, model, spec)
+        return check_files(certificate, model, spec, cert)
     return _check_lipschitz(cert, kind, model)

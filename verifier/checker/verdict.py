@@ -31,7 +31,7 @@ from verifier.checker.splits import dense_alphas, leaf_bounds, read_alphas, read
 from verifier.checker.tiling import tiling_error
 
 __all__ = ["FORMAT", "VERSION", "LEAF_CHUNK", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
-           "check_files", "decode_array", "encode_array", "io_sizes", "read_file", "spec_rows"]
+           "check_files", "decode_array", "encode_array", "io_sizes", "load_certificate", "read_file", "spec_rows"]
 
 FORMAT = "nncert-certificate"
 VERSION = 1
@@ -371,13 +371,21 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         return CheckResult(False, str(exc))
 
 
-def check_files(cert_path: str | Path, model_path: str | Path, spec_path: str | Path) -> CheckResult:
-    """Read the three files, compare the hashes, then `check_certificate`."""
-    raw = read_file(cert_path, "certificate")
+def load_certificate(path: str | Path) -> Any:
+    """The certificate's JSON (a `CheckInputError` when it cannot be read or parsed)."""
+    raw = read_file(path, "certificate")
     try:
-        cert = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckInputError(f"{cert_path}: not a JSON file ({exc})") from None
+        raise CheckInputError(f"{path}: not a JSON file ({exc})") from None
+
+
+def check_files(cert_path: str | Path, model_path: str | Path, spec_path: str | Path, cert: Any = None
+                ) -> CheckResult:
+    """Read the three files (the certificate only when `cert`, its JSON, is not given
+    already), compare the hashes, then `check_certificate`."""
+    if cert is None:
+        cert = load_certificate(cert_path)
     model_data = read_file(model_path, "model")
     spec_data = read_file(spec_path, "spec")
     if isinstance(cert, dict):
