@@ -14,12 +14,12 @@ from __future__ import annotations
 from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import (COLUMNS, Instance, Outcome, expected_for, judge, read_expected, read_instances,
                                     read_outcomes, select_instances, write_outcomes)
-from verifier.bench.runner import BACKENDS, ISOLATION_MODES, BenchRun, RayOptions, run_bench
+from verifier.bench.runner import ISOLATION_MODES, BenchRun, RayOptions, run_bench
 from verifier.bench.summary import (FamilySummary, format_markdown, format_text, summarize, summary_paths,
                                     write_summary, wrong_lines)
 from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 
-__all__ = ["BACKENDS", "COLUMNS", "ISOLATION_MODES", "BenchRun", "ChildTracker", "FamilySummary", "Instance",
+__all__ = ["COLUMNS", "ISOLATION_MODES", "BenchRun", "ChildTracker", "FamilySummary", "Instance",
            "Outcome", "RayOptions", "RunSettings", "WorkerSlot", "default_mem_limit_mb", "expected_for",
            "format_markdown", "format_text", "judge", "read_expected", "read_instances", "read_outcomes", "run_bench",
            "run_in_process", "select_instances", "summarize", "summary_paths", "write_outcomes", "write_summary",

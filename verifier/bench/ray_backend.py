@@ -15,13 +15,14 @@ module imports it only when a run asks for it.
 from __future__ import annotations
 
 import atexit
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome
 
-__all__ = ["RayPool", "ray_available", "RETRIES"]
+__all__ = ["RayPool", "ray_available", "unreachable", "RETRIES"]
 
 RETRIES = 1                 # a lost Ray worker's task runs once more, then becomes an error row
 _SAFETY_S = 120.0           # past timeout + grace + this, the driver stops waiting for a task
@@ -37,6 +38,22 @@ def ray_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def unreachable(address: str, timeout_s: float = 5.0) -> str:
+    """Why a cluster address cannot be used ('' when it can be tried). A `host:port` (or
+    `ray://host:port`) must accept a TCP connection within `timeout_s`: `ray.init` itself
+    would retry an unreachable address for minutes, printing only its own log lines.
+    Other forms (`auto`, `local`) are left to Ray."""
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return "" if address in ("auto", "local") else f"expected HOST:PORT, ray://HOST:PORT or auto, got {address!r}"
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"no Ray cluster answers at {address} ({exc.strerror or exc})"
+    return ""
 
 
 def run_instance(instance: Instance, settings: RunSettings, isolate: str) -> Outcome:
@@ -94,8 +111,10 @@ class RayPool:
             return Outcome(instance, "error", 0.0, error="ray: no answer from the task past its timeout and grace")
         except ray.exceptions.RayError as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return Outcome(instance, "error", 0.0,
-                           error=f"ray: the task failed after {RETRIES} retry ({type(exc).__name__}: {why[:200]})")
+            # Only a lost worker or node is retried; an exception inside the task is not.
+            lost = not isinstance(exc, ray.exceptions.RayTaskError)
+            what = f"the task failed after {RETRIES} retry" if lost else "the task raised"
+            return Outcome(instance, "error", 0.0, error=f"ray: {what} ({type(exc).__name__}: {why[:200]})")
         finally:
             self._refs.discard(ref)
 

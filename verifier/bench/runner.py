@@ -2,9 +2,9 @@
 
 Threads only schedule; every instance runs in a child process (fresh or worker), so a
 crash, a hang or an allocation storm in one instance is contained by the OS and turned
-into a row. With ``backend="ray"`` each thread hands its instance to a Ray task that
-does the same on a cluster's node (`ray_backend`). The results CSV is rewritten after each instance, so a run that is
-stopped (Ctrl-C, SIGTERM, a lost session) leaves every finished row on disk.
+into a row. With `RayOptions` each thread hands its instance to a Ray task that does
+the same on a cluster's node (`ray_backend`). The results CSV is rewritten after each
+instance, so a run that is stopped (Ctrl-C, SIGTERM, a lost session) leaves every finished row on disk.
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome, expected_for, judge, write_outcomes
 from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 
-__all__ = ["BenchRun", "RayOptions", "run_bench", "ISOLATION_MODES", "BACKENDS"]
+__all__ = ["BenchRun", "RayOptions", "run_bench", "ISOLATION_MODES"]
 
 ISOLATION_MODES = ("process", "worker")
-BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,11 @@ def test_a_lost_worker_is_retried_once_then_an_error_row() -> None:
 def test_address_needs_the_ray_backend(capsys) -> None:
     assert main(["bench", str(FAMILY), "--address", "127.0.0.1:6379"]) == 2
     assert "--address needs --backend ray" in capsys.readouterr().err
+
+
+def test_an_unreachable_address_is_bad_input(capsys) -> None:
+    """ray.init would retry such an address for minutes; the CLI refuses it at once."""
+    for address, needle in (("127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),
+                            ("bogus", "expected HOST:PORT")):
+        assert main(["bench", str(FAMILY), "--backend", "ray", "--address", address, "-q"]) == 2
+        assert needle in capsys.readouterr().err
