@@ -33,7 +33,7 @@ from verifier.replay import confirm
 from verifier.lp.region import empty_region_proof, polytope_point
 from verifier.result import Result
 
-__all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims"]
+__all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims", "search_mode"]
 
 
 class SpecMismatch(ValueError):
@@ -89,7 +89,7 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     if config.bounds.method in SDP_METHODS:
         return _prove_by_sdp(model, disjunct, config, deadline, stats, proof)
     methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
-    if _bab_mode(model, config, disjunct) == "input":
+    if search_mode(model, config, disjunct) == "input":
         methods = methods[:1]  # splitting the input tightens faster than optimising alpha
     candidates = None
     for method in methods:
@@ -158,7 +158,7 @@ def free_dims(disjunct: Disjunct) -> int:
     return int(np.count_nonzero(np.asarray(disjunct.region.upper) > np.asarray(disjunct.region.lower)))
 
 
-def _bab_mode(model: Model, config: Config, disjunct: Optional[Disjunct] = None) -> str:
+def search_mode(model: Model, config: Config, disjunct: Optional[Disjunct] = None) -> str:
     """Input split for few free inputs, otherwise activation split (when available).
 
     Activation split is beta-CROWN: it needs alpha-CROWN's multipliers, so under
@@ -448,7 +448,7 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
         if time.monotonic() > deadline:
             return timeout("bound propagation")
         tried: list[str] = []
-        mode = _bab_mode(model, config, disjunct)
+        mode = search_mode(model, config, disjunct)
         lp = runner = None
         if mode == "activation":
             enter("lp")

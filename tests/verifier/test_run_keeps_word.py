@@ -181,7 +181,7 @@ def test_a_deadline_inside_a_bound_pass_is_a_timeout(tmp_path: Path, monkeypatch
 
 def test_mode_counts_free_input_dimensions() -> None:
     from verifier.config import Config
-    from verifier.verify import _bab_mode, free_dims
+    from verifier.verify import search_mode, free_dims
 
     lo = np.zeros(400)
     hi = lo.copy()
@@ -192,10 +192,10 @@ def test_mode_counts_free_input_dimensions() -> None:
     class Many:
         n_inputs = 400
 
-    assert _bab_mode(Many(), Config(), disjunct) == "input"
-    assert _bab_mode(Many(), Config(), vnnlib.Disjunct(vnnlib.InputRegion(lo, lo + 1), ())) == "activation"
+    assert search_mode(Many(), Config(), disjunct) == "input"
+    assert search_mode(Many(), Config(), vnnlib.Disjunct(vnnlib.InputRegion(lo, lo + 1), ())) == "activation"
     # under --method ibp or crown there is no beta-CROWN: input split with that method
-    assert _bab_mode(Many(), Config(bounds=Config().bounds.__class__(method="crown")),
+    assert search_mode(Many(), Config(bounds=Config().bounds.__class__(method="crown")),
                      vnnlib.Disjunct(vnnlib.InputRegion(lo, lo + 1), ())) == "input"
 
 

@@ -49,7 +49,7 @@ from verifier.config import Config, resolve_device
 from verifier.model import Model
 from verifier.lp.region import polytope_point
 from verifier.result import Result
-from verifier.verify import verify
+from verifier.verify import search_mode, verify
 
 __all__ = ["verify_module", "module_model", "NORMS"]
 
@@ -256,7 +256,7 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     t = time.monotonic()
     replay = lambda x: _replay_l2(model, x, point, label, eps, lower, upper)  # noqa: E731
     try:
-        mode = _l2_mode(model, config)
+        mode = search_mode(model, config)   # verify's choice: input split for few inputs
         out = _l2_search(model, region, C[0], config, deadline, replay, mode)
     except DeadlineExceeded:   # a bound pass past the deadline has no bound: no verdict
         timings["bab"] = time.monotonic() - t
@@ -278,19 +278,10 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     return Result("unknown", f"branch and bound over the l2 ball stopped: {reason}", timings=timings, stats=stats)
 
 
-def _l2_mode(model: Model, config: Config) -> str:
-    """input where `bab.mode` asks for it (auto: at most `bab.input_split_max_dims` inputs),
-    else activation (interval splits for networks beyond ReLU)."""
-    bab = config.bab
-    if bab.mode == "input" or (bab.mode == "auto" and model.n_inputs <= bab.input_split_max_dims):
-        return "input"
-    return "activation"
-
-
 def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, deadline: float,
                replay: Callable[[np.ndarray], Optional[np.ndarray]], mode: str) -> SearchOutcome:
     """Branch and bound over the box around the ball with the ball kept in every bound
-    (`bab.problem.Problem.ball`): input split (mode input, `_l2_mode`), else activation
+    (`bab.problem.Problem.ball`): input split (mode input, `verify.search_mode`), else activation
     split with beta-CROWN for ReLU networks and interval splits for the others, each with
     the settings `verify` gives them. Each
     margin row `C y > 0` is a conjunction of its own (another class reaching the label)."""
