@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 __all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "LpConfig", "Share", "ConfigError", "load_config",
-           "with_overrides", "config_to_dict", "describe", "key", "Check", "Int", "Real", "Bool",
-           "Choice", "Device", "resolve_device"]
+           "with_overrides", "config_to_dict", "describe", "describe_markdown", "flags_markdown", "shown", "keys", "KeyInfo", "check_value",
+           "key", "Check", "Int", "Real", "Bool", "Choice", "Device", "resolve_device"]
 
 
 class ConfigError(ValueError):
@@ -84,8 +84,10 @@ class Int(Check):
     def _hi(self) -> Optional[int]:
         return self.hi() if callable(self.hi) else self.hi
 
-    def expected(self) -> str:
-        hi = self._hi()
+    def expected(self, hi: Any = None) -> str:
+        """`hi` stands in for the upper limit: docs/config.md writes "N" for this
+        machine's CPU count so that it reads the same on every machine."""
+        hi = self._hi() if hi is None else hi
         text = f"an integer >= {self.lo}" if hi is None else f"an integer from {self.lo} to {hi}"
         return f"{text} ({self.note.format(hi=hi)})" if self.note else text
 
@@ -245,9 +247,14 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def key(default: Any, help: str, check: Check) -> Any:
-    """A config key: its default, what it means and what it accepts, in one place."""
-    return field(default=default, metadata={"help": help, "check": check})
+def key(default: Any, help: str, check: Check, flag: str = "") -> Any:
+    """A config key: its default, what it means, what it accepts and, for the few a user
+    sets on most runs, its `nncert verify` flag (`--timeout`), in one place; the CLI
+    generates those flags from here (`verifier.cli.flags`), and every key is settable
+    with `--set` whether or not it has one."""
+    if flag and not re.fullmatch(r"--[a-z][a-z0-9-]*", flag):
+        raise ValueError(f"a config flag is --lower-case-words, got {flag!r}")
+    return field(default=default, metadata={"help": help, "check": check, "flag": flag})
 
 
 def section(cls: type, help: str) -> Any:
@@ -300,8 +307,9 @@ class BoundsConfig(_Validated):
 
     _prefix = "bounds."
 
-    method: str = key("alpha-crown", check=Choice(VERIFY_METHODS),
-                      help="strongest bounding method the verifier escalates to (sdp methods: ReLU MLPs, no BaB)")
+    method: str = key("alpha-crown", check=Choice(VERIFY_METHODS), flag="--method",
+                      help="strongest bounding method the verifier escalates to, searches included "
+                           "(sdp methods: ReLU MLPs, no BaB)")
     intermediate: str = key("crown", check=Choice(("crown", "ibp", "forward")),
                             help="how bounds of intermediate layers are computed")
     alpha_iterations: int = key(20, check=Int(0),
@@ -475,15 +483,18 @@ class LpConfig(_Validated):
 class Config(_Validated):
     """Everything a run may be told; the root of the tree."""
 
-    device: str = key("auto", check=Device(),
+    device: str = key("auto", check=Device(), flag="--device",
                       help="torch device for bounding, attack and search; auto: cuda when torch sees a CUDA "
                            "device, else cpu")
     threads: int = key(1, check=Int(0, _cpu_count, note="0: torch's default; {hi}: this machine's CPU count"),
+                       flag="--threads",
                        help="torch CPU threads during the run (restored afterwards)")
     proof: bool = key(False, check=Bool(), help="record what proved each leaf (set by --certificate)")
-    timeout: float = key(300.0, check=Real(0, inf="no limit", unit="seconds"),
-                         help="wall-clock limit of a run; the verdict is timeout when it passes")
-    seed: int = key(0, check=Int(0, 2 ** 63 - 1), help="seed of the run's random draws (attack starting points)")
+    timeout: float = key(300.0, check=Real(0, inf="no limit", unit="seconds"), flag="--timeout",
+                         help="wall-clock limit of a run, certificate and report included; the verdict is "
+                              "timeout when it passes")
+    seed: int = key(0, check=Int(0, 2 ** 63 - 1), flag="--seed",
+                    help="seed of the run's random draws (attack starting points)")
     bounds: BoundsConfig = section(BoundsConfig, "bound propagation")
     attack: AttackConfig = section(AttackConfig, "counterexample search")
     bab: BabConfig = section(BabConfig, "branch and bound")
@@ -569,17 +580,83 @@ def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def describe(config: Any = None, prefix: str = "") -> list[str]:
-    """Every key with its type, default and allowed values, then what it means; for
-    `nncert config` (so the help a user reads is the text the code checks against)."""
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key of the tree as `nncert config`, the generated flags and docs/config.md see it."""
+
+    name: str        # dotted, as `--set` and YAML write it (bounds.alpha_lr)
+    default: Any
+    check: Check
+    help: str
+    flag: str        # "" for keys set only by --set or YAML
+
+
+def keys(config: Any = None, prefix: str = "") -> list[KeyInfo]:
+    """Every key of the tree in declaration order, with its current value as `default`."""
     config = Config() if config is None else config
-    lines = []
+    out: list[KeyInfo] = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if "section" in f.metadata:
-            lines += describe(value, f"{prefix}{f.name}.")
-            continue
-        check = f.metadata["check"]
-        lines.append(f"{prefix}{f.name}: {check.type.__name__} = {value!r}    [{check.expected()}]")
-        lines.append(f"    {f.metadata['help']}")
+            out += keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(KeyInfo(f"{prefix}{f.name}", value, f.metadata["check"], f.metadata["help"],
+                               f.metadata.get("flag", "")))
+    return out
+
+
+def check_value(info: KeyInfo, text: str) -> Any:
+    """`text` read and checked as `info`'s key, or a ConfigError that names its flag:
+    how a generated flag meets the same check as `--set` and YAML."""
+    try:
+        return info.check(info.check.parse(text))
+    except _Rejected as exc:
+        raise ConfigError(f"{info.flag or info.name}: expected {exc}, got {text!r}") from None
+
+
+def describe(config: Any = None) -> list[str]:
+    """Every key with its type, default and allowed values, then what it means; for
+    `nncert config` (so the help a user reads is the text the code checks against)."""
+    lines = []
+    for k in keys(config):
+        flag = f"  (flag {k.flag})" if k.flag else ""
+        lines.append(f"{k.name}: {k.check.type.__name__} = {k.default!r}    [{k.check.expected()}]{flag}")
+        lines.append(f"    {k.help}")
     return lines
+
+
+def shown(value: Any) -> str:
+    """A default as a user writes it in YAML or on the command line (false, inf, auto)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "inf" if value == math.inf else f"{value:g}"
+    return str(value)
+
+
+def flags_markdown() -> str:
+    """The README's table of `nncert verify`'s config flags (between its `config-flags`
+    markers; a test keeps the two equal)."""
+    rows = ["| flag | config key | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{k.flag}` | `{k.name}` | `{shown(k.default)}` | {_cell(k.help)} |" for k in keys() if k.flag]
+    return "\n".join(rows) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def describe_markdown() -> str:
+    """docs/config.md: one table of every key, generated (`nncert config --markdown`);
+    a test keeps the committed file equal to this."""
+    rows = ["# Config keys", "",
+            "Generated by `nncert config --markdown` from `verifier/config.py`; do not edit by hand.",
+            "Every key is set in a YAML file (`--config`, nested by section) or by `--set KEY=VALUE`;",
+            "the keys with a flag also by that flag of `nncert verify`.", "",
+            "| key | type | default | accepts | flag | meaning |", "|---|---|---|---|---|---|"]
+    for k in keys():
+        portable = isinstance(k.check, Int) and callable(k.check.hi)   # the CPU count, as "N"
+        accepts = k.check.expected("N") if portable else k.check.expected()
+        rows.append(f"| `{k.name}` | {k.check.type.__name__} | `{shown(k.default)}` | {_cell(accepts)} | "
+                    f"{'`' + k.flag + '`' if k.flag else ''} | {_cell(k.help)} |")
+    return "\n".join(rows) + "\n"

@@ -246,5 +246,5 @@ def test_method_names_are_declared_once() -> None:
     assert BoundsConfig.__dataclass_fields__["method"].metadata["check"].expected() == \
         Choice(VERIFY_METHODS).expected()
     verify = next(a for a in build_parser()._subparsers._group_actions[0].choices["verify"]._actions
-                  if a.dest == "method")
+                  if "--method" in a.option_strings)
     assert tuple(verify.choices) == VERIFY_METHODS

@@ -14,7 +14,8 @@ import traceback
 from typing import Callable, Optional, Sequence
 
 from verifier import heap
-from verifier.config import PROPAGATION_METHODS, VERIFY_METHODS
+from verifier.cli.flags import add_config_flags, flag_overrides
+from verifier.config import PROPAGATION_METHODS
 
 __all__ = ["main", "BAD_INPUT", "INTERNAL"]
 
@@ -190,13 +191,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from verifier.config import load_config
     from verifier.progress import Progress
 
-    overrides = list(args.set or [])
-    if args.timeout is not None:
-        overrides.append(f"timeout={args.timeout}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
-    if args.method is not None:
-        overrides.append(f"bounds.method={args.method}")
+    overrides = list(args.set or []) + flag_overrides(args)   # a flag wins over --set of the same key
     if getattr(args, "certificate", None):
         overrides.append("proof=true")
     config = load_config(args.config, overrides)
@@ -289,9 +284,16 @@ def cmd_bounds(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from verifier.config import describe
+    from verifier.config import Config, config_to_dict, describe, describe_markdown
 
-    print("\n".join(describe()))
+    if args.markdown:
+        print(describe_markdown(), end="")
+    elif args.yaml:
+        import yaml
+
+        print(yaml.safe_dump(config_to_dict(Config()), sort_keys=False), end="")
+    else:
+        print("\n".join(describe()))
     return 0
 
 
@@ -319,17 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--serialise-assignments", default=None, metavar="DIR",
                    help="after sat on a 2.0 query, write each declared tensor to DIR/NAME.pb (ONNX TensorProto) "
                         "instead of printing it")
-    v.add_argument("--timeout", type=float, default=None,
-                   help="seconds for everything the run does, certificate and report included "
-                        "(default: config timeout; inf: no limit)")
     v.add_argument("--results-file", default=None, help="write the VNN-COMP results file here")
     v.add_argument("--report", default=None, help="write a JSON report here (schema: docs/report.md)")
     v.add_argument("--certificate", default=None, help="write a certificate of the verdict here (JSON)")
-    v.add_argument("--device", default=None,
-                   help="auto (the default: cuda when torch sees a CUDA device, else cpu), cpu, cuda or cuda:N")
-    v.add_argument("--method", default=None, choices=VERIFY_METHODS,
-                   help="strongest bounding method, searches included (default alpha-crown; "
-                        "sdp methods: ReLU MLPs, no BaB)")
+    add_config_flags(v)   # --timeout, --device, --method, --threads, --seed: declared on their config keys
     v.add_argument("--config", default=None, help="YAML config file (see `nncert config`)")
     v.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     _add_common(v)
@@ -343,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(b)
     b.set_defaults(func=cmd_bounds)
     c = sub.add_parser("config", help="list every config key with its type and default")
+    form = c.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true", help="as the table of docs/config.md")
+    form.add_argument("--yaml", action="store_true",
+                      help="the defaults as a YAML file that --config reads (a starting point to edit)")
     c.set_defaults(func=cmd_config)
     for register in _EXTRA_COMMANDS:
         register(sub)
