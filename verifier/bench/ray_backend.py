@@ -73,12 +73,42 @@ def run_instance(instance: Instance, settings: RunSettings, isolate: str) -> Out
     return slot.run(instance)
 
 
+def _same_cluster(ray: Any, address: str) -> None:
+    """A process already connected to Ray (a caller's `ray.init`) keeps that connection:
+    Ray allows one per process. Running on it when `address` names another cluster would
+    put the suite where the user did not ask, silently; refuse instead. `auto` and the
+    connected cluster's own GCS address agree; a Ray Client address (ray://) cannot be
+    matched against the GCS address and is refused too."""
+    if address == "auto":
+        return
+    try:
+        current = ray.get_runtime_context().gcs_address
+    except Exception:  # a Ray Client connection has no GCS address on the driver
+        current = None
+    host, _, port = address.rpartition(":")
+    same = current is not None and not address.startswith("ray://") and current.rpartition(":")[2] == port \
+        and _resolve(host) == _resolve(current.rpartition(":")[0])
+    if not same:
+        raise ValueError(f"Ray is already initialised in this process (cluster {current or 'unknown'}); "
+                         f"address {address!r} names another: call ray.shutdown() first or leave address unset")
+
+
+def _resolve(host: str) -> str:
+    """A host's IPv4 address, so that localhost and 127.0.0.1 compare equal."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
+
+
 @dataclass
 class RayPool:
     """Runs instances as Ray tasks: `run(instance)` blocks until its outcome (call it
     from several threads to keep that many tasks in flight). `address`: a running
     cluster's (as `ray.init` takes it), or None to start a local cluster of `jobs` CPUs
-    for this run, shut down by `close`. `task`: what each task runs (the module's
+    for this run, shut down by `close`. When this process is already connected to Ray,
+    that connection is used (and left running); an `address` naming another cluster is
+    then a ValueError. `task`: what each task runs (the module's
     `run_instance`; tests pass one that loses its worker)."""
 
     jobs: int
@@ -92,6 +122,8 @@ class RayPool:
 
         self._ray = ray
         self._started = not ray.is_initialized()
+        if not self._started and self.address is not None:
+            _same_cluster(ray, self.address)
         if self._started:
             if self.address is None:
                 ray.init(num_cpus=self.jobs, include_dashboard=False, log_to_driver=False)

@@ -91,3 +91,21 @@ def test_an_unreachable_address_is_bad_input(capsys) -> None:
                             ("bogus", "expected HOST:PORT")):
         assert main(["bench", str(FAMILY), "--backend", "ray", "--address", address, "-q"]) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_a_process_already_on_ray_refuses_an_address_naming_another_cluster() -> None:
+    """Ray allows one connection per process: the pool uses the caller's, and says so
+    rather than run the suite on a cluster other than the one `address` names."""
+    import ray
+
+    from verifier.bench.ray_backend import RayPool
+
+    settings = RunSettings(config_path=None, overrides=(), grace_s=1.0, mem_limit_mb=None)
+    here = ray.get_runtime_context().gcs_address
+    for address in ("auto", here, here.replace("127.0.0.1", "localhost")):
+        RayPool(jobs=1, settings=settings, address=address).close()   # the same cluster: accepted, left running
+    assert ray.is_initialized()
+    port = int(here.rpartition(":")[2])
+    for other in (f"127.0.0.1:{port + 1}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ValueError, match="already initialised.*names another"):
+            RayPool(jobs=1, settings=settings, address=other)
