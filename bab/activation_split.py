@@ -26,7 +26,7 @@ from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
 from bab.leaf_lp import LeafSolver, decide_leaves
 from bab.learned import Nogoods
-from bab.problem import Problem, into_ball, region_box, rows_left_open, rows_problem, rows_status, violations
+from bab.problem import Problem, into_region, region_box, rows_left_open, rows_problem, rows_status, violations
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
@@ -434,7 +434,7 @@ class ReluBrancher:
 def _with_points(p: Problem, pts: Optional[T], obj: Optional[T], points: list) -> tuple[T, T]:
     """The candidates with the leaf LPs' points added (their objective evaluated here)."""
     x = torch.from_numpy(np.stack(points)).to(dtype=p.lower.dtype, device=p.lower.device)
-    x = into_ball(p, x.reshape(len(points), *p.lower.shape[1:]))
+    x = into_region(p, x.reshape(len(points), *p.lower.shape[1:]))
     v = violations(p, x)
     if pts is None:
         return x, v

@@ -11,9 +11,9 @@ from typing import Optional
 
 import torch
 
-from bab.problem import Problem, into_ball, objective, violations
+from bab.problem import Problem, into_region, objective, violations
 
-__all__ = ["domain_pgd", "minimiser_candidates", "input_gradient"]
+__all__ = ["domain_pgd", "minimiser_candidates", "input_gradient", "descent_direction"]
 
 T = torch.Tensor
 
@@ -27,8 +27,22 @@ def input_gradient(total: T, x: T) -> Optional[T]:
     return torch.autograd.grad(total, x, allow_unused=True)[0]
 
 
+def descent_direction(grad: T, coupled: bool) -> T:
+    """Each point's step direction from its gradient [M, ...]. In a box, the sign: the l-inf
+    steepest descent, every coordinate moving its full share. Where rows couple the inputs
+    (`coupled`), the gradient scaled to a largest entry of 1 instead: along a thin band such
+    as |x - x'| <= eps, a sign step is often all across the band, and the projection back
+    onto it undoes the step, while the scaled gradient keeps its component along the band."""
+    if not coupled:
+        return grad.sign()
+    peak = grad.reshape(len(grad), -1).abs().amax(1).clamp_min(1e-30)
+    return grad / peak.reshape(-1, *([1] * (grad.dim() - 1)))
+
+
 def domain_pgd(p: Problem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
-    """(best objective [M], best point [M, *input_shape]) from x0, each point kept in its box."""
+    """(best objective [M], best point [M, *input_shape]) from x0, each point kept in its box
+    and moved back into the region after each step (its rows and ball: a point off them is
+    no counterexample, and its objective would mislead the next step)."""
     x = x0.clone()
     best_x, best = x.clone(), torch.full((len(x),), torch.inf, dtype=x.dtype, device=x.device)
     half = (hi - lo) / 2
@@ -44,7 +58,8 @@ def domain_pgd(p: Problem, lo: T, hi: T, x0: T, steps: int = 12) -> tuple[T, T]:
             if grad is None:
                 break     # nothing to follow: the points seen are all there is
             size = 0.5 * (1e-3 ** (step / max(steps - 1, 1)))  # geometric decay down to fine steps
-            x = into_ball(p, torch.minimum(torch.maximum(x - size * half * grad.sign(), lo), hi))
+            step_ = size * half * descent_direction(grad, p.region_a is not None)
+            x = into_region(p, torch.minimum(torch.maximum(x - step_, lo), hi), lo, hi)
     return best, best_x
 
 
@@ -52,7 +67,7 @@ def minimiser_candidates(p: Problem, mins: T, focus: int, steps: int) -> tuple[T
     """Counterexample candidates of a bounded batch of activation-split domains: the bound's
     minimisers (one per domain and row), then PGD over the whole region from the `focus`
     most promising of them. Returns (points [M, *input_shape], objective [M])."""
-    pts = into_ball(p, mins.reshape(-1, *p.lower.shape[1:]))
+    pts = into_region(p, mins.reshape(-1, *p.lower.shape[1:]))
     obj = violations(p, pts)
     best = torch.argsort(obj)[:focus]
     lo = p.lower.expand(len(best), *p.lower.shape[1:])

@@ -32,7 +32,7 @@ from bab.clip_hooks import ConstraintClipper
 from bab.clipping import (clip_box, clip_box_union, hull_under_constraints,
                           min_under_all_constraints, min_under_constraints, row_constraints)
 from bab.domains import DomainBatch
-from bab.problem import Problem, into_ball, open_rows, rows_status, violations
+from bab.problem import Problem, into_region, open_rows, rows_status, violations
 from bab.proof import ProofLog
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
@@ -365,10 +365,10 @@ class InputBrancher:
         lo, hi, lb, A, mins, cons = _bound(p, ch.lo, ch.hi, self.options, clipping, logged, ch.inherited)
         proved, _ = rows_status(p, lb)
         n = len(lo)
-        candidates = [(lo + hi) / 2]
+        candidates = [into_region(p, (lo + hi) / 2, lo, hi)]      # each child's centre stays in its box
         if mins is not None:
-            candidates.append(mins.reshape(-1, *lo.shape[1:]))
-        pts = into_ball(p, torch.cat(candidates))
+            candidates.append(into_region(p, mins.reshape(-1, *lo.shape[1:])))
+        pts = torch.cat(candidates)
         obj = violations(p, pts)
         # Empirical objective per child: the smallest value seen at its centre and minimisers.
         emp = obj[:n] if mins is None else torch.minimum(obj[:n], obj[n:].reshape(n, -1).amin(1))

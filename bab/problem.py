@@ -16,7 +16,7 @@ import torch
 from models import Graph, GraphEvaluator
 from relaxations.bounds import BallBox, IntervalBounds, rows_proved
 
-__all__ = ["Problem", "region_box", "into_ball", "project_l2", "rows_status", "open_rows", "rows_left_open",
+__all__ = ["Problem", "region_box", "into_region", "onto_rows", "project_l2", "rows_status", "open_rows", "rows_left_open",
            "rows_problem", "objective", "violations"]
 
 T = torch.Tensor
@@ -75,12 +75,34 @@ def project_l2(xs: T, centre: T, radius, lower, upper) -> T:
     return torch.clamp(centre + d * scale, lower, upper)
 
 
-def into_ball(p: Problem, xs: T) -> T:
-    """Points xs [M, *input_shape] projected into the problem's ball and box (`project_l2`);
-    unchanged without a ball."""
-    if p.ball is None:
-        return xs
-    return project_l2(xs, p.ball[0], p.ball[1], p.lower, p.upper)
+def onto_rows(x: T, A: T, b: T, lo: T, hi: T, sweeps: int = 4) -> T:
+    """Points x [N, n] moved toward {A x <= b} within the box [lo, hi] (broadcast against x):
+    each sweep projects every point onto all its violated half-spaces at once, then clamps
+    to the box. Cheap and approximate: a point may still miss a row, so callers keep
+    judging points by `violations` (and the pre-search attack repairs its few by an LP)."""
+    norms = (A * A).sum(1).clamp_min(1e-30)
+    for _ in range(sweeps):
+        excess = (x @ A.T - b).clamp(min=0)
+        if not bool((excess > 0).any()):
+            break
+        x = (x - (excess / norms) @ A).clamp(lo, hi)
+    return x
+
+
+def into_region(p: Problem, xs: T, lower: Optional[T] = None, upper: Optional[T] = None) -> T:
+    """Points xs [M, *input_shape] moved into the problem's region: onto its rows beyond
+    the box (`onto_rows`), then into its ball (`project_l2`), each kept within [lower,
+    upper] ([1 or M, *input_shape]; default the region's box, so a search can keep a point
+    in its own domain's box). Unchanged for a plain box: a gradient step already clamps."""
+    lo = p.lower if lower is None else lower
+    hi = p.upper if upper is None else upper
+    if p.region_a is not None:
+        flat = onto_rows(xs.reshape(len(xs), -1), p.region_a, -p.region_c, lo.reshape(len(lo), -1),
+                         hi.reshape(len(hi), -1))
+        xs = flat.reshape(xs.shape)
+    if p.ball is not None:
+        xs = project_l2(xs, p.ball[0], p.ball[1], lo, hi)
+    return xs
 
 
 def rows_status(p: Problem, lb: T) -> tuple[T, T]:

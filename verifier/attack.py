@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from bab.attack import input_gradient
+from bab.attack import descent_direction, input_gradient
+from bab.problem import onto_rows
 from models import GraphEvaluator
 from vnnlib import Disjunct
 from verifier.config import AttackConfig
@@ -28,7 +29,7 @@ from verifier.model import Model
 from verifier.replay import confirm
 from verifier.solvers.highs import closest_point
 
-__all__ = ["SpecTensors", "spec_tensors", "margin", "attack_disjunct", "onto_rows", "repaired"]
+__all__ = ["SpecTensors", "spec_tensors", "margin", "attack_disjunct", "repaired"]
 
 
 class SpecTensors:
@@ -59,19 +60,6 @@ def margin(st: SpecTensors, y: torch.Tensor) -> torch.Tensor:
     v = torch.einsum("krj,nj->nkr", st.C, y) - st.d
     v = torch.where(st.valid, v, torch.full_like(v, -torch.inf))
     return v.amax(-1).amin(-1)
-
-
-def onto_rows(x: torch.Tensor, A: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-              sweeps: int = 4) -> torch.Tensor:
-    """Points x [N, n] moved toward {A x <= b} within the box [lo, hi]: each sweep projects
-    every point onto all its violated half-spaces at once, then clamps to the box."""
-    norms = (A * A).sum(1).clamp_min(1e-30)
-    for _ in range(sweeps):
-        excess = (x @ A.T - b).clamp(min=0)
-        if not bool((excess > 0).any()):
-            break
-        x = (x - (excess / norms) @ A).clamp(lo, hi)
-    return x
 
 
 def repaired(disjunct: Disjunct, x: np.ndarray) -> Optional[np.ndarray]:
@@ -144,7 +132,7 @@ def attack_disjunct(model: Model, ev: GraphEvaluator, disjunct: Disjunct, cfg: A
             if grad is None:
                 break     # the output is piecewise constant in x: nothing to follow
             size = cfg.step_size * (1e-3 ** (step / max(cfg.steps - 1, 1)))  # geometric decay
-            x = feasible((x - size * half * grad.sign()).clamp(lo, hi))
+            x = feasible((x - size * half * descent_direction(grad, rows)).clamp(lo, hi))
         if bool((best_s <= 0).any()):
             found = _try(model, disjunct, best_x.cpu().numpy(), best_s.cpu().numpy(), 3)
             if found is not None:

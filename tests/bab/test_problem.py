@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bab.problem import Problem, into_ball, region_box, violations
+from bab.problem import Problem, into_region, region_box, violations
 from models import GraphEvaluator
 from relaxations import BallBox
 from tests.helpers import relu_mlp_onnx
@@ -24,11 +24,11 @@ def _problem(tmp_path, radius: float) -> Problem:
 def test_projection_lands_in_the_ball_and_the_box(tmp_path) -> None:
     p = _problem(tmp_path, 0.3)
     xs = torch.rand(500, 3, generator=torch.Generator().manual_seed(0)) * 2 - 0.5
-    got = into_ball(p, xs)
+    got = into_region(p, xs)
     centre, radius = p.ball
     assert bool(((got - centre).norm(dim=1) <= radius).all())
     assert bool(((got >= p.lower) & (got <= p.upper)).all())
-    inside = into_ball(p, centre + 0.01)
+    inside = into_region(p, centre + 0.01)
     assert torch.allclose(inside, centre + 0.01)      # a point inside stays where it is
 
 

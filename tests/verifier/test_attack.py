@@ -11,7 +11,8 @@ from onnx import helper
 from models import GraphEvaluator
 from tests.op_cases import make_model
 from verifier import load_model
-from verifier.attack import attack_disjunct, onto_rows, repaired
+from bab.problem import onto_rows
+from verifier.attack import attack_disjunct, repaired
 from verifier.config import AttackConfig
 from vnnlib.spec import Disjunct, InputRegion, OutputConstraints
 
