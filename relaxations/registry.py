@@ -41,7 +41,7 @@ import torch
 
 from models import Node, UnsupportedModel
 
-__all__ = ["OpRule", "Relaxation", "SlotRelaxation", "REGISTRY", "register_rule", "rule_for",
+__all__ = ["OpRule", "Relaxation", "SlotRelaxation", "REGISTRY", "register_rule", "rule_for", "slope",
            "registered_ops", "is_affine_node", "finite_relaxation"]
 
 T = torch.Tensor
@@ -132,6 +132,17 @@ class OpRule:
     gather: Optional[Callable[..., T]] = None
     relax_slots: Optional[Callable[..., SlotRelaxation]] = None
     facts: frozenset = field(default_factory=frozenset)
+    # One variable input, per element (or per row, as Softmax): lipschitz(node, consts) ->
+    # a global bound on |f(a) - f(b)| / ||a - b||, the same in l2 and l-inf (the largest
+    # |f'| of a scalar function), or None where the node has none (Clip with variable
+    # limits). The naive Lipschitz walk (`relaxations.lipschitz`) reads it; an op without
+    # it is refused there. The registry-driven tests check it by sampling.
+    lipschitz: Optional[Callable[[Node, Sequence], Optional[float]]] = None
+
+
+def slope(value: float) -> Callable[[Node, Sequence], float]:
+    """A `lipschitz` rule that is one number for every node of the op."""
+    return lambda node, consts: value
 
 
 REGISTRY: dict[str, list[OpRule]] = {}

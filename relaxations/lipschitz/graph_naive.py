@@ -12,7 +12,8 @@ are multiplied into ``M`` rather than bounded one by one: ``||W2 W1|| <= ||W2|| 
 and is often much smaller (MatMul then Add, a Sandwich layer's two factors, BatchNorm
 after a linear layer). Everything else materialises:
 
-* elementwise activations: ``Lip <= slope * Lip(in)`` (ReLU, Tanh, Clip 1; Sigmoid 1/4;
+* elementwise activations: ``Lip <= slope * Lip(in)``, the slope from the op's registry rule
+  (`OpRule.lipschitz`: ReLU, Tanh, Clip 1; Sigmoid 1/4;
   LeakyReLU max(1, |alpha|)); MaxPool: 1 in l-inf, ``sqrt(windows per entry)`` in l2;
 * Add / Sub / Sum of variables: ``sum sqrt(r_i) L_i`` in l2 (``r_i`` is how often
   broadcasting repeats input ``i``), ``sum L_i`` in l-inf; when every operand is a
@@ -245,8 +246,9 @@ class _Walk:
                 k = window_multiplicity(node, tuple(g.shapes[vars_[0]]), tuple(g.shapes[out]))
                 slope = float(np.nextafter(math.sqrt(k), np.inf)) if k > 1 else 1.0
         if slope is None:
-            raise self._refuse(node, f"op {op} has no naive Lipschitz rule (supported: affine ops, "
-                               "Relu/LeakyRelu/Sigmoid/Tanh/Clip/Abs/Softmax, MaxPool, Max/Min, Concat, shape ops)")
+            raise self._refuse(node, f"op {op} has no naive Lipschitz rule (supported: affine ops, the "
+                               "activations whose registry rule declares a Lipschitz constant, MaxPool, Max/Min, "
+                               "Concat, shape ops)")
         self._set_base(out, round_up_product([slope, self.value(vars_[0])]), node, f"activation slope {slope:g}")
 
 

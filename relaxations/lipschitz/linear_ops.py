@@ -30,6 +30,7 @@ from models import Graph, Node, UnsupportedModel
 from models.ops import forward_rule
 from models.ops.conv import spatial_pads
 from relaxations.lipschitz.norms import certified_spectral_norm
+from relaxations.registry import rule_for
 
 __all__ = ["LinearOp", "FLAT_IDENTITY_OPS", "LINEAR_OPS", "linear_op", "conv_l2_bound", "window_multiplicity"]
 
@@ -279,17 +280,14 @@ def window_multiplicity(node: Node, in_shape: tuple[int, ...], out_shape: tuple[
 
 
 def constant_slope(node: Node, consts: Mapping[str, T]) -> float | None:
-    """Lipschitz constant of an elementwise activation (same in l2 and l-inf), or None."""
-    op = node.op
-    if op in ("Relu", "Tanh", "Abs", "Sin", "Cos", "Softmax"):
-        # Softmax: its Jacobian diag(p) - p p^T has l2 norm and max row sum <= 1/2.
-        return 1.0
-    if op == "Sigmoid":
-        return 0.25
-    if op == "LeakyRelu":
-        return max(1.0, abs(float(node.attr("alpha", 0.01))))
-    if op == "Clip":
-        if any(x and x not in consts for x in node.inputs[1:]):
-            return None
-        return 1.0
-    return None
+    """Lipschitz constant of a one-input activation (the same in l2 and l-inf) from its
+    registry rule's `lipschitz`, or None where the op has none (no rule, or a rule that
+    declares none: Exp, Floor, Clip with variable limits)."""
+    try:
+        rule = rule_for(node)
+    except UnsupportedModel:
+        return None
+    if rule.lipschitz is None:
+        return None
+    value = rule.lipschitz(node, [consts.get(x) if x else None for x in node.inputs])
+    return None if value is None else float(value)

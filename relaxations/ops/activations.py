@@ -56,6 +56,11 @@ def _unstable(node: Node, l: T, u: T, consts: Sequence) -> T:
     return (l < 0) & (u > 0)
 
 
+def _lipschitz(node: Node, consts: Sequence) -> float:
+    """Relu: 1; LeakyRelu: its larger slope, max(1, |alpha|)."""
+    return 1.0 if node.op == "Relu" else max(1.0, abs(float(node.attr("alpha", 0.01))))
+
+
 def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone", "elementwise"})
     for op in ("Relu", "LeakyRelu"):
@@ -64,4 +69,4 @@ def register() -> None:
         # which a sum of many ReLUs with large weights turned into a visible loss.
         register_rule(OpRule(op, "elementwise", interval=monotone_interval, relax=_relax,
                              alpha_init=_alpha_init, alpha_bounds=_alpha_bounds, unstable=_unstable, sparse_alpha=True,
-                             facts=facts | {"exact"} if op == "Relu" else facts))
+                             lipschitz=_lipschitz, facts=facts | {"exact"} if op == "Relu" else facts))

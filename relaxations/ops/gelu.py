@@ -42,7 +42,7 @@ from models import Node
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
 from relaxations.ops.smooth import bisect, finish, unstable_if_wide
-from relaxations.registry import OpRule, Relaxation, register_rule
+from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "gelu64", "dgelu64", "inflection", "minimum_bracket"]
 
@@ -321,8 +321,14 @@ def _gelu_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) ->
     return finish("Gelu", l, u, (k_lo, b_lo), (k_up, b_up), lo_c, hi_c)
 
 
+# Gelu's steepest slope: Phi(x) + x phi(x) peaks at x = sqrt(2) at 1.128904 (1.128993 for
+# the tanh form; both below 0.13 on the negative side), rounded up.
+GELU_SLOPE = 1.13
+
+
 def register() -> None:
     register_rule(OpRule("Gelu", "elementwise", min_opset=20, interval=_gelu_interval, relax=_gelu_relax,
                          alpha_init=_gelu_alpha_init, alpha_bounds=lambda n, l, u, c: (torch.zeros_like(l),
                                                                                  torch.ones_like(l)),
-                         unstable=unstable_if_wide, facts=frozenset({"elementwise", "smooth"})))
+                         unstable=unstable_if_wide, lipschitz=slope(GELU_SLOPE),
+                         facts=frozenset({"elementwise", "smooth"})))

@@ -42,7 +42,7 @@ from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
 from relaxations.ops.smooth import (S_LR_SCALE, SLACK_ULPS, SPoints, finish, half_alpha, s_alpha_init, s_points,
                                     s_shape, unstable_if_wide)
-from relaxations.registry import OpRule, Relaxation, register_rule
+from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "support", "outward"]
 
@@ -366,23 +366,29 @@ def _hswish_unstable(node: Node, l: T, u: T, consts: Sequence) -> T:
     return (u > l) & (u > -3) & (l < 3)
 
 
+# Erf's steepest slope, 2 / sqrt(pi) = 1.1283791670955126, rounded up. HardSwish's is
+# 1.5 (x / 3 + 1/2 at x = 3), Elu's max(1, |alpha|), HardSigmoid's |alpha|.
+ERF_SLOPE = 1.1283792
+
+
 def register() -> None:
     ew = frozenset({"elementwise"})
     smooth = ew | {"smooth"}
     register_rule(OpRule("Softplus", "elementwise", interval=_softplus_interval, relax=_softplus_relax,
                          alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
-                         facts=smooth | {"monotone", "convex"}))
+                         lipschitz=slope(1.0), facts=smooth | {"monotone", "convex"}))
     for op, opset in (("Atan", 7), ("Erf", 9)):
         register_rule(OpRule(op, "elementwise", min_opset=opset, interval=_s_interval, relax=_s_relax,
                              prepare=_s_prepare, alpha_init=_s_alpha_init, alpha_lr_scale=S_LR_SCALE,
                              alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
-                             facts=smooth | {"monotone"}))
+                             lipschitz=slope(1.0 if op == "Atan" else ERF_SLOPE), facts=smooth | {"monotone"}))
     # Elu and HardSigmoid are monotone only for alpha >= 0: no "monotone" fact.
     register_rule(OpRule("Elu", "elementwise", interval=_elu_interval, relax=_elu_relax,
-                         alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=_elu_unstable, facts=ew))
+                         alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=_elu_unstable,
+                         lipschitz=lambda n, c: max(1.0, abs(float(n.attr("alpha", 1.0)))), facts=ew))
     register_rule(OpRule("HardSigmoid", "elementwise", interval=_hs_interval, relax=_hs_relax,
                          alpha_init=_hs_alpha_init, alpha_bounds=_unit_bounds, unstable=_hs_unstable,
-                         facts=ew | {"piecewise_linear"}))
+                         lipschitz=lambda n, c: abs(float(n.attr("alpha", 0.2))), facts=ew | {"piecewise_linear"}))
     register_rule(OpRule("HardSwish", "elementwise", min_opset=14, interval=_hswish_interval,
                          relax=_hswish_relax, alpha_init=_hswish_alpha_init, alpha_bounds=_unit_bounds,
-                         unstable=_hswish_unstable, facts=ew))
+                         unstable=_hswish_unstable, lipschitz=slope(1.5), facts=ew))

@@ -30,7 +30,7 @@ from models import Node, UnsupportedModel
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
 from relaxations.ops.smooth import S_CROSSING_INIT, curved, finish, s_shape, unstable_if_wide
-from relaxations.registry import OpRule, Relaxation, register_rule
+from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "pow_exponent", "trig_range", "clip_limits"]
 
@@ -422,14 +422,20 @@ def _pow_alpha_init(node: Node, l: T, u: T, consts: Sequence) -> T:
     return torch.full_like(l, 0.5)
 
 
+def _clip_lipschitz(node: Node, consts: Sequence) -> Optional[float]:
+    """1 with constant (or absent) limits; none when a limit varies with the input."""
+    return 1.0 if all(c is not None for x, c in zip(node.inputs[1:], consts[1:]) if x) else None
+
+
 def register() -> None:
     ew = frozenset({"elementwise"})
     register_rule(OpRule("Abs", "elementwise", interval=lambda n, ins, ev=None: [IntervalBounds(*_abs_range(ins[0].lower, ins[0].upper))],
                          relax=_abs_relax, alpha_init=_abs_alpha_init, alpha_bounds=_minus_one_one,
-                         unstable=lambda n, l, u, c: (l < 0) & (u > 0), facts=ew | {"piecewise_linear"}))
+                         unstable=lambda n, l, u, c: (l < 0) & (u > 0), lipschitz=slope(1.0),
+                         facts=ew | {"piecewise_linear"}))
     register_rule(OpRule("Clip", "elementwise", interval=_clip_interval, relax=_clip_relax,
                          alpha_init=_clip_alpha_init, alpha_bounds=_zero_one, unstable=_clip_unstable,
-                         facts=ew | {"piecewise_linear", "monotone"}))
+                         lipschitz=_clip_lipschitz, facts=ew | {"piecewise_linear", "monotone"}))
     for op in ("Sign", "Floor"):
         register_rule(OpRule(op, "elementwise", interval=_step_interval, relax=_step_relax,
                              unstable=_step_unstable, facts=ew | {"monotone", "piecewise_constant"}))
@@ -438,7 +444,7 @@ def register() -> None:
     for op in ("Sin", "Cos"):
         register_rule(OpRule(op, "elementwise", interval=_trig_interval, relax=_trig_relax,
                              alpha_init=_trig_alpha_init, alpha_bounds=_minus_one_one,
-                             unstable=unstable_if_wide, facts=ew | {"smooth"}))
+                             unstable=unstable_if_wide, lipschitz=slope(1.0), facts=ew | {"smooth"}))
     register_rule(OpRule("Pow", "elementwise", interval=_pow_interval, relax=_pow_relax,
                          alpha_init=_pow_alpha_init, alpha_bounds=_zero_one, unstable=unstable_if_wide,
                          facts=ew))

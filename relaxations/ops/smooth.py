@@ -33,7 +33,7 @@ import torch
 from models import Node
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.registry import OpRule, Relaxation, register_rule
+from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "finish", "curved", "s_shape", "s_points", "SPoints", "SLACK_ULPS", "unstable_if_wide",
            "half_alpha", "bisect", "S_LR_SCALE", "S_CROSSING_INIT", "S_FLAT_LEAN"]
@@ -401,7 +401,7 @@ def register() -> None:
         register_rule(OpRule(op, "elementwise", interval=_increasing_interval(fn), relax=_s_relax,
                              prepare=_s_prepare, alpha_init=_s_alpha_init, alpha_lr_scale=S_LR_SCALE,
                              alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
-                             facts=facts))
+                             lipschitz=slope(0.25 if op == "Sigmoid" else 1.0), facts=facts))
     for op in ("Exp", "Log", "Sqrt", "Reciprocal"):
         register_rule(OpRule(op, "elementwise", interval=_range_interval, relax=_convex_relax,
                              alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=unstable_if_wide,

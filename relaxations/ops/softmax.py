@@ -16,7 +16,7 @@ import torch
 from models import Node
 from relaxations.bounds import IntervalBounds, Precision
 from relaxations.ops.common import Ins
-from relaxations.registry import OpRule, register_rule
+from relaxations.registry import OpRule, register_rule, slope
 
 __all__ = ["register", "softmax_bounds", "leave_one_out_lse"]
 
@@ -80,4 +80,6 @@ def _softmax_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
 
 
 def register() -> None:
-    register_rule(OpRule("Softmax", "nonlinear", interval=_softmax_interval, facts=frozenset({"smooth"})))
+    # Its Jacobian diag(p) - p p^T has l2 norm and largest row sum at most 1/2; 1 is kept.
+    register_rule(OpRule("Softmax", "nonlinear", interval=_softmax_interval, lipschitz=slope(1.0),
+                         facts=frozenset({"smooth"})))
