@@ -136,7 +136,7 @@ def _cases() -> list[OpCase]:
             ("HardSigmoid", "HardSigmoid", {"alpha": 0.3, "beta": 0.4}, 13),
             ("HardSigmoid_negative_alpha", "HardSigmoid", {"alpha": -0.5, "beta": 0.6}, 13),
             ("HardSwish", "HardSwish", {}, 14), ("Gelu", "Gelu", {}, 20),
-            ("Gelu_tanh", "Gelu", {"approximate": "tanh"}, 20))):
+            ("Gelu_tanh", "Gelu", {"approximate": "tanh"}, 20), ("Softsign", "Softsign", {}, 13))):
         node = helper.make_node(op, ["h"], ["z"], **attrs)
         add(name, (op,), _dense_around([node], "h", "z", 6, 6, 90 + i, opset=opset), (1, 6))
     add("Clip", ("Clip",), _dense_around([helper.make_node("Clip", ["h", "lo", "hi"], ["z"])], "h", "z", 5, 5, 70,

@@ -137,6 +137,7 @@ def register() -> None:
     register_forward("Softplus", _softplus)
     register_forward("Atan", _unary(torch.atan), min_opset=7)
     register_forward("Erf", _unary(torch.erf), min_opset=9)
+    register_forward("Softsign", _unary(lambda x: x / (1 + x.abs())))
     register_forward("Elu", _elu)
     register_forward("HardSigmoid", _hard_sigmoid)
     register_forward("HardSwish", _hard_swish, min_opset=14)

@@ -1,4 +1,4 @@
-"""Bounding rules for further activations: Softplus, Atan, Erf, Elu, HardSigmoid, HardSwish.
+"""Bounding rules for further activations: Softplus, Atan, Erf, Softsign, Elu, HardSigmoid, HardSwish.
 
 (Gelu, which is not monotone and whose derivative has no closed-form inverse, has its
 own file, `gelu.py`.)
@@ -14,8 +14,9 @@ slack (SLACK_ULPS), and the interval rules are widened outward by the same slack
 
 - Softplus log(1 + e^x): convex. Lower: tangent at t = l + alpha (u - l); upper: chord.
   Critical point of f - k x: x = logit(k).
-- Atan, Erf: S-shaped, odd, with f' even: `smooth.s_shape` with the closed-form inverse
-  of f' (atan: sqrt(1/k - 1); erf: sqrt(-log(k sqrt(pi) / 2))), alpha as for Tanh.
+- Atan, Erf, Softsign x / (1 + |x|): S-shaped, odd, with f' even: `smooth.s_shape` with
+  the closed-form inverse of f' (atan: sqrt(1/k - 1); erf: sqrt(-log(k sqrt(pi) / 2));
+  softsign: 1 / sqrt(k) - 1), alpha as for Tanh.
 - Elu (attribute alpha, default 1): x for x >= 0, alpha (e^x - 1) below. Lower: the
   slope of the tangent at t = l + alpha_param (u - l); upper: the chord. Candidates:
   the ends, the kink 0 and log(k / alpha). Sound for any alpha (also > 1, where the
@@ -147,8 +148,23 @@ def _erf_dinv(k: T) -> T:
     return torch.sqrt((-torch.log(k / _TWO_OVER_SQRT_PI)).clamp(min=0))
 
 
+def _softsign(x: T) -> T:
+    return x / (1.0 + x.abs())
+
+
+def _dsoftsign(x: T) -> T:
+    return 1.0 / (1.0 + x.abs()) ** 2
+
+
+def _softsign_dinv(k: T) -> T:
+    """x >= 0 with 1 / (1 + x)^2 = k."""
+    k = k.clamp(min=torch.finfo(k.dtype).tiny, max=1.0)
+    return torch.rsqrt(k) - 1.0
+
+
 _S_FUNCS: dict[str, tuple[Fn, Fn, Fn]] = {"Atan": (torch.atan, _datan, _atan_dinv),
-                                          "Erf": (torch.erf, _derf, _erf_dinv)}
+                                          "Erf": (torch.erf, _derf, _erf_dinv),
+                                          "Softsign": (_softsign, _dsoftsign, _softsign_dinv)}
 
 
 def _s_prepare(node: Node, l: T, u: T, consts: Sequence) -> SPoints:
@@ -377,11 +393,11 @@ def register() -> None:
     register_rule(OpRule("Softplus", "elementwise", interval=_softplus_interval, relax=_softplus_relax,
                          alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
                          lipschitz=slope(1.0), facts=smooth | {"monotone", "convex"}))
-    for op, opset in (("Atan", 7), ("Erf", 9)):
+    for op, opset in (("Atan", 7), ("Erf", 9), ("Softsign", 1)):
         register_rule(OpRule(op, "elementwise", min_opset=opset, interval=_s_interval, relax=_s_relax,
                              prepare=_s_prepare, alpha_init=_s_alpha_init, alpha_lr_scale=S_LR_SCALE,
                              alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
-                             lipschitz=slope(1.0 if op == "Atan" else ERF_SLOPE), facts=smooth | {"monotone"}))
+                             lipschitz=slope(ERF_SLOPE if op == "Erf" else 1.0), facts=smooth | {"monotone"}))
     # Elu and HardSigmoid are monotone only for alpha >= 0: no "monotone" fact.
     register_rule(OpRule("Elu", "elementwise", interval=_elu_interval, relax=_elu_relax,
                          alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=_elu_unstable,
