@@ -485,8 +485,9 @@ def lipschitz_of_graph(graph: Any, norm: str = "2", method: str = "naive", solve
         weights, biases = relu_mlp_from_graph(graph)
     except NotReluMlp as exc:
         if method != "naive":
-            raise UnsupportedModel(f"method {method} needs a ReLU MLP (Gemm/MatMul/Add/Relu/Flatten): {exc}; "
-                                   "use --method naive for other graphs") from None
+            raise UnsupportedModel(f"method {method} needs a chain of affine layers and ReLUs (a ReLU MLP; "
+                                   f"convolutions become dense layers): {exc}; use --method naive for other graphs"
+                                   ) from None
     else:
         return lipschitz_of_network(FeedForward(tuple(weights), tuple(biases), "relu"), norm, method, solver,
                                     deadline=deadline, progress=progress)

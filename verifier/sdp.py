@@ -222,8 +222,8 @@ def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray
         weights, biases = relu_mlp_from_graph(graph)
     except NotReluMlp as exc:
         where = f"{model.path}: " if isinstance(model, Model) and getattr(model, "path", None) else ""
-        raise NotReluMlp(f"{where}method {method} needs a ReLU MLP (Gemm/MatMul/Add/Sub/Relu/Flatten): "
-                         f"{exc}") from None
+        raise NotReluMlp(f"{where}method {method} needs a chain of affine layers and ReLUs (a ReLU MLP; "
+                         f"convolutions become dense layers): {exc}") from None
     lo = np.asarray(lower, dtype=np.float64).reshape(-1)
     hi = np.asarray(upper, dtype=np.float64).reshape(-1)
     if lo.shape != hi.shape or lo.shape[0] != weights[0].shape[1]:

@@ -1,22 +1,26 @@
 """Lower a graph to the weight lists of a fully connected ReLU network.
 
 The SDP relaxation is written for ``y = W_L relu(... relu(W_1 x + b_1) ...) + b_L``
-only, so rather than teaching it the whole op registry we recognise that shape in
-the graph (Gemm / MatMul+Add / Relu / Flatten / Reshape to a row) and refuse
-anything else with an error naming the node. Consecutive affine nodes are composed,
-so ``MatMul`` then ``Add`` (or two Gemms with nothing between them) become one layer.
+only. The graph must be a chain of ReLUs and nodes that the bounding registry knows as
+affine in the previous tensor (`relaxations.registry.is_affine_node`): Gemm, MatMul,
+Add, Conv, BatchNormalization, AveragePool, Pad, Flatten, Reshape, ... Each such node's
+matrix is read off its forward rule by evaluation (`models.affine_map`), so the
+lowering has no table of op names; anything else is refused with an error naming the
+node. Consecutive affine nodes are composed, so ``MatMul`` then ``Add`` (or a Conv, a
+BatchNormalization and a Flatten) become one layer, on the flattened (C order) tensors.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from models import Graph, Node, UnsupportedModel
+import torch
+
+from models import Graph, GraphEvaluator, Node, UnsupportedModel
+from models.affine import NotAffine, affine_map
+from relaxations.registry import is_affine_node, rule_for
 
 __all__ = ["NotReluMlp", "relu_mlp_from_graph", "relu_inputs", "mlp_forward"]
-
-_SHAPE_OPS = ("Flatten", "Reshape", "Identity")
-
 
 class NotReluMlp(UnsupportedModel, ValueError):
     """The graph is not a chain of affine layers separated by ReLUs.
@@ -26,46 +30,25 @@ class NotReluMlp(UnsupportedModel, ValueError):
     ValueError for callers written before that."""
 
 
-def _const(graph: Graph, name: str, node: Node) -> np.ndarray:
-    if name not in graph.constants:
-        raise NotReluMlp(f"node '{node.name}' ({node.op}): operand '{name}' must be a constant "
-                         "(only affine layers with constant weights are supported)")
-    return graph.constants[name].detach().cpu().double().numpy()
-
-
-def _affine_of(graph: Graph, node: Node, var: str, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) with node output = W @ var + b on a flat row vector."""
-    if node.op == "Gemm":
-        if node.inputs[0] != var:
-            raise NotReluMlp(f"node '{node.name}' (Gemm): the variable must be the first operand")
-        if int(node.attr("transA", 0)):
-            raise NotReluMlp(f"node '{node.name}' (Gemm): transA=1 is not supported")
-        w = _const(graph, node.inputs[1], node)
-        w = w if int(node.attr("transB", 0)) else w.T
-        w = float(node.attr("alpha", 1.0)) * w
-        b = np.zeros(w.shape[0])
-        if len(node.inputs) > 2 and node.inputs[2]:
-            b = b + float(node.attr("beta", 1.0)) * np.broadcast_to(
-                _const(graph, node.inputs[2], node).reshape(-1), (w.shape[0],))
-        return w, b
-    if node.op == "MatMul":
-        if node.inputs[0] != var:
-            raise NotReluMlp(f"node '{node.name}' (MatMul): the variable must be the left operand")
-        w = _const(graph, node.inputs[1], node)
-        if w.ndim != 2:
-            raise NotReluMlp(f"node '{node.name}' (MatMul): weight must be 2-D, got {w.shape}")
-        return w.T, np.zeros(w.shape[1])
-    if node.op in ("Add", "Sub"):
-        other = [x for x in node.inputs if x != var]
-        if len(other) != 1:
-            raise NotReluMlp(f"node '{node.name}' ({node.op}): needs one constant operand")
-        c = np.broadcast_to(_const(graph, other[0], node).reshape(-1), (n_in,)).astype(np.float64)
-        if node.op == "Add":
-            return np.eye(n_in), c.copy()
-        sign = 1.0 if node.inputs[0] == var else -1.0
-        return sign * np.eye(n_in), -sign * c
-    raise NotReluMlp(f"node '{node.name}': op {node.op} is not part of a ReLU MLP "
-                     "(supported: Gemm, MatMul, Add, Sub, Relu, Flatten, Reshape)")
+def _affine_of(graph: Graph, ev: GraphEvaluator, node: Node, var: str) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) with node output = W @ var + b on flat vectors: any op the bounding registry
+    knows as affine in `var` (the others constant), read off by evaluation."""
+    for x in node.inputs:
+        if x and x != var and x not in graph.constants:
+            raise NotReluMlp(f"node '{node.name}' ({node.op}): operand '{x}' must be a constant "
+                             "(only affine layers with constant weights are supported)")
+    try:
+        rule = rule_for(node)
+    except UnsupportedModel:
+        rule = None
+    if rule is None or not is_affine_node(node, rule, [x == var for x in node.inputs]):
+        raise NotReluMlp(f"node '{node.name}': op {node.op} is not part of a ReLU MLP "
+                         "(supported: Relu and ops affine in the previous layer, such as Gemm, MatMul, Add, "
+                         "Conv, BatchNormalization, AveragePool, Flatten, Reshape)")
+    try:
+        return affine_map(ev, node, [var])
+    except NotAffine as exc:
+        raise NotReluMlp(str(exc)) from None
 
 
 def relu_mlp_from_graph(graph: Graph) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -81,17 +64,14 @@ def relu_mlp_from_graph(graph: Graph) -> tuple[list[np.ndarray], list[np.ndarray
     pending = False  # an affine map not yet closed by a ReLU
     var = graph.input_name
     consumers = graph.consumers()
+    ev = GraphEvaluator(graph, dtype=torch.float64)
     for node in graph.nodes:
         if var not in node.inputs:
             raise NotReluMlp(f"node '{node.name}' ({node.op}) does not read the previous layer: "
                              "the graph is not a simple chain")
         if len(consumers.get(var, [])) > 1:
             raise NotReluMlp(f"tensor '{var}' has several readers: the graph is not a simple chain")
-        if node.op in _SHAPE_OPS:
-            shape = graph.shapes.get(node.outputs[0])
-            if shape is not None and int(np.prod(shape)) != max(shape):
-                raise NotReluMlp(f"node '{node.name}' ({node.op}) produces shape {shape}, not a row")
-        elif node.op == "Relu":
+        if node.op == "Relu":
             if not pending:
                 raise NotReluMlp(f"node '{node.name}': a ReLU must follow an affine layer")
             weights.append(cur_w)
@@ -99,7 +79,7 @@ def relu_mlp_from_graph(graph: Graph) -> tuple[list[np.ndarray], list[np.ndarray
             n = cur_w.shape[0]
             cur_w, cur_b, pending = np.eye(n), np.zeros(n), False
         else:
-            w, b = _affine_of(graph, node, var, n)
+            w, b = _affine_of(graph, ev, node, var)
             cur_w, cur_b = w @ cur_w, w @ cur_b + b
             n, pending = w.shape[0], True
         var = node.outputs[0]

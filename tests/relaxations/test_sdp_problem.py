@@ -112,3 +112,35 @@ def test_extractor_roundtrip_and_refusal():
     proto.ir_version = 8
     with pytest.raises(NotReluMlp, match="Sigmoid"):
         relu_mlp_from_graph(graph_from_proto(proto))
+
+
+def test_a_small_cnn_lowers_to_the_mlp_it_computes() -> None:
+    """Conv, BatchNormalization and Flatten are affine in the previous tensor: the lowering
+    reads their matrices off the forward, so the SDP takes a small CNN as a dense MLP; a
+    MaxPool (not affine) is refused by name."""
+    import torch
+    from onnx import helper
+
+    from models import GraphEvaluator, graph_from_proto
+    from tests.op_cases import make_model
+
+    r = np.random.default_rng(3)
+    f = lambda *s: r.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = {"W": f(3, 1, 3, 3), "c": f(3), "s": f(3), "bb": f(3), "m": f(3), "v": np.abs(f(3)) + 0.5,
+             "W2": f(2, 27), "c2": f(2)}
+    body = [helper.make_node("Conv", ["X", "W", "c"], ["h"], strides=[2, 2]),
+            helper.make_node("BatchNormalization", ["h", "s", "bb", "m", "v"], ["n"]),
+            helper.make_node("Relu", ["n"], ["r"])]
+    tail = [helper.make_node("Flatten", ["r"], ["fl"]), helper.make_node("Gemm", ["fl", "W2", "c2"], ["Y"], transB=1)]
+    graph = graph_from_proto(make_model(body + tail, inits, (1, 1, 7, 7), (1, 2)))
+    ws, bs = relu_mlp_from_graph(graph)
+    assert [w.shape for w in ws] == [(27, 49), (2, 27)]
+    x = r.uniform(-1, 1, (20, 49))
+    y = GraphEvaluator(graph, dtype=torch.float64)(torch.tensor(x).reshape(20, 1, 1, 7, 7)).reshape(20, -1).numpy()
+    assert np.allclose(mlp_forward(ws, bs, x), y, rtol=1e-10, atol=1e-10)
+    pooled = body + [helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3]),
+                     helper.make_node("Flatten", ["p"], ["fl"]),
+                     helper.make_node("Gemm", ["fl", "W2", "c2"], ["Y"], transB=1)]
+    inits["W2"] = f(2, 3)
+    with pytest.raises(NotReluMlp, match="MaxPool"):
+        relu_mlp_from_graph(graph_from_proto(make_model(pooled, inits, (1, 1, 7, 7), (1, 2))))

@@ -54,7 +54,8 @@ def run_local(args: argparse.Namespace, start: float, t0: float, deadline: float
     try:
         weights, biases = relu_mlp_from_graph(model.graph)
     except NotReluMlp as exc:
-        raise UnsupportedModel(f"--method local needs a ReLU MLP (Gemm/MatMul/Add/Relu/Flatten): {exc}") from None
+        raise UnsupportedModel(f"--method local needs a chain of affine layers and ReLUs (a ReLU MLP; "
+                               f"convolutions become dense layers): {exc}") from None
     net = FeedForward(tuple(weights), tuple(biases), "relu")
     try:
         budget = float("inf") if deadline is None else max(deadline - time.monotonic(), 0.0)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from models import Graph, GraphEvaluator
+from models.affine import MAX_MAP_ENTRIES, NotAffine, affine_map
 from relaxations.lp import Block, affine_block, relu_block, unknown_as_infinite
 from relaxations.sdp.network import NotReluMlp
 from verifier.solvers.highs import HighsModel
@@ -52,7 +53,6 @@ AFFINE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Add", "Sub",
 ONE_VARIABLE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Mul", "Div", "BatchNormalization"})
 MOVES = frozenset({"Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Concat"})  # columns regrouped
 MAX_COLUMNS = 200_000
-MAX_MAP_ENTRIES = 4_000_000      # 32 MB of float64 per affine map (mnist_fc's first layer: 0.2 M)
 
 
 def lp_supported(graph: Graph) -> Optional[str]:
@@ -132,24 +132,11 @@ class GraphLp:
         self.cols[out] = z
 
     def _affine_map(self, node, var: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(W, b) with the node's output = W @ concat(variable inputs) + b, by evaluation in float64.
-
-        W's entries are out(e_j) - out(0): exact for float32 weights up to the rounding
-        of adding b (an ulp of float64), far below the margins the callers add."""
-        sizes = [len(self.cols[x]) for x in var]
-        N = sum(sizes)
-        r = np.random.default_rng(0).uniform(-1, 1, N)
-        pts = np.concatenate([np.zeros((1, N)), np.eye(N), r[None]])
-        values, at = {}, 0
-        for x, k in zip(var, sizes):
-            values[x] = torch.tensor(pts[:, at:at + k]).reshape(len(pts), *self.graph.shapes[x])
-            at += k
-        y = self.ev.run_node(node, values)[0].reshape(len(pts), -1).double().numpy()
-        b = y[0]
-        W = (y[1:N + 1] - b).T
-        if not np.allclose(W @ r + b, y[-1], rtol=1e-9, atol=1e-9 * (1 + np.abs(y[-1]).max())):
-            raise NotReluMlp(f"node '{node.name}' ({node.op}) is not affine in its variable inputs")
-        return W, b
+        """(W, b) with the node's output = W @ concat(variable inputs) + b (`models.affine_map`)."""
+        try:
+            return affine_map(self.ev, node, var)
+        except NotAffine as exc:
+            raise NotReluMlp(str(exc)) from None
 
     def start(self, x: np.ndarray) -> np.ndarray:
         """The full column vector of the input point x (float64 forward), a MILP's first incumbent."""
