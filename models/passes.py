@@ -161,7 +161,12 @@ def expand_softmax(node: Node, shape: tuple, constants: dict[str, torch.Tensor])
         y_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))
 
     (d = x_j - x_i from two Unsqueezes and a Sub, Exp, the diagonal masked out by a
-    constant Mul, ReduceSum over j, Add 1, Reciprocal). Every piece has a linear
+    constant Mul, ReduceSum over j, Add 1, Reciprocal, then a Clip to [0, 1]). The Clip
+    is the identity on what Reciprocal yields (1 / (1 + s) with s >= 0) and states
+    softmax's range exactly: the interval passes widen Reciprocal's ends by a rounding
+    margin, and Clip's interval, a clamp, is exact, so "y < 0" and "y > 1" are refuted.
+    (In floating point too: each ratio is a float at most its divisor, and the rounded
+    quotient of such is at most 1.) Every piece has a linear
     relaxation (Exp and Reciprocal convex, the rest affine), so CROWN passes through
     softmax instead of stopping at its interval, and without a product of two variable
     tensors, which the form exp(x_i) / sum_j exp(x_j) would need. Its interval is
@@ -195,6 +200,12 @@ def expand_softmax(node: Node, shape: tuple, constants: dict[str, torch.Tensor])
     constants[t("off_diagonal")] = mask.reshape(n, n, *([1] * (rank - 1 - axis)))
     constants[t("one")] = torch.tensor(1.0)
     plain = MappingProxyType({})
+    if node.opset >= 11:
+        constants[t("zero")] = torch.tensor(0.0)
+        unit = Node(t("unit"), "Clip", (t("r"), t("zero"), t("one")), (node.outputs[0],), plain, node.opset)
+    else:
+        unit = Node(t("unit"), "Clip", (t("r"),), (node.outputs[0],), MappingProxyType({"min": 0.0, "max": 1.0}),
+                    node.opset)
     return [axes_op("Unsqueeze", x, "xi", [axis + 1]),
             axes_op("Unsqueeze", x, "xj", [axis]),
             Node(t("d"), "Sub", (t("xj"), t("xi")), (t("d"),), plain, node.opset),
@@ -202,7 +213,8 @@ def expand_softmax(node: Node, shape: tuple, constants: dict[str, torch.Tensor])
             Node(t("others"), "Mul", (t("e"), t("off_diagonal")), (t("others"),), plain, node.opset),
             axes_op("ReduceSum", t("others"), "sum", [axis + 1], keepdims=0),
             Node(t("s"), "Add", (t("sum"), t("one")), (t("s"),), plain, node.opset),
-            Node(t("y"), "Reciprocal", (t("s"),), (node.outputs[0],), plain, node.opset)]
+            Node(t("y"), "Reciprocal", (t("s"),), (t("r"),), plain, node.opset),
+            unit]
 
 
 def expand_gemm(node: Node, constants: dict[str, torch.Tensor]) -> list[Node]:

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 __all__ = ["IntervalBounds", "BallBox", "LinearBounds", "BoundsTable", "Precision", "widen_lower", "DeadlineExceeded",
-           "check_deadline", "concretize", "interval_terms", "rows_proved"]
+           "check_deadline", "concretize", "interval_terms", "rows_proved", "selection_lower"]
 
 
 class DeadlineExceeded(Exception):
@@ -162,6 +162,25 @@ def concretize(A: torch.Tensor, bounds: "IntervalBounds", precision: Precision,
             value = widen_lower(value, m if mass is None else m + mass, precision)
         best = value if best is None else torch.maximum(best, value)
     return best
+
+
+def selection_lower(A: torch.Tensor, bounds: "IntervalBounds") -> torch.Tensor:
+    """The exact lower bound [B, S] of the rows of A [B, S, *shape] that pick one entry
+    with coefficient +1 or -1 (`y_k`, `-y_k`): that entry's lower end, or minus its upper
+    end, with no rounding margin, since no arithmetic is done; -inf for any other row.
+    A spec row such as `y_k < 0` over an output whose interval is exact (softmax's [0, 1]
+    after its Clip) is then refuted, where `concretize`'s margin would leave it open."""
+    B, S = A.shape[:2]
+    flat = A.reshape(B, S, -1)
+    nonzero = flat != 0
+    one = nonzero.sum(-1) == 1
+    k = nonzero.to(torch.int8).argmax(-1)                                        # [B, S]
+    coef = flat.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    lo = bounds.lower.reshape(B, 1, -1).expand(B, S, -1).gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    hi = bounds.upper.reshape(B, 1, -1).expand(B, S, -1).gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    value = torch.where(coef > 0, lo, -hi)
+    ok = one & (coef.abs() == 1)
+    return torch.where(ok, value, torch.full_like(value, -torch.inf))
 
 
 def rows_proved(gap, strict):

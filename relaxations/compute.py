@@ -37,7 +37,7 @@ import torch
 from models import Graph, GraphEvaluator
 from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
 from relaxations.alpha_intermediate import optimise_with_intermediate
-from relaxations.bounds import BoundsTable, IntervalBounds, Precision, check_deadline, concretize
+from relaxations.bounds import BoundsTable, IntervalBounds, Precision, check_deadline, concretize, selection_lower
 from relaxations.crown import BackwardContext, backward_lower, is_slot_node, rules_for
 from relaxations.intermediate import intermediate_bounds
 from relaxations.options import METHODS, BoundOptions, BoundResult, ClipHook, Given
@@ -118,6 +118,8 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
         best = folded_ibp_lower(ctx, box, A, options, precision)
     else:
         best = concretize(A, table[graph.output_name], precision)
+        if not precision.exact:   # rows that pick one output: its interval's end, exactly
+            best = torch.maximum(best, selection_lower(A, table[graph.output_name]))
         if options.folds or slots:
             best = torch.maximum(best, folded_ibp_lower(ctx, box, A, options, precision))
     interval = best

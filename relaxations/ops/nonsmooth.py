@@ -435,7 +435,7 @@ def register() -> None:
                          facts=ew | {"piecewise_linear"}))
     register_rule(OpRule("Clip", "elementwise", interval=_clip_interval, relax=_clip_relax,
                          alpha_init=_clip_alpha_init, alpha_bounds=_zero_one, unstable=_clip_unstable,
-                         lipschitz=_clip_lipschitz, facts=ew | {"piecewise_linear", "monotone"}))
+                         lipschitz=_clip_lipschitz, facts=ew | {"piecewise_linear", "monotone", "exact"}))
     for op in ("Sign", "Floor"):
         register_rule(OpRule(op, "elementwise", interval=_step_interval, relax=_step_relax,
                              unstable=_step_unstable, facts=ew | {"monotone", "piecewise_constant"}))

@@ -90,3 +90,22 @@ def test_crown_through_the_expansion_beats_the_interval_rule(tmp_path, monkeypat
         res = compute_bounds(model.graph, box, options=BoundOptions(method="crown"))
         width[name] = float((res.upper - res.lower).sum())
     assert width["expanded"] < 0.6 * width["interval"], width
+
+
+@pytest.mark.parametrize("opset", [13, 9])
+def test_softmax_range_is_exact_even_where_exp_overflows(tmp_path, opset: int) -> None:
+    """A lone softmax over logits in [-1000, 1000] (exp overflows): its outputs' bounds are
+    [0, 1] with no rounding margin (the expansion ends in an exact Clip, and a row that picks
+    one output is bounded by that output's interval end), so `y < 0` and `y > 1` are refuted."""
+    path = tmp_path / f"lone{opset}.onnx"
+    path.write_bytes(make_model([helper.make_node("Softmax", ["X"], ["Y"])], {}, (1, 3), (1, 3), opset)
+                     .SerializeToString())
+    model = load_model(path)
+    assert model.graph.nodes[-1].op == "Clip"
+    lo, hi = torch.full((1, 1, 3), -1000.0), torch.full((1, 1, 3), 1000.0)
+    C = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 0, 1.0]])
+    for method in ("ibp", "crown", "alpha-crown"):
+        res = compute_bounds(model.graph, IntervalBounds(lo, hi), C=C, options=BoundOptions(method=method))
+        assert res.lower[0].tolist() == [0.0, -1.0, 0.0], method
+    ys = GraphEvaluator(model.graph)(torch.rand(500, 1, 3) * 2000 - 1000)
+    assert bool(((ys >= 0) & (ys <= 1)).all())
