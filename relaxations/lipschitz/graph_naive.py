@@ -48,6 +48,7 @@ from relaxations.lipschitz.linear_ops import (
     window_multiplicity,
 )
 from relaxations.lipschitz.norms import certified_spectral_norm, inf_operator_norm_upper, round_up_product
+from relaxations.registry import is_affine_node, rule_for
 
 __all__ = ["GraphNaiveBound", "graph_naive_bound", "MAX_ENTRIES"]
 
@@ -230,7 +231,7 @@ class _Walk:
                 v = max(vals)
             self._set_base(out, v, node, "max/min: 1-Lipschitz per entry")
             return
-        if op in LINEAR_OPS:
+        if op in LINEAR_OPS or (len(vars_) == 1 and _registry_affine(node, vars_[0])):
             for k, name in enumerate(node.outputs):
                 if name not in g.shapes:
                     continue
@@ -250,6 +251,16 @@ class _Walk:
                                "activations whose registry rule declares a Lipschitz constant, MaxPool, Max/Min, "
                                "Concat, shape ops)")
         self._set_base(out, round_up_product([slope, self.value(vars_[0])]), node, f"activation slope {slope:g}")
+
+
+def _registry_affine(node: Node, var: str) -> bool:
+    """Whether the bounding registry knows the node as affine in `var` (the others constant):
+    `linear_op` then walks it as a dense matrix when it has no rule of its own."""
+    try:
+        rule = rule_for(node)
+    except UnsupportedModel:
+        return False
+    return is_affine_node(node, rule, [x == var for x in node.inputs])
 
 
 def _sqrt_up(x: float) -> float:

@@ -13,8 +13,9 @@ walk we need three things from ``A`` without writing its matrix down unless it i
 * ``l2_hint()``: a certified l2 operator norm when the op has a cheap tight one (a
   weight matrix, a diagonal, a convolution through its Fourier symbol), else ``None``.
 
-Refusing is always allowed; guessing is not: every op not listed here is handled (or
-refused) by `relaxations.lipschitz.graph_naive`.
+Refusing is always allowed; guessing is not. An op the bounding registry knows as affine
+but not listed here is walked as the dense matrix read off its forward (`_dense_op`, while
+small); every other op is handled (or refused) by `relaxations.lipschitz.graph_naive`.
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from models import Graph, Node, UnsupportedModel
+from models import Graph, GraphEvaluator, Node, UnsupportedModel
+from models.affine import NotAffine, affine_map
 from models.ops import forward_rule
 from models.ops.conv import spatial_pads
 from relaxations.lipschitz.norms import certified_spectral_norm
-from relaxations.registry import rule_for
+from relaxations.registry import is_affine_node, rule_for
 
 __all__ = ["LinearOp", "FLAT_IDENTITY_OPS", "LINEAR_OPS", "linear_op", "conv_l2_bound", "window_multiplicity"]
 
@@ -210,11 +212,42 @@ def linear_op(graph: Graph, node: Node, out_index: int = 0) -> LinearOp:
         if var != 0:
             raise refuse("only the data input may be variable")
     else:
-        raise refuse("not a linear op")
+        return _dense_op(graph, node, var, out_index, in_shape, out_shape, refuse)
     weights = sum(int(c.numel()) for c in cs if c is not None and c.is_floating_point())
     work = math.prod(in_shape) + weights + 8
     return LinearOp(node, in_shape, out_shape, _caller(lin_node, lin, var, out_index),
                     _caller(abs_node, absd, var, out_index), work, hint)
+
+
+def _dense_op(graph: Graph, node: Node, var: int, out_index: int, in_shape: tuple[int, ...],
+              out_shape: tuple[int, ...], refuse: Callable[[str], UnsupportedModel]) -> LinearOp:
+    """Any other op that the bounding registry knows as affine in its variable input, as
+    the dense matrix read off its forward (`models.affine_map`): an affine op added to the
+    registry is walked without an entry here, while its matrix is small enough to write.
+
+    `affine_map`'s entries out(e_j) - out(0) carry the rounding of two float64 forwards;
+    `apply_abs` adds a bound on it, 4 eps (|out(e_j)| + |out(0)|) per entry (each forward a
+    dot product of at most `n_in` terms is within (n_in + 2) eps of its magnitude sum: the
+    margin is 4 (n_in + 4) eps of that, the factor `work` brings)."""
+    try:
+        rule = rule_for(node)
+    except UnsupportedModel:
+        raise refuse("not a linear op") from None
+    variable = [i == var for i in range(len(node.inputs))]
+    if out_index != 0 or len(node.outputs) != 1 or not is_affine_node(node, rule, variable):
+        raise refuse("not a linear op")
+    ev = GraphEvaluator(graph, dtype=torch.float64)
+    try:
+        W, b = affine_map(ev, node, [node.inputs[var]])
+    except NotAffine as exc:
+        raise refuse(str(exc)) from None
+    n_in = math.prod(in_shape)
+    mat = torch.from_numpy(W)
+    slack = 4.0 * (n_in + 4) * _EPS * (torch.from_numpy(np.abs(W + b[:, None])) + torch.from_numpy(np.abs(b))[:, None])
+    absmat = mat.abs() + slack
+    apply = lambda x: (mat @ x.reshape(-1)).reshape(out_shape)        # noqa: E731
+    apply_abs = lambda x: (absmat @ x.reshape(-1)).reshape(out_shape)  # noqa: E731
+    return LinearOp(node, in_shape, out_shape, apply, apply_abs, n_in + 8, lambda: None)
 
 
 def conv_l2_bound(node: Node, weight: T, in_shape: tuple[int, ...]) -> float | None:

@@ -168,3 +168,30 @@ def test_product_of_variables_is_refused(tmp_path) -> None:
     graph = export_graph(Square(), (1, 3), tmp_path / "s.onnx")
     with pytest.raises(UnsupportedModel, match="not globally Lipschitz"):
         graph_naive_bound(graph, "inf")
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_an_affine_op_without_its_own_rule_is_walked_as_its_dense_matrix(norm, tmp_path, monkeypatch) -> None:
+    """Every linear node taken by the fallback an affine op new to the registry gets
+    (`linear_ops._dense_op`: the matrix read off its forward) instead of its own rule:
+    the bounds stay sound and, where the walk composes explicit matrices anyway, equal."""
+    from relaxations.lipschitz import linear_ops
+
+    def dense_only(graph, node, out_index=0):
+        var = next(i for i, x in enumerate(node.inputs) if x and x not in graph.constants)
+        refuse = lambda why: UnsupportedModel(why, node=node.name, op=node.op)  # noqa: E731
+        return linear_ops._dense_op(graph, node, var, out_index, tuple(graph.shapes[node.inputs[var]]),
+                                    tuple(graph.shapes[node.outputs[out_index]]), refuse)
+
+    for k, (module, shape) in enumerate([(SmallCnn(), (1, 2, 10, 10)), (ResNet(), (1, 1, 5, 5))]):
+        torch.manual_seed(20 + k)
+        for p in module.parameters():
+            nn.init.normal_(p, std=0.5)
+        _randomise_bn(module)
+        graph = export_graph(module, shape, tmp_path / f"d{k}.onnx")
+        own = graph_naive_bound(graph, norm).value
+        with monkeypatch.context() as m:
+            m.setattr(graph_naive, "linear_op", dense_only)
+            dense = graph_naive_bound(graph, norm).value
+        assert dense >= empirical_lipschitz(graph, norm, seed=k), type(module).__name__
+        assert dense <= own * (1 + 1e-6)   # the walk composes these nets' layers as explicit matrices
