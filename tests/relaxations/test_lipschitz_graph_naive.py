@@ -100,6 +100,16 @@ def test_equals_feedforward_naive_on_relu_mlps(norm, tmp_path) -> None:
         assert reference * (1 - 1e-12) <= ours <= reference * (1 + 1e-9)
 
 
+def _conv_nets(tmp_path, seed: int):
+    """The small CNN and the residual net with random weights and batch-norm statistics."""
+    for k, (module, shape) in enumerate([(SmallCnn(), (1, 2, 10, 10)), (ResNet(), (1, 1, 5, 5))]):
+        torch.manual_seed(seed + k)
+        for p in module.parameters():
+            nn.init.normal_(p, std=0.5)
+        _randomise_bn(module)
+        yield module, export_graph(module, shape, tmp_path / f"g{seed}_{k}.onnx")
+
+
 @pytest.mark.parametrize("norm", ["2", "inf"])
 @pytest.mark.parametrize("explicit", [True, False])
 def test_cnn_and_residual_bounds_are_sound(norm, explicit, tmp_path, monkeypatch) -> None:
@@ -107,12 +117,7 @@ def test_cnn_and_residual_bounds_are_sound(norm, explicit, tmp_path, monkeypatch
     own (Fourier symbol for convolutions, Holder for pooling) and nothing is composed."""
     if not explicit:
         monkeypatch.setattr(graph_naive, "MAX_ENTRIES", 0)
-    for k, (module, shape) in enumerate([(SmallCnn(), (1, 2, 10, 10)), (ResNet(), (1, 1, 5, 5))]):
-        torch.manual_seed(10 + k)
-        for p in module.parameters():
-            nn.init.normal_(p, std=0.5)
-        _randomise_bn(module)
-        graph = export_graph(module, shape, tmp_path / f"g{k}.onnx")
+    for k, (module, graph) in enumerate(_conv_nets(tmp_path, 10)):
         bound = graph_naive_bound(graph, norm).value
         found = empirical_lipschitz(graph, norm, seed=k)
         assert bound >= found, (type(module).__name__, bound, found)
@@ -183,12 +188,7 @@ def test_an_affine_op_without_its_own_rule_is_walked_as_its_dense_matrix(norm, t
         return linear_ops._dense_op(graph, node, var, out_index, tuple(graph.shapes[node.inputs[var]]),
                                     tuple(graph.shapes[node.outputs[out_index]]), refuse)
 
-    for k, (module, shape) in enumerate([(SmallCnn(), (1, 2, 10, 10)), (ResNet(), (1, 1, 5, 5))]):
-        torch.manual_seed(20 + k)
-        for p in module.parameters():
-            nn.init.normal_(p, std=0.5)
-        _randomise_bn(module)
-        graph = export_graph(module, shape, tmp_path / f"d{k}.onnx")
+    for k, (module, graph) in enumerate(_conv_nets(tmp_path, 20)):
         own = graph_naive_bound(graph, norm).value
         with monkeypatch.context() as m:
             m.setattr(graph_naive, "linear_op", dense_only)
