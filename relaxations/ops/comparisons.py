@@ -62,7 +62,8 @@ def _where_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
 
 
 def register() -> None:
-    for op in _CASES:
-        register_rule(OpRule(op, "nonlinear", interval=_compare_interval,
+    for op in _CASES:   # GreaterOrEqual and LessOrEqual appear in opset 12, as their forwards say
+        register_rule(OpRule(op, "nonlinear", min_opset=12 if op.endswith("OrEqual") else 1,
+                             interval=_compare_interval,
                              facts=frozenset({"piecewise_constant", "exact"})))
     register_rule(OpRule("Where", "nonlinear", interval=_where_interval, facts=frozenset({"piecewise_linear", "exact"})))

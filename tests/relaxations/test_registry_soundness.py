@@ -60,3 +60,15 @@ def test_bounds_in_float64_are_sound_too(case) -> None:
     assert res.lower.dtype == torch.float64
     ys = outputs_float64(graph, sample_box(lo, hi, 500, 1))
     assert_inside(ys, res.lower[0], res.upper[0], f"{case.name}/float64", rel=1e-9)
+
+
+def test_each_bounding_rule_covers_the_opsets_its_forward_does() -> None:
+    """An op's bounding rules span exactly the opset ranges of its forward rules, so a
+    model of an opset where nncert cannot run the op is refused at load, not at bounding,
+    and a bounding rule never outlives the forward it was written for."""
+    from models.ops.registry import FORWARD
+    from relaxations.registry import REGISTRY
+
+    for op, rules in REGISTRY.items():
+        assert sorted((r.min_opset, r.max_opset) for r in rules) == \
+            sorted((r.min_opset, r.max_opset) for r in FORWARD.get(op, [])), op
