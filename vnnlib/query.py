@@ -202,6 +202,10 @@ def _difference_up(a: float, b: float) -> float:
     return value
 
 
+_NUMBERS = ("Float", "Int")
+_PLUS, _MINUS = np.array([1.0]), np.array([-1.0])   # shared by every bound row: read-only
+_PLUS.setflags(write=False)
+_MINUS.setflags(write=False)
 _OPS = {"LessEqual": (1, False), "LessThan": (1, True), "GreaterEqual": (-1, False),
         "GreaterThan": (-1, True)}
 
@@ -243,14 +247,23 @@ def _rows(comparison: object, tensors: dict[str, Tensor], products: dict[tuple[i
           path: str | None) -> list[list[Row]]:
     """A comparison as alternatives (``!=`` gives two), each a list of rows."""
     kind = type(comparison).__name__
-    left, lc = _linear(comparison.lhs, tensors, products, size, path)
-    right, rc = _linear(comparison.rhs, tensors, products, size, path)
-    coeffs = dict(left)
-    for k, v in right.items():
-        coeffs[k] = coeffs.get(k, 0.0) - v
-    coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
-    index = np.fromiter(coeffs.keys(), dtype=np.int64, count=len(coeffs))
-    values = np.fromiter(coeffs.values(), dtype=np.float64, count=len(coeffs))
+    lhs, rhs = comparison.lhs, comparison.rhs
+    lk, rk = type(lhs).__name__, type(rhs).__name__
+    if lk == "Var" and rk in _NUMBERS:       # x op c, the bulk of a box: no dict, no fromiter
+        index, values = np.array([_flat(tensors[lhs.name], lhs.indices)]), _PLUS
+        lc, rc = 0.0, float(rhs.value)
+    elif rk == "Var" and lk in _NUMBERS:     # c op x
+        index, values = np.array([_flat(tensors[rhs.name], rhs.indices)]), _MINUS
+        lc, rc = float(lhs.value), 0.0
+    else:
+        left, lc = _linear(lhs, tensors, products, size, path)
+        right, rc = _linear(rhs, tensors, products, size, path)
+        coeffs = dict(left)
+        for k, v in right.items():
+            coeffs[k] = coeffs.get(k, 0.0) - v
+        coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
+        index = np.fromiter(coeffs.keys(), dtype=np.int64, count=len(coeffs))
+        values = np.fromiter(coeffs.values(), dtype=np.float64, count=len(coeffs))
     # left + lc (op) right + rc  ->  (left - right) (op) rc - lc
 
     def row(sign: int, strict: bool) -> Row:
