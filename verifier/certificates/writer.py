@@ -60,12 +60,14 @@ def _rows_proved(gap: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int)
 
 
 def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                    alphas: Optional[dict] = None) -> np.ndarray:
-    """Lower bounds [L, S] of C y - d on each box, by the engine in float64 (CROWN, or with alphas)."""
+                    alphas: Optional[dict] = None, ball: Optional[tuple] = None) -> np.ndarray:
+    """Lower bounds [L, S] of C y - d on each box (cut by the l2 ball (centre, radius) when
+    given; no SDP-CROWN bias, which the checker does not re-derive), by the engine in
+    float64 (CROWN, or with alphas)."""
     import torch
 
     from models import GraphEvaluator
-    from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
+    from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
 
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
@@ -76,12 +78,16 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
         n = len(lo[s:s + _CHUNK])
         box = IntervalBounds(torch.tensor(lo[s:s + _CHUNK]).reshape(n, *graph.input_shape),
                              torch.tensor(hi[s:s + _CHUNK]).reshape(n, *graph.input_shape))
+        if ball is not None:
+            centre = torch.tensor(np.asarray(ball[0], np.float64)).reshape(1, *graph.input_shape)
+            box = BallBox(box.lower, box.upper, centre.expand(n, *graph.input_shape),
+                          torch.full((n,), float(ball[1]), dtype=torch.float64))
         given = None
         if alphas is not None:  # the search's slopes per row, for every leaf (projected into range)
             shapes = {nd.name: tuple(graph.shapes[nd.inputs[0]]) for nd in graph.nodes}
             given = {k: torch.tensor(v).reshape(1, C.shape[0], *shapes[k]).expand(n, C.shape[0], *shapes[k])
                      for k, v in alphas.items()}
-        lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev,
+        lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown", sdp_crown=False), want_upper=False, ev=ev,
                             given=Given(alphas=given)).lower
         out.append(lb.numpy() - d)
     return np.concatenate(out) if out else np.zeros((0, C.shape[0]))
@@ -225,8 +231,9 @@ def _root(disjunct) -> dict:
     return {"lower": [float(v) for v in disjunct.region.lower], "upper": [float(v) for v in disjunct.region.upper]}
 
 
-def _disjunct_entry(model: Model, entry: dict, disjunct) -> dict:
-    """One proof entry of `Result.proof` as JSON data, with float64 claims."""
+def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] = None) -> dict:
+    """One proof entry of `Result.proof` as JSON data, with float64 claims (over the box
+    cut by `ball` when given: root bounds only)."""
     C, d = spec_rows(disjunct)[:2]
     S = C.shape[0]
     root_lo, root_hi = np.asarray(disjunct.region.lower), np.asarray(disjunct.region.upper)
@@ -234,12 +241,14 @@ def _disjunct_entry(model: Model, entry: dict, disjunct) -> dict:
         alphas = None
         if entry.get("method") == "alpha-crown" and entry.get("alphas"):
             alphas = {k: np.asarray(v, dtype=np.float64) for k, v in entry["alphas"].items()}
-        claims = _float64_claims(model, root_lo[None], root_hi[None], C, d, alphas)[0]
+        claims = _float64_claims(model, root_lo[None], root_hi[None], C, d, alphas, ball)[0]
         out = {"root": _root(disjunct), "kind": "bounds", "method": entry["method"],
                "claims": encode_array(claims), "alphas": None}
         if alphas is not None:
             out["alphas"] = {name: encode_array(a.reshape(S, -1)) for name, a in alphas.items()}
         return out
+    if ball is not None:
+        raise ValueError(f"proof kind {entry['kind']!r} is not certified over an l2 ball")
     if entry["kind"] == "input-split":
         lo, hi = _snap_to_root(entry["lower"], root_lo), _snap_to_root(entry["upper"], root_hi)
         if entry.get("method") == "alpha-crown":
@@ -268,8 +277,11 @@ def _disjunct_entry(model: Model, entry: dict, disjunct) -> dict:
     raise ValueError(f"unknown proof kind {entry['kind']!r}")
 
 
-def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: Result) -> Optional[dict]:
-    """The certificate as JSON data, or None for a verdict that has none (unknown, timeout, error)."""
+def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: Result,
+                      ball: Optional[tuple] = None) -> Optional[dict]:
+    """The certificate as JSON data, or None for a verdict that has none (unknown, timeout, error).
+    `ball` (centre, radius): the claim is over the spec's region cut by that l2 ball, and the
+    certificate names it (`verify_module` over l2 balls)."""
     cert: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
         # the file as the user gave it (an .onnx.gz is hashed compressed, as `nncert check` reads it)
@@ -278,6 +290,9 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
         "spec_sha256": hashlib.sha256(Path(spec_path).read_bytes()).hexdigest(),
         "verdict": result.verdict,
     }
+    if ball is not None:
+        cert["l2_ball"] = {"centre": encode_array(np.asarray(ball[0], np.float64).reshape(-1)),
+                           "radius": float(ball[1])}
     if result.verdict == "sat":
         x = np.asarray(result.x, dtype=np.float32).reshape(-1)
         cert["counterexample"] = {"x": [float(v) for v in x],
@@ -293,7 +308,8 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
     proof = result.proof or {}
     entries = proof.get("disjuncts")
     if entries is None or len(entries) != len(spec.disjuncts):
-        cert["certificate"] = "unavailable (the run recorded no proof for every disjunct)"
+        cert["certificate"] = "unavailable (branch and bound over an l2 ball records no proof yet)" \
+            if ball is not None else "unavailable (the run recorded no proof for every disjunct)"
         return cert
     for e in entries:
         if isinstance(e.get("certificate"), str):
@@ -305,14 +321,14 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
     from verifier.certificates.activation import ActivationRederivationFailed
 
     try:
-        cert["disjuncts"] = [_disjunct_entry(model, e, d) for e, d in zip(entries, spec.disjuncts)]
+        cert["disjuncts"] = [_disjunct_entry(model, e, d, ball) for e, d in zip(entries, spec.disjuncts)]
     except ActivationRederivationFailed as exc:
         cert["certificate"] = f"unavailable ({exc})"
     return cert
 
 
 def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spec: Spec, result: Result,
-                      deadline: Optional[float] = None) -> str:
+                      deadline: Optional[float] = None, ball: Optional[tuple] = None) -> str:
     """Write the certificate by `deadline` (time.monotonic()); returns what happened, for the report.
 
     'written', 'unsupported (<op>)' (the file then says so instead of a proof), 'none for
@@ -324,7 +340,7 @@ def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spe
 
     token = _DEADLINE.set(float("inf") if deadline is None else deadline)
     try:
-        cert = build_certificate(model, spec_path, spec, result)
+        cert = build_certificate(model, spec_path, spec, result, ball)
     except CertificateTimeout:
         return "not written: the time limit was reached while re-deriving the proof"
     finally:

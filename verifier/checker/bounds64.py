@@ -19,7 +19,9 @@ offset for a convolution); entry k of the rounded `A_out M` is such a sum, of te
 most 5 * 2^-53 * zmax. IBP through a linear node charges `|M| zmax + |b|` per output.
 So for every dot product of fewer than 10^6 terms all errors together stay below
 8 * 10^6 * 1.1e-16 * mass < 1e-9 * mass: MARGIN_REL covers them with room to spare,
-and MARGIN_ABS covers underflow.
+and MARGIN_ABS covers underflow. Over an l2 ball (a certificate's `l2_ball`) the minimum
+A . c + b - r ||A||_2 is charged |A| . |c| + |b| + r ||A||_2 the same way
+(`_ball_minimum`: sqrt of a float64 sum of squares is within (n/2 + 2) ulps).
 """
 from __future__ import annotations
 
@@ -30,12 +32,15 @@ import numpy as np
 from verifier.checker.linear64 import apply, apply_t
 from verifier.checker.onnx_net import LINEAR_KINDS, Layer, Network
 
-__all__ = ["MARGIN_REL", "MARGIN_ABS", "interval_table", "split_interval_table", "row_lower_bounds"]
+__all__ = ["MARGIN_REL", "MARGIN_ABS", "BALL", "interval_table", "split_interval_table", "row_lower_bounds"]
 
 MARGIN_REL = 1e-9
 MARGIN_ABS = 1e-12
 
 Table = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # lower, upper, max(|lower|, |upper|)
+# The table's entry for an l2 ball that cuts every input box (centre [L, n], radius [L, 1],
+# and an unused third part): every concretisation then also uses the ball.
+BALL = "\x00l2-ball"
 
 
 def _widen(value: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -155,11 +160,30 @@ def _backward(net: Network, table: Table, start: str, A: np.ndarray,
 
 
 def _concretize(table: Table, net: Network, A_in: np.ndarray, bias: np.ndarray, mass: np.ndarray) -> np.ndarray:
-    """Sound minimum of A_in . x + bias over each input box, widened for rounding."""
+    """Sound minimum of A_in . x + bias over each input box (and, where the table holds a
+    ball, the better of that and the minimum over the ball: both bound the minimum over
+    their intersection), widened for rounding."""
     lo, hi, zmax = table[net.input]
     value = _bdot(np.maximum(A_in, 0.0), lo) + _bdot(np.minimum(A_in, 0.0), hi)
     total = mass + np.abs(bias) + _bdot(np.abs(A_in), zmax)
-    return _widen(value + bias, total)
+    box = _widen(value + bias, total)
+    if BALL not in table:
+        return box
+    centre, radius = table[BALL][0], table[BALL][1][:, 0]
+    return np.maximum(box, _widen(*_ball_minimum(A_in, bias, mass, centre, radius)))
+
+
+def _ball_minimum(A: np.ndarray, bias: np.ndarray, mass: np.ndarray, centre: np.ndarray, radius: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """min of A . x + bias over ||x - centre||_2 <= radius, [L, S]: A . centre + bias -
+    radius ||A||_2 (Cauchy-Schwarz, attained), and its rounding mass. The dot product
+    is charged |A| . |centre| as any other; sqrt(sum A^2) in float64 is within (n/2 + 2)
+    ulps of ||A||_2 (n < 10^6 terms: below 1e-9 relative), so charging radius ||A||_2
+    lets MARGIN_REL cover it, and the subtraction and the product by radius too."""
+    norm = np.sqrt(np.einsum("lsn,lsn->ls", A, A))
+    value = _bdot(A, centre) + bias - radius[:, None] * norm
+    total = mass + np.abs(bias) + _bdot(np.abs(A), np.abs(centre)) + radius[:, None] * norm
+    return value, total
 
 
 def _crown_interval(net: Network, table: Table, name: str, lo: np.ndarray, hi: np.ndarray
@@ -179,9 +203,11 @@ def _crown_interval(net: Network, table: Table, name: str, lo: np.ndarray, hi: n
     return lo, hi
 
 
-def interval_table(net: Network, lower: np.ndarray, upper: np.ndarray) -> Table:
-    """Sound intervals of every tensor over each box [L, n_in]: IBP, and CROWN on ReLU inputs."""
-    return split_interval_table(net, lower, upper, {})[0]
+def interval_table(net: Network, lower: np.ndarray, upper: np.ndarray,
+                   ball: Optional[tuple[np.ndarray, float]] = None) -> Table:
+    """Sound intervals of every tensor over each box [L, n_in] (cut by the l2 ball
+    (centre [n_in], radius) when given): IBP, and CROWN on ReLU inputs."""
+    return split_interval_table(net, lower, upper, {}, ball)[0]
 
 
 def _clamp(lo: np.ndarray, hi: np.ndarray, sign: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +217,8 @@ def _clamp(lo: np.ndarray, hi: np.ndarray, sign: Optional[np.ndarray]) -> tuple[
     return np.where(sign > 0, np.maximum(lo, 0.0), lo), np.where(sign < 0, np.minimum(hi, 0.0), hi)
 
 
-def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, signs: Mapping[str, np.ndarray]
-                         ) -> tuple[Table, np.ndarray]:
+def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, signs: Mapping[str, np.ndarray],
+                         ball: Optional[tuple[np.ndarray, float]] = None) -> tuple[Table, np.ndarray]:
     """Sound intervals over {x in box : every split holds}, and which leaves are empty.
 
     signs[t] ([L, n_t], +1 / -1 / 0 for free) clamps t's interval as soon as it is
@@ -214,6 +240,10 @@ def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, sig
         return lo, hi
 
     table: Table = {net.input: _entry(*settle(net.input, lo0, hi0))}
+    if ball is not None:
+        L = lo0.shape[0]
+        centre = np.broadcast_to(np.asarray(ball[0], np.float64).reshape(1, -1), lo0.shape).copy()
+        table[BALL] = (centre, np.full((L, 1), float(ball[1])), np.zeros((L, 1)))
     relu_inputs = {l.inputs[0] for l in net.layers if l.kind == "relu"}
     for layer in net.layers:
         lo, hi = settle(layer.out, *_interval(layer, table))

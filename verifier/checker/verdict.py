@@ -17,6 +17,7 @@ import base64
 import gzip
 import hashlib
 import json
+import math
 import zlib
 from dataclasses import dataclass
 from fractions import Fraction
@@ -58,7 +59,11 @@ class CheckResult:
     info: Optional[dict] = None
 
     def line(self) -> str:
-        return "accepted" if self.accepted else f"rejected: {self.reason}"
+        if not self.accepted:
+            return f"rejected: {self.reason}"
+        ball = (self.info or {}).get("l2_ball")
+        return "accepted" if ball is None else \
+            f"accepted (over the spec's region cut by the l2 ball of radius {ball['radius']!r} the certificate names)"
 
 
 class _Reject(Exception):
@@ -199,11 +204,12 @@ def _alphas(entry: dict, net: Network, S: int) -> Optional[dict[str, np.ndarray]
 
 
 def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                 alphas: Optional[dict], sparse: Optional[dict] = None) -> np.ndarray:
-    """Row bounds per leaf box, with `alphas` for all leaves or `sparse` per-leaf alphas (read_alphas)."""
+                 alphas: Optional[dict], sparse: Optional[dict] = None, ball: Optional[tuple] = None) -> np.ndarray:
+    """Row bounds per leaf box (cut by `ball` when given), with `alphas` for all leaves or
+    `sparse` per-leaf alphas (read_alphas)."""
     rows = []
     for s in range(0, lo.shape[0], _CHUNK):
-        table = interval_table(net, lo[s:s + _CHUNK], hi[s:s + _CHUNK])
+        table = interval_table(net, lo[s:s + _CHUNK], hi[s:s + _CHUNK], ball)
         if sparse is not None:
             idx = np.arange(s, min(s + _CHUNK, lo.shape[0]))
             alphas = dense_alphas(net, sparse, idx, lo.shape[0], C.shape[0]) or None
@@ -243,7 +249,33 @@ def _check_conjunctions(i: int, entry: dict, disjunct, net: Network) -> dict:
     return {"parts": info, "leaves": sum(p.get("leaves", 0) for p in info)}
 
 
-def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
+def _read_ball(cert: dict, n_in: int) -> Optional[tuple[np.ndarray, float]]:
+    """The l2 ball a certificate restricts the spec's region to ({"centre": [n_in numbers],
+    "radius": r}), or None. With a ball, what is checked is the weaker claim: no
+    counterexample in the region cut by the ball (torch modules verified over l2 balls,
+    which VNN-LIB cannot write); the acceptance line says so."""
+    ball = cert.get("l2_ball")
+    if ball is None:
+        return None
+    if not isinstance(ball, dict):
+        raise _Reject("l2_ball must be an object with centre and radius")
+    centre = decode_array(ball.get("centre"), "l2_ball.centre").reshape(-1)
+    radius = ball.get("radius")
+    if centre.size != n_in or not np.isfinite(centre).all():
+        raise _Reject(f"l2_ball.centre must hold {n_in} finite numbers")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (math.isfinite(radius) and radius >= 0):
+        raise _Reject("l2_ball.radius must be a finite number >= 0")
+    return centre, float(radius)
+
+
+def _in_ball(x: np.ndarray, ball: tuple[np.ndarray, float]) -> bool:
+    """||x - centre||_2 <= radius, decided exactly (rationals)."""
+    centre, radius = ball
+    total = sum((Fraction(float(a)) - Fraction(float(c))) ** 2 for a, c in zip(x.reshape(-1), centre))
+    return total <= Fraction(radius) ** 2
+
+
+def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[tuple] = None) -> dict:
     if not isinstance(entry, dict):
         raise _Reject(f"disjunct {i}: not an object")
     region = disjunct.region
@@ -252,6 +284,8 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
     root_hi = decode_array(root.get("upper"), f"disjunct {i} root.upper").reshape(-1)
     if not (np.array_equal(root_lo, region.lower) and np.array_equal(root_hi, region.upper)):
         raise _Reject(f"disjunct {i}: the root region differs from the spec's input box")
+    if ball is not None and entry.get("kind") not in ("bounds", "input-split"):
+        raise _Reject(f"disjunct {i}: proof kind '{entry.get('kind')}' is not checked over an l2 ball")
     if entry.get("kind") == "conjunctions":  # each part's root is checked again, as its own disjunct's
         return _check_conjunctions(i, entry, disjunct, net)
     C, d, strict, owner = spec_rows(disjunct)
@@ -288,7 +322,7 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network) -> dict:
         raise _Reject(f"disjunct {i}: unsupported proof kind '{kind}'")
     if claims.shape != (lo.shape[0], S):
         raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({lo.shape[0]}, {S})")
-    lb = _leaf_bounds(net, lo, hi, C, d, alphas, sparse)
+    lb = _leaf_bounds(net, lo, hi, C, d, alphas, sparse, ball)
     _compare(i, lb, claims, strict, owner, K)
     return {"leaves": int(lo.shape[0]), "min_margin": float(lb.max(1).min()) if S else 0.0}
 
@@ -353,8 +387,14 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         if isinstance(cert.get("certificate"), str):
             raise _Reject(cert["certificate"])
         verdict = cert.get("verdict")
+        ball = _read_ball(cert, n_in)
+        extra = {} if ball is None else {"l2_ball": {"radius": ball[1]}}
         if verdict == "sat":
-            return CheckResult(True, info=_check_sat(cert, spec, model_data))
+            info = _check_sat(cert, spec, model_data)
+            x32 = decode_array(cert["counterexample"]["x"], "counterexample.x").astype(np.float32)
+            if ball is not None and not _in_ball(x32.astype(np.float64), ball):
+                raise _Reject("the counterexample lies outside the l2 ball")
+            return CheckResult(True, info={**info, **extra})
         if verdict != "unsat":
             raise _Reject(f"no certificate can support the verdict {verdict!r}")
         try:
@@ -365,8 +405,8 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         if not isinstance(entries, list) or len(entries) != len(spec.disjuncts):
             raise _Reject(f"the spec has {len(spec.disjuncts)} disjuncts; the certificate proves "
                           f"{len(entries) if isinstance(entries, list) else 'none'}")
-        info = [_check_disjunct(i, e, dj, net) for i, (e, dj) in enumerate(zip(entries, spec.disjuncts))]
-        return CheckResult(True, info={"disjuncts": info})
+        info = [_check_disjunct(i, e, dj, net, ball) for i, (e, dj) in enumerate(zip(entries, spec.disjuncts))]
+        return CheckResult(True, info={"disjuncts": info, **extra})
     except _Reject as exc:
         return CheckResult(False, str(exc))
 

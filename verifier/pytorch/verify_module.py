@@ -18,7 +18,9 @@ ball's minimum of each linear bound) and SDP-CROWN's bias at every ReLU whose in
 ball reaches (`bounds.sdp_crown`); what they leave open goes to branch and bound with the
 ball kept in every domain's bound (activation split for ReLU networks, interval splits
 for the others), whose candidates are projected into the ball and replayed like the
-attack's. No certificate is written (the checker reads boxes).
+attack's. With `certificate_dir`, each point's certificate names its ball beside the
+spec file's box, and the checker cuts the box by it; root proofs are certified, proofs by
+branch and bound over a ball not yet.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from verifier.config import Config, resolve_device
 from verifier.model import Model
 from verifier.lp.region import polytope_point
 from verifier.result import Result
-from verifier.verify import search_mode, verify
+from verifier.verify import search_mode, spec_rows, verify
 
 __all__ = ["verify_module", "module_model", "NORMS"]
 
@@ -117,8 +119,6 @@ def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence
             raise ValueError(f"label {label} is not a class of a model with {K} outputs")
     out_dir = Path(certificate_dir) if certificate_dir is not None else None
     if out_dir is not None:
-        if norm != "inf":
-            raise ValueError("certificates are written for l-inf balls only (the checker reads boxes)")
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "model.onnx").write_bytes(model.onnx_bytes)
         config = _with_proof(config)
@@ -128,7 +128,7 @@ def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence
         if norm == "inf":
             results.append(_verify_linf(model, point, label, eps, config, lower, upper, out_dir, i))
         else:
-            results.append(_verify_l2(model, point, label, eps, config, lower, upper))
+            results.append(_verify_l2(model, point, label, eps, config, lower, upper, out_dir, i))
     return results
 
 
@@ -208,7 +208,32 @@ def _replay_l2(model: Model, cand: np.ndarray, point: np.ndarray, label: int, ep
 
 
 def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
-               upper: float) -> Result:
+               upper: float, out_dir: Optional[Path] = None, i: int = 0) -> Result:
+    """One point over the l2 ball; with `out_dir`, also its certificate there: the spec file
+    is the box around the ball (each end one rounding outward, so that the box holds the
+    ball's part in the range) and the certificate names the ball, which the checker then
+    cuts the box by. Root proofs (CROWN, alpha-CROWN) are certified; SDP-CROWN's bias is
+    off for them (the checker does not re-derive it), and a branch-and-bound proof over the
+    ball records no proof yet: its certificate says so."""
+    if out_dir is None:
+        return _decide_l2(model, point, label, eps, config, lower, upper)
+    from verifier.certificates.writer import write_certificate
+
+    radius = eps + 4 * np.spacing(np.abs(point) + eps)   # x0 -/+ radius in float64 holds x0 -/+ eps
+    spec_path = out_dir / f"point_{i}.vnnlib"
+    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(point, radius, label, model.n_outputs, lower, upper))
+    spec = vnnlib.load(spec_path, model.n_inputs, model.n_outputs)
+    proof_config = dataclasses.replace(config, bounds=dataclasses.replace(config.bounds, sdp_crown=False))
+    result = _decide_l2(model, point, label, eps, proof_config, lower, upper, spec)
+    result.stats["certificate"] = write_certificate(out_dir / f"point_{i}.json", model, spec_path, spec, result,
+                                                    ball=(point, eps))
+    return result
+
+
+def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
+               upper: float, spec: Optional[vnnlib.Spec] = None) -> Result:
+    """The verdict over the l2 ball; with `spec` (the box around it, as written for a
+    certificate), the rows and the box are the spec's and a root proof is recorded."""
     start = time.monotonic()
     deadline = start + config.timeout
     timings: dict[str, float] = {}
@@ -226,11 +251,16 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     others = [j for j in range(K) if j != label]
     C[0, torch.arange(K - 1), label] = 1.0
     C[0, torch.arange(K - 1), others] = -1.0
+    box_lo, box_hi = np.maximum(point - eps, lower), np.minimum(point + eps, upper)
+    if spec is not None:   # the spec's rows (y_label - y_j <= 0, one conjunction each) and box
+        rows, d_spec = spec_rows(spec.disjuncts[0])[:2]
+        C = torch.tensor(rows, dtype=dt, device=device).unsqueeze(0)
+        box_lo, box_hi = spec.disjuncts[0].region.lower, spec.disjuncts[0].region.upper
     shape = (1, *model.graph.input_shape)
     c = torch.tensor(point, dtype=dt, device=device).reshape(shape)   # float32 points are exact in dt
     # The box and the radius rounded outward from float64: c - eps in float32 may round
     # inward, and a float32 radius below eps would leave the ball's rim unexamined.
-    lo, hi = outward_box(np.maximum(point - eps, lower), np.minimum(point + eps, upper), dt, device)
+    lo, hi = outward_box(box_lo, box_hi, dt, device)
     _, radius = outward_box([eps], [eps], dt, device)
     region = BallBox(lo.reshape(shape), hi.reshape(shape), c, radius)
     methods = ["crown", "alpha-crown"] if config.bounds.method == "alpha-crown" else [config.bounds.method]
@@ -238,11 +268,21 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     try:
         for method in methods:
             opts: BoundOptions = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline)
-            lower_b = compute_bounds(model.graph, region, C, opts, want_upper=False).lower
+            if spec is not None:
+                opts = dataclasses.replace(opts, optimise_intermediate=False)   # as verify does for a proof
+            res = compute_bounds(model.graph, region, C, opts, want_upper=False)
+            lower_b = res.lower
             if bool((lower_b > 0).all()):
                 timings["bounds"] = time.monotonic() - t
+                proof = None
+                if spec is not None:
+                    alphas = res.alphas if method == "alpha-crown" else None
+                    proof = {"disjuncts": [{"kind": "bounds", "method": method,
+                                            "claims": lower_b[0].detach().cpu().double().numpy() - d_spec,
+                                            "alphas": None if alphas is None else
+                                            {k: v[0].detach().cpu().double().numpy() for k, v in alphas.items()}}]}
                 return Result("unsat", f"every margin proved positive on the l2 ball by {method}",
-                              timings=timings, method=method, stats={"min_margin": float(lower_b.min())})
+                              timings=timings, method=method, stats={"min_margin": float(lower_b.min())}, proof=proof)
     except DeadlineExceeded:
         timings["bounds"] = time.monotonic() - t
         return Result("timeout", "time limit reached during bound propagation", timings=timings)

@@ -138,14 +138,73 @@ def test_linf_certificates_are_written_and_accepted(tmp_path) -> None:
         assert r.stats["certificate"] == "written"
 
 
-def _steep_net() -> nn.Sequential:
-    """A 6-16-16-3 ReLU net with weights tripled: its class changes within l2 radii of 0.1-0.3."""
+def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
+    """l2 (issue 24): each root-proved point's certificate (CROWN or alpha-CROWN) names its
+    ball; the checker cuts the spec file's box by it, re-derives the bounds and accepts,
+    saying so; with the ball left out, the same claims over the box alone are rejected; a
+    sat's counterexample is checked to lie in the ball; a proof by branch and bound over
+    the ball is not certified yet, and its certificate says so."""
+    import json
+
+    from verifier.checker.verdict import check_files
+
+    net = _steep_net(20, 32, 2.0)
+    x = torch.rand(20, 20, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    eps = 0.3
+    results = verifier.verify_module(net, x, y, eps=eps, norm="2", config=CONFIG, certificate_dir=tmp_path)
+    seen = set()
+    for i, r in enumerate(results):
+        files = (tmp_path / f"point_{i}.json", tmp_path / "model.onnx", tmp_path / f"point_{i}.vnnlib")
+        report = check_files(*files)
+        cert = json.loads(files[0].read_text())
+        if r.verdict == "unsat" and r.method in ("crown", "alpha-crown"):
+            assert report.accepted and "l2 ball of radius 0.3" in report.line(), report.reason
+            assert cert["l2_ball"]["radius"] == eps
+            del cert["l2_ball"]           # the box alone: the ball's bounds no longer hold there
+            files[0].write_text(json.dumps(cert))
+            assert not check_files(*files).accepted
+        elif r.verdict == "sat":
+            assert report.accepted, report.reason
+            cert["l2_ball"]["radius"] = 1e-6    # a ball the counterexample is not in
+            files[0].write_text(json.dumps(cert))
+            assert "outside the l2 ball" in check_files(*files).reason
+        else:
+            assert r.verdict == "unsat" and "branch and bound over an l2 ball" in report.reason
+        seen.add(r.method)
+    assert {"crown", "alpha-crown", "attack"} <= seen
+
+
+def test_the_checker_ball_minimum_holds_at_sampled_points() -> None:
+    """The checker's own concretisation over an l2 ball (trusted code) is below A.x + b at
+    random points of the ball, and attained up to its margin at the minimiser."""
+    from verifier.checker.bounds64 import _ball_minimum, _widen
+
+    g = np.random.default_rng(0)
+    A = g.standard_normal((3, 4, 7)) * 10.0 ** g.integers(-3, 3, (3, 4, 1))
+    bias, mass = g.standard_normal((3, 4)), np.zeros((3, 4))
+    centre, radius = g.standard_normal((3, 7)), np.array([0.5, 2.0, 1e-3])
+    value = _widen(*_ball_minimum(A, bias, mass, centre, radius))
+    d = g.standard_normal((3, 2000, 7))
+    pts = centre[:, None] + d / np.linalg.norm(d, axis=2, keepdims=True) * radius[:, None, None] * g.random((3, 2000, 1))
+    f = np.einsum("lsn,lpn->lsp", A, pts) + bias[:, :, None]
+    assert (f >= value[:, :, None]).all()
+    best = centre[:, None] - A / np.linalg.norm(A, axis=2, keepdims=True) * radius[:, None, None]
+    attained = np.einsum("lsn,lsn->ls", A, best) + bias
+    assert np.allclose(attained, value, rtol=1e-6, atol=1e-9)
+
+
+def _steep_net(n_in: int = 6, width: int = 16, scale: float = 3.0) -> nn.Sequential:
+    """An n_in-width-width-3 ReLU net with weights scaled up (6-16-16-3 tripled: its class
+    changes within l2 radii of 0.1-0.3)."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    net = nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                        nn.Linear(width, 3)).eval()
     with torch.no_grad():
         for m in net:
             if isinstance(m, nn.Linear):
-                m.weight.mul_(3.0)
+                m.weight.mul_(scale)
     return net
 
 
