@@ -33,7 +33,7 @@ from verifier.replay import confirm
 from verifier.lp.region import empty_region_proof, polytope_point
 from verifier.result import Result
 
-__all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims", "search_mode"]
+__all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims", "search_mode", "bab_proof"]
 
 
 class SpecMismatch(ValueError):
@@ -125,7 +125,7 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     return False, candidates, methods[-1]
 
 
-def _bab_proof(mode: str, outcome) -> dict:
+def bab_proof(mode: str, outcome) -> dict:
     """What a certificate needs from a branch-and-bound proof: the leaves and what proved them."""
     if mode == "activation":
         if outcome.stats.get("split") == "general":
@@ -499,7 +499,7 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress:
                 return timeout("branch and bound")
             elif outcome.status == "unsat":
                 methods.append(last)
-                proofs.append(_bab_proof(mode, outcome))
+                proofs.append(bab_proof(mode, outcome))
                 proved = True
                 break
             reason = outcome.stats.get("reason", outcome.status)

@@ -16,6 +16,8 @@ per leaf instead of S x (all neurons).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -76,11 +78,12 @@ def dense_alphas(sparse: dict, rows: np.ndarray, n_leaves: int, tensors: dict, s
 
 
 def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                        signs: dict, betas: dict, alphas: dict, optimise: bool = False
-                        ) -> tuple[np.ndarray, dict, dict, dict]:
+                        signs: dict, betas: dict, alphas: dict, optimise: bool = False,
+                        ball: Optional[tuple] = None) -> tuple[np.ndarray, dict, dict, dict]:
     """Row bounds [n, S] of C y - d (+inf on infeasible leaves) by the engine in float64.
 
-    lo / hi: the box [n_in] shared by all leaves, or one box per leaf [n, n_in].
+    lo / hi: the box [n_in] shared by all leaves, or one box per leaf [n, n_in]; `ball`
+    (centre, radius) cuts every box (no SDP-CROWN bias: the checker does not re-derive it).
 
     signs / betas: tensor -> [n, n_z] / [n, S, n_z]; alphas: relu -> [n, S, n_z] (NaN:
     CROWN's default). With `optimise`, alphas and betas are optimised (alpha/beta-CROWN,
@@ -88,7 +91,7 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
     that gave the bound) and the unstable masks [n, n_z] of the split tensors' intervals.
     """
     from models import GraphEvaluator
-    from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
+    from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
 
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
@@ -97,14 +100,19 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
     shaped = {z: s.reshape(n, *graph.shapes[z]) for z, s in signs.items()}
     box = IntervalBounds(torch.tensor(lo).reshape(-1, *graph.input_shape).expand(n, *graph.input_shape),
                          torch.tensor(hi).reshape(-1, *graph.input_shape).expand(n, *graph.input_shape))
+    if ball is not None:
+        centre = torch.tensor(np.asarray(ball[0], np.float64)).reshape(1, *graph.input_shape)
+        box = BallBox(box.lower, box.upper, centre.expand(n, *graph.input_shape),
+                      torch.full((n,), float(ball[1]), dtype=torch.float64))
     Ct = torch.tensor(C, dtype=torch.float64)
     if optimise:
-        opts = BoundOptions(method="alpha-crown", alpha_iterations=_REOPT_ITERATIONS, keep_betas=True)
+        opts = BoundOptions(method="alpha-crown", alpha_iterations=_REOPT_ITERATIONS, keep_betas=True,
+                            sdp_crown=False)
         res = compute_bounds(graph, box, Ct, opts, want_upper=False, ev=ev, given=Given(splits=shaped or None))
     else:  # the logged parameters as they are (NaN alphas: the rule's default; projected into range)
         given_a = {k: v.reshape(n, S, *graph.shapes[tensors[k]]) for k, v in alphas.items()}
         given_b = {z: betas[z].reshape(n, S, *graph.shapes[z]) for z in signs}
-        res = compute_bounds(graph, box, Ct, BoundOptions(method="crown"), want_upper=False, ev=ev,
+        res = compute_bounds(graph, box, Ct, BoundOptions(method="crown", sdp_crown=False), want_upper=False, ev=ev,
                              given=Given(splits=shaped or None, alphas=given_a, betas=given_b))
     lb = res.lower
     used_a = {k: v.reshape(n, S, -1) for k, v in res.alphas.items()}

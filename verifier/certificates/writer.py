@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from verifier.checker.onnx_net import Unsupported, read_network
-from verifier.checker.verdict import FORMAT, LEAF_CHUNK, VERSION, encode_array, spec_rows
+from verifier.checker.verdict import FORMAT, LEAF_CHUNK, VERSION, boxes_missing_ball, encode_array, spec_rows
 from verifier.model import Model
 from verifier.result import Result
 from vnnlib import Spec
@@ -93,19 +93,31 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
     return np.concatenate(out) if out else np.zeros((0, C.shape[0]))
 
 
-def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Float64 claims for the leaves; leaves they do not prove are bisected (widest side) and retried."""
+def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, ball: Optional[tuple] = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float64 claims for the leaves (over each leaf cut by `ball` when given); leaves they
+    do not prove are bisected (widest side) and retried. A leaf the ball misses needs no
+    bound (the checker decides that exactly): its claims are 0 and it is never bisected."""
     C, d, strict, owner = spec_rows(disjunct)
     K = len(disjunct.outputs)
-    claims = _float64_claims(model, lo, hi, C, d)
+
+    def claims_of(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        claims = _float64_claims(model, lo, hi, C, d, ball=ball)
+        if ball is None:
+            return claims, np.zeros(len(lo), bool)
+        missed = boxes_missing_ball(lo, hi, ball)
+        claims[missed] = 0.0
+        return claims, missed
+
+    claims, missed = claims_of(lo, hi)
     for _ in range(REFINE_ROUNDS):
-        bad = ~_rows_proved(claims, strict, owner, K)
+        bad = ~_rows_proved(claims, strict, owner, K) & ~missed
         if not bad.any():
             break
         new_lo, new_hi = _bisect_widest(lo[bad], hi[bad])
         lo = np.concatenate([lo[~bad], new_lo])
         hi = np.concatenate([hi[~bad], new_hi])
-        claims = _float64_claims(model, lo, hi, C, d)  # all again: claims come from the checker's chunks
+        claims, missed = claims_of(lo, hi)  # all again: claims come from the checker's chunks
     return lo, hi, claims
 
 
@@ -125,8 +137,8 @@ def _proved_leaves(lb: np.ndarray, disjunct) -> np.ndarray:
     return _rows_proved(lb, strict, owner, len(disjunct.outputs))
 
 
-def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Optional[dict]
-              ) -> tuple[np.ndarray, dict]:
+def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Optional[dict],
+              ball: Optional[tuple] = None) -> tuple[np.ndarray, dict]:
     """float64 bounds [L, S] with per-leaf alphas (sparse: relu -> (leaf, index, values); NaN
     elsewhere: CROWN's default), or alpha-CROWN optimised from scratch (sparse None), and
     the alphas used at the neurons unstable on each leaf.
@@ -150,7 +162,7 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
         rows = np.arange(s, min(s + LEAF_CHUNK, len(lo)))
         given = None if sparse is None else dense_alphas(sparse, rows, len(lo), tensors, shapes, S)
         lb, used, _, unstable = float64_leaf_bounds(model, len(rows), lo[rows], hi[rows], C, d, {}, {},
-                                                    given or {}, optimise=sparse is None)
+                                                    given or {}, optimise=sparse is None, ball=ball)
         lbs.append(lb)
         for name, a in used.items():
             leaf, idx = torch.nonzero(unstable[tensors[name]], as_tuple=True)
@@ -175,30 +187,33 @@ def _merge(parts: list) -> dict:
     return {k: tuple(np.concatenate([p[k][i] for p in parts if k in p]) for i in range(3)) for k in names}
 
 
-def _refine_alpha(model: Model, lo: np.ndarray, hi: np.ndarray, sparse: dict, disjunct
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def _refine_alpha(model: Model, lo: np.ndarray, hi: np.ndarray, sparse: dict, disjunct,
+                  ball: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """As `_refine`, with the search's per-leaf alphas: (lo, hi, claims, relu -> (leaf, index, values)).
 
     Each round bounds every leaf with its alphas in float64. Leaves not proved get, in the
     first round, alphas optimised in float64 (kept when they prove the leaf); otherwise
     they are bisected (widest side), the halves with optimised alphas. The last round's
-    bounds, with exactly the written alphas, are the claims.
+    bounds, with exactly the written alphas, are the claims. Over a `ball`, a leaf it
+    misses needs no bound (claims 0, never bisected: the checker decides that exactly).
     """
     relus = {nd.name for nd in model.graph.nodes if nd.op == "Relu"}
     sparse = {k: v for k, v in sparse.items() if k in relus}
     for r in range(REFINE_ROUNDS + 1):
-        claims, sparse = _evaluate(model, lo, hi, disjunct, sparse)
-        bad = ~_proved_leaves(claims, disjunct)
+        claims, sparse = _evaluate(model, lo, hi, disjunct, sparse, ball)
+        missed = boxes_missing_ball(lo, hi, ball) if ball is not None else np.zeros(len(lo), bool)
+        claims[missed] = 0.0
+        bad = ~_proved_leaves(claims, disjunct) & ~missed
         if not bad.any() or r == REFINE_ROUNDS:
             break
         good, b = np.nonzero(~bad)[0], np.nonzero(bad)[0]
         fixed = np.zeros(len(b), bool)
         opt: dict = {}
         if r == 0:
-            lb2, opt = _evaluate(model, lo[b], hi[b], disjunct, None)
+            lb2, opt = _evaluate(model, lo[b], hi[b], disjunct, None, ball)
             fixed = _proved_leaves(lb2, disjunct)
         clo, chi = _bisect_widest(lo[b[~fixed]], hi[b[~fixed]])
-        child = _evaluate(model, clo, chi, disjunct, None)[1]
+        child = _evaluate(model, clo, chi, disjunct, None, ball)[1]
         n0, n1 = len(good), len(good) + int(fixed.sum())
         sparse = _merge([_select(sparse, good, len(lo)), _select(opt, np.nonzero(fixed)[0], len(b), n0),
                          _select(child, np.arange(len(clo)), len(clo), n1)])
@@ -233,7 +248,7 @@ def _root(disjunct) -> dict:
 
 def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] = None) -> dict:
     """One proof entry of `Result.proof` as JSON data, with float64 claims (over the box
-    cut by `ball` when given: root bounds only)."""
+    cut by `ball` when given: root bounds and input-split leaves only)."""
     C, d = spec_rows(disjunct)[:2]
     S = C.shape[0]
     root_lo, root_hi = np.asarray(disjunct.region.lower), np.asarray(disjunct.region.upper)
@@ -247,14 +262,14 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
         if alphas is not None:
             out["alphas"] = {name: encode_array(a.reshape(S, -1)) for name, a in alphas.items()}
         return out
-    if ball is not None:
+    if ball is not None and entry["kind"] != "input-split":
         raise ValueError(f"proof kind {entry['kind']!r} is not certified over an l2 ball")
     if entry["kind"] == "input-split":
         lo, hi = _snap_to_root(entry["lower"], root_lo), _snap_to_root(entry["upper"], root_hi)
         if entry.get("method") == "alpha-crown":
-            lo, hi, claims, alphas = _refine_alpha(model, lo, hi, entry.get("alphas") or {}, disjunct)
+            lo, hi, claims, alphas = _refine_alpha(model, lo, hi, entry.get("alphas") or {}, disjunct, ball)
         else:
-            (lo, hi, claims), alphas = _refine(model, lo, hi, disjunct), None
+            (lo, hi, claims), alphas = _refine(model, lo, hi, disjunct, ball), None
         leaves = {"lower": encode_array(lo), "upper": encode_array(hi), "claims": encode_array(claims)}
         if alphas is not None:
             leaves["alphas"] = {k: {"leaf": encode_array(l), "index": encode_array(i),
@@ -312,6 +327,9 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
             if ball is not None else "unavailable (the run recorded no proof for every disjunct)"
         return cert
     for e in entries:
+        if ball is not None and e.get("kind") not in ("bounds", "input-split"):
+            cert["certificate"] = f"unsupported (proof kind {e.get('kind')} over an l2 ball)"
+            return cert
         if isinstance(e.get("certificate"), str):
             cert["certificate"] = e["certificate"]
             return cert

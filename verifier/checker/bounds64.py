@@ -186,10 +186,11 @@ def _ball_minimum(A: np.ndarray, bias: np.ndarray, mass: np.ndarray, centre: np.
     return value, total
 
 
-def _crown_interval(net: Network, table: Table, name: str, lo: np.ndarray, hi: np.ndarray
+def _crown_interval(net: Network, table: Table, name: str, lo: np.ndarray, hi: np.ndarray, every: bool = False
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """IBP interval of `name` tightened by CROWN on the neurons unstable in some box."""
-    idx = np.nonzero(((lo < 0) & (hi > 0)).any(0))[0]
+    """IBP interval of `name` tightened by CROWN on the neurons unstable in some box (on
+    every neuron with `every`)."""
+    idx = np.arange(lo.shape[1]) if every else np.nonzero(((lo < 0) & (hi > 0)).any(0))[0]
     if idx.size == 0:
         return lo, hi
     L, n, r = lo.shape[0], lo.shape[1], idx.size
@@ -245,10 +246,16 @@ def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, sig
         centre = np.broadcast_to(np.asarray(ball[0], np.float64).reshape(1, -1), lo0.shape).copy()
         table[BALL] = (centre, np.full((L, 1), float(ball[1])), np.zeros((L, 1)))
     relu_inputs = {l.inputs[0] for l in net.layers if l.kind == "relu"}
+    # Over a ball, the tensors affine in the input are bounded through it at every element
+    # (the box's IBP is looser there, and IBP goes on from them all), as the engine does.
+    affine = {net.input} if ball is not None else set()
     for layer in net.layers:
         lo, hi = settle(layer.out, *_interval(layer, table))
-        if layer.out in relu_inputs:
-            lo, hi = settle(layer.out, *_crown_interval(net, table, layer.out, lo, hi))
+        whole = layer.kind in (*LINEAR_KINDS, "sum") and all(x in affine for x in layer.inputs)
+        if whole:
+            affine.add(layer.out)
+        if whole or layer.out in relu_inputs:
+            lo, hi = settle(layer.out, *_crown_interval(net, table, layer.out, lo, hi, every=whole))
         table[layer.out] = _entry(lo, hi)
     return table, empty
 

@@ -275,6 +275,19 @@ def _in_ball(x: np.ndarray, ball: tuple[np.ndarray, float]) -> bool:
     return total <= Fraction(radius) ** 2
 
 
+def boxes_missing_ball(lo: np.ndarray, hi: np.ndarray, ball: tuple[np.ndarray, float]) -> np.ndarray:
+    """[L] bool: the box's nearest point to the centre is farther than the radius, decided
+    exactly (rationals): such a box holds no point of the region cut by the ball."""
+    centre, radius = ball
+    r2 = Fraction(radius) ** 2
+    out = np.zeros(lo.shape[0], bool)
+    for k in range(lo.shape[0]):
+        near = np.clip(centre, lo[k], hi[k])
+        gap = np.nonzero(near != centre)[0]
+        out[k] = sum((Fraction(float(near[j])) - Fraction(float(centre[j]))) ** 2 for j in gap) > r2
+    return out
+
+
 def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[tuple] = None) -> dict:
     if not isinstance(entry, dict):
         raise _Reject(f"disjunct {i}: not an object")
@@ -323,7 +336,10 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     if claims.shape != (lo.shape[0], S):
         raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({lo.shape[0]}, {S})")
     lb = _leaf_bounds(net, lo, hi, C, d, alphas, sparse, ball)
-    _compare(i, lb, claims, strict, owner, K)
+    if ball is not None:   # a leaf the ball misses holds no point of the region: nothing to prove there
+        lb[boxes_missing_ball(lo, hi, ball)] = np.inf
+    with np.errstate(invalid="ignore"):
+        _compare(i, lb, claims, strict, owner, K)
     return {"leaves": int(lo.shape[0]), "min_margin": float(lb.max(1).min()) if S else 0.0}
 
 

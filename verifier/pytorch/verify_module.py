@@ -19,8 +19,8 @@ ball reaches (`bounds.sdp_crown`); what they leave open goes to branch and bound
 ball kept in every domain's bound (activation split for ReLU networks, interval splits
 for the others), whose candidates are projected into the ball and replayed like the
 attack's. With `certificate_dir`, each point's certificate names its ball beside the
-spec file's box, and the checker cuts the box by it; root proofs are certified, proofs by
-branch and bound over a ball not yet.
+spec file's box, and the checker cuts the box by it; root proofs and input split's leaves
+are certified, activation split over a ball not yet.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ from verifier.config import Config, resolve_device
 from verifier.model import Model
 from verifier.lp.region import polytope_point
 from verifier.result import Result
-from verifier.verify import search_mode, spec_rows, verify
+from verifier.verify import bab_proof, search_mode, spec_rows, verify
 
 __all__ = ["verify_module", "module_model", "NORMS"]
 
@@ -212,9 +212,9 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     """One point over the l2 ball; with `out_dir`, also its certificate there: the spec file
     is the box around the ball (each end one rounding outward, so that the box holds the
     ball's part in the range) and the certificate names the ball, which the checker then
-    cuts the box by. Root proofs (CROWN, alpha-CROWN) are certified; SDP-CROWN's bias is
-    off for them (the checker does not re-derive it), and a branch-and-bound proof over the
-    ball records no proof yet: its certificate says so."""
+    cuts the box by. Root proofs (CROWN, alpha-CROWN) and input split's leaves are
+    certified; SDP-CROWN's bias is off for them (the checker does not re-derive it), and
+    activation split over the ball records no proof yet: its certificate says so."""
     if out_dir is None:
         return _decide_l2(model, point, label, eps, config, lower, upper)
     from verifier.certificates.writer import write_certificate
@@ -297,7 +297,7 @@ def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     replay = lambda x: _replay_l2(model, x, point, label, eps, lower, upper)  # noqa: E731
     try:
         mode = search_mode(model, config)   # verify's choice: input split for few inputs
-        out = _l2_search(model, region, C[0], config, deadline, replay, mode)
+        out = _l2_search(model, region, C[0], config, deadline, replay, mode, record_proof=spec is not None)
     except DeadlineExceeded:   # a bound pass past the deadline has no bound: no verdict
         timings["bab"] = time.monotonic() - t
         return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
@@ -310,8 +310,10 @@ def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
             return Result("sat", "counterexample in the l2 ball found by branch and bound, replayed in onnxruntime",
                           x=found, y=model.run_onnxruntime(found), timings=timings, method=method, stats=stats)
     if out.status == "unsat":
+        # Input split's leaves are certified over the ball; activation split's not yet (no proof).
+        proof = {"disjuncts": [bab_proof("input", out)]} if spec is not None and mode == "input" else None
         return Result("unsat", "every margin proved positive on the l2 ball by branch and bound", timings=timings,
-                      method=method, stats=stats)
+                      method=method, stats=stats, proof=proof)
     if out.status == "timeout":
         return Result("timeout", "time limit reached during branch and bound", timings=timings, stats=stats)
     reason = out.stats.get("reason", out.status)
@@ -319,7 +321,8 @@ def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
 
 
 def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, deadline: float,
-               replay: Callable[[np.ndarray], Optional[np.ndarray]], mode: str) -> SearchOutcome:
+               replay: Callable[[np.ndarray], Optional[np.ndarray]], mode: str, record_proof: bool = False
+               ) -> SearchOutcome:
     """Branch and bound over the box around the ball with the ball kept in every bound
     (`bab.problem.Problem.ball`): input split (mode input, `verify.search_mode`), else activation
     split with beta-CROWN for ReLU networks and interval splits for the others, each with
@@ -338,7 +341,7 @@ def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, d
     bab = config.bab
     if mode == "input":
         options = dataclasses.replace(options, alpha_iterations=bab.input_split_alpha_iterations)
-        how = InputSearch(clip=bab.clip, clip_generations=bab.clip_generations,
+        how = InputSearch(record_proof=record_proof, clip=bab.clip, clip_generations=bab.clip_generations,
                           clip_intermediate=bab.clip_intermediate, clip_joint=bab.clip_joint)
         limits = SearchLimits(deadline, bab.batch_size, bab.max_domains)
         return input_split_bab(problem, options, limits, hooks, how)

@@ -174,6 +174,36 @@ def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
             assert r.verdict == "unsat" and "branch and bound over an l2 ball" in report.reason
         seen.add(r.method)
     assert {"crown", "alpha-crown", "attack"} <= seen
+    # Input split over the ball (6 inputs): its leaves are certified, each bounded over the
+    # leaf cut by the ball; leaves the ball misses are recognised exactly by the checker.
+    net = _steep_net()
+    x = torch.rand(10, 6, generator=torch.Generator().manual_seed(1))[7:9]
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    out = tmp_path / "input_split"
+    results = verifier.verify_module(net, x, y, eps=0.2, norm="2", config=CONFIG, certificate_dir=out)
+    for i, r in enumerate(results):
+        assert r.verdict == "unsat" and r.method == "bab-input"
+        report = check_files(out / f"point_{i}.json", out / "model.onnx", out / f"point_{i}.vnnlib")
+        assert report.accepted, report.reason
+
+
+def test_boxes_missing_the_ball_are_decided_exactly() -> None:
+    from verifier.checker.verdict import boxes_missing_ball
+
+    centre, r = np.zeros(2), 1.0
+    lo = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, 0.8000001], [-0.5, -0.5]])
+    hi = lo + np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    # nearest points: the rim point (1, 0); (0.6, 0.8), on the rim up to the floats' own
+    # rounding (decided in rationals); one just outside; the centre, inside
+    got = boxes_missing_ball(lo, hi, (centre, r))
+    assert got.tolist() == [False, _exactly_outside(0.6, 0.8), True, False]
+
+
+def _exactly_outside(a: float, b: float) -> bool:
+    from fractions import Fraction
+
+    return Fraction(a) ** 2 + Fraction(b) ** 2 > 1
 
 
 def test_the_checker_ball_minimum_holds_at_sampled_points() -> None:
