@@ -129,20 +129,22 @@ def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C:
 _proved = _rows_proved  # the engine's rule, not the checker's
 
 
-def _chunk_entry(model: Model, leaves: ActivationLeaves, rows: np.ndarray, disjunct, shapes: dict
-                 ) -> tuple[np.ndarray, list, dict]:
-    """float64 claims [n, S], per-split betas (in the leaves' order) and sparse alphas for `rows`."""
+def _chunk_entry(model: Model, leaves: ActivationLeaves, rows: np.ndarray, disjunct, shapes: dict,
+                 ball: Optional[tuple] = None) -> tuple[np.ndarray, list, dict]:
+    """float64 claims [n, S], per-split betas (in the leaves' order) and sparse alphas for
+    `rows` (over the root box cut by `ball` when given)."""
     C, d, strict, owner = spec_rows(disjunct)
     S, K = C.shape[0], len(disjunct.outputs)
     lo, hi = np.asarray(disjunct.region.lower), np.asarray(disjunct.region.upper)
     tensors = _relu_tensors(model)
     signs, betas, alphas = _dense(leaves, rows, tensors, shapes, S)
-    lb, used_a, used_b, unstable = float64_leaf_bounds(model, len(rows), lo, hi, C, d, signs, betas, alphas)
+    lb, used_a, used_b, unstable = float64_leaf_bounds(model, len(rows), lo, hi, C, d, signs, betas, alphas,
+                                                       ball=ball)
     bad = ~_proved(lb, strict, owner, K)
     if bad.any():
         sub = np.nonzero(bad)[0]
         s2 = {z: v[sub] for z, v in signs.items()}
-        lb2, a2, b2, _ = float64_leaf_bounds(model, len(sub), lo, hi, C, d, s2, {}, {}, optimise=True)
+        lb2, a2, b2, _ = float64_leaf_bounds(model, len(sub), lo, hi, C, d, s2, {}, {}, optimise=True, ball=ball)
         better = lb2 > lb[sub]                                        # [m, S]
         lb[sub] = np.maximum(lb[sub], lb2)
         pick = torch.as_tensor(better)[:, :, None]
@@ -172,8 +174,9 @@ def _chunk_entry(model: Model, leaves: ActivationLeaves, rows: np.ndarray, disju
     return lb, beta_rows, sparse
 
 
-def activation_split_entry(model: Model, entry: dict, disjunct) -> dict:
-    """The certificate entry of one disjunct proved by activation split (float64 claims)."""
+def activation_split_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] = None) -> dict:
+    """The certificate entry of one disjunct proved by activation split (float64 claims,
+    over the root box cut by `ball` when given)."""
     leaves: ActivationLeaves = entry["leaves"]
     tensors = _relu_tensors(model)
     shapes = {z: tuple(model.graph.shapes[z]) for z in tensors.values()}
@@ -182,7 +185,7 @@ def activation_split_entry(model: Model, entry: dict, disjunct) -> dict:
     for s in range(0, len(leaves), _CHUNK):
         check_time()
         rows = np.arange(s, min(s + _CHUNK, len(leaves)))
-        lb, b, a = _chunk_entry(model, leaves, rows, disjunct, shapes)
+        lb, b, a = _chunk_entry(model, leaves, rows, disjunct, shapes, ball)
         claims.append(lb)
         betas += b
         for k, v in a.items():

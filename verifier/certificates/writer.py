@@ -248,7 +248,7 @@ def _root(disjunct) -> dict:
 
 def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] = None) -> dict:
     """One proof entry of `Result.proof` as JSON data, with float64 claims (over the box
-    cut by `ball` when given: root bounds and input-split leaves only)."""
+    cut by `ball` when given)."""
     C, d = spec_rows(disjunct)[:2]
     S = C.shape[0]
     root_lo, root_hi = np.asarray(disjunct.region.lower), np.asarray(disjunct.region.upper)
@@ -262,8 +262,6 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
         if alphas is not None:
             out["alphas"] = {name: encode_array(a.reshape(S, -1)) for name, a in alphas.items()}
         return out
-    if ball is not None and entry["kind"] != "input-split":
-        raise ValueError(f"proof kind {entry['kind']!r} is not certified over an l2 ball")
     if entry["kind"] == "input-split":
         lo, hi = _snap_to_root(entry["lower"], root_lo), _snap_to_root(entry["upper"], root_hi)
         if entry.get("method") == "alpha-crown":
@@ -279,7 +277,7 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
     if entry["kind"] == "activation-split":
         from verifier.certificates.activation import activation_split_entry
 
-        return activation_split_entry(model, entry, disjunct)
+        return activation_split_entry(model, entry, disjunct, ball)
     if entry["kind"] == "conjunctions":  # each part proves its conjunctions, as a disjunct of its own
         import vnnlib
 
@@ -287,7 +285,7 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
         for part in entry["parts"]:
             ks = [int(k) for k in part["conjunctions"]]
             sub = vnnlib.Disjunct(disjunct.region, tuple(disjunct.outputs[k] for k in ks))
-            parts.append({"conjunctions": ks, **_disjunct_entry(model, part, sub)})
+            parts.append({"conjunctions": ks, **_disjunct_entry(model, part, sub, ball)})
         return {"root": _root(disjunct), "kind": "conjunctions", "parts": parts}
     raise ValueError(f"unknown proof kind {entry['kind']!r}")
 
@@ -323,13 +321,9 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
     proof = result.proof or {}
     entries = proof.get("disjuncts")
     if entries is None or len(entries) != len(spec.disjuncts):
-        cert["certificate"] = "unavailable (branch and bound over an l2 ball records no proof yet)" \
-            if ball is not None else "unavailable (the run recorded no proof for every disjunct)"
+        cert["certificate"] = "unavailable (the run recorded no proof for every disjunct)"
         return cert
     for e in entries:
-        if ball is not None and e.get("kind") not in ("bounds", "input-split"):
-            cert["certificate"] = f"unsupported (proof kind {e.get('kind')} over an l2 ball)"
-            return cert
         if isinstance(e.get("certificate"), str):
             cert["certificate"] = e["certificate"]
             return cert

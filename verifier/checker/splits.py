@@ -15,7 +15,7 @@ writes them is broken.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -163,8 +163,9 @@ def tree_error(decisions: list[dict[Decision, int]]) -> str:
 
 
 def leaf_bounds(net: Network, leaves: SplitLeaves, rows: np.ndarray, root_lo: np.ndarray, root_hi: np.ndarray,
-                C: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lower bounds [n, S] of C y - d, +inf on empty leaves; empty [n]) on the leaves `rows`."""
+                C: np.ndarray, d: np.ndarray, ball: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(lower bounds [n, S] of C y - d, +inf on empty leaves; empty [n]) on the leaves `rows`
+    (over the root box cut by the l2 `ball` (centre, radius) when given)."""
     n, S = len(rows), C.shape[0]
     signs: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
@@ -179,7 +180,7 @@ def leaf_bounds(net: Network, leaves: SplitLeaves, rows: np.ndarray, root_lo: np
     alphas = dense_alphas(net, leaves.alphas, rows, len(leaves), S)
     lo = np.broadcast_to(root_lo, (n, root_lo.size))
     hi = np.broadcast_to(root_hi, (n, root_hi.size))
-    table, empty = split_interval_table(net, lo, hi, signs)
+    table, empty = split_interval_table(net, lo, hi, signs, ball)
     lb = row_lower_bounds(net, table, C, d, alphas or None, extra)
     lb[empty] = np.inf
     return lb, empty

@@ -217,7 +217,7 @@ def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d:
     return np.concatenate(rows)
 
 
-def _check_conjunctions(i: int, entry: dict, disjunct, net: Network) -> dict:
+def _check_conjunctions(i: int, entry: dict, disjunct, net: Network, ball: Optional[tuple] = None) -> dict:
     """A disjunct proved conjunction by conjunction.
 
     The disjunct has a counterexample exactly when one of its conjunctions holds at some
@@ -242,7 +242,7 @@ def _check_conjunctions(i: int, entry: dict, disjunct, net: Network) -> dict:
             raise _Reject(f"disjunct {i}: part {j} must name distinct conjunctions in 0..{K - 1}")
         covered.update(ks)
         sub = vnnlib.Disjunct(disjunct.region, tuple(disjunct.outputs[k] for k in ks))
-        info.append({"conjunctions": ks, **_check_disjunct(i, part, sub, net)})
+        info.append({"conjunctions": ks, **_check_disjunct(i, part, sub, net, ball)})
     missing = sorted(set(range(K)) - covered)
     if missing:
         raise _Reject(f"disjunct {i}: no part proves conjunction {missing[0]}")
@@ -297,10 +297,8 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     root_hi = decode_array(root.get("upper"), f"disjunct {i} root.upper").reshape(-1)
     if not (np.array_equal(root_lo, region.lower) and np.array_equal(root_hi, region.upper)):
         raise _Reject(f"disjunct {i}: the root region differs from the spec's input box")
-    if ball is not None and entry.get("kind") not in ("bounds", "input-split"):
-        raise _Reject(f"disjunct {i}: proof kind '{entry.get('kind')}' is not checked over an l2 ball")
     if entry.get("kind") == "conjunctions":  # each part's root is checked again, as its own disjunct's
-        return _check_conjunctions(i, entry, disjunct, net)
+        return _check_conjunctions(i, entry, disjunct, net, ball)
     C, d, strict, owner = spec_rows(disjunct)
     S, K = C.shape[0], len(disjunct.outputs)
     if K == 0:
@@ -330,7 +328,7 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     elif kind == "activation-split":
         if method != "beta-crown":
             raise _Reject(f"disjunct {i}: activation-split leaves must use method beta-crown, not '{method}'")
-        return _check_activation_split(i, entry, net, root_lo, root_hi, C, d, strict, owner, K)
+        return _check_activation_split(i, entry, net, root_lo, root_hi, C, d, strict, owner, K, ball)
     else:
         raise _Reject(f"disjunct {i}: unsupported proof kind '{kind}'")
     if claims.shape != (lo.shape[0], S):
@@ -344,8 +342,10 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
 
 
 def _check_activation_split(i: int, entry: dict, net: Network, root_lo: np.ndarray, root_hi: np.ndarray,
-                            C: np.ndarray, d: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> dict:
-    """Split tree complete, then every leaf bounded with its splits, alphas and betas."""
+                            C: np.ndarray, d: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int,
+                            ball: Optional[tuple] = None) -> dict:
+    """Split tree complete, then every leaf bounded with its splits, alphas and betas (over
+    the root box cut by `ball` when given)."""
     S = C.shape[0]
     leaves = read_leaves(entry.get("leaves"), net, S, decode_array, lambda m: _Reject(f"disjunct {i}: {m}"))
     why = tree_error(leaves.decisions)
@@ -356,7 +356,7 @@ def _check_activation_split(i: int, entry: dict, net: Network, root_lo: np.ndarr
         raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({len(leaves)}, {S})")
     widest = max(net.sizes.values())
     chunk = max(1, min(_CHUNK, _SPLIT_ELEMENTS // max(1, S * widest)))
-    parts = [leaf_bounds(net, leaves, np.arange(s, min(s + chunk, len(leaves))), root_lo, root_hi, C, d)
+    parts = [leaf_bounds(net, leaves, np.arange(s, min(s + chunk, len(leaves))), root_lo, root_hi, C, d, ball)
              for s in range(0, len(leaves), chunk)]
     lb, empty = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     with np.errstate(invalid="ignore"):  # empty leaves: lb = +inf, any claim (even +inf) is below it

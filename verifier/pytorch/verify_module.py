@@ -19,8 +19,8 @@ ball reaches (`bounds.sdp_crown`); what they leave open goes to branch and bound
 ball kept in every domain's bound (activation split for ReLU networks, interval splits
 for the others), whose candidates are projected into the ball and replayed like the
 attack's. With `certificate_dir`, each point's certificate names its ball beside the
-spec file's box, and the checker cuts the box by it; root proofs and input split's leaves
-are certified, activation split over a ball not yet.
+spec file's box, and the checker cuts the box by it; root proofs and both searches'
+leaves are certified.
 """
 from __future__ import annotations
 
@@ -212,9 +212,10 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     """One point over the l2 ball; with `out_dir`, also its certificate there: the spec file
     is the box around the ball (each end one rounding outward, so that the box holds the
     ball's part in the range) and the certificate names the ball, which the checker then
-    cuts the box by. Root proofs (CROWN, alpha-CROWN) and input split's leaves are
-    certified; SDP-CROWN's bias is off for them (the checker does not re-derive it), and
-    activation split over the ball records no proof yet: its certificate says so."""
+    cuts the box by. Root proofs (CROWN, alpha-CROWN) and the leaves of input and
+    activation split are certified; SDP-CROWN's bias is off for them (the checker does
+    not re-derive it). Interval splits of general nonlinearities are not checkable, over
+    a ball or not: their certificate says so."""
     if out_dir is None:
         return _decide_l2(model, point, label, eps, config, lower, upper)
     from verifier.certificates.writer import write_certificate
@@ -310,8 +311,7 @@ def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
             return Result("sat", "counterexample in the l2 ball found by branch and bound, replayed in onnxruntime",
                           x=found, y=model.run_onnxruntime(found), timings=timings, method=method, stats=stats)
     if out.status == "unsat":
-        # Input split's leaves are certified over the ball; activation split's not yet (no proof).
-        proof = {"disjuncts": [bab_proof("input", out)]} if spec is not None and mode == "input" else None
+        proof = {"disjuncts": [bab_proof(mode, out)]} if spec is not None else None
         return Result("unsat", "every margin proved positive on the l2 ball by branch and bound", timings=timings,
                       method=method, stats=stats, proof=proof)
     if out.status == "timeout":
@@ -349,7 +349,8 @@ def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, d
         how = IntervalSearch(open_rows=bab.open_rows, warm_start=bab.general_warm_start,
                              split_products=bab.split_products)
         return general_split_bab(problem, options, limits, hooks, how)
-    how = ReluSearch(branching=bab.branching, fsb_candidates=bab.fsb_candidates, warm_start=bab.warm_start,
+    how = ReluSearch(record_proof=record_proof, branching=bab.branching, fsb_candidates=bab.fsb_candidates,
+                     warm_start=bab.warm_start,
                      per_conjunction=bab.per_conjunction == "always", open_rows=bab.open_rows,
                      leaf_solve=polytope_point if bab.leaf_lp else None, leaf_unstable=bab.leaf_lp_unstable)
     return activation_split_bab(problem, options, limits, hooks, how)

@@ -139,11 +139,10 @@ def test_linf_certificates_are_written_and_accepted(tmp_path) -> None:
 
 
 def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
-    """l2 (issue 24): each root-proved point's certificate (CROWN or alpha-CROWN) names its
-    ball; the checker cuts the spec file's box by it, re-derives the bounds and accepts,
-    saying so; with the ball left out, the same claims over the box alone are rejected; a
-    sat's counterexample is checked to lie in the ball; a proof by branch and bound over
-    the ball is not certified yet, and its certificate says so."""
+    """l2 (issue 24): each point's certificate (CROWN, alpha-CROWN, activation split, input
+    split) names its ball; the checker cuts the spec file's box by it, re-derives the
+    bounds and accepts, saying so; with the ball left out, the same claims over the box
+    alone are rejected; a sat's counterexample is checked to lie in the ball."""
     import json
 
     from verifier.checker.verdict import check_files
@@ -159,8 +158,8 @@ def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
         files = (tmp_path / f"point_{i}.json", tmp_path / "model.onnx", tmp_path / f"point_{i}.vnnlib")
         report = check_files(*files)
         cert = json.loads(files[0].read_text())
-        if r.verdict == "unsat" and r.method in ("crown", "alpha-crown"):
-            assert report.accepted and "l2 ball of radius 0.3" in report.line(), report.reason
+        if r.verdict == "unsat":
+            assert report.accepted and "l2 ball of radius 0.3" in report.line(), (r.method, report.reason)
             assert cert["l2_ball"]["radius"] == eps
             del cert["l2_ball"]           # the box alone: the ball's bounds no longer hold there
             files[0].write_text(json.dumps(cert))
@@ -170,10 +169,8 @@ def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
             cert["l2_ball"]["radius"] = 1e-6    # a ball the counterexample is not in
             files[0].write_text(json.dumps(cert))
             assert "outside the l2 ball" in check_files(*files).reason
-        else:
-            assert r.verdict == "unsat" and "branch and bound over an l2 ball" in report.reason
         seen.add(r.method)
-    assert {"crown", "alpha-crown", "attack"} <= seen
+    assert {"crown", "alpha-crown", "bab-activation", "attack"} <= seen
     # Input split over the ball (6 inputs): its leaves are certified, each bounded over the
     # leaf cut by the ball; leaves the ball misses are recognised exactly by the checker.
     net = _steep_net()
