@@ -125,10 +125,9 @@ def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence
     results = []
     for i, label in enumerate(labels):
         point = x[i].reshape(-1).double().numpy()
-        if norm == "inf":
-            results.append(_verify_linf(model, point, label, eps, config, lower, upper, out_dir, i))
-        else:
-            results.append(_verify_l2(model, point, label, eps, config, lower, upper, out_dir, i))
+        out = None if out_dir is None else out_dir / f"point_{i}"   # point_i.vnnlib and point_i.json
+        decide = _verify_linf if norm == "inf" else _verify_l2
+        results.append(decide(model, point, label, eps, config, lower, upper, out))
     return results
 
 
@@ -137,18 +136,20 @@ def _with_proof(config: Config) -> Config:
 
 
 def _verify_linf(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
-                 upper: float, out_dir: Optional[Path], i: int) -> Result:
+                 upper: float, out: Optional[Path]) -> Result:
+    """One point over the l-inf ball; with `out` (a path without suffix), its spec
+    (`.vnnlib`) and certificate (`.json`) are written there."""
     spec = vnnlib.robustness_spec(point, eps, label, model.n_outputs, lower, upper)
-    if out_dir is None:
+    if out is None:
         return verify(model, spec, config)
     from verifier.certificates.writer import write_certificate
 
     # The file is what the checker reads: the spec verified is the file's, read back.
-    spec_path = out_dir / f"point_{i}.vnnlib"
+    spec_path = out.with_suffix(".vnnlib")
     vnnlib.write_vnnlib(spec_path, spec)
     spec = vnnlib.load(spec_path, model.n_inputs, model.n_outputs)
     result = verify(model, spec, config)
-    result.stats["certificate"] = write_certificate(out_dir / f"point_{i}.json", model, spec_path, spec, result)
+    result.stats["certificate"] = write_certificate(out.with_suffix(".json"), model, spec_path, spec, result)
     return result
 
 
@@ -208,25 +209,26 @@ def _replay_l2(model: Model, cand: np.ndarray, point: np.ndarray, label: int, ep
 
 
 def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
-               upper: float, out_dir: Optional[Path] = None, i: int = 0) -> Result:
-    """One point over the l2 ball; with `out_dir`, also its certificate there: the spec file
+               upper: float, out: Optional[Path] = None) -> Result:
+    """One point over the l2 ball; with `out` (a path without suffix), also its certificate
+    there (`.json`) and its spec (`.vnnlib`): the spec file
     is the box around the ball (each end one rounding outward, so that the box holds the
     ball's part in the range) and the certificate names the ball, which the checker then
     cuts the box by. Root proofs (CROWN, alpha-CROWN) and the leaves of input and
     activation split are certified; SDP-CROWN's bias is off for them (the checker does
     not re-derive it). Interval splits of general nonlinearities are not checkable, over
     a ball or not: their certificate says so."""
-    if out_dir is None:
+    if out is None:
         return _decide_l2(model, point, label, eps, config, lower, upper)
     from verifier.certificates.writer import write_certificate
 
     radius = eps + 4 * np.spacing(np.abs(point) + eps)   # x0 -/+ radius in float64 holds x0 -/+ eps
-    spec_path = out_dir / f"point_{i}.vnnlib"
+    spec_path = out.with_suffix(".vnnlib")
     vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(point, radius, label, model.n_outputs, lower, upper))
     spec = vnnlib.load(spec_path, model.n_inputs, model.n_outputs)
     proof_config = dataclasses.replace(config, bounds=dataclasses.replace(config.bounds, sdp_crown=False))
     result = _decide_l2(model, point, label, eps, proof_config, lower, upper, spec)
-    result.stats["certificate"] = write_certificate(out_dir / f"point_{i}.json", model, spec_path, spec, result,
+    result.stats["certificate"] = write_certificate(out.with_suffix(".json"), model, spec_path, spec, result,
                                                     ball=(point, eps))
     return result
 

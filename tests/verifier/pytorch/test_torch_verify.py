@@ -185,6 +185,30 @@ def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
         assert report.accepted, report.reason
 
 
+def test_l2_per_conjunction_proofs_are_certified(tmp_path) -> None:
+    """With one search per conjunction (bab.per_conjunction=always), activation split over
+    the ball writes a proof per conjunction; each part is checked over the box cut by the
+    ball, and the whole is rejected without it."""
+    import json
+
+    from verifier.checker.verdict import check_files
+
+    net = _steep_net(20, 32, 2.0)
+    x = torch.rand(20, 20, generator=torch.Generator().manual_seed(2))[[0, 3, 6]]   # decided by activation split
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    config = verifier.config.with_overrides(CONFIG, ["bab.per_conjunction=always"])
+    results = verifier.verify_module(net, x, y, eps=0.3, norm="2", config=config, certificate_dir=tmp_path)
+    for i, r in enumerate(results):
+        files = (tmp_path / f"point_{i}.json", tmp_path / "model.onnx", tmp_path / f"point_{i}.vnnlib")
+        cert = json.loads(files[0].read_text())
+        assert r.method == "bab-activation" and cert["disjuncts"][0]["kind"] == "conjunctions"
+        assert check_files(*files).accepted
+        del cert["l2_ball"]
+        files[0].write_text(json.dumps(cert))
+        assert not check_files(*files).accepted
+
+
 def test_boxes_missing_the_ball_are_decided_exactly() -> None:
     from verifier.checker.verdict import boxes_missing_ball
 
