@@ -8,239 +8,25 @@ Every key is declared once, on its dataclass field (`key(default, help=..., chec
 its type, what it accepts and what it means. Each dataclass validates its fields in
 `__post_init__`, so a YAML file, `--set`, a CLI flag and a Python caller
 (`Config(timeout=-1)`) all meet the same check and the same message; there is no
-second table of ranges that a new key can be missing from.
+second table of ranges that a new key can be missing from. The checks themselves
+(`Int`, `Real`, `Choice`, `Device`, ...) live in `verifier.config_checks`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from verifier.config_checks import (Bool, Check, Choice, ConfigError, Device, Int, Real, Share, _Rejected,
+                                    resolve_device)
 
 __all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "LpConfig", "Share", "ConfigError", "load_config",
-           "with_overrides", "config_to_dict", "describe", "describe_markdown", "flags_markdown", "shown", "keys", "KeyInfo", "check_value",
-           "key", "Check", "Int", "Real", "Bool", "Choice", "Device", "resolve_device"]
-
-
-class ConfigError(ValueError):
-    """A config file, override or argument that does not fit the config tree.
-
-    A ValueError, so Python callers may catch it as one; the CLI maps it to exit 2.
-    """
-
-
-class _Rejected(Exception):
-    """Raised by a check with the phrase that completes "expected ..."."""
-
-
-# --------------------------------------------------------------------------- checks
-
-
-class Check:
-    """What one key accepts: its Python type, a phrase for messages and `describe()`,
-    a parser for text (`--set`, quoted YAML) and the test itself."""
-
-    type: type = object
-
-    def expected(self) -> str:
-        """The allowed values, in words ("an integer >= 0")."""
-        raise NotImplementedError
-
-    def parse(self, text: str) -> Any:
-        """Text from `--set` or YAML, read as this key's type; unreadable text is
-        returned unchanged so that `__call__` rejects it with the usual message."""
-        return text
-
-    def __call__(self, value: Any) -> Any:
-        """The value, normalised to `type`, or `_Rejected(expected)`."""
-        raise NotImplementedError
-
-
-def _int_of(value: Any) -> Optional[int]:
-    """An int for int-like values (3, 3.0, numpy ints); None for 1.5, nan, bools and text."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-        return int(value)
-    return None
-
-
-@dataclass(frozen=True)
-class Int(Check):
-    """An integer in [lo, hi]; `hi` may be a function, for limits of this machine."""
-
-    lo: int
-    hi: Union[int, Callable[[], int], None] = None
-    note: str = ""
-
-    type = int
-
-    def _hi(self) -> Optional[int]:
-        return self.hi() if callable(self.hi) else self.hi
-
-    def expected(self, hi: Any = None) -> str:
-        """`hi` stands in for the upper limit: docs/config.md writes "N" for this
-        machine's CPU count so that it reads the same on every machine."""
-        hi = self._hi() if hi is None else hi
-        text = f"an integer >= {self.lo}" if hi is None else f"an integer from {self.lo} to {hi}"
-        return f"{text} ({self.note.format(hi=hi)})" if self.note else text
-
-    def parse(self, text: str) -> Any:
-        try:
-            return int(text)
-        except ValueError:
-            pass
-        try:  # "1e3" is a whole number; "1.5" is read so that it is refused as a number
-            v = float(text)
-        except ValueError:
-            return text
-        return int(v) if v.is_integer() else v
-
-    def __call__(self, value: Any) -> int:
-        v = _int_of(value)
-        hi = self._hi()
-        if v is None or v < self.lo or (hi is not None and v > hi):
-            raise _Rejected(self.expected())
-        return v
-
-
-@dataclass(frozen=True)
-class Real(Check):
-    """A number > lo (or >= lo); finite unless `inf` says what +inf means."""
-
-    lo: float
-    strict: bool = False
-    inf: str = ""          # what +inf means, when it is allowed ("no limit")
-    unit: str = ""
-
-    type = float
-
-    def expected(self) -> str:
-        what = ("a number" if self.inf else "a finite number") + (f" of {self.unit}" if self.unit else "")
-        text = f"{what} {'>' if self.strict else '>='} {self.lo:g}"
-        return f"{text}, or inf ({self.inf})" if self.inf else text
-
-    def parse(self, text: str) -> Any:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-    def __call__(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise _Rejected(self.expected())
-        v = float(value)
-        ok = not math.isnan(v) and (math.isfinite(v) or (v > 0 and bool(self.inf)))
-        if not ok or v < self.lo or (self.strict and v == self.lo):
-            raise _Rejected(self.expected())
-        return v
-
-
-@dataclass(frozen=True)
-class Share(Real):
-    """A share of something (of the time left, say): a number in [0, 1]."""
-
-    def expected(self) -> str:
-        return "a number between 0 and 1"
-
-    def __call__(self, value: Any) -> float:
-        v = super().__call__(value)
-        if v > 1:
-            raise _Rejected(self.expected())
-        return v
-
-
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-@dataclass(frozen=True)
-class Bool(Check):
-    """true or false; text accepts yes/no, on/off and 1/0 as YAML does."""
-
-    type = bool
-
-    def expected(self) -> str:
-        return "true or false"
-
-    def parse(self, text: str) -> Any:
-        low = text.strip().lower()
-        return True if low in _TRUE else False if low in _FALSE else text
-
-    def __call__(self, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise _Rejected(self.expected())
-        return value
-
-
-@dataclass(frozen=True)
-class Choice(Check):
-    """One of a fixed set of names."""
-
-    values: tuple[str, ...]
-
-    type = str
-
-    def expected(self) -> str:
-        return "one of " + ", ".join(self.values)
-
-    def __call__(self, value: Any) -> str:
-        if not isinstance(value, str) or value not in self.values:
-            raise _Rejected(self.expected())
-        return value
-
-
-_CUDA = re.compile(r"cuda(?::(\d+))?")
-
-
-@dataclass(frozen=True)
-class Device(Check):
-    """A torch device that this torch can use: a CUDA name on a CPU-only torch would
-    otherwise fail deep inside the first tensor op, as an internal error. `auto` (the
-    default) is always accepted: `resolve_device` turns it into cuda or cpu at run time."""
-
-    type = str
-
-    def expected(self) -> str:
-        return "auto (cuda when torch sees a CUDA device, else cpu); cpu; cuda or cuda:N where torch has CUDA; " \
-               "mps where available"
-
-    def __call__(self, value: Any) -> str:
-        if value in ("auto", "cpu"):  # no torch import, so the config module loads and checks fast
-            return value
-        import torch
-
-        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        mps = getattr(torch.backends, "mps", None)
-        has_mps = bool(mps is not None and mps.is_available())
-        offers = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n_cuda)] if n_cuda else []) \
-            + (["mps"] if has_mps else [])
-        choices = ", ".join(offers)
-        match = _CUDA.fullmatch(value) if isinstance(value, str) else None
-        if match and not n_cuda:
-            raise _Rejected(f"one of {choices} (torch here has no CUDA)")
-        if match and match.group(1) is not None and int(match.group(1)) >= n_cuda:
-            raise _Rejected(f"one of {choices} (this machine has {n_cuda} CUDA device(s))")
-        if not match and value not in offers:
-            raise _Rejected(f"one of {choices} (what this torch offers)")
-        return value
-
-
-def resolve_device(name: str) -> str:
-    """The concrete torch device for a config value: `auto` is "cuda" when torch sees a
-    CUDA device and "cpu" otherwise; every other name is returned unchanged (it has
-    passed the `Device` check already). Call it where a device is used, not where the
-    config is built, so a config file written on one machine means the same on another."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+           "with_overrides", "config_to_dict", "describe", "describe_markdown", "flags_markdown", "shown", "keys",
+           "KeyInfo", "check_value", "key", "Check", "Int", "Real", "Bool", "Choice", "Device", "resolve_device"]
 
 
 def _cpu_count() -> int:
