@@ -1,6 +1,8 @@
 """`verify_module`: torch modules over l-inf and l2 balls, without files."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -219,11 +221,17 @@ def test_boxes_missing_the_ball_are_decided_exactly() -> None:
     # rounding (decided in rationals); one just outside; the centre, inside
     got = boxes_missing_ball(lo, hi, (centre, r))
     assert got.tolist() == [False, _exactly_outside(0.6, 0.8), True, False]
+    # Boxes whose nearest point lies within a few ulps of the rim, against rationals.
+    g = np.random.default_rng(0)
+    u = g.standard_normal((500, 6))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    corner = np.abs(u) * (1 + g.integers(-4, 5, (500, 1)) * 1e-16)          # on the rim, +- a few ulps
+    lo, hi = corner, corner + 1.0
+    want = [sum(Fraction(float(v)) ** 2 for v in row) > 1 for row in corner]
+    assert boxes_missing_ball(lo, hi, (np.zeros(6), 1.0)).tolist() == want
 
 
 def _exactly_outside(a: float, b: float) -> bool:
-    from fractions import Fraction
-
     return Fraction(a) ** 2 + Fraction(b) ** 2 > 1
 
 
