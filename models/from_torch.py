@@ -21,6 +21,7 @@ Consequences that callers must keep in mind:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from types import MappingProxyType
@@ -71,7 +72,7 @@ class _Builder:
         """Add a node of one output (renamed after it, as `emit` names nodes); its forward
         rule runs on the example values for the output's shape."""
         name = node.outputs[0]
-        node = Node(name=name, op=node.op, inputs=node.inputs, outputs=(name,), attrs=node.attrs, opset=node.opset)
+        node = dataclasses.replace(node, name=name, outputs=(name,))
         args = [None if x == "" else (self.constants[x] if x in self.constants else self.example[x])
                 for x in node.inputs]
         try:

@@ -12,7 +12,10 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["Node", "Graph"]
+__all__ = ["Node", "Graph", "qualified", "DEFAULT_DOMAINS"]
+
+# ONNX's default operator set, as files spell it.
+DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,28 @@ class Node:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     attrs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    opset: int = 13
+    opset: int = 13          # the version of the node's own domain that the model imports
+    domain: str = ""         # ONNX's default domain is "" (also spelled "ai.onnx" in files)
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(domain, op): what the forward and bounding registries look a node up by, so
+        that an op of another domain (com.microsoft's Gelu) is never taken for the
+        standard op of the same name."""
+        return self.domain, self.op
+
+    @property
+    def qualified_op(self) -> str:
+        """The op as messages name it: "Gelu", or "com.microsoft.Gelu" outside the default domain."""
+        return qualified(self.domain, self.op)
+
+
+def qualified(domain: str, op: str) -> str:
+    """"op" in the default domain, "domain.op" elsewhere."""
+    return f"{domain}.{op}" if domain else op
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ onnxruntime. A silent mis-reading would make every later verdict worthless.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import zlib
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from models.errors import ModelError, UnsupportedModel
-from models.graph import Graph, Node
+from models.graph import DEFAULT_DOMAINS, Graph, Node, qualified
 from models.ops import forward_rule
 from models.passes import (constant_output, drop_aliases, expand_gemm, expand_layernorm, expand_softmax, fold_batchnorm,
                            prune_to_output)
@@ -181,14 +182,19 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
     if in_info.type.tensor_type.elem_type not in (1, 11):
         raise UnsupportedModel(f"input '{in_info.name}' is not float32/float64")
 
+    # Each node's opset is its own domain's version (com.microsoft's ops have their own);
+    # the registries look nodes up by (domain, op) and refuse a domain they do not know.
+    versions = {("" if o.domain in DEFAULT_DOMAINS else o.domain): o.version for o in proto.opset_import}
     raw: list[Node] = []
     for i, n in enumerate(proto.graph.node):
-        if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedModel(f"custom domain '{n.domain}'", node=n.name or f"{n.op_type}_{i}",
-                                   op=n.op_type, opset=opset)
+        domain = "" if n.domain in DEFAULT_DOMAINS else n.domain
+        name = n.name or f"{n.op_type}_{i}"
+        if domain and domain not in versions:
+            raise UnsupportedModel(f"the model imports no opset of domain '{domain}'", node=name,
+                                   op=qualified(domain, n.op_type))
         attrs = {a.name: _attr_value(a) for a in n.attribute}
-        raw.append(Node(name=n.name or f"{n.op_type}_{i}", op=n.op_type, inputs=tuple(n.input),
-                        outputs=tuple(n.output), attrs=MappingProxyType(attrs), opset=opset))
+        raw.append(Node(name=name, op=n.op_type, inputs=tuple(n.input), outputs=tuple(n.output),
+                        attrs=MappingProxyType(attrs), opset=versions[domain] if domain else opset, domain=domain))
 
     in_shape = _dims(in_info)
     example = {in_info.name: torch.rand(in_shape, generator=torch.Generator().manual_seed(0))}
@@ -218,8 +224,7 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
         for name, value in zip(node.outputs, outs):
             example[name] = value
             shapes[name] = tuple(value.shape)
-        kept.append(Node(node.name, node.op, node.inputs, tuple(node.outputs[:len(outs)]),
-                         node.attrs, node.opset))
+        kept.append(dataclasses.replace(node, outputs=tuple(node.outputs[:len(outs)])))
 
     out_name = out_info.name
     if out_name in constants:  # decided by the constant: the passes give it a path from the input

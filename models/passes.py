@@ -5,6 +5,7 @@ computes, which the onnxruntime check at load time confirms.
 """
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
 import torch
@@ -29,7 +30,7 @@ def drop_aliases(nodes: list[Node], output: str, graph_input: str) -> tuple[list
             alias[n.outputs[0]] = alias.get(n.inputs[0], n.inputs[0])
             continue
         kept.append(n)
-    renamed = [Node(n.name, n.op, tuple(alias.get(x, x) for x in n.inputs), n.outputs, n.attrs, n.opset)
+    renamed = [dataclasses.replace(n, inputs=tuple(alias.get(x, x) for x in n.inputs))
                for n in kept]
     return renamed, alias.get(output, output)
 

@@ -67,6 +67,20 @@ def _opset(proto: Any) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
+def _other_domains(parts: Sequence[Part]) -> dict[str, int]:
+    """The versions of the domains besides ONNX's default that the parts import (one
+    version per domain: the product holds their nodes side by side)."""
+    seen: dict[str, int] = {}
+    for p in parts:
+        for o in p.proto.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                continue
+            if seen.setdefault(o.domain, o.version) != o.version:
+                raise ModelError(f"the networks import different versions of domain '{o.domain}' "
+                                 f"({seen[o.domain]} and {o.version}); nncert puts them into one model")
+    return seen
+
+
 def product_model(parts: Sequence[Part], echo_input: bool = False, n_inputs: Optional[int] = None,
                   monomials: Sequence[Sequence[tuple[str, int]]] = ()) -> Any:
     """The side-by-side model of ``parts`` (module docstring); a ``ModelError`` names what
@@ -144,7 +158,8 @@ def product_model(parts: Sequence[Part], echo_input: bool = False, n_inputs: Opt
     graph = helper.make_graph(nodes, "nncert_product",
                               [helper.make_tensor_value_info("X", _FLOAT, [1, width])],
                               [helper.make_tensor_value_info("Y", _FLOAT, [1, "M"])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", next(iter(opsets.values())))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", next(iter(opsets.values())))]
+                              + [helper.make_opsetid(d, v) for d, v in _other_domains(parts).items()])
     # IR 4 at least: before it every initializer also had to be a graph input (old ACAS Xu files use IR 3).
     model.ir_version = max(4, *(p.proto.ir_version for p in parts))
     onnx.checker.check_model(model)

@@ -1,4 +1,8 @@
-"""The op registry: for each ONNX op type and opset range, how to bound it.
+"""The op registry: for each ONNX op (domain and type) and opset range, how to bound it.
+
+Rules are keyed by (domain, op), as `models.ops.registry`'s forwards are: an op of
+another domain (com.microsoft's Gelu, relaxations/ops/contrib.py) is its own entry,
+and its opsets are that domain's versions.
 
 Each rule is data plus small functions (jax_verify style): the propagators in
 `ibp.py` and `crown.py` walk the graph and look rules up here, so adding an op means
@@ -40,9 +44,10 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from models import Node, UnsupportedModel
+from models.graph import qualified
 
 __all__ = ["OpRule", "Relaxation", "SlotRelaxation", "REGISTRY", "register_rule", "rule_for", "slope",
-           "registered_ops", "is_affine_node", "finite_relaxation"]
+           "registered_ops", "rules_of", "is_affine_node", "finite_relaxation"]
 
 T = torch.Tensor
 
@@ -91,6 +96,7 @@ class OpRule:
     kind: str
     min_opset: int = 1
     max_opset: int = 10_000
+    domain: str = ""         # "" is ONNX's default domain; opsets are the domain's own
     # affine: radius(node, args, variable) -> [|L| r], per sample, where args hold the
     # radii at variable positions and constants elsewhere (None: L itself, valid when L
     # has no negative coefficient, e.g. selections and averages).
@@ -145,7 +151,8 @@ def slope(value: float) -> Callable[[Node, Sequence], float]:
     return lambda node, consts: value
 
 
-REGISTRY: dict[str, list[OpRule]] = {}
+# Keyed by (domain, op) (`Node.key`), as the forward registry is.
+REGISTRY: dict[tuple[str, str], list[OpRule]] = {}
 
 
 def register_rule(rule: OpRule) -> None:
@@ -154,23 +161,29 @@ def register_rule(rule: OpRule) -> None:
         raise ValueError(f"unknown rule kind {rule.kind}")
     if (rule.gather is None) != (rule.relax_slots is None):
         raise ValueError(f"rule for {rule.op}: gather and relax_slots go together")
-    rules = REGISTRY.setdefault(rule.op, [])
+    rules = REGISTRY.setdefault((rule.domain, rule.op), [])
     for r in rules:
         if not (rule.max_opset < r.min_opset or rule.min_opset > r.max_opset):
-            raise ValueError(f"bounding rule for {rule.op} registered twice")
+            raise ValueError(f"bounding rule for {qualified(rule.domain, rule.op)} registered twice")
     rules.append(rule)
 
 
 def rule_for(node: Node) -> OpRule:
     """The rule for a node, or UnsupportedModel naming node, op and opset."""
-    for r in REGISTRY.get(node.op, ()):
+    for r in REGISTRY.get(node.key, ()):
         if r.min_opset <= node.opset <= r.max_opset:
             return r
-    raise UnsupportedModel("no bounding rule for this op", node=node.name, op=node.op, opset=node.opset)
+    raise UnsupportedModel("no bounding rule for this op", node=node.name, op=node.qualified_op, opset=node.opset)
+
+
+def rules_of(op: str, domain: str = "") -> list[OpRule]:
+    """Every bounding rule of one op (one per opset range)."""
+    return list(REGISTRY.get((domain, op), ()))
 
 
 def registered_ops() -> list[str]:
-    return sorted(REGISTRY)
+    """Every op with a bounding rule: its name, domain-qualified outside the default domain."""
+    return sorted(qualified(d, op) for d, op in REGISTRY)
 
 
 def is_affine_node(node: Node, rule: OpRule, variable: Sequence[bool]) -> bool:

@@ -32,19 +32,21 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def make_model(nodes, inits, in_shape, out_shape, opset: int = 13) -> onnx.ModelProto:
+def make_model(nodes, inits, in_shape, out_shape, opset: int = 13, domains=None) -> onnx.ModelProto:
+    """domains: {domain: version} imported beside ONNX's default one (contrib ops)."""
     graph = helper.make_graph(
         nodes, "case",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(in_shape))],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(out_shape))],
         initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)] + [
+        helper.make_opsetid(d, v) for d, v in (domains or {}).items()])
     model.ir_version = 8
     return model
 
 
 def _dense_around(op_nodes, op_in: str, op_out: str, n: int, m: int, seed: int, inits=None,
-                  opset: int = 13, out_n: int = 3) -> onnx.ModelProto:
+                  opset: int = 13, out_n: int = 3, domains=None) -> onnx.ModelProto:
     """X[1,n] -> Gemm -> op_in ... op_out[1,m] -> Gemm -> Y[1,out_n]."""
     r = _rng(seed)
     inits = dict(inits or {})
@@ -52,7 +54,7 @@ def _dense_around(op_nodes, op_in: str, op_out: str, n: int, m: int, seed: int, 
                   "W2": r.normal(size=(m, out_n)).astype(np.float32), "b2": r.normal(size=out_n).astype(np.float32)})
     nodes = [helper.make_node("Gemm", ["X", "W1", "b1"], [op_in])] + list(op_nodes) + \
             [helper.make_node("Gemm", [op_out, "W2", "b2"], ["Y"])]
-    return make_model(nodes, inits, (1, n), (1, out_n), opset)
+    return make_model(nodes, inits, (1, n), (1, out_n), opset, domains)
 
 
 def _f(*shape, seed=0, scale=1.0):
@@ -139,6 +141,12 @@ def _cases() -> list[OpCase]:
             ("Gelu_tanh", "Gelu", {"approximate": "tanh"}, 20), ("Softsign", "Softsign", {}, 13))):
         node = helper.make_node(op, ["h"], ["z"], **attrs)
         add(name, (op,), _dense_around([node], "h", "z", 6, 6, 90 + i, opset=opset), (1, 6))
+    # onnxruntime's contrib Gelu and FastGelu (domain com.microsoft, its opset 1), registered
+    # as ops of their own domain: the registry test names them domain-qualified.
+    for i, op in enumerate(("Gelu", "FastGelu")):
+        node = helper.make_node(op, ["h"], ["z"], domain="com.microsoft")
+        add(f"contrib_{op}", (f"com.microsoft.{op}",), _dense_around([node], "h", "z", 6, 6, 110 + i,
+                                                                    domains={"com.microsoft": 1}), (1, 6))
     add("Clip", ("Clip",), _dense_around([helper.make_node("Clip", ["h", "lo", "hi"], ["z"])], "h", "z", 5, 5, 70,
                                          {"lo": np.float32(-0.5), "hi": np.float32(1.0)}), (1, 5))
     add("Clip_opset10", ("Clip",), _dense_around([helper.make_node("Clip", ["h"], ["z"], min=-1.0, max=0.3)],

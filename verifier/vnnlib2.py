@@ -215,13 +215,15 @@ def format_assignment(query: Query, z: np.ndarray) -> list[str]:
 
 def _operators() -> list[str]:
     """Ops a model may hold: those with a bounding rule, and those the importer folds
-    (``ForwardRule.shape_only`` and ``reads_shapes``)."""
+    (``ForwardRule.shape_only`` and ``reads_shapes``); an op outside ONNX's default
+    domain is named with its domain (``com.microsoft.Gelu``)."""
     import relaxations  # noqa: F401  (registers the bounding rules)
+    from models.graph import qualified
     from models.ops.registry import FORWARD
     from relaxations.registry import REGISTRY
 
-    folded = {op for op, rules in FORWARD.items() if any(r.shape_only or r.reads_shapes for r in rules)}
-    return sorted((set(REGISTRY) & set(FORWARD)) | folded)
+    folded = {key for key, rules in FORWARD.items() if any(r.shape_only or r.reads_shapes for r in rules)}
+    return sorted(qualified(*key) for key in (set(REGISTRY) & set(FORWARD)) | folded)
 
 
 def _opsets() -> list[str]:
@@ -229,7 +231,7 @@ def _opsets() -> list[str]:
 
     from models.ops.registry import FORWARD
 
-    rules = [r for rs in FORWARD.values() for r in rs]
+    rules = [r for (domain, _), rs in FORWARD.items() if not domain for r in rs]   # ai.onnx's versions
     low = min(r.min_opset for r in rules)
     high = min(max(r.max_opset for r in rules), onnx.defs.onnx_opset_version())
     return [str(low), str(high)]

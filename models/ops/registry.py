@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from models.errors import UnsupportedModel
-from models.graph import Node
+from models.graph import Node, qualified
 
 __all__ = ["ForwardFn", "ForwardRule", "FORWARD", "register_forward", "forward_rule", "first_input",
            "broadcasting"]
@@ -63,28 +63,36 @@ class ForwardRule:
     # Its inputs are shapes (ConstantOfShape): they come from constants or Shape in the
     # models we know, so the node is folded; on the input's path it is refused by name.
     reads_shapes: bool = False
+    domain: str = ""                       # "" is ONNX's default domain; opsets are the domain's own
 
 
-FORWARD: dict[str, list[ForwardRule]] = {}
+# Keyed by (domain, op) (`Node.key`): com.microsoft's Gelu is not ai.onnx's Gelu.
+FORWARD: dict[tuple[str, str], list[ForwardRule]] = {}
 
 
 def register_forward(op: str, fn: ForwardFn, min_opset: int = 1, max_opset: int = 10_000,
-                     batches: Optional[Batches] = None, shape_only: bool = False, reads_shapes: bool = False) -> None:
-    """Register `fn` for `op` in [min_opset, max_opset]; overlapping ranges are an error."""
-    rules = FORWARD.setdefault(op, [])
+                     batches: Optional[Batches] = None, shape_only: bool = False, reads_shapes: bool = False,
+                     domain: str = "") -> None:
+    """Register `fn` for `op` of `domain` in [min_opset, max_opset]; overlapping ranges are an error."""
+    rules = FORWARD.setdefault((domain, op), [])
     for r in rules:
         if not (max_opset < r.min_opset or min_opset > r.max_opset):
-            raise ValueError(f"forward for {op} opsets {min_opset}-{max_opset} registered twice")
-    rules.append(ForwardRule(op, min_opset, max_opset, fn, batches, shape_only, reads_shapes))
+            raise ValueError(f"forward for {qualified(domain, op)} opsets {min_opset}-{max_opset} registered twice")
+    rules.append(ForwardRule(op, min_opset, max_opset, fn, batches, shape_only, reads_shapes, domain))
 
 
 def forward_rule(node: Node) -> ForwardRule:
-    """The rule for `node`, or UnsupportedModel naming the node, op and opset."""
-    for r in FORWARD.get(node.op, ()):
+    """The rule for `node`, or UnsupportedModel naming the node, op (with its domain
+    outside the default one) and opset."""
+    rules = FORWARD.get(node.key, ())
+    for r in rules:
         if r.min_opset <= node.opset <= r.max_opset:
             return r
-    if node.op in FORWARD:
-        ranges = ", ".join(f"{r.min_opset}-{r.max_opset}" for r in FORWARD[node.op])
+    if rules:
+        ranges = ", ".join(f"{r.min_opset}-{r.max_opset}" for r in rules)
         raise UnsupportedModel(f"opset not supported (supported: {ranges})",
-                               node=node.name, op=node.op, opset=node.opset)
-    raise UnsupportedModel("op not supported by nncert", node=node.name, op=node.op, opset=node.opset)
+                               node=node.name, op=node.qualified_op, opset=node.opset)
+    if node.domain and not any(d == node.domain for d, _ in FORWARD):
+        raise UnsupportedModel(f"custom domain '{node.domain}': nncert has no op of that domain",
+                               node=node.name, op=node.qualified_op, opset=node.opset)
+    raise UnsupportedModel("op not supported by nncert", node=node.name, op=node.qualified_op, opset=node.opset)

@@ -20,6 +20,7 @@ small); every other op is handled (or refused) by `relaxations.lipschitz.graph_n
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -111,7 +112,7 @@ def _consts(graph: Graph, node: Node) -> list[T | None]:
 def _with_attrs(node: Node, **changes: object) -> Node:
     attrs = dict(node.attrs)
     attrs.update(changes)
-    return Node(node.name, node.op, node.inputs, node.outputs, MappingProxyType(attrs), node.opset)
+    return dataclasses.replace(node, attrs=MappingProxyType(attrs))
 
 
 def _caller(node: Node, args: list[T | None], var: int, out: int) -> Callable[[T], T]:

@@ -44,7 +44,7 @@ from relaxations.ops.common import Ins
 from relaxations.ops.smooth import bisect, finish, unstable_if_wide
 from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
-__all__ = ["register", "gelu64", "dgelu64", "inflection", "minimum_bracket"]
+__all__ = ["register", "gelu_rule", "gelu64", "dgelu64", "inflection", "minimum_bracket"]
 
 T = torch.Tensor
 _SQRT2 = math.sqrt(2.0)
@@ -326,9 +326,13 @@ def _gelu_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) ->
 GELU_SLOPE = 1.13
 
 
+def gelu_rule() -> OpRule:
+    """ONNX's Gelu (opset 20 on); onnxruntime's contrib Gelu and FastGelu reuse it
+    (relaxations/ops/contrib.py)."""
+    return OpRule("Gelu", "elementwise", min_opset=20, interval=_gelu_interval, relax=_gelu_relax,
+                  alpha_init=_gelu_alpha_init, alpha_bounds=lambda n, l, u, c: (torch.zeros_like(l), torch.ones_like(l)),
+                  unstable=unstable_if_wide, lipschitz=slope(GELU_SLOPE), facts=frozenset({"elementwise", "smooth"}))
+
+
 def register() -> None:
-    register_rule(OpRule("Gelu", "elementwise", min_opset=20, interval=_gelu_interval, relax=_gelu_relax,
-                         alpha_init=_gelu_alpha_init, alpha_bounds=lambda n, l, u, c: (torch.zeros_like(l),
-                                                                                 torch.ones_like(l)),
-                         unstable=unstable_if_wide, lipschitz=slope(GELU_SLOPE),
-                         facts=frozenset({"elementwise", "smooth"})))
+    register_rule(gelu_rule())

@@ -47,8 +47,30 @@ def test_unsupported_op_names_node_op_and_opset() -> None:
 
 def test_custom_domain_is_refused() -> None:
     node = helper.make_node("Foo", ["X"], ["Y"], domain="com.example")
-    model = make_model([node], {}, (1, 3), (1, 3))
-    with pytest.raises(UnsupportedModel, match="custom domain"):
+    model = make_model([node], {}, (1, 3), (1, 3), domains={"com.example": 1})
+    with pytest.raises(UnsupportedModel, match="custom domain 'com.example'.*op com.example.Foo|op com.example.Foo.*custom domain 'com.example'"):
+        graph_from_proto(model)
+    # A node of a domain the model does not import is refused as such.
+    with pytest.raises(UnsupportedModel, match="imports no opset of domain 'com.example'"):
+        graph_from_proto(make_model([node], {}, (1, 3), (1, 3)))
+
+
+def test_a_contrib_op_is_looked_up_under_its_own_domain() -> None:
+    """com.microsoft's Gelu is its own registry entry (domain, op), read at that domain's
+    opset 1, while ONNX's Gelu needs opset 20: the same name at ONNX opset 13 is refused."""
+    contrib = helper.make_node("Gelu", ["X"], ["Y"], domain="com.microsoft")
+    graph = graph_from_proto(make_model([contrib], {}, (1, 3), (1, 3), domains={"com.microsoft": 1}))
+    assert (graph.nodes[0].domain, graph.nodes[0].op, graph.nodes[0].opset) == ("com.microsoft", "Gelu", 1)
+    with pytest.raises(UnsupportedModel, match=r"op Gelu \(opset 13\): opset not supported"):
+        graph_from_proto(make_model([helper.make_node("Gelu", ["X"], ["Y"])], {}, (1, 3), (1, 3)))
+    with pytest.raises(UnsupportedModel, match="op com.microsoft.Gelu .opset 2.: opset not supported"):
+        graph_from_proto(make_model([contrib], {}, (1, 3), (1, 3), domains={"com.microsoft": 2}))
+
+
+def test_fast_gelu_with_a_bias_is_refused_by_name() -> None:
+    node = helper.make_node("FastGelu", ["X", "b"], ["Y"], domain="com.microsoft")
+    model = make_model([node], {"b": np.ones(3, np.float32)}, (1, 3), (1, 3), domains={"com.microsoft": 1})
+    with pytest.raises(UnsupportedModel, match="com.microsoft.FastGelu with a bias input is not supported"):
         graph_from_proto(model)
 
 
@@ -80,7 +102,7 @@ def test_model_that_disagrees_with_onnxruntime_is_refused(monkeypatch) -> None:
     graph = graph_from_proto(model)
     rule = registry.forward_rule(graph.nodes[0])
     broken = registry.ForwardRule("Relu", rule.min_opset, rule.max_opset, lambda n, xs: [xs[0] * 2])
-    monkeypatch.setitem(registry.FORWARD, "Relu", [broken])
+    monkeypatch.setitem(registry.FORWARD, ("", "Relu"), [broken])
     from models.ort_check import check_against_onnxruntime
 
     with pytest.raises(UnsupportedModel, match="differs from onnxruntime"):

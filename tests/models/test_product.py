@@ -42,6 +42,28 @@ def test_side_by_side_equals_each_network_and_shared_positions_tie_inputs():
     np.testing.assert_allclose(ours.reshape(-1).numpy(), y, rtol=1e-5, atol=1e-6)
 
 
+def test_a_network_with_a_contrib_op_keeps_its_domain_in_the_product():
+    """The product imports the contrib domain its networks use (onnxruntime runs it, the
+    importer reads it at that domain's opset); two versions of one domain are refused."""
+    r = np.random.default_rng(3)
+    nodes = [helper.make_node("Gemm", ["X", "W", "b"], ["h"], transB=1),
+             helper.make_node("FastGelu", ["h"], ["Y"], domain="com.microsoft")]
+    inits = {"W": r.normal(size=(2, 3)).astype(np.float32), "b": r.normal(size=2).astype(np.float32)}
+    f = make_model(nodes, inits, (1, 3), (1, 2), domains={"com.microsoft": 1})
+    model = product_model([Part("f", f), Part("g", _mlp(1))])
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 13), ("com.microsoft", 1)}
+    x = np.random.default_rng(4).normal(size=(1, 6)).astype(np.float32)
+    y = _run(model, x)[0]
+    np.testing.assert_allclose(y[:2], _run(f, x[:, :3])[0], rtol=1e-6, atol=1e-7)
+    graph = graph_from_proto(model)
+    assert any(n.key == ("com.microsoft", "FastGelu") and n.opset == 1 for n in graph.nodes)
+    ours = GraphEvaluator(graph, dtype=torch.float64)(torch.tensor(x[None], dtype=torch.float64))
+    np.testing.assert_allclose(ours.reshape(-1).numpy(), y, rtol=1e-5, atol=1e-6)
+    other = make_model(nodes, inits, (1, 3), (1, 2), domains={"com.microsoft": 2})
+    with pytest.raises(ModelError, match="different versions of domain 'com.microsoft'"):
+        product_model([Part("f", f), Part("g", other)])
+
+
 def test_mismatched_opsets_and_missing_hidden_names_are_model_errors():
     with pytest.raises(ModelError, match="share an ONNX opset"):
         product_model([Part("f", _mlp(0, opset=13)), Part("g", _mlp(1, opset=17))])

@@ -79,7 +79,7 @@ def test_cut_bounds_hold_where_the_cut_does(tmp_path, side: float) -> None:
 
 @pytest.mark.parametrize("op", [r for r in ("Sigmoid", "Tanh", "Atan", "Erf")])
 def test_prepared_relaxation_is_the_same(op: str) -> None:
-    rule = next(r for r in REGISTRY[op] if r.prepare is not None)
+    rule = next(r for r in REGISTRY["", op] if r.prepare is not None)
     node = Node(name="n", op=op, inputs=("x",), outputs=("y",), attrs={}, opset=13)
     g = torch.Generator().manual_seed(1)
     l = (torch.randn(4, 1, 50, generator=g) * 4)

@@ -65,7 +65,7 @@ def test_declared_constant_bounds_the_op_on_sampled_pairs(name, case, node) -> N
 
 def test_softmax_constant_bounds_it_in_both_norms() -> None:
     """A Softmax left whole (wider than the importer expands) meets the walk as one node."""
-    L = REGISTRY["Softmax"][0].lipschitz(None, [])
+    L = REGISTRY["", "Softmax"][0].lipschitz(None, [])
     a, b = _pairs(4000, 7, seed=1)
     fa, fb = torch.softmax(a, dim=1), torch.softmax(b, dim=1)
     for p in (2, float("inf")):

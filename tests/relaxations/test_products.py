@@ -123,8 +123,8 @@ def before(monkeypatch: pytest.MonkeyPatch):
     """The registry as it was before slot relaxations (CROWN stops at these ops)."""
     def apply() -> None:
         for op in SLOT_OPS:
-            monkeypatch.setitem(REGISTRY, op, [dataclasses.replace(r, gather=None, relax_slots=None)
-                                               for r in REGISTRY[op]])
+            monkeypatch.setitem(REGISTRY, ("", op), [dataclasses.replace(r, gather=None, relax_slots=None)
+                                                     for r in REGISTRY["", op]])
     return apply
 
 

@@ -69,6 +69,6 @@ def test_each_bounding_rule_covers_the_opsets_its_forward_does() -> None:
     from models.ops.registry import FORWARD
     from relaxations.registry import REGISTRY
 
-    for op, rules in REGISTRY.items():
+    for key, rules in REGISTRY.items():
         assert sorted((r.min_opset, r.max_opset) for r in rules) == \
-            sorted((r.min_opset, r.max_opset) for r in FORWARD.get(op, [])), op
+            sorted((r.min_opset, r.max_opset) for r in FORWARD.get(key, [])), key

@@ -328,4 +328,4 @@ def test_eran_sigmoid_crown_tighter_than_ibp() -> None:
 def test_rules_registered() -> None:
     for op in ("Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Sign", "Floor", "Sin", "Cos",
                "Clip", "Pow", "Softmax"):
-        assert op in relaxations.REGISTRY
+        assert ("", op) in relaxations.REGISTRY
