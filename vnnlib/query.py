@@ -24,6 +24,7 @@ are read as the nearest double, as every VNN-LIB tool does.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -281,6 +282,29 @@ def _rows(comparison: object, tensors: dict[str, Tensor], products: dict[tuple[i
     raise UnsupportedQuery(f"comparison {kind} in '{str(comparison).strip()}'", *_where(path))
 
 
+def _bound_row(expr: object, tensors: dict[str, Tensor], indices: dict[int, np.ndarray]) -> Row | None:
+    """The row of a lone ``(op variable number)`` or ``(op number variable)`` with op one of
+    <=, <, >=, >, as `_rows` writes it (``x <= c``: ``+x <= c``; ``x >= c``: ``-x <= 0 - c``),
+    or None for anything else. Most assertions of a box query are these."""
+    op = _OPS.get(type(expr).__name__)
+    if op is None:
+        return None
+    lhs, rhs = expr.lhs, expr.rhs
+    lk, rk = type(lhs).__name__, type(rhs).__name__
+    if lk == "Var" and rk in _NUMBERS:
+        var, c, sign = lhs, float(rhs.value), op[0]
+    elif rk == "Var" and lk in _NUMBERS:
+        var, c, sign = rhs, float(lhs.value), -op[0]
+    else:
+        return None
+    at = _flat(tensors[var.name], var.indices)
+    index = indices.get(at)
+    if index is None:
+        index = indices[at] = np.array([at])
+        index.setflags(write=False)
+    return Row(index, _PLUS, c, op[1]) if sign > 0 else Row(index, _MINUS, 0.0 - c, op[1])
+
+
 def _vars(node: object):
     if type(node).__name__ == "Var":
         yield node
@@ -333,7 +357,13 @@ def parse_query(text: str, path: str | None = None) -> Query:
     size = sum(t.size for t in tensors.values())
     products: dict[tuple[int, ...], int] = {}
     terms: list[list[Row]] = [[]]
+    indices: dict[int, np.ndarray] = {}   # one read-only index array per entry: a box bounds each twice
     for assertion in ast.assertions:
+        bound = _bound_row(assertion.expr, tensors, indices)
+        if bound is not None:   # one row, one alternative: every term gets it, no DNF
+            for t in terms:
+                t.append(bound)
+            continue
         alternatives: list[list[Row]] = []
         for conjunction in assertion.expr.to_dnf():
             partial: list[list[Row]] = [[]]
@@ -373,22 +403,38 @@ class _Layout:
         return np.where(inputs >= 0, self.n_y - self.n_x + inputs, self.y_of[z_index])
 
 
+def _distinct_rows(query: Query) -> dict[int, Row]:
+    """The query's rows by id, each once: terms share most rows (a box common to every
+    disjunct), so passes over the rows visit these instead of every term's."""
+    rows = _DISTINCT.get(query)
+    if rows is None:
+        rows = {}
+        for term in query.terms:
+            rows.update(zip(map(id, term), term))
+        _DISTINCT[query] = rows
+    return rows
+
+
+_DISTINCT: "weakref.WeakKeyDictionary[Query, dict[int, Row]]" = weakref.WeakKeyDictionary()
+_LAYOUTS: "weakref.WeakKeyDictionary[Query, _Layout]" = weakref.WeakKeyDictionary()
+
+
 def _mixes(query: Query, x_of: np.ndarray) -> bool:
-    rows = {id(row): row for term in query.terms for row in term if row.index.size > 1}  # terms share rows
-    return any(0 < int(np.count_nonzero(x_of[row.index] >= 0)) < row.index.size for row in rows.values())
+    return any(0 < int(np.count_nonzero(x_of[row.index] >= 0)) < row.index.size
+               for row in _distinct_rows(query).values() if row.index.size > 1)
 
 
 def _equal_inputs(query: Query, is_input: np.ndarray) -> dict[int, int]:
     """Input entries every term makes equal (``(== X[0] X2[0])``: rows ``a - b <= 0``
     and ``b - a <= 0``), each mapped to the first entry of its class."""
+    pairs = {}   # id(row) -> (p, n) for the rows z_p - z_n <= 0 over inputs
+    for key, r in _distinct_rows(query).items():
+        if r.index.size == 2 and not r.strict and r.bound == 0.0 and is_input[r.index].all() \
+                and sorted(r.coeffs.tolist()) == [-1.0, 1.0]:
+            pairs[key] = (int(r.index[0]), int(r.index[1])) if r.coeffs[0] > 0 else (int(r.index[1]), int(r.index[0]))
     common: set | None = None
     for term in query.terms:
-        directed = set()   # (p, n): the row z_p - z_n <= 0
-        for r in term:
-            if r.index.size == 2 and not r.strict and r.bound == 0.0 and is_input[r.index].all() \
-                    and sorted(r.coeffs.tolist()) == [-1.0, 1.0]:
-                p, n = (int(r.index[0]), int(r.index[1])) if r.coeffs[0] > 0 else (int(r.index[1]), int(r.index[0]))
-                directed.add((p, n))
+        directed = {pairs[key] for key in filter(pairs.__contains__, map(id, term))}
         both = {(min(p, n), max(p, n)) for p, n in directed if (n, p) in directed}
         common = both if common is None else common & both
     parent: dict[int, int] = {}
@@ -407,7 +453,15 @@ def _equal_inputs(query: Query, is_input: np.ndarray) -> dict[int, int]:
 
 def layout(query: Query) -> _Layout:
     """The split of ``z`` into the engine's input and output vectors; inputs that every
-    term makes equal share one entry of ``x`` (so their equality costs no search)."""
+    term makes equal share one entry of ``x`` (so their equality costs no search).
+    Computed once per query."""
+    where = _LAYOUTS.get(query)
+    if where is None:
+        where = _LAYOUTS[query] = _layout(query)
+    return where
+
+
+def _layout(query: Query) -> _Layout:
     extended = query.size + len(query.products)
     x_of = np.full(extended, -1, dtype=np.int64)
     y_of = np.full(extended, -1, dtype=np.int64)
@@ -433,11 +487,11 @@ def layout(query: Query) -> _Layout:
 def _to_spec(query: Query, stand_ins: bool) -> tuple[Spec, list[str]]:
     path = query.path
     where = layout(query)
+    table = _RowTable(query, where)
     regions: dict[bytes, tuple[InputRegion, list[OutputConstraints]]] = {}
     unbounded: dict[int, None] = {}
-    kinds: dict[int, tuple] = {}   # id(row) -> its classification: terms share most rows (a common box)
     for term in query.terms:
-        region, outputs = _split_term(term, where, kinds, unbounded, stand_ins)
+        region, outputs = table.split(term, unbounded, stand_ins)
         if region is None:
             continue
         key = b"".join(a.tobytes() for a in (region.lower, region.upper) + (
@@ -467,10 +521,13 @@ def _classify(row: Row, where: _Layout) -> tuple:
     """What a row is to the Spec: ("box", x index, coefficient, bound) for one input;
     ("rows", coefficients over x, bound) for several inputs; ("true",) / ("false",) when
     merged inputs cancel it; ("out", y indices, coefficients, bound, strict) otherwise."""
+    if row.index.size == 1:
+        x = int(where.x_of[row.index[0]])
+        if x >= 0:
+            return ("box", x, float(row.coeffs[0]), row.bound)
+        return ("out", where.y_index(row.index), row.coeffs, row.bound, row.strict)
     xs = where.x_of[row.index]
     if (xs >= 0).all():
-        if row.index.size == 1:
-            return ("box", int(xs[0]), float(row.coeffs[0]), row.bound)
         merged = np.zeros(where.n_x)
         np.add.at(merged, xs, row.coeffs)
         nonzero = np.flatnonzero(merged)
@@ -483,60 +540,73 @@ def _classify(row: Row, where: _Layout) -> tuple:
     return ("out", where.y_index(row.index), row.coeffs, row.bound, row.strict)
 
 
-def _split_term(term: tuple[Row, ...], where: _Layout, kinds: dict[int, tuple], unbounded: dict[int, None],
-                stand_ins: bool) -> tuple[InputRegion | None, OutputConstraints]:
-    boxes, in_rows, outs = [], [], []
-    for row in term:
-        kind = kinds.get(id(row))
-        if kind is None:
-            kind = kinds[id(row)] = _classify(row, where)
-        tag = kind[0]
-        if tag == "box":
-            boxes.append(kind[1:])
-        elif tag == "rows":
-            in_rows.append(kind[1:])
-        elif tag == "out":
-            outs.append(kind[1:])
-        elif tag == "false":
-            return None, OutputConstraints(np.zeros((0, where.n_y)), np.zeros(0), np.zeros(0, bool))
-    lower, upper = _box(boxes, where.n_x)
-    if np.any(lower > upper):
-        return None, OutputConstraints(np.zeros((0, where.n_y)), np.zeros(0), np.zeros(0, bool))
-    missing = ~np.isfinite(lower) | ~np.isfinite(upper)
-    unbounded.update(dict.fromkeys(np.flatnonzero(missing).tolist()))
-    if stand_ins and missing.any():
-        lo_ok, hi_ok = np.isfinite(lower), np.isfinite(upper)
-        lower, upper = (np.where(lo_ok, lower, np.where(hi_ok, upper - 1.0, -1.0)),
-                        np.where(hi_ok, upper, np.where(lo_ok, lower + 1.0, 1.0)))
-    A = b = None
-    if in_rows:
-        A = np.array([coeffs for coeffs, _ in in_rows])
-        b = np.array([bound for _, bound in in_rows])
-    region = InputRegion(lower, upper, A, b)
-    C = np.zeros((max(len(outs), 1), where.n_y))   # no output row: any output violates (0 . y <= 0)
-    for k, (index, coeffs, _, _) in enumerate(outs):
-        np.add.at(C[k], index, coeffs)
-    d = np.array([o[2] for o in outs] or [0.0])
-    strict = np.array([o[3] for o in outs] or [False], dtype=bool)
-    return region, OutputConstraints(C, d, strict)
+_BOX, _ROWS, _OUT, _TRUE, _FALSE = range(5)
+_TAGS = {"box": _BOX, "rows": _ROWS, "out": _OUT, "true": _TRUE, "false": _FALSE}
 
 
-def _box(boxes: list[tuple[int, float, float]], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The box of single-input rows ``c x_i <= b``: ``x_i <= b/c`` for ``c > 0``,
-    ``x_i >= b/c`` for ``c < 0`` (``_quotient`` when ``|c| != 1``)."""
-    lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
-    if not boxes:
-        return lower, upper
-    at = np.array([bx[0] for bx in boxes], dtype=np.int64)
-    c = np.array([bx[1] for bx in boxes])
-    bound = np.array([bx[2] for bx in boxes])
-    value = np.where(c == 1.0, bound, -bound)   # c = -1: -x <= b is x >= -b, exact
-    odd = np.flatnonzero(np.abs(c) != 1.0)
-    for k in odd:
-        value[k] = _quotient(float(bound[k]), float(c[k]))
-    np.minimum.at(upper, at[c > 0], value[c > 0])
-    np.maximum.at(lower, at[c < 0], value[c < 0])
-    return lower, upper
+class _RowTable:
+    """Every distinct row of a query classified once (`_classify`), as arrays: terms
+    share most of their rows (a box common to every disjunct), so a term is split into
+    its box, input rows and output rows by indexing these arrays instead of visiting
+    each row again."""
+
+    def __init__(self, query: Query, where: _Layout) -> None:
+        rows = _distinct_rows(query)
+        self.where = where
+        self.position = {key: k for k, key in enumerate(rows)}
+        self.kinds = [_classify(row, where) for row in rows.values()]
+        self.tag = np.array([_TAGS[kind[0]] for kind in self.kinds], dtype=np.int8)
+        # A box row c x_i <= b bounds x_i from above (c > 0) or below (c < 0) by b / c
+        # (`_box_value`); other rows get x 0 and value 0, never read.
+        box = [kind if kind[0] == "box" else ("box", 0, 1.0, 0.0) for kind in self.kinds]
+        self.x = np.array([b[1] for b in box], dtype=np.int64)
+        self.upper_side = np.array([b[2] > 0 for b in box], dtype=bool)
+        self.value = np.array([_box_value(b[3], b[2]) for b in box], dtype=np.float64)
+
+    def split(self, term: tuple[Row, ...], unbounded: dict[int, None], stand_ins: bool
+              ) -> tuple[InputRegion | None, OutputConstraints]:
+        where = self.where
+        ks = np.fromiter(map(self.position.__getitem__, map(id, term)), dtype=np.int64, count=len(term))
+        tags = self.tag[ks]
+        empty = OutputConstraints(np.zeros((0, where.n_y)), np.zeros(0), np.zeros(0, bool))
+        if (tags == _FALSE).any():
+            return None, empty
+        boxes = ks[tags == _BOX]
+        up = self.upper_side[boxes]
+        lower, upper = np.full(where.n_x, -np.inf), np.full(where.n_x, np.inf)
+        np.minimum.at(upper, self.x[boxes[up]], self.value[boxes[up]])
+        np.maximum.at(lower, self.x[boxes[~up]], self.value[boxes[~up]])
+        if np.any(lower > upper):
+            return None, empty
+        missing = ~np.isfinite(lower) | ~np.isfinite(upper)
+        unbounded.update(dict.fromkeys(np.flatnonzero(missing).tolist()))
+        if stand_ins and missing.any():
+            lo_ok, hi_ok = np.isfinite(lower), np.isfinite(upper)
+            lower, upper = (np.where(lo_ok, lower, np.where(hi_ok, upper - 1.0, -1.0)),
+                            np.where(hi_ok, upper, np.where(lo_ok, lower + 1.0, 1.0)))
+        in_rows = [self.kinds[k][1:] for k in ks[tags == _ROWS].tolist()]
+        outs = [self.kinds[k][1:] for k in ks[tags == _OUT].tolist()]
+        A = b = None
+        if in_rows:
+            A = np.array([coeffs for coeffs, _ in in_rows])
+            b = np.array([bound for _, bound in in_rows])
+        region = InputRegion(lower, upper, A, b)
+        C = np.zeros((max(len(outs), 1), where.n_y))   # no output row: any output violates (0 . y <= 0)
+        for k, (index, coeffs, _, _) in enumerate(outs):
+            np.add.at(C[k], index, coeffs)
+        d = np.array([o[2] for o in outs] or [0.0])
+        strict = np.array([o[3] for o in outs] or [False], dtype=bool)
+        return region, OutputConstraints(C, d, strict)
+
+
+def _box_value(bound: float, c: float) -> float:
+    """The end of x_i that ``c x_i <= bound`` gives: ``bound`` for c = 1, ``-bound`` for
+    c = -1 (exact), else ``_quotient``."""
+    if c == 1.0:
+        return bound
+    if c == -1.0:
+        return -bound
+    return _quotient(bound, c)
 
 
 def _quotient(bound: float, coeff: float) -> float:
