@@ -86,8 +86,16 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds", want_mass: bool = 
     interval); when an end is infinite or nan it is the elementwise sum instead, where an
     unused element (coefficient 0) counts as 0 and a used one keeps its inf or nan.
     `want_mass` False: mass is None (`Precision.none()` needs none) and one product less.
+    A of batch 1 against a batch of intervals is shared by them: matrix products give
+    [B, S] without a [B, S, n] tensor (`_shared_terms`).
     """
     B, S = A.shape[:2]
+    if B == 1 and bounds.lower.shape[0] > 1:
+        shared = _shared_terms(A, bounds, want_mass)
+        if shared is not None:
+            return shared
+        A = A.expand(bounds.lower.shape[0], *A.shape[1:])   # an infinite end: element by element below
+        B = A.shape[0]
     Af = A.reshape(B, S, -1)
     lo = bounds.lower.reshape(B, -1, 1)
     hi = bounds.upper.reshape(B, -1, 1)
@@ -123,6 +131,23 @@ def interval_terms(A: torch.Tensor, bounds: "IntervalBounds", want_mass: bool = 
     return value, mass
 
 
+def _shared_terms(A: torch.Tensor, bounds: "IntervalBounds", want_mass: bool
+                  ) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """`interval_terms` of one A [1, S, *shape] against every interval of the batch
+    [B, *shape]: centre and radius times A^T and |A|^T, [B, S] (certified training's folded
+    specification: S rows over all class pairs, shared, instead of a [B, K-1, n] product
+    per sample). None when an end is infinite or nan (the caller sums element by element)."""
+    S = A.shape[1]
+    Af = A.reshape(S, -1)
+    nb = bounds.lower.shape[0]
+    lo, hi = bounds.lower.reshape(nb, -1), bounds.upper.reshape(nb, -1)
+    absA = Af.abs()
+    value = ((lo + hi) / 2) @ Af.transpose(0, 1) - ((hi - lo) / 2) @ absA.transpose(0, 1)
+    mass = torch.maximum(lo.abs(), hi.abs()) @ absA.transpose(0, 1) if want_mass else None
+    finite = torch.isfinite(value).all() if mass is None else torch.isfinite(value).all() & torch.isfinite(mass).all()
+    return (value, mass) if bool(finite) else None
+
+
 def ball_terms(A: torch.Tensor, ball: "BallBox", want_mass: bool = True
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Exact minimum of `A . t` over the l2 ball ||t - centre|| <= radius: (value, mass), [B, S].
@@ -131,8 +156,9 @@ def ball_terms(A: torch.Tensor, ball: "BallBox", want_mass: bool = True
     moved by -radius A / ||A||). `mass`, |A| . |centre| + radius ||A||_2, is what the two
     sums' rounding can be proportional to (the norm's own relative error is of the same order).
     """
-    B, S = A.shape[:2]
-    Af = A.reshape(B, S, -1)
+    S = A.shape[1]
+    B = ball.ball_centre.shape[0]                 # A may be of batch 1, shared by the batch
+    Af = A.reshape(A.shape[0], S, -1)
     c = ball.ball_centre.reshape(B, 1, -1)
     r = ball.ball_radius.reshape(B, 1)
     norm = Af.norm(dim=-1)

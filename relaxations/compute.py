@@ -97,7 +97,8 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
     if C is None:
         C = torch.eye(graph.output_size, dtype=ev.dtype, device=ev.device)
     C = C.to(dtype=ev.dtype, device=ev.device)
-    if C.dim() == 2:
+    shared = C.dim() == 2    # one C for the whole batch
+    if shared:
         C = C.unsqueeze(0).expand(B, -1, -1)
     S = C.shape[1]
     rows = torch.cat([C, -C], 1) if want_upper else C
@@ -114,8 +115,9 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
     slots = options.fold is None and options.method != "ibp" and any(
         is_slot_node(ctx, n, ctx.rules[n.name]) for n in graph.nodes)
     if (options.folds or slots) and precision.exact:
-        # In exact arithmetic |C W| <= |C| |W|: the folded bound alone is never looser.
-        best = folded_ibp_lower(ctx, box, A, options, precision)
+        # In exact arithmetic |C W| <= |C| |W|: the folded bound alone is never looser. A C
+        # shared by the batch is folded once (batch 1) and concretised by matrix products.
+        best = folded_ibp_lower(ctx, box, A[:1] if shared and options.method == "ibp" else A, options, precision)
     else:
         best = concretize(A, table[graph.output_name], precision)
         if not precision.exact:   # rows that pick one output: its interval's end, exactly
@@ -227,7 +229,8 @@ def _given_alphas(ctx: BackwardContext, alphas: Optional[Mapping[str, T]], B: in
 
 def folded_ibp_lower(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOptions,
                      precision: Precision) -> T:
-    """IBP lower bound [B, S] of `A . output` with A folded into the trailing affine ops.
+    """IBP lower bound [B, S] of `A . output` with A folded into the trailing affine ops
+    (A [B, S, *shape], or [1, S, *shape] shared by the batch: folded once).
 
     A backward walk that relaxes nothing (`relax=False`): affine ops pass A back
     exactly, any other op's output is concretised against its interval in `ctx.table`,

@@ -169,3 +169,27 @@ def test_folded_ibp_is_differentiable_and_gradients_reach_the_last_layer() -> No
     res.lower.sum().backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+
+
+def test_one_A_shared_by_the_batch_is_concretised_as_if_repeated() -> None:
+    """interval_terms and ball_terms of A [1, S, n] against B intervals (certified training's
+    shared specification) equal those of A repeated B times: with finite ends by matrix
+    products, with an infinite end element by element (0 * inf counts as 0)."""
+    from relaxations.bounds import BallBox, ball_terms, interval_terms
+
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(1, 4, 6, generator=g, dtype=torch.float64)
+    A[0, 1, 2] = 0.0
+    lo = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(3, 6, generator=g, dtype=torch.float64)
+    for lower in (lo, torch.where(torch.arange(6) == 2, torch.tensor(-torch.inf, dtype=torch.float64), lo)):
+        box = IntervalBounds(lower, hi)
+        for want_mass in (True, False):
+            shared, repeated = interval_terms(A, box, want_mass), interval_terms(A.expand(3, -1, -1), box, want_mass)
+            torch.testing.assert_close(shared[0], repeated[0])
+            if want_mass:
+                torch.testing.assert_close(shared[1], repeated[1])
+    ball = BallBox(lo, hi, (lo + hi) / 2, torch.full((3,), 0.3, dtype=torch.float64))
+    shared, repeated = ball_terms(A, ball), ball_terms(A.expand(3, -1, -1), ball)
+    torch.testing.assert_close(shared[0], repeated[0])
+    torch.testing.assert_close(shared[1], repeated[1])

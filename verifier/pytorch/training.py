@@ -44,7 +44,7 @@ from relaxations.registry import is_affine_node
 
 __all__ = ["certified_loss", "CertifiedInfo", "CertifiedOptions", "EpsilonSchedule", "margin_matrix",
            "margin_bounds", "forward_with_statistics", "adversarial_points", "BOUND_METHODS",
-           "ibp_tightness", "module_graph", "TRAINING_METHODS"]
+           "ibp_tightness", "module_graph", "pair_rows", "TRAINING_METHODS"]
 
 T = torch.Tensor
 BOUND_METHODS = ("ibp", "crown-ibp", "crown")
@@ -78,6 +78,16 @@ def margin_matrix(y: T, n_classes: int) -> T:
     others = j + (j >= y.unsqueeze(1)).to(j.dtype)
     eye = torch.eye(n_classes, device=y.device)
     return eye[y].unsqueeze(1) - eye[others]
+
+
+def pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
+    """The margin rows e_a - e_b of every ordered pair a != b, [K(K-1), K], in the order
+    `margin_matrix` lists them: the rows of class a are a * (K-1) .. a * (K-1) + K-2."""
+    eye = torch.eye(n_classes, dtype=dtype, device=device)
+    j = torch.arange(n_classes - 1, device=device).unsqueeze(0)
+    a = torch.arange(n_classes, device=device).unsqueeze(1)
+    others = j + (j >= a).to(j.dtype)                                   # [K, K-1]
+    return (eye.unsqueeze(1) - eye[others]).reshape(-1, n_classes)
 
 
 def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...], norm: str = "inf"
@@ -191,8 +201,16 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
         return compute_bounds(graph, box, C, options, want_upper=False, ev=ev).lower
     if method == "ibp" or beta == 0.0:   # CROWN-IBP with CROWN's weight at 0 is IBP: no CROWN pass
         options = BoundOptions(method="ibp", grad=True, precision=Precision.none())
-        res = compute_bounds(graph, box, C, options, want_upper=False, ev=ev)
-        return res.lower
+        if K <= x.shape[0]:
+            # Every class pair's margin, with one C for the batch: IBP folds it once into
+            # the last affine layers and concretises by matrix products, where per-sample
+            # rows cost a [B, K-1, n] product (and its backward); each sample's K-1 are
+            # then picked out. The same bound, computed in another order.
+            rows = pair_rows(K, x.dtype, x.device)
+            lower = compute_bounds(graph, box, rows, options, want_upper=False, ev=ev).lower
+            pick = y.unsqueeze(1) * (K - 1) + torch.arange(K - 1, device=y.device)
+            return lower.gather(1, pick)
+        return compute_bounds(graph, box, C, options, want_upper=False, ev=ev).lower
     best, ibp = _crown_lower(graph, ev, box, C)
     return best if beta == 1.0 else beta * best + (1.0 - beta) * ibp
 
