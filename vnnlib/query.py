@@ -24,9 +24,11 @@ are read as the nearest double, as every VNN-LIB tool does.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 
@@ -189,10 +191,17 @@ def _networks(ast: object) -> tuple[tuple[Network, ...], dict[str, Tensor]]:
 
 def _flat(tensor: Tensor, indices: list[int]) -> int:
     """Row-major position of ``tensor[indices]`` in ``z`` (the parser checked the bounds)."""
-    position = 0
-    for index, dim in zip(indices, tensor.shape):
-        position = position * dim + int(index)
-    return tensor.offset + position
+    return tensor.offset + sum(map(operator.mul, indices, _strides(tensor.shape)))
+
+
+@lru_cache(maxsize=None)
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides of a shape, in elements."""
+    out, step = [], 1
+    for dim in reversed(shape):
+        out.append(step)
+        step *= dim
+    return tuple(reversed(out))
 
 
 def _difference_up(a: float, b: float) -> float:
