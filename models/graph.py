@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["Node", "Graph", "qualified", "DEFAULT_DOMAINS"]
+__all__ = ["Node", "Graph", "qualified", "DEFAULT_DOMAINS", "output_simplices"]
 
 # ONNX's default operator set, as files spell it.
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -74,6 +74,11 @@ class Graph:
     opset: int
     source: str | None = None
     sha256: str | None = None
+    # Tensors whose entries along one axis are nonnegative and sum to exactly 1 (softmax
+    # outputs: the importer records each Softmax it reads), tensor name -> axis. A fact
+    # about the function, which no op-by-op bound sees: `output_simplices` carries it to
+    # the output, where `relaxations.bounds.simplex_lower` uses it.
+    row_sums: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def input_size(self) -> int:
@@ -101,6 +106,31 @@ class Graph:
 
     def op_types(self) -> list[str]:
         return sorted({n.op for n in self.nodes})
+
+
+# Ops that keep every element's row-major position: a fact about flat positions holds after them.
+_SAME_ORDER = frozenset({"Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"})
+
+
+def output_simplices(graph: Graph) -> "torch.Tensor | None":
+    """The groups of output positions whose values sum to exactly 1, each value in [0, 1]:
+    [G, m] flat indices into the output, one row per softmax row, or None when the output
+    is no softmax (seen through Reshape, Flatten, Identity, Squeeze and Unsqueeze, which
+    keep each element's row-major position)."""
+    if not graph.row_sums:
+        return None
+    producer = graph.producer()
+    name = graph.output_name
+    while name not in graph.row_sums:
+        node = producer.get(name)
+        if node is None or node.op not in _SAME_ORDER or node.domain or not node.inputs \
+                or graph.is_constant(node.inputs[0]):
+            return None
+        name = node.inputs[0]
+    shape = graph.shapes[name]
+    axis = graph.row_sums[name]
+    index = torch.arange(_numel(shape)).reshape(shape)
+    return index.movedim(axis, -1).reshape(-1, shape[axis])
 
 
 def _numel(shape: tuple[int, ...]) -> int:

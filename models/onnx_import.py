@@ -140,14 +140,20 @@ def _topological(nodes: list[Node]) -> list[Node]:
     return [nodes[i] for i in order]
 
 
-def _expanded(nodes: list[Node], example: dict, constants: dict):
+def _expanded(nodes: list[Node], example: dict, constants: dict, row_sums: dict[str, int]):
     """The nodes in order, each LayerNormalization, each Softmax on a variable input and
     each Gemm of two variable matrices replaced by the ops it is made of
     (`models.passes.expand_layernorm`, `expand_softmax`, `expand_gemm`; its input's shape
-    is known by the time it is reached)."""
+    is known by the time it is reached). Each Softmax's output and axis go into
+    `row_sums` (`Graph.row_sums`)."""
     for node in nodes:
-        if node.op == "Softmax" and node.inputs[0] in example:
-            yield from expand_softmax(node, tuple(example[node.inputs[0]].shape), constants)
+        if node.op == "Softmax" and not node.domain and node.inputs[0] in example:
+            shape = tuple(example[node.inputs[0]].shape)
+            axis = int(node.attr("axis", -1 if node.opset >= 13 else 1))
+            axis = axis + len(shape) if axis < 0 else axis
+            if node.opset >= 13 or axis == len(shape) - 1:   # before 13 a row is a flattened block
+                row_sums[node.outputs[0]] = axis
+            yield from expand_softmax(node, shape, constants)
             continue
         if node.op == "Gemm" and node.inputs[0] in example and node.inputs[1] in example:
             yield from expand_gemm(node, constants)
@@ -200,7 +206,8 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
     example = {in_info.name: torch.rand(in_shape, generator=torch.Generator().manual_seed(0))}
     kept: list[Node] = []
     shapes: dict[str, tuple[int, ...]] = {in_info.name: in_shape}
-    for node in _expanded(_topological(raw), example, constants):
+    row_sums: dict[str, int] = {}
+    for node in _expanded(_topological(raw), example, constants, row_sums):
         rule = forward_rule(node)
         variable = [x for x in node.inputs if x and x not in constants]
         missing = [x for x in variable if x not in example]
@@ -242,9 +249,10 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
     nodes, constants = fold_batchnorm(nodes, constants)
     used = {x for n in nodes for x in n.inputs}
     constants = {k: v for k, v in constants.items() if k in used}
+    produced = {o for n in nodes for o in n.outputs}
     return Graph(input_name=in_info.name, input_shape=in_shape, output_name=out_name,
                  output_shape=shapes[out_name], nodes=tuple(nodes),
                  constants=MappingProxyType(constants),
-                 shapes=MappingProxyType({k: v for k, v in shapes.items()
-                                          if k == in_info.name or any(k in n.outputs for n in nodes)}),
-                 opset=opset, source=source, sha256=sha256)
+                 shapes=MappingProxyType({k: v for k, v in shapes.items() if k == in_info.name or k in produced}),
+                 opset=opset, source=source, sha256=sha256,
+                 row_sums=MappingProxyType({k: v for k, v in row_sums.items() if k in produced}))

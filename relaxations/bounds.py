@@ -190,6 +190,44 @@ def concretize(A: torch.Tensor, bounds: "IntervalBounds", precision: Precision,
     return best
 
 
+def simplex_lower(A: torch.Tensor, bounds: "IntervalBounds", groups: torch.Tensor, precision: Precision
+                  ) -> torch.Tensor:
+    """A sound lower bound [B, S] of `A . y` over the interval of y when the entries of each
+    group (`groups` [G, m]: flat indices, as `models.graph.output_simplices` gives them)
+    lie in [0, 1] and sum to exactly 1 (softmax rows).
+
+    Per group and row this is the minimum of sum_i c_i y_i over y in [l, u] with sum y = 1,
+    a fractional knapsack: every y_i from its lower end, then the remaining 1 - sum l
+    placed on the cheapest coefficients first, each up to its upper end. Entries outside
+    the groups take the end their coefficient's sign picks, as in `interval_terms`. A row
+    such as "y_0 + y_1 > 1.01" is refuted here, where bounding each y_i alone cannot.
+    Widened outward by the margin of its mass, like `concretize`.
+    """
+    B, S = A.shape[:2]
+    Af = A.reshape(B, S, -1)
+    n = Af.shape[-1]
+    grouped = torch.zeros(n, dtype=torch.bool, device=A.device)
+    grouped[groups.reshape(-1).to(A.device)] = True
+    lo, hi = bounds.lower.reshape(B, 1, n), bounds.upper.reshape(B, 1, n)
+    zero = Af.new_zeros(())
+    rest = torch.where(grouped | (Af == 0), zero, torch.where(Af > 0, Af * lo, Af * hi)).sum(-1)
+    rest_mass = torch.where(grouped | (Af == 0), zero, Af.abs() * torch.maximum(lo.abs(), hi.abs())).sum(-1)
+    index = groups.to(A.device)
+    c = Af[..., index]                                                  # [B, S, G, m]
+    order = c.argsort(-1)
+    cs = c.gather(-1, order)
+    ls = lo.clamp(0, 1)[..., index].expand_as(c).gather(-1, order)
+    us = hi.clamp(0, 1)[..., index].expand_as(c).gather(-1, order)
+    width = (us - ls).clamp_min(0)
+    room = 1 - ls.sum(-1, keepdim=True)
+    take = torch.minimum((room - (width.cumsum(-1) - width)).clamp_min(0), width)
+    value = rest + (cs * (ls + take)).sum((-1, -2))
+    if precision.exact:
+        return value
+    mass = rest_mass + (cs.abs() * (ls + take + width)).sum((-1, -2)) + cs.abs().sum((-1, -2))
+    return widen_lower(value, mass, precision)
+
+
 def selection_lower(A: torch.Tensor, bounds: "IntervalBounds") -> torch.Tensor:
     """The exact lower bound [B, S] of the rows of A [B, S, *shape] that pick one entry
     with coefficient +1 or -1 (`y_k`, `-y_k`): that entry's lower end, or minus its upper

@@ -35,9 +35,11 @@ from typing import Mapping, Optional
 import torch
 
 from models import Graph, GraphEvaluator
+from models.graph import output_simplices
 from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
 from relaxations.alpha_intermediate import optimise_with_intermediate
-from relaxations.bounds import BoundsTable, IntervalBounds, Precision, check_deadline, concretize, selection_lower
+from relaxations.bounds import (BoundsTable, IntervalBounds, Precision, check_deadline, concretize, selection_lower,
+                                simplex_lower)
 from relaxations.crown import BackwardContext, backward_lower, is_slot_node, rules_for
 from relaxations.intermediate import intermediate_bounds
 from relaxations.options import METHODS, BoundOptions, BoundResult, ClipHook, Given
@@ -124,6 +126,9 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
             best = torch.maximum(best, selection_lower(A, table[graph.output_name]))
         if options.folds or slots:
             best = torch.maximum(best, folded_ibp_lower(ctx, box, A, options, precision))
+    simplices = output_simplices(graph)
+    if simplices is not None:   # softmax rows at the output: each sums to exactly 1
+        best = torch.maximum(best, simplex_lower(A, table[graph.output_name], simplices, precision))
     interval = best
     linear = crown_linear = None
     used_alphas: Mapping[str, T] = {}
