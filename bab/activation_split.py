@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bab.attack import minimiser_candidates
-from bab.branching import BRANCHING, babsr_branch, fsb_branch, more_branches, neuron_scores
+from bab.branching import BRANCHING, ParentDomains, ReluLayout, babsr_branch, fsb_branch, more_branches, neuron_scores
 from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
 from bab.leaf_lp import LeafSolver, decide_leaves
@@ -195,8 +195,8 @@ class ReluBrancher:
         lb = lower - p.d
         babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
         if how.branching == "fsb":
-            branch = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options,
-                                k=how.fsb_candidates, narrowing=self.narrowing)
+            branch = fsb_branch(ParentDomains(p, res, splits, lb), ReluLayout(names, relus, offsets), babsr, inter,
+                                options, k=how.fsb_candidates, narrowing=self.narrowing)
         else:
             branch = babsr_branch(babsr, offsets)
         extra = more_branches(babsr, offsets, branch, how.multi_split)

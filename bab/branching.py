@@ -24,17 +24,41 @@ from typing import Optional
 import torch
 
 from bab.problem import Problem, region_box, rows_status
-from relaxations import BoundOptions, IntervalBounds
+from relaxations import BoundOptions, BoundResult, IntervalBounds
 from relaxations.bounds import BoundsTable, Precision, rows_proved
 from relaxations.alpha import sparse_view
 from relaxations.compute import Given, compute_bounds, final_lower_from_table
 from relaxations.crown import BackwardContext, SparseTerm, backward_lower, rules_for
 from relaxations.registry import Relaxation
 
-__all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch", "more_branches"]
+__all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch", "more_branches", "ReluLayout",
+           "ParentDomains"]
 
 BRANCHING = ("babsr", "fsb")
 T = torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class ReluLayout:
+    """Where each ReLU's neurons sit in the concatenated score vectors of `neuron_scores`:
+    the ReLUs in concatenation order, each one's split tensor, and each one's first index
+    (with the total last). Every index conversion needs all three together."""
+
+    names: list[str]
+    relus: dict[str, str]
+    offsets: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParentDomains:
+    """The batch of bounded domains whose children FSB estimates: its problem, its bound
+    result (table, alphas, betas, box), its splits and its row bounds `lb`; the children
+    reuse all of it but the split neuron's interval."""
+
+    p: Problem
+    res: BoundResult
+    splits: dict
+    lb: T
 
 
 def neuron_scores(p: Problem, names: list[str], relus: dict[str, str], table, capture: dict,
@@ -99,9 +123,8 @@ def more_branches(babsr: T, offsets: list[int], first: T, k: int) -> T:
     return out
 
 
-def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict, lb: T,
-               babsr: T, inter: T, offsets: list[int], options: BoundOptions, k: int = 4,
-               k_intercept: Optional[int] = None, narrowing: Optional[dict] = None) -> T:
+def fsb_branch(parents: ParentDomains, layout: ReluLayout, babsr: T, inter: T, options: BoundOptions,
+               k: int = 4, k_intercept: Optional[int] = None, narrowing: Optional[dict] = None) -> T:
     """[N, 2] (relu index, neuron) by filtered smart branching.
 
     Candidates per domain: top `k` by BaBSR and top `k_intercept` (default k // 2, at
@@ -112,6 +135,7 @@ def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits:
     nothing to split keep the BaBSR answer, which the search ignores for them anyway;
     so does every domain once `options.deadline` has passed (checked between chunks).
     """
+    p, lb, offsets = parents.p, parents.lb, layout.offsets
     N, n = babsr.shape
     best = babsr_branch(babsr, offsets)
     proved, _ = rows_status(p, lb)
@@ -134,8 +158,7 @@ def fsb_branch(p: Problem, names: list[str], relus: dict[str, str], res, splits:
         if s and options.deadline is not None and time.monotonic() > options.deadline:
             break   # a round that began before the deadline must not run far past it
         rows = todo[s:s + chunk]
-        value[s:s + chunk] = _children_scores(p, names, relus, res, splits, rows, cand[s:s + chunk], offsets,
-                                              options, narrowing)
+        value[s:s + chunk] = _children_scores(parents, layout, rows, cand[s:s + chunk], options, narrowing)
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
     pick = value.argmax(1)                                              # first max: BaBSR's on ties
     chosen = cand.gather(1, pick.unsqueeze(1)).squeeze(1)
@@ -192,14 +215,26 @@ def _child_lines(ctx: BackwardContext, relu: str, parent: IntervalBounds, rows: 
     return Relaxation(*lines)
 
 
-def _rebound_narrowed(p: Problem, names: list[str], relus: dict[str, str], splits: dict, rep: T, flat: T,
-                      side: T, offsets: list[int], box: IntervalBounds, narrowing: dict, child: T,
-                      options: BoundOptions) -> T:
+@dataclasses.dataclass(frozen=True)
+class _Children:
+    """Child i of a scoring pass: domain rep[i] of the batch with global neuron flat[i]
+    split to side[i] (+1 active, -1 inactive); the three are indexed together."""
+
+    rep: T
+    flat: T
+    side: T
+
+
+def _rebound_narrowed(parents: ParentDomains, layout: ReluLayout, children: _Children, box: IntervalBounds,
+                      narrowing: dict, child: T, options: BoundOptions) -> T:
     """The children whose decision is one that narrows the input box (`narrowing`, from the
     search's root) bounded again by CROWN over their narrowed box with their own
     intervals (compute_bounds with `tighten_input`): the parent's relaxations, made over
     the parent's box, hide what the narrowing gains (a distance neuron split active
     confines the inputs to a small box, over which the rest of the net is nearly linear)."""
+    p, splits = parents.p, parents.splits
+    names, relus, offsets = layout.names, layout.relus, layout.offsets
+    rep, flat, side = children.rep, children.flat, children.side
     hit = torch.zeros(len(rep), dtype=torch.bool, device=rep.device)
     for i, relu in enumerate(names):
         m = narrowing.get(relus[relu])
@@ -228,10 +263,11 @@ def _rebound_narrowed(p: Problem, names: list[str], relus: dict[str, str], split
     return child
 
 
-def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, splits: dict,
-                     rows: T, cand: T, offsets: list[int], options: BoundOptions,
+def _children_scores(parents: ParentDomains, layout: ReluLayout, rows: T, cand: T, options: BoundOptions,
                      narrowing: Optional[dict] = None) -> T:
     """Score [M, K] of the worse child of each candidate of domains `rows` (one backward pass)."""
+    p, res, splits = parents.p, parents.res, parents.splits
+    names, relus, offsets = layout.names, layout.relus, layout.offsets
     M, K = cand.shape
     R = M * K * 2                                   # order: domain, candidate, side (+1 then -1)
     rep = rows.repeat_interleave(2 * K)
@@ -274,6 +310,6 @@ def _children_scores(p: Problem, names: list[str], relus: dict[str, str], res, s
         with torch.no_grad():
             child = backward_lower(ctx, p.graph.output_name, C).concretize(box, precision) - p.d
     if narrowing is not None and options.tighten_input:
-        child = _rebound_narrowed(p, names, relus, splits, rep, flat, side, offsets, box, narrowing, child, options)
+        child = _rebound_narrowed(parents, layout, _Children(rep, flat, side), box, narrowing, child, options)
     _, score = rows_status(p, child)
     return score.reshape(M, K, 2).amin(2)

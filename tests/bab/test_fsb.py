@@ -9,7 +9,7 @@ import torch
 
 import vnnlib
 from bab.activation_split import ReluSearch, activation_split_bab
-from bab.branching import babsr_branch, fsb_branch, neuron_scores
+from bab.branching import ParentDomains, ReluLayout, babsr_branch, fsb_branch, neuron_scores
 from bab.search import SearchLimits
 from tests.builders import (check_certificate_for, known_answer_min, known_answer_net, known_answer_spec,
                             normalised_mlp_onnx)
@@ -74,7 +74,8 @@ def _three_domains(tmp_path, seed: int, widths, second: int):
 def test_fsb_picks_an_unstable_unsplit_neuron(tmp_path) -> None:
     """Each domain's FSB choice is a neuron BaBSR could also have chosen (score >= 0)."""
     p, relus, names, splits, options, res, lb, babsr, inter, offsets = _three_domains(tmp_path, 1, (2, 16, 16, 1), 0)
-    chosen = fsb_branch(p, names, relus, res, splits, lb, babsr, inter, offsets, options, k=4)
+    chosen = fsb_branch(ParentDomains(p, res, splits, lb), ReluLayout(names, relus, offsets), babsr, inter, options,
+                        k=4)
     plain = babsr_branch(babsr, offsets)
     for n in range(3):
         if plain[n, 0] < 0:
@@ -96,8 +97,8 @@ def test_sparse_children_scores_are_the_dense_ones(tmp_path) -> None:
     p, relus, names, splits, options, res, lb, babsr, inter, offsets = _three_domains(tmp_path, 3, (2, 24, 24, 1), 1)
     cand = babsr.topk(4, 1).indices
     rows = torch.arange(3)
-    got = {s: _children_scores(p, names, relus, res, splits, rows, cand, offsets, replace(options, sparse_alpha=s))
-           for s in (False, True)}
+    parents, layout = ParentDomains(p, res, splits, lb), ReluLayout(names, relus, offsets)
+    got = {s: _children_scores(parents, layout, rows, cand, replace(options, sparse_alpha=s)) for s in (False, True)}
     torch.testing.assert_close(got[True], got[False], rtol=1e-4, atol=1e-4)
 
 
