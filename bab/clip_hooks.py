@@ -9,18 +9,28 @@ sort, so both go through `min_under_constraints_at`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from bab.clipping import _best_lambda, _dual_value, _infeasible, _precision, _sanitise, constraints_from_splits
-from relaxations.bounds import Precision
+from relaxations.bounds import IntervalBounds, LinearBounds, Precision
 
 __all__ = ["split_constraints", "min_under_constraints_at", "clip_unstable_rows", "SplitClipper",
-           "ConstraintClipper"]
+           "ConstraintClipper", "ConstraintGroups"]
 
 T = torch.Tensor
 
+
+@dataclass(frozen=True)
+class ConstraintGroups:
+    """Constraints that describe a union rather than an intersection: constraint k
+    belongs to group owner[k] ([K] long) of `n`, and a point need only meet the
+    constraints of one group (the counterexamples of several conjunctions)."""
+
+    owner: T
+    n: int
 
 
 def split_constraints(kept: list, lo: T, hi: T, k: int, precision: Optional[Precision] = None) -> tuple[T, T]:
@@ -66,28 +76,32 @@ def _each_constraint(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, p: Precision
     a, c, _ = _sanitise(a, c)
     lo3, hi3 = lo.unsqueeze(1), hi.unsqueeze(1)
     w3, b2, m2 = w.unsqueeze(1), b.unsqueeze(1), mass.unsqueeze(1)
-    plain = _dual_value(w3, b2, lo3, hi3, w3, torch.zeros_like(b2), torch.zeros_like(w3), m2, p)[:, 0]
+    box3 = IntervalBounds(lo3, hi3)
+    plain = _dual_value(LinearBounds(w3, b2, m2), box3, w3, torch.zeros_like(b2), torch.zeros_like(w3), p)[:, 0]
     wk = w3.expand_as(a)
     lam = _best_lambda(wk, lo3, hi3, a, c)                                      # [P, K]
     lam3 = lam.unsqueeze(-1)
-    g = _dual_value(wk, b2, lo3, hi3, wk + lam3 * a, lam * c, lam3 * a.abs(), m2, p)
+    g = _dual_value(LinearBounds(wk, b2, m2), box3, wk + lam3 * a, lam * c, lam3 * a.abs(), p)
     g = torch.maximum(g, plain.unsqueeze(1))
     g = torch.where(_infeasible(a, c, lo3, hi3, p), torch.full_like(g, torch.inf), g)
     return plain, g
 
 
-def min_under_constraints_at(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, select: T,
+def min_under_constraints_at(objective: LinearBounds, box: IntervalBounds, a: T, c: T, select: T,
                              max_elements: int = 1 << 22, precision: Optional[Precision] = None,
-                             owner: Optional[T] = None, n_groups: int = 1) -> T:
+                             groups: Optional[ConstraintGroups] = None) -> T:
     """`min_under_constraints` on the selected entries only: [B, R], -inf where not selected.
 
-    w: [B, R, n]; b, mass, select: [B, R]; lo, hi: [B, n]; a: [B, K, n]; c: [B, K]. Used for
+    objective: w [B, R, n] (A), b and its mass [B, R]; select: [B, R]; box: lo, hi [B, n];
+    a: [B, K, n]; c: [B, K]. Used for
     intermediate bounds, where only the rows of still unstable neurons are worth the
     sort (a dense call would cost B*R*n per constraint). Entries whose every constraint
     is unused (c = nan) are skipped too. The caller takes the max with its plain bound.
-    With `owner` ([K] long, the group of each constraint) the constraints describe a
-    union over groups: the bound is the smallest over groups of the group's best.
+    With `groups` the constraints describe a union over groups: the bound is the
+    smallest over groups of the group's best.
     """
+    w, b, mass, lo, hi = objective.A, objective.bias, objective.mass, box.lower, box.upper
+    owner, n_groups = (None, 1) if groups is None else (groups.owner, groups.n)
     p = _precision(w.dtype, precision)
     out = torch.full_like(b, -torch.inf)
     if c.shape[1] == 0:
@@ -129,7 +143,7 @@ def min_under_constraints_at(w: T, b: T, mass: T, lo: T, hi: T, a: T, c: T, sele
 
 
 def clip_unstable_rows(lin, lb: T, lo: T, hi: T, a: T, c: T, precision: Optional[Precision] = None,
-                       owner: Optional[T] = None, n_groups: int = 1) -> T:
+                       groups: Optional[ConstraintGroups] = None) -> T:
     """Clipped lower bounds [B, R] of an intermediate CROWN chunk (rows +z_j then -z_j).
 
     Only neurons still unstable (lower < 0 < upper) are worth the sort; the others get
@@ -142,9 +156,8 @@ def clip_unstable_rows(lin, lb: T, lo: T, hi: T, a: T, c: T, precision: Optional
     r = R // 2
     unstable = (lb[:, :r] < 0) & (lb[:, r:] < 0)                   # lower < 0 < upper
     w = lin.A.detach().reshape(B, R, -1)
-    v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), lo, hi, a, c,
-                                 torch.cat([unstable, unstable], 1), precision=precision, owner=owner,
-                                 n_groups=n_groups)
+    v = min_under_constraints_at(LinearBounds(w, lin.bias.detach(), lin.mass.detach()), IntervalBounds(lo, hi), a, c,
+                                 torch.cat([unstable, unstable], 1), precision=precision, groups=groups)
     return torch.where(torch.isfinite(v), v, torch.full_like(v, -torch.inf))
 
 
@@ -186,8 +199,9 @@ class SplitClipper:
             return lb
         B, S = lb.shape
         w = lin.A.detach().reshape(B, S, -1)
-        v = min_under_constraints_at(w, lin.bias.detach(), lin.mass.detach(), self.lo, self.hi, a, c,
-                                     torch.ones_like(lb, dtype=torch.bool), precision=self.precision)
+        v = min_under_constraints_at(LinearBounds(w, lin.bias.detach(), lin.mass.detach()),
+                                     IntervalBounds(self.lo, self.hi), a, c, torch.ones_like(lb, dtype=torch.bool),
+                                     precision=self.precision)
         return torch.maximum(lb, v)
 
 
@@ -211,8 +225,8 @@ class ConstraintClipper:
         self.split_linear = None  # input split has no split neurons to collect (`ClipHook`)
 
     def __call__(self, name: str, lin, lb: T) -> T:
-        owner = None if self.n_groups == 1 else self.owner
-        v = clip_unstable_rows(lin, lb, self.lo, self.hi, self.a, self.c, self.precision, owner, self.n_groups)
+        groups = None if self.n_groups == 1 else ConstraintGroups(self.owner, self.n_groups)
+        v = clip_unstable_rows(lin, lb, self.lo, self.hi, self.a, self.c, self.precision, groups)
         if self.tally is not None:  # how often clipping helps: the search may stop paying for it
             r = lb.shape[1] // 2
             self.tally["seen"] = self.tally.get("seen", 0) + 2 * int(((lb[:, :r] < 0) & (lb[:, r:] < 0)).sum())

@@ -41,7 +41,7 @@ from typing import Optional
 
 import torch
 
-from relaxations.bounds import Precision
+from relaxations.bounds import IntervalBounds, LinearBounds, Precision
 
 __all__ = [
     "clip_box_one",
@@ -218,13 +218,15 @@ def _best_lambda(w: T, lo3: T, hi3: T, a3: T, c: T) -> T:
     return torch.where(s0 <= 0, torch.zeros_like(lam), lam)
 
 
-def _dual_value(w: T, b: T, lo3: T, hi3: T, coef: T, lam_c: T, lam_mass: T, extra_mass: T, p: Precision) -> T:
+def _dual_value(objective: LinearBounds, box3: IntervalBounds, coef: T, lam_c: T, lam_mass: T, p: Precision) -> T:
     """Sound value of the Lagrangian `b + lambda . c + min_box coef^T x`, widened, [N, M].
 
+    objective: w (A), b (bias) and b's rounding mass; box3: lo, hi [N, 1, n].
     coef = w + sum_k lambda_k a_k as computed in floats; lam_mass [N, M, n] bounds
     sum_k lambda_k |a_k| elementwise and lam_c.abs() the constant terms, so the margin
     covers the rounding of the products, of coef itself and of the sums.
     """
+    w, b, extra_mass, lo3, hi3 = objective.A, objective.bias, objective.mass, box3.lower, box3.upper
     mag3 = torch.maximum(lo3.abs(), hi3.abs())
     g = b + lam_c + _box_min(coef, lo3, hi3)
     mass = b.abs() + lam_c.abs() + ((w.abs() + lam_mass) * mag3).sum(-1) + extra_mass
@@ -237,19 +239,21 @@ def _min_under_one_chunk(w: T, b: T, lo: T, hi: T, a: T, c: T, extra_mass: T, p:
     # lambda = 0: the plain box concretisation, kept as a floor (the dual optimum is never
     # below it in exact arithmetic; in floats this guards against a badly rounded lambda*).
     zero = torch.zeros_like(b)
-    g0 = _dual_value(w, b, lo3, hi3, w, zero, torch.zeros_like(w), extra_mass, p)
+    objective, box3 = LinearBounds(w, b, extra_mass), IntervalBounds(lo3, hi3)
+    g0 = _dual_value(objective, box3, w, zero, torch.zeros_like(w), p)
     lam = _best_lambda(w, lo3, hi3, a3, c.unsqueeze(1))
     lam3 = lam.unsqueeze(-1)
-    g = _dual_value(w, b, lo3, hi3, w + lam3 * a3, lam * c.unsqueeze(1), lam3 * a3.abs(), extra_mass, p)
+    g = _dual_value(objective, box3, w + lam3 * a3, lam * c.unsqueeze(1), lam3 * a3.abs(), p)
     return torch.maximum(g0, g)
 
 
-def min_under_constraint(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T] = None,
+def min_under_constraint(objective: LinearBounds, box: IntervalBounds, a: T, c: T,
                          precision: Optional[Precision] = None, max_elements: int = 1 << 24) -> T:
     """Sound lower bound of `min { w_m^T x + b_m : x in [lo, hi], a^T x + c <= 0 }`, [N, M].
 
-    w: [N, M, n]; b: [N, M]; lo, hi, a: [N, n]; c: [N]. `mass` [N, M] (optional): the
-    rounding mass already carried by b (e.g. `LinearBounds.mass`), added to the margin.
+    objective: w [N, M, n] (A), b [N, M] (bias) and the rounding mass [N, M] already
+    carried by b (zeros when none), added to the margin; box: lo, hi [N, n]; a: [N, n];
+    c: [N].
 
     Method (exact up to rounding, by LP duality; strong duality holds as the feasible set
     is a polytope): the Lagrangian dual is `max_{lambda >= 0} g(lambda)` with
@@ -271,10 +275,10 @@ def min_under_constraint(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T]
     Memory: temporaries of size N*M*n; rows are processed in chunks of at most
     `max_elements` elements.
     """
+    w, b, extra, lo, hi = objective.A, objective.bias, objective.mass, box.lower, box.upper
     p = _precision(w.dtype, precision)
     N, M, n = w.shape
     a, c, _ = _sanitise(a, c)
-    extra = mass if mass is not None else torch.zeros_like(b)
     infeasible = _infeasible(a, c, lo, hi, p)                             # [N]
     step = max(1, max_elements // max(1, M * n))
     parts = [_min_under_one_chunk(w[s:s + step], b[s:s + step], lo[s:s + step], hi[s:s + step],
@@ -293,9 +297,8 @@ def _box_bound(w: T, b: T, lo: T, hi: T, extra_mass: T, p: Precision) -> T:
     return b + _box_min(w, lo3, hi3) - p.margin(mass)
 
 
-def min_under_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T] = None,
-                          allowed: Optional[T] = None, precision: Optional[Precision] = None,
-                          max_elements: int = 1 << 24) -> T:
+def min_under_constraints(objective: LinearBounds, box: IntervalBounds, a: T, c: T, allowed: Optional[T] = None,
+                          precision: Optional[Precision] = None, max_elements: int = 1 << 24) -> T:
     """Best single-constraint bound over K constraints: a [N, K, n], c [N, K] -> [N, M].
 
     Sound because `{box, all K constraints}` is a subset of `{box, constraint k}` for each
@@ -308,22 +311,22 @@ def min_under_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T
     conjunctions: row s may only be tightened with constraints of its own conjunction
     (`allowed = owner[:, None] == owner[None, :]`).
     """
+    w, b, extra, lo, hi = objective.A, objective.bias, objective.mass, box.lower, box.upper
     p = _precision(w.dtype, precision)
-    extra = mass if mass is not None else torch.zeros_like(b)
     best = _box_bound(w, b, lo, hi, extra, p)
     for k in range(c.shape[1]):
         rows = None if allowed is None else allowed[:, k]
         if rows is not None and not bool(rows.any()):
             continue
-        v = min_under_constraint(w, b, lo, hi, a[:, k], c[:, k], mass, precision, max_elements)
+        v = min_under_constraint(objective, box, a[:, k], c[:, k], precision, max_elements)
         if rows is not None:
             v = torch.where(rows.unsqueeze(0), v, torch.full_like(v, -torch.inf))
         best = torch.maximum(best, v)
     return best
 
 
-def min_under_all_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Optional[T] = None,
-                              allowed: Optional[T] = None, sweeps: int = 2, precision: Optional[Precision] = None,
+def min_under_all_constraints(objective: LinearBounds, box: IntervalBounds, a: T, c: T, allowed: Optional[T] = None,
+                              sweeps: int = 2, precision: Optional[Precision] = None,
                               max_elements: int = 1 << 24) -> T:
     """Sound lower bound of `min { w_m^T x + b_m : x in box, a_k^T x + c_k <= 0 for every k }`.
 
@@ -337,17 +340,18 @@ def min_under_all_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Option
     with the rounding margin of `min_under_constraint` and is never below the plain box
     bound. `allowed` [M, K] keeps lambda_k = 0 for constraints a row may not use.
     """
+    w, b, extra, lo, hi = objective.A, objective.bias, objective.mass, box.lower, box.upper
     p = _precision(w.dtype, precision)
     N, M, n = w.shape
     K = c.shape[1]
     a, c, _ = _sanitise(a, c)
-    extra = mass if mass is not None else torch.zeros_like(b)
     step = max(1, max_elements // max(1, M * max(n, K)))
     parts = []
     for s in range(0, N, step):
         ws, bs, ls, hs = w[s:s + step], b[s:s + step], lo[s:s + step].unsqueeze(1), hi[s:s + step].unsqueeze(1)
         As, cs = a[s:s + step], c[s:s + step]
-        best = _dual_value(ws, bs, ls, hs, ws, torch.zeros_like(bs), torch.zeros_like(ws), extra[s:s + step], p)
+        part, box3 = LinearBounds(ws, bs, extra[s:s + step]), IntervalBounds(ls, hs)
+        best = _dual_value(part, box3, ws, torch.zeros_like(bs), torch.zeros_like(ws), p)
         if K:
             lam = ws.new_zeros(ws.shape[0], M, K)
             coef = ws.clone()
@@ -361,8 +365,7 @@ def min_under_all_constraints(w: T, b: T, lo: T, hi: T, a: T, c: T, mass: Option
                     lam[..., k] = lk
                     coef = wk + lk.unsqueeze(-1) * a3
             coef = ws + lam @ As                                             # fresh, one rounding
-            g = _dual_value(ws, bs, ls, hs, coef, (lam * cs.unsqueeze(1)).sum(-1), lam @ As.abs(),
-                            extra[s:s + step], p)
+            g = _dual_value(part, box3, coef, (lam * cs.unsqueeze(1)).sum(-1), lam @ As.abs(), p)
             best = torch.maximum(best, g)
         parts.append(best)
     return torch.cat(parts) if parts else b.new_zeros(0, M)
@@ -377,7 +380,8 @@ def hull_under_constraints(lo: T, hi: T, a: T, c: T, sweeps: int = 2, precision:
     N, n = lo.shape
     eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
     w = torch.cat([eye, -eye]).unsqueeze(0).expand(N, 2 * n, n)
-    v = min_under_all_constraints(w, lo.new_zeros(N, 2 * n), lo, hi, a, c, sweeps=sweeps, precision=precision)
+    objective = LinearBounds(w, lo.new_zeros(N, 2 * n), lo.new_zeros(N, 2 * n))
+    v = min_under_all_constraints(objective, IntervalBounds(lo, hi), a, c, sweeps=sweeps, precision=precision)
     new_lo, new_hi = torch.maximum(lo, v[:, :n]), torch.minimum(hi, -v[:, n:])
     empty = (new_lo > new_hi).any(1)
     keep = empty.unsqueeze(-1)
@@ -421,12 +425,12 @@ def row_constraints(A: T, bias: T, d: T, *, lo: T, hi: T, mass: Optional[T] = No
     return constraint_from_lower_bound(A, bias - d, lo, hi, extra, precision)
 
 
-def constraints_from_rows(A: T, bias: T, d: T, owner: T, n_conj: int, *, lo: T, hi: T,
+def constraints_from_rows(A: T, bias: T, d: T, owner: T, n_conj: int, *, box: IntervalBounds,
                           mass: Optional[T] = None, precision: Optional[Precision] = None) -> tuple[T, T]:
     """Constraints that every counterexample in a domain satisfies, from the spec rows' bounds.
 
     A: [N, S, n], bias: [N, S]: the linear lower bound `A_s x + bias_s <= C_s y(x)` over
-    the box [lo, hi] (`BoundResult.linear`, flattened); d: [S] the right-hand sides;
+    the box [lo, hi] = `box` (`BoundResult.linear`, flattened); d: [S] the right-hand sides;
     owner: [S] the conjunction of each row. A counterexample of conjunction j satisfies
     `C_s y - d_s <= 0` for all its rows s (for strict rows even < 0), hence
     `A_s x + bias_s - d_s <= 0`.
@@ -440,7 +444,7 @@ def constraints_from_rows(A: T, bias: T, d: T, owner: T, n_conj: int, *, lo: T, 
     N, S, n = A.shape
     if n_conj != 1:
         return A.new_zeros(N, 0, n), bias.new_zeros(N, 0)
-    return row_constraints(A, bias, d, lo=lo, hi=hi, mass=mass, precision=precision)
+    return row_constraints(A, bias, d, lo=box.lower, hi=box.upper, mass=mass, precision=precision)
 
 
 def constraints_from_splits(A: T, bias: T, lo: T, hi: T, mass: Optional[T] = None,

@@ -36,7 +36,7 @@ from bab.problem import Problem, into_region, open_rows, rows_status, violations
 from bab.proof import ProofLog
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
-from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
+from relaxations import BallBox, BoundOptions, Given, IntervalBounds, LinearBounds, compute_bounds
 
 __all__ = ["InputBrancher", "InputSearch", "input_split_bab"]
 
@@ -216,7 +216,7 @@ def _clip(p: Problem, lower: T, upper: T, lb: T, lin: tuple[T, T, T], inherited:
         nlo, nhi, empty = _clip_boxes(p, lo, hi, a_all, c_all, joint)
         owner = _owners(p, c_all.shape[1])
         fn = min_under_all_constraints if joint else min_under_constraints
-        relaxed = fn(A, bias - p.d, nlo, nhi, a_all, c_all, mass=mass + p.d.abs(),
+        relaxed = fn(LinearBounds(A, bias - p.d, mass + p.d.abs()), IntervalBounds(nlo, nhi), a_all, c_all,
                      allowed=p.owner[:, None] == owner[None, :])
         before, _ = rows_status(p, lb)
         lb = torch.maximum(lb, relaxed)

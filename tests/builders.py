@@ -115,6 +115,12 @@ def to_tensor(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
 
 
+def clip_objective(w: torch.Tensor, b: torch.Tensor, mass=None):
+    """The clipping duals' objective `w^T x + b` as LinearBounds, with no rounding mass in b unless given."""
+    from relaxations.bounds import LinearBounds
+    return LinearBounds(w, b, torch.zeros_like(b) if mass is None else mass)
+
+
 def clip_lp_min(obj: np.ndarray, lo: np.ndarray, hi: np.ndarray, A: np.ndarray, c: np.ndarray):
     """min obj^T x s.t. A x + c <= 0, lo <= x <= hi; None when infeasible."""
     r = linprog(obj, A_ub=A, b_ub=-c, bounds=list(zip(lo, hi)), method="highs")

@@ -15,7 +15,8 @@ import torch
 
 from bab.clipping import (clip_box, clip_box_one, clip_box_union, constraints_from_rows, constraints_from_splits,
                           min_under_constraint, min_under_constraints, row_constraints)
-from tests.builders import clip_instances, clip_lp_min, to_tensor
+from relaxations.bounds import IntervalBounds
+from tests.builders import clip_instances, clip_lp_min, clip_objective, to_tensor
 
 torch.set_num_threads(1)
 
@@ -168,8 +169,9 @@ def test_dual_equals_lp() -> None:
         w = rng.normal(0, 1, (N, M, n)) * (rng.random((N, M, n)) > 0.2)
         w[:, 2] = w[:, 2] * 0 + inst["a"][:, 0] * rng.uniform(-2, 2, (N, 1))     # parallel to the constraint
         b = rng.normal(0, 1, (N, M))
-        got = min_under_constraint(to_tensor(w, torch.float64), to_tensor(b, torch.float64),
-                                   to_tensor(inst["lo"], torch.float64), to_tensor(inst["hi"], torch.float64),
+        got = min_under_constraint(clip_objective(to_tensor(w, torch.float64), to_tensor(b, torch.float64)),
+                                   IntervalBounds(to_tensor(inst["lo"], torch.float64),
+                                                  to_tensor(inst["hi"], torch.float64)),
                                    to_tensor(inst["a"][:, 0], torch.float64), to_tensor(inst["c"][:, 0], torch.float64))
         for i in range(N):
             lo, hi, A, c = inst["lo"][i], inst["hi"][i], inst["a"][i], inst["c"][i]
@@ -194,7 +196,8 @@ def test_dual_equals_vertex_oracle() -> None:
         w = rng.normal(0, 1, (N, M, n)) * (rng.random((N, M, n)) > 0.2)
         w[:, 2] = a * rng.uniform(-2, 2, (N, 1))
         b = rng.normal(0, 1, (N, M))
-        got = min_under_constraint(*(to_tensor(v, torch.float64) for v in (w, b, lo, hi, a, c))).numpy()
+        tw, tb, tlo, thi, ta, tc = (to_tensor(v, torch.float64) for v in (w, b, lo, hi, a, c))
+        got = min_under_constraint(clip_objective(tw, tb), IntervalBounds(tlo, thi), ta, tc).numpy()
         pts, ok = _vertices(lo, hi, a, c)
         vals = np.where(ok[:, None], np.einsum("nmj,npj->nmp", w, pts), np.inf).min(-1) + b
         feasible = ok.any(1)
@@ -212,7 +215,7 @@ def test_dual_is_below_every_feasible_sample(dtype: torch.dtype) -> None:
     a, c = a[:, 0], c[:, 0]
     w = to_tensor(rng.normal(0, 1, (N, M, n)), dtype)
     b = to_tensor(rng.normal(0, 1, (N, M)), dtype)
-    got = min_under_constraint(w, b, lo, hi, a, c).double()
+    got = min_under_constraint(clip_objective(w, b), IntervalBounds(lo, hi), a, c).double()
     lo64, hi64 = lo.double(), hi.double()
     u = torch.from_numpy(rng.random((N, P, n)))
     u = torch.where(u < 0.1, torch.zeros_like(u), torch.where(u > 0.9, torch.ones_like(u), u))
@@ -235,8 +238,9 @@ def test_several_constraints_take_the_best() -> None:
     inst = clip_instances(rng, N, n, K)
     lo, hi, a, c = (to_tensor(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
     w, b = to_tensor(rng.normal(0, 1, (N, M, n)), torch.float64), to_tensor(rng.normal(0, 1, (N, M)), torch.float64)
-    got = min_under_constraints(w, b, lo, hi, a, c)
-    each = torch.stack([min_under_constraint(w, b, lo, hi, a[:, k], c[:, k]) for k in range(K)])
+    obj, box = clip_objective(w, b), IntervalBounds(lo, hi)
+    got = min_under_constraints(obj, box, a, c)
+    each = torch.stack([min_under_constraint(obj, box, a[:, k], c[:, k]) for k in range(K)])
     assert torch.equal(got, each.amax(0))
     for i in range(0, N, 5):
         for m in range(M):
@@ -252,9 +256,10 @@ def test_allowed_mask_restricts_constraints() -> None:
     lo, hi, a, c = (to_tensor(inst[k], torch.float64) for k in ("lo", "hi", "a", "c"))
     w, b = to_tensor(rng.normal(0, 1, (N, M, n)), torch.float64), to_tensor(rng.normal(0, 1, (N, M)), torch.float64)
     allowed = torch.tensor([[True, False], [False, False]])
-    got = min_under_constraints(w, b, lo, hi, a, c, allowed=allowed)
-    assert torch.equal(got[:, 0], min_under_constraint(w, b, lo, hi, a[:, 0], c[:, 0])[:, 0])
-    plain = min_under_constraints(w, b, lo, hi, a[:, :0], c[:, :0])
+    obj, box = clip_objective(w, b), IntervalBounds(lo, hi)
+    got = min_under_constraints(obj, box, a, c, allowed=allowed)
+    assert torch.equal(got[:, 0], min_under_constraint(obj, box, a[:, 0], c[:, 0])[:, 0])
+    plain = min_under_constraints(obj, box, a[:, :0], c[:, :0])
     assert torch.equal(got[:, 1], plain[:, 1])
 
 
@@ -298,10 +303,10 @@ def test_rows_give_constraints_that_every_counterexample_meets(tmp_path: Path, n
     lin = res.linear
     A, bias = lin.A.reshape(N, S, -1), lin.bias
     if n_conj == 1:
-        a, c = constraints_from_rows(A, bias, d, owner, 1, lo=lo, hi=hi, mass=lin.mass)
+        a, c = constraints_from_rows(A, bias, d, owner, 1, box=IntervalBounds(lo, hi), mass=lin.mass)
         nlo, nhi, empty = clip_box(lo, hi, a, c)
     else:
-        none = constraints_from_rows(A, bias, d, owner, n_conj, lo=lo, hi=hi)
+        none = constraints_from_rows(A, bias, d, owner, n_conj, box=IntervalBounds(lo, hi))
         assert none[0].shape == (N, 0, 3) and none[1].shape == (N, 0)
         a, c = row_constraints(A, bias, d, lo=lo, hi=hi, mass=lin.mass)
         nlo, nhi, empty = clip_box_union(lo, hi, a, c, owner, n_conj)
@@ -316,7 +321,7 @@ def test_rows_give_constraints_that_every_counterexample_meets(tmp_path: Path, n
     assert not bool((cex.any(1) & empty).any())
     assert bool(empty.any()) or float((nhi - nlo).sum()) < float((hi - lo).sum())
     # Relaxed clipping: row s tightened by constraints of its own conjunction, on the clipped box.
-    lb = min_under_constraints(A, bias - d, nlo, nhi, a, c, mass=lin.mass + d.abs(),
+    lb = min_under_constraints(clip_objective(A, bias - d, lin.mass + d.abs()), IntervalBounds(nlo, nhi), a, c,
                                allowed=owner[:, None] == owner[None, :])
     for s_ in range(S):
         mine = conj_ok[..., int(owner[s_])]
@@ -367,7 +372,7 @@ def test_throughput_printed(n: int, N: int, record_property: Callable[[str, obje
     t0 = time.perf_counter()
     clip_box(lo, hi, a, c)
     t1 = time.perf_counter()
-    min_under_constraint(w, b, lo, hi, a[:, 0], c[:, 0])
+    min_under_constraint(clip_objective(w, b), IntervalBounds(lo, hi), a[:, 0], c[:, 0])
     t2 = time.perf_counter()
     record_property("clip_box_domains_per_s", N / (t1 - t0))
     record_property("min_under_constraint_domains_per_s", N / (t2 - t1))

@@ -13,7 +13,7 @@ from bab.clip_hooks import ConstraintClipper
 from bab.clipping import hull_under_constraints, min_under_all_constraints, min_under_constraints
 from models import GraphEvaluator
 from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
-from tests.builders import clip_instances, clip_lp_min, known_answer_net, to_tensor
+from tests.builders import clip_instances, clip_lp_min, clip_objective, known_answer_net, to_tensor
 from verifier import Config, verify
 from verifier.config import ConfigError, with_overrides
 
@@ -34,7 +34,8 @@ def test_joint_dual_is_below_the_lp_and_exact_for_one_constraint(K: int) -> None
     N, M, n = 1000, 2, 5
     inst = clip_instances(rng, N, n, K)
     w, b = _objectives(rng, N, M, n)
-    args = [to_tensor(x, torch.float64) for x in (w, b, inst["lo"], inst["hi"], inst["a"], inst["c"])]
+    tw, tb, lo, hi, a, c = (to_tensor(x, torch.float64) for x in (w, b, inst["lo"], inst["hi"], inst["a"], inst["c"]))
+    args = [clip_objective(tw, tb), IntervalBounds(lo, hi), a, c]
     joint = min_under_all_constraints(*args, sweeps=30).numpy()
     single = min_under_constraints(*args).numpy()
     plain = b + np.minimum(w * inst["lo"][:, None], w * inst["hi"][:, None]).sum(-1)

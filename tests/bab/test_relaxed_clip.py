@@ -17,7 +17,7 @@ from bab.clipping import min_under_constraints
 from bab.search import SearchLimits
 from models import GraphEvaluator
 from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
-from tests.builders import known_answer_min, known_answer_net, known_answer_spec
+from tests.builders import clip_objective, known_answer_min, known_answer_net, known_answer_spec
 from tests.helpers import assert_verdicts_bracket
 from verifier import Config
 from verifier.config import ConfigError, with_overrides
@@ -140,9 +140,10 @@ def test_sparse_matches_dense_min_under_constraints() -> None:
     c[0, 1] = torch.nan                                                # an unused slot
     sel = torch.rand(B, R, generator=g) < 0.6
     mass = torch.zeros(B, R, dtype=torch.float64)
-    dense = min_under_constraints(w, b, lo, hi, a, c, mass)
-    sparse = min_under_constraints_at(w, b, mass, lo, hi, a, c, sel)
-    plain = min_under_constraints(w, b, lo, hi, a[:, :0], c[:, :0], mass)   # no constraint: the box bound
+    obj, box = clip_objective(w, b, mass), IntervalBounds(lo, hi)
+    dense = min_under_constraints(obj, box, a, c)
+    sparse = min_under_constraints_at(obj, box, a, c, sel)
+    plain = min_under_constraints(obj, box, a[:, :0], c[:, :0])   # no constraint: the box bound
     assert torch.allclose(torch.maximum(sparse, plain)[sel], dense[sel])
     assert bool(torch.isneginf(sparse[~sel]).all())
 
