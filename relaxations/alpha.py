@@ -19,7 +19,7 @@ from relaxations.crown import (BackwardContext, SparseAlpha, SparseTerm, backwar
                                relaxation_domain, slot_count)
 
 __all__ = ["optimise_alpha", "initial_alphas", "project_alphas", "alpha_fits", "alpha_lrs", "AlphaResult",
-           "sparse_view", "unstable_index", "SPARSE_SHARE"]
+           "BetaTerms", "WarmStart", "sparse_view", "unstable_index", "SPARSE_SHARE"]
 
 T = torch.Tensor
 # A `sparse_alpha` node keeps its alphas at the unstable elements only (crown.SparseAlpha)
@@ -149,6 +149,25 @@ class AlphaResult:
     iterations: int
 
 
+@dataclass(frozen=True)
+class BetaTerms:
+    """The constraints known to hold on each domain, each of which gets a multiplier
+    beta >= 0: split signs (split tensor -> float signs [B, 1, *shape]) and cuts
+    (key -> (tensor, s, c), each [B, 1, *shape]); see `optimise_alpha`."""
+
+    signs: Optional[dict[str, T]] = None
+    cuts: Optional[dict] = None
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Alphas and betas (already in range) that alpha-CROWN starts from instead of
+    CROWN's slopes and zero betas; None: that default."""
+
+    alphas: Optional[dict[str, T]] = None
+    betas: Optional[dict[str, T]] = None
+
+
 def _all_above(best: T, options, capture: Optional[dict]) -> bool:
     """Whether every row's best bound is above `options.stop_above` (when it is set and
     no coefficients are captured: those come from the last step)."""
@@ -159,27 +178,26 @@ def _all_above(best: T, options, capture: Optional[dict]) -> bool:
 
 
 def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision,
-                   signs: Optional[dict[str, T]] = None, capture: Optional[dict] = None,
-                   init_alphas: Optional[dict[str, T]] = None, init_betas: Optional[dict[str, T]] = None,
-                   cuts: Optional[dict] = None) -> AlphaResult:
+                   terms: BetaTerms = BetaTerms(), capture: Optional[dict] = None,
+                   start: WarmStart = WarmStart()) -> AlphaResult:
     """Best lower bound of A . output over the box found by projected Adam on alpha
     (and, for split neurons, on beta >= 0: the beta-CROWN Lagrange multipliers).
 
     A split s*z >= 0 (s = +1 active, -1 inactive) holds on the domain, so for any
     beta >= 0, f(x) >= f(x) - beta*s*z(x); the second function is bounded by the same
     backward pass with -beta*s added to z's coefficient. Every iterate is sound.
-    `signs`: split tensor -> float signs [B, 1, *shape]. `init_alphas` / `init_betas`
-    (already in range) start the optimisation instead of CROWN's slopes and zero betas.
+    `terms.signs`: split tensor -> float signs [B, 1, *shape]. `start` (already in range)
+    starts the optimisation instead of CROWN's slopes and zero betas.
 
-    `cuts`: key -> (tensor, s, c), each [B, 1, *shape]: constraints s*z >= s*c that hold
+    `terms.cuts`: key -> (tensor, s, c), each [B, 1, *shape]: constraints s*z >= s*c that hold
     on the domain where s != 0 (the splits of a general nonlinearity at a point c, both
     sides of one neuron possible). The same argument gives f(x) >= f(x) - beta*s*(z - c):
     -beta*s enters z's coefficient and beta*s*c the bound's constant, with its rounding
     mass. Their multipliers are in the result's `betas` under the same keys.
     """
     with torch.enable_grad():
-        return _optimise(ctx, box, A, options, precision, signs or {}, capture, init_alphas, init_betas or {},
-                         cuts or {})
+        return _optimise(ctx, box, A, options, precision, BetaTerms(terms.signs or {}, terms.cuts or {}), capture,
+                         WarmStart(start.alphas, start.betas or {}))
 
 
 def _terms(signs: dict, cuts: dict) -> dict:
@@ -267,8 +285,10 @@ def _dense(base: dict[str, T], values: dict[str, T], index: dict[str, Optional[T
     return out
 
 
-def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision, signs: dict,
-              capture: Optional[dict], init_alphas: Optional[dict], init_betas: dict, cuts: dict) -> AlphaResult:
+def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precision: Precision, terms: BetaTerms,
+              capture: Optional[dict], start: WarmStart) -> AlphaResult:
+    """`optimise_alpha` with `terms`' dicts and `start.betas` never None."""
+    signs, cuts, init_alphas, init_betas = terms.signs, terms.cuts, start.alphas, start.betas
     B, S = A.shape[:2]
     alphas = initial_alphas(ctx, B, S) if init_alphas is None else {k: v.detach().clone()
                                                                     for k, v in init_alphas.items()}

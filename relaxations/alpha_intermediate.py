@@ -43,8 +43,8 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from models import Node
-from relaxations.alpha import (AlphaResult, _Adam, _all_above, alpha_fits, alpha_lrs, initial_alphas, optimise_alpha,
-                               project_alphas, unstable_index)
+from relaxations.alpha import (AlphaResult, BetaTerms, WarmStart, _Adam, _all_above, alpha_fits, alpha_lrs,
+                               initial_alphas, optimise_alpha, project_alphas, unstable_index)
 from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
 from relaxations.crown import (BackwardContext, SparseAlpha, _is_plain_elementwise, backward_lower, is_relaxed,
                                relaxation_domain)
@@ -91,13 +91,12 @@ class _Setup:
 
 def optimise_with_intermediate(ctx: BackwardContext, box: IntervalBounds, A: T, options: BoundOptions,
                                precision: Precision, signs: dict[str, T], capture: Optional[dict],
-                               init_alphas: Optional[dict[str, T]], init_betas: dict[str, T]
-                               ) -> tuple[AlphaResult, BoundsTable, T]:
+                               start: WarmStart) -> tuple[AlphaResult, BoundsTable, T]:
     """Plain alpha-CROWN on the final rows `A`, then alpha-CROWN jointly with every
     CROWN-bounded tensor's alphas, started from the first stage's best.
 
-    The arguments are those of `relaxations.alpha.optimise_alpha` (`init_alphas` and
-    `init_betas`: the given warm starts, or None and {}); `ctx` is plain CROWN's
+    The arguments are those of `relaxations.alpha.optimise_alpha` (`signs`: its
+    `terms.signs`, as no cut reaches here; `start`: the given warm starts); `ctx` is plain CROWN's
     (`compute.intermediate_bounds`) and its table the reference, already intersected
     with known intervals and clamped by splits, so every pass inherits both. The
     intermediate passes ignore betas. The first stage is exactly what the option off
@@ -110,8 +109,8 @@ def optimise_with_intermediate(ctx: BackwardContext, box: IntervalBounds, A: T, 
     Past `options.deadline` each stage stops with what it has; the second also past
     `options.optimise_deadline`.
     """
-    first = optimise_alpha(ctx, box, A, replace(options, keep_betas=True), precision, signs, capture,
-                           init_alphas, init_betas)
+    first = optimise_alpha(ctx, box, A, replace(options, keep_betas=True), precision, BetaTerms(signs), capture,
+                           start)
     with torch.enable_grad():
         return _optimise(ctx, box, A, options, precision, first, signs, capture)
 

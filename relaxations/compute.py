@@ -36,7 +36,7 @@ import torch
 
 from models import Graph, GraphEvaluator
 from models.graph import output_simplices
-from relaxations.alpha import initial_alphas, optimise_alpha, project_alphas
+from relaxations.alpha import BetaTerms, WarmStart, initial_alphas, optimise_alpha, project_alphas
 from relaxations.alpha_intermediate import optimise_with_intermediate
 from relaxations.bounds import (BoundsTable, IntervalBounds, Precision, check_deadline, concretize, selection_lower,
                                 simplex_lower)
@@ -154,11 +154,11 @@ def _compute(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, C: Optional[
             capture = coefficients if options.coefficients else None
             if options.optimise_intermediate and clip is None and options.intermediate == "crown" and not cuts:
                 opt, table, empty = optimise_with_intermediate(ctx, box, A, options, precision, signs, capture,
-                                                               given_a, given_b)
+                                                               WarmStart(given_a, given_b))
                 infeasible = infeasible | empty
             else:
-                opt = optimise_alpha(ctx, box, A, options, precision, signs, capture, given_a, {**given_b, **cut_b},
-                                     _batch_cuts(cuts, A.dtype))
+                opt = optimise_alpha(ctx, box, A, options, precision, BetaTerms(signs, _batch_cuts(cuts, A.dtype)),
+                                     capture, WarmStart(given_a, {**given_b, **cut_b}))
             best = torch.maximum(best, opt.lower)
             linear, used_alphas, used_betas, iterations = opt.linear, opt.alphas, opt.betas, opt.iterations
     if bool(infeasible.any()):

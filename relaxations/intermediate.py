@@ -55,17 +55,18 @@ def _rows_needing_crown(ctx: BackwardContext) -> dict[str, Optional[T]]:
 
 def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Optional[T],
                   options: BoundOptions, precision: Precision, sign: Optional[T] = None,
-                  keep: Optional[dict] = None, clip: Optional[ClipHook] = None) -> IntervalBounds:
+                  clip: Optional[ClipHook] = None) -> IntervalBounds:
     """Tighten the interval of `name` by CROWN on the elements selected by `mask`.
 
-    With `keep` (a dict) and split signs `sign` [B, *shape], the linear lower bound of
-    `-sign * z` over the input is kept for every neuron split in some domain of the
-    batch (such neurons are added to the CROWN rows: after the split clamps them they
-    look stable and would otherwise be skipped). On the domain, `-sign z <= 0`, so that
+    With `keep` (`clip.split_linear`, when a dict) and split signs `sign` [B, *shape],
+    the linear lower bound of `-sign * z` over the input is kept for every neuron split
+    in some domain of the batch (such neurons are added to the CROWN rows: after the
+    split clamps them they look stable and would otherwise be skipped). On the domain, `-sign z <= 0`, so that
     bound is a linear constraint all its inputs satisfy (relaxed clipping). keep[name] =
     LinearBounds (A [B, K, n_in], bias, mass [B, K]) and a mask [B, K] of the domains
     where each kept neuron is actually split. `clip` may tighten each chunk's bounds.
     """
+    keep = getattr(clip, "split_linear", None)
     current = ctx.table[name]
     B = current.lower.shape[0]
     shape = current.lower.shape[1:]
@@ -149,7 +150,6 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
     with each tensor's interval before CROWN picks its unstable rows, so a neuron an
     LP proved stable is neither bounded again nor relaxed.
     """
-    split_linear = getattr(clip, "split_linear", None)
     precision = options.precision or Precision.for_dtype(ev.dtype)
     table = BoundsTable({graph.input_name: box})
     ctx = BackwardContext(graph, ev, table, rules_for(graph), cache={}, deadline=options.deadline)
@@ -187,7 +187,7 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
             if name in needs:
                 mask = None if name in whole else _unstable_mask(ctx, name, consumers.get(name, []))
                 table[name] = _crown_tensor(ctx, name, box, mask, options, precision,
-                                            splits.get(name) if splits else None, split_linear, clip)
+                                            splits.get(name) if splits else None, clip)
                 if splits and name in splits:
                     table[name] = _apply_split(table[name], splits[name])
             if splits and name in splits:

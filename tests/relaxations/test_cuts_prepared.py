@@ -10,7 +10,7 @@ from onnx import helper
 
 from models import GraphEvaluator, Node
 from relaxations import BoundOptions, Given, IntervalBounds, Precision, compute_bounds
-from relaxations.alpha import optimise_alpha
+from relaxations.alpha import BetaTerms, WarmStart, optimise_alpha
 from relaxations.compute import _batch_cuts, intermediate_bounds
 from relaxations.registry import REGISTRY
 from tests.helpers import relu_mlp_layers
@@ -43,8 +43,9 @@ def test_a_cut_enters_as_its_lagrangian(tmp_path, side: float, point: float) -> 
     c = torch.where(s != 0, torch.full_like(s, point), torch.zeros_like(s))
     beta = 5.0 * s.abs().unsqueeze(1)
     A = torch.ones(1, 1, *g.output_shape, dtype=torch.float64)
-    res = optimise_alpha(ctx, box, A, opts, Precision.for_dtype(torch.float64), {}, None, None, {"k": beta},
-                         cuts=_batch_cuts({"k": (z, s, c)}, torch.float64))
+    res = optimise_alpha(ctx, box, A, opts, Precision.for_dtype(torch.float64),
+                         BetaTerms({}, _batch_cuts({"k": (z, s, c)}, torch.float64)),
+                         start=WarmStart(None, {"k": beta}))
     xs = 2 * torch.rand(20000, 1, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
     vals = ev.forward_all(xs)
     lag = vals[g.output_name].reshape(len(xs)) - 5.0 * side * (vals[z].reshape(len(xs), -1)[:, 3] - point)

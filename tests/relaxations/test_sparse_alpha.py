@@ -9,7 +9,7 @@ import torch
 
 from models import GraphEvaluator
 from relaxations import BoundOptions, Given, IntervalBounds, Precision, compute_bounds
-from relaxations.alpha import optimise_alpha, unstable_index
+from relaxations.alpha import WarmStart, optimise_alpha, unstable_index
 from relaxations.compute import intermediate_bounds
 from relaxations.crown import BackwardContext, rules_for
 from tests.helpers import relu_mlp_onnx
@@ -90,5 +90,5 @@ def test_a_kept_element_stable_in_one_box_keeps_its_exact_line(tmp_path) -> None
     for sparse in (False, True):
         opts = BoundOptions(method="alpha-crown", sparse_alpha=sparse, alpha_iterations=1)
         _, ctx, _ = intermediate_bounds(model.graph, ev, box, opts)
-        out.append(optimise_alpha(ctx, box, A, opts, Precision.for_dtype(torch.float32), init_alphas=given).lower)
+        out.append(optimise_alpha(ctx, box, A, opts, Precision.for_dtype(torch.float32), start=WarmStart(given)).lower)
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-5)
