@@ -16,6 +16,7 @@ per leaf instead of S x (all neurons).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -26,7 +27,8 @@ from verifier.certificates.writer import _rows_proved, check_time
 from verifier.checker.verdict import encode_array, spec_rows
 from verifier.model import Model
 
-__all__ = ["activation_split_entry", "ActivationRederivationFailed", "float64_leaf_bounds", "dense_alphas"]
+__all__ = ["activation_split_entry", "ActivationRederivationFailed", "float64_leaf_bounds", "dense_alphas",
+           "LeafRegion", "LeafParameters"]
 
 _CHUNK = 128
 _REOPT_ITERATIONS = 60
@@ -77,19 +79,39 @@ def dense_alphas(sparse: dict, rows: np.ndarray, n_leaves: int, tensors: dict, s
     return alphas
 
 
-def float64_leaf_bounds(model: Model, n: int, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                        signs: dict, betas: dict, alphas: dict, optimise: bool = False,
-                        ball: Optional[tuple] = None) -> tuple[np.ndarray, dict, dict, dict]:
+@dataclass(frozen=True)
+class LeafRegion:
+    """Where a chunk of leaves lives: lo / hi, the box [n_in] shared by all leaves or one
+    box per leaf [n, n_in], cut by `ball` (centre, radius) when given."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    ball: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class LeafParameters:
+    """A chunk of leaves' splits and logged multipliers, as `_dense` makes them: signs /
+    betas: tensor -> [n, n_z] / [n, S, n_z]; alphas: relu -> [n, S, n_z] (NaN: CROWN's
+    default)."""
+
+    signs: dict
+    betas: dict
+    alphas: dict
+
+
+def float64_leaf_bounds(model: Model, n: int, region: LeafRegion, C: np.ndarray, d: np.ndarray,
+                        params: LeafParameters, optimise: bool = False) -> tuple[np.ndarray, dict, dict, dict]:
     """Row bounds [n, S] of C y - d (+inf on infeasible leaves) by the engine in float64.
 
-    lo / hi: the box [n_in] shared by all leaves, or one box per leaf [n, n_in]; `ball`
-    (centre, radius) cuts every box (no SDP-CROWN bias: the checker does not re-derive it).
-
-    signs / betas: tensor -> [n, n_z] / [n, S, n_z]; alphas: relu -> [n, S, n_z] (NaN:
-    CROWN's default). With `optimise`, alphas and betas are optimised (alpha/beta-CROWN,
-    from scratch) instead. Returns the bounds, the alphas and betas used (per row, those
-    that gave the bound) and the unstable masks [n, n_z] of the split tensors' intervals.
+    The ball cuts every box of `region` with no SDP-CROWN bias: the checker does not
+    re-derive it. With `optimise`, alphas and betas are optimised (alpha/beta-CROWN,
+    from scratch) instead of `params`'. Returns the bounds, the alphas and betas used
+    (per row, those that gave the bound) and the unstable masks [n, n_z] of the split
+    tensors' intervals.
     """
+    lo, hi, ball = region.lo, region.hi, region.ball
+    signs, betas, alphas = params.signs, params.betas, params.alphas
     from models import GraphEvaluator
     from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
 
@@ -138,13 +160,15 @@ def _chunk_entry(model: Model, leaves: ActivationLeaves, rows: np.ndarray, disju
     lo, hi = np.asarray(disjunct.region.lower), np.asarray(disjunct.region.upper)
     tensors = _relu_tensors(model)
     signs, betas, alphas = _dense(leaves, rows, tensors, shapes, S)
-    lb, used_a, used_b, unstable = float64_leaf_bounds(model, len(rows), lo, hi, C, d, signs, betas, alphas,
-                                                       ball=ball)
+    region = LeafRegion(lo, hi, ball)
+    lb, used_a, used_b, unstable = float64_leaf_bounds(model, len(rows), region, C, d,
+                                                       LeafParameters(signs, betas, alphas))
     bad = ~_proved(lb, strict, owner, K)
     if bad.any():
         sub = np.nonzero(bad)[0]
         s2 = {z: v[sub] for z, v in signs.items()}
-        lb2, a2, b2, _ = float64_leaf_bounds(model, len(sub), lo, hi, C, d, s2, {}, {}, optimise=True, ball=ball)
+        lb2, a2, b2, _ = float64_leaf_bounds(model, len(sub), region, C, d, LeafParameters(s2, {}, {}),
+                                             optimise=True)
         better = lb2 > lb[sub]                                        # [m, S]
         lb[sub] = np.maximum(lb[sub], lb2)
         pick = torch.as_tensor(better)[:, :, None]

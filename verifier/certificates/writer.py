@@ -150,7 +150,7 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
     """
     import torch
 
-    from verifier.certificates.activation import dense_alphas, float64_leaf_bounds
+    from verifier.certificates.activation import LeafParameters, LeafRegion, dense_alphas, float64_leaf_bounds
 
     C, d = spec_rows(disjunct)[:2]
     S = C.shape[0]
@@ -161,8 +161,8 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
         check_time()
         rows = np.arange(s, min(s + LEAF_CHUNK, len(lo)))
         given = None if sparse is None else dense_alphas(sparse, rows, len(lo), tensors, shapes, S)
-        lb, used, _, unstable = float64_leaf_bounds(model, len(rows), lo[rows], hi[rows], C, d, {}, {},
-                                                    given or {}, optimise=sparse is None, ball=ball)
+        lb, used, _, unstable = float64_leaf_bounds(model, len(rows), LeafRegion(lo[rows], hi[rows], ball), C, d,
+                                                    LeafParameters({}, {}, given or {}), optimise=sparse is None)
         lbs.append(lb)
         for name, a in used.items():
             leaf, idx = torch.nonzero(unstable[tensors[name]], as_tuple=True)

@@ -336,7 +336,7 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     elif kind == "activation-split":
         if method != "beta-crown":
             raise _Reject(f"disjunct {i}: activation-split leaves must use method beta-crown, not '{method}'")
-        return _check_activation_split(i, entry, net, root_lo, root_hi, C, d, strict, owner, K, ball)
+        return _check_activation_split(i, entry, net, (root_lo, root_hi), _SpecRows(C, d, strict, owner, K), ball)
     else:
         raise _Reject(f"disjunct {i}: unsupported proof kind '{kind}'")
     if claims.shape != (lo.shape[0], S):
@@ -349,11 +349,24 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     return {"leaves": int(lo.shape[0]), "min_margin": float(lb.max(1).min()) if S else 0.0}
 
 
-def _check_activation_split(i: int, entry: dict, net: Network, root_lo: np.ndarray, root_hi: np.ndarray,
-                            C: np.ndarray, d: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int,
-                            ball: Optional[tuple] = None) -> dict:
+@dataclass(frozen=True)
+class _SpecRows:
+    """A disjunct's rows as a leaf check compares them (`spec_rows`): C [S, n_out], d [S],
+    strict [S], each row's conjunction, and K, the number of conjunctions."""
+
+    C: np.ndarray
+    d: np.ndarray
+    strict: np.ndarray
+    owner: np.ndarray
+    K: int
+
+
+def _check_activation_split(i: int, entry: dict, net: Network, root: tuple[np.ndarray, np.ndarray],
+                            rows: _SpecRows, ball: Optional[tuple] = None) -> dict:
     """Split tree complete, then every leaf bounded with its splits, alphas and betas (over
-    the root box cut by `ball` when given)."""
+    the root box (lower, upper) cut by `ball` when given)."""
+    root_lo, root_hi = root
+    C, d, strict, owner, K = rows.C, rows.d, rows.strict, rows.owner, rows.K
     S = C.shape[0]
     leaves = read_leaves(entry.get("leaves"), net, S, decode_array, lambda m: _Reject(f"disjunct {i}: {m}"))
     why = tree_error(leaves.decisions)

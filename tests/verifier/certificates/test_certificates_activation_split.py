@@ -16,7 +16,7 @@ from tests.builders import check_certificate_for, find_activation_split_run
 from tests.conftest import BENCH, needs_shared
 from verifier import Config, load_model, verify
 from verifier.certificates.writer import build_certificate, write_certificate
-from verifier.certificates.activation import _dense, float64_leaf_bounds
+from verifier.certificates.activation import LeafParameters, LeafRegion, _dense, float64_leaf_bounds
 from verifier.checker.linear64 import apply
 from verifier.checker.onnx_net import LINEAR_KINDS, read_network
 from verifier.checker.splits import leaf_bounds, read_leaves, tree_error
@@ -79,7 +79,8 @@ def _engine_bounds(model, spec, lv: dict) -> np.ndarray:
     rows = np.arange(len(leaves))
     signs, betas, alphas = _dense(leaves, rows, tensors, shapes, C.shape[0])
     region = spec.disjuncts[0].region
-    return float64_leaf_bounds(model, len(rows), region.lower, region.upper, C, d, signs, betas, alphas)[0]
+    return float64_leaf_bounds(model, len(rows), LeafRegion(region.lower, region.upper), C, d,
+                               LeafParameters(signs, betas, alphas))[0]
 
 
 def _proves(lb: np.ndarray, spec) -> bool:
