@@ -273,13 +273,14 @@ def _lp(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, de
     """The LP/MILP phase (verifier/lp/phase.py) on a ReLU MLP; None for other models or when off."""
     if not config.lp.refine and config.lp.milp == "off":
         return None
-    from verifier.lp.phase import lp_phase  # HiGHS loads only when an MLP gets here
+    from verifier.lp.phase import ConjunctionRows, lp_phase  # HiGHS loads only when an MLP gets here
     from verifier.lp.refine import mlp_layers
     if mlp_layers(model.graph) is None:
         return None
     C, d, _, owner = spec_rows(disjunct)
     start = None if candidates is None or not len(candidates) else np.asarray(candidates[0], np.float64)
-    return lp_phase(model, ev, disjunct, C, d, owner, config, deadline, start, known)
+    return lp_phase(model, ev, disjunct, ConjunctionRows(C, d, owner, len(disjunct.outputs)), config, deadline, start,
+                    known)
 
 
 _BY_MILP = "counterexample found by the exact MILP, confirmed by onnxruntime"

@@ -36,9 +36,20 @@ from vnnlib import Disjunct
 from verifier.api import bound_options, outward_box
 from verifier.config import Config, resolve_device
 from verifier.model import Model
-from verifier.lp.refine import Intervals, exact_milp, mlp_layers, refine_bounds
+from verifier.lp.refine import Intervals, MilpNetwork, exact_milp, mlp_layers, refine_bounds
 
-__all__ = ["LpOutcome", "lp_phase"]
+__all__ = ["LpOutcome", "ConjunctionRows", "lp_phase"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConjunctionRows:
+    """A disjunct's rows stacked (`spec_rows`): C [S, n_out], d [S], each row's
+    conjunction, and n_conj, how many there are; the MILP solves one conjunction at a time."""
+
+    C: np.ndarray
+    d: np.ndarray
+    owner: np.ndarray
+    n_conj: int
 
 
 @dataclasses.dataclass
@@ -63,9 +74,8 @@ def _to_known(model: Model, intervals: Intervals, dtype: torch.dtype, device: st
     return out
 
 
-def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray, d: np.ndarray,
-             owner: np.ndarray, config: Config, deadline: float, start: Optional[np.ndarray] = None,
-             known: Optional[dict] = None) -> LpOutcome:
+def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, rows: ConjunctionRows, config: Config,
+             deadline: float, start: Optional[np.ndarray] = None, known: Optional[dict] = None) -> LpOutcome:
     """Refine and try the exact MILP on one disjunct of a ReLU MLP (see the module docstring).
 
     `known`: intervals already proved over the region (optimised intermediate bounds),
@@ -81,7 +91,7 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
     lo_t, hi_t = outward_box(disjunct.region.lower, disjunct.region.upper, dt, dev)
     shape = model.graph.input_shape
     box = IntervalBounds(lo_t.reshape(1, *shape), hi_t.reshape(1, *shape))
-    Ct = torch.tensor(C, dtype=dt, device=dev)
+    Ct = torch.tensor(rows.C, dtype=dt, device=dev)
     box_lo = lo_t.double().cpu().numpy().ravel()
     box_hi = hi_t.double().cpu().numpy().ravel()
     opts = dataclasses.replace(bound_options(config.bounds, "crown"), deadline=deadline)
@@ -117,7 +127,7 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, C: np.ndarray
     unstable = int(sum(((intervals[n][0] < 0) & (intervals[n][1] > 0)).sum() for n in names))
     if cfg.milp == "off" or unstable > cfg.milp_max_unstable:
         return out
-    args = (model.graph, box_lo, box_hi, intervals, C, d, owner, len(disjunct.outputs), start, unstable)
+    args = (MilpNetwork(model.graph, box_lo, box_hi, intervals), rows, start, unstable)
     if cfg.milp == "parallel":
         # The thread refines first when the search has not: the MILP's big-M constants come
         # from the intervals, and the search does not wait for the LPs.
@@ -158,13 +168,12 @@ class MilpRunner:
     `outcome`, never turned into a verdict.
     """
 
-    def __init__(self, graph, box_lo: np.ndarray, box_hi: np.ndarray, intervals: Intervals, C: np.ndarray,
-                 d: np.ndarray, owner: np.ndarray, n_conj: int, start: Optional[np.ndarray], unstable: int,
+    def __init__(self, net: MilpNetwork, rows: ConjunctionRows, start: Optional[np.ndarray], unstable: int,
                  deadline: float, background: bool = True, refine: Optional[Callable] = None) -> None:
         """`refine`, when given, runs first in the thread: (stop) -> (intervals, changed or
         None, statistics), where `stop()` says the runner was stopped (the refinement ends
         then, as the MILP does); the MILP is built over the intervals it returns."""
-        self._args = (graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline)
+        self._args = (net, rows, start, deadline)
         self._refine = refine
         self.refine_stats: Optional[dict] = None
         self.unstable = unstable
@@ -183,16 +192,16 @@ class MilpRunner:
             self._run()
 
     def _run(self) -> None:
-        graph, box_lo, box_hi, intervals, C, d, owner, n_conj, start, deadline = self._args
+        net, rows, start, deadline = self._args
         try:
             if self._refine is not None and not self._cancelled:
                 intervals, _, self.refine_stats = self._refine(lambda: self._cancelled)
-            for k in range(n_conj):
+                net = dataclasses.replace(net, intervals=intervals)
+            for k in range(rows.n_conj):
                 if self._cancelled or time.monotonic() > deadline:
                     break
-                sel = owner == k
-                res = exact_milp(graph, box_lo, box_hi, intervals, C[sel], d[sel], deadline, start=start,
-                                 handle=self._handles)
+                sel = rows.owner == k
+                res = exact_milp(net, rows.C[sel], rows.d[sel], deadline, start=start, handle=self._handles)
                 self.results.append(res)
                 if res.status != "proved":
                     break
@@ -206,7 +215,7 @@ class MilpRunner:
         if not self._done.is_set() or self.error is not None:
             return self._done.is_set()
         return bool(self.results) and (self.results[-1].status == "counterexample"
-                                       or (len(self.results) == self._args[7]
+                                       or (len(self.results) == self._args[1].n_conj
                                            and all(r.status == "proved" for r in self.results)))
 
     def wait(self, deadline: float) -> None:

@@ -32,8 +32,8 @@ from relaxations.lp import Block, affine_block, relu_block, unknown_as_infinite
 from relaxations.sdp.network import NotReluMlp
 from verifier.solvers.highs import HighsModel
 
-__all__ = ["GraphLp", "Refinement", "MilpResult", "refine_bounds", "exact_milp", "mlp_layers", "lp_supported",
-           "FLOAT32_REL", "FLOAT32_ABS", "MILP_MARGIN"]
+__all__ = ["GraphLp", "Refinement", "MilpResult", "MilpNetwork", "refine_bounds", "exact_milp", "mlp_layers",
+           "lp_supported", "FLOAT32_REL", "FLOAT32_ABS", "MILP_MARGIN"]
 
 Intervals = dict[str, tuple[np.ndarray, np.ndarray]]
 # The engine's float32 margin (relaxations.bounds.Precision's default): a refined bound is
@@ -238,18 +238,29 @@ class MilpResult:
     nodes_status: str             # HiGHS's own status word
 
 
-def exact_milp(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals: Intervals, C: np.ndarray,
-               d: np.ndarray, deadline: float, start: Optional[np.ndarray] = None, threads: int = 1,
-               handle: Optional[list] = None) -> MilpResult:
+@dataclass(frozen=True)
+class MilpNetwork:
+    """What the exact MILP encodes: the graph over the input box [lower, upper] with
+    sound intervals of every tensor (the ReLU inputs' are the big-M constants). One
+    encoding serves every conjunction of a disjunct."""
+
+    graph: Graph
+    lower: np.ndarray
+    upper: np.ndarray
+    intervals: Intervals
+
+
+def exact_milp(net: MilpNetwork, C: np.ndarray, d: np.ndarray, deadline: float, start: Optional[np.ndarray] = None,
+               threads: int = 1, handle: Optional[list] = None) -> MilpResult:
     """min over the box of max_i (C_i y - d_i) (one conjunction's rows) by a MILP.
 
-    `intervals` are sound intervals of every tensor (the ReLU inputs' are the big-M
-    constants); `start` an input point to try first (the attack's best). Proved when
+    `start` is an input point to try first (the attack's best). Proved when
     HiGHS's dual bound exceeds MILP_MARGIN * (1 + scale); a counterexample when its
     best point has a value <= 0 (the caller replays it: HiGHS's point may sit a
     tolerance off). `handle` (a list) receives the HighsModel, whose `cancel()` stops
     the solve from another thread.
     """
+    graph, lower, upper, intervals = net.graph, net.lower, net.upper, net.intervals
     t0 = time.monotonic()
     why = lp_supported(graph)
     if why is not None:

@@ -10,7 +10,7 @@ from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from relaxations.sdp.network import NotReluMlp
 from tests.helpers import relu_mlp_onnx, sample_box
 from verifier.model import load_model
-from verifier.lp.refine import exact_milp, lp_supported, refine_bounds
+from verifier.lp.refine import MilpNetwork, exact_milp, lp_supported, refine_bounds
 
 
 def _net(tmp_path, seed: int, widths):
@@ -73,7 +73,7 @@ def test_milp_finds_the_minimum_of_a_two_input_net(tmp_path, seed: int) -> None:
     C = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
     true_min = _grid_min(model, C, np.zeros(2))
     for d in (np.full(2, true_min - 0.05), np.full(2, true_min + 0.05)):   # just unsat, just sat
-        res = exact_milp(model.graph, lo, hi, table, C, d, deadline=float("inf"))
+        res = exact_milp(MilpNetwork(model.graph, lo, hi, table), C, d, deadline=float("inf"))
         assert res.bound <= _grid_min(model, C, d) + 1e-6
         if d[0] < true_min:
             assert res.status == "proved"
