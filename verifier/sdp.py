@@ -40,7 +40,7 @@ from relaxations.sdp import (
 from verifier.config import SDP_METHODS
 from verifier.model import Model
 
-__all__ = ["METHODS", "SdpResult", "certify_sdp", "certify_rows", "pre_activation_bounds",
+__all__ = ["METHODS", "SdpResult", "SdpNetwork", "certify_sdp", "certify_rows", "pre_activation_bounds",
            "graph_from_weights", "row_certificate"]
 
 METHODS = SDP_METHODS   # verifier.config names every method once
@@ -143,9 +143,21 @@ def row_certificate(problem: SdpProblem, mult: Multipliers, bound: float, method
             "pre_upper": [np.asarray(a).tolist() for a in pre_upper], "multipliers": mult.to_json()}
 
 
-def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lower: np.ndarray,
-                 upper: np.ndarray, C: np.ndarray, pre_lower: Sequence[np.ndarray],
-                 pre_upper: Sequence[np.ndarray], method: str = "sdp", targets: Optional[np.ndarray] = None,
+@dataclass(frozen=True)
+class SdpNetwork:
+    """What every row's SDP is built from (`build_problem`): the ReLU MLP's weights and
+    biases, the input box [lower, upper] and the pre-activation bounds over it, which
+    also go into each row's certificate."""
+
+    weights: Sequence[np.ndarray]
+    biases: Sequence[np.ndarray]
+    lower: np.ndarray
+    upper: np.ndarray
+    pre_lower: Sequence[np.ndarray]
+    pre_upper: Sequence[np.ndarray]
+
+
+def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: Optional[np.ndarray] = None,
                  solver: Optional[str] = None, lowrank_options: Any = None,
                  scs_time_limit_s: float = 0.0, deadline: Optional[float] = None
                  ) -> tuple[np.ndarray, list[dict], list[dict]]:
@@ -157,6 +169,8 @@ def certify_rows(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], lo
     first rows only); the caller keeps another valid bound for the rest."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    weights, biases, lower, upper = net.weights, net.biases, net.lower, net.upper
+    pre_lower, pre_upper = net.pre_lower, net.pre_upper
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
     bounds, certs, stats = [], [], []
     for s, row in enumerate(C):
@@ -240,7 +254,7 @@ def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray
     stats: list[dict] = [{} for _ in crown]
     if len(rows):
         tg = None if targets is None else np.asarray(targets, dtype=np.float64).reshape(-1)[rows]
-        b, cs, st = certify_rows(weights, biases, lo, hi, C[rows], pl, pu, method, tg, solver,
+        b, cs, st = certify_rows(SdpNetwork(weights, biases, lo, hi, pl, pu), C[rows], method, tg, solver,
                                  lowrank_options, scs_time_limit_s, deadline)
         for i, r in enumerate(rows[:len(b)]):
             bounds[r], certs[r], stats[r] = b[i], cs[i], st[i]

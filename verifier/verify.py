@@ -378,7 +378,7 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
 
     runners: list = []   # MILPs running beside a search: none outlives the run
     try:
-        return _decide(model, spec, config, deadline, progress, timings, stats, enter, timeout, runners)
+        return _decide(model, spec, config, deadline, _Run(progress, timings, stats, enter, timeout, runners))
     except DeadlineExceeded:
         # A bound pass noticed the deadline: no bound came out of it, so nothing is decided.
         if state["phase"].startswith("bab"):  # the search's count so far is in the progress record
@@ -395,8 +395,23 @@ _WHERE = {"attack": "the attack", "bounds": "bound propagation", "lp": "the LP p
           "bab-activation": "branch and bound", "attack-longer": "the attack"}
 
 
-def _decide(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress, timings: dict,
-            stats: dict, enter: Callable[[str], None], timeout: Callable[[str], Result], runners: list) -> Result:
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What one run keeps beside its answer, shared by `_verify` and `_decide`: the
+    progress record, timings and statistics that every Result carries, the callbacks
+    that enter a phase and make a timeout Result, and the MILPs to stop at the end."""
+
+    progress: Progress
+    timings: dict
+    stats: dict
+    enter: Callable[[str], None]
+    timeout: Callable[[str], Result]
+    runners: list
+
+
+def _decide(model: Model, spec: Spec, config: Config, deadline: float, run: _Run) -> Result:
+    progress, timings, stats, runners = run.progress, run.timings, run.stats, run.runners
+    enter, timeout = run.enter, run.timeout
     ev = GraphEvaluator(model.graph, dtype=dtype_of(config.bounds.dtype), device=resolve_device(config.device))
 
     def done(result: Result) -> Result:
