@@ -216,7 +216,7 @@ def _child_lines(ctx: BackwardContext, relu: str, parent: IntervalBounds, rows: 
 
 
 @dataclasses.dataclass(frozen=True)
-class _Children:
+class _ChildDecisions:
     """Child i of a scoring pass: domain rep[i] of the batch with global neuron flat[i]
     split to side[i] (+1 active, -1 inactive); the three are indexed together."""
 
@@ -225,7 +225,7 @@ class _Children:
     side: T
 
 
-def _rebound_narrowed(parents: ParentDomains, layout: ReluLayout, children: _Children, box: IntervalBounds,
+def _rebound_narrowed(parents: ParentDomains, layout: ReluLayout, decisions: _ChildDecisions, box: IntervalBounds,
                       narrowing: dict, child: T, options: BoundOptions) -> T:
     """The children whose decision is one that narrows the input box (`narrowing`, from the
     search's root) bounded again by CROWN over their narrowed box with their own
@@ -234,7 +234,7 @@ def _rebound_narrowed(parents: ParentDomains, layout: ReluLayout, children: _Chi
     confines the inputs to a small box, over which the rest of the net is nearly linear)."""
     p, splits = parents.p, parents.splits
     names, relus, offsets = layout.names, layout.relus, layout.offsets
-    rep, flat, side = children.rep, children.flat, children.side
+    rep, flat, side = decisions.rep, decisions.flat, decisions.side
     hit = torch.zeros(len(rep), dtype=torch.bool, device=rep.device)
     for i, relu in enumerate(names):
         m = narrowing.get(relus[relu])
@@ -310,6 +310,6 @@ def _children_scores(parents: ParentDomains, layout: ReluLayout, rows: T, cand: 
         with torch.no_grad():
             child = backward_lower(ctx, p.graph.output_name, C).concretize(box, precision) - p.d
     if narrowing is not None and options.tighten_input:
-        child = _rebound_narrowed(parents, layout, _Children(rep, flat, side), box, narrowing, child, options)
+        child = _rebound_narrowed(parents, layout, _ChildDecisions(rep, flat, side), box, narrowing, child, options)
     _, score = rows_status(p, child)
     return score.reshape(M, K, 2).amin(2)

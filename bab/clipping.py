@@ -380,8 +380,9 @@ def hull_under_constraints(lo: T, hi: T, a: T, c: T, sweeps: int = 2, precision:
     N, n = lo.shape
     eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
     w = torch.cat([eye, -eye]).unsqueeze(0).expand(N, 2 * n, n)
-    objective = LinearBounds(w, lo.new_zeros(N, 2 * n), lo.new_zeros(N, 2 * n))
-    v = min_under_all_constraints(objective, IntervalBounds(lo, hi), a, c, sweeps=sweeps, precision=precision)
+    zero = lo.new_zeros(N, 2 * n)                  # no constant, hence no rounding mass either
+    v = min_under_all_constraints(LinearBounds(w, zero, zero), IntervalBounds(lo, hi), a, c, sweeps=sweeps,
+                                  precision=precision)
     new_lo, new_hi = torch.maximum(lo, v[:, :n]), torch.minimum(hi, -v[:, n:])
     empty = (new_lo > new_hi).any(1)
     keep = empty.unsqueeze(-1)

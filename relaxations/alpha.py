@@ -189,8 +189,8 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     `terms.signs`: split tensor -> float signs [B, 1, *shape]. `start` (already in range)
     starts the optimisation instead of CROWN's slopes and zero betas.
 
-    `terms.cuts`: key -> (tensor, s, c), each [B, 1, *shape]: constraints s*z >= s*c that hold
-    on the domain where s != 0 (the splits of a general nonlinearity at a point c, both
+    `terms.cuts`: key -> (tensor, s, c), each [B, 1, *shape]: constraints s*z >= s*c that
+    hold on the domain where s != 0 (the splits of a general nonlinearity at a point c, both
     sides of one neuron possible). The same argument gives f(x) >= f(x) - beta*s*(z - c):
     -beta*s enters z's coefficient and beta*s*c the bound's constant, with its rounding
     mass. Their multipliers are in the result's `betas` under the same keys.

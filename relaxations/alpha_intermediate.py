@@ -96,10 +96,10 @@ def optimise_with_intermediate(ctx: BackwardContext, box: IntervalBounds, A: T, 
     CROWN-bounded tensor's alphas, started from the first stage's best.
 
     The arguments are those of `relaxations.alpha.optimise_alpha` (`signs`: its
-    `terms.signs`, as no cut reaches here; `start`: the given warm starts); `ctx` is plain CROWN's
-    (`compute.intermediate_bounds`) and its table the reference, already intersected
-    with known intervals and clamped by splits, so every pass inherits both. The
-    intermediate passes ignore betas. The first stage is exactly what the option off
+    `terms.signs`, as no cut reaches here; `start`: the given warm starts); `ctx` is
+    plain CROWN's (`compute.intermediate_bounds`) and its table the reference, already
+    intersected with known intervals and clamped by splits, so every pass inherits
+    both. The intermediate passes ignore betas. The first stage is exactly what the option off
     computes, and the best per row carries over, so the bound is never looser than
     without the option; it costs a fraction of the second (the final rows only).
 

@@ -61,10 +61,11 @@ def _crown_tensor(ctx: BackwardContext, name: str, box: IntervalBounds, mask: Op
     With `keep` (`clip.split_linear`, when a dict) and split signs `sign` [B, *shape],
     the linear lower bound of `-sign * z` over the input is kept for every neuron split
     in some domain of the batch (such neurons are added to the CROWN rows: after the
-    split clamps them they look stable and would otherwise be skipped). On the domain, `-sign z <= 0`, so that
-    bound is a linear constraint all its inputs satisfy (relaxed clipping). keep[name] =
-    LinearBounds (A [B, K, n_in], bias, mass [B, K]) and a mask [B, K] of the domains
-    where each kept neuron is actually split. `clip` may tighten each chunk's bounds.
+    split clamps them they look stable and would otherwise be skipped). On the domain,
+    `-sign z <= 0`, so that bound is a linear constraint all its inputs satisfy (relaxed
+    clipping). keep[name] = LinearBounds (A [B, K, n_in], bias, mass [B, K]) and a mask
+    [B, K] of the domains where each kept neuron is actually split. `clip` may tighten
+    each chunk's bounds.
     """
     keep = getattr(clip, "split_linear", None)
     current = ctx.table[name]

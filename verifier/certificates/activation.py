@@ -110,11 +110,11 @@ def float64_leaf_bounds(model: Model, n: int, region: LeafRegion, C: np.ndarray,
     (per row, those that gave the bound) and the unstable masks [n, n_z] of the split
     tensors' intervals.
     """
-    lo, hi, ball = region.lo, region.hi, region.ball
-    signs, betas, alphas = params.signs, params.betas, params.alphas
     from models import GraphEvaluator
     from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
 
+    lo, hi, ball = region.lo, region.hi, region.ball
+    signs, betas, alphas = params.signs, params.betas, params.alphas
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
     S = C.shape[0]

@@ -173,7 +173,7 @@ class MilpRunner:
         """`refine`, when given, runs first in the thread: (stop) -> (intervals, changed or
         None, statistics), where `stop()` says the runner was stopped (the refinement ends
         then, as the MILP does); the MILP is built over the intervals it returns."""
-        self._args = (net, rows, start, deadline)
+        self._net, self._rows, self._start, self._deadline = net, rows, start, deadline
         self._refine = refine
         self.refine_stats: Optional[dict] = None
         self.unstable = unstable
@@ -192,7 +192,7 @@ class MilpRunner:
             self._run()
 
     def _run(self) -> None:
-        net, rows, start, deadline = self._args
+        net, rows, start, deadline = self._net, self._rows, self._start, self._deadline
         try:
             if self._refine is not None and not self._cancelled:
                 intervals, _, self.refine_stats = self._refine(lambda: self._cancelled)
@@ -215,7 +215,7 @@ class MilpRunner:
         if not self._done.is_set() or self.error is not None:
             return self._done.is_set()
         return bool(self.results) and (self.results[-1].status == "counterexample"
-                                       or (len(self.results) == self._args[1].n_conj
+                                       or (len(self.results) == self._rows.n_conj
                                            and all(r.status == "proved" for r in self.results)))
 
     def wait(self, deadline: float) -> None:
