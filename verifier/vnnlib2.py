@@ -48,6 +48,11 @@ class Bound:
     # Input elements the query leaves unbounded: ``spec`` gives them stand-in ends
     # (``Query.to_spec``), so its sat is the query's but its unsat is no answer.
     unbounded: tuple[str, ...] = ()
+    # The network's file when ``model`` is that file as it is (one network, one input and
+    # one output, no hidden node, product or merged input): a certificate can then name
+    # it, and the checker reads the query and the file as for a 1.0 spec. None for a
+    # side-by-side model built in memory.
+    model_file: Optional[str] = None
 
 
 def network_files(query: Query, pairs: Optional[Sequence[str]], model: Optional[str]) -> dict[str, str]:
@@ -163,7 +168,7 @@ def bind(query: Query, files: dict[str, str]) -> Bound:
         raise SpecMismatch(f"the query declares {spec.n_inputs} input and {spec.n_outputs} hidden and output "
                            f"elements; the model{'s have' if not simple else ' has'} {model.n_inputs} and "
                            f"{model.n_outputs}")
-    return Bound(query, model, spec, tuple(unbounded))
+    return Bound(query, model, spec, tuple(unbounded), path if simple else None)
 
 
 def assignment(query: Query, x: np.ndarray, y: np.ndarray) -> np.ndarray:

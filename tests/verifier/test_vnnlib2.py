@@ -318,3 +318,25 @@ def test_serialised_assignments_hold_each_tensor(tmp_path, net, capsys):
     y = numpy_helper.to_array(onnx.load_tensor(str(folder / "Y.pb")))
     assert x.dtype == np.float32 and x.shape == (1, 2) and y.dtype == np.float64 and y.shape == (1, 2)
     assert y[0, 0] >= 1.9 and y[0, 0] == pytest.approx(x[0, 0] + x[0, 1], rel=1e-6)
+
+
+@needs_parser
+def test_certificates_of_a_one_network_query_are_checked_like_a_spec(tmp_path, net, capsys):
+    """A 2.0 query over one network's own input and output gets a certificate (unsat and
+    sat) that `nncert check` accepts against the network file and the query; one that is
+    changed after the fact is rejected; a query bounded side by side is refused (exit 2)."""
+    from verifier import check
+
+    for body, verdict in (("(assert (or (> Y[0,0] 2.1) (< Y[0,1] -1.1)))", "unsat"),
+                          ("(assert (>= Y[0,0] 1.9))", "sat")):
+        query = _query(tmp_path, body)
+        cert = tmp_path / f"{verdict}.json"
+        code, lines, _ = _verify(capsys, str(query), "--network", f"f={net}", "--certificate", str(cert))
+        assert code == 0 and lines[0] == verdict
+        assert check(cert, net, query).accepted
+        edited = _query(tmp_path, body.replace("2.1", "2.0").replace("1.9", "1.95"), name="edited.vnnlib")
+        assert not check(cert, net, edited).accepted   # another property: its hash differs
+    path = tmp_path / "mono.vnnlib"
+    path.write_text(MONO + "(assert (< Y[0,0] (- Y2[0,0] 0.1)))")
+    code, _, err = _verify(capsys, str(path), "--network", f"f={net}", "--certificate", str(tmp_path / "m.json"))
+    assert code == 2 and "certificates of VNN-LIB 2.0 queries are written for one network" in err

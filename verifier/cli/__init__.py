@@ -154,12 +154,13 @@ def _load_problem(args: argparse.Namespace, run: _Run) -> tuple:
 
         query = load_query(query_path)
         run.timings["parse"] = time.monotonic() - t
-        if getattr(args, "certificate", None):
-            raise SpecMismatch(f"{query_path}: certificates of VNN-LIB 2.0 queries are not written yet; "
-                               "run without --certificate")
         t = time.monotonic()
         bound = bind(query, network_files(query, getattr(args, "network", None), args.model if args.spec else None))
         run.timings["load"] = time.monotonic() - t
+        if getattr(args, "certificate", None) and bound.model_file is None:
+            raise SpecMismatch(f"{query_path}: certificates of VNN-LIB 2.0 queries are written for one network "
+                               "with one input and one output, no hidden node, product or merged inputs; this "
+                               "query's networks are bounded side by side: run without --certificate")
         if bound.unbounded:
             print(f"nncert: note: {query_path}: input {bound.unbounded[0]}"
                   f"{f' (and {len(bound.unbounded) - 1} more)' if len(bound.unbounded) > 1 else ''} has no "
@@ -241,7 +242,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         run.progress.phase("certificate")
         t = time.monotonic()
-        extra["certificate"] = write_certificate(args.certificate, model, args.spec, spec, result,
+        spec_path = args.spec if args.spec is not None else args.model   # the standard's form: the query
+        extra["certificate"] = write_certificate(args.certificate, model, spec_path, spec, result,
                                                  deadline=deadline - FINISH_MARGIN_S)
         result.timings["certificate"] = time.monotonic() - t
     if not run.claim():
