@@ -222,10 +222,12 @@ def simplex_lower(A: torch.Tensor, bounds: "IntervalBounds", groups: torch.Tenso
     room = 1 - ls.sum(-1, keepdim=True)
     take = torch.minimum((room - (width.cumsum(-1) - width)).clamp_min(0), width)
     value = rest + (cs * (ls + take)).sum((-1, -2))
-    if precision.exact:
-        return value
-    mass = rest_mass + (cs.abs() * (ls + take + width)).sum((-1, -2)) + cs.abs().sum((-1, -2))
-    return widen_lower(value, mass, precision)
+    if not precision.exact:
+        mass = rest_mass + (cs.abs() * (ls + take + width)).sum((-1, -2)) + cs.abs().sum((-1, -2))
+        value = widen_lower(value, mass, precision)
+    # A nan end (never a softmax's: its Clip keeps [0, 1]) must not reach the caller's
+    # maximum, which would spread it: no bound is then -inf.
+    return torch.nan_to_num(value, nan=-torch.inf)
 
 
 def selection_lower(A: torch.Tensor, bounds: "IntervalBounds") -> torch.Tensor:
