@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["OpCase", "CASES", "FOLDED_ONLY", "make_model"]
+__all__ = ["OpCase", "CASES", "FOLDED_ONLY", "make_model", "dense_around"]
 
 FOLDED_ONLY = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Equal", "Where"}
 
@@ -45,7 +45,7 @@ def make_model(nodes, inits, in_shape, out_shape, opset: int = 13, domains=None)
     return model
 
 
-def _dense_around(op_nodes, op_in: str, op_out: str, n: int, m: int, seed: int, inits=None,
+def dense_around(op_nodes, op_in: str, op_out: str, n: int, m: int, seed: int, inits=None,
                   opset: int = 13, out_n: int = 3, domains=None) -> onnx.ModelProto:
     """X[1,n] -> Gemm -> op_in ... op_out[1,m] -> Gemm -> Y[1,out_n]."""
     r = _rng(seed)
@@ -63,33 +63,33 @@ def _f(*shape, seed=0, scale=1.0):
 
 def _elementwise(op: str, seed: int, **attrs) -> OpCase:
     node = helper.make_node(op, ["h"], ["z"], **attrs)
-    return OpCase(op, (op,), _dense_around([node], "h", "z", 6, 6, seed), (1, 6))
+    return OpCase(op, (op,), dense_around([node], "h", "z", 6, 6, seed), (1, 6))
 
 
 def _cases() -> list[OpCase]:
     c: list[OpCase] = []
     add = lambda *a, **k: c.append(OpCase(*a, **k))
     # arithmetic
-    add("Add_const", ("Add",), _dense_around([helper.make_node("Add", ["h", "c"], ["z"])], "h", "z", 5, 5, 1,
+    add("Add_const", ("Add",), dense_around([helper.make_node("Add", ["h", "c"], ["z"])], "h", "z", 5, 5, 1,
                                              {"c": _f(5, seed=2)}), (1, 5))
-    add("Add_two_vars", ("Add", "Relu"), _dense_around([helper.make_node("Relu", ["h"], ["r"]),
+    add("Add_two_vars", ("Add", "Relu"), dense_around([helper.make_node("Relu", ["h"], ["r"]),
                                                         helper.make_node("Add", ["h", "r"], ["z"])], "h", "z", 5, 5, 3), (1, 5))
-    add("Sub_const_minus_var", ("Sub",), _dense_around([helper.make_node("Sub", ["c", "h"], ["z"])], "h", "z", 4, 4, 4,
+    add("Sub_const_minus_var", ("Sub",), dense_around([helper.make_node("Sub", ["c", "h"], ["z"])], "h", "z", 4, 4, 4,
                                                        {"c": _f(4, seed=5)}), (1, 4))
-    add("Sub_two_vars", ("Sub", "Relu"), _dense_around([helper.make_node("Relu", ["h"], ["r"]),
+    add("Sub_two_vars", ("Sub", "Relu"), dense_around([helper.make_node("Relu", ["h"], ["r"]),
                                                         helper.make_node("Sub", ["h", "r"], ["z"])], "h", "z", 4, 4, 6), (1, 4))
     add("Sub_broadcast", ("Sub",), make_model([helper.make_node("Sub", ["X", "c"], ["Y"])], {"c": _f(1, 3, 1, seed=7)},
                                               (1, 3, 2), (1, 3, 2)), (1, 3, 2))
-    add("Mul_const", ("Mul",), _dense_around([helper.make_node("Mul", ["h", "c"], ["z"])], "h", "z", 4, 4, 8,
+    add("Mul_const", ("Mul",), dense_around([helper.make_node("Mul", ["h", "c"], ["z"])], "h", "z", 4, 4, 8,
                                              {"c": _f(4, seed=9)}), (1, 4))
-    add("Mul_two_vars", ("Mul",), _dense_around([helper.make_node("Mul", ["h", "h"], ["z"])], "h", "z", 4, 4, 10), (1, 4))
-    add("Div_const", ("Div",), _dense_around([helper.make_node("Div", ["h", "c"], ["z"])], "h", "z", 4, 4, 11,
+    add("Mul_two_vars", ("Mul",), dense_around([helper.make_node("Mul", ["h", "h"], ["z"])], "h", "z", 4, 4, 10), (1, 4))
+    add("Div_const", ("Div",), dense_around([helper.make_node("Div", ["h", "c"], ["z"])], "h", "z", 4, 4, 11,
                                              {"c": np.array([2.0, -3.0, 0.5, 4.0], np.float32)}), (1, 4))
     add("Div_var_denominator", ("Div", "Relu"), make_model(
         [helper.make_node("Relu", ["X"], ["r"]), helper.make_node("Add", ["r", "one"], ["p"]),
          helper.make_node("Div", ["c", "p"], ["Y"])], {"one": np.float32(1.0), "c": _f(3, seed=12)}, (1, 3), (1, 3)), (1, 3))
-    add("Neg", ("Neg",), _dense_around([helper.make_node("Neg", ["h"], ["z"])], "h", "z", 4, 4, 13), (1, 4))
-    add("Sum", ("Sum", "Relu"), _dense_around([helper.make_node("Relu", ["h"], ["r"]),
+    add("Neg", ("Neg",), dense_around([helper.make_node("Neg", ["h"], ["z"])], "h", "z", 4, 4, 13), (1, 4))
+    add("Sum", ("Sum", "Relu"), dense_around([helper.make_node("Relu", ["h"], ["r"]),
                                                helper.make_node("Sum", ["h", "r", "c"], ["z"])], "h", "z", 4, 4, 14,
                                               {"c": _f(4, seed=15)}), (1, 4))
     # linear
@@ -140,25 +140,25 @@ def _cases() -> list[OpCase]:
             ("HardSwish", "HardSwish", {}, 14), ("Gelu", "Gelu", {}, 20),
             ("Gelu_tanh", "Gelu", {"approximate": "tanh"}, 20), ("Softsign", "Softsign", {}, 13))):
         node = helper.make_node(op, ["h"], ["z"], **attrs)
-        add(name, (op,), _dense_around([node], "h", "z", 6, 6, 90 + i, opset=opset), (1, 6))
+        add(name, (op,), dense_around([node], "h", "z", 6, 6, 90 + i, opset=opset), (1, 6))
     # onnxruntime's contrib Gelu and FastGelu (domain com.microsoft, its opset 1), registered
     # as ops of their own domain: the registry test names them domain-qualified.
     for i, op in enumerate(("Gelu", "FastGelu")):
         node = helper.make_node(op, ["h"], ["z"], domain="com.microsoft")
-        add(f"contrib_{op}", (f"com.microsoft.{op}",), _dense_around([node], "h", "z", 6, 6, 110 + i,
+        add(f"contrib_{op}", (f"com.microsoft.{op}",), dense_around([node], "h", "z", 6, 6, 110 + i,
                                                                     domains={"com.microsoft": 1}), (1, 6))
-    add("Clip", ("Clip",), _dense_around([helper.make_node("Clip", ["h", "lo", "hi"], ["z"])], "h", "z", 5, 5, 70,
+    add("Clip", ("Clip",), dense_around([helper.make_node("Clip", ["h", "lo", "hi"], ["z"])], "h", "z", 5, 5, 70,
                                          {"lo": np.float32(-0.5), "hi": np.float32(1.0)}), (1, 5))
-    add("Clip_opset10", ("Clip",), _dense_around([helper.make_node("Clip", ["h"], ["z"], min=-1.0, max=0.3)],
+    add("Clip_opset10", ("Clip",), dense_around([helper.make_node("Clip", ["h"], ["z"], min=-1.0, max=0.3)],
                                                 "h", "z", 5, 5, 71, opset=10), (1, 5))
     for i, (op, extra) in enumerate((("Log", []), ("Sqrt", []), ("Reciprocal", []), ("Pow", ["e"]))):
         nodes = [helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Add", ["r", "one"], ["p"]),
                  helper.make_node(op, ["p"] + extra, ["z"])]
-        add(f"{op}_positive", (op, "Relu", "Add"), _dense_around(nodes, "h", "z", 4, 4, 72 + i,
+        add(f"{op}_positive", (op, "Relu", "Add"), dense_around(nodes, "h", "z", 4, 4, 72 + i,
                                                                   {"one": np.float32(0.5), "e": np.float32(3.0)}), (1, 4))
-    add("Pow_square_signed", ("Pow",), _dense_around([helper.make_node("Pow", ["h", "e"], ["z"])], "h", "z", 4, 4, 80,
+    add("Pow_square_signed", ("Pow",), dense_around([helper.make_node("Pow", ["h", "e"], ["z"])], "h", "z", 4, 4, 80,
                                                      {"e": np.float32(2.0)}), (1, 4))
-    add("Softmax", ("Softmax",), _dense_around([helper.make_node("Softmax", ["h"], ["z"], axis=-1)], "h", "z", 5, 5, 81),
+    add("Softmax", ("Softmax",), dense_around([helper.make_node("Softmax", ["h"], ["z"], axis=-1)], "h", "z", 5, 5, 81),
         (1, 5))
     # pooling, padding, resizing
     add("MaxPool_pads_ceil", ("MaxPool", "Conv"), make_model(
@@ -192,7 +192,7 @@ def _cases() -> list[OpCase]:
     add("ReduceMax_ReduceMin", ("ReduceMax", "ReduceMin", "Add"), make_model(
         [helper.make_node("ReduceMax", ["X"], ["a"], axes=[1]), helper.make_node("ReduceMin", ["X"], ["b"], axes=[1]),
          helper.make_node("Add", ["a", "b"], ["Y"])], {}, (2, 3), (2, 1)), (2, 3))
-    add("Max_Min", ("Max", "Min", "Gemm"), _dense_around(
+    add("Max_Min", ("Max", "Min", "Gemm"), dense_around(
         [helper.make_node("Max", ["h", "c"], ["m"]), helper.make_node("Min", ["m", "h", "c2"], ["z"])], "h", "z", 4, 4, 35,
         {"c": _f(4, seed=36), "c2": _f(4, seed=37)}), (1, 4))
     # shape ops
@@ -244,11 +244,11 @@ def _cases() -> list[OpCase]:
     for i, (name, to) in enumerate((("int", TensorProto.INT64), ("bool", TensorProto.BOOL),
                                     ("half", TensorProto.FLOAT16))):
         nodes = [helper.make_node("Cast", ["h"], ["k"], to=to), helper.make_node("Cast", ["k"], ["z"], to=TensorProto.FLOAT)]
-        add(f"Cast_{name}", ("Cast",), _dense_around(nodes, "h", "z", 6, 6, 70 + i), (1, 6))
-    add("Pow_base", ("Pow",), _dense_around([helper.make_node("Pow", ["base", "h"], ["z"])], "h", "z", 6, 6, 84,
+        add(f"Cast_{name}", ("Cast",), dense_around(nodes, "h", "z", 6, 6, 70 + i), (1, 6))
+    add("Pow_base", ("Pow",), dense_around([helper.make_node("Pow", ["base", "h"], ["z"])], "h", "z", 6, 6, 84,
                                             {"base": np.abs(_f(6, seed=85)) + 0.2}), (1, 6), -0.5, 0.5)
     thr = {"t": _f(6, seed=80, scale=0.5), "fill": _f(6, seed=81)}
-    add("Greater_Where", ("Greater", "Where"), _dense_around(
+    add("Greater_Where", ("Greater", "Where"), dense_around(
         [helper.make_node("Greater", ["h", "t"], ["g"]), helper.make_node("Where", ["g", "h", "fill"], ["z"])],
         "h", "z", 6, 6, 82, thr), (1, 6))
     cmp_nodes = [helper.make_node("Less", ["h", "t"], ["a"]), helper.make_node("GreaterOrEqual", ["h", "fill"], ["b"]),
@@ -256,7 +256,7 @@ def _cases() -> list[OpCase]:
                  helper.make_node("Equal", ["fl", "zero"], ["q"])] + [
                  helper.make_node("Cast", [v], [v + "f"], to=TensorProto.FLOAT) for v in ("a", "e", "q")] + [
                  helper.make_node("Where", ["a", "ef", "qf"], ["w"]), helper.make_node("Where", ["b", "w", "af"], ["z"])]
-    add("Comparisons", ("Less", "GreaterOrEqual", "LessOrEqual", "Equal"), _dense_around(
+    add("Comparisons", ("Less", "GreaterOrEqual", "LessOrEqual", "Equal"), dense_around(
         cmp_nodes, "h", "z", 6, 6, 83, {**thr, "zero": np.zeros(6, np.float32)}), (1, 6))
     return c
 

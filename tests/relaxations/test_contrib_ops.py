@@ -9,15 +9,15 @@ from onnx import helper
 
 from models import graph_from_proto
 from relaxations import BoundOptions, IntervalBounds, compute_bounds, rule_for
-from tests.op_cases import _dense_around
+from tests.op_cases import dense_around
 from verifier.checker.onnx_net import Unsupported, read_network
 
 
 def _net(op: str, domain: str, attrs: dict, seed: int):
     node = helper.make_node(op, ["h"], ["z"], domain=domain, **attrs)
     if domain:
-        return _dense_around([node], "h", "z", 6, 6, seed, domains={domain: 1})
-    return _dense_around([node], "h", "z", 6, 6, seed, opset=20)
+        return dense_around([node], "h", "z", 6, 6, seed, domains={domain: 1})
+    return dense_around([node], "h", "z", 6, 6, seed, opset=20)
 
 
 @pytest.mark.parametrize("contrib, approximate", [("Gelu", "none"), ("FastGelu", "tanh")])
