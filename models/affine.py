@@ -39,8 +39,8 @@ def affine_map(ev: GraphEvaluator, node: Node, var: Sequence[str]) -> tuple[np.n
     N = sum(sizes)
     n_out = int(np.prod(shapes[node.outputs[0]]))
     if N * n_out > MAX_MAP_ENTRIES:
-        raise NotAffine(f"its matrix ({n_out} x {N}) is too large to write densely", node=node.name, op=node.op,
-                        opset=node.opset)
+        raise NotAffine(f"its matrix ({n_out} x {N}) is too large to write densely", node=node.name,
+                        op=node.qualified_op, opset=node.opset)
     r = np.random.default_rng(0).uniform(-1, 1, N)
     pts = np.concatenate([np.zeros((1, N)), np.eye(N), r[None]])
     values, at = {}, 0
@@ -51,5 +51,6 @@ def affine_map(ev: GraphEvaluator, node: Node, var: Sequence[str]) -> tuple[np.n
     b = y[0]
     W = (y[1:N + 1] - b).T
     if not np.allclose(W @ r + b, y[-1], rtol=1e-9, atol=1e-9 * (1 + np.abs(y[-1]).max())):
-        raise NotAffine("it is not affine in its variable inputs", node=node.name, op=node.op, opset=node.opset)
+        raise NotAffine("it is not affine in its variable inputs", node=node.name, op=node.qualified_op,
+                        opset=node.opset)
     return W, b

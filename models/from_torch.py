@@ -81,7 +81,7 @@ class _Builder:
         except UnsupportedModel:
             raise
         except Exception as exc:
-            raise UnsupportedModel(f"cannot evaluate ({type(exc).__name__}: {exc})", node=name, op=node.op,
+            raise UnsupportedModel(f"cannot evaluate ({type(exc).__name__}: {exc})", node=name, op=node.qualified_op,
                                    opset=OPSET) from None
         self.nodes.append(node)
         self.example[name] = out

@@ -164,12 +164,12 @@ def _expanded(nodes: list[Node], example: dict, constants: dict, row_sums: dict[
         x = node.inputs[0]
         value = example.get(x, constants.get(x))
         if value is None or len(node.inputs) < 2 or not node.inputs[1]:
-            raise UnsupportedModel("LayerNormalization needs its input and Scale", node=node.name, op=node.op,
+            raise UnsupportedModel("LayerNormalization needs its input and Scale", node=node.name, op=node.qualified_op,
                                    opset=node.opset)
         try:
             yield from expand_layernorm(node, value.dim(), constants)
         except ValueError as exc:
-            raise UnsupportedModel(str(exc), node=node.name, op=node.op, opset=node.opset) from None
+            raise UnsupportedModel(str(exc), node=node.name, op=node.qualified_op, opset=node.opset) from None
 
 
 def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None = None) -> Graph:
@@ -213,17 +213,17 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
         missing = [x for x in variable if x not in example]
         if missing:
             raise UnsupportedModel(f"input '{missing[0]}' is not produced by any node",
-                                   node=node.name, op=node.op, opset=node.opset)
+                                   node=node.name, op=node.qualified_op, opset=node.opset)
         args = [None if x == "" else constants.get(x, example.get(x)) for x in node.inputs]
         try:
             outs = rule.fn(node, args)
         except Exception as exc:
             raise UnsupportedModel(f"cannot evaluate ({type(exc).__name__}: {exc})",
-                                   node=node.name, op=node.op, opset=node.opset) from None
+                                   node=node.name, op=node.qualified_op, opset=node.opset) from None
         outputs = [o for o in node.outputs if o]
         if len(outs) < len(outputs) and not (node.op in ("Dropout", "MaxPool") and len(outs) == 1):
             raise UnsupportedModel(f"{len(outputs)} outputs requested, {len(outs)} supported",
-                                   node=node.name, op=node.op, opset=node.opset)
+                                   node=node.name, op=node.qualified_op, opset=node.opset)
         if not variable or rule.shape_only:
             for name, value in zip(node.outputs, outs):
                 constants[name] = value

@@ -184,7 +184,7 @@ class _Walk:
         return GraphNaiveBound(value, self.norm, tuple(self.steps))
 
     def _refuse(self, node: Node, why: str) -> UnsupportedModel:
-        return UnsupportedModel(f"naive Lipschitz bound: {why}", node=node.name, op=node.op, opset=node.opset)
+        return UnsupportedModel(f"naive Lipschitz bound: {why}", node=node.name, op=node.qualified_op, opset=node.opset)
 
     def _repeat(self, name: str, out: str) -> float:
         """How many times broadcasting repeats each entry of ``name`` in ``out``."""

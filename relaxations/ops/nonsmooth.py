@@ -343,11 +343,12 @@ def _power_of_constant(node: Node, base, exponent) -> IntervalBounds:
     for b >= 1), so its interval is b^l, b^u in order. CROWN bounds it by this interval
     (the rule relaxes only its first input)."""
     if not isinstance(exponent, IntervalBounds):
-        raise UnsupportedModel("Pow with neither input variable", node=node.name, op=node.op, opset=node.opset)
+        raise UnsupportedModel("Pow with neither input variable", node=node.name, op=node.qualified_op,
+                               opset=node.opset)
     b = torch.as_tensor(base, dtype=exponent.lower.dtype, device=exponent.lower.device)
     if not bool((b > 0).all()) or not bool(torch.isfinite(b).all()):
-        raise UnsupportedModel("a variable exponent needs a positive constant base", node=node.name, op=node.op,
-                               opset=node.opset)
+        raise UnsupportedModel("a variable exponent needs a positive constant base", node=node.name,
+                               op=node.qualified_op, opset=node.opset)
     at_l, at_u = torch.pow(b, exponent.lower), torch.pow(b, exponent.upper)
     return IntervalBounds(torch.minimum(at_l, at_u), torch.maximum(at_l, at_u))
 

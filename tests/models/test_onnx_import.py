@@ -48,7 +48,7 @@ def test_unsupported_op_names_node_op_and_opset() -> None:
 def test_custom_domain_is_refused() -> None:
     node = helper.make_node("Foo", ["X"], ["Y"], domain="com.example")
     model = make_model([node], {}, (1, 3), (1, 3), domains={"com.example": 1})
-    with pytest.raises(UnsupportedModel, match="custom domain 'com.example'.*op com.example.Foo|op com.example.Foo.*custom domain 'com.example'"):
+    with pytest.raises(UnsupportedModel, match="op com.example.Foo .*custom domain 'com.example'"):
         graph_from_proto(model)
     # A node of a domain the model does not import is refused as such.
     with pytest.raises(UnsupportedModel, match="imports no opset of domain 'com.example'"):
@@ -70,7 +70,8 @@ def test_a_contrib_op_is_looked_up_under_its_own_domain() -> None:
 def test_fast_gelu_with_a_bias_is_refused_by_name() -> None:
     node = helper.make_node("FastGelu", ["X", "b"], ["Y"], domain="com.microsoft")
     model = make_model([node], {"b": np.ones(3, np.float32)}, (1, 3), (1, 3), domains={"com.microsoft": 1})
-    with pytest.raises(UnsupportedModel, match="com.microsoft.FastGelu with a bias input is not supported"):
+    with pytest.raises(UnsupportedModel, match=r"op com.microsoft.FastGelu \(opset 1\): cannot evaluate .*"
+                                               "com.microsoft.FastGelu with a bias input is not supported"):
         graph_from_proto(model)
 
 
