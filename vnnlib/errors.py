@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["VnnlibError", "line_col", "plain"]
+__all__ = ["VnnlibError", "UnsupportedQuery", "line_col", "plain"]
 
 
 class VnnlibError(Exception):
@@ -49,6 +49,10 @@ def plain(value: object) -> str:
     if isinstance(value, numbers.Integral):
         return str(int(value))
     return repr(float(value))
+
+
+class UnsupportedQuery(VnnlibError):
+    """A well-formed 2.0 query that uses a construct the engine does not decide yet."""
 
 
 def line_col(text: str, offset: int) -> tuple[int, int]:
