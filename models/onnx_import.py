@@ -145,9 +145,13 @@ def _expanded(nodes: list[Node], example: dict, constants: dict, row_sums: dict[
     each Gemm of two variable matrices replaced by the ops it is made of
     (`models.passes.expand_layernorm`, `expand_softmax`, `expand_gemm`; its input's shape
     is known by the time it is reached). Each Softmax's output and axis go into
-    `row_sums` (`Graph.row_sums`)."""
+    `row_sums` (`Graph.row_sums`). Only ONNX's own ops are expanded: another domain's op
+    of the same name goes to the registries as it is (which refuse what they lack)."""
     for node in nodes:
-        if node.op == "Softmax" and not node.domain and node.inputs[0] in example:
+        if node.domain:
+            yield node
+            continue
+        if node.op == "Softmax" and node.inputs[0] in example:
             shape = tuple(example[node.inputs[0]].shape)
             axis = int(node.attr("axis", -1 if node.opset >= 13 else 1))
             axis = axis + len(shape) if axis < 0 else axis

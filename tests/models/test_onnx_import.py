@@ -67,6 +67,14 @@ def test_a_contrib_op_is_looked_up_under_its_own_domain() -> None:
         graph_from_proto(make_model([contrib], {}, (1, 3), (1, 3), domains={"com.microsoft": 2}))
 
 
+def test_an_op_of_another_domain_is_not_expanded_as_onnx_s_op_of_that_name() -> None:
+    """A Gemm of two variable matrices is expanded at import; com.example's Gemm is not
+    ONNX's, and is refused as an op nncert does not have, not read as a Gemm."""
+    node = helper.make_node("Gemm", ["X", "X"], ["Y"], domain="com.example", transB=1)
+    with pytest.raises(UnsupportedModel, match="op com.example.Gemm .*custom domain 'com.example'"):
+        graph_from_proto(make_model([node], {}, (3, 3), (3, 3), domains={"com.example": 1}))
+
+
 def test_fast_gelu_with_a_bias_is_refused_by_name() -> None:
     node = helper.make_node("FastGelu", ["X", "b"], ["Y"], domain="com.microsoft")
     model = make_model([node], {"b": np.ones(3, np.float32)}, (1, 3), (1, 3), domains={"com.microsoft": 1})
