@@ -72,12 +72,9 @@ def module_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
 
 def margin_matrix(y: T, n_classes: int) -> T:
     """C [B, K-1, K] with rows e_y - e_j for every j != y (in increasing j)."""
-    # The j-th other class is j, or j + 1 from y on: index arithmetic, where a boolean
-    # mask would cost a nonzero() and a host sync every training step.
-    j = torch.arange(n_classes - 1, device=y.device).unsqueeze(0)
-    others = j + (j >= y.unsqueeze(1)).to(j.dtype)
-    eye = torch.eye(n_classes, device=y.device)
-    return eye[y].unsqueeze(1) - eye[others]
+    # Each class's rows picked from `pair_rows` by index: a boolean mask would cost a
+    # nonzero() and a host sync every training step.
+    return pair_rows(n_classes, torch.get_default_dtype(), y.device).reshape(n_classes, n_classes - 1, n_classes)[y]
 
 
 def pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
