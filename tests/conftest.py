@@ -2,6 +2,7 @@
 `device`, which runs a test on the CPU and on CUDA (`pytest -m gpu`: the CUDA cases only)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ REFERENCE = SHARED / "reference"
 needs_shared = pytest.mark.skipif(not BENCH.is_dir(), reason="../shared/bench (VNN-COMP instances) is not beside "
                                                               "the checkout; these tests read real benchmark files")
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (`make test` runs two workers) each worker takes one thread: two
+# workers of two threads each on a 2-core machine would fight over the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 NO_CUDA = "no CUDA device on this machine (CI has none; benchmarks/gpu.sh runs these on a GPU)"
 
