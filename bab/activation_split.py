@@ -28,14 +28,14 @@ from bab.leaf_lp import LeafSolver, decide_leaves
 from bab.learned import Nogoods
 from bab.problem import Problem, into_region, region_box, rows_left_open, rows_problem, rows_status, violations
 from bab.proof import ActivationProofLog, ConjunctionProofs
-from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
+from bab.search import Bounded, RoundPool, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
 from relaxations.bounds import rows_proved
 from relaxations.crown import BackwardContext, rules_for
 from relaxations.reverse import tightened_box
 
-__all__ = ["ReluBrancher", "ReluSearch", "activation_split_bab", "relu_inputs"]
+__all__ = ["ReluBrancher", "ReluSearch", "activation_split_bab", "relu_brancher", "relu_inputs"]
 
 T = torch.Tensor
 
@@ -441,16 +441,24 @@ def _with_points(p: Problem, pts: Optional[T], obj: Optional[T], points: list) -
     return torch.cat([pts, x]), torch.cat([obj, v])
 
 
+def relu_brancher(p: Problem, options: BoundOptions, limits: SearchLimits, how: ReluSearch, attack: bool,
+                  tuning: Tuning = DEFAULT_TUNING) -> ReluBrancher:
+    """The brancher `activation_split_bab` searches with (a pool's workers build theirs here too)."""
+    return ReluBrancher(p, options, how, attack=attack, tuning=tuning, room=2 * limits.batch_size)
+
+
 def activation_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
-                         how: ReluSearch = ReluSearch(), tuning: Tuning = DEFAULT_TUNING) -> SearchOutcome:
+                         how: ReluSearch = ReluSearch(), tuning: Tuning = DEFAULT_TUNING,
+                         pool: Optional[RoundPool] = None) -> SearchOutcome:
     """Search until all domains are proved, a counterexample is confirmed (`hooks.confirm`),
     limits are hit, or `hooks.stop()` (checked once per round) is true; `hooks.progress`
     receives the counters after each round (domains bounded and open, the worst open
-    domain's gap). `how` holds the search's switches (`ReluSearch`).
+    domain's gap). `how` holds the search's switches (`ReluSearch`). With a `pool` the
+    rounds run on its workers (`bab.search.RoundPool`, each with a `relu_brancher` of the
+    same arguments); a search per conjunction stays in this process.
     """
     def make(q: Problem) -> ReluBrancher:
-        return ReluBrancher(q, options, how, attack=hooks.confirm is not None, tuning=tuning,
-                            room=2 * limits.batch_size)
+        return relu_brancher(q, options, limits, how, hooks.confirm is not None, tuning)
 
     brancher = make(p)
     if not brancher.names:
@@ -459,7 +467,7 @@ def activation_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits
     if how.per_conjunction and p.n_conj > 1:
         return _per_conjunction(p, brancher, make, limits, hooks, tuning.confirm_limit, how.record_proof)
     log = ActivationProofLog(brancher.names) if how.record_proof else None
-    return run(brancher, limits, hooks, log, brancher.record, tuning.confirm_limit)
+    return run(brancher, limits, hooks, log, brancher.record, tuning.confirm_limit, pool)
 
 
 def conjunction_problem(p: Problem, k: int) -> Problem:

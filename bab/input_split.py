@@ -34,7 +34,7 @@ from bab.clipping import (clip_box, clip_box_union, hull_under_constraints,
 from bab.domains import DomainBatch
 from bab.problem import Problem, into_region, open_rows, rows_status, violations
 from bab.proof import ProofLog
-from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
+from bab.search import Bounded, RoundPool, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from relaxations import BallBox, BoundOptions, Given, IntervalBounds, LinearBounds, compute_bounds
 
@@ -392,14 +392,16 @@ class InputBrancher:
 
 
 def input_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
-                    how: InputSearch = InputSearch(), tuning: Tuning = DEFAULT_TUNING) -> SearchOutcome:
+                    how: InputSearch = InputSearch(), tuning: Tuning = DEFAULT_TUNING,
+                    pool: Optional[RoundPool] = None) -> SearchOutcome:
     """Search until every domain is proved, a counterexample is confirmed
     (`hooks.confirm`), time/memory runs out or `hooks.stop()` is true; `hooks.progress` receives the counters
     after each round (domains bounded and open, the worst open domain's gap). With
     alpha-CROWN a proof keeps each proved leaf's best slopes per row at its unstable
-    neurons.
+    neurons. With a `pool` the rounds run on its workers (`bab.search.RoundPool`), each
+    holding an InputBrancher built with the same arguments.
     """
     brancher = InputBrancher(p, options, how, tuning)
     log = ProofLog(method=options.method) if how.record_proof else None
     limits = dataclasses.replace(limits, bytes_per_domain=domain_bytes(p))
-    return run(brancher, limits, hooks, log, brancher.record, tuning.confirm_limit)
+    return run(brancher, limits, hooks, log, brancher.record, tuning.confirm_limit, pool)

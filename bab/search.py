@@ -28,7 +28,8 @@ from bab.memory import BatchSizer, OutOfMemory, free_memory_bytes, run_with_retr
 from bab.problem import Problem, rows_status
 
 __all__ = ["SearchHooks", "SearchOutcome", "Bounded", "Brancher", "SideTask", "SearchLimits", "search", "Confirm",
-           "RecordProof", "ReportProgress", "StopWhen", "domain_bytes", "run"]
+           "RecordProof", "ReportProgress", "StopWhen", "domain_bytes", "run", "RoundPool", "RoundReply",
+           "worker_round"]
 
 T = torch.Tensor
 
@@ -125,8 +126,53 @@ class SearchState:
     depth_first_from: Optional[int] = None   # the round memory ran short, if it did
 
 
-def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] = ()) -> SearchOutcome:
-    """Run branch and bound until every domain is proved, a task ends it, or a limit is hit."""
+@dataclass(frozen=True)
+class RoundReply:
+    """What a worker sends back for one batch: `bounded` (None: every child closed before
+    bounding) and `left`, the domains it did not get to (its memory halved the batch);
+    or, when even the smallest batch ran out of memory, `oom` with the reason (`left` then
+    holds the whole batch)."""
+
+    bounded: Optional[Bounded]
+    left: Any
+    oom: Optional[str] = None
+
+
+class RoundPool(Protocol):
+    """Workers that run rounds of one search on batches the loop hands them (issue 21's
+    coordinator protocol; verifier/shards.py has the local-process backend). Each worker
+    holds a brancher built like the loop's own, so a round there is `worker_round`
+    here. A worker that is lost gives back its batch (`collect`'s lost list); an
+    exception inside a worker is raised by `collect`, never turned into a verdict."""
+
+    def idle(self) -> int:
+        """How many workers have no batch."""
+        ...
+
+    def submit(self, batch: Batch, round_: int) -> None:
+        """Hand `batch` to an idle worker."""
+        ...
+
+    def collect(self, timeout: float) -> tuple[list[RoundReply], list[Batch]]:
+        """Replies that arrived within `timeout` seconds, and the batches of workers lost."""
+        ...
+
+
+def worker_round(brancher: Brancher, batch: Batch, round_: int, sizer: BatchSizer) -> RoundReply:
+    """One round on a worker: split and bound `batch` as the loop would (halving on
+    out-of-memory), answered as a RoundReply."""
+    try:
+        bounded, left = run_with_retry(lambda b: _round(brancher, b, round_), batch, sizer)
+    except OutOfMemory as exc:
+        return RoundReply(None, batch, exc.reason)
+    return RoundReply(bounded, left)
+
+
+def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] = (),
+           pool: Optional[RoundPool] = None) -> SearchOutcome:
+    """Run branch and bound until every domain is proved, a task ends it, or a limit is hit.
+    With a `pool` the rounds run on its workers, several batches at once, while this
+    process keeps the store and runs the side tasks (`_pooled`)."""
     p = brancher.problem
     root = brancher.root()
     state = SearchState(p, DomainStore(root.domains.take(~root.proved)), bounded=len(root.domains))
@@ -140,6 +186,8 @@ def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] =
     device = root.proved.device
     sizer = BatchSizer(size=limits.batch_size, max_size=max(limits.batch_size, limits.max_batch_size or 0))
     sizer.initial(limits.bytes_per_domain, device)
+    if pool is not None:
+        return _pooled(brancher, limits, tasks, state, sizer, pool)
     while len(state.store):
         if time.monotonic() > limits.deadline:
             return _outcome(brancher, state, "timeout", domains_left=len(state.store) + state.aside)
@@ -153,23 +201,80 @@ def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] =
         state.aside += aside
         if not len(batch):
             continue
-        try:
-            bounded, left = run_with_retry(lambda b: _round(brancher, b, state.rounds), batch, sizer)
-        except OutOfMemory as exc:
+        done = _absorb(brancher, worker_round(brancher, batch, state.rounds, sizer), state, tasks)
+        if done is not None:
+            return done
+    return _finish(brancher, limits, state)
+
+
+def _absorb(brancher: Brancher, reply: RoundReply, state: SearchState, tasks: Sequence[SideTask]
+            ) -> Optional[SearchOutcome]:
+    """One round's reply into the search: the domains it did not reach back into the store,
+    its bounded children through the side tasks (a task may end the search), the open
+    ones into the store. Out of memory even for one domain ends the search unknown."""
+    if reply.oom is not None:
+        state.store.push(reply.left)
+        return _outcome(brancher, state, "unknown", reason=reply.oom, domains_left=len(state.store))
+    if len(reply.left):
+        state.store.push(reply.left)
+    bounded = reply.bounded
+    if bounded is None:   # every child closed before bounding
+        return None
+    state.bounded += len(bounded.domains)
+    state.rounds += 1
+    state.leaves += int(bounded.proved.sum())
+    for task in tasks:
+        done = task(bounded, state)
+        if done is not None:
+            return done
+    state.store.push(bounded.domains.take(~bounded.proved))
+    return None
+
+
+def _pooled(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask], state: SearchState,
+            sizer: BatchSizer, pool: RoundPool) -> SearchOutcome:
+    """The loop of `search` with its rounds on `pool`'s workers: every idle worker gets the
+    store's worst `sizer.size` domains, and each reply goes through the side tasks as a
+    round of its own. Several batches are out at once, so a batch is popped before the
+    children of the one before it are back: the order differs from one process's, the
+    domains bounded are the same kind. While no worker is ready (they start in seconds)
+    or when every one is lost, the rounds run here."""
+    out = 0
+    while len(state.store) or out:
+        now = time.monotonic()
+        if now > limits.deadline:
+            return _outcome(brancher, state, "timeout", domains_left=len(state.store) + state.aside)
+        if len(state.store) > limits.max_domains:
+            return _outcome(brancher, state, "unknown", reason="domain limit reached", domains_left=len(state.store))
+        while len(state.store) and pool.idle():
+            batch, aside = brancher.select(state.store.pop(sizer.size))
+            state.aside += aside
+            if len(batch):
+                pool.submit(batch, state.rounds + out)
+                out += 1
+        if not out:
+            if not len(state.store):
+                break
+            # No worker ready (still starting, or every one lost): this process runs the round.
+            batch, aside = brancher.select(state.store.pop(sizer.size))
+            state.aside += aside
+            replies, lost = pool.collect(0.0)   # hears which workers became ready
+            if len(batch):
+                replies.append(worker_round(brancher, batch, state.rounds, sizer))
+        else:
+            replies, lost = pool.collect(min(0.25, max(0.0, limits.deadline - now)))
+            out -= len(replies) + len(lost)
+        for batch in lost:
             state.store.push(batch)
-            return _outcome(brancher, state, "unknown", reason=exc.reason, domains_left=len(state.store))
-        if len(left):
-            state.store.push(left)
-        if bounded is None:   # every child closed before bounding
-            continue
-        state.bounded += len(bounded.domains)
-        state.rounds += 1
-        state.leaves += int(bounded.proved.sum())
-        for task in tasks:
-            done = task(bounded, state)
+        for reply in replies:
+            done = _absorb(brancher, reply, state, tasks)
             if done is not None:
                 return done
-        state.store.push(bounded.domains.take(~bounded.proved))
+    return _finish(brancher, limits, state)
+
+
+def _finish(brancher: Brancher, limits: SearchLimits, state: SearchState) -> SearchOutcome:
+    """The outcome once the store is empty: unsat, unless domains were set aside."""
     if state.aside and time.monotonic() > limits.deadline:
         # Past the deadline alpha-CROWN may stop before its coefficients are captured, and
         # a domain then has no branching choice without being fully split: a timeout.
@@ -279,7 +384,8 @@ def domain_bytes(p: Problem) -> int:
 
 
 def run(brancher: Brancher, limits: SearchLimits, hooks: SearchHooks = SearchHooks(), log: Any = None,
-        record: Optional[Callable[[Any, Bounded], None]] = None, confirm_limit: int = 8) -> SearchOutcome:
+        record: Optional[Callable[[Any, Bounded], None]] = None, confirm_limit: int = 8,
+        pool: Optional[RoundPool] = None) -> SearchOutcome:
     """`search` with the standard side tasks, in their fixed order: confirm candidates
     (at most `confirm_limit` a round), record proved leaves into `log` (by
     `record(log, bounded)`), report progress, stop when `hooks.stop()` says so. An unsat
@@ -293,7 +399,7 @@ def run(brancher: Brancher, limits: SearchLimits, hooks: SearchHooks = SearchHoo
         tasks.append(ReportProgress(hooks.progress))
     if hooks.stop is not None:
         tasks.append(StopWhen(hooks.stop))
-    outcome = search(brancher, limits, tasks)
+    outcome = search(brancher, limits, tasks, pool)
     if outcome.status == "unsat":
         outcome.proof = log
     return outcome

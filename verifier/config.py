@@ -159,6 +159,10 @@ class BabConfig(_Validated):
                                  "allows (an out-of-memory error halves it); on CPU it stays at batch_size")
     max_domains: int = key(2_000_000, check=Int(1, 10 ** 9),
                            help="the search gives up (unknown) when this many domains are open")
+    workers: int = key(0, check=Int(0, 256), flag="--workers",
+                       help="worker processes that bound the search's batches of domains while this process keeps "
+                            "the domain store (input and ReLU activation split, on the CPU); 0 or 1: the search "
+                            "runs in this process")
     input_split_max_dims: int = key(16, check=Int(0),
                                     help="mode auto: input split when a region has at most this many free inputs")
     clip: bool = key(True, check=Bool(),

@@ -14,40 +14,28 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bab import Problem, activation_split_bab, input_split_bab
-from bab.activation_split import ReluSearch
-from bab.general_split import IntervalSearch, general_split_bab, needs_general_split, product_nodes, split_nodes
-from bab.input_split import InputSearch
-from bab.search import SearchHooks, SearchLimits
+from bab.general_split import product_nodes, split_nodes
 from bab.proof import ConjunctionProofs
 from models import GraphEvaluator
-from relaxations import DeadlineExceeded, IntervalBounds, compute_bounds
+from relaxations import DeadlineExceeded, compute_bounds
 from relaxations.bounds import rows_proved
 from vnnlib import Disjunct, Spec
-from verifier.api import bound_options, dtype_of, outward_box
+from verifier.api import bound_options, dtype_of
 from verifier.attack import attack_disjunct
 from verifier.config import SDP_METHODS, AttackConfig, Config, ConfigError, resolve_device
 from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
-from verifier.lp.region import empty_region_proof, polytope_point
+from verifier.lp.region import empty_region_proof
 from verifier.result import Result
+from verifier.shards import local_pool
+from verifier.searches import Beside, activation_search, disjunct_box, input_search, spec_rows
 
 __all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims", "search_mode", "bab_proof"]
 
 
 class SpecMismatch(ValueError):
     """The spec does not fit the model (numbers of inputs or outputs)."""
-
-
-def spec_rows(disjunct: Disjunct) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All rows stacked: C [S, n_out], d [S], strict [S], and the conjunction of each row."""
-    C = np.concatenate([c.C for c in disjunct.outputs]) if disjunct.outputs else np.zeros((0, 0))
-    d = np.concatenate([c.d for c in disjunct.outputs]) if disjunct.outputs else np.zeros(0)
-    strict = np.concatenate([c.strict for c in disjunct.outputs]) if disjunct.outputs else np.zeros(0, bool)
-    owner = np.concatenate([np.full(c.C.shape[0], k) for k, c in enumerate(disjunct.outputs)]) \
-        if disjunct.outputs else np.zeros(0, int)
-    return C, d, strict, owner
 
 
 def conjunctions_proved(lower: np.ndarray, d: np.ndarray, strict: np.ndarray, owner: np.ndarray,
@@ -62,11 +50,6 @@ def conjunctions_proved(lower: np.ndarray, d: np.ndarray, strict: np.ndarray, ow
     for k in range(n_conj):
         proved[..., k] = row_ok[..., owner == k].any(-1)
     return proved
-
-
-def _box(disjunct: Disjunct, shape: tuple[int, ...], dtype: torch.dtype, device: str) -> IntervalBounds:
-    lo, hi = outward_box(disjunct.region.lower, disjunct.region.upper, dtype, device)
-    return IntervalBounds(lo.reshape(1, *shape), hi.reshape(1, *shape))
 
 
 def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config,
@@ -84,7 +67,7 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
     if K == 0:
         return False, None, ""
     dt = ev.dtype
-    box = _box(disjunct, model.graph.input_shape, dt, resolve_device(config.device))
+    box = disjunct_box(disjunct, model.graph.input_shape, dt, resolve_device(config.device))
     Ct = torch.tensor(C, dtype=dt, device=resolve_device(config.device))
     if config.bounds.method in SDP_METHODS:
         return _prove_by_sdp(model, disjunct, config, deadline, stats, proof)
@@ -172,82 +155,6 @@ def search_mode(model: Model, config: Config, disjunct: Optional[Disjunct] = Non
     if n <= config.bab.input_split_max_dims or config.bounds.method != "alpha-crown":
         return "input"
     return "activation"
-
-
-def _capped(method: str, cap: str) -> str:
-    """The weaker of two bounding methods: `bounds.method` caps every search's bounds."""
-    order = ["ibp", "crown", "alpha-crown"]
-    return order[min(order.index(method), order.index(cap))]
-
-
-def _problem(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config,
-             known: Optional[dict] = None) -> Problem:
-    C, d, strict, owner = spec_rows(disjunct)
-    dt, dev = ev.dtype, resolve_device(config.device)
-    box = _box(disjunct, model.graph.input_shape, dt, dev)
-    problem = Problem(
-        graph=model.graph, ev=ev, lower=box.lower, upper=box.upper,
-        C=torch.tensor(C, dtype=dt, device=dev), d=torch.tensor(d, dtype=dt, device=dev),
-        strict=torch.tensor(strict, device=dev), owner=torch.tensor(owner, dtype=torch.long, device=dev),
-        n_conj=len(disjunct.outputs), known=known or {})
-    region = disjunct.region
-    if region.A is not None and region.A.shape[0]:
-        problem = dataclasses.replace(problem, region_a=torch.tensor(region.A, dtype=dt, device=dev),
-                                      region_c=torch.tensor(-region.b, dtype=dt, device=dev))
-    return problem
-
-
-def _activation_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
-                      progress: Progress, known: Optional[dict] = None, stop: Optional[Callable[[], bool]] = None):
-    problem = _problem(model, ev, disjunct, config, known)
-    progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
-    options = dataclasses.replace(bound_options(config.bounds, "alpha-crown"), deadline=deadline,
-                                  alpha_iterations=config.bab.alpha_iterations)
-    if config.bab.tighten_input and not config.proof:  # the checker bounds a leaf over the whole box
-        options = dataclasses.replace(options, tighten_input=True)
-    if config.bab.domain_intermediate == "root" and known and not config.proof:
-        options = dataclasses.replace(options, intermediate="ibp")  # the root's intervals, splits by IBP
-    batch = max(1, config.bab.batch_size // 4)
-    limits = SearchLimits(deadline, batch, config.bab.max_domains, _max_batch(config, batch))
-    hooks = SearchHooks(confirm=lambda x: confirm(model, disjunct, x) is not None,
-                        progress=lambda f: progress.update(**f), stop=stop)
-    if needs_general_split(model.graph, ev.constants):  # sigmoid, tanh, GELU, ...: interval splits
-        how = IntervalSearch(open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start,
-                             split_products=config.bab.split_products)
-        return general_split_bab(problem, options, limits, hooks, how)
-    how = ReluSearch(record_proof=config.proof, branching=config.bab.branching,
-                     fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
-                     warm_start=config.bab.warm_start,
-                     per_conjunction=config.bab.per_conjunction == "always" or (
-                         config.bab.per_conjunction == "proof" and config.proof),
-                     open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
-                     learn=config.bab.learned_cuts, leaf_solve=polytope_point if config.bab.leaf_lp else None,
-                     leaf_unstable=config.bab.leaf_lp_unstable)
-    return activation_split_bab(problem, options, limits, hooks, how)
-
-
-def _input_split(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, deadline: float,
-                 progress: Progress, known: Optional[dict] = None, stop: Optional[Callable[[], bool]] = None):
-    problem = _problem(model, ev, disjunct, config, known)
-    progress.update(bounded=0)  # this search's count: a timeout inside it adds what it shows
-    method = _capped(config.bab.input_split_method, config.bounds.method)
-    options = dataclasses.replace(bound_options(config.bounds, method),
-                                  alpha_iterations=config.bab.input_split_alpha_iterations, deadline=deadline)
-    limits = SearchLimits(deadline, config.bab.batch_size, config.bab.max_domains,
-                          _max_batch(config, config.bab.batch_size))
-    # No `stop`: the MILP that may decide beside a search runs with activation split only.
-    hooks = SearchHooks(confirm=lambda x: confirm(model, disjunct, x) is not None,
-                        progress=lambda f: progress.update(**f))
-    how = InputSearch(record_proof=config.proof, clip=config.bab.clip, clip_generations=config.bab.clip_generations,
-                      clip_intermediate=config.bab.clip_intermediate, clip_joint=config.bab.clip_joint)
-    return input_split_bab(problem, options, limits, hooks, how)
-
-
-def _max_batch(config: Config, batch: int) -> int:
-    """The cap a search's batch may grow to: on CUDA `bab.batch_growth` times the batch (a
-    GPU bounds a bigger batch in about the same time); on CPU the batch itself."""
-    return batch * config.bab.batch_growth if resolve_device(config.device).startswith("cuda") else batch
-
 
 
 def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, deadline: float, stats: dict, proof: list
@@ -377,8 +284,11 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
                       method=_METHOD_OF.get(state["phase"], ""), progress=progress.snapshot())
 
     runners: list = []   # MILPs running beside a search: none outlives the run
+    # The workers of a sharded search start first: they import torch and read the model
+    # while this process attacks and bounds, which decides many properties alone.
+    pool = local_pool(model, config.bab.workers) if config.bab.workers > 1 else None  # ConfigError if it cannot
     try:
-        return _decide(model, spec, config, deadline, _Run(progress, timings, stats, enter, timeout, runners))
+        return _decide(model, spec, config, deadline, _Run(progress, timings, stats, enter, timeout, runners, pool))
     except DeadlineExceeded:
         # A bound pass noticed the deadline: no bound came out of it, so nothing is decided.
         if state["phase"].startswith("bab"):  # the search's count so far is in the progress record
@@ -387,6 +297,9 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
     finally:
         for r in runners:
             r.stop()
+        if pool is not None:
+            stats["workers"] = pool.stats()
+            pool.close()
 
 
 _METHOD_OF = {"attack": "attack", "attack-longer": "attack", "bounds": "", "lp": "milp", "bab-input": "bab-input",
@@ -407,6 +320,7 @@ class _Run:
     enter: Callable[[str], None]
     timeout: Callable[[str], Result]
     runners: list
+    pool: Optional[object] = None    # the workers a sharded search runs its rounds on (verifier/shards.py)
 
 
 def _decide(model: Model, spec: Spec, config: Config, deadline: float, run: _Run) -> Result:
@@ -486,9 +400,9 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, run: _Run
             tried.append(mode)
             last = f"bab-{mode}"
             enter(last)
-            search = _input_split if mode == "input" else _activation_split
+            search = input_search if mode == "input" else activation_search
             outcome = search(model, ev, disjunct, config, deadline, progress, known,
-                             runner.decided if runner is not None else None)
+                             Beside(runner.decided if runner is not None else None, run.pool))
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
             for key in ("nogoods", "leaf_lps", "leaf_lp_proved"):
                 if key in outcome.stats:

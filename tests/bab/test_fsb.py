@@ -51,7 +51,7 @@ def _three_domains(tmp_path, seed: int, widths, second: int):
     from bab.activation_split import relu_inputs
     from models import GraphEvaluator
     from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
-    from verifier.verify import _problem
+    from verifier.searches import search_problem as _problem
 
     model = known_answer_net(tmp_path, seed, widths=widths)
     m = known_answer_min(model)

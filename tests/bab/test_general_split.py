@@ -16,7 +16,7 @@ from tests.helpers import assert_verdicts_bracket, relu_mlp_layers
 from tests.op_cases import make_model
 from verifier import Config, load_model, verify
 from verifier.config import with_overrides
-from verifier.verify import _problem
+from verifier.searches import search_problem as _problem
 
 GRID = np.linspace(-1, 1, 301)
 

@@ -16,7 +16,7 @@ from relaxations import BoundOptions
 from tests.builders import activation_split_config, four_conjunction_spec, known_answer_net, output_mins
 from verifier import Config, verify
 from verifier.lp.region import polytope_point
-from verifier.verify import _problem
+from verifier.searches import search_problem as _problem
 
 
 def _one_output_spec(threshold: float) -> vnnlib.Spec:

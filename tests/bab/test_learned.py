@@ -14,7 +14,7 @@ from relaxations import BoundOptions
 from tests.helpers import assert_verdicts_bracket, relu_mlp_onnx
 from verifier import Config, load_model
 from verifier.config import with_overrides
-from verifier.verify import _problem
+from verifier.searches import search_problem as _problem
 
 
 def _ng(*rows: list[int]) -> Nogoods:

@@ -21,7 +21,7 @@ from tests.builders import clip_objective, known_answer_min, known_answer_net, k
 from tests.helpers import assert_verdicts_bracket
 from verifier import Config
 from verifier.config import ConfigError, with_overrides
-from verifier.verify import _problem
+from verifier.searches import search_problem as _problem
 
 T = torch.Tensor
 

@@ -14,7 +14,7 @@ from models import GraphEvaluator
 from relaxations import BoundOptions
 from tests.builders import activation_split_config, four_conjunction_spec, known_answer_net, output_mins
 from verifier import Config, verify
-from verifier.verify import _problem
+from verifier.searches import search_problem as _problem
 
 
 def _inside(model, splits: dict, xs: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ def _verify_args(*flags: str):
 def test_the_flagged_keys_are_the_ones_a_user_sets_on_most_runs():
     assert {f: k.name for f, k in FLAGGED.items()} == {
         "--device": "device", "--threads": "threads", "--timeout": "timeout", "--seed": "seed",
-        "--method": "bounds.method"}
+        "--method": "bounds.method", "--workers": "bab.workers"}
 
 
 def test_each_flag_sets_its_key_through_the_same_check():
