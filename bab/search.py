@@ -187,16 +187,11 @@ def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] =
     sizer = BatchSizer(size=limits.batch_size, max_size=max(limits.batch_size, limits.max_batch_size or 0))
     sizer.initial(limits.bytes_per_domain, device)
     if pool is not None:
-        return _pooled(brancher, limits, tasks, state, sizer, pool)
+        return _pooled(brancher, limits, tasks, state, sizer, pool, device)
     while len(state.store):
-        if time.monotonic() > limits.deadline:
-            return _outcome(brancher, state, "timeout", domains_left=len(state.store) + state.aside)
-        if not state.store.depth_first and state.rounds % 16 == 0 and _memory_short(state.store, limits, device):
-            state.store.depth_first = True  # finish subtrees before the frontier grows further
-            state.depth_first_from = state.rounds
-        if len(state.store) > limits.max_domains:
-            return _outcome(brancher, state, "unknown", reason="domain limit reached",
-                            domains_left=len(state.store))
+        stop = _limits(brancher, limits, state, device)
+        if stop is not None:
+            return stop
         batch, aside = brancher.select(state.store.pop(sizer.size))
         state.aside += aside
         if not len(batch):
@@ -205,6 +200,20 @@ def search(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask] =
         if done is not None:
             return done
     return _finish(brancher, limits, state)
+
+
+def _limits(brancher: Brancher, limits: SearchLimits, state: SearchState, device: torch.device
+            ) -> Optional[SearchOutcome]:
+    """Checked before each round: past the deadline a timeout, too many open domains
+    unknown; and when the open domains crowd memory the store turns depth-first."""
+    if time.monotonic() > limits.deadline:
+        return _outcome(brancher, state, "timeout", domains_left=len(state.store) + state.aside)
+    if not state.store.depth_first and state.rounds % 16 == 0 and _memory_short(state.store, limits, device):
+        state.store.depth_first = True  # finish subtrees before the frontier grows further
+        state.depth_first_from = state.rounds
+    if len(state.store) > limits.max_domains:
+        return _outcome(brancher, state, "unknown", reason="domain limit reached", domains_left=len(state.store))
+    return None
 
 
 def _absorb(brancher: Brancher, reply: RoundReply, state: SearchState, tasks: Sequence[SideTask]
@@ -232,7 +241,7 @@ def _absorb(brancher: Brancher, reply: RoundReply, state: SearchState, tasks: Se
 
 
 def _pooled(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask], state: SearchState,
-            sizer: BatchSizer, pool: RoundPool) -> SearchOutcome:
+            sizer: BatchSizer, pool: RoundPool, device: torch.device) -> SearchOutcome:
     """The loop of `search` with its rounds on `pool`'s workers: every idle worker gets the
     store's worst `sizer.size` domains, and each reply goes through the side tasks as a
     round of its own. Several batches are out at once, so a batch is popped before the
@@ -241,11 +250,9 @@ def _pooled(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask],
     or when every one is lost, the rounds run here."""
     out = 0
     while len(state.store) or out:
-        now = time.monotonic()
-        if now > limits.deadline:
-            return _outcome(brancher, state, "timeout", domains_left=len(state.store) + state.aside)
-        if len(state.store) > limits.max_domains:
-            return _outcome(brancher, state, "unknown", reason="domain limit reached", domains_left=len(state.store))
+        stop = _limits(brancher, limits, state, device)
+        if stop is not None:
+            return stop
         while len(state.store) and pool.idle():
             batch, aside = brancher.select(state.store.pop(sizer.size))
             state.aside += aside
@@ -262,7 +269,7 @@ def _pooled(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask],
             if len(batch):
                 replies.append(worker_round(brancher, batch, state.rounds, sizer))
         else:
-            replies, lost = pool.collect(min(0.25, max(0.0, limits.deadline - now)))
+            replies, lost = pool.collect(min(0.25, max(0.0, limits.deadline - time.monotonic())))
             out -= len(replies) + len(lost)
         for batch in lost:
             state.store.push(batch)

@@ -82,20 +82,21 @@ def _answer(conn: Connection, model: Any) -> None:
         kind = message[0]
         if kind == "stop":
             return
+        search = message[1]    # which setup the message belongs to, echoed in the answer
         try:
             if kind == "setup":
-                brancher = recipe_brancher(model, message[1])
+                brancher = recipe_brancher(model, message[2])
                 brancher.root()     # what the brancher learns at the root (unstable neurons, layout)
-                _send(conn, ("ready", None))
+                _send(conn, ("ready", search, None))
             elif kind == "round":
-                _, round_, batch = message
+                _, _, round_, batch = message
                 if brancher is None:
                     raise RuntimeError("a search worker got a round before its setup")
                 # The coordinator sizes the batches; this worker halves one only on out-of-memory.
                 reply = worker_round(brancher, batch, round_, BatchSizer(size=max(1, len(batch))))
-                _send(conn, ("done", reply))
+                _send(conn, ("done", search, reply))
         except BaseException as exc:  # noqa: B902 - every failure goes back to be raised there
-            _send(conn, ("error", _portable(exc)))
+            _send(conn, ("error", search, _portable(exc)))
 
 
 class LocalPool:
@@ -109,7 +110,9 @@ class LocalPool:
         self._live: set[int] = set()
         self._ready: set[int] = set()                # workers whose brancher for this search is built
         self._lost_batches: list[Batch] = []         # batches a failed send could not hand out
-        self.started = time.monotonic()
+        # Which setup is current: a search that ended with batches out (sat, a stop, the
+        # other split kind next) leaves replies in the pipes that belong to no search now.
+        self._search = 0
         self.counts = {"workers": workers, "batches": 0, "lost": 0, "wait_s": 0.0}
         self._file = tempfile.NamedTemporaryFile(prefix="nncert-model-", suffix=".onnx")
         self._file.write(model.onnx_bytes)
@@ -129,9 +132,11 @@ class LocalPool:
         (`collect` hears it), and until then gets no batch: the loop bounds them itself."""
         self._busy.clear()
         self._ready.clear()
+        self._lost_batches.clear()
+        self._search += 1
         for i in sorted(self._live):
             try:
-                _send(self._conns[i], ("setup", recipe))
+                _send(self._conns[i], ("setup", self._search, recipe))
             except (OSError, ValueError):
                 self._lose(i)
 
@@ -151,7 +156,7 @@ class LocalPool:
     def submit(self, batch: Batch, round_: int) -> None:
         i = next(i for i in sorted(self._ready) if i not in self._busy)
         try:
-            _send(self._conns[i], ("round", round_, batch))
+            _send(self._conns[i], ("round", self._search, round_, batch))
         except (OSError, ValueError):
             self._lose(i)
             self.counts["lost"] += 1
@@ -172,7 +177,7 @@ class LocalPool:
         for conn in ready:
             i = conns[conn]
             try:
-                kind, payload = pickle.loads(conn.recv_bytes())
+                kind, search, payload = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 if i in self._busy:
                     lost.append(self._busy.pop(i))
@@ -180,7 +185,9 @@ class LocalPool:
                 self._lose(i)
                 continue
             if kind == "error":
-                raise payload
+                raise payload    # from an earlier search too: a bug is a bug (DeadlineExceeded: the deadline is shared)
+            if search != self._search:
+                continue         # an answer to an earlier search: dropped (the worker was freed at setup)
             if kind == "ready":
                 self._ready.add(i)
                 continue

@@ -286,6 +286,9 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
     runners: list = []   # MILPs running beside a search: none outlives the run
     # The workers of a sharded search start first: they import torch and read the model
     # while this process attacks and bounds, which decides many properties alone.
+    if config.bab.workers > 1 and resolve_device(config.device).startswith("cuda"):
+        raise ConfigError("config key 'bab.workers': the search's workers bound on the CPU, and this run's device "
+                          "is CUDA; run with --device cpu, or without bab.workers")
     pool = local_pool(model, config.bab.workers) if config.bab.workers > 1 else None  # ConfigError if it cannot
     try:
         return _decide(model, spec, config, deadline, _Run(progress, timings, stats, enter, timeout, runners, pool))

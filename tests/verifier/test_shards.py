@@ -16,7 +16,7 @@ from tests.builders import known_answer_min, known_answer_net, known_answer_spec
 from verifier import Config, verify
 from verifier.config import with_overrides
 from verifier.progress import Progress
-from verifier.searches import Beside, SearchRecipe, activation_search, input_search
+from verifier.searches import Beside, SearchRecipe, activation_search, input_search, recipe_brancher
 from verifier.shards import LocalPool
 
 
@@ -84,6 +84,29 @@ def test_a_worker_killed_mid_search_loses_nothing(net) -> None:
         outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, _KillsFirst(pool))
         assert outcome.status == "unsat", outcome.stats
         assert pool.counts["lost"] == 1 and pool.stats()["live"] == 1, pool.stats()
+    finally:
+        pool.close()
+    lo, hi = np.concatenate(outcome.proof.lowers), np.concatenate(outcome.proof.uppers)
+    assert np.prod(hi - lo, axis=1).sum() == pytest.approx(4.0, rel=1e-9)
+
+
+def test_an_answer_to_an_earlier_search_is_dropped(net) -> None:
+    """A search that ends with a batch out (sat, a stop, the other split kind next) leaves
+    its answer in the pipe; the next search on the same pool must not take it in. The
+    stale batch here is the whole region: were its children absorbed, the next search's
+    recorded leaves would cover the region twice."""
+    model, m = net
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4",
+                                              "proof=true"])
+    disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
+    pool = LocalPool(model, 1)
+    try:
+        first = SearchRecipe("input", disjunct, cfg, time.monotonic() + 60)
+        pool.setup(first)
+        assert pool.wait_ready(60)
+        pool.submit(recipe_brancher(model, first).root().domains, 0)   # never collected by its search
+        outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, pool)
+        assert outcome.status == "unsat", outcome.stats
     finally:
         pool.close()
     lo, hi = np.concatenate(outcome.proof.lowers), np.concatenate(outcome.proof.uppers)
