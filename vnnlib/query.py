@@ -82,12 +82,18 @@ class Network:
 
 @dataclass(frozen=True, eq=False)
 class Row:
-    """``coeffs . z[index] <= bound`` (``<`` if ``strict``); indices distinct, coeffs non-zero."""
+    """``coeffs . z[index] <= bound`` (``<`` if ``strict``); indices distinct, coeffs non-zero.
+
+    `exact` is the row as written, coefficients and bound as fractions, where the float
+    row may differ from it (a constant moved across the comparison and widened by an
+    ulp, coefficients summed): ``satisfied_by`` reads it. None where the float row is
+    the written one (a variable against a number)."""
 
     index: np.ndarray
     coeffs: np.ndarray
     bound: float
     strict: bool
+    exact: tuple[tuple[Fraction, ...], Fraction] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,8 +157,10 @@ class Query:
 
 
 def _row_holds(row: Row, values: list[Fraction]) -> bool:
-    lhs = sum((Fraction(float(c)) * values[int(i)] for c, i in zip(row.coeffs, row.index)), Fraction(0))
-    return lhs < Fraction(row.bound) if row.strict else lhs <= Fraction(row.bound)
+    coeffs, bound = row.exact if row.exact is not None else \
+        ([Fraction(float(c)) for c in row.coeffs], Fraction(row.bound))
+    lhs = sum((c * values[int(i)] for c, i in zip(coeffs, row.index)), Fraction(0))
+    return lhs < bound if row.strict else lhs <= bound
 
 
 def _where(query_path: str | None, line: int | None = None) -> tuple[str | None, int | None, int | None]:
@@ -217,16 +225,17 @@ _OPS = {"LessEqual": (1, False), "LessThan": (1, True), "GreaterEqual": (-1, Fal
 
 
 def _linear(expr: object, tensors: dict[str, Tensor], products: dict[tuple[int, ...], int], size: int,
-            path: str | None) -> tuple[dict[int, float], float]:
+            path: str | None) -> tuple[dict[int, Fraction], Fraction]:
     """An arithmetic expression as {position in the extended z: coefficient} and a
-    constant: by the parser's linearisation, or for products of variables by expanding
-    the polynomial (each monomial of degree 2 or more gets an entry after z)."""
-    coeffs: dict[int, float] = {}
+    constant, exactly (the sums of the parser's double terms): by the parser's
+    linearisation, or for products of variables by expanding the polynomial (each
+    monomial of degree 2 or more gets an entry after z)."""
+    coeffs: dict[int, Fraction] = {}
     kind = type(expr).__name__
     if kind == "Var":   # the common atoms, without the parser's linearisation round trip
-        return {_flat(tensors[expr.name], expr.indices): 1.0}, 0.0
+        return {_flat(tensors[expr.name], expr.indices): Fraction(1)}, Fraction(0)
     if kind in ("Float", "Int"):
-        return coeffs, float(expr.value)
+        return coeffs, Fraction(float(expr.value))
     try:
         linear = expr.to_linear_expr()
     except Exception:  # the parser's VNNLibException for products of variables
@@ -237,16 +246,16 @@ def _linear(expr: object, tensors: dict[str, Tensor], products: dict[tuple[int, 
             raise UnsupportedQuery(f"{exc} in '{str(expr).strip()}'", *_where(path, line)) from None
         for mono, c in poly.items():
             if len(mono) == 1:
-                coeffs[mono[0]] = coeffs.get(mono[0], 0.0) + c
+                coeffs[mono[0]] = coeffs.get(mono[0], Fraction(0)) + Fraction(float(c))
             elif len(mono) > 1:
                 at = size + products.setdefault(mono, len(products))
-                coeffs[at] = coeffs.get(at, 0.0) + c
-        return coeffs, poly.get((), 0.0)
+                coeffs[at] = coeffs.get(at, Fraction(0)) + Fraction(float(c))
+        return coeffs, Fraction(float(poly.get((), 0.0)))
     for term in linear.terms:
         var = term.var
         at = _flat(tensors[var.name], list(var.indices))
-        coeffs[at] = coeffs.get(at, 0.0) + float(term.coeff)
-    return coeffs, float(linear.constant)
+        coeffs[at] = coeffs.get(at, Fraction(0)) + Fraction(float(term.coeff))
+    return coeffs, Fraction(float(linear.constant))
 
 
 def _rows(comparison: object, tensors: dict[str, Tensor], products: dict[tuple[int, ...], int], size: int,
@@ -255,6 +264,7 @@ def _rows(comparison: object, tensors: dict[str, Tensor], products: dict[tuple[i
     kind = type(comparison).__name__
     lhs, rhs = comparison.lhs, comparison.rhs
     lk, rk = type(lhs).__name__, type(rhs).__name__
+    exact = None
     if lk == "Var" and rk in _NUMBERS:       # x op c, the bulk of a box: no dict, no fromiter
         index, values = np.array([_flat(tensors[lhs.name], lhs.indices)]), _PLUS
         lc, rc = 0.0, float(rhs.value)
@@ -262,20 +272,27 @@ def _rows(comparison: object, tensors: dict[str, Tensor], products: dict[tuple[i
         index, values = np.array([_flat(tensors[rhs.name], rhs.indices)]), _MINUS
         lc, rc = float(lhs.value), 0.0
     else:
-        left, lc = _linear(lhs, tensors, products, size, path)
-        right, rc = _linear(rhs, tensors, products, size, path)
+        left, lc_exact = _linear(lhs, tensors, products, size, path)
+        right, rc_exact = _linear(rhs, tensors, products, size, path)
         coeffs = dict(left)
         for k, v in right.items():
-            coeffs[k] = coeffs.get(k, 0.0) - v
-        coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
+            coeffs[k] = coeffs.get(k, Fraction(0)) - v
+        coeffs = {k: v for k, v in coeffs.items() if v != 0}
         index = np.fromiter(coeffs.keys(), dtype=np.int64, count=len(coeffs))
-        values = np.fromiter(coeffs.values(), dtype=np.float64, count=len(coeffs))
+        values = np.fromiter((float(v) for v in coeffs.values()), dtype=np.float64, count=len(coeffs))
+        lc, rc = float(lc_exact), float(rc_exact)
+        exact = (tuple(coeffs.values()), rc_exact - lc_exact)
     # left + lc (op) right + rc  ->  (left - right) (op) rc - lc
 
     def row(sign: int, strict: bool) -> Row:
+        if exact is None:
+            if sign > 0:
+                return Row(index, values, _difference_up(rc, lc), strict)
+            return Row(index, -values, _difference_up(lc, rc), strict)
+        coeffs_fr, bound_fr = exact
         if sign > 0:
-            return Row(index, values, _difference_up(rc, lc), strict)
-        return Row(index, -values, _difference_up(lc, rc), strict)
+            return Row(index, values, _difference_up(rc, lc), strict, (coeffs_fr, bound_fr))
+        return Row(index, -values, _difference_up(lc, rc), strict, (tuple(-c for c in coeffs_fr), -bound_fr))
 
     if kind in _OPS:
         sign, strict = _OPS[kind]

@@ -340,3 +340,48 @@ def test_certificates_of_a_one_network_query_are_checked_like_a_spec(tmp_path, n
     path.write_text(MONO + "(assert (< Y[0,0] (- Y2[0,0] 0.1)))")
     code, _, err = _verify(capsys, str(path), "--network", f"f={net}", "--certificate", str(tmp_path / "m.json"))
     assert code == 2 and "certificates of VNN-LIB 2.0 queries are written for one network" in err
+
+
+@needs_parser
+def test_a_sat_holds_on_the_query_as_written(tmp_path, net, capsys):
+    """Two truly unsat queries whose Spec admits a point: X[0,0] < 1 strictly (the Spec's
+    box closes it) with Y0 = x0 + x1 >= 2; and Y0 + 2^-60 <= 1 over X >= 0.5, where Y0 >= 1
+    (the constant moved across the comparison rounds to 1 - 0). `verify` does not say sat,
+    and a sat certificate at the Spec's point, hashes and all, is rejected by the checker."""
+    import hashlib
+    import json
+
+    from verifier import check
+
+    head = ("(vnnlib-version <2.0>)\n(declare-network f (declare-input X float32 [1,2]) "
+            "(declare-output Y float32 [1,2]))\n")
+    cases = {"strict": (head + "(assert (>= X[0,0] 0.0)) (assert (< X[0,0] 1.0))\n(assert (>= X[0,1] 0.0)) "
+                        "(assert (<= X[0,1] 1.0))\n(assert (>= Y[0,0] 2.0))\n", [1.0, 1.0], [2.0, 0.0]),
+             "constant": (head + "(assert (>= X[0,0] 0.5)) (assert (<= X[0,0] 1.0))\n(assert (>= X[0,1] 0.5)) "
+                          "(assert (<= X[0,1] 1.0))\n(assert (<= (+ Y[0,0] 0.000000000000000000867361737988403547205962240695953369140625) 1.0))\n",
+                          [0.5, 0.5], [1.0, 0.0])}
+    for name, (text, x, y) in cases.items():
+        query = tmp_path / f"{name}.vnnlib"
+        query.write_text(text)
+        code, lines, _ = _verify(capsys, str(query), "--network", f"f={net}")
+        assert code == 0 and lines[0] != "sat", name
+        cert = {"format": "nncert-certificate", "version": 1, "verdict": "sat",
+                "model_sha256": hashlib.sha256(net.read_bytes()).hexdigest(),
+                "spec_sha256": hashlib.sha256(query.read_bytes()).hexdigest(),
+                "counterexample": {"x": x, "y": y}}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cert))
+        result = check(path, net, query)
+        assert not result.accepted and "as written" in result.reason, (name, result)
+
+
+@needs_parser
+def test_no_certificate_for_a_query_with_an_unbounded_input(tmp_path, net, capsys):
+    """The checker reads the query's box as written and refuses an unbounded input, so
+    `verify --certificate` says so at once (exit 2) instead of writing one it cannot check."""
+    path = tmp_path / "unb.vnnlib"
+    path.write_text("(vnnlib-version <2.0>)\n(declare-network f (declare-input X float32 [1,2]) "
+                    "(declare-output Y float32 [1,2]))\n(assert (>= X[0,0] 0.0)) (assert (<= X[0,0] 1.0))\n"
+                    "(assert (>= X[0,1] 0.0))\n(assert (>= Y[0,0] 1.5))\n")
+    code, _, err = _verify(capsys, str(path), "--network", f"f={net}", "--certificate", str(tmp_path / "c.json"))
+    assert code == 2 and "X[0,1] has no lower or upper bound" in err and not (tmp_path / "c.json").exists()

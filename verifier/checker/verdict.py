@@ -151,7 +151,10 @@ def _in_region(x: np.ndarray, region) -> bool:
         region.A is None or all(_exact_le(a, real, b, False) for a, b in zip(region.A, region.b)))
 
 
-def _check_sat(cert: dict, spec, data: bytes) -> dict:
+def _check_sat(cert: dict, spec, data: bytes, query=None) -> dict:
+    """A counterexample in some disjunct's region whose onnxruntime outputs meet one of its
+    conjunctions; for a VNN-LIB 2.0 `query` also the query as written (its strict input
+    bounds, which the Spec's box closes, and its constants before rounding)."""
     cex = cert.get("counterexample")
     if not isinstance(cex, dict) or "x" not in cex:
         raise _Reject("a sat certificate needs counterexample.x")
@@ -174,6 +177,9 @@ def _check_sat(cert: dict, spec, data: bytes) -> dict:
     y = np.asarray(sess.run(None, {sess.get_inputs()[0].name: feed})[0], dtype=np.float64).reshape(-1)
     if not np.isfinite(y).all():
         raise _Reject("onnxruntime gives a non-finite output at the counterexample")
+    if query is not None and not query.satisfied_by(np.concatenate([x, y])):
+        raise _Reject("the counterexample does not satisfy the VNN-LIB 2.0 query as written (a strict bound or a "
+                      "constant that the spec's rows round)")
     for d in hits:
         for conj in d.outputs:
             if all(_exact_le(r, y, b, s) for r, b, s in zip(conj.C, conj.d, conj.strict)):
@@ -281,14 +287,21 @@ def boxes_missing_ball(lo: np.ndarray, hi: np.ndarray, ball: tuple[np.ndarray, f
 
     The squared distance in float64 (a sum of n non-negative rounded squares of rounded
     differences) is within (2n + 8) ulps of the exact one, and so is the squared radius
-    within 2; only boxes inside that band are decided again in rationals."""
+    within 2; only boxes inside that band are decided again in rationals. That bound is
+    relative, and holds only while no square underflows or overflows: a box with a
+    difference or a radius under 2^-480 (whose square nears the subnormal range), or a
+    non-finite square sum, is decided in rationals too."""
     centre, radius = ball
     near = np.clip(centre[None, :], lo, hi)
-    d2 = np.sum((near - centre[None, :]) ** 2, axis=1)
+    diff = np.abs(near - centre[None, :])
+    d2 = np.sum(diff ** 2, axis=1)
     r2 = radius * radius
     slack = (2 * lo.shape[1] + 10) * np.finfo(np.float64).eps
     out = d2 * (1 - slack) > r2 * (1 + slack)
-    unsure = np.nonzero(~out & (d2 * (1 + slack) >= r2 * (1 - slack)))[0]
+    tiny = 2.0 ** -480
+    outside_range = (((diff > 0) & (diff < tiny)).any(axis=1) | (0 < radius < tiny) | ~np.isfinite(d2)
+                     | (not np.isfinite(r2)))
+    unsure = np.nonzero((~out & (d2 * (1 + slack) >= r2 * (1 - slack))) | outside_range)[0]
     exact_r2 = Fraction(radius) ** 2
     for k in unsure:
         gap = np.nonzero(near[k] != centre)[0]
@@ -403,6 +416,15 @@ def _compare(i: int, lb: np.ndarray, claims: np.ndarray, strict: np.ndarray, own
                       f"exceeds the re-derived {lb[leaf, row]!r}")
 
 
+def _written_query(spec_text: str, spec_path: str):
+    """The VNN-LIB 2.0 query as written (None for a 1.0 file): a plain query, one network
+    with one input and one output, whose assignment is the input then the output."""
+    from vnnlib.query import parse_query
+    from vnnlib.standard import text_version
+
+    return parse_query(spec_text, spec_path) if text_version(spec_text) is not None else None
+
+
 def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: str = "<spec>") -> CheckResult:
     """Accept or reject `cert` (the parsed JSON) against the model bytes and spec text.
 
@@ -427,7 +449,7 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         ball = _read_ball(cert, n_in)
         extra = {} if ball is None else {"l2_ball": {"radius": ball[1]}}
         if verdict == "sat":
-            info = _check_sat(cert, spec, model_data)
+            info = _check_sat(cert, spec, model_data, _written_query(spec_text, spec_path))
             x32 = decode_array(cert["counterexample"]["x"], "counterexample.x").astype(np.float32)
             if ball is not None and not _in_ball(x32.astype(np.float64), ball):
                 raise _Reject("the counterexample lies outside the l2 ball")

@@ -161,6 +161,10 @@ def _load_problem(args: argparse.Namespace, run: _Run) -> tuple:
             raise SpecMismatch(f"{query_path}: certificates of VNN-LIB 2.0 queries are written for one network "
                                "with one input and one output, no hidden node, product or merged inputs; this "
                                "query's networks are bounded side by side: run without --certificate")
+        if getattr(args, "certificate", None) and bound.unbounded:
+            raise SpecMismatch(f"{query_path}: input {bound.unbounded[0]} has no lower or upper bound, and a "
+                               "certificate is checked over the query's input box (`nncert check` reads it as "
+                               "written): run without --certificate")
         if bound.unbounded:
             print(f"nncert: note: {query_path}: input {bound.unbounded[0]}"
                   f"{f' (and {len(bound.unbounded) - 1} more)' if len(bound.unbounded) > 1 else ''} has no "
@@ -230,11 +234,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 serialise_assignment(query, z, args.serialise_assignments)
             else:
                 lines = format_assignment(query, z)
-        else:  # only a strict input bound, closed in the engine's box, can do this
+        else:  # a strict input bound the engine's box closes, or a constant its rows widened by an ulp
             from verifier.result import Result
 
             result = Result("unknown", "the counterexample found does not satisfy the query as written "
-                            "(a strict bound)", timings=result.timings, stats=result.stats)
+                            "(a strict bound, or a constant the engine's rows round outward)",
+                            timings=result.timings, stats=result.stats)
     extra = {}
     run.final = (result.verdict, result.x, result.y, result.to_dict())
     if args.certificate:

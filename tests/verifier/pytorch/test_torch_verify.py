@@ -229,6 +229,11 @@ def test_boxes_missing_the_ball_are_decided_exactly() -> None:
     lo, hi = corner, corner + 1.0
     want = [sum(Fraction(float(v)) ** 2 for v in row) > 1 for row in corner]
     assert boxes_missing_ball(lo, hi, (np.zeros(6), 1.0)).tolist() == want
+    # Near the subnormal range the float64 error is absolute, not relative: the nearest
+    # point (x, x) with x = sqrt(0.51) 2^-537 is inside the ball of radius sqrt(1.1) 2^-537
+    # (exactly, d^2 = 0.93 r^2) while the float sums say d^2 = 1e-323 > r^2 = 5e-324.
+    x, r = np.sqrt(0.51) * 2.0 ** -537, np.sqrt(1.1) * 2.0 ** -537
+    assert boxes_missing_ball(np.array([[x, x]]), np.ones((1, 2)), (np.zeros(2), float(r))).tolist() == [False]
 
 
 def _exactly_outside(a: float, b: float) -> bool:
