@@ -229,19 +229,19 @@ def _base_relaxation(ctx: BackwardContext, node: Node, rule: OpRule):
     return entry[1]
 
 
-def _signed_product(A: T, pos: T, lower_slope: T, upper_slope: T) -> T:
-    """A times the lower line's slope where A >= 0 and the upper line's where A < 0.
+def _signed_product(pos: T, neg: T, lower_slope: T, upper_slope: T) -> T:
+    """A times the lower line's slope where A >= 0 and the upper line's where A < 0, from
+    pos = max(A, 0) and neg = min(A, 0): `lower * pos + upper * neg`.
 
-    As `upper * A + (lower - upper) * pos` with pos = relu(A): this step runs on the
-    largest tensors of a backward pass and is memory-bound, and a select between slopes
-    broadcast over the rows (torch.where) costs several times these products on CPU, and
-    its backward too (with relu, whose backward is one pass, not clamp, whose backward
-    selects; BENCHMARKS.md, session 23). Where
-    the two slopes are equal (stable neurons) the result is A times that slope exactly;
-    elsewhere it differs from the select by a few roundings of the product, which the
-    rounding margins cover as they cover the product itself.
+    At each element one of pos and neg is zero, so each entry is one rounded product of
+    the slope it should take: the rounding margins cover it as they cover any product.
+    (The earlier `upper * A + (lower - upper) * pos` cancelled: with an upper slope some
+    1/eps times the lower one, as exp's over a wide interval, the lower slope was lost
+    and the line was no lower bound.) Products and a sum, not a select between slopes
+    broadcast over the rows (torch.where), which costs several times more on CPU, and in
+    its backward (BENCHMARKS.md, session 23).
     """
-    return upper_slope * A + (lower_slope - upper_slope) * pos
+    return lower_slope * pos + upper_slope * neg
 
 
 def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) -> tuple[T, T, T]:
@@ -251,12 +251,13 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
     # max(A, 0) once for the products below: relu, not clamp, whose backward under
     # autograd (certified training) is a select several times slower.
     pos = torch.relu(A)
+    neg = A - pos      # min(A, 0), exactly
     if isinstance(alpha, SparseAlpha):
         # CROWN's lines everywhere ([B, 1, *shape]: no per-row slope tensor), then at the
         # unstable elements the lower line's slope moved from CROWN's to alpha where A > 0.
         # The lower line goes through the origin both ways, so bias and mass are CROWN's.
         r = _base_relaxation(ctx, node, rule)
-        A_in = _signed_product(A, pos, r.lower_slope, r.upper_slope).contiguous()
+        A_in = _signed_product(pos, neg, r.lower_slope, r.upper_slope).contiguous()
         idx = alpha.index
         pos_u = pos.reshape(B, S, -1).index_select(-1, idx)
         if isinstance(r, PartialRelaxation):
@@ -266,7 +267,7 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
         A_in.view(B, S, -1).index_add_(-1, idx, pos_u * (alpha.values - base) * alpha.mask)
     else:
         r = _relaxation(ctx, node, rule, alpha)
-        A_in = _signed_product(A, pos, r.lower_slope, r.upper_slope)
+        A_in = _signed_product(pos, neg, r.lower_slope, r.upper_slope)
     bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
     mass = torch.zeros_like(bias)
     lower_terms, upper_terms = _bias_terms(ctx, node, r)
@@ -274,7 +275,7 @@ def _elementwise_backward(ctx: BackwardContext, node: Node, rule: OpRule, A: T) 
         b, m = _dot2(pos, lower_terms)
         bias, mass = bias + b, mass + m
     if upper_terms is not None:
-        b, m = _dot2(A - pos, upper_terms)      # min(A, 0), exactly
+        b, m = _dot2(neg, upper_terms)
         bias, mass = bias + b, mass - m
     if isinstance(r, PartialRelaxation):
         b, m = interval_terms(A * r.unbounded, ctx.table[node.outputs[0]], want_mass=ctx.masses)

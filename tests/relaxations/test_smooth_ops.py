@@ -329,3 +329,19 @@ def test_rules_registered() -> None:
     for op in ("Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Sign", "Floor", "Sin", "Cos",
                "Clip", "Pow", "Softmax"):
         assert ("", op) in relaxations.REGISTRY
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_the_lower_line_survives_an_upper_slope_far_steeper(method: str) -> None:
+    """Exp over [-37.79, 37.79] in float32: the upper chord's slope is some 1e15 times the
+    lower tangent's. A backward step that mixed the two slopes by subtraction lost the
+    lower one and claimed exp(x) >= 0.99995 (the true minimum is 4e-17)."""
+    from onnx import helper
+
+    from models import graph_from_proto
+    from tests.op_cases import make_model
+
+    graph = graph_from_proto(make_model([helper.make_node("Exp", ["X"], ["Y"])], {}, (1, 1), (1, 1)))
+    box = IntervalBounds(torch.tensor([[[-37.79]]]), torch.tensor([[[37.79]]]))
+    res = compute_bounds(graph, box, torch.tensor([[1.0]]), BoundOptions(method=method))
+    assert float(res.lower) <= math.exp(-37.79)
