@@ -226,8 +226,9 @@ def simplex_lower(A: torch.Tensor, bounds: "IntervalBounds", groups: torch.Tenso
         mass = rest_mass + (cs.abs() * (ls + take + width)).sum((-1, -2)) + cs.abs().sum((-1, -2))
         value = widen_lower(value, mass, precision)
     # A nan end (never a softmax's: its Clip keeps [0, 1]) must not reach the caller's
-    # maximum, which would spread it: no bound is then -inf.
-    return torch.nan_to_num(value, nan=-torch.inf)
+    # maximum, which would spread it: no bound is then -inf. (Not nan_to_num, which would
+    # also turn an unbounded row's -inf into a finite -3.4e38.)
+    return torch.where(torch.isnan(value), torch.full_like(value, -torch.inf), value)
 
 
 def selection_lower(A: torch.Tensor, bounds: "IntervalBounds") -> torch.Tensor:

@@ -69,3 +69,12 @@ def test_two_softmax_outputs_never_sum_above_one() -> None:
         assert float(lower) >= -1.0 - 1e-4 and float(lower) > -1.01, method
         ys = torch.softmax(torch.rand(2000, 4) * 20 - 10, -1)
         assert bool((-(ys[:, 0] + ys[:, 1]) >= float(lower)).all())
+
+
+def test_an_unbounded_entry_outside_the_groups_gives_no_bound() -> None:
+    """Entry 2 lies in no simplex and is unbounded above with coefficient -1: the row has
+    no lower bound, -inf (not a finite -3.4e38), with and without rounding margins."""
+    box = IntervalBounds(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, torch.inf]]))
+    A = torch.tensor([[[1.0, 1.0, -1.0]]])
+    for precision in (Precision(), Precision.none()):
+        assert simplex_lower(A, box, torch.tensor([[0, 1]]), precision).item() == -torch.inf
