@@ -330,3 +330,45 @@ def test_op_refused_below_its_first_opset(op: str, first: int) -> None:
 def test_gelu_unknown_approximation_is_a_clean_refusal() -> None:
     with pytest.raises(UnsupportedModel, match="approximate"):
         graph_from_proto(_one_node_model("Gelu", 20, approximate="fast"))
+
+
+RUNTIME_TAILS = {   # where a runtime's float32 formula cancels: its error is not relative to the value
+    "gelu": ("Gelu", {}, 20, ((-5.1541, -5.1539), (-12.0, -3.0), (-4.0, -0.5))),
+    "gelu-tanh": ("Gelu", {"approximate": "tanh"}, 20, ((-5.1541, -5.1539), (-12.0, -3.0), (-4.0, -0.5))),
+    "sigmoid": ("Sigmoid", {}, 13, ((-17.0, -10.0), (10.0, 17.0))),
+    "elu": ("Elu", {}, 13, ((-1e-3, 0.0), (-0.3, -0.2))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUNTIME_TAILS))
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_bounds_contain_what_onnxruntime_computes_where_it_cancels(case: str, method: str) -> None:
+    """onnxruntime's float32 Gelu near x = -5 is off the real one by about an ulp of 0.5 |x|
+    (1 + tanh or 1 + erf cancels), of either sign, where the real value is -8e-7 (a Mul
+    by 1000 after it once made `verify` say unsat where onnxruntime's output meets the
+    property); its Sigmoid's tail by about an ulp of 1, its Elu near 0 by an ulp of alpha.
+    The bounds must contain onnxruntime's outputs there, scaled by 1000 so that the final
+    rounding margin (absolute, 1e-6) does not hide the op's own error."""
+    import onnxruntime
+    from onnx import helper
+
+    from tests.op_cases import make_model
+
+    op, attrs, opset, ranges = RUNTIME_TAILS[case]
+    n = 64
+    model = make_model([helper.make_node(op, ["X"], ["g"], **attrs),
+                        helper.make_node("Mul", ["g", "k"], ["Y"])], {"k": np.array([1000.0], np.float32)},
+                       (1, n), (1, n), opset=opset)
+    graph = graph_from_proto(model)
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for lo_end, hi_end in ranges:
+        xs = np.linspace(lo_end, hi_end, n).astype(np.float32)
+        for width in (0.0, 1e-4):
+            lo = torch.tensor(xs).reshape(1, 1, n)
+            box = IntervalBounds(lo, lo + width)
+            res = compute_bounds(graph, box, options=BoundOptions(method=method))
+            for t in (0.0, 0.5, 1.0):
+                x = (lo + t * width).reshape(1, n).numpy().astype(np.float32)
+                y = torch.tensor(sess.run(None, {"X": x})[0].reshape(-1), dtype=torch.float64)
+                assert bool((res.lower[0].double() <= y).all() and (y <= res.upper[0].double()).all()), \
+                    (lo_end, width, t)
