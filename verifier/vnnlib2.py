@@ -97,12 +97,12 @@ def _check_sound(declared: Tensor) -> None:
                        "over the reals)")
 
 
-def _check_tensor(declared: Tensor, info: object, what: str) -> None:
+def _check_tensor(declared: Tensor, info: object, what: str, path: str) -> None:
     tensor_type = info.type.tensor_type
     onnx_type = _ONNX_TYPES.get(tensor_type.elem_type, f"element type {tensor_type.elem_type}")
     if declared.element_type != "real" and declared.element_type != onnx_type:
         raise SpecMismatch(f"{declared.name} is declared {declared.element_type}, but {what} '{info.name}' "
-                           f"is {onnx_type}")
+                           f"is {onnx_type} ({path})")
     _check_sound(declared)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     shape_ok = len(dims) == len(declared.shape) and all(
@@ -110,7 +110,7 @@ def _check_tensor(declared: Tensor, info: object, what: str) -> None:
     if tensor_type.HasField("shape") and not shape_ok:
         shown = "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
         raise SpecMismatch(f"{declared.name} is declared with shape [{','.join(map(str, declared.shape))}], "
-                           f"but {what} '{info.name}' has shape {shown}")
+                           f"but {what} '{info.name}' has shape {shown} ({path})")
 
 
 def _file_of(query: Query, name: str, files: dict[str, str]) -> str:
@@ -145,7 +145,7 @@ def bind(query: Query, files: dict[str, str]) -> Bound:
                 raise SpecMismatch(f"network '{net.name}' declares {len(declared)} {what}s; model "
                                    f"'{path}' has {len(infos)}")
             for tensor, info in zip(declared, infos):
-                _check_tensor(tensor, info, f"model {what}")
+                _check_tensor(tensor, info, f"model {what}", path)
         for tensor in net.hidden:
             _check_sound(tensor)
             if tensor.onnx_name is None:

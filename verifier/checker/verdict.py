@@ -412,8 +412,8 @@ def _compare(i: int, lb: np.ndarray, claims: np.ndarray, strict: np.ndarray, own
     excess = claims - lb - CLAIM_TOLERANCE * (1.0 + np.abs(lb))
     if np.isnan(claims).any() or (excess > 0).any():
         leaf, row = np.argwhere(np.isnan(claims) | (excess > 0))[0]
-        raise _Reject(f"disjunct {i}: claimed bound {claims[leaf, row]!r} of row {row} on leaf {leaf} "
-                      f"exceeds the re-derived {lb[leaf, row]!r}")
+        raise _Reject(f"disjunct {i}: claimed bound {float(claims[leaf, row])!r} of row {row} on leaf {leaf} "
+                      f"exceeds the re-derived {float(lb[leaf, row])!r}")
 
 
 def _written_query(spec_text: str, spec_path: str):
