@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from verifier.config_checks import (Bool, Check, Choice, ConfigError, Device, Int, Real, Share, _Rejected,
-                                    resolve_device)
+from verifier.config_checks import (Bool, Check, Choice, ConfigError, Device, Int, RayAddress, Real, Share,
+                                    _Rejected, resolve_device)
 
 __all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "LpConfig", "Share", "ConfigError", "load_config",
            "with_overrides", "config_to_dict", "describe", "describe_markdown", "flags_markdown", "shown", "keys",
@@ -163,6 +163,12 @@ class BabConfig(_Validated):
                        help="worker processes that bound the search's batches of domains while this process keeps "
                             "the domain store (input and ReLU activation split, on the CPU); 0 or 1: the search "
                             "runs in this process")
+    backend: str = key("local", check=Choice(("local", "ray")), flag="--backend",
+                       help="where bab.workers run: local processes, or Ray actors (pip install 'nncert[ray]') on "
+                            "the cluster at bab.address")
+    address: str = key("", check=RayAddress(), flag="--address",
+                       help="with bab.backend ray: a running cluster's address; empty: a local cluster of bab.workers "
+                            "CPUs, started for the run")
     input_split_max_dims: int = key(16, check=Int(0),
                                     help="mode auto: input split when a region has at most this many free inputs")
     clip: bool = key(True, check=Bool(),
@@ -421,6 +427,8 @@ def shown(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return "inf" if value == math.inf else f"{value:g}"
+    if value == "":
+        return '""'
     return str(value)
 
 

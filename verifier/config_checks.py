@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-__all__ = ["ConfigError", "Check", "Int", "Real", "Share", "Bool", "Choice", "Device", "resolve_device"]
+__all__ = ["ConfigError", "Check", "Int", "Real", "Share", "Bool", "Choice", "Device", "RayAddress", "resolve_device"]
 
 
 class ConfigError(ValueError):
@@ -180,6 +180,26 @@ class Choice(Check):
 
     def __call__(self, value: Any) -> str:
         if not isinstance(value, str) or value not in self.values:
+            raise _Rejected(self.expected())
+        return value
+
+
+_RAY_ADDRESS = re.compile(r"(?:ray://)?[A-Za-z0-9._-]*:\d{1,5}")
+
+
+@dataclass(frozen=True)
+class RayAddress(Check):
+    """Where a Ray cluster is: empty (none named: a local one is started), `auto` (the one
+    this machine runs), HOST:PORT or ray://HOST:PORT. Only the form is checked here;
+    whether anything answers there is checked when the run connects."""
+
+    type = str
+
+    def expected(self) -> str:
+        return "empty (start a local cluster), auto, HOST:PORT or ray://HOST:PORT"
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, str) or not (value in ("", "auto") or _RAY_ADDRESS.fullmatch(value)):
             raise _Rejected(self.expected())
         return value
 

@@ -1,13 +1,16 @@
-"""One instance's branch and bound across local worker processes (issue 21, item 2).
+"""One instance's branch and bound across workers (issue 21, item 2): the protocol, and
+its local backend.
 
 This process is the coordinator: it keeps the domain store, runs the side tasks
 (replaying counterexamples in onnxruntime, recording proved leaves, progress) and
 hands the worst domains, a batch at a time, to whichever worker is idle
-(`bab.search._pooled`). Each worker is a spawned interpreter that read the model once
-at start and, per search, builds the same brancher from a `SearchRecipe`
+(`bab.search._pooled`). Each worker holds a `SearchWorker`: the model, read once at
+start, and per search the same brancher built from a `SearchRecipe`
 (`verifier/searches.py`); a round there is `bab.search.worker_round`, and its reply (the
 bounded children, their proved marks, counterexample candidates and leaf data) comes
-back pickled.
+back pickled. `Pool` keeps the coordinator's side of that protocol over any transport;
+`LocalPool` runs the workers as spawned processes on this machine, and
+`verifier.shards_ray.RayShardPool` as Ray actors (`bab.backend`).
 
 Soundness does not rest on the workers' agreement: every domain a worker bounds is a
 child of one this process handed out, the store only ever holds what came back, and a
@@ -15,19 +18,22 @@ verdict is reached by the same loop as in one process. A worker that dies gives 
 batch back to the store; an exception inside a worker is raised here as it would be
 raised in one process (DeadlineExceeded included, which `verify` turns into a timeout).
 
-Messages are pickled to bytes by the standard pickler (`send_bytes`): torch's own
-reductions for multiprocessing would pass tensors through shared-memory file
-descriptors, which a killed worker can leave behind.
+Messages are pickled to bytes by the standard pickler: torch's own reductions for
+multiprocessing would pass tensors through shared-memory file descriptors, which a
+killed worker can leave behind, and bytes travel the same way through a pipe and
+through Ray's object store.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import multiprocessing
 import pickle
 import tempfile
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Optional
 
 import onnx
 import torch
@@ -36,15 +42,11 @@ from bab.domains import Batch
 from bab.memory import BatchSizer
 from bab.search import RoundReply, worker_round
 from verifier import heap
-from verifier.config import ConfigError
+from verifier.config import BabConfig, ConfigError
 from verifier.model import Model, model_from_proto
 from verifier.searches import SearchRecipe, recipe_brancher
 
-__all__ = ["LocalPool", "local_pool"]
-
-
-def _send(conn: Connection, message: Any) -> None:
-    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+__all__ = ["Pool", "LocalPool", "SearchWorker", "local_pool", "search_pool"]
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -73,59 +75,139 @@ def _serve(conn: Connection, model_file: str, label: str) -> None:
         return
 
 
-def _answer(conn: Connection, model: Any) -> None:
-    """The worker's loop: setup and round messages until "stop"; a failure inside one is
-    sent back to be raised there."""
-    brancher = None
+def _answer(conn: Connection, model: Model) -> None:
+    """The worker's loop: setup and round messages until "stop"."""
+    worker = SearchWorker(model)
     while True:
-        message = pickle.loads(conn.recv_bytes())
-        kind = message[0]
-        if kind == "stop":
+        answer = worker.handle(conn.recv_bytes())
+        if answer is None:
             return
-        search = message[1]    # which setup the message belongs to, echoed in the answer
+        conn.send_bytes(answer)
+
+
+class SearchWorker:
+    """What a worker (a local process or a Ray actor) holds between messages: the model
+    and the brancher of the current search. Messages and answers are pickled tuples:
+
+    - ("setup", search, recipe, seconds_left) -> ("ready", search, None): build the
+      brancher of `recipe` and run its root (unstable neurons, layout). The deadline
+      travels as seconds left and is re-based on this machine's clock: another node's
+      monotonic clock starts elsewhere.
+    - ("round", search, round, batch) -> ("done", search, (reply, seconds)): one round
+      (`bab.search.worker_round`) and the seconds it took here, from which the
+      coordinator tells bounding from communication.
+    - ("stop",) -> None.
+
+    A failure is answered ("error", search, exception) to be raised in the coordinator,
+    never turned into a verdict; `search` is echoed so that an answer to an earlier
+    search can be dropped there."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.brancher: Any = None
+
+    def handle(self, message: bytes) -> Optional[bytes]:
+        search = None
         try:
+            kind, *rest = pickle.loads(message)
+            if kind == "stop":
+                return None
+            search = rest[0]
             if kind == "setup":
-                brancher = recipe_brancher(model, message[2])
-                brancher.root()     # what the brancher learns at the root (unstable neurons, layout)
-                _send(conn, ("ready", search, None))
-            elif kind == "round":
-                _, _, round_, batch = message
-                if brancher is None:
-                    raise RuntimeError("a search worker got a round before its setup")
-                # The coordinator sizes the batches; this worker halves one only on out-of-memory.
-                reply = worker_round(brancher, batch, round_, BatchSizer(size=max(1, len(batch))))
-                _send(conn, ("done", search, reply))
+                recipe, left = rest[1], rest[2]
+                recipe = dataclasses.replace(recipe, deadline=time.monotonic() + left)
+                self.brancher = recipe_brancher(self.model, recipe)
+                self.brancher.root()
+                return _dumps(("ready", search, None))
+            if kind != "round":
+                raise RuntimeError(f"a search worker got an unknown message {kind!r}")
+            round_, batch = rest[1], rest[2]
+            if self.brancher is None:
+                raise RuntimeError("a search worker got a round before its setup")
+            t = time.monotonic()
+            # The coordinator sizes the batches; this worker halves one only on out-of-memory.
+            reply = worker_round(self.brancher, batch, round_, BatchSizer(size=max(1, len(batch))))
+            return _dumps(("done", search, (reply, time.monotonic() - t)))
         except BaseException as exc:  # noqa: B902 - every failure goes back to be raised there
-            _send(conn, ("error", search, _portable(exc)))
+            return _dumps(("error", search, _portable(exc)))
 
 
-class LocalPool:
-    """`workers` spawned processes speaking the RoundPool protocol (bab.search)."""
+def setup_message(search: int, recipe: SearchRecipe) -> bytes:
+    """The setup message of `recipe` (its deadline sent as seconds left)."""
+    return _dumps(("setup", search, recipe, recipe.deadline - time.monotonic()))
+
+
+class Traffic:
+    """What a pool's messages cost, for `stats()` (BENCHMARKS.md's communication figures):
+    bytes each way, the coordinator's pickling time, per batch the wall time from
+    hand-out to reply against the seconds the worker spent bounding it, and the seconds
+    from each setup to each worker's readiness (summed over workers)."""
+
+    def __init__(self, workers: int) -> None:
+        self.counts = {"workers": workers, "batches": 0, "domains": 0, "lost": 0, "wait_s": 0.0, "bytes_out": 0,
+                       "bytes_in": 0, "pickle_s": 0.0, "trip_s": 0.0, "worker_s": 0.0, "ready_s": 0.0}
+        self._sent: dict[int, float] = {}
+
+    def sent(self, i: int, message: bytes, domains: int, pickle_s: float) -> None:
+        c = self.counts
+        c["batches"] += 1
+        c["domains"] += domains
+        c["bytes_out"] += len(message)
+        c["pickle_s"] += pickle_s
+        self._sent[i] = time.monotonic()
+
+    def received(self, i: int, message: bytes, worker_s: float, pickle_s: float) -> None:
+        c = self.counts
+        c["bytes_in"] += len(message)
+        c["pickle_s"] += pickle_s
+        c["worker_s"] += worker_s
+        start = self._sent.pop(i, None)
+        if start is not None:
+            c["trip_s"] += time.monotonic() - start
+
+    def stats(self, live: int, since: Optional[dict] = None) -> dict:
+        since = since or {}
+        out = {k: v if k == "workers" else v - since.get(k, 0) for k, v in self.counts.items()}
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()} | {"live": live}
+
+
+def _dumps(message: Any) -> bytes:
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class Pool:
+    """The RoundPool protocol (bab.search) over some transport: which worker holds which
+    batch, which have built the current search's brancher, which are lost, and which
+    answers belong to an earlier search. A backend says how a message reaches worker i
+    (`_send`) and how answers come back (`_receive`); `LocalPool` uses pipes to spawned
+    processes, `verifier.shards_ray.RayShardPool` Ray actors."""
 
     def __init__(self, model: Model, workers: int) -> None:
-        ctx = multiprocessing.get_context("spawn")   # a clean interpreter: no forked torch state
-        self._conns: list[Connection] = []
-        self._procs: list = []
         self._busy: dict[int, Batch] = {}            # worker index -> the batch it holds
-        self._live: set[int] = set()
+        self._live: set[int] = set(range(workers))
         self._ready: set[int] = set()                # workers whose brancher for this search is built
         self._lost_batches: list[Batch] = []         # batches a failed send could not hand out
         # Which setup is current: a search that ended with batches out (sat, a stop, the
-        # other split kind next) leaves replies in the pipes that belong to no search now.
+        # other split kind next) leaves answers on the way that belong to no search now.
         self._search = 0
-        self.counts = {"workers": workers, "batches": 0, "lost": 0, "wait_s": 0.0}
-        self._file = tempfile.NamedTemporaryFile(prefix="nncert-model-", suffix=".onnx")
-        self._file.write(model.onnx_bytes)
-        self._file.flush()
-        for i in range(workers):
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(theirs, self._file.name, str(model.path)), daemon=True,
-                               name=f"nncert-search-worker-{i}")
-            proc.start()
-            theirs.close()
-            self._conns.append(ours)
-            self._procs.append(proc)
-            self._live.add(i)
+        self._setup_at = 0.0
+        self.traffic = Traffic(workers)
+        self.counts = self.traffic.counts
+        self.digest = hashlib.sha256(model.onnx_bytes).digest()   # `holds`
+
+    def holds(self, model: Model) -> bool:
+        """Whether the workers were started with this model (a kept pool may be handed to
+        `verify` again, on its own model only)."""
+        return self.digest == hashlib.sha256(model.onnx_bytes).digest()
+
+    def _send(self, i: int, message: bytes) -> bool:
+        """Hand `message` to worker i; False when it is gone."""
+        raise NotImplementedError
+
+    def _receive(self, timeout: float) -> list[tuple[int, Optional[bytes]]]:
+        """Answers that arrived within `timeout` seconds, as (worker, message); a message
+        of None says that worker is gone."""
+        raise NotImplementedError
 
     def setup(self, recipe: SearchRecipe) -> None:
         """Every live worker builds the brancher of `recipe`; each says when it is ready
@@ -134,10 +216,10 @@ class LocalPool:
         self._ready.clear()
         self._lost_batches.clear()
         self._search += 1
+        self._setup_at = time.monotonic()
+        message = setup_message(self._search, recipe)
         for i in sorted(self._live):
-            try:
-                _send(self._conns[i], ("setup", self._search, recipe))
-            except (OSError, ValueError):
+            if not self._send(i, message):
                 self._lose(i)
 
     def wait_ready(self, timeout: float) -> bool:
@@ -155,53 +237,102 @@ class LocalPool:
 
     def submit(self, batch: Batch, round_: int) -> None:
         i = next(i for i in sorted(self._ready) if i not in self._busy)
-        try:
-            _send(self._conns[i], ("round", self._search, round_, batch))
-        except (OSError, ValueError):
+        t = time.monotonic()
+        message = _dumps(("round", self._search, round_, batch))
+        pickle_s = time.monotonic() - t
+        if not self._send(i, message):
             self._lose(i)
             self.counts["lost"] += 1
             self._lost_batches.append(batch)
             return
         self._busy[i] = batch
-        self.counts["batches"] += 1
+        self.traffic.sent(i, message, len(batch), pickle_s)
 
     def collect(self, timeout: float) -> tuple[list[RoundReply], list[Batch]]:
         lost, self._lost_batches = self._lost_batches, []
         replies: list[RoundReply] = []
-        conns = {self._conns[i]: i for i in self._live}
-        if not conns:
+        if not self._live:
             return replies, lost
         t = time.monotonic()
-        ready = wait(list(conns), timeout)
+        answers = self._receive(timeout)
         self.counts["wait_s"] += time.monotonic() - t
-        for conn in ready:
-            i = conns[conn]
-            try:
-                kind, search, payload = pickle.loads(conn.recv_bytes())
-            except (EOFError, OSError):
+        for i, message in answers:
+            if i not in self._live:
+                continue         # a lost worker's other answers
+            if message is None:
                 if i in self._busy:
                     lost.append(self._busy.pop(i))
                     self.counts["lost"] += 1
                 self._lose(i)
                 continue
-            if kind == "error":
-                raise payload    # from an earlier search too: a bug is a bug (DeadlineExceeded: the deadline is shared)
-            if search != self._search:
-                continue         # an answer to an earlier search: dropped (the worker was freed at setup)
-            if kind == "ready":
-                self._ready.add(i)
-                continue
-            self._busy.pop(i, None)
-            replies.append(payload)
+            reply = self._take(i, message)
+            if reply is not None:
+                replies.append(reply)
         return replies, lost
+
+    def _take(self, i: int, message: bytes) -> Optional[RoundReply]:
+        """One answer from worker i: its reply to a round of this search, or None."""
+        t = time.monotonic()
+        kind, search, payload = pickle.loads(message)
+        if kind == "error":
+            raise payload    # from an earlier search too: a bug is a bug (DeadlineExceeded: the deadline is shared)
+        if search != self._search:
+            return None      # an answer to an earlier search: dropped (the worker was freed at setup)
+        if kind == "ready":
+            self._ready.add(i)
+            self.counts["ready_s"] += time.monotonic() - self._setup_at
+            return None
+        self._busy.pop(i, None)
+        reply, worker_s = payload
+        self.traffic.received(i, message, worker_s, time.monotonic() - t)
+        return reply
 
     def _lose(self, i: int) -> None:
         self._live.discard(i)
         self._ready.discard(i)
         self._busy.pop(i, None)
 
-    def stats(self) -> dict:
-        return {**self.counts, "wait_s": round(self.counts["wait_s"], 3), "live": len(self._live)}
+    def stats(self, since: Optional[dict] = None) -> dict:
+        """The counters (`Traffic`), less those in `since` (an earlier `dict(pool.counts)`)."""
+        return self.traffic.stats(len(self._live), since)
+
+
+class LocalPool(Pool):
+    """`workers` spawned processes on this machine, one pipe each."""
+
+    def __init__(self, model: Model, workers: int) -> None:
+        super().__init__(model, workers)
+        ctx = multiprocessing.get_context("spawn")   # a clean interpreter: no forked torch state
+        self._conns: list[Connection] = []
+        self._procs: list = []
+        self._file = tempfile.NamedTemporaryFile(prefix="nncert-model-", suffix=".onnx")
+        self._file.write(model.onnx_bytes)
+        self._file.flush()
+        for i in range(workers):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(theirs, self._file.name, str(model.path)), daemon=True,
+                               name=f"nncert-search-worker-{i}")
+            proc.start()
+            theirs.close()
+            self._conns.append(ours)
+            self._procs.append(proc)
+
+    def _send(self, i: int, message: bytes) -> bool:
+        try:
+            self._conns[i].send_bytes(message)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _receive(self, timeout: float) -> list[tuple[int, Optional[bytes]]]:
+        conns = {self._conns[i]: i for i in self._live}
+        answers: list[tuple[int, Optional[bytes]]] = []
+        for conn in wait(list(conns), timeout):
+            try:
+                answers.append((conns[conn], conn.recv_bytes()))
+            except (EOFError, OSError):
+                answers.append((conns[conn], None))
+        return answers
 
     def kill(self, i: int) -> None:
         """Kill worker i at once (what a lost machine looks like; tests use it)."""
@@ -231,3 +362,19 @@ def local_pool(model: Model, workers: int) -> LocalPool:
                           "--isolate worker), which may not start the search's workers; run it with --isolate "
                           "process, or without bab.workers")
     return LocalPool(model, workers)
+
+
+def search_pool(model: Model, bab: BabConfig) -> Optional[Pool]:
+    """The workers `bab` asks for (none below two), on its backend. ConfigError when they
+    cannot be had: an address without the Ray backend, Ray not installed, a cluster
+    that does not answer, a daemonic process that may not start local workers."""
+    if bab.address and bab.backend != "ray":
+        raise ConfigError(f"config key 'bab.address': a Ray cluster address ({bab.address!r}) needs bab.backend ray "
+                          "(--backend ray)")
+    if bab.workers < 2:
+        return None
+    if bab.backend == "ray":
+        from verifier.shards_ray import ray_pool   # Ray is optional: imported only when asked for
+
+        return ray_pool(model, bab.workers, bab.address or None)
+    return local_pool(model, bab.workers)

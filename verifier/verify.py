@@ -28,7 +28,7 @@ from verifier.model import Model
 from verifier.replay import confirm
 from verifier.lp.region import empty_region_proof
 from verifier.result import Result
-from verifier.shards import local_pool
+from verifier.shards import Pool, search_pool
 from verifier.searches import Beside, activation_search, disjunct_box, input_search, spec_rows
 
 __all__ = ["verify", "SpecMismatch", "spec_rows", "conjunctions_proved", "free_dims", "search_mode", "bab_proof"]
@@ -233,14 +233,18 @@ def _stronger_attack(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
 
 
 def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[float] = None,
-           progress: Optional[Progress] = None, deadline: Optional[float] = None) -> Result:
+           progress: Optional[Progress] = None, deadline: Optional[float] = None,
+           workers: Optional[Pool] = None) -> Result:
     """Decide the spec on the model within `config.timeout` seconds (from `start`), or by
     `deadline` (a time.monotonic() value) when that comes first.
 
     Leaves no trace in the caller's torch: the thread count is restored and the random
     state is forked (the attack's draws come from the run's own seeded generator), so
     two calls with one config give the same answer, and code around them is unaffected.
-    `progress` (optional) receives the run's phase and search counters.
+    `progress` (optional) receives the run's phase and search counters. `workers`
+    (optional): a search pool the caller keeps across calls on this model
+    (`verifier.shards.search_pool(model, config.bab)`, closed by the caller), so that its
+    workers start once; without it `config.bab.workers` starts and stops one per call.
     """
     start = time.monotonic() if start is None else start
     deadline = min(start + config.timeout, float("inf") if deadline is None else deadline)
@@ -260,12 +264,13 @@ def verify(model: Model, spec: Spec, config: Config = Config(), start: Optional[
             torch.manual_seed(config.seed)
             if config.threads > 0:
                 torch.set_num_threads(config.threads)
-            return _verify(model, spec, config, deadline, progress)
+            return _verify(model, spec, config, deadline, progress, workers)
         finally:
             torch.set_num_threads(threads)
 
 
-def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress) -> Result:
+def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress: Progress,
+            kept: Optional[Pool]) -> Result:
     timings: dict[str, float] = {"attack": 0.0, "bounds": 0.0}
     stats: dict = {"disjuncts": len(spec.disjuncts), "device": resolve_device(config.device)}
     state = {"phase": "attack", "t": time.monotonic()}
@@ -286,10 +291,14 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
     runners: list = []   # MILPs running beside a search: none outlives the run
     # The workers of a sharded search start first: they import torch and read the model
     # while this process attacks and bounds, which decides many properties alone.
-    if config.bab.workers > 1 and resolve_device(config.device).startswith("cuda"):
+    if (config.bab.workers > 1 or kept is not None) and resolve_device(config.device).startswith("cuda"):
         raise ConfigError("config key 'bab.workers': the search's workers bound on the CPU, and this run's device "
                           "is CUDA; run with --device cpu, or without bab.workers")
-    pool = local_pool(model, config.bab.workers) if config.bab.workers > 1 else None  # ConfigError if it cannot
+    if kept is not None and not kept.holds(model):
+        raise ValueError(f"verify: the workers passed hold another model than '{model.path}'")
+    # None below two workers; ConfigError if they cannot be had
+    pool = kept if kept is not None else search_pool(model, config.bab)
+    before = dict(pool.counts) if pool is not None else {}
     try:
         return _decide(model, spec, config, deadline, _Run(progress, timings, stats, enter, timeout, runners, pool))
     except DeadlineExceeded:
@@ -301,8 +310,9 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
         for r in runners:
             r.stop()
         if pool is not None:
-            stats["workers"] = pool.stats()
-            pool.close()
+            stats["workers"] = pool.stats(since=before)
+            if kept is None:
+                pool.close()
 
 
 _METHOD_OF = {"attack": "attack", "attack-longer": "attack", "bounds": "", "lp": "milp", "bab-input": "bab-input",

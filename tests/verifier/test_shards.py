@@ -1,6 +1,9 @@
-"""One search across worker processes (verifier/shards.py, bab.search._pooled): the same
+"""One search across workers (verifier/shards.py, verifier/shards_ray.py, bab.search._pooled),
+on both backends (local processes, Ray actors on a local cluster of two CPUs): the same
 verdicts as one process, the workers really bound domains, a worker killed mid-search
-loses nothing, and an exception inside a worker is raised, never a verdict."""
+loses nothing, an answer to an earlier search is dropped, an exception inside a worker
+is raised, never a verdict, and the proof of a sharded search makes a certificate the
+checker accepts."""
 from __future__ import annotations
 
 import time
@@ -13,11 +16,17 @@ from bab.search import SearchOutcome
 from models import GraphEvaluator
 from relaxations import DeadlineExceeded
 from tests.builders import known_answer_min, known_answer_net, known_answer_spec
+import vnnlib
 from verifier import Config, verify
+from verifier.certificates.writer import write_certificate
+from verifier.checker.verdict import check_files
 from verifier.config import with_overrides
 from verifier.progress import Progress
+from verifier.result import Result
 from verifier.searches import Beside, SearchRecipe, activation_search, input_search, recipe_brancher
+from verifier.ray_connect import ray_available
 from verifier.shards import LocalPool
+from verifier.verify import bab_proof
 
 
 def _search(model, mode: str, threshold: float, config: Config, pool) -> SearchOutcome:
@@ -31,18 +40,41 @@ def _search(model, mode: str, threshold: float, config: Config, pool) -> SearchO
 
 
 @pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of two CPUs for the module's Ray cases (pools then use it and
+    leave it running)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.skipif(
+    not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])"))])
+def make_pool(request):
+    """A function (model, workers) -> pool on the backend of the case."""
+    if request.param == "local":
+        return LocalPool
+    from verifier.shards_ray import RayShardPool
+
+    request.getfixturevalue("ray_cluster")
+    return RayShardPool
+
+
+@pytest.fixture(scope="module")
 def net(tmp_path_factory):
     model = known_answer_net(tmp_path_factory.mktemp("shards"), 0)
     return model, known_answer_min(model)
 
 
 @pytest.mark.parametrize("mode", ["input", "activation"])
-def test_workers_bound_the_rounds_and_the_verdicts_are_one_process_s(net, mode: str) -> None:
+def test_workers_bound_the_rounds_and_the_verdicts_are_one_process_s(net, make_pool, mode: str) -> None:
     model, m = net
     spread = 0.05 * (1 + abs(m))
     # Small batches: many rounds, so both workers take some.
     cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "bab.batch_size=4"])
-    pool = LocalPool(model, 2)
+    pool = make_pool(model, 2)
     try:
         below = _search(model, mode, m - spread, cfg, pool)
         assert below.status == "unsat", below.stats
@@ -58,7 +90,7 @@ def test_workers_bound_the_rounds_and_the_verdicts_are_one_process_s(net, mode: 
 class _KillsFirst:
     """A pool whose first worker is killed right after it takes its first batch."""
 
-    def __init__(self, pool: LocalPool) -> None:
+    def __init__(self, pool) -> None:
         self.pool, self.killed = pool, False
 
     def __getattr__(self, name):
@@ -71,7 +103,7 @@ class _KillsFirst:
             self.pool.kill(0)
 
 
-def test_a_worker_killed_mid_search_loses_nothing(net) -> None:
+def test_a_worker_killed_mid_search_loses_nothing(net, make_pool) -> None:
     """The first batch is the whole region (the root's one open domain) and its worker is
     killed: the proved leaves (recorded, so boxes are not clipped) must still tile the
     whole region [-1, 1]^2. A coordinator that dropped the batch would end at once with
@@ -79,7 +111,7 @@ def test_a_worker_killed_mid_search_loses_nothing(net) -> None:
     model, m = net
     cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4",
                                               "proof=true"])
-    pool = LocalPool(model, 2)
+    pool = make_pool(model, 2)
     try:
         outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, _KillsFirst(pool))
         assert outcome.status == "unsat", outcome.stats
@@ -90,7 +122,7 @@ def test_a_worker_killed_mid_search_loses_nothing(net) -> None:
     assert np.prod(hi - lo, axis=1).sum() == pytest.approx(4.0, rel=1e-9)
 
 
-def test_an_answer_to_an_earlier_search_is_dropped(net) -> None:
+def test_an_answer_to_an_earlier_search_is_dropped(net, make_pool) -> None:
     """A search that ends with a batch out (sat, a stop, the other split kind next) leaves
     its answer in the pipe; the next search on the same pool must not take it in. The
     stale batch here is the whole region: were its children absorbed, the next search's
@@ -99,7 +131,7 @@ def test_an_answer_to_an_earlier_search_is_dropped(net) -> None:
     cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4",
                                               "proof=true"])
     disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
-    pool = LocalPool(model, 1)
+    pool = make_pool(model, 1)
     try:
         first = SearchRecipe("input", disjunct, cfg, time.monotonic() + 60)
         pool.setup(first)
@@ -113,10 +145,10 @@ def test_an_answer_to_an_earlier_search_is_dropped(net) -> None:
     assert np.prod(hi - lo, axis=1).sum() == pytest.approx(4.0, rel=1e-9)
 
 
-def test_an_exception_in_a_worker_is_raised_not_a_verdict(net) -> None:
+def test_an_exception_in_a_worker_is_raised_not_a_verdict(net, make_pool) -> None:
     model, m = net
     cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4"])
-    pool = LocalPool(model, 1)
+    pool = make_pool(model, 1)
     try:
         disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
         pool.setup(SearchRecipe("input", disjunct, cfg, time.monotonic() - 1.0))   # a deadline already past
@@ -126,14 +158,43 @@ def test_an_exception_in_a_worker_is_raised_not_a_verdict(net) -> None:
         pool.close()
 
 
-def test_verify_with_workers_gives_the_verdicts_and_says_what_they_did(net) -> None:
+@pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.skipif(
+    not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])"))])
+def test_verify_with_workers_gives_the_verdicts_and_says_what_they_did(net, backend: str, request) -> None:
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
     model, m = net
     spread = 0.05 * (1 + abs(m))
-    cfg = with_overrides(Config(timeout=60), ["bab.mode=activation", "attack.enabled=false", "bab.workers=2"])
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=activation", "attack.enabled=false", "bab.workers=2",
+                                              f"bab.backend={backend}"])
     below = verify(model, known_answer_spec(m - spread), cfg)
     assert below.verdict == "unsat"
     assert below.stats["workers"]["workers"] == 2 and below.stats["workers"]["lost"] == 0
     assert verify(model, known_answer_spec(m + spread), cfg).verdict == "sat"
+
+
+def test_a_sharded_search_s_certificate_is_accepted(net, make_pool, tmp_path) -> None:
+    """The proof of a search whose rounds ran on workers (the leaves come back from them
+    and are recorded here) makes a certificate that the independent checker accepts."""
+    model, m = net
+    spec = known_answer_spec(m - 0.05 * (1 + abs(m)))
+    path = tmp_path / "below.vnnlib"
+    vnnlib.write_vnnlib(path, spec)
+    spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
+    for mode in ("input", "activation"):
+        cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "bab.batch_size=4",
+                                                  "proof=true"])
+        pool = make_pool(model, 2)
+        try:
+            outcome = _search(model, mode, m - 0.05 * (1 + abs(m)), cfg, pool)
+            assert outcome.status == "unsat" and pool.counts["batches"] >= 1, (outcome.stats, pool.stats())
+        finally:
+            pool.close()
+        result = Result("unsat", "", method=f"bab-{mode}",
+                        proof={"version": 1, "disjuncts": [bab_proof(mode, outcome)]})
+        cert = tmp_path / f"{mode}.json"
+        assert write_certificate(cert, model, path, spec, result) == "written"
+        assert check_files(cert, model.path, path).accepted, mode
 
 
 def _pool_in_daemon(model_path: str, out) -> None:
@@ -160,3 +221,47 @@ def test_workers_inside_a_daemonic_process_are_a_config_error(net) -> None:
     message = out.get(timeout=60)
     proc.join(timeout=10)
     assert "bab.workers" in message and "--isolate process" in message
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--backend", "ray"], "pip install 'nncert[ray]'"),
+    (["--address", "127.0.0.1:6379"], "needs bab.backend ray"),
+    (["--backend", "ray", "--address", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
+])
+def test_workers_that_cannot_be_had_are_bad_input(net, tmp_path, monkeypatch, capsys, flags, words) -> None:
+    """Ray missing (pretended here), an address without the Ray backend, a cluster that
+    does not answer: one line and exit 2, before any verdict."""
+    from verifier import shards_ray
+    from verifier.cli import main
+
+    if "--address" not in flags:
+        monkeypatch.setattr(shards_ray, "ray_available", lambda: False)
+    model, m = net
+    path = tmp_path / "p.vnnlib"
+    vnnlib.write_vnnlib(path, known_answer_spec(m - 1.0))
+    code = main(["verify", str(model.path), str(path), "--workers", "2", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and words in err and len(err.splitlines()) == 1, err
+
+
+def test_workers_kept_across_calls_serve_each_and_stay_open(net, tmp_path) -> None:
+    """A pool handed to `verify` is used, not closed: the second call's search runs on the
+    same workers (booted once), each call's stats count its own batches only, and a pool
+    started on another model is refused."""
+    model, m = net
+    spread = 0.05 * (1 + abs(m))
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=2"])
+    pool = LocalPool(model, 2)
+    try:
+        pool.setup(SearchRecipe("input", known_answer_spec(m).disjuncts[0], cfg, time.monotonic() + 60))
+        assert pool.wait_ready(60), "the workers did not start"
+        runs = [verify(model, known_answer_spec(m - spread), cfg, workers=pool) for _ in range(2)]
+        assert [r.verdict for r in runs] == ["unsat", "unsat"]
+        batches = [r.stats["workers"]["batches"] for r in runs]
+        assert min(batches) >= 1 and sum(batches) == pool.counts["batches"], (batches, pool.stats())
+        assert pool.stats()["live"] == 2
+        other = known_answer_net(tmp_path, 1)
+        with pytest.raises(ValueError, match="another model"):
+            verify(other, known_answer_spec(0.0), cfg, workers=pool)
+    finally:
+        pool.close()

@@ -15,45 +15,20 @@ module imports it only when a run asks for it.
 from __future__ import annotations
 
 import atexit
-import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome
+from verifier.ray_connect import connect
 
-__all__ = ["RayPool", "ray_available", "unreachable", "RETRIES"]
+__all__ = ["RayPool", "RETRIES"]
 
 RETRIES = 1                 # a lost Ray worker's task runs once more, then becomes an error row
 _SAFETY_S = 120.0           # past timeout + grace + this, the driver stops waiting for a task
 
 # The Ray worker process's own state (one per process, as a worker's imports are).
 _SLOT: dict[str, Any] = {}
-
-
-def ray_available() -> bool:
-    """Whether the optional Ray package can be imported."""
-    try:
-        import ray  # noqa: F401  (optional dependency, probed on purpose)
-    except ImportError:
-        return False
-    return True
-
-
-def unreachable(address: str, timeout_s: float = 5.0) -> str:
-    """Why a cluster address cannot be used ('' when it can be tried). A `host:port` (or
-    `ray://host:port`) must accept a TCP connection within `timeout_s`: `ray.init` itself
-    would retry an unreachable address for minutes, printing only its own log lines.
-    Other forms (`auto`, `local`) are left to Ray."""
-    hostport = address[len("ray://"):] if address.startswith("ray://") else address
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        return "" if address in ("auto", "local") else f"expected HOST:PORT, ray://HOST:PORT or auto, got {address!r}"
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        return f"no Ray cluster answers at {address} ({exc.strerror or exc})"
-    return ""
 
 
 def run_instance(instance: Instance, settings: RunSettings, isolate: str) -> Outcome:
@@ -71,34 +46,6 @@ def run_instance(instance: Instance, settings: RunSettings, isolate: str) -> Out
         _SLOT.update(slot=slot, settings=settings)
         atexit.register(slot.close)
     return slot.run(instance)
-
-
-def _same_cluster(ray: Any, address: str) -> None:
-    """A process already connected to Ray (a caller's `ray.init`) keeps that connection:
-    Ray allows one per process. Running on it when `address` names another cluster would
-    put the suite where the user did not ask, silently; refuse instead. `auto` and the
-    connected cluster's own GCS address agree; a Ray Client address (ray://) cannot be
-    matched against the GCS address and is refused too."""
-    if address == "auto":
-        return
-    try:
-        current = ray.get_runtime_context().gcs_address
-    except Exception:  # a Ray Client connection has no GCS address on the driver
-        current = None
-    host, _, port = address.rpartition(":")
-    same = current is not None and not address.startswith("ray://") and current.rpartition(":")[2] == port \
-        and _resolve(host) == _resolve(current.rpartition(":")[0])
-    if not same:
-        raise ValueError(f"Ray is already initialised in this process (cluster {current or 'unknown'}); "
-                         f"address {address!r} names another: call ray.shutdown() first or leave address unset")
-
-
-def _resolve(host: str) -> str:
-    """A host's IPv4 address, so that localhost and 127.0.0.1 compare equal."""
-    try:
-        return socket.gethostbyname(host)
-    except OSError:
-        return host
 
 
 @dataclass
@@ -121,14 +68,7 @@ class RayPool:
         import ray
 
         self._ray = ray
-        self._started = not ray.is_initialized()
-        if not self._started and self.address is not None:
-            _same_cluster(ray, self.address)
-        if self._started:
-            if self.address is None:
-                ray.init(num_cpus=self.jobs, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=self.address, log_to_driver=False)
+        self._started = connect(self.address, self.jobs)
         self._remote = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(self.task)
         self._refs: set = set()
 

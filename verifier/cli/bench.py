@@ -81,10 +81,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("nncert: error: --address needs --backend ray", file=sys.stderr)
         return 2
     if args.backend == "ray":
-        from verifier.bench.ray_backend import ray_available, unreachable
+        from verifier.ray_connect import INSTALL_HINT, ray_available, unreachable
 
         if not ray_available():
-            print("nncert: error: --backend ray needs the ray package (pip install 'nncert[ray]')", file=sys.stderr)
+            print(f"nncert: error: --backend ray needs the ray package ({INSTALL_HINT})", file=sys.stderr)
             return 2
         why = unreachable(args.address) if args.address is not None else ""
         if why:

@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import BENCH, REFERENCE
 from verifier.bench import RayOptions, read_expected, read_instances, run_bench
 from verifier.bench.process import RunSettings
-from verifier.bench.ray_backend import ray_available, run_instance
+from verifier.bench.ray_backend import run_instance
+from verifier.ray_connect import ray_available
 from verifier.cli import main
 
 pytestmark = [

@@ -25,7 +25,7 @@ def _verify_args(*flags: str):
 def test_the_flagged_keys_are_the_ones_a_user_sets_on_most_runs():
     assert {f: k.name for f, k in FLAGGED.items()} == {
         "--device": "device", "--threads": "threads", "--timeout": "timeout", "--seed": "seed",
-        "--method": "bounds.method", "--workers": "bab.workers"}
+        "--method": "bounds.method", "--workers": "bab.workers", "--backend": "bab.backend", "--address": "bab.address"}
 
 
 def test_each_flag_sets_its_key_through_the_same_check():
@@ -42,7 +42,7 @@ def test_each_flag_sets_its_key_through_the_same_check():
 
 @pytest.mark.parametrize("flag, value, words", [
     ("--timeout", "-3", ">= 0"), ("--timeout", "abc", "number of seconds"), ("--threads", "1.5", "integer"),
-    ("--seed", "-1", "integer")])
+    ("--seed", "-1", "integer"), ("--address", "head-node", "HOST:PORT")])
 def test_a_bad_value_is_refused_with_the_flag_and_what_it_accepts(flag, value, words):
     with pytest.raises(ConfigError) as err:
         flag_overrides(_verify_args(flag, value))

@@ -1,0 +1,89 @@
+"""Connecting to Ray, for the two things that run on it: suites (`nncert bench --backend
+ray`, verifier/bench/ray_backend.py) and one search's workers (`nncert verify --workers N
+--backend ray`, verifier/shards_ray.py).
+
+Ray is optional (`pip install nncert[ray]`): nothing here imports it at module level.
+A process holds one Ray connection; `connect` uses the one it finds (a caller's own
+`ray.init`) and refuses an address that names another cluster, and otherwise connects
+to `address` or starts a local cluster, which the caller then shuts down.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any, Optional
+
+__all__ = ["ray_available", "unreachable", "connect", "INSTALL_HINT"]
+
+INSTALL_HINT = "pip install 'nncert[ray]'"
+
+
+def ray_available() -> bool:
+    """Whether the optional Ray package can be imported."""
+    try:
+        import ray  # noqa: F401  (optional dependency, probed on purpose)
+    except ImportError:
+        return False
+    return True
+
+
+def unreachable(address: str, timeout_s: float = 5.0) -> str:
+    """Why a cluster address cannot be used ('' when it can be tried). A `host:port` (or
+    `ray://host:port`) must accept a TCP connection within `timeout_s`: `ray.init` itself
+    would retry an unreachable address for minutes, printing only its own log lines.
+    Other forms (`auto`, `local`) are left to Ray."""
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return "" if address in ("auto", "local") else f"expected HOST:PORT, ray://HOST:PORT or auto, got {address!r}"
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"no Ray cluster answers at {address} ({exc.strerror or exc})"
+    return ""
+
+
+def connect(address: Optional[str], cpus: int) -> bool:
+    """Make sure this process is connected to Ray: to the connection it already has (an
+    `address` naming another cluster is then a ValueError), to the cluster at `address`,
+    or to a local cluster of `cpus` CPUs started here when `address` is None. Returns
+    whether this call connected (the caller then calls `ray.shutdown()` when done)."""
+    import ray
+
+    if ray.is_initialized():
+        if address is not None:
+            _same_cluster(ray, address)
+        return False
+    if address is None:
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    return True
+
+
+def _same_cluster(ray: Any, address: str) -> None:
+    """A process already connected to Ray (a caller's `ray.init`) keeps that connection:
+    Ray allows one per process. Running on it when `address` names another cluster would
+    put the work where the user did not ask, silently; refuse instead. `auto` and the
+    connected cluster's own GCS address agree; a Ray Client address (ray://) cannot be
+    matched against the GCS address and is refused too."""
+    if address == "auto":
+        return
+    try:
+        current = ray.get_runtime_context().gcs_address
+    except Exception:  # a Ray Client connection has no GCS address on the driver
+        current = None
+    host, _, port = address.rpartition(":")
+    same = current is not None and not address.startswith("ray://") and current.rpartition(":")[2] == port \
+        and _resolve(host) == _resolve(current.rpartition(":")[0])
+    if not same:
+        raise ValueError(f"Ray is already initialised in this process (cluster {current or 'unknown'}); "
+                         f"address {address!r} names another: call ray.shutdown() first or leave address unset")
+
+
+def _resolve(host: str) -> str:
+    """A host's IPv4 address, so that localhost and 127.0.0.1 compare equal."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host

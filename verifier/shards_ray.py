@@ -1,0 +1,120 @@
+"""One instance's branch and bound on Ray actors (`nncert verify --workers N --backend
+ray [--address ADDR]`, issue 21, item 2).
+
+The protocol is the local backend's (verifier/shards.py): this process keeps the domain
+store and the side tasks; each worker is a Ray actor holding a `SearchWorker`, which
+reads the model once (the ONNX bytes go into Ray's object store once, whichever node
+the actor lands on) and answers the same pickled setup and round messages. So rounds,
+readiness, stale answers and errors behave as they do on local processes; what Ray adds
+is placement: the actors may run on other machines of a cluster.
+
+An actor that dies (its process killed, its node lost) is not restarted: its batch goes
+back into the store, as with a local worker, and the search goes on with the others (or
+in this process when none is left). Each actor takes one CPU of the cluster and bounds
+on one torch thread. Every node must be able to import nncert (the same install, or a
+Ray runtime environment); a local cluster started here inherits this process's
+environment.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from verifier.config import ConfigError
+from verifier.model import Model
+from verifier.ray_connect import INSTALL_HINT, connect, ray_available, unreachable
+from verifier.shards import Pool, SearchWorker
+
+__all__ = ["RayShardPool", "ray_pool"]
+
+
+class _Actor:
+    """A Ray actor around a SearchWorker (created by `RayShardPool` through `ray.remote`)."""
+
+    def __init__(self, onnx_bytes: bytes, label: str) -> None:
+        import onnx
+        import torch
+
+        from verifier import heap
+        from verifier.model import model_from_proto
+
+        heap.keep_freed()   # as `nncert verify` does for itself: the actor's process is its own
+        torch.set_num_threads(1)
+        model = model_from_proto(onnx.load_from_string(onnx_bytes), label, check=False, data=onnx_bytes)
+        self._worker = SearchWorker(model)
+
+    def handle(self, message: bytes) -> Optional[bytes]:
+        return self._worker.handle(message)
+
+
+class RayShardPool(Pool):
+    """`workers` Ray actors, one CPU each, on the cluster this process is connected to
+    (`verifier.ray_connect.connect`: an address, the connection it already has, or a
+    local cluster of `workers` CPUs started here and shut down by `close`)."""
+
+    def __init__(self, model: Model, workers: int, address: Optional[str] = None) -> None:
+        import ray
+
+        super().__init__(model, workers)
+        self._ray = ray
+        self._started = connect(address, workers)
+        actor = ray.remote(num_cpus=1, max_restarts=0)(_Actor)
+        onnx_ref = ray.put(model.onnx_bytes)
+        self._actors = [actor.remote(onnx_ref, str(model.path)) for _ in range(workers)]
+        self._pending: dict[Any, int] = {}           # answer reference -> worker
+
+    def _send(self, i: int, message: bytes) -> bool:
+        # Ray queues the call; an actor that is gone shows when its answer is awaited.
+        self._pending[self._actors[i].handle.remote(message)] = i
+        return True
+
+    def _receive(self, timeout: float) -> list[tuple[int, Optional[bytes]]]:
+        ray = self._ray
+        refs = list(self._pending)
+        if not refs:
+            time.sleep(min(timeout, 0.01))
+            return []
+        first, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if not first:
+            return []
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)   # every other answer already in
+        answers: list[tuple[int, Optional[bytes]]] = []
+        for ref in done:
+            i = self._pending.pop(ref)
+            try:
+                answers.append((i, ray.get(ref)))
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.ObjectLostError):
+                answers.append((i, None))   # the actor or its node is gone
+        return answers
+
+    def kill(self, i: int) -> None:
+        """Kill actor i at once (what a lost machine looks like; tests use it)."""
+        self._ray.kill(self._actors[i], no_restart=True)
+
+    def close(self) -> None:
+        """Kill every actor at once (one may be in a round nobody will read), and shut down
+        the local cluster if this pool started it."""
+        for a in self._actors:
+            try:
+                self._ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - an actor already gone: nothing to stop
+                pass
+        self._pending.clear()
+        self._live.clear()
+        if self._started:
+            self._ray.shutdown()
+
+
+def ray_pool(model: Model, workers: int, address: Optional[str]) -> RayShardPool:
+    """Ray actors for `model`'s searches; ConfigError (exit 2) when Ray is not installed,
+    the address does not answer, or this process is on another cluster already."""
+    if not ray_available():
+        raise ConfigError(f"config key 'bab.backend': ray needs the ray package ({INSTALL_HINT})")
+    why = unreachable(address) if address is not None else ""
+    if why:
+        raise ConfigError(f"config key 'bab.address': {why}")
+    try:
+        return RayShardPool(model, workers, address)
+    except ValueError as exc:   # connect: this process is connected to another cluster
+        raise ConfigError(f"config key 'bab.address': {exc}") from None
