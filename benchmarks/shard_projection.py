@@ -8,7 +8,8 @@ Reads the JSON of `benchmarks/sharded_search.py` and, per instance:
   (seconds, open domains, domains bounded) after every round;
 - takes from the N-worker runs what a batch costs beyond its bounding: `tau`, the
   hand-out-to-reply time less the worker's own time, and `kappa`, the coordinator's
-  busy time (search phase less the time it waited for answers), per batch;
+  busy time (its search loop less the time it waited for answers and the rounds it ran
+  itself before a worker was ready), per batch;
 - replays the search as waves: at a point of the search where the one-process run had
   `open` domains, up to min(N, open / B) batches of at most B parents go out at once,
   and a wave takes the largest batch's time plus tau, or the coordinator's kappa per
@@ -84,7 +85,8 @@ def main() -> None:
             w = [r["workers"] for r in many]
             batches = sum(x["batches"] for x in w)
             tau = sum(x["trip_s"] - x["worker_s"] for x in w) / batches
-            kappa = sum(r["bab_s"] - r["workers"]["wait_s"] for r in many) / batches
+            kappa = sum(r["workers"]["loop_s"] - r["workers"]["wait_s"] - r["workers"]["rounds_here_s"]
+                        for r in many) / batches
             children = 2 * sum(x["domains"] for x in w) / batches   # a batch's children, as handed out
             full = a + m * children
             wide = {k: min(k * full / (full + tau), full / kappa if kappa > 0 else float("inf")) for k in (8, 64, 512)}
