@@ -237,9 +237,9 @@ class ReluBrancher:
         box; where there is none (a convolution too large for the backward rows), the
         search skips the narrowing altogether, which costs a backward pass per round.
         At most `NARROWING_TRIES` neurons of each tensor are tried, and none past the
-        deadline (on oval21's cifar_deep_kw trying them all ran the search 5 s past it;
-        a cap on all tensors together never reached a needle's distance neuron, which
-        comes after 1,568 unstable neurons of the 784-input CNN)."""
+        deadline (on oval21's cifar_deep_kw trying them all ran the search seconds past
+        it; a cap on all tensors together never reached a needle's distance neuron, which
+        comes after the first layers' thousands of unstable neurons in a 784-input CNN)."""
         p = self.problem
         found = {z: torch.zeros(2, torch.Size(s).numel(), dtype=torch.bool, device=p.lower.device)
                  for z, s in self.shapes.items()}

@@ -21,18 +21,15 @@ Other instances:
 
 Without instances it runs the default set below (from ../shared/bench beside the
 checkout), about 90 s in all: three mnist_fc instances that need activation split and
-three ACAS Xu instances that need input split (domains and verify() time with the
-default config at 6641f82, one thread, a shared 2-core Xeon):
+three ACAS Xu instances that need input split (their domains and times:
+BENCHMARKS.md, "One branch-and-bound core"):
 
-    2022_mnist_fc  256x2 prop_10_0.05   unsat      567 domains   8.0 s
-                   256x4 prop_3_0.05    unsat      141 domains   8.8 s
-                   256x4 prop_6_0.03    timeout   ~380 domains  30 s (the budget: a fixed-time count)
-    2022_acasxu    1_1 prop_3           unsat    4,452 domains   5.5 s
-                   1_1 prop_4           unsat    1,091 domains   2.9 s
-                   4_7 prop_1           unsat    4,007 domains   7.1 s
+    2022_mnist_fc  256x2 prop_10_0.05, 256x4 prop_3_0.05,
+                   256x4 prop_6_0.03 (a timeout: a fixed-time count)
+    2022_acasxu    1_1 prop_3, 1_1 prop_4, 4_7 prop_1
 
-No other mnist_fc instance that is solved within 30 s needs more than 101 domains
-(256x2 prop_6_0.03); the others of 256x2 need 0-27, hence the fixed-budget 256x4 one.
+The mnist_fc instances solved within the budget need few domains (256x2's need 0-27),
+hence the fixed-budget 256x4 one.
 
 Each measurement is a new interpreter (this one) started in the code folder (`--source
 DIR`, default this checkout) with PYTHONPATH=DIR, so the code under test is imported

@@ -257,7 +257,7 @@ def solve_layer_step(
     H should be normalised (lambda_max ~ 1) by the caller; the problem is homogeneous.
     ``scs_eps`` loosens SCS's tolerance (default 1e-6). That is sound: the caller repairs
     the multipliers and recomputes rho in float64, so a looser solve only costs tightness
-    (about 0.1% at depth 6 for 1e-4, 2.5x fewer SCS iterations: docs/bench_lipschitz.md)."""
+    (what it costs and saves: docs/bench_lipschitz.md)."""
     import cvxpy as cp
 
     n_out = h.shape[0]

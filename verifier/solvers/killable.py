@@ -1,7 +1,7 @@
 """Run a solver call in a forked child that is killed at its time limit.
 
-Why: cvxpy builds a large LMI in compiled code that holds the GIL (measured: 44 s
-for LipSDP on mnist-net_256x6, in one call), and SCS's ``time_limit_secs`` starts
+Why: cvxpy builds a large LMI in compiled code that holds the GIL (tens of seconds
+for LipSDP on the deeper mnist_fc networks, in one call), and SCS's ``time_limit_secs`` starts
 counting only after that; no thread, timer or signal handler of ours runs meanwhile,
 so a deadline inside the process cannot be kept. A child process can be killed. The
 child inherits the problem data by ``fork`` (nothing is pickled on the way in) and
