@@ -50,14 +50,14 @@ class _Actor:
 class RayShardPool(Pool):
     """`workers` Ray actors, one CPU each, on the cluster this process is connected to
     (`verifier.ray_connect.connect`: an address, the connection it already has, or a
-    local cluster of `workers` CPUs started here and shut down by `close`)."""
+    local cluster of `workers` CPUs started here, which outlives the pool: see `close`)."""
 
     def __init__(self, model: Model, workers: int, address: Optional[str] = None) -> None:
         import ray
 
         super().__init__(model, workers)
         self._ray = ray
-        self._started = connect(address, workers)
+        connect(address, workers)
         actor = ray.remote(num_cpus=1, max_restarts=0)(_Actor)
         onnx_ref = ray.put(model.onnx_bytes)
         self._actors = [actor.remote(onnx_ref, str(model.path)) for _ in range(workers)]
@@ -93,8 +93,10 @@ class RayShardPool(Pool):
         self._ray.kill(self._actors[i], no_restart=True)
 
     def close(self) -> None:
-        """Kill every actor at once (one may be in a round nobody will read), and shut down
-        the local cluster if this pool started it."""
+        """Kill every actor at once (one may be in a round nobody will read). A local
+        cluster this pool started stays up for the next pool of this process, and Ray
+        shuts it down when the process exits: `ray.shutdown()` takes about a second, which
+        the run's time promise (verifier/guard.py) has no room for."""
         for a in self._actors:
             try:
                 self._ray.kill(a, no_restart=True)
@@ -102,8 +104,6 @@ class RayShardPool(Pool):
                 pass
         self._pending.clear()
         self._live.clear()
-        if self._started:
-            self._ray.shutdown()
 
 
 def ray_pool(model: Model, workers: int, address: Optional[str]) -> RayShardPool:
