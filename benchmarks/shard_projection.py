@@ -84,7 +84,8 @@ def main() -> None:
             n = many[0]["n"]
             w = [r["workers"] for r in many]
             batches = sum(x["batches"] for x in w)
-            tau = sum(x["trip_s"] - x["worker_s"] for x in w) / batches
+            answered = sum(x.get("answered", x["batches"]) for x in w)   # older JSON: every batch
+            tau = sum(x["trip_s"] - x["worker_s"] for x in w) / answered
             kappa = sum(r["workers"]["loop_s"] - r["workers"]["wait_s"] - r["workers"]["rounds_here_s"]
                         for r in many) / batches
             children = 2 * sum(x["domains"] for x in w) / batches   # a batch's children, as handed out

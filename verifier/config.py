@@ -167,8 +167,8 @@ class BabConfig(_Validated):
                        help="where bab.workers run: local processes, or Ray actors (pip install 'nncert[ray]') on "
                             "the cluster at bab.address")
     address: str = key("", check=RayAddress(), flag="--address",
-                       help="with bab.backend ray: a running cluster's address; empty: a local cluster of bab.workers "
-                            "CPUs, started for the run")
+                       help="with bab.backend ray: a running cluster's address; empty: a local cluster on this "
+                            "machine's CPUs, started by the first run of the process")
     input_split_max_dims: int = key(16, check=Int(0),
                                     help="mode auto: input split when a region has at most this many free inputs")
     clip: bool = key(True, check=Bool(),

@@ -5,7 +5,7 @@ ray`, verifier/bench/ray_backend.py) and one search's workers (`nncert verify --
 Ray is optional (`pip install nncert[ray]`): nothing here imports it at module level.
 A process holds one Ray connection; `connect` uses the one it finds (a caller's own
 `ray.init`) and refuses an address that names another cluster, and otherwise connects
-to `address` or starts a local cluster, which the caller then shuts down.
+to `address` or starts a local cluster.
 """
 from __future__ import annotations
 
@@ -37,17 +37,30 @@ def unreachable(address: str, timeout_s: float = 5.0) -> str:
     if not sep or not port.isdigit():
         return "" if address in ("auto", "local") else f"expected HOST:PORT, ray://HOST:PORT or auto, got {address!r}"
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s) as sock:
+            # Ray's GCS (and its client server) speak gRPC: to HTTP/2's client preface they
+            # answer with a SETTINGS frame (type 4, the frame header's fourth byte). Anything
+            # else listening there would leave ray.init retrying until the run's time is up.
+            sock.settimeout(timeout_s)
+            sock.sendall(_HTTP2_PREFACE)
+            head = sock.recv(9)
     except OSError as exc:
         return f"no Ray cluster answers at {address} ({exc.strerror or exc})"
+    if len(head) < 4 or head[3] != 4:
+        return f"something listens at {address}, but not a Ray cluster (no gRPC answer)"
     return ""
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def connect(address: Optional[str], cpus: int) -> bool:
     """Make sure this process is connected to Ray: to the connection it already has (an
     `address` naming another cluster is then a ValueError), to the cluster at `address`,
     or to a local cluster of `cpus` CPUs started here when `address` is None. Returns
-    whether this call connected (the caller then calls `ray.shutdown()` when done)."""
+    whether this call connected: the caller may then shut it down when done (the suite
+    runner does; a search pool leaves it up for the process's next pool, and Ray shuts it
+    down at exit). A cluster that cannot be reached raises ConnectionError."""
     import ray
 
     if ray.is_initialized():

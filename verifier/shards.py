@@ -89,10 +89,12 @@ class SearchWorker:
     """What a worker (a local process or a Ray actor) holds between messages: the model
     and the brancher of the current search. Messages and answers are pickled tuples:
 
-    - ("setup", search, recipe, seconds_left) -> ("ready", search, None): build the
+    - ("setup", search, recipe, wall_deadline) -> ("ready", search, None): build the
       brancher of `recipe` and run its root (unstable neurons, layout). The deadline
-      travels as seconds left and is re-based on this machine's clock: another node's
-      monotonic clock starts elsewhere.
+      travels on the wall clock (time.time()) and is re-based on this process's
+      monotonic clock when the message is read: another node's monotonic clock starts
+      elsewhere, and seconds left would start counting only when a busy or booting
+      worker got to the message.
     - ("round", search, round, batch) -> ("done", search, (reply, seconds)): one round
       (`bab.search.worker_round`) and the seconds it took here, from which the
       coordinator tells bounding from communication.
@@ -114,8 +116,8 @@ class SearchWorker:
                 return None
             search = rest[0]
             if kind == "setup":
-                recipe, left = rest[1], rest[2]
-                recipe = dataclasses.replace(recipe, deadline=time.monotonic() + left)
+                recipe, wall = rest[1], rest[2]
+                recipe = dataclasses.replace(recipe, deadline=time.monotonic() + (wall - time.time()))
                 self.brancher = recipe_brancher(self.model, recipe)
                 self.brancher.root()
                 return _dumps(("ready", search, None))
@@ -133,19 +135,21 @@ class SearchWorker:
 
 
 def setup_message(search: int, recipe: SearchRecipe) -> bytes:
-    """The setup message of `recipe` (its deadline sent as seconds left)."""
-    return _dumps(("setup", search, recipe, recipe.deadline - time.monotonic()))
+    """The setup message of `recipe`, its deadline sent on the wall clock."""
+    return _dumps(("setup", search, recipe, time.time() + (recipe.deadline - time.monotonic())))
 
 
 class Traffic:
     """What a pool's messages cost, for `stats()` (BENCHMARKS.md's communication figures):
     bytes each way, the coordinator's pickling time, per batch the wall time from
-    hand-out to reply against the seconds the worker spent bounding it, and the seconds
-    from each setup to each worker's readiness (summed over workers)."""
+    hand-out to reply against the seconds the worker spent bounding it (over the
+    `answered` batches: one whose search ended first is counted out, never in), and the
+    seconds from each setup to each worker's readiness (summed over workers)."""
 
     def __init__(self, workers: int) -> None:
-        self.counts = {"workers": workers, "batches": 0, "domains": 0, "lost": 0, "wait_s": 0.0, "bytes_out": 0,
-                       "bytes_in": 0, "pickle_s": 0.0, "trip_s": 0.0, "worker_s": 0.0, "ready_s": 0.0}
+        self.counts = {"workers": workers, "batches": 0, "domains": 0, "answered": 0, "lost": 0, "wait_s": 0.0,
+                       "bytes_out": 0, "bytes_in": 0, "pickle_s": 0.0, "trip_s": 0.0, "worker_s": 0.0,
+                       "ready_s": 0.0}
         self._sent: dict[int, float] = {}
 
     def sent(self, i: int, message: bytes, domains: int, pickle_s: float) -> None:
@@ -158,12 +162,17 @@ class Traffic:
 
     def received(self, i: int, message: bytes, worker_s: float, pickle_s: float) -> None:
         c = self.counts
+        c["answered"] += 1
         c["bytes_in"] += len(message)
         c["pickle_s"] += pickle_s
         c["worker_s"] += worker_s
         start = self._sent.pop(i, None)
         if start is not None:
             c["trip_s"] += time.monotonic() - start
+
+    def forget(self) -> None:
+        """A new search: batches out now belong to no search, and their answers are dropped."""
+        self._sent.clear()
 
     def stats(self, live: int, since: Optional[dict] = None) -> dict:
         since = since or {}
@@ -216,6 +225,7 @@ class Pool:
         self._ready.clear()
         self._lost_batches.clear()
         self._search += 1
+        self.traffic.forget()
         self._setup_at = time.monotonic()
         message = setup_message(self._search, recipe)
         for i in sorted(self._live):
@@ -224,13 +234,14 @@ class Pool:
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until every live worker has built the brancher of the last setup (True),
-        or `timeout` seconds (False); replies other than readiness are not expected here."""
+        or `timeout` seconds (False; also when no worker is left); replies other than
+        readiness are not expected here."""
         end = time.monotonic() + timeout
         while self._ready != self._live and time.monotonic() < end:
             replies, lost = self.collect(min(0.1, max(0.0, end - time.monotonic())))
             if replies or lost:
                 raise RuntimeError("wait_ready: a round was out while waiting for readiness")
-        return self._ready == self._live
+        return bool(self._live) and self._ready == self._live
 
     def idle(self) -> int:
         return len(self._ready - set(self._busy))
@@ -274,10 +285,15 @@ class Pool:
         """One answer from worker i: its reply to a round of this search, or None."""
         t = time.monotonic()
         kind, search, payload = pickle.loads(message)
+        if search is not None and search != self._search:
+            # An answer to an earlier search, which has ended: dropped (the worker was freed
+            # at setup), an error too. That search's verdict did not wait for it: a search
+            # ends unsat only with no batch out, and its sat, timeout or stop claims nothing
+            # about the batches still out; on a kept pool such an error is often the earlier
+            # call's DeadlineExceeded, which must not end this call.
+            return None
         if kind == "error":
-            raise payload    # from an earlier search too: a bug is a bug (DeadlineExceeded: the deadline is shared)
-        if search != self._search:
-            return None      # an answer to an earlier search: dropped (the worker was freed at setup)
+            raise payload    # this search's (DeadlineExceeded: the deadline is shared) or unplaceable
         if kind == "ready":
             self._ready.add(i)
             self.counts["ready_s"] += time.monotonic() - self._setup_at

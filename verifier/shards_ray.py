@@ -17,6 +17,7 @@ environment.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Optional
 
@@ -57,7 +58,9 @@ class RayShardPool(Pool):
 
         super().__init__(model, workers)
         self._ray = ray
-        connect(address, workers)
+        # A local cluster started here outlives the pool: sized for this machine, so that
+        # a later pool of the process with more workers still gets its CPUs.
+        connect(address, max(workers, os.cpu_count() or 1))
         actor = ray.remote(num_cpus=1, max_restarts=0)(_Actor)
         onnx_ref = ray.put(model.onnx_bytes)
         self._actors = [actor.remote(onnx_ref, str(model.path)) for _ in range(workers)]
@@ -108,7 +111,8 @@ class RayShardPool(Pool):
 
 def ray_pool(model: Model, workers: int, address: Optional[str]) -> RayShardPool:
     """Ray actors for `model`'s searches; ConfigError (exit 2) when Ray is not installed,
-    the address does not answer, or this process is on another cluster already."""
+    the address does not answer as a Ray cluster, `auto` finds none, or this process is
+    on another cluster already."""
     if not ray_available():
         raise ConfigError(f"config key 'bab.backend': ray needs the ray package ({INSTALL_HINT})")
     why = unreachable(address) if address is not None else ""
@@ -118,3 +122,6 @@ def ray_pool(model: Model, workers: int, address: Optional[str]) -> RayShardPool
         return RayShardPool(model, workers, address)
     except ValueError as exc:   # connect: this process is connected to another cluster
         raise ConfigError(f"config key 'bab.address': {exc}") from None
+    except ConnectionError as exc:   # ray.init: no cluster there (`auto` with none running)
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config key 'bab.address': {why}") from None

@@ -29,14 +29,29 @@ from verifier.shards import LocalPool
 from verifier.verify import bab_proof
 
 
+class _ReadyFirst:
+    """A pool whose setup waits until every worker has built the search's brancher, so
+    that even a short search hands its workers batches (the search's own setup would
+    otherwise race it: the rounds run here until a worker is ready)."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+    def setup(self, recipe) -> None:
+        self.pool.setup(recipe)
+        assert self.pool.wait_ready(60), "the workers did not start"
+
+
 def _search(model, mode: str, threshold: float, config: Config, pool) -> SearchOutcome:
-    """The search of `verify`'s branch-and-bound phase, on a pool whose workers have booted."""
+    """The search of `verify`'s branch-and-bound phase, its workers ready from the start."""
     disjunct = known_answer_spec(threshold).disjuncts[0]
-    pool.setup(SearchRecipe(mode, disjunct, config, time.monotonic() + 60))
-    assert pool.wait_ready(60), "the workers did not start"
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
     search = input_search if mode == "input" else activation_search
-    return search(model, ev, disjunct, config, time.monotonic() + 60, Progress(), None, Beside(pool=pool))
+    return search(model, ev, disjunct, config, time.monotonic() + 60, Progress(), None,
+                  Beside(pool=_ReadyFirst(pool)))
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +158,22 @@ def test_an_answer_to_an_earlier_search_is_dropped(net, make_pool) -> None:
         pool.close()
     lo, hi = np.concatenate(outcome.proof.lowers), np.concatenate(outcome.proof.uppers)
     assert np.prod(hi - lo, axis=1).sum() == pytest.approx(4.0, rel=1e-9)
+
+
+def test_an_earlier_search_s_error_does_not_end_the_next_one(net, make_pool) -> None:
+    """On a kept pool, a worker may still answer the call before this one, often with that
+    call's DeadlineExceeded: the next search drops it (the earlier search has ended, and
+    no verdict of it waited for that batch) instead of ending as a timeout."""
+    model, m = net
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4"])
+    disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
+    pool = make_pool(model, 1)
+    try:
+        pool.setup(SearchRecipe("input", disjunct, cfg, time.monotonic() - 1.0))   # answers DeadlineExceeded
+        outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, pool)
+        assert outcome.status == "unsat" and pool.counts["answered"] >= 1, (outcome.stats, pool.stats())
+    finally:
+        pool.close()
 
 
 def test_an_exception_in_a_worker_is_raised_not_a_verdict(net, make_pool) -> None:
@@ -265,3 +296,30 @@ def test_workers_kept_across_calls_serve_each_and_stay_open(net, tmp_path) -> No
             verify(other, known_answer_spec(0.0), cfg, workers=pool)
     finally:
         pool.close()
+
+
+@pytest.mark.skipif(not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])")
+def test_an_address_where_something_else_listens_is_bad_input(net, tmp_path, capsys) -> None:
+    """A port that accepts connections but is no Ray cluster (an HTTP server here) is
+    refused at once, not left to ray.init, which would retry until the run's time is up."""
+    import http.server
+    import threading
+
+    from verifier.cli import main
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:   # the server's own lines would go to stderr
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    model, m = net
+    path = tmp_path / "p.vnnlib"
+    vnnlib.write_vnnlib(path, known_answer_spec(m - 1.0))
+    try:
+        code = main(["verify", str(model.path), str(path), "--workers", "2", "--backend", "ray", "--address",
+                     f"127.0.0.1:{server.server_address[1]}"])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not a Ray cluster" in err and len(err.splitlines()) == 1, err
