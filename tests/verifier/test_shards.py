@@ -204,28 +204,36 @@ def test_verify_with_workers_gives_the_verdicts_and_says_what_they_did(net, back
     assert verify(model, known_answer_spec(m + spread), cfg).verdict == "sat"
 
 
-def test_a_sharded_search_s_certificate_is_accepted(net, make_pool, tmp_path) -> None:
+@pytest.mark.parametrize("backend, mode", [("local", "input"), pytest.param("ray", "activation", marks=[
+    pytest.mark.skipif(not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])")
+])])
+def test_a_sharded_search_s_certificate_is_accepted(net, tmp_path, request, backend: str, mode: str) -> None:
     """The proof of a search whose rounds ran on workers (the leaves come back from them
-    and are recorded here) makes a certificate that the independent checker accepts."""
+    and are recorded here) makes a certificate that the independent checker accepts;
+    each split kind on one backend (the protocol is the same on both)."""
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
+        from verifier.shards_ray import RayShardPool as make_pool
+    else:
+        make_pool = LocalPool
     model, m = net
     spec = known_answer_spec(m - 0.05 * (1 + abs(m)))
     path = tmp_path / "below.vnnlib"
     vnnlib.write_vnnlib(path, spec)
     spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
-    for mode in ("input", "activation"):
-        cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "bab.batch_size=4",
-                                                  "proof=true"])
-        pool = make_pool(model, 2)
-        try:
-            outcome = _search(model, mode, m - 0.05 * (1 + abs(m)), cfg, pool)
-            assert outcome.status == "unsat" and pool.counts["batches"] >= 1, (outcome.stats, pool.stats())
-        finally:
-            pool.close()
-        result = Result("unsat", "", method=f"bab-{mode}",
-                        proof={"version": 1, "disjuncts": [bab_proof(mode, outcome)]})
-        cert = tmp_path / f"{mode}.json"
-        assert write_certificate(cert, model, path, spec, result) == "written"
-        assert check_files(cert, model.path, path).accepted, mode
+    cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "bab.batch_size=4",
+                                              "proof=true"])
+    pool = make_pool(model, 2)
+    try:
+        outcome = _search(model, mode, m - 0.05 * (1 + abs(m)), cfg, pool)
+        assert outcome.status == "unsat" and pool.counts["batches"] >= 1, (outcome.stats, pool.stats())
+    finally:
+        pool.close()
+    result = Result("unsat", "", method=f"bab-{mode}",
+                    proof={"version": 1, "disjuncts": [bab_proof(mode, outcome)]})
+    cert = tmp_path / f"{mode}.json"
+    assert write_certificate(cert, model, path, spec, result) == "written"
+    assert check_files(cert, model.path, path).accepted, mode
 
 
 def _pool_in_daemon(model_path: str, out) -> None:
