@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.workers < 2:
+        ap.error("--workers: at least 2 (with fewer the search runs in one process: nothing to compare)")
     heap.keep_freed()   # as `nncert verify` and every search worker do (verifier/heap.py)
     out = []
     for onnx_path, spec_path, timeout in _rows(args.instances, args.root):
@@ -86,7 +88,6 @@ def main() -> None:
                                                                  address=args.address))
         t = time.monotonic()
         pool = search_pool(model, many.bab)
-        assert pool is not None
         try:
             pool.setup(SearchRecipe("input", spec.disjuncts[0], many, time.monotonic() + 600))
             booted = pool.wait_ready(600)

@@ -46,7 +46,7 @@ from verifier.config import BabConfig, ConfigError
 from verifier.model import Model, model_from_proto
 from verifier.searches import SearchRecipe, recipe_brancher
 
-__all__ = ["Pool", "LocalPool", "SearchWorker", "local_pool", "search_pool"]
+__all__ = ["Pool", "LocalPool", "SearchWorker", "local_pool", "search_pool", "worker_process_model"]
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -59,30 +59,26 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"in a search worker: {text}")
 
 
+def worker_process_model(onnx_bytes: bytes, label: str) -> Model:
+    """What every worker process (a local one or a Ray actor's) does first: the heap and
+    thread settings of `nncert verify` (verifier/heap.py), then the model from its bytes."""
+    heap.keep_freed()
+    torch.set_num_threads(1)
+    return model_from_proto(onnx.load_from_string(onnx_bytes), label, check=False, data=onnx_bytes)
+
+
 def _serve(conn: Connection, model_file: str, label: str) -> None:
     """A worker: read the model (from a file the coordinator wrote: bytes passed as an
     argument would hold the coordinator's `start()` until this process had imported
-    torch), then answer setup and round messages until told to stop or until the
-    coordinator's end of the pipe closes."""
-    heap.keep_freed()   # as `nncert verify` does for itself (verifier/heap.py)
-    torch.set_num_threads(1)
+    torch), then answer setup and round messages until the coordinator's end of the pipe
+    closes or the coordinator terminates this process."""
     with open(model_file, "rb") as f:
-        onnx_bytes = f.read()
-    model = model_from_proto(onnx.load_from_string(onnx_bytes), label, check=False, data=onnx_bytes)
+        worker = SearchWorker(worker_process_model(f.read(), label))
     try:
-        _answer(conn, model)
+        while True:
+            conn.send_bytes(worker.handle(conn.recv_bytes()))
     except (EOFError, OSError):   # the coordinator is gone (it ended the run): nothing to tell
         return
-
-
-def _answer(conn: Connection, model: Model) -> None:
-    """The worker's loop: setup and round messages until "stop"."""
-    worker = SearchWorker(model)
-    while True:
-        answer = worker.handle(conn.recv_bytes())
-        if answer is None:
-            return
-        conn.send_bytes(answer)
 
 
 class SearchWorker:
@@ -98,7 +94,8 @@ class SearchWorker:
     - ("round", search, round, batch) -> ("done", search, (reply, seconds)): one round
       (`bab.search.worker_round`) and the seconds it took here, from which the
       coordinator tells bounding from communication.
-    - ("stop",) -> None.
+
+    There is no stop message: the coordinator terminates its workers (`close`).
 
     A failure is answered ("error", search, exception) to be raised in the coordinator,
     never turned into a verdict; `search` is echoed so that an answer to an earlier
@@ -108,12 +105,10 @@ class SearchWorker:
         self.model = model
         self.brancher: Any = None
 
-    def handle(self, message: bytes) -> Optional[bytes]:
+    def handle(self, message: bytes) -> bytes:
         search = None
         try:
             kind, *rest = pickle.loads(message)
-            if kind == "stop":
-                return None
             search = rest[0]
             if kind == "setup":
                 recipe, wall = rest[1], rest[2]

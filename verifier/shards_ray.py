@@ -24,7 +24,7 @@ from typing import Any, Optional
 from verifier.config import ConfigError
 from verifier.model import Model
 from verifier.ray_connect import INSTALL_HINT, connect, ray_available, unreachable
-from verifier.shards import Pool, SearchWorker
+from verifier.shards import Pool, SearchWorker, worker_process_model
 
 __all__ = ["RayShardPool", "ray_pool"]
 
@@ -33,25 +33,17 @@ class _Actor:
     """A Ray actor around a SearchWorker (created by `RayShardPool` through `ray.remote`)."""
 
     def __init__(self, onnx_bytes: bytes, label: str) -> None:
-        import onnx
-        import torch
+        self._worker = SearchWorker(worker_process_model(onnx_bytes, label))   # the actor's process is its own
 
-        from verifier import heap
-        from verifier.model import model_from_proto
-
-        heap.keep_freed()   # as `nncert verify` does for itself: the actor's process is its own
-        torch.set_num_threads(1)
-        model = model_from_proto(onnx.load_from_string(onnx_bytes), label, check=False, data=onnx_bytes)
-        self._worker = SearchWorker(model)
-
-    def handle(self, message: bytes) -> Optional[bytes]:
+    def handle(self, message: bytes) -> bytes:
         return self._worker.handle(message)
 
 
 class RayShardPool(Pool):
     """`workers` Ray actors, one CPU each, on the cluster this process is connected to
     (`verifier.ray_connect.connect`: an address, the connection it already has, or a
-    local cluster of `workers` CPUs started here, which outlives the pool: see `close`)."""
+    local cluster of this machine's CPUs started here, which outlives the pool: see
+    `close`)."""
 
     def __init__(self, model: Model, workers: int, address: Optional[str] = None) -> None:
         import ray
