@@ -2,11 +2,12 @@
 
 A CNN (two convolutions, two linear layers) is trained normally on scikit-learn's digits
 for a few seconds; then for each l2 radius, each of the first N correctly classified test
-points is decided by `verify_module(..., norm="2")`: the l2 attack, then CROWN and
-alpha-CROWN with the ball at the input and SDP-CROWN's bias at each ReLU. Beside it, the
-same without SDP-CROWN (`bounds.sdp_crown=false`), and alpha-CROWN over the ball's
-bounding box alone (what an l-inf verifier would have to use). What bounds leave open
-goes to branch and bound over the ball (its count is a column of its own).
+points is decided by `verify_module(..., perturbation=Perturbation(norm="2"))`: the l2
+attack, then CROWN and alpha-CROWN with the ball at the input and SDP-CROWN's bias at
+each ReLU. Beside it, the same without SDP-CROWN (`bounds.sdp_crown=false`), and
+alpha-CROWN over the ball's bounding box alone (what an l-inf verifier would have to
+use). What bounds leave open goes to branch and bound over the ball (its count is a
+column of its own).
 
     python benchmarks/l2_digits.py [--count 100] [--radii 0.1 0.2 0.3] [--timeout 10] [--no-compare]
         [--set bab.enabled=false]       # bounds alone, as before branch and bound took balls
@@ -59,12 +60,13 @@ def main() -> None:
     model = module_model(net, (1, 1, 8, 8))
     config = load_config(None, [f"timeout={args.timeout}", *args.set])
     plain = load_config(None, [f"timeout={args.timeout}", "bounds.sdp_crown=false", *args.set])
+    l2 = verifier.Perturbation(norm="2")   # inputs in [0, 1]
     print("| l2 radius | unsat | of which by branch and bound | sat | unknown | timeout | seconds | "
           "unsat without SDP-CROWN | alpha-CROWN over the bounding box alone |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in args.radii:
         t = time.time()
-        results = verifier.verify_module(net, xs, ys, r, norm="2", config=config)
+        results = verifier.verify_module(net, xs, ys, r, perturbation=l2, config=config)
         secs = time.time() - t
         verdicts = [res.verdict for res in results]
         by_bab = sum(res.verdict == "unsat" and res.method.startswith("bab") for res in results)
@@ -73,7 +75,7 @@ def main() -> None:
         if args.no_compare:
             print(" - | - |")
             continue
-        without = [res.verdict for res in verifier.verify_module(net, xs, ys, r, norm="2", config=plain)]
+        without = [res.verdict for res in verifier.verify_module(net, xs, ys, r, perturbation=l2, config=plain)]
         box = IntervalBounds((xs - r).clamp(min=0).unsqueeze(1), (xs + r).clamp(max=1).unsqueeze(1))
         lb = compute_bounds(model.graph, box, margin_matrix(ys, 10), BoundOptions(method="alpha-crown"),
                             want_upper=False).lower

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from relaxations import BallBox, BoundOptions, IntervalBounds, compute_bounds
-from verifier.pytorch.training import (CertifiedOptions, EpsilonSchedule, adversarial_points, certified_loss,
-                               ibp_tightness, margin_matrix, module_graph)
+from verifier.pytorch.training import (CertifiedOptions, EpsilonSchedule, Perturbation, adversarial_points,
+                               certified_loss, ibp_tightness, margin_matrix, module_graph)
 
 from digits_nets import digits
 
@@ -72,6 +72,7 @@ def train(make, x: torch.Tensor, y: torch.Tensor, method: str, eps: float, norm:
     warmup, ramp = max(1, epochs // 10), max(1, epochs // 2)
     schedule = EpsilonSchedule(eps, warmup, ramp, kind="smooth")
     steps = math.ceil(len(x) / 128)
+    options = CertifiedOptions(perturbation=Perturbation(norm=norm))
     start = time.time()
     for epoch in range(epochs):
         net.train()
@@ -81,7 +82,7 @@ def train(make, x: torch.Tensor, y: torch.Tensor, method: str, eps: float, norm:
             t = epoch + k / steps
             progress = min(max((t - warmup) / ramp, 0.0), 1.0)
             loss, _ = certified_loss(net, x[idx], y[idx], schedule(t), method=method, beta=1.0 - progress,
-                                     kappa=1.0 - progress, tightness=False, norm=norm)
+                                     kappa=1.0 - progress, options=options)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -110,7 +111,7 @@ def pgd_robust(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
             n = d.reshape(len(x), -1).norm(dim=1).reshape(-1, 1, 1, 1)
             adv = (x + d * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)).clamp(0, 1)
     else:
-        adv = adversarial_points(net, x, y, eps, 0.0, 1.0, CertifiedOptions(attack_steps=40, attack_step=0.1))
+        adv = adversarial_points(net, x, y, eps, CertifiedOptions(attack_steps=40, attack_step=0.1))
     with torch.no_grad():
         return float((net(adv).argmax(1) == y).float().mean())
 

@@ -101,14 +101,15 @@ def train_certified(x: torch.Tensor, y: torch.Tensor, method: str, eps: float, e
             t = epoch + k / steps
             progress = min(max((t - warmup) / ramp, 0.0), 1.0)
             loss, info = certified_loss(net, x[idx], y[idx], schedule(t), method=method,
-                                        beta=1.0 - progress, kappa=1.0 - progress, tightness=False)
+                                        beta=1.0 - progress, kappa=1.0 - progress)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 10.0)
             opt.step()
         lr_drop.step()
         if log and (epoch + 1) % max(1, epochs // 5) == 0:
-            _, info = certified_loss(net, x[:400], y[:400], eps, method="ibp", tightness=True)
+            _, info = certified_loss(net, x[:400], y[:400], eps, method="ibp",
+                                     options=CertifiedOptions(tightness=True))
             print(f"    {method} epoch {epoch + 1}/{epochs}: eps {schedule(epoch + 1):.3f}, train IBP "
                   f"verified {info.verified_accuracy:.2f} at {eps}, clean {info.clean_accuracy:.2f}, "
                   f"IBP tightness {info.tightness:.3f}")
@@ -173,7 +174,7 @@ def crown_verified(onnx_path: Path, xs: torch.Tensor, ys: torch.Tensor, radius: 
 
 def pgd_robust(net: nn.Module, xs: torch.Tensor, ys: torch.Tensor, radius: float) -> torch.Tensor:
     """Per image: still classified right after a 40-step PGD within `radius` (clipped to [0, 1])."""
-    adv = adversarial_points(net, xs, ys, radius, 0.0, 1.0, CertifiedOptions(attack_steps=40, attack_step=0.1))
+    adv = adversarial_points(net, xs, ys, radius, CertifiedOptions(attack_steps=40, attack_step=0.1))
     with torch.no_grad():
         return net(adv).argmax(1) == ys
 

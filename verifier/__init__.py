@@ -7,6 +7,8 @@
     >>> spec = vnnlib.load("prop.vnnlib", model.n_inputs, model.n_outputs)
     >>> result = verifier.verify(model, spec, verifier.Config(timeout=30))
     >>> results = verifier.verify_module(torch_net, x, y, eps=0.05)   # no files (l-inf or l2)
+    >>> l2 = verifier.Perturbation(norm="2", lower=0.0, upper=1.0)     # the ball's norm, the valid range
+    >>> results = verifier.verify_module(torch_net, x, y, eps=0.5, perturbation=l2)
     >>> verifier.lipschitz(model, norm="2", method="sdp-layer").value   # certified
     >>> verifier.certify_sdp(model, lower, upper, C)                    # SDP bounds of C f(x)
     >>> verifier.check("cert.json", "model.onnx", "prop.vnnlib").accepted
@@ -30,13 +32,14 @@ _HOME = {
     "Result": "verifier.result",
     "SpecMismatch": "verifier.verify", "verify": "verifier.verify",
     "certified_loss": "verifier.pytorch.training", "EpsilonSchedule": "verifier.pytorch.training",
+    "CertifiedOptions": "verifier.pytorch.training", "Perturbation": "verifier.pytorch.perturbation",
     "verify_module": "verifier.pytorch.verify_module",
     "lipschitz": "verifier.lipschitz", "certify_sdp": "verifier.sdp", "check": "verifier.checker.dispatch",
 }
 
 __all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",
-           "Result", "SpecMismatch", "verify", "certified_loss", "EpsilonSchedule", "verify_module", "lipschitz",
-           "certify_sdp", "check"]
+           "Result", "SpecMismatch", "verify", "certified_loss", "CertifiedOptions", "EpsilonSchedule", "Perturbation",
+           "verify_module", "lipschitz", "certify_sdp", "check"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,11 @@
 """Certified training: IBP and CROWN-IBP losses for a plain `nn.Module`, from a training loop.
 
-    >>> from verifier import certified_loss, EpsilonSchedule
+    >>> from verifier import certified_loss, CertifiedOptions, EpsilonSchedule, Perturbation
     >>> schedule = EpsilonSchedule(eps_max=0.1, warmup_epochs=2, ramp_epochs=10)
     >>> loss, info = certified_loss(model, x, y, schedule(epoch + step / steps), method="ibp")
     >>> loss.backward()
+    >>> options = CertifiedOptions(perturbation=Perturbation(norm="2", lower=-1.0, upper=1.0))
+    >>> loss, info = certified_loss(model, x, y, 0.5, method="crown-ibp", options=options)   # l2 balls
 
 The bounds are the verifier's own: the module is turned into our `Graph` (by
 `models.from_torch`, whose constants are the module's live parameters) and bounded by
@@ -41,8 +43,9 @@ from relaxations import BallBox, BoundOptions, IntervalBounds, compute_bounds, r
 from relaxations.bounds import Precision
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.registry import is_affine_node
+from verifier.pytorch.perturbation import Perturbation, checked_perturbation
 
-__all__ = ["certified_loss", "CertifiedInfo", "CertifiedOptions", "EpsilonSchedule", "margin_matrix",
+__all__ = ["certified_loss", "CertifiedInfo", "CertifiedOptions", "EpsilonSchedule", "Perturbation", "margin_matrix",
            "margin_bounds", "forward_with_statistics", "adversarial_points", "BOUND_METHODS",
            "ibp_tightness", "module_graph", "pair_rows", "TRAINING_METHODS"]
 
@@ -87,18 +90,19 @@ def pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
     return (eye.unsqueeze(1) - eye[others]).reshape(-1, n_classes)
 
 
-def _box(x: T, eps: float | T, lower: float, upper: float, shape: tuple[int, ...], norm: str = "inf"
-         ) -> IntervalBounds:
-    """The batch of l-inf boxes x +- eps clipped to [lower, upper], as [B, *shape]; eps a
-    number, or one per example ([B] or [B, 1, ...]). norm "2": that box carrying the l2
-    ball of radius eps around x (a `BallBox`: the region is the ball within the range)."""
+def _box(x: T, eps: float | T, perturbation: Perturbation, shape: tuple[int, ...]) -> IntervalBounds:
+    """The batch of l-inf boxes x +- eps clipped to the perturbation's range, as
+    [B, *shape]; eps a number, or one per example ([B] or [B, 1, ...]). norm "2": that box
+    carrying the l2 ball of radius eps around x (a `BallBox`: the region is the ball
+    within the range)."""
     xb = x.reshape(x.shape[0], *shape)
     radius = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     if radius.dim() >= 1 and radius.numel() == x.shape[0] and x.shape[0] > 1:
         radius = radius.reshape(-1)
         eps = radius.reshape(-1, *([1] * len(shape)))
+    lower, upper = perturbation.lower, perturbation.upper
     lo, hi = (xb - eps).clamp(min=lower, max=upper), (xb + eps).clamp(min=lower, max=upper)
-    if norm == "2":
+    if perturbation.norm == "2":
         return BallBox(lo, hi, xb, radius.expand(x.shape[0]) if radius.dim() == 0 else radius.reshape(-1))
     return IntervalBounds(lo, hi)
 
@@ -154,8 +158,7 @@ def _batch_statistics(model: nn.Module, x: T) -> dict[str, T]:
 
 
 def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
-                  lower: float = 0.0, upper: float = 1.0, n_classes: Optional[int] = None,
-                  batch_stats: Optional[dict[str, T]] = None, *, norm: str = "inf") -> T:
+                  perturbation: Perturbation = Perturbation(), batch_stats: Optional[dict[str, T]] = None) -> T:
     """Lower bounds [B, K-1] of the margins y_true - y_j over each clipped box, with autograd.
 
     ibp: interval bound propagation with the margin matrix folded into the last affine
@@ -174,19 +177,19 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     auto_LiRPA does): the bounds are those of the network with those statistics as its
     constants, with autograd through them. `batch_stats` (from `forward_with_statistics`)
     saves a forward; without it they are computed here, running statistics untouched.
-    norm "2": the region is the l2 ball of radius eps around x within [lower, upper]; the
+    `perturbation` (`Perturbation`): the ball's norm and the valid range it is clipped
+    to. norm "2": the region is the l2 ball of radius eps around x within the range; the
     affine layers reading the input are bounded through the ball (dual norm) and CROWN
     concretises against it (SDP-CROWN's ReLU bias is for verification: `verify_module`).
     """
     if method not in BOUND_METHODS:
         raise ValueError(f"method must be one of {', '.join(BOUND_METHODS)}, not '{method}'")
+    perturbation = checked_perturbation(perturbation)
     shape = (1, *x.shape[1:])
     graph = module_graph(model, shape)
-    K = n_classes or graph.output_size
+    K = graph.output_size
     C = margin_matrix(y, K).to(dtype=x.dtype)
-    if norm not in ("inf", "2"):
-        raise ValueError(f"norm must be 'inf' or '2', not {norm!r}")
-    box = _box(x, eps, lower, upper, shape, norm)
+    box = _box(x, eps, perturbation, shape)
     ev = GraphEvaluator(graph, dtype=x.dtype, device=x.device)
     stats = _batch_statistics(model, x) if batch_stats is None else batch_stats
     for name, value in stats.items():
@@ -214,20 +217,28 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
 
 @dataclass(frozen=True)
 class CertifiedOptions:
-    """The newer losses' settings (their papers' usual values as defaults).
+    """What stays fixed across a run's `certified_loss` calls (the newer losses' settings
+    at their papers' usual values), where the radius and the method's weights change.
 
+    perturbation: the threat model (`Perturbation`: the ball's norm and the valid input
+    range); sabr and mtl-ibp take l-inf balls only (their attack is l-inf).
     sabr_lambda: SABR's small box radius as a share of eps (0 < lambda <= 1; 1 is IBP
     around an adversarial centre). mtl_alpha: MTL-IBP's weight of the IBP loss (1 is IBP,
     0 adversarial training). attack_steps, attack_step: the PGD that finds the
     adversarial points (sign steps of attack_step * radius, from the centre).
+    tightness: also fill `CertifiedInfo.tightness` (`ibp_tightness`): a diagnostic for
+    logging, off by default since it costs about as much again as the loss and its backward.
     """
 
+    perturbation: Perturbation = Perturbation()
     sabr_lambda: float = 0.4
     mtl_alpha: float = 0.5
     attack_steps: int = 8
     attack_step: float = 0.25
+    tightness: bool = False
 
     def __post_init__(self) -> None:
+        checked_perturbation(self.perturbation)
         if not 0.0 < self.sabr_lambda <= 1.0:
             raise ValueError(f"sabr_lambda must be in (0, 1], got {self.sabr_lambda}")
         if not 0.0 <= self.mtl_alpha <= 1.0:
@@ -236,11 +247,14 @@ class CertifiedOptions:
             raise ValueError("attack_steps must be >= 0 and attack_step > 0")
 
 
-def adversarial_points(model: nn.Module, x: T, y: T, radius: float | T, lower: float, upper: float,
+def adversarial_points(model: nn.Module, x: T, y: T, radius: float | T,
                        options: CertifiedOptions = CertifiedOptions()) -> T:
-    """PGD points within `radius` (l-inf) of x and inside [lower, upper], maximising the
-    cross-entropy; detached. The module runs in eval mode for the search (no running
-    statistics move) and gets its mode back."""
+    """PGD points within `radius` (l-inf) of x and inside the valid range of
+    `options.perturbation`, maximising the cross-entropy; detached. The module runs in
+    eval mode for the search (no running statistics move) and gets its mode back."""
+    if options.perturbation.norm != "inf":
+        raise ValueError("adversarial_points searches l-inf balls only (its steps are sign steps)")
+    lower, upper = options.perturbation.lower, options.perturbation.upper
     r = _per_example(torch.as_tensor(radius, dtype=x.dtype, device=x.device), x)
     lo, hi = (x - r).clamp(min=lower, max=upper), (x + r).clamp(min=lower, max=upper)
     was_training = model.training
@@ -290,13 +304,13 @@ class CertifiedInfo:
 
 
 def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
-                   lower: float = 0.0, upper: float = 1.0, kappa: float = 0.0,
-                   tightness: bool = False, options: CertifiedOptions = CertifiedOptions(), *,
-                   norm: str = "inf") -> tuple[T, CertifiedInfo]:
+                   kappa: float = 0.0, options: CertifiedOptions = CertifiedOptions()) -> tuple[T, CertifiedInfo]:
     """Robust cross-entropy of `model` over the l-inf boxes x +- eps (clipped), and diagnostics.
 
-    x: [B, *example_shape] on the model's device; y: [B] class indices; norm "2" trains
-    against l2 balls of radius eps (ibp and crown-ibp; see `margin_bounds`). The loss is
+    x: [B, *example_shape] on the model's device; y: [B] class indices; eps a number or
+    one radius per example. `options.perturbation` sets the valid range the balls are
+    clipped to, and its norm "2" trains against l2 balls of radius eps (ibp and
+    crown-ibp; see `margin_bounds`). The loss is
     `kappa * CE(model(x), y) + (1 - kappa) * R`. For ibp and crown-ibp, R is
     `log(1 + sum_j exp(-lb_j))` where lb are the margin lower bounds (`margin_bounds`,
     loss fusion); with eps == 0 the bounds are the exact margins and R is the ordinary
@@ -305,34 +319,36 @@ def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "
     `alpha * R_ibp + (1 - alpha) * CE(model(x_adv), y)` with x_adv from PGD over the
     ball. The bounds are those of the module's inference function (no Dropout), except
     that a BatchNorm in training mode uses the batch's statistics, as its forward does.
-    `tightness` also fills `info.tightness` (`ibp_tightness`): a diagnostic for logging,
-    off by default since it costs about as much again as the loss and its backward.
+    `options.tightness` also fills `info.tightness` (`ibp_tightness`): a diagnostic for
+    logging, off by default since it costs about as much again as the loss and its backward.
     """
     if method not in TRAINING_METHODS:
         raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
-    if norm != "inf" and method not in BOUND_METHODS:
+    if not isinstance(options, CertifiedOptions):
+        raise TypeError(f"options must be a CertifiedOptions (the valid range and norm are its perturbation's), "
+                        f"not {options!r}")
+    perturbation = options.perturbation
+    if perturbation.norm != "inf" and method not in BOUND_METHODS:
         raise ValueError(f"method '{method}' trains against l-inf balls only (its attack is l-inf)")
     logits, stats = forward_with_statistics(model, x)
     natural = F.cross_entropy(logits, y)
-    K = logits.shape[-1]
     if method == "sabr":
         tau = options.sabr_lambda * torch.as_tensor(eps, dtype=x.dtype, device=x.device)
-        centres = adversarial_points(model, x, y, torch.as_tensor(eps, dtype=x.dtype) - tau, lower, upper, options)
-        lb = margin_bounds(model, centres, y, _per_example(tau, x), "ibp", 1.0, lower, upper, n_classes=K,
-                           batch_stats=stats)
+        centres = adversarial_points(model, x, y, torch.as_tensor(eps, dtype=x.dtype) - tau, options)
+        lb = margin_bounds(model, centres, y, _per_example(tau, x), "ibp", 1.0, perturbation, batch_stats=stats)
         robust = _fused(lb)
     elif method == "mtl-ibp":
-        lb = margin_bounds(model, x, y, eps, "ibp", 1.0, lower, upper, n_classes=K, batch_stats=stats)
-        adv = adversarial_points(model, x, y, eps, lower, upper, options)
+        lb = margin_bounds(model, x, y, eps, "ibp", 1.0, perturbation, batch_stats=stats)
+        adv = adversarial_points(model, x, y, eps, options)
         a = options.mtl_alpha
         robust = a * _fused(lb) + (1.0 - a) * F.cross_entropy(model(adv), y)
     else:
-        lb = margin_bounds(model, x, y, eps, method, beta, lower, upper, n_classes=K, batch_stats=stats, norm=norm)
+        lb = margin_bounds(model, x, y, eps, method, beta, perturbation, batch_stats=stats)
         robust = _fused(lb)
     loss = kappa * natural + (1.0 - kappa) * robust if kappa else robust
     with torch.no_grad():
         tight = float("nan")
-        if tightness:
+        if options.tightness:
             tight = float(ibp_tightness(model, x).mean())
         info = CertifiedInfo(
             worst_margin=float(lb.min()),

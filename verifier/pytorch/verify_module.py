@@ -1,7 +1,8 @@
 """Verification of a torch module over l-inf or l2 balls around a batch of points, file-free.
 
-    >>> results = verifier.verify_module(net, x, y, eps=0.05)            # l-inf
-    >>> results = verifier.verify_module(net, x, y, eps=0.5, norm="2")   # l2
+    >>> results = verifier.verify_module(net, x, y, eps=0.05)            # l-inf, inputs in [0, 1]
+    >>> l2 = verifier.Perturbation(norm="2", lower=-1.0, upper=1.0)
+    >>> results = verifier.verify_module(net, x, y, eps=0.5, perturbation=l2)
     >>> [r.verdict for r in results]                                     # 'unsat' = robust
 
 l-inf goes the ONNX path itself, so its verdicts are that path's: the module is exported
@@ -50,12 +51,11 @@ from verifier.api import ShapeError, bound_options, dtype_of, outward_box
 from verifier.config import Config, resolve_device
 from verifier.model import Model
 from verifier.lp.region import polytope_point
+from verifier.pytorch.perturbation import NORMS, Perturbation, checked_perturbation
 from verifier.result import Result
 from verifier.verify import bab_proof, search_mode, spec_rows, verify
 
-__all__ = ["verify_module", "module_model", "NORMS"]
-
-NORMS = ("inf", "2")
+__all__ = ["verify_module", "module_model", "Perturbation", "NORMS"]
 
 
 def module_model(module: nn.Module, input_shape: Sequence[int], opset: int = 17) -> Model:
@@ -94,22 +94,23 @@ def module_model(module: nn.Module, input_shape: Sequence[int], opset: int = 17)
 
 
 def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence[int], eps: float,
-                  norm: str = "inf", config: Config = Config(), lower: float = 0.0, upper: float = 1.0,
+                  perturbation: Perturbation = Perturbation(), config: Config = Config(),
                   certificate_dir: Optional[str | Path] = None) -> list[Result]:
     """Robustness of `module`'s argmax at each point of `x` [N, *shape] with label `y[i]`:
-    no input within `eps` (l-inf or l2, intersected with [lower, upper]) makes another
-    class's logit reach the label's. One `Result` per point: 'unsat' (robust), 'sat' (a
-    counterexample, replayed in onnxruntime), 'unknown' or 'timeout'; `config.timeout`
-    applies to each point. A point the module misclassifies is 'sat' at itself.
+    no input within `eps` (in `perturbation`'s norm, l-inf or l2, intersected with its
+    valid range) makes another class's logit reach the label's. One `Result` per point:
+    'unsat' (robust), 'sat' (a counterexample, replayed in onnxruntime), 'unknown' or
+    'timeout'; `config.timeout` applies to each point. A point the module misclassifies
+    is 'sat' at itself.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    perturbation = checked_perturbation(perturbation)
     if not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and non-negative, got {eps}")
     x = torch.as_tensor(x, dtype=torch.float32).detach().cpu()
     labels = [int(v) for v in torch.as_tensor(y).reshape(-1).tolist()]
     if len(labels) != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} points and y {len(labels)} labels")
+    lower, upper = perturbation.lower, perturbation.upper
     if bool((x < lower).any() or (x > upper).any()):
         raise ValueError(f"every point must lie in the valid range [{lower}, {upper}]")
     model = module_model(module, (1, *x.shape[1:]))
@@ -126,8 +127,8 @@ def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence
     for i, label in enumerate(labels):
         point = x[i].reshape(-1).double().numpy()
         out = None if out_dir is None else out_dir / f"point_{i}"   # point_i.vnnlib and point_i.json
-        decide = _verify_linf if norm == "inf" else _verify_l2
-        results.append(decide(model, point, label, eps, config, lower, upper, out))
+        decide = _verify_linf if perturbation.norm == "inf" else _verify_l2
+        results.append(decide(model, point, label, eps, perturbation, config, out))
     return results
 
 
@@ -135,11 +136,11 @@ def _with_proof(config: Config) -> Config:
     return dataclasses.replace(config, proof=True)
 
 
-def _verify_linf(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
-                 upper: float, out: Optional[Path]) -> Result:
+def _verify_linf(model: Model, point: np.ndarray, label: int, eps: float, perturbation: Perturbation, config: Config,
+                 out: Optional[Path]) -> Result:
     """One point over the l-inf ball; with `out` (a path without suffix), its spec
     (`.vnnlib`) and certificate (`.json`) are written there."""
-    spec = vnnlib.robustness_spec(point, eps, label, model.n_outputs, lower, upper)
+    spec = vnnlib.robustness_spec(point, eps, label, model.n_outputs, perturbation.lower, perturbation.upper)
     if out is None:
         return verify(model, spec, config)
     from verifier.certificates.writer import write_certificate
@@ -157,12 +158,13 @@ def _margins(y: np.ndarray, label: int) -> np.ndarray:
     return y[label] - np.delete(y, label)
 
 
-def _inside_l2(x: np.ndarray, point: np.ndarray, eps: float, lower: float, upper: float) -> bool:
-    return bool(np.linalg.norm(x.astype(np.float64) - point) <= eps and np.all(x >= lower) and np.all(x <= upper))
+def _inside_l2(x: np.ndarray, point: np.ndarray, eps: float, perturbation: Perturbation) -> bool:
+    return bool(np.linalg.norm(x.astype(np.float64) - point) <= eps and np.all(x >= perturbation.lower)
+                and np.all(x <= perturbation.upper))
 
 
-def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, lower: float, upper: float,
-               config: Config, deadline: float) -> Optional[np.ndarray]:
+def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, perturbation: Perturbation, config: Config,
+               deadline: float) -> Optional[np.ndarray]:
     """Projected gradient descent on the largest other logit minus the label's, inside the
     ball and the range (project onto the ball, then clamp: the clamp cannot leave the ball
     when the centre is in range, it only moves coordinates towards it)."""
@@ -177,7 +179,7 @@ def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, lower: f
     noise = torch.randn(batch.shape, generator=gen)
     norms = noise.reshape(restarts, -1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (len(shape) - 1)))
     radius = torch.rand(restarts, generator=gen).reshape(norms.shape) * eps
-    xs = project_l2(centre + noise / norms * radius, centre, eps, lower, upper)
+    xs = project_l2(centre + noise / norms * radius, centre, eps, perturbation.lower, perturbation.upper)
     step = 2.5 * eps / steps
     for _ in range(steps):
         if time.monotonic() > deadline:
@@ -189,18 +191,18 @@ def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, lower: f
         loss = (others.max(1).values - out[:, label]).sum()
         (grad,) = torch.autograd.grad(loss, xs)
         gnorm = grad.reshape(restarts, -1).norm(dim=1).clamp_min(1e-12).reshape(norms.shape)
-        xs = project_l2(xs.detach() + step * grad / gnorm, centre, eps, lower, upper)
+        xs = project_l2(xs.detach() + step * grad / gnorm, centre, eps, perturbation.lower, perturbation.upper)
         for cand in xs.reshape(restarts, -1).numpy():
-            found = _replay_l2(model, cand, point, label, eps, lower, upper)
+            found = _replay_l2(model, cand, point, label, eps, perturbation)
             if found is not None:
                 return found
     return None
 
 
-def _replay_l2(model: Model, cand: np.ndarray, point: np.ndarray, label: int, eps: float, lower: float,
-               upper: float) -> Optional[np.ndarray]:
+def _replay_l2(model: Model, cand: np.ndarray, point: np.ndarray, label: int, eps: float, perturbation: Perturbation
+               ) -> Optional[np.ndarray]:
     x32 = np.asarray(cand, dtype=np.float32)
-    if not _inside_l2(x32, point, eps, lower, upper):
+    if not _inside_l2(x32, point, eps, perturbation):
         return None
     out = model.run_onnxruntime(x32)
     if np.all(np.isfinite(out)) and np.min(_margins(out, label)) <= 0:
@@ -208,8 +210,8 @@ def _replay_l2(model: Model, cand: np.ndarray, point: np.ndarray, label: int, ep
     return None
 
 
-def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
-               upper: float, out: Optional[Path] = None) -> Result:
+def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, perturbation: Perturbation, config: Config,
+               out: Optional[Path] = None) -> Result:
     """One point over the l2 ball; with `out` (a path without suffix), also its certificate
     there (`.json`) and its spec (`.vnnlib`): the spec file
     is the box around the ball (each end one rounding outward, so that the box holds the
@@ -219,30 +221,31 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     not re-derive it). Interval splits of general nonlinearities are not checkable, over
     a ball or not: their certificate says so."""
     if out is None:
-        return _decide_l2(model, point, label, eps, config, lower, upper)
+        return _decide_l2(model, point, label, eps, perturbation, config)
     from verifier.certificates.writer import write_certificate
 
     radius = eps + 4 * np.spacing(np.abs(point) + eps)   # x0 -/+ radius in float64 holds x0 -/+ eps
     spec_path = out.with_suffix(".vnnlib")
-    vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(point, radius, label, model.n_outputs, lower, upper))
+    box = vnnlib.robustness_spec(point, radius, label, model.n_outputs, perturbation.lower, perturbation.upper)
+    vnnlib.write_vnnlib(spec_path, box)
     spec = vnnlib.load(spec_path, model.n_inputs, model.n_outputs)
     proof_config = dataclasses.replace(config, bounds=dataclasses.replace(config.bounds, sdp_crown=False))
-    result = _decide_l2(model, point, label, eps, proof_config, lower, upper, spec)
+    result = _decide_l2(model, point, label, eps, perturbation, proof_config, spec)
     result.stats["certificate"] = write_certificate(out.with_suffix(".json"), model, spec_path, spec, result,
                                                     ball=(point, eps))
     return result
 
 
-def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: Config, lower: float,
-               upper: float, spec: Optional[vnnlib.Spec] = None) -> Result:
+def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, perturbation: Perturbation, config: Config,
+               spec: Optional[vnnlib.Spec] = None) -> Result:
     """The verdict over the l2 ball; with `spec` (the box around it, as written for a
     certificate), the rows and the box are the spec's and a root proof is recorded."""
     start = time.monotonic()
     deadline = start + config.timeout
     timings: dict[str, float] = {}
-    found = _replay_l2(model, point.astype(np.float32), point, label, eps, lower, upper)
+    found = _replay_l2(model, point.astype(np.float32), point, label, eps, perturbation)
     if found is None and config.attack.enabled:
-        found = _l2_attack(model, point, label, eps, lower, upper, config, deadline)
+        found = _l2_attack(model, point, label, eps, perturbation, config, deadline)
     timings["attack"] = time.monotonic() - start
     if found is not None:
         return Result("sat", "counterexample in the l2 ball, replayed in onnxruntime", x=found,
@@ -254,7 +257,7 @@ def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     others = [j for j in range(K) if j != label]
     C[0, torch.arange(K - 1), label] = 1.0
     C[0, torch.arange(K - 1), others] = -1.0
-    box_lo, box_hi = np.maximum(point - eps, lower), np.minimum(point + eps, upper)
+    box_lo, box_hi = np.maximum(point - eps, perturbation.lower), np.minimum(point + eps, perturbation.upper)
     if spec is not None:   # the spec's rows (y_label - y_j <= 0, one conjunction each) and box
         rows, d_spec = spec_rows(spec.disjuncts[0])[:2]
         C = torch.tensor(rows, dtype=dt, device=device).unsqueeze(0)
@@ -297,7 +300,7 @@ def _decide_l2(model: Model, point: np.ndarray, label: int, eps: float, config: 
     if time.monotonic() > deadline:
         return Result("timeout", "time limit reached after bound propagation", timings=timings, stats=stats)
     t = time.monotonic()
-    replay = lambda x: _replay_l2(model, x, point, label, eps, lower, upper)  # noqa: E731
+    replay = lambda x: _replay_l2(model, x, point, label, eps, perturbation)  # noqa: E731
     try:
         mode = search_mode(model, config)   # verify's choice: input split for few inputs
         out = _l2_search(model, region, C[0], config, deadline, replay, mode, record_proof=spec is not None)

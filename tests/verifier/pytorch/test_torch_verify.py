@@ -29,6 +29,7 @@ def _points(net: nn.Module, n: int = 6, seed: int = 1) -> tuple[torch.Tensor, to
 
 
 CONFIG = verifier.Config(timeout=20)
+L2 = verifier.Perturbation(norm="2")
 
 
 def test_linf_verdicts_equal_the_onnx_path(tmp_path) -> None:
@@ -89,7 +90,7 @@ def test_l2_verdicts_are_sound() -> None:
     net = _net()
     x, y = _points(net, 8)
     eps = 0.25
-    results = verifier.verify_module(net, x, y, eps=eps, norm="2", config=CONFIG)
+    results = verifier.verify_module(net, x, y, eps=eps, perturbation=L2, config=CONFIG)
     verdicts = [r.verdict for r in results]
     assert "unsat" in verdicts
     g = torch.Generator().manual_seed(3)
@@ -114,7 +115,7 @@ def test_bad_arguments_are_clear_errors() -> None:
     net = _net()
     x, y = _points(net, 2)
     with pytest.raises(ValueError, match="norm must be one of"):
-        verifier.verify_module(net, x, y, eps=0.1, norm="1")
+        verifier.verify_module(net, x, y, eps=0.1, perturbation=verifier.Perturbation(norm="1"))
     with pytest.raises(ValueError, match="label 7 is not a class"):
         verifier.verify_module(net, x, torch.tensor([0, 7]), eps=0.1)
     with pytest.raises(ValueError, match="2 points and y 3 labels"):
@@ -124,7 +125,11 @@ def test_bad_arguments_are_clear_errors() -> None:
     with pytest.raises(verifier.ShapeError, match=r"does not accept points shaped \(5,\)"):
         verifier.verify_module(net, torch.rand(2, 5), y, eps=0.1)
     with pytest.raises(ValueError, match="valid range"):
-        verifier.verify_module(net, x + 2.0, y, eps=0.1, norm="2")
+        verifier.verify_module(net, x + 2.0, y, eps=0.1, perturbation=L2)
+    with pytest.raises(ValueError, match="valid range"):
+        verifier.verify_module(net, x, y, eps=0.1, perturbation=verifier.Perturbation(lower=0.5, upper=1.0))
+    with pytest.raises(TypeError, match="perturbation must be a Perturbation"):
+        verifier.verify_module(net, x, y, 0.1, "2")        # the norm where it stood before
 
 
 def test_linf_certificates_are_written_and_accepted(tmp_path) -> None:
@@ -154,7 +159,7 @@ def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
     with torch.no_grad():
         y = net(x).argmax(1)
     eps = 0.3
-    results = verifier.verify_module(net, x, y, eps=eps, norm="2", config=CONFIG, certificate_dir=tmp_path)
+    results = verifier.verify_module(net, x, y, eps=eps, perturbation=L2, config=CONFIG, certificate_dir=tmp_path)
     seen = set()
     for i, r in enumerate(results):
         files = (tmp_path / f"point_{i}.json", tmp_path / "model.onnx", tmp_path / f"point_{i}.vnnlib")
@@ -180,7 +185,7 @@ def test_l2_certificates_name_the_ball_and_are_accepted(tmp_path) -> None:
     with torch.no_grad():
         y = net(x).argmax(1)
     out = tmp_path / "input_split"
-    results = verifier.verify_module(net, x, y, eps=0.2, norm="2", config=CONFIG, certificate_dir=out)
+    results = verifier.verify_module(net, x, y, eps=0.2, perturbation=L2, config=CONFIG, certificate_dir=out)
     for i, r in enumerate(results):
         assert r.verdict == "unsat" and r.method == "bab-input"
         report = check_files(out / f"point_{i}.json", out / "model.onnx", out / f"point_{i}.vnnlib")
@@ -200,7 +205,7 @@ def test_l2_per_conjunction_proofs_are_certified(tmp_path) -> None:
     with torch.no_grad():
         y = net(x).argmax(1)
     config = verifier.config.with_overrides(CONFIG, ["bab.per_conjunction=always"])
-    results = verifier.verify_module(net, x, y, eps=0.3, norm="2", config=config, certificate_dir=tmp_path)
+    results = verifier.verify_module(net, x, y, eps=0.3, perturbation=L2, config=config, certificate_dir=tmp_path)
     for i, r in enumerate(results):
         files = (tmp_path / f"point_{i}.json", tmp_path / "model.onnx", tmp_path / f"point_{i}.vnnlib")
         cert = json.loads(files[0].read_text())
@@ -283,11 +288,11 @@ def test_l2_branch_and_bound_decides_what_bounds_leave_open(mode: str) -> None:
     with torch.no_grad():
         y = net(x).argmax(1)
     eps = 0.2
-    off = verifier.verify_module(net, x, y, eps=eps, norm="2",
+    off = verifier.verify_module(net, x, y, eps=eps, perturbation=L2,
                                  config=verifier.config.with_overrides(CONFIG, ["bab.enabled=false"]))
     # 60 s a point: input split needs 13 s alone on one of them here, too close to 20 s
     # on a loaded machine (the suite runs on two workers).
-    results = verifier.verify_module(net, x, y, eps=eps, norm="2",
+    results = verifier.verify_module(net, x, y, eps=eps, perturbation=L2,
                                      config=verifier.config.with_overrides(CONFIG, [f"bab.mode={mode}",
                                                                                     "timeout=60"]))
     opened = [i for i, r in enumerate(off) if r.verdict == "unknown"]
@@ -315,5 +320,5 @@ def test_l2_branch_and_bound_keeps_the_timeout() -> None:
     with torch.no_grad():
         y = net(x).argmax(1)
     config = verifier.config.with_overrides(CONFIG, ["timeout=0.3", "attack.enabled=false"])
-    for r in verifier.verify_module(net, x, y, eps=0.25, norm="2", config=config):
+    for r in verifier.verify_module(net, x, y, eps=0.25, perturbation=L2, config=config):
         assert r.verdict in ("unsat", "sat", "timeout")

@@ -13,8 +13,8 @@ import verifier
 from models import GraphEvaluator, UnsupportedModel
 from models.from_torch import graph_from_module
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
-from verifier.pytorch.training import (EpsilonSchedule, certified_loss, ibp_tightness, margin_bounds, margin_matrix,
-                                       module_graph, pair_rows)
+from verifier.pytorch.training import (CertifiedOptions, EpsilonSchedule, Perturbation, certified_loss, ibp_tightness,
+                                       margin_bounds, margin_matrix, module_graph, pair_rows)
 
 torch.set_num_threads(1)
 
@@ -173,7 +173,7 @@ def test_gradients_reach_every_weight(case: str, method: str) -> None:
     net = make()
     x = torch.rand(6, *shape)
     y = torch.arange(6) % 4
-    loss, info = certified_loss(net, x, y, 0.05, method=method, beta=0.5, tightness=False)
+    loss, info = certified_loss(net, x, y, 0.05, method=method, beta=0.5)
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
@@ -287,7 +287,7 @@ def test_ibp_training_steps_reduce_the_certified_loss() -> None:
     losses = []
     for _ in range(20):
         opt.zero_grad()
-        loss, _ = certified_loss(net, x, y, 0.02, method="ibp", tightness=False)
+        loss, _ = certified_loss(net, x, y, 0.02, method="ibp")
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
@@ -353,7 +353,7 @@ def test_certified_loss_updates_running_statistics_once() -> None:
     exactly as one plain forward in training mode moves it."""
     a, b = _resnet().train(), _resnet().train()
     x = torch.rand(8, 1, 6, 6)
-    certified_loss(a, x, torch.arange(8) % 4, 0.02, method="ibp", tightness=False)
+    certified_loss(a, x, torch.arange(8) % 4, 0.02, method="ibp")
     b(x)
     torch.testing.assert_close(a.bn.running_mean, b.bn.running_mean)
     torch.testing.assert_close(a.bn.running_var, b.bn.running_var)
@@ -363,45 +363,42 @@ def test_sabr_bounds_a_small_box_inside_the_ball() -> None:
     """SABR's loss is IBP's over boxes of radius lambda*eps around PGD points found within
     (1 - lambda)*eps: inside the ball, so its bound is at least the whole ball's (IBP is
     monotone in the box), and lambda = 1 from the centre is IBP itself."""
-    from verifier.pytorch.training import CertifiedOptions, adversarial_points
+    from verifier.pytorch.training import adversarial_points
 
     net = _mlp().eval()
     x = torch.rand(6, 12)
     y = torch.arange(6) % 4
     opts = CertifiedOptions(sabr_lambda=0.3)
-    centres = adversarial_points(net, x, y, 0.1 * 0.7, 0.0, 1.0, opts)
+    centres = adversarial_points(net, x, y, 0.1 * 0.7, opts)
     assert bool(((centres - x).abs() <= 0.07 + 1e-7).all() and (centres >= 0).all() and (centres <= 1).all())
     with torch.no_grad():
         small = margin_bounds(net, centres, y, 0.03, "ibp")
         whole = margin_bounds(net, x, y, 0.1, "ibp")
         assert bool((small >= whole - 1e-6).all())
-        loss, info = certified_loss(net, x, y, 0.1, method="sabr", options=opts, tightness=False)
-        _, info_ibp = certified_loss(net, x, y, 0.1, method="ibp", tightness=False)
+        loss, info = certified_loss(net, x, y, 0.1, method="sabr", options=opts)
+        _, info_ibp = certified_loss(net, x, y, 0.1, method="ibp")
     assert info.robust_loss <= info_ibp.robust_loss + 1e-6
-    loss2, _ = certified_loss(net, x, y, 0.1, method="sabr", options=CertifiedOptions(sabr_lambda=1.0, attack_steps=0),
-                              tightness=False)
-    torch.testing.assert_close(loss2, certified_loss(net, x, y, 0.1, method="ibp", tightness=False)[0])
+    loss2, _ = certified_loss(net, x, y, 0.1, method="sabr", options=CertifiedOptions(sabr_lambda=1.0, attack_steps=0))
+    torch.testing.assert_close(loss2, certified_loss(net, x, y, 0.1, method="ibp")[0])
 
 
 def test_mtl_ibp_is_the_convex_mix() -> None:
     """MTL-IBP's loss is alpha * IBP's + (1 - alpha) * the adversarial cross-entropy, with
     gradients to every weight; alpha 1 is IBP's loss."""
-    from verifier.pytorch.training import CertifiedOptions, adversarial_points
+    from verifier.pytorch.training import adversarial_points
 
     net = _mlp()
     x = torch.rand(6, 12)
     y = torch.arange(6) % 4
-    ibp, _ = certified_loss(net, x, y, 0.1, method="ibp", tightness=False)
-    adv = adversarial_points(net, x, y, 0.1, 0.0, 1.0)
+    ibp, _ = certified_loss(net, x, y, 0.1, method="ibp")
+    adv = adversarial_points(net, x, y, 0.1)
     ce = torch.nn.functional.cross_entropy(net(adv), y)
     assert ce.item() >= torch.nn.functional.cross_entropy(net(x), y).item() - 1e-6   # PGD raised the loss
-    mixed, _ = certified_loss(net, x, y, 0.1, method="mtl-ibp", options=CertifiedOptions(mtl_alpha=0.25),
-                              tightness=False)
+    mixed, _ = certified_loss(net, x, y, 0.1, method="mtl-ibp", options=CertifiedOptions(mtl_alpha=0.25))
     torch.testing.assert_close(mixed, 0.25 * ibp + 0.75 * ce)
     mixed.backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
-    one, _ = certified_loss(net, x, y, 0.1, method="mtl-ibp", options=CertifiedOptions(mtl_alpha=1.0),
-                            tightness=False)
+    one, _ = certified_loss(net, x, y, 0.1, method="mtl-ibp", options=CertifiedOptions(mtl_alpha=1.0))
     torch.testing.assert_close(one, ibp)
     with pytest.raises(ValueError, match="mtl_alpha"):
         CertifiedOptions(mtl_alpha=2.0)
@@ -419,7 +416,7 @@ def test_l2_training_bounds_hold_and_beat_the_box(case: str, method: str) -> Non
     x = torch.rand(3, *shape)
     y = torch.tensor([0, 2, 3])
     eps = 0.3
-    lb = margin_bounds(net, x, y, eps, method, norm="2")
+    lb = margin_bounds(net, x, y, eps, method, perturbation=Perturbation(norm="2"))
     lb.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
     with torch.no_grad():
@@ -432,9 +429,10 @@ def test_l2_training_bounds_hold_and_beat_the_box(case: str, method: str) -> Non
             d = d * torch.rand(2000).reshape(-1, *([1] * len(shape)))
             pts = (x[i] + d).clamp(0, 1)
             assert bool((lb[i] <= (net(pts) @ C[i].T).min(0).values + 1e-5).all())
+    l2 = CertifiedOptions(perturbation=Perturbation(norm="2"))
     with pytest.raises(ValueError, match="l-inf balls only"):
-        certified_loss(net, x, y, eps, method="sabr", norm="2")
-    loss, info = certified_loss(net, x, y, eps, method=method, norm="2", tightness=False)
+        certified_loss(net, x, y, eps, method="sabr", options=l2)
+    loss, info = certified_loss(net, x, y, eps, method=method, options=l2)
     assert np.isfinite(float(loss.detach()))
 
 
@@ -494,7 +492,7 @@ def test_full_crown_training_is_at_least_crown_ibp(case: str) -> None:
     assert bool((full >= cibp - 1e-5).all())
     if case == "mlp":   # (on the pool/cat net at this radius the two coincide)
         assert bool((full > cibp + 1e-4).any())
-    loss, _ = certified_loss(net, x, y, 0.05, method="crown", tightness=False)
+    loss, _ = certified_loss(net, x, y, 0.05, method="crown")
     loss.backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
 
@@ -506,5 +504,34 @@ def test_tightness_is_computed_only_when_asked() -> None:
     y = torch.arange(6) % 4
     _, info = certified_loss(net, x, y, 0.05, method="ibp")
     assert math.isnan(info.tightness)
-    _, info = certified_loss(net, x, y, 0.05, method="ibp", tightness=True)
+    _, info = certified_loss(net, x, y, 0.05, method="ibp", options=CertifiedOptions(tightness=True))
     assert 0.0 < info.tightness <= 1.0
+
+
+def test_the_perturbation_sets_the_range_and_refuses_bad_values() -> None:
+    """The range of a `Perturbation` clips the ball, for the bounds and for the attack; a
+    bad norm or range, or a call in the old positional form, is a clear error."""
+    from verifier.pytorch.training import adversarial_points
+
+    net = _mlp().eval()
+    x = 0.4 + 0.2 * torch.rand(4, 12)
+    y = torch.arange(4) % 4
+    band = Perturbation(lower=0.4, upper=0.6)
+    with torch.no_grad():   # radius 1 clipped to [0.4, 0.6] is the box 0.5 +- 0.1
+        torch.testing.assert_close(margin_bounds(net, x, y, 1.0, "ibp", perturbation=band),
+                                   margin_bounds(net, torch.full_like(x, 0.5), y, 0.1, "ibp"))
+    adv = adversarial_points(net, x, y, 1.0, CertifiedOptions(perturbation=band))
+    assert bool((adv >= 0.4).all() and (adv <= 0.6).all())
+    for bad, message in [(dict(norm="1"), "norm must be one of"), (dict(lower=0.7, upper=0.3), "lower must be <="),
+                         (dict(upper=math.inf), "upper must be a finite number")]:
+        with pytest.raises(ValueError, match=message):
+            Perturbation(**bad)
+    with pytest.raises(ValueError, match="l-inf balls only"):
+        adversarial_points(net, x, y, 0.1, CertifiedOptions(perturbation=Perturbation(norm="2")))
+    with pytest.raises(TypeError, match="perturbation must be a Perturbation"):
+        margin_bounds(net, x, y, 0.1, "ibp", 1.0, 0.0)        # lower and upper, as before
+    with pytest.raises(TypeError, match="perturbation must be a Perturbation"):
+        CertifiedOptions(perturbation="2")
+    with pytest.raises(TypeError, match="options must be a CertifiedOptions"):
+        certified_loss(net, x, y, 0.1, "ibp", 1.0, 0.0, 1.0)
+    assert verifier.Perturbation is Perturbation and verifier.CertifiedOptions is CertifiedOptions
