@@ -1,13 +1,14 @@
 """`bounds()`: the auto_LiRPA-style entry point for bounds of a model over boxes."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
 import torch
 
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
-from verifier.config import resolve_device
+from verifier.config import BoundsConfig, resolve_device
 from verifier.model import Model
 
 __all__ = ["bounds", "dtype_of", "bound_options", "outward_box", "ShapeError"]
@@ -65,9 +66,8 @@ def _check_box_shape(name: str, value, shape: tuple[int, ...]) -> None:
                          f"(or {n} values), optionally with a leading batch dimension")
 
 
-def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str = "float32",
-           device: str = "auto", alpha_iterations: int = 20, deadline: Optional[float] = None,
-           patches: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device: str = "auto",
+           deadline: Optional[float] = None, config: Optional[BoundsConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound lower and upper bounds of `C @ output` (or of the outputs) over a box.
 
     lower/upper: arrays of the model's input shape, or with a leading batch dimension
@@ -76,10 +76,22 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str
     on: `device` auto is cuda when torch sees a CUDA device, else cpu (call `.cpu()`
     before `.numpy()`). Nothing is kept between calls.
     A wrong shape raises ShapeError naming what was expected; past `deadline`
-    (time.monotonic()) the bound passes raise relaxations.DeadlineExceeded. `patches`
-    off walks convolutions with whole feature maps (the same bounds, slower; benchmarks).
+    (time.monotonic()) the bound passes raise relaxations.DeadlineExceeded.
+
+    `config` is the verifier's bounds section (`verifier.config.BoundsConfig`, or
+    `cfg.bounds` of a loaded `Config`), so the knobs a YAML file sets (dtype,
+    alpha_iterations, alpha_lr, patches, intermediate, sparse_alpha, ...) reach this call
+    the same way; None is `BoundsConfig()`, whose defaults are the bounds this function
+    has always computed. Its `method` is not read: that is the verifier's strongest
+    method to escalate to, while this call computes `method`. `patches=False` walks
+    convolutions with whole feature maps (the same bounds, slower; benchmarks).
     """
-    dt = dtype_of(dtype)
+    if config is None:
+        config = BoundsConfig()
+    elif not isinstance(config, BoundsConfig):
+        raise TypeError(f"config must be a verifier.config.BoundsConfig (e.g. Config().bounds), "
+                        f"got {type(config).__name__}")
+    dt = dtype_of(config.dtype)
     device = resolve_device(device)
     shape = model.graph.input_shape
     _check_box_shape("lower", lower, shape)
@@ -97,7 +109,9 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, dtype: str
         if C.shape[-1] != model.n_outputs or C.dim() not in (2, 3):
             raise ShapeError(f"C has shape {tuple(C.shape)}; expected [S, {model.n_outputs}] or "
                              f"[B, S, {model.n_outputs}] (the model has {model.n_outputs} outputs)")
-    opts = BoundOptions(method=method, alpha_iterations=alpha_iterations, deadline=deadline, patches=patches)
+    # The options of the config with this call's method (the config's may be an SDP method,
+    # which bound propagation has no options for; an unknown `method` is refused here).
+    opts = replace(bound_options(config, "crown"), method=method, deadline=deadline)
     res = compute_bounds(model.graph, IntervalBounds(lo, hi), C=C, options=opts)
     lower_b, upper_b = res.lower.detach(), res.upper.detach()
     return (lower_b[0], upper_b[0]) if single else (lower_b, upper_b)

@@ -93,3 +93,23 @@ def test_certify_sdp_bounds_hold_on_samples(mlp) -> None:
     xs = lo + (hi - lo) * g.random((3000, 4))
     ys = np.stack([model.run_onnxruntime(x.astype(np.float32)) for x in xs[:300]]).reshape(300, 3)
     assert np.all(np.asarray(res.lower_bounds).reshape(-1) <= ys.min(0) + 1e-5)
+
+
+def test_bounds_take_the_verifiers_bounds_config(mlp) -> None:
+    """`bounds(config=...)` reads the same section a YAML file sets: no config is the
+    section's defaults, its `method` is not read (this call's is), and anything but a
+    BoundsConfig is refused by name."""
+    from verifier.config import BoundsConfig
+
+    model = verifier.load_model(mlp)
+    lo, hi = np.full(4, 0.4), np.full(4, 0.6)
+    for method in ("ibp", "crown", "alpha-crown"):
+        plain = verifier.bounds(model, lo, hi, method=method, device="cpu")
+        same = verifier.bounds(model, lo, hi, method=method, device="cpu", config=BoundsConfig(method="sdp"))
+        assert all(torch.equal(a, b) for a, b in zip(plain, same)) and plain[0].dtype == torch.float32
+    wide = verifier.bounds(model, lo, hi, device="cpu", config=BoundsConfig(dtype="float64", patches=False))
+    assert wide[0].dtype == torch.float64
+    with pytest.raises(TypeError, match="BoundsConfig"):
+        verifier.bounds(model, lo, hi, config={"dtype": "float64"})
+    with pytest.raises(ValueError, match="method must be one of"):
+        verifier.bounds(model, lo, hi, method="sdp")

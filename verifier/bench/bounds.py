@@ -36,9 +36,10 @@ def main(argv=None) -> int:
                         help="CROWN's intermediate rows through convolutions as windows (on) or whole maps")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from verifier.config import resolve_device
+    from verifier.config import BoundsConfig, resolve_device
 
     device = resolve_device(args.device)
+    config = BoundsConfig(patches=args.patches == "on")
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         print(f"verifier.bench.bounds: --device {args.device}: this torch sees no CUDA device", file=sys.stderr)
@@ -63,9 +64,9 @@ def main(argv=None) -> int:
         cells = []
         for m in methods:
             if fresh and cuda:  # CUDA's lazy start-up (context, kernels) is not the bound's time
-                bounds(model, region.lower, region.upper, method=m, device=device, patches=args.patches == "on")
+                bounds(model, region.lower, region.upper, method=m, device=device, config=config)
             t = time.perf_counter()
-            lo, hi = bounds(model, region.lower, region.upper, method=m, device=device, patches=args.patches == "on")
+            lo, hi = bounds(model, region.lower, region.upper, method=m, device=device, config=config)
             if cuda:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t

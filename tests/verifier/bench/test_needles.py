@@ -24,6 +24,7 @@ from models import load_onnx
 from tests.helpers import outputs_float64
 from verifier.api import bounds
 from verifier.bench import expected_for, read_expected, read_instances
+from verifier.config import BoundsConfig
 from verifier.model import load_model
 from verifier.bench.needles import (HALF_WIDTH, KINDS, build_net, count_params, float32_error_bound, forward, generate,
                               prove, to_onnx)
@@ -169,9 +170,9 @@ def test_projects_crown_confirms_both_verdicts_independently(family):
         upper[np.arange(0, 2 * n, 2), np.arange(n)] = c - HALF_WIDTH
         lower[np.arange(1, 2 * n, 2), np.arange(n)] = c + HALF_WIDTH
         _, slab_upper = bounds(model, lower.reshape(-1, *shape), upper.reshape(-1, *shape), method="crown",
-                               dtype="float64", device="cpu")
+                               device="cpu", config=BoundsConfig(dtype="float64"))
         _, box_upper = bounds(model, (c - HALF_WIDTH).reshape(shape), (c + HALF_WIDTH).reshape(shape),
-                              method="crown", dtype="float64", device="cpu")
+                              method="crown", device="cpu", config=BoundsConfig(dtype="float64"))
         assert float(slab_upper.max()) < sat.threshold, sat.vnnlib
         assert float(box_upper.max()) < unsat.threshold, unsat.vnnlib
 
