@@ -2,7 +2,7 @@
 
 Threads only schedule; every instance runs in a child process (fresh or worker), so a
 crash, a hang or an allocation storm in one instance is contained by the OS and turned
-into a row. With `RayOptions` each thread hands its instance to a Ray task that does
+into a row. With `Slots.ray` each thread hands its instance to a Ray task that does
 the same on a cluster's node (`ray_backend`). The results CSV is rewritten after each
 instance, so a run that is stopped (Ctrl-C, SIGTERM, a lost session) leaves every finished row on disk.
 """
@@ -19,7 +19,7 @@ from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome, expected_for, judge, write_outcomes
 from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 
-__all__ = ["BenchRun", "RayOptions", "run_bench", "ISOLATION_MODES"]
+__all__ = ["BenchRun", "RayOptions", "Slots", "run_bench", "ISOLATION_MODES"]
 
 ISOLATION_MODES = ("process", "worker")
 
@@ -32,6 +32,25 @@ class RayOptions:
 
     address: Optional[str] = None
     task: Optional[Callable] = None
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Where a run's instances run: ``jobs`` of them at once, each in a fresh process or a
+    long-lived worker (``isolate``), here or as Ray tasks (``ray``). One value, because
+    the three decide together what a timing means (comparable within one isolation mode
+    and one job count) and what starts before the first instance (workers, a cluster).
+    Checked here, so a bad mode or count fails before anything starts."""
+
+    isolate: str = "process"
+    jobs: int = 1
+    ray: Optional[RayOptions] = None
+
+    def __post_init__(self) -> None:
+        if self.isolate not in ISOLATION_MODES:
+            raise ValueError(f"isolate must be one of {', '.join(ISOLATION_MODES)}, got {self.isolate!r}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {self.jobs}")
 
 
 @dataclass
@@ -55,40 +74,38 @@ def _progress_line(done: int, total: int, outcome: Outcome, counts: dict[str, in
             f"{inst.onnx} {inst.vnnlib}  | {running}{tail}{err}")
 
 
-def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int = 1,
-              settings: RunSettings = RunSettings(),
+def run_bench(instances: Sequence[Instance], slots: Slots = Slots(), settings: RunSettings = RunSettings(),
               expected: Optional[dict] = None, out: Optional[str | Path] = None, quiet: bool = False,
-              stream: Optional[TextIO] = None,
-              on_outcome: Optional[Callable[[Outcome], None]] = None, ray: Optional[RayOptions] = None
+              stream: Optional[TextIO] = None, on_outcome: Optional[Callable[[Outcome], None]] = None
               ) -> BenchRun:
     """Run every instance; return outcomes in the instances' order.
 
-    ``expected``: the table of ``records.read_expected``; it fills ``expected`` and
-    ``correct``. ``out``: rewritten after each instance. A KeyboardInterrupt stops the
-    run, kills the children and returns what finished with ``interrupted`` set.
-    ``ray`` (the Ray backend, else local): each instance is a Ray task
-    (`ray_backend.RayPool`) on the cluster at ``ray.address``, or on a local one of
-    ``jobs`` CPUs started for the run; ``jobs`` tasks are in flight at once.
+    ``slots``: how many at once, isolated how, on which backend. ``expected``: the table
+    of ``records.read_expected``; it fills ``expected`` and ``correct``. ``out``:
+    rewritten after each instance. A KeyboardInterrupt stops the run, kills the children
+    and returns what finished with ``interrupted`` set. With ``slots.ray`` each instance
+    is a Ray task (`ray_backend.RayPool`) on the cluster at ``slots.ray.address``, or on
+    a local one of ``slots.jobs`` CPUs started for the run; ``jobs`` tasks are in flight
+    at once.
     """
     stream = sys.stdout if stream is None else stream  # resolved per call: pytest swaps sys.stdout
-    if isolate not in ISOLATION_MODES:
-        raise ValueError(f"isolate must be one of {', '.join(ISOLATION_MODES)}, got {isolate!r}")
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if not isinstance(slots, Slots):
+        raise TypeError(f"slots must be a Slots (isolate, jobs, ray), got {type(slots).__name__}")
+    isolate, jobs, ray = slots.isolate, slots.jobs, slots.ray
     tracker = ChildTracker()
     pool = None
     if ray is not None:
         from verifier.bench.ray_backend import RayPool, run_instance
 
         pool = RayPool(jobs, settings, isolate, ray.address, ray.task or run_instance)
-    slots: queue.Queue[WorkerSlot] = queue.Queue()
+    idle: queue.Queue[WorkerSlot] = queue.Queue()
     all_slots: list[WorkerSlot] = []
     if isolate == "worker" and pool is None:
         limit = settings.mem_limit_mb or default_mem_limit_mb(jobs)
         for _ in range(jobs):
             slot = WorkerSlot(settings, tracker, limit)
             all_slots.append(slot)
-            slots.put(slot)
+            idle.put(slot)
 
     def execute(instance: Instance) -> Outcome:
         try:
@@ -96,11 +113,11 @@ def run_bench(instances: Sequence[Instance], isolate: str = "process", jobs: int
                 return pool.run(instance)
             if isolate == "process":
                 return run_in_process(instance, settings, tracker)
-            slot = slots.get()
+            slot = idle.get()
             try:
                 return slot.run(instance)
             finally:
-                slots.put(slot)
+                idle.put(slot)
         except Exception as exc:  # a bug in the runner itself: still one row, not a dead suite
             return Outcome(instance, "error", 0.0, error=f"bench runner: {type(exc).__name__}: {exc}")
 

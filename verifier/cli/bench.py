@@ -70,8 +70,8 @@ def _sigterm_as_interrupt() -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from verifier.bench import (RayOptions, RunSettings, format_text, read_expected, read_instances, run_bench,
-                                select_instances, summarize, write_outcomes, write_summary, wrong_lines)
+    from verifier.bench import (RayOptions, RunSettings, Slots, format_text, read_expected, read_instances,
+                                run_bench, select_instances, summarize, write_outcomes, write_summary, wrong_lines)
     from verifier.config import load_config
 
     if args.jobs < 1:
@@ -113,8 +113,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"backend={args.backend}", flush=True)
     _sigterm_as_interrupt()
     write_outcomes(args.out, [])
-    run = run_bench(instances, args.isolate, args.jobs, settings, expected, args.out, args.quiet,
-                    ray=RayOptions(args.address) if args.backend == "ray" else None)
+    slots = Slots(args.isolate, args.jobs, RayOptions(args.address) if args.backend == "ray" else None)
+    run = run_bench(instances, slots, settings, expected, args.out, args.quiet)
     write_outcomes(args.out, run.outcomes)
     summaries = summarize(run.outcomes)
     command = "nncert bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""

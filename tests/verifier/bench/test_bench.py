@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 import vnnlib
 from tests.conftest import BENCH, REFERENCE
 from tests.verifier.bench.bench_faults import faulty_worker_main
-from verifier.bench import (Instance, Outcome, RunSettings, expected_for, judge, read_expected, read_instances,
-                            run_bench, select_instances, summarize, summary_paths)
+from verifier.bench import (Instance, Outcome, RunSettings, Slots, expected_for, judge, read_expected,
+                            read_instances, run_bench, select_instances, summarize, summary_paths)
 from verifier.cli import main
 
 FAMILY = "tinyfam"
@@ -92,11 +92,20 @@ def test_bench_rows_summary_and_wrong_verdict(family: Path, tmp_path: Path, isol
 def test_process_mode_one_job_keeps_going_after_errors(family: Path) -> None:
     instances = [i for i in read_instances(family / "instances.csv") if i.vnnlib != "sat.vnnlib"
                  and i.vnnlib != "unsat.vnnlib" or i.onnx == "missing.onnx"]
-    run = run_bench(instances, "process", 1, quiet=True)
+    run = run_bench(instances, Slots("process", 1), quiet=True)
     assert [(o.instance.onnx, o.instance.vnnlib, o.verdict) for o in run.outcomes] == \
         [("missing.onnx", "unsat.vnnlib", "error"), ("relu2.onnx", "bad.vnnlib", "error")]
     assert "bad.vnnlib:" in run.outcomes[1].error and "Traceback" not in run.outcomes[1].error
 
+
+
+def test_bad_slots_are_refused_before_anything_starts() -> None:
+    with pytest.raises(ValueError, match="isolate must be one of process, worker"):
+        Slots("thread")
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        Slots("worker", 0)
+    with pytest.raises(TypeError, match="slots must be a Slots"):
+        run_bench([], "worker")
 
 def test_dead_hung_and_bloated_workers_become_rows_and_are_replaced(family: Path) -> None:
     for name in ("exit", "hang", "bloat"):
@@ -105,7 +114,7 @@ def test_dead_hung_and_bloated_workers_become_rows_and_are_replaced(family: Path
     csv_path.write_text("exit_relu2.onnx,unsat.vnnlib,20\nrelu2.onnx,unsat.vnnlib,20\n"
                         "hang_relu2.onnx,unsat.vnnlib,1\nbloat_relu2.onnx,unsat.vnnlib,20\n")
     settings = RunSettings(grace_s=0.5, mem_limit_mb=1500.0, warm_up=False, worker_entry=faulty_worker_main)
-    run = run_bench(read_instances(csv_path), "worker", 1, settings, quiet=True)
+    run = run_bench(read_instances(csv_path), Slots("worker", 1), settings, quiet=True)
     assert [o.verdict for o in run.outcomes] == ["error", "unsat", "timeout", "error"]
     assert "worker died (exit status 3)" in run.outcomes[0].error
     assert 1.4 < run.outcomes[2].time_s < 10 and "killed after" in run.outcomes[2].error
@@ -170,5 +179,5 @@ def test_process_mode_from_a_folder_that_holds_a_vnnlib_folder(family: Path, tmp
     (tmp_path / "models").mkdir()
     monkeypatch.chdir(tmp_path)
     instances = [i for i in read_instances(family / "instances.csv") if i.vnnlib == "sat.vnnlib"]
-    run = run_bench(instances, "process", 1, quiet=True)
+    run = run_bench(instances, Slots("process", 1), quiet=True)
     assert [(o.verdict, o.error) for o in run.outcomes] == [("sat", "")]

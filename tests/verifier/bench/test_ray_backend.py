@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BENCH, REFERENCE
-from verifier.bench import RayOptions, read_expected, read_instances, run_bench
+from verifier.bench import RayOptions, Slots, read_expected, read_instances, run_bench
 from verifier.bench.process import RunSettings
 from verifier.bench.ray_backend import run_instance
 from verifier.ray_connect import ray_available
@@ -49,7 +49,7 @@ def test_ray_rows_equal_the_local_ones(tmp_path: Path) -> None:
                  "--expected", str(REFERENCE / "expected.csv"), "-q"])
     assert code == 0
     instances = read_instances(FAMILY)[2:]
-    local = run_bench(instances, "worker", 1, expected=read_expected(REFERENCE / "expected.csv"), quiet=True)
+    local = run_bench(instances, Slots("worker", 1), expected=read_expected(REFERENCE / "expected.csv"), quiet=True)
     ray_rows = {(r.split(",")[0], r.split(",")[1]): r for r in out.read_text().splitlines()[1:]}
     assert len(ray_rows) == 5 and len(local.outcomes) == 3
     for o in local.outcomes:   # the last three, beside the local backend (the first two: the test below)
@@ -73,10 +73,10 @@ def _always_dies(instance, settings, isolate):
 def test_a_lost_worker_is_retried_once_then_an_error_row() -> None:
     markers = Path(os.environ["NNCERT_RAY_TEST_DIR"])
     instances = read_instances(FAMILY)[:2]
-    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, ray=RayOptions(task=_dies_once))
+    run = run_bench(instances, Slots("process", 2, RayOptions(task=_dies_once)), RunSettings(), quiet=True)
     assert [o.verdict for o in run.outcomes] == ["unsat", "unsat"]
     assert sorted(p.name for p in markers.iterdir()) == ["died-0", "died-1"]
-    run = run_bench(instances, "process", 2, RunSettings(), quiet=True, ray=RayOptions(task=_always_dies))
+    run = run_bench(instances, Slots("process", 2, RayOptions(task=_always_dies)), RunSettings(), quiet=True)
     assert [o.verdict for o in run.outcomes] == ["error", "error"]
     assert all("ray: the task failed after 1 retry" in o.error for o in run.outcomes)
 
