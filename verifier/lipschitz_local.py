@@ -34,13 +34,43 @@ from relaxations.lipschitz.local import LocalNet, derivative_ranges, forward_bou
 from relaxations.lipschitz.network import FeedForward, activation_lipschitz, network_sha256
 from relaxations.lipschitz.norms import naive_bound, round_up_product
 
-__all__ = ["LocalLipschitzResult", "local_lipschitz", "CLAIM_REL", "naive_row_bounds"]
+__all__ = ["LocalLipschitzResult", "LocalSearch", "local_lipschitz", "CLAIM_REL", "naive_row_bounds"]
 
 # A claim is the computed bound times (1 + CLAIM_REL): room for the checker's own rounding.
 CLAIM_REL = 1e-7
 _EPS = float(np.finfo(np.float64).eps)
 
 Split = tuple[int, int, int]  # (hidden layer, neuron, sign: +1 z >= 0, -1 z <= 0)
+
+
+@dataclass(frozen=True)
+class LocalSearch:
+    """How far the branch and bound behind a local bound may go, and how it bounds each
+    domain: one value, so a caller (the CLI, a benchmark) sets the search's budget in one
+    place and the bound's call stays about the box. Checked here, so a bad budget fails
+    before any bounding.
+
+    ``max_domains``: bound computations, the root included (1 or less: the root only, no
+    BaB). ``timeout``: seconds for the whole call (0: the root only; inf: no limit); a
+    batch starts only when it fits in the time left. ``batch``: the most leaves split at
+    once. ``linear=False``: interval arithmetic only (no linear bounds of the gradient).
+    """
+
+    max_domains: int = 200
+    timeout: float = 60.0
+    batch: int = 8
+    linear: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_domains, (int, np.integer)) or isinstance(self.max_domains, bool):
+            raise ValueError(f"max_domains must be an integer, got {self.max_domains!r}")
+        if (not isinstance(self.timeout, (int, float, np.integer, np.floating)) or isinstance(self.timeout, bool)
+                or not self.timeout >= 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0 (inf: no limit), got {self.timeout!r}")
+        if not isinstance(self.batch, (int, np.integer)) or isinstance(self.batch, bool) or self.batch < 1:
+            raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
+        if not isinstance(self.linear, (bool, np.bool_)):
+            raise ValueError(f"linear must be True or False, got {self.linear!r}")
 
 
 @dataclass(frozen=True)
@@ -141,15 +171,19 @@ def _evaluate(ln: LocalNet, lo: torch.Tensor, hi: torch.Tensor, paths: Sequence[
 
 
 def local_lipschitz(net: FeedForward, center: Any, radius: float, norm: str = "inf",
-                    C: Optional[np.ndarray] = None, *, max_domains: int = 200, timeout: float = 60.0,
-                    batch: int = 8, linear: bool = True, certificate: bool = True
-                    ) -> LocalLipschitzResult:
+                    C: Optional[np.ndarray] = None, *, search: Optional[LocalSearch] = None,
+                    certificate: bool = True) -> LocalLipschitzResult:
     """Certified local Lipschitz bounds of ``c^T f`` on ``{x : ||x - center||_inf <= radius}``.
 
-    ``C``: output rows [S, n_out] (default identity). ``max_domains``/``timeout``: BaB
-    budget (``max_domains=1``: no BaB). ``linear=False`` uses interval arithmetic only.
-    Raises ValueError on bad input (shape, radius, norm)."""
+    ``C``: output rows [S, n_out] (default identity). ``search``: the BaB's budget and
+    bounding (None: ``LocalSearch()``, 200 domains in 60 s). ``certificate=False`` skips
+    building the certificate. Raises ValueError on bad input (shape, radius, norm)."""
     t0 = time.perf_counter()
+    if search is None:
+        search = LocalSearch()
+    elif not isinstance(search, LocalSearch):
+        raise TypeError(f"search must be a LocalSearch, got {type(search).__name__}")
+    max_domains, timeout, batch, linear = search.max_domains, search.timeout, search.batch, search.linear
     x0, r, rows = _check_inputs(net, center, radius, norm, C)
     if net.activation == "maxmin":
         raise ValueError("local bounds support elementwise activations only (not maxmin)")

@@ -22,7 +22,7 @@ from tests.conftest import BENCH
 from tests.op_cases import make_model
 from verifier.checker.lipschitz_local import check_local_lipschitz_certificate as check, mlp_from_onnx
 from verifier.lipschitz import naive_certificate
-from verifier.lipschitz_local import CLAIM_REL, local_lipschitz
+from verifier.lipschitz_local import CLAIM_REL, LocalSearch, local_lipschitz
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST = BENCH / "2022_mnist_fc/onnx/mnist-net_256x2.onnx"
@@ -35,7 +35,7 @@ def test_bab_is_sound_never_looser_and_below_naive(act: str, norm: str) -> None:
     x0 = np.random.default_rng(5).standard_normal(4)
     naive = naive_certificate(net, norm)[0]
     for r in (0.1, 0.5):
-        res = local_lipschitz(net, x0, r, norm, max_domains=40, timeout=30)
+        res = local_lipschitz(net, x0, r, norm, search=LocalSearch(max_domains=40, timeout=30))
         for j in range(3):
             assert res.per_row[j] <= res.root[j] * (1 + CLAIM_REL) * (1 + 1e-12) + 1e-300
             assert res.per_row[j] <= res.naive_rows[j] <= naive * (1 + 1e-9)
@@ -47,7 +47,7 @@ def test_bab_is_sound_never_looser_and_below_naive(act: str, norm: str) -> None:
 def test_bab_reaches_the_exact_value_when_it_exhausts_the_splits() -> None:
     net = random_feedforward(1, "relu", (4, 16, 16, 16, 3))
     x0 = np.random.default_rng(1).standard_normal(4)
-    res = local_lipschitz(net, x0, 0.1, "inf", max_domains=400, timeout=60)
+    res = local_lipschitz(net, x0, 0.1, "inf", search=LocalSearch(max_domains=400, timeout=60))
     assert res.exhausted
     emp = max(empirical_max_grad_norm(net, x0, 0.1, np.eye(3)[j], "inf") for j in range(3))
     assert emp <= res.value <= emp * 1.2  # leaves with d fixed: only the d-x correlation is lost
@@ -66,7 +66,7 @@ def test_trained_mnist_net_local_bound_is_sound_and_below_global() -> None:
     net = _mnist_net()
     x0 = np.random.default_rng(0).uniform(0.1, 0.9, 784)
     for norm in ("inf", "2"):
-        res = local_lipschitz(net, x0, 0.002, norm, max_domains=5, timeout=60)
+        res = local_lipschitz(net, x0, 0.002, norm, search=LocalSearch(max_domains=5, timeout=60))
         assert res.value <= naive_certificate(net, norm)[0]
         for j in (0, 3, 7):
             emp = empirical_max_grad_norm(net, x0, 0.002, np.eye(10)[j], norm)
@@ -79,7 +79,7 @@ def test_trained_mnist_net_local_bound_is_sound_and_below_global() -> None:
 def certified():
     net = random_feedforward(2, "relu", (4, 16, 16, 3))
     x0 = np.random.default_rng(2).standard_normal(4)
-    res = local_lipschitz(net, x0, 0.3, "inf", max_domains=30)
+    res = local_lipschitz(net, x0, 0.3, "inf", search=LocalSearch(max_domains=30))
     assert res.leaves > 2
     return net, x0, res
 
@@ -91,10 +91,10 @@ def test_certificate_is_accepted(certified) -> None:
     ok, why = check(json.loads(json.dumps(res.certificate)), net.weights, net.biases)
     assert ok, why
     for norm in ("2",):
-        r2 = local_lipschitz(net, certified[1], 0.3, norm, max_domains=20)
+        r2 = local_lipschitz(net, certified[1], 0.3, norm, search=LocalSearch(max_domains=20))
         assert check(r2.certificate, net.weights, net.biases)[0]
     leaky = FeedForward(net.weights, net.biases, "leaky_relu", 0.05)
-    r3 = local_lipschitz(leaky, certified[1], 0.3, "inf", max_domains=20)
+    r3 = local_lipschitz(leaky, certified[1], 0.3, "inf", search=LocalSearch(max_domains=20))
     assert check(r3.certificate, leaky.weights, leaky.biases)[0]
 
 
@@ -164,6 +164,13 @@ def test_bad_inputs_raise_value_error() -> None:
         local_lipschitz(net, np.zeros(4), -0.1)
     with pytest.raises(ValueError, match="norm"):
         local_lipschitz(net, np.zeros(4), 0.1, norm="1")
+    for bad, word in [(dict(max_domains=2.5), "max_domains"), (dict(timeout=-1.0), "timeout"),
+                      (dict(timeout=float("nan")), "timeout"), (dict(batch=0), "batch"), (dict(linear="no"), "linear")]:
+        with pytest.raises(ValueError, match=word):
+            LocalSearch(**bad)
+    with pytest.raises(TypeError, match="LocalSearch"):
+        local_lipschitz(net, np.zeros(4), 0.1, search={"max_domains": 5})
+    assert local_lipschitz(net, np.zeros(4), 0.1, search=LocalSearch(max_domains=0, timeout=0)).domains == 1
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

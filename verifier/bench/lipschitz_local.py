@@ -14,7 +14,7 @@ import numpy as np
 
 from relaxations.lipschitz import FeedForward, load_lipsdp_mat
 from verifier.lipschitz import naive_certificate
-from verifier.lipschitz_local import local_lipschitz
+from verifier.lipschitz_local import LocalSearch, local_lipschitz
 
 __all__ = ["main"]
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         naive = naive_certificate(net, norm)[0]
         for r in radii:
             for d in args.domains:
-                res = local_lipschitz(net, x0, r, norm, max_domains=d, timeout=args.timeout)
+                res = local_lipschitz(net, x0, r, norm, search=LocalSearch(max_domains=d, timeout=args.timeout))
                 print(f"| {args.net} | l{norm} | {r} | {d} | {max(res.interval):.4g} | {max(res.root):.4g} | "
                       f"{res.value:.4g} | {naive:.4g} | {res.domains} | {res.time_s:.1f} |", flush=True)
     return 0

@@ -43,7 +43,7 @@ def run_local(args: argparse.Namespace, start: float, t0: float, deadline: float
     from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
     from verifier.cli.lipschitz import norm_pair
     from verifier.config import ConfigError
-    from verifier.lipschitz_local import local_lipschitz
+    from verifier.lipschitz_local import LocalSearch, local_lipschitz
     from verifier.model import load_model
     from verifier.report import write_report, write_text
 
@@ -59,7 +59,8 @@ def run_local(args: argparse.Namespace, start: float, t0: float, deadline: float
     net = FeedForward(tuple(weights), tuple(biases), "relu")
     try:
         budget = float("inf") if deadline is None else max(deadline - time.monotonic(), 0.0)
-        res = local_lipschitz(net, center, args.radius, norm=args.norm, max_domains=args.domains, timeout=budget)
+        search = LocalSearch(max_domains=args.domains, timeout=budget)
+        res = local_lipschitz(net, center, args.radius, norm=args.norm, search=search)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     inp, out = norm_pair(args.norm, "local")

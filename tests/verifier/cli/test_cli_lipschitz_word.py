@@ -222,17 +222,17 @@ def test_sdp_methods_refuse_non_mlps_as_bad_input(tmp_path, capsys) -> None:
 
 def test_local_branch_and_bound_starts_no_batch_it_cannot_finish() -> None:
     """The time is checked per batch; a batch is sized to fit what is left."""
-    from verifier.lipschitz_local import local_lipschitz
+    from verifier.lipschitz_local import LocalSearch, local_lipschitz
 
     r = np.random.default_rng(3)
     sizes = [30, 120, 120, 120, 10]
     ws = tuple(r.normal(size=(sizes[k + 1], sizes[k])) / np.sqrt(sizes[k]) for k in range(len(sizes) - 1))
     net = FeedForward(ws, tuple(0.1 * r.normal(size=w.shape[0]) for w in ws), "relu")
     t = time.perf_counter()
-    local_lipschitz(net, np.zeros(30), 0.5, norm="2", max_domains=1, certificate=False)
+    local_lipschitz(net, np.zeros(30), 0.5, norm="2", search=LocalSearch(max_domains=1), certificate=False)
     one = time.perf_counter() - t
-    res = local_lipschitz(net, np.zeros(30), 0.5, norm="2", max_domains=100_000, timeout=1.5, batch=64,
-                          certificate=False)
+    res = local_lipschitz(net, np.zeros(30), 0.5, norm="2",
+                          search=LocalSearch(max_domains=100_000, timeout=1.5, batch=64), certificate=False)
     assert res.time_s <= 1.5 + 4 * one + 0.5, (res.time_s, one, res.domains)
 
 
