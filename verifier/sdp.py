@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -40,7 +40,10 @@ from relaxations.sdp import (
 from verifier.config import SDP_METHODS
 from verifier.model import Model
 
-__all__ = ["METHODS", "SdpResult", "SdpNetwork", "certify_sdp", "certify_rows", "pre_activation_bounds",
+if TYPE_CHECKING:  # the solvers load only when a row is solved (cvxpy is heavy)
+    from verifier.solvers.burer_monteiro import LowRankOptions
+
+__all__ = ["METHODS", "SdpResult", "SdpNetwork", "SdpOptions", "certify_sdp", "certify_rows", "pre_activation_bounds",
            "graph_from_weights", "row_certificate"]
 
 METHODS = SDP_METHODS   # verifier.config names every method once
@@ -157,11 +160,55 @@ class SdpNetwork:
     pre_upper: Sequence[np.ndarray]
 
 
-def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: Optional[np.ndarray] = None,
-                 solver: Optional[str] = None, lowrank_options: Any = None,
-                 scs_time_limit_s: float = 0.0, deadline: Optional[float] = None
+@dataclass(frozen=True)
+class SdpOptions:
+    """How each row's SDP is solved, apart from what is bounded (the box, the rows, the
+    targets) and the time (the deadline): one value, so the common call stays
+    ``certify_sdp(model, lo, hi, C)`` and a benchmark or test that tunes the solvers
+    says so in one place. Checked here, so a bad setting fails before CROWN runs.
+
+    ``solver`` (method sdp): cvxpy's solver, "SCS" or "CLARABEL" (None: Clarabel for
+    small problems when installed, else SCS). ``scs_time_limit_s`` (method sdp): the
+    solver's own limit per row (0: none beyond the deadline's share). ``lowrank``
+    (method sdp-lowrank): the Burer-Monteiro settings (None: ``LowRankOptions()``).
+    ``skip_proved``: with targets, rows that CROWN already proves keep CROWN's bound
+    (a certificate of kind ``crown`` stands in for them) and get no SDP.
+    """
+
+    solver: Optional[str] = None
+    scs_time_limit_s: float = 0.0
+    lowrank: Optional[LowRankOptions] = None
+    skip_proved: bool = False
+
+    def __post_init__(self) -> None:
+        if self.solver is not None and not isinstance(self.solver, str):
+            raise ValueError(f"solver must be a cvxpy solver's name or None, got {self.solver!r}")
+        limit = self.scs_time_limit_s
+        if isinstance(limit, bool) or not isinstance(limit, (int, float, np.integer, np.floating)) or not limit >= 0:
+            raise ValueError(f"scs_time_limit_s must be a number of seconds >= 0 (0: no limit), got {limit!r}")
+        if self.lowrank is not None:
+            from verifier.solvers.burer_monteiro import LowRankOptions
+
+            if not isinstance(self.lowrank, LowRankOptions):
+                raise ValueError(f"lowrank must be a LowRankOptions or None, got {type(self.lowrank).__name__}")
+        if not isinstance(self.skip_proved, (bool, np.bool_)):
+            raise ValueError(f"skip_proved must be True or False, got {self.skip_proved!r}")
+
+
+def _options(options: Optional[SdpOptions]) -> SdpOptions:
+    if options is None:
+        return SdpOptions()
+    if not isinstance(options, SdpOptions):
+        raise TypeError(f"options must be an SdpOptions, got {type(options).__name__}")
+    return options
+
+
+def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: Optional[np.ndarray] = None, *,
+                 options: Optional[SdpOptions] = None, deadline: Optional[float] = None
                  ) -> tuple[np.ndarray, list[dict], list[dict]]:
     """One SDP per row of C with given pre-activation bounds: (bounds, certificates, stats).
+    ``options``: how each row is solved (None: ``SdpOptions()``; its ``skip_proved`` is
+    the caller's to apply, every row of C is solved here).
 
     With ``deadline`` (a ``time.monotonic()`` value) each row's solver gets an equal
     share of the time left, and a row is started only while at least
@@ -169,6 +216,7 @@ def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: O
     first rows only); the caller keeps another valid bound for the rest."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    options = _options(options)
     weights, biases, lower, upper = net.weights, net.biases, net.lower, net.upper
     pre_lower, pre_upper = net.pre_lower, net.pre_upper
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
@@ -186,10 +234,10 @@ def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: O
         if method == "sdp":
             from verifier.solvers.cvxpy_sdp import solve_sdp_dual
 
-            limit = scs_time_limit_s
+            limit = options.scs_time_limit_s
             if share is not None:  # leave a quarter for compiling and certifying
                 limit = min(limit, 0.75 * share) if limit > 0 else 0.75 * share
-            sol = solve_sdp_dual(problem, solver=solver, time_limit_s=limit)
+            sol = solve_sdp_dual(problem, solver=options.solver, time_limit_s=limit)
             if sol.multipliers is None:  # no multipliers at all: fall back to zeros (still valid)
                 mult = Multipliers.unpack(problem, np.zeros(problem.n_multipliers()))
             else:
@@ -199,7 +247,7 @@ def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: O
         else:
             from verifier.solvers.burer_monteiro import LowRankOptions, solve_lowrank
 
-            opts = lowrank_options or LowRankOptions()
+            opts = options.lowrank or LowRankOptions()
             if share is not None:
                 opts = dataclasses.replace(opts, time_limit_s=min(opts.time_limit_s, 0.8 * share))
             target = None if targets is None else float(np.asarray(targets).reshape(-1)[s])
@@ -216,21 +264,23 @@ def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: O
 
 
 def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray, C: np.ndarray,
-                method: str = "sdp", targets: Optional[np.ndarray] = None, solver: Optional[str] = None,
-                lowrank_options: Any = None, scs_time_limit_s: float = 0.0,
-                skip_proved: bool = False, deadline: Optional[float] = None) -> SdpResult:
+                method: str = "sdp", targets: Optional[np.ndarray] = None, *, deadline: Optional[float] = None,
+                options: Optional[SdpOptions] = None) -> SdpResult:
     """Certified lower bounds of ``C @ f(x)`` over ``[lower, upper]`` for a ReLU MLP.
 
     ``targets`` [S]: the values the bounds must exceed (e.g. a spec's ``d``); the
-    low-rank method raises its rank until it gets there, and with ``skip_proved``
-    rows that CROWN already proves keep CROWN's bound (a certificate of kind
-    ``crown`` then stands in for them). Returns per-row bounds (each >= CROWN's is
-    not guaranteed but typical), CROWN's bounds, the time and a certificate per row.
+    low-rank method raises its rank until it gets there, and with
+    ``options.skip_proved`` rows that CROWN already proves keep CROWN's bound (a
+    certificate of kind ``crown`` then stands in for them). ``options``: how each row's
+    SDP is solved (``SdpOptions``; None: its defaults). Returns per-row bounds (each >=
+    CROWN's is not guaranteed but typical), CROWN's bounds, the time and a certificate
+    per row.
 
     ``deadline`` (``time.monotonic()``): see the module docstring; rows left without
     time keep CROWN's bound and ``timed_out`` is set. A graph that is not a ReLU MLP
     raises ``NotReluMlp``, an ``UnsupportedModel`` (bad input, not a bug)."""
     t0 = time.perf_counter()
+    options = _options(options)
     graph = model.graph if isinstance(model, Model) else model
     try:
         weights, biases = relu_mlp_from_graph(graph)
@@ -247,15 +297,15 @@ def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
     pl, pu, crown = pre_activation_bounds(graph, lo, hi, C, deadline=deadline)
     rows = np.arange(C.shape[0])
-    if skip_proved and targets is not None:
+    if options.skip_proved and targets is not None:
         rows = rows[crown <= np.asarray(targets, dtype=np.float64).reshape(-1)]
     bounds = crown.copy()
     certs: list[dict] = [{"kind": "crown", "bound": float(b)} for b in crown]
     stats: list[dict] = [{} for _ in crown]
     if len(rows):
         tg = None if targets is None else np.asarray(targets, dtype=np.float64).reshape(-1)[rows]
-        b, cs, st = certify_rows(SdpNetwork(weights, biases, lo, hi, pl, pu), C[rows], method, tg, solver,
-                                 lowrank_options, scs_time_limit_s, deadline)
+        b, cs, st = certify_rows(SdpNetwork(weights, biases, lo, hi, pl, pu), C[rows], method, tg,
+                                 options=options, deadline=deadline)
         for i, r in enumerate(rows[:len(b)]):
             bounds[r], certs[r], stats[r] = b[i], cs[i], st[i]
         timed_out = len(b) < len(rows)

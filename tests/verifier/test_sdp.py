@@ -13,7 +13,7 @@ import torch
 from relaxations.sdp import mlp_forward
 from tests.builders import milp_min, random_mlp_weights
 from verifier.checker.sdp import check_sdp_certificate, check_sdp_certificates
-from verifier.sdp import certify_sdp, graph_from_weights, pre_activation_bounds
+from verifier.sdp import SdpOptions, certify_sdp, graph_from_weights, pre_activation_bounds
 from verifier.solvers.burer_monteiro import LowRankOptions
 
 torch.set_num_threads(1)
@@ -78,7 +78,7 @@ def test_lowrank_bounds_valid_and_certified():
         lo, hi = -np.ones(sizes[0]), np.ones(sizes[0])
         C = np.eye(sizes[-1])[:1]
         g = graph_from_weights(ws, bs)
-        res = certify_sdp(g, lo, hi, C, method="sdp-lowrank", lowrank_options=opts)
+        res = certify_sdp(g, lo, hi, C, method="sdp-lowrank", options=SdpOptions(lowrank=opts))
         pl, pu, _ = pre_activation_bounds(g, lo, hi, C)
         exact = milp_min(ws, bs, C[0], lo, hi, pl, pu)
         assert res.lower_bounds[0] <= exact + 1e-7
@@ -103,3 +103,23 @@ def test_rejects_non_mlp_and_empty_box():
     g = graph_from_weights(ws, bs)
     with pytest.raises(ValueError, match="empty box"):
         certify_sdp(g, np.ones(2), -np.ones(2), np.eye(1))
+
+
+def test_options_skip_proved_rows_and_refuse_bad_settings():
+    """With skip_proved, a row CROWN already proves keeps CROWN's bound and gets no SDP;
+    a bad setting fails before any bounding."""
+    ws, bs = random_mlp_weights(1, (2, 8, 8, 1))
+    g, lo, hi, C = graph_from_weights(ws, bs), -np.ones(2), np.ones(2), np.eye(1)
+    crown = pre_activation_bounds(g, lo, hi, C)[2]
+    targets = crown - 1.0       # proved by CROWN
+    res = certify_sdp(g, lo, hi, C, targets=targets, options=SdpOptions(skip_proved=True))
+    assert [c["kind"] for c in res.certificate["rows"]] == ["crown"] and res.lower_bounds[0] == crown[0]
+    res = certify_sdp(g, lo, hi, C, targets=targets)
+    assert [c["kind"] for c in res.certificate["rows"]] == ["sdp-relu-mlp"]
+    for bad, word in [(dict(solver=3), "solver"), (dict(scs_time_limit_s=-1.0), "scs_time_limit_s"),
+                      (dict(scs_time_limit_s=float("nan")), "scs_time_limit_s"), (dict(lowrank={}), "lowrank"),
+                      (dict(skip_proved="yes"), "skip_proved")]:
+        with pytest.raises(ValueError, match=word):
+            SdpOptions(**bad)
+    with pytest.raises(TypeError, match="SdpOptions"):
+        certify_sdp(g, lo, hi, C, options={"skip_proved": True})

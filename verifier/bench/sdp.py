@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from relaxations.sdp import mlp_forward
-from verifier.sdp import SdpNetwork, certify_rows, graph_from_weights, pre_activation_bounds
+from verifier.sdp import SdpNetwork, SdpOptions, certify_rows, graph_from_weights, pre_activation_bounds
 from verifier.solvers.burer_monteiro import LowRankOptions
 
 __all__ = ["load_bm_model", "load_image", "main"]
@@ -71,10 +71,10 @@ def _run_image(ws, bs, graph, x, label, eps, args) -> dict:
     open_rows = [int(r) for r in np.argsort(alpha) if alpha[r] <= 0]
     best, lr_time, lr_ok = alpha.copy(), 0.0, out["correct"]
     net = SdpNetwork(ws, bs, lo, hi, pl, pu)
-    opts = LowRankOptions(rank=args.rank, max_rank=args.rank, time_limit_s=args.row_time)
+    opts = SdpOptions(lowrank=LowRankOptions(rank=args.rank, max_rank=args.rank, time_limit_s=args.row_time))
     for r in open_rows:
         b, _, st = certify_rows(net, C[r:r + 1], "sdp-lowrank", None if args.no_target else np.zeros(1),
-                                lowrank_options=opts)
+                                options=opts)
         lr_time += st[0]["time_s"]
         best[r] = max(best[r], float(b[0]))  # both are valid bounds
         if b[0] <= 0:
@@ -83,7 +83,7 @@ def _run_image(ws, bs, graph, x, label, eps, args) -> dict:
     out["lowrank"] = (float(best.min()), lr_time, lr_ok and out["correct"] and best.min() > 0)
     if args.full_sdp and open_rows:
         r = open_rows[0]
-        b, _, st = certify_rows(net, C[r:r + 1], "sdp", scs_time_limit_s=args.row_time)
+        b, _, st = certify_rows(net, C[r:r + 1], "sdp", options=SdpOptions(scs_time_limit_s=args.row_time))
         out["sdp"] = (float(b[0]), st[0]["time_s"], st[0]["status"])
     return out
 
