@@ -69,6 +69,8 @@ class ReluSearch:
     `leaf_unstable`: domains with at most this many unstable ReLUs left go to that LP too
     (CROWN's lines at those, so it proves but is not exact there): it gives the split
     constraints their best multipliers, which a few beta-CROWN steps may be far from.
+    `prune_proved`: alpha/beta-CROWN's later steps leave out the domains of a batch it
+    has proved (`BoundOptions.proved`; the other domains' bounds are the same).
     """
 
     record_proof: bool = False
@@ -82,6 +84,7 @@ class ReluSearch:
     learn: bool = False
     leaf_solve: Optional[LeafSolver] = None
     leaf_unstable: int = 0
+    prune_proved: bool = False
 
 
 @dataclass
@@ -184,7 +187,9 @@ class ReluBrancher:
         box = region_box(p, N)
         clipper = SplitClipper(box.lower, box.upper, self.CLIP_K, precision=options.precision) \
             if how.relaxed_clip else None
-        res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev,
+        stop = dataclasses.replace(options, proved=lambda lower: rows_status(p, lower - p.d)[0]) \
+            if how.prune_proved else options
+        res = compute_bounds(p.graph, box, p.C, stop, want_upper=False, ev=p.ev,
                              given=Given(splits=splits, clip=clipper, known=p.known or None, alphas=alphas,
                                          betas=betas))
         capture = res.coefficients

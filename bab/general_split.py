@@ -153,6 +153,7 @@ class IntervalBrancher:
     open_rows: bool = True
     warm_start: bool = False
     split_products: bool = True
+    prune_proved: bool = False
 
     def __post_init__(self) -> None:
         p = self.problem
@@ -183,7 +184,10 @@ class IntervalBrancher:
         # Zero signs split nothing; they make compute_bounds mark domains whose clamped
         # intervals are empty (no input satisfies the splits) as infeasible: proved.
         empty_check = {z: torch.zeros(lo[z].shape, dtype=torch.int8, device=lo[z].device) for z in self.tensors}
-        res = compute_bounds(p.graph, box, p.C, self.options, want_upper=False, ev=p.ev,
+        # prune_proved: alpha-CROWN's later steps leave out the domains it has proved.
+        stop = dataclasses.replace(self.options, proved=lambda lower: rows_status(p, lower - p.d)[0]) \
+            if self.prune_proved else self.options
+        res = compute_bounds(p.graph, box, p.C, stop, want_upper=False, ev=p.ev,
                              given=Given(splits=empty_check, known=known, cuts=_cuts(cut_lo, cut_hi), alphas=alphas,
                                          betas=betas))
         lb = res.lower.detach() - p.d
@@ -412,11 +416,13 @@ def _summed_coefficients(capture: dict, nodes: dict[str, str], z: str, N: int) -
 class IntervalSearch:
     """The switches of one general-split search (`bab.*` keys of verifier/config.py):
     `open_rows` and `warm_start` as in activation split, `split_products`: the factors
-    of products of two variable tensors are split candidates too."""
+    of products of two variable tensors are split candidates too; `prune_proved` as in
+    activation split (`ReluSearch`)."""
 
     open_rows: bool = True
     warm_start: bool = False
     split_products: bool = True
+    prune_proved: bool = False
 
 
 def general_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, hooks: SearchHooks = SearchHooks(),
@@ -425,7 +431,8 @@ def general_split_bab(p: Problem, options: BoundOptions, limits: SearchLimits, h
     or `hooks.stop()` is true. No proof log: the certificate checker does not replay interval
     splits (the verdict's certificate says so)."""
     brancher = IntervalBrancher(p, options, attack=hooks.confirm is not None, tuning=tuning, open_rows=how.open_rows,
-                                warm_start=how.warm_start, split_products=how.split_products)
+                                warm_start=how.warm_start, split_products=how.split_products,
+                                prune_proved=how.prune_proved)
     if not brancher.tensors:
         return SearchOutcome("unknown", stats={"reason": "no nonlinearity to split"})
     limits = dataclasses.replace(limits, bytes_per_domain=domain_bytes(p))

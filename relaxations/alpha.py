@@ -8,12 +8,13 @@ result is never looser than the bound at the starting point.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from relaxations.bounds import IntervalBounds, LinearBounds, Precision
+from relaxations.bounds import BoundsTable, IntervalBounds, LinearBounds, Precision
 import relaxations.crown as crown
 from relaxations.crown import (BackwardContext, SparseAlpha, SparseTerm, backward_lower, is_relaxed, is_slot_node,
                                relaxation_domain, slot_count)
@@ -25,6 +26,10 @@ T = torch.Tensor
 # A `sparse_alpha` node keeps its alphas at the unstable elements only (crown.SparseAlpha)
 # when at most this share of its elements is unstable in some sample of the batch.
 SPARSE_SHARE = 0.5
+# With `options.proved`, the domains proved so far leave the optimisation once they are at
+# least this share of the domains still in it: the later steps then cost less (each step
+# costs in proportion to the batch), and a shrink costs a copy of the batch's tensors.
+PRUNE_SHARE = 0.1
 
 
 def alpha_fits(ctx: BackwardContext, node, B: int, S: int) -> bool:
@@ -306,54 +311,182 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precisio
     if getattr(options, "sparse_alpha", True):
         moved, sparse = _sparsify(ctx, alphas, ranges)
         betas, terms = _sparse_betas(betas, terms)
-    params = list(moved.values()) + list(betas.values())
-    for p in params:
-        p.requires_grad_(True)
-    opt = _Adam(params, lr=alpha_lrs(ctx, moved, options.alpha_lr) + [options.alpha_lr] * len(betas))
-    octx = BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, {k: sparse.get(k, v) for k, v in moved.items()},
-                           cache=None, checked=set(), prepared={}, balls=ctx.balls)
-    best = None
-    best_lin = None
-    best_alphas: dict[str, T] = {}
-    best_betas: dict[str, T] = {}
-    keep_betas = bool(getattr(options, "keep_betas", False)) and bool(betas)
-    for it in range(max(1, options.alpha_iterations)):
-        octx.extra_A = _extra(betas, terms)
-        octx.capture = capture if it == options.alpha_iterations - 1 else None
-        lin = _with_cut_constants(backward_lower(octx, ctx.graph.output_name, A), betas, terms)
-        lb = lin.concretize(box, precision)
-        with torch.no_grad():
-            if best is None:
-                best = lb.detach().clone()
-                best_lin = LinearBounds(lin.A.detach(), lin.bias.detach(), lin.mass.detach())
-                best_alphas = {k: v.detach().clone() for k, v in moved.items()}
-                if keep_betas:
-                    best_betas = {k: v.detach().clone() for k, v in betas.items()}
-            else:
-                improved = lb > best
-                best = torch.where(improved, lb.detach(), best)
-                keep = improved.reshape(B, S, *([1] * (lin.A.dim() - 2)))
-                best_lin = LinearBounds(torch.where(keep, lin.A.detach(), best_lin.A),
-                                        torch.where(improved, lin.bias.detach(), best_lin.bias),
-                                        torch.where(improved, lin.mass.detach(), best_lin.mass))
-                for k, v in moved.items():
-                    mask = improved.reshape(B, S, *([1] * (v.dim() - 2)))
-                    best_alphas[k] = torch.where(mask, v.detach(), best_alphas[k])
-                if keep_betas:  # for certificates: the multipliers that go with each row's best bound
-                    for k, v in betas.items():
-                        mask = improved.reshape(B, S, *([1] * (v.dim() - 2)))
-                        best_betas[k] = torch.where(mask, v.detach(), best_betas[k])
+    run = _Run(A, box, BackwardContext(ctx.graph, ctx.ev, ctx.table, ctx.rules, {}, cache=None, checked=set(),
+                                       prepared={}, balls=ctx.balls),
+               moved, {k: v.mask for k, v in sparse.items()}, {k: v.index for k, v in sparse.items()}, ranges,
+               betas, terms, None)
+    run.start(alpha_lrs(ctx, moved, options.alpha_lr) + [options.alpha_lr] * len(betas))
+    track = _Best(bool(getattr(options, "keep_betas", False)) and bool(betas))
+    proved_fn = getattr(options, "proved", None)
+    pruned = _Pruned(B) if proved_fn is not None and ctx.balls is None and B > 1 else None
+    last = max(1, options.alpha_iterations) - 1
+    for it in range(last + 1):
+        run.octx.extra_A = _extra(run.betas, run.terms)
+        run.octx.capture = None if it != last else capture if pruned is None or pruned.act is None else {}
+        lin = _with_cut_constants(backward_lower(run.octx, ctx.graph.output_name, run.A), run.betas, run.terms)
+        lb = lin.concretize(run.box, precision)
+        track.update(lb, lin, run.moved, run.betas)
         late = options.deadline is not None and time.monotonic() > options.deadline
-        if it == options.alpha_iterations - 1 or not lb.requires_grad or late or _all_above(best, options, capture):
+        if it == last or not lb.requires_grad or late or _all_above(track.best, options, capture):
             break  # last step, or the bound does not depend on any alpha
-        grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
-        opt.step(grads)
+        done = proved_fn(track.best) if pruned is not None else None
+        if done is not None and bool(done.all()):
+            break  # every domain is proved: further steps change no answer
+        run.step(lb)
+        if done is not None and float(done.float().mean()) >= PRUNE_SHARE:
+            keep = torch.nonzero(~done).flatten()
+            pruned.keep(track, keep)
+            run, track = run.take(keep), track.take(keep)
+    if pruned is not None and pruned.act is not None:
+        if run.octx.capture is not None and capture is not None:
+            pruned.scatter_capture(run.octx.capture, capture)
+        track = pruned.full(track)
+    best_alphas = _dense(alphas, track.alphas, run.index)
+    best_betas = _dense(dense_betas, track.betas, {k: t[3] for k, t in run.terms.items()})
+    return AlphaResult(track.best, track.lin, best_alphas, best_betas, it + 1)   # the steps taken
+
+
+@dataclass
+class _Run:
+    """What alpha-CROWN's steps work on, for the domains still optimised: the rows `A`,
+    the box, a backward context over their intervals, and Adam's parameters (`moved`:
+    dense alphas, or a sparse node's values [B, S, k] at `index` with `masks` [B, 1, k];
+    `betas`, with their `terms`) and state. `take` keeps some domains of all of it."""
+
+    A: T
+    box: IntervalBounds
+    octx: BackwardContext
+    moved: dict
+    masks: dict
+    index: dict
+    ranges: dict
+    betas: dict
+    terms: dict
+    opt: Optional[_Adam]
+
+    def start(self, lrs: list[float]) -> None:
+        params = list(self.moved.values()) + list(self.betas.values())
+        for p in params:
+            p.requires_grad_(True)
+        self.opt = _Adam(params, lr=lrs)
+        self._view()
+
+    def _view(self) -> None:
+        self.octx.alphas = {k: SparseAlpha(v, self.index[k], self.masks[k]) if k in self.index else v
+                            for k, v in self.moved.items()}
+
+    def step(self, lb: T) -> None:
+        """One projected Adam step up the sum of the rows' bounds."""
+        grads = torch.autograd.grad(-lb.sum(), self.opt.params, allow_unused=True)
+        self.opt.step(grads)
         with torch.no_grad():
-            for k, v in moved.items():
-                lo, hi = ranges[k]
+            for k, v in self.moved.items():
+                lo, hi = self.ranges[k]
                 v.copy_(torch.maximum(torch.minimum(v, hi), lo))
-            for b in betas.values():
+            for b in self.betas.values():
                 b.clamp_(min=0)
-    best_alphas = _dense(alphas, best_alphas, {k: v.index for k, v in sparse.items()})
-    best_betas = _dense(dense_betas, best_betas, {k: t[3] for k, t in terms.items()})
-    return AlphaResult(best, best_lin, best_alphas, best_betas, it + 1)   # the steps taken
+
+    def take(self, keep: T) -> "_Run":
+        """The same run for the domains `keep` [k] only: every per-domain tensor indexed
+        (those with a batch of 1, shared by all domains, stay as they are), new leaf
+        parameters, and Adam's moments of the kept domains, so that their steps go on
+        exactly as they would have in the whole batch."""
+        n = self.A.shape[0]
+
+        def pick(t: Optional[T]) -> Optional[T]:
+            return t if t is None or t.dim() == 0 or t.shape[0] != n else t[keep]
+
+        moved = {k: pick(v.detach()).clone() for k, v in self.moved.items()}
+        betas = {k: pick(v.detach()).clone() for k, v in self.betas.items()}
+        table = BoundsTable({k: IntervalBounds(pick(v.lower), pick(v.upper)) for k, v in self.octx.table.items()})
+        octx = dataclasses.replace(self.octx, table=table, alphas=None, extra_A=None, capture=None, prepared={})
+        run = _Run(pick(self.A), IntervalBounds(pick(self.box.lower), pick(self.box.upper)), octx, moved,
+                   {k: pick(v) for k, v in self.masks.items()}, self.index,
+                   {k: (pick(lo), pick(hi)) for k, (lo, hi) in self.ranges.items()}, betas,
+                   {k: (z, pick(s), pick(c), idx) for k, (z, s, c, idx) in self.terms.items()}, None)
+        old = self.opt
+        run.start(old.lr)
+        run.opt.t = old.t
+        run.opt.m = [pick(m) for m in old.m]
+        run.opt.v = [pick(v) for v in old.v]
+        return run
+
+
+@dataclass
+class _Best:
+    """The best bound per row seen so far, and the linear bound, alphas (as Adam moves
+    them) and, with `keep_betas`, betas that gave it."""
+
+    keep_betas: bool
+    best: Optional[T] = None
+    lin: Optional[LinearBounds] = None
+    alphas: dict = field(default_factory=dict)
+    betas: dict = field(default_factory=dict)
+
+    @torch.no_grad()
+    def update(self, lb: T, lin: LinearBounds, moved: dict, betas: dict) -> None:
+        if self.best is None:
+            self.best = lb.detach().clone()
+            self.lin = LinearBounds(lin.A.detach(), lin.bias.detach(), lin.mass.detach())
+            self.alphas = {k: v.detach().clone() for k, v in moved.items()}
+            if self.keep_betas:
+                self.betas = {k: v.detach().clone() for k, v in betas.items()}
+            return
+        B, S = lb.shape
+        improved = lb > self.best
+
+        def rowwise(new: T, old: T) -> T:
+            return torch.where(improved.reshape(B, S, *([1] * (new.dim() - 2))), new.detach(), old)
+
+        self.best = torch.where(improved, lb.detach(), self.best)
+        self.lin = LinearBounds(rowwise(lin.A, self.lin.A), torch.where(improved, lin.bias.detach(), self.lin.bias),
+                                torch.where(improved, lin.mass.detach(), self.lin.mass))
+        self.alphas = {k: rowwise(v, self.alphas[k]) for k, v in moved.items()}
+        if self.keep_betas:  # for certificates: the multipliers that go with each row's best bound
+            self.betas = {k: rowwise(v, self.betas[k]) for k, v in betas.items()}
+
+    def take(self, keep: T) -> "_Best":
+        return _Best(self.keep_betas, self.best[keep], LinearBounds(self.lin.A[keep], self.lin.bias[keep],
+                                                                     self.lin.mass[keep]),
+                     {k: v[keep] for k, v in self.alphas.items()}, {k: v[keep] for k, v in self.betas.items()})
+
+    def into(self, full: "_Best", at: T) -> "_Best":
+        """`full` (the whole batch) with this run's domains written at their places `at`."""
+        def put(big: T, small: T) -> T:
+            return big.index_put((at,), small)
+
+        return _Best(full.keep_betas, put(full.best, self.best),
+                     LinearBounds(put(full.lin.A, self.lin.A), put(full.lin.bias, self.lin.bias),
+                                  put(full.lin.mass, self.lin.mass)),
+                     {k: put(full.alphas[k], v) for k, v in self.alphas.items()},
+                     {k: put(full.betas[k], v) for k, v in self.betas.items()})
+
+
+class _Pruned:
+    """The whole batch's results while alpha-CROWN optimises only the domains not proved
+    yet (`options.proved`): `act` maps those to their places in the batch (None: all of
+    them are still in), `store` holds every domain's best as it stood when it left."""
+
+    def __init__(self, B: int) -> None:
+        self.B = B
+        self.act: Optional[T] = None
+        self.store: Optional[_Best] = None
+
+    def keep(self, track: _Best, keep: T) -> None:
+        """Record `track` (the domains in the run now) and narrow `act` to `keep`."""
+        if self.act is None:
+            self.store, self.act = track, keep
+            return
+        self.store = track.into(self.store, self.act)
+        self.act = self.act[keep]
+
+    def full(self, track: _Best) -> _Best:
+        return track.into(self.store, self.act)
+
+    def scatter_capture(self, got: dict, capture: dict) -> None:
+        """The last step's coefficients (of the domains in the run) into `capture` for
+        the whole batch; the proved domains' are zero (branching ignores those)."""
+        for k, v in got.items():
+            full = v.new_zeros((self.B, *v.shape[1:]))
+            full[self.act] = v
+            capture[k] = full

@@ -9,7 +9,7 @@ They live apart from `relaxations.compute` so that the modules compute calls
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Protocol
+from typing import Callable, Mapping, Optional, Protocol
 
 import torch
 
@@ -64,6 +64,12 @@ class BoundOptions:
     # of every row of every domain is above them (the rows are proved: more steps change
     # no answer). Only without `coefficients`, which come from the last step.
     stop_above: Optional[torch.Tensor] = None
+    # Row lower bounds [B, R] -> bool [B]: the domains whose bounds already decide what the
+    # caller asks (branch and bound: every conjunction proved). alpha-CROWN drops those
+    # from its later steps once they are `alpha.PRUNE_SHARE` of the domains still in it,
+    # and stops when all are; each keeps the best bound it had reached. Set per call by
+    # a search, never in a config; the bounds of the other domains are unchanged.
+    proved: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     # CROWN's intermediate rows walk back through convolutions as per-row windows
     # (patches, relaxations/patches.py) instead of whole feature maps: the same bound up
     # to float rounding, less work on CNNs. The final rows and alpha passes stay dense.

@@ -157,6 +157,21 @@ def relu_mlp_graph(seed: int, widths=(5, 20, 20, 4)):
     return graph_from_proto(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])))
 
 
+def small_relu_cnn(seed: int = 0) -> Graph:
+    """Conv -> Relu -> Conv (stride 2) -> Relu -> Flatten -> Gemm, input [1, 1, 6, 6]."""
+    r = np.random.default_rng(seed)
+    inits = {"W0": r.normal(size=(3, 1, 3, 3)).astype(np.float32) / 2, "b0": r.normal(size=3).astype(np.float32) / 4,
+             "W1": r.normal(size=(4, 3, 3, 3)).astype(np.float32) / 4, "b1": r.normal(size=4).astype(np.float32) / 4,
+             "W2": r.normal(size=(4 * 3 * 3, 3)).astype(np.float32) / 6, "b2": r.normal(size=3).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W0", "b0"], ["c0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "W1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["f"]),
+             helper.make_node("Gemm", ["f", "W2", "b2"], ["Y"])]
+    return graph_from_proto(make_model(nodes, inits, (1, 1, 6, 6), (1, 3)))
+
+
 # ------------------------------------------------------------------------------------------------
 # Certificates: a normalised MLP written with onnx.helper, and the checker's call (tests/verifier/certificates).
 

@@ -243,6 +243,10 @@ class BabConfig(_Validated):
                              "over its split constraints and the spec rows (HiGHS, emptiness checked from the "
                              "duals; a point of it is a counterexample candidate) instead of making the answer "
                              "unknown; not with --certificate")
+    prune_proved: bool = key(True, check=Bool(),
+                             help="activation and general split: alpha/beta-CROWN's later steps leave out the "
+                                  "domains of a round it has proved (they keep the bound that proved them; the "
+                                  "others' bounds are unchanged): smaller steps for the same search")
     leaf_lp_unstable: int = key(8, check=Int(0, 4096),
                                 help="activation split: domains with at most this many unstable ReLUs left go to "
                                      "that LP too (CROWN's lines at those; the split constraints get their best "

@@ -96,7 +96,7 @@ def _relu_search(config: Config) -> ReluSearch:
                           config.bab.per_conjunction == "proof" and config.proof),
                       open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
                       learn=config.bab.learned_cuts, leaf_solve=polytope_point if config.bab.leaf_lp else None,
-                      leaf_unstable=config.bab.leaf_lp_unstable)
+                      leaf_unstable=config.bab.leaf_lp_unstable, prune_proved=config.bab.prune_proved)
 
 
 def _input_parts(config: Config, deadline: float) -> tuple[BoundOptions, SearchLimits, InputSearch]:
@@ -161,7 +161,7 @@ def activation_search(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
                         progress=lambda f: progress.update(**f), stop=beside.stop)
     if needs_general_split(model.graph, ev.constants):  # sigmoid, tanh, GELU, ...: interval splits
         how = IntervalSearch(open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start,
-                             split_products=config.bab.split_products)
+                             split_products=config.bab.split_products, prune_proved=config.bab.prune_proved)
         return general_split_bab(problem, options, limits, hooks, how)
     how = _relu_search(config)
     pool = beside.pool if not (how.per_conjunction and problem.n_conj > 1) else None

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from onnx import helper
 
 import relaxations.alpha_intermediate as joint
 from models import Graph, GraphEvaluator, graph_from_proto
 from relaxations import BoundOptions, DeadlineExceeded, Given, IntervalBounds, compute_bounds
+from tests.builders import small_relu_cnn
 from tests.helpers import relu_mlp_layers, sample_box
 from tests.op_cases import make_model
 
@@ -26,21 +26,6 @@ TOL = 1e-9
 def _mlp(seed: int, widths=(3, 16, 16, 16, 3)) -> Graph:
     nodes, inits = relu_mlp_layers(np.random.default_rng(seed), widths, 1.5, 0.3)
     return graph_from_proto(make_model(nodes, inits, (1, widths[0]), (1, widths[-1])))
-
-
-def _cnn(seed: int = 0) -> Graph:
-    """Conv -> Relu -> Conv (stride 2) -> Relu -> Flatten -> Gemm, input [1, 1, 6, 6]."""
-    r = np.random.default_rng(seed)
-    inits = {"W0": r.normal(size=(3, 1, 3, 3)).astype(np.float32) / 2, "b0": r.normal(size=3).astype(np.float32) / 4,
-             "W1": r.normal(size=(4, 3, 3, 3)).astype(np.float32) / 4, "b1": r.normal(size=4).astype(np.float32) / 4,
-             "W2": r.normal(size=(4 * 3 * 3, 3)).astype(np.float32) / 6, "b2": r.normal(size=3).astype(np.float32)}
-    nodes = [helper.make_node("Conv", ["X", "W0", "b0"], ["c0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c0"], ["r0"]),
-             helper.make_node("Conv", ["r0", "W1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                              strides=[2, 2]),
-             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["f"]),
-             helper.make_node("Gemm", ["f", "W2", "b2"], ["Y"])]
-    return graph_from_proto(make_model(nodes, inits, (1, 1, 6, 6), (1, 3)))
 
 
 def _box(graph: Graph, seed: int, radius: float, B: int = 2) -> IntervalBounds:
@@ -89,7 +74,7 @@ def test_mlp_bounds_and_intervals_are_sound_and_never_looser(seed: int) -> None:
 
 
 def test_cnn_bounds_and_intervals_are_sound_and_never_looser() -> None:
-    graph = _cnn()
+    graph = small_relu_cnn()
     box = _box(graph, 5, 0.3)
     on = compute_bounds(graph, box, options=ON)
     _assert_sound(graph, box, on)
