@@ -199,6 +199,12 @@ def optimise_alpha(ctx: BackwardContext, box: IntervalBounds, A: T, options, pre
     sides of one neuron possible). The same argument gives f(x) >= f(x) - beta*s*(z - c):
     -beta*s enters z's coefficient and beta*s*c the bound's constant, with its rounding
     mass. Their multipliers are in the result's `betas` under the same keys.
+
+    `options.proved` (branch and bound's "this domain is decided") lets the steps leave
+    out the domains it holds for once they are `PRUNE_SHARE` of those still optimised,
+    and stop once it holds for all: a step costs in proportion to its domains, and more
+    steps on a proved domain change no answer. Each left-out domain keeps its best bound,
+    alphas and betas so far; the others' steps are exactly what they would have been.
     """
     with torch.enable_grad():
         return _optimise(ctx, box, A, options, precision, BetaTerms(terms.signs or {}, terms.cuts or {}), capture,
@@ -327,7 +333,8 @@ def _optimise(ctx: BackwardContext, box: IntervalBounds, A: T, options, precisio
         lb = lin.concretize(run.box, precision)
         track.update(lb, lin, run.moved, run.betas)
         late = options.deadline is not None and time.monotonic() > options.deadline
-        if it == last or not lb.requires_grad or late or _all_above(track.best, options, capture):
+        whole = pruned is None or pruned.act is None    # `stop_above` may be per domain of the batch
+        if it == last or not lb.requires_grad or late or (whole and _all_above(track.best, options, capture)):
             break  # last step, or the bound does not depend on any alpha
         done = proved_fn(track.best) if pruned is not None else None
         if done is not None and bool(done.all()):
