@@ -246,7 +246,8 @@ class BabConfig(_Validated):
     prune_proved: bool = key(True, check=Bool(),
                              help="activation and general split: alpha/beta-CROWN's later steps leave out the "
                                   "domains of a round it has proved (they keep the bound that proved them; the "
-                                  "others' bounds are unchanged): smaller steps for the same search")
+                                  "others' bounds are unchanged): smaller steps for the same search; figures: "
+                                  "BENCHMARKS.md, \"Why each default\"")
     leaf_lp_unstable: int = key(8, check=Int(0, 4096),
                                 help="activation split: domains with at most this many unstable ReLUs left go to "
                                      "that LP too (CROWN's lines at those; the split constraints get their best "
