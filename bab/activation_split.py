@@ -26,7 +26,8 @@ from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
 from bab.leaf_lp import LeafSolver, decide_leaves
 from bab.learned import Nogoods
-from bab.problem import Problem, into_region, region_box, rows_left_open, rows_problem, rows_status, violations
+from bab.problem import (Problem, into_region, pruning_proved, region_box, rows_left_open, rows_problem, rows_status,
+                         violations)
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, RoundPool, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
@@ -187,9 +188,7 @@ class ReluBrancher:
         box = region_box(p, N)
         clipper = SplitClipper(box.lower, box.upper, self.CLIP_K, precision=options.precision) \
             if how.relaxed_clip else None
-        stop = dataclasses.replace(options, proved=lambda lower: rows_status(p, lower - p.d)[0]) \
-            if how.prune_proved else options
-        res = compute_bounds(p.graph, box, p.C, stop, want_upper=False, ev=p.ev,
+        res = compute_bounds(p.graph, box, p.C, pruning_proved(p, options, how.prune_proved), want_upper=False, ev=p.ev,
                              given=Given(splits=splits, clip=clipper, known=p.known or None, alphas=alphas,
                                          betas=betas))
         capture = res.coefficients

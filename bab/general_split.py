@@ -44,7 +44,8 @@ import torch
 
 from bab.attack import minimiser_candidates
 from bab.domains import Batch
-from bab.problem import Problem, open_rows as open_row_weights, region_box, rows_left_open, rows_problem, rows_status
+from bab.problem import (Problem, open_rows as open_row_weights, pruning_proved, region_box, rows_left_open, rows_problem,
+                         rows_status)
 from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
 from models import Graph
@@ -184,10 +185,7 @@ class IntervalBrancher:
         # Zero signs split nothing; they make compute_bounds mark domains whose clamped
         # intervals are empty (no input satisfies the splits) as infeasible: proved.
         empty_check = {z: torch.zeros(lo[z].shape, dtype=torch.int8, device=lo[z].device) for z in self.tensors}
-        # prune_proved: alpha-CROWN's later steps leave out the domains it has proved.
-        stop = dataclasses.replace(self.options, proved=lambda lower: rows_status(p, lower - p.d)[0]) \
-            if self.prune_proved else self.options
-        res = compute_bounds(p.graph, box, p.C, stop, want_upper=False, ev=p.ev,
+        res = compute_bounds(p.graph, box, p.C, pruning_proved(p, self.options, self.prune_proved), want_upper=False, ev=p.ev,
                              given=Given(splits=empty_check, known=known, cuts=_cuts(cut_lo, cut_hi), alphas=alphas,
                                          betas=betas))
         lb = res.lower.detach() - p.d

@@ -15,8 +15,9 @@ import torch
 
 from models import Graph, GraphEvaluator
 from relaxations.bounds import BallBox, IntervalBounds, rows_proved
+from relaxations.options import BoundOptions
 
-__all__ = ["Problem", "region_box", "into_region", "onto_rows", "project_l2", "rows_status", "open_rows", "rows_left_open",
+__all__ = ["Problem", "region_box", "into_region", "onto_rows", "project_l2", "rows_status", "pruning_proved", "open_rows", "rows_left_open",
            "rows_problem", "objective", "violations"]
 
 T = torch.Tensor
@@ -119,6 +120,16 @@ def rows_status(p: Problem, lb: T) -> tuple[T, T]:
     ok = torch.zeros((N, p.n_conj), dtype=torch.bool, device=lb.device)
     ok = ok.scatter_reduce(1, p.owner.expand(N, -1), row_ok, reduce="amax")
     return ok.all(1), best.amin(1)
+
+
+def pruning_proved(p: Problem, options: BoundOptions, on: bool) -> BoundOptions:
+    """`options` telling alpha-CROWN which domains of a batch over `p` are decided (every
+    conjunction proved, as `rows_status` says), so that its later steps leave them out
+    (`BoundOptions.proved`); unchanged when `on` is false. Both activation splits bound
+    their rounds with this."""
+    if not on:
+        return options
+    return dataclasses.replace(options, proved=lambda lower: rows_status(p, lower - p.d)[0])
 
 
 def open_rows(p: Problem, lb: T) -> T:

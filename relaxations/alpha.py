@@ -403,8 +403,8 @@ class _Run:
         def pick(t: Optional[T]) -> Optional[T]:
             return t if t is None or t.dim() == 0 or t.shape[0] != n else t[keep]
 
-        moved = {k: pick(v.detach()).clone() for k, v in self.moved.items()}
-        betas = {k: pick(v.detach()).clone() for k, v in self.betas.items()}
+        moved = {k: v.detach()[keep] for k, v in self.moved.items()}    # indexing copies: new leaves
+        betas = {k: v.detach()[keep] for k, v in self.betas.items()}
         table = BoundsTable({k: IntervalBounds(pick(v.lower), pick(v.upper)) for k, v in self.octx.table.items()})
         octx = dataclasses.replace(self.octx, table=table, alphas=None, extra_A=None, capture=None, prepared={})
         run = _Run(pick(self.A), IntervalBounds(pick(self.box.lower), pick(self.box.upper)), octx, moved,
