@@ -34,6 +34,9 @@ class Perturbation:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
         for name in ("lower", "upper"):
             value = getattr(self, name)
+            if not isinstance(value, (numbers.Real, str)) and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+                value = value.item()    # a 0-d tensor or array, as the old signatures took
+                object.__setattr__(self, name, value)
             if not (isinstance(value, numbers.Real) and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.lower > self.upper:

@@ -247,12 +247,21 @@ class CertifiedOptions:
             raise ValueError("attack_steps must be >= 0 and attack_step > 0")
 
 
+def _checked_options(options: object) -> CertifiedOptions:
+    """`options` if it is a `CertifiedOptions`: a clear error for a call written against the
+    old signatures, whose range would otherwise land in its place."""
+    if not isinstance(options, CertifiedOptions):
+        raise TypeError(f"options must be a CertifiedOptions (the valid range and norm are its perturbation's), "
+                        f"not {options!r}")
+    return options
+
+
 def adversarial_points(model: nn.Module, x: T, y: T, radius: float | T,
                        options: CertifiedOptions = CertifiedOptions()) -> T:
     """PGD points within `radius` (l-inf) of x and inside the valid range of
     `options.perturbation`, maximising the cross-entropy; detached. The module runs in
     eval mode for the search (no running statistics move) and gets its mode back."""
-    if options.perturbation.norm != "inf":
+    if _checked_options(options).perturbation.norm != "inf":
         raise ValueError("adversarial_points searches l-inf balls only (its steps are sign steps)")
     lower, upper = options.perturbation.lower, options.perturbation.upper
     r = _per_example(torch.as_tensor(radius, dtype=x.dtype, device=x.device), x)
@@ -324,10 +333,7 @@ def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "
     """
     if method not in TRAINING_METHODS:
         raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")
-    if not isinstance(options, CertifiedOptions):
-        raise TypeError(f"options must be a CertifiedOptions (the valid range and norm are its perturbation's), "
-                        f"not {options!r}")
-    perturbation = options.perturbation
+    perturbation = _checked_options(options).perturbation
     if perturbation.norm != "inf" and method not in BOUND_METHODS:
         raise ValueError(f"method '{method}' trains against l-inf balls only (its attack is l-inf)")
     logits, stats = forward_with_statistics(model, x)

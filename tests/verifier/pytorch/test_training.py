@@ -534,4 +534,7 @@ def test_the_perturbation_sets_the_range_and_refuses_bad_values() -> None:
         CertifiedOptions(perturbation="2")
     with pytest.raises(TypeError, match="options must be a CertifiedOptions"):
         certified_loss(net, x, y, 0.1, "ibp", 1.0, 0.0, 1.0)
+    with pytest.raises(TypeError, match="options must be a CertifiedOptions"):
+        adversarial_points(net, x, y, 0.1, 0.0)               # lower, as before
+    assert Perturbation(lower=torch.tensor(-1.0), upper=np.array(2.0)) == Perturbation(lower=-1.0, upper=2.0)
     assert verifier.Perturbation is Perturbation and verifier.CertifiedOptions is CertifiedOptions
