@@ -144,7 +144,8 @@ class RoundPool(Protocol):
     coordinator protocol; verifier/shards.py has the local-process backend). Each worker
     holds a brancher built like the loop's own, so a round there is `worker_round`
     here. A worker that is lost gives back its batch (`collect`'s lost list); an
-    exception inside a worker is raised by `collect`, never turned into a verdict."""
+    exception inside a worker is raised by `collect` (one answering an earlier search is
+    dropped with that search's other answers), never turned into a verdict."""
 
     def idle(self) -> int:
         """How many workers have no batch."""

@@ -59,8 +59,9 @@ def connect(address: Optional[str], cpus: int) -> bool:
     `address` naming another cluster is then a ValueError), to the cluster at `address`,
     or to a local cluster of `cpus` CPUs started here when `address` is None. Returns
     whether this call connected: the caller may then shut it down when done (the suite
-    runner does; a search pool leaves it up for the process's next pool, and Ray shuts it
-    down at exit). A cluster that cannot be reached raises ConnectionError."""
+    runner does; a search pool leaves it up for the process's next pool, which after
+    `nncert verify`'s `os._exit` leaves its agents behind: see `RayShardPool.close`). A
+    cluster that cannot be reached raises ConnectionError."""
     import ray
 
     if ray.is_initialized():

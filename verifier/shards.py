@@ -16,7 +16,9 @@ Soundness does not rest on the workers' agreement: every domain a worker bounds 
 child of one this process handed out, the store only ever holds what came back, and a
 verdict is reached by the same loop as in one process. A worker that dies gives its
 batch back to the store; an exception inside a worker is raised here as it would be
-raised in one process (DeadlineExceeded included, which `verify` turns into a timeout).
+raised in one process (DeadlineExceeded included, which `verify` turns into a timeout),
+except one that answers an earlier search of a kept pool, which is dropped with the rest
+of that search's answers (no verdict of that search waited for it).
 
 Messages are pickled to bytes by the standard pickler: torch's own reductions for
 multiprocessing would pass tensors through shared-memory file descriptors, which a
@@ -90,7 +92,8 @@ class SearchWorker:
       travels on the wall clock (time.time()) and is re-based on this process's
       monotonic clock when the message is read: another node's monotonic clock starts
       elsewhere, and seconds left would start counting only when a busy or booting
-      worker got to the message.
+      worker got to the message. This assumes the nodes' wall clocks agree (NTP): one
+      running ahead by more than the time left ends the search as a timeout early.
     - ("round", search, round, batch) -> ("done", search, (reply, seconds)): one round
       (`bab.search.worker_round`) and the seconds it took here, from which the
       coordinator tells bounding from communication.
