@@ -7,7 +7,9 @@ values. The engine decides one function from one input vector to one output vect
 the query's networks are put side by side in one ONNX graph: the new input ``X`` [1, N]
 is every declared input, flattened row-major and concatenated in declaration order
 (inputs the query makes equal share their entries); each network's input tensors are
-``Gather`` + ``Reshape`` of it; the new output ``Y``
+``Gather`` + ``Reshape`` of it; its nodes and tensors are renamed ``n<k>_<name>`` (k its
+place among the networks; an unnamed node is first named ``<op>_<position in its file>``,
+which `verifier.checker.product` relies on); the new output ``Y``
 [1, M] is every declared hidden tensor and output of every network, each ``Reshape``d
 to [1, -1] and concatenated in declaration order, then the products of variables a
 query's polynomial assertions use (``Mul`` nodes, bounded like any product). Gather,
@@ -101,7 +103,14 @@ def product_model(parts: Sequence[Part], echo_input: bool = False, n_inputs: Opt
     nodes, inits, offset, outputs = [], [], 0, []
     for index, part in enumerate(parts):
         prefix = f"n{index}_"
-        proto = compose.add_prefix(part.proto, prefix)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(part.proto)
+        for position, node in enumerate(proto.graph.node):
+            # Unnamed nodes get the name an importer gives them (op and place in their own
+            # file) before the prefix, which leaves empty names empty: a certificate's ReLU
+            # names then mean the same in the checker's side-by-side network.
+            node.name = node.name or f"{node.op_type}_{position}"
+        compose.add_prefix(proto, prefix, inplace=True)
         produced = {o for n in proto.graph.node for o in n.output}
         inputs, outs = value_infos(proto)
         for k, info in enumerate(inputs):

@@ -24,6 +24,7 @@ from verifier.model import Model, model_from_proto
 from verifier.verify import SpecMismatch
 from vnnlib.query import Query, Tensor, layout
 from vnnlib.spec import Spec
+from vnnlib.standard import network_pairs
 
 __all__ = ["Bound", "network_files", "bind", "assignment", "format_assignment", "serialise_assignment", "supports",
            "SOUND_ELEMENT_TYPES", "INTEGER_RESULT_TYPES"]
@@ -64,14 +65,10 @@ def network_files(query: Query, pairs: Optional[Sequence[str]], model: Optional[
     needed = [n.name for n in query.networks if n.equal_to is None]
     where = query.path or "<query>"   # every message names the query file
     if pairs:
-        files: dict[str, str] = {}
-        for pair in pairs:
-            name, sep, path = pair.partition("=")
-            if not sep or not name or not path:
-                raise SpecMismatch(f"{where}: --network {pair}: expected NAME=PATH")
-            if name in files:
-                raise SpecMismatch(f"{where}: --network {name} is given twice")
-            files[name] = path
+        try:
+            files = network_pairs(list(pairs))
+        except ValueError as exc:
+            raise SpecMismatch(f"{where}: {exc}") from None
         extra = [n for n in files if n not in needed]
         if extra:
             copies = [n.name for n in query.networks if n.equal_to is not None]

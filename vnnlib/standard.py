@@ -23,7 +23,7 @@ from types import ModuleType
 from vnnlib.errors import VnnlibError
 
 __all__ = ["STANDARD_VERSION", "VENDOR_ENV", "vendor_dir", "standard_parser", "file_version",
-           "text_version", "parse_standard"]
+           "text_version", "parse_standard", "network_pairs"]
 
 STANDARD_VERSION = "1.0.2"  # the release VNN-COMP 2026's scorer validates counterexamples with
 VENDOR_ENV = "NNCERT_VNNLIB_STD"  # a folder that holds the package, to override the default
@@ -121,3 +121,17 @@ def parse_standard(text: str, path: str | None = None) -> object:
         return std.parse_query_string(text)
     except std.VNNLibException as exc:
         raise _error(exc, path or "<string>") from None
+
+
+def network_pairs(pairs: list[str]) -> dict[str, str]:
+    """The standard command line's ``--network NAME=PATH`` values as name -> path; a
+    ``ValueError`` (its text a sentence for the user) for a malformed or repeated one."""
+    files: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--network {pair}: expected NAME=PATH")
+        if name in files:
+            raise ValueError(f"--network {name} is given twice")
+        files[name] = path
+    return files

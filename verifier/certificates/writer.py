@@ -18,8 +18,9 @@ import hashlib
 import json
 import time
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from verifier.model import Model
 from verifier.result import Result
 from vnnlib import Spec
 
-__all__ = ["build_certificate", "write_certificate", "REFINE_ROUNDS", "CertificateTimeout", "check_time"]
+__all__ = ["SideBySide", "build_certificate", "write_certificate", "REFINE_ROUNDS", "CertificateTimeout", "check_time"]
 
 REFINE_ROUNDS = 8
 _CHUNK = LEAF_CHUNK  # the checker's chunks (see `_evaluate`)
@@ -290,19 +291,44 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
     raise ValueError(f"unknown proof kind {entry['kind']!r}")
 
 
+@dataclass(frozen=True)
+class SideBySide:
+    """A VNN-LIB 2.0 query whose networks the engine bounds side by side (`models.product`),
+    and the file of each network that needs one: its certificate names each file by hash,
+    and the checker builds its own side-by-side network from them (`checker.product`)."""
+
+    query: Any                      # vnnlib.query.Query
+    files: Mapping[str, str]
+
+
+def _checkable(model: Model, side: Optional[SideBySide]) -> None:
+    """Raise `Unsupported` (naming what) when the checker cannot read the model's network."""
+    if side is None:
+        read_network(model.onnx_bytes)
+        return
+    from verifier.checker.product import product_network
+    from verifier.checker.verdict import model_bytes
+
+    product_network(side.query, {name: read_network(model_bytes(Path(path).read_bytes(), path))
+                                 for name, path in side.files.items()})
+
+
 def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: Result,
-                      ball: Optional[tuple] = None) -> Optional[dict]:
+                      ball: Optional[tuple] = None, side: Optional[SideBySide] = None) -> Optional[dict]:
     """The certificate as JSON data, or None for a verdict that has none (unknown, timeout, error).
     `ball` (centre, radius): the claim is over the spec's region cut by that l2 ball, and the
-    certificate names it (`verify_module` over l2 balls)."""
-    cert: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION,
+    certificate names it (`verify_module` over l2 balls). `side`: the query's networks are
+    bounded side by side; the certificate names each network's file instead of one model."""
+    cert: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+    if side is None:
         # the file as the user gave it (an .onnx.gz is hashed compressed, as `nncert check` reads it)
-        "model_sha256": hashlib.sha256(Path(model.path).read_bytes() if Path(model.path).is_file()
-                                       else model.onnx_bytes).hexdigest(),
-        "spec_sha256": hashlib.sha256(Path(spec_path).read_bytes()).hexdigest(),
-        "verdict": result.verdict,
-    }
+        cert["model_sha256"] = hashlib.sha256(Path(model.path).read_bytes() if Path(model.path).is_file()
+                                              else model.onnx_bytes).hexdigest()
+    else:
+        cert["networks"] = {name: hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                            for name, path in side.files.items()}
+    cert["spec_sha256"] = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
+    cert["verdict"] = result.verdict
     if ball is not None:
         cert["l2_ball"] = {"centre": encode_array(np.asarray(ball[0], np.float64).reshape(-1)),
                            "radius": float(ball[1])}
@@ -314,7 +340,7 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
     if result.verdict != "unsat":
         return None
     try:
-        read_network(model.onnx_bytes)
+        _checkable(model, side)
     except Unsupported as exc:
         cert["certificate"] = str(exc)
         return cert
@@ -340,7 +366,8 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
 
 
 def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spec: Spec, result: Result,
-                      deadline: Optional[float] = None, ball: Optional[tuple] = None) -> str:
+                      deadline: Optional[float] = None, ball: Optional[tuple] = None,
+                      side: Optional[SideBySide] = None) -> str:
     """Write the certificate by `deadline` (time.monotonic()); returns what happened, for the report.
 
     'written', 'unsupported (<op>)' (the file then says so instead of a proof), 'none for
@@ -352,7 +379,7 @@ def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spe
 
     token = _DEADLINE.set(float("inf") if deadline is None else deadline)
     try:
-        cert = build_certificate(model, spec_path, spec, result, ball)
+        cert = build_certificate(model, spec_path, spec, result, ball, side)
     except CertificateTimeout:
         return "not written: the time limit was reached while re-deriving the proof"
     finally:

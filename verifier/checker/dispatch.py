@@ -2,7 +2,8 @@
 
 A certificate says what it is: verdict certificates carry ``"format":
 "nncert-certificate"`` (from ``nncert verify --certificate``) and are checked against
-the model and the VNN-LIB property by `verdict.check_files`; Lipschitz certificates
+the model and the VNN-LIB property by `verdict.check_files` (a VNN-LIB 2.0 query over
+several networks: against each network's file, `product.check_product_files`); Lipschitz certificates
 carry a ``"kind"`` (``lipschitz-sdp``, ``lipschitz-naive``, ``lipschitz-local``) and
 are checked against the model's weights alone, which this package's own ONNX reader
 lowers to a ReLU MLP. Anything else (``lipschitz-naive-graph`` included: no independent
@@ -14,7 +15,7 @@ the rest of the checker, this imports numpy and the checker's modules only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Union
 
 from verifier.checker.lipschitz import check_lipschitz_certificate
 from verifier.checker.lipschitz_local import check_local_lipschitz_certificate, mlp_from_onnx
@@ -22,7 +23,10 @@ from verifier.checker.onnx_net import Unsupported
 from verifier.checker.verdict import (CheckInputError, CheckResult, check_files, io_sizes, load_certificate,
                                       read_file)
 
-__all__ = ["LIPSCHITZ_KINDS", "check", "check_loaded", "kind_of", "load_certificate"]
+__all__ = ["LIPSCHITZ_KINDS", "Models", "check", "check_loaded", "kind_of", "load_certificate"]
+
+# One model file, or the files of a VNN-LIB 2.0 query's networks by name (`--network NAME=PATH`).
+Models = Union[str, Path, Mapping[str, Union[str, Path]]]
 
 LIPSCHITZ_KINDS = ("lipschitz-sdp", "lipschitz-naive", "lipschitz-local")
 
@@ -67,22 +71,43 @@ def _check_lipschitz(cert: dict, kind: str, model_path: str | Path) -> CheckResu
     return CheckResult(ok, "" if ok else why, info)
 
 
-def check(certificate: str | Path, model: str | Path, spec: Optional[str | Path] = None) -> CheckResult:
+def check(certificate: str | Path, model: Models, spec: Optional[str | Path] = None) -> CheckResult:
     """Check a certificate file against the ONNX model (and, for a verdict certificate, the
     VNN-LIB property it is about): `CheckResult.accepted`, the first reason for a
     rejection, and figures in `info` (for a Lipschitz certificate: kind, L, norms).
-    Files that cannot be read, a missing spec or an unknown kind raise `CheckInputError`.
+    `model` may be a mapping from network name to file, for a VNN-LIB 2.0 query over
+    several networks. Files that cannot be read, a missing spec or an unknown kind raise
+    `CheckInputError`.
 
         >>> import verifier
         >>> verifier.check("out/cert.json", "model.onnx", "prop.vnnlib").accepted
+        >>> verifier.check("out/cert.json", {"f": "f.onnx", "g": "g.onnx"}, "query.vnnlib").accepted
     """
     cert = load_certificate(certificate)
     return check_loaded(cert, kind_of(cert, certificate), certificate, model, spec)
 
 
-def check_loaded(cert: Any, kind: str, certificate: str | Path, model: str | Path,
+def check_loaded(cert: Any, kind: str, certificate: str | Path, model: Models,
                  spec: Optional[str | Path] = None) -> CheckResult:
-    """`check` for a certificate already loaded and classified (`load_certificate`, `kind_of`)."""
+    """`check` for a certificate already loaded and classified (`load_certificate`, `kind_of`).
+
+    A certificate that names its networks (``"networks"``) is checked against the files
+    by name; one that names one model file takes the only file of a one-entry mapping."""
+    if isinstance(model, Mapping):
+        if kind == "verdict" and isinstance(cert, dict) and "networks" in cert:
+            if spec is None:
+                raise CheckInputError(f"{certificate}: a verdict certificate is checked against its VNN-LIB "
+                                      "property: give the spec")
+            from verifier.checker.product import check_product_files
+
+            return check_product_files(certificate, model, spec, cert)
+        if len(model) != 1:
+            raise CheckInputError(f"{certificate}: the certificate is about one model file, not the "
+                                  f"{len(model)} networks given")
+        model = next(iter(model.values()))
+    elif kind == "verdict" and isinstance(cert, dict) and "networks" in cert:
+        raise CheckInputError(f"{certificate}: the certificate is about a VNN-LIB 2.0 query's networks "
+                              f"({', '.join(map(str, cert['networks']))}): give each as --network NAME=PATH")
     if kind == "verdict":
         if spec is None:
             raise CheckInputError(f"{certificate}: a verdict certificate is checked against its VNN-LIB "

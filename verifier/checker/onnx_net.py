@@ -90,6 +90,9 @@ class Network:
     input_dtype: int
     layers: tuple[Layer, ...]
     sizes: dict = field(default_factory=dict)
+    # ONNX tensor name -> the tensor that holds its values (Flatten, Reshape, Identity and
+    # Dropout outputs are not layers): a hidden node of a VNN-LIB 2.0 query may name one.
+    aliases: dict = field(default_factory=dict)
 
     @property
     def n_in(self) -> int:
@@ -302,4 +305,4 @@ def read_network(data: bytes) -> Network:
     if output not in sizes or output == inputs[0].name:
         raise Unsupported("an output that is not computed from the input")
     dtype = inputs[0].type.tensor_type.elem_type
-    return Network(inputs[0].name, output, shapes[inputs[0].name], dtype, tuple(layers), sizes)
+    return Network(inputs[0].name, output, shapes[inputs[0].name], dtype, tuple(layers), sizes, dict(alias))

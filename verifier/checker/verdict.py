@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -32,7 +32,8 @@ from verifier.checker.splits import dense_alphas, leaf_bounds, read_alphas, read
 from verifier.checker.tiling import tiling_error
 
 __all__ = ["FORMAT", "VERSION", "LEAF_CHUNK", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
-           "check_files", "decode_array", "encode_array", "io_sizes", "load_certificate", "read_file", "spec_rows"]
+           "check_files", "check_verdict", "decode_array", "encode_array", "io_sizes", "load_certificate", "model_bytes",
+           "read_file", "run_onnx", "spec_rows", "spec_text"]
 
 FORMAT = "nncert-certificate"
 VERSION = 1
@@ -151,15 +152,36 @@ def _in_region(x: np.ndarray, region) -> bool:
         region.A is None or all(_exact_le(a, real, b, False) for a, b in zip(region.A, region.b)))
 
 
-def _check_sat(cert: dict, spec, data: bytes, query=None) -> dict:
+def run_onnx(data: bytes, x32: np.ndarray, extra_outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
+    """onnxruntime's values of the model's output, then of `extra_outputs` (tensors inside
+    the graph, made outputs of a copy), at the float32 input `x32` (fed as the model's
+    input type), each flat float64."""
+    import onnxruntime
+
+    shape, _, _, elem = io_sizes(data)
+    if extra_outputs:
+        import onnx
+
+        proto = onnx.load_from_string(data)
+        proto.graph.output.extend([onnx.ValueInfoProto(name=t) for t in extra_outputs])
+        data = proto.SerializeToString()
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 3
+    sess = onnxruntime.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    feed = x32.astype(np.float64 if elem == 11 else np.float32).reshape(shape)
+    return [np.asarray(v, dtype=np.float64).reshape(-1) for v in sess.run(None, {sess.get_inputs()[0].name: feed})]
+
+
+def _check_sat(cert: dict, spec, n_in: int, replay: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+               query=None) -> dict:
     """A counterexample in some disjunct's region whose onnxruntime outputs meet one of its
     conjunctions; for a VNN-LIB 2.0 `query` also the query as written (its strict input
-    bounds, which the Spec's box closes, and its constants before rounding)."""
+    bounds, which the Spec's box closes, and its constants before rounding). `replay`
+    maps the float32 input to the spec's output vector and the query's assignment."""
     cex = cert.get("counterexample")
     if not isinstance(cex, dict) or "x" not in cex:
         raise _Reject("a sat certificate needs counterexample.x")
     x = decode_array(cex["x"], "counterexample.x").reshape(-1)
-    shape, n_in, _, elem = io_sizes(data)
     if x.size != n_in or not np.isfinite(x).all():
         raise _Reject(f"counterexample.x must be {n_in} finite numbers")
     x32 = x.astype(np.float32)
@@ -168,25 +190,19 @@ def _check_sat(cert: dict, spec, data: bytes, query=None) -> dict:
     hits = [d for d in spec.disjuncts if _in_region(x, d.region)]
     if not hits:
         raise _Reject("the counterexample is outside every input region of the spec")
-    import onnxruntime
-
-    opts = onnxruntime.SessionOptions()
-    opts.log_severity_level = 3
-    sess = onnxruntime.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    feed = x32.astype(np.float64 if elem == 11 else np.float32).reshape(shape)
-    y = np.asarray(sess.run(None, {sess.get_inputs()[0].name: feed})[0], dtype=np.float64).reshape(-1)
+    y, z = replay(x32)
     if not np.isfinite(y).all():
         raise _Reject("onnxruntime gives a non-finite output at the counterexample")
-    if query is not None and not query.satisfied_by(np.concatenate([x, y])):
+    held = any(all(_exact_le(r, y, b, s) for r, b, s in zip(conj.C, conj.d, conj.strict))
+               for d in hits for conj in d.outputs)
+    if not held:
+        raise _Reject("the spec's output constraints do not hold on onnxruntime's outputs at the counterexample")
+    if query is not None and not query.satisfied_by(z):
         raise _Reject("the counterexample does not satisfy the VNN-LIB 2.0 query as written (a strict bound or a "
                       "constant that the spec's rows round)")
-    for d in hits:
-        for conj in d.outputs:
-            if all(_exact_le(r, y, b, s) for r, b, s in zip(conj.C, conj.d, conj.strict)):
-                claimed = cex.get("y")
-                same = claimed is not None and np.array_equal(decode_array(claimed, "counterexample.y").reshape(-1), y)
-                return {"outputs_match_claim": bool(same)}
-    raise _Reject("the spec's output constraints do not hold on onnxruntime's outputs at the counterexample")
+    claimed = cex.get("y")
+    same = claimed is not None and np.array_equal(decode_array(claimed, "counterexample.y").reshape(-1), y)
+    return {"outputs_match_claim": bool(same)}
 
 
 def _alphas(entry: dict, net: Network, S: int) -> Optional[dict[str, np.ndarray]]:
@@ -438,6 +454,21 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         spec = vnnlib.parse_text(spec_text, spec_path, n_in, n_out)
     except vnnlib.VnnlibError as exc:
         raise CheckInputError(str(exc)) from None
+
+    def replay(x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = run_onnx(model_data, x32)[0]
+        return y, np.concatenate([x32.astype(np.float64), y])
+
+    return check_verdict(cert, spec, n_in, lambda: read_network(model_data), replay,
+                         _written_query(spec_text, spec_path))
+
+
+def check_verdict(cert: Any, spec, n_in: int, network: Callable[[], Network],
+                  replay: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], query=None) -> CheckResult:
+    """Accept or reject `cert` for `spec` over an input of `n_in` elements: an unsat's
+    proofs against `network()` (read only then; `Unsupported` is a rejection), a sat's
+    counterexample by `replay` (float32 input -> the spec's outputs and the query's
+    assignment) and, for a VNN-LIB 2.0 `query`, the query as written."""
     try:
         if not isinstance(cert, dict) or cert.get("format") != FORMAT:
             raise _Reject(f"not an {FORMAT} file")
@@ -449,7 +480,7 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         ball = _read_ball(cert, n_in)
         extra = {} if ball is None else {"l2_ball": {"radius": ball[1]}}
         if verdict == "sat":
-            info = _check_sat(cert, spec, model_data, _written_query(spec_text, spec_path))
+            info = _check_sat(cert, spec, n_in, replay, query)
             x32 = decode_array(cert["counterexample"]["x"], "counterexample.x").astype(np.float32)
             if ball is not None and not _in_ball(x32.astype(np.float64), ball):
                 raise _Reject("the counterexample lies outside the l2 ball")
@@ -457,7 +488,7 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         if verdict != "unsat":
             raise _Reject(f"no certificate can support the verdict {verdict!r}")
         try:
-            net = read_network(model_data)
+            net = network()
         except Unsupported as exc:
             raise _Reject(str(exc)) from None
         entries = cert.get("disjuncts")
@@ -492,14 +523,24 @@ def check_files(cert_path: str | Path, model_path: str | Path, spec_path: str | 
             return CheckResult(False, "the model file's sha256 differs from the certificate's")
         if cert.get("spec_sha256") != hashlib.sha256(spec_data).hexdigest():
             return CheckResult(False, "the spec file's sha256 differs from the certificate's")
+    return check_certificate(cert, model_bytes(model_data, model_path), spec_text(spec_data, spec_path),
+                             str(spec_path))
+
+
+def spec_text(spec_data: bytes, spec_path: str | Path) -> str:
+    """The spec file's text (an .vnnlib.gz decompressed), as the vnnlib loader reads files."""
     try:
-        text = (gzip.decompress(spec_data) if spec_data[:2] == b"\x1f\x8b" else spec_data).decode(
-            "utf-8", errors="replace")  # as the vnnlib loader reads files
+        return (gzip.decompress(spec_data) if spec_data[:2] == b"\x1f\x8b" else spec_data).decode(
+            "utf-8", errors="replace")
     except (OSError, EOFError, zlib.error) as exc:
         raise CheckInputError(f"{spec_path}: cannot read the spec ({exc})") from None
-    if model_data[:2] == b"\x1f\x8b":  # an .onnx.gz: hashed as given, checked decompressed
-        try:
-            model_data = gzip.decompress(model_data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CheckInputError(f"{model_path}: cannot read the model ({exc})") from None
-    return check_certificate(cert, model_data, text, str(spec_path))
+
+
+def model_bytes(model_data: bytes, model_path: str | Path) -> bytes:
+    """The ONNX bytes of a model file (an .onnx.gz is hashed as given, checked decompressed)."""
+    if model_data[:2] != b"\x1f\x8b":
+        return model_data
+    try:
+        return gzip.decompress(model_data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CheckInputError(f"{model_path}: cannot read the model ({exc})") from None

@@ -60,6 +60,8 @@ class _Run:
         # Set once a verdict exists: the watchdog then writes that verdict, not "timeout"
         # (a proof that ends too late to be certified still gets its verdict on time).
         self.final: Optional[tuple] = None   # (verdict, x, y, report fields)
+        # A VNN-LIB 2.0 query's network files by name when its networks are bounded side by side.
+        self.network_files: Optional[dict[str, str]] = None
         self.standard = False  # the VNN-LIB standard's command line: its verdict names
 
     def verdict_name(self, verdict: str) -> str:
@@ -155,12 +157,11 @@ def _load_problem(args: argparse.Namespace, run: _Run) -> tuple:
         query = load_query(query_path)
         run.timings["parse"] = time.monotonic() - t
         t = time.monotonic()
-        bound = bind(query, network_files(query, getattr(args, "network", None), args.model if args.spec else None))
+        files = network_files(query, getattr(args, "network", None), args.model if args.spec else None)
+        bound = bind(query, files)
         run.timings["load"] = time.monotonic() - t
-        if getattr(args, "certificate", None) and bound.model_file is None:
-            raise SpecMismatch(f"{query_path}: certificates of VNN-LIB 2.0 queries are written for one network "
-                               "with one input and one output, no hidden node, product or merged inputs; this "
-                               "query's networks are bounded side by side: run without --certificate")
+        if bound.model_file is None:   # a side-by-side model: a certificate names each network's file
+            run.network_files = files
         if getattr(args, "certificate", None) and bound.unbounded:
             raise SpecMismatch(f"{query_path}: input {bound.unbounded[0]} has no lower or upper bound, and a "
                                "certificate is checked over the query's input box (`nncert check` reads it as "
@@ -248,8 +249,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         run.progress.phase("certificate")
         t = time.monotonic()
         spec_path = args.spec if args.spec is not None else args.model   # the standard's form: the query
+        side = None
+        if run.network_files is not None:
+            from verifier.certificates.writer import SideBySide
+
+            side = SideBySide(query, run.network_files)
         extra["certificate"] = write_certificate(args.certificate, model, spec_path, spec, result,
-                                                 deadline=deadline - FINISH_MARGIN_S)
+                                                 deadline=deadline - FINISH_MARGIN_S, side=side)
         result.timings["certificate"] = time.monotonic() - t
     if not run.claim():
         time.sleep(10)  # the watchdog owns the outputs and is ending the process

@@ -1,5 +1,10 @@
 """`nncert check CERT --model M.onnx [--spec S.vnnlib]`: run the independent checker that fits CERT.
 
+A certificate of a VNN-LIB 2.0 query over several networks is checked against each
+network's file, given as the standard's command line gives them: ``nncert check CERT
+--network f=f.onnx --network g=g.onnx --spec QUERY.vnnlib`` (``equal-to`` copies need
+none).
+
 The certificate's own fields say what it is, and `verifier.checker.dispatch` (also
 behind `verifier.check`) dispatches on them:
 
@@ -73,6 +78,18 @@ def cmd_check(args: argparse.Namespace) -> int:
                           "nothing was accepted")
         return REJECTED
 
+    if bool(args.model) == bool(args.network):
+        return bad("give the model as --model M.onnx, or a VNN-LIB 2.0 query's networks as --network NAME=PATH "
+                   "(one of the two)")
+    model: Any = args.model
+    if args.network:
+        from vnnlib.standard import network_pairs
+
+        try:
+            model = network_pairs(args.network)
+        except ValueError as exc:
+            return bad(str(exc))
+    fields["model"] = args.model or " ".join(args.network)
     limited = args.timeout is not None and args.timeout != float("inf")
     guard = Guard(start + args.timeout, on_timeout) if limited else None
     try:
@@ -82,7 +99,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if kind == "verdict" and not args.spec:
             raise CheckInputError(f"{args.certificate}: a verdict certificate is checked against its VNN-LIB "
                                   "property: give --spec S.vnnlib")
-        result = check_loaded(cert, kind, args.certificate, args.model, args.spec)
+        result = check_loaded(cert, kind, args.certificate, model, args.spec)
     except CheckInputError as exc:
         if guard is not None:
             guard.cancel()
@@ -113,7 +130,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `check` subcommand to the CLI's subparsers."""
     p = subparsers.add_parser("check", help="check a certificate (verdict or Lipschitz) independently of the verifier")
     p.add_argument("certificate", help="certificate JSON written by `nncert verify/lipschitz --certificate`")
-    p.add_argument("--model", required=True, help="the ONNX model the certificate is about")
+    p.add_argument("--model", default=None, help="the ONNX model the certificate is about")
+    p.add_argument("--network", action="append", default=None, metavar="NAME=PATH",
+                   help="a VNN-LIB 2.0 query's network and its ONNX file (repeat for each; instead of --model)")
     p.add_argument("--spec", default=None, help="the VNN-LIB property (verdict certificates only)")
     p.add_argument("--timeout", type=float, default=None, help="seconds for the whole check (default and inf: no "
                                                               "limit); past it: 'timeout', exit 3")

@@ -1,0 +1,202 @@
+"""The checker's own side-by-side network of a VNN-LIB 2.0 query over several networks.
+
+Trusted code, like `onnx_net`: it shares nothing with `models.product` (the engine's
+side-by-side ONNX model), and builds the same function from the networks the checker
+read itself, so that a certificate of a query over several networks is checked against
+the files and the query, never against a model the verifier made.
+
+The query's layout (`vnnlib.lowering.layout`, the front end the checker already reads
+every spec with) says where each declared element lives: inputs in the product's input
+vector ``X`` (inputs the query makes equal share one entry), hidden tensors and outputs
+in its output vector ``Y``, and a copy of ``X`` at the end of ``Y`` when a row mixes
+inputs with outputs. Each network's input is a selection from ``X`` (an ``affine`` layer
+with a 0/1 matrix), its layers follow under the prefix ``n<k>_`` (k its place among
+the query's networks; the engine's product names its nodes and tensors the same way, so
+a certificate's ReLU names mean the same here), and ``Y`` is the ``sum`` of each piece
+placed by a 0/1 matrix. Selections and placements move values without arithmetic: the
+rounding mass `bounds64` charges them is sound and all but zero.
+
+What the checker's reader does not take is `Unsupported`, named: products of variables
+(POLY assertions), a network with several inputs or outputs, a hidden node the checker's
+network does not compute.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from verifier.checker.onnx_net import MAX_MATRIX_ELEMENTS, Layer, Network, Unsupported, read_network
+from verifier.checker.verdict import (CheckInputError, CheckResult, check_verdict, io_sizes, load_certificate,
+                                      model_bytes, read_file, run_onnx, spec_text)
+
+__all__ = ["product_network", "network_of", "input_positions", "check_product_files", "needed_networks"]
+
+
+def network_of(query, name: str) -> str:
+    """The network whose file an ``equal-to`` copy `name` reads (following chains)."""
+    nets = {n.name: n for n in query.networks}
+    while nets[name].equal_to is not None:
+        name = nets[name].equal_to
+    return name
+
+
+def _placement(rows: int, where: np.ndarray) -> np.ndarray:
+    """[rows, len(where)] 0/1: column i goes to row where[i]."""
+    if rows * len(where) > MAX_MATRIX_ELEMENTS:
+        raise Unsupported(f"a side-by-side selection too large for a dense matrix: {rows} x {len(where)}")
+    P = np.zeros((rows, len(where)))
+    P[np.asarray(where, dtype=np.int64), np.arange(len(where))] = 1.0
+    return P
+
+
+def input_positions(query, tensor) -> np.ndarray:
+    """Entries of the product's input that hold the declared input `tensor`, row-major."""
+    from vnnlib.lowering import layout
+
+    return layout(query).x_of[tensor.offset:tensor.offset + tensor.size]
+
+
+def product_network(query, networks: dict[str, Network]) -> Network:
+    """The side-by-side network of `query` over `networks` (by the name of each network
+    that has a file; ``equal-to`` copies take their network's)."""
+    from vnnlib.lowering import layout
+
+    if query.products:
+        raise Unsupported("products of variables (a POLY assertion)")
+    where = layout(query)
+    n_x, n_y = int(where.n_x), int(where.n_y)
+    layers: list[Layer] = []
+    sizes: dict[str, int] = {"X": n_x}
+    pieces: list[tuple[str, np.ndarray]] = []
+    for k, declared in enumerate(query.networks):
+        net = networks[network_of(query, declared.name)]
+        if len(declared.inputs) != 1 or len(declared.outputs) != 1:
+            raise Unsupported(f"network '{declared.name}' with several inputs or outputs")
+        prefix = f"n{k}_"
+        tensor = declared.inputs[0]
+        if tensor.size != net.n_in:
+            raise Unsupported(f"network '{declared.name}': input of {net.n_in} elements, declared {tensor.size}")
+        # The network's input, selected from X: W [n_in, n_x] with a 1 at each element's entry.
+        W = _placement(n_x, input_positions(query, tensor)).T.copy()
+        layers.append(Layer("affine", prefix + net.input, ("X",), prefix + "input", W=W, b=np.zeros(net.n_in)))
+        for layer in net.layers:
+            layers.append(replace(layer, out=prefix + layer.out, inputs=tuple(prefix + x for x in layer.inputs),
+                                  name=prefix + layer.name))
+        sizes.update({prefix + t: n for t, n in net.sizes.items()})
+        for t in (*declared.hidden, *declared.outputs):
+            source = net.output if t.kind == "output" else net.aliases.get(t.onnx_name, t.onnx_name)
+            if source not in net.sizes or source == net.input:
+                raise Unsupported(f"hidden node '{t.onnx_name}' of network '{declared.name}' (not computed from "
+                                  "its input by the layers the checker reads)")
+            if net.sizes[source] != t.size:
+                raise Unsupported(f"{t.name}: {net.sizes[source]} elements in the network, declared {t.size}")
+            pieces.append((prefix + source, where.y_of[t.offset:t.offset + t.size]))
+    if where.echo:
+        pieces.append(("X", np.arange(n_y - n_x, n_y)))
+    parts = []
+    for j, (source, at) in enumerate(pieces):
+        out = f"Y{j}"
+        layers.append(Layer("affine", out, (source,), f"place{j}", W=_placement(n_y, at), b=np.zeros(n_y)))
+        sizes[out] = n_y
+        parts.append(out)
+    output = parts[0]
+    if len(parts) > 1:
+        output = "Y"
+        layers.append(Layer("sum", output, tuple(parts), "Y", coefs=(1.0,) * len(parts)))
+        sizes[output] = n_y
+    return Network("X", output, (1, n_x), 1, tuple(layers), sizes)
+
+
+def needed_networks(query) -> list[str]:
+    """The declared networks that need a file (every one but the ``equal-to`` copies)."""
+    return [n.name for n in query.networks if n.equal_to is None]
+
+
+def _replay(query, data: Mapping[str, bytes]):
+    """float32 input vector -> (the product's output vector, the query's assignment z),
+    each network run by onnxruntime on its own file, hidden tensors read from inside it."""
+    from vnnlib.lowering import layout
+
+    where = layout(query)
+    n_x, n_y = int(where.n_x), int(where.n_y)
+
+    def replay(x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = x32.astype(np.float64)
+        y, z = np.zeros(n_y), np.zeros(query.size)
+        for declared in query.networks:
+            model = data[network_of(query, declared.name)]
+            tensor = declared.inputs[0]
+            inside = [t.onnx_name for t in declared.hidden]
+            values = run_onnx(model, x32[input_positions(query, tensor)], tuple(inside))
+            outs = dict(zip([t.onnx_name for t in declared.hidden], values[1:]))
+            z[tensor.offset:tensor.offset + tensor.size] = x[input_positions(query, tensor)]
+            for t in (*declared.hidden, *declared.outputs):
+                v = values[0] if t.kind == "output" else outs[t.onnx_name]
+                if v.size != t.size:
+                    raise CheckInputError(f"{t.name}: the network gives {v.size} values, the query declares {t.size}")
+                y[where.y_of[t.offset:t.offset + t.size]] = v
+                z[t.offset:t.offset + t.size] = v
+        for k, factors in enumerate(query.products):   # POLY: each product of variables, after the tensors
+            y[where.y_of[query.size + k]] = float(np.prod(z[list(factors)]))
+        if where.echo:
+            y[n_y - n_x:] = x
+        return y, z
+
+    return replay
+
+
+def check_product_files(cert_path: str | Path, network_paths: Mapping[str, str | Path], spec_path: str | Path,
+                        cert: Any = None) -> CheckResult:
+    """Check a certificate of a VNN-LIB 2.0 query over several networks (or one with
+    what a single model's input and output cannot carry): each file's hash against the
+    certificate's ``networks``, the query's own, then `check_verdict` on the checker's
+    side-by-side network (`product_network`)."""
+    from vnnlib import VnnlibError
+    from vnnlib.query import parse_query
+
+    if cert is None:
+        cert = load_certificate(cert_path)
+    spec_data = read_file(spec_path, "spec")
+    text = spec_text(spec_data, spec_path)
+    try:
+        query = parse_query(text, str(spec_path))
+        spec = query.to_spec()
+    except VnnlibError as exc:
+        raise CheckInputError(str(exc)) from None
+    needed = needed_networks(query)
+    extra = [n for n in network_paths if n not in needed]
+    missing = [n for n in needed if n not in network_paths]
+    if extra or missing:
+        raise CheckInputError(f"{spec_path}: the query's networks that need a file are {', '.join(needed)}; "
+                              f"{'no file for ' + missing[0] if missing else 'no network ' + extra[0]} "
+                              "(give each as --network NAME=PATH)")
+    raw = {name: read_file(network_paths[name], f"network {name}") for name in needed}
+    if isinstance(cert, dict):
+        hashes = cert.get("networks")
+        if not isinstance(hashes, dict) or sorted(hashes) != sorted(needed):
+            return CheckResult(False, "the certificate names no sha256 for each of the query's networks "
+                                      f"({', '.join(needed)})")
+        for name in needed:
+            if hashes[name] != hashlib.sha256(raw[name]).hexdigest():
+                return CheckResult(False, f"network {name}'s file has another sha256 than the certificate's")
+        if cert.get("spec_sha256") != hashlib.sha256(spec_data).hexdigest():
+            return CheckResult(False, "the spec file's sha256 differs from the certificate's")
+    if any(len(n.inputs) != 1 or len(n.outputs) != 1 for n in query.networks):
+        return CheckResult(False, "unsupported (a network with several inputs or outputs)")
+    data = {name: model_bytes(raw[name], network_paths[name]) for name in needed}
+    for name in needed:
+        try:
+            io_sizes(data[name])
+        except CheckInputError as exc:
+            raise CheckInputError(f"{network_paths[name]}: {exc}") from None
+
+    def network() -> Network:
+        return product_network(query, {name: read_network(data[name]) for name in needed})
+
+    from vnnlib.lowering import layout
+
+    return check_verdict(cert, spec, int(layout(query).n_x), network, _replay(query, data), query)
