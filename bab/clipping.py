@@ -50,6 +50,7 @@ __all__ = [
     "min_under_constraint",
     "min_under_constraints",
     "min_under_all_constraints",
+    "min_under_region",
     "hull_under_constraints",
     "constraint_from_lower_bound",
     "row_constraints",
@@ -369,6 +370,18 @@ def min_under_all_constraints(objective: LinearBounds, box: IntervalBounds, a: T
             best = torch.maximum(best, g)
         parts.append(best)
     return torch.cat(parts) if parts else b.new_zeros(0, M)
+
+
+def min_under_region(objective: LinearBounds, box: IntervalBounds, a: T, c: T,
+                     precision: Optional[Precision] = None) -> T:
+    """`min_under_all_constraints` for constraints every row may use (a region's rows), and
+    +inf on a box where some constraint has no point at all (beyond its rounding margin):
+    no counterexample lies there, so every claim about it holds. a [N, K, n], c [N, K]."""
+    p = _precision(objective.A.dtype, precision)
+    a, c, _ = _sanitise(a, c)
+    out = min_under_all_constraints(objective, box, a, c, precision=p)
+    empty = _infeasible(a, c, box.lower.unsqueeze(1), box.upper.unsqueeze(1), p).any(1)
+    return torch.where(empty.unsqueeze(1), torch.full_like(out, torch.inf), out)
 
 
 def hull_under_constraints(lo: T, hi: T, a: T, c: T, sweeps: int = 2, precision: Optional[Precision] = None

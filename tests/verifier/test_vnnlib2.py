@@ -336,10 +336,10 @@ def test_certificates_of_a_one_network_query_are_checked_like_a_spec(tmp_path, n
         assert check(cert, net, query).accepted
         edited = _query(tmp_path, body.replace("2.1", "2.0").replace("1.9", "1.95"), name="edited.vnnlib")
         assert not check(cert, net, edited).accepted   # another property: its hash differs
-    # Networks side by side: the certificate names each file (tests/verifier/checker/test_product.py).
-    # Proofs are checked over the box: this one holds without the rows that couple the inputs.
+    # Networks side by side: the certificate names each file (tests/verifier/checker/test_product.py);
+    # the proof needs the row that couples the inputs (X[0,0] >= X2[0,0]): over the box alone it fails.
     path = tmp_path / "mono.vnnlib"
-    path.write_text(MONO + "(assert (> (+ Y[0,0] Y2[0,0]) 4.1))")
+    path.write_text(MONO + "(assert (< Y[0,0] (- Y2[0,0] 0.1)))")
     code, lines, _ = _verify(capsys, str(path), "--network", f"f={net}", "--certificate", str(tmp_path / "m.json"))
     assert code == 0 and lines[0] == "unsat"
     assert check(tmp_path / "m.json", {"f": net}, path).accepted

@@ -87,6 +87,10 @@ class LeafRegion:
     lo: np.ndarray
     hi: np.ndarray
     ball: Optional[tuple] = None
+    # The spec region's rows (A [K, n_in], b [K]: A x <= b) besides its box: each leaf's
+    # bound is also taken over its box cut by them (input-split leaves; the checker does
+    # the same, `verifier/checker/region64.py`).
+    rows: Optional[tuple] = None
 
 
 @dataclass(frozen=True)
@@ -143,9 +147,26 @@ def float64_leaf_bounds(model: Model, n: int, region: LeafRegion, C: np.ndarray,
         used_b = {z: used_b.get(z, betas[z].clamp(min=0.0)) for z in betas}
     table, infeasible = res.table, res.infeasible
     lb = lb.numpy() - d
+    if region.rows is not None and res.linear is not None:
+        lb = np.maximum(lb, under_rows(res.linear, box, region.rows, d))
     lb[infeasible.numpy()] = np.inf
     unstable = {z: ((table[z].lower < 0) & (table[z].upper > 0)).reshape(n, -1) for z in set(tensors.values())}
     return lb, used_a, used_b, unstable
+
+
+def under_rows(linear, box, rows: tuple, d: np.ndarray) -> np.ndarray:
+    """Lower bounds [n, S] of C y - d from CROWN's `linear` bound over each box of `box`
+    cut by the region's rows (A x <= b; the search's relaxed clipping,
+    `bab.clipping.min_under_region`): +inf on a box outside them."""
+    from bab.clipping import min_under_region
+    from relaxations import IntervalBounds, LinearBounds
+
+    n, S = linear.bias.shape
+    A, b = (torch.tensor(np.asarray(v, np.float64)) for v in rows)
+    flat = IntervalBounds(box.lower.reshape(n, -1), box.upper.reshape(n, -1))
+    objective = LinearBounds(linear.A.detach().reshape(n, S, -1), linear.bias.detach(), linear.mass.detach())
+    out = min_under_region(objective, flat, A.expand(n, *A.shape), -b.expand(n, len(b)))
+    return out.numpy() - d
 
 
 _proved = _rows_proved  # the engine's rule, not the checker's

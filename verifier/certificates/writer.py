@@ -61,10 +61,13 @@ def _rows_proved(gap: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int)
 
 
 def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                    alphas: Optional[dict] = None, ball: Optional[tuple] = None) -> np.ndarray:
+                    alphas: Optional[dict] = None, ball: Optional[tuple] = None,
+                    rows: Optional[tuple] = None) -> np.ndarray:
     """Lower bounds [L, S] of C y - d on each box (cut by the l2 ball (centre, radius) when
-    given; no SDP-CROWN bias, which the checker does not re-derive), by the engine in
-    float64 (CROWN, or with alphas)."""
+    given, and by the region's rows (A, b) when given; no SDP-CROWN bias, which the
+    checker does not re-derive), by the engine in float64 (CROWN, or with alphas)."""
+    from verifier.certificates.activation import under_rows
+
     import torch
 
     from models import GraphEvaluator
@@ -88,10 +91,20 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
             shapes = {nd.name: tuple(graph.shapes[nd.inputs[0]]) for nd in graph.nodes}
             given = {k: torch.tensor(v).reshape(1, C.shape[0], *shapes[k]).expand(n, C.shape[0], *shapes[k])
                      for k, v in alphas.items()}
-        lb = compute_bounds(graph, box, Ct, BoundOptions(method="crown", sdp_crown=False), want_upper=False, ev=ev,
-                            given=Given(alphas=given)).lower
-        out.append(lb.numpy() - d)
+        res = compute_bounds(graph, box, Ct, BoundOptions(method="crown", sdp_crown=False), want_upper=False, ev=ev,
+                             given=Given(alphas=given))
+        lb = res.lower.numpy() - d
+        if rows is not None and res.linear is not None:
+            lb = np.maximum(lb, under_rows(res.linear, box, rows, d))
+        out.append(lb)
     return np.concatenate(out) if out else np.zeros((0, C.shape[0]))
+
+
+def _rows(disjunct) -> Optional[tuple]:
+    """The disjunct region's rows (A, b) besides its box, or None: an input-split leaf's
+    claims are bounds over its box cut by them, as the checker derives them."""
+    region = disjunct.region
+    return None if region.A is None or not len(region.b) else (region.A, region.b)
 
 
 def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, ball: Optional[tuple] = None
@@ -103,7 +116,7 @@ def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, ball: Option
     K = len(disjunct.outputs)
 
     def claims_of(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        claims = _float64_claims(model, lo, hi, C, d, ball=ball)
+        claims = _float64_claims(model, lo, hi, C, d, ball=ball, rows=_rows(disjunct))
         if ball is None:
             return claims, np.zeros(len(lo), bool)
         missed = boxes_missing_ball(lo, hi, ball)
@@ -162,7 +175,8 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
         check_time()
         rows = np.arange(s, min(s + LEAF_CHUNK, len(lo)))
         given = None if sparse is None else dense_alphas(sparse, rows, len(lo), tensors, shapes, S)
-        lb, used, _, unstable = float64_leaf_bounds(model, len(rows), LeafRegion(lo[rows], hi[rows], ball), C, d,
+        lb, used, _, unstable = float64_leaf_bounds(model, len(rows), LeafRegion(lo[rows], hi[rows], ball,
+                                                                                 _rows(disjunct)), C, d,
                                                     LeafParameters({}, {}, given or {}), optimise=sparse is None)
         lbs.append(lb)
         for name, a in used.items():
@@ -257,7 +271,7 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
         alphas = None
         if entry.get("method") == "alpha-crown" and entry.get("alphas"):
             alphas = {k: np.asarray(v, dtype=np.float64) for k, v in entry["alphas"].items()}
-        claims = _float64_claims(model, root_lo[None], root_hi[None], C, d, alphas, ball)[0]
+        claims = _float64_claims(model, root_lo[None], root_hi[None], C, d, alphas, ball, _rows(disjunct))[0]
         out = {"root": _root(disjunct), "kind": "bounds", "method": entry["method"],
                "claims": encode_array(claims), "alphas": None}
         if alphas is not None:

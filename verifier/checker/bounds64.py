@@ -31,6 +31,7 @@ import numpy as np
 
 from verifier.checker.linear64 import apply, apply_t
 from verifier.checker.onnx_net import LINEAR_KINDS, Layer, Network
+from verifier.checker.region64 import outside_region, region_minimum
 
 __all__ = ["MARGIN_REL", "MARGIN_ABS", "BALL", "interval_table", "split_interval_table", "row_lower_bounds"]
 
@@ -262,12 +263,15 @@ def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, sig
 
 def row_lower_bounds(net: Network, table: Table, C: np.ndarray, d: np.ndarray,
                      alphas: Optional[Mapping[str, np.ndarray]] = None,
-                     extra: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+                     extra: Optional[Mapping[str, np.ndarray]] = None,
+                     region: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """Sound lower bounds [L, S] of C y - d: the better of IBP and CROWN (with `alphas`).
 
     alphas: ReLU node name -> [S, n] or [L, S, n] slopes (clipped into [0, 1]; NaN: the
     default); a missing node uses CROWN's default slope. extra: tensor -> [L, S, n]
-    coefficients added in the backward pass (beta terms, see `_backward`).
+    coefficients added in the backward pass (beta terms, see `_backward`). region: the
+    spec region's rows (R [K, n_in], r [K]) besides its box: CROWN's linear bound is then
+    also minimised over each box cut by them (`region64`), and a box outside them is +inf.
     """
     lo, hi = table[net.output][:2]
     L = lo.shape[0]
@@ -277,4 +281,10 @@ def row_lower_bounds(net: Network, table: Table, C: np.ndarray, d: np.ndarray,
     A = np.broadcast_to(C, (L,) + C.shape).copy()
     A_in, bias, mass = _backward(net, table, net.output, A, alphas, extra)
     crown = _concretize(table, net, A_in, bias - d, mass + np.abs(d))
+    if region is not None and len(region[1]):
+        lo_in, hi_in = table[net.input][:2]
+        R, r = region
+        crown = np.maximum(crown, _widen(*region_minimum(A_in, bias - d, mass + np.abs(d), lo_in, hi_in, R, r)))
+        outside = outside_region(lo_in, hi_in, R, r, lambda m: MARGIN_REL * m + MARGIN_ABS)
+        crown[outside] = np.inf
     return np.maximum(ibp, crown)

@@ -226,16 +226,17 @@ def _alphas(entry: dict, net: Network, S: int) -> Optional[dict[str, np.ndarray]
 
 
 def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
-                 alphas: Optional[dict], sparse: Optional[dict] = None, ball: Optional[tuple] = None) -> np.ndarray:
-    """Row bounds per leaf box (cut by `ball` when given), with `alphas` for all leaves or
-    `sparse` per-leaf alphas (read_alphas)."""
+                 alphas: Optional[dict], sparse: Optional[dict] = None, ball: Optional[tuple] = None,
+                 region: Optional[tuple] = None) -> np.ndarray:
+    """Row bounds per leaf box (cut by `ball` when given, and by the spec region's rows
+    `region` = (A, b)), with `alphas` for all leaves or `sparse` per-leaf alphas (read_alphas)."""
     rows = []
     for s in range(0, lo.shape[0], _CHUNK):
         table = interval_table(net, lo[s:s + _CHUNK], hi[s:s + _CHUNK], ball)
         if sparse is not None:
             idx = np.arange(s, min(s + _CHUNK, lo.shape[0]))
             alphas = dense_alphas(net, sparse, idx, lo.shape[0], C.shape[0]) or None
-        rows.append(row_lower_bounds(net, table, C, d, alphas))
+        rows.append(row_lower_bounds(net, table, C, d, alphas, region=region))
     return np.concatenate(rows)
 
 
@@ -370,7 +371,8 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
         raise _Reject(f"disjunct {i}: unsupported proof kind '{kind}'")
     if claims.shape != (lo.shape[0], S):
         raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({lo.shape[0]}, {S})")
-    lb = _leaf_bounds(net, lo, hi, C, d, alphas, sparse, ball)
+    rows_of = None if region.A is None else (np.asarray(region.A, np.float64), np.asarray(region.b, np.float64))
+    lb = _leaf_bounds(net, lo, hi, C, d, alphas, sparse, ball, rows_of)
     if ball is not None:   # a leaf the ball misses holds no point of the region: nothing to prove there
         lb[boxes_missing_ball(lo, hi, ball)] = np.inf
     with np.errstate(invalid="ignore"):

@@ -310,7 +310,8 @@ def test_cli_check_exit_codes(split_run, tmp_path, capsys) -> None:
 
 
 def test_checker_imports_no_engine_and_no_torch() -> None:
-    for name in ("verdict.py", "onnx_net.py", "linear64.py", "bounds64.py", "tiling.py", "splits.py", "product.py"):
+    for name in ("verdict.py", "onnx_net.py", "linear64.py", "bounds64.py", "tiling.py", "splits.py", "product.py",
+                 "region64.py"):
         tree = ast.parse((CHECKER / name).read_text())
         mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         mods |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -318,7 +319,7 @@ def test_checker_imports_no_engine_and_no_torch() -> None:
         assert not roots & {"torch", "relaxations", "bab", "models"}, (name, roots)
         assert {m for m in mods if m.startswith("verifier")} <= {f"verifier.checker.{x}" for x in
                                                                   ("onnx_net", "linear64", "bounds64", "tiling",
-                                                                   "splits", "verdict")}
+                                                                   "splits", "verdict", "region64")}
 
 
 @needs_shared
