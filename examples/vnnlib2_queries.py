@@ -21,7 +21,10 @@ Each query is written as the standard's text, run through the standard's command
 assignment nncert prints (every declared tensor, both networks) is checked here again
 against the torch models and the query's own conditions.
 
-    python examples/vnnlib2_queries.py --out out/vnnlib2_examples --timeout 60
+    python examples/vnnlib2_queries.py --out out/vnnlib2_examples --timeout 60 [--certificates]
+
+With ``--certificates`` each run also writes its certificate, and ``nncert check`` (the
+independent checker, given each network's file) says whether it accepts it.
 """
 from __future__ import annotations
 
@@ -163,13 +166,19 @@ class Outcome:
     values: dict[str, np.ndarray]   # after sat: every declared tensor, flattened
 
 
-def run_query(query: Path, networks: dict[str, Path], timeout: float) -> Outcome:
+def _networks(networks: dict[str, Path]) -> list[str]:
+    return [a for name, path in networks.items() for a in ("--network", f"{name}={path}")]
+
+
+def run_query(query: Path, networks: dict[str, Path], timeout: float, certificate: Path | None = None) -> Outcome:
     """`nncert verify QUERY --network NAME=PATH ...` in a fresh process (the standard's
     command line): the first stdout line is the verdict; after sat, `NAME TYPE [shape]`
-    lines each followed by the tensor's values, one a line."""
-    args = [sys.executable, "-m", "verifier.cli", "verify", str(query), "--timeout", str(timeout)]
-    for name, path in networks.items():
-        args += ["--network", f"{name}={path}"]
+    lines each followed by the tensor's values, one a line. With `certificate`, the run
+    writes one there (`--certificate`)."""
+    args = [sys.executable, "-m", "verifier.cli", "verify", str(query), "--timeout", str(timeout),
+            *_networks(networks)]
+    if certificate is not None:
+        args += ["--certificate", str(certificate)]
     start = time.monotonic()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 120, env=env)
@@ -178,6 +187,17 @@ def run_query(query: Path, networks: dict[str, Path], timeout: float) -> Outcome
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"nncert verify exited {proc.returncode}: {proc.stderr.strip()}")
     return parse_output(lines, seconds)
+
+
+def check_certificate(certificate: Path, networks: dict[str, Path], query: Path) -> str:
+    """`nncert check CERT --network NAME=PATH ... --spec QUERY`: its one line (accepted,
+    or rejected and why), or what it said when there was no certificate to check."""
+    if not certificate.is_file():
+        return "none written"
+    args = [sys.executable, "-m", "verifier.cli", "check", str(certificate), *_networks(networks),
+            "--spec", str(query)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    return (proc.stdout.strip() or proc.stderr.strip()).splitlines()[0]
 
 
 def parse_output(lines: list[str], seconds: float = 0.0) -> Outcome:
@@ -219,6 +239,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/vnnlib2_examples")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--certificates", action="store_true",
+                        help="write each verdict's certificate and check it with nncert check")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,13 +284,18 @@ def main() -> int:
         ("squared norm above 0.9 x its sampled peak", squared_norm(box_lo, box_hi, 0.9 * peak),
          tabular_net, {"f": table}, lambda v: float((v["Y"] ** 2).sum()) > 0.9 * peak),
     ]
-    print("| query | verdict | seconds | assignment checked here |\n|---|---|---:|---|")
+    head = "| query | verdict | seconds | assignment checked here |" + (" nncert check |" if args.certificates else "")
+    print(head + "\n|---|---|---:|---|" + ("---|" if args.certificates else ""))
     for k, (title, text, networks, nets, holds) in enumerate(cases):
         query = out / f"query_{k}.vnnlib"
         query.write_text(text)
-        outcome = run_query(query, networks, args.timeout)
+        certificate = out / f"query_{k}.json" if args.certificates else None
+        if certificate is not None:
+            certificate.unlink(missing_ok=True)
+        outcome = run_query(query, networks, args.timeout, certificate)
         check = "" if outcome.verdict != "sat" else ("yes" if replayed(outcome, nets, holds) else "NO")
-        print(f"| {title} | {outcome.verdict} | {outcome.seconds:.1f} | {check} |", flush=True)
+        checked = f" {check_certificate(certificate, networks, query)} |" if certificate is not None else ""
+        print(f"| {title} | {outcome.verdict} | {outcome.seconds:.1f} | {check} |{checked}", flush=True)
         if check == "NO":
             print(f"the assignment printed for {query} does not satisfy it", file=sys.stderr)
             return 1
