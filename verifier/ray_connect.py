@@ -43,7 +43,7 @@ def unreachable(address: str, timeout_s: float = 5.0) -> str:
             # else listening there would leave ray.init retrying until the run's time is up.
             sock.settimeout(timeout_s)
             sock.sendall(_HTTP2_PREFACE)
-            head = sock.recv(9)
+            head = _read_head(sock, 4)
     except OSError as exc:
         return f"no Ray cluster answers at {address} ({exc.strerror or exc})"
     if len(head) < 4 or head[3] != 4:
@@ -52,6 +52,18 @@ def unreachable(address: str, timeout_s: float = 5.0) -> str:
 
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _read_head(sock: socket.socket, n: int) -> bytes:
+    """The first `n` bytes the peer sends, or fewer if it closes first: one recv may
+    return any part of what was sent (TCP is a stream; a frame header can arrive split)."""
+    head = b""
+    while len(head) < n:
+        chunk = sock.recv(n - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
 
 
 def connect(address: Optional[str], cpus: int) -> bool:
