@@ -13,9 +13,18 @@ import logging
 import socket
 from typing import Any, Optional
 
-__all__ = ["ray_available", "unreachable", "connect", "INSTALL_HINT"]
+__all__ = ["ray_available", "unreachable", "connect", "ClusterUnreachable", "OtherCluster", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'nncert[ray]'"
+
+
+class ClusterUnreachable(ConnectionError):
+    """`connect` found no cluster at the address it was given (`auto` with none running):
+    the user's input, unlike a ConnectionError from Ray later on (an internal error)."""
+
+
+class OtherCluster(ValueError):
+    """`connect` was given an address while this process is connected to another cluster."""
 
 
 def ray_available() -> bool:
@@ -73,7 +82,8 @@ def connect(address: Optional[str], cpus: int) -> bool:
     whether this call connected: the caller may then shut it down when done (the suite
     runner does; a search pool leaves it up for the process's next pool, which after
     `nncert verify`'s `os._exit` leaves its agents behind: see `RayShardPool.close`). A
-    cluster that cannot be reached raises ConnectionError."""
+    cluster that cannot be reached at `address` raises ClusterUnreachable, an address
+    naming another cluster than this process's OtherCluster."""
     import ray
 
     if ray.is_initialized():
@@ -82,8 +92,11 @@ def connect(address: Optional[str], cpus: int) -> bool:
         return False
     if address is None:
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    else:
+        return True
+    try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ClusterUnreachable(str(exc)) from exc
     return True
 
 
@@ -103,7 +116,7 @@ def _same_cluster(ray: Any, address: str) -> None:
     same = current is not None and not address.startswith("ray://") and current.rpartition(":")[2] == port \
         and _resolve(host) == _resolve(current.rpartition(":")[0])
     if not same:
-        raise ValueError(f"Ray is already initialised in this process (cluster {current or 'unknown'}); "
+        raise OtherCluster(f"Ray is already initialised in this process (cluster {current or 'unknown'}); "
                          f"address {address!r} names another: call ray.shutdown() first or leave address unset")
 
 

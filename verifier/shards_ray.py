@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from verifier.config import ConfigError
 from verifier.model import Model
-from verifier.ray_connect import INSTALL_HINT, connect, ray_available, unreachable
+from verifier.ray_connect import INSTALL_HINT, ClusterUnreachable, OtherCluster, connect, ray_available, unreachable
 from verifier.shards import Pool, SearchWorker, worker_process_model
 
 __all__ = ["RayShardPool", "ray_pool"]
@@ -106,7 +106,8 @@ class RayShardPool(Pool):
 def ray_pool(model: Model, workers: int, address: Optional[str]) -> RayShardPool:
     """Ray actors for `model`'s searches; ConfigError (exit 2) when Ray is not installed,
     the address does not answer as a Ray cluster, `auto` finds none, or this process is
-    on another cluster already."""
+    on another cluster already. Any other failure (a ConnectionError of `ray.put` or of
+    the actors' creation included) is raised as it is: an internal error, not bad input."""
     if not ray_available():
         raise ConfigError(f"config key 'bab.backend': ray needs the ray package ({INSTALL_HINT})")
     why = unreachable(address) if address is not None else ""
@@ -114,8 +115,8 @@ def ray_pool(model: Model, workers: int, address: Optional[str]) -> RayShardPool
         raise ConfigError(f"config key 'bab.address': {why}")
     try:
         return RayShardPool(model, workers, address)
-    except ValueError as exc:   # connect: this process is connected to another cluster
+    except OtherCluster as exc:   # connect: this process is connected to another cluster
         raise ConfigError(f"config key 'bab.address': {exc}") from None
-    except ConnectionError as exc:   # ray.init: no cluster there (`auto` with none running)
+    except ClusterUnreachable as exc:   # connect: no cluster there (`auto` with none running)
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"config key 'bab.address': {why}") from None

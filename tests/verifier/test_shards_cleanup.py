@@ -1,8 +1,27 @@
 """What the sharded search leaves behind and how it fails (issue 21's mends): a cluster
-address whose answer arrives in pieces is still recognised."""
+address whose answer arrives in pieces is still recognised; only a cluster that cannot
+be reached is bad input, another failure of the pool's setup an internal error."""
 from __future__ import annotations
 
+import pytest
+
+import vnnlib
+from tests.builders import known_answer_net, known_answer_spec
 from verifier import ray_connect
+
+_NO_RAY = "the optional ray package is not installed (pip install nncert[ray])"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return known_answer_net(tmp_path_factory.mktemp("cleanup"), 0)
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "p.vnnlib"
+    vnnlib.write_vnnlib(path, known_answer_spec(-100.0))
+    return path
 
 
 class _Dribbling:
@@ -36,3 +55,30 @@ def test_a_cluster_s_answer_split_across_reads_is_recognised(monkeypatch) -> Non
     assert ray_connect.unreachable("127.0.0.1:6379") == ""
     monkeypatch.setattr(ray_connect.socket, "create_connection", lambda *a, **k: _Dribbling(settings[:3]))
     assert "not a Ray cluster" in ray_connect.unreachable("127.0.0.1:6379")
+
+
+@pytest.mark.skipif(not ray_connect.ray_available(), reason=_NO_RAY)
+@pytest.mark.parametrize("fails, code, words", [
+    ("init", 2, "config key 'bab.address': no cluster here"),           # `auto` finds none: bad input
+    ("put", 1, "internal error: ConnectionError: object store gone"),   # after connecting: not the input's fault
+])
+def test_only_a_cluster_not_found_is_bad_input(net, spec_file, monkeypatch, capsys, fails, code, words) -> None:
+    """A ConnectionError from ray.init at the given address says the address is wrong
+    (exit 2); one from ray.put while the pool is set up is an internal error (exit 1).
+    No cluster is started: Ray's calls are replaced."""
+    import ray
+
+    from verifier.cli import main
+
+    def refuse(*_a, **_k):
+        raise ConnectionError("no cluster here" if fails == "init" else "object store gone")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    if fails == "put":
+        monkeypatch.setattr("verifier.shards_ray.connect", lambda *_a: True)
+        monkeypatch.setattr(ray, "put", refuse)
+    assert main(["verify", str(net.path), str(spec_file), "--workers", "2", "--backend", "ray",
+                 "--address", "auto"]) == code
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
