@@ -354,16 +354,33 @@ class LocalPool(Pool):
 
     def close(self) -> None:
         """Stop every worker at once: one may be in the middle of a round nobody will read,
-        and the run's time promise (verifier/guard.py) leaves no room to wait for it."""
+        and the run's time promise (verifier/guard.py) leaves no room to wait for it. Each
+        gets SIGTERM; one still there `STOP_GRACE_S` later (a stopped process, or one whose
+        code catches or ignores SIGTERM) is killed, so that no worker outlives its pool."""
         for proc in self._procs:
             if proc.is_alive():
                 proc.terminate()
+        _join(self._procs, STOP_GRACE_S)
         for proc in self._procs:
-            proc.join(timeout=2.0)
+            if proc.is_alive():
+                proc.kill()
+        _join(self._procs, STOP_GRACE_S)
         for conn in self._conns:
             conn.close()
         self._live.clear()
         self._file.close()   # deletes it
+
+
+# Seconds `LocalPool.close` waits for its workers to end after SIGTERM, and again after SIGKILL.
+STOP_GRACE_S = 1.0
+
+
+def _join(procs: list, seconds: float) -> None:
+    """Wait for `procs` to end, `seconds` at most in all (not each: a pool of many stuck
+    workers would otherwise hold the run that long per worker)."""
+    end = time.monotonic() + seconds
+    for proc in procs:
+        proc.join(timeout=max(0.0, end - time.monotonic()))
 
 
 def local_pool(model: Model, workers: int) -> LocalPool:

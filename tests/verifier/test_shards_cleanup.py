@@ -3,11 +3,14 @@ address whose answer arrives in pieces is still recognised; only a cluster that 
 be reached is bad input, another failure of the pool's setup an internal error."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import vnnlib
 from tests.builders import known_answer_net, known_answer_spec
 from verifier import ray_connect
+from verifier.shards import LocalPool
 
 _NO_RAY = "the optional ray package is not installed (pip install nncert[ray])"
 
@@ -82,3 +85,22 @@ def test_only_a_cluster_not_found_is_bad_input(net, spec_file, monkeypatch, caps
                  "--address", "auto"]) == code
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_closing_a_local_pool_kills_a_worker_that_outlives_sigterm(net) -> None:
+    """Workers started while this process ignores SIGTERM inherit that (an ignored signal
+    stays ignored across exec, and Python leaves it so), so they outlive the SIGTERM
+    `close` sends: `close` must then kill them rather than return with them running."""
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        pool = LocalPool(net, 2)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    procs = list(pool._procs)
+    try:
+        pool.close()
+        assert not any(p.is_alive() for p in procs), [p.exitcode for p in procs]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
