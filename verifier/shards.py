@@ -312,7 +312,9 @@ class Pool:
 
 
 class LocalPool(Pool):
-    """`workers` spawned processes on this machine, one pipe each."""
+    """`workers` spawned processes on this machine, one pipe each. A constructor that
+    fails partway (no process or pipe left to start one) stops the workers it started
+    and closes their pipes before the error goes on."""
 
     def __init__(self, model: Model, workers: int) -> None:
         super().__init__(model, workers)
@@ -320,16 +322,22 @@ class LocalPool(Pool):
         self._conns: list[Connection] = []
         self._procs: list = []
         self._file = tempfile.NamedTemporaryFile(prefix="nncert-model-", suffix=".onnx")
-        self._file.write(model.onnx_bytes)
-        self._file.flush()
-        for i in range(workers):
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(theirs, self._file.name, str(model.path)), daemon=True,
-                               name=f"nncert-search-worker-{i}")
-            proc.start()
-            theirs.close()
-            self._conns.append(ours)
-            self._procs.append(proc)
+        try:
+            self._file.write(model.onnx_bytes)
+            self._file.flush()
+            for i in range(workers):
+                ours, theirs = ctx.Pipe()
+                self._conns.append(ours)
+                proc = ctx.Process(target=_serve, args=(theirs, self._file.name, str(model.path)), daemon=True,
+                                   name=f"nncert-search-worker-{i}")
+                try:
+                    proc.start()
+                finally:
+                    theirs.close()
+                self._procs.append(proc)
+        except BaseException:
+            self.close()
+            raise
 
     def _send(self, i: int, message: bytes) -> bool:
         try:

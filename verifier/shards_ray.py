@@ -43,20 +43,27 @@ class RayShardPool(Pool):
     """`workers` Ray actors, one CPU each, on the cluster this process is connected to
     (`verifier.ray_connect.connect`: an address, the connection it already has, or a
     local cluster of this machine's CPUs started here, which outlives the pool: see
-    `close`)."""
+    `close`). A constructor that fails partway kills the actors it created before the
+    error goes on."""
 
     def __init__(self, model: Model, workers: int, address: Optional[str] = None) -> None:
         import ray
 
         super().__init__(model, workers)
         self._ray = ray
+        self._actors: list = []
+        self._pending: dict[Any, int] = {}           # answer reference -> worker
         # A local cluster started here outlives the pool: sized for this machine, so that
         # a later pool of the process with more workers still gets its CPUs.
         connect(address, max(workers, os.cpu_count() or 1))
         actor = ray.remote(num_cpus=1, max_restarts=0)(_Actor)
-        onnx_ref = ray.put(model.onnx_bytes)
-        self._actors = [actor.remote(onnx_ref, str(model.path)) for _ in range(workers)]
-        self._pending: dict[Any, int] = {}           # answer reference -> worker
+        try:
+            onnx_ref = ray.put(model.onnx_bytes)
+            for _ in range(workers):
+                self._actors.append(actor.remote(onnx_ref, str(model.path)))
+        except BaseException:
+            self.close()   # the actors created so far; a local cluster stays, as after any pool
+            raise
 
     def _send(self, i: int, message: bytes) -> bool:
         # Ray queues the call; an actor that is gone shows when its answer is awaited.

@@ -1,9 +1,14 @@
 """What the sharded search leaves behind and how it fails (issue 21's mends): a cluster
 address whose answer arrives in pieces is still recognised; only a cluster that cannot
-be reached is bad input, another failure of the pool's setup an internal error."""
+be reached is bad input, another failure of the pool's setup an internal error; no
+worker outlives its pool, not one that ignores SIGTERM, nor one a failed constructor
+had started."""
 from __future__ import annotations
 
+import multiprocessing
 import signal
+import sys
+import types
 
 import pytest
 
@@ -104,3 +109,65 @@ def test_closing_a_local_pool_kills_a_worker_that_outlives_sigterm(net) -> None:
         for p in procs:
             if p.is_alive():
                 p.kill()
+
+
+def test_a_local_pool_that_fails_to_start_stops_the_workers_it_started(net, monkeypatch) -> None:
+    """The second worker's pipe cannot be had (file descriptors run out): the first
+    worker, already started, must not be left running, nor its pipe open."""
+    ctx = multiprocessing.get_context("spawn")   # the context LocalPool starts its workers from
+    real_process, real_pipe = ctx.Process, ctx.Pipe
+    started, pipes = [], []
+
+    def process(*args, **kwargs):
+        started.append(real_process(*args, **kwargs))
+        return started[-1]
+
+    def pipe(*args, **kwargs):
+        if pipes:
+            raise OSError(24, "Too many open files")
+        pipes.append(real_pipe(*args, **kwargs))
+        return pipes[-1]
+
+    monkeypatch.setattr(ctx, "Process", process)
+    monkeypatch.setattr(ctx, "Pipe", pipe)
+    try:
+        with pytest.raises(OSError, match="Too many open files"):
+            LocalPool(net, 2)
+        assert len(started) == 1 and not started[0].is_alive(), started
+        assert pipes[0][0].closed and pipes[0][1].closed
+    finally:
+        for p in started:
+            if p.is_alive():
+                p.kill()
+
+
+def test_a_ray_pool_that_fails_to_start_kills_the_actors_it_created(net, monkeypatch) -> None:
+    """The second actor cannot be created: the first must be killed before the error goes
+    on. Ray is a stand-in here that records what the pool asks of it."""
+    from verifier import shards_ray
+
+    class Ray:
+        def __init__(self) -> None:
+            self.created: list = []
+            self.killed: list = []
+
+        def remote(self, **_options):
+            def create(*_args):
+                if self.created:
+                    raise RuntimeError("no CPU left for an actor")
+                self.created.append(object())
+                return self.created[-1]
+            return lambda _cls: types.SimpleNamespace(remote=create)
+
+        def put(self, value):
+            return value
+
+        def kill(self, actor, no_restart: bool) -> None:
+            self.killed.append(actor)
+
+    ray = Ray()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setattr(shards_ray, "connect", lambda *_a: False)
+    with pytest.raises(RuntimeError, match="no CPU left"):
+        shards_ray.RayShardPool(net, 2)
+    assert ray.killed == ray.created and len(ray.created) == 1
