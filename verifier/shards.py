@@ -31,7 +31,9 @@ import dataclasses
 import hashlib
 import multiprocessing
 import pickle
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -73,7 +75,12 @@ def _serve(conn: Connection, model_file: str, label: str) -> None:
     """A worker: read the model (from a file the coordinator wrote: bytes passed as an
     argument would hold the coordinator's `start()` until this process had imported
     torch), then answer setup and round messages until the coordinator's end of the pipe
-    closes or the coordinator terminates this process."""
+    closes or the coordinator terminates this process. SIGINT is ignored (from the first
+    instruction when the coordinator started this process from its main thread:
+    `_start_ignoring_sigint`): a Ctrl-C in the terminal reaches the whole process group,
+    and the coordinator answers it by closing the pool; a worker would only die with a
+    traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with open(model_file, "rb") as f:
         worker = SearchWorker(worker_process_model(f.read(), label))
     try:
@@ -331,7 +338,7 @@ class LocalPool(Pool):
                 proc = ctx.Process(target=_serve, args=(theirs, self._file.name, str(model.path)), daemon=True,
                                    name=f"nncert-search-worker-{i}")
                 try:
-                    proc.start()
+                    _start_ignoring_sigint(proc)
                 finally:
                     theirs.close()
                 self._procs.append(proc)
@@ -377,6 +384,23 @@ class LocalPool(Pool):
             conn.close()
         self._live.clear()
         self._file.close()   # deletes it
+
+
+def _start_ignoring_sigint(proc: multiprocessing.process.BaseProcess) -> None:
+    """Start a worker with SIGINT ignored from its first instruction, which covers the
+    seconds it spends importing torch before `_serve` runs: an ignored signal stays
+    ignored across exec, and Python then leaves it so. Only the main thread may set a
+    handler; started from another, the worker ignores SIGINT once `_serve` starts. A
+    Ctrl-C within the milliseconds of `start()` is ignored by this process too."""
+    before = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or before is None:
+        proc.start()
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 # Seconds `LocalPool.close` waits for its workers to end after SIGTERM, and again after SIGKILL.

@@ -2,19 +2,23 @@
 address whose answer arrives in pieces is still recognised; only a cluster that cannot
 be reached is bad input, another failure of the pool's setup an internal error; no
 worker outlives its pool, not one that ignores SIGTERM, nor one a failed constructor
-had started."""
+had started; a Ctrl-C does not kill local workers."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
+import time
 import types
 
 import pytest
 
 import vnnlib
 from tests.builders import known_answer_net, known_answer_spec
-from verifier import ray_connect
+from verifier import Config, ray_connect
+from verifier.config import with_overrides
+from verifier.searches import SearchRecipe
 from verifier.shards import LocalPool
 
 _NO_RAY = "the optional ray package is not installed (pip install nncert[ray])"
@@ -171,3 +175,23 @@ def test_a_ray_pool_that_fails_to_start_kills_the_actors_it_created(net, monkeyp
     with pytest.raises(RuntimeError, match="no CPU left"):
         shards_ray.RayShardPool(net, 2)
     assert ray.killed == ray.created and len(ray.created) == 1
+
+
+def test_local_workers_ignore_sigint(net) -> None:
+    """A Ctrl-C in the terminal reaches every process of the group, the workers too: one
+    sent while a worker boots (imports torch) and one while it waits for messages must
+    leave it serving (the coordinator handles the Ctrl-C and closes the pool)."""
+    recipe = SearchRecipe("input", known_answer_spec(0.0).disjuncts[0],
+                          with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false"]),
+                          time.monotonic() + 60)
+    pool = LocalPool(net, 1)
+    try:
+        worker = pool._procs[0]
+        os.kill(worker.pid, signal.SIGINT)
+        pool.setup(recipe)
+        assert pool.wait_ready(60), worker.exitcode
+        os.kill(worker.pid, signal.SIGINT)
+        pool.setup(recipe)
+        assert pool.wait_ready(60) and worker.is_alive(), worker.exitcode
+    finally:
+        pool.close()
