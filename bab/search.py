@@ -159,6 +159,11 @@ class RoundPool(Protocol):
         """Replies that arrived within `timeout` seconds, and the batches of workers lost."""
         ...
 
+    def add_loop_time(self, loop_s: float, here_s: float) -> None:
+        """A search's seconds in the coordinator's loop and, of those, in rounds it ran
+        itself (no worker ready), told on every exit: a return or an exception."""
+        ...
+
 
 def worker_round(brancher: Brancher, batch: Batch, round_: int, sizer: BatchSizer) -> RoundReply:
     """One round on a worker: split and bound `batch` as the loop would (halving on
@@ -245,11 +250,14 @@ def _absorb(brancher: Brancher, reply: RoundReply, state: SearchState, tasks: Se
 def _pooled(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask], state: SearchState,
             sizer: BatchSizer, pool: RoundPool, device: torch.device) -> SearchOutcome:
     start = time.monotonic()
-    outcome = _pooled_loop(brancher, limits, tasks, state, sizer, pool, device)
-    # What the coordinator's time went to (BENCHMARKS.md's projection): the loop, the root's
-    # bounds excluded, and in it the rounds run here while no worker was ready.
-    outcome.stats.update(loop_s=round(time.monotonic() - start, 3), rounds_here_s=round(state.here_s, 3))
-    return outcome
+    try:
+        return _pooled_loop(brancher, limits, tasks, state, sizer, pool, device)
+    finally:
+        # What the coordinator's time went to (BENCHMARKS.md's projection): the loop, the
+        # root's bounds excluded, and in it the rounds run here while no worker was ready;
+        # told to the pool, which outlives an exception (a worker's DeadlineExceeded, the
+        # usual end of a sharded search that times out), where no outcome is returned.
+        pool.add_loop_time(time.monotonic() - start, state.here_s)
 
 
 def _pooled_loop(brancher: Brancher, limits: SearchLimits, tasks: Sequence[SideTask], state: SearchState,

@@ -148,13 +148,15 @@ class Traffic:
     """What a pool's messages cost, for `stats()` (BENCHMARKS.md's communication figures):
     bytes each way, the coordinator's pickling time, per batch the wall time from
     hand-out to reply against the seconds the worker spent bounding it (over the
-    `answered` batches: one whose search ended first is counted out, never in), and the
-    seconds from each setup to each worker's readiness (summed over workers)."""
+    `answered` batches: one whose search ended first is counted out, never in), the
+    seconds from each setup to each worker's readiness (summed over workers), and the
+    coordinator's seconds in its search loops and, of those, in rounds it ran itself
+    (`loop_s`, `rounds_here_s`: `Pool.add_loop_time`)."""
 
     def __init__(self, workers: int) -> None:
         self.counts = {"workers": workers, "batches": 0, "domains": 0, "answered": 0, "lost": 0, "wait_s": 0.0,
                        "bytes_out": 0, "bytes_in": 0, "pickle_s": 0.0, "trip_s": 0.0, "worker_s": 0.0,
-                       "ready_s": 0.0}
+                       "ready_s": 0.0, "loop_s": 0.0, "rounds_here_s": 0.0}
         self._sent: dict[int, float] = {}
 
     def sent(self, i: int, message: bytes, domains: int, pickle_s: float) -> None:
@@ -307,6 +309,11 @@ class Pool:
         reply, worker_s = payload
         self.traffic.received(i, message, worker_s, time.monotonic() - t)
         return reply
+
+    def add_loop_time(self, loop_s: float, here_s: float) -> None:
+        """A search's seconds in the coordinator's loop and in rounds run there (`bab.search._pooled`)."""
+        self.counts["loop_s"] += loop_s
+        self.counts["rounds_here_s"] += here_s
 
     def _lose(self, i: int) -> None:
         self._live.discard(i)

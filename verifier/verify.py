@@ -310,8 +310,7 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
         for r in runners:
             r.stop()
         if pool is not None:
-            stats["workers"] = {**pool.stats(since=before),
-                                **{k: round(stats.pop(k, 0.0), 3) for k in ("loop_s", "rounds_here_s")}}
+            stats["workers"] = pool.stats(since=before)
             if kept is None:
                 pool.close()
 
@@ -421,9 +420,6 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, run: _Run
             for key in ("nogoods", "leaf_lps", "leaf_lp_proved"):
                 if key in outcome.stats:
                     stats[key] = outcome.stats[key]
-            for key in ("loop_s", "rounds_here_s"):   # where a sharded search's time went
-                if key in outcome.stats:
-                    stats[key] = stats.get(key, 0.0) + outcome.stats[key]
             if runner is not None and outcome.status in ("unknown", "timeout"):
                 if outcome.status == "unknown" and not runner.decided():
                     runner.wait(deadline)  # the search gave up with time left: the MILP may still decide

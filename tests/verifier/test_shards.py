@@ -25,7 +25,7 @@ from verifier.progress import Progress
 from verifier.result import Result
 from verifier.searches import Beside, SearchRecipe, activation_search, input_search, recipe_brancher
 from verifier.ray_connect import ray_available
-from verifier.shards import LocalPool
+from verifier.shards import LocalPool, Pool
 from verifier.verify import bab_proof
 
 
@@ -281,6 +281,38 @@ def test_workers_that_cannot_be_had_are_bad_input(net, tmp_path, monkeypatch, ca
     code = main(["verify", str(model.path), str(path), "--workers", "2", *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and words in err and len(err.splitlines()) == 1, err
+
+
+class _EndsByAWorkersDeadline(Pool):
+    """Workers that never say they are ready (messages go nowhere), so that the search runs
+    its rounds here; the second look for answers raises DeadlineExceeded, as a worker's
+    answer does when a sharded search runs out of time."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model, 2)
+        self.looks = 0
+
+    def _send(self, i: int, message: bytes) -> bool:
+        return True
+
+    def _receive(self, timeout: float) -> list:
+        self.looks += 1
+        if self.looks == 2:
+            raise DeadlineExceeded("a worker's bound pass saw the deadline")
+        return []
+
+
+def test_a_sharded_search_ended_by_an_exception_says_where_its_time_went(net) -> None:
+    """The coordinator's loop time and the rounds it ran itself are in the stats of a
+    search that ends by a worker's DeadlineExceeded (they read 0 when only a returned
+    outcome carried them)."""
+    model, m = net
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4",
+                                              "device=cpu"])
+    result = verify(model, known_answer_spec(m - 0.05 * (1 + abs(m))), cfg, workers=_EndsByAWorkersDeadline(model))
+    assert result.verdict == "timeout", result.reason
+    w = result.stats["workers"]
+    assert w["loop_s"] >= w["rounds_here_s"] > 0, w
 
 
 def test_workers_kept_across_calls_serve_each_and_stay_open(net, tmp_path) -> None:
