@@ -24,7 +24,9 @@ ceiling for a search whose frontier is never short (hours-long instances): N w /
 tau), capped at w / kappa, with w the time of a batch as the N-worker runs handed them
 out (two children per parent: both split kinds halve a domain). For a run
 that timed out (its trace holds only the start of the search) the measured domains in
-the budget and that ceiling.
+the budget and that ceiling. An instance whose N-worker runs cannot give tau and kappa
+is skipped with the reason (no batch answered; a run without its loop time, as JSON
+written before `loop_s` was recorded on every exit of a search left it at 0).
 
     python benchmarks/shard_projection.py acas.json [mnist.json ...] [--batch 256]
 """
@@ -68,6 +70,25 @@ def _simulate(trace: list, n: int, batch: int, a: float, m: float, tau: float, k
     return seconds
 
 
+def _costs(many: list) -> tuple[float, float]:
+    """tau and kappa (seconds per batch, see the module docstring) of the N-worker runs;
+    ValueError saying why when these runs cannot give them."""
+    w = [r["workers"] for r in many]
+    answered = sum(x.get("answered", x["batches"]) for x in w)   # older JSON: every batch
+    if not answered:
+        raise ValueError("no batch handed to the workers was answered: tau (a batch's cost beyond its bounding) "
+                         "is unknown")
+    if any(x.get("loop_s", 0.0) <= 0.0 for x in w):
+        raise ValueError("a run that handed out batches has no loop time (loop_s 0: JSON written before it was "
+                         "recorded when a search ends by an exception); rerun benchmarks/sharded_search.py")
+    tau = sum(x["trip_s"] - x["worker_s"] for x in w) / answered
+    kappa = sum(x["loop_s"] - x["wait_s"] - x["rounds_here_s"] for x in w) / sum(x["batches"] for x in w)
+    if kappa < 0:
+        raise ValueError(f"the coordinator's busy time per batch comes out negative (kappa {1e3 * kappa:.1f} ms): "
+                         "its loop time is less than the time it waited plus the rounds it ran itself")
+    return tau, kappa
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="+", type=Path)
@@ -81,13 +102,14 @@ def main() -> None:
                 continue
             trace = ones[0]["trace"]
             a, m = _fit(trace)
+            try:
+                tau, kappa = _costs(many)
+            except ValueError as exc:
+                print(f"{inst['instance']}: skipped: {exc}")
+                continue
             n = many[0]["n"]
             w = [r["workers"] for r in many]
             batches = sum(x["batches"] for x in w)
-            answered = sum(x.get("answered", x["batches"]) for x in w)   # older JSON: every batch
-            tau = sum(x["trip_s"] - x["worker_s"] for x in w) / answered
-            kappa = sum(r["workers"]["loop_s"] - r["workers"]["wait_s"] - r["workers"]["rounds_here_s"]
-                        for r in many) / batches
             children = 2 * sum(x["domains"] for x in w) / batches   # a batch's children, as handed out
             full = a + m * children
             wide = {k: min(k * full / (full + tau), full / kappa if kappa > 0 else float("inf")) for k in (8, 64, 512)}
