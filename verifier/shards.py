@@ -50,7 +50,8 @@ from verifier.config import BabConfig, ConfigError
 from verifier.model import Model, model_from_proto
 from verifier.searches import SearchRecipe, recipe_brancher
 
-__all__ = ["Pool", "LocalPool", "SearchWorker", "local_pool", "search_pool", "worker_process_model"]
+__all__ = ["Pool", "LocalPool", "SearchWorker", "local_pool", "search_pool", "starts_ray_cluster",
+           "worker_process_model"]
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -432,6 +433,13 @@ def local_pool(model: Model, workers: int) -> LocalPool:
                           "--isolate worker), which may not start the search's workers; run it with --isolate "
                           "process, or without bab.workers")
     return LocalPool(model, workers)
+
+
+def starts_ray_cluster(bab: BabConfig) -> bool:
+    """Whether `search_pool(model, bab)` starts a local Ray cluster (the Ray backend with
+    no address) in a process not yet connected to Ray: one that ends by `os._exit` must
+    then stop it itself (`verifier.ray_connect.shutdown_local`)."""
+    return bab.backend == "ray" and bab.workers >= 2 and not bab.address
 
 
 def search_pool(model: Model, bab: BabConfig) -> Optional[Pool]:

@@ -96,11 +96,11 @@ class RayShardPool(Pool):
 
     def close(self) -> None:
         """Kill every actor at once (one may be in a round nobody will read). A local
-        cluster this pool started stays up for the next pool of this process:
-        `ray.shutdown()` takes about a second, which the run's time promise
-        (verifier/guard.py) has no room for. Ray's own exit handler would stop it, but
-        `nncert verify` ends by `os._exit` (no handlers run), which leaves the local
-        cluster's dashboard and runtime-env agents running (a known leak: issue 21's note)."""
+        cluster this pool started stays up for the next pool of this process (starting one
+        takes seconds, and `ray.shutdown()` more than a second). Ray's exit handler stops it
+        when the process exits; `nncert verify`, which ends by `os._exit` (no handler
+        runs), stops it itself just before, within its time promise
+        (`verifier.ray_connect.shutdown_local`)."""
         for a in self._actors:
             try:
                 self._ray.kill(a, no_restart=True)

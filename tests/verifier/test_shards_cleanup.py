@@ -2,26 +2,30 @@
 address whose answer arrives in pieces is still recognised; only a cluster that cannot
 be reached is bad input, another failure of the pool's setup an internal error; no
 worker outlives its pool, not one that ignores SIGTERM, nor one a failed constructor
-had started; a Ctrl-C does not kill local workers."""
+had started; a Ctrl-C does not kill local workers; `nncert verify` on a local Ray
+cluster leaves none of its processes behind."""
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 
 import vnnlib
-from tests.builders import known_answer_net, known_answer_spec
+from tests.builders import known_answer_min, known_answer_net, known_answer_spec
 from verifier import Config, ray_connect
 from verifier.config import with_overrides
 from verifier.searches import SearchRecipe
 from verifier.shards import LocalPool
 
 _NO_RAY = "the optional ray package is not installed (pip install nncert[ray])"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +199,71 @@ def test_local_workers_ignore_sigint(net) -> None:
         assert pool.wait_ready(60) and worker.is_alive(), worker.exitcode
     finally:
         pool.close()
+
+
+def _left_in_group(pgid: int) -> list[str]:
+    """The processes of group `pgid` still running (zombies, which only wait to be reaped,
+    left out), as their command lines."""
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            left.append(f"{pid} {cmdline[:160]}")
+    return left
+
+
+@pytest.mark.skipif(not ray_connect.ray_available(), reason=_NO_RAY)
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the processes left from /proc (Linux)")
+def test_verify_on_a_local_ray_cluster_leaves_no_process_behind(net, tmp_path) -> None:
+    """`nncert verify --workers 2 --backend ray` starts a local cluster and ends by os._exit,
+    where Ray's exit handler does not run: the run must stop the cluster itself. The run
+    is the leader of a process group of its own, which every process it starts (the
+    raylet, the GCS server, their agents, the actors) joins; none may be left once it has
+    ended (those being killed get a few seconds to go)."""
+    m = known_answer_min(net)
+    spec = tmp_path / "below.vnnlib"
+    vnnlib.write_vnnlib(spec, known_answer_spec(m - 0.05 * (1 + abs(m))))
+    results = tmp_path / "results.txt"
+    run = subprocess.Popen([sys.executable, "-m", "verifier.cli", "verify", str(net.path), str(spec), "--workers",
+                            "2", "--backend", "ray", "--timeout", "120", "--results-file", str(results), "-q"],
+                           cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = run.communicate(timeout=150)
+        assert run.returncode == 0 and results.read_text().strip() == "unsat", err
+        end = time.monotonic() + 10
+        while _left_in_group(run.pid) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not _left_in_group(run.pid), "\n".join(_left_in_group(run.pid))
+    finally:
+        run.kill()
+        try:
+            os.killpg(run.pid, signal.SIGKILL)   # what a failed run left, so that the next tests do not meet it
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the cluster's processes in /proc (Linux)")
+@pytest.mark.parametrize("left, shut_down, words", [(60.0, True, ""), (0.5, False, "killed, not shut down")])
+def test_a_local_cluster_is_shut_down_with_time_left_and_killed_without(tmp_path, monkeypatch, left, shut_down,
+                                                                          words) -> None:
+    """With SHUTDOWN_S left ray.shutdown() runs; with less it is skipped, saying why. Either
+    way a process of the cluster that is still there (an agent that hangs; here a child
+    running from the ray package's folder) is killed. Ray is a stand-in."""
+    package = tmp_path / "ray"
+    calls: list = []
+    ray = types.SimpleNamespace(__file__=str(package / "__init__.py"), is_initialized=lambda: True,
+                                shutdown=lambda: calls.append("shutdown"))
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(package)])
+    try:
+        why = ray_connect.shutdown_local(time.monotonic() + left)
+        assert agent.wait(timeout=30) == -signal.SIGKILL
+        assert calls == (["shutdown"] if shut_down else []) and words in why and bool(why) != shut_down, why
+    finally:
+        agent.kill()

@@ -63,6 +63,10 @@ class _Run:
         # A VNN-LIB 2.0 query's network files by name when its networks are bounded side by side.
         self.network_files: Optional[dict[str, str]] = None
         self.standard = False  # the VNN-LIB standard's command line: its verdict names
+        self.deadline = float("inf")   # the time promise (`arm`)
+        # The search's workers start a local Ray cluster, which `release` stops before the
+        # process ends by os._exit (no exit handler of Ray's runs then).
+        self.ray_cluster = False
 
     def verdict_name(self, verdict: str) -> str:
         """The verdict as printed: the standard calls a timeout `timed-out`."""
@@ -93,7 +97,20 @@ class _Run:
         """Start the watchdog for a deadline (time.monotonic()); none when it is infinite."""
         from verifier.guard import Guard
 
+        self.deadline = deadline
         self._guard = Guard(deadline, self._on_timeout, grace_s=WATCHDOG_GRACE_S)
+
+    def release(self) -> None:
+        """Stop what the run started that would outlive the process's `os._exit`: a local
+        Ray cluster (`verifier.ray_connect.shutdown_local`, by the deadline; a note on
+        stderr says why when it had to be killed instead)."""
+        if not self.ray_cluster:
+            return
+        from verifier.ray_connect import shutdown_local
+
+        why = shutdown_local(self.deadline)
+        if why:
+            print(f"nncert: note: {why}", file=sys.stderr, flush=True)
 
     def _on_timeout(self, _best: object) -> int:
         """The run did not return in time: write what is known (the guard then ends the process)."""
@@ -112,6 +129,7 @@ class _Run:
             _write_results(getattr(self.args, "results_file", None), verdict)
             self.report({"verdict": verdict, "reason": "hard timeout"})
         print(self.verdict_name(verdict), flush=True)
+        self.release()   # no time is left: a local Ray cluster is killed, with a note
         return 0
 
 
@@ -214,10 +232,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     versions()  # imported now, so that the watchdog never imports
     run.timings["import"] = time.monotonic() - t
+    from verifier.ray_connect import SHUTDOWN_S   # its module imported now: the watchdog never imports
+    from verifier.shards import starts_ray_cluster
+
+    # Stopping a local Ray cluster before the process ends takes SHUTDOWN_S, kept from the
+    # search's time so that the promise holds (a long-lived caller of main() keeps it up).
+    run.ray_cluster = args._process and starts_ray_cluster(config.bab)
+    margin = FINISH_MARGIN_S + (SHUTDOWN_S if run.ray_cluster else 0.0)
     run.progress.phase("load")
     model, spec, query, unbounded = _load_problem(args, run)
     result = verify(model, spec, config, start=run.start, progress=run.progress,
-                    deadline=deadline - FINISH_MARGIN_S)
+                    deadline=deadline - margin)
     if unbounded and result.verdict == "unsat":
         from verifier.result import Result
 
@@ -255,7 +280,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
             side = SideBySide(query, run.network_files)
         extra["certificate"] = write_certificate(args.certificate, model, spec_path, spec, result,
-                                                 deadline=deadline - FINISH_MARGIN_S, side=side)
+                                                 deadline=deadline - margin, side=side)
         result.timings["certificate"] = time.monotonic() - t
     if not run.claim():
         time.sleep(10)  # the watchdog owns the outputs and is ending the process
@@ -404,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.flush()
         except BrokenPipeError:
             pass
+        run: Optional[_Run] = getattr(args, "_run", None)
+        if run is not None:
+            run.release()   # a local Ray cluster: Ray's exit handler does not run after os._exit
         os._exit(code)
     return code
 
