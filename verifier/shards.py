@@ -378,8 +378,8 @@ class LocalPool(Pool):
     def close(self) -> None:
         """Stop every worker at once: one may be in the middle of a round nobody will read,
         and the run's time promise (verifier/guard.py) leaves no room to wait for it. Each
-        gets SIGTERM; one still there `STOP_GRACE_S` later (a stopped process, or one whose
-        code catches or ignores SIGTERM) is killed, so that no worker outlives its pool."""
+        gets SIGTERM; one still there `STOP_GRACE_S` later (its code catches, ignores or
+        blocks SIGTERM) is killed, so that no worker outlives its pool."""
         for proc in self._procs:
             if proc.is_alive():
                 proc.terminate()

@@ -103,12 +103,16 @@ class _Run:
     def release(self) -> None:
         """Stop what the run started that would outlive the process's `os._exit`: a local
         Ray cluster (`verifier.ray_connect.shutdown_local`, by the deadline; a note on
-        stderr says why when it had to be killed instead)."""
+        stderr says why when it had to be killed instead). The outputs are written by
+        now: a failure here is a note too, never another exit code."""
         if not self.ray_cluster:
             return
         from verifier.ray_connect import shutdown_local
 
-        why = shutdown_local(self.deadline)
+        try:
+            why = shutdown_local(self.deadline)
+        except Exception as exc:  # noqa: BLE001 - on the way out: say it, change nothing else
+            why = f"the local Ray cluster may be left running: {type(exc).__name__}: {exc}"
         if why:
             print(f"nncert: note: {why}", file=sys.stderr, flush=True)
 
