@@ -9,6 +9,7 @@ import torch
 
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from verifier.config import BoundsConfig, resolve_device
+from verifier.config_checks import options_or_default
 from verifier.model import Model
 
 __all__ = ["bounds", "dtype_of", "bound_options", "outward_box", "ShapeError"]
@@ -86,11 +87,7 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device:
     method to escalate to, while this call computes `method`. `patches=False` walks
     convolutions with whole feature maps (the same bounds, slower; benchmarks).
     """
-    if config is None:
-        config = BoundsConfig()
-    elif not isinstance(config, BoundsConfig):
-        raise TypeError(f"config must be a verifier.config.BoundsConfig (e.g. Config().bounds), "
-                        f"got {type(config).__name__}")
+    config = options_or_default("config", config, BoundsConfig, "verifier.config.BoundsConfig, e.g. Config().bounds")
     dt = dtype_of(config.dtype)
     device = resolve_device(device)
     shape = model.graph.input_shape

@@ -1,5 +1,6 @@
 """What each config key accepts: the checks a key declares (`verifier.config.key`), the
-error they raise, and the device check's resolution at run time.
+error they raise, and the device check's resolution at run time; and the one check of
+an argument that takes a settings object (`instance_of`, `options_or_default`).
 
 Torch-free, as `verifier.config` is (the CLI builds its parser from them on every call);
 `Device` imports torch only for a name other than auto or cpu.
@@ -9,10 +10,14 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import reprlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
-__all__ = ["ConfigError", "Check", "Int", "Real", "Share", "Bool", "Choice", "Device", "RayAddress", "resolve_device"]
+__all__ = ["ConfigError", "Check", "Int", "Real", "Share", "Bool", "Choice", "Device", "RayAddress", "resolve_device",
+           "instance_of", "options_or_default"]
+
+O = TypeVar("O")
 
 
 class ConfigError(ValueError):
@@ -250,3 +255,27 @@ def resolve_device(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------- settings objects
+
+
+def instance_of(name: str, value: object, cls: type[O], hint: str = "") -> O:
+    """`value` if it is a `cls`, else a TypeError that says what to pass.
+
+    For the arguments that take a settings object (a `BoundsConfig`, `SdpOptions`,
+    `LocalSearch`, `Perturbation`, ...): a dict in its place, or a call written against
+    an older signature with a number where the object now stands, would otherwise fail
+    far from the call on a missing attribute, or run with the value in the wrong place.
+    `hint` (an example, or what the object holds) follows the class name in parentheses.
+    """
+    if isinstance(value, cls):
+        return value
+    what = f"{cls.__name__} ({hint})" if hint else cls.__name__
+    raise TypeError(f"{name} must be a {what}, got {type(value).__name__} {reprlib.repr(value)}")
+
+
+def options_or_default(name: str, value: object, cls: type[O], hint: str = "") -> O:
+    """`cls()` for None (the argument left out: the class's defaults), else `instance_of`'s
+    answer: for the arguments whose default is None."""
+    return cls() if value is None else instance_of(name, value, cls, hint)

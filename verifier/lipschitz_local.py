@@ -33,6 +33,7 @@ import torch
 from relaxations.lipschitz.local import LocalNet, derivative_ranges, forward_bounds, gradient_bound
 from relaxations.lipschitz.network import FeedForward, activation_lipschitz, network_sha256
 from relaxations.lipschitz.norms import naive_bound, round_up_product
+from verifier.config_checks import options_or_default
 
 __all__ = ["LocalLipschitzResult", "LocalSearch", "local_lipschitz", "CLAIM_REL", "naive_row_bounds"]
 
@@ -179,10 +180,7 @@ def local_lipschitz(net: FeedForward, center: Any, radius: float, norm: str = "i
     bounding (None: ``LocalSearch()``, 200 domains in 60 s). ``certificate=False`` skips
     building the certificate. Raises ValueError on bad input (shape, radius, norm)."""
     t0 = time.perf_counter()
-    if search is None:
-        search = LocalSearch()
-    elif not isinstance(search, LocalSearch):
-        raise TypeError(f"search must be a LocalSearch, got {type(search).__name__}")
+    search = options_or_default("search", search, LocalSearch)
     max_domains, timeout, batch, linear = search.max_domains, search.timeout, search.batch, search.linear
     x0, r, rows = _check_inputs(net, center, radius, norm, C)
     if net.activation == "maxmin":

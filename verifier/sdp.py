@@ -38,6 +38,7 @@ from relaxations.sdp import (
     relu_mlp_from_graph,
 )
 from verifier.config import SDP_METHODS
+from verifier.config_checks import options_or_default
 from verifier.model import Model
 
 if TYPE_CHECKING:  # the solvers load only when a row is solved (cvxpy is heavy)
@@ -195,14 +196,6 @@ class SdpOptions:
             raise ValueError(f"skip_proved must be True or False, got {self.skip_proved!r}")
 
 
-def _options(options: Optional[SdpOptions]) -> SdpOptions:
-    if options is None:
-        return SdpOptions()
-    if not isinstance(options, SdpOptions):
-        raise TypeError(f"options must be an SdpOptions, got {type(options).__name__}")
-    return options
-
-
 def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: Optional[np.ndarray] = None, *,
                  options: Optional[SdpOptions] = None, deadline: Optional[float] = None
                  ) -> tuple[np.ndarray, list[dict], list[dict]]:
@@ -216,7 +209,7 @@ def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: O
     first rows only); the caller keeps another valid bound for the rest."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    options = _options(options)
+    options = options_or_default("options", options, SdpOptions)
     weights, biases, lower, upper = net.weights, net.biases, net.lower, net.upper
     pre_lower, pre_upper = net.pre_lower, net.pre_upper
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
@@ -280,7 +273,7 @@ def certify_sdp(model: Union[Model, Graph], lower: np.ndarray, upper: np.ndarray
     time keep CROWN's bound and ``timed_out`` is set. A graph that is not a ReLU MLP
     raises ``NotReluMlp``, an ``UnsupportedModel`` (bad input, not a bug)."""
     t0 = time.perf_counter()
-    options = _options(options)
+    options = options_or_default("options", options, SdpOptions)
     graph = model.graph if isinstance(model, Model) else model
     try:
         weights, biases = relu_mlp_from_graph(graph)

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence, TextIO
 from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome, expected_for, judge, write_outcomes
 from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
+from verifier.config_checks import instance_of
 
 __all__ = ["BenchRun", "RayOptions", "Slots", "run_bench", "ISOLATION_MODES"]
 
@@ -89,8 +90,7 @@ def run_bench(instances: Sequence[Instance], slots: Slots = Slots(), settings: R
     at once.
     """
     stream = sys.stdout if stream is None else stream  # resolved per call: pytest swaps sys.stdout
-    if not isinstance(slots, Slots):
-        raise TypeError(f"slots must be a Slots (isolate, jobs, ray), got {type(slots).__name__}")
+    slots = instance_of("slots", slots, Slots, "isolate, jobs, ray")
     isolate, jobs, ray = slots.isolate, slots.jobs, slots.ray
     tracker = ChildTracker()
     pool = None

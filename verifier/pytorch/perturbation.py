@@ -8,6 +8,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from verifier.config_checks import instance_of
+
 __all__ = ["Perturbation", "NORMS", "checked_perturbation"]
 
 NORMS = ("inf", "2")
@@ -46,7 +48,4 @@ class Perturbation:
 def checked_perturbation(value: object) -> Perturbation:
     """`value` if it is a `Perturbation`: a clear error for a call written against the
     old signatures, whose norm or range would otherwise land in its place."""
-    if not isinstance(value, Perturbation):
-        raise TypeError(f"perturbation must be a Perturbation (e.g. Perturbation(norm='2', lower=0.0, upper=1.0)), "
-                        f"not {value!r}")
-    return value
+    return instance_of("perturbation", value, Perturbation, "e.g. Perturbation(norm='2', lower=0.0, upper=1.0)")

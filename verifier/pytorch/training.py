@@ -43,6 +43,7 @@ from relaxations import BallBox, BoundOptions, IntervalBounds, compute_bounds, r
 from relaxations.bounds import Precision
 from relaxations.ibp import affine_interval, node_inputs
 from relaxations.registry import is_affine_node
+from verifier.config_checks import instance_of
 from verifier.pytorch.perturbation import Perturbation, checked_perturbation
 
 __all__ = ["certified_loss", "CertifiedInfo", "CertifiedOptions", "EpsilonSchedule", "Perturbation", "margin_matrix",
@@ -250,10 +251,7 @@ class CertifiedOptions:
 def _checked_options(options: object) -> CertifiedOptions:
     """`options` if it is a `CertifiedOptions`: a clear error for a call written against the
     old signatures, whose range would otherwise land in its place."""
-    if not isinstance(options, CertifiedOptions):
-        raise TypeError(f"options must be a CertifiedOptions (the valid range and norm are its perturbation's), "
-                        f"not {options!r}")
-    return options
+    return instance_of("options", options, CertifiedOptions, "the valid range and norm are its perturbation's")
 
 
 def adversarial_points(model: nn.Module, x: T, y: T, radius: float | T,
