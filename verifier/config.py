@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from verifier.config_checks import (Bool, Check, Choice, ConfigError, Device, Int, RayAddress, Real, Share,
-                                    _Rejected, resolve_device)
+                                    _Rejected, checked, resolve_device)
 
 __all__ = ["Config", "BoundsConfig", "AttackConfig", "BabConfig", "LpConfig", "Share", "ConfigError", "load_config",
            "with_overrides", "config_to_dict", "describe", "describe_markdown", "flags_markdown", "shown", "keys",
@@ -66,10 +66,7 @@ class _Validated:
                     raise ConfigError(f"config key '{name}' is a section; expected a "
                                       f"{f.metadata['section'].__name__}, got {value!r}")
                 continue
-            try:
-                normal = f.metadata["check"](value)
-            except _Rejected as exc:
-                raise ConfigError(f"config key '{name}': expected {exc}, got {value!r}") from None
+            normal = checked(f"config key '{name}'", value, f.metadata["check"])
             if normal is not value:
                 object.__setattr__(self, f.name, normal)  # 60 -> 60.0: frozen, so set once here
 

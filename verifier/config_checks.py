@@ -1,6 +1,8 @@
 """What each config key accepts: the checks a key declares (`verifier.config.key`), the
-error they raise, and the device check's resolution at run time; and the one check of
-an argument that takes a settings object (`instance_of`, `options_or_default`).
+error they raise, and the device check's resolution at run time; and the same checks for
+the settings objects outside the config tree (`LocalSearch`, `SdpOptions`,
+`Perturbation`: `setting`, `check_settings`), with the one check of an argument that
+takes such an object (`instance_of`, `options_or_default`).
 
 Torch-free, as `verifier.config` is (the CLI builds its parser from them on every call);
 `Device` imports torch only for a name other than auto or cpu.
@@ -11,17 +13,19 @@ import math
 import numbers
 import re
 import reprlib
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, TypeVar, Union
 
 __all__ = ["ConfigError", "Check", "Int", "Real", "Share", "Bool", "Choice", "Device", "RayAddress", "resolve_device",
-           "instance_of", "options_or_default"]
+           "checked", "setting", "check_settings", "instance_of", "options_or_default"]
 
 O = TypeVar("O")
 
 
 class ConfigError(ValueError):
-    """A config file, override or argument that does not fit the config tree.
+    """A config file, override or argument that does not fit the config tree, or a field
+    of a settings object (`check_settings`) that its check refuses.
 
     A ValueError, so Python callers may catch it as one; the CLI maps it to exit 2.
     """
@@ -106,9 +110,10 @@ class Int(Check):
 
 @dataclass(frozen=True)
 class Real(Check):
-    """A number > lo (or >= lo); finite unless `inf` says what +inf means."""
+    """A number > lo (or >= lo; lo None: no lower limit); finite unless `inf` says what
+    +inf means."""
 
-    lo: float
+    lo: Optional[float]
     strict: bool = False
     inf: str = ""          # what +inf means, when it is allowed ("no limit")
     unit: str = ""
@@ -117,7 +122,7 @@ class Real(Check):
 
     def expected(self) -> str:
         what = ("a number" if self.inf else "a finite number") + (f" of {self.unit}" if self.unit else "")
-        text = f"{what} {'>' if self.strict else '>='} {self.lo:g}"
+        text = what if self.lo is None else f"{what} {'>' if self.strict else '>='} {self.lo:g}"
         return f"{text}, or inf ({self.inf})" if self.inf else text
 
     def parse(self, text: str) -> Any:
@@ -131,7 +136,7 @@ class Real(Check):
             raise _Rejected(self.expected())
         v = float(value)
         ok = not math.isnan(v) and (math.isfinite(v) or (v > 0 and bool(self.inf)))
-        if not ok or v < self.lo or (self.strict and v == self.lo):
+        if not ok or (self.lo is not None and (v < self.lo or (self.strict and v == self.lo))):
             raise _Rejected(self.expected())
         return v
 
@@ -155,7 +160,8 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 @dataclass(frozen=True)
 class Bool(Check):
-    """true or false; text accepts yes/no, on/off and 1/0 as YAML does."""
+    """true or false; text accepts yes/no, on/off and 1/0 as YAML does, and a numpy bool
+    (a flag read from an array) is taken as its Python bool."""
 
     type = bool
 
@@ -167,6 +173,9 @@ class Bool(Check):
         return True if low in _TRUE else False if low in _FALSE else text
 
     def __call__(self, value: Any) -> bool:
+        np = sys.modules.get("numpy")   # a numpy bool exists only once numpy is loaded: no import here
+        if np is not None and isinstance(value, np.bool_):
+            return bool(value)
         if not isinstance(value, bool):
             raise _Rejected(self.expected())
         return value
@@ -258,6 +267,37 @@ def resolve_device(name: str) -> str:
 
 
 # --------------------------------------------------------------- settings objects
+
+
+def checked(name: str, value: Any, check: Check) -> Any:
+    """`value` as `check` normalises it (60 -> 60.0), or a ConfigError
+    "NAME: expected <what check accepts>, got VALUE": the words of every config key's
+    message, for a config key and a settings object's field alike."""
+    try:
+        return check(value)
+    except _Rejected as exc:
+        raise ConfigError(f"{name}: expected {exc}, got {value!r}") from None
+
+
+def setting(default: Any, check: Check) -> Any:
+    """A field of a settings object outside the config tree (`LocalSearch`, `SdpOptions`,
+    `Perturbation`) with the check it meets, declared on the field as a config key's is;
+    `check_settings` runs it."""
+    return field(default=default, metadata={"check": check})
+
+
+def check_settings(obj: Any) -> None:
+    """Runs the check of every `setting` field of the frozen dataclass `obj` (call it from
+    `__post_init__`) and keeps each normalised value; a refused one is a ConfigError
+    naming the field as `Class.field`. Such objects meet the checks of the config's keys,
+    so a timeout or a step count follows one rule and says so in one way wherever it is
+    set."""
+    for f in fields(obj):
+        if "check" in f.metadata:
+            value = getattr(obj, f.name)
+            normal = checked(f"{type(obj).__name__}.{f.name}", value, f.metadata["check"])
+            if normal is not value:
+                object.__setattr__(obj, f.name, normal)   # frozen: set once, here
 
 
 def instance_of(name: str, value: object, cls: type[O], hint: str = "") -> O:

@@ -33,7 +33,7 @@ import torch
 from relaxations.lipschitz.local import LocalNet, derivative_ranges, forward_bounds, gradient_bound
 from relaxations.lipschitz.network import FeedForward, activation_lipschitz, network_sha256
 from relaxations.lipschitz.norms import naive_bound, round_up_product
-from verifier.config_checks import options_or_default
+from verifier.config_checks import Bool, Int, Real, check_settings, options_or_default, setting
 
 __all__ = ["LocalLipschitzResult", "LocalSearch", "local_lipschitz", "CLAIM_REL", "naive_row_bounds"]
 
@@ -48,30 +48,23 @@ Split = tuple[int, int, int]  # (hidden layer, neuron, sign: +1 z >= 0, -1 z <= 
 class LocalSearch:
     """How far the branch and bound behind a local bound may go, and how it bounds each
     domain: one value, so a caller (the CLI, a benchmark) sets the search's budget in one
-    place and the bound's call stays about the box. Checked here, so a bad budget fails
-    before any bounding.
+    place and the bound's call stays about the box. Checked here, by the config keys'
+    checks (`verifier.config_checks`), so a bad budget fails before any bounding with the
+    config's words.
 
-    ``max_domains``: bound computations, the root included (1 or less: the root only, no
+    ``max_domains``: bound computations, the root included (0 or 1: the root only, no
     BaB). ``timeout``: seconds for the whole call (0: the root only; inf: no limit); a
     batch starts only when it fits in the time left. ``batch``: the most leaves split at
     once. ``linear=False``: interval arithmetic only (no linear bounds of the gradient).
     """
 
-    max_domains: int = 200
-    timeout: float = 60.0
-    batch: int = 8
-    linear: bool = True
+    max_domains: int = setting(200, Int(0))
+    timeout: float = setting(60.0, Real(0, inf="no limit", unit="seconds"))
+    batch: int = setting(8, Int(1))
+    linear: bool = setting(True, Bool())
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_domains, (int, np.integer)) or isinstance(self.max_domains, bool):
-            raise ValueError(f"max_domains must be an integer, got {self.max_domains!r}")
-        if (not isinstance(self.timeout, (int, float, np.integer, np.floating)) or isinstance(self.timeout, bool)
-                or not self.timeout >= 0):
-            raise ValueError(f"timeout must be a number of seconds >= 0 (inf: no limit), got {self.timeout!r}")
-        if not isinstance(self.batch, (int, np.integer)) or isinstance(self.batch, bool) or self.batch < 1:
-            raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
-        if not isinstance(self.linear, (bool, np.bool_)):
-            raise ValueError(f"linear must be True or False, got {self.linear!r}")
+        check_settings(self)
 
 
 @dataclass(frozen=True)

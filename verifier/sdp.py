@@ -38,7 +38,7 @@ from relaxations.sdp import (
     relu_mlp_from_graph,
 )
 from verifier.config import SDP_METHODS
-from verifier.config_checks import options_or_default
+from verifier.config_checks import Bool, Real, check_settings, options_or_default, setting
 from verifier.model import Model
 
 if TYPE_CHECKING:  # the solvers load only when a row is solved (cvxpy is heavy)
@@ -170,30 +170,26 @@ class SdpOptions:
 
     ``solver`` (method sdp): cvxpy's solver, "SCS" or "CLARABEL" (None: Clarabel for
     small problems when installed, else SCS). ``scs_time_limit_s`` (method sdp): the
-    solver's own limit per row (0: none beyond the deadline's share). ``lowrank``
+    solver's own limit per row (0 or inf: none beyond the deadline's share). ``lowrank``
     (method sdp-lowrank): the Burer-Monteiro settings (None: ``LowRankOptions()``).
     ``skip_proved``: with targets, rows that CROWN already proves keep CROWN's bound
     (a certificate of kind ``crown`` stands in for them) and get no SDP.
     """
 
     solver: Optional[str] = None
-    scs_time_limit_s: float = 0.0
+    scs_time_limit_s: float = setting(0.0, Real(0, inf="no limit", unit="seconds"))
     lowrank: Optional[LowRankOptions] = None
-    skip_proved: bool = False
+    skip_proved: bool = setting(False, Bool())
 
     def __post_init__(self) -> None:
         if self.solver is not None and not isinstance(self.solver, str):
             raise ValueError(f"solver must be a cvxpy solver's name or None, got {self.solver!r}")
-        limit = self.scs_time_limit_s
-        if isinstance(limit, bool) or not isinstance(limit, (int, float, np.integer, np.floating)) or not limit >= 0:
-            raise ValueError(f"scs_time_limit_s must be a number of seconds >= 0 (0: no limit), got {limit!r}")
+        check_settings(self)
         if self.lowrank is not None:
             from verifier.solvers.burer_monteiro import LowRankOptions
 
             if not isinstance(self.lowrank, LowRankOptions):
                 raise ValueError(f"lowrank must be a LowRankOptions or None, got {type(self.lowrank).__name__}")
-        if not isinstance(self.skip_proved, (bool, np.bool_)):
-            raise ValueError(f"skip_proved must be True or False, got {self.skip_proved!r}")
 
 
 def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: Optional[np.ndarray] = None, *,

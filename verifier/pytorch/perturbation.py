@@ -4,15 +4,26 @@ No torch here: `verifier.Perturbation` is importable without paying for it.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
-from verifier.config_checks import instance_of
+from verifier.config_checks import Choice, Real, check_settings, instance_of, setting
 
 __all__ = ["Perturbation", "NORMS", "checked_perturbation"]
 
 NORMS = ("inf", "2")
+
+
+@dataclass(frozen=True)
+class _RangeEnd(Real):
+    """A finite number, as `Real` takes it; a 0-d tensor or array is taken as its number
+    (the old signatures clamped with one)."""
+
+    def __call__(self, value: Any) -> float:
+        if not isinstance(value, (numbers.Real, str)) and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            value = value.item()
+        return super().__call__(value)
 
 
 @dataclass(frozen=True)
@@ -24,23 +35,16 @@ class Perturbation:
     These stay fixed for a model and its data, so they travel together. The radius eps
     does not: it is each call's own argument, because a training schedule
     (`EpsilonSchedule`) changes it every step and it may be a tensor with one radius per
-    example, where a frozen object would have to be rebuilt at every step.
+    example, where a frozen object would have to be rebuilt at every step. The fields
+    meet the config keys' checks (`verifier.config_checks`), with their words.
     """
 
-    norm: str = "inf"
-    lower: float = 0.0
-    upper: float = 1.0
+    norm: str = setting("inf", Choice(NORMS))
+    lower: float = setting(0.0, _RangeEnd(None))
+    upper: float = setting(1.0, _RangeEnd(None))
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
-        for name in ("lower", "upper"):
-            value = getattr(self, name)
-            if not isinstance(value, (numbers.Real, str)) and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-                value = value.item()    # a 0-d tensor or array, as the old signatures took
-                object.__setattr__(self, name, value)
-            if not (isinstance(value, numbers.Real) and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        check_settings(self)
         if self.lower > self.upper:
             raise ValueError(f"lower must be <= upper, got lower={self.lower} and upper={self.upper}")
 

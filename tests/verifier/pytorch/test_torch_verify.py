@@ -114,7 +114,7 @@ def test_l2_verdicts_are_sound() -> None:
 def test_bad_arguments_are_clear_errors() -> None:
     net = _net()
     x, y = _points(net, 2)
-    with pytest.raises(ValueError, match="norm must be one of"):
+    with pytest.raises(ValueError, match="Perturbation.norm: expected one of"):
         verifier.verify_module(net, x, y, eps=0.1, perturbation=verifier.Perturbation(norm="1"))
     with pytest.raises(ValueError, match="label 7 is not a class"):
         verifier.verify_module(net, x, torch.tensor([0, 7]), eps=0.1)

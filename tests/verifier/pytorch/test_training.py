@@ -522,8 +522,8 @@ def test_the_perturbation_sets_the_range_and_refuses_bad_values() -> None:
                                    margin_bounds(net, torch.full_like(x, 0.5), y, 0.1, "ibp"))
     adv = adversarial_points(net, x, y, 1.0, CertifiedOptions(perturbation=band))
     assert bool((adv >= 0.4).all() and (adv <= 0.6).all())
-    for bad, message in [(dict(norm="1"), "norm must be one of"), (dict(lower=0.7, upper=0.3), "lower must be <="),
-                         (dict(upper=math.inf), "upper must be a finite number")]:
+    for bad, message in [(dict(norm="1"), "Perturbation.norm: expected one of"), (dict(lower=0.7, upper=0.3),
+                         "lower must be <="), (dict(upper=math.inf), "Perturbation.upper: expected a finite number")]:
         with pytest.raises(ValueError, match=message):
             Perturbation(**bad)
     with pytest.raises(ValueError, match="l-inf balls only"):
