@@ -29,9 +29,11 @@ y_j is not counted twice.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import weakref
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,8 @@ __all__ = ["certified_loss", "CertifiedInfo", "CertifiedOptions", "EpsilonSchedu
            "ibp_tightness", "module_graph", "pair_rows", "TRAINING_METHODS"]
 
 T = torch.Tensor
+P = ParamSpec("P")
+R = TypeVar("R")
 BOUND_METHODS = ("ibp", "crown-ibp", "crown")
 # sabr: IBP over a small box around an adversarial point (Mueller et al., ICLR 2023,
 # "Certified Training: Small Boxes are All You Need"); mtl-ibp: a convex mix of the IBP
@@ -310,7 +314,31 @@ class CertifiedInfo:
     natural_loss: float
 
 
-def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0,
+def _positional_at_most(n: int, instead: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Refuses a call with more than `n` positional arguments by a TypeError that names
+    the ones kept and says what to write `instead`.
+
+    For a function whose later parameters became keyword-only when its signature changed:
+    Python's own error ("takes from 4 to 6 positional arguments but 7 were given") says
+    nothing of where the old arguments went. The signature seen by `help` and
+    `inspect.signature` stays the function's own."""
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        kept = ", ".join(list(inspect.signature(fn).parameters)[:n])
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            if len(args) > n:
+                raise TypeError(f"{fn.__name__}() takes at most {n} positional arguments ({kept}), got {len(args)}: "
+                                f"{instead}")
+            return fn(*args, **kwargs)
+        return call
+    return wrap
+
+
+@_positional_at_most(6, "kappa and options are keyword-only (kappa=..., options=...); the old lower, upper, "
+                        "tightness and norm are options=CertifiedOptions(perturbation=Perturbation(norm=..., "
+                        "lower=..., upper=...), tightness=...)")
+def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "ibp", beta: float = 1.0, *,
                    kappa: float = 0.0, options: CertifiedOptions = CertifiedOptions()) -> tuple[T, CertifiedInfo]:
     """Robust cross-entropy of `model` over the l-inf boxes x +- eps (clipped), and diagnostics.
 
@@ -328,6 +356,10 @@ def certified_loss(model: nn.Module, x: T, y: T, eps: float | T, method: str = "
     that a BatchNorm in training mode uses the batch's statistics, as its forward does.
     `options.tightness` also fills `info.tightness` (`ibp_tightness`): a diagnostic for
     logging, off by default since it costs about as much again as the loss and its backward.
+
+    `kappa` and `options` are keyword-only: before the `Perturbation` refactor the
+    seventh positional argument was `lower`, and a call written then would otherwise run
+    with its range as `kappa`; such a call is a TypeError that says what to write instead.
     """
     if method not in TRAINING_METHODS:
         raise ValueError(f"method must be one of {', '.join(TRAINING_METHODS)}, not '{method}'")

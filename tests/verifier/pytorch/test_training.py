@@ -532,9 +532,33 @@ def test_the_perturbation_sets_the_range_and_refuses_bad_values() -> None:
         margin_bounds(net, x, y, 0.1, "ibp", 1.0, 0.0)        # lower and upper, as before
     with pytest.raises(TypeError, match="perturbation must be a Perturbation"):
         CertifiedOptions(perturbation="2")
+    with pytest.raises(TypeError, match=r"at most 6 positional arguments .*options=CertifiedOptions\(perturbation="):
+        certified_loss(net, x, y, 0.1, "ibp", 1.0, 0.0, 1.0)  # lower and upper, as before
     with pytest.raises(TypeError, match="options must be a CertifiedOptions"):
-        certified_loss(net, x, y, 0.1, "ibp", 1.0, 0.0, 1.0)
+        certified_loss(net, x, y, 0.1, "ibp", 1.0, options=Perturbation())
     with pytest.raises(TypeError, match="options must be a CertifiedOptions"):
         adversarial_points(net, x, y, 0.1, 0.0)               # lower, as before
     assert Perturbation(lower=torch.tensor(-1.0), upper=np.array(2.0)) == Perturbation(lower=-1.0, upper=2.0)
     assert verifier.Perturbation is Perturbation and verifier.CertifiedOptions is CertifiedOptions
+
+
+def test_an_old_positional_call_of_certified_loss_is_refused_not_read_as_kappa() -> None:
+    """`certified_loss(m, x, y, eps, "ibp", 1.0, 0.5)` meant lower=0.5 before the
+    Perturbation refactor; now kappa and options are keyword-only, so such a call is a
+    TypeError that names the arguments kept and says where the range went, while the
+    keyword forms and the signature `help` shows are the function's own."""
+    import inspect
+
+    net = _mlp()
+    x = torch.rand(4, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(4) % 4
+    with pytest.raises(TypeError) as old:
+        certified_loss(net, x, y, 0.1, "ibp", 1.0, 0.5)
+    assert str(old.value).startswith("certified_loss() takes at most 6 positional arguments "
+                                     "(model, x, y, eps, method, beta), got 7: kappa and options are keyword-only")
+    assert "Perturbation(norm=..., lower=..., upper=...)" in str(old.value)
+    params = inspect.signature(certified_loss).parameters
+    assert [p.name for p in params.values() if p.kind is p.KEYWORD_ONLY] == ["kappa", "options"]
+    positional, _ = certified_loss(net, x, y, 0.1, "crown-ibp", 0.5, kappa=0.5)
+    keywords, _ = certified_loss(net, x, y, eps=0.1, method="crown-ibp", beta=0.5, kappa=0.5, options=CertifiedOptions())
+    torch.testing.assert_close(positional, keywords)
