@@ -51,8 +51,10 @@ def test_settings_objects_meet_the_config_keys_checks_and_words() -> None:
                          (lambda: LocalSearch(linear="no"), "LocalSearch.linear: expected true or false"),
                          (lambda: SdpOptions(skip_proved=1), "SdpOptions.skip_proved: expected true or false"),
                          (lambda: Perturbation(norm="1"), "Perturbation.norm: expected one of inf, 2"),
-                         (lambda: Perturbation(lower=float("nan")), "Perturbation.lower: expected a finite number"),
-                         (lambda: Perturbation(upper=True), "Perturbation.upper: expected a finite number")]:
+                         (lambda: Perturbation(lower=float("nan")), "Perturbation.lower: expected a finite number, "
+                                                                    "or an array or tensor of finite numbers"),
+                         (lambda: Perturbation(upper=True), "Perturbation.upper: expected a finite number, or an "
+                                                            "array or tensor of finite numbers")]:
         with pytest.raises(ConfigError, match=f"^{message}, got "):
             bad()
     search = LocalSearch(max_domains=np.int64(5), timeout=np.float32(2.0), linear=np.True_)

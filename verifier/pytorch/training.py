@@ -95,6 +95,14 @@ def pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
     return (eye.unsqueeze(1) - eye[others]).reshape(-1, n_classes)
 
 
+def _valid_range(perturbation: Perturbation, x: T) -> tuple[float | T, float | T]:
+    """The perturbation's range for the examples of x [B, *example]: numbers as they are, a
+    range per feature [*example] in x's dtype and on its device, for clamping."""
+    ends = perturbation.range_for(tuple(x.shape[1:]))
+    lower, upper = (e if isinstance(e, float) else e.to(device=x.device, dtype=x.dtype) for e in ends)
+    return lower, upper
+
+
 def _box(x: T, eps: float | T, perturbation: Perturbation, shape: tuple[int, ...]) -> IntervalBounds:
     """The batch of l-inf boxes x +- eps clipped to the perturbation's range, as
     [B, *shape]; eps a number, or one per example ([B] or [B, 1, ...]). norm "2": that box
@@ -105,7 +113,7 @@ def _box(x: T, eps: float | T, perturbation: Perturbation, shape: tuple[int, ...
     if radius.dim() >= 1 and radius.numel() == x.shape[0] and x.shape[0] > 1:
         radius = radius.reshape(-1)
         eps = radius.reshape(-1, *([1] * len(shape)))
-    lower, upper = perturbation.lower, perturbation.upper
+    lower, upper = _valid_range(perturbation, x)
     lo, hi = (xb - eps).clamp(min=lower, max=upper), (xb + eps).clamp(min=lower, max=upper)
     if perturbation.norm == "2":
         return BallBox(lo, hi, xb, radius.expand(x.shape[0]) if radius.dim() == 0 else radius.reshape(-1))
@@ -183,7 +191,7 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     constants, with autograd through them. `batch_stats` (from `forward_with_statistics`)
     saves a forward; without it they are computed here, running statistics untouched.
     `perturbation` (`Perturbation`): the ball's norm and the valid range it is clipped
-    to. norm "2": the region is the l2 ball of radius eps around x within the range; the
+    to (two numbers, or with norm "inf" a range per feature). norm "2": the region is the l2 ball of radius eps around x within the range; the
     affine layers reading the input are bounded through the ball (dual norm) and CROWN
     concretises against it (SDP-CROWN's ReLU bias is for verification: `verify_module`).
     """
@@ -265,7 +273,7 @@ def adversarial_points(model: nn.Module, x: T, y: T, radius: float | T,
     eval mode for the search (no running statistics move) and gets its mode back."""
     if _checked_options(options).perturbation.norm != "inf":
         raise ValueError("adversarial_points searches l-inf balls only (its steps are sign steps)")
-    lower, upper = options.perturbation.lower, options.perturbation.upper
+    lower, upper = _valid_range(options.perturbation, x)
     r = _per_example(torch.as_tensor(radius, dtype=x.dtype, device=x.device), x)
     lo, hi = (x - r).clamp(min=lower, max=upper), (x + r).clamp(min=lower, max=upper)
     was_training = model.training

@@ -101,7 +101,8 @@ def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence
     valid range) makes another class's logit reach the label's. One `Result` per point:
     'unsat' (robust), 'sat' (a counterexample, replayed in onnxruntime), 'unknown' or
     'timeout'; `config.timeout` applies to each point. A point the module misclassifies
-    is 'sat' at itself.
+    is 'sat' at itself. Over l-inf the valid range may be per feature (`Perturbation`):
+    the spec's box is clipped elementwise.
     """
     perturbation = checked_perturbation(perturbation)
     if not (np.isfinite(eps) and eps >= 0):
@@ -110,9 +111,13 @@ def verify_module(module: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence
     labels = [int(v) for v in torch.as_tensor(y).reshape(-1).tolist()]
     if len(labels) != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} points and y {len(labels)} labels")
-    lower, upper = perturbation.lower, perturbation.upper
+    lower, upper = perturbation.range_for(tuple(x.shape[1:]))
     if bool((x < lower).any() or (x > upper).any()):
-        raise ValueError(f"every point must lie in the valid range [{lower}, {upper}]")
+        shown = f"[{lower}, {upper}]" if isinstance(lower, float) and isinstance(upper, float) else "(per feature)"
+        raise ValueError(f"every point must lie in the valid range {shown}")
+    if not (isinstance(lower, float) and isinstance(upper, float)):   # per feature: flat, as each point is below
+        lower, upper = (e if isinstance(e, float) else e.reshape(-1) for e in (lower, upper))
+        perturbation = dataclasses.replace(perturbation, lower=lower, upper=upper)
     model = module_model(module, (1, *x.shape[1:]))
     K = model.n_outputs
     for label in labels:
