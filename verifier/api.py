@@ -1,6 +1,7 @@
 """`bounds()`: the auto_LiRPA-style entry point for bounds of a model over boxes."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Optional
 
@@ -12,7 +13,7 @@ from verifier.config import BoundsConfig, resolve_device
 from verifier.config_checks import options_or_default
 from verifier.model import Model
 
-__all__ = ["bounds", "dtype_of", "bound_options", "outward_box", "ShapeError"]
+__all__ = ["bounds", "dtype_of", "bound_options", "region_options", "outward_box", "ShapeError"]
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -25,13 +26,28 @@ def bound_options(cfg, method: Optional[str] = None) -> BoundOptions:
     """BoundOptions from the verifier's BoundsConfig.
 
     `optimise_intermediate` is left off here: it is for the bound on the whole input
-    region (`verify._prove_by_bounds` sets it), while the searches take their options
-    from here and bound many domains, where it costs too much per domain.
+    region (`region_options` sets it), while the searches take their options from here
+    and bound many domains, where it costs too much per domain.
     """
     return BoundOptions(method=method or cfg.method, intermediate=cfg.intermediate,
                         alpha_iterations=cfg.alpha_iterations, alpha_lr=cfg.alpha_lr,
                         max_elements=cfg.max_elements, patches=cfg.patches, sparse_alpha=cfg.sparse_alpha,
                         sdp_crown=cfg.sdp_crown)
+
+
+def region_options(cfg: BoundsConfig, method: str, deadline: Optional[float], optimise: bool = True) -> BoundOptions:
+    """BoundOptions for one bound over a whole input region (`verify`'s root bound,
+    `bounds()`): `bound_options` with the deadline, and alpha-CROWN's intermediate bounds
+    optimised as `cfg.optimise_intermediate` says, in `cfg.optimise_share` of the time
+    left before `deadline` (no deadline: no limit). `optimise=False` leaves them plain
+    whatever the config says (a certificate's writer re-derives them by plain CROWN).
+    `method` stands in for the config's (which may be an SDP method, which bound
+    propagation has no options for); BoundOptions refuses an unknown one.
+    """
+    now = time.monotonic()
+    return replace(bound_options(cfg, "crown"), method=method, deadline=deadline,
+                   optimise_intermediate=cfg.optimise_intermediate and optimise,
+                   optimise_deadline=None if deadline is None else now + cfg.optimise_share * max(0.0, deadline - now))
 
 
 def outward_box(lower, upper, dtype: torch.dtype, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,11 +97,15 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device:
 
     `config` is the verifier's bounds section (`verifier.config.BoundsConfig`, or
     `cfg.bounds` of a loaded `Config`), so the knobs a YAML file sets (dtype,
-    alpha_iterations, alpha_lr, patches, intermediate, sparse_alpha, ...) reach this call
-    the same way; None is `BoundsConfig()`, whose defaults are the bounds this function
-    has always computed. Its `method` is not read: that is the verifier's strongest
-    method to escalate to, while this call computes `method`. `patches=False` walks
-    convolutions with whole feature maps (the same bounds, slower; benchmarks).
+    alpha_iterations, alpha_lr, patches, intermediate, sparse_alpha, optimise_intermediate,
+    optimise_share, ...) reach this call the same way, and its bound over the box is the
+    one `verify` takes at the root; None is `BoundsConfig()`. Its `method` is not read:
+    that is the verifier's strongest method to escalate to, while this call computes
+    `method`. `optimise_intermediate` (on by default) makes alpha-crown optimise the
+    intermediate bounds too, as `verify` does: tighter, and slower; `False` gives plain
+    alpha-CROWN. `optimise_share` of the time left before `deadline` may go to that.
+    `patches=False` walks convolutions with whole feature maps (the same bounds, slower;
+    benchmarks).
     """
     config = options_or_default("config", config, BoundsConfig, "verifier.config.BoundsConfig, e.g. Config().bounds")
     dt = dtype_of(config.dtype)
@@ -106,9 +126,7 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device:
         if C.shape[-1] != model.n_outputs or C.dim() not in (2, 3):
             raise ShapeError(f"C has shape {tuple(C.shape)}; expected [S, {model.n_outputs}] or "
                              f"[B, S, {model.n_outputs}] (the model has {model.n_outputs} outputs)")
-    # The options of the config with this call's method (the config's may be an SDP method,
-    # which bound propagation has no options for; an unknown `method` is refused here).
-    opts = replace(bound_options(config, "crown"), method=method, deadline=deadline)
+    opts = region_options(config, method, deadline)   # the config's options, this call's method
     res = compute_bounds(model.graph, IntervalBounds(lo, hi), C=C, options=opts)
     lower_b, upper_b = res.lower.detach(), res.upper.detach()
     return (lower_b[0], upper_b[0]) if single else (lower_b, upper_b)

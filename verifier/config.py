@@ -99,7 +99,8 @@ class BoundsConfig(_Validated):
                                 help="alpha-CROWN optimisation steps on the whole input region")
     alpha_lr: float = key(0.25, check=Real(0, strict=True), help="alpha-CROWN step size (Adam learning rate)")
     optimise_intermediate: bool = key(True, check=Bool(),
-                                      help="alpha-CROWN on the whole input region also optimises the intermediate "
+                                      help="alpha-CROWN on the whole input region (verify's root bound; "
+                                           "verifier.bounds and nncert bounds) also optimises the intermediate "
                                            "bounds (off with --certificate); the searches start from the intervals "
                                            "it proves; figures: BENCHMARKS.md, \"Why each default\"")
     optimise_share: float = key(1.0, check=Share(0.0),

@@ -20,7 +20,7 @@ from models import GraphEvaluator
 from relaxations import DeadlineExceeded, compute_bounds
 from relaxations.bounds import rows_proved
 from vnnlib import Disjunct, Spec
-from verifier.api import bound_options, dtype_of
+from verifier.api import dtype_of, region_options
 from verifier.attack import attack_disjunct
 from verifier.config import SDP_METHODS, AttackConfig, Config, ConfigError, resolve_device
 from verifier.progress import QUIET, Progress
@@ -80,10 +80,7 @@ def _prove_by_bounds(model: Model, ev: GraphEvaluator, disjunct: Disjunct, confi
             break
         # Optimised intermediate bounds: not with --certificate, whose writer and checker
         # re-derive the intermediate bounds by plain CROWN and could not replay the claims.
-        now = time.monotonic()
-        opts = dataclasses.replace(bound_options(config.bounds, method), deadline=deadline,
-                                   optimise_intermediate=config.bounds.optimise_intermediate and not config.proof,
-                                   optimise_deadline=now + config.bounds.optimise_share * max(0.0, deadline - now),
+        opts = dataclasses.replace(region_options(config.bounds, method, deadline, optimise=not config.proof),
                                    stop_above=torch.as_tensor(d, dtype=ev.dtype, device=box.lower.device))
         res = compute_bounds(model.graph, box, Ct, opts, want_upper=False, ev=ev)
         # The searches start from the root's intervals when they are optimised or when the

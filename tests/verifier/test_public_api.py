@@ -113,3 +113,38 @@ def test_bounds_take_the_verifiers_bounds_config(mlp) -> None:
         verifier.bounds(model, lo, hi, config={"dtype": "float64"})
     with pytest.raises(ValueError, match="method must be one of"):
         verifier.bounds(model, lo, hi, method="sdp")
+
+
+def test_bounds_honour_the_configs_optimised_intermediate_bounds(tmp_path) -> None:
+    """`bounds.optimise_intermediate` reaches `bounds()`: on (the default, as in verify's
+    root bound) alpha-crown optimises the intermediate bounds too, tighter here than
+    the plain alpha-CROWN it gives off; both hold at samples; ibp and crown do not read it.
+    verify and bounds() take these options from one place (`region_options`): a
+    certificate's run turns the optimisation off, and it gets `optimise_share` of the time
+    left before the deadline."""
+    import time
+
+    from verifier.api import region_options
+    from verifier.config import BoundsConfig
+
+    model = verifier.load_model(relu_mlp_onnx(tmp_path / "deep.onnx", 0, (4, 16, 16, 16, 3)))
+    lo, hi = np.full(4, 0.2), np.full(4, 0.8)
+    off = BoundsConfig(optimise_intermediate=False)
+    plain = verifier.bounds(model, lo, hi, "alpha-crown", device="cpu", config=off)
+    optimised = verifier.bounds(model, lo, hi, "alpha-crown", device="cpu")
+    assert float((optimised[1] - optimised[0]).sum()) < 0.9 * float((plain[1] - plain[0]).sum())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = torch.tensor(lo) + torch.tensor(hi - lo) * torch.rand(3000, 4, generator=g, dtype=torch.float64)
+        ys = importlib.import_module("models").GraphEvaluator(model.graph, dtype=torch.float64)(x).reshape(3000, -1)
+    for low, up in (plain, optimised):
+        assert bool((low.double() <= ys.min(0).values + 1e-5).all() and (up.double() >= ys.max(0).values - 1e-5).all())
+    for method in ("ibp", "crown"):
+        assert all(torch.equal(a, b) for a, b in zip(verifier.bounds(model, lo, hi, method, device="cpu"),
+                                                     verifier.bounds(model, lo, hi, method, device="cpu", config=off)))
+    deadline = time.monotonic() + 100.0
+    assert not region_options(BoundsConfig(), "alpha-crown", deadline, optimise=False).optimise_intermediate
+    opts = region_options(BoundsConfig(optimise_share=0.5), "alpha-crown", deadline)
+    assert opts.optimise_intermediate and opts.deadline == deadline
+    assert time.monotonic() + 40.0 < opts.optimise_deadline < deadline - 49.0   # half of the 100 s left
+    assert region_options(BoundsConfig(), "crown", None).optimise_deadline is None

@@ -5,7 +5,9 @@
 For each instance: the mean width of the output bounds over the spec's first region,
 and the wall time of one bound computation (model already loaded; 1 thread; with
 `--device cuda` after one untimed call per model and method, synchronised).
-Prints a markdown table and the per-method averages.
+Prints a markdown table and the per-method averages. alpha-CROWN is plain here unless
+`--optimise-intermediate on` (`verifier.bounds`' default, as `verify`'s root bound):
+BENCHMARKS.md's figures of section 1 are of plain alpha-CROWN.
 """
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present)")
     parser.add_argument("--patches", choices=("on", "off"), default="on",
                         help="CROWN's intermediate rows through convolutions as windows (on) or whole maps")
+    parser.add_argument("--optimise-intermediate", choices=("on", "off"), default="off",
+                        help="alpha-CROWN also optimises the intermediate bounds (bounds.optimise_intermediate)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from verifier.config import BoundsConfig, resolve_device
 
     device = resolve_device(args.device)
-    config = BoundsConfig(patches=args.patches == "on")
+    config = BoundsConfig(patches=args.patches == "on", optimise_intermediate=args.optimise_intermediate == "on")
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         print(f"verifier.bench.bounds: --device {args.device}: this torch sees no CUDA device", file=sys.stderr)

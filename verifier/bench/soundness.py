@@ -48,8 +48,10 @@ def onnxruntime_batch(onnx_bytes: bytes, xs: np.ndarray, input_shape: tuple[int,
 
 
 def check_instance(onnx_path: str | Path, spec_path: str | Path, n: int = 10_000,
-                   methods=("ibp", "crown", "alpha-crown"), seed: int = 0) -> dict:
-    """Violations (count and worst excess) per method over the spec's first region."""
+                   methods=("ibp", "crown", "alpha-crown"), seed: int = 0, config=None) -> dict:
+    """Violations (count and worst excess) per method over the spec's first region.
+    `config`: the `BoundsConfig` the bounds are computed with (None: `bounds()`'s
+    default, alpha-crown with optimised intermediate bounds)."""
     import vnnlib
     from verifier.api import bounds
     from verifier.model import load_model
@@ -67,7 +69,7 @@ def check_instance(onnx_path: str | Path, spec_path: str | Path, n: int = 10_000
     report = {"model": str(onnx_path), "spec": str(spec_path), "samples": n}
     for m in methods:
         t = time.perf_counter()
-        lower, upper = bounds(model, lo, hi, method=m)
+        lower, upper = bounds(model, lo, hi, method=m, config=config)
         report[f"{m}_time_s"] = time.perf_counter() - t
         lower, upper = lower.double().cpu().numpy(), upper.double().cpu().numpy()
         excess = np.maximum(lower - ys, ys - upper).max()
