@@ -176,16 +176,42 @@ def _classify(row: Row, where: _Layout) -> tuple:
         return ("out", where.y_index(row.index), row.coeffs, row.bound, row.strict)
     xs = where.x_of[row.index]
     if (xs >= 0).all():
-        merged = np.zeros(where.n_x)
-        np.add.at(merged, xs, row.coeffs)
-        nonzero = np.flatnonzero(merged)
+        merged, exact_zero = _merged(row, xs, where.n_x)
+        nonzero = np.flatnonzero(~exact_zero)
         if nonzero.size == 0:  # an equality between merged inputs, or terms that cancel
-            return ("true",) if (0.0 < row.bound if row.strict else 0.0 <= row.bound) else ("false",)
+            bound = row.exact[1] if row.exact is not None else Fraction(row.bound)
+            return ("true",) if (0 < bound if row.strict else 0 <= bound) else ("false",)
         if nonzero.size == 1:
             return ("box", int(nonzero[0]), float(merged[nonzero[0]]), row.bound)
         return ("rows", merged, row.bound)
     # on outputs and hidden nodes, or mixed (then inputs through their echo in y)
-    return ("out", where.y_index(row.index), row.coeffs, row.bound, row.strict)
+    ys = where.y_index(row.index)
+    if np.unique(ys).size == ys.size:
+        return ("out", ys, row.coeffs, row.bound, row.strict)
+    merged, exact_zero = _merged(row, ys, where.n_y)   # merged inputs met again in the echo
+    keep = np.flatnonzero(~exact_zero)
+    return ("out", keep, merged[keep], row.bound, row.strict)
+
+
+def _merged(row: Row, positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The row's coefficients summed by position (entries of z that share one), [size],
+    and where that sum is exactly zero. Shared positions are summed in rationals and
+    rounded once: a float sum of terms that cancel (1e20 x + y - 1e20 x, x merged) can be
+    off by the size of the terms, not of the result, and lost a coefficient or made a
+    row false that is not."""
+    merged = np.zeros(size)
+    if np.unique(positions).size == positions.size:
+        merged[positions] = row.coeffs
+        return merged, merged == 0
+    coeffs = row.exact[0] if row.exact is not None else [Fraction(float(c)) for c in row.coeffs]
+    sums: dict[int, Fraction] = {}
+    for at, c in zip(positions.tolist(), coeffs):
+        sums[at] = sums.get(at, Fraction(0)) + c
+    exact_zero = np.ones(size, dtype=bool)
+    for at, total in sums.items():
+        merged[at] = float(total)
+        exact_zero[at] = total == 0
+    return merged, exact_zero
 
 
 _BOX, _ROWS, _OUT, _TRUE, _FALSE = range(5)

@@ -211,3 +211,36 @@ def test_every_shared_vnnlib_file_round_trips_through_2_0(tmp_path):
     for f in families.values():
         spec = vnnlib.load(f)
         assert parse_query(format_vnnlib2(spec), f).to_spec() == spec, f
+
+
+def test_merged_inputs_sum_their_coefficients_exactly():
+    """Inputs made equal share one entry of x, and a row's coefficients on them are summed:
+    1e20 + 1 - 1e20 is 1, not the 0 of a float sum (which dropped the coefficient, or made
+    a satisfiable row false and its whole term vanish: a wrong unsat). Here the point
+    x = (-1, -1, -1, 1, 0) satisfies both queries as written, and the lowered Spec must
+    contain it; echo rows (inputs mixed with outputs) sum the same way."""
+    box = "".join(f"(assert (>= X[{i}] {lo})) (assert (<= X[{i}] {hi}))\n"
+                  for i, (lo, hi) in enumerate([(-1.0, 0.0)] * 3 + [(-2.0, 2.0), (0.0, 0.001)]))
+    tied = "(assert (== X[0] X[1])) (assert (== X[1] X[2]))\n"
+    big = "100000000000000000000.0"
+    cases = {
+        "rows": f"(assert (<= (+ (* {big} X[0]) X[1] (* -{big} X[2]) X[3] (* -1.0 X[4])) 0.0))\n",
+        "false": f"(assert (<= (+ (* {big} X[0]) X[1] (* -{big} X[2])) -0.5))\n",
+        "echo": f"(assert (<= (+ (* {big} X[0]) X[1] (* -{big} X[2]) Y[0]) 0.0))\n",
+    }
+    x = np.array([-1.0, -1.0, -1.0, 1.0, 0.0])
+    for name, row in cases.items():
+        query = parse_query(q(box + tied + row + "(assert (>= Y[0] -100.0))", x="X float32 [5]", y="Y float32 [1]"))
+        assert query.satisfied_by(np.concatenate([x, [1.0]] if name != "echo" else [x, [0.5]])), name
+        spec = query.to_spec()
+        assert len(spec.disjuncts) == 1, name               # the term is kept
+        region = spec.disjuncts[0].region
+        xs = np.array([-1.0, 1.0, 0.0])                     # X0 = X1 = X2 share entry 0
+        assert np.all(region.lower <= xs) and np.all(xs <= region.upper), name
+        if region.A is not None:
+            assert np.all(region.A @ xs <= region.b), (name, region.A, region.b)
+        if name == "rows":
+            np.testing.assert_array_equal(region.A, [[1.0, 1.0, -1.0]])
+        if name == "echo":                                  # y = (Y0, echo of x): the row is X012 + Y0 <= 0
+            C = spec.disjuncts[0].outputs[0].C
+            assert C.shape[1] == 4 and np.count_nonzero(C[0] == 1.0) == 2

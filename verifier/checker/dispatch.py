@@ -106,8 +106,10 @@ def check_loaded(cert: Any, kind: str, certificate: str | Path, model: Models,
                                   f"{len(model)} networks given")
         model = next(iter(model.values()))
     elif kind == "verdict" and isinstance(cert, dict) and "networks" in cert:
-        raise CheckInputError(f"{certificate}: the certificate is about a VNN-LIB 2.0 query's networks "
-                              f"({', '.join(map(str, cert['networks']))}): give each as --network NAME=PATH")
+        named = cert["networks"]
+        listed = f" ({', '.join(map(str, named))})" if isinstance(named, dict) else ""
+        raise CheckInputError(f"{certificate}: the certificate is about a VNN-LIB 2.0 query's networks{listed}: "
+                              "give each as --network NAME=PATH")
     if kind == "verdict":
         if spec is None:
             raise CheckInputError(f"{certificate}: a verdict certificate is checked against its VNN-LIB "

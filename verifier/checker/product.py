@@ -149,6 +149,25 @@ def _replay(query, data: Mapping[str, bytes]):
     return replay
 
 
+def _check_hidden(query, data: Mapping[str, bytes], network_paths: Mapping[str, str | Path]) -> None:
+    """Every declared hidden node names a tensor some node of its network's file produces
+    (`verify` refuses the query otherwise): a `CheckInputError` naming it, for a sat and
+    an unsat alike."""
+    import onnx
+
+    produced: dict[str, set] = {}
+    for declared in query.networks:
+        if not declared.hidden:
+            continue
+        name = network_of(query, declared.name)
+        if name not in produced:
+            produced[name] = {o for n in onnx.load_from_string(data[name]).graph.node for o in n.output}
+        for t in declared.hidden:
+            if t.onnx_name not in produced[name]:
+                raise CheckInputError(f"hidden node {t.name} of network {declared.name} names '{t.onnx_name}', which "
+                                      f"no node of {network_paths[name]} produces")
+
+
 def check_product_files(cert_path: str | Path, network_paths: Mapping[str, str | Path], spec_path: str | Path,
                         cert: Any = None) -> CheckResult:
     """Check a certificate of a VNN-LIB 2.0 query over several networks (or one with
@@ -193,6 +212,7 @@ def check_product_files(cert_path: str | Path, network_paths: Mapping[str, str |
             io_sizes(data[name])
         except CheckInputError as exc:
             raise CheckInputError(f"{network_paths[name]}: {exc}") from None
+    _check_hidden(query, data, network_paths)
 
     def network() -> Network:
         return product_network(query, {name: read_network(data[name]) for name in needed})

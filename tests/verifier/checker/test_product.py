@@ -173,3 +173,26 @@ def test_the_side_by_side_network_computes_each_network(tmp_path):
     y = run(net, x)
     np.testing.assert_allclose(y[:2], run(nf, x[[0, 1]]), rtol=1e-12)
     np.testing.assert_allclose(y[2:], run(nh, x[[2, 1]]), rtol=1e-12)
+
+
+@needs_parser
+def test_bad_input_is_exit_2_not_an_internal_error(tmp_path, nets, capsys):
+    """A hidden node the network's file does not produce, and a certificate whose
+    `networks` is not a mapping checked with --model: one line on stderr, exit 2."""
+    import hashlib
+
+    f = nets[0]
+    hidden = ("(declare-network f (declare-input X float32 [1,2]) (declare-hidden H float32 [1,16] \"zz\") "
+              "(declare-output Y float32 [1,2]))\n")
+    box = "".join(f"(assert (>= X[0,{i}] 0.0)) (assert (<= X[0,{i}] 1.0))\n" for i in (0, 1))
+    q = _query(tmp_path, "zz", hidden, box, "(assert (>= H[0,3] 0.0))\n")
+    cert = {"format": "nncert-certificate", "version": 1, "verdict": "sat",
+            "networks": {"f": hashlib.sha256(f.read_bytes()).hexdigest()},
+            "spec_sha256": hashlib.sha256(q.read_bytes()).hexdigest(), "counterexample": {"x": [0.5, 0.5]}}
+    path = tmp_path / "zz.json"
+    path.write_text(json.dumps(cert))
+    assert main(["check", str(path), "--network", f"f={f}", "--spec", str(q)]) == 2
+    assert "names 'zz', which no node of" in capsys.readouterr().err
+    path.write_text(json.dumps({**cert, "networks": 5}))
+    assert main(["check", str(path), "--model", str(f), "--spec", str(q)]) == 2
+    assert "give each as --network NAME=PATH" in capsys.readouterr().err
