@@ -79,7 +79,7 @@ def _costs(many: list) -> tuple[float, float]:
         raise ValueError("no batch handed to the workers was answered: tau (a batch's cost beyond its bounding) "
                          "is unknown")
     if any(x.get("loop_s", 0.0) <= 0.0 for x in w):
-        raise ValueError("a run that handed out batches has no loop time (loop_s 0: JSON written before it was "
+        raise ValueError("a run has no loop time (loop_s 0: JSON written before it was "
                          "recorded when a search ends by an exception); rerun benchmarks/sharded_search.py")
     tau = sum(x["trip_s"] - x["worker_s"] for x in w) / answered
     kappa = sum(x["loop_s"] - x["wait_s"] - x["rounds_here_s"] for x in w) / sum(x["batches"] for x in w)

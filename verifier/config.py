@@ -100,7 +100,8 @@ class BoundsConfig(_Validated):
     alpha_lr: float = key(0.25, check=Real(0, strict=True), help="alpha-CROWN step size (Adam learning rate)")
     optimise_intermediate: bool = key(True, check=Bool(),
                                       help="alpha-CROWN on the whole input region (verify's root bound; "
-                                           "verifier.bounds and nncert bounds) also optimises the intermediate "
+                                           "verifier.bounds; nncert bounds, which takes the defaults) also "
+                                           "optimises the intermediate "
                                            "bounds (off with --certificate); the searches start from the intervals "
                                            "it proves; figures: BENCHMARKS.md, \"Why each default\"")
     optimise_share: float = key(1.0, check=Share(0.0),

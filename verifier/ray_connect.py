@@ -104,7 +104,10 @@ def connect(address: Optional[str], cpus: int) -> bool:
             _same_cluster(ray, address)
         return False
     if address is None:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        # address="local": always a new cluster for this process, never one that RAY_ADDRESS or a
+        # `ray start` on this machine names (ray.init would join it, and refuse num_cpus there).
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
         return True
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

@@ -99,8 +99,10 @@ def _valid_range(perturbation: Perturbation, x: T) -> tuple[float | T, float | T
     """The perturbation's range for the examples of x [B, *example]: numbers as they are, a
     range per feature [*example] in x's dtype and on its device, for clamping."""
     ends = perturbation.range_for(tuple(x.shape[1:]))
-    lower, upper = (e if isinstance(e, float) else e.to(device=x.device, dtype=x.dtype) for e in ends)
-    return lower, upper
+    if all(isinstance(e, float) for e in ends):
+        return ends
+    # One end a tensor: both are (torch.clamp takes two numbers or two tensors, not one of each).
+    return tuple(torch.as_tensor(e, dtype=x.dtype, device=x.device) for e in ends)
 
 
 def _box(x: T, eps: float | T, perturbation: Perturbation, shape: tuple[int, ...]) -> IntervalBounds:

@@ -90,6 +90,12 @@ def test_a_range_per_feature_is_the_number_range_where_it_is_one_and_pins_where_
         loss, _ = certified_loss(net, x, y, 0.1, method=method, options=CertifiedOptions(perturbation=band))
         loss.backward()
         assert torch.isfinite(loss)
+    # One end a number, the other per feature (torch.clamp takes two numbers or two tensors).
+    mixed = Perturbation(lower=0.0, upper=x.max(0).values)
+    loss, _ = certified_loss(net, x, y, 0.1, method="crown-ibp", options=CertifiedOptions(perturbation=mixed))
+    assert torch.isfinite(loss)
+    adv = adversarial_points(net, x, y, 0.5, CertifiedOptions(perturbation=mixed, attack_steps=4))
+    assert bool((adv >= 0).all() and (adv <= mixed.upper.float()).all())
 
 
 def test_a_range_that_cannot_fit_is_a_clear_error() -> None:
