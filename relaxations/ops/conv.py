@@ -52,8 +52,16 @@ def _conv_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequ
     if any(e < 0 or e >= max(strides[i], dil[i]) for i, e in enumerate(extra)):
         return None
     flat = A.reshape(B * S * in_shape[0], *A.shape[3:])
-    A_in = _CONVT[nd](flat, w, None, stride=strides, padding=0, output_padding=extra,
-                      groups=int(node.attr("group", 1)), dilation=dil)
+    groups = int(node.attr("group", 1))
+    # A strided transpose onto several channels runs 1.2-2.5x faster on CPU from channels-last
+    # coefficients, conversions included (slower or even at stride 1, or onto one channel):
+    # BENCHMARKS.md, session 33.
+    strided = nd == 2 and max(strides) > 1 and w.shape[1] * groups > 1
+    if strided:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    A_in = _CONVT[nd](flat, w, None, stride=strides, padding=0, output_padding=extra, groups=groups, dilation=dil)
+    if strided:
+        A_in = A_in.contiguous()
     for i in range(nd):
         A_in = A_in.narrow(2 + i, pads[i], in_shape[2 + i])
     A_in = A_in.reshape(B, S, *in_shape)
