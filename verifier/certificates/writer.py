@@ -323,7 +323,7 @@ def _checkable(model: Model, side: Optional[SideBySide]) -> None:
     from verifier.checker.product import product_network
     from verifier.checker.verdict import model_bytes
 
-    product_network(side.query, {name: read_network(model_bytes(Path(path).read_bytes(), path))
+    product_network(side.query, {name: read_network(model_bytes(Path(path).read_bytes(), path), several=True)
                                  for name, path in side.files.items()})
 
 

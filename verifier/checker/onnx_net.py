@@ -93,6 +93,11 @@ class Network:
     # ONNX tensor name -> the tensor that holds its values (Flatten, Reshape, Identity and
     # Dropout outputs are not layers): a hidden node of a VNN-LIB 2.0 query may name one.
     aliases: dict = field(default_factory=dict)
+    # Every graph input and output in the file's order (`read_network(several=True)`; a
+    # side-by-side network of a query feeds each from its own input vector): `input` and
+    # `output` are the first of each.
+    inputs: tuple = ()
+    outputs: tuple = ()
 
     @property
     def n_in(self) -> int:
@@ -189,8 +194,10 @@ def _topological(nodes: list) -> list[int]:
     return order
 
 
-def read_network(data: bytes) -> Network:
-    """The ReLU network in the ONNX bytes, or `Unsupported`."""
+def read_network(data: bytes, several: bool = False) -> Network:
+    """The ReLU network in the ONNX bytes, or `Unsupported`. `several`: a model with several
+    inputs or outputs is read too (each a tensor of `inputs` / `outputs`); otherwise it is
+    `Unsupported`, since a spec's input box and output rows are about one of each."""
     import onnx
     from onnx import numpy_helper
 
@@ -201,12 +208,12 @@ def read_network(data: bytes) -> Network:
     g = proto.graph
     consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     inputs = [i for i in g.input if i.name not in consts]
-    if len(inputs) != 1 or len(g.output) != 1:
+    if not inputs or not g.output or (not several and (len(inputs) != 1 or len(g.output) != 1)):
         raise Unsupported("a model without exactly one input and one output")
-    shapes: dict[str, tuple[int, ...]] = {inputs[0].name: _dims(inputs[0])}
+    shapes: dict[str, tuple[int, ...]] = {i.name: _dims(i) for i in inputs}
     alias: dict[str, str] = {}
     layers: list[Layer] = []
-    sizes: dict[str, int] = {inputs[0].name: int(np.prod(shapes[inputs[0].name]))}
+    sizes: dict[str, int] = {i.name: int(np.prod(shapes[i.name])) for i in inputs}
 
     def real(x: str) -> str:
         return alias.get(x, x)
@@ -301,8 +308,10 @@ def read_network(data: bytes) -> Network:
                 b=_bcast((beta - mean * scale).reshape(cshape), xs, op))
         else:
             raise Unsupported(op)
-    output = real(g.output[0].name)
-    if output not in sizes or output == inputs[0].name:
+    outputs = tuple(real(o.name) for o in g.output)
+    names = {i.name for i in inputs}
+    if any(o not in sizes or o in names for o in outputs):
         raise Unsupported("an output that is not computed from the input")
     dtype = inputs[0].type.tensor_type.elem_type
-    return Network(inputs[0].name, output, shapes[inputs[0].name], dtype, tuple(layers), sizes, dict(alias))
+    return Network(inputs[0].name, outputs[0], shapes[inputs[0].name], dtype, tuple(layers), sizes, dict(alias),
+                   tuple(i.name for i in inputs), outputs)

@@ -9,16 +9,16 @@ The query's layout (`vnnlib.lowering.layout`, the front end the checker already 
 every spec with) says where each declared element lives: inputs in the product's input
 vector ``X`` (inputs the query makes equal share one entry), hidden tensors and outputs
 in its output vector ``Y``, and a copy of ``X`` at the end of ``Y`` when a row mixes
-inputs with outputs. Each network's input is a selection from ``X`` (an ``affine`` layer
-with a 0/1 matrix), its layers follow under the prefix ``n<k>_`` (k its place among
+inputs with outputs. Each input of a network (several in the file's order, as the query
+declares them) is a selection from ``X`` (an ``affine`` layer with a 0/1 matrix), its layers follow under the prefix ``n<k>_`` (k its place among
 the query's networks; the engine's product names its nodes and tensors the same way, so
 a certificate's ReLU names mean the same here), and ``Y`` is the ``sum`` of each piece
 placed by a 0/1 matrix. Selections and placements move values without arithmetic: the
 rounding mass `bounds64` charges them is sound and all but zero.
 
 What the checker's reader does not take is `Unsupported`, named: products of variables
-(POLY assertions), a network with several inputs or outputs, a hidden node the checker's
-network does not compute.
+(POLY assertions), a hidden node the checker's network does not compute. A file whose
+inputs, outputs or hidden nodes do not match the query is bad input (`CheckInputError`).
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from verifier.checker.onnx_net import MAX_MATRIX_ELEMENTS, Layer, Network, Unsupported, read_network
-from verifier.checker.verdict import (CheckInputError, CheckResult, check_verdict, io_sizes, load_certificate,
-                                      model_bytes, read_file, run_onnx, spec_text)
+from verifier.checker.verdict import (CheckInputError, CheckResult, check_verdict, load_certificate, model_bytes,
+                                      read_file, run_onnx, spec_text)
 
 __all__ = ["product_network", "network_of", "input_positions", "check_product_files", "needed_networks"]
 
@@ -74,22 +74,25 @@ def product_network(query, networks: dict[str, Network]) -> Network:
     pieces: list[tuple[str, np.ndarray]] = []
     for k, declared in enumerate(query.networks):
         net = networks[network_of(query, declared.name)]
-        if len(declared.inputs) != 1 or len(declared.outputs) != 1:
-            raise Unsupported(f"network '{declared.name}' with several inputs or outputs")
+        if len(declared.inputs) != len(net.inputs) or len(declared.outputs) != len(net.outputs):
+            raise Unsupported(f"network '{declared.name}': {len(net.inputs)} inputs and {len(net.outputs)} outputs, "
+                              f"declared {len(declared.inputs)} and {len(declared.outputs)}")
         prefix = f"n{k}_"
-        tensor = declared.inputs[0]
-        if tensor.size != net.n_in:
-            raise Unsupported(f"network '{declared.name}': input of {net.n_in} elements, declared {tensor.size}")
-        # The network's input, selected from X: W [n_in, n_x] with a 1 at each element's entry.
-        W = _placement(n_x, input_positions(query, tensor)).T.copy()
-        layers.append(Layer("affine", prefix + net.input, ("X",), prefix + "input", W=W, b=np.zeros(net.n_in)))
+        for i, (tensor, name) in enumerate(zip(declared.inputs, net.inputs)):
+            if tensor.size != net.sizes[name]:
+                raise Unsupported(f"network '{declared.name}': input '{name}' of {net.sizes[name]} elements, "
+                                  f"declared {tensor.size}")
+            # The input, selected from X: W [n, n_x] with a 1 at each element's entry.
+            W = _placement(n_x, input_positions(query, tensor)).T.copy()
+            layers.append(Layer("affine", prefix + name, ("X",), f"{prefix}input{i}", W=W, b=np.zeros(tensor.size)))
         for layer in net.layers:
             layers.append(replace(layer, out=prefix + layer.out, inputs=tuple(prefix + x for x in layer.inputs),
                                   name=prefix + layer.name))
         sizes.update({prefix + t: n for t, n in net.sizes.items()})
+        output_of = dict(zip((t.name for t in declared.outputs), net.outputs))
         for t in (*declared.hidden, *declared.outputs):
-            source = net.output if t.kind == "output" else net.aliases.get(t.onnx_name, t.onnx_name)
-            if source not in net.sizes or source == net.input:
+            source = output_of[t.name] if t.kind == "output" else net.aliases.get(t.onnx_name, t.onnx_name)
+            if source not in net.sizes or source in net.inputs:
                 raise Unsupported(f"hidden node '{t.onnx_name}' of network '{declared.name}' (not computed from "
                                   "its input by the layers the checker reads)")
             if net.sizes[source] != t.size:
@@ -129,13 +132,15 @@ def _replay(query, data: Mapping[str, bytes]):
         y, z = np.zeros(n_y), np.zeros(query.size)
         for declared in query.networks:
             model = data[network_of(query, declared.name)]
-            tensor = declared.inputs[0]
-            inside = [t.onnx_name for t in declared.hidden]
-            values = run_onnx(model, x32[input_positions(query, tensor)], tuple(inside))
-            outs = dict(zip([t.onnx_name for t in declared.hidden], values[1:]))
-            z[tensor.offset:tensor.offset + tensor.size] = x[input_positions(query, tensor)]
+            feeds = [x32[input_positions(query, t)] for t in declared.inputs]
+            inside = tuple(t.onnx_name for t in declared.hidden)
+            values = run_onnx(model, feeds, inside)
+            outs = dict(zip([t.name for t in declared.outputs], values))
+            outs.update(zip([t.name for t in declared.hidden], values[len(values) - len(inside):]))
+            for t in declared.inputs:
+                z[t.offset:t.offset + t.size] = x[input_positions(query, t)]
             for t in (*declared.hidden, *declared.outputs):
-                v = values[0] if t.kind == "output" else outs[t.onnx_name]
+                v = outs[t.name]
                 if v.size != t.size:
                     raise CheckInputError(f"{t.name}: the network gives {v.size} values, the query declares {t.size}")
                 y[where.y_of[t.offset:t.offset + t.size]] = v
@@ -149,21 +154,30 @@ def _replay(query, data: Mapping[str, bytes]):
     return replay
 
 
-def _check_hidden(query, data: Mapping[str, bytes], network_paths: Mapping[str, str | Path]) -> None:
-    """Every declared hidden node names a tensor some node of its network's file produces
-    (`verify` refuses the query otherwise): a `CheckInputError` naming it, for a sat and
-    an unsat alike."""
+def _check_files(query, data: Mapping[str, bytes], network_paths: Mapping[str, str | Path]) -> None:
+    """Each file is an ONNX model with as many inputs and outputs as its network declares,
+    and every declared hidden node names a tensor some node of it produces (`verify`
+    refuses the query otherwise): a `CheckInputError` naming what does not fit, for a sat
+    and an unsat alike."""
     import onnx
 
-    produced: dict[str, set] = {}
+    protos: dict[str, Any] = {}
+    for name in data:
+        try:
+            protos[name] = onnx.load_from_string(data[name])
+        except Exception as exc:  # the protobuf parser raises several types
+            raise CheckInputError(f"{network_paths[name]}: not a valid ONNX model ({type(exc).__name__})") from None
     for declared in query.networks:
-        if not declared.hidden:
-            continue
         name = network_of(query, declared.name)
-        if name not in produced:
-            produced[name] = {o for n in onnx.load_from_string(data[name]).graph.node for o in n.output}
+        g = protos[name].graph
+        init = {t.name for t in g.initializer}
+        n_in, n_out = len([i for i in g.input if i.name not in init]), len(g.output)
+        if (n_in, n_out) != (len(declared.inputs), len(declared.outputs)):
+            raise CheckInputError(f"network {declared.name} declares {len(declared.inputs)} inputs and "
+                                  f"{len(declared.outputs)} outputs; {network_paths[name]} has {n_in} and {n_out}")
+        produced = {o for n in g.node for o in n.output}
         for t in declared.hidden:
-            if t.onnx_name not in produced[name]:
+            if t.onnx_name not in produced:
                 raise CheckInputError(f"hidden node {t.name} of network {declared.name} names '{t.onnx_name}', which "
                                       f"no node of {network_paths[name]} produces")
 
@@ -204,18 +218,11 @@ def check_product_files(cert_path: str | Path, network_paths: Mapping[str, str |
                 return CheckResult(False, f"network {name}'s file has another sha256 than the certificate's")
         if cert.get("spec_sha256") != hashlib.sha256(spec_data).hexdigest():
             return CheckResult(False, "the spec file's sha256 differs from the certificate's")
-    if any(len(n.inputs) != 1 or len(n.outputs) != 1 for n in query.networks):
-        return CheckResult(False, "unsupported (a network with several inputs or outputs)")
     data = {name: model_bytes(raw[name], network_paths[name]) for name in needed}
-    for name in needed:
-        try:
-            io_sizes(data[name])
-        except CheckInputError as exc:
-            raise CheckInputError(f"{network_paths[name]}: {exc}") from None
-    _check_hidden(query, data, network_paths)
+    _check_files(query, data, network_paths)
 
     def network() -> Network:
-        return product_network(query, {name: read_network(data[name]) for name in needed})
+        return product_network(query, {name: read_network(data[name], several=True) for name in needed})
 
     from vnnlib.lowering import layout
 

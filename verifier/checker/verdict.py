@@ -152,13 +152,13 @@ def _in_region(x: np.ndarray, region) -> bool:
         region.A is None or all(_exact_le(a, real, b, False) for a, b in zip(region.A, region.b)))
 
 
-def run_onnx(data: bytes, x32: np.ndarray, extra_outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
-    """onnxruntime's values of the model's output, then of `extra_outputs` (tensors inside
-    the graph, made outputs of a copy), at the float32 input `x32` (fed as the model's
-    input type), each flat float64."""
+def run_onnx(data: bytes, feeds: list[np.ndarray], extra_outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
+    """onnxruntime's values of every graph output, then of `extra_outputs` (tensors inside
+    the graph, made outputs of a copy), with `feeds` (float32 values, flat) as the graph's
+    inputs in order, each reshaped to its declared shape (a symbolic dimension is 1, as
+    everywhere in nncert) and cast to its type; each flat float64."""
     import onnxruntime
 
-    shape, _, _, elem = io_sizes(data)
     if extra_outputs:
         import onnx
 
@@ -168,8 +168,11 @@ def run_onnx(data: bytes, x32: np.ndarray, extra_outputs: tuple[str, ...] = ()) 
     opts = onnxruntime.SessionOptions()
     opts.log_severity_level = 3
     sess = onnxruntime.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    feed = x32.astype(np.float64 if elem == 11 else np.float32).reshape(shape)
-    return [np.asarray(v, dtype=np.float64).reshape(-1) for v in sess.run(None, {sess.get_inputs()[0].name: feed})]
+    args = {}
+    for info, v in zip(sess.get_inputs(), feeds):
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in info.shape]
+        args[info.name] = v.astype(np.float64 if info.type == "tensor(double)" else np.float32).reshape(shape)
+    return [np.asarray(v, dtype=np.float64).reshape(-1) for v in sess.run(None, args)]
 
 
 def _check_sat(cert: dict, spec, n_in: int, replay: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
@@ -458,7 +461,7 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
         raise CheckInputError(str(exc)) from None
 
     def replay(x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        y = run_onnx(model_data, x32)[0]
+        y = run_onnx(model_data, [x32])[0]
         return y, np.concatenate([x32.astype(np.float64), y])
 
     return check_verdict(cert, spec, n_in, lambda: read_network(model_data), replay,

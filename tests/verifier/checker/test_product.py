@@ -196,3 +196,43 @@ def test_bad_input_is_exit_2_not_an_internal_error(tmp_path, nets, capsys):
     path.write_text(json.dumps({**cert, "networks": 5}))
     assert main(["check", str(path), "--model", str(f), "--spec", str(q)]) == 2
     assert "give each as --network NAME=PATH" in capsys.readouterr().err
+
+
+def _two_by_two(path: Path) -> Path:
+    """A network with two inputs X1, X2 [1,2] and two outputs: r = relu(X1 W1 + X2 W2),
+    Y1 = r V1 [1,3] and Y2 = r V2 [1,1] (unnamed nodes, read by place)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    consts = {n: rng.standard_normal(s).astype(np.float32) for n, s in
+              (("W1", (2, 6)), ("W2", (2, 6)), ("V1", (6, 3)), ("V2", (6, 1)))}
+    nodes = [helper.make_node("MatMul", ["X1", "W1"], ["a"]), helper.make_node("MatMul", ["X2", "W2"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "V1"], ["Y1"]), helper.make_node("MatMul", ["r", "V2"], ["Y2"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2])
+                                             for n in ("X1", "X2")],
+                              [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, [1, 3]),
+                               helper.make_tensor_value_info("Y2", TensorProto.FLOAT, [1, 1])],
+                              [numpy_helper.from_array(v, n) for n, v in consts.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+@needs_parser
+def test_a_network_with_two_inputs_and_two_outputs(tmp_path, capsys):
+    """Unsat and sat certificates of a query over a network with two inputs and two
+    outputs are accepted: the checker reads each input and output by its place."""
+    import onnxruntime as ort
+
+    f = _two_by_two(tmp_path / "two.onnx")
+    sess = ort.InferenceSession(str(f))
+    g = np.random.default_rng(0).random((4000, 2, 2)).astype(np.float32)
+    peak = max(float(sess.run(None, {"X1": p[:1], "X2": p[1:]})[0][0, 0]) for p in g)
+    head = ("(declare-network f (declare-input A float32 [1,2]) (declare-input B float32 [1,2]) "
+            "(declare-output P float32 [1,3]) (declare-output Q float32 [1,1]))\n")
+    box = "".join(f"(assert (>= {v}[0,{i}] 0.0)) (assert (<= {v}[0,{i}] 1.0))\n" for v in "AB" for i in (0, 1))
+    for name, t, want in (("unsat", peak * 1.5 + 1.0, "unsat"), ("sat", peak * 0.9, "sat")):
+        q = _query(tmp_path, name, head, box, f"(assert (>= (+ P[0,0] (* 0.0 Q[0,0])) {t:.4f}))\n")
+        verdict, result = _verify_and_check(capsys, q, {"f": f}, tmp_path / f"{name}.json")
+        assert verdict == want and result.accepted, (name, result)
