@@ -270,7 +270,10 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
     if entry["kind"] == "bounds":
         alphas = None
         if entry.get("method") == "alpha-crown" and entry.get("alphas"):
-            alphas = {k: np.asarray(v, dtype=np.float64) for k, v in entry["alphas"].items()}
+            # ReLU slopes only: the checker takes no other (a product's planes are its 1/2
+            # combination there, so the claims are re-derived with that too).
+            relus = {nd.name for nd in model.graph.nodes if nd.op == "Relu"}
+            alphas = {k: np.asarray(v, dtype=np.float64) for k, v in entry["alphas"].items() if k in relus} or None
         claims = _float64_claims(model, root_lo[None], root_hi[None], C, d, alphas, ball, _rows(disjunct))[0]
         out = {"root": _root(disjunct), "kind": "bounds", "method": entry["method"],
                "claims": encode_array(claims), "alphas": None}

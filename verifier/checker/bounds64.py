@@ -72,6 +72,10 @@ def _interval(layer: Layer, table: Table) -> tuple[np.ndarray, np.ndarray]:
         low = apply(layer, lo, "pos") + apply(layer, hi, "neg") + layer.b
         up = apply(layer, hi, "pos") + apply(layer, lo, "neg") + layer.b
         return _widen(low, mass), -_widen(-up, mass)
+    if layer.kind == "mul":
+        (lx, ux, zx), (ly, uy, zy) = table[layer.inputs[0]], table[layer.inputs[1]]
+        corners = np.stack([lx * ly, lx * uy, ux * ly, ux * uy])
+        return _widen(corners.min(0), zx * zy), -_widen(-corners.max(0), zx * zy)
     low = up = mass = 0.0
     for x, c in zip(layer.inputs, layer.coefs):
         lo, hi = table[x][:2]
@@ -140,6 +144,20 @@ def _backward(net: Network, table: Table, start: str, A: np.ndarray,
             for x, c in zip(layer.inputs, layer.coefs):
                 accumulate(x, c * a)
                 mass = mass + abs(c) * _bdot(absa, _zmax(table, x))
+        elif layer.kind == "mul":
+            # McCormick's planes with weight 1/2 (CROWN's default in the engine): both lines
+            # of z = x y have the slopes (cy, cx) of the centres, and intercepts
+            # -(lx ly + ux uy) / 2 below, -(lx uy + ux ly) / 2 above; each a convex
+            # combination of two planes valid on the whole box. Their rounding, and that of
+            # the products into A, is charged by |A| (|cy| zx + |cx| zy + |bl| + |bu|).
+            x, y = layer.inputs
+            (lx, ux, zx), (ly, uy, zy) = table[x], table[y]
+            cx, cy = (lx + ux) / 2, (ly + uy) / 2
+            bl, bu = -(lx * ly + ux * uy) / 2, -(lx * uy + ux * ly) / 2
+            bias = bias + _bdot(np.maximum(a, 0.0), bl) + _bdot(np.minimum(a, 0.0), bu)
+            mass = mass + _bdot(absa, np.abs(cy) * zx + np.abs(cx) * zy + np.abs(bl) + np.abs(bu))
+            accumulate(x, a * cy[:, None, :])
+            accumulate(y, a * cx[:, None, :])
         else:
             x = layer.inputs[0]
             lo, hi = table[x][:2]
@@ -247,6 +265,7 @@ def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, sig
         centre = np.broadcast_to(np.asarray(ball[0], np.float64).reshape(1, -1), lo0.shape).copy()
         table[BALL] = (centre, np.full((L, 1), float(ball[1])), np.zeros((L, 1)))
     relu_inputs = {l.inputs[0] for l in net.layers if l.kind == "relu"}
+    factors = {x for l in net.layers if l.kind == "mul" for x in l.inputs}   # CROWN on every element
     # Over a ball, the tensors affine in the input are bounded through it at every element
     # (the box's IBP is looser there, and IBP goes on from them all), as the engine does.
     affine = {net.input} if ball is not None else set()
@@ -255,8 +274,9 @@ def split_interval_table(net: Network, lower: np.ndarray, upper: np.ndarray, sig
         whole = layer.kind in (*LINEAR_KINDS, "sum") and all(x in affine for x in layer.inputs)
         if whole:
             affine.add(layer.out)
-        if whole or layer.out in relu_inputs:
-            lo, hi = settle(layer.out, *_crown_interval(net, table, layer.out, lo, hi, every=whole))
+        if whole or layer.out in relu_inputs or layer.out in factors:
+            lo, hi = settle(layer.out, *_crown_interval(net, table, layer.out, lo, hi,
+                                                        every=whole or layer.out in factors))
         table[layer.out] = _entry(lo, hi)
     return table, empty
 

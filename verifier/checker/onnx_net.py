@@ -66,7 +66,8 @@ class Layer:
     """One node of the network; `name` is the ONNX node name (the key of a ReLU's alphas).
 
     affine: W [n_out, n_in] and b; scale: s [n] and b; conv: conv and b (b always
-    [n_out], the bias broadcast); sum: coefs; relu: nothing.
+    [n_out], the bias broadcast); sum: coefs; relu: nothing; mul (the elementwise product
+    of its two inputs: only in a query's side-by-side network, `checker.product`): nothing.
     """
 
     kind: str

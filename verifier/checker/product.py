@@ -16,8 +16,9 @@ a certificate's ReLU names mean the same here), and ``Y`` is the ``sum`` of each
 placed by a 0/1 matrix. Selections and placements move values without arithmetic: the
 rounding mass `bounds64` charges them is sound and all but zero.
 
-What the checker's reader does not take is `Unsupported`, named: products of variables
-(POLY assertions), a hidden node the checker's network does not compute. A file whose
+A POLY assertion's products of variables are `mul` layers of selected factors (McCormick's
+planes in `bounds64`, weight 1/2, as the engine's CROWN). What the checker's reader does
+not take is `Unsupported`, named: a hidden node the checker's network does not compute. A file whose
 inputs, outputs or hidden nodes do not match the query is bad input (`CheckInputError`).
 """
 from __future__ import annotations
@@ -60,18 +61,47 @@ def input_positions(query, tensor) -> np.ndarray:
     return layout(query).x_of[tensor.offset:tensor.offset + tensor.size]
 
 
+def _monomial(query, k: int, factors, held: Mapping[str, str], layers: list, sizes: dict) -> str:
+    """A POLY assertion's product of variables (entries of z) as layers: each factor
+    selected from X (an input, at its entry) or from the tensor that holds its hidden node
+    or output, then `mul` layers (McCormick in `bounds64`) one factor at a time. Returns
+    the tensor [1] that holds the product."""
+    from vnnlib.lowering import layout
+
+    where = layout(query)
+    names = []
+    for f, i in enumerate(factors):
+        if where.x_of[i] >= 0:
+            source, at = "X", int(where.x_of[i])
+        else:
+            t = next(t for t in query.tensors if t.offset <= i < t.offset + t.size)
+            source, at = held[t.name], int(i - t.offset)
+        name = f"mono{k}_{f}"
+        W = np.zeros((1, sizes[source]))
+        W[0, at] = 1.0
+        layers.append(Layer("affine", name, (source,), name, W=W, b=np.zeros(1)))
+        sizes[name] = 1
+        names.append(name)
+    product = names[0]
+    for f, name in enumerate(names[1:], 1):
+        out = f"mono{k}_p{f}"
+        layers.append(Layer("mul", out, (product, name), out))
+        sizes[out] = 1
+        product = out
+    return product
+
+
 def product_network(query, networks: dict[str, Network]) -> Network:
     """The side-by-side network of `query` over `networks` (by the name of each network
     that has a file; ``equal-to`` copies take their network's)."""
     from vnnlib.lowering import layout
 
-    if query.products:
-        raise Unsupported("products of variables (a POLY assertion)")
     where = layout(query)
     n_x, n_y = int(where.n_x), int(where.n_y)
     layers: list[Layer] = []
     sizes: dict[str, int] = {"X": n_x}
     pieces: list[tuple[str, np.ndarray]] = []
+    held: dict[str, str] = {}   # declared hidden or output tensor -> the tensor holding it here
     for k, declared in enumerate(query.networks):
         net = networks[network_of(query, declared.name)]
         if len(declared.inputs) != len(net.inputs) or len(declared.outputs) != len(net.outputs):
@@ -98,6 +128,9 @@ def product_network(query, networks: dict[str, Network]) -> Network:
             if net.sizes[source] != t.size:
                 raise Unsupported(f"{t.name}: {net.sizes[source]} elements in the network, declared {t.size}")
             pieces.append((prefix + source, where.y_of[t.offset:t.offset + t.size]))
+            held[t.name] = prefix + source
+    for k, factors in enumerate(query.products):
+        pieces.append((_monomial(query, k, factors, held, layers, sizes), where.y_of[query.size + k: query.size + k + 1]))
     if where.echo:
         pieces.append(("X", np.arange(n_y - n_x, n_y)))
     parts = []

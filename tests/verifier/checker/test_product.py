@@ -127,16 +127,42 @@ def test_edited_files_and_forged_claims_are_rejected(tmp_path, nets, capsys):
 
 
 @needs_parser
-def test_products_of_variables_have_no_unsat_certificate(tmp_path, nets, capsys):
-    """POLY: the checker's network has no product node; the certificate says so and the
-    checker rejects it with that reason (a sat's replay still checks)."""
+def test_products_of_variables_are_checked(tmp_path, nets, capsys):
+    """POLY: the checker's side-by-side network has a `mul` layer per product (McCormick's
+    planes), and the unsat certificate of a squared-norm bound is accepted, its sat too."""
     f = nets[0]
     box = "".join(f"(assert (>= X[0,{i}] 0.0)) (assert (<= X[0,{i}] 1.0))\n" for i in (0, 1))
-    q = _query(tmp_path, "poly", F, box, "(assert (>= (* Y[0,0] Y[0,1]) 5.0))\n")
-    verdict, result = _verify_and_check(capsys, q, {"f": f}, tmp_path / "poly.json")
-    assert verdict == "unsat" and not result.accepted and "products of variables" in result.reason
-    cert = json.loads((tmp_path / "poly.json").read_text())
-    assert "products of variables" in cert["certificate"]
+    for t, want in (("5.0", "unsat"), ("0.001", "sat")):
+        q = _query(tmp_path, f"poly{want}", F, box, f"(assert (>= (+ (* Y[0,0] Y[0,0]) (* X[0,0] Y[0,1])) {t}))\n")
+        verdict, result = _verify_and_check(capsys, q, {"f": f}, tmp_path / f"poly{want}.json")
+        assert verdict == want and result.accepted, (want, result)
+
+
+def test_the_checker_bounds_a_product_soundly():
+    """The `mul` layer's interval and CROWN lines hold on sampled points of random boxes,
+    both directions, and the lines are McCormick's: exact where a factor is a point."""
+    from verifier.checker.bounds64 import interval_table, row_lower_bounds
+    from verifier.checker.onnx_net import Layer, Network
+
+    pick = [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])]
+    layers = (Layer("affine", "a", ("X",), "a", W=pick[0], b=np.zeros(1)),
+              Layer("affine", "b", ("X",), "b", W=pick[1], b=np.zeros(1)),
+              Layer("mul", "p", ("a", "b"), "p"))
+    net = Network("X", "p", (1, 2), 1, layers, {"X": 2, "a": 1, "b": 1, "p": 1})
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(-2, 1, (50, 2))
+    hi = lo + rng.uniform(0, 2, (50, 2))
+    hi[0, 0] = lo[0, 0]                          # a point factor
+    table = interval_table(net, lo, hi)
+    C, d = np.array([[1.0], [-1.0]]), np.zeros(2)
+    lb = row_lower_bounds(net, table, C, d)
+    u = rng.random((2000, 1, 2))
+    xs = lo[None] + (hi - lo)[None] * u           # [2000, 50, 2]
+    prod = xs[..., 0] * xs[..., 1]
+    assert np.all(table["p"][0][:, 0] <= prod.min(0) + 1e-12) and np.all(prod.max(0) <= table["p"][1][:, 0] + 1e-12)
+    assert np.all(lb[:, 0] <= prod.min(0) + 1e-12) and np.all(lb[:, 1] <= -prod.max(0) + 1e-12)
+    c = lo[0, 0]                                  # box 0: z = c x1 exactly
+    assert lb[0, 0] == pytest.approx(min(c * lo[0, 1], c * hi[0, 1]), abs=1e-9)
 
 
 def test_the_side_by_side_network_computes_each_network(tmp_path):
