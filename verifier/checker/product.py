@@ -204,10 +204,18 @@ def _check_files(query, data: Mapping[str, bytes], network_paths: Mapping[str, s
         name = network_of(query, declared.name)
         g = protos[name].graph
         init = {t.name for t in g.initializer}
-        n_in, n_out = len([i for i in g.input if i.name not in init]), len(g.output)
-        if (n_in, n_out) != (len(declared.inputs), len(declared.outputs)):
+        ins = [i for i in g.input if i.name not in init]
+        if (len(ins), len(g.output)) != (len(declared.inputs), len(declared.outputs)):
             raise CheckInputError(f"network {declared.name} declares {len(declared.inputs)} inputs and "
-                                  f"{len(declared.outputs)} outputs; {network_paths[name]} has {n_in} and {n_out}")
+                                  f"{len(declared.outputs)} outputs; {network_paths[name]} has {len(ins)} and "
+                                  f"{len(g.output)}")
+        for t, info in zip((*declared.inputs, *declared.outputs), (*ins, *g.output)):
+            # A symbolic dimension is 1, as everywhere in nncert (the engine's side-by-side model too).
+            size = int(np.prod([d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                                for d in info.type.tensor_type.shape.dim]))
+            if size != t.size:
+                raise CheckInputError(f"{t.name} of network {declared.name} has {t.size} elements; "
+                                      f"'{info.name}' of {network_paths[name]} has {size}")
         produced = {o for n in g.node for o in n.output}
         for t in declared.hidden:
             if t.onnx_name not in produced:

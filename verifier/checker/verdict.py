@@ -167,12 +167,17 @@ def run_onnx(data: bytes, feeds: list[np.ndarray], extra_outputs: tuple[str, ...
         data = proto.SerializeToString()
     opts = onnxruntime.SessionOptions()
     opts.log_severity_level = 3
-    sess = onnxruntime.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    args = {}
-    for info, v in zip(sess.get_inputs(), feeds):
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in info.shape]
-        args[info.name] = v.astype(np.float64 if info.type == "tensor(double)" else np.float32).reshape(shape)
-    return [np.asarray(v, dtype=np.float64).reshape(-1) for v in sess.run(None, args)]
+    try:
+        sess = onnxruntime.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        args = {}
+        for info, v in zip(sess.get_inputs(), feeds):
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in info.shape]
+            args[info.name] = v.astype(np.float64 if info.type == "tensor(double)" else np.float32).reshape(shape)
+        outs = sess.run(None, args)
+    except Exception as exc:  # onnxruntime raises its own types; a model it cannot run is bad input
+        raise CheckInputError(f"onnxruntime cannot run the model to replay the counterexample "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return [np.asarray(v, dtype=np.float64).reshape(-1) for v in outs]
 
 
 def _check_sat(cert: dict, spec, n_in: int, replay: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],

@@ -262,3 +262,24 @@ def test_a_network_with_two_inputs_and_two_outputs(tmp_path, capsys):
         q = _query(tmp_path, name, head, box, f"(assert (>= (+ P[0,0] (* 0.0 Q[0,0])) {t:.4f}))\n")
         verdict, result = _verify_and_check(capsys, q, {"f": f}, tmp_path / f"{name}.json")
         assert verdict == want and result.accepted, (name, result)
+
+
+@needs_parser
+def test_a_file_whose_inputs_do_not_fit_the_query_is_bad_input(tmp_path, capsys):
+    """An input declared with another number of elements than the file's: one line,
+    exit 2, for a sat and an unsat alike (a sat reached onnxruntime's reshape before)."""
+    import hashlib
+
+    f = _two_by_two(tmp_path / "two.onnx")
+    head = ("(declare-network f (declare-input A float32 [1,2]) (declare-input B float32 [1,3]) "
+            "(declare-output P float32 [1,3]) (declare-output Q float32 [1,1]))\n")
+    box = "".join(f"(assert (>= {v}[0,{i}] 0.0)) (assert (<= {v}[0,{i}] 1.0))\n" for v, n in (("A", 2), ("B", 3))
+                  for i in range(n))
+    q = _query(tmp_path, "misfit", head, box, "(assert (>= P[0,0] -100.0))\n")
+    base = {"format": "nncert-certificate", "version": 1, "networks": {"f": hashlib.sha256(f.read_bytes()).hexdigest()},
+            "spec_sha256": hashlib.sha256(q.read_bytes()).hexdigest()}
+    for extra in ({"verdict": "sat", "counterexample": {"x": [0.5] * 5}}, {"verdict": "unsat", "disjuncts": []}):
+        path = tmp_path / "misfit.json"
+        path.write_text(json.dumps({**base, **extra}))
+        assert main(["check", str(path), "--network", f"f={f}", "--spec", str(q)]) == 2
+        assert "B of network f has 3 elements" in capsys.readouterr().err
