@@ -374,13 +374,20 @@ def min_under_all_constraints(objective: LinearBounds, box: IntervalBounds, a: T
 
 def min_under_region(objective: LinearBounds, box: IntervalBounds, a: T, c: T,
                      precision: Optional[Precision] = None) -> T:
-    """`min_under_all_constraints` for constraints every row may use (a region's rows), and
-    +inf on a box where some constraint has no point at all (beyond its rounding margin):
-    no counterexample lies there, so every claim about it holds. a [N, K, n], c [N, K]."""
+    """Sound lower bound [N, S] of each row of a linear bound (A [N, S, *shape], bias, mass
+    [N, S]) over each box ([N, *shape]) cut by a region's rows `a x + c <= 0` (a [K, n],
+    c [K], shared by every box and usable by every row): `min_under_all_constraints`, and
+    +inf on a box where some row has no point at all (beyond its rounding margin): no
+    counterexample lies there, so every claim about it holds."""
+    N, S = objective.bias.shape
+    K = c.shape[0]
+    flat = IntervalBounds(box.lower.reshape(N, -1), box.upper.reshape(N, -1))
+    objective = LinearBounds(objective.A.detach().reshape(N, S, -1), objective.bias.detach(),
+                             objective.mass.detach())
     p = _precision(objective.A.dtype, precision)
-    a, c, _ = _sanitise(a, c)
-    out = min_under_all_constraints(objective, box, a, c, precision=p)
-    empty = _infeasible(a, c, box.lower.unsqueeze(1), box.upper.unsqueeze(1), p).any(1)
+    a, c, _ = _sanitise(a.expand(N, K, -1), c.expand(N, K))
+    out = min_under_all_constraints(objective, flat, a, c, precision=p)
+    empty = _infeasible(a, c, flat.lower.unsqueeze(1), flat.upper.unsqueeze(1), p).any(1)
     return torch.where(empty.unsqueeze(1), torch.full_like(out, torch.inf), out)
 
 

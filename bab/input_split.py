@@ -125,23 +125,13 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
         lin = (A, res.linear.bias.detach(), res.linear.mass.detach())
         lower, upper, lb, cons = _clip(p, lower, upper, lb, lin, inherited, clipping)
     elif p.region_a is not None:
-        lb = _under_region(p, lower, upper, LinearBounds(A, res.linear.bias.detach(), res.linear.mass.detach()), lb,
-                           options)
+        # Box clipping off (recording a proof turns it off: clipped leaves would not tile the
+        # root): the rows' Lagrangian dual instead, which the certificate checker derives
+        # on each leaf itself (verifier/checker/region64.py).
+        tight = min_under_region(res.linear, IntervalBounds(lower, upper), p.region_a, p.region_c, options.precision)
+        lb = torch.maximum(lb, tight - p.d)
     mins = res.linear.minimizer(IntervalBounds(lower, upper)).detach()
     return lower, upper, _off_ball(p, lower, upper, lb), split_A, mins, cons
-
-
-def _under_region(p: Problem, lower: T, upper: T, linear: LinearBounds, lb: T, options: BoundOptions) -> T:
-    """Row bounds over each box cut by the region's rows (relaxed clipping: the rows'
-    Lagrangian dual, `min_under_region`), where box clipping is off. Recording a proof
-    turns box clipping off (clipped leaves no longer tile the root); the boxes stay as
-    they are, and the certificate checker derives the same dual bound on each leaf
-    itself (`verifier/checker/region64.py`), so a query whose rows couple inputs still
-    gets a checkable proof."""
-    N, K = lower.shape[0], p.region_c.shape[0]
-    box = IntervalBounds(lower.reshape(N, -1), upper.reshape(N, -1))
-    tight = min_under_region(linear, box, p.region_a.expand(N, K, -1), p.region_c.expand(N, K), options.precision)
-    return torch.maximum(lb, tight - p.d)
 
 
 def _off_ball(p: Problem, lower: T, upper: T, lb: T) -> T:

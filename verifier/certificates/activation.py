@@ -156,17 +156,12 @@ def float64_leaf_bounds(model: Model, n: int, region: LeafRegion, C: np.ndarray,
 
 def under_rows(linear, box, rows: tuple, d: np.ndarray) -> np.ndarray:
     """Lower bounds [n, S] of C y - d from CROWN's `linear` bound over each box of `box`
-    cut by the region's rows (A x <= b; the search's relaxed clipping,
-    `bab.clipping.min_under_region`): +inf on a box outside them."""
+    cut by the region's rows (A x <= b, numpy: `bab.clipping.min_under_region`, as the
+    search takes them): +inf on a box outside them."""
     from bab.clipping import min_under_region
-    from relaxations import IntervalBounds, LinearBounds
 
-    n, S = linear.bias.shape
-    A, b = (torch.tensor(np.asarray(v, np.float64)) for v in rows)
-    flat = IntervalBounds(box.lower.reshape(n, -1), box.upper.reshape(n, -1))
-    objective = LinearBounds(linear.A.detach().reshape(n, S, -1), linear.bias.detach(), linear.mass.detach())
-    out = min_under_region(objective, flat, A.expand(n, *A.shape), -b.expand(n, len(b)))
-    return out.numpy() - d
+    A, b = (torch.tensor(np.asarray(v, np.float64), dtype=linear.A.dtype) for v in rows)
+    return min_under_region(linear, box, A, -b).numpy() - d
 
 
 _proved = _rows_proved  # the engine's rule, not the checker's
