@@ -2,19 +2,22 @@
 
 The generic vector-Jacobian product in `crown.py` is correct for every affine op but
 pays autograd overhead on each call; these cover dense layers, elementwise constants
-and reshapes directly. Each returns None for a pattern it does not handle, and the
+(a variable input broadcast too), reshapes, transposes and sum/mean reductions directly. Each returns None for a pattern it does not handle, and the
 generic path takes over.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 
 from models import Node
 from models.ops.linear import gemm_parts
+from models.ops.reduce import reduce_axes
 
-__all__ = ["matmul_backward", "gemm_backward", "add_sub_backward", "scale_backward", "reshape_backward"]
+__all__ = ["matmul_backward", "gemm_backward", "add_sub_backward", "scale_backward", "reshape_backward",
+           "transpose_backward", "reduce_backward", "unbroadcast"]
 
 T = torch.Tensor
 Result = Optional[tuple[list, T, T]]
@@ -63,14 +66,61 @@ def add_sub_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Se
     for i, (a, shape) in enumerate(zip(args, in_shapes)):
         sign = -1.0 if (node.op == "Sub" and i == 1) else 1.0
         if a is None:
-            if tuple(shape) != out_shape:
-                return None  # broadcasting a variable input: leave it to the generic path
-            A_ins.append(A if sign > 0 else -A)
+            a_in = A if tuple(shape) == out_shape else unbroadcast(A, shape)
+            if a_in is None:
+                return None
+            A_ins.append(a_in if sign > 0 else -a_in)
         else:
             b, m = _bias_term(A, sign * a)
             bias, mass = bias + b, mass + m
             A_ins.append(None)
     return A_ins, bias, mass
+
+
+def unbroadcast(A: T, shape: Sequence[int]) -> Optional[T]:
+    """A [B, S, *out] back onto an input of `shape` that the op broadcast to `out`
+    (numpy rules): summed over the dims the input lacks or has as 1. None where `shape`
+    does not broadcast to `out`."""
+    B, S = A.shape[:2]
+    out, shape = tuple(A.shape[2:]), tuple(shape)
+    lead = len(out) - len(shape)
+    if lead < 0 or any(s != o and s != 1 for s, o in zip(shape, out[lead:])):
+        return None
+    if lead:
+        A = A.sum(dim=tuple(range(2, 2 + lead)))
+    ones = tuple(2 + i for i, (s, o) in enumerate(zip(shape, out[lead:])) if s == 1 and o != 1)
+    if ones:
+        A = A.sum(dim=ones, keepdim=True)
+    return A.reshape(B, S, *shape)
+
+
+def transpose_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequence) -> Result:
+    """Output dim j is input dim perm[j]: the coefficients go back by the inverse permutation."""
+    A = A_outs[0]
+    n = len(in_shapes[0])
+    perm = [int(p) % n for p in node.attr("perm", list(range(n))[::-1])]
+    inverse = [0] * n
+    for j, p in enumerate(perm):
+        inverse[p] = j
+    return [A.permute(0, 1, *(2 + inverse[k] for k in range(n)))], _zeros(A), _zeros(A)
+
+
+def reduce_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequence) -> Result:
+    """ReduceSum / ReduceMean: each input element gets its output's coefficient (divided
+    by the count averaged over, for the mean)."""
+    A = A_outs[0]
+    B, S = A.shape[:2]
+    shape = tuple(in_shapes[0])
+    since = 18 if node.op == "ReduceMean" else 13
+    axes = reduce_axes(node, [torch.empty(shape, device="meta"), *args[1:]], since)
+    rest = [None] * (len(args) - 1)
+    if not axes:
+        return [A.reshape(B, S, *shape)] + rest, _zeros(A), _zeros(A)
+    kept = [1 if i in axes else d for i, d in enumerate(shape)]
+    A_in = A.reshape(B, S, *kept).expand(B, S, *shape).contiguous()
+    if node.op == "ReduceMean":
+        A_in = A_in / math.prod(shape[a] for a in axes)
+    return [A_in] + rest, _zeros(A), _zeros(A)
 
 
 def scale_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequence) -> Result:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from relaxations.ops import maxes
 from relaxations.ops.common import monotone_interval
+from relaxations.ops.fast_backward import reduce_backward
 from relaxations.ops.shape import first_input_only
 from relaxations.registry import OpRule, register_rule
 
@@ -17,8 +18,10 @@ __all__ = ["register"]
 
 def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone"})
-    for op in ("AveragePool", "GlobalAveragePool", "Pad", "Resize", "Upsample", "ReduceSum", "ReduceMean"):
+    for op in ("AveragePool", "GlobalAveragePool", "Pad", "Resize", "Upsample"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=facts))
+    for op in ("ReduceSum", "ReduceMean"):
+        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, backward=reduce_backward, facts=facts))
     gathers = {"MaxPool": maxes.maxpool_gather, "GlobalMaxPool": maxes.global_max_gather,
                "Max": maxes.variadic_gather, "Min": maxes.variadic_gather,
                "ReduceMax": maxes.reduce_gather, "ReduceMin": maxes.reduce_gather}

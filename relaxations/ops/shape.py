@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from models import Node
-from relaxations.ops.fast_backward import reshape_backward
+from relaxations.ops.fast_backward import reshape_backward, transpose_backward
 from relaxations.registry import OpRule, register_rule
 
 __all__ = ["register", "first_input_only"]
@@ -27,7 +27,8 @@ def register() -> None:
     for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, backward=reshape_backward,
                              facts=moves))
-    for op in ("Transpose", "Slice", "Gather",
-               "Expand", "Tile", "Split", "Identity", "Dropout"):
+    register_rule(OpRule("Transpose", "affine", affine_inputs=first_input_only, backward=transpose_backward,
+                         facts=moves))
+    for op in ("Slice", "Gather", "Expand", "Tile", "Split", "Identity", "Dropout"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=moves))
     register_rule(OpRule("Concat", "affine", facts=moves))
