@@ -13,7 +13,9 @@ does not rest on how well:
   lies in it, g is at least min(g(p), g(q)) outside it, and inside it g stays above
   min(g(p), g(q)) - (q - p) max(|g'(p)|, |g'(q)|) because g' is monotone there. That
   bound is rigorous for any bracket; a coarse one only costs tightness. Where g is
-  concave (for a min) the extremum is at the piece's ends, which are candidates.
+  concave (for a min) the extremum is at the piece's ends, which are candidates. Where
+  g' keeps one sign over the final bracket, the bisection never left that end of the
+  piece (or stopped on the extremum), and the end's value is exact, with no allowance.
   The max for upper lines is the mirror image on the concave pieces.
 - the interval rule uses a rigorous lower bound of the global minimum from the same
   bracket argument (computed once, in float64, when the module loads).
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -41,7 +44,7 @@ import torch
 from models import Node
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.ops.smooth import bisect, finish, unstable_if_wide
+from relaxations.ops.smooth import bisect, extremum, finish, unstable_if_wide
 from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "gelu_rule", "gelu64", "dgelu64", "inflection", "minimum_bracket"]
@@ -51,8 +54,13 @@ _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _C = math.sqrt(2.0 / math.pi)
 _K = 0.044715
-# Bisection steps in float64: brackets of width 2^-52 of a piece (at most 80 wide).
-_STEPS = 52
+# Bisection steps in float64: a piece at most 80 wide shrinks to float64's resolution.
+# Fewer would do for the bias's value (a bracket [p, q] costs it (q - p) max |g'|), but
+# not for alpha-CROWN's gradients: where the extremum is at an end of the interval, only
+# a bracket collapsed onto that end ties with the end's own candidate, which carries the
+# end's derivative (`smooth.extremum`). Measured on the digits transformer: 32 steps left the
+# root bound worse on 37 of 48 properties than 52, and 64 better on 37 (BENCHMARKS.md).
+_STEPS = 64
 _NARROW_STEPS = 26     # from a confirmed bracket of width ~1e-4: ~1e-12
 _TANGENT_STEPS = 30    # tangent points that only choose slopes (see _tangent_range)
 # Beyond +-_FAR, f' equals 0 or 1 to far below float64's resolution (phi(40) ~ 1e-348),
@@ -246,7 +254,12 @@ def _piece_extremum(k: T, a: T, b: T, tanh: bool, upper: bool, guess: Optional[T
     def g(x: T) -> T:
         return gelu64(x, tanh) - k * x
 
-    slope = torch.maximum(dg(lo).abs(), dg(hi).abs())
+    # Where g' does not change sign across the bracket, the bisection never left that end
+    # of the piece (or stopped on the extremum itself), and the extremum is the end's value
+    # exactly; the allowance is for a bracket around an interior extremum (nan keeps it).
+    d_lo, d_hi = dg(lo), dg(hi)
+    at_end = ((d_lo <= 0) | (d_hi >= 0)) if upper else ((d_lo >= 0) | (d_hi <= 0))
+    slope = torch.where(at_end, torch.zeros_like(d_lo), torch.maximum(d_lo.abs(), d_hi.abs()))
     if upper:
         return torch.maximum(g(lo), g(hi)) + (hi - lo) * slope
     return torch.minimum(g(lo), g(hi)) - (hi - lo) * slope
@@ -263,7 +276,7 @@ def _bias(k: T, L: T, U: T, r: float, tanh: bool, upper: bool, guess: Optional[T
     def at(c: float) -> T:
         return torch.full_like(L, c).clamp(min=L, max=U).detach()
 
-    vals = [g(L), g(U), g(at(-r)), g(at(r))]
+    vals = [g(L), g(U), g(at(-r)), g(at(r))]   # the interval's ends first: they win ties (`extremum`)
     if upper:
         # Concave pieces (-inf, -r] and [r, inf), searched within +-_FAR: beyond it g
         # is monotone towards the piece (f' - k keeps one sign there for any float64
@@ -272,8 +285,7 @@ def _bias(k: T, L: T, U: T, r: float, tanh: bool, upper: bool, guess: Optional[T
         vals.append(_piece_extremum(k, at(r), at(_FAR), tanh, upper=True))
     else:
         vals.append(_piece_extremum(k, at(-r), at(r), tanh, upper=False, guess=guess))
-    stacked = torch.stack(torch.broadcast_tensors(*vals))
-    return stacked.amax(0) if upper else stacked.amin(0)
+    return extremum(torch.stack(torch.broadcast_tensors(*vals)), upper)
 
 
 def _tangent_range(L: T, U: T, c_lo: T, c_hi: T, tanh: bool) -> tuple[T, T]:
@@ -317,28 +329,58 @@ def _gelu_alpha_init(node: Node, l: T, u: T, consts: Sequence) -> T:
     return _crown_alpha(*_tangent_points(L, U, _CONST[_approx(node)][0], _approx(node))).to(l.dtype)
 
 
-def _gelu_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) -> Relaxation:
+@dataclass(frozen=True)
+class GeluPrepared:
+    """What Gelu's lines over one interval share whatever alpha is: the float64 interval
+    (L, U), the convex part [c_lo, c_hi] and its tangent range [p1, p2] (`convex`: some
+    tangent passes under both ends), the chord's slope kc, and the upper line (the
+    chord, lifted to its exact support), already in the working dtype."""
+
+    L: T
+    U: T
+    c_lo: T
+    c_hi: T
+    p1: T
+    p2: T
+    convex: T
+    kc: T
+    k_up: T
+    b_up: T
+
+
+def _gelu_prepare(node: Node, l: T, u: T, consts: Sequence) -> GeluPrepared:
+    """Gelu's alpha-free part on [l, u]: alpha-CROWN then computes only the lower line at
+    each step (the upper line's support is the costly part: two bisections over the
+    concave pieces)."""
     tanh = _approx(node)
     r = _CONST[tanh][0]
-    dt = l.dtype
     ok = torch.isfinite(l) & torch.isfinite(u)
     L = torch.where(ok, l, torch.zeros_like(l)).double()
     U = torch.where(ok, u, torch.zeros_like(u)).double()
     c_lo, c_hi, p1, p2 = _tangent_points(L, U, r, tanh)
     # No tangent of the convex part passes under both ends: the chord is the envelope.
     convex = (c_lo < c_hi) & (p1 <= p2)
-    a = _crown_alpha(c_lo, c_hi, p1, p2) if alpha is None else alpha.double()
-    t = p1 + a * (p2 - p1)
     fL, fU = gelu64(L, tanh), gelu64(U, tanh)
     wide = U > L
     kc = torch.where(wide, (fU - fL) / torch.where(wide, U - L, torch.ones_like(U)), torch.zeros_like(U))
-    k_lo = torch.where(convex, dgelu64(t, tanh), kc).to(dt)
-    k_up = kc.to(dt)
-    b_lo = _bias(k_lo.double(), L, U, r, tanh, upper=False, guess=torch.where(convex, t, L)).to(dt)
-    b_up = _bias(k_up.double(), L, U, r, tanh, upper=True).to(dt)
+    k_up = kc.to(l.dtype)
+    b_up = _bias(k_up.double(), L, U, r, tanh, upper=True).to(l.dtype)
+    return GeluPrepared(L, U, c_lo, c_hi, p1, p2, convex, kc, k_up, b_up)
+
+
+def _gelu_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence,
+                prepared: Optional[GeluPrepared] = None) -> Relaxation:
+    tanh = _approx(node)
+    r = _CONST[tanh][0]
+    dt = l.dtype
+    g = prepared if prepared is not None else _gelu_prepare(node, l, u, consts)
+    a = _crown_alpha(g.c_lo, g.c_hi, g.p1, g.p2) if alpha is None else alpha.double()
+    t = g.p1 + a * (g.p2 - g.p1)
+    k_lo = torch.where(g.convex, dgelu64(t, tanh), g.kc).to(dt)
+    b_lo = _bias(k_lo.double(), g.L, g.U, r, tanh, upper=False, guess=torch.where(g.convex, t, g.L)).to(dt)
     lo_c, hi_c = _gelu_range(l, u, tanh)
     # The lines bound the real Gelu; the runtime's may be off by its allowance.
-    return finish("Gelu", l, u, (k_lo, b_lo), (k_up, b_up), lo_c, hi_c, _runtime_error(l, u, dt).to(dt))
+    return finish("Gelu", l, u, (k_lo, b_lo), (g.k_up, g.b_up), lo_c, hi_c, _runtime_error(l, u, dt).to(dt))
 
 
 # Gelu's steepest slope: Phi(x) + x phi(x) peaks at x = sqrt(2) at 1.128904 (1.128993 for
@@ -350,7 +392,7 @@ def gelu_rule() -> OpRule:
     """ONNX's Gelu (opset 20 on); onnxruntime's contrib Gelu and FastGelu reuse it
     (relaxations/ops/contrib.py)."""
     return OpRule("Gelu", "elementwise", min_opset=20, interval=_gelu_interval, relax=_gelu_relax,
-                  alpha_init=_gelu_alpha_init, alpha_bounds=lambda n, l, u, c: (torch.zeros_like(l), torch.ones_like(l)),
+                  prepare=_gelu_prepare, alpha_init=_gelu_alpha_init, alpha_bounds=lambda n, l, u, c: (torch.zeros_like(l), torch.ones_like(l)),
                   unstable=unstable_if_wide, lipschitz=slope(GELU_SLOPE), facts=frozenset({"elementwise", "smooth"}))
 
 

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from models import Node
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.ops.smooth import (S_LR_SCALE, SLACK_ULPS, SPoints, finish, half_alpha, s_alpha_init, s_points,
-                                    s_shape, unstable_if_wide)
+from relaxations.ops.smooth import (S_LR_SCALE, SLACK_ULPS, SPoints, extremum, finish, half_alpha, s_alpha_init,
+                                    s_points, s_shape, unstable_if_wide)
 from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "support", "outward"]
@@ -90,7 +90,7 @@ def support(f: Fn, k: T, l: T, u: T, points: Sequence[T], upper: bool) -> T:
         x = torch.minimum(torch.maximum(p.detach(), l), u).detach()
         vals.append(f(x) - k * x)
     stacked = torch.stack(torch.broadcast_tensors(*vals))
-    return stacked.amax(0) if upper else stacked.amin(0)
+    return extremum(stacked, upper)
 
 
 def _monotone_range(f: Fn, l: T, u: T) -> tuple[T, T]:

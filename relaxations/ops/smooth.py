@@ -36,7 +36,7 @@ from relaxations.ops.common import Ins
 from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "finish", "curved", "s_shape", "s_points", "SPoints", "SLACK_ULPS", "unstable_if_wide",
-           "half_alpha", "bisect", "S_LR_SCALE", "S_CROSSING_INIT", "S_FLAT_LEAN"]
+           "half_alpha", "bisect", "extremum", "S_LR_SCALE", "S_CROSSING_INIT", "S_FLAT_LEAN"]
 
 T = torch.Tensor
 Fn = Callable[[T], T]
@@ -215,13 +215,27 @@ class SPoints:
     chord_lo_bias: T
 
 
+def extremum(stacked: T, upper: bool) -> T:
+    """max (upper) or min over dim 0 of a bias's candidates, the value of the first one
+    that attains it (nan wins, as in amax). Put the candidates evaluated at the interval's
+    own ends first: where an interior candidate (detached, clamped into [l, u]) lands on
+    an end, the two tie, and the end's value is the one that moves with l and u. amax
+    would share the gradient among the ties, so alpha-CROWN, optimising the intervals,
+    would see only a fraction of d bias / d l (measured: BENCHMARKS.md, session 34)."""
+    best = (stacked.amax(0) if upper else stacked.amin(0)).detach()
+    out = stacked[-1]
+    for cand in reversed(stacked[:-1]):     # a few candidates: argmax along dim 0 is slow on CPU
+        out = torch.where(cand.detach() == best, cand, out)
+    return torch.where(torch.isnan(best), best, out)
+
+
 def _support(f: Fn, dinv: Fn, k: T, l: T, u: T, fl: T, fu: T, sign: float) -> T:
     """The exact supporting bias of slope k over [l, u]: max (sign +1) or min (-1) of
     f(x) - k x over the ends and the critical point sign * dinv(k) (f' even, so f' = k
     there), the only interior point where f - k x can take its max (min)."""
     x_k = (sign * dinv(k.detach())).clamp(min=l, max=u).detach()
     vals = torch.stack(torch.broadcast_tensors(fl - k * l, fu - k * u, f(x_k) - k * x_k))
-    return vals.amax(0) if sign > 0 else vals.amin(0)
+    return extremum(vals, sign > 0)
 
 
 def s_points(f: Fn, df: Fn, dinv: Fn, l: T, u: T, cap: Optional[float]) -> SPoints:
@@ -261,7 +275,7 @@ def s_shape(f: Fn, df: Fn, dinv: Fn, l: T, u: T, alpha: Optional[T], cap: Option
         t_in = torch.minimum(torch.maximum(t, l), u)
         k = df(t_in)
         vals = torch.stack(torch.broadcast_tensors(P.fl - k * l, P.fu - k * u, f(t_in) - k * t_in))
-        return k, vals.amax(0) if sign > 0 else vals.amin(0)
+        return k, extremum(vals, sign > 0)
 
     k_up, b_up = tangent(t_up, 1.0)
     k_lo, b_lo = tangent(t_lo, -1.0)

@@ -78,10 +78,11 @@ def test_cut_bounds_hold_where_the_cut_does(tmp_path, side: float) -> None:
     assert float(cut.lower) <= float(y[inside].min()) + 1e-9
 
 
-@pytest.mark.parametrize("op", [r for r in ("Sigmoid", "Tanh", "Atan", "Erf")])
-def test_prepared_relaxation_is_the_same(op: str) -> None:
+@pytest.mark.parametrize("op,attrs", [("Sigmoid", {}), ("Tanh", {}), ("Atan", {}), ("Erf", {}), ("Gelu", {}),
+                                      ("Gelu", {"approximate": "tanh"})])
+def test_prepared_relaxation_is_the_same(op: str, attrs: dict) -> None:
     rule = next(r for r in REGISTRY["", op] if r.prepare is not None)
-    node = Node(name="n", op=op, inputs=("x",), outputs=("y",), attrs={}, opset=13)
+    node = Node(name="n", op=op, inputs=("x",), outputs=("y",), attrs=attrs, opset=20 if op == "Gelu" else 13)
     g = torch.Generator().manual_seed(1)
     l = (torch.randn(4, 1, 50, generator=g) * 4)
     u = l + torch.rand(4, 1, 50, generator=g) * 6

@@ -345,3 +345,33 @@ def test_the_lower_line_survives_an_upper_slope_far_steeper(method: str) -> None
     box = IntervalBounds(torch.tensor([[[-37.79]]]), torch.tensor([[[37.79]]]))
     res = compute_bounds(graph, box, torch.tensor([[1.0]]), BoundOptions(method=method))
     assert float(res.lower) <= math.exp(-37.79)
+
+
+def test_a_bias_tied_at_an_end_moves_with_that_end() -> None:
+    """Where an interior candidate is clamped onto the interval's end, the bias's
+    derivative with respect to that end is the whole derivative of f(l) - k l, not a
+    share of it (alpha-CROWN optimises the intervals through it; `smooth.extremum`)."""
+    from relaxations.ops.more_activations import support
+    from relaxations.ops.gelu import _bias
+
+    k = torch.tensor(0.01, dtype=torch.float64)
+    for upper in (False, True):
+        l = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+        u = torch.tensor(3.0, dtype=torch.float64)
+        # sigmoid - 0.01 x increases on [2, 3]: min at l (the candidate -5 clamps onto l), max at u
+        b = support(torch.sigmoid, k, l, u, [torch.tensor(-5.0, dtype=torch.float64)], upper=upper)
+        (grad,) = torch.autograd.grad(b, l, allow_unused=True)
+        s = torch.sigmoid(l.detach())
+        want = float(s * (1 - s) - k) if not upper else 0.0
+        assert grad is not None or want == 0.0
+        assert float(grad if grad is not None else 0.0) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    # Gelu's lower bias over [L, U] inside its convex part with a slope below f' there:
+    # the min of f - k x is at L, where the piece's own bisection ends too.
+    L = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    U = torch.tensor(0.6, dtype=torch.float64)
+    kg = torch.tensor(0.1, dtype=torch.float64)
+    b = _bias(kg, L, U, math.sqrt(2.0), False, upper=False, guess=L.detach())
+    (grad,) = torch.autograd.grad(b, L)
+    x = L.detach()
+    dgelu = 0.5 * math.erfc(-float(x) / math.sqrt(2)) + float(x) * math.exp(-float(x) ** 2 / 2) / math.sqrt(2 * math.pi)
+    assert float(grad) == pytest.approx(dgelu - 0.1, rel=1e-9)
