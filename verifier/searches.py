@@ -88,6 +88,13 @@ def _activation_parts(config: Config, deadline: float, known: Optional[dict]) ->
     return options, SearchLimits(deadline, batch, config.bab.max_domains, _max_batch(config, batch))
 
 
+def interval_search(config: Config) -> IntervalSearch:
+    """The general split's switches from the config (`verify` and torch modules alike)."""
+    bab = config.bab
+    return IntervalSearch(open_rows=bab.open_rows, warm_start=bab.general_warm_start,
+                          split_products=bab.split_products, prune_proved=bab.prune_proved)
+
+
 def _relu_search(config: Config) -> ReluSearch:
     return ReluSearch(record_proof=config.proof, branching=config.bab.branching,
                       fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
@@ -160,9 +167,7 @@ def activation_search(model: Model, ev: GraphEvaluator, disjunct: Disjunct, conf
     hooks = SearchHooks(confirm=lambda x: confirm(model, disjunct, x) is not None,
                         progress=lambda f: progress.update(**f), stop=beside.stop)
     if needs_general_split(model.graph, ev.constants):  # sigmoid, tanh, GELU, ...: interval splits
-        how = IntervalSearch(open_rows=config.bab.open_rows, warm_start=config.bab.general_warm_start,
-                             split_products=config.bab.split_products, prune_proved=config.bab.prune_proved)
-        return general_split_bab(problem, options, limits, hooks, how)
+        return general_split_bab(problem, options, limits, hooks, interval_search(config))
     how = _relu_search(config)
     pool = beside.pool if not (how.per_conjunction and problem.n_conj > 1) else None
     if pool is not None:

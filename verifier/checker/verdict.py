@@ -233,11 +233,13 @@ def _alphas(entry: dict, net: Network, S: int) -> Optional[dict[str, np.ndarray]
     return out
 
 
-def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray,
+def _leaf_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, spec_rows: tuple[np.ndarray, np.ndarray],
                  alphas: Optional[dict], sparse: Optional[dict] = None, ball: Optional[tuple] = None,
                  region: Optional[tuple] = None) -> np.ndarray:
-    """Row bounds per leaf box (cut by `ball` when given, and by the spec region's rows
-    `region` = (A, b)), with `alphas` for all leaves or `sparse` per-leaf alphas (read_alphas)."""
+    """Bounds of the spec rows `spec_rows` = (C, d) per leaf box (cut by `ball` when given,
+    and by the spec region's rows `region` = (A, b)), with `alphas` for all leaves or
+    `sparse` per-leaf alphas (read_alphas)."""
+    C, d = spec_rows
     rows = []
     for s in range(0, lo.shape[0], _CHUNK):
         table = interval_table(net, lo[s:s + _CHUNK], hi[s:s + _CHUNK], ball)
@@ -380,7 +382,7 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     if claims.shape != (lo.shape[0], S):
         raise _Reject(f"disjunct {i}: claims have shape {claims.shape}; expected ({lo.shape[0]}, {S})")
     rows_of = None if region.A is None else (np.asarray(region.A, np.float64), np.asarray(region.b, np.float64))
-    lb = _leaf_bounds(net, lo, hi, C, d, alphas, sparse, ball, rows_of)
+    lb = _leaf_bounds(net, lo, hi, (C, d), alphas, sparse, ball, rows_of)
     if ball is not None:   # a leaf the ball misses holds no point of the region: nothing to prove there
         lb[boxes_missing_ball(lo, hi, ball)] = np.inf
     with np.errstate(invalid="ignore"):

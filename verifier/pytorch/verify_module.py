@@ -39,7 +39,7 @@ from torch import nn
 
 import vnnlib
 from bab.activation_split import ReluSearch, activation_split_bab
-from bab.general_split import IntervalSearch, general_split_bab, needs_general_split
+from bab.general_split import general_split_bab, needs_general_split
 from bab.input_split import InputSearch, input_split_bab
 from bab.problem import Problem, project_l2
 from bab.search import SearchHooks, SearchLimits, SearchOutcome
@@ -53,6 +53,7 @@ from verifier.model import Model
 from verifier.lp.region import polytope_point
 from verifier.pytorch.perturbation import NORMS, Perturbation, checked_perturbation
 from verifier.result import Result
+from verifier.searches import interval_search
 from verifier.verify import bab_proof, search_mode, spec_rows, verify
 
 __all__ = ["verify_module", "module_model", "Perturbation", "NORMS"]
@@ -356,9 +357,7 @@ def _l2_search(model: Model, region: BallBox, C: torch.Tensor, config: Config, d
         limits = SearchLimits(deadline, bab.batch_size, bab.max_domains)
         return input_split_bab(problem, options, limits, hooks, how)
     if needs_general_split(model.graph, ev.constants):
-        how = IntervalSearch(open_rows=bab.open_rows, warm_start=bab.general_warm_start,
-                             split_products=bab.split_products)
-        return general_split_bab(problem, options, limits, hooks, how)
+        return general_split_bab(problem, options, limits, hooks, interval_search(config))
     how = ReluSearch(record_proof=record_proof, branching=bab.branching, fsb_candidates=bab.fsb_candidates,
                      warm_start=bab.warm_start,
                      per_conjunction=bab.per_conjunction == "always", open_rows=bab.open_rows,
