@@ -54,12 +54,13 @@ _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _C = math.sqrt(2.0 / math.pi)
 _K = 0.044715
-# Bisection steps in float64: a piece at most 80 wide shrinks to float64's resolution.
-# Fewer would do for the bias's value (a bracket [p, q] costs it (q - p) max |g'|), but
-# not for alpha-CROWN's gradients: where the extremum is at an end of the interval, only
-# a bracket collapsed onto that end ties with the end's own candidate, which carries the
-# end's derivative (`smooth.extremum`). Measured on the digits transformer: 32 steps left the
-# root bound worse on 37 of 48 properties than 52, and 64 better on 37 (BENCHMARKS.md).
+# Bisection steps in float64: a piece at most 80 wide shrinks to 80 * 2^-64, below the
+# spacing of float64 numbers away from 0 (near 0 a bracket may stay open; its allowance
+# covers it). Fewer steps would do for the bias's value (a bracket [p, q] costs it
+# (q - p) max |g'|), not for alpha-CROWN's gradient: where the extremum is at an end of
+# the interval, a bracket left open beats the end's own candidate by its allowance and
+# takes the gradient that candidate would carry (`smooth.extremum`; BENCHMARKS.md,
+# "alpha-CROWN through Gelu and S-shapes").
 _STEPS = 64
 _NARROW_STEPS = 26     # from a confirmed bracket of width ~1e-4: ~1e-12
 _TANGENT_STEPS = 30    # tangent points that only choose slopes (see _tangent_range)
