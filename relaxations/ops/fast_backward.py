@@ -2,8 +2,9 @@
 
 The generic vector-Jacobian product in `crown.py` is correct for every affine op but
 pays autograd overhead on each call; these cover dense layers, elementwise constants
-(a variable input broadcast too), reshapes, transposes and sum/mean reductions directly. Each returns None for a pattern it does not handle, and the
-generic path takes over.
+(a variable input broadcast too), reshapes, transposes and sum/mean reductions
+directly. Each returns None for a pattern it does not handle, and the generic path
+takes over.
 """
 from __future__ import annotations
 
@@ -86,12 +87,7 @@ def unbroadcast(A: T, shape: Sequence[int]) -> Optional[T]:
     lead = len(out) - len(shape)
     if lead < 0 or any(s != o and s != 1 for s, o in zip(shape, out[lead:])):
         return None
-    if lead:
-        A = A.sum(dim=tuple(range(2, 2 + lead)))
-    ones = tuple(2 + i for i, (s, o) in enumerate(zip(shape, out[lead:])) if s == 1 and o != 1)
-    if ones:
-        A = A.sum(dim=ones, keepdim=True)
-    return A.reshape(B, S, *shape)
+    return A.sum_to_size(B, S, *(1,) * lead, *shape).reshape(B, S, *shape)
 
 
 def transpose_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequence) -> Result:

@@ -393,7 +393,8 @@ def gelu_rule() -> OpRule:
     """ONNX's Gelu (opset 20 on); onnxruntime's contrib Gelu and FastGelu reuse it
     (relaxations/ops/contrib.py)."""
     return OpRule("Gelu", "elementwise", min_opset=20, interval=_gelu_interval, relax=_gelu_relax,
-                  prepare=_gelu_prepare, alpha_init=_gelu_alpha_init, alpha_bounds=lambda n, l, u, c: (torch.zeros_like(l), torch.ones_like(l)),
+                  prepare=_gelu_prepare, alpha_init=_gelu_alpha_init,
+                  alpha_bounds=lambda n, l, u, c: (torch.zeros_like(l), torch.ones_like(l)),
                   unstable=unstable_if_wide, lipschitz=slope(GELU_SLOPE), facts=frozenset({"elementwise", "smooth"}))
 
 
