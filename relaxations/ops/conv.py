@@ -53,17 +53,25 @@ def _conv_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequ
         return None
     flat = A.reshape(B * S * in_shape[0], *A.shape[3:])
     groups = int(node.attr("group", 1))
+    # The transpose crops the pads both sides share itself (its `padding`); only what one side
+    # pads beyond the other is narrowed off after. Cropping all by narrow cost twice the
+    # transpose, and under autograd a zero-filled copy of the padded map in the backward
+    # (BENCHMARKS.md, session 35).
+    crop = [min(pads[i], pads[nd + i]) for i in range(nd)]
     # A strided transpose onto several channels runs 1.2-2.5x faster on CPU from channels-last
     # coefficients, conversions included (slower or even at stride 1, or onto one channel):
-    # BENCHMARKS.md, session 33.
-    strided = nd == 2 and max(strides) > 1 and w.shape[1] * groups > 1
+    # BENCHMARKS.md, session 33. Not with weights under autograd (certified training), whose
+    # steps are 5-8% faster in the default layout (session 35).
+    strided = nd == 2 and max(strides) > 1 and w.shape[1] * groups > 1 and not w.requires_grad
     if strided:
         flat = flat.contiguous(memory_format=torch.channels_last)
-    A_in = _CONVT[nd](flat, w, None, stride=strides, padding=0, output_padding=extra, groups=groups, dilation=dil)
+    A_in = _CONVT[nd](flat, w, None, stride=strides, padding=crop, output_padding=extra, groups=groups,
+                      dilation=dil)
     if strided:
         A_in = A_in.contiguous()
     for i in range(nd):
-        A_in = A_in.narrow(2 + i, pads[i], in_shape[2 + i])
+        if A_in.shape[2 + i] != in_shape[2 + i]:
+            A_in = A_in.narrow(2 + i, pads[i] - crop[i], in_shape[2 + i])
     A_in = A_in.reshape(B, S, *in_shape)
     bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
     mass = torch.zeros_like(bias)

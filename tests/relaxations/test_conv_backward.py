@@ -1,7 +1,8 @@
 """A convolution's backward step (relaxations/ops/conv.py): the coefficients it hands to
 the input are the convolution's transpose applied to them, i.e. the gradient of
-<A, conv(x)> in x, onto one input channel and several, with strides (the channels-last
-path), dilations, asymmetric pads, and sizes a stride does not divide."""
+<A, conv(x)> in x, onto one input channel and several, with strides, dilations, asymmetric pads (the
+part one side pads beyond the other narrowed off after the transpose), and sizes a
+stride does not divide."""
 from __future__ import annotations
 
 import itertools
