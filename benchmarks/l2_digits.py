@@ -18,7 +18,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 import verifier
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
@@ -26,7 +25,7 @@ from verifier.config import load_config
 from verifier.pytorch.verify_module import module_model
 from verifier.pytorch.training import margin_matrix
 
-from digits_nets import DigitsCNN, digits
+from digits_nets import digits, trained_cnn
 
 
 def main() -> None:
@@ -41,21 +40,12 @@ def main() -> None:
                         help="skip the runs without SDP-CROWN and over the bounding box")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     X, Y = digits()
-    net = DigitsCNN(channels=(8, 16), hidden=64)
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
     t = time.time()
-    for _ in range(args.epochs):
-        for i in range(0, 1400, 64):
-            opt.zero_grad()
-            F.cross_entropy(net(X[i:i + 64]), Y[i:i + 64]).backward()
-            opt.step()
-    net.eval()
+    net, right = trained_cnn(X, Y, args.epochs, args.count)
     with torch.no_grad():
-        right = (net(X[1400:]).argmax(1) == Y[1400:]).nonzero().flatten()[:args.count] + 1400
-    print(f"trained in {time.time() - t:.0f} s; test accuracy "
-          f"{float((net(X[1400:]).argmax(1) == Y[1400:]).float().mean()):.3f}; {len(right)} points")
+        accuracy = float((net(X[1400:]).argmax(1) == Y[1400:]).float().mean())
+    print(f"trained in {time.time() - t:.0f} s; test accuracy {accuracy:.3f}; {len(right)} points")
     xs, ys = X[right], Y[right]
     model = module_model(net, (1, 1, 8, 8))
     config = load_config(None, [f"timeout={args.timeout}", *args.set])

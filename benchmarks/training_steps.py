@@ -3,8 +3,8 @@
 One SGD step = loss + backward + update on a batch of scikit-learn digits, one torch
 thread, for the digits MLP 64-128-128-10 and a CNN of two convolutions and two linear
 layers: the clean cross-entropy step, then `certified_loss` with IBP and CROWN-IBP at
-eps 0.1 (tightness off: it is a diagnostic, not part of the step). Prints milliseconds
-per step and the ratio to the clean step.
+eps 0.1 (tightness off: it is a diagnostic, not part of the step), taking turns in short
+blocks. Prints milliseconds per step and the ratio to the clean step.
 
     python benchmarks/training_steps.py [--batch 128] [--reps 20]
 """
@@ -22,17 +22,28 @@ from verifier.pytorch.training import certified_loss
 from digits_nets import DigitsCNN, digits
 
 
-def _step_ms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, reps: int) -> float:
+def _steps_ms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, losses: dict, reps: int,
+              block: int = 5) -> dict:
+    """Milliseconds per step of each loss. The losses take turns in blocks of `block` steps,
+    each after one untimed step (caches warm for that loss, as in a training loop), so that
+    a change in the machine's load weighs on every loss alike and the ratios to the clean
+    step hold where the absolute times drift."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    for _ in range(3):
-        opt.zero_grad()
-        loss_fn(model, x, y).backward()
-    start = time.perf_counter()
-    for _ in range(reps):
+    spent = dict.fromkeys(losses, 0.0)
+
+    def step(loss_fn) -> None:
         opt.zero_grad()
         loss_fn(model, x, y).backward()
         opt.step()
-    return (time.perf_counter() - start) / reps * 1e3
+
+    for _ in range(max(1, reps // block)):
+        for name, loss_fn in losses.items():
+            step(loss_fn)
+            start = time.perf_counter()
+            for _ in range(block):
+                step(loss_fn)
+            spent[name] += time.perf_counter() - start
+    return {name: t / (max(1, reps // block) * block) * 1e3 for name, t in spent.items()}
 
 
 def main() -> None:
@@ -54,7 +65,7 @@ def main() -> None:
     print(f"| model | clean step | IBP | CROWN-IBP |  (batch {args.batch}, one thread, ms and x clean)")
     print("|---|---:|---:|---:|")
     for name, model, x in (("MLP 64-128-128-10", mlp, X), ("CNN 2 conv + 2 linear", DigitsCNN(), X.reshape(-1, 1, 8, 8))):
-        ms = {k: _step_ms(model, x, Y, fn, args.reps * (3 if k == "clean" else 1)) for k, fn in losses.items()}
+        ms = _steps_ms(model, x, Y, losses, args.reps)
         clean = ms["clean"]
         print(f"| {name} | {clean:.2f} | {ms['ibp']:.2f} ({ms['ibp'] / clean:.1f}x) | "
               f"{ms['crown-ibp']:.2f} ({ms['crown-ibp'] / clean:.1f}x) |")
