@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # Each creates .venv when missing: torch first (pinned; on this workplace the pinned
-# CPU build is local), then nncert with its test extras.
+# CPU build is local), then nncert with its test and demo extras (matplotlib draws the
+# training example's plot).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nncert-installed
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PIP) --upgrade pip
 	@$(PIP) torch==2.13.0
-	@$(PIP) -e '.[test]'
+	@$(PIP) -e '.[test,demo]'
 	@# VNN-LIB 2.0's own parser, beside the venv: its package is named vnnlib like ours (vnnlib/standard.py)
 	@$(PIP) --target $(VENV)/nncert-vendor/vnnlib-std --upgrade vnnlib==1.0.2
 	@touch $(STAMP)
