@@ -44,7 +44,7 @@ import torch
 from models import Node
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.ops.smooth import bisect, extremum, finish, unstable_if_wide
+from relaxations.ops.smooth import bisect, extremum, finish, implicit_root, unstable_if_wide
 from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "gelu_rule", "gelu64", "dgelu64", "inflection", "minimum_bracket"]
@@ -297,14 +297,19 @@ def _tangent_range(L: T, U: T, c_lo: T, c_hi: T, tanh: bool) -> tuple[T, T]:
     points only choose slopes; the biases are computed soundly for whatever slope."""
     fL, fU = gelu64(L, tanh), gelu64(U, tanh)
 
+    def tangent_gap(p: T, x: T, fx: T) -> T:   # the tangent at p at x, less f(x)
+        return gelu64(p, tanh) + dgelu64(p, tanh) * (x - p) - fx
+
     def above(p: T, x: T, fx: T) -> T:     # the tangent at p passes above (x, f(x))
         return gelu64(p, tanh) + dgelu64(p, tanh) * (x - p) > fx
 
     # p1: first p whose tangent is under (L, f(L)); p2: last p whose tangent is under (U, f(U)).
     _, hi = bisect(lambda p: (~above(p, L, fL)).to(p.dtype), c_lo, c_hi, _TANGENT_STEPS)
-    p1 = torch.where(above(c_lo, L, fL), hi, c_lo)
     lo, _ = bisect(lambda p: above(p, U, fU).to(p.dtype), c_lo, c_hi, _TANGENT_STEPS)
-    p2 = torch.where(above(c_hi, U, fU), lo, c_hi)
+    # Where a bisection found them, p1 and p2 move with L and U as the roots of "the tangent
+    # at p meets (L, f(L))" (resp. U) do: the implicit function's gradient for alpha-CROWN.
+    p1 = torch.where(above(c_lo, L, fL), implicit_root(lambda p: tangent_gap(p, L, fL), hi), c_lo)
+    p2 = torch.where(above(c_hi, U, fU), implicit_root(lambda p: tangent_gap(p, U, fU), lo), c_hi)
     return p1, p2
 
 

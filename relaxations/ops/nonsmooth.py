@@ -29,7 +29,7 @@ import torch
 from models import Node, UnsupportedModel
 from relaxations.bounds import IntervalBounds
 from relaxations.ops.common import Ins
-from relaxations.ops.smooth import S_CROSSING_INIT, curved, finish, s_shape, unstable_if_wide
+from relaxations.ops.smooth import S_CROSSING_INIT, curved, extremum, finish, s_shape, unstable_if_wide
 from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "pow_exponent", "trig_range", "clip_limits"]
@@ -287,11 +287,15 @@ def _trig_relax(node: Node, l: T, u: T, alpha: Optional[T], consts: Sequence) ->
     for b in bases:
         x = b + _TWO_PI * torch.ceil((L - b) / _TWO_PI)
         points.append(torch.minimum(torch.maximum(x, L), U))
-    vals = torch.stack(torch.broadcast_tensors(*[f(x.detach()) - k * x.detach() for x in points]))
+    # The ends carry d bias / d l and d u (alpha-CROWN moves intervals); the critical points
+    # are detached (f' = k there, so moving them changes f - k x to first order by nothing)
+    # and, clamped onto an end, tie with it: `extremum` gives the end the whole gradient.
+    vals = torch.stack(torch.broadcast_tensors(*[f(x) - k * x for x in points[:2]],
+                                               *[f(x.detach()) - k * x.detach() for x in points[2:]]))
     dt = l.dtype
     lo_c, hi_c = trig_range(op, l, u)
     kk = k.to(dt)
-    return finish(op, l, u, (kk, vals.amin(0).to(dt)), (kk, vals.amax(0).to(dt)), lo_c, hi_c)
+    return finish(op, l, u, (kk, extremum(vals, False).to(dt)), (kk, extremum(vals, True).to(dt)), lo_c, hi_c)
 
 
 def _trig_alpha_init(node: Node, l: T, u: T, consts: Sequence) -> T:

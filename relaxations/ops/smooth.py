@@ -36,7 +36,7 @@ from relaxations.ops.common import Ins
 from relaxations.registry import OpRule, Relaxation, register_rule, slope
 
 __all__ = ["register", "finish", "curved", "s_shape", "s_points", "SPoints", "SLACK_ULPS", "unstable_if_wide",
-           "half_alpha", "bisect", "extremum", "S_LR_SCALE", "S_CROSSING_INIT", "S_FLAT_LEAN"]
+           "half_alpha", "bisect", "extremum", "S_LR_SCALE", "S_CROSSING_INIT", "S_FLAT_LEAN", "implicit_root"]
 
 T = torch.Tensor
 Fn = Callable[[T], T]
@@ -195,7 +195,28 @@ def _s_points(f: Fn, df: Fn, l: T, u: T, cap: Optional[float]) -> tuple[T, T, T,
         b_lo, b_hi = torch.where(near_lo, lo0, l), torch.where(near_lo, zero, lo0)
     _, d_u = bisect(h_up, a_lo, a_hi)
     d_l, _ = bisect(h_lo, b_lo, b_hi)
-    return d_u, d_l, up_chord, lo_chord
+    return implicit_root(h_up, d_u), implicit_root(h_lo, d_l), up_chord, lo_chord
+
+
+def implicit_root(h: Callable[[T], T], root: T) -> T:
+    """`root` (a bisection's, h(root) = 0 up to its resolution) with the gradient of the
+    implicit function, d root = -(dh / h'(root)), where bisection's own is that of a
+    dyadic average of its bracket's ends: wrong for alpha-CROWN, which moves l and u
+    through h. The value is root's exactly (the correction is zero in value); only under
+    autograd, and nothing where h' is not a usable number (an inflexion, nan)."""
+    if not torch.is_grad_enabled():
+        return root
+    r0 = root.detach()
+    with torch.enable_grad():
+        t = r0.clone().requires_grad_(True)
+        slope, = torch.autograd.grad(h(t).sum(), t, allow_unused=True)
+    if slope is None:
+        return r0
+    moved = h(r0)
+    usable = torch.isfinite(slope) & (slope.abs() > 1e-12) & torch.isfinite(moved)
+    step = torch.where(usable, (moved - moved.detach()) / torch.where(usable, slope, torch.ones_like(slope)),
+                       torch.zeros_like(moved))
+    return r0 - step
 
 
 @dataclass(frozen=True)
@@ -272,7 +293,9 @@ def s_shape(f: Fn, df: Fn, dinv: Fn, l: T, u: T, alpha: Optional[T], cap: Option
     t_lo = torch.where(cross, P.d_l + a * (l - P.d_l), t_mid).clamp(max=0)
 
     def tangent(t: T, sign: float) -> tuple[T, T]:
-        t_in = torch.minimum(torch.maximum(t, l), u)
+        # clamp, not maximum/minimum: at alpha's bounds t equals an end, and a tie in those
+        # splits the gradient with the end, halving d slope / d alpha; clamp gives t all of it.
+        t_in = t.clamp(min=l, max=u)
         k = df(t_in)
         vals = torch.stack(torch.broadcast_tensors(P.fl - k * l, P.fu - k * u, f(t_in) - k * t_in))
         return k, extremum(vals, sign > 0)

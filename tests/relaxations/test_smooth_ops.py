@@ -375,3 +375,55 @@ def test_a_bias_tied_at_an_end_moves_with_that_end() -> None:
     x = L.detach()
     dgelu = 0.5 * math.erfc(-float(x) / math.sqrt(2)) + float(x) * math.exp(-float(x) ** 2 / 2) / math.sqrt(2 * math.pi)
     assert float(grad) == pytest.approx(dgelu - 0.1, rel=1e-9)
+
+
+@pytest.mark.parametrize("op", ["Sin", "Cos"])
+def test_trig_biases_move_with_the_end_that_attains_them(op: str) -> None:
+    """Sin/Cos take their bias as the extremum of f - k x over the ends and the critical
+    points: the end's candidate carries d bias / d end = f'(end) - k (it had none when
+    every candidate was detached), and a critical point clamped onto it takes nothing."""
+    from models import Node
+    from relaxations.ops import nonsmooth
+
+    f, df = (math.sin, math.cos) if op == "Sin" else (math.cos, lambda x: -math.sin(x))
+    lo, hi, k = 0.2, 1.0, 0.3
+    l = torch.tensor([lo], dtype=torch.float64, requires_grad=True)
+    u = torch.tensor([hi], dtype=torch.float64, requires_grad=True)
+    r = nonsmooth._trig_relax(Node("n", op, ("x",), ("y",)), l, u, torch.tensor([k], dtype=torch.float64), [None])
+    xs = [lo + i * (hi - lo) / 20000 for i in range(20001)]
+    g = [f(x) - k * x for x in xs]
+    for bias, pick in ((r.lower_bias, min), (r.upper_bias, max)):
+        gl, gu = torch.autograd.grad(bias.sum(), (l, u), retain_graph=True, allow_unused=True)
+        at = xs[pick(range(len(g)), key=g.__getitem__)]
+        want_l = df(lo) - k if at == lo else 0.0
+        want_u = df(hi) - k if at == hi else 0.0
+        assert float(gl if gl is not None else 0.0) == pytest.approx(want_l, abs=1e-9)
+        assert float(gu if gu is not None else 0.0) == pytest.approx(want_u, abs=1e-9)
+
+
+def test_bisected_tangent_points_carry_the_implicit_derivative() -> None:
+    """S-shapes' tangent point d_u (the tangent at d_u passes through (l, f(l))) and
+    Gelu's p1 are found by bisection; their gradient in l is the implicit function's,
+    checked by central differences, and their values are the bisection's exactly."""
+    from relaxations.ops.gelu import _tangent_range
+    from relaxations.ops.smooth import _s_points
+
+    def d_u(lv: torch.Tensor) -> torch.Tensor:
+        return _s_points(torch.sigmoid, lambda t: torch.sigmoid(t) * (1 - torch.sigmoid(t)), lv,
+                         torch.tensor([2.0], dtype=torch.float64), None)[0]
+
+    def p1(lv: torch.Tensor) -> torch.Tensor:
+        c_lo = lv.clamp(min=-math.sqrt(2.0))
+        return _tangent_range(lv, torch.tensor([2.5], dtype=torch.float64), c_lo,
+                              torch.tensor([math.sqrt(2.0)], dtype=torch.float64), False)[0]
+
+    for fn, l0 in ((d_u, -1.0), (p1, -3.0)):
+        l = torch.tensor([l0], dtype=torch.float64, requires_grad=True)
+        value = fn(l)
+        (grad,) = torch.autograd.grad(value.sum(), l)
+        with torch.no_grad():
+            h = 1e-3       # wide enough that the bisections' resolution does not show
+            numeric = (fn(l.detach() + h) - fn(l.detach() - h)) / (2 * h)
+            assert torch.equal(value.detach(), fn(l.detach()))
+        assert float(grad) == pytest.approx(float(numeric), rel=2e-3)
+        assert abs(float(grad)) > 1e-3       # the bisection's own gradient here is 0
