@@ -356,7 +356,7 @@ def load_config(path: Union[str, Path, None] = None, overrides: Optional[Sequenc
     """Defaults, then the YAML file (if any), then the overrides."""
     config = Config()
     if path is not None:
-        import yaml
+        import yaml  # lazy: only a --config file needs yaml; this module is on the CLI's start-up path
 
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}

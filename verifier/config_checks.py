@@ -236,7 +236,7 @@ class Device(Check):
     def __call__(self, value: Any) -> str:
         if value in ("auto", "cpu"):  # no torch import, so the config module loads and checks fast
             return value
-        import torch
+        import torch  # lazy: torch (about 2 s) only for a device other than auto or cpu
 
         n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mps = getattr(torch.backends, "mps", None)
@@ -261,7 +261,7 @@ def resolve_device(name: str) -> str:
     config is built, so a config file written on one machine means the same on another."""
     if name != "auto":
         return name
-    import torch
+    import torch  # lazy: torch (about 2 s) only for `auto`; this module is on the CLI's start-up path
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from verifier.report import startup_seconds
+
 __all__ = ["Guard", "command_start"]
 
 
@@ -23,8 +25,6 @@ def command_start(fresh_process: bool) -> float:
     the CLI is the process (`fresh_process`, set by `cli.main` when it reads sys.argv),
     so that `--timeout T` bounds the wall time a user measures; otherwise now (a
     long-lived process calling `main(argv)`, whose age means nothing)."""
-    from verifier.report import startup_seconds
-
     now = time.monotonic()
     s = startup_seconds() if fresh_process else None
     return now - s if s is not None else now

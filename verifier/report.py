@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from verifier import __version__
+
 __all__ = ["SCHEMA", "METHODS", "OutputPathError", "check_output_path", "write_text", "write_report",
            "versions", "startup_seconds"]
 
@@ -87,10 +89,9 @@ _VERSIONS: dict[str, str] = {}
 def versions() -> dict[str, str]:
     """Versions of nncert and what it computes with (cached: the watchdog must not import)."""
     if not _VERSIONS:
+        # lazy: torch (about 2 s) and onnxruntime; this module is on the CLI's start-up path
         import onnxruntime
         import torch
-
-        from verifier import __version__
 
         _VERSIONS.update({"nncert": __version__, "torch": torch.__version__,
                           "onnxruntime": onnxruntime.__version__, "python": platform.python_version()})

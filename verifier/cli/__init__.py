@@ -13,9 +13,13 @@ import time
 import traceback
 from typing import Callable, Optional, Sequence
 
-from verifier import heap
+from verifier import __version__, heap
 from verifier.cli.flags import add_config_flags, flag_overrides
-from verifier.config import PROPAGATION_METHODS
+from verifier.config import (PROPAGATION_METHODS, Config, ConfigError, config_to_dict, describe, describe_markdown,
+                             load_config)
+from verifier.guard import Guard, command_start
+from verifier.progress import NORMAL, QUIET, VERBOSE, Progress
+from verifier.report import OutputPathError, check_output_path, versions, write_report
 
 __all__ = ["main", "BAD_INPUT", "INTERNAL"]
 
@@ -24,9 +28,8 @@ NAME = "nncert"  # `nncert --name` (the VNN-LIB standard's global option)
 
 
 def _bad_input_types() -> tuple[type, ...]:
+    # lazy: models and verifier.verify import torch, vnnlib numpy; the CLI's start-up loads neither
     from models import ModelError
-    from verifier.config import ConfigError
-    from verifier.report import OutputPathError
     from verifier.verify import SpecMismatch
     from vnnlib import VnnlibError
 
@@ -35,7 +38,7 @@ def _bad_input_types() -> tuple[type, ...]:
 
 def _write_results(path: Optional[str], verdict: str, x=None, y=None) -> None:
     if path:
-        from vnnlib import write_results
+        from vnnlib import write_results  # lazy: vnnlib imports numpy, which the CLI's start-up does not load
 
         write_results(path, verdict, x, y)
 
@@ -84,8 +87,6 @@ class _Run:
         return t
 
     def report(self, fields: dict) -> None:
-        from verifier.report import write_report
-
         data = dict(self.fields)
         data.update(fields)
         data.setdefault("time", self.times())
@@ -95,8 +96,6 @@ class _Run:
 
     def arm(self, deadline: float) -> None:
         """Start the watchdog for a deadline (time.monotonic()); none when it is infinite."""
-        from verifier.guard import Guard
-
         self.deadline = deadline
         self._guard = Guard(deadline, self._on_timeout, grace_s=WATCHDOG_GRACE_S)
 
@@ -107,6 +106,7 @@ class _Run:
         now: a failure here is a note too, never another exit code."""
         if not self.ray_cluster:
             return
+        # lazy: ray_connect brings socket and logging; only a run that started a local Ray cluster gets here
         from verifier.ray_connect import shutdown_local
 
         try:
@@ -140,9 +140,6 @@ class _Run:
 def _start(args: argparse.Namespace, command: str, outputs: Sequence[tuple[str, str]]) -> _Run:
     """Check every output path before any work; the budget counts from the process's start
     when the CLI is the process (`verifier.guard.command_start`)."""
-    from verifier.guard import command_start
-    from verifier.report import check_output_path
-
     start = command_start(getattr(args, "_process", False))
     startup = time.monotonic() - start if getattr(args, "_process", False) else None
     run = _Run(command, args, start, startup)
@@ -152,8 +149,6 @@ def _start(args: argparse.Namespace, command: str, outputs: Sequence[tuple[str, 
 
 
 def _verbosity(args: argparse.Namespace) -> int:
-    from verifier.progress import NORMAL, QUIET, VERBOSE
-
     return QUIET if getattr(args, "quiet", False) else VERBOSE if getattr(args, "verbose", 0) else NORMAL
 
 
@@ -165,6 +160,7 @@ def _load_problem(args: argparse.Namespace, run: _Run) -> tuple:
     --network NAME=PATH``; a 2.0 file works in either (one network), a 1.0 file in the
     standard form takes its one ``--network`` as the model.
     """
+    # lazy: verifier.model and verifier.verify import torch, vnnlib numpy; the CLI's start-up loads neither
     import vnnlib
     from verifier.model import load_model
     from verifier.verify import SpecMismatch
@@ -173,6 +169,7 @@ def _load_problem(args: argparse.Namespace, run: _Run) -> tuple:
     query_path = args.spec if args.spec is not None else args.model
     t = time.monotonic()
     if file_version(query_path) is not None:
+        # lazy: the VNN-LIB 2.0 front end (verifier.vnnlib2: torch, onnx) only for a 2.0 query
         from verifier.vnnlib2 import bind, network_files
         from vnnlib.query import load_query
 
@@ -216,9 +213,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     args._run = run
     if args.spec is None or args.network:
         run.standard = True  # the standard's output: `timed-out`, and a sat's assignment
-    from verifier.config import load_config
-    from verifier.progress import Progress
-
     overrides = list(args.set or []) + flag_overrides(args)   # a flag wins over --set of the same key
     if getattr(args, "certificate", None):
         overrides.append("proof=true")
@@ -230,14 +224,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     run.progress.start_ticker()
     run.arm(deadline)
     t = time.monotonic()
+    # lazy, and timed as the run's "import" phase: the engine (torch, onnx) is not for the CLI's start-up
     import vnnlib  # noqa: F401
-    from verifier.report import versions
     from verifier.verify import verify
 
     versions()  # imported now, so that the watchdog never imports
     run.timings["import"] = time.monotonic() - t
     from verifier.ray_connect import SHUTDOWN_S   # its module imported now: the watchdog never imports
-    from verifier.shards import starts_ray_cluster
+    from verifier.shards import starts_ray_cluster  # lazy: verifier.shards imports torch and onnx
 
     # Stopping a local Ray cluster before the process ends takes SHUTDOWN_S, kept from the
     # search's time so that the promise holds (a long-lived caller of main() keeps it up).
@@ -248,24 +242,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     result = verify(model, spec, config, start=run.start, progress=run.progress,
                     deadline=deadline - margin)
     if unbounded and result.verdict == "unsat":
-        from verifier.result import Result
+        from verifier.result import Result  # lazy: verifier.result imports numpy
 
         result = Result("unknown", f"unsat inside a stand-in box only: input {unbounded[0]} is unbounded",
                         timings=result.timings, stats=result.stats)
     lines: list[str] = []
     if query is not None and result.verdict == "sat":
-        from verifier.vnnlib2 import assignment, format_assignment
+        # lazy: the VNN-LIB 2.0 front end (verifier.vnnlib2: torch, onnx) only for a 2.0 query
+        from verifier.vnnlib2 import assignment, format_assignment, serialise_assignment
 
         z = assignment(query, result.x, result.y)
         if query.satisfied_by(z):
             if args.serialise_assignments:   # the standard's serialised form instead of stdout lines
-                from verifier.vnnlib2 import serialise_assignment
-
                 serialise_assignment(query, z, args.serialise_assignments)
             else:
                 lines = format_assignment(query, z)
         else:  # a strict input bound the engine's box closes, or a constant its rows widened by an ulp
-            from verifier.result import Result
+            from verifier.result import Result  # lazy: verifier.result imports numpy
 
             result = Result("unknown", "the counterexample found does not satisfy the query as written "
                             "(a strict bound, or a constant the engine's rows round outward)",
@@ -273,15 +266,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     extra = {}
     run.final = (result.verdict, result.x, result.y, result.to_dict())
     if args.certificate:
-        from verifier.certificates.writer import write_certificate
+        # lazy: the certificate writer imports torch and the engine, only for --certificate
+        from verifier.certificates.writer import SideBySide, write_certificate
 
         run.progress.phase("certificate")
         t = time.monotonic()
         spec_path = args.spec if args.spec is not None else args.model   # the standard's form: the query
         side = None
         if run.network_files is not None:
-            from verifier.certificates.writer import SideBySide
-
             side = SideBySide(query, run.network_files)
         extra["certificate"] = write_certificate(args.certificate, model, spec_path, spec, result,
                                                  deadline=deadline - margin, side=side)
@@ -305,8 +297,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bounds(args: argparse.Namespace) -> int:
     run = _start(args, "bounds", [("report", "report")])
     args._run = run
-    from verifier.api import bounds
-    from verifier.config import Config
+    from verifier.api import bounds  # lazy: verifier.api imports torch, which the CLI's start-up does not load
 
     timeout = Config(timeout=args.timeout).timeout  # the same checks as every config value
     deadline = run.start + timeout
@@ -326,12 +317,10 @@ def cmd_bounds(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from verifier.config import Config, config_to_dict, describe, describe_markdown
-
     if args.markdown:
         print(describe_markdown(), end="")
     elif args.yaml:
-        import yaml
+        import yaml  # lazy: only `nncert config --yaml` needs yaml
 
         print(yaml.safe_dump(config_to_dict(Config()), sort_keys=False), end="")
     else:
@@ -346,8 +335,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from verifier import __version__
-
     parser = argparse.ArgumentParser(prog="nncert", description="Verify and certify neural networks.")
     parser.add_argument("--version", action="version", version=__version__, help="print the version and exit")
     parser.add_argument("--name", action="version", version=NAME, help="print the verifier's name and exit")

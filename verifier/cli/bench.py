@@ -1,8 +1,8 @@
 """``nncert bench``: run a VNN-COMP instance list and summarise it per family.
 
-Kept apart from ``verifier/cli/__init__.py`` and light at import (argparse only): the parser is
-built for every ``nncert`` call, and the runner and torch are imported only when the
-subcommand actually runs.
+Kept apart from ``verifier/cli/__init__.py`` and light at import (argparse, and the config and
+report modules the CLI loads anyway): the parser is built for every ``nncert`` call, and the
+runner and torch are imported only when the subcommand actually runs.
 
 Exit codes: 0 the run finished (whatever the verdicts), 2 bad input (instances CSV,
 expected CSV or config), 3 at least one verdict contradicts the ground truth of
@@ -17,6 +17,9 @@ import signal
 import sys
 import threading
 from typing import Any
+
+from verifier.config import load_config
+from verifier.report import OutputPathError, check_output_path
 
 __all__ = ["register", "cmd_bench", "WRONG_EXIT", "INTERRUPTED_EXIT"]
 
@@ -70,9 +73,9 @@ def _sigterm_as_interrupt() -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # lazy: the suite runner (verifier.bench and its modules) loads only when `bench` runs (see the docstring)
     from verifier.bench import (RayOptions, RunSettings, Slots, format_text, read_expected, read_instances,
                                 run_bench, select_instances, summarize, write_outcomes, write_summary, wrong_lines)
-    from verifier.config import load_config
 
     if args.jobs < 1:
         print("nncert: error: --jobs must be at least 1", file=sys.stderr)
@@ -81,6 +84,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("nncert: error: --address needs --backend ray", file=sys.stderr)
         return 2
     if args.backend == "ray":
+        # lazy: socket and logging come with it, for --backend ray only (ray itself stays optional)
         from verifier.ray_connect import INSTALL_HINT, ray_available, unreachable
 
         if not ray_available():
@@ -90,8 +94,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if why:
             print(f"nncert: error: --address: {why}", file=sys.stderr)
             return 2
-    from verifier.report import OutputPathError, check_output_path
-
     try:
         check_output_path(args.out, "--out")  # before the suite, not after it
     except OutputPathError as exc:

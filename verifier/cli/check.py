@@ -33,16 +33,18 @@ import sys
 import time
 from typing import Any, Optional
 
+from verifier.guard import Guard, command_start
+from verifier.report import OutputPathError, check_output_path, write_report
+
 __all__ = ["register", "cmd_check", "REJECTED"]
 
 REJECTED = 3
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    # lazy: the checker imports numpy (and onnx when it reads a model), off the CLI's start-up
     from verifier.checker.dispatch import check_loaded, kind_of, load_certificate
     from verifier.checker.verdict import CheckInputError
-    from verifier.guard import Guard, command_start
-    from verifier.report import OutputPathError, check_output_path, write_report
 
     start = command_start(getattr(args, "_process", False))
     t0 = time.monotonic()
@@ -83,7 +85,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                    "(one of the two)")
     model: Any = args.model
     if args.network:
-        from vnnlib.standard import network_pairs
+        from vnnlib.standard import network_pairs  # lazy: vnnlib imports numpy, off the CLI's start-up
 
         try:
             model = network_pairs(args.network)

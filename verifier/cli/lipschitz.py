@@ -15,11 +15,15 @@ Every run keeps its word on three things:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any, Optional
 
+from verifier.config import ConfigError
 from verifier.guard import Guard, command_start
+from verifier.progress import NORMAL, Progress
+from verifier.report import OutputPathError, check_output_path, write_report, write_text
 
 __all__ = ["register", "Guard", "DEFAULT_TIMEOUT", "LOCAL_DEFAULT_TIMEOUT", "command_start", "norm_pair"]
 
@@ -36,8 +40,6 @@ def norm_pair(norm: str, method: str) -> tuple[str, str]:
 
 
 def _timeout_of(args: argparse.Namespace) -> float:
-    from verifier.config import ConfigError
-
     t = args.timeout
     if t is None:
         t = LOCAL_DEFAULT_TIMEOUT if args.method == "local" else DEFAULT_TIMEOUT
@@ -53,8 +55,6 @@ def _common_fields(args: argparse.Namespace, start: float, t0: float) -> dict[st
 
 
 def _report_error(args: argparse.Namespace, start: float, t0: float, exc: BaseException) -> None:
-    from verifier.report import write_report
-
     try:
         fields = _common_fields(args, start, t0)
         fields.update(verdict="error", reason=f"{type(exc).__name__}: {exc}", method="")
@@ -66,10 +66,6 @@ def _report_error(args: argparse.Namespace, start: float, t0: float, exc: BaseEx
 
 def _answer_global(args: argparse.Namespace, start: float, t0: float, result: Any, late: bool) -> int:
     """Print the line, write the certificate and the report of a certified global bound."""
-    import json
-
-    from verifier.report import write_report, write_text
-
     inp, out = norm_pair(args.norm, result.method)
     why = f"certified {inp} -> {out} Lipschitz bound ({result.solver_status})"
     if late:
@@ -90,8 +86,6 @@ def _answer_global(args: argparse.Namespace, start: float, t0: float, result: An
 
 
 def _answer_timeout(args: argparse.Namespace, start: float, t0: float, what: str) -> int:
-    from verifier.report import write_report
-
     print("timeout", flush=True)
     fields = _common_fields(args, start, t0)
     fields.update(verdict="timeout", method=args.method, progress={"phase": "bound"},
@@ -101,9 +95,6 @@ def _answer_timeout(args: argparse.Namespace, start: float, t0: float, what: str
 
 
 def _run(args: argparse.Namespace) -> int:
-    from verifier.progress import NORMAL, Progress
-    from verifier.report import OutputPathError, check_output_path
-
     start = command_start(getattr(args, "_process", False))
     t0 = time.monotonic()
     try:
@@ -138,10 +129,11 @@ def _run(args: argparse.Namespace) -> int:
     guard = Guard(deadline, on_timeout, grace_s=WATCHDOG_GRACE_S)
     try:
         if args.method == "local":  # local bound over a box: verifier/cli/lipschitz_local.py
-            from verifier.cli.lipschitz_local import run_local
+            from verifier.cli.lipschitz_local import run_local  # lazy: it imports numpy and torch
 
             progress.close()  # run_local prints as it goes; no live line under it
             return run_local(args, start, t0, work_deadline, guard)
+        # lazy: verifier.lipschitz and verifier.model import torch, which the CLI's start-up does not load
         from verifier.lipschitz import lipschitz_of_graph
         from verifier.model import load_model
 

@@ -13,12 +13,19 @@ from typing import Any
 
 import numpy as np
 
+from models import UnsupportedModel
+from relaxations.lipschitz import FeedForward
+from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
+from verifier.cli.lipschitz import norm_pair
+from verifier.config import ConfigError
+from verifier.lipschitz_local import LocalSearch, local_lipschitz
+from verifier.model import load_model
+from verifier.report import write_report, write_text
+
 __all__ = ["run_local"]
 
 
 def _load_center(path: str | None) -> np.ndarray:
-    from verifier.config import ConfigError
-
     if not path:
         raise ConfigError("--method local needs --center X.npy (the centre of the input box)")
     try:
@@ -38,15 +45,6 @@ def run_local(args: argparse.Namespace, start: float, t0: float, deadline: float
     ``deadline`` (``time.monotonic()``) ends branch and bound with time to spare; the
     result is certified whenever BaB stops (its leaves cover the box). The value is the
     largest per-output constant: from ``--norm`` on the input to l-inf on the output."""
-    from models import UnsupportedModel
-    from relaxations.lipschitz import FeedForward
-    from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
-    from verifier.cli.lipschitz import norm_pair
-    from verifier.config import ConfigError
-    from verifier.lipschitz_local import LocalSearch, local_lipschitz
-    from verifier.model import load_model
-    from verifier.report import write_report, write_text
-
     center = _load_center(getattr(args, "center", None))
     if args.radius is None:
         raise ConfigError("--method local needs --radius R (the l-inf radius of the input box)")

@@ -16,6 +16,7 @@ __all__ = ["register", "cmd_convert"]
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    # lazy: vnnlib imports numpy, which the CLI's start-up does not load
     import vnnlib
     from vnnlib.query import parse_query
     from vnnlib.standard import file_version
@@ -25,7 +26,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         spec = vnnlib.load(args.input)
         shapes = (None, None)
         if args.model:
-            from verifier.model import load_model
+            from verifier.model import load_model  # lazy: verifier.model imports torch, only for --model
 
             graph = load_model(args.model).graph
             shapes = (graph.input_shape, graph.output_shape)

@@ -20,7 +20,7 @@ SUPPORTS_FLAGS = ("--onnx-opset-versions", "--onnx-element-types", "--onnx-opera
 
 
 def cmd_supports(args: argparse.Namespace) -> int:
-    from verifier.vnnlib2 import supports
+    from verifier.vnnlib2 import supports  # lazy: the 2.0 front end and op registry import torch and onnx
 
     print("\n".join(supports(args.flag)))
     return 0
