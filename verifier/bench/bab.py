@@ -60,6 +60,7 @@ import argparse
 import csv
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -109,7 +110,7 @@ def _worker_parser() -> argparse.ArgumentParser:
 
 def _config(overrides: list[str]):
     """A Config from `key=value` overrides, with whichever API the code under test has."""
-    from verifier import config as cfg
+    from verifier import config as cfg  # lazy: the code under test, once --source has set sys.path (see above)
 
     if hasattr(cfg, "load_config"):
         return cfg.load_config(None, overrides)
@@ -122,6 +123,7 @@ def worker(argv: Optional[list[str]] = None) -> int:
     and verifier.config (load_config or Config + with_overrides)."""
     args = _worker_parser().parse_args(argv)
     t = time.perf_counter()
+    # lazy: torch and the code under test, once --source has set sys.path (see above), timed as import_s
     import torch
 
     import vnnlib  # noqa: F401  (imported here so that import_s counts it)
@@ -144,6 +146,7 @@ def worker(argv: Optional[list[str]] = None) -> int:
 
 
 def _measure_here(args: argparse.Namespace, device: str, imports: float) -> dict[str, Any]:
+    # lazy: torch and the code under test, once --source has set sys.path (see above); worker() imported them
     import torch
 
     import vnnlib
@@ -201,8 +204,6 @@ def _cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or "cpu"
 
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import vnnlib
+from verifier.api import bounds
+from verifier.config import BoundsConfig, resolve_device
+from verifier.model import load_model
+
 __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    import vnnlib
-    from verifier.api import bounds
-    from verifier.model import load_model
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("instances")
     parser.add_argument("--limit", type=int, default=0)
@@ -40,8 +41,6 @@ def main(argv=None) -> int:
                         help="alpha-CROWN also optimises the intermediate bounds (bounds.optimise_intermediate)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from verifier.config import BoundsConfig, resolve_device
-
     device = resolve_device(args.device)
     config = BoundsConfig(patches=args.patches == "on", optimise_intermediate=args.optimise_intermediate == "on")
     cuda = device.startswith("cuda")

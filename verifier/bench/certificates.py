@@ -16,6 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from verifier import Config, load_model, verify
+from verifier.certificates.writer import write_certificate
+from verifier.checker.verdict import check_files
+from verifier.config import with_overrides
+from vnnlib import load
+
 __all__ = ["main"]
 
 
@@ -35,14 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", default="certificates.csv")
     args = ap.parse_args(argv)
-
-    import torch
-
-    from verifier import Config, load_model, verify
-    from verifier.certificates.writer import write_certificate
-    from verifier.checker.verdict import check_files
-    from verifier.config import with_overrides
-    from vnnlib import load
 
     torch.set_num_threads(1)
     root = Path(args.instances).parent

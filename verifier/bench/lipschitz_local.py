@@ -12,7 +12,9 @@ import argparse
 
 import numpy as np
 
+from models import load_onnx
 from relaxations.lipschitz import FeedForward, load_lipsdp_mat
+from relaxations.sdp.network import relu_mlp_from_graph
 from verifier.lipschitz import naive_certificate
 from verifier.lipschitz_local import LocalSearch, local_lipschitz
 
@@ -33,9 +35,6 @@ def main(argv: list[str] | None = None) -> int:
         x0 = np.array([1.0, -0.5])
         radii = args.radii or [0.001, 0.01, 0.05, 0.5, 2.0]
     else:
-        from models import load_onnx
-        from relaxations.sdp.network import relu_mlp_from_graph
-
         w, b = relu_mlp_from_graph(load_onnx(f"{args.shared}/bench/2022_mnist_fc/onnx/mnist-net_{args.net}.onnx"))
         net = FeedForward(tuple(w), tuple(b), "relu")
         x0 = np.load(args.center).reshape(-1) if args.center else np.full(net.widths[0], 0.5)

@@ -354,7 +354,7 @@ def build_net(kind: str, n: int, seed: int = 0) -> tuple[NeedleNet, NeedleProof]
 
 def to_onnx(net: NeedleNet) -> bytes:
     """The network as an ONNX model (opset 13): input ``X``, output ``Y`` of shape [1, 1]."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper  # lazy: onnx (about 1 s) only for files; the rest is numpy
 
     n = net.n
     inits: dict[str, np.ndarray] = {}
@@ -424,7 +424,7 @@ def format_property(n: int, threshold: float, comment: str) -> str:
 
 def _check_centre_in_onnxruntime(model: bytes, net: NeedleNet, t_sat: float, t_unsat: float) -> None:
     """The sat twin's counterexample, replayed in float32 by onnxruntime (no tolerance)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: only the files' replay runs onnxruntime; the rest is numpy
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

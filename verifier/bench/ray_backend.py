@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from verifier.bench.process import ChildTracker, RunSettings, run_in_process
 from verifier.bench.records import Instance, Outcome
+from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 from verifier.ray_connect import connect
 
 __all__ = ["RayPool", "RETRIES"]
@@ -36,8 +37,6 @@ def run_instance(instance: Instance, settings: RunSettings, isolate: str) -> Out
     process's long-lived worker (started on first use and kept for the next tasks)."""
     if isolate == "process":
         return run_in_process(instance, settings, ChildTracker())
-    from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
-
     slot = _SLOT.get("slot")
     if slot is None or _SLOT.get("settings") != settings:
         if slot is not None:
@@ -65,7 +64,7 @@ class RayPool:
     task: Callable[[Instance, RunSettings, str], Outcome] = run_instance
 
     def __post_init__(self) -> None:
-        import ray
+        import ray  # lazy: ray is an optional extra (pip install nncert[ray]), imported only for a Ray run
 
         self._ray = ray
         self._started = connect(self.address, self.jobs)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, TextIO
 
 from verifier.bench.process import ChildTracker, RunSettings, run_in_process
+from verifier.bench.ray_backend import RayPool, run_instance
 from verifier.bench.records import Instance, Outcome, expected_for, judge, write_outcomes
 from verifier.bench.worker import WorkerSlot, default_mem_limit_mb
 from verifier.config_checks import instance_of
@@ -95,8 +96,6 @@ def run_bench(instances: Sequence[Instance], slots: Slots = Slots(), settings: R
     tracker = ChildTracker()
     pool = None
     if ray is not None:
-        from verifier.bench.ray_backend import RayPool, run_instance
-
         pool = RayPool(jobs, settings, isolate, ray.address, ray.task or run_instance)
     idle: queue.Queue[WorkerSlot] = queue.Queue()
     all_slots: list[WorkerSlot] = []

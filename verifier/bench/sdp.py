@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.io import loadmat
 
+import vnnlib
 from relaxations.sdp import mlp_forward
 from verifier.sdp import SdpNetwork, SdpOptions, certify_rows, graph_from_weights, pre_activation_bounds
 from verifier.solvers.burer_monteiro import LowRankOptions
@@ -34,8 +36,6 @@ SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 def load_bm_model(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Weights of a BM-r MNIST model, first layer re-indexed to row-major images."""
-    from scipy.io import loadmat
-
     m = loadmat(str(SHARED / "models" / "bm_r" / f"{name}-MNIST.mat"))
     ws = [np.asarray(w, dtype=np.float64) for w in m["W"][0]]
     bs = [np.asarray(b, dtype=np.float64).reshape(-1) for b in m["b"][0]]
@@ -46,8 +46,6 @@ def load_bm_model(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def load_image(index: int) -> tuple[np.ndarray, int]:
-    import vnnlib
-
     path = SHARED / "bench" / "2022_mnist_fc" / "vnnlib" / f"prop_{index}_0.03.vnnlib"
     spec = vnnlib.load(str(path), (1, 784), 10)
     reg = spec.disjuncts[0].region

@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+
+import vnnlib
+from models.ort_check import onnxruntime_session, run_onnxruntime
+from verifier.api import bounds
+from verifier.model import load_model
 
 __all__ = ["onnxruntime_batch", "check_instance"]
 
@@ -22,11 +29,6 @@ __all__ = ["onnxruntime_batch", "check_instance"]
 def onnxruntime_batch(onnx_bytes: bytes, xs: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     """Outputs [N, n_out] for inputs [N, n_in]: one batched call when the graph allows a
     symbolic batch dimension, otherwise one call per point."""
-    import onnx
-    import onnxruntime as ort
-
-    from models.ort_check import onnxruntime_session, run_onnxruntime
-
     model = onnx.load_from_string(onnx_bytes)
     inp = model.graph.input[[i.name for i in model.graph.input].index(
         next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}))]
@@ -52,10 +54,6 @@ def check_instance(onnx_path: str | Path, spec_path: str | Path, n: int = 10_000
     """Violations (count and worst excess) per method over the spec's first region.
     `config`: the `BoundsConfig` the bounds are computed with (None: `bounds()`'s
     default, alpha-crown with optimised intermediate bounds)."""
-    import vnnlib
-    from verifier.api import bounds
-    from verifier.model import load_model
-
     model = load_model(onnx_path)
     spec = vnnlib.load(spec_path, model.n_inputs, model.n_outputs)
     region = spec.disjuncts[0].region

@@ -14,14 +14,18 @@ reset it is the peak since the worker started (an upper bound).
 from __future__ import annotations
 
 import gc
+import importlib
 import multiprocessing
 import os
+import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
+from verifier import heap
 from verifier.bench.process import ChildTracker, RunSettings, kill, missing_file
 from verifier.bench.records import Instance, Outcome
+from verifier.config import ConfigError, load_config
 
 __all__ = ["WorkerSlot", "worker_main", "default_mem_limit_mb"]
 
@@ -56,8 +60,8 @@ def _reset_peak() -> None:
 
 def _error_text(exc: BaseException) -> str:
     """The one-line message the CLI would print, without its ``nncert: error:`` prefix."""
+    # lazy: models and verifier.verify import torch, which the bench parent (it imports this module) never loads
     from models import ModelError
-    from verifier.config import ConfigError
     from verifier.verify import SpecMismatch
     from vnnlib import VnnlibError
 
@@ -71,11 +75,10 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _verify_one(task: dict[str, Any], config_path: Optional[str], overrides: tuple[str, ...]) -> dict[str, Any]:
+    # lazy: torch and the engine load in the worker process only; the bench parent imports this module too
     import torch
 
     import vnnlib
-    from verifier import heap
-    from verifier.config import load_config
     from verifier.model import load_model
     from verifier.verify import verify
 
@@ -103,8 +106,6 @@ def _warm_up() -> None:
     """Pay lazy imports here, not in the first instance: ``torch.func`` pulls in
     ``torch._dynamo`` (seconds) on first use, and onnxruntime is imported by the first
     model check. Without this the first instance of each worker looks seconds slower."""
-    import importlib
-
     for name in ("torch._dynamo", "onnxruntime"):
         try:
             importlib.import_module(name)
@@ -118,11 +119,8 @@ def worker_main(conn: Connection, config_path: Optional[str], overrides: tuple[s
 
     Ctrl-C reaches the whole process group; the parent decides what an interrupt means
     (it kills the workers), so a worker ignores SIGINT rather than print a traceback."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import verifier.verify  # noqa: F401  (the import is the start-up cost paid once)
-    from verifier import heap
 
     heap.keep_freed()
     if warm_up:
@@ -174,8 +172,6 @@ class WorkerSlot:
         if code is None:
             return "still running"
         if code < 0:
-            import signal
-
             try:
                 return f"killed by signal {signal.Signals(-code).name}"
             except ValueError:
