@@ -22,7 +22,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bab.clipping import min_under_region
 from bab.proof import ActivationLeaves
+from models import GraphEvaluator
+from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
 from verifier.certificates.writer import _rows_proved, check_time
 from verifier.checker.verdict import encode_array, spec_rows
 from verifier.model import Model
@@ -114,9 +117,6 @@ def float64_leaf_bounds(model: Model, n: int, region: LeafRegion, C: np.ndarray,
     (per row, those that gave the bound) and the unstable masks [n, n_z] of the split
     tensors' intervals.
     """
-    from models import GraphEvaluator
-    from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
-
     lo, hi, ball = region.lo, region.hi, region.ball
     signs, betas, alphas = params.signs, params.betas, params.alphas
     graph = model.graph
@@ -158,8 +158,6 @@ def under_rows(linear, box, rows: tuple, d: np.ndarray) -> np.ndarray:
     """Lower bounds [n, S] of C y - d from CROWN's `linear` bound over each box of `box`
     cut by the region's rows (A x <= b, numpy: `bab.clipping.min_under_region`, as the
     search takes them): +inf on a box outside them."""
-    from bab.clipping import min_under_region
-
     A, b = (torch.tensor(np.asarray(v, np.float64), dtype=linear.A.dtype) for v in rows)
     return min_under_region(linear, box, A, -b).numpy() - d
 

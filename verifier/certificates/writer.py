@@ -23,10 +23,19 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
+import torch
 
+import vnnlib
+from models import GraphEvaluator
+from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
+from relaxations.bounds import rows_proved
+from verifier.api import outward_box
 from verifier.checker.onnx_net import Unsupported, read_network
-from verifier.checker.verdict import FORMAT, LEAF_CHUNK, VERSION, boxes_missing_ball, encode_array, spec_rows
+from verifier.checker.product import product_network
+from verifier.checker.verdict import (FORMAT, LEAF_CHUNK, VERSION, boxes_missing_ball, encode_array, model_bytes,
+                                      spec_rows)
 from verifier.model import Model
+from verifier.report import write_text
 from verifier.result import Result
 from vnnlib import Spec
 
@@ -54,8 +63,6 @@ def check_time() -> None:
 def _rows_proved(gap: np.ndarray, strict: np.ndarray, owner: np.ndarray, K: int) -> np.ndarray:
     """[L] bool: every conjunction has a row whose gap (lower bound of C y - d) proves it
     (the engine's rule, `relaxations.bounds.rows_proved`; the checker keeps its own)."""
-    from relaxations.bounds import rows_proved
-
     ok = rows_proved(gap, strict)
     return np.all([ok[:, owner == k].any(1) for k in range(K)], axis=0) if K else np.ones(len(gap), bool)
 
@@ -66,12 +73,8 @@ def _float64_claims(model: Model, lo: np.ndarray, hi: np.ndarray, C: np.ndarray,
     """Lower bounds [L, S] of C y - d on each box (cut by the l2 ball (centre, radius) when
     given, and by the region's rows (A, b) when given; no SDP-CROWN bias, which the
     checker does not re-derive), by the engine in float64 (CROWN, or with alphas)."""
+    # lazy: import cycle (verifier.certificates.activation imports this module)
     from verifier.certificates.activation import under_rows
-
-    import torch
-
-    from models import GraphEvaluator
-    from relaxations import BallBox, BoundOptions, Given, IntervalBounds, compute_bounds
 
     graph = model.graph
     ev = GraphEvaluator(graph, dtype=torch.float64)
@@ -162,8 +165,7 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
     leaf's bound depends on its batch, and the claims must come from the batches the
     checker will use.
     """
-    import torch
-
+    # lazy: import cycle (verifier.certificates.activation imports this module)
     from verifier.certificates.activation import LeafParameters, LeafRegion, dense_alphas, float64_leaf_bounds
 
     C, d = spec_rows(disjunct)[:2]
@@ -245,10 +247,6 @@ def _snap_to_root(leaves: np.ndarray, root: np.ndarray) -> np.ndarray:
     a leaf shrunk to the root is proved whenever the larger one was, and the checker
     re-derives every bound itself, so this never makes a certificate unsound.
     """
-    import torch
-
-    from verifier.api import outward_box
-
     out = np.array(leaves, dtype=np.float64, copy=True)
     lo32, hi32 = outward_box(root, root, torch.float32)
     for rounded in (lo32.double().numpy(), hi32.double().numpy(), root.astype(np.float32).astype(np.float64), root):
@@ -293,12 +291,11 @@ def _disjunct_entry(model: Model, entry: dict, disjunct, ball: Optional[tuple] =
         return {"root": _root(disjunct), "kind": "input-split",
                 "method": "alpha-crown" if alphas is not None else "crown", "leaves": leaves}
     if entry["kind"] == "activation-split":
+        # lazy: import cycle (verifier.certificates.activation imports this module)
         from verifier.certificates.activation import activation_split_entry
 
         return activation_split_entry(model, entry, disjunct, ball)
     if entry["kind"] == "conjunctions":  # each part proves its conjunctions, as a disjunct of its own
-        import vnnlib
-
         parts = []
         for part in entry["parts"]:
             ks = [int(k) for k in part["conjunctions"]]
@@ -323,9 +320,6 @@ def _checkable(model: Model, side: Optional[SideBySide]) -> None:
     if side is None:
         read_network(model.onnx_bytes)
         return
-    from verifier.checker.product import product_network
-    from verifier.checker.verdict import model_bytes
-
     product_network(side.query, {name: read_network(model_bytes(Path(path).read_bytes(), path), several=True)
                                  for name, path in side.files.items()})
 
@@ -373,6 +367,7 @@ def build_certificate(model: Model, spec_path: str | Path, spec: Spec, result: R
         if e.get("kind") not in ("bounds", "input-split", "activation-split", "conjunctions"):
             cert["certificate"] = f"unsupported (proof kind {e.get('kind')})"
             return cert
+    # lazy: import cycle (verifier.certificates.activation imports this module)
     from verifier.certificates.activation import ActivationRederivationFailed
 
     try:
@@ -392,8 +387,6 @@ def write_certificate(path: str | Path, model: Model, spec_path: str | Path, spe
     while re-deriving the proof (nothing is written; the verdict stands without one).
     The file is replaced atomically, so a run killed mid-write leaves no half certificate.
     """
-    from verifier.report import write_text
-
     token = _DEADLINE.set(float("inf") if deadline is None else deadline)
     try:
         cert = build_certificate(model, spec_path, spec, result, ball, side)

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Union
 from verifier.checker.lipschitz import check_lipschitz_certificate
 from verifier.checker.lipschitz_local import check_local_lipschitz_certificate, mlp_from_onnx
 from verifier.checker.onnx_net import Unsupported
+from verifier.checker.product import check_product_files
 from verifier.checker.verdict import (CheckInputError, CheckResult, check_files, io_sizes, load_certificate,
                                       read_file)
 
@@ -98,8 +99,6 @@ def check_loaded(cert: Any, kind: str, certificate: str | Path, model: Models,
             if spec is None:
                 raise CheckInputError(f"{certificate}: a verdict certificate is checked against its VNN-LIB "
                                       "property: give the spec")
-            from verifier.checker.product import check_product_files
-
             return check_product_files(certificate, model, spec, cert)
         if len(model) != 1:
             raise CheckInputError(f"{certificate}: the certificate is about one model file, not the "

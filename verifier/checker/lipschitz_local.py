@@ -26,7 +26,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from verifier.checker.linear64 import dense_matrix
 from verifier.checker.lipschitz import weights_sha256
+from verifier.checker.onnx_net import LINEAR_KINDS, Unsupported, read_network
 
 __all__ = ["check_local_lipschitz_certificate", "mlp_from_onnx"]
 
@@ -38,9 +40,6 @@ def mlp_from_onnx(data: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(weights, biases) of an ONNX chain affine -> ReLU -> ... -> affine, read by the
     checker's own ONNX reader; consecutive linear nodes (dense, elementwise scale,
     convolution: each as its explicit matrix) are composed in float64."""
-    from verifier.checker.linear64 import dense_matrix
-    from verifier.checker.onnx_net import LINEAR_KINDS, Unsupported, read_network
-
     net = read_network(data)
     ws: list[np.ndarray] = []
     bs: list[np.ndarray] = []

@@ -115,6 +115,7 @@ def _dims(value_info) -> tuple[int, ...]:
 
 
 def _attrs(node) -> dict:
+    # lazy: onnx (about 1 s) only where a model is read, not when the checker is imported
     from onnx import helper, numpy_helper
 
     out = {}
@@ -199,6 +200,7 @@ def read_network(data: bytes, several: bool = False) -> Network:
     """The ReLU network in the ONNX bytes, or `Unsupported`. `several`: a model with several
     inputs or outputs is read too (each a tensor of `inputs` / `outputs`); otherwise it is
     `Unsupported`, since a spec's input box and output rows are about one of each."""
+    # lazy: onnx (about 1 s) only where a model is read, not when the checker is imported
     import onnx
     from onnx import numpy_helper
 

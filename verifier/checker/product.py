@@ -33,6 +33,9 @@ import numpy as np
 from verifier.checker.onnx_net import MAX_MATRIX_ELEMENTS, Layer, Network, Unsupported, read_network
 from verifier.checker.verdict import (CheckInputError, CheckResult, check_verdict, load_certificate, model_bytes,
                                       read_file, run_onnx, spec_text)
+from vnnlib import VnnlibError
+from vnnlib.lowering import layout
+from vnnlib.query import parse_query
 
 __all__ = ["product_network", "network_of", "input_positions", "check_product_files", "needed_networks"]
 
@@ -56,8 +59,6 @@ def _placement(rows: int, where: np.ndarray) -> np.ndarray:
 
 def input_positions(query, tensor) -> np.ndarray:
     """Entries of the product's input that hold the declared input `tensor`, row-major."""
-    from vnnlib.lowering import layout
-
     return layout(query).x_of[tensor.offset:tensor.offset + tensor.size]
 
 
@@ -66,8 +67,6 @@ def _monomial(query, k: int, factors, held: Mapping[str, str], layers: list, siz
     selected from X (an input, at its entry) or from the tensor that holds its hidden node
     or output, then `mul` layers (McCormick in `bounds64`) one factor at a time. Returns
     the tensor [1] that holds the product."""
-    from vnnlib.lowering import layout
-
     where = layout(query)
     names = []
     for f, i in enumerate(factors):
@@ -94,8 +93,6 @@ def _monomial(query, k: int, factors, held: Mapping[str, str], layers: list, siz
 def product_network(query, networks: dict[str, Network]) -> Network:
     """The side-by-side network of `query` over `networks` (by the name of each network
     that has a file; ``equal-to`` copies take their network's)."""
-    from vnnlib.lowering import layout
-
     where = layout(query)
     n_x, n_y = int(where.n_x), int(where.n_y)
     layers: list[Layer] = []
@@ -155,8 +152,6 @@ def needed_networks(query) -> list[str]:
 def _replay(query, data: Mapping[str, bytes]):
     """float32 input vector -> (the product's output vector, the query's assignment z),
     each network run by onnxruntime on its own file, hidden tensors read from inside it."""
-    from vnnlib.lowering import layout
-
     where = layout(query)
     n_x, n_y = int(where.n_x), int(where.n_y)
 
@@ -192,7 +187,7 @@ def _check_files(query, data: Mapping[str, bytes], network_paths: Mapping[str, s
     and every declared hidden node names a tensor some node of it produces (`verify`
     refuses the query otherwise): a `CheckInputError` naming what does not fit, for a sat
     and an unsat alike."""
-    import onnx
+    import onnx  # lazy: onnx (about 1 s) only where a model is read, not when the checker is imported
 
     protos: dict[str, Any] = {}
     for name in data:
@@ -229,9 +224,6 @@ def check_product_files(cert_path: str | Path, network_paths: Mapping[str, str |
     what a single model's input and output cannot carry): each file's hash against the
     certificate's ``networks``, the query's own, then `check_verdict` on the checker's
     side-by-side network (`product_network`)."""
-    from vnnlib import VnnlibError
-    from vnnlib.query import parse_query
-
     if cert is None:
         cert = load_certificate(cert_path)
     spec_data = read_file(spec_path, "spec")
@@ -264,7 +256,5 @@ def check_product_files(cert_path: str | Path, network_paths: Mapping[str, str |
 
     def network() -> Network:
         return product_network(query, {name: read_network(data[name], several=True) for name in needed})
-
-    from vnnlib.lowering import layout
 
     return check_verdict(cert, spec, int(layout(query).n_x), network, _replay(query, data), query)

@@ -26,10 +26,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+import vnnlib
 from verifier.checker.bounds64 import interval_table, row_lower_bounds
 from verifier.checker.onnx_net import Network, Unsupported, read_network
 from verifier.checker.splits import dense_alphas, leaf_bounds, read_alphas, read_leaves, tree_error
 from verifier.checker.tiling import tiling_error
+from vnnlib.query import parse_query
+from vnnlib.standard import text_version
 
 __all__ = ["FORMAT", "VERSION", "LEAF_CHUNK", "CLAIM_TOLERANCE", "CheckResult", "CheckInputError", "check_certificate",
            "check_files", "check_verdict", "decode_array", "encode_array", "io_sizes", "load_certificate", "model_bytes",
@@ -99,7 +102,7 @@ def decode_array(v: Any, what: str) -> np.ndarray:
 
 def io_sizes(data: bytes) -> tuple[tuple[int, ...], int, int, int]:
     """(input shape, number of inputs, number of outputs, input element type) of an ONNX model."""
-    import onnx
+    import onnx  # lazy: onnx (about 1 s) only where a model is read, not when the checker is imported
 
     try:
         g = onnx.load_from_string(data).graph
@@ -157,10 +160,10 @@ def run_onnx(data: bytes, feeds: list[np.ndarray], extra_outputs: tuple[str, ...
     the graph, made outputs of a copy), with `feeds` (float32 values, flat) as the graph's
     inputs in order, each reshaped to its declared shape (a symbolic dimension is 1, as
     everywhere in nncert) and cast to its type; each flat float64."""
-    import onnxruntime
+    import onnxruntime  # lazy: onnxruntime only to replay a counterexample, not when the checker is imported
 
     if extra_outputs:
-        import onnx
+        import onnx  # lazy: onnx (about 1 s) only where a model is read, not when the checker is imported
 
         proto = onnx.load_from_string(data)
         proto.graph.output.extend([onnx.ValueInfoProto(name=t) for t in extra_outputs])
@@ -258,8 +261,6 @@ def _check_conjunctions(i: int, entry: dict, disjunct, net: Network, ball: Optio
     own over the same region, that none of them holds anywhere (any proof kind but this
     one); when the parts name every conjunction, no point satisfies any of them.
     """
-    import vnnlib
-
     parts = entry.get("parts")
     K = len(disjunct.outputs)
     if not isinstance(parts, list) or not parts:
@@ -447,9 +448,6 @@ def _compare(i: int, lb: np.ndarray, claims: np.ndarray, strict: np.ndarray, own
 def _written_query(spec_text: str, spec_path: str):
     """The VNN-LIB 2.0 query as written (None for a 1.0 file): a plain query, one network
     with one input and one output, whose assignment is the input then the output."""
-    from vnnlib.query import parse_query
-    from vnnlib.standard import text_version
-
     return parse_query(spec_text, spec_path) if text_version(spec_text) is not None else None
 
 
@@ -459,8 +457,6 @@ def check_certificate(cert: Any, model_data: bytes, spec_text: str, spec_path: s
     Hashes are the caller's business (see `check_files`); a spec that cannot be parsed
     raises `CheckInputError`.
     """
-    import vnnlib
-
     shape, n_in, n_out, _ = io_sizes(model_data)
     try:
         spec = vnnlib.parse_text(spec_text, spec_path, n_in, n_out)
