@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from models import UnsupportedModel
+from relaxations.lipschitz.graph_naive import graph_naive_bound
 from relaxations.lipschitz.lmi import (
     assemble_lmi,
     expand_layer_multiplier,
@@ -43,9 +45,13 @@ from relaxations.lipschitz.lmi import (
     output_metric,
     repair_layer,
     repair_sweep,
+    schur_sweep,
 )
 from relaxations.lipschitz.network import FeedForward, network_sha256
 from relaxations.lipschitz.norms import naive_bound
+from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
+from verifier.solvers.cvxpy_lipsdp import solve_layer_step, solve_lipsdp
+from verifier.solvers.killable import SolverKilled, call_with_time_limit
 
 __all__ = [
     "lipschitz",
@@ -165,9 +171,6 @@ def _layerwise_multipliers(
 ) -> tuple[list[np.ndarray], str]:
     """One small SDP per layer from the output end; a layer with no time left (or whose
     solve fails) takes the closed-form multipliers, which are always certifiable."""
-    from verifier.solvers.cvxpy_lipsdp import solve_layer_step
-    from verifier.solvers.killable import SolverKilled, call_with_time_limit
-
     ws = net.weights
     g = output_metric(ws[-1].shape[0], output_rows)
     out: list[np.ndarray] = [np.empty(0)] * (len(ws) - 1)
@@ -279,8 +282,6 @@ def _fast_block(net: FeedForward, rows: Sequence[int] | None, vector_input: bool
     fast = _fast_multipliers(net, rows)
     tau0 = np.zeros(net.weights[0].shape[1])
     if vector_input:  # Gershgorin: diag(tau) >= K needs no solver
-        from relaxations.lipschitz.lmi import schur_sweep
-
         sw = schur_sweep(net, fast, rows)
         tau0 = np.sum(np.abs(sw.k_input), axis=1) if sw.k_input is not None else tau0
     mults, tau = _certify(net, fast, tau0, rows, vector_input)
@@ -297,14 +298,9 @@ def _solver_block(net: FeedForward, method: str, rows: Sequence[int] | None, vec
         mults, status = _layerwise_multipliers(net, rows, solver, scs_eps, row_deadline)
         tau0 = np.zeros(net.weights[0].shape[1])
         if vector_input:
-            from relaxations.lipschitz.lmi import schur_sweep
-
             sw = schur_sweep(net, mults, rows)
             tau0 = np.sum(np.abs(sw.k_input), axis=1) if sw.k_input is not None else tau0
     else:
-        from verifier.solvers.cvxpy_lipsdp import solve_lipsdp
-        from verifier.solvers.killable import SolverKilled, call_with_time_limit
-
         variant = "neuron" if method == "sdp-neuron" else "layer"
         try:  # in a child process when there is a time limit: cvxpy's build cannot be interrupted
             sol = call_with_time_limit(solve_lipsdp, (net, variant, rows, vector_input, solver),
@@ -356,8 +352,6 @@ def _sdp_bound(
         try:
             mults, tau = _fast_block(bal, rows, vector_input)
         except (np.linalg.LinAlgError, RuntimeError, ArithmeticError) as exc:
-            from models import UnsupportedModel
-
             raise UnsupportedModel(f"method {method}: the LMI cannot be certified in float64 for this network "
                                    f"({type(exc).__name__}: {exc}); use --method naive") from None
         blocks.append({"rows": rows, "tau": tau, "multipliers": mults, "status": "closed-form multipliers"})
@@ -473,9 +467,6 @@ def lipschitz_of_graph(graph: Any, norm: str = "2", method: str = "naive", solve
     `relaxations.lipschitz.graph_naive`, whose certificate records the factor of each
     step; the sdp-* methods refuse it with `UnsupportedModel`, naming the first node
     that is not part of a ReLU MLP."""
-    from models import UnsupportedModel
-    from relaxations.lipschitz.graph_naive import graph_naive_bound
-    from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
 
     if norm not in ("2", "inf"):
         raise ValueError(f"norm must be '2' or 'inf', got {norm!r}")

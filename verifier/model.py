@@ -5,13 +5,14 @@ onnxruntime on exactly the file the user gave, not on our reading of it.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from models import Graph, graph_from_proto, load_onnx, read_onnx_bytes
-from models.ort_check import onnxruntime_session, run_onnxruntime
+from models.ort_check import check_against_onnxruntime, onnxruntime_session, run_onnxruntime
 
 __all__ = ["Model", "load_model", "model_from_proto"]
 
@@ -54,12 +55,8 @@ def model_from_proto(proto: object, label: str, check: bool = True, data: bytes 
     """A model already parsed (``data``: the file's bytes) or built in memory
     (``models.product``; serialised here): checked against onnxruntime like a file, and
     replayed on these exact bytes."""
-    import hashlib
-
     data = proto.SerializeToString() if data is None else data
     graph = graph_from_proto(proto, source=label, sha256=hashlib.sha256(data).hexdigest())
     if check:
-        from models.ort_check import check_against_onnxruntime
-
         check_against_onnxruntime(graph, data)
     return Model(graph=graph, path=label, onnx_bytes=data)

@@ -97,7 +97,7 @@ def connect(address: Optional[str], cpus: int) -> bool:
     verify` stops it before it exits: `shutdown_local`). A cluster that cannot be
     reached at `address` raises ClusterUnreachable, an address naming another cluster
     than this process's OtherCluster."""
-    import ray
+    import ray  # lazy: ray is an optional extra (pip install nncert[ray]); see the module docstring
 
     if ray.is_initialized():
         if address is not None:

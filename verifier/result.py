@@ -7,14 +7,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from verifier.report import versions as _versions
+from verifier.report import write_report
+
 __all__ = ["Result", "VERDICTS", "versions"]
 
 VERDICTS = ("sat", "unsat", "unknown", "timeout", "error")
 
 
 def versions() -> dict[str, str]:
-    from verifier.report import versions as _versions
-
     return _versions()
 
 
@@ -51,8 +52,6 @@ class Result:
         }
 
     def write_report(self, path: str | Path, extra: Optional[dict] = None) -> None:
-        from verifier.report import write_report
-
         data = self.to_dict()
         if extra:
             data.update(extra)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from models import Graph
+from models import Graph, graph_from_proto
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from relaxations.sdp import (
     Multipliers,
@@ -40,6 +40,7 @@ from relaxations.sdp import (
 from verifier.config import SDP_METHODS
 from verifier.config_checks import Bool, Real, check_settings, options_or_default, setting
 from verifier.model import Model
+from verifier.solvers.cvxpy_sdp import solve_sdp_dual
 
 if TYPE_CHECKING:  # the solvers load only when a row is solved (cvxpy is heavy)
     from verifier.solvers.burer_monteiro import LowRankOptions
@@ -93,10 +94,9 @@ class SdpResult:
 
 def graph_from_weights(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> Graph:
     """A Gemm/Relu chain as a checked ``Graph`` (for networks given as weight lists)."""
+    # lazy: onnx takes about 1 s to import and only graphs built from weight lists need it
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from models import graph_from_proto
 
     nodes, inits, var = [], [], "X"
     for k, (w, b) in enumerate(zip(weights, biases)):
@@ -186,6 +186,7 @@ class SdpOptions:
             raise ValueError(f"solver must be a cvxpy solver's name or None, got {self.solver!r}")
         check_settings(self)
         if self.lowrank is not None:
+            # lazy: the low-rank solver's module brings scipy.linalg (about 0.3 s); only sdp-lowrank needs it
             from verifier.solvers.burer_monteiro import LowRankOptions
 
             if not isinstance(self.lowrank, LowRankOptions):
@@ -221,8 +222,6 @@ def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: O
                                 pre_lower, pre_upper)
         t0 = time.perf_counter()
         if method == "sdp":
-            from verifier.solvers.cvxpy_sdp import solve_sdp_dual
-
             limit = options.scs_time_limit_s
             if share is not None:  # leave a quarter for compiling and certifying
                 limit = min(limit, 0.75 * share) if limit > 0 else 0.75 * share
@@ -234,6 +233,7 @@ def certify_rows(net: SdpNetwork, C: np.ndarray, method: str = "sdp", targets: O
             bound, mult, lam_min = certified_bound(problem, mult)
             info = {"solver": sol.solver, "status": sol.status, "solver_objective": sol.objective}
         else:
+            # lazy: the low-rank solver's module brings scipy.linalg (about 0.3 s); only sdp-lowrank needs it
             from verifier.solvers.burer_monteiro import LowRankOptions, solve_lowrank
 
             opts = options.lowrank or LowRankOptions()

@@ -47,7 +47,7 @@ class RayShardPool(Pool):
     error goes on."""
 
     def __init__(self, model: Model, workers: int, address: Optional[str] = None) -> None:
-        import ray
+        import ray  # lazy: ray is an optional extra (pip install nncert[ray]), imported only for a Ray pool
 
         super().__init__(model, workers)
         self._ray = ray

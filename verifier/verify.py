@@ -26,6 +26,8 @@ from verifier.config import SDP_METHODS, AttackConfig, Config, ConfigError, reso
 from verifier.progress import QUIET, Progress
 from verifier.model import Model
 from verifier.replay import confirm
+from verifier.lp.phase import ConjunctionRows, lp_phase
+from verifier.lp.refine import mlp_layers
 from verifier.lp.region import empty_region_proof
 from verifier.result import Result
 from verifier.shards import Pool, search_pool
@@ -177,8 +179,6 @@ def _lp(model: Model, ev: GraphEvaluator, disjunct: Disjunct, config: Config, de
     """The LP/MILP phase (verifier/lp/phase.py) on a ReLU MLP; None for other models or when off."""
     if not config.lp.refine and config.lp.milp == "off":
         return None
-    from verifier.lp.phase import ConjunctionRows, lp_phase  # HiGHS loads only when an MLP gets here
-    from verifier.lp.refine import mlp_layers
     if mlp_layers(model.graph) is None:
         return None
     C, d, _, owner = spec_rows(disjunct)

@@ -15,11 +15,19 @@ wraps around; integer inputs are refused (the search's points are not integers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
+import relaxations  # noqa: F401  (registers the bounding rules)
+from models.graph import qualified
 from models.onnx_import import read_onnx_proto
+from models.ops.registry import FORWARD
+from models.product import Part, product_model, value_infos
+from relaxations.registry import REGISTRY
 from verifier.model import Model, model_from_proto
 from verifier.verify import SpecMismatch
 from vnnlib.query import Query, Tensor, layout
@@ -125,8 +133,6 @@ def bind(query: Query, files: dict[str, str]) -> Bound:
     anything else is ``models.product``'s side-by-side model of every network, whose
     input and output vectors are laid out as ``vnnlib.query.layout`` says.
     """
-    from models.product import Part, product_model, value_infos
-
     spec, unbounded = query.to_spec_with_stand_ins()  # refuses what the engine cannot take, before any model
     where = layout(query)
     read: dict[str, tuple[bytes, object]] = {}   # each file parsed once (equal-to copies share one)
@@ -186,10 +192,6 @@ _NUMPY_TYPES = {"float32": np.float32, "real": np.float64, "float64": np.float64
 def serialise_assignment(query: Query, z: np.ndarray, folder: str) -> None:
     """The standard's serialised assignment: DIR/NAME.pb, one ONNX TensorProto of the
     declared shape per declared tensor (``real`` as float64)."""
-    from pathlib import Path
-
-    from onnx import numpy_helper
-
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for tensor in query.tensors:
@@ -219,20 +221,11 @@ def _operators() -> list[str]:
     """Ops a model may hold: those with a bounding rule, and those the importer folds
     (``ForwardRule.shape_only`` and ``reads_shapes``); an op outside ONNX's default
     domain is named with its domain (``com.microsoft.Gelu``)."""
-    import relaxations  # noqa: F401  (registers the bounding rules)
-    from models.graph import qualified
-    from models.ops.registry import FORWARD
-    from relaxations.registry import REGISTRY
-
     folded = {key for key, rules in FORWARD.items() if any(r.shape_only or r.reads_shapes for r in rules)}
     return sorted(qualified(*key) for key in (set(REGISTRY) & set(FORWARD)) | folded)
 
 
 def _opsets() -> list[str]:
-    import onnx
-
-    from models.ops.registry import FORWARD
-
     rules = [r for (domain, _), rs in FORWARD.items() if not domain for r in rs]   # ai.onnx's versions
     low = min(r.min_opset for r in rules)
     high = min(max(r.max_opset for r in rules), onnx.defs.onnx_opset_version())

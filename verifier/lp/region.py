@@ -33,7 +33,7 @@ def empty_region_proof(region: InputRegion) -> Optional[dict]:
     """A checked certificate that ``region`` is empty, or None (not empty, or not proved)."""
     if region.A is None or region.A.shape[0] == 0:
         return None  # a box with lower <= upper (the Spec checks it) is never empty
-    from scipy.optimize import linprog
+    from scipy.optimize import linprog  # lazy: scipy.optimize takes about 0.3-0.7 s; only a region with rows needs it
 
     A, b = region.A, region.b
     m, n = A.shape

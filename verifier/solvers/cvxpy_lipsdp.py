@@ -9,6 +9,7 @@ cvxpy is imported inside the functions because importing it costs about a second
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -39,7 +40,7 @@ def default_solver(dim: int, activation: str = "relu") -> str:
     """Clarabel for small slope-restricted LMIs, SCS otherwise. Clarabel often stops
     with a numerical failure on the MaxMin QCs (their free equality multipliers make
     the problem degenerate), where SCS converges."""
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import (module docstring)
 
     if "CLARABEL" in cp.installed_solvers() and dim <= CLARABEL_MAX_DIM and activation != "maxmin":
         return "CLARABEL"
@@ -55,9 +56,7 @@ def _solve(problem: Any, solver: str, scs_eps: float | None = None, time_limit_s
     stopped by it returns its last iterate, which the caller certifies or discards like
     any other answer. (Compilation itself cannot be interrupted in-process: see
     ``verifier.solvers.killable``.)"""
-    import warnings
-
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import (module docstring)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Solution may be inaccurate")
@@ -69,7 +68,7 @@ def _compile_and_solve(problem: Any, solver: str, opts: dict[str, Any], limit_ke
                        limit_at: float | None) -> None:
     """``problem.solve`` in its two steps, so that the time limit left after compiling
     is what the solver gets. Raises ``SolverError`` when no time is left to solve."""
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import (module docstring)
 
     # The SciPy canonicalisation backend builds these LMIs 2-3x faster than the default
     # C++ one (mnist-net_256x6: 21 s instead of 44 s; ACAS Xu: the same 0.3 s).
@@ -107,7 +106,7 @@ def _solve_quiet(problem: Any, solver: str, cp: Any, scs_eps: float | None = Non
 
 def _layer_variables(activation: str, width: int, variant: str) -> tuple[list[Any], Any]:
     """cvxpy variables of one hidden layer and a function building its (Q_vv, Q_vz, Q_zz)."""
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import (module docstring)
 
     if activation == "maxmin":
         npairs = width // 2
@@ -137,7 +136,7 @@ def _layer_variables(activation: str, width: int, variant: str) -> tuple[list[An
 
 
 def _qc_expr(net: FeedForward, layer_data: Any) -> tuple[Any, Any, Any]:
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import (module docstring)
 
     if net.activation == "maxmin":
         return layer_data
@@ -178,7 +177,7 @@ def solve_lipsdp(
     ``variant``: "neuron" (diagonal T per layer) or "layer" (T = lambda I).
     ``vector_input``: tau free per input coordinate (l-inf); else tau = rho 1 (l2).
     ``time_limit_s``: the solver's own time limit (see ``_solve``)."""
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import (module docstring)
 
     n_input = net.weights[0].shape[1]
     if not vector_input:
@@ -258,7 +257,7 @@ def solve_layer_step(
     ``scs_eps`` loosens SCS's tolerance (default 1e-6). That is sound: the caller repairs
     the multipliers and recomputes rho in float64, so a looser solve only costs tightness
     (what it costs and saves: docs/bench_lipschitz.md)."""
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import (module docstring)
 
     n_out = h.shape[0]
     n_in = w_in.shape[1]

@@ -37,7 +37,7 @@ class DualSolution:
 
 
 def default_solver(dim: int) -> str:
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import; only the full SDP's rows need it
 
     return "CLARABEL" if dim <= CLARABEL_MAX_DIM and "CLARABEL" in cp.installed_solvers() else "SCS"
 
@@ -49,7 +49,7 @@ def solve_sdp_dual(problem: SdpProblem, solver: Optional[str] = None, max_iters:
     ``time_limit_s`` > 0 is passed to SCS (``time_limit_secs``) and Clarabel
     (``time_limit``); it bounds the solve, not cvxpy's compilation. SCS's ``eps`` is its absolute and
     relative tolerance. Never raises for solver failures: the status says what happened."""
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy takes over a second to import; only the full SDP's rows need it
 
     n = problem.dim
     m_const, b = dual_operator(problem)

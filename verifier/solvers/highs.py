@@ -78,7 +78,7 @@ class HighsModel:
     """An LP (or MILP) held by one HiGHS instance, with a float64 copy of its data."""
 
     def __init__(self, threads: int = 1) -> None:
-        import highspy
+        import highspy  # lazy: a broken highspy install must not break importing this module (`available`)
         with _quiet_stdout():
             self._h = highspy.Highs()
         self._inf = highspy.kHighsInf
@@ -179,7 +179,7 @@ class HighsModel:
         integer = np.concatenate(self._integer) if self._integer else np.zeros(0, bool)
         idx = np.nonzero(integer)[0].astype(np.int32)
         if len(idx):
-            import highspy
+            import highspy  # lazy: a broken highspy install must not break importing this module (`available`)
             kind = highspy.HighsVarType.kInteger if on else highspy.HighsVarType.kContinuous
             self._h.changeColsIntegrality(len(idx), idx, np.array([kind] * len(idx)))
 
@@ -219,7 +219,7 @@ class HighsModel:
         if stop_below is not None:
             h.setOptionValue("objective_target", float(stop_below - offset))
         if start is not None:
-            import highspy
+            import highspy  # lazy: a broken highspy install must not break importing this module (`available`)
             sol = highspy.HighsSolution()
             sol.col_value = list(np.asarray(start, np.float64))
             h.setSolution(sol)
@@ -246,7 +246,7 @@ def _solve_dense(A: np.ndarray, row_upper: np.ndarray, cost: np.ndarray, col_low
     bounds, passed whole to a fresh HiGHS instance: activation split asks many small ones,
     and building them block by block in a `HighsModel` costs several times more.
     (objective, x, row duals as multipliers y >= 0) or None when HiGHS reports no optimum."""
-    import highspy
+    import highspy  # lazy: a broken highspy install must not break importing this module (`available`)
 
     m, n = A.shape
     with _quiet_stdout():

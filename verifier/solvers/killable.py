@@ -10,7 +10,9 @@ Where ``fork`` is unavailable the call runs in-process with no hard limit.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import signal
 import time
 import traceback
 from typing import Any, Callable
@@ -26,9 +28,6 @@ def _die_with_parent() -> None:
     """Linux: have the kernel kill this child when its parent ends (also by os._exit or a
     signal), so that a solver never outlives the command that started it."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

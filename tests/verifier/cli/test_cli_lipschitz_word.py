@@ -74,17 +74,19 @@ def test_solver_failure_falls_back_to_certified_closed_form(monkeypatch) -> None
     import verifier.solvers.cvxpy_lipsdp as sol
     from verifier.lipschitz import lipschitz_of_network
 
+    lip = sys.modules["verifier.lipschitz"]  # where solve_lipsdp is looked up (the package's `lipschitz` is a function)
+
     def broken(*args, **kwargs):
         raise np.linalg.LinAlgError("Eigenvalues did not converge")
 
-    monkeypatch.setattr(sol, "solve_lipsdp", broken)
+    monkeypatch.setattr(lip, "solve_lipsdp", broken)
     r = np.random.default_rng(2)
     ws = (r.normal(size=(8, 4)), r.normal(size=(8, 8)), r.normal(size=(3, 8)))
     net = FeedForward(ws, tuple(np.zeros(w.shape[0]) for w in ws), "relu")
     res = lipschitz_of_network(net, "2", "sdp-neuron")
     assert check_lipschitz_certificate(res.certificate, ws, "relu")[0]
     assert "closed-form" in res.solver_status and "LinAlgError" in res.solver_status
-    monkeypatch.setattr(sol, "solve_lipsdp", lambda *a, **k: sol.SDPSolution(
+    monkeypatch.setattr(lip, "solve_lipsdp", lambda *a, **k: sol.SDPSolution(
         (np.full(8, np.inf), np.full(8, np.nan)), np.full(4, 1e300), "optimal", "SCS", 0.0))
     res = lipschitz_of_network(net, "2", "sdp-neuron")
     assert check_lipschitz_certificate(res.certificate, ws, "relu")[0]
