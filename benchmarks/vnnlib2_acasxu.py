@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import math
 import os
 import subprocess
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import vnnlib
+from vnnlib.query import parse_query
 from vnnlib.writer import format_vnnlib2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ def _run(args: list[str], timeout: float) -> tuple[str, float]:
 def forms(timeout: float, out: Path, work: Path, family: str) -> None:
     """Write the family's instances as 2.0 queries (shaped like each model), run `nncert
     bench` on both CSVs and compare the verdicts instance by instance."""
-    from verifier.model import load_model
+    from verifier.model import load_model  # lazy: verifier.model imports torch (about 2 s); only `forms` loads models
 
     bench = BENCH.parent / family
     rows = list(csv.reader(open(bench / "instances.csv")))
@@ -109,10 +111,6 @@ def monotonicity(timeout: float, out: Path, work: Path) -> None:
 def roundtrip(out: Path) -> None:
     """Every .vnnlib of ../shared/bench written as 2.0 and read back by the standard's
     parser: the same Spec? And the parse times of both forms."""
-    import glob
-
-    from vnnlib.query import parse_query
-
     files = sorted(glob.glob(str(BENCH.parent / "*" / "vnnlib" / "*.vnnlib*")))
     with open(out, "w", newline="") as handle:
         w = csv.writer(handle)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import cvxpy as cp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,8 +31,6 @@ MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "models" / "lipsdp"
 def lipsdp_one_hidden(w0: np.ndarray, w1: np.ndarray, pairs=()) -> tuple[float, str, float]:
     """sqrt(min rho) of LipSDP (ReLU: alpha = 0, beta = 1) for y = W1 relu(W0 x); ``pairs``
     adds LipSDP-Network coupling multipliers (unsound)."""
-    import cvxpy as cp
-
     n = w0.shape[0]
     if w0.shape[1] > n:  # same optimum on range(W0^T) (see verifier/solvers/cvxpy_lipsdp.py)
         q, _ = np.linalg.qr(w0.T)
@@ -64,7 +63,7 @@ def main(argv: list[str]) -> None:
         print("LipSDP-Neuron : %.6g" % lipsdp_one_hidden(w0, w1)[0])
         print("LipSDP-Network: %.6g  (below the true constant: unsound)" % lipsdp_one_hidden(w0, w1, [(0, 1)])[0])
         return
-    from relaxations.lipschitz import load_lipsdp_mat
+    from relaxations.lipschitz import load_lipsdp_mat  # lazy: torch (about 2 s) only for the MNIST weights
 
     w0, w1 = load_lipsdp_mat(MNIST).weights
     pairs_all = list(itertools.combinations(range(w0.shape[0]), 2))  # = MATLAB nchoosek(1:50, 2)

@@ -46,7 +46,9 @@ from torch import nn
 import verifier
 import vnnlib
 from models.lipschitz_layers import SandwichNet
+from relaxations.lipschitz.network import FeedForward
 from verifier.config import load_config
+from verifier.lipschitz import lipschitz_of_network
 from verifier.pytorch.training import CertifiedOptions, EpsilonSchedule, adversarial_points, certified_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +56,7 @@ N_IN, N_OUT = 64, 10
 
 
 def load_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # lazy: scikit-learn is the demo extra (pip install nncert[demo]); only loading the digits needs it
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -190,9 +193,6 @@ def lipschitz_margins(plain: nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> n
 
 def plain_lipschitz(net: SandwichNet) -> tuple[float, str]:
     """`lipschitz_of_network` (LipSDP) on the plain weights, with consecutive Linears merged."""
-    from relaxations.lipschitz.network import FeedForward
-    from verifier.lipschitz import lipschitz_of_network
-
     layers = list(net.to_plain(torch.float64))
     weights, biases, cur_w, cur_b = [], [], None, None
     for m in layers:
@@ -330,14 +330,14 @@ def write_doc(args: argparse.Namespace, docs: Path, table: str, lip_note: str, r
     for name, values in curves.items():
         curve_lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     try:
-        import matplotlib
+        import matplotlib  # lazy: matplotlib is optional (the demo extra); without it no plot is drawn
     except ImportError:
         matplotlib = None
         print("matplotlib is not installed: no plot drawn (pip install matplotlib for one)")
         plot_line = "\n(matplotlib was not installed, so no plot was drawn.)\n"
     if matplotlib is not None:
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: optional, as above; after use("Agg")
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, values in curves.items():

@@ -18,9 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+import verifier
+import vnnlib
+
 
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits as pixels in [0, 1] and labels, split 1400 / 397 by a seeded permutation."""
+    # lazy: scikit-learn is the demo extra (pip install nncert[demo]); only loading the digits needs it
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -82,8 +86,6 @@ def train_and_pick(train, export_fn, path: Path, epochs: int, count: int
 
 def write_specs(out: Path, xs: np.ndarray, ys: np.ndarray, eps: float) -> list[Path]:
     """One l-inf robustness property per point (inputs clipped to [0, 1])."""
-    import vnnlib
-
     paths = []
     for i, (x, y) in enumerate(zip(xs, ys)):
         p = out / f"prop_{i}_{eps}.vnnlib"
@@ -100,9 +102,6 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    import vnnlib
-    import verifier
 
     t = time.time()
     net, x_test, y_test, acc = train_digits()

@@ -25,6 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+import vnnlib
+from verifier import Config, load_model, verify
+from verifier.config import with_overrides
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_demo import accuracy, digits_split, export, fit, train_and_pick, write_specs  # noqa: E402,F401  (the demo's helpers)
 
@@ -43,9 +47,6 @@ def train(epochs: int = 60, seed: int = 0, width: int = 64) -> tuple[nn.Module, 
 
 def configs(timeout: float) -> dict:
     """The three ways each property is decided, as verifier configs."""
-    from verifier import Config
-    from verifier.config import with_overrides
-
     return {"crown": with_overrides(Config(timeout=timeout), ["bab.enabled=false", "bounds.method=crown"]),
             "alpha-crown": with_overrides(Config(timeout=timeout), ["bab.enabled=false"]),
             "verify": Config(timeout=timeout)}
@@ -53,9 +54,6 @@ def configs(timeout: float) -> dict:
 
 def run(model, paths: list[Path], timeout: float) -> list[dict]:
     """Every property by every method: verdict and seconds per method."""
-    import vnnlib
-    from verifier import verify
-
     rows = []
     for path in paths:
         spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
@@ -76,8 +74,6 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--epochs", type=int, default=60)
     args = parser.parse_args()
-
-    from verifier import load_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

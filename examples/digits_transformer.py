@@ -26,6 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+import vnnlib
+from verifier import Config, load_model, verify
+from verifier.config import with_overrides
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_demo import accuracy, digits_split, fit, train_and_pick, write_specs, export as export_onnx  # noqa: E402,F401  (the demo's helpers)
 
@@ -74,10 +78,6 @@ def main() -> int:
                                 ("--timeout", float, 60.0), ("--epochs", int, 40)):
         parser.add_argument(flag, type=kind, default=default)
     args = parser.parse_args()
-
-    import vnnlib
-    from verifier import Config, load_model, verify
-    from verifier.config import with_overrides
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

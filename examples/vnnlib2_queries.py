@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -86,8 +87,6 @@ def train_student(epochs: int = 60, seed: int = 1, width: int = 16) -> nn.Module
 
 
 def export_tabular(net: nn.Module, path: Path) -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(net, torch.zeros(1, FEATURES), str(path), input_names=["x"], output_names=["y"],

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from models.errors import UnsupportedModel
+from models.evaluate import GraphEvaluator
 from models.graph import Graph, Node
 from models.passes import expand_layernorm
 from models.ops import forward_rule
@@ -432,8 +433,6 @@ def _prune(nodes: list[Node], output: str) -> list[Node]:
 
 def _check_forward(graph: Graph, module: nn.Module, x: T) -> None:
     """Refuse a translation whose forward differs from the module's eval-mode forward."""
-    from models.evaluate import GraphEvaluator
-
     was_training = module.training
     module.eval()
     try:

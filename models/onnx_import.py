@@ -22,6 +22,7 @@ import torch
 from models.errors import ModelError, UnsupportedModel
 from models.graph import DEFAULT_DOMAINS, Graph, Node, qualified
 from models.ops import forward_rule
+from models.ort_check import check_against_onnxruntime
 from models.passes import (constant_output, drop_aliases, expand_gemm, expand_layernorm, expand_softmax, fold_batchnorm,
                            prune_to_output)
 
@@ -77,14 +78,12 @@ def load_onnx(path: str | Path, check: bool = True, check_samples: int = 3) -> G
     data, proto = read_onnx_proto(path)
     graph = graph_from_proto(proto, source=str(path), sha256=hashlib.sha256(data).hexdigest())
     if check:
-        from models.ort_check import check_against_onnxruntime
-
         check_against_onnxruntime(graph, data, samples=check_samples)
     return graph
 
 
 def _attr_value(attr: Any) -> Any:
-    from onnx import helper, numpy_helper
+    from onnx import helper, numpy_helper  # lazy: onnx (about 1 s) keeps `import models` light (read_onnx_proto)
 
     value = helper.get_attribute_value(attr)
     if isinstance(value, bytes):
@@ -178,7 +177,7 @@ def _expanded(nodes: list[Node], example: dict, constants: dict, row_sums: dict[
 
 def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None = None) -> Graph:
     """Build the graph, folding everything that does not depend on the input."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # lazy: onnx (about 1 s) keeps `import models` light (read_onnx_proto)
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     constants: dict[str, torch.Tensor] = {

@@ -15,7 +15,7 @@ REL_TOL = 1e-4
 
 def onnxruntime_session(model_bytes: bytes):
     """A single-threaded CPU session: what VNN-COMP replays counterexamples with."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: `import models` loads neither onnx nor onnxruntime, only a session does
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

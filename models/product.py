@@ -93,6 +93,7 @@ def product_model(parts: Sequence[Part], echo_input: bool = False, n_inputs: Opt
     (a query's products of variables) are appended to the output before the echo, each
     the product of its factors: ``("x", i)`` entry i of the input, ``("y", j)`` entry j
     of the hidden tensors and outputs concatenated."""
+    # lazy: onnx takes about 1 s to import; `import models` does not load it (see models.onnx_import)
     import onnx
     from onnx import compose, helper, numpy_helper
 

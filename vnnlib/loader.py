@@ -72,7 +72,7 @@ def parse_text(text: str, path: str | None = "<string>",
     variables, inputs tied or mixed with outputs); its Spec then means the same.
     """
     counts = _count(n_inputs, "inputs"), _count(n_outputs, "outputs")
-    from vnnlib.standard import text_version
+    from vnnlib.standard import text_version  # lazy: import cycle (vnnlib.standard imports this module)
 
     if text_version(text) is not None:
         return _plain_query_spec(text, path, counts)
@@ -103,7 +103,7 @@ def load(path: str | os.PathLike[str], n_inputs: int | Sequence[int] | None = No
 
 
 def _plain_query_spec(text: str, path: str | None, counts: tuple[int | None, int | None]) -> Spec:
-    from vnnlib.query import UnsupportedQuery, parse_query
+    from vnnlib.query import UnsupportedQuery, parse_query  # lazy: import cycle (vnnlib.query imports this module)
 
     query = parse_query(text, path)
     if not query.plain:

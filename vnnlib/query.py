@@ -32,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 
 from vnnlib.errors import UnsupportedQuery, VnnlibError
+from vnnlib.loader import read_text
 from vnnlib.lowering import layout, to_spec as _to_spec
 from vnnlib.normalize import MAX_DNF_TERMS
 from vnnlib.polynomial import expand
@@ -398,6 +399,4 @@ def parse_query(text: str, path: str | None = None) -> Query:
 
 def load_query(path: str) -> Query:
     """Read and lower a 2.0 query file (gzip allowed)."""
-    from vnnlib.loader import read_text
-
     return parse_query(read_text(path), str(path))

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from vnnlib.errors import VnnlibError
+from vnnlib.loader import read_text
 
 __all__ = ["STANDARD_VERSION", "VENDOR_ENV", "vendor_dir", "standard_parser", "file_version",
            "text_version", "parse_standard", "network_pairs"]
@@ -75,8 +76,6 @@ def text_version(text: str) -> tuple[int, int] | None:
 
 def file_version(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """``text_version`` of a file's start (gzip allowed); None when it has no version form."""
-    from vnnlib.loader import read_text
-
     return text_version(read_text(path))
 
 
