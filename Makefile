@@ -13,7 +13,7 @@ STAMP := $(VENV)/.nncert-installed
 PIP := $(PY) -m pip install -qq --disable-pip-version-check  # -qq: errors only
 
 $(STAMP): pyproject.toml Makefile
-	@echo "installing $(VENV): torch==2.13.0, then nncert with its test extras (a few minutes)"
+	@echo "installing $(VENV): torch==2.13.0, then nncert with its test and demo extras (a few minutes)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PIP) --upgrade pip
 	@$(PIP) torch==2.13.0

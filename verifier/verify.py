@@ -159,7 +159,7 @@ def search_mode(model: Model, config: Config, disjunct: Optional[Disjunct] = Non
 def _prove_by_sdp(model: Model, disjunct: Disjunct, config: Config, deadline: float, stats: dict, proof: list
                   ) -> tuple[bool, Optional[np.ndarray], str]:
     """The SDP relaxation (full or low-rank) as the bounding method, ReLU MLPs only."""
-    from verifier.sdp import certify_sdp  # cvxpy is heavy: import only when asked for
+    from verifier.sdp import certify_sdp  # lazy: the SDP front end and its solvers load only for an SDP method
 
     C, d, strict, owner = spec_rows(disjunct)
     res = certify_sdp(model, disjunct.region.lower, disjunct.region.upper, C, method=config.bounds.method,

@@ -301,7 +301,7 @@ def _tangent_range(L: T, U: T, c_lo: T, c_hi: T, tanh: bool) -> tuple[T, T]:
         return gelu64(p, tanh) + dgelu64(p, tanh) * (x - p) - fx
 
     def above(p: T, x: T, fx: T) -> T:     # the tangent at p passes above (x, f(x))
-        return gelu64(p, tanh) + dgelu64(p, tanh) * (x - p) > fx
+        return tangent_gap(p, x, fx) > 0   # a > b exactly when a - b > 0 in floats
 
     # p1: first p whose tangent is under (L, f(L)); p2: last p whose tangent is under (U, f(U)).
     _, hi = bisect(lambda p: (~above(p, L, fL)).to(p.dtype), c_lo, c_hi, _TANGENT_STEPS)

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from relaxations.lp import dual_lower_bound
+from verifier.solvers.highs import closest_point, least_violation
 from vnnlib.spec import InputRegion
 
 __all__ = ["empty_region_proof", "check_empty_region", "polytope_point"]
@@ -120,8 +121,6 @@ def polytope_point(G: np.ndarray, h: np.ndarray, lower: np.ndarray, upper: np.nd
     (`closest_point`): inside the ball it is the answer; outside, the QP's multipliers y
     prove the ball misses the polytope when `ball_lowest` (min of (y G) x over the
     ball, rigorous) exceeds y h rounded up."""
-    from verifier.solvers.highs import closest_point, least_violation  # solvers load lazily
-
     if G.shape[0] == 0:
         return False, (lower + upper) / 2 if ball is None else ball[0].copy()
     out = least_violation(G, h, lower, upper)
