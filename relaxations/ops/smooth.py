@@ -207,12 +207,14 @@ def implicit_root(h: Callable[[T], T], root: T) -> T:
     if not torch.is_grad_enabled():
         return root
     r0 = root.detach()
+    moved = h(r0)
+    if not moved.requires_grad:      # l and u are not under autograd: no derivative to carry
+        return root
     with torch.enable_grad():
         t = r0.clone().requires_grad_(True)
         slope, = torch.autograd.grad(h(t).sum(), t, allow_unused=True)
     if slope is None:
         return r0
-    moved = h(r0)
     usable = torch.isfinite(slope) & (slope.abs() > 1e-12) & torch.isfinite(moved)
     step = torch.where(usable, (moved - moved.detach()) / torch.where(usable, slope, torch.ones_like(slope)),
                        torch.zeros_like(moved))
