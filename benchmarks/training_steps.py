@@ -6,7 +6,11 @@ layers: the clean cross-entropy step, then `certified_loss` with IBP and CROWN-I
 eps 0.1 (tightness off: it is a diagnostic, not part of the step), taking turns in short
 blocks. Prints milliseconds per step and the ratio to the clean step.
 
-    python benchmarks/training_steps.py [--batch 128] [--reps 20]
+`--keep-heap` first calls `verifier.heap.keep_freed()` (glibc: freed blocks stay in the
+heap for the next step instead of going back to the system and faulting in again), as
+a training script may; it applies to every loss alike, the clean one included.
+
+    python benchmarks/training_steps.py [--batch 128] [--reps 20] [--keep-heap]
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from verifier import heap
 from verifier.pytorch.training import certified_loss
 
 from digits_nets import DigitsCNN, digits
@@ -51,7 +56,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--keep-heap", action="store_true",
+                        help="keep freed blocks in the heap (verifier.heap.keep_freed) before timing")
     args = parser.parse_args()
+    if args.keep_heap and not heap.keep_freed():
+        parser.error("--keep-heap needs glibc, which this process does not run on")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     images, labels = digits()
@@ -62,7 +71,8 @@ def main() -> None:
         "ibp": lambda m, x, y: certified_loss(m, x, y, args.eps, method="ibp")[0],
         "crown-ibp": lambda m, x, y: certified_loss(m, x, y, args.eps, method="crown-ibp")[0],
     }
-    print(f"| model | clean step | IBP | CROWN-IBP |  (batch {args.batch}, one thread, ms and x clean)")
+    heap_note = ", heap kept" if args.keep_heap else ""
+    print(f"| model | clean step | IBP | CROWN-IBP |  (batch {args.batch}, one thread{heap_note}, ms and x clean)")
     print("|---|---:|---:|---:|")
     for name, model, x in (("MLP 64-128-128-10", mlp, X), ("CNN 2 conv + 2 linear", DigitsCNN(), X.reshape(-1, 1, 8, 8))):
         ms = _steps_ms(model, x, Y, losses, args.reps)

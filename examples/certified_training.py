@@ -46,6 +46,7 @@ from torch import nn
 import verifier
 import vnnlib
 from models.lipschitz_layers import SandwichNet
+from verifier import heap
 from relaxations.lipschitz.network import FeedForward
 from verifier.config import load_config
 from verifier.lipschitz import lipschitz_of_network
@@ -236,6 +237,7 @@ def main() -> int:
     if args.quick:
         args.epochs, args.count = 20, 20
     torch.set_num_threads(1)
+    heap.keep_freed()   # each step's bound tensors reuse the last step's freed blocks (glibc; README)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     xtr, ytr, xte, yte = load_data(args.seed)

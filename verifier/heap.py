@@ -11,7 +11,10 @@ The cost is memory held after its peak: the process keeps what it freed until
 `release()`, which the bench worker calls between instances (its peak per instance is
 measured from there). Only the processes that verify call `keep_freed()`: the CLI's
 budgeted commands and the bench worker; importing nncert as a library changes nothing.
-Elsewhere (musl, macOS, Windows) both are no-ops.
+A training script may call it once at its start (the certified-training example does):
+certified training frees and reallocates its bound tensors at every step in the same way,
+a few MB each on small nets (README, certified training). Elsewhere (musl, macOS,
+Windows) both are no-ops.
 """
 from __future__ import annotations
 
