@@ -78,16 +78,26 @@ def module_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
     return graph
 
 
-def margin_matrix(y: T, n_classes: int) -> T:
-    """C [B, K-1, K] with rows e_y - e_j for every j != y (in increasing j)."""
+def margin_matrix(y: T, n_classes: int, dtype: Optional[torch.dtype] = None) -> T:
+    """C [B, K-1, K] with rows e_y - e_j for every j != y (in increasing j), in `dtype`
+    (the default dtype when None)."""
     # Each class's rows picked from `pair_rows` by index: a boolean mask would cost a
     # nonzero() and a host sync every training step.
-    return pair_rows(n_classes, torch.get_default_dtype(), y.device).reshape(n_classes, n_classes - 1, n_classes)[y]
+    rows = _pair_rows(n_classes, dtype or torch.get_default_dtype(), y.device)
+    return rows.reshape(n_classes, n_classes - 1, n_classes)[y]
 
 
 def pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
     """The margin rows e_a - e_b of every ordered pair a != b, [K(K-1), K], in the order
     `margin_matrix` lists them: the rows of class a are a * (K-1) .. a * (K-1) + K-2."""
+    return _pair_rows(n_classes, dtype, torch.device(device)).clone()
+
+
+@functools.lru_cache(maxsize=32)
+def _pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
+    """`pair_rows`, made once per class count, dtype and device: a training step would
+    otherwise build it (eye, aranges, an index) twice, about 3% of an MLP's IBP step.
+    Shared, so never written to: callers index it or pass it to the bounds, which only read."""
     eye = torch.eye(n_classes, dtype=dtype, device=device)
     j = torch.arange(n_classes - 1, device=device).unsqueeze(0)
     a = torch.arange(n_classes, device=device).unsqueeze(1)
@@ -203,7 +213,6 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     shape = (1, *x.shape[1:])
     graph = module_graph(model, shape)
     K = graph.output_size
-    C = margin_matrix(y, K).to(dtype=x.dtype)
     box = _box(x, eps, perturbation, shape)
     ev = GraphEvaluator(graph, dtype=x.dtype, device=x.device)
     stats = _batch_statistics(model, x) if batch_stats is None else batch_stats
@@ -213,7 +222,7 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
     if method == "crown":   # every intermediate bound by CROWN too: tighter, costlier (small nets)
         options = BoundOptions(method="crown", intermediate="crown", fold=True, grad=True,
                                precision=Precision.none(), patches=False)
-        return compute_bounds(graph, box, C, options, want_upper=False, ev=ev).lower
+        return compute_bounds(graph, box, margin_matrix(y, K, x.dtype), options, want_upper=False, ev=ev).lower
     if method == "ibp" or beta == 0.0:   # CROWN-IBP with CROWN's weight at 0 is IBP: no CROWN pass
         options = BoundOptions(method="ibp", grad=True, precision=Precision.none())
         if K <= x.shape[0]:
@@ -221,12 +230,12 @@ def margin_bounds(model: nn.Module, x: T, y: T, eps: float | T, method: str = "i
             # the last affine layers and concretises by matrix products, where per-sample
             # rows cost a [B, K-1, n] product (and its backward); each sample's K-1 are
             # then picked out. The same bound, computed in another order.
-            rows = pair_rows(K, x.dtype, x.device)
+            rows = _pair_rows(K, x.dtype, x.device)
             lower = compute_bounds(graph, box, rows, options, want_upper=False, ev=ev).lower
             pick = y.unsqueeze(1) * (K - 1) + torch.arange(K - 1, device=y.device)
             return lower.gather(1, pick)
-        return compute_bounds(graph, box, C, options, want_upper=False, ev=ev).lower
-    best, ibp = _crown_lower(graph, ev, box, C)
+        return compute_bounds(graph, box, margin_matrix(y, K, x.dtype), options, want_upper=False, ev=ev).lower
+    best, ibp = _crown_lower(graph, ev, box, margin_matrix(y, K, x.dtype))
     return best if beta == 1.0 else beta * best + (1.0 - beta) * ibp
 
 

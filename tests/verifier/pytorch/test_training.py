@@ -466,6 +466,17 @@ def test_pair_rows_list_each_class_margins_as_margin_matrix_does() -> None:
     torch.testing.assert_close(rows.reshape(5, 4, 5), margin_matrix(y, 5))
 
 
+def test_pair_rows_are_a_copy_of_the_shared_rows() -> None:
+    """The rows are made once and shared by every training step: what a caller does to the
+    tensor `pair_rows` returns must not reach `margin_matrix` or the next call."""
+    rows = pair_rows(4, torch.float64, torch.device("cpu"))
+    before = margin_matrix(torch.arange(4), 4, torch.float64).clone()
+    rows.fill_(7.0)
+    torch.testing.assert_close(margin_matrix(torch.arange(4), 4, torch.float64), before)
+    assert not bool((pair_rows(4, torch.float64, torch.device("cpu")) == 7.0).any())
+    assert margin_matrix(torch.arange(4), 4, torch.float64).dtype == torch.float64
+
+
 def test_tightness_covers_max_pooling() -> None:
     """The pool/cat net (MaxPool, concatenation, adaptive pooling) gets a finite tightness
     in (0, 1]; a linear map through a max pool whose argmax is fixed gets 1."""
