@@ -364,7 +364,7 @@ __all__.append("centred")
 
 def dual_operator(problem: SdpProblem):
     """``(M_const, B)``: scipy sparse with ``vec(M(y)) = vec(M_const) + B @ y`` (row-major vec)."""
-    import scipy.sparse as sp
+    import scipy.sparse as sp  # lazy: the problem itself is numpy only; scipy loads with the solver that reads this
 
     var, row, col, val = dual_triplets(problem)
     n = problem.dim

@@ -35,7 +35,7 @@ class _RangeEnd(Real):
         ndim = None if isinstance(value, (numbers.Real, str)) else getattr(value, "ndim", None)
         if ndim is None or ndim == 0:
             return super().__call__(value.item() if ndim == 0 else value)
-        import torch
+        import torch  # lazy: no torch at import (module docstring); the caller holds arrays here
 
         try:
             t = torch.as_tensor(value)
@@ -86,7 +86,7 @@ class Perturbation:
         if self.norm != "inf":
             raise ValueError(f"a range per feature (lower or upper an array) goes with norm 'inf' only, not "
                              f"{self.norm!r}: the l2 paths take a range of two numbers")
-        import torch
+        import torch  # lazy: no torch at import (module docstring)
 
         try:
             bad = torch.as_tensor(lower, dtype=torch.float64) > torch.as_tensor(upper, dtype=torch.float64)

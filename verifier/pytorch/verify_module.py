@@ -48,6 +48,7 @@ from models.ort_check import check_against_onnxruntime
 from relaxations import BallBox, BoundOptions, compute_bounds
 from relaxations.bounds import DeadlineExceeded
 from verifier.api import ShapeError, bound_options, dtype_of, outward_box
+from verifier.certificates.writer import write_certificate
 from verifier.config import Config, resolve_device
 from verifier.model import Model
 from verifier.lp.region import polytope_point
@@ -149,8 +150,6 @@ def _verify_linf(model: Model, point: np.ndarray, label: int, eps: float, pertur
     spec = vnnlib.robustness_spec(point, eps, label, model.n_outputs, perturbation.lower, perturbation.upper)
     if out is None:
         return verify(model, spec, config)
-    from verifier.certificates.writer import write_certificate
-
     # The file is what the checker reads: the spec verified is the file's, read back.
     spec_path = out.with_suffix(".vnnlib")
     vnnlib.write_vnnlib(spec_path, spec)
@@ -174,8 +173,6 @@ def _l2_attack(model: Model, point: np.ndarray, label: int, eps: float, perturba
     """Projected gradient descent on the largest other logit minus the label's, inside the
     ball and the range (project onto the ball, then clamp: the clamp cannot leave the ball
     when the centre is in range, it only moves coordinates towards it)."""
-    from models import GraphEvaluator
-
     ev = GraphEvaluator(model.graph, dtype=torch.float32)
     shape = (1, *model.graph.input_shape)
     centre = torch.tensor(point, dtype=torch.float32).reshape(shape)
@@ -228,8 +225,6 @@ def _verify_l2(model: Model, point: np.ndarray, label: int, eps: float, perturba
     a ball or not: their certificate says so."""
     if out is None:
         return _decide_l2(model, point, label, eps, perturbation, config)
-    from verifier.certificates.writer import write_certificate
-
     radius = eps + 4 * np.spacing(np.abs(point) + eps)   # x0 -/+ radius in float64 holds x0 -/+ eps
     spec_path = out.with_suffix(".vnnlib")
     box = vnnlib.robustness_spec(point, radius, label, model.n_outputs, perturbation.lower, perturbation.upper)
