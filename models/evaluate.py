@@ -97,7 +97,7 @@ class GraphEvaluator:
         Forward rules are written per sample; vmap maps them over the batch. For the ops in
         `BROADCASTING` the rule applied to the whole batch at once is the same function
         (elementwise maths and matrix products broadcast over leading dimensions), and
-        skips vmap's per-call cost (40% of an input-split search's time on ACAS Xu). The
+        skips vmap's per-call cost (a large share of an input-split search's time). The
         result's shape is checked against the graph's; any other shape falls back to vmap,
         or to stacking on the N axis where the rule declares it safe (`stacked_call`).
         """

@@ -115,7 +115,7 @@ def _topological(nodes: list[Node]) -> list[Node]:
     """Nodes in a topological order, file order kept where it is valid.
 
     Files are supposed to be ordered; not all are. Kahn's algorithm with a heap on the
-    file position (stdlib only: networkx costs 0.17 s of start-up for this one sort).
+    file position (stdlib only: importing networkx for this one sort would slow every start-up).
     """
     producer = {out: i for i, n in enumerate(nodes) for out in n.outputs if out}
     children: list[list[int]] = [[] for _ in nodes]

@@ -59,7 +59,7 @@ def initial_alphas(ctx: BackwardContext, B: int, S: int) -> dict[str, T]:
 
 class _Adam:
     """Adam (Kingma and Ba), written out: constructing torch.optim.Adam imports
-    torch._dynamo, which costs about 2 s of start-up in every verifier process."""
+    torch._dynamo, which would add seconds to the start-up of every verifier process."""
 
     def __init__(self, params: list[T], lr, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:

@@ -14,7 +14,7 @@
     >>> verifier.check("cert.json", "model.onnx", "prop.vnnlib").accepted
 
 Names are imported on first use (PEP 562): `nncert check` and the independent checker
-live under this package and must not pay for importing torch (about 2 s) at start-up.
+live under this package and must not pay for importing torch at start-up.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ Other instances:
     python -m verifier.bench.bab --instance NET.onnx PROP.vnnlib --set bab.batch_size=1024
 
 Without instances it runs the default set below (from ../shared/bench beside the
-checkout), about 90 s in all: three mnist_fc instances that need activation split and
+checkout), a minute or two in all: three mnist_fc instances that need activation split and
 three ACAS Xu instances that need input split (their domains and times:
 BENCHMARKS.md, "One branch-and-bound core"):
 
@@ -50,7 +50,7 @@ Instance CSV picks: `--pick N` takes the first N rows whose answer in the refere
 (../shared/reference/expected.csv, `--expected`) is unsat; `CSV:ROWS` or `--rows`
 takes those rows (1-based line numbers of the instances.csv, as `cat -n` numbers them).
 Time with one thread (`--threads 1`, the default) on an otherwise idle core: on a
-shared machine two runs of one instance differ by up to 30%, hence --repeat.
+shared machine two runs of one instance differ widely, hence --repeat.
 """
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
 @functools.lru_cache(maxsize=32)
 def _pair_rows(n_classes: int, dtype: torch.dtype, device: torch.device) -> T:
     """`pair_rows`, made once per class count, dtype and device: a training step would
-    otherwise build it (eye, aranges, an index) twice, about 3% of an MLP's IBP step.
+    otherwise build it (eye, aranges, an index) twice (BENCHMARKS.md, session 36).
     Shared, so never written to: callers index it or pass it to the bounds, which only read."""
     eye = torch.eye(n_classes, dtype=dtype, device=device)
     j = torch.arange(n_classes - 1, device=device).unsqueeze(0)
