@@ -4,6 +4,7 @@
     >>> model = verifier.load_model("model.onnx")
     >>> x = np.zeros(model.input_shape, dtype=np.float32)
     >>> lower, upper = verifier.bounds(model, x - 0.01, x + 0.01, method="crown")
+    >>> lower, upper = verifier.bounds(torch_net, xs - 0.01, xs + 0.01)   # a torch module, a batch xs [B, ...]
     >>> spec = vnnlib.load("prop.vnnlib", model.n_inputs, model.n_outputs)
     >>> result = verifier.verify(model, spec, verifier.Config(timeout=30))
     >>> results = verifier.verify_module(torch_net, x, y, eps=0.05)   # no files (l-inf or l2)
@@ -33,13 +34,13 @@ _HOME = {
     "SpecMismatch": "verifier.verify", "verify": "verifier.verify",
     "certified_loss": "verifier.pytorch.training", "EpsilonSchedule": "verifier.pytorch.training",
     "CertifiedOptions": "verifier.pytorch.training", "Perturbation": "verifier.pytorch.perturbation",
-    "verify_module": "verifier.pytorch.verify_module",
+    "verify_module": "verifier.pytorch.verify_module", "module_model": "verifier.pytorch.verify_module",
     "lipschitz": "verifier.lipschitz", "certify_sdp": "verifier.sdp", "check": "verifier.checker.dispatch",
 }
 
 __all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",
            "Result", "SpecMismatch", "verify", "certified_loss", "CertifiedOptions", "EpsilonSchedule", "Perturbation",
-           "verify_module", "lipschitz", "certify_sdp", "check"]
+           "verify_module", "module_model", "lipschitz", "certify_sdp", "check"]
 
 
 def __getattr__(name: str) -> Any:

@@ -83,7 +83,7 @@ def _check_box_shape(name: str, value, shape: tuple[int, ...]) -> None:
                          f"(or {n} values), optionally with a leading batch dimension")
 
 
-def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device: str = "auto",
+def bounds(model: Model | torch.nn.Module, lower, upper, method: str = "crown", C=None, *, device: str = "auto",
            deadline: Optional[float] = None, config: Optional[BoundsConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound lower and upper bounds of `C @ output` (or of the outputs) over a box.
 
@@ -92,6 +92,11 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device:
     (or [S] when the box had no batch dimension), on the device the bounds were computed
     on: `device` auto is cuda when torch sees a CUDA device, else cpu (call `.cpu()`
     before `.numpy()`). Nothing is kept between calls.
+    `model` may also be a torch module (auto_LiRPA's use, without files): lower/upper are
+    then a batch [B, *input] as the module takes it, and the result is [B, S]. The module
+    (in eval mode) is exported to ONNX in memory at each call and bounded as the exported
+    graph, which onnxruntime checks on load; for many calls on one module,
+    `verifier.module_model(module, (1, *input))` once and pass the Model.
     A wrong shape raises ShapeError naming what was expected; past `deadline`
     (time.monotonic()) the bound passes raise relaxations.DeadlineExceeded.
 
@@ -108,6 +113,11 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device:
     benchmarks).
     """
     config = options_or_default("config", config, BoundsConfig, "verifier.config.BoundsConfig, e.g. Config().bounds")
+    if isinstance(model, torch.nn.Module):
+        model, lower, upper = _module_box(model, lower, upper)
+    elif not isinstance(model, Model):
+        raise TypeError(f"model must be a verifier.Model (verifier.load_model) or a torch module, not "
+                        f"{type(model).__name__}")
     dt = dtype_of(config.dtype)
     device = resolve_device(device)
     shape = model.graph.input_shape
@@ -130,3 +140,24 @@ def bounds(model: Model, lower, upper, method: str = "crown", C=None, *, device:
     res = compute_bounds(model.graph, IntervalBounds(lo, hi), C=C, options=opts)
     lower_b, upper_b = res.lower.detach(), res.upper.detach()
     return (lower_b[0], upper_b[0]) if single else (lower_b, upper_b)
+
+
+def _module_box(module: torch.nn.Module, lower, upper) -> tuple[Model, object, object]:
+    """A torch module's `Model` and its box as `bounds` reads a batch of boxes: lower/upper
+    [B, *input] become [B, 1, *input] (the exported graph's input has batch 1), so that
+    even B = 1 gives [B, S]."""
+    # lazy: import cycle (verifier.pytorch.verify_module imports this module)
+    from verifier.pytorch.verify_module import module_model
+
+    shape = tuple(np.shape(lower))
+    if len(shape) < 2:
+        raise ShapeError(f"a torch module takes a batch: lower and upper must be [B, *input_shape], got {shape}")
+    if tuple(np.shape(upper)) != shape:
+        raise ShapeError(f"lower and upper must have the same shape, got {shape} and {tuple(np.shape(upper))}")
+    model = module_model(module, (1, *shape[1:]))
+    batched = (shape[0], 1, *shape[1:])
+
+    def reshape(a):
+        return a.detach().reshape(batched) if isinstance(a, torch.Tensor) else np.reshape(np.asarray(a), batched)
+
+    return model, reshape(lower), reshape(upper)

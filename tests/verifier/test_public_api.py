@@ -148,3 +148,40 @@ def test_bounds_honour_the_configs_optimised_intermediate_bounds(tmp_path) -> No
     assert opts.optimise_intermediate and opts.deadline == deadline
     assert time.monotonic() + 40.0 < opts.optimise_deadline < deadline - 49.0   # half of the 100 s left
     assert region_options(BoundsConfig(), "crown", None).optimise_deadline is None
+
+
+def test_bounds_of_a_torch_module_are_those_of_its_onnx_export_and_hold() -> None:
+    """`verifier.bounds` takes a torch module and a batch of boxes [B, *input] (no files):
+    the same bounds as the exported model's, [B, S] even for B = 1, and every output of the
+    module at points of each box inside them."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(12, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.rand(3, 1, 4, 4)
+    lo, hi = verifier.bounds(net, x - 0.05, x + 0.05, method="crown", device="cpu")
+    assert lo.shape == hi.shape == (3, 2)
+    model = verifier.module_model(net, (1, 1, 4, 4))
+    for b in range(3):
+        ref_lo, ref_hi = verifier.bounds(model, (x[b:b + 1] - 0.05).numpy(), (x[b:b + 1] + 0.05).numpy(), method="crown",
+                                         device="cpu")
+        torch.testing.assert_close(lo[b], ref_lo)
+        torch.testing.assert_close(hi[b], ref_hi)
+        points = x[b] + (torch.rand(2000, 1, 4, 4) * 2 - 1) * 0.05
+        with torch.no_grad():
+            out = net(points)
+        assert bool((out >= lo[b] - 1e-6).all() and (out <= hi[b] + 1e-6).all())
+    one_lo, _ = verifier.bounds(net, (x[:1] - 0.05).numpy(), (x[:1] + 0.05).numpy(), device="cpu")
+    assert one_lo.shape == (1, 2)
+    C = np.array([[1.0, -1.0]])
+    diff_lo, _ = verifier.bounds(net, x - 0.05, x + 0.05, C=C, method="ibp", device="cpu")
+    assert diff_lo.shape == (3, 1)
+
+
+def test_bounds_refuse_an_unbatched_box_for_a_torch_module_and_other_objects() -> None:
+    net = torch.nn.Linear(4, 2)
+    with pytest.raises(verifier.ShapeError, match=r"\[B, \*input_shape\]"):
+        verifier.bounds(net, np.zeros(4), np.ones(4))
+    with pytest.raises(verifier.ShapeError, match="does not accept"):
+        verifier.bounds(net, np.zeros((2, 5)), np.ones((2, 5)))
+    with pytest.raises(TypeError, match="verifier.Model"):
+        verifier.bounds("model.onnx", np.zeros(4), np.ones(4))
