@@ -53,11 +53,12 @@ def _run(args: list[str], timeout: float) -> tuple[str, float]:
 def forms(timeout: float, out: Path, work: Path, family: str) -> None:
     """Write the family's instances as 2.0 queries (shaped like each model), run `nncert
     bench` on both CSVs and compare the verdicts instance by instance."""
-    from verifier.model import load_model  # lazy: verifier.model imports torch (about 2 s); only `forms` loads models
+    from verifier.model import load_model  # lazy: verifier.model imports torch; only `forms` loads models
 
     bench = BENCH.parent / family
     rows = list(csv.reader(open(bench / "instances.csv")))
     shapes: dict[str, tuple] = {}
+    written: set[Path] = set()
     with open(work / "instances.csv", "w", newline="") as handle:
         w = csv.writer(handle)
         for onnx_rel, spec_rel, budget in rows:
@@ -65,7 +66,11 @@ def forms(timeout: float, out: Path, work: Path, family: str) -> None:
             if onnx_rel not in shapes:
                 g = load_model(model).graph
                 shapes[onnx_rel] = (g.input_shape, g.output_shape)
-            query = work / f"{model.name.split('.')[0]}_{prop.name.split('.')[0]}.vnnlib"
+            # Whole stems: mnist_fc's prop_0_0.03 and prop_0_0.05 differ only after a dot.
+            query = work / f"{model.stem}_{prop.stem}.vnnlib"
+            if query in written:
+                raise SystemExit(f"two instances would write {query}")
+            written.add(query)
             query.write_text(format_vnnlib2(vnnlib.load(prop, *[math.prod(s) for s in shapes[onnx_rel]]),
                                             *shapes[onnx_rel]))
             w.writerow([str(model.resolve()), str(query.resolve()), budget])
