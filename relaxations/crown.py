@@ -119,6 +119,10 @@ def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
     fn(node, args) -> list of outputs: the node's forward by default, or a slot op's
     gather. `masked`: a zero coefficient hides a non-finite constant of f(0) (a gather's
     -inf padding), as in `interval_terms`."""
+    if fn is None and not masked:
+        stacked = _stacked_backward(ctx, node, A_outs)
+        if stacked is not None:
+            return stacked
     fn = forward_rule(node).fn if fn is None else fn
     consts = ctx.ev.constants
     variable = [bool(x) and x not in consts for x in node.inputs]
@@ -150,6 +154,44 @@ def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
     for v, x in zip(variable, node.inputs):
         result.append(next(it).reshape(B, S, *ctx.graph.shapes[x]) if v else None)
     return result, bias, mass
+
+
+def _stacked_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
+                      ) -> Optional[tuple[list[T | None], T, T]]:
+    """`_affine_backward` by one plain autograd call, for a one-output node whose only
+    variable input is the first and whose forward rule treats axis 0 as the batch
+    (`batches`: pooling, padding, batch normalisation, transposed convolutions). The B x S
+    rows of A become that batch, and the transpose is the gradient of the op at zero
+    inputs. vmap over a vjp computes the same but costs several times more per call, and
+    its first call imports torch._dynamo, seconds of a verify's budget (BENCHMARKS.md,
+    session 36). None when the node does not qualify (the caller uses vmap)."""
+    rule = forward_rule(node)
+    consts = ctx.ev.constants
+    variable = [bool(x) and x not in consts for x in node.inputs]
+    A = A_outs[0] if len(A_outs) == 1 else None
+    if rule.batches is None or A is None or not variable or not variable[0] or any(variable[1:]):
+        return None
+    in_shape, out_shape = ctx.graph.shapes.get(node.inputs[0]), ctx.graph.shapes.get(node.outputs[0])
+    if not in_shape or not out_shape or in_shape[0] != 1 or out_shape[0] != 1:
+        return None
+    args = [None if x == "" else consts.get(x) for x in node.inputs]
+    args[0] = torch.zeros(in_shape, dtype=ctx.ev.dtype, device=ctx.ev.device)
+    if not rule.batches(node, variable, args):
+        return None
+    B, S = A.shape[:2]
+    differentiable = torch.is_grad_enabled() and (A.requires_grad or any(
+        a is not None and a.requires_grad for a in args[1:]))
+    with torch.enable_grad():
+        x = torch.zeros((B * S, *in_shape[1:]), dtype=ctx.ev.dtype, device=ctx.ev.device, requires_grad=True)
+        out = rule.fn(node, [x, *args[1:]])[0]
+        if tuple(out.shape) != (B * S, *out_shape[1:]) or not out.is_floating_point():
+            return None
+        A_in, = torch.autograd.grad(out, x, A.reshape(B * S, *out_shape[1:]), create_graph=differentiable)
+    constant = out[:1].reshape(1, 1, -1)   # f(0), the same for every row
+    if not differentiable:
+        constant = constant.detach()
+    term = A.reshape(B, S, -1) * constant
+    return [A_in.reshape(B, S, *in_shape), *([None] * (len(node.inputs) - 1))], term.sum(-1), term.abs().sum(-1)
 
 
 def affine_rows(ctx: BackwardContext, node: Node, A: T) -> tuple[list[T | None], T, T]:

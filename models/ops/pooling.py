@@ -89,6 +89,19 @@ def _pad(node: Node, xs: Sequence[T | None]) -> list[T]:
     return [F.pad(x, spatial, mode=torch_mode)]
 
 
+def _pad_batches(node: Node, variable: Sequence[bool], args: Sequence[T | None]) -> bool:
+    """Padding treats axis 0 as the batch when it pads nothing there (and only the data varies)."""
+    if not first_input(node, variable, args):
+        return False
+    if node.opset < 11:
+        pads = list(node.attr("pads"))
+    elif len(args) > 3 and args[3] is not None:
+        return False   # pads for some axes only: not worth reading here
+    else:
+        pads = [int(v) for v in args[1].tolist()]
+    return len(pads) >= 2 and pads[0] == 0 and pads[len(pads) // 2] == 0
+
+
 def resize_indices(in_size: int, out_size: int, scale: float, coord_mode: str, nearest_mode: str) -> list[int]:
     """Source index of each output position for nearest resizing (ONNX formulas)."""
     result = []
@@ -168,6 +181,6 @@ def register() -> None:
     register_forward("AveragePool", _avgpool, batches=first_input)
     register_forward("GlobalAveragePool", _global_avgpool, batches=first_input)
     register_forward("GlobalMaxPool", _global_maxpool, batches=first_input)
-    register_forward("Pad", _pad)
+    register_forward("Pad", _pad, batches=_pad_batches)
     register_forward("Resize", _resize)
     register_forward("Upsample", _upsample)
