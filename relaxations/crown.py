@@ -162,8 +162,8 @@ def _stacked_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
     variable input is the first and whose forward rule treats axis 0 as the batch
     (`batches`: pooling, padding, batch normalisation, transposed convolutions). The B x S
     rows of A become that batch, and the transpose is the gradient of the op at zero
-    inputs. vmap over a vjp computes the same but costs several times more per call, and
-    its first call imports torch._dynamo, seconds of a verify's budget (BENCHMARKS.md,
+    inputs. vmap over a vjp computes the same with more overhead per call, and its first
+    call imports torch._dynamo, which a verify then pays inside its budget (BENCHMARKS.md,
     session 36). None when the node does not qualify (the caller uses vmap)."""
     rule = forward_rule(node)
     consts = ctx.ev.constants

@@ -119,7 +119,9 @@ class BoundsConfig(_Validated):
                           help="over an l2 ball (verify_module with norm 2), each ReLU's bias is also "
                                "SDP-CROWN's where higher. On the digits nets (l2 radii 0.1-0.5, 100 points) "
                                "it proves 0-1 more: their layers' balls, from spectral norms, are wide")
-    dtype: str = key("float32", check=Choice(("float32", "float64")), help="floating-point type of all bounding")
+    dtype: str = key("float32", check=Choice(("float32", "float64")),
+                     help="floating-point type of all bounding; an unsat in float64 is about exact arithmetic, "
+                          "float32's margin is far wider than float32 inference's rounding (README, Soundness)")
     max_elements: int = key(40_000_000, check=Int(1),
                             help="largest tensor (elements) a bounding step builds; larger work is chunked")
 
