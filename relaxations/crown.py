@@ -156,22 +156,16 @@ def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
     return result, bias, mass
 
 
-# Ops whose transpose `_stacked_backward` takes: their forward on the B x S stacked zero
-# rows, which the autograd call needs, costs little beside the transpose. Not
-# ConvTranspose: its forward there would cost as much as the transpose itself.
-STACKED_OPS = frozenset({"AveragePool", "GlobalAveragePool", "Pad", "BatchNormalization"})
-
-
 def _stacked_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
                       ) -> Optional[tuple[list[T | None], T, T]]:
-    """`_affine_backward` by one plain autograd call, for a one-output node of `STACKED_OPS`
-    whose only variable input is the first and whose forward rule treats axis 0 as the
-    batch (`batches`). The B x S rows of A become that batch, and the transpose is the
+    """`_affine_backward` by one plain autograd call, for a one-output node whose rule
+    declares "stacked_transpose" (relaxations/registry.py), whose only variable input is the
+    first and whose forward rule treats axis 0 as the batch (`batches`). The B x S rows of A become that batch, and the transpose is the
     gradient of the op at zero inputs. vmap over a vjp computes the same with more
     overhead per call, and its first call imports torch._dynamo, which a verify then pays
     inside its budget (BENCHMARKS.md, session 36). None when the node does not qualify
     (the caller uses vmap)."""
-    if node.op not in STACKED_OPS:
+    if "stacked_transpose" not in ctx.rules[node.name].facts:
         return None
     rule = forward_rule(node)
     consts = ctx.ev.constants

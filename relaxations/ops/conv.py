@@ -94,4 +94,4 @@ def register() -> None:
     register_rule(OpRule("ConvTranspose", "affine", radius=_conv_transpose_radius,
                          affine_inputs=_input_only, facts=facts))
     register_rule(OpRule("BatchNormalization", "affine", radius=_batchnorm_radius,
-                         affine_inputs=_input_only, facts=facts | {"elementwise"}))
+                         affine_inputs=_input_only, facts=facts | {"elementwise", "stacked_transpose"}))

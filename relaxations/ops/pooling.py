@@ -19,7 +19,8 @@ __all__ = ["register"]
 def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone"})
     for op in ("AveragePool", "GlobalAveragePool", "Pad", "Resize", "Upsample"):
-        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=facts))
+        stacked = {"stacked_transpose"} if op in ("AveragePool", "GlobalAveragePool", "Pad") else set()
+        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=facts | stacked))
     for op in ("ReduceSum", "ReduceMean"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, backward=reduce_backward, facts=facts))
     gathers = {"MaxPool": maxes.maxpool_gather, "GlobalMaxPool": maxes.global_max_gather,
