@@ -186,7 +186,8 @@ def intermediate_bounds(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, o
             if splits and name in splits:
                 table[name] = _apply_split(table[name], splits[name])
             if name in needs:
-                mask = None if name in whole else _unstable_mask(ctx, name, consumers.get(name, []))
+                every = name in whole or options.crown_every_element
+                mask = None if every else _unstable_mask(ctx, name, consumers.get(name, []))
                 table[name] = _crown_tensor(ctx, name, box, mask, options, precision,
                                             splits.get(name) if splits else None, clip)
                 if splits and name in splits:

@@ -84,6 +84,11 @@ class BoundOptions:
     # Over an l2 ball (a BallBox input), each ReLU's bias is also SDP-CROWN's where that is
     # higher (relaxations/sdp_crown.py, the balls from relaxations/l2.py).
     sdp_crown: bool = True
+    # CROWN tightens every element of a relaxed op's input, the stable ones too (their
+    # tighter intervals then enter the later layers' IBP). A verification's bounds only
+    # need the unstable ones; local Lipschitz bounds read every pre-activation interval
+    # (relaxations/lipschitz/local.py), where the wider ones cost a factor of several.
+    crown_every_element: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -148,6 +148,12 @@ class OpRule:
     # limits). The naive Lipschitz walk (`relaxations.lipschitz`) reads it; an op without
     # it is refused there. The registry-driven tests check it by sampling.
     lipschitz: Optional[Callable[[Node, Sequence], Optional[float]]] = None
+    # One variable input, per element: derivative(node, l, u, consts) -> (dl, du), an
+    # interval per element holding every (Clarke) derivative of the op over [l, u]: the
+    # op's part of the Jacobian relaxation that local Lipschitz bounds
+    # (`relaxations.lipschitz.local`) propagate. The registry-driven tests check it by
+    # sampling; an activation without it is refused there.
+    derivative: Optional[Callable[..., tuple[T, T]]] = None
 
 
 def slope(value: float) -> Callable[[Node, Sequence], float]:

@@ -30,31 +30,40 @@ The dual norm is then bounded with the per-coordinate intervals of g and one mor
 linear pass: ``|g_i| <= s_i g_i + t_i`` (chord of |.|) for l-inf inputs (l1 dual), and
 ``g_i^2 <= (gl_i + gu_i) g_i - gl_i gu_i`` (chord of the square) for l2.
 
-Forward pre-activation bounds are IBP intersected with CROWN, in float64, on the
-weights themselves: the ONNX graph keeps constants in float32, so LipSDP's float64
-``.mat`` networks would be rounded if they went through ``relaxations.compute``.
-Every computed bound is widened by ``ROUND_REL * mass``, mass being the sum of absolute
-values of the terms that produced it (float64 dot products err by at most n * 1.1e-16
-times that).
+Forward pre-activation bounds are the engine's (`relaxations.compute_bounds`, CROWN:
+IBP intersected with CROWN on every neuron, split decisions as branch and bound
+passes them) over a graph built from the weights themselves, in float64: the ONNX import
+keeps constants in float32, so LipSDP's float64 ``.mat`` networks would be rounded on the
+way through a file. Their rounding margin is ``FORWARD_REL`` of the engine's mass, a
+hundred times the checker's share of its own (larger) mass: only a neuron's stability
+reaches the gradient bound, and an interval the engine found narrower than the checker
+re-derives could make a neuron stable here and unstable there. Each activation's
+derivative range is its registry rule's (`OpRule.derivative`). The gradient pass below
+widens every computed bound by ``ROUND_REL * mass`` likewise, mass being the sum of
+absolute values of the terms that produced it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Optional, Sequence
 
 import torch
 
-from models import Node
+from models import Graph, GraphEvaluator, Node
+from relaxations.bounds import IntervalBounds, Precision
+from relaxations.compute import compute_bounds
 from relaxations.lipschitz.network import FeedForward
-from relaxations.ops.activations import leaky_relaxation
-from relaxations.registry import finite_relaxation, rule_for
+from relaxations.options import BoundOptions, Given
+from relaxations.registry import rule_for
 
 __all__ = ["ROUND_REL", "LocalNet", "NodeBound", "forward_bounds", "derivative_ranges", "gradient_bound"]
 
 T = torch.Tensor
 ROUND_REL = 1e-9
 ROUND_ABS = 1e-300
-_ONNX_OP = {"sigmoid": "Sigmoid", "tanh": "Tanh"}
+FORWARD_REL = 1e-7
+_ONNX_OP = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 
 def _up(value: T, mass: T) -> T:
@@ -67,12 +76,16 @@ def _down(value: T, mass: T) -> T:
 
 @dataclass(frozen=True)
 class LocalNet:
-    """A ``FeedForward`` as float64 torch tensors (weights ``[n_k, n_{k-1}]``)."""
+    """A ``FeedForward`` as float64 torch tensors (weights ``[n_k, n_{k-1}]``), with the
+    same network as an engine graph (`graph`; hidden layer k's pre-activation tensor is
+    ``z{k}``, its activation node ``phi{k}``) and an evaluator that holds its constants."""
 
     weights: tuple[T, ...]
     biases: tuple[T, ...]
     activation: str
     negative_slope: float
+    graph: Graph
+    evaluator: GraphEvaluator
 
     @staticmethod
     def of(net: FeedForward, device: str | torch.device = "cpu") -> "LocalNet":
@@ -82,119 +95,81 @@ class LocalNet:
             raise ValueError("leaky_relu with negative_slope > 1 is not supported")
         ws = tuple(torch.tensor(w, dtype=torch.float64, device=device) for w in net.weights)
         bs = tuple(torch.tensor(b, dtype=torch.float64, device=device) for b in net.biases)
-        return LocalNet(ws, bs, net.activation, float(net.negative_slope))
+        graph = _graph(ws, bs, net.activation, float(net.negative_slope))
+        return LocalNet(ws, bs, net.activation, float(net.negative_slope), graph,
+                        GraphEvaluator(graph, dtype=torch.float64, device=device))
 
     @property
     def hidden(self) -> int:
         return len(self.weights) - 1
 
-    def relaxation(self, lo: T, hi: T) -> tuple[T, T, T, T]:
-        """(lower slope, lower bias, upper slope, upper bias) of phi on [lo, hi]."""
-        if self.activation in ("relu", "leaky_relu"):
-            s = 0.0 if self.activation == "relu" else self.negative_slope
-            r = leaky_relaxation(lo, hi, s, None)
-        else:
-            op = _ONNX_OP[self.activation]
-            node = Node(name="phi", op=op, inputs=("z",), outputs=("a",))
-            r = finite_relaxation(rule_for(node).relax(node, lo, hi, None, []), node)
-        return r.lower_slope, r.lower_bias, r.upper_slope, r.upper_bias
-
-    def activate_interval(self, lo: T, hi: T) -> tuple[T, T]:
-        """phi is monotone increasing for every supported activation."""
-        if self.activation == "relu":
-            return lo.clamp(min=0), hi.clamp(min=0)
-        if self.activation == "leaky_relu":
-            s = self.negative_slope
-            return torch.where(lo >= 0, lo, s * lo), torch.where(hi >= 0, hi, s * hi)
-        f = torch.sigmoid if self.activation == "sigmoid" else torch.tanh
-        return f(lo) - 1e-15, f(hi) + 1e-15
+    def node(self, k: int) -> Node:
+        """The activation node of hidden layer k (0-based)."""
+        return self.graph.nodes[3 * k + 2]
 
 
-def _apply_split(lo: T, hi: T, sign: Optional[T]) -> tuple[T, T]:
-    if sign is None:
-        return lo, hi
-    return torch.where(sign > 0, lo.clamp(min=0), lo), torch.where(sign < 0, hi.clamp(max=0), hi)
+def _graph(ws: Sequence[T], bs: Sequence[T], activation: str, negative_slope: float) -> Graph:
+    """``x -> MatMul, Add, phi, ... -> MatMul, Add -> y`` over inputs shaped [1, n_0].
+
+    The weights stay float64 tensors (the evaluator keeps their dtype), and the graph is
+    never written to a file, so nothing is rounded to float32."""
+    attrs = {"alpha": negative_slope} if activation == "leaky_relu" else {}
+    nodes, consts, shapes = [], {}, {"x": (1, ws[0].shape[1])}
+    prev = "x"
+    for k, (w, b) in enumerate(zip(ws, bs)):
+        last = k == len(ws) - 1
+        consts[f"W{k}"], consts[f"b{k}"] = w.T.contiguous(), b
+        out = "y" if last else f"z{k}"
+        nodes.append(Node(f"mm{k}", "MatMul", (prev, f"W{k}"), (f"m{k}",)))
+        nodes.append(Node(f"add{k}", "Add", (f"m{k}", f"b{k}"), (out,)))
+        shapes[f"m{k}"] = shapes[out] = (1, w.shape[0])
+        if not last:
+            nodes.append(Node(f"phi{k}", _ONNX_OP[activation], (out,), (f"a{k}",), attrs=MappingProxyType(attrs)))
+            shapes[f"a{k}"] = (1, w.shape[0])
+            prev = f"a{k}"
+    return Graph(input_name="x", input_shape=(1, ws[0].shape[1]), output_name="y",
+                 output_shape=(1, ws[-1].shape[0]), nodes=tuple(nodes), constants=consts,
+                 shapes=shapes, opset=13)
 
 
 def forward_bounds(net: LocalNet, lo: T, hi: T, splits: Optional[Sequence[Optional[T]]] = None
                    ) -> tuple[list[tuple[T, T]], T]:
     """Pre-activation intervals ``[(l_k, u_k)]`` ([B, n_k]) over boxes ``[lo, hi]`` ([B, n_0]).
 
-    IBP intersected with CROWN (default slopes) per layer; ``splits[k]`` ([B, n_k],
-    +1: z >= 0, -1: z <= 0, 0: free) clamps layer k before later layers use it. Also
-    returns a mask [B] of domains proved empty by their splits (some l > u)."""
+    The engine's CROWN pass, every neuron CROWN-bounded and intersected with IBP; ``splits[k]`` ([B,
+    n_k], +1: z >= 0, -1: z <= 0, 0: free) clamps layer k before later layers use it.
+    Also returns a mask [B] of domains proved empty by their splits; their intervals are
+    finite placeholders (a caller discards what they give)."""
     B = lo.shape[0]
-    pre: list[tuple[T, T]] = []
-    lines: list[tuple[T, T, T, T]] = []
-    post: list[tuple[T, T]] = [(lo, hi)]
-    empty = torch.zeros(B, dtype=torch.bool, device=lo.device)
-    c_in, r_in = (lo + hi) / 2, (hi - lo) / 2
-    m_in = torch.maximum(lo.abs(), hi.abs())
+    given = Given()
+    if splits is not None:
+        given = Given(splits={f"z{k}": sg.reshape(B, 1, -1) for k, sg in enumerate(splits) if sg is not None})
+    box = IntervalBounds(lo.reshape(B, 1, -1), hi.reshape(B, 1, -1))
+    options = BoundOptions(method="crown", precision=Precision(FORWARD_REL, ROUND_ABS), patches=False,
+                           crown_every_element=True)
+    C = torch.zeros(1, net.weights[-1].shape[0], dtype=lo.dtype, device=lo.device)
+    res = compute_bounds(net.graph, box, C, options, want_upper=False, ev=net.evaluator, given=given)
+    empty = res.infeasible.reshape(B).clone()
+    pre = []
     for k in range(net.hidden):
-        w, b = net.weights[k], net.biases[k]
-        pl, pu = post[-1]
-        cen, rad = (pl + pu) / 2 @ w.T + b, (pu - pl) / 2 @ w.abs().T
-        mass = torch.maximum(pl.abs(), pu.abs()) @ w.abs().T + b.abs()
-        il, iu = _down(cen - rad, mass), _up(cen + rad, mass)
-        if k > 0:  # CROWN: rows +e_i, -e_i of z_k back to the input
-            n = w.shape[0]
-            eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
-            A = torch.cat([eye, -eye]).expand(B, 2 * n, n)
-            const = torch.zeros(B, 2 * n, dtype=lo.dtype, device=lo.device)
-            cm = torch.zeros_like(const)
-            for j in range(k, -1, -1):
-                amax = torch.maximum(post[j][0].abs(), post[j][1].abs())       # [B, n_{j-1}]
-                const = const + A @ net.biases[j]
-                wz = amax @ net.weights[j].abs().T                               # [B, n_j]
-                cm = cm + A.abs() @ net.biases[j].abs() + (A.abs() * wz.unsqueeze(1)).sum(-1)
-                A = A @ net.weights[j]
-                if j == 0:
-                    break
-                ls, lb, us, ub = lines[j - 1]
-                pos, neg = A.clamp(min=0), A.clamp(max=0)
-                extra = (pos * lb.unsqueeze(1) + neg * ub.unsqueeze(1))
-                const = const + extra.sum(-1)
-                cm = cm + extra.abs().sum(-1)
-                A = pos * ls.unsqueeze(1) + neg * us.unsqueeze(1)
-            val = const + (A * c_in.unsqueeze(1)).sum(-1) - (A.abs() * r_in.unsqueeze(1)).sum(-1)
-            cm = cm + (A.abs() * m_in.unsqueeze(1)).sum(-1) + const.abs()
-            lb_rows = _down(val, cm)
-            il, iu = torch.maximum(il, lb_rows[:, :n]), torch.minimum(iu, -lb_rows[:, n:])
-        sign = None if splits is None else splits[k]
-        il, iu = _apply_split(il, iu, sign)
-        bad = (il > iu).any(1)
+        iv = res.table[f"z{k}"]
+        l, u = iv.lower.reshape(B, -1), iv.upper.reshape(B, -1)
+        bad = ~(l <= u)               # an empty domain's interval, or NaN there
         if bool(bad.any()):
-            empty |= bad
-            mid = (il + iu) / 2
-            il, iu = torch.where(il > iu, mid, il), torch.where(il > iu, mid, iu)
-        pre.append((il, iu))
-        lines.append(net.relaxation(il, iu))
-        post.append(net.activate_interval(il, iu))
+            empty |= bad.any(1)
+            mid = torch.nan_to_num((l + u) / 2)
+            l, u = torch.where(bad, mid, l), torch.where(bad, mid, u)
+        pre.append((l, u))
     return pre, empty
 
 
 def derivative_ranges(net: LocalNet, pre: Sequence[tuple[T, T]]) -> list[tuple[T, T]]:
-    """Range ``[dl, du]`` of phi' over each pre-activation interval (Clarke for ReLU).
-
-    A ReLU with l >= 0 has d = 1: where z = 0 on a set of positive measure, z is
-    locally constant and d multiplies a zero gradient, so its value does not matter."""
+    """Range ``[dl, du]`` of phi' over each pre-activation interval: the activation's
+    registry rule (`OpRule.derivative`; Clarke's for ReLU)."""
     out = []
-    for l, u in pre:
-        if net.activation in ("relu", "leaky_relu"):
-            s = 0.0 if net.activation == "relu" else net.negative_slope
-            lo_d, hi_d = min(s, 1.0), max(s, 1.0)
-            dl = torch.where(l >= 0, torch.ones_like(l), torch.where(u <= 0, torch.full_like(l, s), torch.full_like(l, lo_d)))
-            du = torch.where(l >= 0, torch.ones_like(l), torch.where(u <= 0, torch.full_like(l, s), torch.full_like(l, hi_d)))
-        else:  # phi' is even and decreasing in |z| for sigmoid and tanh
-            def dphi(z: T) -> T:
-                if net.activation == "sigmoid":
-                    sz = torch.sigmoid(z)
-                    return sz * (1 - sz)
-                return 1 - torch.tanh(z) ** 2
-            near = torch.where(l > 0, l, torch.where(u < 0, u, torch.zeros_like(l)))
-            dl = (torch.minimum(dphi(l), dphi(u)) - 1e-14).clamp(min=0)
-            du = dphi(near) + 1e-14
-        out.append((dl, du))
+    for k, (l, u) in enumerate(pre):
+        node = net.node(k)
+        out.append(rule_for(node).derivative(node, l, u, []))
     return out
 
 

@@ -61,6 +61,19 @@ def _lipschitz(node: Node, consts: Sequence) -> float:
     return 1.0 if node.op == "Relu" else max(1.0, abs(float(node.attr("alpha", 0.01))))
 
 
+def _derivative(node: Node, l: T, u: T, consts: Sequence) -> tuple[T, T]:
+    """{1} where l >= 0, {s} where u <= 0, else [min(s, 1), max(s, 1)] (Clarke's at 0).
+
+    An element with l = 0 takes d = 1 although the kink's Clarke set is [s, 1]: where
+    z = 0 on a set of positive measure, z is locally constant there and d multiplies a
+    zero gradient, so its value does not matter (local Lipschitz bounds rely on this)."""
+    s = _slope(node)
+    one, flat = torch.ones_like(l), torch.full_like(l, s)
+    lo = torch.where(l >= 0, one, torch.where(u <= 0, flat, torch.full_like(l, min(s, 1.0))))
+    hi = torch.where(l >= 0, one, torch.where(u <= 0, flat, torch.full_like(l, max(s, 1.0))))
+    return lo, hi
+
+
 def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone", "elementwise"})
     for op in ("Relu", "LeakyRelu"):
@@ -69,4 +82,4 @@ def register() -> None:
         # which a sum of many ReLUs with large weights turned into a visible loss.
         register_rule(OpRule(op, "elementwise", interval=monotone_interval, relax=_relax,
                              alpha_init=_alpha_init, alpha_bounds=_alpha_bounds, unstable=_unstable, sparse_alpha=True,
-                             lipschitz=_lipschitz, facts=facts | {"exact"} if op == "Relu" else facts))
+                             lipschitz=_lipschitz, derivative=_derivative, facts=facts | {"exact"} if op == "Relu" else facts))

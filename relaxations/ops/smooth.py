@@ -448,6 +448,19 @@ def _mask_lines(ok: T, lower: tuple[T, T], upper: tuple[T, T]) -> tuple[tuple[T,
     return ((torch.where(ok, lower[0], nan), lower[1]), (torch.where(ok, upper[0], nan), upper[1]))
 
 
+def _s_derivative(node: Node, l: T, u: T, consts: Sequence) -> tuple[T, T]:
+    """Sigmoid' and Tanh' are even and fall with |z|: the smaller end value and the value
+    nearest 0, each moved out by more than their rounding (1e-14 in float64)."""
+    def dphi(z: T) -> T:
+        if node.op == "Sigmoid":
+            sz = torch.sigmoid(z)
+            return sz * (1 - sz)
+        return 1 - torch.tanh(z) ** 2
+    pad = 1e-14 if l.dtype == torch.float64 else 1e-6
+    near = torch.where(l > 0, l, torch.where(u < 0, u, torch.zeros_like(l)))
+    return (torch.minimum(dphi(l), dphi(u)) - pad).clamp(min=0), dphi(near) + pad
+
+
 def register() -> None:
     facts = frozenset({"monotone", "elementwise", "smooth"})
     for op in ("Sigmoid", "Tanh"):
@@ -455,7 +468,8 @@ def register() -> None:
         register_rule(OpRule(op, "elementwise", interval=_increasing_interval(fn), relax=_s_relax,
                              prepare=_s_prepare, alpha_init=_s_alpha_init, alpha_lr_scale=S_LR_SCALE,
                              alpha_bounds=_unit_bounds, unstable=unstable_if_wide,
-                             lipschitz=slope(0.25 if op == "Sigmoid" else 1.0), facts=facts))
+                             lipschitz=slope(0.25 if op == "Sigmoid" else 1.0), derivative=_s_derivative,
+                             facts=facts))
     for op in ("Exp", "Log", "Sqrt", "Reciprocal"):
         register_rule(OpRule(op, "elementwise", interval=_range_interval, relax=_convex_relax,
                              alpha_init=half_alpha, alpha_bounds=_unit_bounds, unstable=unstable_if_wide,

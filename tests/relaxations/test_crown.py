@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import helper
 
-from models import graph_from_proto
+from models import GraphEvaluator, graph_from_proto
 from relaxations import BoundOptions, IntervalBounds, compute_bounds
 from tests.builders import linear_gemm_net, relu_mlp_graph
 from tests.op_cases import make_model
@@ -112,3 +112,29 @@ def test_an_overflowing_element_is_bounded_by_its_interval(method: str) -> None:
     assert float(res.lower[0, 0]) <= float(y0.min()) and float(res.upper[0, 0]) >= float(y0.max())
     assert float(res.upper[0, 0]) - float(res.lower[0, 0]) < 1.2 * (np.e - 1 + 2 * (np.exp(0.5) - 1))
     assert float(res.lower[0, 1]) <= 1.0 and res.upper[0, 1] == torch.inf
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_crown_on_every_element_narrows_the_stable_ones_and_holds_samples(seed: int) -> None:
+    """`crown_every_element` tightens the stable neurons' intervals too (local Lipschitz
+    reads them all): every interval inside the default's, some strictly, samples inside."""
+    graph = relu_mlp_graph(seed, (5, 24, 24, 24, 4))
+    x0 = torch.rand(2, 1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    box = IntervalBounds(x0 - 0.05, x0 + 0.05)
+    plain = compute_bounds(graph, box, options=BoundOptions(method="crown"))
+    every = compute_bounds(graph, box, options=BoundOptions(method="crown", crown_every_element=True))
+    X = x0 + (torch.rand(2000, 2, 1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) - 0.5) * 0.1
+    values = {graph.input_name: X.reshape(-1, 1, 5)}
+    ev = GraphEvaluator(graph, dtype=torch.float64)
+    for node in graph.nodes:
+        for name, v in zip(node.outputs, ev.run_node(node, values)):
+            values[name] = v
+    narrower = 0
+    for node in graph.nodes:
+        name = node.outputs[0]
+        p, e = plain.table[name], every.table[name]
+        assert bool((e.lower >= p.lower - 1e-9).all() and (e.upper <= p.upper + 1e-9).all()), name
+        narrower += int((e.lower > p.lower + 1e-6).sum() + (e.upper < p.upper - 1e-6).sum())
+        v = values[name].reshape(2000, 2, *e.lower.shape[1:])
+        assert bool((v >= e.lower - 1e-9).all() and (v <= e.upper + 1e-9).all()), name
+    assert narrower > 0
