@@ -249,6 +249,14 @@ def graph_from_proto(proto: Any, source: str | None = None, sha256: str | None =
         raise UnsupportedModel(f"output '{out_name}' is not produced by any node")
     nodes, out_name = drop_aliases(kept, out_name, in_info.name)
     nodes = prune_to_output(nodes, out_name)
+    # float64 initializers were read as float32 so that the example forward above runs in
+    # one dtype; the graph keeps their stored values (constants folded from them stay as
+    # computed). A float64 bound pass is then about the weights as stored (README,
+    # Soundness), which float32 would round by up to 6e-8 relative, far beyond that pass's
+    # margin; the evaluator casts every constant to its working dtype.
+    for init in proto.graph.initializer:
+        if init.data_type == 11 and init.name in constants:  # TensorProto.DOUBLE
+            constants[init.name] = torch.from_numpy(np.array(numpy_helper.to_array(init), dtype=np.float64))
     nodes, constants = fold_batchnorm(nodes, constants)
     used = {x for n in nodes for x in n.inputs}
     constants = {k: v for k, v in constants.items() if k in used}

@@ -104,6 +104,48 @@ def test_batchnorm_after_conv_is_folded_and_equal() -> None:
     check_against_onnxruntime(graph, model.SerializeToString())
 
 
+def test_batchnorm_is_folded_in_float64() -> None:
+    """The fused weight is the stored Conv and BatchNormalization's to float64's rounding,
+    not float32's: a float64 bound pass is about the stored network (README, Soundness)."""
+    r = np.random.default_rng(3)
+    inits = {"W": r.normal(size=(2, 1, 3, 3)).astype(np.float32), "b": r.normal(size=2).astype(np.float32),
+             "s": r.normal(size=2).astype(np.float32), "bb": r.normal(size=2).astype(np.float32),
+             "m": r.normal(size=2).astype(np.float32), "v": (r.random(2) + 0.5).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W", "b"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["Y"], epsilon=1e-5)]
+    graph = graph_from_proto(make_model(nodes, inits, (1, 1, 5, 5), (1, 2, 3, 3)))
+    conv = graph.nodes[0]
+    f = {k: v.astype(np.float64) for k, v in inits.items()}
+    factor = f["s"] / np.sqrt(f["v"] + np.float64(np.float32(1e-5)))
+    want_w = f["W"] * factor[:, None, None, None]
+    want_b = f["b"] * factor + f["bb"] - f["m"] * factor
+    w, b = graph.constants[conv.inputs[1]], graph.constants[conv.inputs[2]]
+    assert w.dtype == b.dtype == torch.float64
+    np.testing.assert_allclose(w.numpy(), want_w, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(b.numpy(), want_b, rtol=1e-14, atol=1e-15)
+
+
+def test_float64_initializers_keep_their_stored_values() -> None:
+    """A float64 weight that float32 would round (1 + 2^-30): the graph keeps it, and a
+    float64 bound pass over a point holds the float64 network's exact output there."""
+    from onnx import TensorProto, numpy_helper
+
+    from relaxations import BoundOptions, IntervalBounds, compute_bounds
+
+    W = np.array([[1 + 2.0 ** -30, 0.0], [0.0, 1.0]])
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["Y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [1, 2])],
+                          [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [1, 2])],
+                          [numpy_helper.from_array(W, "W")])
+    graph = graph_from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    assert graph.constants["W"].dtype == torch.float64 and float(graph.constants["W"][0, 0]) == 1 + 2.0 ** -30
+    x = torch.tensor([[[1e6, 0.0]]], dtype=torch.float64)
+    exact = 1e6 * (1 + 2.0 ** -30)
+    for method in ("ibp", "crown"):
+        res = compute_bounds(graph, IntervalBounds(x, x), options=BoundOptions(method=method))
+        assert float(res.lower[0, 0]) <= exact <= float(res.upper[0, 0]), method
+
+
 def test_model_that_disagrees_with_onnxruntime_is_refused(monkeypatch) -> None:
     from models.ops import registry
 
