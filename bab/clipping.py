@@ -6,10 +6,10 @@ functions of the input that every *relevant* input must keep non-positive: if a 
 row's linear lower bound is positive at x, x is no counterexample, so the unproved part
 of a domain satisfies `a^T x + c <= 0`. Two uses:
 
-1. Complete clipping (`clip_box`): replace the box by the box hull of
+1. Relaxed clipping (`clip_box`): replace the box by the box hull of
    `{x in box : a_k^T x + c_k <= 0 for all k}`. Branch and bound then bisects a smaller
    box, and the next bound computation (whose relaxations depend on the box) is tighter.
-2. Relaxed clipping (`min_under_constraint`): concretise a linear bound `w^T x + b` over
+2. Complete clipping (`min_under_constraint`): concretise a linear bound `w^T x + b` over
    the box *and* one constraint, exactly, through the one-dimensional Lagrangian dual;
    `min_under_all_constraints` uses all constraints jointly (coordinate ascent on the
    K-multiplier dual, each step the exact 1-D method). The hooks `SplitClipper`
@@ -17,8 +17,9 @@ of a domain satisfies `a^T x + c <= 0`. Two uses:
    `bab/clip_hooks.py`,
    apply it to the intermediate bounds of a CROWN pass.
 
-(The paper names these the other way round: its "relaxed clipping" shrinks the box, its
-"complete clipping" is the multi-multiplier dual. We keep the names of DESIGN.md.)
+(The paper's names, and DESIGN.md's. The config key `bab.relaxed_clip`, older than this
+naming, turns on the second in activation split: the split neurons' linear bounds are
+the constraints there.)
 
 Everything here is a pure, batched torch function (any device, float32 or float64) with
 no solver and no Python loop over input dimensions. Loops run only over the (few)
@@ -88,7 +89,7 @@ def _sanitise(a: T, c: T, active: Optional[T] = None) -> tuple[T, T, T]:
     return a, c, usable
 
 
-# --------------------------------------------------------------------------- complete clipping
+# --------------------------------------------------------------------------- relaxed clipping (the box)
 
 
 def clip_box_one(lo: T, hi: T, a: T, c: T, precision: Optional[Precision] = None) -> tuple[T, T, T]:
@@ -179,7 +180,7 @@ def clip_box_union(lo: T, hi: T, a: T, c: T, owner: T, n_groups: int, rounds: in
     return torch.where(keep, lo, new_lo), torch.where(keep, hi, new_hi), all_empty
 
 
-# --------------------------------------------------------------------------- relaxed clipping
+# --------------------------------------------------------------------------- complete clipping (concretisation)
 
 
 def _box_min(coef: T, lo: T, hi: T) -> T:

@@ -16,9 +16,10 @@ is a lower bound of the spec rows over those inputs; the two children's sets cov
 the parent's (every z(x) is <= p or >= p), so a proof of both children proves the
 parent. A child whose intervals become empty holds no input and is proved.
 
-Unlike beta-CROWN on ReLU, no Lagrange multiplier ties a split back to the earlier
-layers (the constant `p` would need its own term): a split tightens the split node's
-relaxation and what follows it. Pure ReLU networks keep bab/activation_split.py.
+A split also enters the bound as a cut, `z >= p` or `z <= p`, that alpha-CROWN dualises
+with its own multiplier (`Given.cuts`, as beta-CROWN does for a ReLU split `z >= 0`), so
+it tightens the layers before the split node as well as the node's relaxation and what
+follows it. Pure ReLU networks keep bab/activation_split.py.
 
 Products of two variable tensors (Mul, MatMul) are split too, on either factor: a
 factor's narrower interval brings the McCormick planes of every product it enters

@@ -2,9 +2,9 @@
 
 Why: the bound passes of branch and bound allocate and free tensors of tens to hundreds
 of MB in every round. glibc serves a block that large by a fresh `mmap` and unmaps it
-on free, so every round faults its pages in again: on verivital's avgpool CNN about
-half of a run's CPU time was the kernel's, zeroing pages (BENCHMARKS.md, "The heap keeps
-its freed blocks"). With mmap off for the main arena and no trimming of the heap's top,
+on free, so every round faults its pages in again, and on CNNs with large feature maps
+the kernel's page zeroing can take a large share of a run's CPU time (BENCHMARKS.md,
+"The heap keeps its freed blocks", has the figures). With mmap off for the main arena and no trimming of the heap's top,
 a freed block is reused by the next round as it is.
 
 The cost is memory held after its peak: the process keeps what it freed until

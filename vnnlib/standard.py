@@ -7,6 +7,11 @@ where one of the two would hide the other. ``make`` installs it with
 loads it as ``nncert_vnnlib_std``; its own imports are all relative, so it runs under
 any name. It is the parser VNN-COMP's scorer uses: a query it rejects, we reject with
 its message, and a query it accepts means to us what it means to the scorer.
+
+Only its parser (scope and type checks) and its DNF are used; the rows and the `Spec`
+are ours (`query.py`, `lowering.py`). Its 2.0-to-1.0 transform (``compat``) is not: in
+1.0.2 it mis-reads a disjunction that mixes input and output constraints, and it makes
+strict comparisons non-strict, which changes what a boundary point answers.
 """
 
 from __future__ import annotations

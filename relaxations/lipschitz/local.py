@@ -32,9 +32,8 @@ linear pass: ``|g_i| <= s_i g_i + t_i`` (chord of |.|) for l-inf inputs (l1 dual
 
 Forward pre-activation bounds are the engine's (`relaxations.compute_bounds`, CROWN:
 IBP intersected with CROWN on every neuron, split decisions as branch and bound
-passes them) over a graph built from the weights themselves, in float64: the ONNX import
-keeps constants in float32, so LipSDP's float64 ``.mat`` networks would be rounded on the
-way through a file. Their rounding margin is ``FORWARD_REL`` of the engine's mass, a
+passes them) over a graph built in memory from the weights themselves, in float64, so
+float64 weights (LipSDP's ``.mat`` networks) are bounded as they are. Their rounding margin is ``FORWARD_REL`` of the engine's mass, a
 hundred times the checker's share of its own (larger) mass: only a neuron's stability
 reaches the gradient bound, and an interval the engine found narrower than the checker
 re-derives could make a neuron stable here and unstable there. Each activation's

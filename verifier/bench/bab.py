@@ -28,8 +28,8 @@ BENCHMARKS.md, "One branch-and-bound core"):
                    256x4 prop_6_0.03 (a timeout: a fixed-time count)
     2022_acasxu    1_1 prop_3, 1_1 prop_4, 4_7 prop_1
 
-The mnist_fc instances solved within the budget need few domains (256x2's need 0-27),
-hence the fixed-budget 256x4 one.
+The mnist_fc instances solved within the budget need few domains, hence the
+fixed-budget 256x4 one.
 
 Each measurement is a new interpreter (this one) started in the code folder (`--source
 DIR`, default this checkout) with PYTHONPATH=DIR, so the code under test is imported

@@ -14,10 +14,10 @@ bound comes from ``certified_bound`` (float64 eigenvalues and the trace shift), 
 is valid; a bad solve only makes it loose. Works on any torch device; the final
 eigenvalue check is on the CPU in float64.
 
-Measured on the BM-r MNIST models, the augmented-Lagrangian multipliers are far from
-dual-optimal (the certified bound lost several units to ``T * lambda_min``), while
-maximising the certified bound itself (``verifier.solvers.sdp_dual.polish_dual``, from
-CROWN's multipliers) certifies in about a second. So ``solve_lowrank`` runs that dual
+The augmented-Lagrangian multipliers can be far from dual-optimal (then the certified
+bound loses much to ``T * lambda_min``), while maximising the certified bound itself
+(``verifier.solvers.sdp_dual.polish_dual``, from CROWN's multipliers) is direct and
+cheap (BENCHMARKS.md, section 6, has the figures). So ``solve_lowrank`` runs that dual
 ascent first and only falls back to the rank-r primal (raising the rank, each
 round's multipliers polished by the same ascent) when it has not reached the target.
 """
