@@ -160,6 +160,28 @@ def test_model_that_disagrees_with_onnxruntime_is_refused(monkeypatch) -> None:
         check_against_onnxruntime(graph, model.SerializeToString())
 
 
+def test_the_refusal_names_the_first_node_that_differs(monkeypatch) -> None:
+    """A wrong forward in the middle of a chain: the error names that node, its op and
+    opset, not the ops of the whole model."""
+    from models.ops import registry
+    from models.ort_check import check_against_onnxruntime
+
+    r = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["h"], name="first"),
+             helper.make_node("Sigmoid", ["h"], ["s"], name="squash"),
+             helper.make_node("MatMul", ["s", "V"], ["Y"], name="last")]
+    model = make_model(nodes, {"W": r.normal(size=(3, 4)).astype(np.float32),
+                               "V": r.normal(size=(4, 2)).astype(np.float32)}, (1, 3), (1, 2))
+    graph = graph_from_proto(model)
+    rule = registry.forward_rule(graph.nodes[1])
+    broken = registry.ForwardRule("Sigmoid", rule.min_opset, rule.max_opset, lambda n, xs: [torch.sigmoid(xs[0]) * 1.01])
+    monkeypatch.setitem(registry.FORWARD, ("", "Sigmoid"), [broken])
+    with pytest.raises(UnsupportedModel) as info:
+        check_against_onnxruntime(graph, model.SerializeToString())
+    assert info.value.node == "squash" and info.value.op == "Sigmoid" and info.value.opset == graph.nodes[1].opset
+    assert "the first tensor that differs is this node's output 's'" in str(info.value)
+
+
 def test_evaluator_batches_over_a_leading_dimension() -> None:
     r = np.random.default_rng(1)
     model = make_model([helper.make_node("Gemm", ["X", "W"], ["Y"])], {"W": r.normal(size=(3, 2)).astype(np.float32)},
