@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bab.general_split import product_nodes, split_nodes
+from bab.memory import is_out_of_memory, release_memory
 from bab.proof import ConjunctionProofs
 from models import GraphEvaluator
 from relaxations import DeadlineExceeded, compute_bounds
@@ -303,6 +304,17 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
         if state["phase"].startswith("bab"):  # the search's count so far is in the progress record
             stats["domains"] = stats.get("domains", 0) + int(progress.snapshot().get("bounded", 0))
         return timeout(_WHERE.get(state["phase"], state["phase"]))
+    except Exception as exc:
+        # Out of memory outside a search (the search halves its batch and ends unknown on
+        # its own): no bound came out of the step, so nothing is decided. Anything else
+        # passes through untouched (never a verdict).
+        if not is_out_of_memory(exc):
+            raise
+        release_memory(config.device)
+        enter(state["phase"])
+        return Result("unknown", f"out of memory during {_WHERE.get(state['phase'], state['phase'])}",
+                      timings=timings, stats=stats, method=_METHOD_OF.get(state["phase"], ""),
+                      progress=progress.snapshot())
     finally:
         for r in runners:
             r.stop()

@@ -179,6 +179,27 @@ def test_a_deadline_inside_a_bound_pass_is_a_timeout(tmp_path: Path, monkeypatch
     assert result.verdict == "timeout" and "bound propagation" in result.reason
 
 
+@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                 RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
+                                 RuntimeError("an unrelated failure")], ids=["cuda", "cpu", "other"])
+def test_out_of_memory_in_the_root_bounds_is_unknown_and_nothing_else_is(tmp_path: Path, monkeypatch, exc) -> None:
+    """Running out of memory outside a search decides nothing: `unknown` with the reason
+    (the search does the same); any other exception still passes through."""
+    vv = importlib.import_module("verifier.verify")
+    model, spec, Config, verify = _input_split_unsat(tmp_path)
+
+    def short(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(vv, "compute_bounds", short)
+    if "unrelated" in str(exc):
+        with pytest.raises(RuntimeError, match="unrelated"):
+            verify(model, spec, Config(timeout=60))
+        return
+    result = verify(model, spec, Config(timeout=60))
+    assert result.verdict == "unknown" and result.reason == "out of memory during bound propagation"
+
+
 def test_mode_counts_free_input_dimensions() -> None:
     from verifier.config import Config
     from verifier.verify import search_mode, free_dims
