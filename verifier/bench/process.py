@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 from verifier.bench.records import Instance, Outcome
 
-__all__ = ["RunSettings", "ChildTracker", "run_in_process", "missing_file", "VERDICT_WORDS"]
+__all__ = ["RunSettings", "ChildTracker", "run_in_process", "missing_file", "exit_code_text", "VERDICT_WORDS"]
 
 VERDICT_WORDS = {"sat": "sat", "unsat": "unsat", "unknown": "unknown", "timeout": "timeout", "error": "error",
                  "violated": "sat", "holds": "unsat"}  # the last two: VNN-COMP 2021 wording
@@ -122,7 +122,11 @@ def _domains(report: Path) -> Optional[int]:
 
 
 def _exit_text(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
+    return exit_code_text(os.waitstatus_to_exitcode(status))
+
+
+def exit_code_text(code: int) -> str:
+    """A child's exit code in words: negative codes are the signal that killed it."""
     if code < 0:
         try:
             return f"killed by signal {signal.Signals(-code).name}"

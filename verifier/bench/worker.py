@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Optional
 
 from verifier import heap
-from verifier.bench.process import ChildTracker, RunSettings, kill, missing_file
+from verifier.bench.process import ChildTracker, RunSettings, exit_code_text, kill, missing_file
 from verifier.bench.records import Instance, Outcome
 from verifier.config import ConfigError, load_config
 
@@ -171,12 +171,7 @@ class WorkerSlot:
         code = self.proc.exitcode
         if code is None:
             return "still running"
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit status {code}"
+        return exit_code_text(code)
 
     def _discard(self) -> None:
         """Kill the worker (if alive) and forget it; the next instance starts a fresh one."""
