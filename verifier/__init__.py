@@ -11,6 +11,7 @@
     >>> l2 = verifier.Perturbation(norm="2", lower=0.0, upper=1.0)     # the ball's norm, the valid range
     >>> results = verifier.verify_module(torch_net, x, y, eps=0.5, perturbation=l2)
     >>> verifier.lipschitz(model, norm="2", method="sdp-layer").value   # certified
+    >>> verifier.local_lipschitz(model, x, 0.01, norm="inf").value      # on the l-inf box around x
     >>> verifier.certify_sdp(model, lower, upper, C)                    # SDP bounds of C f(x)
     >>> verifier.check("cert.json", "model.onnx", "prop.vnnlib").accepted
 
@@ -35,12 +36,12 @@ _HOME = {
     "certified_loss": "verifier.pytorch.training", "EpsilonSchedule": "verifier.pytorch.training",
     "CertifiedOptions": "verifier.pytorch.training", "Perturbation": "verifier.pytorch.perturbation",
     "verify_module": "verifier.pytorch.verify_module", "module_model": "verifier.pytorch.verify_module",
-    "lipschitz": "verifier.lipschitz", "certify_sdp": "verifier.sdp", "check": "verifier.checker.dispatch",
+    "lipschitz": "verifier.lipschitz", "local_lipschitz": "verifier.lipschitz_local", "certify_sdp": "verifier.sdp", "check": "verifier.checker.dispatch",
 }
 
 __all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",
            "Result", "SpecMismatch", "verify", "certified_loss", "CertifiedOptions", "EpsilonSchedule", "Perturbation",
-           "verify_module", "module_model", "lipschitz", "certify_sdp", "check"]
+           "verify_module", "module_model", "lipschitz", "local_lipschitz", "certify_sdp", "check"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,12 +30,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from models import UnsupportedModel
 from relaxations.lipschitz.local import LocalNet, derivative_ranges, forward_bounds, gradient_bound
 from relaxations.lipschitz.network import FeedForward, activation_lipschitz, network_sha256
 from relaxations.lipschitz.norms import naive_bound, round_up_product
+from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
 from verifier.config_checks import Bool, Int, Real, check_settings, options_or_default, setting
 
-__all__ = ["LocalLipschitzResult", "LocalSearch", "local_lipschitz", "CLAIM_REL", "naive_row_bounds"]
+__all__ = ["LocalLipschitzResult", "LocalSearch", "local_lipschitz", "as_feedforward", "CLAIM_REL", "naive_row_bounds"]
 
 # A claim is the computed bound times (1 + CLAIM_REL): room for the checker's own rounding.
 CLAIM_REL = 1e-7
@@ -164,15 +166,37 @@ def _evaluate(ln: LocalNet, lo: torch.Tensor, hi: torch.Tensor, paths: Sequence[
     return own.numpy(), nb.interval.reshape(B, S).numpy(), choices
 
 
-def local_lipschitz(net: FeedForward, center: Any, radius: float, norm: str = "inf",
+def as_feedforward(model: Any) -> FeedForward:
+    """A ``FeedForward`` as it is; a loaded model (`verifier.load_model`) or a `Graph` as the
+    ReLU MLP it computes (convolutions, BatchNorm and average pooling become dense layers),
+    or UnsupportedModel saying why it is not one."""
+    if isinstance(model, FeedForward):
+        return model
+    try:
+        weights, biases = relu_mlp_from_graph(getattr(model, "graph", model))
+    except NotReluMlp as exc:
+        raise UnsupportedModel(f"local Lipschitz bounds need a chain of affine layers and ReLUs (a ReLU MLP; "
+                               f"convolutions become dense layers): {exc}") from None
+    return FeedForward(tuple(weights), tuple(biases), "relu")
+
+
+def local_lipschitz(net: Any, center: Any, radius: float, norm: str = "inf",
                     C: Optional[np.ndarray] = None, *, search: Optional[LocalSearch] = None,
                     certificate: bool = True) -> LocalLipschitzResult:
     """Certified local Lipschitz bounds of ``c^T f`` on ``{x : ||x - center||_inf <= radius}``.
 
+    ``net``: a ``FeedForward``, a loaded model or a `Graph` of a ReLU MLP (`as_feedforward`).
     ``C``: output rows [S, n_out] (default identity). ``search``: the BaB's budget and
     bounding (None: ``LocalSearch()``, 200 domains in 60 s). ``certificate=False`` skips
-    building the certificate. Raises ValueError on bad input (shape, radius, norm)."""
+    building the certificate. Raises ValueError on bad input (shape, radius, norm),
+    UnsupportedModel on a model that is not a ReLU MLP.
+
+        >>> import verifier
+        >>> res = verifier.local_lipschitz(verifier.load_model("mlp.onnx"), x0, 0.01, norm="inf")
+        >>> res.value, res.per_row     # l-inf -> l-inf (norm "2": l2 -> l-inf, per output)
+    """
     t0 = time.perf_counter()
+    net = as_feedforward(net)
     search = options_or_default("search", search, LocalSearch)
     max_domains, timeout, batch, linear = search.max_domains, search.timeout, search.batch, search.linear
     x0, r, rows = _check_inputs(net, center, radius, norm, C)

@@ -190,13 +190,19 @@ def _cli_in_process(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_cli_local_method_and_bad_input(tmp_path, capsys) -> None:
-    r = np.random.default_rng(0)
+def _mlp_file(tmp_path: Path, seed: int, act: str = "Relu") -> tuple[Path, np.ndarray, np.ndarray]:
+    """A 3-6-2 MLP with `act` written to an ONNX file, and its two weight matrices."""
+    r = np.random.default_rng(seed)
     W1, W2 = r.normal(size=(3, 6)).astype(np.float32), r.normal(size=(6, 2)).astype(np.float32)
-    model = make_model([helper.make_node("Gemm", ["X", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+    model = make_model([helper.make_node("Gemm", ["X", "W1"], ["h"]), helper.make_node(act, ["h"], ["r"]),
                         helper.make_node("Gemm", ["r", "W2"], ["Y"])], {"W1": W1, "W2": W2}, (1, 3), (1, 2))
-    path = tmp_path / "mlp.onnx"
+    path = tmp_path / f"mlp_{act}.onnx"
     path.write_bytes(model.SerializeToString())
+    return path, W1, W2
+
+
+def test_cli_local_method_and_bad_input(tmp_path, capsys) -> None:
+    path, _, _ = _mlp_file(tmp_path, 0)
     center = tmp_path / "x.npy"
     np.save(center, np.array([[0.1, -0.2, 0.3]], np.float32))
     rep, crt = tmp_path / "r.json", tmp_path / "c.json"
@@ -219,3 +225,22 @@ def test_cli_local_method_and_bad_input(tmp_path, capsys) -> None:
         err = err.strip()
         assert code == 2, (args, code, err)
         assert "Traceback" not in err and len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_the_face_takes_a_loaded_model_and_refuses_what_is_no_relu_mlp(tmp_path) -> None:
+    """`verifier.local_lipschitz` on a loaded ONNX model gives the FeedForward path's bound
+    and a certificate the checker accepts; a model that is not a ReLU MLP is refused."""
+    import verifier
+    from models import UnsupportedModel
+
+    path, W1, W2 = _mlp_file(tmp_path, 4)
+    x0 = np.array([0.1, -0.2, 0.3])
+    res = verifier.local_lipschitz(verifier.load_model(str(path)), x0, 0.05, norm="2")
+    net = FeedForward((W1.T.astype(np.float64), W2.T.astype(np.float64)), (np.zeros(6), np.zeros(2)), "relu")
+    assert res.value == local_lipschitz(net, x0, 0.05, norm="2").value
+    ws, bs = mlp_from_onnx(path.read_bytes())
+    ok, why = check(res.certificate, ws, bs)
+    assert ok, why
+    tanh, _, _ = _mlp_file(tmp_path, 4, "Tanh")
+    with pytest.raises(UnsupportedModel, match="ReLU MLP"):
+        verifier.local_lipschitz(verifier.load_model(str(tanh)), x0, 0.05)

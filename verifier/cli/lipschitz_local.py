@@ -13,12 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from models import UnsupportedModel
-from relaxations.lipschitz import FeedForward
-from relaxations.sdp.network import NotReluMlp, relu_mlp_from_graph
 from verifier.cli.lipschitz import norm_pair
 from verifier.config import ConfigError
-from verifier.lipschitz_local import LocalSearch, local_lipschitz
+from verifier.lipschitz_local import LocalSearch, as_feedforward, local_lipschitz
 from verifier.model import load_model
 from verifier.report import write_report, write_text
 
@@ -48,13 +45,7 @@ def run_local(args: argparse.Namespace, start: float, t0: float, deadline: float
     center = _load_center(getattr(args, "center", None))
     if args.radius is None:
         raise ConfigError("--method local needs --radius R (the l-inf radius of the input box)")
-    model = load_model(args.model)
-    try:
-        weights, biases = relu_mlp_from_graph(model.graph)
-    except NotReluMlp as exc:
-        raise UnsupportedModel(f"--method local needs a chain of affine layers and ReLUs (a ReLU MLP; "
-                               f"convolutions become dense layers): {exc}") from None
-    net = FeedForward(tuple(weights), tuple(biases), "relu")
+    net = as_feedforward(load_model(args.model))
     try:
         budget = float("inf") if deadline is None else max(deadline - time.monotonic(), 0.0)
         search = LocalSearch(max_domains=args.domains, timeout=budget)
