@@ -165,6 +165,8 @@ def check_lipschitz_certificate(
     ``network_weights``: the network's weight matrices W_1..W_L (biases do not
     matter). ``activation``/``negative_slope``: the network's own; if given they must
     match the certificate. Never raises on malformed input: it rejects."""
+    if not isinstance(cert, Mapping):
+        return False, "not a certificate (a JSON object expected)"
     try:
         ws = [np.asarray(w, dtype=np.float64) for w in network_weights]
         if cert.get("version") != 1:
@@ -213,5 +215,6 @@ def check_lipschitz_certificate(
             if not _neg_def_with_margin(diag, upper):
                 return False, f"row {b['row']}: LMI matrix is not negative definite with margin"
         return True, "ok: per-output LipSDP LMIs negative definite in float64"
-    except (KeyError, TypeError, ValueError, IndexError, np.linalg.LinAlgError) as exc:
+    # OverflowError: a JSON int past float64, or an infinite index
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, np.linalg.LinAlgError) as exc:
         return False, f"malformed certificate: {exc!r}"

@@ -207,23 +207,27 @@ def _box_norm(gl, gu, norm: str) -> float:
 
 
 def _tree_ok(paths: list[list[tuple[int, int, int]]]) -> str:
-    """'' if the paths are the leaves of a full binary split tree, else the reason."""
-    if len(paths) == 1 and not paths[0]:
-        return ""
-    if any(not p for p in paths):
-        return "a leaf is an ancestor of another leaf"
-    first = {(p[0][0], p[0][1]) for p in paths}
-    if len(first) != 1:
-        return "sibling leaves do not share their split"
-    for sign in (-1, 1):
-        part = [p[1:] for p in paths if p[0][2] == sign]
-        if not part:
-            return f"split {next(iter(first))} lacks its {sign:+d} side"
-        why = _tree_ok(part)
-        if why:
-            return why
-    if any(p[0][2] not in (-1, 1) for p in paths):
-        return "a split sign is not -1 or +1"
+    """'' if the paths are the leaves of a full binary split tree, else the reason.
+
+    Top down with a stack of (paths under the node, the node's depth), not recursion:
+    a certificate's paths may be deeper than Python's recursion limit."""
+    stack = [(list(range(len(paths))), 0)]
+    while stack:
+        idx, depth = stack.pop()
+        if len(idx) == 1 and len(paths[idx[0]]) == depth:
+            continue
+        if any(len(paths[j]) == depth for j in idx):
+            return "a leaf is an ancestor of another leaf"
+        first = {tuple(paths[j][depth][:2]) for j in idx}
+        if len(first) != 1:
+            return "sibling leaves do not share their split"
+        if any(paths[j][depth][2] not in (-1, 1) for j in idx):
+            return "a split sign is not -1 or +1"
+        for sign in (-1, 1):
+            part = [j for j in idx if paths[j][depth][2] == sign]
+            if not part:
+                return f"split {next(iter(first))} lacks its {sign:+d} side"
+            stack.append((part, depth + 1))
     return ""
 
 
@@ -246,6 +250,8 @@ def _layer_norms_ok(ws, norms, norm: str) -> str:
 def check_local_lipschitz_certificate(cert: Mapping[str, Any], weights: Sequence[np.ndarray],
                                       biases: Sequence[np.ndarray]) -> tuple[bool, str]:
     """(True, reason) only if the certificate's per-row local bounds are proved; never raises."""
+    if not isinstance(cert, Mapping):
+        return False, "not a certificate (a JSON object expected)"
     try:
         ws = [np.asarray(w, dtype=np.float64) for w in weights]
         bs = [np.asarray(b, dtype=np.float64).reshape(-1) for b in biases]
@@ -318,5 +324,6 @@ def check_local_lipschitz_certificate(cert: Mapping[str, Any], weights: Sequence
             if not claims[j] >= bound:
                 return False, f"row {j}: claimed {claims[j]} is below the proved bound {bound}"
         return True, f"ok: {len(paths)} leaves, {len(nodes)} nodes re-bounded in float64"
-    except (KeyError, TypeError, ValueError, IndexError, np.linalg.LinAlgError) as exc:
+    # OverflowError: a JSON int past float64, or an infinite index
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, np.linalg.LinAlgError) as exc:
         return False, f"malformed certificate: {exc!r}"

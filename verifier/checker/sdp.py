@@ -162,6 +162,8 @@ def check_sdp_certificate(cert: Mapping[str, Any], weights: Sequence[np.ndarray]
                           lower: np.ndarray, upper: np.ndarray, c: np.ndarray) -> tuple[bool, str]:
     """Accept (True, reason) only if the certificate proves ``c^T f(x) >= cert['bound']``
     for every x in ``[lower, upper]``. Never raises on malformed input: it rejects."""
+    if not isinstance(cert, Mapping):
+        return False, "not a certificate (a JSON object expected)"
     try:
         if cert.get("kind") != "sdp-relu-mlp" or cert.get("version") != 1:
             return False, f"not an sdp-relu-mlp version 1 certificate ({cert.get('kind')!r})"
@@ -206,16 +208,19 @@ def check_sdp_certificate(cert: Mapping[str, Any], weights: Sequence[np.ndarray]
         if not bound >= claim:
             return False, f"claimed bound {claim} exceeds the certified {bound} (lambda_min {lam:.3g})"
         return True, f"ok: dual bound {bound} >= claim (lambda_min {lam:.3g}, trace bound {trace:.4g})"
-    except (KeyError, TypeError, ValueError, IndexError, np.linalg.LinAlgError) as exc:
+    # OverflowError: a JSON int past float64, or an infinite index
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, np.linalg.LinAlgError) as exc:
         return False, f"malformed certificate: {exc!r}"
 
 
 def check_sdp_certificates(cert: Mapping[str, Any], weights, biases, lower, upper, C) -> tuple[bool, str]:
     """Check every row of a ``certify_sdp`` certificate (kind ``sdp-relu-mlp-rows``)."""
-    if cert.get("kind") != "sdp-relu-mlp-rows":
+    if not isinstance(cert, Mapping) or cert.get("kind") != "sdp-relu-mlp-rows":
         return False, "not an sdp-relu-mlp-rows certificate"
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
     rows = cert.get("rows", [])
+    if not isinstance(rows, list):
+        return False, "rows must be a list of certificates"
     if len(rows) != C.shape[0]:
         return False, f"{len(rows)} rows certified, {C.shape[0]} in C"
     for s, (row, c) in enumerate(zip(rows, C)):

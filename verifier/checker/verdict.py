@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import math
+import sys
 import zlib
 from dataclasses import dataclass
 from fractions import Fraction
@@ -96,7 +97,7 @@ def decode_array(v: Any, what: str) -> np.ndarray:
         if a.dtype != np.float64:
             raise ValueError("not numbers")
         return a
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # OverflowError: a JSON int past float64
         raise _Reject(f"{what} is not a valid array ({exc})") from None
 
 
@@ -297,7 +298,9 @@ def _read_ball(cert: dict, n_in: int) -> Optional[tuple[np.ndarray, float]]:
     radius = ball.get("radius")
     if centre.size != n_in or not np.isfinite(centre).all():
         raise _Reject(f"l2_ball.centre must hold {n_in} finite numbers")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (math.isfinite(radius) and radius >= 0):
+    if type(radius) is int and abs(radius) <= sys.float_info.max:  # a larger JSON int has no float64
+        radius = float(radius)
+    if not isinstance(radius, float) or not (math.isfinite(radius) and radius >= 0):
         raise _Reject("l2_ball.radius must be a finite number >= 0")
     return centre, float(radius)
 
@@ -341,7 +344,9 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     if not isinstance(entry, dict):
         raise _Reject(f"disjunct {i}: not an object")
     region = disjunct.region
-    root = entry.get("root") or {}
+    root = entry.get("root")
+    if not isinstance(root, dict):
+        raise _Reject(f"disjunct {i}: root must be an object with lower and upper")
     root_lo = decode_array(root.get("lower"), f"disjunct {i} root.lower").reshape(-1)
     root_hi = decode_array(root.get("upper"), f"disjunct {i} root.upper").reshape(-1)
     if not (np.array_equal(root_lo, region.lower) and np.array_equal(root_hi, region.upper)):
@@ -363,7 +368,9 @@ def _check_disjunct(i: int, entry: Any, disjunct, net: Network, ball: Optional[t
     elif kind == "input-split":
         if method not in ("crown", "alpha-crown"):
             raise _Reject(f"disjunct {i}: unknown method '{method}' for input-split leaves")
-        leaves = entry.get("leaves") or {}
+        leaves = entry.get("leaves")
+        if not isinstance(leaves, dict):
+            raise _Reject(f"disjunct {i}: leaves must be an object with lower, upper and claims")
         lo = decode_array(leaves.get("lower"), f"disjunct {i} leaves.lower")
         hi = decode_array(leaves.get("upper"), f"disjunct {i} leaves.upper")
         why = tiling_error(root_lo, root_hi, lo, hi)
@@ -514,7 +521,8 @@ def load_certificate(path: str | Path) -> Any:
     raw = read_file(path, "certificate")
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: JSONDecodeError, or an int of more digits than Python converts; RecursionError: nested too deep
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckInputError(f"{path}: not a JSON file ({exc})") from None
 
 
