@@ -91,7 +91,8 @@ def _first_divergence(graph: Graph, model_bytes: bytes, x: np.ndarray) -> Option
         session = onnxruntime_session(proto.SerializeToString())
         inp = session.get_inputs()[0]
         dtype = np.float64 if inp.type == "tensor(double)" else np.float32
-        theirs = dict(zip(wanted, session.run(wanted, {inp.name: np.asarray(x, dtype=dtype).reshape(graph.input_shape)})))
+        feed = {inp.name: np.asarray(x, dtype=dtype).reshape(graph.input_shape)}
+        theirs = dict(zip(wanted, session.run(wanted, feed)))
     except Exception:  # the diagnosis is a courtesy: the refusal stands without it
         return None
     evaluator = GraphEvaluator(graph, dtype=torch.float64)

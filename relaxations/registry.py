@@ -151,8 +151,10 @@ class OpRule:
     # One variable input, per element: derivative(node, l, u, consts) -> (dl, du), an
     # interval per element holding every (Clarke) derivative of the op over [l, u]: the
     # op's part of the Jacobian relaxation that local Lipschitz bounds
-    # (`relaxations.lipschitz.local`) propagate. The registry-driven tests check it by
-    # sampling; an activation without it is refused there.
+    # (`relaxations.lipschitz.local`) propagate. A kink met only at an end of [l, u] may
+    # take its side's derivative alone: where the input sits at the kink on a set of
+    # positive measure, its own gradient is zero there and the chain rule multiplies the
+    # derivative by it. The registry-driven tests check it by sampling inside [l, u].
     derivative: Optional[Callable[..., tuple[T, T]]] = None
 
 

@@ -36,7 +36,8 @@ _HOME = {
     "certified_loss": "verifier.pytorch.training", "EpsilonSchedule": "verifier.pytorch.training",
     "CertifiedOptions": "verifier.pytorch.training", "Perturbation": "verifier.pytorch.perturbation",
     "verify_module": "verifier.pytorch.verify_module", "module_model": "verifier.pytorch.verify_module",
-    "lipschitz": "verifier.lipschitz", "local_lipschitz": "verifier.lipschitz_local", "certify_sdp": "verifier.sdp", "check": "verifier.checker.dispatch",
+    "lipschitz": "verifier.lipschitz", "local_lipschitz": "verifier.lipschitz_local",
+    "certify_sdp": "verifier.sdp", "check": "verifier.checker.dispatch",
 }
 
 __all__ = ["__version__", "bounds", "ShapeError", "Config", "ConfigError", "load_config", "Model", "load_model",

@@ -31,12 +31,13 @@ linear pass: ``|g_i| <= s_i g_i + t_i`` (chord of |.|) for l-inf inputs (l1 dual
 ``g_i^2 <= (gl_i + gu_i) g_i - gl_i gu_i`` (chord of the square) for l2.
 
 Forward pre-activation bounds are the engine's (`relaxations.compute_bounds`, CROWN:
-IBP intersected with CROWN on every neuron, split decisions as branch and bound
-passes them) over a graph built in memory from the weights themselves, in float64, so
-float64 weights (LipSDP's ``.mat`` networks) are bounded as they are. Their rounding margin is ``FORWARD_REL`` of the engine's mass, a
-hundred times the checker's share of its own (larger) mass: only a neuron's stability
-reaches the gradient bound, and an interval the engine found narrower than the checker
-re-derives could make a neuron stable here and unstable there. Each activation's
+IBP intersected with CROWN on every neuron, split decisions as branch and bound passes
+them) over a graph built in memory from the weights themselves, in float64, so float64
+weights (LipSDP's ``.mat`` networks) are bounded as they are. Their rounding margin is
+``FORWARD_REL`` of the engine's mass, a hundred times the checker's share of its own
+(larger) mass: only a neuron's stability reaches the gradient bound, and an interval
+the engine found narrower than the checker re-derives could make a neuron stable here
+and unstable there. Each activation's
 derivative range is its registry rule's (`OpRule.derivative`). The gradient pass below
 widens every computed bound by ``ROUND_REL * mass`` likewise, mass being the sum of
 absolute values of the terms that produced it.
@@ -135,8 +136,9 @@ def forward_bounds(net: LocalNet, lo: T, hi: T, splits: Optional[Sequence[Option
                    ) -> tuple[list[tuple[T, T]], T]:
     """Pre-activation intervals ``[(l_k, u_k)]`` ([B, n_k]) over boxes ``[lo, hi]`` ([B, n_0]).
 
-    The engine's CROWN pass, every neuron CROWN-bounded and intersected with IBP; ``splits[k]`` ([B,
-    n_k], +1: z >= 0, -1: z <= 0, 0: free) clamps layer k before later layers use it.
+    The engine's CROWN pass, every neuron CROWN-bounded and intersected with IBP;
+    ``splits[k]`` ([B, n_k], +1: z >= 0, -1: z <= 0, 0: free) clamps layer k before
+    later layers use it.
     Also returns a mask [B] of domains proved empty by their splits; their intervals are
     finite placeholders (a caller discards what they give)."""
     B = lo.shape[0]

@@ -82,4 +82,5 @@ def register() -> None:
         # which a sum of many ReLUs with large weights turned into a visible loss.
         register_rule(OpRule(op, "elementwise", interval=monotone_interval, relax=_relax,
                              alpha_init=_alpha_init, alpha_bounds=_alpha_bounds, unstable=_unstable, sparse_alpha=True,
-                             lipschitz=_lipschitz, derivative=_derivative, facts=facts | {"exact"} if op == "Relu" else facts))
+                             lipschitz=_lipschitz, derivative=_derivative,
+                             facts=facts | {"exact"} if op == "Relu" else facts))

@@ -174,7 +174,8 @@ def test_the_refusal_names_the_first_node_that_differs(monkeypatch) -> None:
                                "V": r.normal(size=(4, 2)).astype(np.float32)}, (1, 3), (1, 2))
     graph = graph_from_proto(model)
     rule = registry.forward_rule(graph.nodes[1])
-    broken = registry.ForwardRule("Sigmoid", rule.min_opset, rule.max_opset, lambda n, xs: [torch.sigmoid(xs[0]) * 1.01])
+    broken = registry.ForwardRule("Sigmoid", rule.min_opset, rule.max_opset,
+                                  lambda n, xs: [torch.sigmoid(xs[0]) * 1.01])
     monkeypatch.setitem(registry.FORWARD, ("", "Sigmoid"), [broken])
     with pytest.raises(UnsupportedModel) as info:
         check_against_onnxruntime(graph, model.SerializeToString())
