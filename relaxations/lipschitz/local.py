@@ -30,7 +30,7 @@ The dual norm is then bounded with the per-coordinate intervals of g and one mor
 linear pass: ``|g_i| <= s_i g_i + t_i`` (chord of |.|) for l-inf inputs (l1 dual), and
 ``g_i^2 <= (gl_i + gu_i) g_i - gl_i gu_i`` (chord of the square) for l2.
 
-Forward pre-activation bounds are the engine's (`relaxations.compute_bounds`, CROWN:
+Forward pre-activation bounds are the engine's (its intermediate pass, CROWN:
 IBP intersected with CROWN on every neuron, split decisions as branch and bound passes
 them) over a graph built in memory from the weights themselves, in float64, so float64
 weights (LipSDP's ``.mat`` networks) are bounded as they are. Their rounding margin is
@@ -52,9 +52,9 @@ import torch
 
 from models import Graph, GraphEvaluator, Node
 from relaxations.bounds import IntervalBounds, Precision
-from relaxations.compute import compute_bounds
+from relaxations.intermediate import intermediate_bounds
 from relaxations.lipschitz.network import FeedForward
-from relaxations.options import BoundOptions, Given
+from relaxations.options import BoundOptions
 from relaxations.registry import rule_for
 
 __all__ = ["ROUND_REL", "LocalNet", "NodeBound", "forward_bounds", "derivative_ranges", "gradient_bound"]
@@ -142,24 +142,28 @@ def forward_bounds(net: LocalNet, lo: T, hi: T, splits: Optional[Sequence[Option
     Also returns a mask [B] of domains proved empty by their splits; their intervals are
     finite placeholders (a caller discards what they give)."""
     B = lo.shape[0]
-    given = Given()
+    signs = None
     if splits is not None:
-        given = Given(splits={f"z{k}": sg.reshape(B, 1, -1) for k, sg in enumerate(splits) if sg is not None})
+        signs = {f"z{k}": sg.reshape(B, 1, -1) for k, sg in enumerate(splits) if sg is not None}
     box = IntervalBounds(lo.reshape(B, 1, -1), hi.reshape(B, 1, -1))
     options = BoundOptions(method="crown", precision=Precision(FORWARD_REL, ROUND_ABS), patches=False,
                            crown_every_element=True)
-    C = torch.zeros(1, net.weights[-1].shape[0], dtype=lo.dtype, device=lo.device)
-    res = compute_bounds(net.graph, box, C, options, want_upper=False, ev=net.evaluator, given=given)
-    empty = res.infeasible.reshape(B).clone()
+    # The intermediate pass alone: no bound of the output is wanted here.
+    with torch.no_grad():
+        table, _, infeasible = intermediate_bounds(net.graph, net.evaluator, box, options, signs)
+    empty = infeasible.reshape(B).clone()
     pre = []
     for k in range(net.hidden):
-        iv = res.table[f"z{k}"]
+        iv = table[f"z{k}"]
         l, u = iv.lower.reshape(B, -1), iv.upper.reshape(B, -1)
-        bad = ~(l <= u)               # an empty domain's interval, or NaN there
-        if bool(bad.any()):
-            empty |= bad.any(1)
-            mid = torch.nan_to_num((l + u) / 2)
-            l, u = torch.where(bad, mid, l), torch.where(bad, mid, u)
+        crossed = l > u               # some split made the domain empty
+        if bool(crossed.any()):
+            empty |= crossed.any(1)
+            mid = (l + u) / 2
+            l, u = torch.where(crossed, mid, l), torch.where(crossed, mid, u)
+        # A NaN end says nothing about the domain: never "empty" (that would drop its
+        # gradients from the maximum), but the whole line, where every derivative counts.
+        l, u = torch.where(torch.isnan(l), -torch.inf, l), torch.where(torch.isnan(u), torch.inf, u)
         pre.append((l, u))
     return pre, empty
 

@@ -76,3 +76,29 @@ def test_linear_network_part_is_exact_when_everything_is_stable() -> None:
         for j in range(3):
             g = float(grad_norms(net, torch.tensor(x0[None], requires_grad=True), C[j], norm)[0])
             assert g <= float(nb.value[j]) <= g * (1 + 1e-6) + 1e-12
+
+
+def test_a_nan_interval_never_marks_a_domain_empty(monkeypatch) -> None:
+    """A NaN end from the bound pass says nothing about the domain: it is not "empty" (a
+    caller would drop its gradients from the maximum) but widened to the whole line."""
+    import relaxations.lipschitz.local as local
+
+    net = random_feedforward(2, "relu")
+    ln = LocalNet.of(net)
+    lo, hi = torch.full((1, 4), -0.1, dtype=torch.float64), torch.full((1, 4), 0.1, dtype=torch.float64)
+    real = local.intermediate_bounds
+
+    def poisoned(*args, **kwargs):
+        table, ctx, infeasible = real(*args, **kwargs)
+        iv = table["z0"]
+        lower = iv.lower.clone()
+        lower[..., 0] = torch.nan
+        table["z0"] = type(iv)(lower, iv.upper)
+        return table, ctx, infeasible
+
+    monkeypatch.setattr(local, "intermediate_bounds", poisoned)
+    pre, empty = forward_bounds(ln, lo, hi)
+    assert not bool(empty.any())
+    assert float(pre[0][0][0, 0]) == -float("inf")
+    dl, du = derivative_ranges(ln, pre)[0]
+    assert float(dl[0, 0]) == 0.0 and float(du[0, 0]) == 1.0
