@@ -159,9 +159,10 @@ def _affine_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None],
 def _stacked_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
                       ) -> Optional[tuple[list[T | None], T, T]]:
     """`_affine_backward` by one plain autograd call, for a one-output node whose rule
-    declares "stacked_transpose" (relaxations/registry.py), whose only variable input is the
-    first and whose forward rule treats axis 0 as the batch (`batches`). The B x S rows of A become that batch, and the transpose is the
-    gradient of the op at zero inputs. vmap over a vjp computes the same with more
+    declares "stacked_transpose" (relaxations/registry.py), whose only variable input is
+    the first and whose forward rule treats axis 0 as the batch (`batches`). The B x S
+    rows of A become that batch, and the transpose is the gradient of the op at zero
+    inputs. vmap over a vjp computes the same with more
     overhead per call, and its first call imports torch._dynamo, which a verify then pays
     inside its budget (BENCHMARKS.md, session 36). None when the node does not qualify
     (the caller uses vmap)."""

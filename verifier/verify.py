@@ -281,10 +281,13 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
             progress.phase(phase)
         state.update(phase=phase, t=now)
 
-    def timeout(where: str) -> Result:
+    def undecided(verdict: str, reason: str) -> Result:
         enter(state["phase"])
-        return Result("timeout", f"time limit reached during {where}", timings=timings, stats=stats,
-                      method=_METHOD_OF.get(state["phase"], ""), progress=progress.snapshot())
+        return Result(verdict, reason, timings=timings, stats=stats, method=_METHOD_OF.get(state["phase"], ""),
+                      progress=progress.snapshot())
+
+    def timeout(where: str) -> Result:
+        return undecided("timeout", f"time limit reached during {where}")
 
     runners: list = []   # MILPs running beside a search: none outlives the run
     # The workers of a sharded search start first: they import torch and read the model
@@ -311,10 +314,7 @@ def _verify(model: Model, spec: Spec, config: Config, deadline: float, progress:
         if not is_out_of_memory(exc):
             raise
         release_memory(config.device)
-        enter(state["phase"])
-        return Result("unknown", f"out of memory during {_WHERE.get(state['phase'], state['phase'])}",
-                      timings=timings, stats=stats, method=_METHOD_OF.get(state["phase"], ""),
-                      progress=progress.snapshot())
+        return undecided("unknown", f"out of memory during {_WHERE.get(state['phase'], state['phase'])}")
     finally:
         for r in runners:
             r.stop()
