@@ -7,6 +7,7 @@ file or node and what was expected; it never prints a traceback and never a verd
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -28,12 +29,17 @@ NAME = "nncert"  # `nncert --name` (the VNN-LIB standard's global option)
 
 
 def _bad_input_types() -> tuple[type, ...]:
-    # lazy: models and verifier.verify import torch, vnnlib numpy; the CLI's start-up loads neither
-    from models import ModelError
-    from verifier.verify import SpecMismatch
-    from vnnlib import VnnlibError
+    # Each error type is looked up where its module is already loaded, never imported here:
+    # an exception of a type whose module was never imported cannot have been raised, and
+    # importing models or verifier.verify (torch, onnx: seconds) would only delay a config
+    # error's one line.
+    found = [sys.modules[m].__dict__[name] for m, name in _BAD_INPUT_ELSEWHERE if m in sys.modules]
+    return (ConfigError, OutputPathError, FileNotFoundError, *found)
 
-    return (ModelError, VnnlibError, ConfigError, SpecMismatch, OutputPathError, FileNotFoundError)
+
+# (module, name) of the bad-input exceptions that the CLI's start-up does not import
+_BAD_INPUT_ELSEWHERE = (("models.errors", "ModelError"), ("verifier.verify", "SpecMismatch"),
+                        ("vnnlib.errors", "VnnlibError"))
 
 
 def _write_results(path: Optional[str], verdict: str, x=None, y=None) -> None:
@@ -152,6 +158,18 @@ def _verbosity(args: argparse.Namespace) -> int:
     return QUIET if getattr(args, "quiet", False) else VERBOSE if getattr(args, "verbose", 0) else NORMAL
 
 
+def _inputs_exist(args: argparse.Namespace) -> None:
+    """FileNotFoundError for the first input file that is not there, before the engine's
+    import (seconds): a mistyped path is told at once. A path that exists and fails to
+    load is told by the loader, which names what is wrong with it, as is a --network
+    without NAME= (a path for a 1.0 file, a mistake for a 2.0 one: the loader tells which)."""
+    named = [n.partition("=")[2] for n in getattr(args, "network", None) or [] if "=" in n]
+    paths = [args.model, args.spec, *named]
+    for path in paths:
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+
+
 def _load_problem(args: argparse.Namespace, run: _Run) -> tuple:
     """The model, the Spec the engine decides and, for a VNN-LIB 2.0 file, its Query and
     the input elements it leaves unbounded (their ends in the Spec are stand-ins).
@@ -223,6 +241,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     run.progress = Progress(_verbosity(args), deadline=deadline)
     run.progress.start_ticker()
     run.arm(deadline)
+    _inputs_exist(args)
     t = time.monotonic()
     # lazy, and timed as the run's "import" phase: the engine (torch, onnx) is not for the CLI's start-up
     import vnnlib  # noqa: F401
@@ -297,6 +316,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bounds(args: argparse.Namespace) -> int:
     run = _start(args, "bounds", [("report", "report")])
     args._run = run
+    _inputs_exist(args)
     from verifier.api import bounds  # lazy: verifier.api imports torch, which the CLI's start-up does not load
 
     timeout = Config(timeout=args.timeout).timeout  # the same checks as every config value
