@@ -139,8 +139,9 @@ def test_children_hold_on_samples_and_cover_their_parent(tmp_path, ops, warm: bo
     assert rounds >= 2
 
 
-@pytest.mark.parametrize("ops,seed", [(("Sigmoid",), 2), (("Tanh",), 3), (("Relu", "Tanh"), 2), (("Relu", "Tanh"), 3),
-                                      (("Mul",), 2)])
+# (Relu, Tanh) seed 2 is not here: its net's unsat side is `test_the_search_is_what_proves`
+# (about 20 s more at this spread), and seed 3 brackets a net of both kinds.
+@pytest.mark.parametrize("ops,seed", [(("Sigmoid",), 2), (("Tanh",), 3), (("Relu", "Tanh"), 3), (("Mul",), 2)])
 def test_verify_agrees_with_the_true_minimum(tmp_path, ops, seed: int) -> None:
     model = _product_net(tmp_path, seed) if ops == ("Mul",) else _net(tmp_path, seed, ops)
     m = _true_min(model)
@@ -163,9 +164,10 @@ def _assert_the_search_proves(model, margin: float, min_domains: int) -> None:
 
 
 def test_the_search_is_what_proves(tmp_path) -> None:
-    """A margin the root bound cannot prove (its gap is about -2): the unsat comes from
-    interval splits, with the split points dualised (without them: no proof in 30 s)."""
-    _assert_the_search_proves(_net(tmp_path, 2, ("Relu", "Tanh")), 0.2, 100)
+    """A margin the root bound cannot prove (its gap is about -1.6): the unsat comes from
+    interval splits (about 2,000 domains), with the split points dualised (without them,
+    at the smaller margin 0.2: no proof in 30 s)."""
+    _assert_the_search_proves(_net(tmp_path, 2, ("Relu", "Tanh")), 0.4, 100)
 
 
 def test_splitting_the_factors_of_a_product_proves(tmp_path) -> None:

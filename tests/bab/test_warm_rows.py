@@ -102,7 +102,7 @@ def test_switches_keep_the_known_answers(tmp_path, seed: int) -> None:
     """Unsat (every threshold under its minimum) and sat (one above) with each switch."""
     model = known_answer_net(tmp_path, seed, widths=(2, 12, 12, 3))
     m = output_mins(model)
-    below = m - 0.05 * (1 + np.abs(m))
+    below = m - 0.1 * (1 + np.abs(m))
     above = below.copy()
     above[1] = m[1] + 0.05 * (1 + abs(m[1]))
     variants = [("bab.warm_start=false", "bab.open_rows=false", "bab.per_conjunction=off"),
