@@ -197,11 +197,27 @@ def _stacked_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
     return [A_in.reshape(B, S, *in_shape), *([None] * (len(node.inputs) - 1))], term.sum(-1), term.abs().sum(-1)
 
 
+def _affine_step(ctx: BackwardContext, node: Node, A_outs: list[T | None]) -> tuple[list[T | None], T, T]:
+    """`_affine_backward` by the rule's closed form (`OpRule.backward`: dense layers,
+    reshapes, ...) where it has one for the pattern, else by the generic transpose."""
+    rule = ctx.rules[node.name]
+    if rule.backward is not None:
+        variable = [bool(x) and x not in ctx.ev.constants for x in node.inputs]
+        args = [None if (v or not x) else ctx.ev.constants[x] for x, v in zip(node.inputs, variable)]
+        in_shapes = [ctx.graph.shapes.get(x) if v else None for x, v in zip(node.inputs, variable)]
+        fast = rule.backward(node, A_outs, args, in_shapes)
+        if fast is not None:
+            return fast
+    return _affine_backward(ctx, node, A_outs)
+
+
 def affine_rows(ctx: BackwardContext, node: Node, A: T) -> tuple[list[T | None], T, T]:
     """The affine node's linear part transposed applied to A [B, S, *out_shape], per
     variable input (None elsewhere), and <A, f(0)> with its mass: with A the identity,
-    the node's matrix rows and constant term (relaxations/reverse.py reads them so)."""
-    return _affine_backward(ctx, node, [A])
+    the node's matrix rows and constant term (relaxations/reverse.py reads them so).
+    By the rule's closed form where there is one: the generic one's vmap costs more per
+    call, and its first call imports torch._dynamo (seconds)."""
+    return _affine_step(ctx, node, [A])
 
 
 def _dot(A: T, v: T) -> T:
@@ -548,12 +564,7 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
         rule = ctx.rules[node.name]
         variable = [bool(x) and x not in ctx.ev.constants for x in node.inputs]
         if is_affine_node(node, rule, variable):
-            fast = None
-            if rule.backward is not None:
-                args = [None if (v or not x) else ctx.ev.constants[x] for x, v in zip(node.inputs, variable)]
-                in_shapes = [ctx.graph.shapes.get(x) if v else None for x, v in zip(node.inputs, variable)]
-                fast = rule.backward(node, A_outs, args, in_shapes)
-            A_ins, b, m = fast if fast is not None else _affine_backward(ctx, node, A_outs)
+            A_ins, b, m = _affine_step(ctx, node, A_outs)
             for x, a in zip(node.inputs, A_ins):
                 if a is not None:
                     As[x] = As[x] + a if x in As else a

@@ -39,7 +39,6 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any, Optional
 
-import onnx
 import torch
 
 from bab.domains import Batch
@@ -67,6 +66,10 @@ def _portable(exc: BaseException) -> BaseException:
 def worker_process_model(onnx_bytes: bytes, label: str) -> Model:
     """What every worker process (a local one or a Ray actor's) does first: the heap and
     thread settings of `nncert verify` (verifier/heap.py), then the model from its bytes."""
+    # lazy: onnx (with ml_dtypes, over a second) is for workers only, and this module is on
+    # every search's import path, a torch module's (verify_module) included
+    import onnx
+
     heap.keep_freed()
     torch.set_num_threads(1)
     return model_from_proto(onnx.load_from_string(onnx_bytes), label, check=False, data=onnx_bytes)
