@@ -72,7 +72,7 @@ def test_full_sdp_certificates_accepted_and_tampering_rejected(full_sdp_results)
 
 
 def test_lowrank_bounds_valid_and_certified():
-    opts = LowRankOptions(rank=4, max_rank=4, outer=12, inner=80, time_limit_s=15)
+    opts = LowRankOptions(rank=4, max_rank=4, outer=6, inner=40, time_limit_s=15)
     for sizes, seed in [((2, 8, 8, 1), 0), ((3, 10, 10, 2), 3)]:
         ws, bs = random_mlp_weights(seed, sizes)
         lo, hi = -np.ones(sizes[0]), np.ones(sizes[0])
