@@ -134,19 +134,22 @@ def test_watchdog_answers_from_the_best_certified_result() -> None:
     assert time.monotonic() - t < 15
 
 
-def test_local_names_the_norms_it_bounds(tmp_path) -> None:
+def test_local_names_the_norms_it_bounds(tmp_path, capsys) -> None:
+    # In process (main): what is printed and reported is the same as the CLI's, without
+    # two interpreters' start-up (the process-level promises have tests of their own above).
     path, _ = _mlp(tmp_path)
     center = tmp_path / "x.npy"
     np.save(center, np.array([0.1, -0.2, 0.3]))
     rep = tmp_path / "r.json"
-    proc, _ = _cli("lipschitz", str(path), "--method", "local", "--center", str(center), "--radius", "0.05",
-                   "--report", str(rep), "--timeout", "30")
-    assert proc.returncode == 0, proc.stderr
-    assert "l2 -> l-inf" in proc.stdout and "l2 box" not in proc.stdout, proc.stdout
+    assert main(["lipschitz", str(path), "--method", "local", "--center", str(center), "--radius", "0.05",
+                 "--report", str(rep), "--timeout", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "l2 -> l-inf" in out and "l2 box" not in out, out
     report = json.loads(rep.read_text())
     assert (report["input_norm"], report["output_norm"], report["verdict"]) == ("l2", "l-inf", "bound")
-    proc, _ = _cli("lipschitz", str(path), "--norm", "inf", "--report", str(rep))
-    assert "l-inf -> l-inf" in proc.stdout and json.loads(rep.read_text())["output_norm"] == "l-inf"
+    assert main(["lipschitz", str(path), "--norm", "inf", "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    assert "l-inf -> l-inf" in out and json.loads(rep.read_text())["output_norm"] == "l-inf"
 
 
 def test_check_dispatches_on_the_certificate_kind(tmp_path, capsys) -> None:
