@@ -124,8 +124,8 @@ def test_input_split_certificate_accepted_and_tamperings_rejected(split_run) -> 
     check = lambda c: check_certificate_for(c, model, path)  # noqa: E731
     assert check(cert).accepted, check(cert).reason
     rng = np.random.default_rng(0)
-    _tiling_tamperings(cert, check, rng, 500)   # three tamperings each: 1,500 in all
-    _claim_tamperings(cert, check, rng, 500)
+    _tiling_tamperings(cert, check, rng, 250)   # three tamperings each: 750 in all
+    _claim_tamperings(cert, check, rng, 250)
 
 
 def _sibling_hulls(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
