@@ -155,7 +155,7 @@ def _proved_leaves(lb: np.ndarray, disjunct) -> np.ndarray:
 
 
 def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Optional[dict],
-              ball: Optional[tuple] = None) -> tuple[np.ndarray, dict]:
+              ball: Optional[tuple] = None, cache: Optional[dict] = None) -> tuple[np.ndarray, dict]:
     """float64 bounds [L, S] with per-leaf alphas (sparse: relu -> (leaf, index, values); NaN
     elsewhere: CROWN's default), or alpha-CROWN optimised from scratch (sparse None), and
     the alphas used at the neurons unstable on each leaf.
@@ -164,6 +164,13 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
     tightens an intermediate neuron when it is unstable in some leaf of the batch, so a
     leaf's bound depends on its batch, and the claims must come from the batches the
     checker will use.
+
+    `cache` (with given alphas only) keeps each chunk's result under its exact inputs
+    (boxes and dense alphas), and under the same boxes with the alphas it used: a later
+    round that gives a chunk exactly those (the refinement passes each round's used
+    alphas on) reuses it, where the bounds would come out the same (the used alphas are
+    the given ones projected into range, CROWN's default where none was given). A test
+    checks that the claims equal a fresh evaluation's.
     """
     # lazy: import cycle (verifier.certificates.activation imports this module)
     from verifier.certificates.activation import LeafParameters, LeafRegion, dense_alphas, float64_leaf_bounds
@@ -177,25 +184,39 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
         check_time()
         rows = np.arange(s, min(s + LEAF_CHUNK, len(lo)))
         given = None if sparse is None else dense_alphas(sparse, rows, len(lo), tensors, shapes, S)
-        lb, used, _, unstable = float64_leaf_bounds(model, len(rows), LeafRegion(lo[rows], hi[rows], ball,
-                                                                                 _rows(disjunct)), C, d,
-                                                    LeafParameters({}, {}, given or {}), optimise=sparse is None)
-        lbs.append(lb)
-        for name, a in used.items():
-            leaf, idx = torch.nonzero(unstable[tensors[name]], as_tuple=True)
-            out.setdefault(name, []).append((leaf.numpy() + s, idx.numpy(), a[leaf, :, idx].numpy()))
+        key = None if cache is None or given is None else _chunk_key(lo[rows], hi[rows], given)
+        hit = None if key is None else cache.get(key)
+        if hit is None:
+            lb, used, _, unstable = float64_leaf_bounds(model, len(rows), LeafRegion(lo[rows], hi[rows], ball,
+                                                                                     _rows(disjunct)), C, d,
+                                                        LeafParameters({}, {}, given or {}), optimise=sparse is None)
+            local = {}
+            for name, a in used.items():
+                leaf, idx = torch.nonzero(unstable[tensors[name]], as_tuple=True)
+                local[name] = (leaf.numpy(), idx.numpy(), a[leaf, :, idx].numpy())
+            hit = (lb, local)
+            if key is not None:
+                cache[key] = hit
+                n = len(rows)
+                cache[_chunk_key(lo[rows], hi[rows], dense_alphas(local, np.arange(n), n, tensors, shapes, S))] = hit
+        lbs.append(hit[0])
+        for name, (leaf, idx, values) in hit[1].items():
+            out.setdefault(name, []).append((leaf + s, idx, values))
     return (np.concatenate(lbs) if lbs else np.zeros((0, S)),
             {k: tuple(np.concatenate([p[i] for p in v]) for i in range(3)) for k, v in out.items()})
 
 
-def _select(sparse: dict, idx: np.ndarray, n: int, base: int = 0) -> dict:
-    """The sparse alphas of leaves idx (of n), renumbered base, base + 1, ... in idx's order."""
-    where = np.full(n, -1)
-    where[idx] = np.arange(len(idx)) + base
+def _chunk_key(lo: np.ndarray, hi: np.ndarray, given: dict) -> tuple:
+    """What a chunk's float64 bounds are a function of: its boxes and its dense alphas."""
+    return (lo.tobytes(), hi.tobytes(), tuple((k, given[k].numpy().tobytes()) for k in sorted(given)))
+
+
+def _moved(sparse: dict, where: np.ndarray) -> dict:
+    """The sparse alphas with leaf i renumbered where[i], and dropped where that is -1."""
     out = {}
     for k, (leaf, index, values) in sparse.items():
-        pick = where[leaf] >= 0
-        out[k] = (where[leaf[pick]], index[pick], values[pick])
+        keep = where[leaf] >= 0
+        out[k] = (where[leaf[keep]], index[keep], values[keep])
     return out
 
 
@@ -213,29 +234,42 @@ def _refine_alpha(model: Model, lo: np.ndarray, hi: np.ndarray, sparse: dict, di
     they are bisected (widest side), the halves with optimised alphas. The last round's
     bounds, with exactly the written alphas, are the claims. Over a `ball`, a leaf it
     misses needs no bound (claims 0, never bisected: the checker decides that exactly).
+
+    Leaves keep their places from round to round (a re-optimised leaf stays where it was,
+    a bisected one's left half takes its place and its right half goes to the end), so
+    the checker's chunks that no change touched are the same chunks again, and their
+    bounds are reused (`_evaluate`'s cache): ACAS Xu 1_1 prop_3's 2,891 leaves were
+    re-bounded in full four times (BENCHMARKS.md, session 38).
     """
     relus = {nd.name for nd in model.graph.nodes if nd.op == "Relu"}
     sparse = {k: v for k, v in sparse.items() if k in relus}
+    cache: dict = {}
     for r in range(REFINE_ROUNDS + 1):
-        claims, sparse = _evaluate(model, lo, hi, disjunct, sparse, ball)
+        claims, sparse = _evaluate(model, lo, hi, disjunct, sparse, ball, cache)
         missed = boxes_missing_ball(lo, hi, ball) if ball is not None else np.zeros(len(lo), bool)
         claims[missed] = 0.0
         bad = ~_proved_leaves(claims, disjunct) & ~missed
         if not bad.any() or r == REFINE_ROUNDS:
             break
-        good, b = np.nonzero(~bad)[0], np.nonzero(bad)[0]
+        b = np.nonzero(bad)[0]
         fixed = np.zeros(len(b), bool)
         opt: dict = {}
         if r == 0:
             lb2, opt = _evaluate(model, lo[b], hi[b], disjunct, None, ball)
             fixed = _proved_leaves(lb2, disjunct)
-        clo, chi = _bisect_widest(lo[b[~fixed]], hi[b[~fixed]])
+        halved = b[~fixed]
+        clo, chi = _bisect_widest(lo[halved], hi[halved])   # left halves, then right halves
         child = _evaluate(model, clo, chi, disjunct, None, ball)[1]
-        n0, n1 = len(good), len(good) + int(fixed.sum())
-        sparse = _merge([_select(sparse, good, len(lo)), _select(opt, np.nonzero(fixed)[0], len(b), n0),
-                         _select(child, np.arange(len(clo)), len(clo), n1)])
-        lo = np.concatenate([lo[good], lo[b[fixed]], clo])
-        hi = np.concatenate([hi[good], hi[b[fixed]], chi])
+        n, h = len(lo), len(halved)
+        keep = np.arange(n)
+        keep[b] = -1                                  # their alphas come from opt or child
+        at_fixed = np.full(len(b), -1)
+        at_fixed[fixed] = b[fixed]
+        at_child = np.concatenate([halved, n + np.arange(h)])
+        sparse = _merge([_moved(sparse, keep), _moved(opt, at_fixed), _moved(child, at_child)])
+        lo, hi = lo.copy(), hi.copy()
+        lo[halved], hi[halved] = clo[:h], chi[:h]
+        lo, hi = np.concatenate([lo, clo[h:]]), np.concatenate([hi, chi[h:]])
     return lo, hi, claims, sparse
 
 def _snap_to_root(leaves: np.ndarray, root: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ import vnnlib
 from tests.builders import check_certificate_for, normalised_mlp_onnx
 from tests.conftest import BENCH, needs_shared
 from verifier import Config, Result, load_model, verify
-from verifier.certificates.writer import _evaluate, _float64_claims, _proved_leaves, build_certificate, write_certificate
+from verifier.certificates.writer import (_evaluate, _float64_claims, _proved_leaves, _refine_alpha, build_certificate,
+                                          write_certificate)
 from verifier.checker.bounds64 import interval_table
 from verifier.checker.onnx_net import read_network
 from verifier.checker.verdict import check_certificate, check_files, decode_array, encode_array, spec_rows
@@ -165,6 +166,12 @@ def test_unproved_leaves_get_alphas_or_halves(split_run) -> None:
     leaves = cert["disjuncts"][0]["leaves"]
     assert leaves["alphas"], "no leaf needed optimised alphas"
     assert len(_leaves(cert)[0]) > len(entry["lower"]), "no leaf was bisected"
+    # The rounds reuse the bounds of chunks no change touched: the claims must be what a
+    # fresh evaluation of the final leaves with their alphas gives, to the bit.
+    disjunct = spec.disjuncts[0]
+    lo, hi, claims, alphas = _refine_alpha(model, np.asarray(entry["lower"], float), np.asarray(entry["upper"], float),
+                                           {}, disjunct)
+    assert np.array_equal(_evaluate(model, lo, hi, disjunct, alphas)[0], claims)
 
 
 def test_input_split_alpha_certificate_and_changed_alphas(split_run) -> None:
