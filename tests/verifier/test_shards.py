@@ -65,16 +65,79 @@ def ray_cluster():
     ray.shutdown()
 
 
+class _Kept:
+    """One of the module's kept pools as a test sees it: `counts` and `stats()` from the
+    test's start (the pool served earlier tests), and `close` that leaves it running;
+    `make_pool` closes it after the test when a worker was lost (the next test gets a
+    fresh one)."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.since = dict(pool.counts)
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+    @property
+    def counts(self) -> dict:
+        return {k: v if k == "workers" else v - self.since[k] for k, v in self.pool.counts.items()}
+
+    def stats(self, since=None) -> dict:
+        return self.pool.stats({k: v + (since or {}).get(k, 0) for k, v in self.since.items()})
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def local_pools():
+    """The module's kept local pools, by worker count: workers spawned per test would
+    import torch again each time (seconds), and a kept pool is what `verify(workers=)`
+    serves anyway; every search's setup starts it afresh (`Pool.setup`)."""
+    kept: dict = {}
+    yield kept
+    for pool in kept.values():
+        pool.close()
+
+
+@pytest.fixture(scope="module")
+def ray_pools(ray_cluster):
+    """The module's kept Ray pools (as `local_pools`), closed before the cluster."""
+    kept: dict = {}
+    yield kept
+    for pool in kept.values():
+        pool.close()
+
+
+def _close_all(kept: dict) -> None:
+    while kept:
+        kept.popitem()[1].close()
+
+
 @pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.skipif(
     not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])"))])
-def make_pool(request):
-    """A function (model, workers) -> pool on the backend of the case."""
+def make_pool(request, net):
+    """A function (model, workers) -> pool on the backend of the case: the module's kept
+    pool of `net`'s model and that many workers (`_Kept`), started on first use."""
     if request.param == "local":
-        return LocalPool
-    from verifier.shards_ray import RayShardPool
+        kept, start = request.getfixturevalue("local_pools"), LocalPool
+    else:
+        from verifier.shards_ray import RayShardPool as start
 
-    request.getfixturevalue("ray_cluster")
-    return RayShardPool
+        kept = request.getfixturevalue("ray_pools")
+
+    def make(model, workers: int):
+        assert model is net[0], "the kept pools hold the module's net"
+        if workers not in kept:
+            if request.param == "ray":
+                _close_all(kept)   # the cluster's two CPUs: one pool's actors at a time
+            kept[workers] = start(model, workers)
+        return _Kept(kept[workers])
+
+    yield make
+    for workers, pool in list(kept.items()):
+        if pool.stats()["live"] < workers:   # a worker was lost (killed): no longer kept
+            kept.pop(workers).close()
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +163,58 @@ def test_workers_bound_the_rounds_and_the_verdicts_are_one_process_s(net, make_p
         pool.close()
     alone = verify(model, known_answer_spec(m - spread), cfg)
     assert alone.verdict == "unsat"
+
+
+@pytest.mark.parametrize("make_pool, mode", [("local", "input"), pytest.param("ray", "activation", marks=[
+    pytest.mark.skipif(not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])")
+])], indirect=["make_pool"])
+def test_a_sharded_search_s_certificate_is_accepted(net, tmp_path, make_pool, mode: str) -> None:
+    """The proof of a search whose rounds ran on workers (the leaves come back from them
+    and are recorded here) makes a certificate that the independent checker accepts;
+    each split kind on one backend (the protocol is the same on both)."""
+    model, m = net
+    spec = known_answer_spec(m - 0.05 * (1 + abs(m)))
+    path = tmp_path / "below.vnnlib"
+    vnnlib.write_vnnlib(path, spec)
+    spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
+    cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "bab.batch_size=4",
+                                              "proof=true"])
+    pool = make_pool(model, 2)
+    try:
+        outcome = _search(model, mode, m - 0.05 * (1 + abs(m)), cfg, pool)
+        assert outcome.status == "unsat" and pool.counts["batches"] >= 1, (outcome.stats, pool.stats())
+    finally:
+        pool.close()
+    result = Result("unsat", "", method=f"bab-{mode}",
+                    proof={"version": 1, "disjuncts": [bab_proof(mode, outcome)]})
+    cert = tmp_path / f"{mode}.json"
+    assert write_certificate(cert, model, path, spec, result) == "written"
+    assert check_files(cert, model.path, path).accepted, mode
+
+
+def test_workers_kept_across_calls_serve_each_and_stay_open(net, tmp_path, local_pools) -> None:
+    """A pool handed to `verify` is used, not closed: the second call's search runs on the
+    same workers (booted once), each call's stats count its own batches only, and a pool
+    started on another model is refused."""
+    model, m = net
+    spread = 0.05 * (1 + abs(m))
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=2"])
+    if 2 not in local_pools:
+        local_pools[2] = LocalPool(model, 2)
+    pool = _Kept(local_pools[2])   # the module's kept pool, booted once for this test too
+    try:
+        pool.setup(SearchRecipe("input", known_answer_spec(m).disjuncts[0], cfg, time.monotonic() + 60))
+        assert pool.wait_ready(60), "the workers did not start"
+        runs = [verify(model, known_answer_spec(m - spread), cfg, workers=pool) for _ in range(2)]
+        assert [r.verdict for r in runs] == ["unsat", "unsat"]
+        batches = [r.stats["workers"]["batches"] for r in runs]
+        assert min(batches) >= 1 and sum(batches) == pool.counts["batches"], (batches, pool.stats())
+        assert pool.stats()["live"] == 2
+        other = known_answer_net(tmp_path, 1)
+        with pytest.raises(ValueError, match="another model"):
+            verify(other, known_answer_spec(0.0), cfg, workers=pool)
+    finally:
+        pool.close()
 
 
 class _KillsFirst:
@@ -192,8 +307,8 @@ def test_an_exception_in_a_worker_is_raised_not_a_verdict(net, make_pool) -> Non
 @pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.skipif(
     not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])"))])
 def test_verify_with_workers_gives_the_verdicts_and_says_what_they_did(net, backend: str, request) -> None:
-    if backend == "ray":
-        request.getfixturevalue("ray_cluster")
+    if backend == "ray":   # verify starts two actors of its own: the kept ones give their CPUs back
+        _close_all(request.getfixturevalue("ray_pools"))
     model, m = net
     spread = 0.05 * (1 + abs(m))
     cfg = with_overrides(Config(timeout=60), ["bab.mode=activation", "attack.enabled=false", "bab.workers=2",
@@ -202,38 +317,6 @@ def test_verify_with_workers_gives_the_verdicts_and_says_what_they_did(net, back
     assert below.verdict == "unsat"
     assert below.stats["workers"]["workers"] == 2 and below.stats["workers"]["lost"] == 0
     assert verify(model, known_answer_spec(m + spread), cfg).verdict == "sat"
-
-
-@pytest.mark.parametrize("backend, mode", [("local", "input"), pytest.param("ray", "activation", marks=[
-    pytest.mark.skipif(not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])")
-])])
-def test_a_sharded_search_s_certificate_is_accepted(net, tmp_path, request, backend: str, mode: str) -> None:
-    """The proof of a search whose rounds ran on workers (the leaves come back from them
-    and are recorded here) makes a certificate that the independent checker accepts;
-    each split kind on one backend (the protocol is the same on both)."""
-    if backend == "ray":
-        request.getfixturevalue("ray_cluster")
-        from verifier.shards_ray import RayShardPool as make_pool
-    else:
-        make_pool = LocalPool
-    model, m = net
-    spec = known_answer_spec(m - 0.05 * (1 + abs(m)))
-    path = tmp_path / "below.vnnlib"
-    vnnlib.write_vnnlib(path, spec)
-    spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
-    cfg = with_overrides(Config(timeout=60), [f"bab.mode={mode}", "attack.enabled=false", "bab.batch_size=4",
-                                              "proof=true"])
-    pool = make_pool(model, 2)
-    try:
-        outcome = _search(model, mode, m - 0.05 * (1 + abs(m)), cfg, pool)
-        assert outcome.status == "unsat" and pool.counts["batches"] >= 1, (outcome.stats, pool.stats())
-    finally:
-        pool.close()
-    result = Result("unsat", "", method=f"bab-{mode}",
-                    proof={"version": 1, "disjuncts": [bab_proof(mode, outcome)]})
-    cert = tmp_path / f"{mode}.json"
-    assert write_certificate(cert, model, path, spec, result) == "written"
-    assert check_files(cert, model.path, path).accepted, mode
 
 
 def _pool_in_daemon(model_path: str, out) -> None:
@@ -313,29 +396,6 @@ def test_a_sharded_search_ended_by_an_exception_says_where_its_time_went(net) ->
     assert result.verdict == "timeout", result.reason
     w = result.stats["workers"]
     assert w["loop_s"] >= w["rounds_here_s"] > 0, w
-
-
-def test_workers_kept_across_calls_serve_each_and_stay_open(net, tmp_path) -> None:
-    """A pool handed to `verify` is used, not closed: the second call's search runs on the
-    same workers (booted once), each call's stats count its own batches only, and a pool
-    started on another model is refused."""
-    model, m = net
-    spread = 0.05 * (1 + abs(m))
-    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=2"])
-    pool = LocalPool(model, 2)
-    try:
-        pool.setup(SearchRecipe("input", known_answer_spec(m).disjuncts[0], cfg, time.monotonic() + 60))
-        assert pool.wait_ready(60), "the workers did not start"
-        runs = [verify(model, known_answer_spec(m - spread), cfg, workers=pool) for _ in range(2)]
-        assert [r.verdict for r in runs] == ["unsat", "unsat"]
-        batches = [r.stats["workers"]["batches"] for r in runs]
-        assert min(batches) >= 1 and sum(batches) == pool.counts["batches"], (batches, pool.stats())
-        assert pool.stats()["live"] == 2
-        other = known_answer_net(tmp_path, 1)
-        with pytest.raises(ValueError, match="another model"):
-            verify(other, known_answer_spec(0.0), cfg, workers=pool)
-    finally:
-        pool.close()
 
 
 @pytest.mark.skipif(not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])")
