@@ -118,7 +118,12 @@ def _close_all(kept: dict) -> None:
     not ray_available(), reason="the optional ray package is not installed (pip install nncert[ray])"))])
 def make_pool(request, net):
     """A function (model, workers) -> pool on the backend of the case: the module's kept
-    pool of `net`'s model and that many workers (`_Kept`), started on first use."""
+    pool of `net`'s model and that many workers (`_Kept`), started on first use. Every
+    test asks for two workers, so one pool serves them all (the kill test, last of its
+    users in the file, ends it). The tests of stale answers and errors once ran on one
+    worker: the coordinator drops or raises each answer by its search number, whatever
+    the number of workers, and with two both workers' answers to the earlier setup must
+    be dropped."""
     if request.param == "local":
         kept, start = request.getfixturevalue("local_pools"), LocalPool
     else:
@@ -217,6 +222,58 @@ def test_workers_kept_across_calls_serve_each_and_stay_open(net, tmp_path, local
         pool.close()
 
 
+def test_an_answer_to_an_earlier_search_is_dropped(net, make_pool) -> None:
+    """A search that ends with a batch out (sat, a stop, the other split kind next) leaves
+    its answer in the pipe; the next search on the same pool must not take it in. The
+    stale batch here is the whole region: were its children absorbed, the next search's
+    recorded leaves would cover the region twice."""
+    model, m = net
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4",
+                                              "proof=true"])
+    disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
+    pool = make_pool(model, 2)
+    try:
+        first = SearchRecipe("input", disjunct, cfg, time.monotonic() + 60)
+        pool.setup(first)
+        assert pool.wait_ready(60)
+        pool.submit(recipe_brancher(model, first).root().domains, 0)   # never collected by its search
+        outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, pool)
+        assert outcome.status == "unsat", outcome.stats
+    finally:
+        pool.close()
+    lo, hi = np.concatenate(outcome.proof.lowers), np.concatenate(outcome.proof.uppers)
+    assert np.prod(hi - lo, axis=1).sum() == pytest.approx(4.0, rel=1e-9)
+
+
+def test_an_earlier_search_s_error_does_not_end_the_next_one(net, make_pool) -> None:
+    """On a kept pool, a worker may still answer the call before this one, often with that
+    call's DeadlineExceeded: the next search drops it (the earlier search has ended, and
+    no verdict of it waited for that batch) instead of ending as a timeout."""
+    model, m = net
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4"])
+    disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
+    pool = make_pool(model, 2)
+    try:
+        pool.setup(SearchRecipe("input", disjunct, cfg, time.monotonic() - 1.0))   # answers DeadlineExceeded
+        outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, pool)
+        assert outcome.status == "unsat" and pool.counts["answered"] >= 1, (outcome.stats, pool.stats())
+    finally:
+        pool.close()
+
+
+def test_an_exception_in_a_worker_is_raised_not_a_verdict(net, make_pool) -> None:
+    model, m = net
+    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4"])
+    pool = make_pool(model, 2)
+    try:
+        disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
+        pool.setup(SearchRecipe("input", disjunct, cfg, time.monotonic() - 1.0))   # a deadline already past
+        with pytest.raises(DeadlineExceeded):
+            pool.wait_ready(60)
+    finally:
+        pool.close()
+
+
 class _KillsFirst:
     """A pool whose first worker is killed right after it takes its first batch."""
 
@@ -250,58 +307,6 @@ def test_a_worker_killed_mid_search_loses_nothing(net, make_pool) -> None:
         pool.close()
     lo, hi = np.concatenate(outcome.proof.lowers), np.concatenate(outcome.proof.uppers)
     assert np.prod(hi - lo, axis=1).sum() == pytest.approx(4.0, rel=1e-9)
-
-
-def test_an_answer_to_an_earlier_search_is_dropped(net, make_pool) -> None:
-    """A search that ends with a batch out (sat, a stop, the other split kind next) leaves
-    its answer in the pipe; the next search on the same pool must not take it in. The
-    stale batch here is the whole region: were its children absorbed, the next search's
-    recorded leaves would cover the region twice."""
-    model, m = net
-    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4",
-                                              "proof=true"])
-    disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
-    pool = make_pool(model, 1)
-    try:
-        first = SearchRecipe("input", disjunct, cfg, time.monotonic() + 60)
-        pool.setup(first)
-        assert pool.wait_ready(60)
-        pool.submit(recipe_brancher(model, first).root().domains, 0)   # never collected by its search
-        outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, pool)
-        assert outcome.status == "unsat", outcome.stats
-    finally:
-        pool.close()
-    lo, hi = np.concatenate(outcome.proof.lowers), np.concatenate(outcome.proof.uppers)
-    assert np.prod(hi - lo, axis=1).sum() == pytest.approx(4.0, rel=1e-9)
-
-
-def test_an_earlier_search_s_error_does_not_end_the_next_one(net, make_pool) -> None:
-    """On a kept pool, a worker may still answer the call before this one, often with that
-    call's DeadlineExceeded: the next search drops it (the earlier search has ended, and
-    no verdict of it waited for that batch) instead of ending as a timeout."""
-    model, m = net
-    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4"])
-    disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
-    pool = make_pool(model, 1)
-    try:
-        pool.setup(SearchRecipe("input", disjunct, cfg, time.monotonic() - 1.0))   # answers DeadlineExceeded
-        outcome = _search(model, "input", m - 0.05 * (1 + abs(m)), cfg, pool)
-        assert outcome.status == "unsat" and pool.counts["answered"] >= 1, (outcome.stats, pool.stats())
-    finally:
-        pool.close()
-
-
-def test_an_exception_in_a_worker_is_raised_not_a_verdict(net, make_pool) -> None:
-    model, m = net
-    cfg = with_overrides(Config(timeout=60), ["bab.mode=input", "attack.enabled=false", "bab.batch_size=4"])
-    pool = make_pool(model, 1)
-    try:
-        disjunct = known_answer_spec(m - 0.05 * (1 + abs(m))).disjuncts[0]
-        pool.setup(SearchRecipe("input", disjunct, cfg, time.monotonic() - 1.0))   # a deadline already past
-        with pytest.raises(DeadlineExceeded):
-            pool.wait_ready(60)
-    finally:
-        pool.close()
 
 
 @pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.skipif(
