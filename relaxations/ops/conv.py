@@ -1,6 +1,7 @@
 """Bounding rules for Conv, ConvTranspose and BatchNormalization (affine in the input)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -51,8 +52,11 @@ def _conv_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequ
     extra = [padded[i] - base[i] for i in range(nd)]
     if any(e < 0 or e >= max(strides[i], dil[i]) for i, e in enumerate(extra)):
         return None
-    flat = A.reshape(B * S * in_shape[0], *A.shape[3:])
     groups = int(node.attr("group", 1))
+    if _dense_pays(w, in_shape, A):
+        A_in = _dense_transpose(node, w, in_shape, A)
+        return [A_in, None, None][:len(args)], *_bias_terms(A, args)
+    flat = A.reshape(B * S * in_shape[0], *A.shape[3:])
     # The transpose crops the pads both sides share itself (its `padding`); only what one side
     # pads beyond the other is narrowed off after. Cropping all by narrow cost twice the
     # transpose, and under autograd a zero-filled copy of the padded map in the backward
@@ -73,6 +77,12 @@ def _conv_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequ
         if A_in.shape[2 + i] != in_shape[2 + i]:
             A_in = A_in.narrow(2 + i, pads[i] - crop[i], in_shape[2 + i])
     A_in = A_in.reshape(B, S, *in_shape)
+    return [A_in, None, None][:len(args)], *_bias_terms(A, args)
+
+
+def _bias_terms(A: T, args: Sequence) -> tuple[T, T]:
+    """<A, bias> and its mass per row [B, S], the bias broadcast over each channel's map."""
+    B, S = A.shape[:2]
     bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
     mass = torch.zeros_like(bias)
     if len(args) > 2 and args[2] is not None:
@@ -80,7 +90,37 @@ def _conv_backward(node: Node, A_outs: Sequence, args: Sequence, in_shapes: Sequ
         term = per_channel * args[2]
         bias = term.sum((-1, -2))
         mass = (A.abs().reshape(B, S, A.shape[2], A.shape[3], -1).sum(-1) * args[2].abs()).sum((-1, -2))
-    return [A_in, None, None][:len(args)], bias, mass
+    return bias, mass
+
+
+# Entries of a convolution's dense matrix (inputs x outputs of one example) up to which
+# certified training transposes it as a matrix product (`_dense_pays`).
+_DENSE_ENTRIES = 2 ** 18
+
+
+def _dense_pays(w: T, in_shape: Sequence[int], A: T) -> bool:
+    """Whether A goes back through the convolution as a product with its dense matrix: in
+    certified training (weights under autograd), for a convolution from one channel (a
+    first layer) whose matrix is small. A transposed convolution onto one channel is slow
+    on CPU (forward and backward), where a GEMM with a matrix of a few hundred thousand
+    entries is not: the digits CNN's CROWN-IBP step 10% faster with its first layer (64 x
+    1,024) so (BENCHMARKS.md, session 38); its second layer (16 channels, 1,024 x 512) so
+    made the step 30% slower. Not in verification, whose rows the transposed convolution
+    serves as before."""
+    n_in = math.prod(in_shape[1:])
+    n_out = math.prod(A.shape[2:])
+    return w.requires_grad and torch.is_grad_enabled() and in_shape[1] == 1 and n_in * n_out <= _DENSE_ENTRIES
+
+
+def _dense_transpose(node: Node, w: T, in_shape: Sequence[int], A: T) -> T:
+    """A [B, S, *out] times the convolution's matrix, transposed: [B, S, *in_shape]. The
+    matrix is the convolution (no bias) of the identity's rows, one image per input
+    element: exact (each entry is one weight), with autograd to the weights."""
+    B, S = A.shape[:2]
+    n_in = math.prod(in_shape[1:])
+    eye = torch.eye(n_in, dtype=A.dtype, device=A.device).reshape(n_in, *in_shape[1:])
+    rows = conv_forward(node, eye, w, None).reshape(n_in, -1)          # [n_in, n_out]
+    return (A.reshape(B * S, -1) @ rows.transpose(0, 1)).reshape(B, S, *in_shape)
 
 
 def _input_only(node: Node, variable: Sequence[bool]) -> bool:
