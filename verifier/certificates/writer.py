@@ -114,12 +114,24 @@ def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, ball: Option
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Float64 claims for the leaves (over each leaf cut by `ball` when given); leaves they
     do not prove are bisected (widest side) and retried. A leaf the ball misses needs no
-    bound (the checker decides that exactly): its claims are 0 and it is never bisected."""
+    bound (the checker decides that exactly): its claims are 0 and it is never bisected.
+
+    As in `_refine_alpha`, a bisected leaf's left half takes its place and its right half
+    goes to the end, and each of the checker's chunks is bounded once for its boxes: a
+    round re-bounds only the chunks a bisection changed."""
     C, d, strict, owner = spec_rows(disjunct)
     K = len(disjunct.outputs)
+    cache: dict = {}
 
     def claims_of(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        claims = _float64_claims(model, lo, hi, C, d, ball=ball, rows=_rows(disjunct))
+        parts = []
+        for s in range(0, len(lo), _CHUNK):
+            key = (lo[s:s + _CHUNK].tobytes(), hi[s:s + _CHUNK].tobytes())
+            if key not in cache:
+                cache[key] = _float64_claims(model, lo[s:s + _CHUNK], hi[s:s + _CHUNK], C, d, ball=ball,
+                                             rows=_rows(disjunct))
+            parts.append(cache[key])
+        claims = np.concatenate(parts) if parts else np.zeros((0, C.shape[0]))
         if ball is None:
             return claims, np.zeros(len(lo), bool)
         missed = boxes_missing_ball(lo, hi, ball)
@@ -131,10 +143,12 @@ def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, ball: Option
         bad = ~_rows_proved(claims, strict, owner, K) & ~missed
         if not bad.any():
             break
-        new_lo, new_hi = _bisect_widest(lo[bad], hi[bad])
-        lo = np.concatenate([lo[~bad], new_lo])
-        hi = np.concatenate([hi[~bad], new_hi])
-        claims, missed = claims_of(lo, hi)  # all again: claims come from the checker's chunks
+        new_lo, new_hi = _bisect_widest(lo[bad], hi[bad])   # left halves, then right halves
+        k = int(bad.sum())
+        lo, hi = lo.copy(), hi.copy()
+        lo[bad], hi[bad] = new_lo[:k], new_hi[:k]
+        lo, hi = np.concatenate([lo, new_lo[k:]]), np.concatenate([hi, new_hi[k:]])
+        claims, missed = claims_of(lo, hi)
     return lo, hi, claims
 
 

@@ -14,8 +14,9 @@ import vnnlib
 from tests.builders import check_certificate_for, normalised_mlp_onnx
 from tests.conftest import BENCH, needs_shared
 from verifier import Config, Result, load_model, verify
-from verifier.certificates.writer import (_evaluate, _float64_claims, _proved_leaves, _refine_alpha, build_certificate,
-                                          write_certificate)
+from verifier.certificates.writer import (_evaluate, _float64_claims, _proved_leaves, _refine, _refine_alpha,
+                                          build_certificate, write_certificate)
+from verifier.certificates.writer import _rows as writer_rows
 from verifier.checker.bounds64 import interval_table
 from verifier.checker.onnx_net import read_network
 from verifier.checker.verdict import check_certificate, check_files, decode_array, encode_array, spec_rows
@@ -149,29 +150,37 @@ def _sibling_hulls(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.array(out_lo), np.array(out_hi)
 
 
-def test_unproved_leaves_get_alphas_or_halves(split_run) -> None:
+@pytest.mark.parametrize("method", ["alpha-crown", "crown"])
+def test_unproved_leaves_get_alphas_or_halves(split_run, method: str) -> None:
     """Leaves that the float64 re-derivation does not prove with the search's slopes get
-    alphas optimised in float64, and those still unproved are bisected, until every leaf
-    is proved: here the search's alphas are dropped and sibling leaves merged, so that
-    CROWN's default slopes leave some leaves unproved and some hulls need halving."""
+    alphas optimised in float64 (alpha-CROWN proofs), and those still unproved are
+    bisected, until every leaf is proved: here the search's alphas are dropped and
+    sibling leaves merged, so that CROWN's default slopes leave some leaves unproved and
+    some hulls need halving. The rounds reuse the bounds of the checker's chunks that no
+    change touched: the claims must be what a fresh evaluation of the final leaves (with
+    their alphas) gives, to the bit."""
     model, path, spec, result = split_run
     changed = copy.deepcopy(result)
     entry = changed.proof["disjuncts"][0]
     entry["lower"], entry["upper"] = _sibling_hulls(np.asarray(entry["lower"]), np.asarray(entry["upper"]))
     entry["alphas"] = {}
+    entry["method"] = method
     assert len(entry["lower"]) < len(result.proof["disjuncts"][0]["lower"])
     cert = build_certificate(model, path, spec, changed)
     report = check_certificate_for(cert, model, path)
     assert report.accepted, report.reason
-    leaves = cert["disjuncts"][0]["leaves"]
-    assert leaves["alphas"], "no leaf needed optimised alphas"
+    assert cert["disjuncts"][0]["method"] == method
     assert len(_leaves(cert)[0]) > len(entry["lower"]), "no leaf was bisected"
-    # The rounds reuse the bounds of chunks no change touched: the claims must be what a
-    # fresh evaluation of the final leaves with their alphas gives, to the bit.
     disjunct = spec.disjuncts[0]
-    lo, hi, claims, alphas = _refine_alpha(model, np.asarray(entry["lower"], float), np.asarray(entry["upper"], float),
-                                           {}, disjunct)
-    assert np.array_equal(_evaluate(model, lo, hi, disjunct, alphas)[0], claims)
+    lo, hi = np.asarray(entry["lower"], float), np.asarray(entry["upper"], float)
+    if method == "alpha-crown":
+        assert cert["disjuncts"][0]["leaves"]["alphas"], "no leaf needed optimised alphas"
+        lo, hi, claims, alphas = _refine_alpha(model, lo, hi, {}, disjunct)
+        assert np.array_equal(_evaluate(model, lo, hi, disjunct, alphas)[0], claims)
+    else:
+        lo, hi, claims = _refine(model, lo, hi, disjunct)
+        C, d = spec_rows(disjunct)[:2]
+        assert np.array_equal(_float64_claims(model, lo, hi, C, d, rows=writer_rows(disjunct)), claims)
 
 
 def test_input_split_alpha_certificate_and_changed_alphas(split_run) -> None:
