@@ -51,7 +51,8 @@ from bab.search import Bounded, SearchHooks, SearchLimits, SearchOutcome, domain
 from bab.tuning import DEFAULT_TUNING, Tuning
 from models import Graph
 from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
-from relaxations.crown import BackwardContext, _affine_backward, slot_bounds
+from relaxations.affine_step import affine_backward
+from relaxations.crown import BackwardContext, slot_bounds
 from relaxations.ops import products
 from relaxations.registry import rule_for
 
@@ -271,7 +272,7 @@ class IntervalBrancher:
             gap = w[..., :P] * w[..., P:] / 2
             Af = (A.detach() * weight.reshape(N, -1, *[1] * (A.dim() - 2))).abs().sum(1)   # [N, *out]
             per_slot = (Af.unsqueeze(-1) * torch.cat([gap, gap], -1)).unsqueeze(1)       # [N, 1, *out, 2P]
-            ins, _, _ = _affine_backward(ctx, node, [per_slot], fn=lambda n, xs: [rule.gather(n, xs)], masked=True)
+            ins, _, _ = affine_backward(ctx, node, [per_slot], fn=lambda n, xs: [rule.gather(n, xs)], masked=True)
             for x, a in zip(node.inputs, ins):
                 if x == z and a is not None:
                     s = a.reshape(N, -1)

@@ -34,7 +34,8 @@ import torch
 from models import GraphEvaluator
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds
-from relaxations.crown import BackwardContext, affine_rows
+from relaxations.affine_step import affine_rows
+from relaxations.crown import BackwardContext
 from relaxations.registry import is_affine_node
 
 __all__ = ["tightened_box", "affine_matrix", "MAX_MATRIX"]

@@ -1,5 +1,5 @@
 """The transpose of a batch-wise affine op by one autograd call over the rows stacked on
-its batch axis (`relaxations.crown._stacked_backward`) against the generic vmap of its
+its batch axis (`relaxations.affine_step.stacked_backward`) against the generic vmap of its
 vector-Jacobian product, which it replaces for pooling, padding and batch normalisation:
 the same coefficients, bias and mass, and the same gradients."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import relaxations.crown as crown
+import relaxations.affine_step as affine_step
 from models import GraphEvaluator
 from relaxations.crown import BackwardContext, rules_for
 from verifier.pytorch.verify_module import module_model
@@ -44,10 +44,10 @@ def test_stacked_backward_equals_the_vmap_of_the_vjp(name: str, monkeypatch) -> 
     ev = GraphEvaluator(graph, dtype=torch.float64)
     ctx = BackwardContext(graph, ev, {}, rules_for(graph))
     A = torch.randn(B, S, *graph.shapes[node.outputs[0]], dtype=torch.float64, requires_grad=True)
-    got = crown._stacked_backward(ctx, node, [A])
+    got = affine_step.stacked_backward(ctx, node, [A])
     assert got is not None, "the op qualifies for the stacked transpose"
-    monkeypatch.setattr(crown, "_stacked_backward", lambda *args: None)
-    want = crown._affine_backward(ctx, node, [A])
+    monkeypatch.setattr(affine_step, "stacked_backward", lambda *args: None)
+    want = affine_step.affine_backward(ctx, node, [A])
     torch.testing.assert_close(got[0][0], want[0][0])
     assert got[0][1:] == [None] * (len(node.inputs) - 1)
     torch.testing.assert_close(got[1], want[1])
@@ -78,4 +78,4 @@ def test_a_transposed_convolution_keeps_the_vmap_path() -> None:
     node = next(n for n in graph.nodes if n.op == "ConvTranspose")
     ctx = BackwardContext(graph, GraphEvaluator(graph, dtype=torch.float64), {}, rules_for(graph))
     A = torch.randn(B, S, *graph.shapes[node.outputs[0]], dtype=torch.float64)
-    assert crown._stacked_backward(ctx, node, [A]) is None
+    assert affine_step.stacked_backward(ctx, node, [A]) is None
