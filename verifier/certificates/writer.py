@@ -126,7 +126,7 @@ def _refine(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, ball: Option
     def claims_of(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = []
         for s in range(0, len(lo), _CHUNK):
-            key = (lo[s:s + _CHUNK].tobytes(), hi[s:s + _CHUNK].tobytes())
+            key = _chunk_key(lo[s:s + _CHUNK], hi[s:s + _CHUNK])
             if key not in cache:
                 cache[key] = _float64_claims(model, lo[s:s + _CHUNK], hi[s:s + _CHUNK], C, d, ball=ball,
                                              rows=_rows(disjunct))
@@ -220,9 +220,16 @@ def _evaluate(model: Model, lo: np.ndarray, hi: np.ndarray, disjunct, sparse: Op
             {k: tuple(np.concatenate([p[i] for p in v]) for i in range(3)) for k, v in out.items()})
 
 
-def _chunk_key(lo: np.ndarray, hi: np.ndarray, given: dict) -> tuple:
-    """What a chunk's float64 bounds are a function of: its boxes and its dense alphas."""
-    return (lo.tobytes(), hi.tobytes(), tuple((k, given[k].numpy().tobytes()) for k in sorted(given)))
+def _chunk_key(lo: np.ndarray, hi: np.ndarray, given: Optional[dict] = None) -> bytes:
+    """What a chunk's float64 bounds are a function of, its boxes and its dense alphas, as a
+    digest: the alphas of a chunk of a wide net run to megabytes, which the cache would
+    otherwise keep as keys for every chunk of every round."""
+    h = hashlib.sha256(lo.tobytes())
+    h.update(hi.tobytes())
+    for k in sorted(given or {}):
+        h.update(k.encode())
+        h.update(given[k].numpy().tobytes())
+    return h.digest()
 
 
 def _moved(sparse: dict, where: np.ndarray) -> dict:

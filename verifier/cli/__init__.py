@@ -33,8 +33,10 @@ def _bad_input_types() -> tuple[type, ...]:
     # an exception of a type whose module was never imported cannot have been raised, and
     # importing models or verifier.verify (torch, onnx: seconds) would only delay a config
     # error's one line.
-    found = [sys.modules[m].__dict__[name] for m, name in _BAD_INPUT_ELSEWHERE if m in sys.modules]
-    return (ConfigError, OutputPathError, FileNotFoundError, *found)
+    # (getattr: a module whose import failed half-way may lack the name; this runs inside
+    # the exception handler, which must not raise.)
+    found = [getattr(sys.modules.get(m), name, None) for m, name in _BAD_INPUT_ELSEWHERE]
+    return (ConfigError, OutputPathError, FileNotFoundError, *(t for t in found if isinstance(t, type)))
 
 
 # (module, name) of the bad-input exceptions that the CLI's start-up does not import
