@@ -39,8 +39,8 @@ from models.graph import output_simplices
 from relaxations.alpha import BetaTerms, WarmStart, initial_alphas, optimise_alpha, project_alphas
 from relaxations.alpha_intermediate import optimise_with_intermediate
 from relaxations.bounds import (BoundsTable, IntervalBounds, Precision, check_deadline, concretize, selection_lower,
-                                simplex_lower)
-from relaxations.crown import BackwardContext, backward_lower, is_slot_node, rules_for
+                                simplex_lower, widen_lower)
+from relaxations.crown import BackwardContext, backward_lower, backward_lower_terms, is_slot_node, rules_for
 from relaxations.intermediate import intermediate_bounds
 from relaxations.options import METHODS, BoundOptions, BoundResult, ClipHook, Given
 from relaxations.reverse import tightened_box
@@ -249,9 +249,20 @@ def folded_ibp_lower(ctx: BackwardContext, box: IntervalBounds, A: T, options: B
     B, S = A.shape[:2]
     widest = max([box.lower[0].numel()] + [torch.Size(s).numel() for s in ctx.graph.shapes.values() if s])
     chunk = max(1, options.max_elements // max(1, B * widest))
-    parts = [backward_lower(fctx, ctx.graph.output_name, A[:, s:s + chunk]).concretize(box, precision)
-             for s in range(0, S, chunk)]
+    parts = [_folded_part(fctx, box, A[:, s:s + chunk], precision) for s in range(0, S, chunk)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _folded_part(fctx: BackwardContext, box: IntervalBounds, A: T, precision: Precision) -> T:
+    """One chunk of `folded_ibp_lower`, [B, S]. Where no coefficient reaches the input (the
+    walk stopped at intervals everywhere: a ReLU before the last affine layers) the
+    bound is the bias, widened for its mass: what concretising a zero A would give, less
+    a product with the box (and its backward in training)."""
+    A_in, bias, mass = backward_lower_terms(fctx, fctx.graph.output_name, A)
+    if A_in is not None:
+        return concretize(A_in, box, precision, bias, mass)
+    value = bias if precision.exact else widen_lower(bias, mass, precision)
+    return value.expand(box.lower.shape[0], -1) if value.shape[0] == 1 else value
 
 
 def final_lower_from_table(graph: Graph, ev: GraphEvaluator, box: IntervalBounds, table: BoundsTable, A: T,

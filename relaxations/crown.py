@@ -428,11 +428,20 @@ def backward_lower(ctx: BackwardContext, start: str, A: T) -> LinearBounds:
     A: [B, S, *shape(start)]. Returns LinearBounds over the input (A may be all zero
     when the start does not depend on the input through relaxable ops).
     """
+    return backward_from(ctx, *_walk_start(ctx, start, A))
+
+
+def backward_lower_terms(ctx: BackwardContext, start: str, A: T) -> tuple[Optional[T], T, T]:
+    """`backward_lower` as `backward_terms` gives it: (A at the input or None, bias, mass)."""
+    return backward_terms(ctx, *_walk_start(ctx, start, A))
+
+
+def _walk_start(ctx: BackwardContext, start: str, A: T) -> tuple[dict[str, T], int, T, T]:
+    """The arguments of a walk from tensor `start` with coefficients A: (As, stop, bias, mass)."""
     graph = ctx.graph
-    B, S = A.shape[:2]
-    bias = torch.zeros(B, S, dtype=A.dtype, device=A.device)
+    bias = torch.zeros(A.shape[:2], dtype=A.dtype, device=A.device)
     stop = next(i for i, n in enumerate(graph.nodes) if start in n.outputs) if start != graph.input_name else -1
-    return backward_from(ctx, {start: A}, stop, bias, torch.zeros_like(bias))
+    return {start: A}, stop, bias, torch.zeros_like(bias)
 
 
 def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, mass: T) -> LinearBounds:
@@ -442,8 +451,19 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
     [B, S]: what earlier steps added. A walk that began in another form (patches,
     relaxations/patches.py) hands over here where its form ends.
     """
+    A_in, bias, mass = backward_terms(ctx, As, stop, bias, mass)
+    if A_in is None:
+        A_in = torch.zeros(bias.shape[0], bias.shape[1], *ctx.graph.input_shape, dtype=bias.dtype, device=bias.device)
+    return LinearBounds(A_in, bias, mass)
+
+
+def backward_terms(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, mass: T
+                   ) -> tuple[Optional[T], T, T]:
+    """`backward_from`'s walk as (A at the input or None, bias, mass): None when no
+    coefficient reached the input (every path stopped at an interval, as IBP's folded
+    specification does), so a caller can take the bias as the bound without
+    concretising a zero tensor against the box (a product and, in training, its backward)."""
     graph = ctx.graph
-    B, S = bias.shape
     order = list(graph.nodes)
     for node in reversed(order[:stop + 1]):
         check_deadline(ctx.deadline)
@@ -486,9 +506,7 @@ def backward_from(ctx: BackwardContext, As: dict[str, T], stop: int, bias: T, ma
     A_in = As.pop(graph.input_name, None)
     if ctx.extra_A:
         A_in = _with_extra(A_in, ctx.extra_A.get(graph.input_name), graph.input_shape)
-    if A_in is None:
-        A_in = torch.zeros(B, S, *graph.input_shape, dtype=bias.dtype, device=bias.device)
-    return LinearBounds(A_in, bias, mass)
+    return A_in, bias, mass
 
 
 def rules_for(graph: Graph) -> dict[str, OpRule]:

@@ -20,7 +20,7 @@ an infinite bound):
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -61,6 +61,21 @@ def affine_interval(node: Node, rule: OpRule, ins: Sequence) -> list[IntervalBou
         zero_out = batched(node, fn, [torch.zeros_like(r) if m else r for r, m in zip(radii, mask)], mask)
         out_r = [r - z for r, z in zip(batched(node, fn, radii, mask), zero_out)]
     return [IntervalBounds(c - r, c + r) for c, r in zip(out_c, out_r)]
+
+
+def _closed_form_interval(node: Node, rule: OpRule, ins: Sequence) -> Optional[list[IntervalBounds]]:
+    """`affine_interval` by the rule's closed form (`OpRule.centre_radius`: dense layers),
+    where it has one for these inputs (the first variable, the rest constant); else None.
+    Exact arithmetic only: the closed form may round differently from the op's forward."""
+    if rule.centre_radius is None or not isinstance(ins[0], IntervalBounds) \
+            or any(isinstance(x, IntervalBounds) for x in ins[1:]):
+        return None
+    b = ins[0]
+    out = rule.centre_radius(node, b.center, b.radius, [None, *ins[1:]])
+    if out is None:
+        return None
+    c, r = out
+    return [IntervalBounds(c - r, c + r)]
 
 
 def _stacked(node: Node, fn, ins: Sequence, parts) -> list[list[T]]:
@@ -108,8 +123,10 @@ def _plain_interval(ev: GraphEvaluator, node: Node, rule: OpRule, ins: Sequence,
     Affine ops by centre and radius, monotone ones end by end. A NaN end is passed on (a
     loss that becomes NaN says so; `sound_interval` turns it into an infinite end)."""
     if is_affine_node(node, rule, variable) and not ("elementwise" in rule.facts and rule.interval is not None):
-        outs = monotone_interval(node, ins) if rule.radius is None or "monotone" in rule.facts \
-            else affine_interval(node, rule, ins)
+        if rule.radius is None or "monotone" in rule.facts:
+            outs = monotone_interval(node, ins)
+        else:
+            outs = _closed_form_interval(node, rule, ins) or affine_interval(node, rule, ins)
     elif rule.interval is not None:
         outs = rule.interval(node, ins, ev)
     else:

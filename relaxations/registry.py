@@ -135,6 +135,11 @@ class OpRule:
     # or None to use the generic vector-Jacobian product. A_outs: [B, S, *out_shape];
     # args: constants in position, None for variable inputs.
     backward: Optional[Callable[..., Optional[tuple]]] = None
+    # affine, optional fast path for intervals in exact arithmetic: centre_radius(node,
+    # centre, radius, args) -> (centre, |L| radius) of the output from the first input's
+    # centre and radius [B, *shape] (the others constants, in args), or None for a pattern
+    # it does not handle. The whole batch at once, where `radius` goes sample by sample.
+    centre_radius: Optional[Callable[..., Optional[tuple]]] = None
     # slots (module docstring): gather(node, args) -> [*out_shape, K] for one sample,
     # args as for the forward (constants in place); a selection of input elements and
     # constants. relax_slots(node, lo, hi, alpha, consts) -> SlotRelaxation from the

@@ -8,9 +8,10 @@ CROWN relaxes it all the same.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from models import Node
 from models.ops.linear import gemm_parts
@@ -36,6 +37,24 @@ def _gemm_radius(node: Node, args: Sequence, variable: Sequence[bool]) -> list[T
     if len(variable) > 2 and variable[2]:
         out = out + c
     return [out]
+
+
+def _dense_centre_radius(node: Node, centre: T, radius: T, args: Sequence) -> Optional[tuple[T, T]]:
+    """Gemm (no transA) or MatMul by a constant matrix on the right, the first input
+    varying: the layer and its |W| as `F.linear` on the whole batch (one fused product
+    with the bias, no per-sample reshapes), for certified training's intervals."""
+    w = args[1] if len(args) > 1 else None
+    if w is None or w.dim() != 2 or centre.dim() < 2:
+        return None
+    bias = None
+    if node.op == "Gemm":
+        if node.attr("transA", 0) or (len(args) > 2 and args[2] is None and len(node.inputs) > 2 and node.inputs[2]):
+            return None
+        _, w, bias = gemm_parts(node, [torch.empty(0, 0), w, args[2] if len(args) > 2 else None])
+    w = w.transpose(0, 1)                     # [out, in], F.linear's layout
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != w.shape[0]):   # C broadcast as Gemm does
+        return F.linear(centre, w) + bias, F.linear(radius, w.abs())
+    return F.linear(centre, w, bias), F.linear(radius, w.abs())
 
 
 def _bilinear_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
@@ -82,10 +101,10 @@ def _one_factor_variable(node: Node, variable: Sequence[bool]) -> bool:
 
 def register() -> None:
     register_rule(OpRule("MatMul", "affine", radius=_matmul_radius, affine_inputs=_one_factor_variable,
-                         interval=_bilinear_interval, backward=matmul_backward,
+                         interval=_bilinear_interval, backward=matmul_backward, centre_radius=_dense_centre_radius,
                          gather=products.matmul_gather, relax_slots=products.product_relax,
                          alpha_init=products.product_alpha_init, alpha_bounds=products.product_alpha_bounds,
                          unstable=products.product_unstable, facts=frozenset({"piecewise_linear"})))
     register_rule(OpRule("Gemm", "affine", radius=_gemm_radius, affine_inputs=_one_factor_variable,
-                         interval=_bilinear_interval, backward=gemm_backward,
+                         interval=_bilinear_interval, backward=gemm_backward, centre_radius=_dense_centre_radius,
                          facts=frozenset({"piecewise_linear"})))
