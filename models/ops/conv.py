@@ -55,9 +55,14 @@ def conv_forward(node: Node, x: T, w: T, b: T | None) -> T:
     strides = list(node.attr("strides", [1] * nd))
     dil = list(node.attr("dilations", [1] * nd))
     pads = spatial_pads(node, x.shape[2:], kernel, strides, dil)
-    if any(pads):
-        x = F.pad(x, torch_pad_order(pads))
-    return _CONV[nd](x, w, b, stride=strides, dilation=dil, groups=int(node.attr("group", 1)))
+    groups = int(node.attr("group", 1))
+    if pads[:nd] == pads[nd:]:
+        # The same pad at both ends: the convolution's own zero padding, where a padded
+        # copy of x cost a third of a CNN's interval step under autograd (BENCHMARKS.md,
+        # session 39). Uneven pads take an explicit F.pad.
+        return _CONV[nd](x, w, b, stride=strides, padding=[int(p) for p in pads[:nd]], dilation=dil, groups=groups)
+    x = F.pad(x, torch_pad_order(pads))
+    return _CONV[nd](x, w, b, stride=strides, dilation=dil, groups=groups)
 
 
 def _conv(node: Node, xs: Sequence[T | None]) -> list[T]:
