@@ -30,8 +30,9 @@ from relaxations.ops.common import batched
 from relaxations.registry import OpRule, Relaxation, SlotRelaxation, is_affine_node, rule_for
 from relaxations.sdp_crown import sdp_bias
 
-__all__ = ["BackwardContext", "PartialRelaxation", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from", "is_slot_node",
-           "is_relaxed", "slot_bounds", "slot_count", "relaxation_domain", "MAX_SLOT_ELEMENTS"]
+__all__ = ["BackwardContext", "PartialRelaxation", "SparseAlpha", "SparseTerm", "backward_lower", "backward_from",
+           "backward_lower_terms", "backward_terms", "is_slot_node", "is_relaxed", "slot_bounds", "slot_count",
+           "relaxation_domain", "MAX_SLOT_ELEMENTS"]
 
 T = torch.Tensor
 # Elements of the slot coefficients [B, rows, *out, K] one step of a slot op may hold:
