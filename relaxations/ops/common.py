@@ -7,15 +7,11 @@ import torch
 from torch.func import vmap
 
 from models import Node
-from models.evaluate import map_samples
+from models.evaluate import BROADCASTING, map_samples
 from models.ops import forward_rule
 from relaxations.bounds import IntervalBounds
 
 __all__ = ["batched", "monotone_interval", "Ins"]
-
-# Ops of ONNX's default domain with one input, whose forward acts element by element
-# whatever the tensor's rank.
-_UNARY_ELEMENTWISE = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh"})
 
 T = torch.Tensor
 Ins = Sequence["IntervalBounds | T | None"]
@@ -42,8 +38,9 @@ def batched(node: Node, fn: Callable, args: Sequence[T | None], batched_mask: Se
 def monotone_interval(node: Node, ins: Ins, ev=None) -> list[IntervalBounds]:
     """Interval of an op that is nondecreasing in every variable input: f(l) and f(u)."""
     fn = forward_rule(node).fn
-    if len(ins) == 1 and node.domain == "" and node.op in _UNARY_ELEMENTWISE and isinstance(ins[0], IntervalBounds):
-        # Per element: the batch at once is every sample (no reshapes to stack them).
+    if len(ins) == 1 and node.domain == "" and node.op in BROADCASTING and isinstance(ins[0], IntervalBounds):
+        # One input of an op that broadcasts (elementwise): the batch at once is every
+        # sample, as GraphEvaluator runs it (no reshapes to stack them).
         return [IntervalBounds(fn(node, [ins[0].lower])[0], fn(node, [ins[0].upper])[0])]
     mask = [isinstance(x, IntervalBounds) for x in ins]
     lows = [x.lower if isinstance(x, IntervalBounds) else x for x in ins]

@@ -48,7 +48,7 @@ def _dense_centre_radius(node: Node, centre: T, radius: T, args: Sequence) -> Op
         return None
     bias = None
     if node.op == "Gemm":
-        if node.attr("transA", 0) or (len(args) > 2 and args[2] is None and len(node.inputs) > 2 and node.inputs[2]):
+        if node.attr("transA", 0):
             return None
         _, w, bias = gemm_parts(node, [torch.empty(0, 0), w, args[2] if len(args) > 2 else None])
     w = w.transpose(0, 1)                     # [out, in], F.linear's layout
