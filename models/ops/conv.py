@@ -55,6 +55,8 @@ def conv_forward(node: Node, x: T, w: T, b: T | None) -> T:
     strides = list(node.attr("strides", [1] * nd))
     dil = list(node.attr("dilations", [1] * nd))
     pads = spatial_pads(node, x.shape[2:], kernel, strides, dil)
+    if any(int(p) < 0 for p in pads):      # ONNX forbids them; say so rather than torch's wording
+        raise ValueError(f"pads must be nonnegative, got {list(pads)}")
     groups = int(node.attr("group", 1))
     if pads[:nd] == pads[nd:]:
         # The same pad at both ends: the convolution's own zero padding, where a padded

@@ -277,3 +277,13 @@ def test_an_output_that_does_not_depend_on_the_input_is_its_constant(tmp_path) -
     res = compute_bounds(g, box, options=BoundOptions(method="crown"))
     assert res.lower.reshape(-1).tolist() == pytest.approx([2.5, 2.0], abs=1e-4)
     assert res.upper.reshape(-1).tolist() == pytest.approx([2.5, 2.0], abs=1e-4)
+
+
+@pytest.mark.parametrize("pads", [[-1, -1, -1, -1], [-1, 0, -1, 0]])
+def test_negative_conv_pads_are_refused_by_name(pads) -> None:
+    """ONNX forbids negative pads; the refusal names the node and says so, whether the pads
+    are even (the convolution's own padding) or not (an explicit pad)."""
+    w = np.ones((2, 1, 3, 3), np.float32)
+    model = make_model([helper.make_node("Conv", ["X", "W"], ["Y"], pads=pads)], {"W": w}, (1, 1, 8, 8), (1, 2, 8, 8))
+    with pytest.raises(UnsupportedModel, match=r"op Conv \(opset 13\): cannot evaluate .*pads must be nonnegative"):
+        graph_from_proto(model)
