@@ -13,7 +13,7 @@ import torch
 
 from bab.problem import Problem, into_region, objective, violations
 
-__all__ = ["domain_pgd", "minimiser_candidates", "input_gradient", "descent_direction"]
+__all__ = ["domain_pgd", "minimiser_candidates", "joint_minimisers", "input_gradient", "descent_direction"]
 
 T = torch.Tensor
 
@@ -75,3 +75,42 @@ def minimiser_candidates(p: Problem, mins: T, focus: int, steps: int) -> tuple[T
     pgd_obj, pgd_x = domain_pgd(p, lo, hi, pts[best], steps)
     return torch.cat([pts, pgd_x]), torch.cat([obj, pgd_obj])
 
+
+
+def joint_minimisers(p: Problem, lo: T, hi: T, A: T, bias: T, steps: int) -> T:
+    """A point per box [N, n_in] where the linear lower bounds of a conjunction's rows are
+    all small at once: sign steps down the worst row of the conjunction that is closest
+    to holding (A [N, S, n_in] and bias [N, S] bound C y over each box; the best point
+    seen is kept).
+
+    A counterexample must meet every row of one conjunction. Each row's own minimiser is
+    the box corner that favours that row alone, and where the bad set is a thin slab
+    between rows (an output kept inside a narrow band, a bound on another output as well)
+    no corner and no centre need lie in it, however small the boxes get (BENCHMARKS.md,
+    session 40: a published counterexample missed in 500,000 boxes). Once a box is small
+    its linear bounds are nearly the outputs themselves, so a point where the bounds'
+    worst row (piecewise linear and convex in x) is smallest is nearly a point of the
+    bad set. Only a candidate: the search replays it before answering sat.
+    """
+    N = A.shape[0]
+    lo, hi = lo.reshape(N, -1), hi.reshape(N, -1)
+    c = bias - p.d
+    owner = p.owner.expand(N, -1)
+    rows = torch.arange(N, device=A.device)
+    x = (lo + hi) / 2
+    best_x, best = x, torch.full((N,), torch.inf, dtype=A.dtype, device=A.device)
+    for step in range(steps):
+        v = torch.bmm(A, x.unsqueeze(-1)).squeeze(-1) + c                    # [N, S]
+        worst = torch.full((N, p.n_conj), -torch.inf, dtype=v.dtype, device=v.device)
+        worst = worst.scatter_reduce(1, owner, v, reduce="amax")
+        value, conj = worst.min(1)
+        better = value < best
+        best = torch.where(better, value, best)
+        best_x = torch.where(better.unsqueeze(1), x, best_x)
+        if step == steps - 1:
+            break
+        # The subgradient of that conjunction's max: its worst row's coefficients.
+        r = torch.where(owner == conj.unsqueeze(1), v, torch.full_like(v, -torch.inf)).argmax(1)
+        size = 0.25 / (1 + step)     # steps shrinking like 1/t: a subgradient method's
+        x = torch.minimum(torch.maximum(x - size * (hi - lo) * A[rows, r].sign(), lo), hi)
+    return best_x

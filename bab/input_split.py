@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from bab.attack import domain_pgd
+from bab.attack import domain_pgd, joint_minimisers
 from bab.clip_hooks import ConstraintClipper
 from bab.clipping import (clip_box, clip_box_union, hull_under_constraints, min_under_all_constraints,
                           min_under_constraints, min_under_region, row_constraints)
@@ -83,7 +83,7 @@ def _misses_ball(p: Problem, lower: T, upper: T) -> T:
 
 
 def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Clipping = _Clipping(),
-           keep: Optional[dict] = None, inherited: Optional[tuple[T, T]] = None
+           keep: Optional[dict] = None, inherited: Optional[tuple[T, T]] = None, joint_steps: int = 0
            ) -> tuple[T, T, T, T, Optional[T], tuple[T, T]]:
     """Bound the boxes; with `clipping.on`, shrink them afterwards (Clip-and-Verify).
 
@@ -99,6 +99,8 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
     `keep` (proof logs), keep["alphas"] receives alpha-CROWN's best slopes per row
     (relu -> [N, S, *shape]) and keep["unstable"] each such ReLU's unstable mask [N, *shape].
     With `clipping.box` off (paused), clipping only collects the constraints for the children.
+    With `joint_steps` and a conjunction of several rows, the minimisers [N, S + 1, n_in]
+    end with each box's `joint_minimisers` point of the bound's rows.
     """
     N = lower.shape[0]
     n = lower[0].numel()
@@ -131,6 +133,9 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
         tight = min_under_region(res.linear, IntervalBounds(lower, upper), p.region_a, p.region_c, options.precision)
         lb = torch.maximum(lb, tight - p.d)
     mins = res.linear.minimizer(IntervalBounds(lower, upper)).detach()
+    if joint_steps and p.n_conj < S:   # some conjunction has several rows
+        joint = joint_minimisers(p, lower, upper, A, res.linear.bias.detach(), joint_steps)
+        mins = torch.cat([mins.reshape(N, S, -1), joint.unsqueeze(1).to(mins.dtype)], 1)
     return lower, upper, _off_ball(p, lower, upper, lb), split_A, mins, cons
 
 
@@ -368,7 +373,8 @@ class InputBrancher:
         logged: Optional[dict] = {} if self.how.record_proof else None
         clipping = _Clipping(self.how.clip, self.how.clip_generations, use, self.how.clip_joint, ch.box, self.tally,
                              self.box_tally)
-        lo, hi, lb, A, mins, cons = _bound(p, ch.lo, ch.hi, self.options, clipping, logged, ch.inherited)
+        lo, hi, lb, A, mins, cons = _bound(p, ch.lo, ch.hi, self.options, clipping, logged, ch.inherited,
+                                           tuning.joint_steps)
         proved, _ = rows_status(p, lb)
         n = len(lo)
         candidates = [into_region(p, (lo + hi) / 2, lo, hi)]      # each child's centre stays in its box

@@ -23,6 +23,10 @@ class Tuning:
     pgd_focus_input: int = 64       # children attacked per such round (smallest objective first)
     pgd_focus_activation: int = 32  # activation split: minimisers attacked per round, over the whole region
     confirm_limit: int = 8          # candidates replayed per round (each costs a model run)
+    # Input split: sign steps toward each box's point where its conjunction's rows are
+    # smallest together (`bab.attack.joint_minimisers`); the point found stopped moving
+    # between 5 and 40 steps on the instance it was built for (BENCHMARKS.md, session 40).
+    joint_steps: int = 10
     # A domain that is not fully split goes to the leaf LP (`bab.leaf_lp_unstable`) only
     # while its constraint matrix (split neurons x inputs) stays under this many entries:
     # small LPs cost less than a millisecond, but a dense LP over a CIFAR input with
