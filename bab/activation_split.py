@@ -26,15 +26,14 @@ from bab.clip_hooks import SplitClipper
 from bab.domains import SplitDomains
 from bab.leaf_lp import LeafSolver, decide_leaves
 from bab.learned import Nogoods
+from bab.narrowing import Narrowed, narrowed_candidates, narrowing_decisions
 from bab.problem import (Problem, into_region, pruning_proved, region_box, rows_left_open, rows_problem, rows_status,
                          violations)
 from bab.proof import ActivationProofLog, ConjunctionProofs
 from bab.search import Bounded, RoundPool, SearchHooks, SearchLimits, SearchOutcome, domain_bytes, run
 from bab.tuning import DEFAULT_TUNING, Tuning
-from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
+from relaxations import BoundOptions, Given, compute_bounds
 from relaxations.bounds import rows_proved
-from relaxations.crown import BackwardContext, rules_for
-from relaxations.reverse import tightened_box
 
 __all__ = ["ReluBrancher", "ReluSearch", "activation_split_bab", "relu_brancher", "relu_inputs"]
 
@@ -72,6 +71,8 @@ class ReluSearch:
     constraints their best multipliers, which a few beta-CROWN steps may be far from.
     `prune_proved`: alpha/beta-CROWN's later steps leave out the domains of a batch it
     has proved (`BoundOptions.proved`; the other domains' bounds are the same).
+    `narrowing_attack`: the root's single decisions that confine the input box give
+    counterexample candidates (`bab.narrowing`), with the attack on.
     """
 
     record_proof: bool = False
@@ -86,6 +87,7 @@ class ReluSearch:
     leaf_solve: Optional[LeafSolver] = None
     leaf_unstable: int = 0
     prune_proved: bool = False
+    narrowing_attack: bool = False
 
 
 @dataclass
@@ -114,7 +116,7 @@ class ReluBrancher:
     attack: bool = True
     tuning: Tuning = DEFAULT_TUNING
     room: int = 0                 # children a round may bound (2 x batch size)
-    NARROWING_TRIES = 512         # neurons of each split tensor `_narrowing` tries at most
+    NARROWING_TRIES = 512         # neurons of each split tensor `_narrowed` tries at most
     CLIP_K = 2                    # relaxed clipping: the most cutting split constraints per domain
 
     def __post_init__(self) -> None:
@@ -136,7 +138,7 @@ class ReluBrancher:
             self.options, coefficients=True,
             keep_betas=how.record_proof or how.branching == "fsb" or how.warm_start)
         self.unstable: dict[str, T] = {}   # split tensor -> flat indices unstable at the root
-        self.narrowing: Optional[dict] = None   # decisions that narrow the box (`_narrowing`)
+        self.narrowing: Optional[dict] = None   # decisions that narrow the box (`_narrowed`)
         self.nogoods: Optional[Nogoods] = None
         if how.learn:
             self.nogoods = Nogoods({z: torch.Size(s).numel() for z, s in self.shapes.items()},
@@ -219,57 +221,38 @@ class ReluBrancher:
         for z in self.shapes:
             b = res.table[z]
             self.unstable[z] = torch.nonzero(((b.lower < 0) & (b.upper > 0)).reshape(-1)).flatten()
+        found = self._narrowed(res)
         if self.options.tighten_input:
-            self.narrowing = self._narrowing(res)
+            self.narrowing = found.flags
             if not any(bool(m.any()) for m in self.narrowing.values()):
                 self.options = dataclasses.replace(self.options, tighten_input=False)
                 self.narrowing = None
         proved, score = rows_status(self.problem, lb)
         proved, leaf_points = self._leaves(splits, lb, branch, proved, res.table)
         pts = obj = None
+        if found is not None and self.attack and self.how.narrowing_attack:
+            pts, obj = narrowed_candidates(self.problem, found, self.tuning.pgd_focus_activation,
+                                           self.tuning.pgd_steps)
         if leaf_points and self.attack:
-            pts, obj = _with_points(self.problem, None, None, leaf_points)
+            pts, obj = _with_points(self.problem, pts, obj, leaf_points)
         alphas, betas = self._keep(res, lb)
         return Bounded(SplitDomains(splits, lb, score, branch, alphas, betas, more), proved, pts, obj,
                        leaf_data=self._leaf_data(res))
 
-    def _narrowing(self, res, chunk: int = 64) -> dict:
-        """The single decisions that narrow the input box (`tighten_input`) to under half
-        its width in some input: split tensor -> bool [2, numel] (row 0: active, row 1:
-        inactive), tried for every neuron unstable at the root over the root's intervals.
-        Filtered smart branching bounds only these candidates' children over a narrowed
-        box; where there is none (a convolution too large for the backward rows), the
-        search skips the narrowing altogether, which costs a backward pass per round.
-        At most `NARROWING_TRIES` neurons of each tensor are tried, and none past the
-        deadline (on oval21's cifar_deep_kw trying them all ran the search seconds past
-        it; a cap on all tensors together never reached a needle's distance neuron, which
-        comes after the first layers' thousands of unstable neurons in a 784-input CNN)."""
-        p = self.problem
-        found = {z: torch.zeros(2, torch.Size(s).numel(), dtype=torch.bool, device=p.lower.device)
-                 for z, s in self.shapes.items()}
-        ctx = BackwardContext(p.graph, p.ev, res.table, rules_for(p.graph))
-        box = res.table[p.graph.input_name]
-        for z, idx in self.unstable.items():
-            for s in range(0, min(len(idx), self.NARROWING_TRIES), chunk):
-                if self.options.deadline is not None and time.monotonic() > self.options.deadline:
-                    return found
-                j = idx[s:min(s + chunk, self.NARROWING_TRIES)]
-                n = 2 * len(j)
-                sign = torch.zeros(n, torch.Size(self.shapes[z]).numel(), dtype=torch.int8, device=j.device)
-                rows = torch.arange(n, device=j.device)
-                sign[rows, j.repeat(2)] = torch.cat([torch.ones(len(j)), -torch.ones(len(j))]).to(torch.int8)
-                sign = sign.reshape(n, *self.shapes[z])
-                table = {k: IntervalBounds(v.lower.expand(n, *v.lower.shape[1:]), v.upper.expand(n, *v.upper.shape[1:]))
-                         for k, v in res.table.items()}
-                b = table[z]
-                table[z] = IntervalBounds(torch.where(sign > 0, b.lower.clamp(min=0), b.lower),
-                                          torch.where(sign < 0, b.upper.clamp(max=0), b.upper))
-                new, _ = tightened_box(dataclasses.replace(ctx, table=table), table,
-                                       {z: (sign != 0).reshape(n, -1).any(0)})
-                halved = (new.upper - new.lower < 0.5 * (box.upper - box.lower)).reshape(n, -1).any(1)
-                found[z][0, j] |= halved[:len(j)]
-                found[z][1, j] |= halved[len(j):]
-        return found
+    def _narrowed(self, res) -> Optional[Narrowed]:
+        """The root's single decisions that narrow the input box (`bab.narrowing`), when
+        `tighten_input` or the narrowing attack wants them: at most `NARROWING_TRIES` neurons
+        of each split tensor; for the attack alone within `tuning.narrowing_share` of the
+        time left (a CIFAR convolution's check costs seconds, and finds nothing there)."""
+        tighten, attack = self.options.tighten_input, self.how.narrowing_attack and self.attack
+        if not (tighten or attack):
+            return None
+        deadline = self.options.deadline
+        if not tighten and deadline is not None:
+            now = time.monotonic()
+            deadline = now + self.tuning.narrowing_share * max(0.0, deadline - now)
+        return narrowing_decisions(self.problem, res.table, self.unstable, self.shapes, self.NARROWING_TRIES,
+                                   deadline)
 
     def _keep(self, res, lb: T, rows: Optional[T] = None, inherited: Optional[tuple[dict, dict]] = None
               ) -> tuple[dict, dict]:

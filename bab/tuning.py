@@ -27,6 +27,10 @@ class Tuning:
     # smallest together (`bab.attack.joint_minimisers`); the point found stopped moving
     # between 5 and 40 steps on the instance it was built for (BENCHMARKS.md, session 40).
     joint_steps: int = 10
+    # Activation split's narrowing attack (`bab.narrowing`) checks the root's decisions in
+    # at most this share of the time left: 0.1-0.3 s on the hidden needles and mnist_fc,
+    # 4.4 s on oval21's cifar_deep_kw, where it finds nothing.
+    narrowing_share: float = 0.03
     # A domain that is not fully split goes to the leaf LP (`bab.leaf_lp_unstable`) only
     # while its constraint matrix (split neurons x inputs) stays under this many entries:
     # small LPs cost less than a millisecond, but a dense LP over a CIFAR input with

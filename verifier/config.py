@@ -228,6 +228,11 @@ class BabConfig(_Validated):
                                    "(propagation back through ReLUs and affine layers), bounds over it; not with "
                                    "--certificate. Off: it decides more needles but costs seconds per "
                                    "mnist_fc or oval21 instance; figures: BENCHMARKS.md, \"Why each default\"")
+    narrowing_attack: bool = key(True, check=Bool(),
+                                 help="activation split: the root's single split decisions that confine the input "
+                                      "box (a neuron active only near one point) give counterexample candidates: "
+                                      "each narrowed box's centre, PGD in the narrowest; in at most 3% of the time "
+                                      "left; figures: BENCHMARKS.md, \"Why each default\"")
     learned_cuts: bool = key(False, check=Bool(),
                              help="activation split: the decisions of proved domains, strengthened (splits with "
                                   "zero beta dropped) and proved again, become nogoods that close other domains "

@@ -103,7 +103,8 @@ def _relu_search(config: Config) -> ReluSearch:
                           config.bab.per_conjunction == "proof" and config.proof),
                       open_rows=config.bab.open_rows, multi_split=config.bab.multi_split,
                       learn=config.bab.learned_cuts, leaf_solve=polytope_point if config.bab.leaf_lp else None,
-                      leaf_unstable=config.bab.leaf_lp_unstable, prune_proved=config.bab.prune_proved)
+                      leaf_unstable=config.bab.leaf_lp_unstable, prune_proved=config.bab.prune_proved,
+                      narrowing_attack=config.bab.narrowing_attack)
 
 
 def _input_parts(config: Config, deadline: float) -> tuple[BoundOptions, SearchLimits, InputSearch]:
