@@ -67,7 +67,8 @@ def narrowing_decisions(p: Problem, table, unstable: dict, shapes: dict, tries: 
             n = 2 * len(j)
             sign = torch.zeros(n, torch.Size(shapes[z]).numel(), dtype=torch.int8, device=j.device)
             rows = torch.arange(n, device=j.device)
-            sign[rows, j.repeat(2)] = torch.cat([torch.ones(len(j)), -torch.ones(len(j))]).to(torch.int8)
+            ones = torch.ones(len(j), dtype=torch.int8, device=j.device)
+            sign[rows, j.repeat(2)] = torch.cat([ones, -ones])
             sign = sign.reshape(n, *shapes[z])
             t = {k: IntervalBounds(v.lower.expand(n, *v.lower.shape[1:]), v.upper.expand(n, *v.upper.shape[1:]))
                  for k, v in table.items()}
