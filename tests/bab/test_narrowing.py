@@ -63,5 +63,6 @@ def test_the_search_meets_the_needle_at_its_root_with_the_narrowing_attack(tmp_p
     r = verify(model, spec, with_overrides(Config(timeout=60), SEARCH_ONLY))
     assert r.verdict == "sat" and r.stats["domains"] <= 1, (r.verdict, r.stats)
     assert spec.is_counterexample(r.x.astype(float), r.y)
-    off = verify(model, spec, with_overrides(Config(timeout=60), SEARCH_ONLY + ["bab.narrowing_attack=false"]))
-    assert off.verdict != "sat" or off.stats["domains"] > 1, off.stats   # without it the root does not meet it
+    # Without it the root does not meet the needle (the search may, later: a few seconds are enough to show it).
+    off = verify(model, spec, with_overrides(Config(timeout=4), SEARCH_ONLY + ["bab.narrowing_attack=false"]))
+    assert off.verdict != "sat" or off.stats["domains"] > 1, off.stats
