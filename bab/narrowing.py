@@ -35,6 +35,7 @@ from relaxations.reverse import tightened_box
 __all__ = ["Narrowed", "narrowing_decisions", "narrowed_candidates"]
 
 T = torch.Tensor
+CENTRES = 256   # narrowed boxes whose centres are tried, narrowest first
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,14 @@ def _done(flags: dict, lows: list, highs: list, volumes: list, box: IntervalBoun
 
 
 def narrowed_candidates(p: Problem, found: Narrowed, focus: int, steps: int) -> tuple[Optional[T], Optional[T]]:
-    """Counterexample candidates from the narrowed boxes: every box's centre, and PGD inside
-    the `focus` narrowest boxes. (points [M, *input_shape], objective [M]), or Nones."""
+    """Counterexample candidates from the narrowed boxes: the centres of the `CENTRES`
+    narrowest (a net whose first-layer neurons each confine a few pixels narrows on
+    every one of them, and a CIFAR net's forward pass on thousands of points costs
+    seconds), and PGD inside the `focus` narrowest. (points [M, *input_shape],
+    objective [M]), or Nones."""
     if not len(found.lower):
         return None, None
-    lo, hi = found.lower.to(p.lower.dtype), found.upper.to(p.lower.dtype)
+    lo, hi = found.lower[:CENTRES].to(p.lower.dtype), found.upper[:CENTRES].to(p.lower.dtype)
     centres = into_region(p, (lo + hi) / 2, lo, hi)
     obj = violations(p, centres)
     k = min(focus, len(lo))

@@ -231,7 +231,7 @@ class BabConfig(_Validated):
     narrowing_attack: bool = key(True, check=Bool(),
                                  help="activation split: the root's single split decisions that confine the input "
                                       "box (a neuron active only near one point) give counterexample candidates: "
-                                      "each narrowed box's centre, PGD in the narrowest; in at most 3% of the time "
+                                      "the narrowed boxes' centres, PGD in the narrowest; in at most 3% of the time "
                                       "left; figures: BENCHMARKS.md, \"Why each default\"")
     learned_cuts: bool = key(False, check=Bool(),
                              help="activation split: the decisions of proved domains, strengthened (splits with "
