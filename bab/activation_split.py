@@ -221,13 +221,14 @@ class ReluBrancher:
         for z in self.shapes:
             b = res.table[z]
             self.unstable[z] = torch.nonzero(((b.lower < 0) & (b.upper > 0)).reshape(-1)).flatten()
-        found = self._narrowed(res)
+        proved, score = rows_status(self.problem, lb)
+        # A root its bound proves has no search to narrow and no counterexample to find.
+        found = None if bool(proved.all()) else self._narrowed(res)
         if self.options.tighten_input:
-            self.narrowing = found.flags
-            if not any(bool(m.any()) for m in self.narrowing.values()):
+            self.narrowing = None if found is None else found.flags
+            if self.narrowing is None or not any(bool(m.any()) for m in self.narrowing.values()):
                 self.options = dataclasses.replace(self.options, tighten_input=False)
                 self.narrowing = None
-        proved, score = rows_status(self.problem, lb)
         proved, leaf_points = self._leaves(splits, lb, branch, proved, res.table)
         pts = obj = None
         if found is not None and self.attack and self.how.narrowing_attack:

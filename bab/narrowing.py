@@ -7,7 +7,7 @@ to the neighbourhood of that point. Two uses:
 
 - `bab.tighten_input`: filtered smart branching bounds the children of such decisions over
   their narrowed box (`bab/branching.py`), where the narrowing shows in the bound;
-- the narrowing attack (`bab.narrowing_attack`): each narrowed box's centre, and PGD inside
+- the narrowing attack (`bab.narrowing_attack`): the narrowed boxes' centres, and PGD inside
   the narrowest ones, as counterexample candidates at the root. A counterexample planted in
   a small sub-box and guarded by such a neuron is met there at once, where the bounds'
   minimisers, the attack over the whole box and the search's first rounds all miss it
@@ -54,7 +54,10 @@ def narrowing_decisions(p: Problem, table, unstable: dict, shapes: dict, tries: 
     """The decisions on the neurons `unstable` (split tensor -> flat indices unstable at the
     root, at most `tries` of each) that narrow the input box over the root's intervals
     `table`, and their boxes. None past `deadline` is tried (a convolution's check costs
-    seconds on a CIFAR net: on oval21's cifar_deep_kw trying every neuron ran 50 s)."""
+    seconds on a CIFAR net: on oval21's cifar_deep_kw trying every neuron ran 50 s). The
+    cap is per tensor: one cap on all tensors together ran out before a needle's distance
+    neuron, which comes after the first layers' thousands of unstable neurons in a
+    784-input CNN."""
     ctx = BackwardContext(p.graph, p.ev, table, rules_for(p.graph))
     box = table[p.graph.input_name]
     flags = {z: torch.zeros(2, torch.Size(s).numel(), dtype=torch.bool, device=p.lower.device)
