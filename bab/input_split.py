@@ -99,8 +99,8 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
     `keep` (proof logs), keep["alphas"] receives alpha-CROWN's best slopes per row
     (relu -> [N, S, *shape]) and keep["unstable"] each such ReLU's unstable mask [N, *shape].
     With `clipping.box` off (paused), clipping only collects the constraints for the children.
-    With `joint_steps` and a conjunction of several rows, the minimisers [N, S + 1, n_in]
-    end with each box's `joint_minimisers` point of the bound's rows.
+    With `joint_steps` and a conjunction of several rows, the minimisers [N, S + 1,
+    *input_shape] end with each box's `joint_minimisers` point of the bound's rows.
     """
     N = lower.shape[0]
     n = lower[0].numel()
@@ -135,7 +135,7 @@ def _bound(p: Problem, lower: T, upper: T, options: BoundOptions, clipping: _Cli
     mins = res.linear.minimizer(IntervalBounds(lower, upper)).detach()
     if joint_steps and p.n_conj < S:   # some conjunction has several rows
         joint = joint_minimisers(p, lower, upper, A, res.linear.bias.detach(), joint_steps)
-        mins = torch.cat([mins.reshape(N, S, -1), joint.unsqueeze(1).to(mins.dtype)], 1)
+        mins = torch.cat([mins, joint.reshape(N, 1, *mins.shape[2:]).to(mins.dtype)], 1)
     return lower, upper, _off_ball(p, lower, upper, lb), split_A, mins, cons
 
 
