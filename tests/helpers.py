@@ -76,3 +76,17 @@ def assert_verdicts_bracket(model, spec_at, m: float, spread: float, cfg) -> Non
     above = verify(model, spec_at(m + spread), cfg)
     assert above.verdict == "sat", (m, above.reason, above.stats)
     assert float(above.y[0]) <= m + spread
+
+
+def assert_same_affine_step(got, want, A) -> None:
+    """Two backward steps of one affine node (coefficients per input, bias, mass) agree,
+    and so do their gradients with respect to the coefficients A (alpha-CROWN's steps and
+    certified training differentiate through them)."""
+    torch.testing.assert_close(got[0][0], want[0][0])
+    assert got[0][1:] == [None] * (len(want[0]) - 1)
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2])
+    R = torch.randn_like(got[0][0])
+    g_got, = torch.autograd.grad((got[0][0] * R).sum() + got[1].sum(), A, retain_graph=True)
+    g_want, = torch.autograd.grad((want[0][0] * R).sum() + want[1].sum(), A, retain_graph=True)
+    torch.testing.assert_close(g_got, g_want)

@@ -11,7 +11,7 @@ from models.graph import Node
 from models.ops.conv import spatial_pads, torch_pad_order
 from models.ops.registry import first_input, register_forward
 
-__all__ = ["register", "resize_indices"]
+__all__ = ["register", "resize_indices", "pad_arguments"]
 
 T = torch.Tensor
 _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -63,21 +63,29 @@ def _global_maxpool(node: Node, xs: Sequence[T | None]) -> list[T]:
     return [x.amax(dim=tuple(range(2, x.dim())), keepdim=True)]
 
 
-def _pad(node: Node, xs: Sequence[T | None]) -> list[T]:
-    x = xs[0]
+def pad_arguments(node: Node, rank: int, args: Sequence[T | None]) -> tuple[list[int], float, str]:
+    """A Pad's ONNX pads over all `rank` axes of its data ([b1..bn, e1..en]), its constant
+    and its mode, from the attributes (opset < 11) or the constant inputs (pads, value,
+    axes): what the forward pass and the closed-form backward step
+    (relaxations/ops/pool_backward.py) both read."""
     if node.opset < 11:
         pads, value = list(node.attr("pads")), float(node.attr("value", 0.0))
     else:
-        pads = [int(v) for v in xs[1].tolist()]
-        value = float(xs[2]) if len(xs) > 2 and xs[2] is not None and xs[2].numel() else 0.0
-        if len(xs) > 3 and xs[3] is not None:
-            axes = [int(a) % x.dim() for a in xs[3].tolist()]
-            full = [0] * (2 * x.dim())
+        pads = [int(v) for v in args[1].tolist()]
+        value = float(args[2]) if len(args) > 2 and args[2] is not None and args[2].numel() else 0.0
+        if len(args) > 3 and args[3] is not None:
+            axes = [int(a) % rank for a in args[3].tolist()]
+            full = [0] * (2 * rank)
             for i, a in enumerate(axes):
-                full[a], full[x.dim() + a] = pads[i], pads[len(axes) + i]
+                full[a], full[rank + a] = pads[i], pads[len(axes) + i]
             pads = full
     mode = node.attr("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    return pads, value, mode.decode() if isinstance(mode, bytes) else mode
+
+
+def _pad(node: Node, xs: Sequence[T | None]) -> list[T]:
+    x = xs[0]
+    pads, value, mode = pad_arguments(node, x.dim(), xs)
     order = torch_pad_order(pads)
     if mode == "constant":
         return [F.pad(x, order, value=value)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from relaxations.ops import maxes
 from relaxations.ops.common import monotone_interval
 from relaxations.ops.fast_backward import reduce_backward
+from relaxations.ops.pool_backward import avgpool_backward, global_avgpool_backward, pad_backward
 from relaxations.ops.shape import first_input_only
 from relaxations.registry import OpRule, register_rule
 
@@ -18,9 +19,12 @@ __all__ = ["register"]
 
 def register() -> None:
     facts = frozenset({"piecewise_linear", "monotone"})
+    closed = {"AveragePool": avgpool_backward, "GlobalAveragePool": global_avgpool_backward, "Pad": pad_backward}
     for op in ("AveragePool", "GlobalAveragePool", "Pad", "Resize", "Upsample"):
-        stacked = {"stacked_transpose"} if op in ("AveragePool", "GlobalAveragePool", "Pad") else set()
-        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, facts=facts | stacked))
+        # The closed forms first; the patterns they leave go through one autograd call.
+        stacked = {"stacked_transpose"} if op in closed else set()
+        register_rule(OpRule(op, "affine", affine_inputs=first_input_only, backward=closed.get(op),
+                             facts=facts | stacked))
     for op in ("ReduceSum", "ReduceMean"):
         register_rule(OpRule(op, "affine", affine_inputs=first_input_only, backward=reduce_backward, facts=facts))
     gathers = {"MaxPool": maxes.maxpool_gather, "GlobalMaxPool": maxes.global_max_gather,
