@@ -52,7 +52,8 @@ class ReluSearch:
     `record_proof`: every proved domain (leaf) is logged with its split decisions, alphas
     and betas (`outcome.proof`) for a certificate; the search itself is the same.
     `branching` picks the neuron to split: "babsr" (score only) or "fsb" (filtered smart
-    branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated).
+    branching: `fsb_candidates` BaBSR candidates per domain, each child's bound estimated,
+    on each domain's `fsb_rows` worst rows where every conjunction is one row; 0: all).
     `relaxed_clip` tightens bounds with the split constraints (see `_bound`); off when a
     proof is recorded, since the certificate checker cannot replay it.
     `warm_start`: children start alpha/beta-CROWN from their parent's best (`ReluBrancher`).
@@ -78,6 +79,7 @@ class ReluSearch:
     record_proof: bool = False
     branching: str = "babsr"
     fsb_candidates: int = 4
+    fsb_rows: int = 0
     relaxed_clip: bool = False
     warm_start: bool = False
     per_conjunction: bool = False
@@ -202,7 +204,8 @@ class ReluBrancher:
         babsr, inter, offsets = neuron_scores(p, names, relus, res.table, capture, splits, lb)
         if how.branching == "fsb":
             branch = fsb_branch(ParentDomains(p, res, splits, lb), ReluLayout(names, relus, offsets), babsr, inter,
-                                options, k=how.fsb_candidates, narrowing=self.narrowing)
+                                options, k=how.fsb_candidates, narrowing=self.narrowing,
+                                rows=how.fsb_rows)
         else:
             branch = babsr_branch(babsr, offsets)
         extra = more_branches(babsr, offsets, branch, how.multi_split)

@@ -28,7 +28,7 @@ from relaxations import BoundOptions, BoundResult, IntervalBounds
 from relaxations.bounds import BoundsTable, Precision, rows_proved
 from relaxations.alpha import sparse_view
 from relaxations.compute import Given, compute_bounds, final_lower_from_table
-from relaxations.crown import BackwardContext, SparseTerm, backward_lower, rules_for
+from relaxations.crown import BackwardContext, SparseAlpha, SparseTerm, backward_lower, rules_for
 from relaxations.registry import Relaxation
 
 __all__ = ["BRANCHING", "neuron_scores", "babsr_branch", "fsb_branch", "more_branches", "ReluLayout",
@@ -124,7 +124,8 @@ def more_branches(babsr: T, offsets: list[int], first: T, k: int) -> T:
 
 
 def fsb_branch(parents: ParentDomains, layout: ReluLayout, babsr: T, inter: T, options: BoundOptions,
-               k: int = 4, k_intercept: Optional[int] = None, narrowing: Optional[dict] = None) -> T:
+               k: int = 4, k_intercept: Optional[int] = None, narrowing: Optional[dict] = None,
+               rows: int = 0) -> T:
     """[N, 2] (relu index, neuron) by filtered smart branching.
 
     Candidates per domain: top `k` by BaBSR and top `k_intercept` (default k // 2, at
@@ -134,6 +135,11 @@ def fsb_branch(parents: ParentDomains, layout: ReluLayout, babsr: T, inter: T, o
     score wins. Ties keep the BaBSR choice (candidate 0). Proved domains and those with
     nothing to split keep the BaBSR answer, which the search ignores for them anyway;
     so does every domain once `options.deadline` has passed (checked between chunks).
+
+    `rows` > 0, where every conjunction is one row (a robustness property: one row per
+    other label): each domain's children are bounded on its `rows` worst rows only. The
+    score is the smallest row bound, which the parent's worst rows nearly always give,
+    and a pass over 9 rows costs about 4 times one over 2 (BENCHMARKS.md, session 41).
     """
     p, lb, offsets = parents.p, parents.lb, layout.offsets
     N, n = babsr.shape
@@ -150,6 +156,10 @@ def fsb_branch(parents: ParentDomains, layout: ReluLayout, babsr: T, inter: T, o
     valid = babsr[todo].gather(1, cand) >= 0                            # unstable and not yet split
     K = cand.shape[1]
     S = p.C.shape[-2]
+    worst = None
+    if 0 < rows < S and p.n_conj == S and narrowing is None:
+        worst = lb[todo].topk(rows, 1, largest=False).indices            # [M, rows]
+        S = rows
     widest = max([p.lower[0].numel()] + [torch.Size(s).numel() for s in p.graph.shapes.values() if s])
     chunk = max(1, options.max_elements // max(1, 2 * K * S * widest))
     # Unscored domains keep -inf everywhere: argmax then takes candidate 0, BaBSR's choice.
@@ -157,8 +167,9 @@ def fsb_branch(parents: ParentDomains, layout: ReluLayout, babsr: T, inter: T, o
     for s in range(0, todo.numel(), chunk):
         if s and options.deadline is not None and time.monotonic() > options.deadline:
             break   # a round that began before the deadline must not run far past it
-        rows = todo[s:s + chunk]
-        value[s:s + chunk] = _children_scores(parents, layout, rows, cand[s:s + chunk], options, narrowing)
+        rows_ = todo[s:s + chunk]
+        value[s:s + chunk] = _children_scores(parents, layout, rows_, cand[s:s + chunk], options, narrowing,
+                                              None if worst is None else worst[s:s + chunk])
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
     pick = value.argmax(1)                                              # first max: BaBSR's on ties
     chosen = cand.gather(1, pick.unsqueeze(1)).squeeze(1)
@@ -263,9 +274,24 @@ def _rebound_narrowed(parents: ParentDomains, layout: ReluLayout, decisions: _Ch
     return child
 
 
+def _pick_rows(x, sel: Optional[T]):
+    """x [R, S, ...] (a tensor, or a SparseAlpha / SparseTerm holding one) at rows sel [R, k]
+    of each child; unchanged where sel is None or x has one row for all."""
+    if sel is None or x is None:
+        return x
+    if isinstance(x, (SparseAlpha, SparseTerm)):
+        return dataclasses.replace(x, values=_pick_rows(x.values, sel))
+    if isinstance(x, tuple):
+        return tuple(_pick_rows(t, sel) for t in x)
+    if x.shape[1] == 1:
+        return x
+    return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), sel]
+
+
 def _children_scores(parents: ParentDomains, layout: ReluLayout, rows: T, cand: T, options: BoundOptions,
-                     narrowing: Optional[dict] = None) -> T:
-    """Score [M, K] of the worse child of each candidate of domains `rows` (one backward pass)."""
+                     narrowing: Optional[dict] = None, worst: Optional[T] = None) -> T:
+    """Score [M, K] of the worse child of each candidate of domains `rows` (one backward
+    pass), over every row, or over each domain's rows `worst` [M, k] (one-row conjunctions)."""
     p, res, splits = parents.p, parents.res, parents.splits
     names, relus, offsets = layout.names, layout.relus, layout.offsets
     M, K = cand.shape
@@ -291,15 +317,20 @@ def _children_scores(parents: ParentDomains, layout: ReluLayout, rows: T, cand: 
         box = IntervalBounds(res.box.lower[rep], res.box.upper[rep])
     else:
         box = region_box(p, R)
-    C = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape)
+    sel = None if worst is None else worst.repeat_interleave(2 * K, 0)         # [R, k]
+    if sel is None:
+        C, d = p.C.expand(R, *p.C.shape[-2:]).reshape(R, p.C.shape[-2], *p.graph.output_shape), p.d
+    else:
+        C, d = p.C.reshape(p.C.shape[-2], -1)[sel].reshape(R, sel.shape[1], *p.graph.output_shape), p.d[sel]
     if not options.sparse_alpha:
-        alphas = {k: v[rep] for k, v in res.alphas.items()} or None
-        extra = {z: -b[rep] * splits[z][rep].to(b.dtype).unsqueeze(1) for z, b in res.betas.items()} or None
-        child = final_lower_from_table(p.graph, p.ev, box, table, C, options, alphas, extra) - p.d
+        alphas = {k: _pick_rows(v[rep], sel) for k, v in res.alphas.items()} or None
+        extra = {z: _pick_rows(-b[rep] * splits[z][rep].to(b.dtype).unsqueeze(1), sel)
+                 for z, b in res.betas.items()} or None
+        child = final_lower_from_table(p.graph, p.ev, box, table, C, options, alphas, extra) - d
     else:
         ctx = BackwardContext(p.graph, p.ev, table, rules_for(p.graph), cache={})
-        ctx.alphas = sparse_view(ctx, res.alphas, rep) or None
-        ctx.extra_A = {z: _split_term(b, splits[z], rep) for z, b in res.betas.items()} or None
+        ctx.alphas = {k: _pick_rows(v, sel) for k, v in sparse_view(ctx, res.alphas, rep).items()} or None
+        ctx.extra_A = {z: _pick_rows(_split_term(b, splits[z], rep), sel) for z, b in res.betas.items()} or None
         for i, relu in enumerate(names):
             if isinstance((ctx.alphas or {}).get(relu), torch.Tensor):
                 continue     # a dense alpha: its lines are made from the table in the pass
@@ -308,7 +339,9 @@ def _children_scores(parents: ParentDomains, layout: ReluLayout, rows: T, cand: 
                                            flat[sel] - offsets[i])
         precision = options.precision or Precision.for_dtype(p.ev.dtype)
         with torch.no_grad():
-            child = backward_lower(ctx, p.graph.output_name, C).concretize(box, precision) - p.d
+            child = backward_lower(ctx, p.graph.output_name, C).concretize(box, precision) - d
+    if sel is not None:     # one-row conjunctions: the score is the smallest row bound
+        return child.amin(1).reshape(M, K, 2).amin(2)
     if narrowing is not None and options.tighten_input:
         child = _rebound_narrowed(parents, layout, _ChildDecisions(rep, flat, side), box, narrowing, child, options)
     _, score = rows_status(p, child)

@@ -195,6 +195,11 @@ class BabConfig(_Validated):
     fsb_candidates: int = key(4, check=Int(1, 64),
                               help="fsb: BaBSR candidates whose children are estimated, plus half as many by "
                                    "intercept score")
+    fsb_rows: int = key(2, check=Int(0, 4096),
+                        help="fsb, where each conjunction is one row (robustness): estimate the children on each "
+                             "domain's this many worst rows only (0: every open row). 2: mnist_fc and eran's ReLU "
+                             "net solve the same with the same domains, 42 of their 44 timeouts reach 5-36% more; "
+                             "figures: BENCHMARKS.md, \"Why each default\"")
     domain_intermediate: str = key("root", check=Choice(("crown", "root")),
                                     help="activation split: each domain's intermediate bounds by CROWN again (crown), "
                                          "or the root's intervals with the domain's splits carried by IBP (root, "

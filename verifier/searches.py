@@ -97,7 +97,8 @@ def interval_search(config: Config) -> IntervalSearch:
 
 def _relu_search(config: Config) -> ReluSearch:
     return ReluSearch(record_proof=config.proof, branching=config.bab.branching,
-                      fsb_candidates=config.bab.fsb_candidates, relaxed_clip=config.bab.relaxed_clip,
+                      fsb_candidates=config.bab.fsb_candidates, fsb_rows=config.bab.fsb_rows,
+                      relaxed_clip=config.bab.relaxed_clip,
                       warm_start=config.bab.warm_start,
                       per_conjunction=config.bab.per_conjunction == "always" or (
                           config.bab.per_conjunction == "proof" and config.proof),

@@ -11,8 +11,8 @@ import vnnlib
 from bab.activation_split import ReluSearch, activation_split_bab
 from bab.branching import ParentDomains, ReluLayout, babsr_branch, fsb_branch, neuron_scores
 from bab.search import SearchLimits
-from tests.builders import (check_certificate_for, known_answer_min, known_answer_net, known_answer_spec,
-                            normalised_mlp_onnx)
+from tests.builders import (activation_split_config, check_certificate_for, known_answer_min, known_answer_net,
+                            known_answer_spec, normalised_mlp_onnx)
 from tests.helpers import assert_verdicts_bracket
 from verifier import Config, load_model, verify
 from verifier.config import ConfigError, with_overrides
@@ -134,3 +134,72 @@ def test_fsb_proof_is_recorded_and_accepted(tmp_path) -> None:
             assert res.accepted, res.reason
             return
     pytest.skip(reason="no radius gives an activation-split proof")
+
+
+def _robustness_domains(tmp_path):
+    """A 5-label MLP's robustness problem (four one-row conjunctions) bounded as three
+    domains: unsplit, and one neuron of the first ReLU active, another inactive."""
+    from bab.activation_split import relu_inputs
+    from models import GraphEvaluator
+    from relaxations import BoundOptions, Given, IntervalBounds, compute_bounds
+    from verifier.searches import search_problem
+
+    model = load_model(normalised_mlp_onnx(tmp_path / "net.onnx", [4, 24, 24, 5], 5))
+    x0 = np.random.default_rng(4).uniform(0.2, 0.8, 4)
+    label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
+    spec = vnnlib.robustness_spec(x0, 0.2, label, 5)
+    p = search_problem(model, GraphEvaluator(model.graph, dtype=torch.float32), spec.disjuncts[0], Config())
+    assert p.n_conj == p.C.shape[-2] == 4
+    relus = relu_inputs(p)
+    names = list(relus)
+    splits = {z: torch.zeros(3, *p.graph.shapes[z], dtype=torch.int8) for z in relus.values()}
+    first = relus[names[0]]
+    splits[first][1].view(-1)[0] = 1
+    splits[first][2].view(-1)[1] = -1
+    options = BoundOptions(method="alpha-crown", keep_betas=True, coefficients=True)
+    box = IntervalBounds(p.lower.expand(3, *p.lower.shape[1:]), p.upper.expand(3, *p.upper.shape[1:]))
+    res = compute_bounds(p.graph, box, p.C, options, want_upper=False, ev=p.ev, given=Given(splits=splits))
+    lb = res.lower - p.d
+    babsr, inter, offsets = neuron_scores(p, names, relus, res.table, res.coefficients, splits, lb)
+    return ParentDomains(p, res, splits, lb), ReluLayout(names, relus, offsets), options, babsr, inter
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_children_scored_on_chosen_rows(tmp_path, sparse: bool) -> None:
+    """`bab.fsb_rows`: children bounded on each domain's chosen rows only. Every row, in any
+    order, scores as the pass over all rows; the worst rows alone never score lower (the
+    smallest of fewer row bounds), and a domain's own worst rows are picked by fsb_branch."""
+    from dataclasses import replace
+
+    from bab.branching import _children_scores
+
+    parents, layout, options, babsr, inter = _robustness_domains(tmp_path)
+    options = replace(options, sparse_alpha=sparse)
+    cand = babsr.topk(4, 1).indices
+    rows = torch.arange(3)
+    full = _children_scores(parents, layout, rows, cand, options)
+    every = torch.stack([torch.randperm(4, generator=torch.Generator().manual_seed(i)) for i in range(3)])
+    torch.testing.assert_close(_children_scores(parents, layout, rows, cand, options, None, every), full)
+    worst = parents.lb.topk(2, 1, largest=False).indices
+    two = _children_scores(parents, layout, rows, cand, options, None, worst)
+    assert bool((two >= full - 1e-5).all())
+    chosen = fsb_branch(parents, layout, babsr, inter, options, k=4, rows=2)
+    assert bool((chosen[:, 0] >= 0).all())
+
+
+def test_fsb_on_the_worst_rows_keeps_the_verdicts(tmp_path) -> None:
+    """Robustness properties that the search decides, with children scored on one row and
+    on all: branching changes the search, never the answer."""
+    model = load_model(normalised_mlp_onnx(tmp_path / "net.onnx", [4, 32, 32, 5], 5))
+    x0 = np.random.default_rng(5).uniform(0.2, 0.8, 4)
+    label = int(np.argmax(model.run_onnxruntime(x0.astype(np.float32))))
+    searched = 0
+    for k, eps in enumerate((0.155, 0.16, 0.165)):
+        path = tmp_path / f"spec{k}.vnnlib"
+        vnnlib.write_vnnlib(path, vnnlib.robustness_spec(x0, eps, label, 5))
+        spec = vnnlib.load(path, model.n_inputs, model.n_outputs)
+        got = {r: verify(model, spec, activation_split_config(20, "bab.branching=fsb", f"bab.fsb_rows={r}"))
+               for r in (0, 1)}
+        assert got[0].verdict == got[1].verdict or "timeout" in (got[0].verdict, got[1].verdict), eps
+        searched += got[1].verdict == "unsat" and got[1].method == "bab-activation"
+    assert searched, "no property needed the search"
