@@ -35,10 +35,11 @@ affine rule (nonnegative coefficients: each end is the op at that end of its inp
 "elementwise" on an affine rule with an interval (one product per output element),
 "exact" on an elementwise rule (its interval's ends are the op at the input's ends,
 computed exactly in floating point, as max(x, 0) is: no margin at all).
-"stacked_transpose" on an affine rule with no `backward` (`affine_step.stacked_backward`):
-CROWN may pull A back through the op by one autograd call over its rows stacked on the
-batch axis, where the forward batches; the op's forward costs little beside its
-transpose (pooling, padding, batch normalisation; not a transposed convolution).
+"stacked_transpose" on an affine rule (`affine_step.stacked_backward`): where its
+`backward` has no closed form for the pattern (or it has none), CROWN may pull A back
+through the op by one autograd call over its rows stacked on the batch axis, where the
+forward batches; the op's forward costs little beside its transpose (pooling, padding,
+batch normalisation; not a transposed convolution).
 """
 from __future__ import annotations
 
