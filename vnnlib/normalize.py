@@ -167,11 +167,16 @@ class _Normalizer:
                 return [atom, _new(_Atom, (low.kind, (low.index,), _PLUS, high.value,
                                            False, pos))]
             return [atom]
-        if th is Var and tl is Var and high is not low and high.kind == low.kind:
-            idx = (high.index, low.index)
-            atom = _new(_Atom, (high.kind, idx, (1.0, -1.0), 0.0, strict, pos))
+        if th is Var and tl is Var and high.index != low.index and high.kind == low.kind:
+            # indices in increasing order, as `row_atom` writes them: the same row must
+            # have the same key however it was written, or `group` keeps it twice
+            if high.index < low.index:
+                idx, coef, neg = (high.index, low.index), (1.0, -1.0), (-1.0, 1.0)
+            else:
+                idx, coef, neg = (low.index, high.index), (-1.0, 1.0), (1.0, -1.0)
+            atom = _new(_Atom, (high.kind, idx, coef, 0.0, strict, pos))
             if op == "=":
-                return [atom, _new(_Atom, (high.kind, idx, (-1.0, 1.0), 0.0, False, pos))]
+                return [atom, _new(_Atom, (high.kind, idx, neg, 0.0, False, pos))]
             return [atom]
         coefs, const = self.linear(high)
         low_coefs, low_const = self.linear(low)

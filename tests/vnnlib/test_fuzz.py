@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vnnlib
@@ -103,6 +103,8 @@ FORMULAS = st.recursive(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(FORMULAS, max_size=5), st.booleans())
+# one row written two ways (a variable pair, a sum of one) was kept twice, and read back once
+@example(["(<= X_0 X_0)", "(<= X_1 X_0)", "(<= X_1 (+ X_0))"], True)
 def test_structured_formulas(formulas: list[str], with_box: bool) -> None:
     text = header(2, 3) + (box([0, 0], [1, 1]) if with_box else "")
     outcome = check(text + "".join(f"(assert {f})\n" for f in formulas))
