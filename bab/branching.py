@@ -167,8 +167,8 @@ def fsb_branch(parents: ParentDomains, layout: ReluLayout, babsr: T, inter: T, o
     for s in range(0, todo.numel(), chunk):
         if s and options.deadline is not None and time.monotonic() > options.deadline:
             break   # a round that began before the deadline must not run far past it
-        rows_ = todo[s:s + chunk]
-        value[s:s + chunk] = _children_scores(parents, layout, rows_, cand[s:s + chunk], options, narrowing,
+        doms = todo[s:s + chunk]
+        value[s:s + chunk] = _children_scores(parents, layout, doms, cand[s:s + chunk], options, narrowing,
                                               None if worst is None else worst[s:s + chunk])
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
     pick = value.argmax(1)                                              # first max: BaBSR's on ties
@@ -281,8 +281,6 @@ def _pick_rows(x, sel: Optional[T]):
         return x
     if isinstance(x, (SparseAlpha, SparseTerm)):
         return dataclasses.replace(x, values=_pick_rows(x.values, sel))
-    if isinstance(x, tuple):
-        return tuple(_pick_rows(t, sel) for t in x)
     if x.shape[1] == 1:
         return x
     return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), sel]

@@ -107,7 +107,9 @@ def stacked_backward(ctx: BackwardContext, node: Node, A_outs: list[T | None]
     constant = out[:1].reshape(1, 1, -1)   # f(0), the same for every row
     if not differentiable:
         constant = constant.detach()
-    if not bool(constant.any()):            # a linear op (a pooling, a zero pad): no bias
+    # A linear op (a pooling, a zero pad) has no bias; but where f(0) depends on weights
+    # under training (a fresh BatchNorm's is exactly 0), its gradient must still flow.
+    if not constant.requires_grad and not bool(constant.any()):
         zero = torch.zeros(B, S, dtype=A.dtype, device=A.device)
         return [A_in.reshape(B, S, *in_shape), *([None] * (len(node.inputs) - 1))], zero, zero.clone()
     term = A.reshape(B, S, -1) * constant

@@ -6,7 +6,7 @@ takes the gradient, and multiplies the coefficients by the op's value at zero fo
 bias. For a constant Pad and an AveragePool the transpose is known (a crop, a spread of
 each output's coefficient over its window), and the bias of a zero-valued pad or of a
 pooling is zero, so these steps skip all of that: on a CNN whose one-layer feature map
-is 32 x 27 x 27, the two steps cost a third of a CROWN pass before (BENCHMARKS.md,
+is 32 x 27 x 27, the two steps took about a third of a CROWN pass before (BENCHMARKS.md,
 session 41). Each returns None for a pattern it does not handle; the generic step then
 runs.
 """

@@ -72,3 +72,18 @@ def test_a_transposed_convolution_keeps_the_vmap_path() -> None:
     ctx = BackwardContext(graph, GraphEvaluator(graph, dtype=torch.float64), {}, rules_for(graph))
     A = torch.randn(B, S, *graph.shapes[node.outputs[0]], dtype=torch.float64)
     assert affine_step.stacked_backward(ctx, node, [A]) is None
+
+
+def test_a_zero_bias_under_training_keeps_its_gradient() -> None:
+    """A fresh BatchNorm (zero mean and shift) is zero at zero: its bias term is zero, but
+    in certified training the shift is a weight, and the term's gradient reaches it."""
+    graph = module_model(nn.Sequential(nn.BatchNorm2d(3)).eval(), (1, 3, 4, 4)).graph
+    node = next(n for n in graph.nodes if n.op == "BatchNormalization")
+    ev = GraphEvaluator(graph, dtype=torch.float64)
+    shift = ev.constants[node.inputs[2]].clone().requires_grad_(True)
+    ev.constants[node.inputs[2]] = shift
+    A = torch.randn(B, S, *graph.shapes[node.outputs[0]], dtype=torch.float64)
+    got = affine_step.stacked_backward(ctx=BackwardContext(graph, ev, {}, rules_for(graph)), node=node, A_outs=[A])
+    assert not got[1].detach().any()
+    grad, = torch.autograd.grad(got[1].sum(), shift)
+    torch.testing.assert_close(grad, A.sum(dim=(0, 1, 2, 4, 5)))
