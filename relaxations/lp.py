@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Block", "affine_block", "relu_block", "dual_lower_bound", "unknown_as_infinite", "EPS64"]
+__all__ = ["Block", "affine_block", "sparse_affine_block", "relu_block", "dual_lower_bound", "unknown_as_infinite", "EPS64"]
 
 EPS64 = float(np.finfo(np.float64).eps)
 
@@ -74,12 +74,23 @@ def affine_block(first_col: int, inputs: np.ndarray, W: np.ndarray, b: np.ndarra
     z_j - W_j . v = b_j, exact in the LP's real arithmetic; W and b are the float32
     network's weights read exactly into float64.
     """
-    n_out, n_in = W.shape
-    z = first_col + np.arange(n_out)
     nz = np.nonzero(W)
-    rows = np.concatenate([np.arange(n_out), nz[0]])
-    cols = np.concatenate([z, inputs[nz[1]]])
-    vals = np.concatenate([np.ones(n_out), -W[nz]])
+    return sparse_affine_block(first_col, inputs, W.shape[0], nz[0], nz[1], W[nz], b, lower, upper)
+
+
+def sparse_affine_block(first_col: int, inputs: np.ndarray, n_out: int, w_rows: np.ndarray, w_cols: np.ndarray,
+                        w_vals: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray
+                        ) -> tuple[Block, np.ndarray]:
+    """`affine_block` with W given by its nonzero entries (COO triplets, W's own indices).
+
+    W may be a chain of affine layers composed in float64 (models.affine.segment_map):
+    its entries are then within float64 rounding of the real products, far inside the
+    float32 margins that the callers add to every bound they take from the LP.
+    """
+    z = first_col + np.arange(n_out)
+    rows = np.concatenate([np.arange(n_out), w_rows])
+    cols = np.concatenate([z, inputs[w_cols]])
+    vals = np.concatenate([np.ones(n_out), -np.asarray(w_vals, np.float64)])
     lo, hi = unknown_as_infinite(lower, upper)
     block = Block(first_col, lo, hi, np.zeros(n_out, bool), rows, cols, vals,
                   np.asarray(b, np.float64).copy(), np.asarray(b, np.float64).copy())

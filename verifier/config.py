@@ -288,6 +288,11 @@ class LpConfig(_Validated):
                                  "LPs (in refine_share of the time left) and builds its big-M constants from them; "
                                  "the search does not wait; figures: BENCHMARKS.md, \"Why each default\"")
     milp_max_unstable: int = key(400, check=Int(0), help="the MILP runs when at most this many neurons are unstable")
+    milp_first_weight: float = key(0.02, check=Share(0.0),
+                                   help="what an unstable neuron counts against milp_max_unstable when its ReLU is fed "
+                                        "by the network's input through affine ops alone (exact intervals: a binary "
+                                        "with a tight big-M); 0.02: one hidden layer of up to 20,000; figures: "
+                                        "BENCHMARKS.md, \"Why each default\"")
     milp_share: float = key(0.5, check=Share(0.0), help="milp before: share of the time left that the MILP may use")
 
 

@@ -40,3 +40,45 @@ def test_a_node_that_is_not_affine_is_refused() -> None:
     graph = graph_from_proto(make_model([helper.make_node("Mul", ["X", "X"], ["Y"])], {}, (1, 3), (1, 3)))
     with pytest.raises(NotAffine, match="not affine"):
         affine_map(GraphEvaluator(graph, dtype=torch.float64), graph.nodes[0], [graph.input_name])
+
+
+def _chain_graph():
+    """Conv -> Pad -> AveragePool -> Flatten -> Gemm from X [1, 1, 4, 4]: the affine tail of a CNN."""
+    inits = {"W": _f(3, 1, 2, 2), "b": _f(3), "p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+             "G": _f(48, 5), "c": _f(5)}
+    nodes = [helper.make_node("Conv", ["X", "W", "b"], ["c0"], kernel_shape=[2, 2]),
+             helper.make_node("Pad", ["c0", "p"], ["p0"]),
+             helper.make_node("AveragePool", ["p0"], ["a0"], kernel_shape=[2, 2], strides=[1, 1]),
+             helper.make_node("Flatten", ["a0"], ["f0"]),
+             helper.make_node("Gemm", ["f0", "G", "c"], ["Y"])]
+    return graph_from_proto(make_model(nodes, inits, (1, 1, 4, 4), (1, 5)))
+
+
+@pytest.mark.parametrize("target, way", [("c0", "forward: 27 outputs of 16 inputs"),
+                                         ("Y", "reverse: 5 outputs of 16 inputs")])
+def test_a_chain_is_one_matrix(target: str, way: str) -> None:
+    """`segment_map` reads a chain of affine nodes as one sparse matrix, equal to the chain's
+    forward at every point, whichever way (unit vectors in, or one backward pass per row)."""
+    from models.affine import segment_map
+
+    graph = _chain_graph()
+    ev = GraphEvaluator(graph, dtype=torch.float64)
+    upto = [n.name for n in graph.nodes].index(next(n.name for n in graph.nodes if n.outputs[0] == target))
+    rows, cols, vals, b = segment_map(ev, graph.nodes[:upto + 1], [graph.input_name], target)
+    n_out = int(np.prod(graph.shapes[target]))
+    W = np.zeros((n_out, 16))
+    np.add.at(W, (rows, cols), vals)
+    x = torch.tensor(R.uniform(-1, 1, (7, 1, 1, 4, 4)))
+    y = ev.forward_all(x.reshape(7, 1, 1, 4, 4))[target].reshape(7, -1).numpy()
+    assert np.allclose(x.reshape(7, -1).numpy() @ W.T + b, y, rtol=1e-12, atol=1e-12), way
+    if target == "c0":   # a 2x2 kernel: 4 inputs per output, the rest never written
+        assert len(vals) == 27 * 4
+
+
+def test_a_chain_that_is_not_affine_is_refused() -> None:
+    from models.affine import segment_map
+
+    nodes = [helper.make_node("Mul", ["X", "X"], ["m"]), helper.make_node("Neg", ["m"], ["Y"])]
+    graph = graph_from_proto(make_model(nodes, {}, (1, 3), (1, 3)))
+    with pytest.raises(NotAffine, match="not affine"):
+        segment_map(GraphEvaluator(graph, dtype=torch.float64), graph.nodes, [graph.input_name], "Y")

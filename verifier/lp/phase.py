@@ -6,7 +6,8 @@ Runs between bound propagation and activation-split branch and bound (`lp.*` key
    neurons' intervals tightened by LPs (verifier/lp/refine.py); they reach the search
    as `Problem.known`, so every domain starts from them.
 2. The exact MILP (`lp.milp`) when at most `lp.milp_max_unstable` neurons are still
-   unstable: per conjunction, a proof (the disjunct is unsat when every conjunction
+   unstable, those in ReLUs fed by the input through affine ops alone counting
+   `lp.milp_first_weight` each (exact intervals, tight big-M constants): per conjunction, a proof (the disjunct is unsat when every conjunction
    is) or a candidate counterexample that the caller replays. `parallel` (the
    default) runs it in a thread beside the search until either decides, so that an
    instance the search settles in a second does not wait for a MILP, and one that
@@ -36,7 +37,8 @@ from vnnlib import Disjunct
 from verifier.api import bound_options, outward_box
 from verifier.config import Config, resolve_device
 from verifier.model import Model
-from verifier.lp.refine import Intervals, MilpNetwork, exact_milp, mlp_layers, refine_bounds
+from relaxations.sdp.network import NotReluMlp
+from verifier.lp.refine import Intervals, MilpNetwork, SpecMilp, mlp_layers, refine_bounds, relu_input_depths
 
 __all__ = ["LpOutcome", "ConjunctionRows", "lp_phase"]
 
@@ -102,6 +104,10 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, rows: Conjunc
                     res.table[n].upper[0].double().cpu().numpy().ravel()) for n in res.table.keys()}
 
     given = dict(known or {})
+    if not cfg.refine and known and all(n in known for n in names) and _too_many_unstable(
+            model, names, {n: (known[n].lower.double().cpu().numpy().ravel(),
+                               known[n].upper.double().cpu().numpy().ravel()) for n in names}, cfg):
+        return out   # a CNN the search handles: no CROWN pass for a MILP that would not run
     intervals = table_of(given)
 
     def refined(ivals: Intervals, stop: Optional[Callable[[], bool]] = None
@@ -120,13 +126,16 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, rows: Conjunc
         return table_of(better), better, stats
 
     if cfg.refine and not config.proof:
-        intervals, better, out.stats["refine"] = refined(intervals)
+        try:
+            intervals, better, out.stats["refine"] = refined(intervals)
+        except NotReluMlp as exc:   # a map too large to write after all: the search goes on without
+            better, out.stats["refine"] = None, {"skipped": str(exc)}
         if better is not None:
             given = better
             out.known = _to_known(model, {n: intervals[n] for n in names}, dt, dev)
-    unstable = int(sum(((intervals[n][0] < 0) & (intervals[n][1] > 0)).sum() for n in names))
-    if cfg.milp == "off" or unstable > cfg.milp_max_unstable:
+    if cfg.milp == "off" or _too_many_unstable(model, names, intervals, cfg):
         return out
+    unstable = sum(_unstable(names, intervals).values())
     args = (MilpNetwork(model.graph, box_lo, box_hi, intervals), rows, start, unstable)
     if cfg.milp == "parallel":
         # The thread refines first when the search has not: the MILP's big-M constants come
@@ -139,6 +148,22 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, rows: Conjunc
                         background=False)
     runner.outcome(out)
     return out
+
+
+def _unstable(names: list[str], intervals: Intervals) -> dict[str, int]:
+    """Unstable neurons per ReLU input."""
+    return {n: int(((intervals[n][0] < 0) & (intervals[n][1] > 0)).sum()) for n in names}
+
+
+def _too_many_unstable(model: Model, names: list[str], intervals: Intervals, cfg) -> bool:
+    """Whether the MILP is out of reach: more than `milp_max_unstable` unstable neurons, each
+    counting `milp_first_weight` where its ReLU is fed by the input through affine ops alone
+    (its interval exact, its binary's big-M tight: one hidden layer of thousands is solved
+    in seconds where a few hundred deeper ones are not)."""
+    counts = _unstable(names, intervals)
+    depth = relu_input_depths(model.graph)
+    weight = sum(c * (cfg.milp_first_weight if depth[n] == 0 else 1.0) for n, c in counts.items())
+    return weight > cfg.milp_max_unstable
 
 
 class _Handles(list):
@@ -179,6 +204,7 @@ class MilpRunner:
         self.unstable = unstable
         self.results: list = []
         self.error: Optional[BaseException] = None
+        self.skipped: Optional[str] = None
         self._handles = _Handles()
         self._cancelled = False
         self._done = threading.Event()
@@ -197,14 +223,18 @@ class MilpRunner:
             if self._refine is not None and not self._cancelled:
                 intervals, _, self.refine_stats = self._refine(lambda: self._cancelled)
                 net = dataclasses.replace(net, intervals=intervals)
+            if self._cancelled:
+                return
+            milp = SpecMilp(net, rows.C, rows.d, rows.owner, handle=self._handles)
             for k in range(rows.n_conj):
                 if self._cancelled or time.monotonic() > deadline:
                     break
-                sel = rows.owner == k
-                res = exact_milp(net, rows.C[sel], rows.d[sel], deadline, start=start, handle=self._handles)
+                res = milp.solve(k, deadline, start=start)
                 self.results.append(res)
                 if res.status != "proved":
                     break
+        except NotReluMlp as exc:   # a map too large to write after all: no MILP, never a verdict
+            self.skipped = str(exc)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread by outcome()
             self.error = exc
         finally:
@@ -239,6 +269,8 @@ class MilpRunner:
                                            "highs": r.nodes_status} for r in list(self.results)]}
         if self.refine_stats is not None:
             stats["milp"]["refine"] = self.refine_stats
+        if self.skipped is not None:
+            stats["milp"]["skipped"] = self.skipped
 
     def outcome(self, out: LpOutcome) -> None:
         """Write what the MILP found into `out` (proof, candidates, stats)."""

@@ -1,4 +1,4 @@
-"""LP refinement of a ReLU MLP's intermediate bounds, and the exact MILP on a spec (HiGHS).
+"""LP refinement of a ReLU network's intermediate bounds, and the exact MILP on a spec (HiGHS).
 
 Before branch and bound on an MLP, `refine_bounds` tightens the interval of every
 unstable neuron by two LPs (min and max of its pre-activation over the triangle
@@ -10,11 +10,18 @@ duals (`relaxations.lp.dual_lower_bound`), then widened by the engine's float32
 margin, so it is as sound as a CROWN bound of the same tensor. This is alpha,beta-CROWN's
 `bab-refine` with an open-source solver.
 
-`exact_milp` writes every unstable neuron with a binary and minimises, per
+`SpecMilp` writes every unstable neuron with a binary and minimises, per
 conjunction of the spec, t >= C_i y - d_i: a minimum above 0 proves the conjunction
 has no counterexample, a point below 0 is one (replayed in onnxruntime by the
-caller). That proof rests on HiGHS's branch and bound and its tolerances, not on a
-checkable witness: its claim carries a margin and its certificate says so.
+caller). The network is written once for all conjunctions, and HiGHS is told that
+only values below a small cutoff matter, so a proof does not wait for the optimum.
+That proof rests on HiGHS's branch and bound and its tolerances, not on a checkable
+witness: its claim carries a margin and its certificate says so.
+
+The graph need not be an MLP: any graph of affine ops and ReLUs is written with
+columns at the input, the ReLUs and the output only (`GraphLp`), the affine chains
+between them read as sparse matrices (`models.affine.segment_map`), so a CNN's
+convolutions cost their kernels' nonzeros, not a dense map per node.
 """
 from __future__ import annotations
 
@@ -27,13 +34,13 @@ import numpy as np
 import torch
 
 from models import Graph, GraphEvaluator
-from models.affine import MAX_MAP_ENTRIES, NotAffine, affine_map
-from relaxations.lp import Block, affine_block, relu_block, unknown_as_infinite
+from models.affine import MAX_MAP_ENTRIES, MAX_PROBE, NotAffine, segment_map
+from relaxations.lp import Block, relu_block, sparse_affine_block, unknown_as_infinite
 from relaxations.sdp.network import NotReluMlp
 from verifier.solvers.highs import HighsModel
 
-__all__ = ["GraphLp", "Refinement", "MilpResult", "MilpNetwork", "refine_bounds", "exact_milp", "mlp_layers",
-           "lp_supported", "FLOAT32_REL", "FLOAT32_ABS", "MILP_MARGIN"]
+__all__ = ["GraphLp", "Refinement", "MilpResult", "MilpNetwork", "SpecMilp", "refine_bounds", "exact_milp", "mlp_layers",
+           "lp_supported", "relu_input_depths", "FLOAT32_REL", "FLOAT32_ABS", "MILP_MARGIN"]
 
 Intervals = dict[str, tuple[np.ndarray, np.ndarray]]
 # The engine's float32 margin (relaxations.bounds.Precision's default): a refined bound is
@@ -55,8 +62,38 @@ MOVES = frozenset({"Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Co
 MAX_COLUMNS = 200_000
 
 
+def _regroups(node, have: set) -> bool:
+    """A regrouping op whose inputs all have LP columns: its output is those columns rearranged."""
+    return node.op in MOVES and all(x in have for x in node.inputs if x)
+
+
+def _segment(graph: Graph, target: str, have: set) -> tuple[list, list[str]]:
+    """The affine nodes that compute `target` from tensors with LP columns (`have`), in
+    topological order, and those tensors (sorted by name): one `segment_map` apart."""
+    producer = {n.outputs[0]: n for n in graph.nodes}
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    nodes, sources, seen, stack = {}, set(), set(), [target]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in have:
+            sources.add(t)
+            continue
+        node = producer[t]
+        nodes[node.name] = node
+        stack.extend(x for x in node.inputs if x and x not in graph.constants)
+    return sorted(nodes.values(), key=lambda n: order[n.name]), sorted(sources)
+
+
 def lp_supported(graph: Graph) -> Optional[str]:
-    """None when the graph is affine ops and ReLUs only (the LP/MILP can encode it), else why not."""
+    """None when the graph is affine ops and ReLUs only (the LP/MILP can encode it), else why not.
+
+    The LP has columns for the input, every ReLU's input and output and the graph's
+    output (`GraphLp`); each chain of affine nodes between them is one matrix read by
+    `segment_map`, refused here when reading it would take too long (a chain with a
+    Gemm or MatMul counts as dense)."""
     if not any(n.op == "Relu" for n in graph.nodes):
         return "no ReLU"
     consts = set(graph.constants)
@@ -64,19 +101,53 @@ def lp_supported(graph: Graph) -> Optional[str]:
         if n.op != "Relu" and n.op not in AFFINE_OPS and n.op not in MOVES:
             return f"node '{n.name}' ({n.op}) is neither affine nor a ReLU"
         # Products of two variable tensors (CROWN relaxes them by McCormick lines) have no
-        # exact LP rows here; `_affine_map` would refuse them too, this says why up front.
+        # exact LP rows here; `segment_map` would refuse them too, this says why up front.
         if n.op in ONE_VARIABLE_OPS and sum(1 for x in n.inputs if x and x not in consts) > 1:
             return f"node '{n.name}' ({n.op}) is not affine: several of its inputs vary"
         if len(n.outputs) != 1:
             return f"node '{n.name}' ({n.op}) has several outputs"
     size = lambda t: int(np.prod(graph.shapes.get(t) or (1,)))  # noqa: E731
-    if sum(size(t) for n in graph.nodes for t in n.outputs) > MAX_COLUMNS:
+    have = {graph.input_name}
+    columns = size(graph.input_name)
+
+    def read(target: str) -> Optional[str]:
+        nonlocal columns
+        if target in have:
+            return None
+        nodes, sources = _segment(graph, target, have)
+        pairs = sum(size(x) for x in sources) * size(target)
+        dense = any(n.op in ("Gemm", "MatMul") for n in nodes)
+        if pairs > (MAX_MAP_ENTRIES if dense else MAX_PROBE):
+            return f"node '{nodes[-1].name}' ({nodes[-1].op}) ends an affine map too large to write"
+        have.add(target)
+        columns += size(target)
+        return None
+
+    for n in graph.nodes:
+        if n.op == "Relu":
+            why = read(n.inputs[0])
+            if why is not None:
+                return why
+            have.add(n.outputs[0])
+            columns += 2 * size(n.outputs[0])    # h and at most one binary per neuron
+        elif _regroups(n, have):
+            have.add(n.outputs[0])
+    why = read(graph.output_name)
+    if why is not None:
+        return why
+    if columns > MAX_COLUMNS:
         return "too large for an LP"
-    for n in graph.nodes:   # each affine map is read off densely: inputs x outputs entries
-        if n.op in AFFINE_OPS and sum(size(x) for x in n.inputs if x and x not in consts) * size(n.outputs[0]) \
-                > MAX_MAP_ENTRIES:
-            return f"node '{n.name}' ({n.op}) is too large to write densely"
     return None
+
+
+def relu_input_depths(graph: Graph) -> dict[str, int]:
+    """For each ReLU's input, how many ReLUs lie on the longest path to it from the network's input."""
+    depth = {graph.input_name: 0}
+    for n in graph.nodes:
+        var = [x for x in n.inputs if x and x in depth]
+        for o in n.outputs:
+            depth[o] = max((depth[x] for x in var), default=0) + (n.op == "Relu")
+    return {n.inputs[0]: depth[n.inputs[0]] for n in graph.nodes if n.op == "Relu"}
 
 
 def mlp_layers(graph: Graph) -> Optional[list[str]]:
@@ -89,9 +160,14 @@ def mlp_layers(graph: Graph) -> Optional[list[str]]:
 class GraphLp:
     """The LP (or MILP) of a graph of affine ops and ReLUs over a box, grown node by node.
 
-    Every tensor is a vector of LP columns (flattened in C order): regrouping ops
-    (Reshape, Concat, ...) only rearrange columns, affine ops get new columns tied by
-    equality rows, and ReLUs the triangle (or big-M) rows over their input's interval.
+    Every tensor with LP columns is a vector of them (flattened in C order): the input,
+    each ReLU's input and output, and the graph's output (`columns`). Regrouping ops
+    (Reshape, Concat, ...) over such tensors only rearrange columns; a chain of affine
+    nodes waits until a ReLU or the output needs its result, which then gets columns
+    tied to the chain's sources by equality rows, the chain read as one sparse matrix
+    (`models.affine.segment_map`); ReLUs get the triangle (or big-M) rows over their
+    input's interval. Intermediate affine tensors thus get no columns and no interval
+    rows of their own: those intervals are implied by the relaxation they came from.
     """
 
     def __init__(self, graph: Graph, lower: np.ndarray, upper: np.ndarray, threads: int = 1) -> None:
@@ -104,39 +180,49 @@ class GraphLp:
         self.cols: dict[str, np.ndarray] = {graph.input_name: np.arange(n)}
         self.depth: dict[str, int] = {graph.input_name: 0}   # ReLUs on the longest path from the input
         self.binaries: dict[str, np.ndarray] = {}            # ReLU input -> (neuron index, binary column)
+        self._added: set[str] = set()                        # tensors computed by the nodes added so far
 
     def add_node(self, node, intervals: Intervals, exact: bool = False) -> None:
-        """Encode `node`; `intervals` holds its output's (affine) or its input's (ReLU) interval."""
+        """Encode `node`; `intervals` holds its input's interval for a ReLU (the big-M
+        constants and the triangle's)."""
         out = node.outputs[0]
-        var = [x for x in node.inputs if x and x in self.cols]
+        var = [x for x in node.inputs if x and x not in self.graph.constants]
         self.depth[out] = max(self.depth[x] for x in var) + (node.op == "Relu")
-        if node.op in MOVES and not (node.op == "Concat" and len(var) != len([x for x in node.inputs if x])):
-            self.cols[out] = np.concatenate([self.cols[x] for x in var]) if node.op == "Concat" \
-                else self.cols[var[0]]
-            return
+        self._added.add(out)
         if node.op == "Relu":
+            z = self.columns(node.inputs[0], intervals)
             lo, hi = intervals[node.inputs[0]]
             unstable = (lo < 0) & (hi > 0) & np.isfinite(lo) & np.isfinite(hi)   # what relu_block makes exact
-            block, h = relu_block(self.model.n_cols, self.cols[node.inputs[0]], lo, hi, unstable if exact else None)
+            block, h = relu_block(self.model.n_cols, z, lo, hi, unstable if exact else None)
             self.model.add(block)
             self.cols[out] = h
             if exact:
                 idx = np.nonzero(unstable)[0]
                 self.binaries[node.inputs[0]] = np.stack([idx, h[-1] + 1 + np.arange(len(idx))])
-            return
-        W, b = self._affine_map(node, var)
-        n_out = len(b)
-        lo, hi = intervals.get(out, (np.full(n_out, -np.inf), np.full(n_out, np.inf)))
-        block, z = affine_block(self.model.n_cols, np.concatenate([self.cols[x] for x in var]), W, b, lo, hi)
-        self.model.add(block)
-        self.cols[out] = z
+        elif _regroups(node, set(self.cols)):
+            self.cols[out] = np.concatenate([self.cols[x] for x in var]) if node.op == "Concat" \
+                else self.cols[var[0]]
 
-    def _affine_map(self, node, var: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(W, b) with the node's output = W @ concat(variable inputs) + b (`models.affine_map`)."""
+    def columns(self, name: str, intervals: Intervals) -> np.ndarray:
+        """The LP columns of tensor `name` (computed by the nodes added so far), written now
+        if it has none yet: equality rows to the tensors with columns that it depends on
+        through affine nodes only, its columns bounded by `intervals` where given."""
+        if name in self.cols:
+            return self.cols[name]
+        if name not in self._added:
+            raise KeyError(f"'{name}' is not computed by the nodes added so far")
+        nodes, sources = _segment(self.graph, name, set(self.cols))
         try:
-            return affine_map(self.ev, node, var)
+            rows, cols, vals, b = segment_map(self.ev, nodes, sources, name)
         except NotAffine as exc:
             raise NotReluMlp(str(exc)) from None
+        n_out = len(b)
+        lo, hi = intervals.get(name, (np.full(n_out, -np.inf), np.full(n_out, np.inf)))
+        block, z = sparse_affine_block(self.model.n_cols, np.concatenate([self.cols[x] for x in sources]), n_out,
+                                       rows, cols, vals, b, lo, hi)
+        self.model.add(block)
+        self.cols[name] = z
+        return z
 
     def start(self, x: np.ndarray) -> np.ndarray:
         """The full column vector of the input point x (float64 forward), a MILP's first incumbent."""
@@ -192,7 +278,7 @@ def refine_bounds(graph: Graph, lower: np.ndarray, upper: np.ndarray, intervals:
             name = node.inputs[0]
             lo, hi = (a.copy() for a in cur[name])
             margin = FLOAT32_REL * np.maximum(np.abs(lo), np.abs(hi)) + FLOAT32_ABS
-            cols = lp.cols[name]
+            cols = lp.columns(name, cur)
             for j in np.nonzero((lo < 0) & (hi > 0))[0]:
                 if time.monotonic() > deadline or (stop is not None and stop()):
                     out.complete = False
@@ -232,7 +318,7 @@ class MilpResult:
     """The exact MILP's answer for one conjunction."""
 
     status: str                   # "proved", "counterexample", "unknown"
-    bound: float                  # HiGHS's lower bound of min_x max_i (C_i y - d_i)
+    bound: float                  # a lower bound of min_x max_i (C_i y - d_i): HiGHS's, or its cutoff when proved
     point: Optional[np.ndarray]   # the input of the best solution (a candidate counterexample)
     time_s: float
     nodes_status: str             # HiGHS's own status word
@@ -250,54 +336,84 @@ class MilpNetwork:
     intervals: Intervals
 
 
+class SpecMilp:
+    """The exact MILP of a disjunct, written once and solved per conjunction.
+
+    Every unstable neuron gets a binary; each conjunction k gets a column t_k with rows
+    C_i y - t_k <= d_i for its rows i, so that min t_k is min over the box of
+    max_i (C_i y - d_i). Solving conjunction k minimises t_k alone (the other t columns
+    are free above their rows and constrain nothing), so the network is written once
+    however many conjunctions the spec has (a robustness property: nine).
+    """
+
+    def __init__(self, net: MilpNetwork, C: np.ndarray, d: np.ndarray, owner: np.ndarray, threads: int = 1,
+                 handle: Optional[list] = None) -> None:
+        graph, lower, upper, intervals = net.graph, net.lower, net.upper, net.intervals
+        why = lp_supported(graph)
+        if why is not None:
+            raise NotReluMlp(f"exact MILP: {why}")
+        iv = {k: tuple(a.ravel() for a in unknown_as_infinite(*v)) for k, v in intervals.items()}
+        self.graph = graph
+        self.lp = lp = GraphLp(graph, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel(),
+                               threads)
+        if handle is not None:
+            handle.append(lp.model)
+        for node in graph.nodes:
+            lp.add_node(node, iv, exact=True)
+        C = np.atleast_2d(np.asarray(C, np.float64))
+        d = np.asarray(d, np.float64).ravel()
+        owner = np.asarray(owner).ravel()
+        y = self.y = lp.columns(graph.output_name, iv)
+        y_lo, y_hi = iv[graph.output_name]
+        r_lo = np.minimum(C, 0) @ y_hi + np.maximum(C, 0) @ y_lo - d     # rows r_i = C_i y - d_i
+        r_hi = np.maximum(C, 0) @ y_hi + np.minimum(C, 0) @ y_lo - d
+        self.conj = [int(k) for k in np.unique(owner)]
+        first = lp.model.n_cols
+        self.t = {k: first + j for j, k in enumerate(self.conj)}
+        m = len(d)
+        t_of_row = np.array([self.t[int(k)] for k in owner])
+        rows = np.concatenate([np.repeat(np.arange(m), len(y)), np.arange(m)])
+        cols = np.concatenate([np.tile(y, m), t_of_row])
+        vals = np.concatenate([C.ravel(), -np.ones(m)])
+        keep = vals != 0
+        t_lo = np.array([float(np.max(r_lo[owner == k])) for k in self.conj])
+        t_hi = np.array([float(np.max(r_hi[owner == k])) for k in self.conj])
+        # C_i y - t_k <= d_i
+        lp.model.add(Block(first, t_lo, t_hi, np.zeros(len(self.conj), bool), rows[keep], cols[keep], vals[keep],
+                           np.full(m, -np.inf), d))
+        self.C, self.d, self.owner = C, d, owner
+        self.scale = {k: float(np.max(np.abs(np.concatenate([r_lo[owner == k], r_hi[owner == k]]))))
+                      for k in self.conj}
+
+    def solve(self, k: int, deadline: float, start: Optional[np.ndarray] = None) -> MilpResult:
+        """min t_k: "proved" when it exceeds MILP_MARGIN * (1 + scale), "counterexample" when
+        HiGHS's best point has a value <= 0 (the caller replays it: HiGHS's point may sit
+        a tolerance off), else "unknown". `start`: an input point to try first."""
+        t0 = time.monotonic()
+        lp = self.lp
+        first = None
+        if start is not None:
+            first = lp.start(np.asarray(start, np.float64).ravel())
+            for j in self.conj:
+                sel = self.owner == j
+                first[self.t[j]] = float(np.max(self.C[sel] @ first[self.y] - self.d[sel]))
+        margin = MILP_MARGIN * (1.0 + self.scale[k])
+        res = lp.model.milp(np.array([self.t[k]]), np.array([1.0]), time_limit=max(1e-3, deadline - time.monotonic()),
+                            start=first, stop_below=0.0, cutoff=2.0 * margin)
+        point = None if res.point is None else res.point[lp.cols[self.graph.input_name]]
+        if res.bound > margin:
+            status = "proved"
+        elif res.point is not None and res.value <= 0:
+            status = "counterexample"
+        else:
+            status = "unknown"
+        return MilpResult(status, res.bound, point, time.monotonic() - t0, res.status)
+
+
 def exact_milp(net: MilpNetwork, C: np.ndarray, d: np.ndarray, deadline: float, start: Optional[np.ndarray] = None,
                threads: int = 1, handle: Optional[list] = None) -> MilpResult:
-    """min over the box of max_i (C_i y - d_i) (one conjunction's rows) by a MILP.
-
-    `start` is an input point to try first (the attack's best). Proved when
-    HiGHS's dual bound exceeds MILP_MARGIN * (1 + scale); a counterexample when its
-    best point has a value <= 0 (the caller replays it: HiGHS's point may sit a
-    tolerance off). `handle` (a list) receives the HighsModel, whose `cancel()` stops
-    the solve from another thread.
-    """
-    graph, lower, upper, intervals = net.graph, net.lower, net.upper, net.intervals
+    """min over the box of max_i (C_i y - d_i) (one conjunction's rows) by a MILP (`SpecMilp`)."""
     t0 = time.monotonic()
-    why = lp_supported(graph)
-    if why is not None:
-        raise NotReluMlp(f"exact MILP: {why}")
-    iv = {k: tuple(a.ravel() for a in unknown_as_infinite(*v)) for k, v in intervals.items()}
-    lp = GraphLp(graph, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel(), threads)
-    if handle is not None:
-        handle.append(lp.model)
-    for node in graph.nodes:
-        lp.add_node(node, iv, exact=True)
-    C = np.atleast_2d(np.asarray(C, np.float64))
-    d = np.asarray(d, np.float64).ravel()
-    y = lp.cols[graph.output_name]
-    y_lo, y_hi = iv[graph.output_name]
-    r_lo = np.minimum(C, 0) @ y_hi + np.maximum(C, 0) @ y_lo - d     # rows r_i = C_i y - d_i
-    r_hi = np.maximum(C, 0) @ y_hi + np.minimum(C, 0) @ y_lo - d
-    t_col = lp.model.n_cols
-    m = len(d)
-    rows = np.concatenate([np.repeat(np.arange(m), len(y)), np.arange(m)])
-    cols = np.concatenate([np.tile(y, m), np.full(m, t_col)])
-    vals = np.concatenate([C.ravel(), -np.ones(m)])
-    keep = vals != 0
-    # C_i y - t <= d_i
-    lp.model.add(Block(t_col, np.array([float(np.max(r_lo))]), np.array([float(np.max(r_hi))]), np.zeros(1, bool),
-                       rows[keep], cols[keep], vals[keep], np.full(m, -np.inf), d))
-    first = None
-    if start is not None:
-        first = lp.start(np.asarray(start, np.float64).ravel())
-        first[t_col] = float(np.max(C @ first[y] - d))
-    scale = float(np.max(np.abs(np.concatenate([r_lo, r_hi]))))
-    res = lp.model.milp(np.array([t_col]), np.array([1.0]), time_limit=max(1e-3, deadline - time.monotonic()),
-                        start=first, stop_below=0.0)
-    point = None if res.point is None else res.point[lp.cols[graph.input_name]]
-    if res.bound > MILP_MARGIN * (1.0 + scale):
-        status = "proved"
-    elif res.point is not None and res.value <= 0:
-        status = "counterexample"
-    else:
-        status = "unknown"
-    return MilpResult(status, res.bound, point, time.monotonic() - t0, res.status)
+    milp = SpecMilp(net, C, d, np.zeros(len(np.atleast_1d(d)), np.int64), threads, handle)
+    res = milp.solve(0, deadline, start)
+    return MilpResult(res.status, res.bound, res.point, time.monotonic() - t0, res.nodes_status)

@@ -201,14 +201,19 @@ class HighsModel:
         return LpBound(bound, float(h.getInfo().objective_function_value) + offset, y, status)
 
     def milp(self, cols: np.ndarray, vals: np.ndarray, offset: float = 0.0, time_limit: float = 60.0,
-             start: Optional[np.ndarray] = None, stop_below: Optional[float] = None) -> MilpOutcome:
+             start: Optional[np.ndarray] = None, stop_below: Optional[float] = None,
+             cutoff: Optional[float] = None) -> MilpOutcome:
         """min sum vals * x[cols] + offset with the binaries integral, for at most `time_limit` s.
 
         `start`: a full column vector to try as the first incumbent (an attack's point
         propagated through the net). `stop_below`: HiGHS may stop as soon as it has a
         solution with value below it (a counterexample is enough; its optimum is not
-        needed). The integrality is switched off again afterwards, so `lower` keeps
-        solving LPs.
+        needed). `cutoff`: only solutions below it matter, so HiGHS prunes every node
+        whose bound reaches it (its `objective_bound`); "infeasible" then means no solution
+        below the cutoff, and the bound returned is never above the cutoff. A proof that the minimum is
+        positive needs no more, and comes far sooner than the optimum (verivital's avgpool
+        net, 5,299 binaries: 1-3 s a row against 50 s or a time limit). The integrality
+        is switched off again afterwards, so `lower` keeps solving LPs.
         """
         h = self._h
         self._objective(cols, vals)
@@ -218,6 +223,8 @@ class HighsModel:
         h.setOptionValue("mip_abs_gap", 0.0)
         if stop_below is not None:
             h.setOptionValue("objective_target", float(stop_below - offset))
+        if cutoff is not None:
+            h.setOptionValue("objective_bound", float(cutoff - offset))
         if start is not None:
             import highspy  # lazy: a broken highspy install must not break importing this module (`available`)
             sol = highspy.HighsSolution()
@@ -233,10 +240,17 @@ class HighsModel:
         finally:  # read everything first: changing the model clears HiGHS's status
             self._set_integrality(False)
             h.setOptionValue("objective_target", -self._inf)
+            h.setOptionValue("objective_bound", self._inf)
         status = {"Optimal": "optimal", "Time limit reached": "time limit", "Infeasible": "infeasible",
                   "Objective target reached": "target"}.get(word, word)
         value = objective + offset if point is not None else np.inf
         bound = dual_bound + offset if status != "infeasible" else np.inf
+        if cutoff is not None:
+            # Nodes whose bound reaches the cutoff are pruned, not explored: HiGHS's dual bound
+            # then speaks only of what lies below the cutoff (an exhausted tree reports its
+            # incumbent's value, which may be far above the true minimum). All it shows is
+            # that no solution lies below min(its bound, the cutoff).
+            bound = min(bound, float(cutoff))
         return MilpOutcome(status, bound, value, point)
 
 

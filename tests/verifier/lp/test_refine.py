@@ -175,3 +175,105 @@ def test_a_milp_unsat_says_so_and_its_certificate_says_it_cannot_be_checked(tmp_
     assert "MILP" in res.reason
     cert = build_certificate(model, spec_path, spec, res)
     assert cert["certificate"].startswith("not checkable") and "disjuncts" not in cert
+
+
+def _two_input_cnn(tmp_path, seed: int):
+    """Conv (1x1, 12 channels) -> Relu -> Pad -> AveragePool -> Flatten -> Gemm over a 1x2
+    image: one hidden layer, every ReLU fed by the input through affine ops alone, and an
+    affine tail of three nodes that the LP reads as one matrix."""
+    from onnx import helper
+
+    from tests.op_cases import make_model
+
+    r = np.random.default_rng(seed)
+    inits = {"W": r.normal(size=(12, 1, 1, 1)).astype(np.float32), "b": (0.3 * r.normal(size=12)).astype(np.float32),
+             "p": np.array([0, 0, 0, 0, 0, 0, 0, 1], np.int64), "G": r.normal(size=(24, 3)).astype(np.float32),
+             "c": r.normal(size=3).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W", "b"], ["c0"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]), helper.make_node("Pad", ["r0", "p"], ["p0"]),
+             helper.make_node("AveragePool", ["p0"], ["a0"], kernel_shape=[1, 2]),
+             helper.make_node("Flatten", ["a0"], ["f0"]), helper.make_node("Gemm", ["f0", "G", "c"], ["Y"])]
+    path = tmp_path / f"cnn{seed}.onnx"
+    path.write_bytes(make_model(nodes, inits, (1, 1, 1, 2), (1, 3)).SerializeToString())
+    return load_model(path)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_milp_finds_the_minimum_of_a_two_input_cnn(tmp_path, seed: int) -> None:
+    """The LP of a CNN has columns only at the input, the ReLU and the output (its affine tail
+    read as one matrix); the MILP over it proves just below the true minimum and finds a
+    point just above it."""
+    model = _two_input_cnn(tmp_path, seed)
+    assert lp_supported(model.graph) is None
+    lo, hi = -np.ones(2), np.ones(2)
+    table = _crown_table(model, lo, hi)
+    C = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    true_min = _grid_min(model, C, np.zeros(2))
+    for d in (np.full(2, true_min - 0.05), np.full(2, true_min + 0.05)):
+        res = exact_milp(MilpNetwork(model.graph, lo, hi, table), C, d, deadline=float("inf"))
+        assert res.bound <= _grid_min(model, C, d) + 1e-6
+        assert res.status == ("proved" if d[0] < true_min else "counterexample"), (d, res)
+        if res.status == "counterexample":
+            y = GraphEvaluator(model.graph, dtype=torch.float64)(
+                torch.tensor(res.point).reshape(1, *model.graph.input_shape)).numpy().ravel()
+            assert np.max(C @ y - d) <= 1e-5
+
+
+def test_one_milp_answers_each_conjunction(tmp_path) -> None:
+    """`SpecMilp` writes the network once and solves conjunction by conjunction: each answer
+    is the one a MILP of that conjunction alone gives, and a proof's bound never exceeds
+    the conjunction's true minimum."""
+    from verifier.lp.refine import SpecMilp
+
+    model = _two_input_cnn(tmp_path, 7)
+    lo, hi = -np.ones(2), np.ones(2)
+    net = MilpNetwork(model.graph, lo, hi, _crown_table(model, lo, hi))
+    rows = [np.array([[1.0, -1.0, 0.0]]), np.array([[0.0, 1.0, -1.0], [-1.0, 0.0, 1.0]]), np.array([[0.0, 0.0, 1.0]])]
+    mins = [_grid_min(model, R, np.zeros(len(R))) for R in rows]
+    ds = [np.full(len(R), m + s) for R, m, s in zip(rows, mins, (-0.05, 0.05, -0.05))]
+    milp = SpecMilp(net, np.concatenate(rows), np.concatenate(ds), np.repeat(np.arange(3), [len(R) for R in rows]))
+    for k, (R, d) in enumerate(zip(rows, ds)):
+        together, alone = milp.solve(k, float("inf")), exact_milp(net, R, d, deadline=float("inf"))
+        assert together.status == alone.status == ("proved" if k != 1 else "counterexample"), (k, together, alone)
+        assert together.bound <= _grid_min(model, R, d) + 1e-6
+
+
+def test_a_chain_too_large_to_read_is_refused() -> None:
+    """A convolution from a 3x64x64 image to 16x64x64 channels is 12,288 x 65,536 pairs to
+    probe: lp_supported says which node ends the chain, and the LP phase is skipped."""
+    from onnx import helper
+
+    from models import graph_from_proto
+    from tests.op_cases import make_model
+
+    r = np.random.default_rng(0)
+    inits = {"W": r.normal(size=(16, 3, 3, 3)).astype(np.float32), "G": r.normal(size=(16 * 64 * 64, 2)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W"], ["c0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]), helper.make_node("Flatten", ["r0"], ["f0"]),
+             helper.make_node("Gemm", ["f0", "G"], ["Y"])]
+    graph = graph_from_proto(make_model(nodes, inits, (1, 3, 64, 64), (1, 2)))
+    assert "'Conv_0' (Conv) ends an affine map too large" in (lp_supported(graph) or ""), lp_supported(graph)
+
+
+@pytest.mark.parametrize("weight, runs", [(0.02, True), (1.0, False)])
+def test_first_layer_neurons_count_less_against_the_milp_limit(tmp_path, weight: float, runs: bool) -> None:
+    """Unstable neurons in a ReLU fed by the input alone count `lp.milp_first_weight` each
+    against `lp.milp_max_unstable`: the CNN's few of them are under a limit of 1 at 0.02,
+    over it at 1; the MILP proves the spec when it runs."""
+    import time
+
+    import vnnlib
+    from verifier.config import Config, with_overrides
+    from verifier.lp.phase import ConjunctionRows, lp_phase
+    from verifier.searches import spec_rows
+
+    model = _two_input_cnn(tmp_path, 5)
+    y0_min = _grid_min(model, np.array([[1.0, 0.0, 0.0]]), np.zeros(1))
+    disjunct = vnnlib.Disjunct(vnnlib.InputRegion(-np.ones(2), np.ones(2)), (vnnlib.OutputConstraints(
+        np.array([[1.0, 0.0, 0.0]]), np.array([y0_min - 0.05]), np.array([False])),))
+    C, d, _, owner = spec_rows(disjunct)
+    cfg = with_overrides(Config(timeout=30), ["lp.milp=before", "lp.milp_max_unstable=1",
+                                              f"lp.milp_first_weight={weight}"])
+    out = lp_phase(model, GraphEvaluator(model.graph, dtype=torch.float32), disjunct,
+                   ConjunctionRows(C, d, owner, 1), cfg, time.monotonic() + 30)
+    assert out.proved == runs and ("milp" in out.stats) == runs, out.stats
