@@ -293,6 +293,11 @@ class LpConfig(_Validated):
                                         "by the network's input through affine ops alone (exact intervals: a binary "
                                         "with a tight big-M); 0.02: one hidden layer of up to 20,000; figures: "
                                         "BENCHMARKS.md, \"Why each default\"")
+    milp_max_deep: int = key(64, check=Int(0),
+                             help="with milp_first_weight below 1, and on every graph with a convolution, the MILP "
+                                  "also needs at most this many unstable neurons past the first layer (oval21's "
+                                  "CNNs have 119 and more, and a MILP beside their search slows it); figures: "
+                                  "BENCHMARKS.md, \"Why each default\"")
     milp_share: float = key(0.5, check=Share(0.0), help="milp before: share of the time left that the MILP may use")
 
 

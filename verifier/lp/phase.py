@@ -6,7 +6,8 @@ Runs between bound propagation and activation-split branch and bound (`lp.*` key
    neurons' intervals tightened by LPs (verifier/lp/refine.py); they reach the search
    as `Problem.known`, so every domain starts from them.
 2. The exact MILP (`lp.milp`) when at most `lp.milp_max_unstable` neurons are still
-   unstable, those in ReLUs fed by the input through affine ops alone counting
+   unstable on an MLP; besides, and alone on a CNN, when at most `lp.milp_max_deep` lie past
+   the first layer and those in ReLUs fed by the input through affine ops alone count
    `lp.milp_first_weight` each (exact intervals, tight big-M constants): per conjunction, a proof (the disjunct is unsat when every conjunction
    is) or a candidate counterexample that the caller replays. `parallel` (the
    default) runs it in a thread beside the search until either decides, so that an
@@ -156,14 +157,24 @@ def _unstable(names: list[str], intervals: Intervals) -> dict[str, int]:
 
 
 def _too_many_unstable(model: Model, names: list[str], intervals: Intervals, cfg) -> bool:
-    """Whether the MILP is out of reach: more than `milp_max_unstable` unstable neurons, each
-    counting `milp_first_weight` where its ReLU is fed by the input through affine ops alone
-    (its interval exact, its binary's big-M tight: one hidden layer of thousands is solved
-    in seconds where a few hundred deeper ones are not)."""
+    """Whether the MILP is out of reach or not worth its thread.
+
+    An MLP keeps the rule measured since the MILP came (at most `milp_max_unstable`
+    unstable neurons). Besides, and on any graph with a convolution only, the MILP runs
+    where at most `milp_max_deep` unstable neurons lie past the first layer and the count
+    stays under `milp_max_unstable` with each first-layer neuron (a ReLU fed by the input
+    through affine ops alone: its interval exact, its binary's big-M tight) counting
+    `milp_first_weight`: one hidden layer of thousands is solved in seconds, where a few
+    hundred deeper ones are not, and a MILP thread beside oval21's search (119 and more
+    past the first layer) cost it three of fourteen instances at 30 s."""
     counts = _unstable(names, intervals)
     depth = relu_input_depths(model.graph)
-    weight = sum(c * (cfg.milp_first_weight if depth[n] == 0 else 1.0) for n, c in counts.items())
-    return weight > cfg.milp_max_unstable
+    first = sum(c for n, c in counts.items() if depth[n] == 0)
+    deep = sum(counts.values()) - first
+    conv = any(n.op in ("Conv", "ConvTranspose") for n in model.graph.nodes)
+    if not conv and first + deep <= cfg.milp_max_unstable:
+        return False
+    return deep > cfg.milp_max_deep or deep + cfg.milp_first_weight * first > cfg.milp_max_unstable
 
 
 class _Handles(list):

@@ -277,3 +277,27 @@ def test_first_layer_neurons_count_less_against_the_milp_limit(tmp_path, weight:
     out = lp_phase(model, GraphEvaluator(model.graph, dtype=torch.float32), disjunct,
                    ConjunctionRows(C, d, owner, 1), cfg, time.monotonic() + 30)
     assert out.proved == runs and ("milp" in out.stats) == runs, out.stats
+
+
+@pytest.mark.parametrize("cnn, first, deep, runs", [
+    (True, 50, 10, True), (True, 50, 70, False), (True, 5000, 10, True), (True, 20000, 10, False),
+    (False, 50, 300, True), (False, 300, 300, False)])
+def test_when_the_milp_runs(cnn: bool, first: int, deep: int, runs: bool) -> None:
+    """An MLP keeps the plain limit (400 unstable neurons); a CNN needs at most 64 unstable
+    past the first layer, its first layer counting 0.02 each against the 400 (an MLP may
+    take that road too)."""
+    from tests.builders import relu_mlp_graph, small_relu_cnn
+    from verifier.config import Config
+    from verifier.lp.phase import _too_many_unstable
+    from verifier.model import Model
+
+    graph = small_relu_cnn() if cnn else relu_mlp_graph(0, (5, 20, 20, 4))
+    relus = [n.inputs[0] for n in graph.nodes if n.op == "Relu"]
+
+    def interval(unstable: int) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.concatenate([-np.ones(unstable), np.ones(30000)])
+        return lo, np.ones_like(lo)
+
+    intervals = {relus[0]: interval(first), relus[1]: interval(deep)}
+    model = Model(graph=graph, path="x.onnx", onnx_bytes=b"")
+    assert _too_many_unstable(model, relus, intervals, Config().lp) == (not runs)
