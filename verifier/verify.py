@@ -423,8 +423,10 @@ def _decide(model: Model, spec: Spec, config: Config, deadline: float, run: _Run
             last = f"bab-{mode}"
             enter(last)
             search = input_search if mode == "input" else activation_search
-            outcome = search(model, ev, disjunct, config, deadline, progress, known,
-                             Beside(runner.decided if runner is not None else None, run.pool))
+            # With --certificate a MILP proof (a claim resting on HiGHS) does not end a search
+            # whose own proof the checker can verify; it answers if the search ends without one.
+            stop = None if runner is None else runner.found_counterexample if config.proof else runner.decided
+            outcome = search(model, ev, disjunct, config, deadline, progress, known, Beside(stop, run.pool))
             stats["domains"] = stats.get("domains", 0) + outcome.domains_bounded
             for key in ("nogoods", "leaf_lps", "leaf_lp_proved"):
                 if key in outcome.stats:

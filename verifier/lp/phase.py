@@ -259,6 +259,11 @@ class MilpRunner:
                                        or (len(self.results) == self._rows.n_conj
                                            and all(r.status == "proved" for r in self.results)))
 
+    def found_counterexample(self) -> bool:
+        """Finished with a candidate counterexample (a `decided()` that a replay can check)."""
+        return self._done.is_set() and self.error is None and bool(self.results) \
+            and self.results[-1].status == "counterexample"
+
     def wait(self, deadline: float) -> None:
         """Block until the MILP finishes or `deadline` (time.monotonic())."""
         self._done.wait(max(0.0, deadline - time.monotonic()))

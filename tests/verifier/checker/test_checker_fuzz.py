@@ -30,7 +30,7 @@ from verifier.checker.lipschitz import check_lipschitz_certificate
 from verifier.checker.lipschitz_local import check_local_lipschitz_certificate
 from verifier.checker.sdp import check_sdp_certificates
 from verifier.checker.verdict import CheckInputError
-from verifier.config import BabConfig, LpConfig
+from verifier.config import BabConfig
 from verifier.lipschitz_local import LocalSearch
 from verifier.sdp import certify_sdp, graph_from_weights
 
@@ -68,9 +68,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Chec
         spec_path = tmp / f"{name}.vnnlib"
         vnnlib.write_vnnlib(spec_path, vnnlib.robustness_spec(x0, eps, label, 3))
         spec = vnnlib.load(spec_path, 3, 3)
-        # The exact MILP off: it proves this small net first (its unsat is a claim resting on
-        # HiGHS, not a certificate of the search this fixture wants).
-        result = verify(model, spec, Config(timeout=30, proof=True, bab=bab, lp=LpConfig(milp="off")))
+        result = verify(model, spec, Config(timeout=30, proof=True, bab=bab))
         cert = build_certificate(model, spec_path, spec, result)
         assert result.verdict == "sat" if name == "sat" else cert["disjuncts"][0]["kind"] == name, (name, result)
         if name in ("bounds", "sat"):  # the l2 ball cutting the region: a weaker claim, still accepted
