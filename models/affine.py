@@ -80,7 +80,7 @@ def segment_map(ev: GraphEvaluator, nodes: Sequence[Node], sources: Sequence[str
     shapes = ev.graph.shapes
     sizes = [int(np.prod(shapes[x])) for x in sources]
     N, n = sum(sizes), int(np.prod(shapes[target]))
-    where = nodes[-1] if nodes else None
+    where = nodes[-1]   # the chain's last node names it in an error
     if N * n > MAX_PROBE:
         raise NotAffine(f"the affine map to '{target}' ({n} x {N}) is too large to read", node=where.name,
                         op=where.qualified_op, opset=where.opset)
@@ -97,7 +97,9 @@ def segment_map(ev: GraphEvaluator, nodes: Sequence[Node], sources: Sequence[str
     with torch.no_grad():
         b = run(torch.zeros(1, N, dtype=torch.float64))[0]
     rows, cols, vals = [], [], []
-    if N <= n or n > 256:   # reverse: one backward pass per row, worth it for a few rows
+    # Forward (unit vectors in, in batches) unless the target has a few hundred entries
+    # or fewer fed by more sources: then one backward pass per entry is cheaper.
+    if N <= n or n > 256:
         step = max(1, _CHUNK // max(N, n))
         with torch.no_grad():
             for s in range(0, N, step):

@@ -6,10 +6,11 @@ Runs between bound propagation and activation-split branch and bound (`lp.*` key
    neurons' intervals tightened by LPs (verifier/lp/refine.py); they reach the search
    as `Problem.known`, so every domain starts from them.
 2. The exact MILP (`lp.milp`) when at most `lp.milp_max_unstable` neurons are still
-   unstable on an MLP; besides, and alone on a CNN, when at most `lp.milp_max_deep` lie past
-   the first layer and those in ReLUs fed by the input through affine ops alone count
-   `lp.milp_first_weight` each (exact intervals, tight big-M constants): per conjunction, a proof (the disjunct is unsat when every conjunction
-   is) or a candidate counterexample that the caller replays. `parallel` (the
+   unstable on an MLP; besides, and alone on a CNN, when at most `lp.milp_max_deep` lie
+   past the first layer and those in ReLUs fed by the input through affine ops alone
+   count `lp.milp_first_weight` each (exact intervals, tight big-M constants): per
+   conjunction, a proof (the disjunct is unsat when every conjunction is) or a
+   candidate counterexample that the caller replays. `parallel` (the
    default) runs it in a thread beside the search until either decides, so that an
    instance the search settles in a second does not wait for a MILP, and one that
    only the MILP settles (a needle) still gets the whole budget; `before` runs it
@@ -20,7 +21,9 @@ Runs between bound propagation and activation-split branch and bound (`lp.*` key
 Certificates: refined intervals are not yet written into the activation-split
 certificate, so with `proof` on (--certificate) refinement is skipped and the search
 runs as before; a MILP proof is recorded as a claim that rests on HiGHS, which the
-certificate states instead of a checkable proof.
+certificate states instead of a checkable proof. So with `proof` on, a MILP proof does not
+end the search beside it (`MilpRunner.found_counterexample` does: a replay checks it); it
+answers only when the search ends without a proof of its own (verifier/verify.py).
 """
 from __future__ import annotations
 
