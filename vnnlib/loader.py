@@ -103,15 +103,26 @@ def load(path: str | os.PathLike[str], n_inputs: int | Sequence[int] | None = No
 
 
 def _plain_query_spec(text: str, path: str | None, counts: tuple[int | None, int | None]) -> Spec:
-    from vnnlib.query import UnsupportedQuery, parse_query  # lazy: import cycle (vnnlib.query imports this module)
+    from vnnlib.plain_box import plain_box_spec   # lazy: import cycle (vnnlib.query imports this module)
+    from vnnlib.query import check_version
+    from vnnlib.standard import parse_standard
 
-    query = parse_query(text, path)
-    if not query.plain:
-        raise UnsupportedQuery("this VNN-LIB 2.0 query needs several networks, inputs or outputs, hidden nodes, "
-                               "products or input-output rows: `nncert verify` reads it (this reader takes one "
-                               "network with one input and one output)", path, None, None)
-    spec = query.to_spec()
+    check_version(text, path)
+    spec = plain_box_spec(text, path)
+    if spec is None:
+        spec = _whole_query_spec(text, path, parse_standard(text, path))
     for have, want, role in ((spec.n_inputs, counts[0], "inputs"), (spec.n_outputs, counts[1], "outputs")):
         if want is not None and have != want:
             raise VnnlibError(f"the query declares {have} {role}; the model has {want}", path, None, None)
     return spec
+
+
+def _whole_query_spec(text: str, path: str | None, ast: object) -> Spec:
+    from vnnlib.query import UnsupportedQuery, parse_query  # lazy: import cycle (vnnlib.query imports this module)
+
+    query = parse_query(text, path, ast)
+    if not query.plain:
+        raise UnsupportedQuery("this VNN-LIB 2.0 query needs several networks, inputs or outputs, hidden nodes, "
+                               "products or input-output rows: `nncert verify` reads it (this reader takes one "
+                               "network with one input and one output)", path, None, None)
+    return query.to_spec()

@@ -119,13 +119,17 @@ def _layout(query: Query) -> _Layout:
     same = _equal_inputs(query, is_input)
     n_x = n_y = 0
     for tensor in query.tensors:
-        for k in range(tensor.offset, tensor.offset + tensor.size):
-            if tensor.kind != "input":
-                y_of[k], n_y = n_y, n_y + 1
-            elif same.get(k, k) != k:
-                x_of[k] = x_of[same[k]]   # its class's first entry comes earlier in z
-            else:
-                x_of[k], n_x = n_x, n_x + 1
+        start, stop = tensor.offset, tensor.offset + tensor.size
+        if tensor.kind != "input":
+            y_of[start:stop], n_y = np.arange(n_y, n_y + tensor.size), n_y + tensor.size
+        elif not any(start <= k < stop for k in same):   # no entry merged: in order, a block
+            x_of[start:stop], n_x = np.arange(n_x, n_x + tensor.size), n_x + tensor.size
+        else:
+            for k in range(start, stop):
+                if same.get(k, k) != k:
+                    x_of[k] = x_of[same[k]]   # its class's first entry comes earlier in z
+                else:
+                    x_of[k], n_x = n_x, n_x + 1
     for k in range(len(query.products)):   # products of variables: computed into y (models.product)
         y_of[query.size + k], n_y = n_y, n_y + 1
     echo = _mixes(query, x_of)
@@ -133,9 +137,12 @@ def _layout(query: Query) -> _Layout:
 
 
 def to_spec(query: Query, stand_ins: bool) -> tuple[Spec, list[str]]:
+    """The Spec and the input elements that got stand-ins (``Query.to_spec``); the query's
+    bound lines, if any, seed every term's box."""
     path = query.path
     where = layout(query)
-    table = _RowTable(query, where)
+    box = query.lines.box(where.n_x, where.x_of) if query.lines is not None else None
+    table = _RowTable(query, where, box)
     regions: dict[bytes, tuple[InputRegion, list[OutputConstraints]]] = {}
     unbounded: dict[int, None] = {}
     for term in query.terms:
@@ -224,9 +231,10 @@ class _RowTable:
     its box, input rows and output rows by indexing these arrays instead of visiting
     each row again."""
 
-    def __init__(self, query: Query, where: _Layout) -> None:
+    def __init__(self, query: Query, where: _Layout, box: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         rows = _distinct_rows(query)
         self.where = where
+        self.box = box
         self.position = {key: k for k, key in enumerate(rows)}
         self.kinds = [_classify(row, where) for row in rows.values()]
         self.tag = np.array([_TAGS[kind[0]] for kind in self.kinds], dtype=np.int8)
@@ -247,7 +255,10 @@ class _RowTable:
             return None, empty
         boxes = ks[tags == _BOX]
         up = self.upper_side[boxes]
-        lower, upper = np.full(where.n_x, -np.inf), np.full(where.n_x, np.inf)
+        if self.box is None:
+            lower, upper = np.full(where.n_x, -np.inf), np.full(where.n_x, np.inf)
+        else:
+            lower, upper = self.box[0].copy(), self.box[1].copy()
         np.minimum.at(upper, self.x[boxes[up]], self.value[boxes[up]])
         np.maximum.at(lower, self.x[boxes[~up]], self.value[boxes[~up]])
         if np.any(lower > upper):

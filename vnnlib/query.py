@@ -4,8 +4,9 @@ The standard's parser (``vnnlib.standard``) checks scope and types and gives eac
 assertion's disjunctive normal form; this module lowers that into plain numpy data.
 Every declared tensor (inputs, hidden nodes, outputs of every network, in declaration
 order) is flattened row-major into one vector ``z``; a query is satisfied iff some term
-holds, and a term is a conjunction of rows ``a . z <= b`` (``<`` where strict); a
-polynomial assertion's products of variables (``vnnlib.polynomial``) are extra
+holds, and a term is a conjunction of rows ``a . z <= b`` (``<`` where strict), besides
+the ``lines`` every term holds (a plain query's box read from the text in one pass,
+``vnnlib.plain_box``, kept as arrays); a polynomial assertion's products of variables (``vnnlib.polynomial``) are extra
 entries after ``z``. That one form carries several networks, hidden nodes, inputs
 coupled with outputs and products, and ``Query.satisfied_by`` checks any assignment
 against it in exact arithmetic. ``Query.to_spec`` turns it into a ``Spec`` over the
@@ -39,7 +40,7 @@ from vnnlib.polynomial import expand
 from vnnlib.spec import Spec
 from vnnlib.standard import parse_standard, text_version
 
-__all__ = ["Tensor", "Network", "Row", "Query", "UnsupportedQuery", "load_query", "parse_query", "layout",
+__all__ = ["Tensor", "Network", "Row", "BoundLines", "Query", "UnsupportedQuery", "load_query", "parse_query", "layout",
            "ELEMENT_TYPES"]
 
 # The standard parser's DType names as a query spells them (the grammar's element types).
@@ -98,8 +99,37 @@ class Row:
 
 
 @dataclass(frozen=True, eq=False)
+class BoundLines:
+    """Rows ``z[position] <= value`` (``upper``) or ``z[position] >= value``, strict where
+    marked, that every term holds: a box's lines read from the text in one pass
+    (``vnnlib.plain_box``), kept as arrays rather than thousands of ``Row`` objects."""
+
+    position: np.ndarray
+    value: np.ndarray
+    upper: np.ndarray
+    strict: np.ndarray
+
+    def holds(self, z: np.ndarray) -> bool:
+        """Whether ``z`` satisfies every line (float against float: exact)."""
+        x = np.asarray(z, dtype=np.float64).reshape(-1)[self.position]
+        v, up, strict = self.value, self.upper, self.strict
+        return bool(np.all(np.where(up, np.where(strict, x < v, x <= v), np.where(strict, x > v, x >= v))))
+
+    def box(self, size: int, x_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The box the lines give over the engine's input vector (``x_of``: z to x)."""
+        at = x_of[self.position]
+        if (at < 0).any():
+            raise ValueError("bound lines on an entry that is not an input")
+        lower, upper = np.full(size, -np.inf), np.full(size, np.inf)
+        np.minimum.at(upper, at[self.upper], self.value[self.upper])
+        np.maximum.at(lower, at[~self.upper], self.value[~self.upper])
+        return lower, upper
+
+
+@dataclass(frozen=True, eq=False)
 class Query:
-    """Declarations and the DNF ``terms`` (each a tuple of rows) over the vector ``z``."""
+    """Declarations and the DNF ``terms`` (each a tuple of rows) over the vector ``z``;
+    ``lines``, where present, are rows every term also holds."""
 
     version: tuple[int, int]
     networks: tuple[Network, ...]
@@ -108,6 +138,7 @@ class Query:
     # Products of variables the assertions use (POLY), each the sorted positions of its
     # factors in z; a row refers to product k as entry ``size + k`` of the extended z.
     products: tuple[tuple[int, ...], ...] = ()
+    lines: BoundLines | None = None
 
     @property
     def tensors(self) -> tuple[Tensor, ...]:
@@ -122,6 +153,8 @@ class Query:
         """Whether the assignment ``z`` satisfies the query as written, in exact rational
         arithmetic on its float values (products included)."""
         values = [Fraction(float(v)) for v in np.asarray(z, dtype=np.float64).reshape(-1)]
+        if self.lines is not None and not self.lines.holds(z):
+            return False
         values += [math.prod((values[i] for i in mono), start=Fraction(1)) for mono in self.products]
         return any(all(_row_holds(row, values) for row in term) for term in self.terms)
 
@@ -368,14 +401,22 @@ def _simplify(term: list[Row]) -> list[Row] | None:
     return kept
 
 
-def parse_query(text: str, path: str | None = None) -> Query:
-    """Lower a 2.0 query's text (see the module docstring)."""
+def check_version(text: str, path: str | None) -> tuple[int, int]:
+    """The query's version, 2.x; an error for a text that is not 2.x."""
     version = text_version(text)
     if version is None:
         raise VnnlibError("not a VNN-LIB 2.0 query: it does not start with (vnnlib-version <2.x>)", path)
     if version[0] != 2:
         raise UnsupportedQuery(f"VNN-LIB version {version[0]}.{version[1]}: nncert reads 1.0 and 2.x", path)
-    ast = parse_standard(text, path)
+    return version
+
+
+def parse_query(text: str, path: str | None = None, ast: object | None = None) -> Query:
+    """Lower a 2.0 query's text (see the module docstring); ``ast``: the standard parser's
+    reading of ``text`` where the caller has it already."""
+    version = check_version(text, path)
+    if ast is None:
+        ast = parse_standard(text, path)
     networks, tensors = _networks(ast)
     size = sum(t.size for t in tensors.values())
     products: dict[tuple[int, ...], int] = {}
@@ -398,5 +439,11 @@ def parse_query(text: str, path: str | None = None) -> Query:
 
 
 def load_query(path: str) -> Query:
-    """Read and lower a 2.0 query file (gzip allowed)."""
-    return parse_query(read_text(path), str(path))
+    """Read and lower a 2.0 query file (gzip allowed): a plain query's box in one pass
+    where ``vnnlib.plain_box`` applies, else the whole AST."""
+    from vnnlib.plain_box import plain_box_query   # lazy: it imports this module
+
+    text = read_text(path)
+    check_version(text, str(path))
+    query = plain_box_query(text, str(path))
+    return query if query is not None else parse_query(text, str(path))

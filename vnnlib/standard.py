@@ -9,7 +9,9 @@ any name. It is the parser VNN-COMP's scorer uses: a query it rejects, we reject
 its message, and a query it accepts means to us what it means to the scorer.
 
 Only its parser (scope and type checks) and its DNF are used; the rows and the `Spec`
-are ours (`query.py`, `lowering.py`). Its 2.0-to-1.0 transform (``compat``) is not: in
+are ours (`query.py`, `lowering.py`). A plain query's box lines, each in a form it
+accepts and reads the same way, are read from the text in one pass (`plain_box.py`:
+its parse alone took longer than the 1.0 reader on the whole file). Its 2.0-to-1.0 transform (``compat``) is not: in
 1.0.2 it mis-reads a disjunction that mixes input and output constraints, and it makes
 strict comparisons non-strict, which changes what a boundary point answers.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -125,6 +128,35 @@ def parse_standard(text: str, path: str | None = None) -> object:
         return std.parse_query_string(text)
     except std.VNNLibException as exc:
         raise _error(exc, path or "<string>") from None
+    except (IndexError, ValueError) as exc:
+        # 1.0.2 lets C++'s std::stod/stoll escape on a literal out of range (an overflow, a
+        # subnormal, an integer past 64 bits): pybind11 raises IndexError "stod"/"stoll".
+        if str(exc) not in ("stod", "stoll", "stoi", "stol", "stoul", "stoull", "stof"):
+            raise
+        raise _range_error(text, path or "<string>") from None
+
+
+_LITERAL = re.compile(r"(?<![\w.])-?[0-9]+(?:\.[0-9]+)?(?![\w.])")
+
+
+def _range_error(text: str, path: str) -> VnnlibError:
+    """Where the first number out of range is (a decimal that is not a normal double or
+    zero, an integer outside 64 bits), as the one-line error the parser did not give."""
+    code = _COMMENT.sub(lambda m: " " * len(m.group()), text)
+    for match in _LITERAL.finditer(code):
+        token = match.group()
+        if "." in token:
+            value = abs(float(token))
+            bad = value == math.inf or 0.0 < value < sys.float_info.min
+        else:
+            bad = not -2**63 <= int(token) < 2**63
+        if bad:
+            line = code.count("\n", 0, match.start()) + 1
+            column = match.start() - code.rfind("\n", 0, match.start())
+            return VnnlibError(f"the number {token[:24]}{'...' if len(token) > 24 else ''} is out of range "
+                               "(not a normal double, or an integer past 64 bits; VNN-LIB 2.0, the standard's "
+                               "parser)", path, line, column)
+    return VnnlibError("a number is out of range (VNN-LIB 2.0, the standard's parser)", path, None, None)
 
 
 def network_pairs(pairs: list[str]) -> dict[str, str]:

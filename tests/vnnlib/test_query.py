@@ -244,3 +244,18 @@ def test_merged_inputs_sum_their_coefficients_exactly():
         if name == "echo":                                  # y = (Y0, echo of x): the row is X012 + Y0 <= 0
             C = spec.disjuncts[0].outputs[0].C
             assert C.shape[1] == 4 and np.count_nonzero(C[0] == 1.0) == 2
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 400 + ".0", "0." + "0" * 310 + "1", "-" + "9" * 30])
+def test_a_number_out_of_range_is_an_error_at_its_place(number):
+    """The standard's parser (1.0.2) lets C++'s stod/stoll escape on such a number (an
+    IndexError, which ended the run as an internal error): it is a one-line error at the
+    number, and a comment's number out of range is not blamed."""
+    x = "X int64 [2]" if "." not in number else "X float32 [2]"
+    text = q("; 1" + "0" * 400 + ".0 in a comment\n(assert (>= X[0] 0.5))\n"
+             f"(assert (<= X[1] {number}))\n(assert (<= Y[0] 1.5))\n", x=x)
+    if "." not in number:
+        text = text.replace("0.5", "0")
+    with pytest.raises(VnnlibError, match="is out of range") as raised:
+        parse_query(text, "q.vnnlib")
+    assert (raised.value.line, raised.value.col) == (6, 18)
