@@ -87,12 +87,13 @@ def file_version(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return text_version(read_text(path))
 
 
-def _error(exc: Exception, path: str) -> VnnlibError:
+def _error(exc: Exception, path: str, query: str = "") -> VnnlibError:
     """The standard parser's exception as our one-line ``file:line:col: message``.
 
     It raises either "Parse error: syntax error at line L, column C: 'tok'" or a JSON
     report with errorCode, line, offendingSymbol and hint for each scope or type error;
-    the first error is reported (the others usually follow from it).
+    the first error is reported (the others usually follow from it). ``query``: the text
+    parsed, to turn a syntax error's byte column into ours.
     """
     text = str(exc)
     try:
@@ -102,8 +103,9 @@ def _error(exc: Exception, path: str) -> VnnlibError:
         if match:
             token = match.group(3).strip()
             what = f"syntax error at {token}" if token not in ("''", "") else "syntax error at the end of the file"
+            # Its columns count bytes from 0 (1.0.2); ours count characters from 1.
             return VnnlibError(f"{what} (VNN-LIB 2.0, the standard's parser)", path,
-                               int(match.group(1)), int(match.group(2)))
+                               int(match.group(1)), _column(query, int(match.group(1)), int(match.group(2))))
         return VnnlibError(f"{text.strip()} (VNN-LIB 2.0, the standard's parser)", path, None, None)
     errors = report.get("errors") or [{}]
     first = errors[0]
@@ -121,13 +123,33 @@ def _error(exc: Exception, path: str) -> VnnlibError:
                        1 if isinstance(line, int) else None)
 
 
+def _column(query: str, line: int, byte: int) -> int:
+    """The 1-based character column of byte ``byte`` (from 0) of line ``line`` (from 1)."""
+    lines = query.split("\n")
+    if not 0 < line <= len(lines):
+        return byte + 1
+    return len(lines[line - 1].encode("utf-8")[:byte].decode("utf-8", errors="ignore")) + 1
+
+
 def parse_standard(text: str, path: str | None = None) -> object:
     """Parse and type-check a 2.0 query with the standard's parser; its AST (a ``Query``)."""
     std = standard_parser()
     try:
         return std.parse_query_string(text)
     except std.VNNLibException as exc:
-        raise _error(exc, path or "<string>") from None
+        raise _error(exc, path or "<string>", text) from None
+    except UnicodeDecodeError as exc:
+        # A syntax error at a non-ASCII character: the message quotes the character's first
+        # byte alone, which is not UTF-8 (1.0.2), so pybind11 cannot decode the message.
+        message = exc.object.decode("utf-8", errors="replace") if isinstance(exc.object, bytes) else str(exc)
+        match = _PARSE_ERROR.search(message)
+        if match and "\ufffd" in match.group(3):
+            lines = text.split("\n")
+            line, column = int(match.group(1)), int(match.group(2))
+            if 0 < line <= len(lines):   # the character itself (the column counts bytes from 0)
+                rest = lines[line - 1].encode("utf-8")[column:].decode("utf-8", errors="replace")[:1]
+                message = message.replace("\ufffd", rest or "\ufffd", 1)
+        raise _error(Exception(message), path or "<string>", text) from None
     except (IndexError, ValueError) as exc:
         # 1.0.2 lets C++'s std::stod/stoll escape on a literal out of range (an overflow, a
         # subnormal, an integer past 64 bits): pybind11 raises IndexError "stod"/"stoll".

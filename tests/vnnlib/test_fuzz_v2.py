@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+import vnnlib
 from vnnlib import VnnlibError
 from vnnlib.query import parse_query
 from vnnlib.standard import vendor_dir
@@ -29,7 +30,11 @@ SEEDS = [
 TOKENS = ["(", ")", "assert", "and", "or", "<=", ">=", "<", ">", "==", "!=", "+", "-", "*", "X[0]", "X[1]",
           "X[0,0]", "Y[0]", "Y[1]", "Y2[0]", "H[2]", "0.0", "1.5", "-2.0", "3", "1e-3", "real", "float32",
           "declare-input", "declare-output", "declare-hidden", "declare-network", "equal-to", "[2]", "[]",
-          "\"h\"", ";c\n", "\n", "X", "Z[0]"]
+          "\"h\"", ";c\n", "\n", "X", "Z[0]",
+          # what the standard's parser (1.0.2) once let escape: a number out of a double's or
+          # int64's range (IndexError "stod"/"stoll"), a non-ASCII character (its message
+          # not UTF-8)
+          "1" + "0" * 400 + ".0", "0." + "0" * 320 + "1", "9" * 30, "é", "X∂"]
 
 
 def _join(tokens: list[str]) -> str:
@@ -60,6 +65,10 @@ def test_mutated_queries_lower_or_fail_cleanly():
     outcomes = {"query": 0, "error": 0}
     for i in range(10_000):
         text = _mutate(SEEDS[i % len(SEEDS)], rng)
+        try:
+            vnnlib.parse_text(text, "fuzz.vnnlib")   # the one-pass box reading, where it applies
+        except VnnlibError as exc:
+            assert str(exc).startswith("fuzz.vnnlib"), str(exc)
         try:
             query = parse_query(text, "fuzz.vnnlib")
         except VnnlibError as exc:

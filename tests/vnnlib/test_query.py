@@ -122,7 +122,11 @@ def test_no_output_row_means_any_output():
 def test_errors_point_at_the_line():
     with pytest.raises(VnnlibError) as e:
         parse_query(q("(assert (>= X[0] 1e-3))"), "p.vnnlib")
-    assert str(e.value).startswith("p.vnnlib:4:18:") and "syntax error" in str(e.value)
+    # the 'e' is the 19th character (the standard's parser says column 18: it counts from 0)
+    assert str(e.value).startswith("p.vnnlib:4:19:") and "syntax error" in str(e.value)
+    with pytest.raises(VnnlibError) as e:   # its message held a lone byte of the 'é' (UnicodeDecodeError)
+        parse_query(q("(assert (>= Xé[0] 0.0))"), "p.vnnlib")
+    assert str(e.value).startswith("p.vnnlib:4:14: syntax error at 'é'")
     with pytest.raises(VnnlibError) as e:
         parse_query(q("\n(assert (>= X[3] 0.0))"), "p.vnnlib")
     assert str(e.value).startswith("p.vnnlib:5:") and "X[3]" in str(e.value) and "IndexOutOfBounds" in str(e.value)
