@@ -286,7 +286,8 @@ class LpConfig(_Validated):
     milp_refine: bool = key(True, check=Bool(),
                             help="milp parallel with refine off: the MILP's thread first tightens the intervals by "
                                  "LPs (in refine_share of the time left) and builds its big-M constants from them; "
-                                 "the search does not wait; figures: BENCHMARKS.md, \"Why each default\"")
+                                 "the search does not wait; not where the MILP runs by the first-layer rule "
+                                 "(milp_first_weight); figures: BENCHMARKS.md, \"Why each default\"")
     milp_max_unstable: int = key(400, check=Int(0), help="the MILP runs when at most this many neurons are unstable")
     milp_first_weight: float = key(0.02, check=Share(0.0),
                                    help="what an unstable neuron counts against milp_max_unstable when its ReLU is fed "
