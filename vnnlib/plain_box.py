@@ -57,10 +57,9 @@ _COMMENT = re.compile(r";[^\n]*")
 def _bound_line(name: str, rank: int) -> re.Pattern[str]:
     """``(assert (<= NAME[i,j,...] d.d))`` (or ``>=``, ``<``, ``>``) from the first column
     of a line, blanks spaces, exactly ``rank`` indices; groups: the operator, the indices,
-    the number. A line break is never inside a match,
-    so the text left over keeps its line numbers; the literal start lets the regex engine
-    skip ahead (a blank before ``(assert`` or a tab would cost a third more: such a file
-    is parsed whole)."""
+    the number. A line break is never inside a match, so the text left over keeps its
+    line numbers; the literal start lets the regex engine skip ahead (a blank before
+    ``(assert`` or a tab would cost a third more: such a file is parsed whole)."""
     index = r" *[0-9]+ *" + r", *[0-9]+ *" * (rank - 1)
     return re.compile(rf"^\(assert +\(([<>]=?) +{re.escape(name)} *\[({index})\] +(-?[0-9]+\.[0-9]+) *\) *\)",
                       re.M)

@@ -6,8 +6,8 @@ Every declared tensor (inputs, hidden nodes, outputs of every network, in declar
 order) is flattened row-major into one vector ``z``; a query is satisfied iff some term
 holds, and a term is a conjunction of rows ``a . z <= b`` (``<`` where strict), besides
 the ``lines`` every term holds (a plain query's box read from the text in one pass,
-``vnnlib.plain_box``, kept as arrays); a polynomial assertion's products of variables (``vnnlib.polynomial``) are extra
-entries after ``z``. That one form carries several networks, hidden nodes, inputs
+``vnnlib.plain_box``, kept as arrays); a polynomial assertion's products of variables
+(``vnnlib.polynomial``) are extra entries after ``z``. That one form carries several networks, hidden nodes, inputs
 coupled with outputs and products, and ``Query.satisfied_by`` checks any assignment
 against it in exact arithmetic. ``Query.to_spec`` turns it into a ``Spec`` over the
 engine's input vector (every declared input, in declaration order; inputs every term
@@ -152,9 +152,9 @@ class Query:
     def satisfied_by(self, z: np.ndarray) -> bool:
         """Whether the assignment ``z`` satisfies the query as written, in exact rational
         arithmetic on its float values (products included)."""
-        values = [Fraction(float(v)) for v in np.asarray(z, dtype=np.float64).reshape(-1)]
         if self.lines is not None and not self.lines.holds(z):
             return False
+        values = [Fraction(float(v)) for v in np.asarray(z, dtype=np.float64).reshape(-1)]
         values += [math.prod((values[i] for i in mono), start=Fraction(1)) for mono in self.products]
         return any(all(_row_holds(row, values) for row in term) for term in self.terms)
 

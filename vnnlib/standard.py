@@ -11,9 +11,10 @@ its message, and a query it accepts means to us what it means to the scorer.
 Only its parser (scope and type checks) and its DNF are used; the rows and the `Spec`
 are ours (`query.py`, `lowering.py`). A plain query's box lines, each in a form it
 accepts and reads the same way, are read from the text in one pass (`plain_box.py`:
-its parse alone took longer than the 1.0 reader on the whole file). Its 2.0-to-1.0 transform (``compat``) is not: in
-1.0.2 it mis-reads a disjunction that mixes input and output constraints, and it makes
-strict comparisons non-strict, which changes what a boundary point answers.
+its parse alone took longer than the 1.0 reader on the whole file). Its 2.0-to-1.0
+transform (``compat``) is not used: in 1.0.2 it mis-reads a disjunction that mixes input
+and output constraints, and it makes strict comparisons non-strict, which changes what a
+boundary point answers.
 """
 
 from __future__ import annotations

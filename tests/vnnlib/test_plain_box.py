@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(not (vendor_dir() / "vnnlib" / "__init__.py").is
                                 reason="the standard's VNN-LIB parser is not installed beside the venv "
                                        "(`make` installs it into .venv/nncert-vendor)")
 
-HEAD = "(vnnlib-version <2.0>)\n(declare-network N\n (declare-input X float32 [2,3])\n (declare-output Y float32 [4])\n)\n"
+HEAD = ("(vnnlib-version <2.0>)\n(declare-network N\n (declare-input X float32 [2,3])\n"
+        " (declare-output Y float32 [4])\n)\n")
 OUT = "(assert (or (>= Y[0] Y[1]) (and (<= Y[2] 0.5) (> Y[3] -1.25))))\n"
 
 
@@ -100,7 +101,8 @@ def test_what_it_reads_means_what_the_whole_lowering_says():
     cases = {
         "strict bounds close the box as the lowering's box does":
             box_lines(LOWS, HIGHS).replace("(<= X[1,2] 2.0)", "(< X[1,2] 2.0)").replace(">= X[0,0]", "> X[0,0]"),
-        "a bound twice keeps the tighter": box_lines(LOWS, HIGHS) + "(assert (<= X[0,0] 0.25))\n(assert (>= X[0,0] -0.75))\n",
+        "a bound twice keeps the tighter":
+            box_lines(LOWS, HIGHS) + "(assert (<= X[0,0] 0.25))\n(assert (>= X[0,0] -0.75))\n",
         "an empty box leaves no disjunct": box_lines(LOWS, HIGHS) + "(assert (>= X[1,0] 5.0))\n",
         "extra spaces": box_lines(LOWS, HIGHS, "(assert  ({op}  X [{i}, {j}]   {v} ) )"),
         "an output bound on its own line": box_lines(LOWS, HIGHS) + "(assert (<= Y[1] 7.0))\n",
@@ -146,7 +148,8 @@ def test_random_queries_read_the_same_both_ways():
                   "(assert ({op}  X [ {i},{j} ]  {v}))", "(assert ({strict} X[{i},{j}] {v}))"]
     other_forms = ["  (assert ({op} X[{i},{j}] {v}))", "(assert ({rev} {v} X[{i},{j}]))",
                    "; (assert ({op} X[{i},{j}] {v}))", "(assert (and ({op} X[{i},{j}] {v})))",
-                   "(assert ({op} X[{i}] {v}))", "(assert ({op} X[{i},{j},0] {v}))", "(assert ({op} X[{i},{j}] {v})) junk",
+                   "(assert ({op} X[{i}] {v}))", "(assert ({op} X[{i},{j},0] {v}))",
+                   "(assert ({op} X[{i},{j}] {v})) junk",
                    "(assert ({op} X[{i},{j}] {v})))", "(assert (or ({op} X[{i},{j}] {v})"]
     reverse = {">=": "<=", "<=": ">="}
     numbers = [lambda: f"{rng.randint(0, 3)}.{rng.randint(0, 10**rng.randint(1, 17))}",
@@ -166,7 +169,7 @@ def test_random_queries_read_the_same_both_ways():
                 i = 5   # out of range
             for op in (">=", "<="):
                 for _ in range(rng.choice([0, 1, 1, 1, 1, 2])):
-                    v = rng.choice(numbers[2:]) () if rng.random() < odd else rng.choice(numbers[:2])()
+                    v = rng.choice(numbers[2:])() if rng.random() < odd else rng.choice(numbers[:2])()
                     form = rng.choice(other_forms if rng.random() < other else read_forms)
                     lines.append(form.format(op=op, rev=reverse[op], strict=op[0], i=i, j=j, v=v))
         rng.shuffle(lines)

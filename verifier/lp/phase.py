@@ -149,9 +149,9 @@ def lp_phase(model: Model, ev: GraphEvaluator, disjunct: Disjunct, rows: Conjunc
         # Not where the MILP came in by the first-layer rule: most of its unstable neurons are
         # in the first layer, whose intervals LPs cannot tighten (they are exact already); on
         # the hidden needles and verivital the LPs took 8-16 s and the MILP was no faster.
-        pre = (lambda stop: refined(intervals, stop)) \
-            if cfg.milp_refine and not cfg.refine and not config.proof and not _first_layer_rule(model, names, intervals, cfg) \
-            else None
+        refine_first = cfg.milp_refine and not cfg.refine and not config.proof \
+            and not _first_layer_rule(model, names, intervals, cfg)
+        pre = (lambda stop: refined(intervals, stop)) if refine_first else None
         out.runner = MilpRunner(*args, deadline=deadline, refine=pre)
         return out
     runner = MilpRunner(*args, deadline=time.monotonic() + cfg.milp_share * max(0.0, deadline - time.monotonic()),
