@@ -158,7 +158,7 @@ def _expanded(nodes: list[Node], example: dict, constants: dict, row_sums: dict[
                 row_sums[node.outputs[0]] = axis
             yield from expand_softmax(node, shape, constants)
             continue
-        if node.op == "Gemm" and node.inputs[0] in example and node.inputs[1] in example:
+        if node.op == "Gemm" and len(node.inputs) > 1 and node.inputs[0] in example and node.inputs[1] in example:
             yield from expand_gemm(node, constants)
             continue
         if node.op != "LayerNormalization":

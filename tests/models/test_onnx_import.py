@@ -37,6 +37,30 @@ def test_truncated_file_is_a_model_error(tmp_path) -> None:
         load_onnx(path)
 
 
+def test_a_gemm_missing_its_weights_is_refused_by_name(tmp_path) -> None:
+    """A Gemm with one input (a model fuzz found it: an IndexError while the import looked
+    for a Gemm of two variables) is refused naming the node."""
+    model = make_model([helper.make_node("Gemm", ["X"], ["Y"], name="lonely")], {}, (1, 3), (1, 3))
+    path = tmp_path / "g.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match="lonely"):
+        load_onnx(path)
+
+
+def test_a_model_onnxruntime_cannot_run_is_a_model_error(tmp_path) -> None:
+    """A Gemm whose bias [2, 4] does not broadcast to its [1, 4] product (a model fuzz found
+    it): onnxruntime loads the model but cannot run it; the import's example passed (the
+    sum broadcasts to [2, 4]) and the batched evaluator then failed in its own words (a
+    RuntimeError, an internal error). The check runs onnxruntime first and says the file is
+    at fault."""
+    inits = {"W": np.ones((3, 4), np.float32), "C": np.ones((2, 4), np.float32)}
+    model = make_model([helper.make_node("Gemm", ["X", "W", "C"], ["Y"])], inits, (1, 3), (1, 4))
+    path = tmp_path / "bias.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match="onnxruntime cannot run the model"):
+        load_onnx(path, check=True)
+
+
 def test_unsupported_op_names_node_op_and_opset() -> None:
     model = make_model([helper.make_node("Hardmax", ["X"], ["Y"], name="my_hardmax")], {}, (1, 3), (1, 3))
     with pytest.raises(UnsupportedModel) as info:

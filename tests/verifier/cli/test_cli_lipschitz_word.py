@@ -97,11 +97,13 @@ def test_solver_failure_falls_back_to_certified_closed_form(monkeypatch) -> None
 @pytest.mark.parametrize("method", ["sdp-neuron", "sdp-layerwise"])
 def test_acas_sdp_is_a_checked_bound_within_the_timeout(method: str, tmp_path) -> None:
     rep, crt = tmp_path / "r.json", tmp_path / "c.json"
-    proc, wall = _cli("lipschitz", str(ACAS), "--method", method, "--timeout", "8", "--report", str(rep),
+    # 15 s: the run takes about 6 s on an idle machine (3 s of SCS), and a loaded one
+    # (a clean clone's suite beside other work) once took it past 8.
+    proc, wall = _cli("lipschitz", str(ACAS), "--method", method, "--timeout", "15", "--report", str(rep),
                       "--certificate", str(crt))
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
-    assert wall <= 8 + 1.5, wall
+    assert wall <= 15 + 1.5, wall
     report = json.loads(rep.read_text())
     assert report["verdict"] == "bound" and report["method"] == method and report["output_norm"] == "l2"
     assert report["value"] < 2.8786e7  # below the naive product of norms
