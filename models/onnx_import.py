@@ -150,6 +150,9 @@ def _expanded(nodes: list[Node], example: dict, constants: dict, row_sums: dict[
         if node.domain:
             yield node
             continue
+        if not node.inputs:   # no input at all (a broken file): the op's own rule refuses it, naming the node
+            yield node
+            continue
         if node.op == "Softmax" and node.inputs[0] in example:
             shape = tuple(example[node.inputs[0]].shape)
             axis = int(node.attr("axis", -1 if node.opset >= 13 else 1))

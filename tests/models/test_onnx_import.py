@@ -37,10 +37,14 @@ def test_truncated_file_is_a_model_error(tmp_path) -> None:
         load_onnx(path)
 
 
-def test_a_gemm_missing_its_weights_is_refused_by_name(tmp_path) -> None:
-    """A Gemm with one input (a model fuzz found it: an IndexError while the import looked
-    for a Gemm of two variables) is refused naming the node."""
-    model = make_model([helper.make_node("Gemm", ["X"], ["Y"], name="lonely")], {}, (1, 3), (1, 3))
+@pytest.mark.parametrize("op, inputs", [("Gemm", ["X"]), ("Softmax", []), ("LayerNormalization", []),
+                                       ("Gemm", [])])
+def test_an_op_missing_its_inputs_is_refused_by_name(op, inputs, tmp_path) -> None:
+    """A Gemm with one input, a Softmax or LayerNormalization with none (a model fuzz found
+    them: an IndexError while the import looked for the ops it expands) is refused naming
+    the node."""
+    nodes = [helper.make_node("Relu", ["X"], ["H"]), helper.make_node(op, inputs, ["Y"], name="lonely")]
+    model = make_model(nodes, {}, (1, 3), (1, 3), opset=17)
     path = tmp_path / "g.onnx"
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelError, match="lonely"):
