@@ -40,6 +40,7 @@ import numpy as np
 
 from vnnlib.errors import VnnlibError
 from vnnlib.spec import Spec
+from vnnlib.standard import blank_comments
 
 if TYPE_CHECKING:   # annotations only: vnnlib.query imports this module
     from vnnlib.query import Query
@@ -50,7 +51,6 @@ __all__ = ["plain_box_query", "plain_box_spec"]
 # integer literals, which this pass never reads).
 _DECIMAL_TYPES = {"float16", "float32", "float64", "bfloat16", "real"}
 _DECLARATION = re.compile(r"\(\s*declare-input\s+([^\s()\[\]]+)\s+(\w+)\s*\[([0-9,\s]*)\]\s*\)")
-_COMMENT = re.compile(r";[^\n]*")
 
 
 @lru_cache(maxsize=16)
@@ -134,7 +134,7 @@ def _top_level(rest: str, pieces: list[str]) -> bool:
     parentheses of everything before it balance, and a ``(declare-network`` form has
     closed. Comments are blanked first (their parentheses do not count); a hidden node's
     quoted ONNX name never occurs in a query this pass reads."""
-    code = _COMMENT.sub(lambda m: " " * len(m.group()), rest).encode("ascii", errors="replace")
+    code = blank_comments(rest).encode("ascii", errors="replace")
     network_end = code.find(b"(declare-network")
     cuts = np.cumsum([len(p) for p in pieces[:-1]])    # offsets in rest where lines were taken
     if network_end < 0 or (cuts < 1).any():

@@ -162,10 +162,16 @@ def parse_standard(text: str, path: str | None = None) -> object:
 _LITERAL = re.compile(r"(?<![\w.])-?[0-9]+(?:\.[0-9]+)?(?![\w.])")
 
 
+def blank_comments(text: str) -> str:
+    """``text`` with every comment's characters turned to blanks: offsets, lines and
+    columns stay where they were, and nothing in a comment is read as code."""
+    return _COMMENT.sub(lambda m: " " * len(m.group()), text)
+
+
 def _range_error(text: str, path: str) -> VnnlibError:
     """Where the first number out of range is (a decimal that is not a normal double or
     zero, an integer outside 64 bits), as the one-line error the parser did not give."""
-    code = _COMMENT.sub(lambda m: " " * len(m.group()), text)
+    code = blank_comments(text)
     for match in _LITERAL.finditer(code):
         token = match.group()
         if "." in token:

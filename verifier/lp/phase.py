@@ -183,12 +183,12 @@ def _too_many_unstable(model: Model, names: list[str], intervals: Intervals, cfg
     `milp_first_weight`: one hidden layer of thousands is solved in seconds, where a few
     hundred deeper ones are not, and a MILP thread beside oval21's search (119 and more
     past the first layer) cost it three of fourteen instances at 30 s."""
+    if not _first_layer_rule(model, names, intervals, cfg):
+        return False
     counts = _unstable(names, intervals)
     depth = relu_input_depths(model.graph)
     first = sum(c for n, c in counts.items() if depth[n] == 0)
     deep = sum(counts.values()) - first
-    if not _first_layer_rule(model, names, intervals, cfg):
-        return False
     return deep > cfg.milp_max_deep or deep + cfg.milp_first_weight * first > cfg.milp_max_unstable
 
 

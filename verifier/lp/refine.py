@@ -382,6 +382,8 @@ class SpecMilp:
         lp.model.add(Block(first, t_lo, t_hi, np.zeros(len(self.conj), bool), rows[keep], cols[keep], vals[keep],
                            np.full(m, -np.inf), d))
         self.C, self.d, self.owner = C, d, owner
+        self._start_key: Optional[bytes] = None   # the input point `_start` was written for
+        self._start: Optional[np.ndarray] = None
         self.scale = {k: float(np.max(np.abs(np.concatenate([r_lo[owner == k], r_hi[owner == k]]))))
                       for k in self.conj}
 
@@ -393,10 +395,7 @@ class SpecMilp:
         lp = self.lp
         first = None
         if start is not None:
-            first = lp.start(np.asarray(start, np.float64).ravel())
-            for j in self.conj:
-                sel = self.owner == j
-                first[self.t[j]] = float(np.max(self.C[sel] @ first[self.y] - self.d[sel]))
+            first = self._start_columns(np.asarray(start, np.float64).ravel())
         margin = MILP_MARGIN * (1.0 + self.scale[k])
         res = lp.model.milp(np.array([self.t[k]]), np.array([1.0]), time_limit=max(1e-3, deadline - time.monotonic()),
                             start=first, stop_below=0.0, cutoff=2.0 * margin)
@@ -408,6 +407,20 @@ class SpecMilp:
         else:
             status = "unknown"
         return MilpResult(status, res.bound, point, time.monotonic() - t0, res.status)
+
+
+    def _start_columns(self, x: np.ndarray) -> np.ndarray:
+        """The full column vector of input point x, every t_k set to its conjunction's value:
+        one float64 forward per point, kept for the next conjunction (a runner passes the
+        same point to each). A copy, since HiGHS is handed it."""
+        key = x.tobytes()
+        if self._start_key != key:
+            first = self.lp.start(x)
+            for j in self.conj:
+                sel = self.owner == j
+                first[self.t[j]] = float(np.max(self.C[sel] @ first[self.y] - self.d[sel]))
+            self._start_key, self._start = key, first
+        return self._start.copy()
 
 
 def exact_milp(net: MilpNetwork, C: np.ndarray, d: np.ndarray, deadline: float, start: Optional[np.ndarray] = None,
